@@ -1,0 +1,284 @@
+"""The `hermetic` command (also `python -m pytest_hermetic`).
+
+Exit statuses follow `docker run`: the command's own status; 125 when the
+engine fails (bad option, unknown image); 126/127 when the command cannot be
+run or found; 137 when the container was killed (out of memory, timeout).
+Every engine failure is one line on stderr, never a traceback.
+
+Imports stay inside the commands: `hermetic run` should not pay for what
+`hermetic images` needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Sequence
+
+PROG = "hermetic"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Hermetic containers from namespaces, cgroups and overlayfs; no daemon.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run a command in a new container")
+    _add_container_options(run)
+    run.add_argument("--commit", metavar="REF", help="after a successful run, save the read-write layer as image REF")
+    run.add_argument("image", metavar="IMAGE", help="host, NAME[:TAG], dir:PATH, tar:FILE")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments (default: the image's)")
+
+    sub.add_parser("images", help="list images in the local store")
+
+    imp = sub.add_parser("import", help="import a rootfs (dir:PATH or tar:FILE) as an image")
+    imp.add_argument("source", metavar="SOURCE")
+    imp.add_argument("name", metavar="NAME[:TAG]")
+    imp.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment for the image config")
+    imp.add_argument("-w", "--workdir", help="working directory for the image config")
+    imp.add_argument("--user", help="user for the image config")
+    imp.add_argument("--cmd", help="default command (a shell-style string)")
+
+    com = sub.add_parser("commit", help="save a running container's read-write layer as an image")
+    com.add_argument("container", metavar="CONTAINER", help="name or id")
+    com.add_argument("ref", metavar="REF")
+
+    rmi = sub.add_parser("rmi", help="remove images (their layers go at the next gc)")
+    rmi.add_argument("refs", nargs="+", metavar="IMAGE")
+
+    sub.add_parser("ps", help="list running containers")
+    gc = sub.add_parser("gc", help="remove unreferenced layers and what killed runs left behind")
+    gc.add_argument("-q", "--quiet", action="store_true")
+    sub.add_parser("doctor", help="check this machine (namespaces, overlayfs, cgroups) and say how to fix gaps")
+    return parser
+
+
+def _add_container_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--net", nargs="?", const=True, default=False, metavar="NAME",
+                   help="network: bridged, or a named network (default: loopback only)")
+    p.add_argument("--mem", metavar="SIZE", help="memory limit, e.g. 64M, 1g, 512MiB")
+    p.add_argument("--cpus", metavar="N", help="CPU bandwidth, e.g. 0.5 or 1.5")
+    p.add_argument("--pids", metavar="N", help="maximum number of processes (default 4096)")
+    p.add_argument("--timeout", metavar="S", help="kill everything after S seconds")
+    p.add_argument("--hostname", metavar="H")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
+    p.add_argument("-w", "--workdir", metavar="DIR")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    p.add_argument("--name", metavar="NAME")
+    p.add_argument("--privileged", action="store_true", help="keep all capabilities, no masks, writable /sys")
+    p.add_argument("--userns", action="store_true", default=None, help="use a user namespace also as root")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .errors import HermeticError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except HermeticError as exc:
+        _say(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        _say(f"error: {exc}")
+        return 125
+
+
+def _say(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .container import Container, list_states
+    from .spec import Spec, parse_env
+
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    env = parse_env(args.env)
+    if sys.stdin.isatty() and "TERM" in os.environ:
+        env.setdefault("TERM", os.environ["TERM"])
+    spec = Spec.build(
+        args.image,
+        command or None,
+        net=args.net,
+        mem=args.mem,
+        cpus=args.cpus,
+        pids=args.pids if args.pids is not None else 4096,
+        timeout=args.timeout,
+        hostname=args.hostname,
+        env=env,
+        volumes=args.volume,
+        workdir=args.workdir,
+        user=args.user,
+        name=args.name,
+        privileged=args.privileged,
+        userns=args.userns,
+    )
+    if spec.name and any(s.get("name") == spec.name and s["alive"] for s in list_states()):
+        from .errors import SpecError
+
+        raise SpecError(f"--name {spec.name}: a running container already has that name")
+    if args.commit:
+        from .images.commit import target_name
+
+        target_name(args.commit)  # a bad reference fails before the run, not after
+    container = Container(spec)
+    interrupts = {"count": 0}
+
+    def forward(signum: int, _frame: object) -> None:
+        # A PID 1 ignores signals it has no handler for; a second Ctrl-C
+        # (or SIGTERM) kills the whole container, as users expect.
+        interrupts["count"] += 1
+        if interrupts["count"] > 1:
+            container.kill(signal.SIGKILL)
+        else:
+            container.kill(signum)
+
+    with container:
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            container.start()
+            result = container.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        assert result is not None
+        if result.oom_killed or result.timed_out is not None:
+            _say(f"killed: {result.reason}")
+        elif result.status.signal is not None and interrupts["count"] == 0:
+            _say(result.reason or "")
+        if args.commit:
+            if result.exit_code == 0:
+                image = container.commit(args.commit)
+                _say(f"committed {image.familiar} ({image.id[7:19]})")
+            else:
+                _say(f"not committed: the command failed ({result.reason})")
+        return result.exit_code
+
+
+def _cmd_images(_args: argparse.Namespace) -> int:
+    import time
+
+    from .images.store import Store
+
+    rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED")]
+    rows.append(("host", "-", "1 (the host's /)", "-", "-"))
+    for image in Store().images():
+        rows.append((image.familiar, image.id[7:19], str(len(image.layers)) + (" + host" if image.is_host else ""),
+                     _human(image.size), _ago(time.time() - image.created)))
+    _table(rows)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .images.store import Store
+    from .images.transports import import_image
+    from .spec import parse_env
+
+    image = import_image(Store(), args.source, args.name, env=parse_env(args.env), workdir=args.workdir,
+                         user=args.user, cmd=shlex.split(args.cmd) if args.cmd else None)
+    print(f"{image.familiar} {image.id}")
+    return 0
+
+
+def _cmd_commit(args: argparse.Namespace) -> int:
+    from .container import list_states
+    from .errors import ContainerNotFound
+    from .images.commit import commit_upper
+    from .images.store import Store
+
+    for state in list_states():
+        if state["alive"] and args.container in (state.get("name"), state["id"], state["id"][:12]):
+            store = Store()
+            base = store.resolve(state["image"])
+            image = commit_upper(store, base, os.path.join(state["state_dir"], "upper"), args.ref,
+                                 userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
+            print(f"{image.familiar} {image.id}")
+            return 0
+    raise ContainerNotFound(f"no running container named {args.container!r}; see `hermetic ps`")
+
+
+def _cmd_rmi(args: argparse.Namespace) -> int:
+    from .images.store import Store
+
+    store = Store()
+    for ref in args.refs:
+        print(f"untagged {store.remove(ref)}")
+    return 0
+
+
+def _cmd_ps(_args: argparse.Namespace) -> int:
+    import time
+
+    from .container import list_states
+
+    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "PID")]
+    for state in list_states():
+        if state["alive"]:
+            rows.append((state["id"][:12], state.get("name", ""), state.get("image", ""),
+                         " ".join(state.get("command") or [])[:40], _ago(time.time() - state.get("created", time.time())),
+                         str(state.get("pid") or "")))
+    _table(rows)
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from .container import gc_containers
+    from .images.store import Store
+
+    removed = gc_containers() + Store().gc()
+    if not args.quiet:
+        for line in removed:
+            print(f"removed {line}")
+        print(f"{len(removed)} item{'s' if len(removed) != 1 else ''} removed")
+    return 0
+
+
+def _cmd_doctor(_args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+
+    return run_checks(sys.stdout)
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "images": _cmd_images,
+    "import": _cmd_import,
+    "commit": _cmd_commit,
+    "rmi": _cmd_rmi,
+    "ps": _cmd_ps,
+    "gc": _cmd_gc,
+    "doctor": _cmd_doctor,
+}
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000  # type: ignore[assignment]
+    return f"{size:.1f} TB"
+
+
+def _ago(seconds: float) -> str:
+    for unit, span in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= span:
+            return f"{int(seconds // span)} {unit} ago"
+    return "just now"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""`Container`: the one object the plugin, the magics and the CLI use.
+
+    with Container(Spec.build("host", ["sh", "-c", "echo hi"], mem="64M")) as c:
+        result = c.run()          # start + wait (with the spec's timeout)
+        print(result.exit_code, result.reason)
+
+A container owns a state folder (`STATE/containers/<id>/`: its read-write
+layer, overlay work dir and `state.json`), a cgroup, and its PID 1.
+`remove()` (or leaving the `with` block) kills what is left and deletes all
+three; `hermetic gc` does the same for containers whose owner died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ._fs import rmtree
+from .errors import ContainerStartError, HermeticError, SpecError, StoreError
+from .images.store import Image, Store
+from .paths import state_root
+from .runtime import cgroups, process
+from .runtime.namespaces import default_user_namespace
+from .runtime.rootfs import Bind, RootfsConfig
+from .spec import Spec, format_size
+
+
+@dataclass
+class Result:
+    """How a container ended, and why, in words a user can act on."""
+
+    status: process.ExitStatus
+    oom_killed: bool = False
+    timed_out: float | None = None  # the timeout that expired, in seconds
+    killed: list[tuple[int, str]] = field(default_factory=list)
+    stats: cgroups.Stats = field(default_factory=cgroups.Stats)
+
+    @property
+    def exit_code(self) -> int:
+        """As `docker run` reports it: 137 for OOM and timeout kills."""
+        if self.oom_killed or self.timed_out is not None:
+            return 137
+        return self.status.shell_code
+
+    @property
+    def reason(self) -> str | None:
+        """None for a clean exit 0; otherwise what happened, in one line."""
+        if self.oom_killed:
+            return f"out of memory (limit {format_size(self.stats.memory_limit)}, peak {format_size(self.stats.memory_peak)})"
+        if self.timed_out is not None:
+            names = ", ".join(name for _, name in self.killed)
+            count = len(self.killed)
+            return f"timeout after {self.timed_out:g} s: killed {count} process{'es' if count != 1 else ''}" + (f" ({names})" if names else "")
+        if self.status.signal is not None:
+            text = f"killed by signal {signal_name(self.status.signal)}"
+            if self.stats.pids_limit_hits:
+                text += f" (the PIDs limit of {self.stats.pids_limit} was hit {self.stats.pids_limit_hits} times)"
+            return text
+        if self.status.code:
+            text = f"exited with status {self.status.code}"
+            if self.stats.pids_limit_hits:
+                text += f" (the PIDs limit of {self.stats.pids_limit} was hit {self.stats.pids_limit_hits} times)"
+            return text
+        return None
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def containers_dir() -> str:
+    return os.path.join(state_root(), "containers")
+
+
+class Container:
+    """A container made from a `Spec`; nothing happens until `start()`."""
+
+    def __init__(self, spec: Spec, *, store: Store | None = None) -> None:
+        self.spec = spec
+        self.id = uuid.uuid4().hex
+        self.store = store or Store()
+        self.image: Image | None = None
+        self.cgroup: cgroups.Cgroup | None = None
+        self.process: process.ContainerProcess | None = None
+        self.result: Result | None = None
+        self.started_at: float | None = None
+        self.state_dir = os.path.join(containers_dir(), self.id)
+        self.userns = spec.userns if spec.userns is not None else os.geteuid() != 0
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.short_id
+
+    @property
+    def hostname(self) -> str:
+        return self.spec.hostname or self.spec.name or self.short_id
+
+    @property
+    def pid(self) -> int | None:
+        """Host pid of the container's PID 1 while it runs."""
+        return self.process.init_pid if self.process else None
+
+    # -- start ----------------------------------------------------------------
+
+    def start(self, target: Callable[[], int | None] | None = None) -> "Container":
+        """Create everything and start PID 1: the spec's command (or the
+        image's), or with `target` a Python callable run as PID 2."""
+        if self.process is not None:
+            raise ContainerStartError(f"container {self.name} was already started")
+        image = self.image = self.store.resolve(self.spec.image)
+        argv = None
+        if target is None:
+            argv = list(self.spec.command or [])
+            if not argv:
+                argv = list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
+            if not argv:
+                raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
+        limits = cgroups.Limits(memory=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids)
+        try:
+            self._make_state_dir()
+            self.cgroup = cgroups.create(self.short_id, limits)
+            self._write_state()
+            config = self._process_config(image, argv)
+            self.started_at = time.monotonic()
+            self.process = process.spawn(config, target)
+        except BaseException:
+            self.remove()
+            raise
+        self._write_state()
+        return self
+
+    def _make_state_dir(self) -> None:
+        os.makedirs(containers_dir(), exist_ok=True)
+        os.mkdir(self.state_dir, 0o700)
+        for sub in ("upper", "work", "init", "merged", "replay"):
+            os.mkdir(os.path.join(self.state_dir, sub), 0o755)
+
+    def _layer_dirs(self, image: Image) -> tuple[list[str], list[str]]:
+        """(lower dirs from the store, top first; layer tars to replay)."""
+        if image.is_host and image.layers:
+            # Store layers sit on the host's root filesystem, and overlayfs
+            # refuses a lower below another lower ("/"): replay them instead.
+            blobs = [self.store.blob_path(self.store._layer_meta(d)["blob"]) for d in image.layers]
+            return [], blobs
+        lowers = []
+        for diff_id in reversed(image.layers):
+            path = self.store.layer_root(diff_id)
+            if not os.path.isdir(path):
+                raise StoreError(f"layer {diff_id} of {image.familiar} is missing from the store; fix: import the image again")
+            lowers.append(path)
+        return lowers, []
+
+    def _process_config(self, image: Image, argv: list[str] | None) -> process.ProcessConfig:
+        spec = self.spec
+        state = self.state_dir
+        lowers, replay = self._layer_dirs(image)
+        replay_dirs = [f"{state}/replay/{i}" for i in range(len(replay))]
+        all_lowers = [f"{state}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
+        binds = [Bind(v.source, v.target, v.readonly) for v in spec.volumes]
+        env = _env_dict(image.env)
+        env.setdefault("HOME", "/root")
+        env["HOSTNAME"] = self.hostname
+        env.update(spec.env)
+        rootfs = RootfsConfig(
+            lowers=all_lowers,
+            upper=f"{state}/upper",
+            work=f"{state}/work",
+            merged=f"{state}/merged",
+            host_root=image.is_host,
+            userns=self.userns,
+            privileged=spec.privileged,
+            binds=binds,
+            cgroup_v2=cgroups.detect().version == "v2",
+            init_files=_init_files(self.hostname),
+            replay=list(zip(replay, replay_dirs)),
+        )
+        return process.ProcessConfig(
+            rootfs=rootfs,
+            hostname=self.hostname,
+            argv=argv,
+            env=env,
+            cwd=spec.workdir or image.config.get("WorkingDir") or "/",
+            user=spec.user or image.config.get("User") or None,
+            cgroup_procs=self.cgroup.join_paths() if self.cgroup else [],
+            userns=default_user_namespace() if self.userns else None,
+            privileged=spec.privileged,
+        )
+
+    # -- while it runs ---------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> Result | None:
+        """Wait for PID 1 to end.  The spec's timeout counts from `start()`:
+        when it expires everything in the container is killed and the
+        result says so.  With `timeout` (this call's own patience) and the
+        container still running when it passes, return None."""
+        if self.result is not None:
+            return self.result
+        if self.process is None:
+            raise ContainerStartError(f"container {self.name} was not started")
+        assert self.started_at is not None
+        call_deadline = None if timeout is None else time.monotonic() + timeout
+        kill_deadline = None if self.spec.timeout is None else self.started_at + self.spec.timeout
+        while True:
+            deadlines = [d for d in (call_deadline, kill_deadline) if d is not None]
+            remaining = None if not deadlines else max(0.0, min(deadlines) - time.monotonic())
+            status = self.process.wait(remaining)
+            if status is not None:
+                return self._finish(status, timed_out=None, killed=[])
+            now = time.monotonic()
+            if kill_deadline is not None and now >= kill_deadline:
+                killed = self._kill_all()
+                status = self.process.wait()
+                assert status is not None
+                return self._finish(status, timed_out=self.spec.timeout, killed=killed)
+            if call_deadline is not None and now >= call_deadline:
+                return None
+
+    def run(self) -> Result:
+        """Start the spec's command and wait for it."""
+        self.start()
+        result = self.wait()
+        assert result is not None
+        return result
+
+    def _finish(self, status: process.ExitStatus, timed_out: float | None, killed: list[tuple[int, str]]) -> Result:
+        stats = self.stats()
+        oom = stats.oom_kills > 0 and (status.signal is not None or bool(status.code))
+        if self.cgroup is not None and self.cgroup.pids():
+            # PID 1 is gone, so the kernel is killing the rest of its PID
+            # namespace; wait until the cgroup is empty for exact stats.
+            self.cgroup.kill()
+        self.result = Result(status, oom_killed=oom and timed_out is None, timed_out=timed_out, killed=killed, stats=stats)
+        return self.result
+
+    def _kill_all(self) -> list[tuple[int, str]]:
+        if self.cgroup is not None:
+            return self.cgroup.kill()
+        assert self.process is not None
+        victims = _pidns_members(self.process.init_pid)
+        self.process.send_signal(signal.SIGKILL)  # PID 1's death takes its whole namespace
+        return victims
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to PID 1; SIGKILL kills everything in the container."""
+        if self.process is None or self.result is not None:
+            return
+        if sig == signal.SIGKILL:
+            self._kill_all()
+        else:
+            self.process.send_signal(sig)
+
+    def stats(self) -> cgroups.Stats:
+        return self.cgroup.stats() if self.cgroup is not None else cgroups.Stats()
+
+    def exec(self, argv: list[str], *, env: dict[str, str] | None = None, workdir: str | None = None) -> process.ContainerProcess:
+        """Start `argv` in this running container; wait on the returned handle."""
+        from .runtime.enter import enter
+
+        if self.process is None or self.result is not None:
+            raise ContainerStartError(f"container {self.name} is not running")
+        assert self.image is not None
+        full_env = _env_dict(self.image.env)
+        full_env.setdefault("HOME", "/root")
+        full_env["HOSTNAME"] = self.hostname
+        full_env.update(self.spec.env)
+        full_env.update(env or {})
+        cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
+        return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
+                     self.userns, self.spec.privileged)
+
+    # -- after ----------------------------------------------------------------
+
+    def commit(self, ref: str, *, message: str = "") -> Image:
+        """Turn the read-write layer into a new image: the old image plus one layer."""
+        from .images.commit import commit_upper
+
+        if self.image is None:
+            raise ContainerStartError(f"container {self.name} was never started: nothing to commit")
+        return commit_upper(self.store, self.image, f"{self.state_dir}/upper", ref, userns=self.userns,
+                            comment=message or f"hermetic commit {self.short_id}")
+
+    def remove(self) -> None:
+        """Kill what is left and delete the cgroup and the state folder."""
+        if self.process is not None and self.result is None:
+            self._kill_all()
+            status = self.process.wait()
+            if status is not None:
+                self._finish(status, timed_out=None, killed=[])
+        if self.cgroup is not None:
+            try:
+                self.cgroup.remove()
+            finally:
+                self.cgroup = None
+        if os.path.isdir(self.state_dir):
+            rmtree(self.state_dir)
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # -- state on disk (for `ps` and `gc`) --------------------------------------
+
+    def _write_state(self) -> None:
+        data = {
+            "id": self.id,
+            "name": self.name,
+            "image": self.spec.image,
+            "command": list(self.spec.command or []),
+            "created": time.time(),
+            "owner_pid": os.getpid(),
+            "owner_start": _start_time(os.getpid()),
+            "pid": self.pid,
+            "cgroup": getattr(self.cgroup, "dirs", None) or ([getattr(self.cgroup, "path")] if self.cgroup else []),
+        }
+        tmp = os.path.join(self.state_dir, "state.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, os.path.join(self.state_dir, "state.json"))
+
+
+def _env_dict(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def _init_files(hostname: str) -> dict[str, str]:
+    hosts = (
+        "127.0.0.1\tlocalhost\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"127.0.1.1\t{hostname}\n"
+    )
+    return {
+        "etc/hostname": hostname + "\n",
+        "etc/hosts": hosts,
+        "etc/resolv.conf": "# hermetic: no network (net=False), loopback only\n",
+    }
+
+
+def _start_time(pid: int) -> int | None:
+    """A process's start time, so a reused pid is not taken for the owner."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pidns_members(init_pid: int) -> list[tuple[int, str]]:
+    """Host processes in the PID namespace of `init_pid` (no cgroup to ask)."""
+    try:
+        target = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    except OSError:
+        return []
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/pid").st_ino == target:
+                    members.append((int(entry), cgroups.comm(int(entry))))
+            except OSError:
+                continue
+    return members
+
+
+def list_states() -> list[dict]:
+    """Every container state folder, with `alive` telling if its owner runs."""
+    result = []
+    base = containers_dir()
+    try:
+        entries = os.listdir(base)
+    except FileNotFoundError:
+        return result
+    for entry in sorted(entries):
+        path = os.path.join(base, entry, "state.json")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            data = {"id": entry, "name": entry[:12]}
+        owner = data.get("owner_pid")
+        data["alive"] = bool(owner) and _start_time(owner) == data.get("owner_start")
+        data["state_dir"] = os.path.join(base, entry)
+        result.append(data)
+    return result
+
+
+def gc_containers() -> list[str]:
+    """Remove what killed runs left: state folders of dead owners and their
+    cgroups, and `hermetic-*` cgroups that no live container owns."""
+    removed = []
+    live_ids = set()
+    for data in list_states():
+        if data["alive"]:
+            live_ids.add(data["id"][:12])
+            continue
+        for path in data.get("cgroup") or []:
+            _remove_cgroup_dir(path)
+        rmtree(data["state_dir"])
+        removed.append(f"container {data['id'][:12]} ({data.get('name')})")
+    for path in _hermetic_cgroups():
+        short = os.path.basename(path)[len(cgroups.PREFIX):]
+        if short not in live_ids:
+            _remove_cgroup_dir(path)
+            removed.append(f"cgroup {path}")
+    return removed
+
+
+def _remove_cgroup_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        return
+    procs = f"{path}/cgroup.procs"
+    if os.path.exists(f"{path}/cgroup.kill"):
+        try:
+            cgroups.write(f"{path}/cgroup.kill", 1)
+        except OSError:
+            pass
+    cgroups.kill_until_empty(procs)
+    try:
+        cgroups.rmdir_retry(path)
+    except OSError:
+        pass
+
+
+def _hermetic_cgroups() -> list[str]:
+    hierarchy = cgroups.detect()
+    parents = []
+    if hierarchy.version == "v2" and hierarchy.unified:
+        parents.append(hierarchy.unified + cgroups.parent_path(hierarchy, "").rstrip("/"))
+    for controller, mount_point in hierarchy.v1.items():
+        parents.append(mount_point + cgroups.parent_path(hierarchy, controller).rstrip("/"))
+    found = []
+    for parent in sorted(set(parents)):
+        try:
+            for entry in os.listdir(parent):
+                if entry.startswith(cgroups.PREFIX) and os.path.isdir(os.path.join(parent, entry)):
+                    found.append(os.path.join(parent, entry))
+        except OSError:
+            continue
+    return found
+
+
+__all__ = ["Container", "Result", "HermeticError", "gc_containers", "list_states"]

@@ -1,0 +1,75 @@
+"""Errors the engine raises: one type per kind of failure, each with a message
+that names the problem and, where there is one, the fix.
+
+The command line turns any `HermeticError` into one line on stderr and exit
+status 125 (127 for `CommandNotFound`), as `docker run` does.
+"""
+
+from __future__ import annotations
+
+
+class HermeticError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    exit_code = 125
+
+
+class SpecError(HermeticError, ValueError):
+    """An option has a value the engine cannot use (a size like ``lots``)."""
+
+
+class ImageReferenceError(HermeticError, ValueError):
+    """An image reference cannot be parsed."""
+
+
+class ImageNotFound(HermeticError, LookupError):
+    """The image is not in the local store (and cannot be fetched)."""
+
+
+class ContainerNotFound(HermeticError, LookupError):
+    """No container of that name or id exists."""
+
+
+class LayerError(HermeticError):
+    """A layer tarball is corrupt or hostile (path traversal, link escapes)."""
+
+
+class StoreError(HermeticError):
+    """The content-addressed store is inconsistent or cannot be written."""
+
+
+class SyscallError(HermeticError, OSError):
+    """A system call failed; the message names the call and the errno."""
+
+    def __init__(self, call: str, errno_: int, detail: str = "") -> None:
+        import os
+
+        self.call = call
+        self.errno = errno_
+        text = f"{call}: {os.strerror(errno_)} (errno {errno_})"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+
+    def __str__(self) -> str:  # OSError's own __str__ would print a tuple
+        return self.args[0]
+
+
+class CgroupUnavailable(HermeticError):
+    """A limit was asked for but the cgroup controller is not writable here."""
+
+
+class ContainerStartError(HermeticError):
+    """The container could not be set up (mounts, namespaces, cgroups)."""
+
+
+class CommandNotFound(ContainerStartError):
+    """The command to run does not exist in the container's root."""
+
+    exit_code = 127
+
+
+class CommandNotExecutable(ContainerStartError):
+    """The command exists but cannot be executed."""
+
+    exit_code = 126

@@ -1,0 +1,398 @@
+"""The local, content-addressed image store (OCI image-spec terms).
+
+    STORE/
+      blobs/sha256/<hex>     layer tars, image configs and manifests, by digest
+      layers/<hex>/          each layer unpacked once, by its diff_id, shared
+      refs.json              image name -> manifest digest
+      tmp/                   staging: everything lands by atomic rename
+      lock                   flock for refs.json and gc
+
+Several processes (xdist workers, notebook kernels, shells) use one store at
+once: blobs and layers are immutable and appear by `rename`, so a reader
+never sees half of one; `refs.json` changes only under the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import IO, Iterator
+
+from ..errors import ImageNotFound, StoreError
+from . import reference as refs
+
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of the host's root
+
+HOST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
+@dataclass
+class Image:
+    """An image as the runtime needs it: ordered layers and the run config."""
+
+    name: str  # canonical name ("host" for the host image)
+    id: str  # config digest ("host" for the host image)
+    layers: list[str] = field(default_factory=list)  # diff_ids, bottom first
+    config: dict = field(default_factory=dict)  # the OCI config's "config" object
+    base: str | None = None  # "host" when stacked on the host's root
+    created: float = 0.0
+    size: int = 0
+
+    @property
+    def is_host(self) -> bool:
+        return self.base == "host"
+
+    @property
+    def env(self) -> list[str]:
+        return list(self.config.get("Env") or [])
+
+    @property
+    def familiar(self) -> str:
+        return self.name if self.name == "host" else refs.parse(self.name).familiar
+
+
+HOST_IMAGE = Image(name="host", id="host", base="host", config={"Env": HOST_ENV})
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+class Store:
+    def __init__(self, root: str | None = None) -> None:
+        from ..paths import store_root
+
+        self.root = os.path.abspath(root or store_root())
+
+    # -- layout ---------------------------------------------------------------
+
+    def _ensure(self) -> None:
+        for sub in ("blobs/sha256", "layers", "tmp"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.root, "blobs", "sha256", _hex(digest))
+
+    def layer_path(self, diff_id: str) -> str:
+        return os.path.join(self.root, "layers", _hex(diff_id))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self._ensure()
+        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def tempdir(self, prefix: str) -> str:
+        self._ensure()
+        return tempfile.mkdtemp(prefix=prefix, dir=os.path.join(self.root, "tmp"))
+
+    # -- blobs and layers -----------------------------------------------------
+
+    def put_blob_bytes(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not os.path.exists(path):
+            self._ensure()
+            fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        return digest
+
+    def put_blob_file(self, tmp_path: str, digest: str) -> None:
+        """Move a finished, verified file into the store under `digest`."""
+        path = self.blob_path(digest)
+        if os.path.exists(path):
+            os.unlink(tmp_path)
+        else:
+            os.replace(tmp_path, path)
+
+    def read_json(self, digest: str) -> dict:
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from the store {self.root}; fix: `hermetic rmi` the image and import it again") from None
+
+    def has_layer(self, diff_id: str) -> bool:
+        return os.path.isdir(self.layer_path(diff_id))
+
+    def add_layer_tar(self, tar_path: str, diff_id: str | None = None) -> tuple[str, int]:
+        """Store a layer tar (any compression): blob by digest, unpacked by diff_id.
+
+        Returns (diff_id, size of the uncompressed tar).  The layer appears
+        by rename, whole or not at all; a second process unpacking the same
+        layer at once throws its copy away.
+        """
+        from . import layers
+
+        self._ensure()
+        blob_digest = sha256_file(tar_path)
+        staging = self.tempdir("layer-")
+        try:
+            with layers.open_layer(tar_path) as stream:
+                counter = _HashingReader(stream)
+                os.mkdir(os.path.join(staging, "root"))
+                layers.extract_layer(counter, os.path.join(staging, "root"), xattr_prefix=self.xattr_prefix)
+                counter.drain()
+            computed = counter.digest()
+            if diff_id is not None and diff_id != computed:
+                raise StoreError(f"layer {blob_digest}: digest mismatch (diff_id {computed}, expected {diff_id})")
+            diff_id = computed
+            with open(os.path.join(staging, "meta.json"), "w") as f:
+                json.dump({"diff_id": diff_id, "blob": blob_digest, "size": counter.size}, f)
+            target = self.layer_path(diff_id)
+            if os.path.isdir(target):
+                _rmtree(staging)
+            else:
+                try:
+                    os.rename(staging, target)
+                except OSError:
+                    if not os.path.isdir(target):
+                        raise
+                    _rmtree(staging)
+            blob = self.blob_path(blob_digest)
+            if not os.path.exists(blob):
+                shutil.copyfile(tar_path, blob + ".tmp")
+                os.replace(blob + ".tmp", blob)
+            return diff_id, counter.size
+        except BaseException:
+            _rmtree(staging)
+            raise
+
+    def layer_root(self, diff_id: str) -> str:
+        return os.path.join(self.layer_path(diff_id), "root")
+
+    @property
+    def xattr_prefix(self) -> str:
+        from . import layers
+
+        return layers.OVERLAY_TRUSTED if os.geteuid() == 0 else layers.OVERLAY_USER
+
+    # -- images ---------------------------------------------------------------
+
+    def _refs_path(self) -> str:
+        return os.path.join(self.root, "refs.json")
+
+    def _read_refs(self) -> dict[str, str]:
+        try:
+            with open(self._refs_path()) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{self._refs_path()} is corrupt ({exc}); fix: remove it and import the images again") from None
+
+    def _write_refs(self, data: dict[str, str]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, self._refs_path())
+
+    def put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None = None,
+                  history: list[dict] | None = None) -> Image:
+        """Write config and manifest for `diff_ids` and point `name` at them."""
+        layer_sizes = []
+        for diff_id in diff_ids:
+            meta = self._layer_meta(diff_id)
+            layer_sizes.append((meta.get("blob", diff_id), meta.get("size", 0)))
+        oci_config = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "architecture": _arch(),
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+            "history": history or [],
+        }
+        config_bytes = json.dumps(oci_config, sort_keys=True).encode()
+        config_digest = self.put_blob_bytes(config_bytes)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+            "layers": [
+                {"mediaType": MEDIA_LAYER, "digest": blob, "size": os.path.getsize(self.blob_path(blob)) if os.path.exists(self.blob_path(blob)) else size}
+                for blob, size in layer_sizes
+            ],
+        }
+        if base:
+            manifest["annotations"] = {BASE_ANNOTATION: base}
+        manifest_digest = self.put_blob_bytes(json.dumps(manifest, sort_keys=True).encode())
+        with self.lock():
+            data = self._read_refs()
+            data[name] = manifest_digest
+            self._write_refs(data)
+        return self.get(name)
+
+    def _layer_meta(self, diff_id: str) -> dict:
+        try:
+            with open(os.path.join(self.layer_path(diff_id), "meta.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise StoreError(f"layer {diff_id} is not in the store {self.root}") from None
+
+    def get(self, name: str) -> Image:
+        """The image filed under canonical `name`; `ImageNotFound` if none."""
+        if name == "host":
+            return HOST_IMAGE
+        data = self._read_refs()
+        if name not in data:
+            raise ImageNotFound(name)
+        return self._load(name, data[name])
+
+    def _load(self, name: str, manifest_digest: str) -> Image:
+        manifest = self.read_json(manifest_digest)
+        config_digest = manifest["config"]["digest"]
+        oci_config = self.read_json(config_digest)
+        base = (manifest.get("annotations") or {}).get(BASE_ANNOTATION)
+        diff_ids = list(oci_config.get("rootfs", {}).get("diff_ids", []))
+        size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
+        created = os.path.getmtime(self.blob_path(manifest_digest))
+        config = dict(oci_config.get("config") or {})
+        if base == "host" and not config.get("Env"):
+            config["Env"] = HOST_ENV
+        return Image(name, config_digest, diff_ids, config, base, created, size)
+
+    def resolve(self, text: str) -> Image:
+        """An image by reference text (`busybox:1`, `host`, an id prefix)."""
+        ref = refs.parse(text)
+        if ref.transport == "host":
+            return HOST_IMAGE
+        try:
+            return self.get(ref.name)
+        except ImageNotFound:
+            pass
+        if ref.transport == "registry" and ref.tag is None and ref.registry == refs.DEFAULT_REGISTRY:
+            for image in self.images():  # an id prefix, as `docker run 3f2a` allows
+                if len(text) >= 4 and _hex(image.id).startswith(text):
+                    return image
+        hint = (
+            f"import it first: `hermetic import dir:ROOTFS {ref.familiar}` (or tar:FILE); pulling from "
+            "registries is not available in this version yet"
+            if ref.transport == "registry"
+            else f"import it with `hermetic import {text} NAME`"
+        )
+        raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); {hint}")
+
+    def images(self) -> list[Image]:
+        result = []
+        for name, digest in sorted(self._read_refs().items()):
+            try:
+                result.append(self._load(name, digest))
+            except StoreError:
+                continue
+        return result
+
+    def remove(self, text: str) -> str:
+        """Untag an image; its blobs and layers go at the next `gc`."""
+        ref = refs.parse(text)
+        if ref.transport == "host":
+            raise StoreError("`host` is built in and cannot be removed")
+        with self.lock():
+            data = self._read_refs()
+            if ref.name not in data:
+                raise ImageNotFound(f"image {text!r} is not in the local store ({self.root})")
+            del data[ref.name]
+            self._write_refs(data)
+        return ref.familiar
+
+    def gc(self, *, max_tmp_age: float = 3600.0) -> list[str]:
+        """Delete blobs and layers no image refers to, and stale staging."""
+        removed: list[str] = []
+        if not os.path.isdir(self.root):
+            return removed
+        with self.lock():
+            keep_blobs: set[str] = set()
+            keep_layers: set[str] = set()
+            for digest in self._read_refs().values():
+                keep_blobs.add(_hex(digest))
+                try:
+                    manifest = self.read_json(digest)
+                    keep_blobs.add(_hex(manifest["config"]["digest"]))
+                    keep_blobs.update(_hex(layer["digest"]) for layer in manifest.get("layers", []))
+                    config = self.read_json(manifest["config"]["digest"])
+                    keep_layers.update(_hex(d) for d in config.get("rootfs", {}).get("diff_ids", []))
+                except (StoreError, KeyError):
+                    continue
+            blob_dir = os.path.join(self.root, "blobs", "sha256")
+            for entry in _listdir(blob_dir):
+                if entry not in keep_blobs:
+                    os.unlink(os.path.join(blob_dir, entry))
+                    removed.append(f"blob sha256:{entry}")
+            layer_dir = os.path.join(self.root, "layers")
+            for entry in _listdir(layer_dir):
+                if entry not in keep_layers:
+                    _rmtree(os.path.join(layer_dir, entry))
+                    removed.append(f"layer sha256:{entry}")
+            tmp_dir = os.path.join(self.root, "tmp")
+            now = time.time()
+            for entry in _listdir(tmp_dir):
+                path = os.path.join(tmp_dir, entry)
+                if now - os.lstat(path).st_mtime > max_tmp_age:
+                    _rmtree(path) if os.path.isdir(path) else os.unlink(path)
+                    removed.append(f"staging {entry}")
+        return removed
+
+
+class _HashingReader:
+    """Reads through a stream, hashing and counting what passes (the diff_id)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[-1]
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _rmtree(path: str) -> None:
+    from .._fs import rmtree
+
+    rmtree(path)
+
+
+def _arch() -> str:
+    import platform
+
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)

@@ -1,0 +1,62 @@
+"""Importing an image from somewhere other than the store.
+
+`dir:PATH` (a rootfs folder) and `tar:FILE` (a rootfs tarball, compressed or
+not) become a one-layer image under a name.  OCI layouts, docker archives
+and registries come with the registry issue; until then they are refused
+with a message that says so.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ImageReferenceError, SpecError
+from . import layers
+from . import reference as refs
+from .commit import target_name
+from .store import HOST_ENV, Image, Store
+
+
+def import_image(store: Store, source: str, name: str, *, env: dict[str, str] | None = None,
+                 workdir: str | None = None, user: str | None = None, cmd: list[str] | None = None) -> Image:
+    ref = refs.parse(source)
+    target = target_name(name)
+    if ref.transport == "dir":
+        root = os.path.abspath(ref.path)
+        if not os.path.isdir(root):
+            raise SpecError(f"dir:{ref.path}: no such directory")
+        staging = store.tempdir("import-")
+        try:
+            tar_path = os.path.join(staging, "layer.tar")
+            with open(tar_path, "wb") as out:
+                digests = layers.write_layer_from_dir(root, out)
+            diff_id, _ = store.add_layer_tar(tar_path, digests.diff_id)
+        finally:
+            from .._fs import rmtree
+
+            rmtree(staging)
+        has_sh = os.path.lexists(os.path.join(root, "bin", "sh"))
+    elif ref.transport == "tar":
+        path = os.path.abspath(ref.path)
+        if not os.path.isfile(path):
+            raise SpecError(f"tar:{ref.path}: no such file")
+        diff_id, _ = store.add_layer_tar(path)
+        has_sh = True
+    else:
+        raise ImageReferenceError(
+            f"cannot import {source!r}: only dir:PATH and tar:FILE can be imported in this version "
+            "(OCI layouts, docker archives and registries come with the registry issue)"
+        )
+    config: dict = {"Env": list(HOST_ENV)}
+    for key, value in (env or {}).items():
+        config["Env"] = [e for e in config["Env"] if not e.startswith(key + "=")] + [f"{key}={value}"]
+    if workdir:
+        config["WorkingDir"] = workdir
+    if user:
+        config["User"] = user
+    if cmd:
+        config["Cmd"] = list(cmd)
+    elif has_sh:
+        config["Cmd"] = ["/bin/sh"]
+    history = [{"created_by": f"hermetic import {source}"}]
+    return store.put_image(target, [diff_id], config, history=history)

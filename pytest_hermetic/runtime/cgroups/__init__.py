@@ -1,0 +1,246 @@
+"""Cgroups: limit a container's memory, CPU and PIDs, read back what it used,
+and kill everything in it.
+
+`detect()` finds which hierarchy this process lives in (v2, v1 or hybrid)
+from `/proc/self/mountinfo` and `/proc/self/cgroup`; `create()` makes one
+cgroup per container *beneath the cgroup this process already sits in* (or
+beneath `$HERMETIC_CGROUP_PARENT`), never anywhere else, and the returned
+object is the only thing that writes to it.  Each controller has its own
+module in `v1/` and `v2/`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Protocol
+
+from ...errors import CgroupUnavailable
+
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
+DEFAULT_PIDS = 4096
+PREFIX = "hermetic-"
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int | None = None  # bytes
+    cpus: float | None = None  # CPU bandwidth in cores
+    pids: int | None = None
+
+    def requested(self) -> list[str]:
+        return [name for name in ("memory", "cpus", "pids") if getattr(self, name) is not None]
+
+
+@dataclass
+class Stats:
+    memory_limit: int | None = None
+    memory_peak: int | None = None
+    oom_kills: int = 0
+    cpu_usec: int | None = None
+    pids_limit: int | None = None
+    pids_limit_hits: int = 0
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """Where the cgroup filesystems are and where this process sits in them."""
+
+    version: str  # "v2", "v1" or "hybrid"
+    unified: str | None  # mount point of the cgroup2 hierarchy, if any
+    v1: dict[str, str] = field(default_factory=dict)  # controller -> mount point
+    own: dict[str, str] = field(default_factory=dict)  # controller ("" = v2) -> our cgroup path
+
+    def describe(self) -> str:
+        return f"cgroup {self.version}"
+
+
+class Cgroup(Protocol):
+    """One container's cgroup, whatever the version."""
+
+    version: str
+
+    def join_paths(self) -> list[str]: ...
+    def pids(self) -> list[int]: ...
+    def stats(self) -> Stats: ...
+    def kill(self) -> list[tuple[int, str]]: ...
+    def remove(self) -> None: ...
+
+
+@lru_cache(maxsize=1)
+def detect() -> Hierarchy:
+    unified = None
+    v1: dict[str, str] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _source, options = (right.split() + ["", ""])[:3]
+            mount_point = _unescape(left.split()[4])
+            if fstype == "cgroup2" and unified is None:
+                unified = mount_point
+            elif fstype == "cgroup":
+                for opt in options.split(","):
+                    if opt in CONTROLLERS and opt not in v1:
+                        v1[opt] = mount_point
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for name in controllers.split(",") if controllers else [""]:
+                own[name] = path
+    if unified and not v1:
+        version = "v2"
+    elif unified:
+        version = "hybrid"
+    elif v1:
+        version = "v1"
+    else:
+        version = "none"
+    return Hierarchy(version, unified, v1, own)
+
+
+def _unescape(path: str) -> str:
+    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def parent_path(hierarchy: Hierarchy, controller: str) -> str:
+    """The cgroup (relative to its hierarchy's root) to create containers under."""
+    configured = os.environ.get("HERMETIC_CGROUP_PARENT")
+    if configured:
+        return "/" + configured.strip("/")
+    return hierarchy.own.get(controller, "/")
+
+
+def create(name: str, limits: Limits, *, required: bool = True) -> Cgroup | None:
+    """Make the cgroup for container `name` and apply `limits`.
+
+    Returns None where no cgroup can be made (rootless without delegation, no
+    cgroup filesystem) and no limit was asked for; raises `CgroupUnavailable`,
+    naming the fix, where a limit was asked for.
+    """
+    hierarchy = detect()
+    try:
+        if hierarchy.version == "v2":
+            from .v2 import V2Cgroup
+
+            return V2Cgroup.create(hierarchy, PREFIX + name, limits)
+        if hierarchy.version in ("v1", "hybrid"):
+            from .v1 import V1Cgroup
+
+            return V1Cgroup.create(hierarchy, PREFIX + name, limits)
+    except CgroupUnavailable:
+        if limits.requested():
+            raise
+        return None
+    if limits.requested():
+        raise CgroupUnavailable(
+            f"{', '.join(limits.requested())} limit needs cgroups, but no cgroup filesystem is mounted; "
+            "fix: mount cgroup2 on /sys/fs/cgroup, or run without limits"
+        )
+    return None
+
+
+def not_writable(path: str, what: str) -> CgroupUnavailable:
+    return CgroupUnavailable(
+        f"cannot create a cgroup under {path} for the {what} limit: not writable by uid {os.geteuid()}; "
+        "fix: run as root (e.g. with sudo), or in a delegated cgroup "
+        "(`systemd-run --user --scope -p Delegate=yes hermetic ...`) and point "
+        "HERMETIC_CGROUP_PARENT at it, or drop the limit"
+    )
+
+
+def read_int(path: str, default: int | None = None) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return default
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """Parse a flat keyed file (`memory.events`, `cpu.stat`, `pids.events`)."""
+    result: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                try:
+                    result[key] = int(value)
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    return result
+
+
+def write(path: str, value: str | int) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def read_pids(procs_file: str) -> list[int]:
+    try:
+        with open(procs_file) as f:
+            return [int(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def rmdir_retry(path: str, timeout: float = 2.0) -> None:
+    """Remove a cgroup directory; the kernel answers EBUSY for a short while
+    after its last process died, so retry with backoff."""
+    delay = 0.001
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def kill_until_empty(procs_file: str, timeout: float = 5.0) -> list[tuple[int, str]]:
+    """SIGKILL every process listed until none is left (they may fork meanwhile)."""
+    import signal
+
+    killed: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = read_pids(procs_file)
+        if not pids:
+            return killed
+        for pid in pids:
+            name = comm(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                if pid not in seen:
+                    seen.add(pid)
+                    killed.append((pid, name))
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            return killed
+        time.sleep(0.001)

@@ -1,0 +1,102 @@
+"""cgroup v1 (and the v1 half of a hybrid host): one directory per
+controller hierarchy, each made beneath the cgroup this process sits in."""
+
+from __future__ import annotations
+
+import os
+
+from .. import Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
+from . import cpu, freezer, memory, pids
+
+_NEEDED_FOR = {"memory": "memory", "cpus": "cpu", "pids": "pids"}
+
+
+class V1Cgroup:
+    version = "v1"
+
+    def __init__(self, dirs: dict[str, str]) -> None:
+        self.dirs = dirs  # controller -> absolute directory
+
+    @classmethod
+    def create(cls, hierarchy: Hierarchy, name: str, limits: Limits) -> "V1Cgroup":
+        for limit in limits.requested():
+            if _NEEDED_FOR[limit] not in hierarchy.v1:
+                from ....errors import CgroupUnavailable
+
+                raise CgroupUnavailable(
+                    f"{limit} limit needs the cgroup v1 '{_NEEDED_FOR[limit]}' controller, which is not mounted; "
+                    "fix: mount it, or drop the limit"
+                )
+        dirs: dict[str, str] = {}
+        seen_mounts: set[str] = set()
+        try:
+            for controller, mount_point in sorted(hierarchy.v1.items()):
+                if mount_point in seen_mounts:  # co-mounted controllers (cpu,cpuacct) share a directory
+                    dirs[controller] = next(d for c, d in dirs.items() if hierarchy.v1[c] == mount_point)
+                    continue
+                seen_mounts.add(mount_point)
+                parent = mount_point + parent_path(hierarchy, controller).rstrip("/")
+                path = f"{parent}/{name}"
+                try:
+                    os.mkdir(path)
+                except PermissionError:
+                    wanted = [limit for limit in limits.requested() if _NEEDED_FOR[limit] == controller]
+                    if wanted:
+                        raise not_writable(parent, wanted[0]) from None
+                    continue
+                dirs[controller] = path
+            group = cls(dirs)
+            memory.apply(dirs.get("memory"), limits.memory)
+            cpu.apply(dirs.get("cpu"), limits.cpus)
+            pids.apply(dirs.get("pids"), limits.pids)
+        except BaseException:
+            cls(dirs).remove()
+            raise
+        return group
+
+    def join_paths(self) -> list[str]:
+        return [f"{d}/cgroup.procs" for d in sorted(set(self.dirs.values()))]
+
+    def _procs_file(self) -> str | None:
+        for controller in ("freezer", "pids", "memory", "cpu"):
+            if controller in self.dirs:
+                return f"{self.dirs[controller]}/cgroup.procs"
+        return None
+
+    def pids(self) -> list[int]:
+        procs = self._procs_file()
+        return read_pids(procs) if procs else []
+
+    def stats(self) -> Stats:
+        result = Stats()
+        memory.stats(self.dirs.get("memory"), result)
+        cpu.stats(self.dirs.get("cpuacct"), result)
+        pids.stats(self.dirs.get("pids"), result)
+        return result
+
+    def kill(self) -> list[tuple[int, str]]:
+        """Freeze, kill, thaw: nothing can fork away while we kill."""
+        procs = self._procs_file()
+        if procs is None:
+            return []
+        path = self.dirs.get("freezer")
+        if path and freezer.freeze(path):
+            try:
+                victims = [(pid, comm(pid)) for pid in read_pids(procs)]
+                for pid, _ in victims:
+                    try:
+                        os.kill(pid, 9)
+                    except ProcessLookupError:
+                        pass
+            finally:
+                freezer.thaw(path)
+            return victims + [v for v in kill_until_empty(procs) if v not in victims]
+        return kill_until_empty(procs)
+
+    def remove(self) -> None:
+        for path in sorted(set(self.dirs.values())):
+            procs = f"{path}/cgroup.procs"
+            if read_pids(procs):
+                kill_until_empty(procs)
+            rmdir_retry(path)
+        self.dirs = {}

@@ -1,0 +1,18 @@
+"""v1 pids controller: the fork-bomb fuse."""
+
+from __future__ import annotations
+
+from .. import Stats, read_int, read_keyed, write
+
+
+def apply(path: str | None, limit: int | None) -> None:
+    if path is None or limit is None:
+        return
+    write(f"{path}/pids.max", limit)
+
+
+def stats(path: str | None, result: Stats) -> None:
+    if path is None:
+        return
+    result.pids_limit = read_int(f"{path}/pids.max")
+    result.pids_limit_hits = read_keyed(f"{path}/pids.events").get("max", 0)

@@ -1,0 +1,112 @@
+"""cgroup v2: one directory beneath the cgroup this process sits in (or
+`$HERMETIC_CGROUP_PARENT`).
+
+The no-internal-processes rule means controllers can be enabled only in a
+cgroup's `cgroup.subtree_control` while it holds no process.  The engine
+never writes to a cgroup it did not create, so it does not enable them
+itself: it uses what the parent delegates and names the fix when a limit
+needs a controller that is not delegated.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry, write
+from ....errors import CgroupUnavailable
+from . import cpu, memory, pids
+
+_CONTROLLER_FOR = {"memory": "memory", "cpus": "cpu", "pids": "pids"}
+
+
+class V2Cgroup:
+    version = "v2"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, hierarchy: Hierarchy, name: str, limits: Limits) -> "V2Cgroup":
+        assert hierarchy.unified is not None
+        parent = hierarchy.unified + parent_path(hierarchy, "").rstrip("/")
+        delegated = _read_words(f"{parent}/cgroup.subtree_control")
+        for limit in limits.requested():
+            controller = _CONTROLLER_FOR[limit]
+            if controller not in delegated:
+                raise CgroupUnavailable(
+                    f"{limit} limit needs the cgroup v2 '{controller}' controller, but {parent} does not delegate it "
+                    f"(its cgroup.subtree_control has: {' '.join(sorted(delegated)) or 'nothing'}); fix: run from a "
+                    "cgroup whose parent enables it (`systemd-run --scope -p Delegate=yes ...`), or set "
+                    "HERMETIC_CGROUP_PARENT to a delegated cgroup with no processes of its own"
+                )
+        path = f"{parent}/{name}"
+        try:
+            os.mkdir(path)
+        except PermissionError:
+            raise not_writable(parent, (limits.requested() or ["pids"])[0]) from None
+        group = cls(path)
+        try:
+            memory.apply(path, limits.memory)
+            cpu.apply(path, limits.cpus)
+            if "pids" in delegated:
+                pids.apply(path, limits.pids)
+        except BaseException:
+            group.remove()
+            raise
+        return group
+
+    def join_paths(self) -> list[str]:
+        return [f"{self.path}/cgroup.procs"]
+
+    def pids(self) -> list[int]:
+        return read_pids(f"{self.path}/cgroup.procs")
+
+    def stats(self) -> Stats:
+        result = Stats()
+        memory.stats(self.path, result)
+        cpu.stats(self.path, result)
+        pids.stats(self.path, result)
+        return result
+
+    def kill(self) -> list[tuple[int, str]]:
+        procs = f"{self.path}/cgroup.procs"
+        if os.path.exists(f"{self.path}/cgroup.kill"):  # 5.14+: atomic, races no fork
+            victims = [(pid, comm(pid)) for pid in read_pids(procs)]
+            write(f"{self.path}/cgroup.kill", 1)
+            return victims + [v for v in kill_until_empty(procs) if v not in victims]
+        frozen = _freeze(self.path, True)
+        try:
+            victims = [(pid, comm(pid)) for pid in read_pids(procs)]
+            for pid, _ in victims:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+        finally:
+            if frozen:
+                _freeze(self.path, False)
+        return victims + [v for v in kill_until_empty(procs) if v not in victims]
+
+    def remove(self) -> None:
+        if not self.path:
+            return
+        if read_pids(f"{self.path}/cgroup.procs"):
+            self.kill()
+        rmdir_retry(self.path)
+        self.path = ""
+
+
+def _read_words(path: str) -> set[str]:
+    try:
+        with open(path) as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def _freeze(path: str, frozen: bool) -> bool:
+    try:
+        write(f"{path}/cgroup.freeze", 1 if frozen else 0)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,78 @@
+"""Run another process inside a running container (`Container.exec`).
+
+The new process joins the container's cgroup, then its namespaces with
+setns(2) (user first where there is one, then mount, UTS, IPC, network,
+cgroup and PID), and forks once more, because joining a PID namespace only
+applies to children.  The intermediate process relays the exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from . import capabilities
+from . import syscalls as sc
+from .process import ContainerProcess, _describe, _fail, _read_all, _relay_exit, _start_error
+
+_ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
+          ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
+
+
+def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
+          userns: bool, privileged: bool = False) -> ContainerProcess:
+    """Start `argv` inside the container whose PID 1 is host pid `init_pid`."""
+    fds = {}
+    try:
+        if userns:
+            fds["user"] = os.open(f"/proc/{init_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        for name, _flag in _ORDER:
+            fds[name] = os.open(f"/proc/{init_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        for fd in fds.values():
+            os.close(fd)
+        from ..errors import ContainerStartError
+
+        raise ContainerStartError(f"container process {init_pid} is gone: {exc.strerror}") from None
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            for path in cgroup_procs:
+                with open(path, "w") as f:
+                    f.write("0")
+            if "user" in fds:
+                sc.setns(fds["user"], sc.CLONE_NEWUSER)
+            for name, flag in _ORDER:
+                sc.setns(fds[name], flag)
+            child = os.fork()
+        except BaseException as exc:  # noqa: BLE001
+            _fail(err_w, 125, _describe(exc))
+        if child == 0:
+            try:
+                os.chdir(cwd if os.path.isdir(cwd) else "/")
+                if not privileged:
+                    capabilities.drop_to_default(capabilities.last_cap())
+                    capabilities.no_new_privs()
+                os.closerange(3, err_w)
+                os.closerange(err_w + 1, 65536)
+                os.execvpe(argv[0], argv, env)
+            except FileNotFoundError:
+                _fail(err_w, 127, f"{argv[0]}: command not found in the container")
+            except BaseException as exc:  # noqa: BLE001
+                _fail(err_w, 126, _describe(exc))
+        os.close(err_w)
+        _relay_exit(child)
+    for fd in fds.values():
+        os.close(fd)
+    os.close(err_w)
+    try:
+        message = _read_all(err_r)
+    finally:
+        os.close(err_r)
+    proc = ContainerProcess(pid, pid, None)
+    if message:
+        proc.wait()
+        raise _start_error(message)
+    return proc

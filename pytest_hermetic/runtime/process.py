@@ -1,0 +1,446 @@
+"""The container process: fork, enter the namespaces, build the root, run.
+
+How many forks it takes, and why (a fork of a large Python parent costs
+1-4 ms here, so each one counts):
+
+* As root, the parent unshares a PID namespace *for its children only*
+  (per thread; its own PID never changes), forks once, and sets its
+  children's namespace back.  That child is PID 1 of the container and a
+  direct child of the caller, so `waitpid` sees its real exit status.
+* Rootless, a user namespace has to be entered by a single-threaded process,
+  so an intermediate child enters it (and all the others), forks PID 1 and
+  relays its exit status (by exiting the same way).
+
+PID 1 then joins the cgroup, unshares mount, UTS, IPC, network and cgroup
+namespaces, builds the root (`rootfs.setup`), drops privileges and either
+execs the command (it *is* PID 1, as under `docker run`) or, for a Python
+callable (the pytest plugin), forks the callable as PID 2 and stays behind
+as a reaper that forwards signals: a PID 1 ignores signals it has no handler
+for, which a test killing itself must not meet.
+
+Set-up errors travel to the parent through a close-on-exec pipe as one line
+(exit code, message); a clean exec closes the pipe with nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
+from . import capabilities, network, rootfs
+from . import syscalls as sc
+from .namespaces import CONTAINER_NAMESPACES, UserNamespace
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+
+
+@dataclass
+class ProcessConfig:
+    """Everything the child needs, resolved by the parent before the fork."""
+
+    rootfs: rootfs.RootfsConfig
+    hostname: str
+    argv: list[str] | None = None  # exec mode; None with a callable target
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    user: str | None = None  # "uid[:gid]" or a name from the image's /etc/passwd
+    network: network.NetworkConfig = field(default_factory=network.NetworkConfig)
+    cgroup_procs: list[str] = field(default_factory=list)
+    userns: UserNamespace | None = None
+    privileged: bool = False
+    close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int | None = None  # exit code, or None when killed by a signal
+    signal: int | None = None
+
+    @classmethod
+    def from_wait(cls, status: int) -> "ExitStatus":
+        if os.WIFSIGNALED(status):
+            return cls(signal=os.WTERMSIG(status))
+        return cls(code=os.waitstatus_to_exitcode(status))
+
+    @property
+    def shell_code(self) -> int:
+        """The status as a shell reports it (128+N for signal N)."""
+        return 128 + self.signal if self.signal is not None else (self.code or 0)
+
+
+class ContainerProcess:
+    """The parent's handle on a running container's PID 1."""
+
+    def __init__(self, pid: int, init_pid: int, status_fd: int | None) -> None:
+        self.pid = pid  # our direct child (PID 1, or the rootless relay)
+        self.init_pid = init_pid  # host pid of the container's PID 1
+        self._status_fd = status_fd
+        self._pidfd: int | None = None
+        self.exit_status: ExitStatus | None = None
+
+    def fileno(self) -> int:
+        if self._pidfd is None:
+            self._pidfd = os.pidfd_open(self.pid)
+        return self._pidfd
+
+    def wait(self, timeout: float | None = None) -> ExitStatus | None:
+        """Wait for the container to end; None if `timeout` passed first."""
+        if self.exit_status is not None:
+            return self.exit_status
+        if timeout is not None:
+            ready, _, _ = select.select([self.fileno()], [], [], max(timeout, 0))
+            if not ready:
+                return None
+        while True:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+        result = ExitStatus.from_wait(status)
+        reported = self._read_reported_status()
+        self.exit_status = reported or result
+        self._close()
+        return self.exit_status
+
+    def _read_reported_status(self) -> ExitStatus | None:
+        if self._status_fd is None:
+            return None
+        data = b""
+        try:
+            while len(data) < 4:
+                chunk = os.read(self._status_fd, 4 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            return None
+        if len(data) != 4:
+            return None
+        return ExitStatus.from_wait(struct.unpack("i", data)[0])
+
+    def send_signal(self, sig: int) -> None:
+        try:
+            os.kill(self.init_pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _close(self) -> None:
+        for fd in (self._pidfd, self._status_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._pidfd = self._status_fd = None
+
+    def __del__(self) -> None:
+        self._close()
+
+
+_own_pidns_fd: int | None = None
+
+
+def _pidns_fd() -> int:
+    global _own_pidns_fd
+    if _own_pidns_fd is None:
+        _own_pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    return _own_pidns_fd
+
+
+def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None) -> ContainerProcess:
+    """Start the container; return once it runs (or raise why it could not)."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None else (None, None)
+    rootless = config.userns is not None
+    sync = _SyncPipes() if rootless and config.userns and config.userns.needs_helpers else None
+    try:
+        if rootless:
+            pid = _fork_relay(config, target, err_w, status_w, sync)
+        else:
+            fd = _pidns_fd()
+            pid = -1
+            sc.unshare(sc.CLONE_NEWPID)
+            try:
+                pid = os.fork()
+            finally:
+                if pid != 0:
+                    sc.setns(fd, sc.CLONE_NEWPID)
+            if pid == 0:
+                _child_main(config, target, err_w, status_w)
+    except BaseException:
+        for fd in (err_r, err_w, status_r, status_w):
+            if fd is not None:
+                os.close(fd)
+        raise
+    os.close(err_w)
+    if status_w is not None:
+        os.close(status_w)
+    proc = ContainerProcess(pid, pid, status_r)
+    try:
+        if sync is not None:
+            sync.parent_side(pid, config.userns)  # type: ignore[arg-type]
+        message = _read_all(err_r)
+    finally:
+        os.close(err_r)
+    if rootless:
+        proc.init_pid = _read_relay_pid(proc)
+    if message:
+        proc.wait()
+        raise _start_error(message)
+    return proc
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _start_error(message: bytes) -> ContainerStartError:
+    code_text, _, text = message.decode(errors="replace").partition("\t")
+    code = int(code_text) if code_text.isdigit() else 125
+    kind = {127: CommandNotFound, 126: CommandNotExecutable}.get(code, ContainerStartError)
+    return kind(text)
+
+
+def _fail(err_w: int, code: int, text: str) -> None:
+    try:
+        os.write(err_w, f"{code}\t{text}".encode())
+    finally:
+        os._exit(code)
+
+
+# --- rootless: a relay enters the user namespace, PID 1 is its child ---------
+
+
+class _SyncPipes:
+    """Lets the parent map the relay's user namespace with newuidmap."""
+
+    def __init__(self) -> None:
+        self.to_parent = os.pipe2(os.O_CLOEXEC)
+        self.to_child = os.pipe2(os.O_CLOEXEC)
+
+    def child_wait_for_maps(self) -> None:
+        os.write(self.to_parent[1], b"U")
+        if os.read(self.to_child[0], 1) != b"G":
+            os._exit(125)
+
+    def parent_side(self, pid: int, userns: UserNamespace) -> int:
+        os.close(self.to_parent[1])
+        os.close(self.to_child[0])
+        try:
+            if os.read(self.to_parent[0], 1) == b"U":
+                userns.write_maps_with_helpers(pid)
+                os.write(self.to_child[1], b"G")
+        finally:
+            os.close(self.to_parent[0])
+            os.close(self.to_child[1])
+        return pid
+
+
+_RELAY_PID = struct.Struct("i")
+
+
+def _fork_relay(config, target, err_w, status_w, sync) -> int:
+    relay_r, relay_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid != 0:
+        os.close(relay_w)
+        _relay_pid_fds[pid] = relay_r
+        return pid
+    # The relay (single-threaded, a fresh fork).
+    try:
+        os.close(relay_r)
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _join_cgroup(config.cgroup_procs)
+        sc.unshare(sc.CLONE_NEWUSER)
+        if sync is not None:
+            sync.child_wait_for_maps()
+        else:
+            config.userns.write_own_maps()
+        sc.unshare(CONTAINER_NAMESPACES | sc.CLONE_NEWPID)
+        child = os.fork()
+    except BaseException as exc:  # noqa: BLE001 - everything becomes a start error
+        _fail(err_w, 125, _describe(exc))
+    if child == 0:
+        _child_main(config, target, err_w, status_w, joined=True)
+    os.close(err_w)
+    if status_w is not None:
+        os.close(status_w)
+    os.write(relay_w, _RELAY_PID.pack(child))
+    os.close(relay_w)
+    _relay_exit(child)
+
+
+_relay_pid_fds: dict[int, int] = {}
+
+
+def _read_relay_pid(proc: ContainerProcess) -> int:
+    fd = _relay_pid_fds.pop(proc.pid, None)
+    if fd is None:
+        return proc.pid
+    try:
+        data = _read_all(fd)
+    finally:
+        os.close(fd)
+    return _RELAY_PID.unpack(data)[0] if len(data) == 4 else proc.pid
+
+
+def _relay_exit(child: int) -> None:
+    """Wait for PID 1 and end the same way, so the caller sees its status."""
+    import resource
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except ChildProcessError:
+            os._exit(125)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+# --- PID 1 --------------------------------------------------------------------
+
+
+def _join_cgroup(procs_files: list[str]) -> None:
+    for path in procs_files:
+        with open(path, "w") as f:
+            f.write("0")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not str(exc).startswith(type(exc).__name__):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _child_main(config: ProcessConfig, target, err_w: int, status_w: int | None, joined: bool = False) -> None:
+    """PID 1 of the container.  Never returns."""
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        if not joined:
+            _join_cgroup(config.cgroup_procs)
+            sc.unshare(CONTAINER_NAMESPACES)
+        network.setup_in_child(config.network)
+        rootfs.setup(config.rootfs, config.hostname)
+        uid, gid = _resolve_user(config.user)
+        cap_last = capabilities.last_cap()
+        os.chdir(config.cwd) if os.path.isdir(config.cwd) else None
+        if gid != 0 or uid != 0:
+            os.setgroups([]) if config.userns is None else None
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        elif not config.privileged:
+            capabilities.drop_to_default(cap_last)
+        if not config.privileged:
+            capabilities.no_new_privs()
+    except BaseException as exc:  # noqa: BLE001
+        _fail(err_w, 125, _describe(exc))
+    if target is None:
+        _exec(config, err_w)
+    _run_callable(target, err_w, status_w)
+
+
+def _resolve_user(user: str | None) -> tuple[int, int]:
+    """Resolve "uid[:gid]" or "name[:group]" against the container's files."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+    uid = gid = None
+    if name.isdigit():
+        uid = int(name)
+    entries = _read_colon_file("/etc/passwd")
+    for entry in entries:
+        if len(entry) > 3 and (entry[0] == name or (uid is not None and entry[2] == name)):
+            uid, gid = int(entry[2]), int(entry[3])
+            break
+    if uid is None:
+        raise ContainerStartError(f"user {name!r} not found in the image's /etc/passwd")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            for entry in _read_colon_file("/etc/group"):
+                if entry[0] == group and len(entry) > 2:
+                    gid = int(entry[2])
+                    break
+            else:
+                raise ContainerStartError(f"group {group!r} not found in the image's /etc/group")
+    return uid, gid if gid is not None else uid
+
+
+def _read_colon_file(path: str) -> list[list[str]]:
+    try:
+        with open(path) as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    except OSError:
+        return []
+
+
+def _exec(config: ProcessConfig, err_w: int) -> None:
+    assert config.argv
+    if config.close_fds:
+        os.closerange(3, err_w)
+        os.closerange(err_w + 1, 65536)
+    try:
+        os.execvpe(config.argv[0], config.argv, config.env)
+    except FileNotFoundError:
+        _fail(err_w, 127, f"{config.argv[0]}: command not found in the container (PATH={config.env.get('PATH', '')})")
+    except PermissionError:
+        _fail(err_w, 126, f"{config.argv[0]}: permission denied (not executable)")
+    except OSError as exc:
+        _fail(err_w, 126, f"{config.argv[0]}: cannot execute: {exc.strerror}")
+
+
+def _run_callable(target, err_w: int, status_w: int | None) -> None:
+    """Fork the callable as PID 2; stay as its reaper and signal forwarder."""
+    os.close(err_w)  # set-up done: start() returns in the parent
+    worker = os.fork()
+    if worker == 0:
+        code = 1
+        try:
+            result = target()
+            code = result if isinstance(result, int) else 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, lambda s, _f: os.kill(worker, s))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(125)
+        if pid == worker:
+            if status_w is not None:
+                os.write(status_w, struct.pack("i", status))
+            os._exit(0)

@@ -1,0 +1,260 @@
+"""The container's root filesystem: overlay, /proc, /dev, /sys, /tmp, binds,
+masks, pivot_root.
+
+Everything here runs in the child, inside its fresh mount namespace: every
+mount it makes dies with that namespace, none is ever made on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+from . import syscalls as sc
+from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
+
+HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# Directories the engine always mounts over; `/run` stays the image's own.
+MOUNT_POINTS = ("proc", "dev", "sys", "tmp")
+# As runc masks by default.
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# Host top-level entries that a rootless `host` root leaves out or mounts freshly.
+_SKIP_HOST_TOP = {"proc", "sys", "dev", "tmp", "lost+found"}
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: str
+    target: str
+    readonly: bool = False
+
+
+@dataclass
+class RootfsConfig:
+    lowers: list[str]  # overlay lower dirs, top first; lowers[0] is the init layer
+    upper: str
+    work: str
+    merged: str
+    host_root: bool = False  # the last lower is the host's "/"
+    userns: bool = False  # mount overlays with `userxattr`
+    privileged: bool = False
+    binds: list[Bind] = field(default_factory=list)
+    cgroup_v2: bool = False  # mount cgroup2 (read-only) on /sys/fs/cgroup
+    init_files: dict[str, str] = field(default_factory=dict)  # "etc/hostname" -> text
+    # (layer tar, dir): layers unpacked at start onto a private tmpfs, for
+    # images committed on top of `host` (see Container._layer_dirs).
+    replay: list[tuple[str, str]] = field(default_factory=list)
+
+
+def write_init_layer(config: "RootfsConfig") -> None:
+    """Build the init layer on a fresh tmpfs: engine-owned files and the
+    mount points of /proc, /dev, /sys, /tmp and of every bind.
+
+    It lives on its own tmpfs, mounted in the container's namespace, because
+    overlayfs refuses a lower layer that sits below another lower layer (the
+    `host` image's "/"), and so that nothing the engine needs lands in the
+    read-write layer that `commit` reads.
+    """
+    path = config.lowers[0]
+    sc.mount("tmpfs", path, "tmpfs", MS_NODEV | MS_NOSUID, "mode=755")
+    for name, text in config.init_files.items():
+        target = os.path.join(path, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as f:
+            f.write(text)
+    for name in MOUNT_POINTS:
+        os.makedirs(os.path.join(path, name), exist_ok=True)
+    for bind in config.binds:
+        stub = os.path.join(path, bind.target.lstrip("/"))
+        if os.path.isdir(bind.source):
+            os.makedirs(stub, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(stub), exist_ok=True)
+            if not os.path.lexists(stub):
+                open(stub, "a").close()
+
+
+def setup(config: RootfsConfig, hostname: str) -> None:
+    """Build the root in the current (fresh) mount namespace and pivot into it."""
+    sc.mount(None, "/", None, MS_REC | sc.MS_PRIVATE)
+    write_init_layer(config)
+    if config.replay:
+        _replay_layers(config.replay, config.userns)
+    root = config.merged
+    if config.host_root and config.userns:
+        _mount_host_per_directory(config)
+    else:
+        _mount_overlay(config.lowers, config.upper, config.work, root, config.userns)
+    for bind in config.binds:
+        _bind(bind.source, root + bind.target, bind.readonly)
+    _mount_proc(root)
+    _mount_dev(root, config.userns)
+    _mount_sys(root, config.privileged, config.cgroup_v2)
+    sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    if not config.privileged:
+        _mask(root)
+    sc.sethostname(hostname)
+    _pivot(root)
+
+
+def _replay_layers(replay: list[tuple[str, str]], userns: bool) -> None:
+    from ..images import layers
+
+    base = os.path.dirname(replay[0][1])
+    sc.mount("tmpfs", base, "tmpfs", MS_NODEV | MS_NOSUID, "mode=755")
+    prefix = layers.OVERLAY_USER if userns else layers.OVERLAY_TRUSTED
+    for tar_path, directory in replay:
+        os.mkdir(directory)
+        layers.extract_layer(tar_path, directory, xattr_prefix=prefix)
+
+
+def _overlay_options(lowers: list[str], upper: str, work: str, userns: bool) -> str:
+    escaped = [p.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,") for p in lowers]
+    options = f"lowerdir={':'.join(escaped)},upperdir={upper},workdir={work}"
+    # The rw layer must hold exactly what changed, so `commit` can read it.
+    options += ",redirect_dir=off,metacopy=off" if not userns else ",userxattr"
+    return options
+
+
+def _mount_overlay(lowers: list[str], upper: str, work: str, target: str, userns: bool) -> None:
+    sc.mount("overlay", target, "overlay", MS_NODEV, _overlay_options(lowers, upper, work, userns))
+
+
+def _mount_host_per_directory(config: RootfsConfig) -> None:
+    """A rootless `host` root: one overlay per top-level directory under a
+    tmpfs, since an overlay of "/" cannot see through its submounts in a user
+    namespace (see shared/notes/host-image-overlay.md)."""
+    root = config.merged
+    init = config.lowers[0]
+    image_lowers = config.lowers[1:-1]  # layers committed on top of `host`
+    sc.mount("tmpfs", root, "tmpfs", MS_NODEV, "mode=755")
+    submounts = _mount_points_below_top()
+    for name in sorted(os.listdir("/")):
+        host_path = "/" + name
+        target = f"{root}/{name}"
+        if os.path.islink(host_path):
+            os.symlink(os.readlink(host_path), target)
+            continue
+        if not os.path.isdir(host_path):
+            continue
+        os.mkdir(target, 0o755)
+        if name in _SKIP_HOST_TOP:
+            continue
+        if name in submounts:
+            # Its submounts cannot be overlaid from here: show it read-only.
+            _bind(host_path, target, readonly=True, recursive=True)
+            continue
+        lowers = [p for p in (f"{init}/{name}", *(f"{lay}/{name}" for lay in image_lowers)) if os.path.isdir(p)]
+        upper, work = f"{config.upper}/{name}", f"{config.work}/{name}"
+        os.makedirs(upper, exist_ok=True)
+        os.makedirs(work, exist_ok=True)
+        _mount_overlay([*lowers, host_path], upper, work, target, True)
+
+
+def _mount_points_below_top() -> set[str]:
+    """Top-level directories of "/" that have something mounted below them."""
+    names: set[str] = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4]
+            parts = point.split("/")
+            if len(parts) > 1 and parts[1]:
+                names.add(parts[1].replace("\\040", " "))
+    return names
+
+
+def _bind(source: str, target: str, readonly: bool, recursive: bool = True) -> None:
+    flags = MS_BIND | (MS_REC if recursive else 0)
+    sc.mount(source, target, None, flags)
+    if readonly:
+        # A bind ignores MS_RDONLY; only a remount applies it.  Keep the
+        # flags the kernel locked on the source (nodev, nosuid...).
+        extra = _locked_flags(target)
+        sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | extra)
+
+
+def _locked_flags(path: str) -> int:
+    flags = 0
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return flags
+    for bit, mount_flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC)):
+        if st.f_flag & bit:
+            flags |= mount_flag
+    return flags
+
+
+def _mount_proc(root: str) -> None:
+    sc.mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _mount_dev(root: str, userns: bool) -> None:
+    dev = root + "/dev"
+    sc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    for name in HOST_DEVICES:
+        # mknod'ed nodes cannot be opened in a user namespace, and binding the
+        # host's nodes keeps every other device unreachable (all other mounts
+        # are nodev).
+        open(f"{dev}/{name}", "w").close()
+        sc.mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+    os.mkdir(f"{dev}/pts")
+    pts_options = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
+    sc.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, pts_options)
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm")
+    sc.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    os.mkdir(f"{dev}/mqueue")
+    sc.mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")):
+        os.symlink(target, f"{dev}/{name}")
+
+
+def _mount_sys(root: str, privileged: bool, cgroup_v2: bool) -> None:
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY)
+    sc.mount("sysfs", root + "/sys", "sysfs", flags)
+    if cgroup_v2 and os.path.isdir(root + "/sys/fs/cgroup"):
+        sc.mount("cgroup2", root + "/sys/fs/cgroup", "cgroup2", flags)
+
+
+def _mask(root: str) -> None:
+    for path in MASKED_PATHS:
+        target = root + path
+        try:
+            st = os.lstat(target)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            sc.mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        else:
+            sc.mount(root + "/dev/null", target, None, MS_BIND)
+    for path in READONLY_PATHS:
+        target = root + path
+        if os.path.exists(target):
+            sc.mount(target, target, None, MS_BIND | MS_REC)
+            sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _pivot(root: str) -> None:
+    # pivot_root(".", ".") stacks the old root under the new one; detaching
+    # it leaves no path back to the host's tree.
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")

@@ -1,0 +1,204 @@
+"""`Spec`: what a container should be, parsed and validated once.
+
+The marker, the command line and the notebook magics all build a `Spec`, so
+`64M`, `1.5` and `host` mean the same everywhere and a bad value fails the
+same way: a `SpecError` naming the option, the value and what would do.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from .errors import SpecError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DEFAULT_PIDS = 4096
+
+
+def parse_size(value: int | str | None, option: str = "mem") -> int | None:
+    """`64M`, `1g`, `512MiB`, `1.5G` or an int of bytes -> bytes.
+
+    Units are binary, as Docker's are (`64M` is 64 MiB).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise SpecError(f"{option}={value!r}: not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise SpecError(f"{option}={value!r}: not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB")
+        size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise SpecError(f"{option}={value!r}: must be more than 0 bytes")
+    return size
+
+
+def format_size(size: int | None) -> str:
+    if size is None:
+        return "unlimited"
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            value = size / factor
+            return f"{value:.0f} {unit}" if value >= 10 or value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} B"
+
+
+def parse_cpus(value: float | int | str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        cpus = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"cpus={value!r}: not a number of CPUs; use e.g. 0.5, 1 or 1.5") from None
+    if not math.isfinite(cpus) or cpus < 0.01:
+        raise SpecError(f"cpus={value!r}: must be at least 0.01")
+    return cpus
+
+
+def parse_positive_int(value: Any, option: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(str(value), 10) if not isinstance(value, int) or isinstance(value, bool) else value
+    except ValueError:
+        raise SpecError(f"{option}={value!r}: not a whole number") from None
+    if isinstance(value, bool) or number < 1:
+        raise SpecError(f"{option}={value!r}: must be a whole number of at least 1")
+    return number
+
+
+def parse_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"timeout={value!r}: not a number of seconds; use e.g. 2 or 0.5") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SpecError(f"timeout={value!r}: must be more than 0 seconds")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Volume:
+    source: str
+    target: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Volume":
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1] or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise SpecError(f"volume {text!r}: use SRC:DST or SRC:DST:ro")
+        if not parts[1].startswith("/"):
+            raise SpecError(f"volume {text!r}: the target {parts[1]!r} must be an absolute path")
+        import os
+
+        source = os.path.abspath(parts[0])
+        if not os.path.exists(source):
+            raise SpecError(f"volume {text!r}: the source {source} does not exist")
+        return cls(source, os.path.normpath(parts[1]), len(parts) == 3 and parts[2] == "ro")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A container's configuration.  Build it with `Spec.build(...)`."""
+
+    image: str = "host"
+    command: tuple[str, ...] | None = None
+    net: bool | str = False
+    mem: int | None = None
+    cpus: float | None = None
+    pids: int | None = DEFAULT_PIDS
+    timeout: float | None = None
+    hostname: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    volumes: tuple[Volume, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    name: str | None = None
+    userns: bool | None = None  # None: only when not root
+    privileged: bool = False
+
+    @classmethod
+    def build(cls, image: str = "host", command: Any = None, **options: Any) -> "Spec":
+        """Validate everything; raise `SpecError` naming the bad option."""
+        known = {f for f in cls.__dataclass_fields__}  # type: ignore[attr-defined]
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise SpecError(f"unknown option {unknown[0]!r}; known options: {', '.join(sorted(known - {'image', 'command'}))}")
+        if not isinstance(image, str) or not image.strip():
+            raise SpecError(f"image={image!r}: give an image reference such as 'host', 'busybox:1' or 'dir:/path'")
+        if isinstance(command, str):
+            command = ("/bin/sh", "-c", command)
+        elif command is not None:
+            command = tuple(str(part) for part in command)
+        net = options.get("net", False)
+        if net not in (True, False) and not (isinstance(net, str) and net):
+            raise SpecError(f"net={net!r}: use False (loopback only), True (bridged), or a network name")
+        if net is not False:
+            raise SpecError(
+                f"net={net!r}: bridged and named networks are not available yet in this version "
+                "(only net=False, a private loopback); they are tracked in the networks issue"
+            )
+        hostname = options.get("hostname")
+        if hostname is not None and not _HOSTNAME.match(hostname):
+            raise SpecError(f"hostname={hostname!r}: use letters, digits and '-', at most 63 characters")
+        name = options.get("name")
+        if name is not None and not _NAME.match(name):
+            raise SpecError(f"name={name!r}: use letters, digits, '_', '.', '-', starting with a letter or digit")
+        env = dict(options.get("env") or {})
+        for key in env:
+            if not key or "=" in key or "\0" in key:
+                raise SpecError(f"env: {key!r} is not a variable name")
+        volumes = tuple(v if isinstance(v, Volume) else Volume.parse(v) for v in options.get("volumes") or ())
+        workdir = options.get("workdir")
+        if workdir is not None and not str(workdir).startswith("/"):
+            raise SpecError(f"workdir={workdir!r}: must be an absolute path")
+        pids = options.get("pids", DEFAULT_PIDS)
+        return cls(
+            image=image.strip(),
+            command=command,
+            net=net,
+            mem=parse_size(options.get("mem")),
+            cpus=parse_cpus(options.get("cpus")),
+            pids=parse_positive_int(pids, "pids"),
+            timeout=parse_timeout(options.get("timeout")),
+            hostname=hostname,
+            env=env,
+            volumes=volumes,
+            workdir=workdir,
+            user=options.get("user"),
+            name=name,
+            userns=options.get("userns"),
+            privileged=bool(options.get("privileged", False)),
+        )
+
+    def with_options(self, **changes: Any) -> "Spec":
+        return replace(self, **changes)
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    """`-e K=V` (or `-e K` to pass the caller's value through)."""
+    import os
+
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise SpecError(f"-e {item!r}: use KEY=VALUE")
+        if not sep:
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        env[key] = value
+    return env
