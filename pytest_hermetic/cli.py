@@ -108,7 +108,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         net=args.net,
         mem=args.mem,
         cpus=args.cpus,
-        pids=args.pids if args.pids is not None else 4096,
+        pids=args.pids,
         timeout=args.timeout,
         hostname=args.hostname,
         env=env,
@@ -152,6 +152,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             _say(f"killed: {result.reason}")
         elif result.status.signal is not None and interrupts["count"] == 0:
             _say(result.reason or "")
+        elif result.stats.pids_limit_hits:
+            _say(f"note: {result.reason}")
         if args.commit:
             if result.exit_code == 0:
                 image = container.commit(args.commit)

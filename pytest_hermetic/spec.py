@@ -118,7 +118,7 @@ class Spec:
     net: bool | str = False
     mem: int | None = None
     cpus: float | None = None
-    pids: int | None = DEFAULT_PIDS
+    pids: int | None = None  # None: the engine's default fuse (4096) where the pids controller is usable
     timeout: float | None = None
     hostname: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
@@ -164,7 +164,7 @@ class Spec:
         workdir = options.get("workdir")
         if workdir is not None and not str(workdir).startswith("/"):
             raise SpecError(f"workdir={workdir!r}: must be an absolute path")
-        pids = options.get("pids", DEFAULT_PIDS)
+        pids = options.get("pids")
         return cls(
             image=image.strip(),
             command=command,

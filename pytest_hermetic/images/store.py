@@ -147,6 +147,7 @@ class Store:
         self._ensure()
         blob_digest = sha256_file(tar_path)
         staging = self.tempdir("layer-")
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the layer from users in containers
         try:
             with layers.open_layer(tar_path) as stream:
                 counter = _HashingReader(stream)

@@ -37,6 +37,28 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
+        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w)
+    for fd in fds.values():
+        os.close(fd)
+    os.close(err_w)
+    try:
+        message = _read_all(err_r)
+    finally:
+        os.close(err_r)
+    proc = ContainerProcess(pid, pid, None)
+    if message:
+        proc.wait()
+        raise _start_error(message)
+    return proc
+
+
+def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
+                 privileged: bool, err_w: int) -> None:
+    """The forked child: join, fork into the PID namespace, exec.
+
+    It must end in `os._exit` whatever happens, never return into the
+    caller's stack."""
+    try:
         try:
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
             for path in cgroup_procs:
@@ -64,15 +86,5 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
                 _fail(err_w, 126, _describe(exc))
         os.close(err_w)
         _relay_exit(child)
-    for fd in fds.values():
-        os.close(fd)
-    os.close(err_w)
-    try:
-        message = _read_all(err_r)
     finally:
-        os.close(err_r)
-    proc = ContainerProcess(pid, pid, None)
-    if message:
-        proc.wait()
-        raise _start_error(message)
-    return proc
+        os._exit(125)

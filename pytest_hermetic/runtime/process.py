@@ -25,10 +25,12 @@ Set-up errors travel to the parent through a close-on-exec pipe as one line
 from __future__ import annotations
 
 import os
+import resource  # imported here: after entering a container's root, no stdlib is left to import from
 import select
 import signal
 import struct
 import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -258,7 +260,14 @@ def _fork_relay(config, target, err_w, status_w, sync) -> int:
         os.close(relay_w)
         _relay_pid_fds[pid] = relay_r
         return pid
-    # The relay (single-threaded, a fresh fork).
+    # The relay (single-threaded, a fresh fork); it must never return.
+    try:
+        _relay_main(config, target, err_w, status_w, sync, relay_r, relay_w)
+    finally:
+        os._exit(125)
+
+
+def _relay_main(config, target, err_w, status_w, sync, relay_r, relay_w) -> None:
     try:
         os.close(relay_r)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -297,9 +306,17 @@ def _read_relay_pid(proc: ContainerProcess) -> int:
 
 
 def _relay_exit(child: int) -> None:
-    """Wait for PID 1 and end the same way, so the caller sees its status."""
-    import resource
+    """Wait for PID 1 and end the same way, so the caller sees its status.
 
+    Runs in a forked child: it must end in `os._exit` whatever happens, never
+    return into the caller's stack."""
+    try:
+        _relay_wait(child)
+    finally:
+        os._exit(125)
+
+
+def _relay_wait(child: int) -> None:
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, lambda s, _f: os.kill(child, s))
     while True:
@@ -333,7 +350,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def _child_main(config: ProcessConfig, target, err_w: int, status_w: int | None, joined: bool = False) -> None:
-    """PID 1 of the container.  Never returns."""
+    """PID 1 of the container.  Never returns: whatever happens ends in `os._exit`."""
+    try:
+        _pid1(config, target, err_w, status_w, joined)
+    finally:
+        os._exit(125)
+
+
+def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None, joined: bool) -> None:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         for sig in FORWARDED_SIGNALS:
@@ -424,8 +448,6 @@ def _run_callable(target, err_w: int, status_w: int | None) -> None:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:  # noqa: BLE001
-            import traceback
-
             traceback.print_exc()
         finally:
             try:

@@ -100,12 +100,12 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         _mount_host_per_directory(config)
     else:
         _mount_overlay(config.lowers, config.upper, config.work, root, config.userns)
-    for bind in config.binds:
-        _bind(bind.source, root + bind.target, bind.readonly)
     _mount_proc(root)
     _mount_dev(root, config.userns)
     _mount_sys(root, config.privileged, config.cgroup_v2)
     sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for bind in config.binds:  # last, so a bind below /tmp is not hidden by it
+        _bind(bind.source, root + bind.target, bind.readonly)
     if not config.privileged:
         _mask(root)
     sc.sethostname(hostname)
@@ -179,6 +179,13 @@ def _mount_points_below_top() -> set[str]:
 
 
 def _bind(source: str, target: str, readonly: bool, recursive: bool = True) -> None:
+    if not os.path.lexists(target):
+        # Only below a fresh tmpfs (/tmp): elsewhere the init layer has the stub.
+        if os.path.isdir(source):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
     flags = MS_BIND | (MS_REC if recursive else 0)
     sc.mount(source, target, None, flags)
     if readonly:

@@ -32,7 +32,9 @@ class Limits:
     pids: int | None = None
 
     def requested(self) -> list[str]:
-        return [name for name in ("memory", "cpus", "pids") if getattr(self, name) is not None]
+        """The limits asked for, by their option names (mem, cpus, pids)."""
+        return [option for option, name in (("mem", "memory"), ("cpus", "cpus"), ("pids", "pids"))
+                if getattr(self, name) is not None]
 
 
 @dataclass
@@ -114,23 +116,26 @@ def parent_path(hierarchy: Hierarchy, controller: str) -> str:
     return hierarchy.own.get(controller, "/")
 
 
-def create(name: str, limits: Limits, *, required: bool = True) -> Cgroup | None:
+def create(name: str, limits: Limits, *, default_pids: int | None = DEFAULT_PIDS) -> Cgroup | None:
     """Make the cgroup for container `name` and apply `limits`.
 
-    Returns None where no cgroup can be made (rootless without delegation, no
-    cgroup filesystem) and no limit was asked for; raises `CgroupUnavailable`,
+    `default_pids` is a fuse against fork bombs, applied where the pids
+    controller is usable and silently left out where it is not.  Returns
+    None where no cgroup can be made (rootless without delegation, no cgroup
+    filesystem) and no limit was asked for; raises `CgroupUnavailable`,
     naming the fix, where a limit was asked for.
     """
     hierarchy = detect()
+    fuse = default_pids if limits.pids is None else None
     try:
         if hierarchy.version == "v2":
             from .v2 import V2Cgroup
 
-            return V2Cgroup.create(hierarchy, PREFIX + name, limits)
+            return V2Cgroup.create(hierarchy, PREFIX + name, limits, fuse)
         if hierarchy.version in ("v1", "hybrid"):
             from .v1 import V1Cgroup
 
-            return V1Cgroup.create(hierarchy, PREFIX + name, limits)
+            return V1Cgroup.create(hierarchy, PREFIX + name, limits, fuse)
     except CgroupUnavailable:
         if limits.requested():
             raise

@@ -8,7 +8,7 @@ import os
 from .. import Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
 from . import cpu, freezer, memory, pids
 
-_NEEDED_FOR = {"memory": "memory", "cpus": "cpu", "pids": "pids"}
+_NEEDED_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
 
 
 class V1Cgroup:
@@ -18,7 +18,7 @@ class V1Cgroup:
         self.dirs = dirs  # controller -> absolute directory
 
     @classmethod
-    def create(cls, hierarchy: Hierarchy, name: str, limits: Limits) -> "V1Cgroup":
+    def create(cls, hierarchy: Hierarchy, name: str, limits: Limits, fuse: int | None = None) -> "V1Cgroup":
         for limit in limits.requested():
             if _NEEDED_FOR[limit] not in hierarchy.v1:
                 from ....errors import CgroupUnavailable
@@ -27,6 +27,11 @@ class V1Cgroup:
                     f"{limit} limit needs the cgroup v1 '{_NEEDED_FOR[limit]}' controller, which is not mounted; "
                     "fix: mount it, or drop the limit"
                 )
+        if not any(os.access(mount_point + parent_path(hierarchy, c), os.W_OK) for c, mount_point in hierarchy.v1.items()):
+            wanted = (limits.requested() or ["pids"])[0]
+            controller = _NEEDED_FOR[wanted]
+            mount_point = hierarchy.v1.get(controller, "/sys/fs/cgroup")
+            raise not_writable(mount_point + parent_path(hierarchy, controller), wanted)
         dirs: dict[str, str] = {}
         seen_mounts: set[str] = set()
         try:
@@ -48,7 +53,7 @@ class V1Cgroup:
             group = cls(dirs)
             memory.apply(dirs.get("memory"), limits.memory)
             cpu.apply(dirs.get("cpu"), limits.cpus)
-            pids.apply(dirs.get("pids"), limits.pids)
+            pids.apply(dirs.get("pids"), limits.pids if limits.pids is not None else fuse)
         except BaseException:
             cls(dirs).remove()
             raise

@@ -16,7 +16,7 @@ from .. import Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, p
 from ....errors import CgroupUnavailable
 from . import cpu, memory, pids
 
-_CONTROLLER_FOR = {"memory": "memory", "cpus": "cpu", "pids": "pids"}
+_CONTROLLER_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
 
 
 class V2Cgroup:
@@ -26,7 +26,7 @@ class V2Cgroup:
         self.path = path
 
     @classmethod
-    def create(cls, hierarchy: Hierarchy, name: str, limits: Limits) -> "V2Cgroup":
+    def create(cls, hierarchy: Hierarchy, name: str, limits: Limits, fuse: int | None = None) -> "V2Cgroup":
         assert hierarchy.unified is not None
         parent = hierarchy.unified + parent_path(hierarchy, "").rstrip("/")
         delegated = _read_words(f"{parent}/cgroup.subtree_control")
@@ -49,7 +49,7 @@ class V2Cgroup:
             memory.apply(path, limits.memory)
             cpu.apply(path, limits.cpus)
             if "pids" in delegated:
-                pids.apply(path, limits.pids)
+                pids.apply(path, limits.pids if limits.pids is not None else fuse)
         except BaseException:
             group.remove()
             raise

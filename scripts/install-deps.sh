@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine for pytest-hermetic's tests; idempotent.
+#   - Debian packages the tests use for real (busybox-static for a tiny image,
+#     uidmap for rootless subordinate ids, bubblewrap/crun for the benchmark)
+#   - an unprivileged user with /etc/subuid ranges for the rootless checks
+#   - .venv: a virtual environment (Debian's python3, readable by that user)
+#     with the package installed in editable mode
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+TEST_USER=${HERMETIC_TEST_USER:-hermetic-test}
+if ! id "$TEST_USER" >/dev/null 2>&1; then
+    useradd --system --create-home --home-dir "/var/lib/$TEST_USER" --shell /bin/sh "$TEST_USER"
+fi
+for file in /etc/subuid /etc/subgid; do
+    touch "$file"
+    grep -q "^$TEST_USER:" "$file" || echo "$TEST_USER:300000:65536" >> "$file"
+done
+
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import pytest_hermetic, pytest, xdist' 2>/dev/null; then
+    log=$(mktemp)
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' pytest-xdist; } >"$log" 2>&1; then
+        cat "$log"; rm -f "$log"; exit 1
+    fi
+    rm -f "$log"
+fi
+echo "install-deps: ready (.venv, user $TEST_USER, ${#PACKAGES[@]} packages)"

@@ -1,0 +1,187 @@
+"""Shared test set-up: a private store and state root for the session, a
+busybox image built from Debian's busybox-static, the CLI as a subprocess,
+an unprivileged user for the rootless checks, and the leak check.
+
+The leak check counts, before and after the whole session, everything a
+container could leave behind on the host: mounts, `hermetic-*` cgroups,
+network namespaces, child processes and container state folders.  A leak
+fails the session even when every test passed.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_USER = os.environ.get("HERMETIC_TEST_USER", "hermetic-test")
+
+
+# -- the leak check ------------------------------------------------------------
+
+
+def _count_mounts() -> int:
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for _ in f)
+
+
+def _net_namespaces() -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                found.add(os.stat(f"/proc/{entry}/ns/net").st_ino)
+            except OSError:
+                pass
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    result, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in result:
+                result.add(child)
+                todo.append(child)
+    return result
+
+
+def _snapshot() -> dict[str, object]:
+    from pytest_hermetic.container import _hermetic_cgroups, containers_dir
+
+    import glob
+
+    try:
+        states = sorted(os.listdir(containers_dir()))
+    except FileNotFoundError:
+        states = []
+    states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STATE"], "..", "home-*", "state", "containers", "*")))
+    return {
+        "mounts": _count_mounts(),
+        "cgroups": sorted(_hermetic_cgroups()),
+        "netns": len(_net_namespaces()),
+        "processes": sorted(_descendants(os.getpid())),
+        "state folders": states,
+    }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One private store and state root for the session (and its children).
+    base = os.environ.get("HERMETIC_TEST_BASE") or f"/tmp/hermetic-tests-{os.getpid()}"
+    os.makedirs(base, exist_ok=True)
+    os.chmod(base, 0o755)
+    os.environ.setdefault("HERMETIC_STORE", os.path.join(base, "store"))
+    os.environ.setdefault("HERMETIC_STATE", os.path.join(base, "state"))
+    config._hermetic_base = base  # type: ignore[attr-defined]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._hermetic_before = _snapshot()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import time
+
+    before = session.config._hermetic_before  # type: ignore[attr-defined]
+    after = _snapshot()
+    for _ in range(50):  # network namespaces die asynchronously in the kernel
+        if after == before:
+            break
+        time.sleep(0.1)
+        after = _snapshot()
+    if not os.environ.get("HERMETIC_TEST_BASE"):
+        from pytest_hermetic._fs import rmtree
+
+        rmtree(session.config._hermetic_base)  # type: ignore[attr-defined]
+    leaks = [f"{key}: before {before[key]!r}, after {after[key]!r}" for key in before if before[key] != after[key]]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if leaks:
+        if reporter:
+            reporter.write_sep("=", "hermetic leak check: LEAKS", red=True)
+            for line in leaks:
+                reporter.write_line(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif reporter:
+        reporter.write_line(
+            f"hermetic leak check: nothing left behind (mounts {after['mounts']}, cgroups {len(after['cgroups'])}, "
+            f"netns {after['netns']}, processes {len(after['processes'])}, state folders {len(after['state folders'])})"
+        )
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, user: str | None = None, input: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 60) -> Ran:
+    """Run `hermetic ARGS` as a real subprocess (as `user` when given)."""
+    full_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                "PYTHONPATH": ROOT}
+    for key in ("HERMETIC_STORE", "HERMETIC_STATE", "HERMETIC_CGROUP_PARENT", "COVERAGE_PROCESS_START"):
+        if key in os.environ and user is None:
+            full_env[key] = os.environ[key]
+    prefix: list[str] = []
+    python = sys.executable
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
+        os.makedirs(home, exist_ok=True)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+        full_env.update(HOME=home, XDG_DATA_HOME=f"{home}/data", HERMETIC_STATE=f"{home}/state", USER=user)
+        prefix = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups"]
+        python = "/usr/bin/python3"  # readable by everybody, unlike a pyenv under /root
+    full_env.update(env or {})
+    result = subprocess.run([*prefix, python, "-m", "pytest_hermetic", *args], capture_output=True, text=True,
+                            input=input, env=full_env, timeout=timeout, cwd="/")
+    return Ran(result.returncode, result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(pytestconfig: pytest.Config) -> str:
+    """A busybox rootfs folder, readable by the rootless test user too."""
+    sys.path.insert(0, ROOT)
+    from fixtures.busybox import build_rootfs
+
+    return build_rootfs(os.path.join(pytestconfig._hermetic_base, "busybox-rootfs"))  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def busybox_image(busybox_rootfs: str) -> str:
+    """`busybox:test` in the session's store, imported from a real rootfs."""
+    from pytest_hermetic.images.store import Store
+    from pytest_hermetic.images.transports import import_image
+
+    import_image(Store(), f"dir:{busybox_rootfs}", "busybox:test", env={"GREETING": "hello"}, workdir="/root")
+    return "busybox:test"
+
+
+@pytest.fixture(scope="session")
+def test_user() -> str:
+    """An unprivileged user for the rootless checks (made by scripts/install-deps.sh)."""
+    if os.geteuid() != 0:
+        pytest.skip("the rootless checks switch to an unprivileged user, which needs root to start from")
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        pytest.fail(f"user {TEST_USER!r} is missing; run scripts/install-deps.sh (it creates it with /etc/subuid ranges)")
+    return TEST_USER

@@ -1,0 +1,136 @@
+"""The `hermetic` command: exit statuses, one-line errors, streams, images."""
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_must_show_line():
+    ran = run_cli("run", "host", "--", "sh", "-c", "echo $$; hostname; ls /sys/class/net")
+    pid, hostname, nets = ran.stdout.split("\n")[:3]
+    import socket
+
+    assert (pid, nets) == ("1", "lo")
+    assert hostname and hostname != socket.gethostname()
+
+
+def test_exit_status_passes_through():
+    assert run_cli("run", "host", "sh", "-c", "exit 3").returncode == 3
+
+
+def test_stdin_passes_through():
+    assert run_cli("run", "host", "cat", input="piped\n").stdout == "piped\n"
+
+
+def test_stdout_and_stderr_stay_apart():
+    ran = run_cli("run", "host", "sh", "-c", "echo out; echo err >&2")
+    assert (ran.stdout, ran.stderr) == ("out\n", "err\n")
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["run", "--mem", "lots", "host", "true"], 125, "hermetic: error: mem='lots': not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB"),
+        (["run", "no-such-image:1", "true"], 125, "hermetic: error: image 'no-such-image:1' is not in the local store"),
+        (["run", "Bad_Ref", "true"], 125, "hermetic: error: 'Bad_Ref': not a valid image reference (repository names must be lowercase)"),
+        (["run", "host", "no-such-command"], 127, "hermetic: error: no-such-command: command not found in the container"),
+        (["run", "host", "/etc/hostname"], 126, "hermetic: error: /etc/hostname: permission denied"),
+        (["run", "--cpus", "fast", "host", "true"], 125, "hermetic: error: cpus='fast': not a number of CPUs"),
+        (["run", "--timeout", "0", "host", "true"], 125, "hermetic: error: timeout='0': must be more than 0 seconds"),
+        (["run", "-v", "/no/such:/x", "host", "true"], 125, "hermetic: error: volume '/no/such:/x': the source /no/such does not exist"),
+        (["run", "--commit", "Not Valid", "host", "true"], 125, "hermetic: error: 'Not Valid': not a valid image reference"),
+        (["import", "dir:/no/such/dir", "x:1"], 125, "hermetic: error: dir:/no/such/dir: no such directory"),
+        (["rmi", "never-imported:1"], 125, "hermetic: error: image 'never-imported:1' is not in the local store"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, code, message):
+    ran = run_cli(*args)
+    assert ran.returncode == code
+    assert ran.stderr.startswith(message), ran.stderr
+    assert ran.stderr.count("\n") == 1 and "Traceback" not in ran.stderr
+
+
+def test_images_import_rmi_gc(busybox_rootfs):
+    imported = run_cli("import", f"dir:{busybox_rootfs}", "cli-test:1")
+    assert imported.returncode == 0 and imported.stdout.startswith("cli-test:1 sha256:")
+    listing = run_cli("images").stdout
+    assert "host" in listing and "cli-test:1" in listing
+    assert run_cli("run", "cli-test:1", "true").returncode == 0
+    assert run_cli("rmi", "cli-test:1").stdout == "untagged cli-test:1\n"
+    assert "cli-test:1" not in run_cli("images").stdout
+    gc = run_cli("gc")
+    assert gc.returncode == 0 and "removed" in gc.stdout
+
+
+def test_tar_import(busybox_rootfs, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "rootfs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(busybox_rootfs, arcname=".")
+    assert run_cli("import", f"tar:{archive}", "from-tar:1").returncode == 0
+    ran = run_cli("run", "from-tar:1", "sh", "-c", "cat /etc/os-release | head -1")
+    assert "hermetic busybox fixture" in ran.stdout
+    run_cli("rmi", "from-tar:1")
+
+
+def test_ps_lists_a_running_named_container(busybox_image):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "run", "--name", "sleeper", busybox_image, "sleep", "30"],
+                            env={**__import__("os").environ, "PYTHONPATH": ROOT})
+    try:
+        for _ in range(100):
+            if "sleeper" in run_cli("ps").stdout:
+                break
+            time.sleep(0.05)
+        listing = run_cli("ps").stdout
+        assert "sleeper" in listing and "busybox:test" in listing
+        duplicate = run_cli("run", "--name", "sleeper", busybox_image, "true")
+        assert duplicate.returncode == 125 and "already has that name" in duplicate.stderr
+        committed = run_cli("commit", "sleeper", "from-running:1")
+        assert committed.returncode == 0, committed.stderr
+    finally:
+        proc.terminate()  # forwarded to PID 1 (sleep), which has no handler and ignores it
+        time.sleep(0.3)
+        proc.terminate()  # the second one kills the container
+        assert proc.wait(timeout=10) == 137
+    run_cli("rmi", "from-running:1")
+
+
+def test_second_interrupt_kills_the_container(busybox_image):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "run", "--name", "stubborn", busybox_image, "sleep", "60"],
+                            env={**__import__("os").environ, "PYTHONPATH": ROOT}, stderr=subprocess.PIPE, text=True)
+    for _ in range(100):
+        if "stubborn" in run_cli("ps").stdout:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # PID 1 (sleep) has no handler: ignored
+    time.sleep(0.3)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)  # the second one kills the container
+    assert proc.wait(timeout=10) == 137
+    assert "stubborn" not in run_cli("ps").stdout
+
+
+def test_python_dash_m_and_console_script_agree():
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(sys.executable), "hermetic")
+    if not os.path.exists(script):
+        pytest.skip("the console script is not installed beside this interpreter")
+
+    assert subprocess.run([script, "run", "host", "true"]).returncode == 0

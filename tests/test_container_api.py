@@ -1,0 +1,104 @@
+"""The `Container` API: callables, exec into a running container, kill, stats."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from pytest_hermetic.container import Container, list_states
+from pytest_hermetic.errors import ContainerStartError
+from pytest_hermetic.spec import Spec
+
+
+def test_callable_runs_as_pid_2_inside(tmp_path):
+    out = tmp_path / "out"
+
+    def inside() -> int:
+        # The parent's memory is inherited: the closure and its values too.
+        with open("/proc/self/status") as f:
+            pid_line = [line for line in f if line.startswith("Pid:")][0]
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as f:
+            f.write(pid_line.split()[1] + " " + open("/etc/hostname").read().strip())
+        return 7
+
+    with Container(Spec.build("host", volumes=[f"{tmp_path}:{tmp_path}"], hostname="inner")) as c:
+        result = c.start(target=inside).wait()
+    assert result.status.code == 7
+    assert out.read_text() == "2 inner"
+
+
+def test_exec_into_a_running_container(busybox_image):
+    with Container(Spec.build(busybox_image, ["sleep", "30"])) as c:
+        c.start()
+        proc = c.exec(["sh", "-c", "echo $$ > /tmp/exec-pid; ls /proc | grep -cE '^[0-9]+$' > /tmp/count; hostname > /tmp/h"])
+        assert proc.wait().code == 0
+        check = c.exec(["sh", "-c", "test $(cat /tmp/h) = $(hostname) && test $(cat /tmp/count) -le 4"])
+        assert check.wait().code == 0  # same UTS and PID namespace, sees /tmp of the container
+        assert c.exec(["false"]).wait().code == 1
+        with pytest.raises(ContainerStartError, match="command not found"):
+            c.exec(["no-such-thing"])
+        c.kill()
+        result = c.wait()
+    assert result.status.signal == signal.SIGKILL
+
+
+def test_wait_with_patience_and_stats():
+    with Container(Spec.build("host", ["sleep", "2"], mem="128M")) as c:
+        c.start()
+        assert c.wait(timeout=0.1) is None
+        assert c.stats().memory_limit == 128 << 20
+        assert any(s["id"] == c.id and s["alive"] for s in list_states())
+        result = c.wait()
+    assert result.exit_code == 0 and result.reason is None
+    assert result.stats.cpu_usec is not None
+
+
+def test_remove_kills_a_running_container_and_leaves_nothing():
+    c = Container(Spec.build("host", ["sleep", "60"]))
+    c.start()
+    pid = c.pid
+    state = c.state_dir
+    c.remove()
+    assert not os.path.exists(state)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_start_failure_cleans_up():
+    c = Container(Spec.build("host", ["/no/such/binary"]))
+    with pytest.raises(ContainerStartError):
+        c.start()
+    assert not os.path.exists(c.state_dir)
+    assert c.cgroup is None
+
+
+def test_parent_death_takes_the_container_along(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from pytest_hermetic.container import Container\n"
+        "from pytest_hermetic.spec import Spec\n"
+        "c = Container(Spec.build('host', ['sleep', '60'])); c.start(); print(c.pid, flush=True); time.sleep(60)\n"
+    ) % ROOT
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the container outlived its parent")
+    from pytest_hermetic.container import gc_containers
+
+    removed = gc_containers()  # the killed parent left its state folder and cgroup
+    assert any("container" in line for line in removed)

@@ -1,0 +1,60 @@
+"""The same checks as an unprivileged user (rootless: a user namespace,
+subordinate ids through newuidmap when /etc/subuid grants them)."""
+
+import os
+import socket
+
+from conftest import run_cli
+
+
+def test_namespaces_from_inside(test_user):
+    ran = run_cli("run", "host", "--", "sh", "-c", "echo $$; hostname; ls /sys/class/net; id -u", user=test_user)
+    assert ran.returncode == 0, ran.stderr
+    pid, hostname, nets, uid = ran.stdout.split()
+    assert (pid, nets, uid) == ("1", "lo", "0")
+    assert hostname != socket.gethostname()
+
+
+def test_subordinate_ids_are_mapped(test_user):
+    ran = run_cli("run", "host", "cat", "/proc/self/uid_map", user=test_user)
+    lines = [line.split() for line in ran.stdout.splitlines()]
+    assert lines[0][0] == "0" and lines[0][2] == "1"
+    assert len(lines) == 2 and lines[1][0] == "1" and int(lines[1][2]) >= 65536, ran.stdout
+
+
+def test_writes_vanish_and_host_files_stay_protected(test_user):
+    ran = run_cli("run", "host", "sh", "-c",
+                  "echo x > /etc/rootless-test && cat /etc/rootless-test; echo y >> /etc/shadow 2>/dev/null && echo shadow-writable; "
+                  "cat /etc/shadow >/dev/null 2>&1 || echo shadow-unreadable", user=test_user)
+    assert "x" in ran.stdout.split()
+    assert not os.path.exists("/etc/rootless-test")
+    # Container root is the unprivileged user on the host: host root's files stay out of reach.
+    assert "shadow-unreadable" in ran.stdout and "shadow-writable" not in ran.stdout
+
+
+def test_a_limit_without_delegation_is_a_clear_error(test_user):
+    ran = run_cli("run", "--mem", "64M", "host", "true", user=test_user)
+    assert ran.returncode == 125
+    assert "mem limit" in ran.stderr and "fix:" in ran.stderr
+    assert ran.stderr.count("\n") == 1
+
+
+def test_no_limit_runs_without_cgroups(test_user):
+    ran = run_cli("run", "--timeout", "2", "host", "sh", "-c", "sleep 30 & sleep 30", user=test_user)
+    assert ran.returncode == 137
+    assert "timeout after 2 s: killed" in ran.stderr
+
+
+def test_import_commit_and_run_an_image(test_user, busybox_rootfs):
+    assert run_cli("import", f"dir:{busybox_rootfs}", "rl-busybox:1", user=test_user).returncode == 0
+    changed = run_cli("run", "--commit", "rl-busybox:2", "rl-busybox:1", "sh", "-c",
+                      "rm /etc/os-release; echo hi > /root/new; rm -rf /home && mkdir /home && touch /home/o", user=test_user)
+    assert changed.returncode == 0, changed.stderr
+    ran = run_cli("run", "rl-busybox:2", "sh", "-c", "cat /root/new; ls /home; test -e /etc/os-release || echo gone",
+                  user=test_user)
+    assert ran.stdout.split() == ["hi", "o", "gone"], ran.stderr
+    base = run_cli("run", "rl-busybox:1", "sh", "-c", "ls /root | wc -l", user=test_user)
+    assert base.stdout.strip() == "0"
+    for ref in ("rl-busybox:1", "rl-busybox:2"):
+        run_cli("rmi", ref, user=test_user)
+    assert run_cli("gc", "-q", user=test_user).returncode == 0
