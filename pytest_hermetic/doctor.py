@@ -109,7 +109,7 @@ def run_checks(stream: TextIO) -> int:
 def format_result(result: Result) -> str:
     line = f"  {result.status:<4}  {result.name:<{NAME_WIDTH}}  {result.found}\n"
     if result.fix:
-        line += " " * (8 + NAME_WIDTH) + f"fix: {result.fix}\n"
+        line += " " * (10 + NAME_WIDTH) + f"fix: {result.fix}\n"
     return line
 
 
@@ -476,7 +476,7 @@ def _check_controller(machine: Machine, h: cgroups.Hierarchy, controller: str, o
         error = _try_child_cgroup(parent)
         if error:
             return Result(WARN, name, f"cannot mkdir under {parent} ({error}): {lost}",
-                          _v1_fix(machine, mount_point))
+                          _v1_fix(machine, h))
     return Result(OK, name, f"can create cgroups under {parent}")
 
 
@@ -508,13 +508,15 @@ def _v2_fix(machine: Machine, unified: str, controller: str) -> str:
             f"or set HERMETIC_CGROUP_PARENT to a delegated cgroup with no processes of its own, or {ROOT_FIX}")
 
 
-def _v1_fix(machine: Machine, mount_point: str) -> str:
-    """v1 has no delegation: root must hand the user a cgroup directory."""
+def _v1_fix(machine: Machine, h: cgroups.Hierarchy) -> str:
+    """v1 has no delegation: root must hand the user a cgroup directory, at
+    the same path in every v1 hierarchy the engine uses."""
     if machine.root:
         return _READ_ONLY_FIX
-    mine = f"{mount_point}/hermetic-{machine.user}"
-    return (f"sudo mkdir -p {mine} && sudo chown -R {machine.user} {mine} (likewise in each controller you need), "
-            f"then export HERMETIC_CGROUP_PARENT=/hermetic-{machine.user}; or {ROOT_FIX}")
+    user = machine.user
+    mounts = " ".join(sorted(set(h.v1.values())))
+    return (f"for d in {mounts}; do sudo mkdir -p $d/{user} && sudo chown -R {user} $d/{user}; done; "
+            f"export HERMETIC_CGROUP_PARENT=/{user}; or {ROOT_FIX}")
 
 
 def _words(path: str) -> set[str]:

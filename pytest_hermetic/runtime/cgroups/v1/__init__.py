@@ -11,6 +11,16 @@ from . import cpu, freezer, memory, pids
 _NEEDED_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
 
 
+def _wanted_controllers(limits: Limits) -> list[str]:
+    """Each v1 hierarchy costs a mkdir and an rmdir per container, so only
+    what is used: pids (the fuse), memory and cpuacct (peak memory and CPU
+    time), freezer (kill without racing forks), cpu only for a CPU limit."""
+    wanted = ["pids", "memory", "cpuacct", "freezer"]
+    if limits.cpus is not None:
+        wanted.append("cpu")
+    return wanted
+
+
 class V1Cgroup:
     version = "v1"
 
@@ -35,7 +45,10 @@ class V1Cgroup:
         dirs: dict[str, str] = {}
         seen_mounts: set[str] = set()
         try:
-            for controller, mount_point in sorted(hierarchy.v1.items()):
+            for controller in _wanted_controllers(limits):
+                mount_point = hierarchy.v1.get(controller)
+                if mount_point is None:
+                    continue
                 if mount_point in seen_mounts:  # co-mounted controllers (cpu,cpuacct) share a directory
                     dirs[controller] = next(d for c, d in dirs.items() if hierarchy.v1[c] == mount_point)
                     continue
