@@ -70,6 +70,7 @@ def _add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", metavar="NAME")
     p.add_argument("--privileged", action="store_true", help="keep all capabilities, no masks, writable /sys")
     p.add_argument("--userns", action="store_true", default=None, help="use a user namespace also as root")
+    p.add_argument("--init", action="store_true", help="run the command as PID 2 under a PID 1 that reaps zombies and forwards signals")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +119,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         name=args.name,
         privileged=args.privileged,
         userns=args.userns,
+        init=args.init,
     )
     if spec.name and any(s.get("name") == spec.name and s["alive"] for s in list_states()):
         from .errors import SpecError

@@ -196,6 +196,7 @@ class Container:
             cgroup_procs=self.cgroup.join_paths() if self.cgroup else [],
             userns=default_user_namespace() if self.userns else None,
             privileged=spec.privileged,
+            init=spec.init,
         )
 
     # -- while it runs ---------------------------------------------------------

@@ -537,9 +537,11 @@ def check_rootless_extras(machine: Machine) -> Iterator[Result]:
         yield Result(OK, "subordinate ids", f"/etc/subuid {sub_uid[0]}+{sub_uid[1]}, /etc/subgid {sub_gid[0]}+{sub_gid[1]}")
     else:
         missing = " and ".join(p for p, r in (("/etc/subuid", sub_uid), ("/etc/subgid", sub_gid)) if not r)
+        start = max(_first_free_id("/etc/subuid"), _first_free_id("/etc/subgid"))
+        ids = f"{start}-{start + 65535}"
         yield Result(WARN, "subordinate ids", f"no entry for {machine.user} in {missing}: only your own uid is mapped, "
                      "so images with files of other owners fail (EOVERFLOW)",
-                     f"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {machine.user}")
+                     f"sudo usermod --add-subuids {ids} --add-subgids {ids} {machine.user}")
     helpers = {tool: shutil.which(tool) for tool in ("newuidmap", "newgidmap")}
     missing_tools = [tool for tool, found in helpers.items() if not found]
     if missing_tools:
@@ -553,6 +555,20 @@ def check_rootless_extras(machine: Machine) -> Iterator[Result]:
         else:
             yield Result(OK, "newuidmap/newgidmap", " and ".join(p for p in helpers.values() if p))
     yield _runtime_dir_result()
+
+
+def _first_free_id(path: str) -> int:
+    """Where a new 65536-id range starts without overlapping the users' ranges."""
+    end = 100000
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                    end = max(end, int(parts[1]) + int(parts[2]))
+    except OSError:
+        pass
+    return end
 
 
 def _privileged_helper(path: str) -> bool:

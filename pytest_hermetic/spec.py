@@ -128,6 +128,7 @@ class Spec:
     name: str | None = None
     userns: bool | None = None  # None: only when not root
     privileged: bool = False
+    init: bool = False  # run the command as PID 2 under a PID 1 that reaps and forwards signals
 
     @classmethod
     def build(cls, image: str = "host", command: Any = None, **options: Any) -> "Spec":
@@ -181,6 +182,7 @@ class Spec:
             name=name,
             userns=options.get("userns"),
             privileged=bool(options.get("privileged", False)),
+            init=bool(options.get("init", False)),
         )
 
     def with_options(self, **changes: Any) -> "Spec":

@@ -134,3 +134,12 @@ def test_python_dash_m_and_console_script_agree():
         pytest.skip("the console script is not installed beside this interpreter")
 
     assert subprocess.run([script, "run", "host", "true"]).returncode == 0
+
+
+def test_init_runs_the_command_as_pid_2_and_reaps():
+    ran = run_cli("run", "--init", "host", "sh", "-c", "echo $$; (sleep 0.1 &); sleep 0.3; ps -o stat= -e | grep -c Z; kill -TERM $$")
+    pid, zombies = ran.stdout.split()
+    assert pid == "2" and zombies == "0"  # the orphaned sleep was reaped by PID 1
+    assert ran.returncode == 143 and ran.stderr == "hermetic: killed by signal SIGTERM\n"
+    missing = run_cli("run", "--init", "host", "no-such-command")
+    assert missing.returncode == 127 and "command not found" in missing.stderr

@@ -57,6 +57,7 @@ class ProcessConfig:
     userns: UserNamespace | None = None
     privileged: bool = False
     close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
+    init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ def _pidns_fd() -> int:
 def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None) -> ContainerProcess:
     """Start the container; return once it runs (or raise why it could not)."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    if target is None and config.init:
+        target = _exec_target(config)
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None else (None, None)
     rootless = config.userns is not None
     sync = _SyncPipes() if rootless and config.userns and config.userns.needs_helpers else None
@@ -434,6 +437,26 @@ def _exec(config: ProcessConfig, err_w: int) -> None:
         _fail(err_w, 126, f"{config.argv[0]}: permission denied (not executable)")
     except OSError as exc:
         _fail(err_w, 126, f"{config.argv[0]}: cannot execute: {exc.strerror}")
+
+
+def _exec_target(config: ProcessConfig) -> Callable[[], int]:
+    """The command as PID 2 (`--init`): errors can no longer travel through
+    the set-up pipe, so they are said on stderr with the usual exit codes."""
+
+    def run() -> int:
+        assert config.argv
+        os.closerange(3, 65536)
+        try:
+            os.execvpe(config.argv[0], config.argv, config.env)
+        except FileNotFoundError:
+            print(f"hermetic: error: {config.argv[0]}: command not found in the container", file=sys.stderr)
+            return 127
+        except OSError as exc:
+            print(f"hermetic: error: {config.argv[0]}: cannot execute: {exc.strerror}", file=sys.stderr)
+            return 126
+        return 126
+
+    return run
 
 
 def _run_callable(target, err_w: int, status_w: int | None) -> None:
