@@ -348,13 +348,17 @@ def check_overlay(machine: Machine) -> Iterator[Result]:
         return
     listed = _overlay_listed()
     state = paths.state_root()
-    with scratch(state) as base:
-        lower, upper, work, merged = (os.path.join(base, d) for d in ("lower", "upper", "work", "merged"))
-        for d in (lower, upper, work, merged):
-            os.mkdir(d)
-        with open(os.path.join(lower, "gone"), "w") as f:
-            f.write("lower\n")
-        result = probe(partial(_mount_overlay, machine, lower, upper, work, merged))
+    try:
+        with scratch(state) as base:
+            lower, upper, work, merged = (os.path.join(base, d) for d in ("lower", "upper", "work", "merged"))
+            for d in (lower, upper, work, merged):
+                os.mkdir(d)
+            with open(os.path.join(lower, "gone"), "w") as f:
+                f.write("lower\n")
+            result = probe(partial(_mount_overlay, machine, lower, upper, work, merged))
+    except OSError as exc:
+        yield _unusable_dir("overlayfs", machine, state, "HERMETIC_STATE", exc)
+        return
     fs = fstype(state)
     mode = "as root" if machine.root else "with userxattr in a user namespace"
     if result.ok:
@@ -408,24 +412,29 @@ def check_whiteouts(machine: Machine) -> Iterator[Result]:
     """Layers are unpacked into the store with overlay whiteouts (0/0 char
     devices) and opaque xattrs, in this process, so test exactly that."""
     store = paths.store_root()
+    try:
+        with scratch(store) as base:
+            yield _whiteouts_in(machine, store, base)
+    except OSError as exc:
+        yield _unusable_dir("store whiteouts", machine, store, "HERMETIC_STORE", exc)
+
+
+def _whiteouts_in(machine: Machine, store: str, base: str) -> Result:
     fs = fstype(store)
+    name, fix = "store whiteouts", f"set HERMETIC_STORE to a directory on {GOOD_FILESYSTEMS}"
+    try:
+        os.mknod(os.path.join(base, "wh"), stat.S_IFCHR, os.makedev(0, 0))
+    except OSError as exc:
+        old = " (unprivileged whiteouts need Linux >= 5.8)" if not machine.root and machine.kernel < (5, 8) else ""
+        return Result(FAIL, name, f"mknod 0/0 on {fs} ({store}): {describe(exc)}{old}",
+                      fix + ("" if machine.root else f", or {ROOT_FIX}"))
     prefix = "trusted.overlay." if machine.root else "user.overlay."
-    with scratch(store) as base:
-        try:
-            os.mknod(os.path.join(base, "wh"), stat.S_IFCHR, os.makedev(0, 0))
-        except OSError as exc:
-            needs = " (unprivileged whiteouts need Linux >= 5.8)" if not machine.root and machine.kernel < (5, 8) else ""
-            yield Result(FAIL, "store whiteouts", f"mknod 0/0 on {fs} ({store}): {describe(exc)}{needs}",
-                         f"set HERMETIC_STORE to a directory on {GOOD_FILESYSTEMS}"
-                         + ("" if machine.root else f", or {ROOT_FIX}"))
-            return
-        try:
-            os.setxattr(base, prefix + "opaque", b"y")
-        except OSError as exc:
-            yield Result(FAIL, "store whiteouts", f"{prefix}opaque xattr on {fs} ({store}): {describe(exc)}",
-                         f"set HERMETIC_STORE to a directory on {GOOD_FILESYSTEMS} (with xattrs enabled)")
-            return
-    yield Result(OK, "store whiteouts", f"0/0 devices and {prefix}* xattrs work on {fs} ({store})")
+    try:
+        os.setxattr(base, prefix + "opaque", b"y")
+    except OSError as exc:
+        return Result(FAIL, name, f"{prefix}opaque xattr on {fs} ({store}): {describe(exc)}",
+                      fix + " (with xattrs enabled)")
+    return Result(OK, name, f"0/0 devices and {prefix}* xattrs work on {fs} ({store})")
 
 
 # ---------------------------------------------------------------- cgroups
@@ -603,10 +612,15 @@ def check_directories(machine: Machine) -> Iterator[Result]:
             with scratch(root) as base, open(os.path.join(base, "probe"), "w") as f:
                 f.write("ok\n")
         except OSError as exc:
-            yield Result(FAIL, name, f"{root}: {describe(exc)}",
-                         f"export {variable}=a directory you can write, or sudo chown -R {machine.user} {root}")
+            yield _unusable_dir(name, machine, root, variable, exc)
         else:
             yield Result(OK, name, f"{root} ({fstype(root)}) writable")
+
+
+def _unusable_dir(name: str, machine: Machine, root: str, variable: str, exc: OSError) -> Result:
+    grant = f"sudo chown -R {machine.user} {root}" if os.path.exists(root) else f"sudo install -d -o {machine.user} {root}"
+    return Result(FAIL, name, f"cannot write in {root}: {describe(exc)}",
+                  f"export {variable}=a directory you can write, or {grant}")
 
 
 # ---------------------------------------------------------------- helpers

@@ -44,12 +44,13 @@ class SyscallError(HermeticError, OSError):
     def __init__(self, call: str, errno_: int, detail: str = "") -> None:
         import os
 
-        self.call = call
-        self.errno = errno_
         text = f"{call}: {os.strerror(errno_)} (errno {errno_})"
         if detail:
             text += f": {detail}"
         super().__init__(text)
+        # After OSError.__init__, which would reset errno from a 1-arg call.
+        self.call = call
+        self.errno = errno_
 
     def __str__(self) -> str:  # OSError's own __str__ would print a tuple
         return self.args[0]

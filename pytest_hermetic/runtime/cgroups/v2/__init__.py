@@ -35,9 +35,10 @@ class V2Cgroup:
             if controller not in delegated:
                 raise CgroupUnavailable(
                     f"{limit} limit needs the cgroup v2 '{controller}' controller, but {parent} does not delegate it "
-                    f"(its cgroup.subtree_control has: {' '.join(sorted(delegated)) or 'nothing'}); fix: run from a "
-                    "cgroup whose parent enables it (`systemd-run --scope -p Delegate=yes ...`), or set "
-                    "HERMETIC_CGROUP_PARENT to a delegated cgroup with no processes of its own"
+                    f"(its cgroup.subtree_control has: {' '.join(sorted(delegated)) or 'nothing'}); fix: set "
+                    "HERMETIC_CGROUP_PARENT to a cgroup you own that holds no process and has the controller "
+                    "enabled in its cgroup.subtree_control (e.g. below a `systemd-run -p Delegate=yes` unit), "
+                    "or run as root"
                 )
         path = f"{parent}/{name}"
         try:
