@@ -1,0 +1,34 @@
+"""pytest-hermetic: hermetic test environments for Python, with no daemon.
+
+    from pytest_hermetic import hermetic
+
+    @hermetic(mem="64M")
+    def test_isolated(): ...
+
+`hermetic` is `pytest.mark.hermetic`; it is looked up lazily so that the
+engine (`pytest_hermetic.container`, `pytest_hermetic.runtime`) never imports
+pytest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["hermetic", "Container", "Spec", "Result"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "hermetic":
+        import pytest
+
+        return pytest.mark.hermetic
+    if name in ("Container", "Result"):
+        from . import container
+
+        return getattr(container, name)
+    if name == "Spec":
+        from .spec import Spec
+
+        return Spec
+    raise AttributeError(f"module 'pytest_hermetic' has no attribute {name!r}")

@@ -1,0 +1,309 @@
+"""Run one test item in a container and bring its reports home.
+
+The run model (docs/pytest.md has the long form):
+
+1. The parent (pytest, or an xdist worker) sets up the item's collectors and
+   its fixtures of wider scope than function, exactly as plain pytest would,
+   so they run once per process and their values are inherited by the fork.
+2. The container's workload is a fork of the parent: it runs the item's
+   setup, call and teardown (function scope only) with pytest's own
+   `call_and_report`, and sends every report and warning home through a
+   pipe, in the form `pytest_report_to_serializable` makes.
+3. The parent logs them through the normal hooks (`logreport`, warnings), so
+   terminal output, junitxml, `--lf`, `-x` and xdist see ordinary reports,
+   then tears down what the next item does not need.
+4. A child that dies without reporting becomes a failure report that says
+   what happened (out of memory, timeout, signal, exit status) with the
+   output it captured.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import struct
+import sys
+import warnings
+from typing import Any
+
+import pytest
+from _pytest.runner import CallInfo, call_and_report, runtestprotocol
+from _pytest.warnings import catch_warnings_for_item
+
+from .container import Container
+from .spec import Spec, Volume
+
+_HEADER = struct.Struct("!I")
+
+
+# -- parent side -----------------------------------------------------------------
+
+
+def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> None:
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    setup = CallInfo.from_call(lambda: _setup_wide_scopes(item), when="setup", reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    if setup.excinfo is not None:
+        # A collector or a wide fixture failed (or skipped): plain pytest
+        # reports that from the cached error without running the test body.
+        runtestprotocol(item, nextitem=nextitem, log=True)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return
+    events, result = _run_child(item, nextitem, spec)
+    reports = [e[1] for e in events if e[0] == "report"]
+    exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
+    if exit_event is None and not any(r.when == "teardown" for r in reports if not _is_subreport(r)):
+        events.append(("report", _crash_report(item, reports, result)))
+    teardown_report = None
+    for event in events:
+        if event[0] == "report":
+            report = event[1]
+            if report.when == "teardown" and not _is_subreport(report):
+                teardown_report = report
+                continue
+            ihook.pytest_runtest_logreport(report=report)
+        elif event[0] == "warning":
+            ihook.pytest_warning_recorded.call_historic(kwargs=event[1])
+    if item.session.shouldfail or item.session.shouldstop:
+        nextitem = None
+    teardown = CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown",
+                                  reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    if teardown.excinfo is not None and (teardown_report is None or teardown_report.passed):
+        teardown_report = ihook.pytest_runtest_makereport(item=item, call=teardown)
+    if teardown_report is not None:
+        ihook.pytest_runtest_logreport(report=teardown_report)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    if exit_event is not None:
+        if exit_event[0] == "interrupt":
+            raise KeyboardInterrupt
+        pytest.exit(exit_event[1], returncode=exit_event[2])
+
+
+def _is_subreport(report: Any) -> bool:
+    return type(report).__name__ == "SubtestReport"
+
+
+def _setup_wide_scopes(item: pytest.Item) -> None:
+    """Collectors and fixtures of session/package/module/class scope, in the
+    parent, so they are set up once per process as in plain pytest."""
+    state = item.session._setupstate
+    state.setup(item.parent)  # type: ignore[arg-type]
+    info = getattr(item, "_fixtureinfo", None)
+    request = getattr(item, "_request", None)
+    if info is None or not request:
+        return
+    # The item must look active for fixture lookups (pytest 9 warns, 10
+    # refuses, otherwise); it leaves the stack again before the fork, so the
+    # child pushes it and runs its own setup (function scope) as usual.
+    state.stack[item] = ([], None)
+    try:
+        for name in item.fixturenames:  # type: ignore[attr-defined]
+            definitions = info.name2fixturedefs.get(name)
+            if definitions and definitions[-1].scope != "function":
+                request.getfixturevalue(name)
+    finally:
+        del state.stack[item]
+
+
+def _bindings(item: pytest.Item, spec: Spec) -> list[Volume]:
+    """What the test needs at its host paths inside the container."""
+    paths: dict[str, bool] = {}  # path -> read-only
+    factory = getattr(item.config, "_tmp_path_factory", None)
+    if factory is not None:
+        paths[str(factory.getbasetemp())] = False  # tmp_path and friends persist, as without isolation
+    hidden = ("/tmp", "/dev", "/proc", "/sys")  # fresh mounts in every container
+    code_paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(item.config.rootpath), os.getcwd(),
+                  *[p for p in sys.path if p and os.path.isdir(p)]]
+    if spec.image == "host":
+        for path in code_paths:
+            real = os.path.realpath(path)
+            if any(real == h or real.startswith(h + "/") for h in hidden):
+                paths.setdefault(real, True)
+    else:
+        for path in code_paths:
+            paths.setdefault(os.path.realpath(path), True)
+        for lib in ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"):
+            real = os.path.realpath(lib)
+            if os.path.isdir(real):
+                paths.setdefault(real, True)
+    volumes = list(spec.volumes)
+    taken = {v.target for v in volumes}
+    for path in sorted(paths, key=len):
+        if path not in taken and path != "/" and os.path.exists(path):
+            volumes.append(Volume(path, path, paths[path]))
+    return volumes
+
+
+def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    spec = spec.with_options(volumes=tuple(_bindings(item, spec)))
+    container = Container(spec)
+    try:
+        try:
+            container.start(target=lambda: _child_main(item, write_fd))
+        finally:
+            os.close(write_fd)
+        data = _drain(read_fd, container)
+        result = container.wait()
+    finally:
+        os.close(read_fd)
+        container.remove()
+    return _decode(item.config, data), result
+
+
+def _drain(read_fd: int, container: Container) -> bytes:
+    """Read the child's messages while it runs (a full pipe would stall it),
+    enforcing the spec's timeout through `Container.wait`."""
+    chunks: list[bytes] = []
+    assert container.process is not None
+    open_fds = [read_fd, container.process.fileno()]
+    while True:
+        ready, _, _ = select.select(open_fds, [], [], 0.5)
+        if read_fd in ready:
+            chunk = os.read(read_fd, 1 << 16)
+            if chunk:
+                chunks.append(chunk)
+                continue
+            open_fds.remove(read_fd)
+        if container.wait(timeout=0) is not None:
+            while True:  # whatever is left in the pipe
+                chunk = os.read(read_fd, 1 << 16) if read_fd in open_fds else b""
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+
+def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
+    events: list[tuple] = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        (size,) = _HEADER.unpack_from(data, offset)
+        offset += _HEADER.size
+        if offset + size > len(data):
+            break  # cut off by the child's death
+        kind, payload = pickle.loads(data[offset:offset + size])
+        offset += size
+        if kind == "report":
+            events.append(("report", config.hook.pytest_report_from_serializable(config=config, data=payload)))
+        elif kind == "warning":
+            events.append(("warning", _warning_from_payload(payload)))
+        else:
+            events.append((kind, *payload))
+    return events
+
+
+def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestReport:
+    """The report for a child that died without finishing its reports."""
+    done = {r.when for r in reports if not _is_subreport(r)}
+    when = "setup" if "setup" not in done else "call" if "call" not in done else "teardown"
+    reason = result.reason if result is not None and result.reason else "the test process ended without reporting"
+    if result is not None and result.status.code is not None and result.status.code != 0 and result.reason and result.reason.startswith("exited"):
+        reason = f"exited with status {result.status.code} without reporting"
+    sections = []
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None and capman.is_globally_capturing():
+        out, err = capman.read_global_capture()
+        if out:
+            sections.append((f"Captured stdout {when}", out))
+        if err:
+            sections.append((f"Captured stderr {when}", err))
+    return pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
+                             f"hermetic: {reason}", when, sections)
+
+
+def _warning_from_payload(payload: dict) -> dict:
+    message = payload.pop("message")
+    category = payload.pop("category")
+    if not isinstance(message, Warning):
+        message = category(message) if isinstance(category, type) and issubclass(category, Warning) else UserWarning(message)
+    payload["warning_message"] = warnings.WarningMessage(message, type(message), payload.pop("filename"),
+                                                          payload.pop("lineno"), None, None)
+    return payload
+
+
+# -- child side (runs in the container, as PID 2) ----------------------------------
+
+
+class _Channel:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, kind: str, payload: Any) -> None:
+        try:
+            data = pickle.dumps((kind, payload))
+        except Exception:  # noqa: BLE001 - unpicklable user data: send its repr instead
+            data = pickle.dumps((kind, _reprs(payload)))
+        data = _HEADER.pack(len(data)) + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+
+def _reprs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _reprs(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_reprs(v) for v in value]
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    return repr(value)
+
+
+class _Forwarder:
+    """Takes the place of every other implementation of the reporting hooks
+    in the child: the parent logs what it forwards, exactly once."""
+
+    def __init__(self, config: pytest.Config, channel: _Channel) -> None:
+        self.config = config
+        self.channel = channel
+        self.armed = False  # registration replays old (historic) warnings: skip those
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.channel.send("report", self.config.hook.pytest_report_to_serializable(config=self.config, report=report))
+
+    def pytest_warning_recorded(self, warning_message, when, nodeid, location) -> None:  # noqa: ANN001
+        if not self.armed:
+            return
+        self.channel.send("warning", {"message": warning_message.message, "category": warning_message.category,
+                                      "filename": warning_message.filename, "lineno": warning_message.lineno,
+                                      "when": when, "nodeid": nodeid, "location": location})
+
+
+class _ParentChain:
+    """Stands for "the next item" at the child's teardown: everything but the
+    item itself is still needed, so only function scope is torn down here
+    (the parent tears down the rest, once)."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._chain = item.listchain()[:-1]
+
+    def listchain(self) -> list:
+        return self._chain
+
+
+def _child_main(item: pytest.Item, write_fd: int) -> int:
+    config = item.config
+    channel = _Channel(write_fd)
+    forwarder = _Forwarder(config, channel)
+    pm = config.pluginmanager
+    pm.register(forwarder, "hermetic-forwarder")
+    for hook in (pm.hook.pytest_runtest_logreport, pm.hook.pytest_warning_recorded):
+        # pluggy keeps a hook's implementations in this list; the child is
+        # thrown away, so editing it here changes nothing in the parent.
+        hook._hookimpls[:] = [impl for impl in hook.get_hookimpls() if impl.plugin is forwarder]
+    forwarder.armed = True
+    try:
+        # The warnings plugin records around pytest_runtest_protocol, which
+        # ran in the parent: record the child's own warnings here.
+        with catch_warnings_for_item(config, item.ihook, "runtest", item):
+            report = call_and_report(item, "setup", log=True)
+            if report.passed and not config.getoption("setuponly", False):
+                call_and_report(item, "call", log=True)
+            call_and_report(item, "teardown", log=True, nextitem=_ParentChain(item))  # type: ignore[arg-type]
+    except pytest.exit.Exception as exc:
+        channel.send("exit", (exc.msg, exc.returncode))
+    except KeyboardInterrupt:
+        channel.send("interrupt", ())
+    return 0

@@ -1,0 +1,123 @@
+"""The pytest plugin `hermetic`: options, the marker, and the hook that
+hands marked tests to `forked.run_in_container`.
+
+Registered under the `pytest11` entry point, so `pytest -p hermetic` works
+(also with PYTEST_DISABLE_PLUGIN_AUTOLOAD=1).  Marker arguments beat ini
+keys, which beat the built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+MARKER = (
+    "hermetic(image='host', net=False, mem=None, cpus=None, pids=None, timeout=None, env=None, volumes=None, "
+    "privileged=False): run this test in its own container (namespaces, cgroup, overlay root)"
+)
+_MARKER_OPTIONS = ("image", "net", "mem", "cpus", "pids", "timeout", "env", "volumes", "privileged", "hostname", "userns", "user", "workdir")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hermetic", "hermetic containers")
+    group.addoption("--hermetic", action="store_true", help="run every collected test in its own container")
+    group.addoption("--no-hermetic", action="store_true", help="run every test in place, markers or not (debugging)")
+    group.addoption("--hermetic-image", metavar="REF", help="default image for hermetic tests (default: host)")
+    parser.addini("hermetic_image", "default image for hermetic tests", default="host")
+    parser.addini("hermetic_mem", "default memory limit for hermetic tests, e.g. 512M", default="")
+    parser.addini("hermetic_net", "default network for hermetic tests (false: loopback only)", default="false")
+    parser.addini("hermetic_timeout", "default timeout in seconds for hermetic tests", default="")
+    parser.addini("hermetic_store", "image store directory (default: $HERMETIC_STORE or the user's default)", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    store = config.getini("hermetic_store")
+    if store and "HERMETIC_STORE" not in os.environ:
+        # In the environment so xdist workers and `hermetic` subprocesses share it.
+        os.environ["HERMETIC_STORE"] = os.path.abspath(os.path.join(str(config.rootpath), store))
+    if not config.getoption("no_hermetic"):
+        config.pluginmanager.register(HermeticRunner(config), "hermetic-runner")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from .runtime import cgroups
+
+    hierarchy = cgroups.detect()
+    version = hierarchy.version if hierarchy.version != "hybrid" else "hybrid (v1 controllers)"
+    who = "root" if os.geteuid() == 0 else "rootless"
+    state = "off (--no-hermetic)" if config.getoption("no_hermetic") else f"cgroup {version}, {who}, overlayfs"
+    return f"hermetic: {state}"
+
+
+class HermeticRunner:
+    """Decides which items run in a container, and with what `Spec`."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.all = config.getoption("hermetic")
+
+    def defaults(self) -> dict[str, Any]:
+        config = self.config
+        defaults: dict[str, Any] = {"image": config.getoption("hermetic_image") or config.getini("hermetic_image") or "host"}
+        if config.getini("hermetic_mem"):
+            defaults["mem"] = config.getini("hermetic_mem")
+        if config.getini("hermetic_timeout"):
+            defaults["timeout"] = config.getini("hermetic_timeout")
+        net = str(config.getini("hermetic_net")).strip().lower()
+        defaults["net"] = False if net in ("", "false", "0", "no", "none") else (True if net in ("true", "1", "yes") else net)
+        return defaults
+
+    def options_for(self, item: pytest.Item) -> dict[str, Any] | None:
+        """The container options for `item`, or None to run it in place."""
+        marker = item.get_closest_marker("hermetic")
+        if marker is None and not self.all:
+            return None
+        options = self.defaults()
+        if marker is not None:
+            if len(marker.args) > 1:
+                raise ValueError(f"takes at most one positional argument (the image), got {marker.args!r}")
+            if marker.args:
+                options["image"] = marker.args[0]
+            unknown = sorted(set(marker.kwargs) - set(_MARKER_OPTIONS))
+            if unknown:
+                raise ValueError(f"unknown argument {unknown[0]!r}; known: {', '.join(_MARKER_OPTIONS)}")
+            options.update(marker.kwargs)
+        return options
+
+    def spec_for(self, item: pytest.Item):  # noqa: ANN201 - Spec, imported lazily
+        from .spec import Spec
+
+        options = self.options_for(item)
+        if options is None:
+            return None
+        image = options.pop("image")
+        return Spec.build(image, None, **options)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_pycollect_makeitem(self, collector, name, obj):  # noqa: ANN001, ANN201
+        """A bad marker argument is a collection error naming the test and
+        the argument, before anything runs."""
+        outcome = yield
+        result = outcome.get_result()
+        items = result if isinstance(result, list) else [result] if result is not None else []
+        from .errors import HermeticError
+
+        for item in items:
+            if isinstance(item, pytest.Item):
+                try:
+                    self.spec_for(item)
+                except (HermeticError, ValueError, TypeError) as exc:
+                    raise collector.CollectError(f"{item.nodeid}: bad @hermetic marker: {exc}") from None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        spec = self.spec_for(item)
+        if spec is None:
+            return None
+        from .forked import run_in_container
+
+        run_in_container(item, nextitem, spec)
+        return True
