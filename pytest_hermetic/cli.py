@@ -124,6 +124,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         privileged=args.privileged,
         userns=args.userns,
         init=args.init,
+        # Nobody can commit it: keep the rw layer in memory, no disk clean-up.
+        ephemeral=not args.commit and not args.name,
     )
     if spec.name and any(s.get("name") == spec.name and s["alive"] for s in list_states()):
         from .errors import SpecError
@@ -227,12 +229,12 @@ def _cmd_ps(_args: argparse.Namespace) -> int:
 
     from .container import list_states
 
-    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "PID")]
+    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "PIDS")]
     for state in list_states():
         if state["alive"]:
             rows.append((state["id"][:12], state.get("name", ""), state.get("image", ""),
                          " ".join(state.get("command") or [])[:40], _ago(time.time() - state.get("created", time.time())),
-                         str(state.get("pid") or "")))
+                         str(len(state.get("pids") or [])) or "-"))
     _table(rows)
     return 0
 

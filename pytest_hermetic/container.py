@@ -7,7 +7,10 @@
 A container owns a state folder (`STATE/containers/<id>/`: its read-write
 layer, overlay work dir and `state.json`), a cgroup, and its PID 1.
 `remove()` (or leaving the `with` block) kills what is left and deletes all
-three; `hermetic gc` does the same for containers whose owner died.
+three; `hermetic gc` does the same for containers whose owner died.  With
+`Spec(ephemeral=True)` the read-write layer lives on a tmpfs inside the
+container's own mount namespace instead: it vanishes with the container and
+cannot be committed (the plugin, and `hermetic run` without --commit/--name).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -85,7 +87,7 @@ class Container:
 
     def __init__(self, spec: Spec, *, store: Store | None = None) -> None:
         self.spec = spec
-        self.id = uuid.uuid4().hex
+        self.id = os.urandom(16).hex()
         self.store = store or Store()
         self.image: Image | None = None
         self.cgroup: cgroups.Cgroup | None = None
@@ -131,20 +133,23 @@ class Container:
         try:
             self._make_state_dir()
             self.cgroup = cgroups.create(self.short_id, limits)
-            self._write_state()
+            self._write_state()  # before the start, so `gc` knows whose it is
             config = self._process_config(image, argv)
             self.started_at = time.monotonic()
             self.process = process.spawn(config, target)
         except BaseException:
             self.remove()
             raise
-        self._write_state()
         return self
 
     def _make_state_dir(self) -> None:
         os.makedirs(containers_dir(), exist_ok=True)
         os.mkdir(self.state_dir, 0o700)
-        for sub in ("upper", "work", "init", "merged", "replay"):
+        # `scratch` becomes a tmpfs inside the container's mount namespace
+        # (init layer, mount point; the rw layer too when ephemeral): it
+        # needs no clean-up and costs no disk operations.
+        subs = ("scratch",) if self.spec.ephemeral else ("scratch", "upper", "work")
+        for sub in subs:
             os.mkdir(os.path.join(self.state_dir, sub), 0o755)
 
     def _layer_dirs(self, image: Image) -> tuple[list[str], list[str]]:
@@ -166,8 +171,10 @@ class Container:
         spec = self.spec
         state = self.state_dir
         lowers, replay = self._layer_dirs(image)
-        replay_dirs = [f"{state}/replay/{i}" for i in range(len(replay))]
-        all_lowers = [f"{state}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
+        scratch = f"{state}/scratch"
+        replay_dirs = [f"{scratch}/replay/{i}" for i in range(len(replay))]
+        all_lowers = [f"{scratch}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
+        rw = scratch if spec.ephemeral else state
         binds = [Bind(v.source, v.target, v.readonly) for v in spec.volumes]
         env = _env_dict(image.env)
         env.setdefault("HOME", "/root")
@@ -175,9 +182,10 @@ class Container:
         env.update(spec.env)
         rootfs = RootfsConfig(
             lowers=all_lowers,
-            upper=f"{state}/upper",
-            work=f"{state}/work",
-            merged=f"{state}/merged",
+            upper=f"{rw}/upper",
+            work=f"{rw}/work",
+            merged=f"{scratch}/merged",
+            scratch=scratch,
             host_root=image.is_host,
             userns=self.userns,
             privileged=spec.privileged,
@@ -289,6 +297,11 @@ class Container:
 
         if self.image is None:
             raise ContainerStartError(f"container {self.name} was never started: nothing to commit")
+        if self.spec.ephemeral:
+            raise ContainerStartError(
+                f"container {self.name} kept its read-write layer in memory (ephemeral=True), so it cannot be "
+                "committed; start it with ephemeral=False (the CLI does so for --commit and --name)"
+            )
         return commit_upper(self.store, self.image, f"{self.state_dir}/upper", ref, userns=self.userns,
                             comment=message or f"hermetic commit {self.short_id}")
 
@@ -324,8 +337,7 @@ class Container:
             "created": time.time(),
             "owner_pid": os.getpid(),
             "owner_start": _start_time(os.getpid()),
-            "pid": self.pid,
-            "cgroup": getattr(self.cgroup, "dirs", None) or ([getattr(self.cgroup, "path")] if self.cgroup else []),
+            "cgroup": self.cgroup.directories() if self.cgroup else [],
         }
         tmp = os.path.join(self.state_dir, "state.json.tmp")
         with open(tmp, "w") as f:
@@ -397,6 +409,8 @@ def list_states() -> list[dict]:
             data = {"id": entry, "name": entry[:12]}
         owner = data.get("owner_pid")
         data["alive"] = bool(owner) and _start_time(owner) == data.get("owner_start")
+        groups = data.get("cgroup") or []
+        data["pids"] = cgroups.read_pids(f"{groups[0]}/cgroup.procs") if groups else []
         data["state_dir"] = os.path.join(base, entry)
         result.append(data)
     return result

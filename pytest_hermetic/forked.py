@@ -43,7 +43,8 @@ _HEADER = struct.Struct("!I")
 def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> None:
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    setup = CallInfo.from_call(lambda: _setup_wide_scopes(item), when="setup", reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    setup, setup_sections = _captured(item, "setup", lambda: CallInfo.from_call(
+        lambda: _setup_wide_scopes(item), when="setup", reraise=(pytest.exit.Exception, KeyboardInterrupt)))
     if setup.excinfo is not None:
         # A collector or a wide fixture failed (or skipped): plain pytest
         # reports that from the cached error without running the test body.
@@ -59,6 +60,8 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     for event in events:
         if event[0] == "report":
             report = event[1]
+            if report.when == "setup" and setup_sections:
+                report.sections[:0] = setup_sections
             if report.when == "teardown" and not _is_subreport(report):
                 teardown_report = report
                 continue
@@ -67,10 +70,13 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
             ihook.pytest_warning_recorded.call_historic(kwargs=event[1])
     if item.session.shouldfail or item.session.shouldstop:
         nextitem = None
-    teardown = CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown",
-                                  reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    teardown, teardown_sections = _captured(item, "teardown", lambda: CallInfo.from_call(
+        lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown",
+        reraise=(pytest.exit.Exception, KeyboardInterrupt)))
     if teardown.excinfo is not None and (teardown_report is None or teardown_report.passed):
         teardown_report = ihook.pytest_runtest_makereport(item=item, call=teardown)
+    if teardown_report is not None:
+        teardown_report.sections.extend(teardown_sections)
     if teardown_report is not None:
         ihook.pytest_runtest_logreport(report=teardown_report)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
@@ -78,6 +84,22 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
         if exit_event[0] == "interrupt":
             raise KeyboardInterrupt
         pytest.exit(exit_event[1], returncode=exit_event[2])
+
+
+def _captured(item: pytest.Item, when: str, fn):  # noqa: ANN001, ANN202
+    """Run `fn` in the parent under pytest's output capture, as the phase
+    it belongs to would be; return its result and the report sections."""
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is None or not capman.is_globally_capturing():
+        return fn(), []
+    capman.resume_global_capture()
+    try:
+        result = fn()
+    finally:
+        capman.suspend_global_capture(in_=False)
+    out, err = capman.read_global_capture()
+    sections = [(f"Captured {name} {when}", text) for name, text in (("stdout", out), ("stderr", err)) if text]
+    return result, sections
 
 
 def _is_subreport(report: Any) -> bool:

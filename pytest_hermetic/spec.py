@@ -129,6 +129,7 @@ class Spec:
     userns: bool | None = None  # None: only when not root
     privileged: bool = False
     init: bool = False  # run the command as PID 2 under a PID 1 that reaps and forwards signals
+    ephemeral: bool = False  # the rw layer lives in memory in the container and vanishes with it (no commit)
 
     @classmethod
     def build(cls, image: str = "host", command: Any = None, **options: Any) -> "Spec":
@@ -183,6 +184,7 @@ class Spec:
             userns=options.get("userns"),
             privileged=bool(options.get("privileged", False)),
             init=bool(options.get("init", False)),
+            ephemeral=bool(options.get("ephemeral", False)),
         )
 
     def with_options(self, **changes: Any) -> "Spec":

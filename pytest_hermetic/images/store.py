@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import IO, Iterator
@@ -65,6 +62,8 @@ HOST_IMAGE = Image(name="host", id="host", base="host", config={"Env": HOST_ENV}
 
 
 def sha256_file(path: str) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -101,12 +100,17 @@ class Store:
             os.close(fd)
 
     def tempdir(self, prefix: str) -> str:
+        import tempfile
+
         self._ensure()
         return tempfile.mkdtemp(prefix=prefix, dir=os.path.join(self.root, "tmp"))
 
     # -- blobs and layers -----------------------------------------------------
 
     def put_blob_bytes(self, data: bytes) -> str:
+        import hashlib
+        import tempfile
+
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not os.path.exists(path):
@@ -172,6 +176,8 @@ class Store:
                     _rmtree(staging)
             blob = self.blob_path(blob_digest)
             if not os.path.exists(blob):
+                import shutil
+
                 shutil.copyfile(tar_path, blob + ".tmp")
                 os.replace(blob + ".tmp", blob)
             return diff_id, counter.size
@@ -203,6 +209,8 @@ class Store:
             raise StoreError(f"{self._refs_path()} is corrupt ({exc}); fix: remove it and import the images again") from None
 
     def _write_refs(self, data: dict[str, str]) -> None:
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -357,6 +365,8 @@ class _HashingReader:
     """Reads through a stream, hashing and counting what passes (the diff_id)."""
 
     def __init__(self, stream: IO[bytes]) -> None:
+        import hashlib
+
         self._stream = stream
         self._hash = hashlib.sha256()
         self.size = 0

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 
 from ..errors import ContainerStartError
 from . import syscalls as sc
 
-CONTAINER_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP
+# The cgroup namespace comes apart, once the process sits in its cgroup.
+CONTAINER_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,8 @@ class UserNamespace:
 
     def write_maps_with_helpers(self, pid: int) -> None:
         """Map process `pid` from outside with the setuid helpers."""
+        import subprocess
+
         for tool, maps in (("newuidmap", self.uid_maps), ("newgidmap", self.gid_maps)):
             args = [str(v) for m in maps for v in (m.inside, m.outside, m.count)]
             result = subprocess.run([tool, str(pid), *args], capture_output=True, text=True)
@@ -89,6 +90,8 @@ def default_user_namespace() -> UserNamespace:
         name = str(uid)
     sub_uid = _subordinate_range("/etc/subuid", name, uid)
     sub_gid = _subordinate_range("/etc/subgid", name, uid)
+    import shutil
+
     if sub_uid and sub_gid and shutil.which("newuidmap") and shutil.which("newgidmap"):
         uid_maps.append(IdMap(1, sub_uid[0], sub_uid[1]))
         gid_maps.append(IdMap(1, sub_gid[0], sub_gid[1]))

@@ -165,9 +165,10 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None else (None, None)
     rootless = config.userns is not None
     sync = _SyncPipes() if rootless and config.userns and config.userns.needs_helpers else None
+    joined = os.pipe2(os.O_CLOEXEC) if config.cgroup_procs else None
     try:
         if rootless:
-            pid = _fork_relay(config, target, err_w, status_w, sync)
+            pid = _fork_relay(config, target, err_w, status_w, sync, joined)
         else:
             fd = _pidns_fd()
             pid = -1
@@ -178,12 +179,13 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
                 if pid != 0:
                     sc.setns(fd, sc.CLONE_NEWPID)
             if pid == 0:
-                _child_main(config, target, err_w, status_w)
+                _child_main(config, target, err_w, status_w, joined)
     except BaseException:
-        for fd in (err_r, err_w, status_r, status_w):
+        for fd in (err_r, err_w, status_r, status_w, *(joined or ())):
             if fd is not None:
                 os.close(fd)
         raise
+    attach_error = _attach(pid, config.cgroup_procs, joined) if joined is not None else None
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
@@ -198,8 +200,41 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         proc.init_pid = _read_relay_pid(proc)
     if message:
         proc.wait()
+        if attach_error is not None:
+            raise ContainerStartError(f"cannot move the container into its cgroup: {attach_error}")
         raise _start_error(message)
     return proc
+
+
+def _attach(pid: int, procs_files: list[str], joined: tuple[int, int]) -> OSError | None:
+    """Move the child into its cgroup from here, while it builds its root.
+
+    The first cgroup migration after a quiet spell waits for an RCU grace
+    period (the kernel's cgroup_threadgroup_rwsem), 5-15 ms on a small VM;
+    done by the parent it overlaps the child's own set-up instead of adding
+    to it.  The child waits for the byte on `joined` before it unshares its
+    cgroup namespace (whose root is the cgroup it is in at that moment)."""
+    read_fd, write_fd = joined
+    os.close(read_fd)
+    try:
+        for path in procs_files:
+            with open(path, "w") as f:
+                f.write(str(pid))
+        os.write(write_fd, b"J")
+        return None
+    except OSError as exc:
+        return exc  # the child sees EOF instead of J and stops
+    finally:
+        os.close(write_fd)
+
+
+def _wait_attached(joined: tuple[int, int] | None) -> None:
+    if joined is None:
+        return
+    os.close(joined[1])
+    if os.read(joined[0], 1) != b"J":
+        raise ContainerStartError("could not move the container into its cgroup")
+    os.close(joined[0])
 
 
 def _read_all(fd: int) -> bytes:
@@ -256,7 +291,7 @@ class _SyncPipes:
 _RELAY_PID = struct.Struct("i")
 
 
-def _fork_relay(config, target, err_w, status_w, sync) -> int:
+def _fork_relay(config, target, err_w, status_w, sync, joined) -> int:
     relay_r, relay_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid != 0:
@@ -265,27 +300,27 @@ def _fork_relay(config, target, err_w, status_w, sync) -> int:
         return pid
     # The relay (single-threaded, a fresh fork); it must never return.
     try:
-        _relay_main(config, target, err_w, status_w, sync, relay_r, relay_w)
+        _relay_main(config, target, err_w, status_w, sync, relay_r, relay_w, joined)
     finally:
         os._exit(125)
 
 
-def _relay_main(config, target, err_w, status_w, sync, relay_r, relay_w) -> None:
+def _relay_main(config, target, err_w, status_w, sync, relay_r, relay_w, joined) -> None:
     try:
         os.close(relay_r)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        _join_cgroup(config.cgroup_procs)
         sc.unshare(sc.CLONE_NEWUSER)
         if sync is not None:
             sync.child_wait_for_maps()
         else:
             config.userns.write_own_maps()
-        sc.unshare(CONTAINER_NAMESPACES | sc.CLONE_NEWPID)
+        _wait_attached(joined)
+        sc.unshare(CONTAINER_NAMESPACES | sc.CLONE_NEWCGROUP | sc.CLONE_NEWPID)
         child = os.fork()
     except BaseException as exc:  # noqa: BLE001 - everything becomes a start error
         _fail(err_w, 125, _describe(exc))
     if child == 0:
-        _child_main(config, target, err_w, status_w, joined=True)
+        _child_main(config, target, err_w, status_w, None, in_namespaces=True)
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
@@ -340,36 +375,39 @@ def _relay_wait(child: int) -> None:
 # --- PID 1 --------------------------------------------------------------------
 
 
-def _join_cgroup(procs_files: list[str]) -> None:
-    for path in procs_files:
-        with open(path, "w") as f:
-            f.write("0")
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not str(exc).startswith(type(exc).__name__):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
-def _child_main(config: ProcessConfig, target, err_w: int, status_w: int | None, joined: bool = False) -> None:
+def _child_main(config: ProcessConfig, target, err_w: int, status_w: int | None,
+                joined: tuple[int, int] | None, in_namespaces: bool = False) -> None:
     """PID 1 of the container.  Never returns: whatever happens ends in `os._exit`."""
     try:
-        _pid1(config, target, err_w, status_w, joined)
+        _pid1(config, target, err_w, status_w, joined, in_namespaces)
     finally:
         os._exit(125)
 
 
-def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None, joined: bool) -> None:
+def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
+          joined: tuple[int, int] | None, in_namespaces: bool) -> None:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        if not joined:
-            _join_cgroup(config.cgroup_procs)
+
+        def enter_cgroup() -> None:
+            # Once the parent has moved us: the cgroup namespace's root is
+            # the cgroup we are in when we unshare it.
+            if not in_namespaces:
+                _wait_attached(joined)
+                sc.unshare(sc.CLONE_NEWCGROUP)
+
+        if not in_namespaces:
             sc.unshare(CONTAINER_NAMESPACES)
         network.setup_in_child(config.network)
-        rootfs.setup(config.rootfs, config.hostname)
+        rootfs.setup(config.rootfs, config.hostname, before_sys=enter_cgroup)
         uid, gid = _resolve_user(config.user)
         cap_last = capabilities.last_cap()
         os.chdir(config.cwd) if os.path.isdir(config.cwd) else None

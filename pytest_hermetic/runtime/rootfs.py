@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import syscalls as sc
 from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
@@ -55,6 +56,7 @@ class RootfsConfig:
     privileged: bool = False
     binds: list[Bind] = field(default_factory=list)
     cgroup_v2: bool = False  # mount cgroup2 (read-only) on /sys/fs/cgroup
+    scratch: str = ""  # becomes a tmpfs first: holds the init layer, the mount point, maybe the rw layer
     init_files: dict[str, str] = field(default_factory=dict)  # "etc/hostname" -> text
     # (layer tar, dir): layers unpacked at start onto a private tmpfs, for
     # images committed on top of `host` (see Container._layer_dirs).
@@ -65,13 +67,13 @@ def write_init_layer(config: "RootfsConfig") -> None:
     """Build the init layer on a fresh tmpfs: engine-owned files and the
     mount points of /proc, /dev, /sys, /tmp and of every bind.
 
-    It lives on its own tmpfs, mounted in the container's namespace, because
-    overlayfs refuses a lower layer that sits below another lower layer (the
-    `host` image's "/"), and so that nothing the engine needs lands in the
-    read-write layer that `commit` reads.
+    It lives on the scratch tmpfs, mounted in the container's namespace,
+    because overlayfs refuses a lower layer that sits below another lower
+    layer (the `host` image's "/"), and so that nothing the engine needs
+    lands in the read-write layer that `commit` reads.
     """
     path = config.lowers[0]
-    sc.mount("tmpfs", path, "tmpfs", MS_NODEV | MS_NOSUID, "mode=755")
+    os.mkdir(path, 0o755)
     for name, text in config.init_files.items():
         target = os.path.join(path, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -89,9 +91,17 @@ def write_init_layer(config: "RootfsConfig") -> None:
                 open(stub, "a").close()
 
 
-def setup(config: RootfsConfig, hostname: str) -> None:
-    """Build the root in the current (fresh) mount namespace and pivot into it."""
+def setup(config: RootfsConfig, hostname: str, before_sys: "Callable[[], None] | None" = None) -> None:
+    """Build the root in the current (fresh) mount namespace and pivot into it.
+
+    `before_sys` runs just before /sys is mounted (the cgroup namespace must
+    exist by then for the cgroup2 mount to show the container's own cgroup).
+    """
     sc.mount(None, "/", None, MS_REC | sc.MS_PRIVATE)
+    sc.mount("tmpfs", config.scratch, "tmpfs", MS_NODEV | MS_NOSUID, "mode=755")
+    for path in (config.merged, config.upper, config.work):
+        if path.startswith(config.scratch + "/"):
+            os.mkdir(path, 0o755)
     write_init_layer(config)
     if config.replay:
         _replay_layers(config.replay, config.userns)
@@ -102,6 +112,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         _mount_overlay(config.lowers, config.upper, config.work, root, config.userns)
     _mount_proc(root)
     _mount_dev(root, config.userns)
+    if before_sys is not None:
+        before_sys()
     _mount_sys(root, config.privileged, config.cgroup_v2)
     sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for bind in config.binds:  # last, so a bind below /tmp is not hidden by it
@@ -115,11 +127,10 @@ def setup(config: RootfsConfig, hostname: str) -> None:
 def _replay_layers(replay: list[tuple[str, str]], userns: bool) -> None:
     from ..images import layers
 
-    base = os.path.dirname(replay[0][1])
-    sc.mount("tmpfs", base, "tmpfs", MS_NODEV | MS_NOSUID, "mode=755")
+    os.mkdir(os.path.dirname(replay[0][1]))
     prefix = layers.OVERLAY_USER if userns else layers.OVERLAY_TRUSTED
     for tar_path, directory in replay:
-        os.mkdir(directory)
+        os.mkdir(directory, 0o755)
         layers.extract_layer(tar_path, directory, xattr_prefix=prefix)
 
 

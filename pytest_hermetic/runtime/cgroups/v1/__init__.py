@@ -72,6 +72,11 @@ class V1Cgroup:
             raise
         return group
 
+    def directories(self) -> list[str]:
+        """Every directory, the one holding the pids controller first."""
+        first = [self.dirs["pids"]] if "pids" in self.dirs else []
+        return first + [d for d in sorted(set(self.dirs.values())) if d not in first]
+
     def join_paths(self) -> list[str]:
         return [f"{d}/cgroup.procs" for d in sorted(set(self.dirs.values()))]
 

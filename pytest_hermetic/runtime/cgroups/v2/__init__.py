@@ -56,6 +56,9 @@ class V2Cgroup:
             raise
         return group
 
+    def directories(self) -> list[str]:
+        return [self.path]
+
     def join_paths(self) -> list[str]:
         return [f"{self.path}/cgroup.procs"]
 
