@@ -107,14 +107,20 @@ def run_baseline(b: Bench) -> None:
     b.spawn_wait([b.true])
 
 
-def run_hermetic_api(b: Bench) -> None:
-    container = Container(Spec.build("host", ["true"]))
+def run_hermetic_api(b: Bench, ephemeral: bool = True) -> None:
+    # ephemeral: the rw layer on a tmpfs inside the container, as the pytest
+    # plugin and `hermetic run` (without --commit/--name) use it.
+    container = Container(Spec.build("host", ["true"], ephemeral=ephemeral))
     try:
         result = container.run()
     finally:
         container.remove()
     if result.exit_code != 0:
         raise RuntimeError(f"hermetic container: {result.reason}")
+
+
+def run_hermetic_api_disk(b: Bench) -> None:
+    run_hermetic_api(b, ephemeral=False)
 
 
 def run_hermetic_cli(b: Bench) -> None:
@@ -369,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         contenders = {
             "fork+exec true": run_baseline,
             "hermetic (in process)": run_hermetic_api,
+            "hermetic (in process, rw layer on disk)": run_hermetic_api_disk,
             "hermetic run (CLI)": run_hermetic_cli,
             "bwrap --unshare-all": run_bwrap,
             "crun run": run_crun,

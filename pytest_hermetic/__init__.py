@@ -12,7 +12,9 @@ pytest.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["hermetic", "Container", "Spec", "Result"]

@@ -15,7 +15,9 @@ import argparse
 import os
 import signal
 import sys
-from typing import Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import Sequence
 
 PROG = "hermetic"
 

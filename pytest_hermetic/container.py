@@ -19,8 +19,10 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from ._record import record, factory
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import Callable
 
 from ._fs import rmtree
 from .errors import ContainerStartError, HermeticError, SpecError, StoreError
@@ -32,15 +34,15 @@ from .runtime.rootfs import Bind, RootfsConfig
 from .spec import Spec, format_size
 
 
-@dataclass
+@record
 class Result:
     """How a container ended, and why, in words a user can act on."""
 
     status: process.ExitStatus
     oom_killed: bool = False
     timed_out: float | None = None  # the timeout that expired, in seconds
-    killed: list[tuple[int, str]] = field(default_factory=list)
-    stats: cgroups.Stats = field(default_factory=cgroups.Stats)
+    killed: list[tuple[int, str]] = factory(list)
+    stats: cgroups.Stats = factory(cgroups.Stats)
 
     @property
     def exit_code(self) -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from ._record import factory, record, replace
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import Any, Mapping
 
 from .errors import SpecError
 
@@ -88,7 +90,7 @@ def parse_timeout(value: Any) -> float | None:
     return seconds
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Volume:
     source: str
     target: str
@@ -109,7 +111,7 @@ class Volume:
         return cls(source, os.path.normpath(parts[1]), len(parts) == 3 and parts[2] == "ro")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Spec:
     """A container's configuration.  Build it with `Spec.build(...)`."""
 
@@ -121,7 +123,7 @@ class Spec:
     pids: int | None = None  # None: the engine's default fuse (4096) where the pids controller is usable
     timeout: float | None = None
     hostname: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = factory(dict)
     volumes: tuple[Volume, ...] = ()
     workdir: str | None = None
     user: str | None = None
@@ -134,7 +136,7 @@ class Spec:
     @classmethod
     def build(cls, image: str = "host", command: Any = None, **options: Any) -> "Spec":
         """Validate everything; raise `SpecError` naming the bad option."""
-        known = {f for f in cls.__dataclass_fields__}  # type: ignore[attr-defined]
+        known = set(cls._fields)  # type: ignore[attr-defined]
         unknown = sorted(set(options) - known)
         if unknown:
             raise SpecError(f"unknown option {unknown[0]!r}; known options: {', '.join(sorted(known - {'image', 'command'}))}")

@@ -34,7 +34,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c 'import pytest_hermetic, pytest, xdist' 2>/dev/null; then
     log=$(mktemp)
-    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' pytest-xdist; } >"$log" 2>&1; then
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' pytest-xdist --config-settings editable_mode=compat; } >"$log" 2>&1; then
         cat "$log"; rm -f "$log"; exit 1
     fi
     rm -f "$log"

@@ -10,7 +10,7 @@ tarball).  `host` is the host's own root.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from .._record import record
 
 from ..errors import ImageReferenceError
 
@@ -25,7 +25,7 @@ _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reference:
     """A parsed reference.  `transport` is "registry", "host" or a transport name."""
 

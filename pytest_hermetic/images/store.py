@@ -19,8 +19,10 @@ import fcntl
 import json
 import os
 import time
-from dataclasses import dataclass, field
-from typing import IO, Iterator
+from .._record import record, factory
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import IO, Iterator
 
 from ..errors import ImageNotFound, StoreError
 from . import reference as refs
@@ -33,14 +35,14 @@ BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of
 HOST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
 
-@dataclass
+@record
 class Image:
     """An image as the runtime needs it: ordered layers and the run config."""
 
     name: str  # canonical name ("host" for the host image)
     id: str  # config digest ("host" for the host image)
-    layers: list[str] = field(default_factory=list)  # diff_ids, bottom first
-    config: dict = field(default_factory=dict)  # the OCI config's "config" object
+    layers: list[str] = factory(list)  # diff_ids, bottom first
+    config: dict = factory(dict)  # the OCI config's "config" object
     base: str | None = None  # "host" when stacked on the host's root
     created: float = 0.0
     size: int = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass, field
+from .._record import record, factory
 
 from ..errors import ContainerStartError
 from . import syscalls as sc
@@ -20,7 +20,7 @@ from . import syscalls as sc
 CONTAINER_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IdMap:
     inside: int
     outside: int
@@ -30,10 +30,10 @@ class IdMap:
         return f"{self.inside} {self.outside} {self.count}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UserNamespace:
-    uid_maps: list[IdMap] = field(default_factory=list)
-    gid_maps: list[IdMap] = field(default_factory=list)
+    uid_maps: list[IdMap] = factory(list)
+    gid_maps: list[IdMap] = factory(list)
 
     @property
     def needs_helpers(self) -> bool:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import _socket  # not `socket`: its enums cost milliseconds of start-up
 import fcntl
 import struct
-from dataclasses import dataclass
+from .._record import record
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetworkConfig:
     """How the container is connected.  `mode` is "none" (loopback only)."""
 

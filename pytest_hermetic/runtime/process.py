@@ -31,8 +31,10 @@ import signal
 import struct
 import sys
 import traceback
-from dataclasses import dataclass, field
-from typing import Callable
+from .._record import record, factory
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import Callable
 
 from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
 from . import capabilities, network, rootfs
@@ -42,25 +44,25 @@ from .namespaces import CONTAINER_NAMESPACES, UserNamespace
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 
-@dataclass
+@record
 class ProcessConfig:
     """Everything the child needs, resolved by the parent before the fork."""
 
     rootfs: rootfs.RootfsConfig
     hostname: str
     argv: list[str] | None = None  # exec mode; None with a callable target
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = factory(dict)
     cwd: str = "/"
     user: str | None = None  # "uid[:gid]" or a name from the image's /etc/passwd
-    network: network.NetworkConfig = field(default_factory=network.NetworkConfig)
-    cgroup_procs: list[str] = field(default_factory=list)
+    network: network.NetworkConfig = factory(network.NetworkConfig)
+    cgroup_procs: list[str] = factory(list)
     userns: UserNamespace | None = None
     privileged: bool = False
     close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ExitStatus:
     code: int | None = None  # exit code, or None when killed by a signal
     signal: int | None = None
@@ -397,17 +399,17 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
 
-        def enter_cgroup() -> None:
-            # Once the parent has moved us: the cgroup namespace's root is
-            # the cgroup we are in when we unshare it.
-            if not in_namespaces:
-                _wait_attached(joined)
-                sc.unshare(sc.CLONE_NEWCGROUP)
-
         if not in_namespaces:
             sc.unshare(CONTAINER_NAMESPACES)
         network.setup_in_child(config.network)
-        rootfs.setup(config.rootfs, config.hostname, before_sys=enter_cgroup)
+        rootfs.setup(config.rootfs, config.hostname)
+        if not in_namespaces:
+            # Only now wait for the parent to have moved us into the cgroup
+            # (so its wait overlapped all of the above); the cgroup
+            # namespace's root is the cgroup we sit in when we unshare it.
+            _wait_attached(joined)
+            sc.unshare(sc.CLONE_NEWCGROUP)
+        rootfs.mount_cgroup2(config.rootfs)
         uid, gid = _resolve_user(config.user)
         cap_last = capabilities.last_cap()
         os.chdir(config.cwd) if os.path.isdir(config.cwd) else None

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
-from typing import Callable
-
+from .._record import record, factory
+    
 from . import syscalls as sc
 from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
 
@@ -38,14 +37,14 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 _SKIP_HOST_TOP = {"proc", "sys", "dev", "tmp", "lost+found"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Bind:
     source: str
     target: str
     readonly: bool = False
 
 
-@dataclass
+@record
 class RootfsConfig:
     lowers: list[str]  # overlay lower dirs, top first; lowers[0] is the init layer
     upper: str
@@ -54,13 +53,13 @@ class RootfsConfig:
     host_root: bool = False  # the last lower is the host's "/"
     userns: bool = False  # mount overlays with `userxattr`
     privileged: bool = False
-    binds: list[Bind] = field(default_factory=list)
+    binds: list[Bind] = factory(list)
     cgroup_v2: bool = False  # mount cgroup2 (read-only) on /sys/fs/cgroup
     scratch: str = ""  # becomes a tmpfs first: holds the init layer, the mount point, maybe the rw layer
-    init_files: dict[str, str] = field(default_factory=dict)  # "etc/hostname" -> text
+    init_files: dict[str, str] = factory(dict)  # "etc/hostname" -> text
     # (layer tar, dir): layers unpacked at start onto a private tmpfs, for
     # images committed on top of `host` (see Container._layer_dirs).
-    replay: list[tuple[str, str]] = field(default_factory=list)
+    replay: list[tuple[str, str]] = factory(list)
 
 
 def write_init_layer(config: "RootfsConfig") -> None:
@@ -91,11 +90,11 @@ def write_init_layer(config: "RootfsConfig") -> None:
                 open(stub, "a").close()
 
 
-def setup(config: RootfsConfig, hostname: str, before_sys: "Callable[[], None] | None" = None) -> None:
+def setup(config: RootfsConfig, hostname: str) -> None:
     """Build the root in the current (fresh) mount namespace and pivot into it.
 
-    `before_sys` runs just before /sys is mounted (the cgroup namespace must
-    exist by then for the cgroup2 mount to show the container's own cgroup).
+    The cgroup2 file system is mounted later (`mount_cgroup2`), once the
+    process sits in its cgroup namespace.
     """
     sc.mount(None, "/", None, MS_REC | sc.MS_PRIVATE)
     sc.mount("tmpfs", config.scratch, "tmpfs", MS_NODEV | MS_NOSUID, "mode=755")
@@ -112,9 +111,7 @@ def setup(config: RootfsConfig, hostname: str, before_sys: "Callable[[], None] |
         _mount_overlay(config.lowers, config.upper, config.work, root, config.userns)
     _mount_proc(root)
     _mount_dev(root, config.userns)
-    if before_sys is not None:
-        before_sys()
-    _mount_sys(root, config.privileged, config.cgroup_v2)
+    _mount_sys(root, config.privileged)
     sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for bind in config.binds:  # last, so a bind below /tmp is not hidden by it
         _bind(bind.source, root + bind.target, bind.readonly)
@@ -244,11 +241,17 @@ def _mount_dev(root: str, userns: bool) -> None:
         os.symlink(target, f"{dev}/{name}")
 
 
-def _mount_sys(root: str, privileged: bool, cgroup_v2: bool) -> None:
+def _mount_sys(root: str, privileged: bool) -> None:
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY)
     sc.mount("sysfs", root + "/sys", "sysfs", flags)
-    if cgroup_v2 and os.path.isdir(root + "/sys/fs/cgroup"):
-        sc.mount("cgroup2", root + "/sys/fs/cgroup", "cgroup2", flags)
+
+
+def mount_cgroup2(config: RootfsConfig) -> None:
+    """After pivot_root, in the container's cgroup namespace: /sys/fs/cgroup
+    shows the container's own cgroup as its root (read-only)."""
+    if config.cgroup_v2 and os.path.isdir("/sys/fs/cgroup"):
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if config.privileged else MS_RDONLY)
+        sc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags)
 
 
 def _mask(root: str) -> None:

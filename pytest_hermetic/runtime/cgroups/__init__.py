@@ -14,9 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import time
-from dataclasses import dataclass, field
+from ..._record import record, factory
 from functools import lru_cache
-from typing import Protocol
 
 from ...errors import CgroupUnavailable
 
@@ -25,7 +24,7 @@ DEFAULT_PIDS = 4096
 PREFIX = "hermetic-"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     memory: int | None = None  # bytes
     cpus: float | None = None  # CPU bandwidth in cores
@@ -37,7 +36,7 @@ class Limits:
                 if getattr(self, name) is not None]
 
 
-@dataclass
+@record
 class Stats:
     memory_limit: int | None = None
     memory_peak: int | None = None
@@ -47,30 +46,44 @@ class Stats:
     pids_limit_hits: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hierarchy:
     """Where the cgroup filesystems are and where this process sits in them."""
 
     version: str  # "v2", "v1" or "hybrid"
     unified: str | None  # mount point of the cgroup2 hierarchy, if any
-    v1: dict[str, str] = field(default_factory=dict)  # controller -> mount point
-    own: dict[str, str] = field(default_factory=dict)  # controller ("" = v2) -> our cgroup path
+    v1: dict[str, str] = factory(dict)  # controller -> mount point
+    own: dict[str, str] = factory(dict)  # controller ("" = v2) -> our cgroup path
 
     def describe(self) -> str:
         return f"cgroup {self.version}"
 
 
-class Cgroup(Protocol):
-    """One container's cgroup, whatever the version."""
+class Cgroup:
+    """One container's cgroup, whatever the version (`V1Cgroup`, `V2Cgroup`)."""
 
     version: str
 
-    def join_paths(self) -> list[str]: ...
-    def directories(self) -> list[str]: ...
-    def pids(self) -> list[int]: ...
-    def stats(self) -> Stats: ...
-    def kill(self) -> list[tuple[int, str]]: ...
-    def remove(self) -> None: ...
+    def join_paths(self) -> list[str]:
+        """The `cgroup.procs` files a process is written to, to join."""
+        raise NotImplementedError
+
+    def directories(self) -> list[str]:
+        """Every directory of this cgroup (for `gc` after a crash)."""
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def stats(self) -> Stats:
+        raise NotImplementedError
+
+    def kill(self) -> list[tuple[int, str]]:
+        """SIGKILL everything in it; return (pid, name) of each victim."""
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
 
 
 @lru_cache(maxsize=1)

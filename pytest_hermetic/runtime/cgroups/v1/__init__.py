@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .. import Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
+from .. import Cgroup, Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
 from . import cpu, freezer, memory, pids
 
 _NEEDED_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
@@ -21,7 +21,7 @@ def _wanted_controllers(limits: Limits) -> list[str]:
     return wanted
 
 
-class V1Cgroup:
+class V1Cgroup(Cgroup):
     version = "v1"
 
     def __init__(self, dirs: dict[str, str]) -> None:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 
-from .. import Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry, write
+from .. import Cgroup, Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry, write
 from ....errors import CgroupUnavailable
 from . import cpu, memory, pids
 
 _CONTROLLER_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
 
 
-class V2Cgroup:
+class V2Cgroup(Cgroup):
     version = "v2"
 
     def __init__(self, path: str) -> None:
