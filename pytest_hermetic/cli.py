@@ -210,7 +210,12 @@ def _cmd_commit(args: argparse.Namespace) -> int:
         if state["alive"] and args.container in (state.get("name"), state["id"], state["id"][:12]):
             store = Store()
             base = store.resolve(state["image"])
-            image = commit_upper(store, base, os.path.join(state["state_dir"], "upper"), args.ref,
+            if not state.get("rw_dir"):
+                from .errors import ContainerStartError
+
+                raise ContainerStartError(f"container {args.container!r} keeps its read-write layer in memory; "
+                                          "only containers started with --name or --commit can be committed")
+            image = commit_upper(store, base, os.path.join(state["rw_dir"], "upper"), args.ref,
                                  userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
             print(f"{image.familiar} {image.id}")
             return 0

@@ -97,6 +97,8 @@ class Container:
         self.result: Result | None = None
         self.started_at: float | None = None
         self.state_dir = os.path.join(containers_dir(), self.id)
+        # A committable rw layer lives on the store's (disk) file system.
+        self.rw_dir = None if spec.ephemeral else os.path.join(self.store.root, "containers", self.id)
         self.userns = spec.userns if spec.userns is not None else os.geteuid() != 0
 
     @property
@@ -150,9 +152,12 @@ class Container:
         # `scratch` becomes a tmpfs inside the container's mount namespace
         # (init layer, mount point; the rw layer too when ephemeral): it
         # needs no clean-up and costs no disk operations.
-        subs = ("scratch",) if self.spec.ephemeral else ("scratch", "upper", "work")
-        for sub in subs:
-            os.mkdir(os.path.join(self.state_dir, sub), 0o755)
+        os.mkdir(os.path.join(self.state_dir, "scratch"), 0o755)
+        if self.rw_dir is not None:
+            os.makedirs(os.path.dirname(self.rw_dir), exist_ok=True)
+            os.mkdir(self.rw_dir, 0o700)
+            for sub in ("upper", "work"):
+                os.mkdir(os.path.join(self.rw_dir, sub), 0o755)
 
     def _layer_dirs(self, image: Image) -> tuple[list[str], list[str]]:
         """(lower dirs from the store, top first; layer tars to replay)."""
@@ -176,7 +181,7 @@ class Container:
         scratch = f"{state}/scratch"
         replay_dirs = [f"{scratch}/replay/{i}" for i in range(len(replay))]
         all_lowers = [f"{scratch}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
-        rw = scratch if spec.ephemeral else state
+        rw = self.rw_dir or scratch
         binds = [Bind(v.source, v.target, v.readonly) for v in spec.volumes]
         env = _env_dict(image.env)
         env.setdefault("HOME", "/root")
@@ -304,7 +309,8 @@ class Container:
                 f"container {self.name} kept its read-write layer in memory (ephemeral=True), so it cannot be "
                 "committed; start it with ephemeral=False (the CLI does so for --commit and --name)"
             )
-        return commit_upper(self.store, self.image, f"{self.state_dir}/upper", ref, userns=self.userns,
+        assert self.rw_dir is not None
+        return commit_upper(self.store, self.image, f"{self.rw_dir}/upper", ref, userns=self.userns,
                             comment=message or f"hermetic commit {self.short_id}")
 
     def remove(self) -> None:
@@ -321,6 +327,8 @@ class Container:
                 self.cgroup = None
         if os.path.isdir(self.state_dir):
             rmtree(self.state_dir)
+        if self.rw_dir is not None and os.path.isdir(self.rw_dir):
+            rmtree(self.rw_dir)
 
     def __enter__(self) -> "Container":
         return self
@@ -340,6 +348,7 @@ class Container:
             "owner_pid": os.getpid(),
             "owner_start": _start_time(os.getpid()),
             "cgroup": self.cgroup.directories() if self.cgroup else [],
+            "rw_dir": self.rw_dir,
         }
         tmp = os.path.join(self.state_dir, "state.json.tmp")
         with open(tmp, "w") as f:
@@ -418,24 +427,35 @@ def list_states() -> list[dict]:
     return result
 
 
-def gc_containers() -> list[str]:
-    """Remove what killed runs left: state folders of dead owners and their
-    cgroups, and `hermetic-*` cgroups that no live container owns."""
+def gc_containers(store_root: str | None = None) -> list[str]:
+    """Remove what killed runs left: state folders of dead owners, their
+    cgroups and rw layers, `hermetic-*` cgroups that no live container owns,
+    and rw layers without a live container (after a reboot cleared state)."""
+    from .paths import store_root as default_store_root
+
     removed = []
     live_ids = set()
     for data in list_states():
         if data["alive"]:
-            live_ids.add(data["id"][:12])
+            live_ids.add(data["id"])
             continue
         for path in data.get("cgroup") or []:
             _remove_cgroup_dir(path)
+        if data.get("rw_dir") and os.path.isdir(data["rw_dir"]):
+            rmtree(data["rw_dir"])
         rmtree(data["state_dir"])
         removed.append(f"container {data['id'][:12]} ({data.get('name')})")
+    short_live = {i[:12] for i in live_ids}
     for path in _hermetic_cgroups():
         short = os.path.basename(path)[len(cgroups.PREFIX):]
-        if short not in live_ids:
+        if short not in short_live:
             _remove_cgroup_dir(path)
             removed.append(f"cgroup {path}")
+    rw_base = os.path.join(store_root or default_store_root(), "containers")
+    for entry in sorted(os.listdir(rw_base)) if os.path.isdir(rw_base) else []:
+        if entry not in live_ids:
+            rmtree(os.path.join(rw_base, entry))
+            removed.append(f"read-write layer {entry[:12]}")
     return removed
 
 

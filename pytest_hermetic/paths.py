@@ -2,9 +2,13 @@
 
 * The store (images, layers): `$HERMETIC_STORE`, else `/var/lib/hermetic` as
   root and `$XDG_DATA_HOME/hermetic` otherwise.
-* Runtime state (one folder per container, holding its read-write layer):
-  `$HERMETIC_STATE`, else `/run/hermetic` as root and
-  `$XDG_RUNTIME_DIR/hermetic` otherwise.
+* Runtime state (one small folder per container: `state.json` and a mount
+  point): `$HERMETIC_STATE`, else `/run/hermetic` as root and
+  `$XDG_RUNTIME_DIR/hermetic` otherwise, when those are in memory (tmpfs);
+  else a folder in `/dev/shm`.  State must not outlive a reboot, and a tmpfs
+  makes each container's folder cost no disk operations.
+* Read-write layers that may be committed live in the store's file system
+  (`STORE/containers/<id>`), where large writes belong.
 """
 
 from __future__ import annotations
@@ -27,8 +31,24 @@ def state_root() -> str:
     if configured:
         return os.path.abspath(configured)
     if os.geteuid() == 0:
-        return "/run/hermetic"
+        if _on_tmpfs("/run"):
+            return "/run/hermetic"
+        return "/dev/shm/hermetic"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.access(runtime, os.W_OK):
+    if runtime and os.access(runtime, os.W_OK) and _on_tmpfs(runtime):
         return os.path.join(runtime, "hermetic")
-    return f"/tmp/hermetic-{os.geteuid()}"
+    return f"/dev/shm/hermetic-{os.geteuid()}"
+
+
+_TMPFS_MAGIC = 0x01021994
+
+
+def _on_tmpfs(path: str) -> bool:
+    """Whether `path` is on a tmpfs (statfs's f_type; Python's statvfs lacks it)."""
+    import ctypes
+
+    buf = ctypes.create_string_buffer(120)  # struct statfs, f_type first
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return False
+    return int.from_bytes(buf.raw[:8], "little") == _TMPFS_MAGIC

@@ -70,6 +70,7 @@ def _snapshot() -> dict[str, object]:
     except FileNotFoundError:
         states = []
     states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STATE"], "..", "home-*", "state", "containers", "*")))
+    states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STORE"], "containers", "*")))  # rw layers
     return {
         "mounts": _count_mounts(),
         "cgroups": sorted(_hermetic_cgroups()),

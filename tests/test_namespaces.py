@@ -108,3 +108,10 @@ def test_only_standard_fds_reach_the_command():
 def test_dev_pts_and_shm_work():
     ran = sh("python3 -c 'import os, pty; m, s = pty.openpty(); print(os.ttyname(s))'; echo x > /dev/shm/y && cat /dev/shm/y")
     assert ran.stdout.split() == ["/dev/pts/0", "x"], ran.stdout + ran.stderr
+
+
+def test_sigpipe_has_its_default_action():
+    # Python ignores SIGPIPE; exec would pass that on unless undone.
+    ran = sh("yes | head -n 1; grep SigIgn /proc/self/status")
+    assert ran.stdout.split()[0] == "y"
+    assert ran.stdout.split()[-1] == "0000000000000000"

@@ -13,7 +13,7 @@ import signal
 
 from . import capabilities
 from . import syscalls as sc
-from .process import ContainerProcess, _describe, _fail, _read_all, _relay_exit, _start_error
+from .process import ContainerProcess, _describe, _fail, _read_all, _relay_exit, _restore_signals, _start_error
 
 _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
           ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
@@ -79,6 +79,7 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                     capabilities.no_new_privs()
                 os.closerange(3, err_w)
                 os.closerange(err_w + 1, 65536)
+                _restore_signals()
                 os.execvpe(argv[0], argv, env)
             except FileNotFoundError:
                 _fail(err_w, 127, f"{argv[0]}: command not found in the container")

@@ -396,8 +396,6 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
           joined: tuple[int, int] | None, in_namespaces: bool) -> None:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in FORWARDED_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
 
         if not in_namespaces:
             sc.unshare(CONTAINER_NAMESPACES)
@@ -464,8 +462,16 @@ def _read_colon_file(path: str) -> list[list[str]]:
         return []
 
 
+def _restore_signals() -> None:
+    """exec keeps ignored signals ignored: give the command the defaults
+    Python changed (SIGPIPE, SIGXFSZ), as subprocess's restore_signals does."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _exec(config: ProcessConfig, err_w: int) -> None:
     assert config.argv
+    _restore_signals()
     if config.close_fds:
         os.closerange(3, err_w)
         os.closerange(err_w + 1, 65536)
@@ -486,6 +492,7 @@ def _exec_target(config: ProcessConfig) -> Callable[[], int]:
     def run() -> int:
         assert config.argv
         os.closerange(3, 65536)
+        _restore_signals()
         try:
             os.execvpe(config.argv[0], config.argv, config.env)
         except FileNotFoundError:
