@@ -129,32 +129,100 @@ def _setup_wide_scopes(item: pytest.Item) -> None:
 
 
 def _bindings(item: pytest.Item, spec: Spec) -> list[Volume]:
-    """What the test needs at its host paths inside the container."""
-    paths: dict[str, bool] = {}  # path -> read-only
+    """What the test needs at its host paths inside the container.
+
+    Always pytest's basetemp, read-write, so `tmp_path` behaves as without
+    isolation.  The test tree and the interpreter are in `host` already
+    (bound again only where a fresh /tmp would hide them).  In any other
+    image the test body's Python must keep working even when the image has
+    no Python or libc of its own: the interpreter's library folders, the
+    shared libraries it and its extension modules load (also those imported
+    only after the fork), the dynamic loader and the executable are bound
+    read-only wherever the image has nothing at that path.
+    """
+    writable: dict[str, bool] = {}
     factory = getattr(item.config, "_tmp_path_factory", None)
     if factory is not None:
-        paths[str(factory.getbasetemp())] = False  # tmp_path and friends persist, as without isolation
-    hidden = ("/tmp", "/dev", "/proc", "/sys")  # fresh mounts in every container
-    code_paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(item.config.rootpath), os.getcwd(),
-                  *[p for p in sys.path if p and os.path.isdir(p)]]
+        writable[str(factory.getbasetemp())] = False
+    code = {os.path.realpath(p) for p in (str(item.config.rootpath), os.getcwd())}
     if spec.image == "host":
-        for path in code_paths:
-            real = os.path.realpath(path)
-            if any(real == h or real.startswith(h + "/") for h in hidden):
-                paths.setdefault(real, True)
+        hidden = ("/tmp", "/dev", "/proc", "/sys")  # fresh mounts in every container
+        python = _python_paths()
+        wanted = {p for p in code | python if any(p == h or p.startswith(h + "/") for h in hidden)}
     else:
-        for path in code_paths:
-            paths.setdefault(os.path.realpath(path), True)
-        for lib in ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"):
-            real = os.path.realpath(lib)
-            if os.path.isdir(real):
-                paths.setdefault(real, True)
+        from .images.store import Store
+
+        image = Store().resolve(spec.image)
+        wanted = {p for p in code | _python_paths() | _library_paths() if not _image_has(image, p)}
+    chosen: list[str] = []
+    for path in sorted(wanted):
+        if path != "/" and os.path.exists(path) and not any(path.startswith(c.rstrip("/") + "/") for c in chosen):
+            chosen.append(path)
     volumes = list(spec.volumes)
     taken = {v.target for v in volumes}
-    for path in sorted(paths, key=len):
-        if path not in taken and path != "/" and os.path.exists(path):
-            volumes.append(Volume(path, path, paths[path]))
+    for path, readonly in [*((p, True) for p in chosen), *writable.items()]:
+        if path not in taken:
+            volumes.append(Volume(path, path, readonly))
     return volumes
+
+
+def _python_paths() -> set[str]:
+    import sysconfig
+
+    paths = {sys.prefix, sys.exec_prefix, os.path.realpath(sys.executable)}
+    paths.update(v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    paths.update(p for p in sys.path if p and os.path.isdir(p))
+    return {os.path.realpath(p) for p in paths if os.path.exists(p)}
+
+
+def _library_paths() -> set[str]:
+    """Folders of the shared objects mapped now, the platform's library
+    folders (for extension modules imported after the fork) and the loader."""
+    import sysconfig
+
+    paths: set[str] = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                name = line.split(None, 5)[-1].strip()
+                if name.startswith("/") and ".so" in name:
+                    paths.add(os.path.dirname(os.path.realpath(name)))
+    except OSError:
+        pass
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    if multiarch:
+        paths.update(os.path.realpath(f"{base}/{multiarch}") for base in ("/lib", "/usr/lib"))
+    interpreter = _elf_interpreter(os.path.realpath(sys.executable))
+    if interpreter:
+        paths.add(interpreter)  # by the path the binaries name, e.g. /lib64/ld-linux-x86-64.so.2
+    return {p for p in paths if os.path.exists(p)}
+
+
+def _elf_interpreter(path: str) -> str | None:
+    """PT_INTERP of an ELF executable (the dynamic loader it names)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only
+                return None
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            for i in range(phnum):
+                f.seek(phoff + i * phentsize)
+                kind, _flags, offset, _vaddr, _paddr, size = struct.unpack("<IIQQQQ", f.read(40))
+                if kind == 3:  # PT_INTERP
+                    f.seek(offset)
+                    return f.read(size).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _image_has(image: Any, path: str) -> bool:
+    from .images.store import Store
+
+    store = Store()
+    return any(os.path.lexists(store.layer_root(d) + path) for d in image.layers)
 
 
 def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
