@@ -141,6 +141,7 @@ def _bindings(item: pytest.Item, spec: Spec) -> list[Volume]:
     read-only wherever the image has nothing at that path.
     """
     writable: dict[str, bool] = {}
+    executable_hops: list[Volume] = []
     factory = getattr(item.config, "_tmp_path_factory", None)
     if factory is not None:
         writable[str(factory.getbasetemp())] = False
@@ -154,6 +155,12 @@ def _bindings(item: pytest.Item, spec: Spec) -> list[Volume]:
 
         image = Store().resolve(spec.image)
         wanted = {p for p in code | _python_paths() | _library_paths() if not _image_has(image, p)}
+        # Each hop of the interpreter's symlink chain (venv/bin/python ->
+        # /usr/bin/python3 -> python3.11), so `sys.executable` runs inside.
+        real = os.path.realpath(sys.executable)
+        for hop in _symlink_hops(sys.executable):
+            if hop != real and not _image_has(image, hop):
+                executable_hops.append(Volume(real, hop, True))
     chosen: list[str] = []
     for path in sorted(wanted):
         if path != "/" and os.path.exists(path) and not any(path.startswith(c.rstrip("/") + "/") for c in chosen):
@@ -163,7 +170,18 @@ def _bindings(item: pytest.Item, spec: Spec) -> list[Volume]:
     for path, readonly in [*((p, True) for p in chosen), *writable.items()]:
         if path not in taken:
             volumes.append(Volume(path, path, readonly))
+    volumes += [v for v in executable_hops if not any(v.target.startswith(c.rstrip("/") + "/") for c in chosen)]
     return volumes
+
+
+def _symlink_hops(path: str) -> list[str]:
+    hops = []
+    for _ in range(16):
+        hops.append(path)
+        if not os.path.islink(path):
+            break
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+    return hops
 
 
 def _python_paths() -> set[str]:
