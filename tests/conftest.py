@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest_plugins = ["pytester"]
+
 TEST_USER = os.environ.get("HERMETIC_TEST_USER", "hermetic-test")
 
 

@@ -1,0 +1,220 @@
+"""The pytest plugin, through real inner pytest sessions (pytester), plainly
+and under xdist: every outcome arrives as if the test ran in place."""
+
+import pytest
+
+SUITE = r'''
+import os, signal, socket, sys, time, warnings
+import pytest
+from pytest_hermetic import hermetic
+
+@pytest.fixture(scope="session")
+def once(tmp_path_factory):
+    with open(tmp_path_factory.getbasetemp() / "session-setups", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return os.getpid()
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("setup went wrong")
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown went wrong")
+
+@hermetic
+def test_pass(once):
+    assert os.getpid() == 2 and once != os.getpid()
+
+@hermetic
+def test_assertion_rewriting():
+    x = 3
+    assert x == 4
+
+@hermetic
+def test_setup_error(broken_setup):
+    pass
+
+@hermetic
+def test_teardown_error(broken_teardown):
+    pass
+
+@hermetic
+def test_skip_inside():
+    pytest.skip("skipped inside")
+
+@hermetic
+@pytest.mark.xfail(reason="known")
+def test_xfail():
+    assert False
+
+@hermetic
+@pytest.mark.xfail(reason="not strict")
+def test_xpass():
+    pass
+
+@hermetic
+@pytest.mark.xfail(reason="strict", strict=True)
+def test_xpass_strict():
+    pass
+
+@hermetic
+def test_xfail_raised_inside():
+    pytest.xfail("raised inside")
+
+@hermetic
+def test_subtests(subtests):
+    for i in range(3):
+        with subtests.test(i=i):
+            assert i != 1
+
+@hermetic
+def test_warning():
+    warnings.warn("careful inside", UserWarning)
+
+@hermetic(mem="64M")
+def test_oom():
+    print("about to allocate")
+    data = bytearray(400 << 20)
+
+@hermetic(timeout=1)
+def test_timeout():
+    time.sleep(30)
+
+@hermetic
+def test_signal():
+    import faulthandler
+    faulthandler.disable()
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+@hermetic
+def test_os_exit():
+    os._exit(3)
+
+@hermetic
+def test_writes_a_file():
+    with open("/var/tmp/hermetic-plugin-test", "w") as f:
+        f.write("x")
+
+@hermetic
+def test_file_from_previous_test_is_absent():
+    assert not os.path.exists("/var/tmp/hermetic-plugin-test")
+
+@hermetic
+@pytest.mark.parametrize("n", [1, 2])
+def test_same_port_at_once(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 8765))
+    s.listen()
+    time.sleep(0.5)
+
+@hermetic
+def test_kill_everything():
+    import subprocess
+    subprocess.run(["sh", "-c", "kill -9 -1"])
+
+@hermetic(image="busybox:test")
+def test_busybox_image(tmp_path):
+    import hashlib, sqlite3, subprocess
+    assert os.path.realpath("/bin/sh") == "/bin/busybox"
+    assert subprocess.run([sys.executable, "-c", "print(2)"], capture_output=True, text=True).stdout == "2\n"
+    (tmp_path / "kept").write_text("yes")
+
+def test_zz_after_everything(tmp_path_factory):
+    # Runs in place, last: the host is untouched and the session fixture ran once per process.
+    assert not os.path.exists("/var/tmp/hermetic-plugin-test")
+    setups = (tmp_path_factory.getbasetemp() / "session-setups").read_text().split()
+    assert 1 <= len(setups) <= 2
+'''
+
+EXPECTED_FAILURES = {
+    "test_assertion_rewriting": "assert 3 == 4",
+    "test_oom": "hermetic: out of memory (limit 64 MiB, peak ",
+    "test_timeout": "hermetic: timeout after 1 s: killed ",
+    "test_signal": "hermetic: killed by signal SIGSEGV",
+    "test_os_exit": "hermetic: exited with status 3 without reporting",
+    "test_kill_everything": "hermetic: killed by signal SIGKILL",
+    "test_xpass_strict": "[XPASS(strict)] strict",
+}
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_every_outcome_arrives(pytester: pytest.Pytester, busybox_image, workers):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-rA", "-p", "no:cacheprovider", *workers, timeout=240)
+    result.assert_outcomes(passed=10, failed=8, errors=2, skipped=1, xfailed=2, xpassed=1, warnings=1)
+    text = result.stdout.str()
+    for name, message in EXPECTED_FAILURES.items():
+        assert f"FAILED test_suite.py::{name} - " in text, name
+        assert message in text, (name, message)
+    assert "setup went wrong" in text and "teardown went wrong" in text
+    assert "SUBFAILED(i=" in text and "test_suite.py::test_subtests - assert 1 != 1" in text
+    assert "careful inside" in text
+    assert "about to allocate" in text  # output captured up to the OOM kill
+
+
+def test_pytest_exit_inside_stops_the_session(pytester: pytest.Pytester):
+    pytester.makepyfile(test_exit='''
+import pytest
+from pytest_hermetic import hermetic
+
+@hermetic
+def test_first():
+    pytest.exit("stopped from inside", returncode=3)
+
+def test_never_runs():
+    pass
+''')
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider")
+    assert result.ret == 3
+    assert "stopped from inside" in result.stdout.str()
+    assert "test_never_runs" not in result.stdout.str().replace("test_exit.py", "")
+
+
+def test_bad_marker_is_a_collection_error(pytester: pytest.Pytester):
+    pytester.makepyfile(test_bad='''
+from pytest_hermetic import hermetic
+
+@hermetic(mem="lots")
+def test_bad_size():
+    pass
+''')
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*test_bad.py::test_bad_size: bad @hermetic marker: mem='lots': not a size*"])
+
+
+def test_hermetic_flag_ini_defaults_and_no_hermetic(pytester: pytest.Pytester):
+    pytester.makeini("[pytest]\nhermetic_mem = 64M\n")
+    pytester.makepyfile(test_all='''
+import os
+
+def test_pid():
+    print("PID", os.getpid())
+    assert os.getpid() == 2
+
+def test_memory_limit_from_ini():
+    bytearray(300 << 20)
+''')
+    everything = pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "-p", "no:cacheprovider")
+    everything.assert_outcomes(passed=1, failed=1)
+    assert "out of memory (limit 64 MiB" in everything.stdout.str()
+    everything.stdout.fnmatch_lines(["hermetic: cgroup *, root, overlayfs"])
+    off = pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "--no-hermetic", "-p", "no:cacheprovider")
+    off.assert_outcomes(passed=1, failed=1)  # in place: pid is not 2, and no limit
+    assert "out of memory" not in off.stdout.str()
+
+
+def test_plugin_loads_without_autoload(pytester: pytest.Pytester, monkeypatch):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_one='''
+import os
+from pytest_hermetic import hermetic
+
+@hermetic
+def test_inside():
+    assert os.getpid() == 2
+''')
+    pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider").assert_outcomes(passed=1)
