@@ -182,7 +182,7 @@ class Container:
         replay_dirs = [f"{scratch}/replay/{i}" for i in range(len(replay))]
         all_lowers = [f"{scratch}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
         rw = self.rw_dir or scratch
-        binds = [Bind(v.source, v.target, v.readonly) for v in spec.volumes]
+        binds = [Bind(v.source, v.target, v.readonly, v.overlay) for v in spec.volumes]
         env = _env_dict(image.env)
         env.setdefault("HOME", "/root")
         env["HOSTNAME"] = self.hostname
@@ -446,11 +446,21 @@ def gc_containers(store_root: str | None = None) -> list[str]:
         rmtree(data["state_dir"])
         removed.append(f"container {data['id'][:12]} ({data.get('name')})")
     short_live = {i[:12] for i in live_ids}
+    now = time.time()
     for path in _hermetic_cgroups():
         short = os.path.basename(path)[len(cgroups.PREFIX):]
-        if short not in short_live:
-            _remove_cgroup_dir(path)
-            removed.append(f"cgroup {path}")
+        if short in short_live:
+            continue
+        # Not ours to judge if something runs in it (another state root, another
+        # user, a container being started right now): only empty cgroups that
+        # are not brand new, whose owner died with them (PR_SET_PDEATHSIG).
+        try:
+            if cgroups.read_pids(f"{path}/cgroup.procs") or now - os.stat(path).st_mtime < 60:
+                continue
+            cgroups.rmdir_retry(path)
+        except OSError:
+            continue
+        removed.append(f"cgroup {path}")
     rw_base = os.path.join(store_root or default_store_root(), "containers")
     for entry in sorted(os.listdir(rw_base)) if os.path.isdir(rw_base) else []:
         if entry not in live_ids:

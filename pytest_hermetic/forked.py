@@ -68,6 +68,8 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
             ihook.pytest_runtest_logreport(report=report)
         elif event[0] == "warning":
             ihook.pytest_warning_recorded.call_historic(kwargs=event[1])
+        elif event[0] == "coverage":
+            _merge_coverage(event[1])
     if item.session.shouldfail or item.session.shouldstop:
         nextitem = None
     teardown, teardown_sections = _captured(item, "teardown", lambda: CallInfo.from_call(
@@ -140,11 +142,11 @@ def _bindings(item: pytest.Item, spec: Spec) -> list[Volume]:
     only after the fork), the dynamic loader and the executable are bound
     read-only wherever the image has nothing at that path.
     """
-    writable: dict[str, bool] = {}
+    writable: list[str] = []
     executable_hops: list[Volume] = []
     factory = getattr(item.config, "_tmp_path_factory", None)
     if factory is not None:
-        writable[str(factory.getbasetemp())] = False
+        writable.append(str(factory.getbasetemp()))
     code = {os.path.realpath(p) for p in (str(item.config.rootpath), os.getcwd())}
     if spec.image == "host":
         hidden = ("/tmp", "/dev", "/proc", "/sys")  # fresh mounts in every container
@@ -167,11 +169,16 @@ def _bindings(item: pytest.Item, spec: Spec) -> list[Volume]:
             chosen.append(path)
     volumes = list(spec.volumes)
     taken = {v.target for v in volumes}
-    for path, readonly in [*((p, True) for p in chosen), *writable.items()]:
+    for path in chosen:
         if path not in taken:
-            volumes.append(Volume(path, path, readonly))
+            # The test tree is writable and its writes vanish, as in `host`;
+            # the interpreter's own files are read-only.
+            volumes.append(Volume(path, path, readonly=path not in code, overlay=path in code))
+    for path in writable:
+        if path not in taken:
+            volumes.append(Volume(path, path))
     volumes += [v for v in executable_hops if not any(v.target.startswith(c.rstrip("/") + "/") for c in chosen)]
-    return volumes
+    return sorted(volumes, key=lambda v: v.target.count("/"))  # parents before what is mounted inside them
 
 
 def _symlink_hops(path: str) -> list[str]:
@@ -297,6 +304,8 @@ def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
             events.append(("report", config.hook.pytest_report_from_serializable(config=config, data=payload)))
         elif kind == "warning":
             events.append(("warning", _warning_from_payload(payload)))
+        elif kind == "coverage":
+            events.append(("coverage", payload))
         else:
             events.append((kind, *payload))
     return events
@@ -414,4 +423,30 @@ def _child_main(item: pytest.Item, write_fd: int) -> int:
         channel.send("exit", (exc.msg, exc.returncode))
     except KeyboardInterrupt:
         channel.send("interrupt", ())
+    finally:
+        _send_coverage(channel)
     return 0
+
+
+def _send_coverage(channel: _Channel) -> None:
+    """Lines run inside the container count (pytest-cov, coverage run): the
+    child's coverage data would die with it, so it travels home."""
+    if "coverage" not in sys.modules:
+        return
+    import coverage
+
+    current = coverage.Coverage.current()
+    if current is not None:
+        channel.send("coverage", current.get_data().dumps())
+
+
+def _merge_coverage(data: bytes) -> None:
+    import coverage
+    from coverage.data import CoverageData
+
+    current = coverage.Coverage.current()
+    if current is None:
+        return
+    incoming = CoverageData(no_disk=True)
+    incoming.loads(data)
+    current.get_data().update(incoming)

@@ -52,6 +52,9 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"hermetic: {state}"
 
 
+_TIMEOUT_KEY = pytest.StashKey[float]()
+
+
 class HermeticRunner:
     """Decides which items run in a container, and with what `Spec`."""
 
@@ -119,5 +122,21 @@ class HermeticRunner:
             return None
         from .forked import run_in_container
 
+        timeout = item.stash.get(_TIMEOUT_KEY, None)
+        if timeout and spec.timeout is None:
+            spec = spec.with_options(timeout=float(timeout))
         run_in_container(item, nextitem, spec)
         return True
+
+    # pytest-timeout asks these hooks first: for a hermetic test the
+    # container's own timeout kills the container instead of the whole run.
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
+        if getattr(settings, "func_only", False) or self.options_for(item) is None:
+            return None
+        item.stash[_TIMEOUT_KEY] = settings.timeout
+        return True
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_timeout_cancel_timer(self, item: pytest.Item) -> bool | None:
+        return True if _TIMEOUT_KEY in item.stash else None

@@ -95,6 +95,7 @@ class Volume:
     source: str
     target: str
     readonly: bool = False
+    overlay: bool = False  # writable inside, writes vanish with the container
 
     @classmethod
     def parse(cls, text: str) -> "Volume":

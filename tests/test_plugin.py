@@ -10,7 +10,7 @@ from pytest_hermetic import hermetic
 
 @pytest.fixture(scope="session")
 def once(tmp_path_factory):
-    with open(tmp_path_factory.getbasetemp() / "session-setups", "a") as f:
+    with open(os.environ["SETUPS_FILE"], "a") as f:
         f.write(f"{os.getpid()}\n")
     return os.getpid()
 
@@ -125,7 +125,8 @@ def test_busybox_image(tmp_path):
 def test_zz_after_everything(tmp_path_factory):
     # Runs in place, last: the host is untouched and the session fixture ran once per process.
     assert not os.path.exists("/var/tmp/hermetic-plugin-test")
-    setups = (tmp_path_factory.getbasetemp() / "session-setups").read_text().split()
+    with open(os.environ["SETUPS_FILE"]) as f:  # shared by xdist workers
+        setups = f.read().split()
     assert 1 <= len(setups) <= 2
 '''
 
@@ -141,7 +142,8 @@ EXPECTED_FAILURES = {
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["plain", "xdist"])
-def test_every_outcome_arrives(pytester: pytest.Pytester, busybox_image, workers):
+def test_every_outcome_arrives(pytester: pytest.Pytester, busybox_image, workers, monkeypatch, tmp_path):
+    monkeypatch.setenv("SETUPS_FILE", str(tmp_path / "session-setups"))  # tmp_path: outside the inner basetemp
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest_subprocess("-p", "hermetic", "-rA", "-p", "no:cacheprovider", *workers, timeout=240)
     result.assert_outcomes(passed=10, failed=8, errors=2, skipped=1, xfailed=2, xpassed=1, warnings=1)

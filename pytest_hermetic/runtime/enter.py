@@ -13,7 +13,7 @@ import signal
 
 from . import capabilities
 from . import syscalls as sc
-from .process import ContainerProcess, _describe, _fail, _read_all, _relay_exit, _restore_signals, _start_error
+from .process import ContainerProcess, fork, _describe, _fail, _read_all, _relay_exit, _restore_signals, _start_error
 
 _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
           ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
@@ -35,7 +35,7 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
 
         raise ContainerStartError(f"container process {init_pid} is gone: {exc.strerror}") from None
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    pid = fork()
     if pid == 0:
         _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w)
     for fd in fds.values():

@@ -31,6 +31,7 @@ import signal
 import struct
 import sys
 import traceback
+import warnings
 from .._record import record, factory
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
@@ -149,6 +150,22 @@ class ContainerProcess:
         self._close()
 
 
+def fork() -> int:
+    """`os.fork`, also from a process with other threads (an xdist worker's
+    execnet thread, a notebook's helper threads).
+
+    Python 3.12+ warns that a threaded fork may deadlock in the child on a
+    lock another thread held.  The engine's child runs only its own set-up
+    (syscalls, no logging, no imports) and then execs or runs the test in a
+    process of one thread, and the parent imports all the child needs
+    before forking; so the warning, which would fail suites run with
+    `-W error`, is silenced for these forks and no others.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning)
+        return os.fork()
+
+
 _own_pidns_fd: int | None = None
 
 
@@ -176,7 +193,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
             pid = -1
             sc.unshare(sc.CLONE_NEWPID)
             try:
-                pid = os.fork()
+                pid = fork()
             finally:
                 if pid != 0:
                     sc.setns(fd, sc.CLONE_NEWPID)
@@ -295,7 +312,7 @@ _RELAY_PID = struct.Struct("i")
 
 def _fork_relay(config, target, err_w, status_w, sync, joined) -> int:
     relay_r, relay_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    pid = fork()
     if pid != 0:
         os.close(relay_w)
         _relay_pid_fds[pid] = relay_r

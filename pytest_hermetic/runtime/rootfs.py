@@ -42,6 +42,7 @@ class Bind:
     source: str
     target: str
     readonly: bool = False
+    overlay: bool = False  # writable, but writes land in the container's scratch and vanish
 
 
 @record
@@ -113,8 +114,11 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     _mount_dev(root, config.userns)
     _mount_sys(root, config.privileged)
     sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    for bind in config.binds:  # last, so a bind below /tmp is not hidden by it
-        _bind(bind.source, root + bind.target, bind.readonly)
+    for number, bind in enumerate(config.binds):  # last, so a bind below /tmp is not hidden by it
+        if bind.overlay and os.path.isdir(bind.source):
+            _overlay_volume(bind, root + bind.target, f"{config.scratch}/volume{number}", config.userns)
+        else:
+            _bind(bind.source, root + bind.target, bind.readonly)
     if not config.privileged:
         _mask(root)
     sc.sethostname(hostname)
@@ -201,6 +205,16 @@ def _bind(source: str, target: str, readonly: bool, recursive: bool = True) -> N
         # flags the kernel locked on the source (nodev, nosuid...).
         extra = _locked_flags(target)
         sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | extra)
+
+
+def _overlay_volume(bind: Bind, target: str, scratch: str, userns: bool) -> None:
+    """A host folder seen through an overlay: the container may write to
+    it, and its writes vanish with it (as everywhere else in `host`)."""
+    os.makedirs(f"{scratch}/upper")
+    os.mkdir(f"{scratch}/work")
+    if not os.path.lexists(target):
+        os.makedirs(target, exist_ok=True)
+    _mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", target, userns)
 
 
 def _locked_flags(path: str) -> int:

@@ -4,7 +4,9 @@
 # when all three are present. Must run as root (apt-get).
 set -eu
 
-PACKAGES="qemu-system-x86 linux-image-amd64 busybox-static"
+# kmod (modinfo) comes with linux-image-amd64; named so that a machine that
+# somehow lacks it gets it too.
+PACKAGES="qemu-system-x86 linux-image-amd64 busybox-static kmod"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -5,8 +5,9 @@ The development hosts of this project are cgroup v1 (with an empty v2
 hierarchy beside it), so the engine's cgroup v2 driver cannot be exercised
 there. This tool boots Debian's stock kernel under qemu (TCG: KVM hangs on
 these machines) with ``cgroup_no_v1=all``, shares the host's ``/`` read-only
-over 9p, chroots into it and runs the command, so the command sees the very
-same files (project tree, interpreters, packages) but a pure v2 kernel.
+over 9p, makes it the guest's root and runs the command there, so the command
+sees the very same files (project tree, interpreters, packages) but a pure v2
+kernel.
 
     python3 scripts/cgroup-v2-vm/run.py [--timeout S] [--mem 2G] [--cwd DIR]
         [--env K=V ...] -- CMD [ARGS...]
@@ -110,7 +111,7 @@ mount -t 9p -o "trans=virtio,version=9p2000.L,ro,msize=__MSIZE__,cache=$HVM_CACH
     __TAG_ROOT__ /mnt || fail "mount host root (cache=$HVM_CACHE)"
 
 # cgroup2 the way systemd mounts it; the rbind below carries it into the
-# chroot (a plain bind of /sys would leave /sys/fs/cgroup empty there).
+# new root (a plain bind of /sys would leave /sys/fs/cgroup empty there).
 mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup \
     || fail "mount cgroup2"
 # The root cgroup is exempt from the no-internal-processes rule, so the
@@ -606,7 +607,7 @@ def run(args: argparse.Namespace) -> int:
     remove_stale_jobdirs()
     jobdir = Path(tempfile.mkdtemp(prefix=f"hermetic-vm-{os.getpid()}-"))
     proc = None
-    fwd_out = fwd_err = None
+    fwd_out = fwd_err = fwd_console = None
     try:
         (jobdir / "params.sh").write_text(
             params_script(args.command, args.cwd, guest_env(args.env), args.cache))
@@ -674,7 +675,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if proc is not None:
             kill_qemu(proc)
-        for fwd in (fwd_out, fwd_err):
+        for fwd in (fwd_out, fwd_err, fwd_console):
             if fwd is not None:
                 fwd.close()
         shutil.rmtree(jobdir, ignore_errors=True)
