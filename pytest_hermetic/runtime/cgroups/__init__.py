@@ -240,6 +240,25 @@ def comm(pid: int) -> str:
         return "?"
 
 
+def kill_frozen(procs_file: str, freeze, thaw) -> list[tuple[int, str]]:  # noqa: ANN001
+    """Freeze (if `freeze()` can), SIGKILL every process, thaw: nothing can
+    fork away while the list is killed.  Then make sure it is empty."""
+    import signal
+
+    frozen = freeze()
+    try:
+        victims = [(pid, comm(pid)) for pid in read_pids(procs_file)]
+        for pid, _ in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    finally:
+        if frozen:
+            thaw()
+    return victims + [v for v in kill_until_empty(procs_file) if v not in victims]
+
+
 def kill_until_empty(procs_file: str, timeout: float = 5.0) -> list[tuple[int, str]]:
     """SIGKILL every process listed until none is left (they may fork meanwhile)."""
     import signal

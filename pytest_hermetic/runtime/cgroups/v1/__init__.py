@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .. import Cgroup, Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
+from .. import Cgroup, Hierarchy, Limits, Stats, kill_frozen, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
 from . import cpu, freezer, memory, pids
 
 _NEEDED_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
@@ -98,23 +98,13 @@ class V1Cgroup(Cgroup):
         return result
 
     def kill(self) -> list[tuple[int, str]]:
-        """Freeze, kill, thaw: nothing can fork away while we kill."""
         procs = self._procs_file()
         if procs is None:
             return []
         path = self.dirs.get("freezer")
-        if path and freezer.freeze(path):
-            try:
-                victims = [(pid, comm(pid)) for pid in read_pids(procs)]
-                for pid, _ in victims:
-                    try:
-                        os.kill(pid, 9)
-                    except ProcessLookupError:
-                        pass
-            finally:
-                freezer.thaw(path)
-            return victims + [v for v in kill_until_empty(procs) if v not in victims]
-        return kill_until_empty(procs)
+        if path is None:
+            return kill_until_empty(procs)
+        return kill_frozen(procs, lambda: freezer.freeze(path), lambda: freezer.thaw(path))
 
     def remove(self) -> None:
         for path in sorted(set(self.dirs.values())):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .. import Cgroup, Hierarchy, Limits, Stats, comm, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry, write
+from .. import Cgroup, Hierarchy, Limits, Stats, comm, kill_frozen, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry, write
 from ....errors import CgroupUnavailable
 from . import cpu, memory, pids
 
@@ -78,18 +78,7 @@ class V2Cgroup(Cgroup):
             victims = [(pid, comm(pid)) for pid in read_pids(procs)]
             write(f"{self.path}/cgroup.kill", 1)
             return victims + [v for v in kill_until_empty(procs) if v not in victims]
-        frozen = _freeze(self.path, True)
-        try:
-            victims = [(pid, comm(pid)) for pid in read_pids(procs)]
-            for pid, _ in victims:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-        finally:
-            if frozen:
-                _freeze(self.path, False)
-        return victims + [v for v in kill_until_empty(procs) if v not in victims]
+        return kill_frozen(procs, lambda: _freeze(self.path, True), lambda: _freeze(self.path, False))
 
     def remove(self) -> None:
         if not self.path:
