@@ -19,6 +19,7 @@ The run model (docs/pytest.md has the long form):
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import select
@@ -35,6 +36,8 @@ from .container import Container
 from .spec import Spec, Volume
 
 _HEADER = struct.Struct("!I")
+_DONE_PAYLOAD = pickle.dumps(("done", None))
+_DONE = _HEADER.pack(len(_DONE_PAYLOAD)) + _DONE_PAYLOAD
 
 
 # -- parent side -----------------------------------------------------------------
@@ -191,13 +194,14 @@ def _symlink_hops(path: str) -> list[str]:
     return hops
 
 
-def _python_paths() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _python_paths() -> frozenset[str]:
     import sysconfig
 
     paths = {sys.prefix, sys.exec_prefix, os.path.realpath(sys.executable)}
     paths.update(v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib"))
     paths.update(p for p in sys.path if p and os.path.isdir(p))
-    return {os.path.realpath(p) for p in paths if os.path.exists(p)}
+    return frozenset(os.path.realpath(p) for p in paths if os.path.exists(p))
 
 
 def _library_paths() -> set[str]:
@@ -251,25 +255,49 @@ def _image_has(image: Any, path: str) -> bool:
 
 
 def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
+    finish_pending(block=False)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     spec = spec.with_options(volumes=tuple(_bindings(item, spec)))
     container = Container(spec)
+    deferred = False
     try:
         try:
             container.start(target=lambda: _child_main(item, write_fd))
         finally:
             os.close(write_fd)
-        data = _drain(read_fd, container)
-        result = container.wait()
+        data, complete = _drain(read_fd, container)
+        if complete:
+            # Every report is home: the exit of the child (tearing down a
+            # large address space and its namespaces) and the clean-up need
+            # not hold up the next test.
+            _pending.append(container)
+            deferred = True
+            result = None
+        else:
+            result = container.wait()
     finally:
         os.close(read_fd)
-        container.remove()
+        if not deferred:
+            container.remove()
     return _decode(item.config, data), result
 
 
-def _drain(read_fd: int, container: Container) -> bytes:
+_pending: list[Container] = []
+
+
+def finish_pending(block: bool = True) -> None:
+    """Remove the containers whose reports are in; with `block`, wait for
+    all of them (end of the session), else only for those already gone."""
+    for container in list(_pending):
+        if block or (container.process is not None and container.process.wait(timeout=0) is not None):
+            _pending.remove(container)
+            container.remove()
+
+
+def _drain(read_fd: int, container: Container) -> tuple[bytes, bool]:
     """Read the child's messages while it runs (a full pipe would stall it),
-    enforcing the spec's timeout through `Container.wait`."""
+    enforcing the spec's timeout through `Container.wait`.  Returns the bytes
+    and whether the child said it was done (its last message)."""
     chunks: list[bytes] = []
     assert container.process is not None
     open_fds = [read_fd, container.process.fileno()]
@@ -279,6 +307,10 @@ def _drain(read_fd: int, container: Container) -> bytes:
             chunk = os.read(read_fd, 1 << 16)
             if chunk:
                 chunks.append(chunk)
+                if b"".join(chunks[-2:]).endswith(_DONE):  # the last message may come in two reads
+                    data = b"".join(chunks)
+                    if _complete(data):
+                        return data, True
                 continue
             open_fds.remove(read_fd)
         if container.wait(timeout=0) is not None:
@@ -287,7 +319,16 @@ def _drain(read_fd: int, container: Container) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-            return b"".join(chunks)
+            return b"".join(chunks), False
+
+
+def _complete(data: bytes) -> bool:
+    """Whether `data` is whole messages ending with the done message."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        (size,) = _HEADER.unpack_from(data, offset)
+        offset += _HEADER.size + size
+    return offset == len(data) and data.endswith(_DONE)
 
 
 def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
@@ -306,6 +347,8 @@ def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
             events.append(("warning", _warning_from_payload(payload)))
         elif kind == "coverage":
             events.append(("coverage", payload))
+        elif kind == "done":
+            pass
         else:
             events.append((kind, *payload))
     return events
@@ -425,6 +468,7 @@ def _child_main(item: pytest.Item, write_fd: int) -> int:
         channel.send("interrupt", ())
     finally:
         _send_coverage(channel)
+        channel.send("done", None)
     return 0
 
 

@@ -128,6 +128,16 @@ class HermeticRunner:
         run_in_container(item, nextitem, spec)
         return True
 
+    def pytest_sessionfinish(self) -> None:
+        from .forked import finish_pending
+
+        finish_pending(block=True)
+
+    def pytest_unconfigure(self) -> None:
+        from .forked import finish_pending
+
+        finish_pending(block=True)
+
     # pytest-timeout asks these hooks first: for a hermetic test the
     # container's own timeout kills the container instead of the whole run.
     @pytest.hookimpl(optionalhook=True)

@@ -83,9 +83,10 @@ class ExitStatus:
 class ContainerProcess:
     """The parent's handle on a running container's PID 1."""
 
-    def __init__(self, pid: int, init_pid: int, status_fd: int | None) -> None:
-        self.pid = pid  # our direct child (PID 1, or the rootless relay)
-        self.init_pid = init_pid  # host pid of the container's PID 1
+    def __init__(self, pid: int, init_pid: int, status_fd: int | None, placeholder: int | None = None) -> None:
+        self.pid = pid  # our direct child (PID 1, the rootless relay, or the callable as PID 2)
+        self.init_pid = init_pid  # host pid of the process whose namespaces are the container's
+        self.placeholder = placeholder  # host pid of a placeholder PID 1, if any
         self._status_fd = status_fd
         self._pidfd: int | None = None
         self.exit_status: ExitStatus | None = None
@@ -110,6 +111,9 @@ class ContainerProcess:
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
         result = ExitStatus.from_wait(status)
+        if self.placeholder is not None:
+            _end_placeholder(self.placeholder)
+            self.placeholder = None
         reported = self._read_reported_status()
         self.exit_status = reported or result
         self._close()
@@ -181,10 +185,14 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     if target is None and config.init:
         target = _exec_target(config)
-    status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None else (None, None)
     rootless = config.userns is not None
+    # A Python callable as root: the callable itself is the only fork of
+    # the (large) parent, as PID 2 under a placeholder PID 1; see _worker.
+    placeholder_mode = target is not None and not rootless and not config.init and _placeholder_binary() is not None
+    status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
     sync = _SyncPipes() if rootless and config.userns and config.userns.needs_helpers else None
     joined = os.pipe2(os.O_CLOEXEC) if config.cgroup_procs else None
+    placeholder = None
     try:
         if rootless:
             pid = _fork_relay(config, target, err_w, status_w, sync, joined)
@@ -193,22 +201,29 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
             pid = -1
             sc.unshare(sc.CLONE_NEWPID)
             try:
+                if placeholder_mode:
+                    placeholder = _spawn_placeholder()
                 pid = fork()
             finally:
                 if pid != 0:
                     sc.setns(fd, sc.CLONE_NEWPID)
             if pid == 0:
+                if placeholder_mode:
+                    _worker(config, target, err_w, joined)
                 _child_main(config, target, err_w, status_w, joined)
     except BaseException:
         for fd in (err_r, err_w, status_r, status_w, *(joined or ())):
             if fd is not None:
                 os.close(fd)
+        if placeholder is not None:
+            _end_placeholder(placeholder)
         raise
-    attach_error = _attach(pid, config.cgroup_procs, joined) if joined is not None else None
+    # (A placeholder stays in the caller's cgroup: it is killed by pid.)
+    attach_error = _attach([pid], config.cgroup_procs, joined) if joined is not None else None
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
-    proc = ContainerProcess(pid, pid, status_r)
+    proc = ContainerProcess(pid, pid, status_r, placeholder)
     try:
         if sync is not None:
             sync.parent_side(pid, config.userns)  # type: ignore[arg-type]
@@ -225,7 +240,62 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     return proc
 
 
-def _attach(pid: int, procs_files: list[str], joined: tuple[int, int]) -> OSError | None:
+# --- the placeholder PID 1 (a Python callable as root) -------------------------
+#
+# A PID namespace needs a PID 1, and a PID 1 ignores every signal it has no
+# handler for, which a test killing itself must not meet; so the test cannot
+# be PID 1.  Forking the parent twice (a Python PID 1, the test as PID 2)
+# doubles the dominant cost: the fork and exit of a large address space
+# (~17 ms for 100 MiB here).  Instead PID 1 is `sleep`, started with
+# posix_spawn (vfork: no copy), and the test is the only fork of the parent,
+# PID 2 and the parent's own child.  The placeholder holds no privilege the
+# test could use: the kernel refuses /proc/1/root and friends to a process
+# with fewer capabilities, and it runs in no namespace but the PID one.  It
+# does not reap orphans; they go with the namespace at the end.
+
+_placeholder_path: str | None = None
+
+
+def _placeholder_binary() -> str | None:
+    global _placeholder_path
+    if _placeholder_path is None:
+        _placeholder_path = next((p for p in ("/bin/sleep", "/usr/bin/sleep") if os.access(p, os.X_OK)), "")
+    return _placeholder_path or None
+
+
+def _spawn_placeholder() -> int:
+    binary = _placeholder_binary()
+    assert binary
+    return os.posix_spawn(binary, [binary, "2147483647"], {}, setsid=True,
+                          setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE))
+
+
+def _end_placeholder(pid: int) -> None:
+    """PID 1's death takes whatever is left in its PID namespace along."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _worker(config: ProcessConfig, target, err_w: int, joined: tuple[int, int] | None) -> None:
+    """PID 2 under the placeholder: build the container, run the callable."""
+    code = 125
+    try:
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            _enter_container(config, joined, in_namespaces=False)
+            _drop_privileges(config)
+        except BaseException as exc:  # noqa: BLE001
+            _fail(err_w, 125, _describe(exc))
+        os.close(err_w)  # set-up done: start() returns in the parent
+        code = _call(target)
+    finally:
+        os._exit(code)
+
+
+def _attach(pids: list[int], procs_files: list[str], joined: tuple[int, int]) -> OSError | None:
     """Move the child into its cgroup from here, while it builds its root.
 
     The first cgroup migration after a quiet spell waits for an RCU grace
@@ -237,8 +307,9 @@ def _attach(pid: int, procs_files: list[str], joined: tuple[int, int]) -> OSErro
     os.close(read_fd)
     try:
         for path in procs_files:
-            with open(path, "w") as f:
-                f.write(str(pid))
+            for pid in pids:
+                with open(path, "w") as f:
+                    f.write(str(pid))
         os.write(write_fd, b"J")
         return None
     except OSError as exc:
@@ -413,34 +484,44 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
           joined: tuple[int, int] | None, in_namespaces: bool) -> None:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-
-        if not in_namespaces:
-            sc.unshare(CONTAINER_NAMESPACES)
-        network.setup_in_child(config.network)
-        rootfs.setup(config.rootfs, config.hostname)
-        if not in_namespaces:
-            # Only now wait for the parent to have moved us into the cgroup
-            # (so its wait overlapped all of the above); the cgroup
-            # namespace's root is the cgroup we sit in when we unshare it.
-            _wait_attached(joined)
-            sc.unshare(sc.CLONE_NEWCGROUP)
-        rootfs.mount_cgroup2(config.rootfs)
-        uid, gid = _resolve_user(config.user)
-        cap_last = capabilities.last_cap()
-        os.chdir(config.cwd) if os.path.isdir(config.cwd) else None
-        if gid != 0 or uid != 0:
-            os.setgroups([]) if config.userns is None else None
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-        elif not config.privileged:
-            capabilities.drop_to_default(cap_last)
-        if not config.privileged:
-            capabilities.no_new_privs()
+        _enter_container(config, joined, in_namespaces)
+        _drop_privileges(config)
     except BaseException as exc:  # noqa: BLE001
         _fail(err_w, 125, _describe(exc))
     if target is None:
         _exec(config, err_w)
     _run_callable(target, err_w, status_w)
+
+
+def _enter_container(config: ProcessConfig, joined: tuple[int, int] | None, in_namespaces: bool) -> None:
+    """Namespaces, network, root file system, cgroup namespace."""
+    if not in_namespaces:
+        sc.unshare(CONTAINER_NAMESPACES)
+    network.setup_in_child(config.network)
+    rootfs.setup(config.rootfs, config.hostname)
+    if not in_namespaces:
+        # Only now wait for the parent to have moved us into the cgroup (so
+        # its wait overlapped all of the above); the cgroup namespace's root
+        # is the cgroup we sit in when we unshare it.
+        _wait_attached(joined)
+        sc.unshare(sc.CLONE_NEWCGROUP)
+    rootfs.mount_cgroup2(config.rootfs)
+
+
+def _drop_privileges(config: ProcessConfig) -> None:
+    uid, gid = _resolve_user(config.user)
+    cap_last = capabilities.last_cap()
+    if os.path.isdir(config.cwd):
+        os.chdir(config.cwd)
+    if gid != 0 or uid != 0:
+        if config.userns is None:
+            os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    elif not config.privileged:
+        capabilities.drop_to_default(cap_last)
+    if not config.privileged:
+        capabilities.no_new_privs()
 
 
 def _resolve_user(user: str | None) -> tuple[int, int]:
@@ -523,6 +604,25 @@ def _exec_target(config: ProcessConfig) -> Callable[[], int]:
     return run
 
 
+def _call(target) -> int:  # noqa: ANN001
+    """Run the callable; its int result (or SystemExit code) is the exit code."""
+    code = 1
+    try:
+        result = target()
+        code = result if isinstance(result, int) else 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    return code
+
+
 def _run_callable(target, err_w: int, status_w: int | None) -> None:
     """Fork the callable as PID 2; stay as its reaper and signal forwarder."""
     os.close(err_w)  # set-up done: start() returns in the parent
@@ -530,18 +630,9 @@ def _run_callable(target, err_w: int, status_w: int | None) -> None:
     if worker == 0:
         code = 1
         try:
-            result = target()
-            code = result if isinstance(result, int) else 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # noqa: BLE001
-            traceback.print_exc()
+            code = _call(target)
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            os._exit(code)
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, lambda s, _f: os.kill(worker, s))
     while True:
