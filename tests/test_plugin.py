@@ -220,3 +220,42 @@ def test_inside():
     assert os.getpid() == 2
 ''')
     pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_pytest_timeout_kills_the_container_not_the_run(pytester: pytest.Pytester):
+    pytester.makepyfile(test_slow='''
+import time, pytest
+from pytest_hermetic import hermetic
+
+@hermetic
+@pytest.mark.timeout(1)
+def test_slow():
+    time.sleep(30)
+
+def test_after():
+    pass
+''')
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "timeout", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "hermetic: timeout after 1 s: killed" in result.stdout.str()
+
+
+def test_coverage_counts_lines_run_inside(pytester: pytest.Pytester):
+    pytester.makepyfile(branchy='''
+def f(x):
+    if x:
+        return "yes"
+    return "no"
+''', test_cov='''
+from pytest_hermetic import hermetic
+from branchy import f
+
+@hermetic
+def test_yes():
+    assert f(1) == "yes"
+''')
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "--cov=branchy",
+                                           "--cov-report=term-missing")
+    result.assert_outcomes(passed=1)
+    # Only the def line runs in the parent: 75% means lines 2 and 3 were counted inside.
+    result.stdout.fnmatch_lines(["branchy.py * 4 * 1 * 75%*4"])

@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""Run third-party projects' own test suites with and without --hermetic and
+compare the per-test outcomes.
+
+    scripts/third_party_check.py more-itertools==11.2.1 toolz==1.2.0 six==1.17.0
+
+For each PROJECT==VERSION:
+
+1. `pip download --no-deps --no-binary :all:` its sdist into a temp dir and
+   unpack it;
+2. create a venv from the base interpreter of this repo's .venv (no system
+   site-packages) and install into it the unpacked project (`pip install .`),
+   pytest (and pytest-xdist with --xdist), what the tests need (the built-in
+   table below, or --deps), and this repo
+   (`pip install -e REPO --config-settings editable_mode=compat`);
+3. run the project's suite twice from the unpacked tree,
+   `python -m pytest -p hermetic -p no:cacheprovider -q -rA --junitxml=FILE`,
+   once plainly (the plugin loaded, no `--hermetic`) and once with
+   `--hermetic`;
+4. read both junit XML files into {test id: outcome} and compare.
+
+It prints per project the outcome counts of both runs, their wall times and
+every test whose outcome differs (with the hermetic run's failure message),
+then a table of all projects.  Exit status 0 only if every project's two
+runs have identical outcomes (and both produced a report); 1 otherwise; 2
+when a project could not be downloaded, installed or run.
+
+Both runs get the same PYTHONHASHSEED (0 unless --hashseed says otherwise),
+so a test that depends on set or dict-of-str ordering cannot differ between
+them by chance; PYTHONPATH, PYTEST_ADDOPTS, PYTEST_PLUGINS and VIRTUAL_ENV
+are removed from their environment.  Temp dirs are removed at the end
+(--keep leaves them, and says where).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# What each known project's tests need beyond pytest and the project itself,
+# which paths to run (relative to the unpacked sdist; empty: the project's own
+# testpaths or the whole tree) and extra pytest arguments.  Keys are
+# normalized names (PEP 503).  --deps / --paths / --args override per project.
+KNOWN: dict[str, dict[str, list[str]]] = {
+    "more-itertools": {"deps": [], "paths": ["tests"], "args": []},
+    "toolz": {"deps": [], "paths": ["toolz"], "args": []},
+    "six": {"deps": [], "paths": ["test_six.py"], "args": []},
+    "iniconfig": {"deps": [], "paths": ["testing"], "args": []},
+    "attrs": {"deps": ["hypothesis", "pympler", "cloudpickle"], "paths": ["tests"], "args": []},
+    "packaging": {"deps": ["pretend", "tomli_w"], "paths": ["tests"], "args": []},
+}
+
+SCRUBBED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "VIRTUAL_ENV",
+                "PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_XDIST_AUTO_NUM_WORKERS")
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass
+class Case:
+    outcome: str
+    message: str = ""
+
+
+@dataclass
+class Run:
+    label: str
+    returncode: int | None = None
+    seconds: float = 0.0
+    cases: dict[str, Case] = field(default_factory=dict)
+    log: Path | None = None
+    problem: str = ""
+    summary: dict[str, int] = field(default_factory=dict)  # pytest's last line: {"passed": 765, "subtests passed": ...}
+
+    def counts(self) -> collections.Counter:
+        return collections.Counter(c.outcome for c in self.cases.values())
+
+
+@dataclass
+class Result:
+    spec: str
+    plain: Run | None = None
+    hermetic: Run | None = None
+    differences: list[tuple[str, str, str, str]] = field(default_factory=list)  # id, plain, hermetic, message
+    notes: list[str] = field(default_factory=list)  # same outcome, different skip/xfail reason
+    problem: str = ""
+
+    @property
+    def identical(self) -> bool:
+        return (not self.problem and self.plain is not None and self.hermetic is not None
+                and not self.plain.problem and not self.hermetic.problem and not self.differences)
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def sh(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+       timeout: float | None = None, quiet: bool = True) -> subprocess.CompletedProcess:
+    """Run `cmd`; on failure raise with the tail of its output."""
+    log("  $ " + " ".join(cmd))
+    proc = subprocess.run(cmd, cwd=cwd, env=env, timeout=timeout, text=True,
+                          stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout or "").splitlines()[-40:])
+        raise RuntimeError(f"{cmd[0]} ... exited {proc.returncode}\n{tail}")
+    return proc
+
+
+def repo_python() -> str:
+    candidate = REPO / ".venv" / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def base_interpreter(python: str) -> str:
+    """The interpreter a venv was made from (/usr/bin/python3.11 for this
+    repo's .venv), so project venvs are siblings of it, not nested in it."""
+    out = subprocess.run([python, "-c", "import sys; print(getattr(sys, '_base_executable', sys.executable))"],
+                         text=True, capture_output=True, check=True).stdout.strip()
+    return out or python
+
+
+def clean_env(venv: Path, hashseed: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    if hashseed != "random":
+        env["PYTHONHASHSEED"] = hashseed
+    return env
+
+
+def unpack(archive: Path, into: Path) -> Path:
+    into.mkdir(parents=True)
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(into)
+    else:
+        with tarfile.open(archive) as t:
+            if hasattr(tarfile, "data_filter"):
+                t.extractall(into, filter="data")
+            else:  # pragma: no cover - Pythons without extraction filters
+                t.extractall(into)
+    entries = [p for p in into.iterdir()]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else into
+
+
+# -- junit XML --------------------------------------------------------------------
+
+
+def read_junit(path: Path) -> dict[str, Case]:
+    """{test id: Case} from a pytest junit XML file.
+
+    Outcome: passed (also non-strict XPASS, which junitxml writes as a pass),
+    failed, error, skipped, xfailed; several of failed/error (a failing test
+    whose teardown also fails) are joined with '+'.
+    """
+    cases: dict[str, Case] = {}
+    root = ET.parse(path).getroot()
+    for case in root.iter("testcase"):
+        classname, name = case.get("classname", ""), case.get("name", "")
+        test_id = f"{classname}::{name}" if classname else name
+        kinds: list[str] = []
+        messages: list[str] = []
+        for child in case:
+            if child.tag in ("failure", "error"):
+                kinds.append("failed" if child.tag == "failure" else "error")
+            elif child.tag == "skipped":
+                kinds.append("xfailed" if child.get("type") == "pytest.xfail" else "skipped")
+            else:
+                continue
+            text = (child.text or "").strip()
+            message = child.get("message", "")
+            messages.append(message + ("\n" + text if text and text != message else ""))
+        outcome = "+".join(dict.fromkeys(kinds)) or "passed"
+        unique, n = test_id, 1
+        while unique in cases:  # the same id twice: keep both
+            n += 1
+            unique = f"{test_id} #{n}"
+        cases[unique] = Case(outcome, "\n".join(messages))
+    return cases
+
+
+def read_summary(line: str) -> dict[str, int]:
+    """pytest's final line, '765 passed, 21194 subtests passed in 34.26s',
+    as {'passed': 765, 'subtests passed': 21194}.  It also counts what junit
+    XML does not show one by one (unittest subTest / pytest subtests)."""
+    line = line.strip("= ")
+    line = re.sub(r" in [0-9.]+s( \([0-9:]+\))?$", "", line)
+    return {m.group(2): int(m.group(1)) for m in re.finditer(r"(\d+) ([a-z][a-z ]*[a-z])", line)}
+
+
+# -- one project --------------------------------------------------------------------
+
+
+def run_suite(label: str, venv: Path, src: Path, work: Path, pytest_args: list[str], env: dict[str, str],
+              timeout: float) -> Run:
+    run = Run(label)
+    junit = work / f"junit-{label}.xml"
+    run.log = work / f"pytest-{label}.log"
+    cmd = [str(venv / "bin" / "python"), "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-rA",
+           f"--junitxml={junit}", *(["--hermetic"] if label == "hermetic" else []), *pytest_args]
+    log(f"  $ (cd {src} && {' '.join(cmd)})")
+    start = time.monotonic()
+    with open(run.log, "w") as out:
+        try:
+            proc = subprocess.run(cmd, cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+            run.returncode = proc.returncode
+        except subprocess.TimeoutExpired:
+            run.problem = f"timed out after {timeout:.0f}s"
+    run.seconds = time.monotonic() - start
+    if junit.exists():
+        try:
+            run.cases = read_junit(junit)
+        except ET.ParseError as exc:
+            run.problem = run.problem or f"unreadable junit XML: {exc}"
+    else:
+        run.problem = run.problem or "no junit XML written"
+    if run.returncode not in (0, 1, None) and not run.problem:
+        # 2: interrupted, 3: internal error, 4: usage error, 5: no tests.
+        run.problem = f"pytest exited {run.returncode}"
+    summary = run.log.read_text(errors="replace").strip().splitlines()[-1:] if run.log.exists() else []
+    run.summary = read_summary(summary[0]) if summary else {}
+    log(f"    {label}: exit {run.returncode}, {run.seconds:.1f}s, {len(run.cases)} tests"
+        + (f" ({summary[0].strip('= ')})" if summary else "") + (f"  PROBLEM: {run.problem}" if run.problem else ""))
+    if run.problem and run.log.exists():
+        log("    last lines of its output:")
+        for line in run.log.read_text(errors="replace").splitlines()[-30:]:
+            log("      " + line)
+    return run
+
+
+def check_project(spec: str, opts: argparse.Namespace, base: str, tmp: Path) -> Result:
+    result = Result(spec)
+    if "==" not in spec:
+        result.problem = "expected PROJECT==VERSION"
+        return result
+    name = normalize(spec.split("==", 1)[0])
+    known = KNOWN.get(name, {"deps": [], "paths": [], "args": []})
+    deps = opts.deps.get(name, known["deps"])
+    paths = opts.paths.get(name, known["paths"])
+    extra = opts.args.get(name, known["args"])
+    work = tmp / name
+    work.mkdir()
+    downloads, venv = work / "download", work / "venv"
+    log(f"\n=== {spec}")
+    try:
+        sh([repo_python(), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(downloads), spec],
+           timeout=opts.install_timeout)
+        archives = [p for p in downloads.iterdir() if p.is_file()]
+        if len(archives) != 1:
+            raise RuntimeError(f"expected one sdist, pip downloaded {[a.name for a in archives]}")
+        src = unpack(archives[0], work / "src")
+        log(f"  sdist {archives[0].name} -> {src}")
+        sh([base, "-m", "venv", str(venv)], timeout=opts.install_timeout)
+        env = clean_env(venv, opts.hashseed)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        wanted = [opts.pytest, *(["pytest-xdist"] if opts.xdist else []), *deps]
+        sh([*pip, str(src), *wanted], env=env, timeout=opts.install_timeout)
+        sh([*pip, "-e", str(REPO), "--config-settings", "editable_mode=compat"], env=env, timeout=opts.install_timeout)
+        versions = subprocess.run([str(venv / "bin" / "python"), "-c",
+                                   "import importlib.metadata as m, sys; print(sys.version.split()[0], "
+                                   "*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))", "pytest",
+                                   "pytest-hermetic", spec.split("==", 1)[0]],
+                                  env=env, text=True, capture_output=True).stdout.strip()
+        log(f"  venv: Python {versions}")
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        result.problem = f"set-up failed: {exc}"
+        log(f"  {result.problem}")
+        return result
+    pytest_args = [*(["-n", str(opts.xdist)] if opts.xdist else []), *extra, *paths]
+    result.plain = run_suite("plain", venv, src, work, pytest_args, env, opts.run_timeout)
+    result.hermetic = run_suite("hermetic", venv, src, work, pytest_args, env, opts.run_timeout)
+    plain, herm = result.plain.cases, result.hermetic.cases
+    for test_id in sorted(set(plain) | set(herm)):
+        a = plain[test_id].outcome if test_id in plain else "(absent)"
+        b = herm[test_id].outcome if test_id in herm else "(absent)"
+        if a != b:
+            message = herm[test_id].message if test_id in herm else ""
+            if not message and test_id in plain:
+                message = "(plain run's message) " + plain[test_id].message
+            result.differences.append((test_id, a, b, message))
+        elif a in ("skipped", "xfailed") and plain[test_id].message != herm[test_id].message:
+            result.notes.append(f"{test_id}: {a} in both, but for another reason: plain "
+                                f"{plain[test_id].message.splitlines()[0]!r}, hermetic {herm[test_id].message.splitlines()[0]!r}")
+    if result.plain.summary != result.hermetic.summary and not result.plain.problem and not result.hermetic.problem:
+        # Only the counts junit XML cannot show per test (subtests) count here;
+        # per-test differences are listed already.
+        subtests = {k: v for k, v in result.plain.summary.items() if "subtest" in k}
+        subtests_h = {k: v for k, v in result.hermetic.summary.items() if "subtest" in k}
+        if subtests != subtests_h:
+            result.differences.append(("(subtests, pytest's summary line)", str(subtests), str(subtests_h),
+                                       "see the -rA summary in the hermetic run's output (--keep)"))
+    report_project(result, opts)
+    return result
+
+
+def fmt_counts(run: Run | None) -> str:
+    if run is None:
+        return "-"
+    counts = run.counts()
+    order = ["passed", "failed", "error", "skipped", "xfailed"]
+    keys = [k for k in order if counts.get(k)] + sorted(k for k in counts if k not in order)
+    return ", ".join(f"{counts[k]} {k}" for k in keys) or "no tests"
+
+
+def report_project(result: Result, opts: argparse.Namespace) -> None:
+    for run in (result.plain, result.hermetic):
+        if run is not None:
+            log(f"  {run.label:>8}: {len(run.cases)} tests: {fmt_counts(run)}; {run.seconds:.1f}s, exit {run.returncode}")
+    for note in result.notes:
+        log(f"  note: {note}")
+    if not result.differences:
+        log("  outcomes: identical" if result.identical else "  outcomes: not compared (see PROBLEM above)")
+        return
+    log(f"  outcomes: {len(result.differences)} differ")
+    for test_id, a, b, message in result.differences:
+        log(f"  - {test_id}: plain {a}, hermetic {b}")
+        lines = message.strip().splitlines()
+        shown = lines if opts.full_messages or len(lines) <= 25 else lines[:5] + ["..."] + lines[-18:]
+        for line in shown:
+            log("      | " + line)
+
+
+def parse_per_project(values: list[str], what: str) -> dict[str, list[str]]:
+    """['toolz=a,b', 'six='] -> {'toolz': ['a', 'b'], 'six': []}"""
+    out: dict[str, list[str]] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep:
+            raise SystemExit(f"--{what} wants PROJECT=ITEM[,ITEM...], got {value!r}")
+        out[normalize(name)] = [x for x in rest.split(",") if x]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("specs", nargs="+", metavar="PROJECT==VERSION")
+    parser.add_argument("--deps", action="append", default=[], metavar="PROJECT=PKG[,PKG...]",
+                        help="what PROJECT's tests need (replaces the built-in table's entry; PROJECT= for nothing)")
+    parser.add_argument("--paths", action="append", default=[], metavar="PROJECT=PATH[,PATH...]",
+                        help="test paths to run, relative to the unpacked sdist")
+    parser.add_argument("--args", action="append", default=[], metavar="PROJECT=ARG[,ARG...]",
+                        help="extra pytest arguments for PROJECT, comma separated")
+    parser.add_argument("--pytest", default="pytest", metavar="REQ", help="the pytest to install (default: latest)")
+    parser.add_argument("--xdist", type=int, default=0, metavar="N", help="install pytest-xdist and run both with -n N")
+    parser.add_argument("--python", help="interpreter to make the venvs from (default: the base of REPO/.venv)")
+    parser.add_argument("--hashseed", default="0", help="PYTHONHASHSEED for both runs ('random' to leave it unset)")
+    parser.add_argument("--run-timeout", type=float, default=1800, help="seconds per pytest run (default 1800)")
+    parser.add_argument("--install-timeout", type=float, default=900, help="seconds per pip/venv step (default 900)")
+    parser.add_argument("--full-messages", action="store_true", help="print differing tests' messages in full")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (sdists, venvs, logs, junit XML)")
+    opts = parser.parse_args(argv)
+    opts.deps = parse_per_project(opts.deps, "deps")
+    opts.paths = parse_per_project(opts.paths, "paths")
+    opts.args = parse_per_project(opts.args, "args")
+    base = opts.python or base_interpreter(repo_python())
+    tmp = Path(tempfile.mkdtemp(prefix="hermetic-third-party-"))
+    log(f"repo {REPO}; venvs from {base}; work dir {tmp}")
+    results: list[Result] = []
+    try:
+        for spec in opts.specs:
+            results.append(check_project(spec, opts, base, tmp))
+    finally:
+        if opts.keep:
+            log(f"\nkept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    log("\n=== summary")
+    header = ("project", "tests", "plain", "hermetic", "t plain", "t hermetic", "verdict")
+    rows = [header]
+    for r in results:
+        n = max(len(r.plain.cases) if r.plain else 0, len(r.hermetic.cases) if r.hermetic else 0)
+        verdict = ("identical" if r.identical else f"{len(r.differences)} differ" if r.differences
+                   else "ERROR: " + (r.problem or (r.plain and r.plain.problem) or (r.hermetic and r.hermetic.problem) or "?"))
+        rows.append((r.spec, str(n), fmt_counts(r.plain), fmt_counts(r.hermetic),
+                     f"{r.plain.seconds:.1f}s" if r.plain else "-", f"{r.hermetic.seconds:.1f}s" if r.hermetic else "-",
+                     verdict.splitlines()[0]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if any(r.problem or not r.plain or not r.hermetic or r.plain.problem or r.hermetic.problem for r in results):
+        return 2
+    return 0 if all(r.identical for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
