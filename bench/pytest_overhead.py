@@ -1,0 +1,555 @@
+#!/usr/bin/env python3
+"""Per-test overhead of isolation in a pytest session.
+
+Generates a temporary project of N trivial tests (`assert 1 + 1 == 2`, in a
+few files, no conftest) and runs it as whole `python -m pytest -q -p
+no:cacheprovider` sessions in three modes:
+
+  plain      pytest as it is
+  forked     -p pytest_forked --forked   (pytest-forked: one fork per test)
+  hermetic   -p hermetic --hermetic      (this plugin, `host` image: one
+                                          container per test)
+
+Each round runs every mode once in a freshly shuffled order, with N tests and
+with 0 tests (the session's fixed start-up cost).  Every session must exit 0
+with all N tests passed (0 tests: exit 5, "no tests ran"), else the benchmark
+stops with an error instead of a number.
+
+Per-test overhead of a mode = (median session time of the mode - median of
+plain) / N.  Also reported: the same with each mode's 0-test session
+subtracted first (start-up excluded), the p10-p90 of the per-round overhead
+(each round's mode minus the same round's plain), and hermetic / forked.
+
+Sessions run with PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 (only the plugin a mode
+names is loaded), a bytecode cache private to the run, and one warm-up
+session per mode.  pytest-forked gets a small compatibility shim for pytest
+9.2 (see FORKED_COMPAT).
+
+`--profile FILE` then shows where a hermetic test's time goes: one hermetic
+session with time marks (a timeline of one test: pytest before the fork, the
+fork, the container's set-up in the child, the test, pytest after; with the
+child's page faults and CPU time), and one under `python -m cProfile -o
+FILE`, with every forked process profiled too; it prints the top 25
+functions of pytest by own time, its top 20 `pytest_hermetic` functions by
+cumulative time, and the top 15 of the forked processes.  Stdlib only.
+
+    python bench/pytest_overhead.py [--tests 200] [--rounds 5] [--json FILE] [--markdown] [--profile FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import pstats
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+# pytest 9.2 keeps a report's node id as a structured `_id` (pytest PR
+# #14758), which pytest-forked <= 1.7.5 hands to `marshal` as it is: every
+# forked test then fails with "EXITED with status 3" (ValueError:
+# unmarshallable object).  This shim, loaded only in the forked mode, sends
+# the string form instead, as pytest's own report serialization does.
+FORKED_COMPAT = "hermetic_bench_forked_compat"
+FORKED_COMPAT_SOURCE = '''\
+import pytest_forked
+
+_serialize_report = pytest_forked.serialize_report
+
+
+def serialize_report(rep):
+    d = _serialize_report(rep)
+    if "_id" in d:
+        d["nodeid"] = str(d.pop("_id"))
+    return d
+
+
+pytest_forked.serialize_report = serialize_report
+'''
+
+MODES = {
+    "plain": [],
+    "forked": ["-p", "pytest_forked", "-p", FORKED_COMPAT, "--forked"],
+    "hermetic": ["-p", "hermetic", "--hermetic"],
+}
+PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]  # after the interpreter
+TESTS_PER_FILE = 50
+
+
+def make_project(root: str, tests: int) -> None:
+    os.makedirs(root)
+    with open(f"{root}/pytest.ini", "w") as f:  # fixes the rootdir; no addopts
+        f.write("[pytest]\n")
+    for first in range(0, tests, TESTS_PER_FILE):
+        with open(f"{root}/test_trivial_{first // TESTS_PER_FILE:03d}.py", "w") as f:
+            for i in range(first, min(first + TESTS_PER_FILE, tests)):
+                f.write(f"def test_{i}():\n    assert 1 + 1 == 2\n\n\n")
+
+
+def session_envs(tmp: str) -> dict[str, dict[str, str]]:
+    """The environment of each mode's sessions."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"  # warm after the warm-up, as an installed package
+    os.makedirs(f"{tmp}/compat")
+    with open(f"{tmp}/compat/{FORKED_COMPAT}.py", "w") as f:
+        f.write(FORKED_COMPAT_SOURCE)
+    envs = {mode: env for mode in MODES}
+    envs["forked"] = with_path(env, f"{tmp}/compat")  # the forked mode's sessions only
+    return envs
+
+
+def with_path(env: dict[str, str], folder: str) -> dict[str, str]:
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (folder, env.get("PYTHONPATH")) if p)}
+
+
+def run_session(mode: str, project: str, tests: int, env: dict[str, str],
+                python: tuple[str, ...] = (sys.executable,), plugins: tuple[str, ...] = ()) -> float:
+    """One pytest session; its wall time in seconds.  Raises unless every
+    test passed (or, for 0 tests, unless pytest said "no tests ran")."""
+    argv = [*python, *PYTEST, *plugins, *MODES[mode]]
+    t0 = time.perf_counter_ns()
+    done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    elapsed = (time.perf_counter_ns() - t0) / 1e9
+    lines = done.stdout.strip().splitlines()
+    last = lines[-1] if lines else ""
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", last)}
+    if tests == 0:
+        ok = done.returncode == 5 and "no tests ran" in last
+    else:
+        # warnings are allowed; anything else (failed, error, skipped, ...) is not
+        ok = done.returncode == 0 and counts.get("passed") == tests and set(counts) <= {"passed", "warning", "warnings"}
+    if not ok:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{mode} session with {tests} tests: exit status {done.returncode}, "
+                           f"summary {last!r}\n{tail}")
+    return elapsed
+
+
+# --- machine ------------------------------------------------------------------
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def machine() -> dict[str, str]:
+    import pytest_hermetic
+    from pytest_hermetic.runtime import cgroups
+
+    model, hypervisor = "unknown", False
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and " hypervisor" in line:
+                hypervisor = True
+    info = {
+        "cpu": model + (" (virtual machine)" if hypervisor else ""),
+        "cores": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "cgroup": cgroups.detect().version,
+        "user": "root" if os.geteuid() == 0 else "rootless",
+        "python": f"{platform.python_version()} ({sys.executable})",
+    }
+    for name in ("pytest", "pytest-forked", "pytest-hermetic"):
+        try:
+            info[name] = version(name)
+        except PackageNotFoundError:
+            info[name] = "not installed"
+    info["pytest-hermetic"] += f" ({os.path.dirname(os.path.abspath(pytest_hermetic.__file__))})"
+    return info
+
+
+# --- numbers ------------------------------------------------------------------
+
+
+def spread(samples: list[float]) -> dict[str, float]:
+    mean = statistics.fmean(samples)
+    if len(samples) == 1:
+        return {"median": samples[0], "p10": samples[0], "p90": samples[0], "mean": mean}
+    deciles = statistics.quantiles(samples, n=10, method="inclusive")
+    return {"median": statistics.median(samples), "p10": deciles[0], "p90": deciles[8], "mean": mean}
+
+
+def summarize(samples: dict[tuple[str, int], list[float]], tests: int) -> dict:
+    """Session times (s) and per-test overheads (ms) against plain."""
+    med = {key: statistics.median(s) for key, s in samples.items()}
+    result: dict = {"sessions_s": {f"{m} x{n}": spread(s) for (m, n), s in samples.items()}, "modes": {}}
+    for mode in MODES:
+        paired = [(a - b) / tests * 1e3 for a, b in zip(samples[mode, tests], samples["plain", tests])]
+        result["modes"][mode] = {
+            "per_test_ms": med[mode, tests] / tests * 1e3,
+            "overhead_ms": (med[mode, tests] - med["plain", tests]) / tests * 1e3,
+            "overhead_paired_ms": spread(paired),
+            "startup_s": med[mode, 0],
+            "overhead_no_startup_ms": ((med[mode, tests] - med[mode, 0]) - (med["plain", tests] - med["plain", 0]))
+            / tests * 1e3,
+        }
+    modes = result["modes"]
+    if modes["forked"]["overhead_ms"] > 0:
+        result["ratio"] = modes["hermetic"]["overhead_ms"] / modes["forked"]["overhead_ms"]
+    if modes["forked"]["overhead_no_startup_ms"] > 0:
+        result["ratio_no_startup"] = (modes["hermetic"]["overhead_no_startup_ms"]
+                                      / modes["forked"]["overhead_no_startup_ms"])
+    return result
+
+
+def verdict(ratio: float | None) -> str:
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.2f} (target at most 1.5: {'met' if ratio <= 1.5 else 'NOT met'}; aim 1.0)"
+
+
+def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> None:
+    n = args.tests
+    s = summary["sessions_s"]
+    if args.markdown:
+        print("\n- Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+        print(f"- Load average (1, 5, 15 min): {load}")
+        print(f"- {rounds} interleaved rounds (+1 warm-up session per mode), {n} tests per session\n")
+        print("| Mode | session, median s | p10 | p90 | per test, ms | overhead per test vs plain, ms "
+              "| per-round overhead p10-p90, ms | 0-test session, s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for mode, m in summary["modes"].items():
+            t = s[f"{mode} x{n}"]
+            o = m["overhead_paired_ms"]
+            over = "-" if mode == "plain" else f"{m['overhead_ms']:+.2f}"
+            rng = "-" if mode == "plain" else f"{o['p10']:.2f} - {o['p90']:.2f}"
+            print(f"| {mode} | {t['median']:.2f} | {t['p10']:.2f} | {t['p90']:.2f} | {m['per_test_ms']:.2f} "
+                  f"| {over} | {rng} | {m['startup_s']:.2f} |")
+        print()
+        print(f"- hermetic / forked, per-test overhead: **{verdict(summary.get('ratio'))}**")
+        print("- the same with each mode's 0-test session subtracted first (start-up excluded): "
+              f"forked {summary['modes']['forked']['overhead_no_startup_ms']:.2f} ms, "
+              f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms, "
+              f"ratio {verdict(summary.get('ratio_no_startup'))}")
+        return
+    print(f"\n{rounds} rounds, {n} tests per session; sessions in s, per test in ms")
+    print(f"{'mode':<10}{'median':>8}{'p10':>8}{'p90':>8}{'per test':>10}{'overhead':>10}{'p10-p90':>16}{'0 tests':>9}")
+    for mode, m in summary["modes"].items():
+        t = s[f"{mode} x{n}"]
+        o = m["overhead_paired_ms"]
+        print(f"{mode:<10}{t['median']:>8.2f}{t['p10']:>8.2f}{t['p90']:>8.2f}{m['per_test_ms']:>10.2f}"
+              f"{m['overhead_ms']:>+10.2f}{o['p10']:>8.2f}-{o['p90']:<7.2f}{m['startup_s']:>9.2f}")
+    print(f"hermetic / forked, per-test overhead: {verdict(summary.get('ratio'))}")
+    print(f"start-up excluded: forked {summary['modes']['forked']['overhead_no_startup_ms']:.2f} ms, "
+          f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms per test, "
+          f"ratio {verdict(summary.get('ratio_no_startup'))}")
+
+
+# --- --profile -------------------------------------------------------------------
+
+# Loaded (-p) only in the two --profile sessions.  It notes CLOCK_MONOTONIC
+# in pytest at each test's start and end and before each fork; in every
+# process forked from it (the container's processes) at its first instant
+# and at its `os._exit`; and around engine steps, where present (wrapped by
+# name, so a renamed step just drops out of the timeline): Container.start,
+# forked._child_main (the test starts, in the container), forked._drain (pytest has
+# the reports), Container.remove (its time summed per test).  A child
+# inherits its parent's notes and adds, at exit, its minor page faults and
+# CPU time.  With TRACE_PROFILE=1 each child also runs under its own
+# cProfile.  Children write through a directory fd opened before the fork
+# (the container's root hides the directory).
+TRACE = "hermetic_bench_trace"
+TRACE_SOURCE = '''\
+import cProfile, json, marshal, os, resource, time
+
+_dir = os.open(os.environ["TRACE_DIR"], os.O_RDONLY | os.O_DIRECTORY)
+_profile = os.environ.get("TRACE_PROFILE") == "1"
+_real_exit = os._exit
+_depth = 0  # 0 in pytest, 1 in its fork, 2 in a fork of that
+_marks = {}
+_profiler = None
+
+
+def _write(name, data):
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=_dir)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _before_fork():
+    _marks["fork%d" % _depth] = time.monotonic()
+
+
+def _in_child():
+    global _depth, _profiler
+    _depth += 1
+    _marks["pid%d" % _depth] = time.monotonic()
+    if _profile:
+        if _profiler is not None:
+            _profiler.disable()  # the parent's, inherited: the parent writes it
+        _profiler = cProfile.Profile()
+        _profiler.enable()
+
+
+def _exit(code):
+    now = time.monotonic()
+    if "test" in _marks:
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # a fork starts from zero
+        counters = {"minflt": usage.ru_minflt, "cpu": usage.ru_utime + usage.ru_stime, "exit": now}
+        _marks.update({"%s%d" % (k, _depth): v for k, v in counters.items()})
+        if _profiler is not None:
+            _profiler.disable()
+            _profiler.create_stats()
+            _write("%s-%d.prof" % (_marks["test"], _depth), marshal.dumps(_profiler.stats))
+        _write("%s-%d.json" % (_marks["test"], _depth), json.dumps(_marks).encode())
+    _real_exit(code)
+
+
+def _noting(fn, before=None, after=None, total=None):
+    def wrapper(*args, **kwargs):
+        t0 = time.monotonic()
+        if before:
+            _marks[before] = t0
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            t1 = time.monotonic()
+            if after:
+                _marks[after] = t1
+            if total:
+                _marks[total] = _marks.get(total, 0.0) + (t1 - t0)
+    return wrapper
+
+
+def _wrap(owner, name, **how):
+    if hasattr(owner, name):
+        setattr(owner, name, _noting(getattr(owner, name), **how))
+
+
+def pytest_configure(config):
+    from pytest_hermetic import container, forked
+
+    _wrap(container.Container, "start", before="engine_start")
+    _wrap(forked, "_child_main", before="test_start")
+    _wrap(forked, "_drain", after="drained")
+    _wrap(container.Container, "remove", total="remove_total")
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _marks.clear()
+    _marks["test"] = os.urandom(6).hex()
+    _marks["start"] = time.monotonic()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    _marks["finish"] = time.monotonic()
+    _marks["rss0"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _write("%s-0.json" % _marks["test"], json.dumps(_marks).encode())
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_in_child)
+os._exit = _exit
+'''
+
+# (label, from mark, to mark): the timeline of one hermetic test.
+PHASES = [
+    ("pytest, before Container.start: earlier containers' clean-up, spec, binds", "start", "engine_start"),
+    ("Container.start until the fork: state dir, cgroup, state.json, PID 1", "engine_start", "fork0"),
+    ("fork of pytest, until the child runs", "fork0", "pid1"),
+    ("container set-up in the child (namespaces, mounts, pivot_root, cgroup, caps), until the test starts",
+     "pid1", "test_start"),
+    ("the test in the container: setup, call, teardown, until pytest has every report", "test_start", "drained"),
+    ("pytest: reports decoded and logged, teardown", "drained", "finish"),
+    ("total, per test", "start", "finish"),
+]
+# (label, key, scale): counters, per test.
+COUNTERS = [
+    ("pytest: time in Container.remove (clean-up, maybe of an earlier test's container), ms", "remove_total", 1e3),
+    ("pytest's peak RSS, MiB", "rss0", 1 / 1024),
+    ("fork of pytest: minor page faults", "minflt1", 1),
+    ("fork of pytest: CPU time, ms", "cpu1", 1e3),
+    ("fork of that fork (if any): minor page faults", "minflt2", 1),
+    ("fork of that fork (if any): CPU time, ms", "cpu2", 1e3),
+]
+
+
+def trace_session(args, project: str, envs: dict, tmp: str, name: str, cprofile: str | None) -> tuple[float, str]:
+    """One hermetic session with TRACE loaded; returns (wall s, trace dir)."""
+    folder = f"{tmp}/{name}"
+    os.makedirs(folder)
+    if not os.path.exists(f"{tmp}/compat/{TRACE}.py"):
+        with open(f"{tmp}/compat/{TRACE}.py", "w") as f:
+            f.write(TRACE_SOURCE)
+    env = {**with_path(envs["hermetic"], f"{tmp}/compat"), "TRACE_DIR": folder,
+           "TRACE_PROFILE": "1" if cprofile else "0"}
+    python = (sys.executable, "-m", "cProfile", "-o", cprofile) if cprofile else (sys.executable,)
+    return run_session("hermetic", project, args.tests, env, python, ("-p", TRACE)), folder
+
+
+def timeline(folder: str) -> dict[str, dict[str, float]]:
+    """Per phase and counter: median, p10, p90 over the traced tests."""
+    tests: dict[str, dict[str, float]] = {}
+    # Deepest first, so pytest's own (latest) notes win over what a child inherited.
+    names = sorted((n for n in os.listdir(folder) if n.endswith(".json")),
+                   key=lambda n: int(n.removesuffix(".json").rsplit("-", 1)[1]), reverse=True)
+    for name in names:
+        with open(f"{folder}/{name}") as f:
+            tests.setdefault(name.split("-")[0], {}).update(json.load(f))
+    result = {}
+    for label, start, end in PHASES:
+        values = [(t[end] - t[start]) * 1e3 for t in tests.values() if start in t and end in t]
+        if values:
+            result[label] = {**spread(values), "tests": len(values)}
+    for label, key, scale in COUNTERS:
+        # remove_total is absent where a test removed nothing: that is 0
+        values = [t.get(key, 0) * scale for t in tests.values() if key in t or key == "remove_total"]
+        if values:
+            result[label] = {**spread(values), "tests": len(values)}
+    return result
+
+
+def profile(args, project: str, envs: dict, tmp: str) -> dict:
+    """Where a hermetic test's time goes: a timeline, then profiles."""
+    n = args.tests
+    if not args.rounds:
+        run_session("hermetic", project, n, envs["hermetic"])  # warm-up: bytecode cache
+    elapsed, folder = trace_session(args, project, envs, tmp, "trace", None)
+    phases = timeline(folder)
+    print(f"\ntimeline of one hermetic test, ms (a session with time marks only, {elapsed:.2f} s wall, {n} tests)")
+    print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  phase")
+    for label, v in phases.items():
+        if label == COUNTERS[0][0]:
+            print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  counter, per test")
+        print(f"{v['median']:>8.1f}{v['p10']:>8.1f}{v['p90']:>8.1f}{v['mean']:>8.1f}  {label}")
+
+    out = os.path.abspath(args.profile)
+    elapsed, folder = trace_session(args, project, envs, tmp, "cprofile", out)
+    print(f"\nprofiles of one more hermetic session ({elapsed:.2f} s wall under the profilers, {n} tests); "
+          f"pytest's written to {out}.  Times are ms per test (total / tests), under the profiler; "
+          "own = tottime, incl = cumtime")
+    parent = pstats.Stats(out)
+    entries = parent.stats  # type: ignore[attr-defined]
+    _table(parent, sorted(entries, key=lambda k: entries[k][2], reverse=True)[:25], n,
+           "pytest (the parent), top 25 by own time; the container's time shows here as blocking "
+           "reads, select and waits")
+    ours = [k for k in entries if "pytest_hermetic" in k[0]]
+    _table(parent, sorted(ours, key=lambda k: entries[k][3], reverse=True)[:20], n,
+           "pytest, top 20 pytest_hermetic functions by cumtime")
+    for depth, title in ((1, "the fork of pytest (the container's set-up and, as root, the test)"),
+                         (2, "a fork of that fork, if any")):
+        files = sorted(f"{folder}/{name}" for name in os.listdir(folder) if name.endswith(f"-{depth}.prof"))
+        if not files:
+            print(f"\n{title}: no profiles written")
+            continue
+        stats = pstats.Stats(*files)
+        entries = stats.stats  # type: ignore[attr-defined]
+        _table(stats, sorted(entries, key=lambda k: entries[k][2], reverse=True)[:15], len(files),
+               f"{title}, {len(files)} processes, top 15 by own time")
+        ours = [k for k in entries
+                if "pytest_hermetic" in k[0] or k[0].endswith(("_pytest/runner.py", "_pytest/reports.py"))]
+        _table(stats, sorted(ours, key=lambda k: entries[k][3], reverse=True)[:15], len(files),
+               f"{title}, top 15 pytest_hermetic (and pytest runner, reports) functions by cumtime")
+    return phases
+
+
+def _table(stats: pstats.Stats, keys: list, n: int, title: str) -> None:
+    print(f"\n{title}\n{'calls':>8}{'own ms':>9}{'incl ms':>9}  function")
+    for key in keys:
+        _cc, calls, tottime, cumtime, _callers = stats.stats[key]  # type: ignore[attr-defined]
+        filename, line, name = key
+        where = name if filename == "~" else f"{name}  {_short(filename)}:{line}"
+        print(f"{calls:>8}{tottime / n * 1e3:>9.3f}{cumtime / n * 1e3:>9.3f}  {where}")
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "pytest_hermetic/", "python3.11/", "lib/python3"):
+        if marker in path:
+            return ("pytest_hermetic/" if marker == "pytest_hermetic/" else "") + path.split(marker, 1)[1]
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tests", type=int, default=200, help="tests per session (default 200)")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5; 0 with --profile only)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the order shuffle")
+    parser.add_argument("--json", metavar="FILE", help="write raw session times (s) and the summary here")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for docs")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="then show where a hermetic test's time goes: a session with time marks, "
+                             "one under cProfile (pytest's profile written to FILE)")
+    parser.add_argument("--dir", default="/var/tmp" if os.path.isdir("/var/tmp") else None,
+                        help="where the temporary project goes (default /var/tmp: a project under /tmp "
+                             "costs hermetic one more bind mount per test, as /tmp is fresh in a container)")
+    args = parser.parse_args(argv)
+    if args.tests < 1:
+        parser.error("--tests must be at least 1")
+    if args.rounds < 1 and not (args.rounds == 0 and args.profile):
+        parser.error("--rounds must be at least 1 (0 only with --profile)")
+
+    info = machine()
+    load_start = loadavg()
+    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    print(f"load average at start: {load_start}")
+    sys.stdout.flush()
+
+    samples: dict[tuple[str, int], list[float]] = {(m, n): [] for m in MODES for n in (args.tests, 0)}
+    loads: list[str] = []
+    phases: dict = {}
+    rounds = 0
+    with tempfile.TemporaryDirectory(prefix="hermetic-pytest-bench-", dir=args.dir) as tmp:
+        envs = session_envs(tmp)
+        make_project(f"{tmp}/tests", args.tests)
+        make_project(f"{tmp}/empty", 0)
+        project = {args.tests: f"{tmp}/tests", 0: f"{tmp}/empty"}
+        try:
+            if args.rounds:
+                for mode in MODES:  # warm-up: bytecode caches, page cache
+                    run_session(mode, project[args.tests], args.tests, envs[mode])
+                    run_session(mode, project[0], 0, envs[mode])
+            rng = random.Random(args.seed)
+            order = list(samples)
+            for _ in range(args.rounds):
+                loads.append(loadavg())
+                rng.shuffle(order)
+                for mode, n in order:
+                    samples[mode, n].append(run_session(mode, project[n], n, envs[mode]))
+                rounds += 1
+                print(f"round {rounds}/{args.rounds}: " + ", ".join(
+                    f"{m} {samples[m, args.tests][-1]:.2f}s" for m in MODES), file=sys.stderr)
+            if args.profile:
+                phases = profile(args, project[args.tests], envs, tmp)
+        except RuntimeError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        except KeyboardInterrupt:
+            print(f"interrupted after {rounds} rounds", file=sys.stderr)
+            if rounds < 1:
+                return 130
+            samples = {key: s[:rounds] for key, s in samples.items()}
+    if not rounds:
+        return 0
+    load_end = loadavg()
+    print(f"load average at end: {load_end}")
+    summary = summarize(samples, args.tests)
+    print_report(args, info, f"{load_start} at start, {load_end} at end", summary, rounds)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                       "machine": info, "load": {"start": load_start, "rounds": loads, "end": load_end},
+                       "tests": args.tests, "rounds": rounds, "modes": MODES, "summary": summary,
+                       "samples_s": {f"{m} x{n}": s for (m, n), s in samples.items()},
+                       "hermetic_timeline_ms": phases}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
