@@ -96,7 +96,10 @@ class Container:
         self.process: process.ContainerProcess | None = None
         self.result: Result | None = None
         self.started_at: float | None = None
-        self.state_dir = os.path.join(containers_dir(), self.id)
+        # Untracked (the plugin's per-test containers): no folder of their
+        # own; the scratch mount point is shared, since each container mounts
+        # its own tmpfs on it in its own mount namespace.
+        self.state_dir = os.path.join(containers_dir(), self.id) if spec.tracked else None
         # A committable rw layer lives on the store's (disk) file system.
         self.rw_dir = None if spec.ephemeral else os.path.join(self.store.root, "containers", self.id)
         self.userns = spec.userns if spec.userns is not None else os.geteuid() != 0
@@ -133,11 +136,13 @@ class Container:
                 argv = list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
             if not argv:
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
-        limits = cgroups.Limits(memory=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids)
+        limits = cgroups.Limits(memory=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
+                                accounting=self.spec.accounting)
         try:
             self._make_state_dir()
             self.cgroup = cgroups.create(self.short_id, limits)
-            self._write_state()  # before the start, so `gc` knows whose it is
+            if self.state_dir is not None:
+                self._write_state()  # before the start, so `gc` knows whose it is
             config = self._process_config(image, argv)
             self.started_at = time.monotonic()
             self.process = process.spawn(config, target)
@@ -146,7 +151,16 @@ class Container:
             raise
         return self
 
+    @property
+    def _scratch(self) -> str:
+        if self.state_dir is None:
+            return os.path.join(state_root(), "scratch")
+        return os.path.join(self.state_dir, "scratch")
+
     def _make_state_dir(self) -> None:
+        if self.state_dir is None:
+            os.makedirs(self._scratch, exist_ok=True)
+            return
         os.makedirs(containers_dir(), exist_ok=True)
         os.mkdir(self.state_dir, 0o700)
         # `scratch` becomes a tmpfs inside the container's mount namespace
@@ -176,9 +190,8 @@ class Container:
 
     def _process_config(self, image: Image, argv: list[str] | None) -> process.ProcessConfig:
         spec = self.spec
-        state = self.state_dir
         lowers, replay = self._layer_dirs(image)
-        scratch = f"{state}/scratch"
+        scratch = self._scratch
         replay_dirs = [f"{scratch}/replay/{i}" for i in range(len(replay))]
         all_lowers = [f"{scratch}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
         rw = self.rw_dir or scratch
@@ -325,7 +338,7 @@ class Container:
                 self.cgroup.remove()
             finally:
                 self.cgroup = None
-        if os.path.isdir(self.state_dir):
+        if self.state_dir is not None and os.path.isdir(self.state_dir):
             rmtree(self.state_dir)
         if self.rw_dir is not None and os.path.isdir(self.rw_dir):
             rmtree(self.rw_dir)

@@ -256,8 +256,11 @@ def _image_has(image: Any, path: str) -> bool:
 
 def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
     finish_pending(block=False)
+    install_forwarder(item.config)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    spec = spec.with_options(volumes=tuple(_bindings(item, spec)))
+    # Per-test containers: rw layer in memory, no state folder, no accounting
+    # beyond the limits asked for: each of these is a measurable cost per test.
+    spec = spec.with_options(volumes=tuple(_bindings(item, spec)), ephemeral=True, tracked=False, accounting=False)
     container = Container(spec)
     deferred = False
     try:
@@ -415,16 +418,17 @@ class _Forwarder:
     """Takes the place of every other implementation of the reporting hooks
     in the child: the parent logs what it forwards, exactly once."""
 
-    def __init__(self, config: pytest.Config, channel: _Channel) -> None:
+    def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.channel = channel
-        self.armed = False  # registration replays old (historic) warnings: skip those
+        self.channel: _Channel | None = None  # set in the child only; inert in the parent
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.channel is None:
+            return
         self.channel.send("report", self.config.hook.pytest_report_to_serializable(config=self.config, report=report))
 
     def pytest_warning_recorded(self, warning_message, when, nodeid, location) -> None:  # noqa: ANN001
-        if not self.armed:
+        if self.channel is None:
             return
         self.channel.send("warning", {"message": warning_message.message, "category": warning_message.category,
                                       "filename": warning_message.filename, "lineno": warning_message.lineno,
@@ -443,17 +447,28 @@ class _ParentChain:
         return self._chain
 
 
+FORWARDER_NAME = "hermetic-forwarder"
+
+
+def install_forwarder(config: pytest.Config) -> None:
+    """Registered once in the parent (before its first hermetic test), inert
+    there: registering a plugin costs more than a millisecond, too much to
+    pay in every child."""
+    if config.pluginmanager.get_plugin(FORWARDER_NAME) is None:
+        config.pluginmanager.register(_Forwarder(config), FORWARDER_NAME)
+
+
 def _child_main(item: pytest.Item, write_fd: int) -> int:
     config = item.config
     channel = _Channel(write_fd)
-    forwarder = _Forwarder(config, channel)
+    install_forwarder(config)
+    forwarder = config.pluginmanager.get_plugin(FORWARDER_NAME)
     pm = config.pluginmanager
-    pm.register(forwarder, "hermetic-forwarder")
     for hook in (pm.hook.pytest_runtest_logreport, pm.hook.pytest_warning_recorded):
         # pluggy keeps a hook's implementations in this list; the child is
         # thrown away, so editing it here changes nothing in the parent.
         hook._hookimpls[:] = [impl for impl in hook.get_hookimpls() if impl.plugin is forwarder]
-    forwarder.armed = True
+    forwarder.channel = channel
     try:
         # The warnings plugin records around pytest_runtest_protocol, which
         # ran in the parent: record the child's own warnings here.

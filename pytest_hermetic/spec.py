@@ -133,6 +133,8 @@ class Spec:
     privileged: bool = False
     init: bool = False  # run the command as PID 2 under a PID 1 that reaps and forwards signals
     ephemeral: bool = False  # the rw layer lives in memory in the container and vanishes with it (no commit)
+    tracked: bool = True  # a state folder for `hermetic ps`/`commit` (the plugin's per-test containers skip it)
+    accounting: bool = True  # peak memory and CPU time even without limits
 
     @classmethod
     def build(cls, image: str = "host", command: Any = None, **options: Any) -> "Spec":
@@ -170,6 +172,8 @@ class Spec:
         if workdir is not None and not str(workdir).startswith("/"):
             raise SpecError(f"workdir={workdir!r}: must be an absolute path")
         pids = options.get("pids")
+        if not options.get("tracked", True) and not options.get("ephemeral", False):
+            raise SpecError("tracked=False needs ephemeral=True: `gc` would take an untracked rw layer for a leftover")
         return cls(
             image=image.strip(),
             command=command,
@@ -188,6 +192,8 @@ class Spec:
             privileged=bool(options.get("privileged", False)),
             init=bool(options.get("init", False)),
             ephemeral=bool(options.get("ephemeral", False)),
+            tracked=bool(options.get("tracked", True)),
+            accounting=bool(options.get("accounting", True)),
         )
 
     def with_options(self, **changes: Any) -> "Spec":

@@ -29,6 +29,7 @@ class Limits:
     memory: int | None = None  # bytes
     cpus: float | None = None  # CPU bandwidth in cores
     pids: int | None = None
+    accounting: bool = True  # peak memory and CPU time even without limits (v1: two more hierarchies)
 
     def requested(self) -> list[str]:
         """The limits asked for, by their option names (mem, cpus, pids)."""

@@ -12,10 +12,15 @@ _NEEDED_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
 
 
 def _wanted_controllers(limits: Limits) -> list[str]:
-    """Each v1 hierarchy costs a mkdir and an rmdir per container, so only
-    what is used: pids (the fuse), memory and cpuacct (peak memory and CPU
-    time), freezer (kill without racing forks), cpu only for a CPU limit."""
-    wanted = ["pids", "memory", "cpuacct", "freezer"]
+    """Each v1 hierarchy costs a mkdir, a migration and an rmdir per
+    container, so only what is used: pids (the fuse) and freezer (kill
+    without racing forks) always; memory and cpuacct for peak memory and CPU
+    time (`accounting`) or a memory limit; cpu for a CPU limit."""
+    wanted = ["pids", "freezer"]
+    if limits.accounting or limits.memory is not None:
+        wanted.append("memory")
+    if limits.accounting or limits.cpus is not None:
+        wanted.append("cpuacct")
     if limits.cpus is not None:
         wanted.append("cpu")
     return wanted
