@@ -328,11 +328,11 @@ class Container:
 
     def remove(self) -> None:
         """Kill what is left and delete the cgroup and the state folder."""
-        if self.process is not None and self.result is None:
+        if self.process is not None and self.process.exit_status is None:
             self._kill_all()
-            status = self.process.wait()
-            if status is not None:
-                self._finish(status, timed_out=None, killed=[])
+            self.process.wait()
+        # Whatever PID 1 left behind goes with its PID namespace; the cgroup
+        # removal below kills stragglers (a process that left the namespace).
         if self.cgroup is not None:
             try:
                 self.cgroup.remove()
