@@ -24,7 +24,18 @@ DEFAULT_CAPS = {
 }
 
 
+_last_cap: int | None = None
+
+
 def last_cap() -> int:
+    """The highest capability this kernel knows (read once per process)."""
+    global _last_cap
+    if _last_cap is None:
+        _last_cap = _read_last_cap()
+    return _last_cap
+
+
+def _read_last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())

@@ -61,6 +61,7 @@ class ProcessConfig:
     privileged: bool = False
     close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
+    cap_last: int = factory(lambda: capabilities.last_cap())  # read by the parent, once per container
 
 
 @record(frozen=True)
@@ -510,7 +511,7 @@ def _enter_container(config: ProcessConfig, joined: tuple[int, int] | None, in_n
 
 def _drop_privileges(config: ProcessConfig) -> None:
     uid, gid = _resolve_user(config.user)
-    cap_last = capabilities.last_cap()
+    cap_last = config.cap_last
     if os.path.isdir(config.cwd):
         os.chdir(config.cwd)
     if gid != 0 or uid != 0:

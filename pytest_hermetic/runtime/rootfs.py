@@ -72,15 +72,20 @@ def write_init_layer(config: "RootfsConfig") -> None:
     layer (the `host` image's "/"), and so that nothing the engine needs
     lands in the read-write layer that `commit` reads.
     """
+    # Plain os calls: this runs for every container, and file objects cost.
     path = config.lowers[0]
     os.mkdir(path, 0o755)
-    for name, text in config.init_files.items():
-        target = os.path.join(path, name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "w") as f:
-            f.write(text)
+    made = {path}
     for name in MOUNT_POINTS:
-        os.makedirs(os.path.join(path, name), exist_ok=True)
+        os.mkdir(f"{path}/{name}", 0o755)
+        made.add(f"{path}/{name}")
+    for name, text in config.init_files.items():
+        target = f"{path}/{name}"
+        parent = os.path.dirname(target)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        _write_file(target, text.encode())
     for bind in config.binds:
         stub = os.path.join(path, bind.target.lstrip("/"))
         if os.path.isdir(bind.source):
@@ -89,6 +94,15 @@ def write_init_layer(config: "RootfsConfig") -> None:
             os.makedirs(os.path.dirname(stub), exist_ok=True)
             if not os.path.lexists(stub):
                 open(stub, "a").close()
+
+
+def _write_file(path: str, data: bytes = b"") -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        if data:
+            os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def setup(config: RootfsConfig, hostname: str) -> None:
@@ -240,7 +254,7 @@ def _mount_dev(root: str, userns: bool) -> None:
         # mknod'ed nodes cannot be opened in a user namespace, and binding the
         # host's nodes keeps every other device unreachable (all other mounts
         # are nodev).
-        open(f"{dev}/{name}", "w").close()
+        _write_file(f"{dev}/{name}")
         sc.mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
     os.mkdir(f"{dev}/pts")
     pts_options = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
