@@ -130,8 +130,16 @@ mount --rbind /sys /mnt/sys || fail "rbind /sys"
 # /tmp and /run are fresh, as after a boot. /root keeps the host's content
 # (pyenv lives there) under a tmpfs upper layer, and so does /var, so that
 # /var/lib/hermetic (the engine's store as root) can be made, empty.
+# A working folder below /tmp or /run (a CI checkout, say) stays visible
+# (read-only, as the rest of the share) through the fresh tmpfs.
+case "$HVM_CWD" in
+    /tmp/*|/run/*) mkdir -p /keep && mount --bind "/mnt$HVM_CWD" /keep || fail "keep $HVM_CWD" ;;
+esac
 mount -t tmpfs -o mode=1777 tmpfs /mnt/tmp || fail "tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs /mnt/run || fail "tmpfs /run"
+case "$HVM_CWD" in
+    /tmp/*|/run/*) mkdir -p "/mnt$HVM_CWD" && mount --move /keep "/mnt$HVM_CWD" || fail "restore $HVM_CWD" ;;
+esac
 mkdir -p /rw && mount -t tmpfs -o mode=755 tmpfs /rw || fail "tmpfs /rw"
 for d in root var; do
     mkdir -p /rw/$d/upper /rw/$d/work
@@ -534,6 +542,7 @@ def params_script(argv: list[str], cwd: str, env: dict[str, str], cache: str) ->
     inner = 'cd "$1" || { echo "cgroup-v2-vm: no folder $1 in the VM" >&2; exit 125; }; shift; exec "$@"'
     return "\n".join([
         f"HVM_CACHE={q(cache)}",
+        f"HVM_CWD={q(cwd)}",
         "hvm_command() {",
         f"    /bin/env -i {env_args} /bin/chroot . /bin/sh -c {q(inner)} sh "
         f"{q(cwd)} {' '.join(q(a) for a in argv)}",
