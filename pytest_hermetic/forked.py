@@ -260,7 +260,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     # Per-test containers: rw layer in memory, no state folder, no accounting
     # beyond the limits asked for: each of these is a measurable cost per test.
-    spec = spec.with_options(volumes=tuple(_bindings(item, spec)), ephemeral=True, tracked=False, accounting=False)
+    spec = spec.with_options(volumes=tuple(_bindings(item, spec)), ephemeral=True, tracked=False, accounting=False,
+                             workdir=spec.workdir or os.getcwd())  # where pytest runs, as without isolation
     container = Container(spec)
     deferred = False
     try:

@@ -2,22 +2,25 @@
 """Run third-party projects' own test suites with and without --hermetic and
 compare the per-test outcomes.
 
-    scripts/third_party_check.py more-itertools==11.2.1 toolz==1.2.0 six==1.17.0
+    .venv/bin/python scripts/third_party_check.py more-itertools==11.2.1 toolz==1.2.0 six==1.17.0
 
-For each PROJECT==VERSION:
+(those three when no project is named).  For each PROJECT==VERSION:
 
 1. `pip download --no-deps --no-binary :all:` its sdist into a temp dir and
    unpack it;
 2. create a venv from the base interpreter of this repo's .venv (no system
    site-packages) and install into it the unpacked project (`pip install .`),
-   pytest (and pytest-xdist with --xdist), what the tests need (the built-in
-   table below, or --deps), and this repo
+   pytest, pytest-timeout (unless --test-timeout 0; pytest-xdist with
+   --xdist), what the tests need (the built-in table below, or --deps), and
+   this repo
    (`pip install -e REPO --config-settings editable_mode=compat`);
 3. run the project's suite twice from the unpacked tree,
    `python -m pytest -p hermetic -p no:cacheprovider -q -rA --junitxml=FILE`,
    once plainly (the plugin loaded, no `--hermetic`) and once with
-   `--hermetic`;
-4. read both junit XML files into {test id: outcome} and compare.
+   `--hermetic`, both with `--timeout=300` so a hanging test fails alone;
+   with --plain-runs N the plain run is repeated to tell flaky tests;
+4. read the junit XML files into {test id: outcome} and compare; also the
+   subtest counts of pytest's summary line, which junit XML does not list.
 
 It prints per project the outcome counts of both runs, their wall times and
 every test whose outcome differs (with the hermetic run's failure message),
@@ -55,13 +58,14 @@ REPO = Path(__file__).resolve().parent.parent
 # which paths to run (relative to the unpacked sdist; empty: the project's own
 # testpaths or the whole tree) and extra pytest arguments.  Keys are
 # normalized names (PEP 503).  --deps / --paths / --args override per project.
+DEFAULT_SPECS = ["more-itertools==11.2.1", "toolz==1.2.0", "six==1.17.0"]
 KNOWN: dict[str, dict[str, list[str]]] = {
     "more-itertools": {"deps": [], "paths": ["tests"], "args": []},
     "toolz": {"deps": [], "paths": ["toolz"], "args": []},
     "six": {"deps": [], "paths": ["test_six.py"], "args": []},
     "iniconfig": {"deps": [], "paths": ["testing"], "args": []},
     "attrs": {"deps": ["hypothesis", "pympler", "cloudpickle"], "paths": ["tests"], "args": []},
-    "packaging": {"deps": ["pretend", "tomli_w"], "paths": ["tests"], "args": []},
+    "execnet": {"deps": [], "paths": ["testing"], "args": []},
 }
 
 SCRUBBED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "VIRTUAL_ENV",
@@ -97,14 +101,17 @@ class Result:
     spec: str
     plain: Run | None = None
     hermetic: Run | None = None
+    more_plain: list[Run] = field(default_factory=list)  # --plain-runs > 1
     differences: list[tuple[str, str, str, str]] = field(default_factory=list)  # id, plain, hermetic, message
     notes: list[str] = field(default_factory=list)  # same outcome, different skip/xfail reason
+    flaky: list[tuple[str, str, str, str]] = field(default_factory=list)  # differs, but so do the plain runs
     problem: str = ""
 
     @property
     def identical(self) -> bool:
         return (not self.problem and self.plain is not None and self.hermetic is not None
-                and not self.plain.problem and not self.hermetic.problem and not self.differences)
+                and not self.plain.problem and not self.hermetic.problem and not self.differences
+                and not any(run.problem for run in self.more_plain))
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -273,7 +280,8 @@ def check_project(spec: str, opts: argparse.Namespace, base: str, tmp: Path) -> 
         sh([base, "-m", "venv", str(venv)], timeout=opts.install_timeout)
         env = clean_env(venv, opts.hashseed)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        wanted = [opts.pytest, *(["pytest-xdist"] if opts.xdist else []), *deps]
+        wanted = [opts.pytest, *(["pytest-xdist"] if opts.xdist else []),
+                  *(["pytest-timeout"] if opts.test_timeout else []), *deps]
         sh([*pip, str(src), *wanted], env=env, timeout=opts.install_timeout)
         sh([*pip, "-e", str(REPO), "--config-settings", "editable_mode=compat"], env=env, timeout=opts.install_timeout)
         versions = subprocess.run([str(venv / "bin" / "python"), "-c",
@@ -286,18 +294,26 @@ def check_project(spec: str, opts: argparse.Namespace, base: str, tmp: Path) -> 
         result.problem = f"set-up failed: {exc}"
         log(f"  {result.problem}")
         return result
-    pytest_args = [*(["-n", str(opts.xdist)] if opts.xdist else []), *extra, *paths]
+    pytest_args = [*(["-n", str(opts.xdist)] if opts.xdist else []),
+                   *([f"--timeout={opts.test_timeout:g}"] if opts.test_timeout else []), *extra, *paths]
     result.plain = run_suite("plain", venv, src, work, pytest_args, env, opts.run_timeout)
     result.hermetic = run_suite("hermetic", venv, src, work, pytest_args, env, opts.run_timeout)
+    for n in range(2, opts.plain_runs + 1):
+        result.more_plain.append(run_suite(f"plain-{n}", venv, src, work, pytest_args, env, opts.run_timeout))
     plain, herm = result.plain.cases, result.hermetic.cases
     for test_id in sorted(set(plain) | set(herm)):
         a = plain[test_id].outcome if test_id in plain else "(absent)"
         b = herm[test_id].outcome if test_id in herm else "(absent)"
-        if a != b:
+        others = [run.cases[test_id].outcome if test_id in run.cases else "(absent)" for run in result.more_plain]
+        if a != b or any(o != a for o in others):
             message = herm[test_id].message if test_id in herm else ""
             if not message and test_id in plain:
                 message = "(plain run's message) " + plain[test_id].message
-            result.differences.append((test_id, a, b, message))
+            shown = "/".join(dict.fromkeys([a, *others]))
+            # The plain runs disagree among themselves: the test is flaky here,
+            # and a hermetic outcome one of them also had is no difference.
+            (result.flaky if len(set([a, *others])) > 1 and b in [a, *others] else result.differences
+             ).append((test_id, shown, b, message if a != b else ""))
         elif a in ("skipped", "xfailed") and plain[test_id].message != herm[test_id].message:
             result.notes.append(f"{test_id}: {a} in both, but for another reason: plain "
                                 f"{plain[test_id].message.splitlines()[0]!r}, hermetic {herm[test_id].message.splitlines()[0]!r}")
@@ -323,11 +339,13 @@ def fmt_counts(run: Run | None) -> str:
 
 
 def report_project(result: Result, opts: argparse.Namespace) -> None:
-    for run in (result.plain, result.hermetic):
+    for run in (result.plain, *result.more_plain, result.hermetic):
         if run is not None:
             log(f"  {run.label:>8}: {len(run.cases)} tests: {fmt_counts(run)}; {run.seconds:.1f}s, exit {run.returncode}")
     for note in result.notes:
         log(f"  note: {note}")
+    for test_id, a, b, _ in result.flaky:
+        log(f"  flaky (the plain runs disagree; not counted): {test_id}: plain {a}, hermetic {b}")
     if not result.differences:
         log("  outcomes: identical" if result.identical else "  outcomes: not compared (see PROBLEM above)")
         return
@@ -354,7 +372,8 @@ def parse_per_project(values: list[str], what: str) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("specs", nargs="+", metavar="PROJECT==VERSION")
+    parser.add_argument("specs", nargs="*", metavar="PROJECT==VERSION",
+                        help=f"default: {' '.join(DEFAULT_SPECS)}")
     parser.add_argument("--deps", action="append", default=[], metavar="PROJECT=PKG[,PKG...]",
                         help="what PROJECT's tests need (replaces the built-in table's entry; PROJECT= for nothing)")
     parser.add_argument("--paths", action="append", default=[], metavar="PROJECT=PATH[,PATH...]",
@@ -364,12 +383,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pytest", default="pytest", metavar="REQ", help="the pytest to install (default: latest)")
     parser.add_argument("--xdist", type=int, default=0, metavar="N", help="install pytest-xdist and run both with -n N")
     parser.add_argument("--python", help="interpreter to make the venvs from (default: the base of REPO/.venv)")
+    parser.add_argument("--plain-runs", type=int, default=1, metavar="N",
+                        help="run the plain suite N times; a test whose plain outcomes differ is reported as flaky, "
+                             "and a hermetic outcome that one of them had does not count as a difference")
+    parser.add_argument("--test-timeout", type=float, default=300, metavar="S",
+                        help="install pytest-timeout and run both with --timeout=S, so a hanging test fails "
+                             "instead of stalling the run (0: neither; default 300)")
     parser.add_argument("--hashseed", default="0", help="PYTHONHASHSEED for both runs ('random' to leave it unset)")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds per pytest run (default 1800)")
     parser.add_argument("--install-timeout", type=float, default=900, help="seconds per pip/venv step (default 900)")
     parser.add_argument("--full-messages", action="store_true", help="print differing tests' messages in full")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (sdists, venvs, logs, junit XML)")
     opts = parser.parse_args(argv)
+    opts.specs = opts.specs or DEFAULT_SPECS
     opts.deps = parse_per_project(opts.deps, "deps")
     opts.paths = parse_per_project(opts.paths, "paths")
     opts.args = parse_per_project(opts.args, "args")
@@ -391,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [header]
     for r in results:
         n = max(len(r.plain.cases) if r.plain else 0, len(r.hermetic.cases) if r.hermetic else 0)
-        verdict = ("identical" if r.identical else f"{len(r.differences)} differ" if r.differences
+        verdict = ("identical" + (f" ({len(r.flaky)} flaky)" if r.flaky else "") if r.identical else f"{len(r.differences)} differ" if r.differences
                    else "ERROR: " + (r.problem or (r.plain and r.plain.problem) or (r.hermetic and r.hermetic.problem) or "?"))
         rows.append((r.spec, str(n), fmt_counts(r.plain), fmt_counts(r.hermetic),
                      f"{r.plain.seconds:.1f}s" if r.plain else "-", f"{r.hermetic.seconds:.1f}s" if r.hermetic else "-",
@@ -399,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    if any(r.problem or not r.plain or not r.hermetic or r.plain.problem or r.hermetic.problem for r in results):
+    if any(r.problem or not r.plain or not r.hermetic or r.plain.problem or r.hermetic.problem
+           or any(run.problem for run in r.more_plain) for r in results):
         return 2
     return 0 if all(r.identical for r in results) else 1
 

@@ -26,6 +26,7 @@ def broken_teardown():
 @hermetic
 def test_pass(once):
     assert os.getpid() == 2 and once != os.getpid()
+    assert os.getcwd() == os.environ["INNER_CWD"]  # where pytest was started, as without isolation
 
 @hermetic
 def test_assertion_rewriting():
@@ -144,6 +145,7 @@ EXPECTED_FAILURES = {
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["plain", "xdist"])
 def test_every_outcome_arrives(pytester: pytest.Pytester, busybox_image, workers, monkeypatch, tmp_path):
     monkeypatch.setenv("SETUPS_FILE", str(tmp_path / "session-setups"))  # tmp_path: outside the inner basetemp
+    monkeypatch.setenv("INNER_CWD", str(pytester.path))
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest_subprocess("-p", "hermetic", "-rA", "-p", "no:cacheprovider", *workers, timeout=240)
     result.assert_outcomes(passed=10, failed=8, errors=2, skipped=1, xfailed=2, xpassed=1, warnings=1)
