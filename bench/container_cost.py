@@ -44,6 +44,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 
+from machine import describe, loadavg  # bench/machine.py
 from pytest_hermetic.container import Container
 from pytest_hermetic.runtime import cgroups
 from pytest_hermetic.spec import Spec
@@ -271,26 +272,8 @@ def remove_leftovers(cgroups_before: set[str], paths_before: set[str]) -> None:
 
 
 def machine() -> dict[str, str]:
-    model, hypervisor = "unknown", False
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and " hypervisor" in line:
-                hypervisor = True
-    return {
-        "cpu": model + (" (virtual machine)" if hypervisor else ""),
-        "cores": str(os.cpu_count()),
-        "kernel": platform.release(),
-        "cgroup": cgroups.detect().version,
-        "python": platform.python_version(),
-        "load average": loadavg(),
-    }
+    return describe()
 
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def tool_versions(b: Bench) -> dict[str, str]:

@@ -53,6 +53,8 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 
+from machine import describe, loadavg  # bench/machine.py
+
 # pytest 9.2 keeps a report's node id as a structured `_id` (pytest PR
 # #14758), which pytest-forked <= 1.7.5 hands to `marshal` as it is: every
 # forked test then fails with "EXITED with status 3" (ValueError:
@@ -138,30 +140,13 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
 # --- machine ------------------------------------------------------------------
 
 
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def machine() -> dict[str, str]:
     import pytest_hermetic
-    from pytest_hermetic.runtime import cgroups
 
-    model, hypervisor = "unknown", False
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and " hypervisor" in line:
-                hypervisor = True
-    info = {
-        "cpu": model + (" (virtual machine)" if hypervisor else ""),
-        "cores": str(os.cpu_count()),
-        "kernel": platform.release(),
-        "cgroup": cgroups.detect().version,
-        "user": "root" if os.geteuid() == 0 else "rootless",
-        "python": f"{platform.python_version()} ({sys.executable})",
-    }
+    info = describe()
+    info.pop("load average", None)
+    info["user"] = "root" if os.geteuid() == 0 else "rootless"
+    info["python"] = f"{platform.python_version()} ({sys.executable})"
     for name in ("pytest", "pytest-forked", "pytest-hermetic"):
         try:
             info[name] = version(name)
