@@ -63,14 +63,18 @@ class Result:
         if self.status.signal is not None:
             text = f"killed by signal {signal_name(self.status.signal)}"
             if self.stats.pids_limit_hits:
-                text += f" (the PIDs limit of {self.stats.pids_limit} was hit {self.stats.pids_limit_hits} times)"
+                text += f" (the PIDs limit of {self.stats.pids_limit} was hit {_times(self.stats.pids_limit_hits)})"
             return text
         if self.status.code:
             text = f"exited with status {self.status.code}"
             if self.stats.pids_limit_hits:
-                text += f" (the PIDs limit of {self.stats.pids_limit} was hit {self.stats.pids_limit_hits} times)"
+                text += f" (the PIDs limit of {self.stats.pids_limit} was hit {_times(self.stats.pids_limit_hits)})"
             return text
         return None
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def signal_name(number: int) -> str:
