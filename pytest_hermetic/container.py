@@ -281,9 +281,18 @@ class Container:
         if self.cgroup is not None:
             return self.cgroup.kill()
         assert self.process is not None
-        victims = _pidns_members(self.process.init_pid)
-        self.process.send_signal(signal.SIGKILL)  # PID 1's death takes its whole namespace
-        return victims
+        # No cgroup (rootless without delegation): our direct child is PID 1,
+        # the rootless relay or the callable; killing it and PID 1 (whose
+        # death takes its PID namespace along, and whom PR_SET_PDEATHSIG
+        # ties to the relay) ends everything.
+        victims = _descendants(self.process.pid)
+        for pid in {self.process.pid, self.process.init_pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        # The relay is bookkeeping, not part of the container.
+        return [v for v in victims if v[0] != self.process.pid or self.process.pid == self.process.init_pid]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to PID 1; SIGKILL kills everything in the container."""
@@ -403,21 +412,24 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
-def _pidns_members(init_pid: int) -> list[tuple[int, str]]:
-    """Host processes in the PID namespace of `init_pid` (no cgroup to ask)."""
-    try:
-        target = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
-    except OSError:
-        return []
-    members = []
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """`pid` and every process below it, by parent links in /proc (no
+    cgroup to ask; /proc/PID/ns of a rootless container is not readable)."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}/ns/pid").st_ino == target:
-                    members.append((int(entry), cgroups.comm(int(entry))))
-            except OSError:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-    return members
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return [(p, cgroups.comm(p)) for p in found]
 
 
 def list_states() -> list[dict]:

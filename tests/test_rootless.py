@@ -4,6 +4,8 @@ subordinate ids through newuidmap when /etc/subuid grants them)."""
 import os
 import socket
 
+import pytest
+
 from conftest import run_cli
 
 
@@ -58,3 +60,44 @@ def test_import_commit_and_run_an_image(test_user, busybox_rootfs):
     for ref in ("rl-busybox:1", "rl-busybox:2"):
         run_cli("rmi", ref, user=test_user)
     assert run_cli("gc", "-q", user=test_user).returncode == 0
+
+
+def test_the_plugin_as_an_unprivileged_user(test_user, tmp_path_factory):
+    """An inner pytest session run by the test user with --hermetic."""
+    import pwd
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if os.path.realpath(sys.executable).startswith("/root/"):
+        pytest.skip("this interpreter lives under /root, out of an unprivileged user's reach")
+    entry = pwd.getpwnam(test_user)
+    home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
+    project = os.path.join(home, "plugin-project")
+    os.makedirs(project, exist_ok=True)
+    with open(os.path.join(project, "test_inner.py"), "w") as f:
+        f.write(
+            "import os, time\n"
+            "from pytest_hermetic import hermetic\n\n"
+            "@hermetic\n"
+            "def test_inside(tmp_path):\n"
+            "    assert os.getpid() == 2\n"
+            "    (tmp_path / 'kept').write_text('x')\n"
+            "    open('/etc/rootless-plugin-test', 'w').write('vanishes')\n\n"
+            "def test_host_untouched():\n"
+            "    assert not os.path.exists('/etc/rootless-plugin-test')\n\n"
+            "@hermetic(timeout=1)\n"
+            "def test_timeout():\n"
+            "    time.sleep(30)\n"
+        )
+    for path in (home, project, os.path.join(project, "test_inner.py")):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "PYTHONPATH": ROOT, "HERMETIC_STATE": f"{home}/state",
+           "XDG_DATA_HOME": f"{home}/data", "LANG": "C.UTF-8"}
+    ran = subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+                          sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q",
+                          "--basetemp", f"{home}/basetemp", "test_inner.py"],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
+    assert "hermetic: timeout after 1 s: killed" in ran.stdout

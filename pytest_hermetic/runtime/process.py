@@ -156,7 +156,8 @@ class ContainerProcess:
 
 
 def fork() -> int:
-    """`os.fork`, also from a process with other threads (an xdist worker's
+    """`os.fork` (after flushing Python's stdio, or a child that flushes would
+    print the parent's pending output again), also from a process with other threads (an xdist worker's
     execnet thread, a notebook's helper threads).
 
     Python 3.12+ warns that a threaded fork may deadlock in the child on a
@@ -166,6 +167,12 @@ def fork() -> int:
     before forking; so the warning, which would fail suites run with
     `-W error`, is silenced for these forks and no others.
     """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork", category=DeprecationWarning)
         return os.fork()
@@ -427,11 +434,18 @@ def _read_relay_pid(proc: ContainerProcess) -> int:
     fd = _relay_pid_fds.pop(proc.pid, None)
     if fd is None:
         return proc.pid
+    # Exactly the pid, not up to EOF: PID 1 and its children inherited the
+    # write end (no exec closes it in callable mode) and keep it open.
+    data = b""
     try:
-        data = _read_all(fd)
+        while len(data) < _RELAY_PID.size:
+            chunk = os.read(fd, _RELAY_PID.size - len(data))
+            if not chunk:
+                break
+            data += chunk
     finally:
         os.close(fd)
-    return _RELAY_PID.unpack(data)[0] if len(data) == 4 else proc.pid
+    return _RELAY_PID.unpack(data)[0] if len(data) == _RELAY_PID.size else proc.pid
 
 
 def _relay_exit(child: int) -> None:
