@@ -127,9 +127,11 @@ class Container:
 
     # -- start ----------------------------------------------------------------
 
-    def start(self, target: Callable[[], int | None] | None = None) -> "Container":
+    def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
+              stdout: int | None = None, stderr: int | None = None) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
-        image's), or with `target` a Python callable run as PID 2."""
+        image's), or with `target` a Python callable run as PID 2.
+        `stdin`/`stdout`/`stderr` are fds for the command (default: ours)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         image = self.image = self.store.resolve(self.spec.image)
@@ -148,6 +150,7 @@ class Container:
             if self.state_dir is not None:
                 self._write_state()  # before the start, so `gc` knows whose it is
             config = self._process_config(image, argv)
+            config.stdio = (stdin, stdout, stderr)
             self.started_at = time.monotonic()
             self.process = process.spawn(config, target)
         except BaseException:
@@ -306,7 +309,8 @@ class Container:
     def stats(self) -> cgroups.Stats:
         return self.cgroup.stats() if self.cgroup is not None else cgroups.Stats()
 
-    def exec(self, argv: list[str], *, env: dict[str, str] | None = None, workdir: str | None = None) -> process.ContainerProcess:
+    def exec(self, argv: list[str], *, env: dict[str, str] | None = None, workdir: str | None = None,
+             stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> process.ContainerProcess:
         """Start `argv` in this running container; wait on the returned handle."""
         from .runtime.enter import enter
 
@@ -320,7 +324,7 @@ class Container:
         full_env.update(env or {})
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
-                     self.userns, self.spec.privileged)
+                     self.userns, self.spec.privileged, (stdin, stdout, stderr))
 
     # -- after ----------------------------------------------------------------
 

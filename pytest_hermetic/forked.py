@@ -37,6 +37,7 @@ from .spec import Spec, Volume
 
 _HEADER = struct.Struct("!I")
 _DONE_PAYLOAD = pickle.dumps(("done", None))
+_CALL_MARK = b"call"  # cheap pre-check before unpickling a message in the parent
 _DONE = _HEADER.pack(len(_DONE_PAYLOAD)) + _DONE_PAYLOAD
 
 
@@ -258,6 +259,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
     finish_pending(block=False)
     install_forwarder(item.config)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
+    services = _Services()
     # Per-test containers: rw layer in memory, no state folder, no accounting
     # beyond the limits asked for: each of these is a measurable cost per test.
     spec = spec.with_options(volumes=tuple(_bindings(item, spec)), ephemeral=True, tracked=False, accounting=False,
@@ -266,10 +269,11 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
     deferred = False
     try:
         try:
-            container.start(target=lambda: _child_main(item, write_fd))
+            container.start(target=lambda: _child_main(item, write_fd, reply_r))
         finally:
             os.close(write_fd)
-        data, complete = _drain(read_fd, container)
+            os.close(reply_r)
+        data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a
             # large address space and its namespaces) and the clean-up need
@@ -281,9 +285,49 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
             result = container.wait()
     finally:
         os.close(read_fd)
+        os.close(reply_w)
+        services.close()
         if not deferred:
             container.remove()
     return _decode(item.config, data), result
+
+
+class _Services:
+    """The parent's side of the `containers` fixture for one hermetic test."""
+
+    def __init__(self) -> None:
+        self.factory = None
+
+    def answer(self, payload: tuple, reply_fd: int) -> None:
+        method, args, kwargs = payload
+        try:
+            if self.factory is None:
+                from .fixtures import Containers
+
+                self.factory = Containers()
+            reply = (True, self.factory.handle(method, args, kwargs))
+        except Exception as exc:  # noqa: BLE001 - the test gets it, as if raised in place
+            reply = (False, exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
+        data = pickle.dumps(reply)
+        data = _HEADER.pack(len(data)) + data
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(reply_fd, view):]
+        except BrokenPipeError:
+            pass
+
+    def close(self) -> None:
+        if self.factory is not None:
+            self.factory.close()
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 _pending: list[Container] = []
@@ -298,11 +342,13 @@ def finish_pending(block: bool = True) -> None:
             container.remove()
 
 
-def _drain(read_fd: int, container: Container) -> tuple[bytes, bool]:
+def _drain(read_fd: int, container: Container, services: "_Services", reply_fd: int) -> tuple[bytes, bool]:
     """Read the child's messages while it runs (a full pipe would stall it),
-    enforcing the spec's timeout through `Container.wait`.  Returns the bytes
-    and whether the child said it was done (its last message)."""
+    answer its `containers` calls as they come, and enforce the spec's
+    timeout through `Container.wait`.  Returns the bytes and whether the
+    child said it was done (its last message)."""
     chunks: list[bytes] = []
+    pending = b""  # bytes not yet split into messages, for the calls
     assert container.process is not None
     open_fds = [read_fd, container.process.fileno()]
     while True:
@@ -311,6 +357,7 @@ def _drain(read_fd: int, container: Container) -> tuple[bytes, bool]:
             chunk = os.read(read_fd, 1 << 16)
             if chunk:
                 chunks.append(chunk)
+                pending = _answer_calls(pending + chunk, services, reply_fd)
                 if b"".join(chunks[-2:]).endswith(_DONE):  # the last message may come in two reads
                     data = b"".join(chunks)
                     if _complete(data):
@@ -324,6 +371,23 @@ def _drain(read_fd: int, container: Container) -> tuple[bytes, bool]:
                     break
                 chunks.append(chunk)
             return b"".join(chunks), False
+
+
+def _answer_calls(data: bytes, services: "_Services", reply_fd: int) -> bytes:
+    """Answer every complete call message in `data`; return the incomplete rest."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        (size,) = _HEADER.unpack_from(data, offset)
+        end = offset + _HEADER.size + size
+        if end > len(data):
+            break
+        body = data[offset + _HEADER.size:end]
+        if _CALL_MARK in body[:32]:
+            kind, payload = pickle.loads(body)
+            if kind == "call":
+                services.answer(payload, reply_fd)
+        offset = end
+    return data[offset:]
 
 
 def _complete(data: bytes) -> bool:
@@ -351,7 +415,7 @@ def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
             events.append(("warning", _warning_from_payload(payload)))
         elif kind == "coverage":
             events.append(("coverage", payload))
-        elif kind == "done":
+        elif kind in ("done", "call"):
             pass
         else:
             events.append((kind, *payload))
@@ -459,9 +523,39 @@ def install_forwarder(config: pytest.Config) -> None:
         config.pluginmanager.register(_Forwarder(config), FORWARDER_NAME)
 
 
-def _child_main(item: pytest.Item, write_fd: int) -> int:
+class _Remote:
+    """The child's way to the parent, for the `containers` fixture."""
+
+    def __init__(self, channel: _Channel, reply_fd: int) -> None:
+        self.channel = channel
+        self.reply_fd = reply_fd
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.channel.send("call", (method, args, kwargs))
+        header = _read_exactly(self.reply_fd, _HEADER.size)
+        (size,) = _HEADER.unpack(header)
+        ok, value = pickle.loads(_read_exactly(self.reply_fd, size))
+        if not ok:
+            raise value
+        return value
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise RuntimeError("hermetic: the pytest process stopped answering")
+        data += chunk
+    return data
+
+
+def _child_main(item: pytest.Item, write_fd: int, reply_fd: int) -> int:
     config = item.config
     channel = _Channel(write_fd)
+    from . import fixtures
+
+    fixtures.remote = _Remote(channel, reply_fd)
     install_forwarder(config)
     forwarder = config.pluginmanager.get_plugin(FORWARDER_NAME)
     pm = config.pluginmanager

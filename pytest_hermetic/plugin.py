@@ -38,6 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if store and "HERMETIC_STORE" not in os.environ:
         # In the environment so xdist workers and `hermetic` subprocesses share it.
         os.environ["HERMETIC_STORE"] = os.path.abspath(os.path.join(str(config.rootpath), store))
+    from . import fixtures
+
+    config.pluginmanager.register(fixtures, "hermetic-fixtures")
     if not config.getoption("no_hermetic"):
         config.pluginmanager.register(HermeticRunner(config), "hermetic-runner")
 

@@ -261,3 +261,48 @@ def test_yes():
     result.assert_outcomes(passed=1)
     # Only the def line runs in the parent: 75% means lines 2 and 3 were counted inside.
     result.stdout.fnmatch_lines(["branchy.py * 4 * 1 * 75%*4"])
+
+
+CONTAINERS_SUITE = r'''
+import os, time
+from pytest_hermetic import hermetic
+
+def wait_for(service, text):
+    for _ in range(100):
+        if text in service.logs():
+            return
+        time.sleep(0.05)
+    raise AssertionError(service.logs())
+
+def test_in_place(containers):
+    svc = containers.run("busybox:test", ["sh", "-c", "echo ready; sleep 60"], name="svc")
+    assert svc.exec("hostname").output == "svc\n"
+    wait_for(svc, "ready")
+
+@hermetic
+def test_from_inside_a_hermetic_test(containers):
+    assert os.getpid() == 2
+    db = containers.run("busybox:test", ["sh", "-c", "echo hello; sleep 60"], name="db", mem="64M")
+    result = db.exec("sh", "-c", "echo $((6 * 7)); exit 3")
+    assert (result.exit_code, result.output) == (3, "42\n")
+    wait_for(db, "hello")
+    assert db.stop(timeout=1)[0] == 137  # sh as PID 1 ignores SIGTERM: killed after the grace time
+
+@hermetic
+def test_bad_options_raise_inside(containers):
+    import pytest
+    from pytest_hermetic.errors import SpecError
+    with pytest.raises(SpecError, match="mem='lots'"):
+        containers.run("busybox:test", ["true"], mem="lots")
+
+@hermetic
+def test_left_running_is_removed(containers):
+    containers.run("busybox:test", ["sleep", "60"])
+'''
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_containers_fixture(pytester: pytest.Pytester, busybox_image, workers):
+    pytester.makepyfile(test_services=CONTAINERS_SUITE)
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", *workers, timeout=120)
+    result.assert_outcomes(passed=4)

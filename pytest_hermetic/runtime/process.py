@@ -62,6 +62,7 @@ class ProcessConfig:
     close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
     cap_last: int = factory(lambda: capabilities.last_cap())  # read by the parent, once per container
+    stdio: tuple = (None, None, None)  # fds for the command's stdin, stdout, stderr (None: inherit)
 
 
 @record(frozen=True)
@@ -582,9 +583,17 @@ def _restore_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+def redirect_stdio(stdio: tuple) -> None:
+    """Put the given fds on 0, 1, 2 (in the child, just before exec)."""
+    for target, fd in enumerate(stdio):
+        if fd is not None and fd != target:
+            os.dup2(fd, target)
+
+
 def _exec(config: ProcessConfig, err_w: int) -> None:
     assert config.argv
     _restore_signals()
+    redirect_stdio(config.stdio)
     if config.close_fds:
         os.closerange(3, err_w)
         os.closerange(err_w + 1, 65536)
