@@ -306,3 +306,44 @@ def test_containers_fixture(pytester: pytest.Pytester, busybox_image, workers):
     pytester.makepyfile(test_services=CONTAINERS_SUITE)
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", *workers, timeout=120)
     result.assert_outcomes(passed=4)
+
+
+def test_fixtures_and_markers_behave_as_in_place(pytester: pytest.Pytester):
+    pytester.makepyfile(test_more='''
+import logging, os, sys
+import pytest
+from pytest_hermetic import hermetic
+
+pytestmark = hermetic(mem="256M")  # every test of this module
+
+def test_capsys(capsys):
+    print("to stdout"); print("to stderr", file=sys.stderr)
+    assert capsys.readouterr() == ("to stdout\\n", "to stderr\\n")
+    assert os.getpid() == 2
+
+def test_caplog(caplog):
+    logging.getLogger("x").warning("logged inside")
+    assert "logged inside" in caplog.text
+
+def test_monkeypatch(monkeypatch):
+    monkeypatch.setenv("HERMETIC_DEMO", "1")
+    assert os.environ["HERMETIC_DEMO"] == "1"
+
+def test_user_properties(record_property):
+    record_property("answer", 42)
+
+class TestAClass:
+    def test_method(self):
+        assert os.getpid() == 2
+
+def test_failing_log():
+    logging.getLogger("y").error("error logged before failing")
+    assert False
+''')
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "--junitxml=junit.xml", "-rA")
+    result.assert_outcomes(passed=5, failed=1)
+    assert "error logged before failing" in result.stdout.str()  # the log section came home
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="answer" value="42"' in junit  # user_properties came home
+    unmarked = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-s", "-k", "capsys")
+    unmarked.assert_outcomes(passed=1)  # -s: capsys still captures inside
