@@ -20,6 +20,7 @@ The run model (docs/pytest.md has the long form):
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import pickle
 import select
@@ -268,9 +269,13 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
     container = Container(spec)
     deferred = False
     try:
+        # Frozen objects are never scanned by the child's garbage collector,
+        # which would otherwise touch (and so copy) much of pytest's memory.
+        gc.freeze()
         try:
             container.start(target=lambda: _child_main(item, write_fd, reply_r))
         finally:
+            gc.unfreeze()
             os.close(write_fd)
             os.close(reply_r)
         data, complete = _drain(read_fd, container, services, reply_w)
