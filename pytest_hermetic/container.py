@@ -203,10 +203,7 @@ class Container:
         all_lowers = [f"{scratch}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
         rw = self.rw_dir or scratch
         binds = [Bind(v.source, v.target, v.readonly, v.overlay) for v in spec.volumes]
-        env = _env_dict(image.env)
-        env.setdefault("HOME", "/root")
-        env["HOSTNAME"] = self.hostname
-        env.update(spec.env)
+        env = self._env(image)
         rootfs = RootfsConfig(
             lowers=all_lowers,
             upper=f"{rw}/upper",
@@ -233,6 +230,14 @@ class Container:
             privileged=spec.privileged,
             init=spec.init,
         )
+
+    def _env(self, image: Image) -> dict[str, str]:
+        """The image's environment, HOME and HOSTNAME, then the spec's."""
+        env = _env_dict(image.env)
+        env.setdefault("HOME", "/root")
+        env["HOSTNAME"] = self.hostname
+        env.update(self.spec.env)
+        return env
 
     # -- while it runs ---------------------------------------------------------
 
@@ -317,11 +322,7 @@ class Container:
         if self.process is None or self.result is not None:
             raise ContainerStartError(f"container {self.name} is not running")
         assert self.image is not None
-        full_env = _env_dict(self.image.env)
-        full_env.setdefault("HOME", "/root")
-        full_env["HOSTNAME"] = self.hostname
-        full_env.update(self.spec.env)
-        full_env.update(env or {})
+        full_env = {**self._env(self.image), **(env or {})}
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
                      self.userns, self.spec.privileged, (stdin, stdout, stderr))

@@ -465,9 +465,9 @@ def _check_controller(machine: Machine, h: cgroups.Hierarchy, controller: str, o
     if h.version == "v2":
         assert h.unified is not None
         parent = h.unified + cgroups.parent_path(h, "").rstrip("/")
-        delegated = _words(f"{parent}/cgroup.subtree_control")
+        delegated = cgroups.read_words(f"{parent}/cgroup.subtree_control")
         if controller not in delegated:
-            have = "; not even in its cgroup.controllers" if controller not in _words(f"{parent}/cgroup.controllers") else ""
+            have = "; not even in its cgroup.controllers" if controller not in cgroups.read_words(f"{parent}/cgroup.controllers") else ""
             return Result(WARN, name, f"{parent} does not delegate it (cgroup.subtree_control: "
                           f"{' '.join(sorted(delegated)) or 'empty'}{have}): {lost}",
                           _v2_fix(machine, h.unified, controller))
@@ -526,14 +526,6 @@ def _v1_fix(machine: Machine, h: cgroups.Hierarchy) -> str:
     mounts = " ".join(sorted(set(h.v1.values())))
     return (f"for d in {mounts}; do sudo mkdir -p $d/{user} && sudo chown -R {user} $d/{user}; done; "
             f"export HERMETIC_CGROUP_PARENT=/{user}; or {ROOT_FIX}")
-
-
-def _words(path: str) -> set[str]:
-    try:
-        with open(path) as f:
-            return set(f.read().split())
-    except OSError:
-        return set()
 
 
 # ---------------------------------------------------------------- rootless extras

@@ -104,12 +104,14 @@ class Containers:
 
         spec = Spec.build(image, command, name=name, env=env or {}, mem=mem, ephemeral=True, **options)
         log_path = os.path.join(self._logs, f"{len(self._running)}.log")
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         container = Container(spec)
         try:
-            container.start(stdin=os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), stdout=fd, stderr=fd)
+            container.start(stdin=null_fd, stdout=log_fd, stderr=log_fd)
         finally:
-            os.close(fd)
+            os.close(log_fd)
+            os.close(null_fd)
         service = ServiceContainer(container, log_path)
         self._running.append(service)
         return service

@@ -34,12 +34,38 @@ from _pytest.runner import CallInfo, call_and_report, runtestprotocol
 from _pytest.warnings import catch_warnings_for_item
 
 from .container import Container
+from .runtime.process import read_exactly
 from .spec import Spec, Volume
 
 _HEADER = struct.Struct("!I")
-_DONE_PAYLOAD = pickle.dumps(("done", None))
 _CALL_MARK = b"call"  # cheap pre-check before unpickling a message in the parent
-_DONE = _HEADER.pack(len(_DONE_PAYLOAD)) + _DONE_PAYLOAD
+
+
+def _frame(body: bytes) -> bytes:
+    """A message on the pipes between parent and child: length, then body."""
+    return _HEADER.pack(len(body)) + body
+
+
+def _write_frame(fd: int, body: bytes) -> None:
+    view = memoryview(_frame(body))
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _frames(data: bytes) -> tuple[list[bytes], int]:
+    """The whole messages in `data`, and where the incomplete rest begins."""
+    bodies, offset = [], 0
+    while offset + _HEADER.size <= len(data):
+        (size,) = _HEADER.unpack_from(data, offset)
+        end = offset + _HEADER.size + size
+        if end > len(data):
+            break
+        bodies.append(data[offset + _HEADER.size:end])
+        offset = end
+    return bodies, offset
+
+
+_DONE = _frame(pickle.dumps(("done", None)))
 
 
 # -- parent side -----------------------------------------------------------------
@@ -84,7 +110,6 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
         teardown_report = ihook.pytest_runtest_makereport(item=item, call=teardown)
     if teardown_report is not None:
         teardown_report.sections.extend(teardown_sections)
-    if teardown_report is not None:
         ihook.pytest_runtest_logreport(report=teardown_report)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     if exit_event is not None:
@@ -160,13 +185,14 @@ def _bindings(item: pytest.Item, spec: Spec) -> list[Volume]:
     else:
         from .images.store import Store
 
-        image = Store().resolve(spec.image)
-        wanted = {p for p in code | _python_paths() | _library_paths() if not _image_has(image, p)}
+        store = Store()
+        image = store.resolve(spec.image)
+        wanted = {p for p in code | _python_paths() | _library_paths() if not _image_has(store, image, p)}
         # Each hop of the interpreter's symlink chain (venv/bin/python ->
         # /usr/bin/python3 -> python3.11), so `sys.executable` runs inside.
         real = os.path.realpath(sys.executable)
         for hop in _symlink_hops(sys.executable):
-            if hop != real and not _image_has(image, hop):
+            if hop != real and not _image_has(store, image, hop):
                 executable_hops.append(Volume(real, hop, True))
     chosen: list[str] = []
     for path in sorted(wanted):
@@ -249,10 +275,7 @@ def _elf_interpreter(path: str) -> str | None:
     return None
 
 
-def _image_has(image: Any, path: str) -> bool:
-    from .images.store import Store
-
-    store = Store()
+def _image_has(store: Any, image: Any, path: str) -> bool:
     return any(os.path.lexists(store.layer_root(d) + path) for d in image.layers)
 
 
@@ -313,12 +336,8 @@ class _Services:
             reply = (True, self.factory.handle(method, args, kwargs))
         except Exception as exc:  # noqa: BLE001 - the test gets it, as if raised in place
             reply = (False, exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
-        data = pickle.dumps(reply)
-        data = _HEADER.pack(len(data)) + data
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(reply_fd, view):]
+            _write_frame(reply_fd, pickle.dumps(reply))
         except BrokenPipeError:
             pass
 
@@ -380,40 +399,24 @@ def _drain(read_fd: int, container: Container, services: "_Services", reply_fd: 
 
 def _answer_calls(data: bytes, services: "_Services", reply_fd: int) -> bytes:
     """Answer every complete call message in `data`; return the incomplete rest."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        (size,) = _HEADER.unpack_from(data, offset)
-        end = offset + _HEADER.size + size
-        if end > len(data):
-            break
-        body = data[offset + _HEADER.size:end]
+    bodies, rest = _frames(data)
+    for body in bodies:
         if _CALL_MARK in body[:32]:
             kind, payload = pickle.loads(body)
             if kind == "call":
                 services.answer(payload, reply_fd)
-        offset = end
-    return data[offset:]
+    return data[rest:]
 
 
 def _complete(data: bytes) -> bool:
     """Whether `data` is whole messages ending with the done message."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        (size,) = _HEADER.unpack_from(data, offset)
-        offset += _HEADER.size + size
-    return offset == len(data) and data.endswith(_DONE)
+    return _frames(data)[1] == len(data) and data.endswith(_DONE)
 
 
 def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
     events: list[tuple] = []
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        (size,) = _HEADER.unpack_from(data, offset)
-        offset += _HEADER.size
-        if offset + size > len(data):
-            break  # cut off by the child's death
-        kind, payload = pickle.loads(data[offset:offset + size])
-        offset += size
+    for body in _frames(data)[0]:  # a message cut off by the child's death is left out
+        kind, payload = pickle.loads(body)
         if kind == "report":
             events.append(("report", config.hook.pytest_report_from_serializable(config=config, data=payload)))
         elif kind == "warning":
@@ -468,10 +471,7 @@ class _Channel:
             data = pickle.dumps((kind, payload))
         except Exception:  # noqa: BLE001 - unpicklable user data: send its repr instead
             data = pickle.dumps((kind, _reprs(payload)))
-        data = _HEADER.pack(len(data)) + data
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        _write_frame(self.fd, data)
 
 
 def _reprs(value: Any) -> Any:
@@ -537,22 +537,14 @@ class _Remote:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self.channel.send("call", (method, args, kwargs))
-        header = _read_exactly(self.reply_fd, _HEADER.size)
-        (size,) = _HEADER.unpack(header)
-        ok, value = pickle.loads(_read_exactly(self.reply_fd, size))
+        header = read_exactly(self.reply_fd, _HEADER.size)
+        body = read_exactly(self.reply_fd, _HEADER.unpack(header)[0]) if len(header) == _HEADER.size else b""
+        if not body:
+            raise RuntimeError("hermetic: the pytest process stopped answering")
+        ok, value = pickle.loads(body)
         if not ok:
             raise value
         return value
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            raise RuntimeError("hermetic: the pytest process stopped answering")
-        data += chunk
-    return data
 
 
 def _child_main(item: pytest.Item, write_fd: int, reply_fd: int) -> int:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 
@@ -43,8 +44,10 @@ def state_root() -> str:
 _TMPFS_MAGIC = 0x01021994
 
 
+@functools.lru_cache(maxsize=None)
 def _on_tmpfs(path: str) -> bool:
-    """Whether `path` is on a tmpfs (statfs's f_type; Python's statvfs lacks it)."""
+    """Whether `path` is on a tmpfs (statfs's f_type; Python's statvfs lacks
+    it).  Asked for every container, so asked of the kernel once."""
     import ctypes
 
     buf = ctypes.create_string_buffer(120)  # struct statfs, f_type first

@@ -124,13 +124,8 @@ class ContainerProcess:
     def _read_reported_status(self) -> ExitStatus | None:
         if self._status_fd is None:
             return None
-        data = b""
         try:
-            while len(data) < 4:
-                chunk = os.read(self._status_fd, 4 - len(data))
-                if not chunk:
-                    break
-                data += chunk
+            data = read_exactly(self._status_fd, 4)
         except OSError:
             return None
         if len(data) != 4:
@@ -336,6 +331,17 @@ def _wait_attached(joined: tuple[int, int] | None) -> None:
     os.close(joined[0])
 
 
+def read_exactly(fd: int, size: int) -> bytes:
+    """`size` bytes from `fd`, or fewer if it reaches EOF first."""
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _read_all(fd: int) -> bytes:
     chunks = []
     while True:
@@ -437,13 +443,8 @@ def _read_relay_pid(proc: ContainerProcess) -> int:
         return proc.pid
     # Exactly the pid, not up to EOF: PID 1 and its children inherited the
     # write end (no exec closes it in callable mode) and keep it open.
-    data = b""
     try:
-        while len(data) < _RELAY_PID.size:
-            chunk = os.read(fd, _RELAY_PID.size - len(data))
-            if not chunk:
-                break
-            data += chunk
+        data = read_exactly(fd, _RELAY_PID.size)
     finally:
         os.close(fd)
     return _RELAY_PID.unpack(data)[0] if len(data) == _RELAY_PID.size else proc.pid
@@ -613,6 +614,7 @@ def _exec_target(config: ProcessConfig) -> Callable[[], int]:
 
     def run() -> int:
         assert config.argv
+        redirect_stdio(config.stdio)
         os.closerange(3, 65536)
         _restore_signals()
         try:

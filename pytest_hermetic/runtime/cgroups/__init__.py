@@ -186,6 +186,15 @@ def read_int(path: str, default: int | None = None) -> int | None:
         return default
 
 
+def read_words(path: str) -> set[str]:
+    """The words of a file such as `cgroup.controllers` (empty if unreadable)."""
+    try:
+        with open(path) as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
 def read_keyed(path: str) -> dict[str, int]:
     """Parse a flat keyed file (`memory.events`, `cpu.stat`, `pids.events`)."""
     result: dict[str, int] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .. import Cgroup, Hierarchy, Limits, Stats, comm, kill_frozen, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry, write
+from .. import Cgroup, Hierarchy, Limits, Stats, comm, kill_frozen, kill_until_empty, read_words, not_writable, parent_path, read_pids, rmdir_retry, write
 from ....errors import CgroupUnavailable
 from . import cpu, memory, pids
 
@@ -29,7 +29,7 @@ class V2Cgroup(Cgroup):
     def create(cls, hierarchy: Hierarchy, name: str, limits: Limits, fuse: int | None = None) -> "V2Cgroup":
         assert hierarchy.unified is not None
         parent = hierarchy.unified + parent_path(hierarchy, "").rstrip("/")
-        delegated = _read_words(f"{parent}/cgroup.subtree_control")
+        delegated = read_words(f"{parent}/cgroup.subtree_control")
         for limit in limits.requested():
             controller = _CONTROLLER_FOR[limit]
             if controller not in delegated:
@@ -87,14 +87,6 @@ class V2Cgroup(Cgroup):
             self.kill()
         rmdir_retry(self.path)
         self.path = ""
-
-
-def _read_words(path: str) -> set[str]:
-    try:
-        with open(path) as f:
-            return set(f.read().split())
-    except OSError:
-        return set()
 
 
 def _freeze(path: str, frozen: bool) -> bool:
