@@ -53,13 +53,23 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("ps", help="list running containers")
     gc = sub.add_parser("gc", help="remove unreferenced layers and what killed runs left behind")
     gc.add_argument("-q", "--quiet", action="store_true")
+    net = sub.add_parser("network", help="create, list and remove named networks")
+    net_sub = net.add_subparsers(dest="network_command", metavar="ACTION")
+    net_sub.required = True
+    create = net_sub.add_parser("create", help="make a named network (containers on it know each other by name)")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--subnet", metavar="CIDR", help="addresses for it (default $HERMETIC_SUBNET or 10.88.0.0/16)")
+    net_sub.add_parser("ls", help="list networks")
+    remove = net_sub.add_parser("rm", help="remove named networks (no container may be on them)")
+    remove.add_argument("names", nargs="+", metavar="NAME")
     sub.add_parser("doctor", help="check this machine (namespaces, overlayfs, cgroups) and say how to fix gaps")
     return parser
 
 
 def _add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", nargs="?", const=True, default=False, metavar="NAME",
-                   help="network: bridged, or a named network (default: loopback only)")
+                   help="network: bare (or =bridge) the host bridge with NAT out, or a named network "
+                        "(`hermetic network create`); default: loopback only")
     p.add_argument("--mem", metavar="SIZE", help="memory limit, e.g. 64M, 1g, 512MiB")
     p.add_argument("--cpus", metavar="N", help="CPU bandwidth, e.g. 0.5 or 1.5")
     p.add_argument("--pids", metavar="N", help="maximum number of processes (default 4096)")
@@ -236,12 +246,13 @@ def _cmd_ps(_args: argparse.Namespace) -> int:
 
     from .container import list_states
 
-    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "PIDS")]
+    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "PIDS", "NETWORK")]
     for state in list_states():
         if state["alive"]:
+            network = f"{state['network']} {state.get('address') or ''}".strip() if state.get("network") else "-"
             rows.append((state["id"][:12], state.get("name", ""), state.get("image", ""),
                          " ".join(state.get("command") or [])[:40], _ago(time.time() - state.get("created", time.time())),
-                         str(len(state.get("pids") or [])) or "-"))
+                         str(len(state.get("pids") or [])) or "-", network))
     _table(rows)
     return 0
 
@@ -250,11 +261,38 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     from .container import gc_containers
     from .images.store import Store
 
-    removed = gc_containers() + Store().gc()
+    from .networks import gc_networks
+
+    removed = gc_containers() + gc_networks() + Store().gc()
     if not args.quiet:
         for line in removed:
             print(f"removed {line}")
         print(f"{len(removed)} item{'s' if len(removed) != 1 else ''} removed")
+    return 0
+
+
+def _cmd_network(args: argparse.Namespace) -> int:
+    from . import networks
+
+    if args.network_command == "create":
+        network = networks.create_network(args.name, args.subnet)
+        network.close()
+        print(f"{network.name} {network.subnet}")
+    elif args.network_command == "rm":
+        for name in args.names:
+            networks.remove_network(name)
+            print(f"removed {name}")
+    else:
+        rows = [("NETWORK", "KIND", "SUBNET", "GATEWAY", "CONTAINERS")]
+        notes = []
+        for info in networks.list_networks():
+            rows.append((info["name"], info["kind"], info["subnet"], info["gateway"], ", ".join(info["containers"]) or "-"))
+            if info.get("forwarding") is False:
+                notes.append("note: net.ipv4.ip_forward is 0, so bridge containers reach the host and each other but "
+                             "not the outside; `sysctl -w net.ipv4.ip_forward=1` enables it (a host-wide switch)")
+        _table(rows)
+        for note in notes:
+            _say(note)
     return 0
 
 
@@ -272,6 +310,7 @@ _COMMANDS = {
     "rmi": _cmd_rmi,
     "ps": _cmd_ps,
     "gc": _cmd_gc,
+    "network": _cmd_network,
     "doctor": _cmd_doctor,
 }
 

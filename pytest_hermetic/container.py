@@ -24,8 +24,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
+    from .networks import Network
+
 from ._fs import rmtree
-from .errors import ContainerStartError, HermeticError, SpecError, StoreError
+from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
 from .paths import state_root
 from .runtime import cgroups, process
@@ -91,8 +93,14 @@ def containers_dir() -> str:
 class Container:
     """A container made from a `Spec`; nothing happens until `start()`."""
 
-    def __init__(self, spec: Spec, *, store: Store | None = None) -> None:
+    def __init__(self, spec: Spec, *, store: Store | None = None, network: "Network | None" = None) -> None:
+        """`network`: the network `spec.net` names, when the caller resolved it
+        (a pytest test's private one); else it is looked up at start."""
         self.spec = spec
+        self.network = network
+        self.address: str | None = None  # on its network, once started
+        self._attached = False
+        self._owns_network = False
         self.id = os.urandom(16).hex()
         self.store = store or Store()
         self.image: Image | None = None
@@ -151,12 +159,39 @@ class Container:
                 self._write_state()  # before the start, so `gc` knows whose it is
             config = self._process_config(image, argv)
             config.stdio = (stdin, stdout, stderr)
+            if self.spec.net is not False:
+                self._join_network(config)
             self.started_at = time.monotonic()
-            self.process = process.spawn(config, target)
+            try:
+                self.process = process.spawn(config, target)
+            finally:
+                if config.network.netns_fd is not None:
+                    os.close(config.network.netns_fd)  # the container holds its namespace now
         except BaseException:
             self.remove()
             raise
         return self
+
+    def _join_network(self, config: process.ProcessConfig) -> None:
+        from .networks import resolve
+
+        if self.userns:
+            raise NetworkError(
+                f"net={self.spec.net!r} needs root for now: rootless containers have loopback only (net=False) "
+                "in this version")
+        if self.network is None:
+            self.network = resolve(self.spec.net)
+            self._owns_network = True
+        attachment = self.network.attach(self.id, self.hostname)
+        self._attached = True
+        self.address = attachment.address
+        config.network = attachment.config
+        config.rootfs.init_files["etc/hosts"] = attachment.hosts
+        config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
+        if attachment.hosts_bind:
+            config.rootfs.binds.append(Bind(attachment.hosts_bind, "/etc/hosts", True))
+        if self.state_dir is not None:
+            self._write_state()
 
     @property
     def _scratch(self) -> str:
@@ -356,6 +391,12 @@ class Container:
                 self.cgroup.remove()
             finally:
                 self.cgroup = None
+        if self.network is not None and self._attached:
+            self._attached = False
+            self.network.detach(self.id)
+        if self.network is not None and self._owns_network:
+            self._owns_network = False
+            self.network.close()
         if self.state_dir is not None and os.path.isdir(self.state_dir):
             rmtree(self.state_dir)
         if self.rw_dir is not None and os.path.isdir(self.rw_dir):
@@ -380,6 +421,8 @@ class Container:
             "owner_start": _start_time(os.getpid()),
             "cgroup": self.cgroup.directories() if self.cgroup else [],
             "rw_dir": self.rw_dir,
+            "network": None if self.network is None else self.network.name,
+            "address": self.address,
         }
         tmp = os.path.join(self.state_dir, "state.json.tmp")
         with open(tmp, "w") as f:

@@ -56,6 +56,10 @@ class SyscallError(HermeticError, OSError):
         return self.args[0]
 
 
+class NetworkError(HermeticError):
+    """A network cannot be made, found or joined."""
+
+
 class CgroupUnavailable(HermeticError):
     """A limit was asked for but the cgroup controller is not writable here."""
 

@@ -41,6 +41,15 @@ def state_root() -> str:
     return f"/dev/shm/hermetic-{os.geteuid()}"
 
 
+def system_state_root() -> str:
+    """The machine's state folder, whatever `$HERMETIC_STATE` says: for what
+    belongs to the machine rather than to one user of the engine (the host
+    bridge's address leases)."""
+    if os.geteuid() == 0:
+        return "/run/hermetic" if _on_tmpfs("/run") else "/dev/shm/hermetic"
+    return state_root()
+
+
 _TMPFS_MAGIC = 0x01021994
 
 

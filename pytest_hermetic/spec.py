@@ -149,14 +149,7 @@ class Spec:
             command = ("/bin/sh", "-c", command)
         elif command is not None:
             command = tuple(str(part) for part in command)
-        net = options.get("net", False)
-        if net not in (True, False) and not (isinstance(net, str) and net):
-            raise SpecError(f"net={net!r}: use False (loopback only), True (bridged), or a network name")
-        if net is not False:
-            raise SpecError(
-                f"net={net!r}: bridged and named networks are not available yet in this version "
-                "(only net=False, a private loopback); they are tracked in the networks issue"
-            )
+        net = parse_net(options.get("net", False))
         hostname = options.get("hostname")
         if hostname is not None and not _HOSTNAME.match(hostname):
             raise SpecError(f"hostname={hostname!r}: use letters, digits and '-', at most 63 characters")
@@ -198,6 +191,27 @@ class Spec:
 
     def with_options(self, **changes: Any) -> "Spec":
         return replace(self, **changes)
+
+
+def parse_net(value: Any) -> bool | str:
+    """False (loopback only), True (the host bridge, with NAT out), or the
+    name of a network; "none" and "bridge" are Docker's words for the first two."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("none", "false", "no", "off", ""):
+            return False
+        if lowered in ("bridge", "true", "yes", "on"):
+            return True
+        if lowered == "host":
+            raise SpecError("net='host': sharing the host's network namespace is not supported (it is not "
+                            "hermetic); use net=True for a bridged network with the host reachable")
+        if not _NAME.match(value) or len(value) > 64:
+            raise SpecError(f"net={value!r}: a network name uses letters, digits, '_', '.', '-' (at most 64), "
+                            "starting with a letter or digit")
+        return value
+    if value is True or value is False or value is None:
+        return bool(value)
+    raise SpecError(f"net={value!r}: use False (loopback only), True (bridged), or a network name")
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

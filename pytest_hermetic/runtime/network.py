@@ -1,11 +1,13 @@
-"""The container's network namespace.
+"""The container's side of its network: runs in the child, before pivot.
 
-`net=False` (the only mode of the engine so far) is a fresh network
-namespace with `lo` up and nothing else.  Bringing one interface up is a
-single ioctl, so the child does it without importing pyroute2 (whose import
-alone would cost more than the whole container start); bridges, veth pairs
-and addresses (the network issue) are netlink work for pyroute2, done by the
-parent on the namespace the child holds.
+* `net=False` ("none"): a fresh network namespace with `lo` up, nothing else.
+* On a network ("bridge"): the parent has already made the namespace, with
+  the container's end of a veth pair in it as `eth0` (bridges.py); the child
+  joins it, and gives `eth0` its address and the default route.
+
+Everything here is a handful of ioctls on a datagram socket: the child must
+not import pyroute2 (its import alone costs ~250 ms, more than a whole
+container start); netlink work is the parent's, once per process.
 """
 
 from __future__ import annotations
@@ -13,33 +15,90 @@ from __future__ import annotations
 import _socket  # not `socket`: its enums cost milliseconds of start-up
 import fcntl
 import struct
+
 from .._record import record
+from . import syscalls as sc
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
+SIOCSIFADDR = 0x8916
+SIOCSIFNETMASK = 0x891C
+SIOCADDRT = 0x890B
 IFF_UP = 0x1
+RTF_UP = 0x1
+RTF_GATEWAY = 0x2
+
+# struct rtentry (linux/route.h), native alignment; the kernel copies all of it.
+_RTENTRY = struct.Struct("@L16s16s16sHhLPhPLLH")
+_RTENTRY_SIZE = (_RTENTRY.size + 7) // 8 * 8
 
 
 @record(frozen=True)
 class NetworkConfig:
-    """How the container is connected.  `mode` is "none" (loopback only)."""
+    """How the container is connected.
+
+    `mode` is "none" (loopback only) or "bridge" (joins `netns_fd`, made by
+    the parent, where `eth0` waits for `address`/`prefixlen`, routed through
+    `gateway`)."""
 
     mode: str = "none"
+    netns_fd: int | None = None
+    address: str | None = None
+    prefixlen: int = 0
+    gateway: str | None = None
+    interface: str = "eth0"
+
+
+def _ifreq_flags(sock, name: bytes, add: int) -> None:  # noqa: ANN001
+    request = struct.pack("16sH14x", name, 0)
+    flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
+    fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", name, flags | add))
+
+
+def _sockaddr(address: str) -> bytes:
+    return struct.pack("HH4s8x", _socket.AF_INET, 0, _socket.inet_aton(address))
+
+
+def _netmask(prefixlen: int) -> str:
+    bits = (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF if prefixlen else 0
+    return _socket.inet_ntoa(struct.pack("!I", bits))
 
 
 def loopback_up() -> None:
     """Bring `lo` up in the current network namespace."""
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
-        request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        _ifreq_flags(sock, b"lo", IFF_UP)
     finally:
         sock.close()
 
 
+def configure_interface(name: str, address: str, prefixlen: int, gateway: str | None) -> None:
+    """Address, up, default route: what `ip addr add; ip link set up; ip
+    route add default` would do, in the current network namespace."""
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        ifname = name.encode()
+        fcntl.ioctl(sock.fileno(), SIOCSIFADDR, struct.pack("16s16s", ifname, _sockaddr(address)))
+        fcntl.ioctl(sock.fileno(), SIOCSIFNETMASK, struct.pack("16s16s", ifname, _sockaddr(_netmask(prefixlen))))
+        _ifreq_flags(sock, ifname, IFF_UP)
+        if gateway:
+            zero = _sockaddr("0.0.0.0")
+            entry = _RTENTRY.pack(0, zero, _sockaddr(gateway), zero, RTF_UP | RTF_GATEWAY, 0, 0, 0, 0, 0, 0, 0, 0)
+            fcntl.ioctl(sock.fileno(), SIOCADDRT, entry.ljust(_RTENTRY_SIZE, b"\0"))
+    finally:
+        sock.close()
+
+
+def unshare_flags(config: NetworkConfig, flags: int) -> int:
+    """The namespaces to unshare: not the network one when joining the parent's."""
+    return flags & ~sc.CLONE_NEWNET if config.netns_fd is not None else flags
+
+
 def setup_in_child(config: NetworkConfig) -> None:
-    """Runs inside the container's fresh network namespace, before pivot."""
-    if config.mode != "none":
-        raise NotImplementedError(f"network mode {config.mode!r}")
+    """Runs in the child after its other namespaces exist, before pivot."""
+    if config.netns_fd is not None:
+        sc.setns(config.netns_fd, sc.CLONE_NEWNET)
     loopback_up()
+    if config.address:
+        configure_interface(config.interface, config.address, config.prefixlen, config.gateway)

@@ -513,7 +513,7 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
 def _enter_container(config: ProcessConfig, joined: tuple[int, int] | None, in_namespaces: bool) -> None:
     """Namespaces, network, root file system, cgroup namespace."""
     if not in_namespaces:
-        sc.unshare(CONTAINER_NAMESPACES)
+        sc.unshare(network.unshare_flags(config.network, CONTAINER_NAMESPACES))
     network.setup_in_child(config.network)
     rootfs.setup(config.rootfs, config.hostname)
     if not in_namespaces:
