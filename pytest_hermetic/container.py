@@ -172,13 +172,31 @@ class Container:
             raise
         return self
 
+    def _join_usermode_network(self, config: process.ProcessConfig) -> None:
+        """Rootless: `net=True` through slirp4netns; bridges need root."""
+        from .runtime import usermode_net
+        from .runtime.network import NetworkConfig
+
+        if self.spec.net is not True:
+            raise NetworkError(
+                f"net={self.spec.net!r}: named and private networks need root in this version (their bridge lives "
+                "in a network namespace an unprivileged user cannot wire to others); rootless containers get "
+                "net=False (loopback) or net=True (slirp4netns)")
+        usermode_net.check_available()
+        config.network = NetworkConfig(mode="usermode")
+        self.address = usermode_net.ADDRESS
+        config.rootfs.init_files["etc/hosts"] = (
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{usermode_net.ADDRESS}\t{self.hostname}\n")
+        config.rootfs.init_files["etc/resolv.conf"] = (
+            f"# hermetic: net=True through slirp4netns (the host is {usermode_net.GATEWAY})\n"
+            f"nameserver {usermode_net.DNS}\n")
+
     def _join_network(self, config: process.ProcessConfig) -> None:
         from .networks import resolve
 
         if self.userns:
-            raise NetworkError(
-                f"net={self.spec.net!r} needs root for now: rootless containers have loopback only (net=False) "
-                "in this version")
+            self._join_usermode_network(config)
+            return
         if self.network is None:
             self.network = resolve(self.spec.net)
             self._owns_network = True

@@ -43,6 +43,7 @@ class ServiceContainer:
     def __init__(self, container: Container, log_path: str) -> None:
         self.container = container
         self.log_path = log_path
+        self._forwarders: list = []
 
     @property
     def name(self) -> str:
@@ -50,8 +51,39 @@ class ServiceContainer:
 
     @property
     def ip(self) -> str | None:
-        """Its address on a network; None with `net=False` (loopback only)."""
-        return None
+        """Its address on its network; None with `net=False` (loopback only).
+        With `net=True` the host reaches it there directly."""
+        return self.container.address
+
+    @property
+    def _netns(self) -> str:
+        pid = self.container.pid
+        if pid is None or self.container.result is not None:
+            raise RuntimeError(f"container {self.name} is not running")
+        return f"/proc/{pid}/ns/net"
+
+    def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
+        """Return once something in it accepts TCP connections on `port`
+        (asked from inside its own network namespace); TimeoutError after
+        `timeout` seconds, ConnectionError (with its logs) if it ends first."""
+        from .runtime.portfwd import wait_for_port
+
+        alive = lambda: self.container.wait(0) is None  # noqa: E731
+        try:
+            wait_for_port(self._netns, self.ip or "127.0.0.1", port, timeout, alive)
+        except ConnectionError as exc:
+            raise ConnectionError(f"{exc}; it said: {self.logs()[-2000:]!r}") from None
+
+    def address(self, port: int) -> tuple[str, int]:
+        """Where the host reaches its `port`: its own address with `net=True`,
+        else a port published on 127.0.0.1 for the rest of the test."""
+        if self.container.spec.net is True and self.ip:
+            return self.ip, port
+        from .runtime.portfwd import Forwarder
+
+        forwarder = Forwarder(self._netns, self.ip or "127.0.0.1", port)
+        self._forwarders.append(forwarder)
+        return forwarder.address
 
     def exec(self, *argv: str) -> ExecResult:
         """Run a command in it and wait; stdout and stderr come back together."""
@@ -93,20 +125,35 @@ class ServiceContainer:
 class Containers:
     """Starts containers for one test and removes them all at its end."""
 
-    def __init__(self) -> None:
+    def __init__(self, scope: Any = None) -> None:
+        """`scope`: the test's private networks (`networks.Scope`), shared
+        with its own container when it is hermetic; else one of our own."""
         self._running: list[ServiceContainer] = []
         self._logs = tempfile.mkdtemp(prefix="hermetic-logs-")
+        self._scope = scope
+        self._own_scope = False
 
     def run(self, image: str, command: Any = None, *, name: str | None = None, env: dict[str, str] | None = None,
-            mem: Any = None, **options: Any) -> ServiceContainer:
+            mem: Any = None, net: Any = False, **options: Any) -> ServiceContainer:
         from .container import Container  # lazily: the plugin loads this module in every session
         from .spec import Spec
 
-        spec = Spec.build(image, command, name=name, env=env or {}, mem=mem, ephemeral=True, **options)
+        spec = Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True, **options)
+        if name is not None and any(service.name == name for service in self._running):
+            from .errors import SpecError
+
+            raise SpecError(f"name={name!r}: this test already has a container of that name")
+        network = None
+        if isinstance(spec.net, str):
+            network = self._network(spec.net)
+        elif spec.net is True:
+            from .networks import hold_host_bridge
+
+            hold_host_bridge()
         log_path = os.path.join(self._logs, f"{len(self._running)}.log")
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        container = Container(spec)
+        container = Container(spec, network=network)
         try:
             container.start(stdin=null_fd, stdout=log_fd, stderr=log_fd)
         finally:
@@ -116,10 +163,21 @@ class Containers:
         self._running.append(service)
         return service
 
+    def _network(self, name: str) -> Any:
+        if self._scope is None:
+            from .networks import Scope
+
+            self._scope, self._own_scope = Scope(), True
+        return self._scope.get(name)
+
     def close(self) -> None:
         for service in self._running:
+            for forwarder in service._forwarders:
+                forwarder.close()
             service.container.remove()
         self._running.clear()
+        if self._own_scope and self._scope is not None:
+            self._scope.close()
         from ._fs import rmtree
 
         rmtree(self._logs)
@@ -128,7 +186,7 @@ class Containers:
     def handle(self, method: str, args: tuple, kwargs: dict) -> Any:
         if method == "run":
             service = self.run(*args, **kwargs)
-            return len(self._running) - 1, service.name
+            return len(self._running) - 1, service.name, service.ip
         number, *rest = args
         service = self._running[number]
         result = getattr(service, method)(*rest, **kwargs)
@@ -138,9 +196,11 @@ class Containers:
 class _RemoteService:
     """A service container owned by the parent pytest process."""
 
-    def __init__(self, remote: Any, number: int, name: str) -> None:
-        self._remote, self._number, self.name = remote, number, name
-        self.ip = None
+    def __init__(self, remote: Any, number: int, name: str, ip: str | None) -> None:
+        self._remote, self._number, self.name, self.ip = remote, number, name, ip
+
+    def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
+        return self._remote.call("wait_for_port", self._number, port, timeout)
 
     def exec(self, *argv: str) -> ExecResult:
         return ExecResult(*self._remote.call("exec", self._number, *argv))
@@ -160,8 +220,8 @@ class _RemoteContainers:
         self._remote = remote
 
     def run(self, image: str, command: Any = None, **options: Any) -> _RemoteService:
-        number, name = self._remote.call("run", image, command, **options)
-        return _RemoteService(self._remote, number, name)
+        number, name, ip = self._remote.call("run", image, command, **options)
+        return _RemoteService(self._remote, number, name, ip)
 
 
 # Set in the child of a hermetic test (forked.py): the way to the parent.
@@ -171,8 +231,11 @@ remote = None
 @pytest.fixture
 def containers():  # noqa: ANN201
     """A factory for extra containers, all removed when the test ends:
-    `containers.run(image, command, name=..., env=..., mem=...)` returns a
-    handle with `exec`, `logs`, `wait`, `stop`, `ip`."""
+    `containers.run(image, command, name=..., net=..., env=..., mem=...)`
+    returns a handle with `exec`, `logs`, `wait`, `stop`, `wait_for_port`,
+    `address` and `ip`.  `net="svc"` is a network private to this test (the
+    test's own, if it is marked `@hermetic(net="svc")`), where the container
+    is known by its `name`."""
     if remote is not None:
         yield _RemoteContainers(remote)  # the parent removes them after the test
         return

@@ -284,12 +284,18 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
     install_forwarder(item.config)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
-    services = _Services()
+    scope = _network_scope(spec)
+    services = _Services(scope)
     # Per-test containers: rw layer in memory, no state folder, no accounting
     # beyond the limits asked for: each of these is a measurable cost per test.
     spec = spec.with_options(volumes=tuple(_bindings(item, spec)), ephemeral=True, tracked=False, accounting=False,
                              workdir=spec.workdir or os.getcwd())  # where pytest runs, as without isolation
-    container = Container(spec)
+    try:
+        container = Container(spec, network=scope.get(spec.net) if isinstance(spec.net, str) else None)
+    except BaseException:
+        if scope is not None:
+            scope.close()
+        raise
     deferred = False
     try:
         # Frozen objects are never scanned by the child's garbage collector,
@@ -317,14 +323,29 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         services.close()
         if not deferred:
             container.remove()
+        if scope is not None:
+            scope.close()  # each network goes once its last container is removed
     return _decode(item.config, data), result
+
+
+def _network_scope(spec: Spec) -> Any:
+    """The test's private networks (None for loopback only): `net="svc"` in
+    the marker and in its service containers is one network of its own."""
+    if spec.net is False:
+        return None
+    from .networks import Scope, hold_host_bridge
+
+    if spec.net is True:
+        hold_host_bridge()  # made once per session, not per test
+    return Scope()
 
 
 class _Services:
     """The parent's side of the `containers` fixture for one hermetic test."""
 
-    def __init__(self) -> None:
+    def __init__(self, scope: Any = None) -> None:
         self.factory = None
+        self.scope = scope
 
     def answer(self, payload: tuple, reply_fd: int) -> None:
         method, args, kwargs = payload
@@ -332,7 +353,7 @@ class _Services:
             if self.factory is None:
                 from .fixtures import Containers
 
-                self.factory = Containers()
+                self.factory = Containers(self.scope)
             reply = (True, self.factory.handle(method, args, kwargs))
         except Exception as exc:  # noqa: BLE001 - the test gets it, as if raised in place
             reply = (False, exc if _picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))

@@ -329,8 +329,10 @@ class HostBridge(Network):
         return True
 
     def gc(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []  # only root makes the host bridge
         with self.locked():
-            present = self.bridge.exists() or os.path.isdir(self.state_dir)
+            present = os.path.exists(f"/sys/class/net/{HOST_BRIDGE}") or os.path.isdir(self.state_dir)
             if present and self._remove_if_unused():
                 return [f"host bridge {HOST_BRIDGE} and its NAT rules"]
         return []
@@ -420,7 +422,7 @@ def list_networks() -> list[dict]:
             finally:
                 network.close()
     bridge = HostBridge()
-    if bridge.bridge.exists():
+    if os.path.exists(f"/sys/class/net/{HOST_BRIDGE}"):
         info = bridge.info()
         info["forwarding"] = nat.forwarding_enabled()
         found.append(info)
@@ -550,3 +552,32 @@ def gc_networks() -> list[str]:
             network.close()
     removed += HostBridge().gc()
     return removed
+
+
+_held: HostBridge | None = None
+
+
+def hold_host_bridge() -> None:
+    """Keep the host bridge for the rest of this process (a pytest session
+    with `net=True` tests): made once, not per container."""
+    global _held
+    if _held is None and os.geteuid() == 0:  # rootless net=True has no bridge (usermode_net.py)
+        bridge = HostBridge()
+        bridge.hold()
+        _held = bridge
+
+
+def release_host_bridge() -> None:
+    global _held
+    if _held is not None:
+        bridge, _held = _held, None
+        bridge.release_hold()
+        bridge.close()
+
+
+def host_gateway() -> str:
+    """The host's address on the host bridge (held for this process): where
+    a `net=True` container reaches a server the host runs."""
+    hold_host_bridge()
+    assert _held is not None
+    return _held.gateway

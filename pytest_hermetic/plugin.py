@@ -27,13 +27,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hermetic-image", metavar="REF", help="default image for hermetic tests (default: host)")
     parser.addini("hermetic_image", "default image for hermetic tests", default="host")
     parser.addini("hermetic_mem", "default memory limit for hermetic tests, e.g. 512M", default="")
-    parser.addini("hermetic_net", "default network for hermetic tests (false: loopback only)", default="false")
+    parser.addini("hermetic_net", "default network for hermetic tests (false: loopback only; true: the host "
+                  "bridge; a name: a network private to each test)", default="false")
+    parser.addini("hermetic_subnet", "subnet for container networks (default $HERMETIC_SUBNET or 10.88.0.0/16)",
+                  default="")
     parser.addini("hermetic_timeout", "default timeout in seconds for hermetic tests", default="")
     parser.addini("hermetic_store", "image store directory (default: $HERMETIC_STORE or the user's default)", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
+    subnet = config.getini("hermetic_subnet")
+    if subnet and "HERMETIC_SUBNET" not in os.environ:
+        os.environ["HERMETIC_SUBNET"] = subnet
     store = config.getini("hermetic_store")
     if store and "HERMETIC_STORE" not in os.environ:
         # In the environment so xdist workers and `hermetic` subprocesses share it.
@@ -58,6 +64,19 @@ def pytest_report_header(config: pytest.Config) -> str:
 _TIMEOUT_KEY = pytest.StashKey[float]()
 
 
+def _finish() -> None:
+    """Remove the containers still pending, then let the host bridge go."""
+    import sys
+
+    from .forked import finish_pending
+
+    finish_pending(block=True)
+    if "pytest_hermetic.networks" in sys.modules:  # only a session that used networks
+        from .networks import release_host_bridge
+
+        release_host_bridge()
+
+
 class HermeticRunner:
     """Decides which items run in a container, and with what `Spec`."""
 
@@ -72,8 +91,7 @@ class HermeticRunner:
             defaults["mem"] = config.getini("hermetic_mem")
         if config.getini("hermetic_timeout"):
             defaults["timeout"] = config.getini("hermetic_timeout")
-        net = str(config.getini("hermetic_net")).strip().lower()
-        defaults["net"] = False if net in ("", "false", "0", "no", "none") else (True if net in ("true", "1", "yes") else net)
+        defaults["net"] = str(config.getini("hermetic_net")).strip()  # Spec.build reads true/false/none/NAME
         return defaults
 
     def options_for(self, item: pytest.Item) -> dict[str, Any] | None:
@@ -132,14 +150,10 @@ class HermeticRunner:
         return True
 
     def pytest_sessionfinish(self) -> None:
-        from .forked import finish_pending
-
-        finish_pending(block=True)
+        _finish()
 
     def pytest_unconfigure(self) -> None:
-        from .forked import finish_pending
-
-        finish_pending(block=True)
+        _finish()
 
     # pytest-timeout asks these hooks first: for a hermetic test the
     # container's own timeout kills the container instead of the whole run.

@@ -198,9 +198,9 @@ def parse_net(value: Any) -> bool | str:
     name of a network; "none" and "bridge" are Docker's words for the first two."""
     if isinstance(value, str):
         lowered = value.strip().lower()
-        if lowered in ("none", "false", "no", "off", ""):
+        if lowered in ("none", "false", "no", "off", "0", ""):
             return False
-        if lowered in ("bridge", "true", "yes", "on"):
+        if lowered in ("bridge", "true", "yes", "on", "1"):
             return True
         if lowered == "host":
             raise SpecError("net='host': sharing the host's network namespace is not supported (it is not "

@@ -4,7 +4,8 @@ an unprivileged user for the rootless checks, and the leak check.
 
 The leak check counts, before and after the whole session, everything a
 container could leave behind on the host: mounts, `hermetic-*` cgroups,
-network namespaces, child processes and container state folders.  A leak
+network namespaces, veth ends and the host bridge (with its NAT rules),
+child processes, and container and network state folders.  A leak
 fails the session even when every test passed.
 """
 
@@ -62,6 +63,19 @@ def _descendants(pid: int) -> set[int]:
     return result
 
 
+def _network_links() -> list[str]:
+    """Veth ends and the host bridge, and whether the NAT rules are in."""
+    from pytest_hermetic.networks import HOST_BRIDGE, VETH_PREFIX
+
+    links = sorted(name for name in os.listdir("/sys/class/net") if name.startswith((VETH_PREFIX, HOST_BRIDGE)))
+    if os.geteuid() == 0 and HOST_BRIDGE in links:
+        from pytest_hermetic.networks import default_subnet
+        from pytest_hermetic.runtime import nat
+
+        links.append(f"NAT rules: {nat.present(default_subnet(), HOST_BRIDGE)}")
+    return links
+
+
 def _snapshot() -> dict[str, object]:
     from pytest_hermetic.container import _hermetic_cgroups, containers_dir
 
@@ -73,10 +87,12 @@ def _snapshot() -> dict[str, object]:
         states = []
     states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STATE"], "..", "home-*", "state", "containers", "*")))
     states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STORE"], "containers", "*")))  # rw layers
+    states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STATE"], "networks", "*", "*")))
     return {
         "mounts": _count_mounts(),
         "cgroups": sorted(_hermetic_cgroups()),
         "netns": len(_net_namespaces()),
+        "links": _network_links(),
         "processes": sorted(_descendants(os.getpid())),
         "state folders": states,
     }
@@ -121,7 +137,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     elif reporter:
         reporter.write_line(
             f"hermetic leak check: nothing left behind (mounts {after['mounts']}, cgroups {len(after['cgroups'])}, "
-            f"netns {after['netns']}, processes {len(after['processes'])}, state folders {len(after['state folders'])})"
+            f"netns {after['netns']}, links {len(after['links'])}, processes {len(after['processes'])}, "
+            f"state folders {len(after['state folders'])})"
         )
 
 

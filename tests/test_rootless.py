@@ -101,3 +101,38 @@ def test_the_plugin_as_an_unprivileged_user(test_user, tmp_path_factory):
                          cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
     assert "hermetic: timeout after 1 s: killed" in ran.stdout
+
+
+def test_bridged_network_through_slirp4netns_reaches_the_host(test_user):
+    # The host's loopback, seen from the container as slirp4netns's 10.0.2.2.
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+    port = server.getsockname()[1]
+    import threading
+
+    def serve():
+        try:
+            conn, _ = server.accept()
+            conn.sendall(b"hello rootless\n")
+            conn.close()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        ran = run_cli("run", "--net=bridge", "host", "--", "python3", "-c",
+                      "import socket, os; print(open('/proc/net/route').read().split()[11]);"
+                      f"print(socket.create_connection(('10.0.2.2', {port}), timeout=5).makefile().readline(), end='');"
+                      "print(open('/etc/resolv.conf').read().split()[-1])", user=test_user)
+    finally:
+        server.close()
+        thread.join()
+    assert ran.returncode == 0, ran.stderr
+    route_dev, hello, dns = ran.stdout.split("\n")[:3]
+    assert route_dev == "tap0" and hello == "hello rootless" and dns == "10.0.2.3"
+
+
+def test_named_networks_rootless_are_a_clear_error(test_user):
+    ran = run_cli("run", "--net", "svc", "host", "true", user=test_user)
+    assert ran.returncode == 125 and "need root in this version" in ran.stderr and "Traceback" not in ran.stderr

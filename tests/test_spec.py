@@ -46,8 +46,11 @@ def test_spec_build_validates_every_option():
         Spec.build("host", timeout=-1)
     with pytest.raises(SpecError, match="hostname="):
         Spec.build("host", hostname="no spaces")
-    with pytest.raises(SpecError, match="not available yet"):
-        Spec.build("host", net=True)
+    with pytest.raises(SpecError, match="net='host'"):
+        Spec.build("host", net="host")
+    with pytest.raises(SpecError, match="net=3"):
+        Spec.build("host", net=3)
+    assert Spec.build("host", net="svc").net == "svc" and Spec.build("host", net="bridge").net is True
 
 
 def test_volumes(tmp_path):

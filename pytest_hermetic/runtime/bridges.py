@@ -22,8 +22,11 @@ from . import netns
 
 
 def _iproute():  # noqa: ANN202
-    from pyroute2 import IPRoute
-
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        raise ContainerStartError("networks need pyroute2, which is not installed for this Python; fix: "
+                                  "`pip install pyroute2` (or Debian's python3-pyroute2)") from None
     return IPRoute()
 
 

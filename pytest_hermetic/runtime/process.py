@@ -63,6 +63,7 @@ class ProcessConfig:
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
     cap_last: int = factory(lambda: capabilities.last_cap())  # read by the parent, once per container
     stdio: tuple = (None, None, None)  # fds for the command's stdin, stdout, stderr (None: inherit)
+    network_go: tuple | None = None  # rootless net=True: the parent says "G" once slirp4netns is up
 
 
 @record(frozen=True)
@@ -92,6 +93,7 @@ class ContainerProcess:
         self._status_fd = status_fd
         self._pidfd: int | None = None
         self.exit_status: ExitStatus | None = None
+        self.net_helper = None  # a usermode_net.Helper serving this container, if any
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -119,6 +121,9 @@ class ContainerProcess:
         reported = self._read_reported_status()
         self.exit_status = reported or result
         self._close()
+        if self.net_helper is not None:
+            self.net_helper.close()
+            self.net_helper = None
         return self.exit_status
 
     def _read_reported_status(self) -> ExitStatus | None:
@@ -195,6 +200,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     placeholder_mode = target is not None and not rootless and not config.init and _placeholder_binary() is not None
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
     sync = _SyncPipes() if rootless and config.userns and config.userns.needs_helpers else None
+    if config.network.mode == "usermode":
+        config.network_go = os.pipe2(os.O_CLOEXEC)
     joined = os.pipe2(os.O_CLOEXEC) if config.cgroup_procs else None
     placeholder = None
     try:
@@ -228,14 +235,21 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     if status_w is not None:
         os.close(status_w)
     proc = ContainerProcess(pid, pid, status_r, placeholder)
+    network_error = None
     try:
         if sync is not None:
             sync.parent_side(pid, config.userns)  # type: ignore[arg-type]
+        if config.network_go is not None:
+            proc.init_pid = _read_relay_pid(proc)
+            network_error = _start_usermode_network(proc, config.network_go)
         message = _read_all(err_r)
     finally:
         os.close(err_r)
-    if rootless:
+    if rootless and proc.init_pid == proc.pid:
         proc.init_pid = _read_relay_pid(proc)
+    if network_error is not None:
+        proc.wait()
+        raise network_error
     if message:
         proc.wait()
         if attach_error is not None:
@@ -244,33 +258,74 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     return proc
 
 
+def _start_usermode_network(proc: ContainerProcess, go: tuple[int, int]) -> BaseException | None:
+    """Start slirp4netns on the container's namespaces, then let it go on
+    (or, on failure, let it stop: it reads EOF instead of "G")."""
+    from .usermode_net import Helper
+
+    os.close(go[0])
+    try:
+        proc.net_helper = Helper(proc.init_pid)
+        os.write(go[1], b"G")
+        return None
+    except BaseException as exc:  # noqa: BLE001 - raised once the child is reaped
+        return exc
+    finally:
+        os.close(go[1])
+
+
+def _wait_network(config: ProcessConfig, err_w: int) -> None:
+    if config.network_go is None:
+        return
+    os.close(config.network_go[1])
+    if os.read(config.network_go[0], 1) != b"G":
+        _fail(err_w, 125, "the user-mode network helper did not start")
+    os.close(config.network_go[0])
+
+
 # --- the placeholder PID 1 (a Python callable as root) -------------------------
 #
 # A PID namespace needs a PID 1, and a PID 1 ignores every signal it has no
 # handler for, which a test killing itself must not meet; so the test cannot
 # be PID 1.  Forking the parent twice (a Python PID 1, the test as PID 2)
 # doubles the dominant cost: the fork and exit of a large address space
-# (~17 ms for 100 MiB here).  Instead PID 1 is `sleep`, started with
+# (~17 ms for 100 MiB here).  Instead PID 1 is `cat`, started with
 # posix_spawn (vfork: no copy), and the test is the only fork of the parent,
 # PID 2 and the parent's own child.  The placeholder holds no privilege the
 # test could use: the kernel refuses /proc/1/root and friends to a process
 # with fewer capabilities, and it runs in no namespace but the PID one.  It
 # does not reap orphans; they go with the namespace at the end.
+#
+# `cat` reads the parent's lifeline pipe, whose write end only the parent
+# and its forks hold: when they are all gone, even by SIGKILL (the forks die
+# with the parent, PR_SET_PDEATHSIG), `cat` reads EOF and exits, and its
+# namespace with it.  Nothing else would end a placeholder of a killed run.
 
 _placeholder_path: str | None = None
+_lifeline: tuple[int, int, int] | None = None  # (owner pid, read end, write end)
 
 
 def _placeholder_binary() -> str | None:
     global _placeholder_path
     if _placeholder_path is None:
-        _placeholder_path = next((p for p in ("/bin/sleep", "/usr/bin/sleep") if os.access(p, os.X_OK)), "")
+        _placeholder_path = next((p for p in ("/bin/cat", "/usr/bin/cat") if os.access(p, os.X_OK)), "")
     return _placeholder_path or None
+
+
+def _lifeline_fd() -> int:
+    global _lifeline
+    if _lifeline is None or _lifeline[0] != os.getpid():  # a fork makes its own
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        _lifeline = (os.getpid(), read_fd, write_fd)
+    return _lifeline[1]
 
 
 def _spawn_placeholder() -> int:
     binary = _placeholder_binary()
     assert binary
-    return os.posix_spawn(binary, [binary, "2147483647"], {}, setsid=True,
+    actions = [(os.POSIX_SPAWN_DUP2, _lifeline_fd(), 0),
+               (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
+    return os.posix_spawn(binary, [binary], {}, file_actions=actions, setsid=True,
                           setsigdef=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE))
 
 
@@ -289,6 +344,8 @@ def _worker(config: ProcessConfig, target, err_w: int, joined: tuple[int, int] |
     try:
         try:
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if _lifeline is not None:
+                os.close(_lifeline[2])  # the placeholders' lifeline is the parent's alone
             _enter_container(config, joined, in_namespaces=False)
             _drop_privileges(config)
         except BaseException as exc:  # noqa: BLE001
@@ -426,6 +483,9 @@ def _relay_main(config, target, err_w, status_w, sync, relay_r, relay_w, joined)
         _fail(err_w, 125, _describe(exc))
     if child == 0:
         _child_main(config, target, err_w, status_w, None, in_namespaces=True)
+    if config.network_go is not None:
+        for fd in config.network_go:
+            os.close(fd)
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
@@ -502,6 +562,7 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _enter_container(config, joined, in_namespaces)
+        _wait_network(config, err_w)
         _drop_privileges(config)
     except BaseException as exc:  # noqa: BLE001
         _fail(err_w, 125, _describe(exc))

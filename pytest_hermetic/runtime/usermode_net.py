@@ -1,0 +1,78 @@
+"""`net=True` without root: slirp4netns, a user-mode TCP/IP stack.
+
+An unprivileged user may not make veth pairs into the host's namespace, so
+the container's network namespace gets a tap device served by slirp4netns
+(from Debian's package of that name), which forwards the container's
+connections through ordinary sockets of the user.  Its fixed layout:
+the container is 10.0.2.100/24, the host is reachable as 10.0.2.2 (its
+loopback included), and 10.0.2.3 forwards DNS to the host's resolver.
+
+The helper starts once the container's namespaces exist (process.spawn
+calls `start` with the pid that holds them) and the container's command
+waits until it has configured the interface; it exits when the write end
+of its exit pipe, which the parent holds, closes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from ..errors import NetworkError
+
+ADDRESS = "10.0.2.100"
+GATEWAY = "10.0.2.2"
+DNS = "10.0.2.3"
+PREFIXLEN = 24
+MTU = 65520  # slirp4netns's documented fast setting
+
+
+def helper_path() -> str | None:
+    return shutil.which("slirp4netns") or shutil.which("slirp4netns", path="/usr/bin:/bin")
+
+
+def check_available() -> None:
+    if helper_path() is None:
+        raise NetworkError("net=True as a non-root user needs slirp4netns, a user-mode network helper; fix: "
+                           "`apt install slirp4netns` (or run as root for a bridged network)")
+
+
+class Helper:
+    """A running slirp4netns serving one container."""
+
+    def __init__(self, pid: int) -> None:
+        binary = helper_path()
+        if binary is None:
+            check_available()
+        ready_r, ready_w = os.pipe()
+        exit_r, self._exit_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.process = subprocess.Popen(
+                [binary, "--configure", f"--mtu={MTU}", "--ready-fd", str(ready_w), "--exit-fd", str(exit_r),
+                 str(pid), "tap0"],
+                pass_fds=(ready_w, exit_r), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True)
+        finally:
+            os.close(ready_w)
+            os.close(exit_r)
+        try:
+            ready = os.read(ready_r, 1)
+        finally:
+            os.close(ready_r)
+        if ready != b"1":
+            self.close()
+            error = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
+            raise NetworkError(f"slirp4netns could not configure the container's network: {error or 'no reason given'}")
+
+    def close(self) -> None:
+        if self._exit_w is not None:
+            os.close(self._exit_w)
+            self._exit_w = None
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stderr:
+            self.process.stderr.close()
