@@ -202,8 +202,12 @@ class Network:
         once the container has joined it)."""
         with self.locked():
             os.makedirs(self.state_dir, exist_ok=True)
-            self._ensure_bridge()
-            address = self._allocate(container_id, hostname)
+            try:
+                self._ensure_bridge()
+                address = self._allocate(container_id, hostname)
+            except BaseException:
+                self._unused()
+                raise
             self._write_hosts()
         container_fd = None
         try:
@@ -219,6 +223,10 @@ class Network:
         hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                  f"{address}\t{hostname}\n")
         return Attachment(config, address, hosts, self.resolv_conf(), self.hosts_path)
+
+    def _unused(self) -> bool:
+        """Under the lock, after a container left: remove what nobody uses."""
+        return False
 
     def resolv_conf(self) -> str:
         return (f"# hermetic: network {self.name} ({self.subnet}); no DNS server: names of the\n"
@@ -291,12 +299,12 @@ class HostBridge(Network):
                 os.unlink(os.path.join(self._holders_dir, str(os.getpid())))
             except FileNotFoundError:
                 pass
-            self._remove_if_unused()
+            self._unused()
 
     def detach(self, container_id: str) -> None:
         with self.locked():
             self._release(container_id)
-            self._remove_if_unused()
+            self._unused()
 
     def _live_holders(self) -> list[str]:
         live = []
@@ -317,7 +325,7 @@ class HostBridge(Network):
                 os.unlink(path)
         return live
 
-    def _remove_if_unused(self) -> bool:
+    def _unused(self) -> bool:
         """Under the lock: the last user removes bridge, rules and state."""
         self.drop_dead_leases()
         if self.leases() or self._live_holders():
@@ -333,7 +341,7 @@ class HostBridge(Network):
             return []  # only root makes the host bridge
         with self.locked():
             present = os.path.exists(f"/sys/class/net/{HOST_BRIDGE}") or os.path.isdir(self.state_dir)
-            if present and self._remove_if_unused():
+            if present and self._unused():
                 return [f"host bridge {HOST_BRIDGE} and its NAT rules"]
         return []
 
