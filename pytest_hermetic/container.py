@@ -198,8 +198,10 @@ class Container:
             self._join_usermode_network(config)
             return
         if self.network is None:
+            from .networks import is_shared
+
             self.network = resolve(self.spec.net)
-            self._owns_network = True
+            self._owns_network = not is_shared(self.network)
         attachment = self.network.attach(self.id, self.hostname)
         self._attached = True
         self.address = attachment.address

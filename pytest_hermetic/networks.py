@@ -259,12 +259,16 @@ class HostBridge(Network):
     def __init__(self, subnet: str | None = None) -> None:
         super().__init__("bridge", os.path.join(system_state_root(), "networks", HOST_BRIDGE),
                          subnet or default_subnet(), None, HOST_BRIDGE)
+        self._made = False
 
     @property
     def _holders_dir(self) -> str:
         return os.path.join(self.state_dir, "holders")
 
     def _ensure_bridge(self) -> None:
+        if self is _held and self._made:
+            return  # held by us: nobody removes it meanwhile
+        self._made = True
         if not self.bridge.exists():
             _check_subnet_free(self.subnet)
             self.bridge.create(self.gateway, self.subnet.prefixlen)
@@ -459,7 +463,13 @@ def remove_network(name: str) -> None:
 
 
 class PrivateNetwork(Network):
-    """A named network private to its owner: held by an fd, gone with it."""
+    """A named network private to its owner: held by an fd, gone with it.
+
+    Making one (a namespace, a bridge) and tearing it down costs ~20 ms and
+    loads the kernel's serialized namespace clean-up, once per test; so a
+    closed network whose containers are all gone goes back to a small pool
+    of this process and serves the next test, with no lease, no name and
+    a fresh hosts file (a new test's containers get new veths, new MACs)."""
 
     kind = "private"
 
@@ -469,16 +479,23 @@ class PrivateNetwork(Network):
         fd = netns.create()
         super().__init__(name, path, subnet or default_subnet(), fd)
         os.makedirs(path)
-        with open(os.path.join(path, "meta.json"), "w") as f:
-            json.dump({"name": name, **_owner()}, f)
         with netns.entered(fd):
             from .runtime.network import loopback_up
 
             loopback_up()
         self.bridge.create(self.gateway, self.subnet.prefixlen)
-        self._write_hosts()
+        self._reset(name)
+
+    def _reset(self, name: str) -> None:
+        self.name = name
         self._members = 0
         self._closing = False
+        with open(os.path.join(self.state_dir, "meta.json"), "w") as f:
+            json.dump({"name": name, **_owner()}, f)
+        self._write_hosts()
+
+    def _ensure_bridge(self) -> None:
+        pass  # made in __init__, in a namespace nobody else can reach
 
     def attach(self, container_id: str, hostname: str) -> Attachment:
         attachment = super().attach(container_id, hostname)
@@ -492,16 +509,41 @@ class PrivateNetwork(Network):
             self._destroy()
 
     def close(self) -> None:
-        """Destroyed once its last container has left (now, if none is on it)."""
+        """Destroyed (or pooled) once its last container has left."""
         self._closing = True
         if self._members <= 0:
             self._destroy()
 
     def _destroy(self) -> None:
+        if (len(_pool) < POOL_SIZE and self.netns_fd is not None and not self.leases()
+                and str(self.subnet) == str(_parse_subnet(default_subnet()))):
+            _pool.append(self)
+            return
+        self._really_destroy()
+
+    def _really_destroy(self) -> None:
         super().close()
         rmtree(self.state_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.lock_path)
+
+
+POOL_SIZE = 2
+_pool: list[PrivateNetwork] = []
+
+
+def _pooled(name: str) -> PrivateNetwork | None:
+    if _pool and str(_pool[-1].subnet) == str(_parse_subnet(default_subnet())):
+        network = _pool.pop()
+        network._reset(name)
+        return network
+    return None
+
+
+def drain_pool() -> None:
+    """Destroy the pooled networks (the end of a pytest session)."""
+    while _pool:
+        _pool.pop()._really_destroy()
 
 
 class Scope:
@@ -514,7 +556,7 @@ class Scope:
 
     def get(self, name: str) -> PrivateNetwork:
         if name not in self._networks:
-            self._networks[name] = PrivateNetwork(name)
+            self._networks[name] = _pooled(name) or PrivateNetwork(name)
         return self._networks[name]
 
     def close(self) -> None:
@@ -524,11 +566,12 @@ class Scope:
 
 
 def resolve(net: bool | str, scope: Scope | None = None) -> Network | None:
-    """The network a spec's `net` names: None for loopback only."""
+    """The network a spec's `net` names: None for loopback only.  The host
+    bridge this process holds is shared (see `is_shared`)."""
     if net is False:
         return None
     if net is True:
-        return HostBridge()
+        return _held or HostBridge()
     if scope is not None:
         return scope.get(net)
     return open_network(net)
@@ -563,6 +606,11 @@ def gc_networks() -> list[str]:
 
 
 _held: HostBridge | None = None
+
+
+def is_shared(network: Network) -> bool:
+    """Whether `network` is this process's held host bridge (not to be closed by a container)."""
+    return network is _held
 
 
 def hold_host_bridge() -> None:

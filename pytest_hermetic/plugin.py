@@ -72,8 +72,9 @@ def _finish() -> None:
 
     finish_pending(block=True)
     if "pytest_hermetic.networks" in sys.modules:  # only a session that used networks
-        from .networks import release_host_bridge
+        from .networks import drain_pool, release_host_bridge
 
+        drain_pool()
         release_host_bridge()
 
 

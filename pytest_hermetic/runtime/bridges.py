@@ -58,7 +58,7 @@ class Bridge:
         ipr = self.ipr
         if not ipr.link_lookup(ifname=self.ifname):
             try:
-                ipr.link("add", ifname=self.ifname, kind="bridge")
+                ipr.link("add", ifname=self.ifname, kind="bridge", state="up")
             except Exception as exc:  # NetlinkError; a racing creator is fine
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise ContainerStartError(f"cannot create bridge {self.ifname}: {exc}") from None
@@ -83,9 +83,9 @@ class Bridge:
     def connect(self, container_netns_fd: int, host_ifname: str, peer_ifname: str = "eth0") -> None:
         """A veth pair: `host_ifname` on the bridge, `peer_ifname` in the container."""
         try:
-            self.ipr.link("add", ifname=host_ifname, kind="veth", master=self.index,
+            # One request: created enslaved and up, the peer born in the container.
+            self.ipr.link("add", ifname=host_ifname, kind="veth", master=self.index, state="up",
                           peer={"ifname": peer_ifname, "net_ns_fd": container_netns_fd})
-            self.ipr.link("set", ifname=host_ifname, state="up")
         except ContainerStartError:
             raise
         except Exception as exc:  # noqa: BLE001 - NetlinkError and friends
