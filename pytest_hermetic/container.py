@@ -154,7 +154,9 @@ class Container:
                                 accounting=self.spec.accounting)
         try:
             self._make_state_dir()
-            self.cgroup = cgroups.create(self.short_id, limits)
+            # The owner's pid in the name lets `gc` clear the cgroup of a
+            # killed owner at once (an untracked container has no state file).
+            self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits)
             if self.state_dir is not None:
                 self._write_state()  # before the start, so `gc` knows whose it is
             config = self._process_config(image, argv)
@@ -480,6 +482,19 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+def _owner_alive(pid: int, since: float) -> bool:
+    """Whether process `pid` runs and started before `since` (not a reused pid)."""
+    ticks = _start_time(pid)
+    if ticks is None:
+        return False
+    try:
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return True
+    return boot + ticks / os.sysconf("SC_CLK_TCK") <= since + 1
+
+
 def _descendants(pid: int) -> list[tuple[int, str]]:
     """`pid` and every process below it, by parent links in /proc (no
     cgroup to ask; /proc/PID/ns of a rootless container is not readable)."""
@@ -545,14 +560,17 @@ def gc_containers(store_root: str | None = None) -> list[str]:
     short_live = {i[:12] for i in live_ids}
     now = time.time()
     for path in _hermetic_cgroups():
-        short = os.path.basename(path)[len(cgroups.PREFIX):]
+        short, _, owner = os.path.basename(path)[len(cgroups.PREFIX):].partition("-")
         if short in short_live:
             continue
         # Not ours to judge if something runs in it (another state root, another
-        # user, a container being started right now): only empty cgroups that
-        # are not brand new, whose owner died with them (PR_SET_PDEATHSIG).
+        # user, a container being started right now): only empty cgroups whose
+        # owner is dead, or (no owner in the name) that are not brand new.
         try:
-            if cgroups.read_pids(f"{path}/cgroup.procs") or now - os.stat(path).st_mtime < 60:
+            if cgroups.read_pids(f"{path}/cgroup.procs"):
+                continue
+            if not (owner.isdigit() and not _owner_alive(int(owner), os.stat(path).st_mtime)) \
+                    and now - os.stat(path).st_mtime < 60:
                 continue
             cgroups.rmdir_retry(path)
         except OSError:

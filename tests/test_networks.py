@@ -219,6 +219,7 @@ def test_first_holds_the_bridge():
     gc = run_cli("gc")
     assert gc.returncode == 0, gc.stderr
     assert "private network svc" in gc.stdout and "host bridge hermetic0" in gc.stdout
+    assert "cgroup " in gc.stdout  # the killed session's pending container, cleared at once (owner dead)
     assert _settled(before) == before
 
 
