@@ -18,7 +18,7 @@ import time
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from pytest_hermetic.errors import HermeticError
 
@@ -127,7 +127,12 @@ class ContainerMagics(Magics):
     def _cell(self, line: str, cell: str) -> None:
         from pytest_hermetic.spec import Spec, parse_env
 
-        args = parse_argstring(self.container, line)
+        # POSIX splitting (IPython's own keeps quotes: -e "A=b c" must not).
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%%container: {exc}") from None
+        args = self.container.parser.parse_args(words)
         options = {"net": args.net, "mem": args.mem, "cpus": args.cpus, "pids": args.pids, "timeout": args.timeout,
                    "env": parse_env(args.env), "volumes": list(args.volume), "workdir": args.workdir}
         if len(cell.encode()) > MAX_SCRIPT:
