@@ -39,4 +39,13 @@ if ! .venv/bin/python -c 'import pytest_hermetic, ipython_ext, pytest, xdist, py
     fi
     rm -f "$log"
 fi
+# A `python3` kernelspec inside the venv naming the venv's python by its full
+# path (`ipykernel install` writes plain "python", which jupyter_client
+# replaces with whatever python launches the kernel).
+spec=.venv/share/jupyter/kernels/python3/kernel.json
+if ! grep -q "$PWD/.venv/bin/python" "$spec" 2>/dev/null; then
+    mkdir -p "$(dirname "$spec")"
+    printf '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "Python 3 (pytest-hermetic .venv)", "language": "python"}\n' \
+        "$PWD/.venv/bin/python" > "$spec"
+fi
 echo "install-deps: ready (.venv, user $TEST_USER, ${#PACKAGES[@]} packages)"
