@@ -298,21 +298,6 @@ def test_pull_without_a_registry_client_says_so(ip) -> None:  # noqa: ANN001
         pytest.skip("this version has a registry client (see test_pull_shows_progress)")
 
 
-def test_unload_stops_every_container(capsys) -> None:  # noqa: ANN001
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "pytest_hermetic")
-    before = _states()
-    ip.run_cell_magic("container", "host --name one", "true")
-    ip.run_cell_magic("container", "host --name two", "true")
-    assert len(_states()) == len(before) + 2
-    client = _client(ip)
-    pid = client.pid
-    ip.run_line_magic("unload_ext", "pytest_hermetic")
-    assert _states() == before
-    assert not os.path.exists(f"/proc/{pid}")
-    assert ip.find_magic("container", "cell") is None and ip.find_magic("container", "line") is None
-
-
 def _serve_image(rootfs: str, tmp_path) -> tuple[object, str]:  # noqa: ANN001
     """A read-only OCI distribution endpoint on 127.0.0.1 serving one image
     (busybox rootfs as one layer): the GETs a pull makes, nothing more."""
@@ -394,3 +379,19 @@ def test_pull_shows_progress(ip, capsys, busybox_rootfs: str, tmp_path) -> None:
     assert out.splitlines()[-1].startswith("pulled ")
     cell(ip, reference, 'echo "$GREETING from $(pwd)"')
     assert capsys.readouterr().out == "pulled from /root\n"
+
+
+def test_unload_stops_every_container() -> None:
+    # Last in this module: it unloads the module's shell's extension.
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "pytest_hermetic")
+    before = _states()
+    ip.run_cell_magic("container", "host --name one", "true")
+    ip.run_cell_magic("container", "host --name two", "true")
+    assert len(_states()) == len(before) + 2
+    client = _client(ip)
+    pid = client.pid
+    ip.run_line_magic("unload_ext", "pytest_hermetic")
+    assert _states() == before
+    assert not os.path.exists(f"/proc/{pid}")
+    assert ip.find_magic("container", "cell") is None and ip.find_magic("container", "line") is None
