@@ -20,6 +20,19 @@ __version__ = "0.1.0"
 __all__ = ["hermetic", "Container", "Spec", "Result"]
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext pytest_hermetic`: the notebook magics (IPython imported only now)."""
+    from ipython_ext import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from ipython_ext import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 def __getattr__(name: str) -> Any:
     if name == "hermetic":
         import pytest

@@ -32,11 +32,20 @@ done
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import pytest_hermetic, pytest, xdist, pytest_timeout, pytest_cov' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pytest_hermetic, ipython_ext, pytest, xdist, pytest_timeout, pytest_cov, IPython, ipykernel, nbclient, nbformat' 2>/dev/null; then
     log=$(mktemp)
     if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' pytest-xdist --config-settings editable_mode=compat; } >"$log" 2>&1; then
         cat "$log"; rm -f "$log"; exit 1
     fi
     rm -f "$log"
+fi
+# A `python3` kernelspec inside the venv naming the venv's python by its full
+# path (`ipykernel install` writes plain "python", which jupyter_client
+# replaces with whatever python launches the kernel).
+spec=.venv/share/jupyter/kernels/python3/kernel.json
+if ! grep -q "$PWD/.venv/bin/python" "$spec" 2>/dev/null; then
+    mkdir -p "$(dirname "$spec")"
+    printf '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "Python 3 (pytest-hermetic .venv)", "language": "python"}\n' \
+        "$PWD/.venv/bin/python" > "$spec"
 fi
 echo "install-deps: ready (.venv, user $TEST_USER, ${#PACKAGES[@]} packages)"

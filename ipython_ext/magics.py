@@ -1,0 +1,294 @@
+"""`%%container` and `%container`: the engine in a notebook cell.
+
+    %load_ext ipython_ext
+    %%container host --mem 64M
+    echo pid=$$; ls /sys/class/net
+
+Containers are started by the kernel's helper process (`helper.py`), never
+by the kernel itself; this module parses, validates, streams and reports.
+"""
+
+from __future__ import annotations
+
+import atexit
+import codecs
+import shlex
+import sys
+import time
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from pytest_hermetic.errors import HermeticError
+
+from . import protocol
+from .client import HelperClient
+from .display import PullProgress, human, show_table
+from .errors import ContainerCellError, ContainerCellInterrupted, PullUnavailable
+
+MAX_SCRIPT = 128 * 1024 - 1  # Linux's limit for one argv string (MAX_ARG_STRLEN)
+
+LINE_USAGE = """\
+%container ps                  running containers (and this kernel's stopped ones)
+%container images              images in the store
+%container commit NAME REF     save NAME's read-write layer as image REF
+%container stop NAME           end NAME's processes; its files stay until rm (commit still works)
+%container rm NAME...          end and remove NAME (files and all)
+%container exec NAME CMD...    run CMD (no shell) in the kept container NAME
+%container pull REF [--platform OS/ARCH] [--quiet]
+%%container IMAGE [options]    run the cell as a shell script in a container (%%container? for options)"""
+
+
+class _Sink:
+    """Output chunks from the helper: decoded incrementally (a UTF-8
+    character may be cut between two chunks) and written to the kernel's
+    stdout/stderr at once, or kept for --out/--err."""
+
+    def __init__(self, capture_out: bool = False, capture_err: bool = False) -> None:
+        self.decoders = {k: codecs.getincrementaldecoder("utf-8")("replace") for k in (protocol.STDOUT, protocol.STDERR)}
+        self.capture = {protocol.STDOUT: capture_out, protocol.STDERR: capture_err}
+        self.kept: dict[int, list[str]] = {protocol.STDOUT: [], protocol.STDERR: []}
+
+    def __call__(self, kind: int, data: bytes, final: bool = False) -> None:
+        text = self.decoders[kind].decode(data, final)
+        if not text:
+            return
+        if self.capture[kind]:
+            self.kept[kind].append(text)
+            return
+        stream = sys.stdout if kind == protocol.STDOUT else sys.stderr
+        stream.write(text)
+        stream.flush()  # ipykernel would wait for its flush interval
+
+    def finish(self) -> None:
+        for kind in (protocol.STDOUT, protocol.STDERR):
+            self(kind, b"", final=True)
+
+    def text(self, kind: int) -> str:
+        return "".join(self.kept[kind])
+
+
+def _short(exc: HermeticError) -> HermeticError:
+    """Engine errors show as one line in the notebook, as on the command line."""
+    exc._render_traceback_ = lambda: [f"{type(exc).__name__}: {exc}"]  # type: ignore[attr-defined]
+    return exc
+
+
+@magics_class
+class ContainerMagics(Magics):
+    def __init__(self, shell) -> None:  # noqa: ANN001
+        super().__init__(shell)
+        self.client = HelperClient()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop every container this kernel started, and the helper."""
+        self.client.close()
+
+    @magic_arguments()
+    @argument("image", nargs="?", default=None, metavar="IMAGE",
+              help="host (default), NAME[:TAG], dir:PATH, tar:FILE; with --name, only for a new container")
+    @argument("--name", metavar="NAME", help="keep the container after the cell; later cells with this name run in it")
+    @argument("--commit", metavar="REF", help="after a successful cell, save the read-write layer as image REF")
+    @argument("--net", nargs="?", const=True, default=False, metavar="NAME",
+              help="network: bridged, or a named network (default: loopback only)")
+    @argument("--mem", metavar="SIZE", help="memory limit, e.g. 64M, 1g, 512MiB")
+    @argument("--cpus", metavar="N", help="CPU bandwidth, e.g. 0.5")
+    @argument("--pids", metavar="N", help="maximum number of processes (default 4096)")
+    @argument("--timeout", metavar="S", help="stop the cell's processes after S seconds")
+    @argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment (K alone: the kernel's value)")
+    @argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]", help="bind a host path")
+    @argument("-w", "--workdir", metavar="DIR", help="working directory of the cell")
+    @argument("--shell", default="/bin/sh", metavar="SHELL", help="interpreter run as SHELL -c BODY (default /bin/sh)")
+    @argument("--out", metavar="VAR", help="store stdout in VAR instead of showing it")
+    @argument("--err", metavar="VAR", help="store stderr in VAR instead of showing it")
+    @argument("--no-raise-error", action="store_true", help="on a non-zero exit, say why on stderr instead of raising")
+    @line_cell_magic
+    def container(self, line: str, cell: str | None = None) -> None:
+        """Run the cell as a shell script in a container (`%%container`), or
+        manage containers and images (`%container VERB`, see `%container help`).
+
+        Without --name each cell gets a fresh container, removed after it.
+        A non-zero exit raises ContainerCellError, which says the status and
+        why (out of memory, timeout, signal).  Interrupting the kernel stops
+        the cell's processes (SIGINT, then SIGKILL after a second), not the
+        kernel.
+        """
+        try:
+            if cell is None:
+                return self._line(line)
+            return self._cell(line, cell)
+        except HermeticError as exc:
+            raise _short(exc) from None
+
+    # -- %%container ---------------------------------------------------------------
+
+    def _cell(self, line: str, cell: str) -> None:
+        from pytest_hermetic.spec import Spec, parse_env
+
+        # POSIX splitting (IPython's own keeps quotes: -e "A=b c" must not).
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%%container: {exc}") from None
+        args = self.container.parser.parse_args(words)
+        options = {"net": args.net, "mem": args.mem, "cpus": args.cpus, "pids": args.pids, "timeout": args.timeout,
+                   "env": parse_env(args.env), "volumes": list(args.volume), "workdir": args.workdir}
+        if len(cell.encode()) > MAX_SCRIPT:
+            raise UsageError("the cell is larger than 128 KiB, Linux's limit for one argument; "
+                             "put the script in a file, bind it with -v, and run that")
+        # Every bad value fails here, before anything starts.
+        Spec.build(args.image or "host", [args.shell, "-c", cell], name=args.name, **options)
+        if args.commit:
+            from pytest_hermetic.images.commit import target_name
+
+            target_name(args.commit)
+        sink = _Sink(capture_out=bool(args.out), capture_err=bool(args.err))
+        reply = self.client.call("run", image=args.image, name=args.name, options=options, shell=args.shell,
+                                 script=cell, commit=args.commit, on_output=sink, interruptible=True)
+        sink.finish()
+        if args.out:
+            self.shell.user_ns[args.out] = sink.text(protocol.STDOUT)
+        if args.err:
+            self.shell.user_ns[args.err] = sink.text(protocol.STDERR)
+        self._report(reply, [args.shell, "-c", cell], sink, args.no_raise_error)
+        if reply.get("committed"):
+            committed = reply["committed"]
+            print(f"committed {committed['image']} ({committed['id'][7:19]})")
+
+    def _report(self, reply: dict, cmd: list[str], sink: _Sink, no_raise: bool) -> None:
+        for note in reply.get("notes") or []:
+            print(f"note: {note}", file=sys.stderr)
+        if reply.get("interrupted"):
+            raise ContainerCellInterrupted("the cell's processes in the container were stopped")
+        if reply["exit_code"] == 0:
+            return
+        error = ContainerCellError(reply["exit_code"], cmd, reply.get("reason"), sink.text(protocol.STDOUT) or None,
+                                   sink.text(protocol.STDERR) or None)
+        if no_raise:
+            print(f"container: {error}", file=sys.stderr)
+            return
+        raise error
+
+    # -- %container VERB --------------------------------------------------------------
+
+    def _line(self, line: str) -> None:
+        words = shlex.split(line)
+        if not words or words[0] in ("help", "-h", "--help"):
+            print(LINE_USAGE)
+            return
+        verb, rest = words[0], words[1:]
+        handler = getattr(self, f"_verb_{verb}", None)
+        if handler is None:
+            raise UsageError(f"%container: unknown verb {verb!r} (for a cell, use %%container)\n{LINE_USAGE}")
+        handler(rest)
+
+    def _need(self, rest: list[str], usage: str, more: bool = False) -> None:
+        wanted = len(usage.split()) - 1  # the verb itself is not in `rest`
+        if len(rest) < wanted or (not more and len(rest) > wanted):
+            raise UsageError(f"usage: %container {usage}" + (" ..." if more else ""))
+
+    def _verb_ps(self, rest: list[str]) -> None:
+        from pytest_hermetic.container import list_states
+
+        self._need(rest, "ps")
+        ours = {}
+        if self.client.running:
+            ours = {c["id"]: c for c in self.client.call("list")["containers"]}
+        rows = [("CONTAINER ID", "NAME", "IMAGE", "STATUS", "PIDS", "CREATED", "OWNER")]
+        for state in list_states():
+            if not state["alive"]:
+                continue
+            mine = state.get("owner_pid") == self.client.pid
+            status = ours.get(state["id"], {}).get("status", "running")
+            rows.append((state["id"][:12], state.get("name", ""), state.get("image", ""), status,
+                         str(len(state.get("pids") or [])), _ago(time.time() - state.get("created", time.time())),
+                         "this kernel" if mine else f"pid {state.get('owner_pid')}"))
+        show_table(rows)
+
+    def _verb_images(self, rest: list[str]) -> None:
+        from pytest_hermetic.images.store import Store
+
+        self._need(rest, "images")
+        rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED"), ("host", "-", "1 (the host's /)", "-", "-")]
+        for image in Store().images():
+            rows.append((image.familiar, image.id[7:19], str(len(image.layers)) + (" + host" if image.is_host else ""),
+                         human(image.size), _ago(time.time() - image.created)))
+        show_table(rows)
+
+    def _verb_commit(self, rest: list[str]) -> None:
+        from pytest_hermetic.images.commit import target_name
+
+        self._need(rest, "commit NAME REF")
+        target_name(rest[1])
+        reply = self.client.call("commit", name=rest[0], ref=rest[1], patience=3600.0)
+        print(f"committed {reply['image']} ({reply['id'][7:19]})")
+
+    def _verb_stop(self, rest: list[str]) -> None:
+        self._need(rest, "stop NAME")
+        self._own(rest[0])
+        self.client.call("stop", name=rest[0])
+
+    def _verb_rm(self, rest: list[str]) -> None:
+        self._need(rest, "rm NAME", more=True)
+        for name in rest:
+            self._own(name)
+            self.client.call("rm", name=name)
+
+    def _verb_exec(self, rest: list[str]) -> None:
+        self._need(rest, "exec NAME CMD", more=True)
+        self._own(rest[0])
+        sink = _Sink()
+        reply = self.client.call("exec", name=rest[0], argv=rest[1:], on_output=sink, interruptible=True)
+        sink.finish()
+        self._report(reply, rest[1:], sink, False)
+
+    def _verb_pull(self, rest: list[str]) -> None:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="%container pull", add_help=False, exit_on_error=False)
+        parser.add_argument("reference")
+        parser.add_argument("--platform")
+        parser.add_argument("--quiet", "-q", action="store_true")
+        try:
+            args = parser.parse_args(rest)
+        except (argparse.ArgumentError, SystemExit):
+            raise UsageError("usage: %container pull REF [--platform OS/ARCH] [--quiet]") from None
+        pull = load_pull()
+        from pytest_hermetic.images.store import Store
+
+        progress = None if args.quiet else PullProgress(args.reference, notebook=self._in_notebook())
+        image = pull(Store(), args.reference, platform=args.platform, progress=progress, quiet=args.quiet)
+        if progress is not None:
+            progress.close()
+        print(f"pulled {image.familiar} ({image.id[7:19]})")
+
+    def _own(self, name: str) -> None:
+        """Fail without starting a helper when this kernel has no containers."""
+        if not self.client.running:
+            from pytest_hermetic.errors import ContainerNotFound
+
+            raise ContainerNotFound(f"no container named {name!r} was started by this kernel; see `%container ps`")
+
+    def _in_notebook(self) -> bool:
+        return getattr(self.shell, "kernel", None) is not None
+
+
+def load_pull():  # noqa: ANN201
+    """The registry client, when this version has it."""
+    try:
+        from pytest_hermetic.images.pull import pull
+    except ModuleNotFoundError as exc:
+        if exc.name != "pytest_hermetic.images.pull":
+            raise
+        raise PullUnavailable("pulling images is not available in this version of pytest-hermetic (no registry "
+                              "client yet); import a rootfs with `hermetic import dir:PATH NAME` instead") from None
+    return pull
+
+
+def _ago(seconds: float) -> str:
+    for unit, span in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= span:
+            return f"{int(seconds // span)} {unit} ago"
+    return "just now"

@@ -1,0 +1,397 @@
+"""The magics through an in-process IPython shell: parsing, errors, options.
+
+The shell is IPython's own `InteractiveShell`; containers are real (started
+by the extension's helper process, as in a kernel)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+IPython = pytest.importorskip("IPython")
+
+from IPython.core.error import UsageError  # noqa: E402
+from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
+
+from pytest_hermetic.errors import ContainerNotFound, ContainerStartError, ImageNotFound, SpecError  # noqa: E402
+
+
+def _states() -> list[str]:
+    from pytest_hermetic.container import containers_dir
+
+    try:
+        return sorted(os.listdir(containers_dir()))
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def shell():  # noqa: ANN201
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "ipython_ext")
+    yield ip
+    ip.run_line_magic("unload_ext", "ipython_ext")
+
+
+@pytest.fixture
+def ip(shell):  # noqa: ANN001, ANN201
+    before = _states()
+    yield shell
+    for name in [c["name"] for c in _client(shell).call("list")["containers"]] if _client(shell).running else []:
+        shell.run_line_magic("container", f"rm {name}")
+    assert _states() == before
+
+
+def _client(shell):  # noqa: ANN001, ANN202
+    return shell.magics_manager.registry["ContainerMagics"].client
+
+
+def cell(ip, line: str, body: str) -> None:  # noqa: ANN001
+    ip.run_cell_magic("container", line, body)
+
+
+# -- parsing and errors, before anything starts -----------------------------------
+
+
+@pytest.mark.parametrize(("line", "error", "words"), [
+    ("host --mem lots", SpecError, "mem='lots': not a size"),
+    ("host --cpus many", SpecError, "cpus='many'"),
+    ("host --pids 0", SpecError, "pids='0': must be a whole number of at least 1"),
+    ("host --timeout=-1", SpecError, "timeout='-1'"),
+    ("host -w relative", SpecError, "workdir='relative': must be an absolute path"),
+    ("host -v /nonexistent-hermetic:/x", SpecError, "does not exist"),
+    ("host --name 'bad name'", SpecError, "name='bad name'"),
+    ("host -e '=x'", SpecError, "-e '=x': use KEY=VALUE"),
+    ("host --net", SpecError, "net=True"),
+    ("host --commit 'Bad Ref!'", Exception, "Bad Ref!"),
+])
+def test_bad_options_fail_before_anything_starts(ip, line: str, error: type, words: str) -> None:  # noqa: ANN001
+    before = _states()
+    with pytest.raises(error, match=None) as info:
+        cell(ip, line, "echo never")
+    assert words in str(info.value)
+    assert _states() == before
+
+
+def test_bad_option_value_renders_as_one_line(ip, capsys) -> None:  # noqa: ANN001
+    result = ip.run_cell("%%container host --mem lots\necho never\n")
+    assert isinstance(result.error_in_exec, SpecError)
+    out = capsys.readouterr().out
+    assert "SpecError: mem='lots': not a size; use bytes or a number with a unit" in out
+    assert "Traceback" not in out
+
+
+def test_unknown_option_is_a_usage_error(ip) -> None:  # noqa: ANN001
+    with pytest.raises(UsageError):
+        cell(ip, "host --frobnicate", "echo never")
+
+
+def test_unknown_image(ip) -> None:  # noqa: ANN001
+    with pytest.raises(ImageNotFound, match="nosuchimage:1"):
+        cell(ip, "nosuchimage:1", "echo never")
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("rm", "usage: %container rm NAME ..."),
+    ("commit onlyname", "usage: %container commit NAME REF"),
+    ("stop", "usage: %container stop NAME"),
+    ("exec dev", "usage: %container exec NAME CMD ..."),
+    ("ps extra", "usage: %container ps"),
+    ("frobnicate", "unknown verb 'frobnicate'"),
+])
+def test_line_usage_errors(ip, line: str, words: str) -> None:  # noqa: ANN001
+    with pytest.raises(UsageError, match=None) as info:
+        ip.run_line_magic("container", line)
+    assert words in str(info.value)
+
+
+def test_rm_of_an_unknown_name(ip) -> None:  # noqa: ANN001
+    cell(ip, "host --name known", "true")
+    with pytest.raises(ContainerNotFound, match="no container named 'nosuch' was started by this kernel"):
+        ip.run_line_magic("container", "rm nosuch")
+
+
+def test_help_lists_every_verb(ip, capsys) -> None:  # noqa: ANN001
+    ip.run_line_magic("container", "help")
+    out = capsys.readouterr().out
+    for verb in ("ps", "images", "commit NAME REF", "stop NAME", "rm NAME", "exec NAME CMD", "pull REF"):
+        assert f"%container {verb}" in out
+
+
+# -- running cells -----------------------------------------------------------------
+
+
+def test_status_and_reason(ip, capsys) -> None:  # noqa: ANN001
+    from ipython_ext.errors import ContainerCellError
+
+    with pytest.raises(ContainerCellError) as info:
+        cell(ip, "host", "echo partial; exit 3")
+    assert info.value.returncode == 3 and info.value.reason == "exited with status 3"
+    assert str(info.value) == "the container cell exited with status 3: exited with status 3"
+    assert capsys.readouterr().out == "partial\n"
+    # In a kept container the cell's shell is not PID 1, so it can die of a signal.
+    cell(ip, "host --name sig", "true")
+    with pytest.raises(ContainerCellError) as info:
+        cell(ip, "--name sig", "kill -SEGV $$")
+    assert info.value.returncode == 139 and info.value.reason == "killed by signal SIGSEGV"
+
+
+def test_no_raise_error_and_capture(ip, capsys) -> None:  # noqa: ANN001
+    cell(ip, "host --no-raise-error --out OUT --err ERR", "echo to-out; echo to-err >&2; exit 5")
+    assert ip.user_ns["OUT"] == "to-out\n" and ip.user_ns["ERR"] == "to-err\n"
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "container: the container cell exited with status 5: exited with status 5\n"
+
+
+def test_env_workdir_volume_shell(ip, capsys, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "data.txt").write_text("from the host\n")
+    os.environ["HERMETIC_MAGIC_PASSED"] = "passed through"
+    try:
+        cell(ip, f"host -e A=1 -e HERMETIC_MAGIC_PASSED -w /tmp -v {tmp_path}:/data:ro",
+             'echo "$A|$HERMETIC_MAGIC_PASSED|$(pwd)"; cat /data/data.txt; touch /data/x 2>/dev/null || echo read-only')
+    finally:
+        del os.environ["HERMETIC_MAGIC_PASSED"]
+    assert capsys.readouterr().out == "1|passed through|/tmp\nfrom the host\nread-only\n"
+    cell(ip, "host --shell python3", "import os\nprint('python as PID', os.getpid())")
+    assert capsys.readouterr().out == "python as PID 1\n"
+
+
+def test_output_streams_while_the_cell_runs(ip, monkeypatch) -> None:  # noqa: ANN001
+    seen: list[tuple[float, str]] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            seen.append((time.monotonic(), text))
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    start = time.monotonic()
+    cell(ip, "host", "for i in 1 2 3 4; do echo line $i; sleep 0.3; done")
+    end = time.monotonic()
+    assert "".join(t for _, t in seen) == "line 1\nline 2\nline 3\nline 4\n"
+    first = next(when for when, t in seen if "line 1" in t)
+    assert first - start < (end - start) / 2, "the first line came only at the end"
+
+
+def test_utf8_split_across_chunks(ip, capsys) -> None:  # noqa: ANN001
+    # A 3-byte character written one byte at a time must arrive whole.
+    cell(ip, "host", r"printf '\342'; sleep 0.1; printf '\202'; sleep 0.1; printf '\254\n'")
+    assert capsys.readouterr().out == "\u20ac\n"
+
+
+def test_timeout_names_what_it_killed(ip) -> None:  # noqa: ANN001
+    from ipython_ext.errors import ContainerCellError
+
+    with pytest.raises(ContainerCellError) as info:
+        cell(ip, "host --timeout 0.5", "sleep 30")
+    assert info.value.returncode == 137 and info.value.reason.startswith("timeout after 0.5 s: killed")
+
+
+def test_named_container_keeps_files_and_processes(ip, capsys) -> None:  # noqa: ANN001
+    cell(ip, "host --name keep", "echo one > /root/hermetic-magic-file; sleep 1000 & echo started")
+    cell(ip, "--name keep", "cat /root/hermetic-magic-file; ps -eo args | grep -c '^sleep 1000'")
+    assert capsys.readouterr().out == "started\none\n1\n"
+    assert not os.path.exists("/root/hermetic-magic-file")
+    ip.run_line_magic("container", "stop keep")
+    with pytest.raises(ContainerStartError, match="container 'keep' is stopped"):
+        cell(ip, "--name keep", "true")
+    ip.run_line_magic("container", "commit keep kept:1")  # a stopped container's files can still be committed
+    assert "committed kept:1 (" in capsys.readouterr().out
+    cell(ip, "kept:1", "cat /root/hermetic-magic-file")
+    assert capsys.readouterr().out == "one\n"
+
+
+def test_named_memory_limit_and_oom_in_exec(ip) -> None:  # noqa: ANN001
+    from ipython_ext.errors import ContainerCellError
+
+    cell(ip, "host --name small --mem 32M", "true")
+    with pytest.raises(ContainerCellError) as info:
+        cell(ip, "--name small", "python3 -c 'bytearray(400 << 20)'")
+    assert info.value.returncode == 137 and info.value.reason.startswith("out of memory (limit 32 MiB, peak ")
+    cell(ip, "--name small", "true")  # the container survived its cell's OOM
+
+
+def test_commit_after_a_cell_and_not_after_a_failed_one(ip, capsys) -> None:  # noqa: ANN001
+    from ipython_ext.errors import ContainerCellError
+
+    cell(ip, "host --commit cellimg:1", "mkdir -p /opt/hermetic-magic && echo saved > /opt/hermetic-magic/f")
+    assert capsys.readouterr().out.startswith("committed cellimg:1 (")
+    cell(ip, "cellimg:1", "cat /opt/hermetic-magic/f")
+    assert capsys.readouterr().out == "saved\n"
+    with pytest.raises(ContainerCellError):
+        cell(ip, "host --commit cellimg:2", "exit 1")
+    assert "not committed to cellimg:2: the cell failed (exited with status 1)" in capsys.readouterr().err
+    with pytest.raises(ImageNotFound):
+        cell(ip, "cellimg:2", "true")
+    assert not os.path.exists("/opt/hermetic-magic")
+
+
+def test_exec_verb_and_ps_table(ip, capsys) -> None:  # noqa: ANN001
+    from ipython_ext.errors import ContainerCellError
+
+    cell(ip, "host --name box", "echo hi > /root/hi")
+    ip.run_line_magic("container", "exec box cat /root/hi")
+    assert capsys.readouterr().out == "hi\n"
+    with pytest.raises(ContainerCellError):
+        ip.run_line_magic("container", "exec box false")
+    ip.run_line_magic("container", "ps")
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["CONTAINER", "ID", "NAME", "IMAGE", "STATUS", "PIDS", "CREATED", "OWNER"]
+    assert any(row.split()[1:4] == ["box", "host", "running"] and row.endswith("this kernel")
+               for row in table.splitlines()[1:])
+    ip.run_line_magic("container", "rm box")
+    ip.run_line_magic("container", "ps")
+    assert " box " not in capsys.readouterr().out
+
+
+def test_images_lists_host(ip, capsys) -> None:  # noqa: ANN001
+    ip.run_line_magic("container", "images")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["IMAGE", "ID", "LAYERS", "SIZE", "CREATED"] and lines[1].startswith("host ")
+
+
+def test_interrupt_stops_the_cell_promptly(ip) -> None:  # noqa: ANN001
+    from ipython_ext.errors import ContainerCellInterrupted
+
+    cell(ip, "host --name intr", "true")
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(ContainerCellInterrupted):
+        cell(ip, "--name intr", "trap '' INT; sleep 300 & sleep 300")  # even one that ignores SIGINT
+    assert time.monotonic() - start < 4
+    cell(ip, "--name intr --out PS", "ps -eo args")
+    assert "sleep 300" not in ip.user_ns["PS"]
+
+
+def test_helper_death_is_reported_and_the_next_cell_recovers(ip) -> None:  # noqa: ANN001
+    from ipython_ext.errors import HelperError
+
+    cell(ip, "host --name doomed", "true")
+    client = _client(ip)
+    pid = client.pid
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(HelperError, match=rf"the container helper \(pid {pid}\) died \(killed by SIGKILL\)"):
+        cell(ip, "host", "true")
+    cell(ip, "host", "true")  # a new helper
+    assert client.pid != pid
+
+
+def test_pull_without_a_registry_client_says_so(ip) -> None:  # noqa: ANN001
+    from ipython_ext.errors import PullUnavailable
+
+    try:
+        import pytest_hermetic.images.pull  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(PullUnavailable, match="pulling images is not available in this version"):
+            ip.run_line_magic("container", "pull busybox")
+    else:
+        pytest.skip("this version has a registry client (see test_pull_shows_progress)")
+
+
+def _serve_image(rootfs: str, tmp_path) -> tuple[object, str]:  # noqa: ANN001
+    """A read-only OCI distribution endpoint on 127.0.0.1 serving one image
+    (busybox rootfs as one layer): the GETs a pull makes, nothing more."""
+    import hashlib
+    import http.server
+    import json
+    import tarfile
+
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    blobs: dict[str, bytes] = {}
+
+    def put(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[digest] = data
+        return digest
+
+    layer_bytes = layer.read_bytes()
+    layer_digest = put(layer_bytes)
+    config = json.dumps({"architecture": "amd64" if os.uname().machine == "x86_64" else "arm64", "os": "linux",
+                         "config": {"Env": ["PATH=/bin:/usr/bin", "GREETING=pulled"], "WorkingDir": "/root"},
+                         "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}).encode()
+    config_digest = put(config)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": config_digest, "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                       "digest": layer_digest, "size": len(layer_bytes)}]}).encode()
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def _send(self, body: bytes, media: str, head: bool = False) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", media)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(body).hexdigest())
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _route(self, head: bool) -> None:
+            if self.path == "/v2/":
+                return self._send(b"{}", "application/json", head)
+            if self.path.startswith("/v2/test/busybox/manifests/"):
+                return self._send(manifest, "application/vnd.oci.image.manifest.v1+json", head)
+            if self.path.startswith("/v2/test/busybox/blobs/"):
+                body = blobs.get(self.path.rsplit("/", 1)[1])
+                if body is not None:
+                    return self._send(body, "application/octet-stream", head)
+            self.send_error(404)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._route(False)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._route(True)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"127.0.0.1:{server.server_address[1]}/test/busybox:1"
+
+
+def test_pull_shows_progress(ip, capsys, busybox_rootfs: str, tmp_path) -> None:  # noqa: ANN001
+    try:
+        import pytest_hermetic.images.pull  # noqa: F401
+    except ModuleNotFoundError:
+        pytest.skip("pytest_hermetic.images.pull is not in this version (the registry client, issue 4)")
+    server, reference = _serve_image(busybox_rootfs, tmp_path)
+    try:
+        ip.run_line_magic("container", f"pull {reference}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = capsys.readouterr().out
+    assert f"pulling {reference}" in out  # the terminal progress line
+    assert out.splitlines()[-1].startswith("pulled ")
+    cell(ip, reference, 'echo "$GREETING from $(pwd)"')
+    assert capsys.readouterr().out == "pulled from /root\n"
+
+
+def test_unload_stops_every_container() -> None:
+    # Last in this module: it unloads the module's shell's extension.
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "pytest_hermetic")
+    before = _states()
+    ip.run_cell_magic("container", "host --name one", "true")
+    ip.run_cell_magic("container", "host --name two", "true")
+    assert len(_states()) == len(before) + 2
+    client = _client(ip)
+    pid = client.pid
+    ip.run_line_magic("unload_ext", "pytest_hermetic")
+    assert _states() == before
+    assert not os.path.exists(f"/proc/{pid}")
+    assert ip.find_magic("container", "cell") is None and ip.find_magic("container", "line") is None
