@@ -67,7 +67,8 @@ def cell(ip, line: str, body: str) -> None:  # noqa: ANN001
     ("host -v /nonexistent-hermetic:/x", SpecError, "does not exist"),
     ("host --name 'bad name'", SpecError, "name='bad name'"),
     ("host -e '=x'", SpecError, "-e '=x': use KEY=VALUE"),
-    ("host --net", SpecError, "net=True"),
+    ("host --net=host", SpecError, "net='host'"),
+    ("host --net 'bad name!'", SpecError, "network name"),
     ("host --commit 'Bad Ref!'", Exception, "Bad Ref!"),
 ])
 def test_bad_options_fail_before_anything_starts(ip, line: str, error: type, words: str) -> None:  # noqa: ANN001
@@ -395,3 +396,10 @@ def test_unload_stops_every_container() -> None:
     assert _states() == before
     assert not os.path.exists(f"/proc/{pid}")
     assert ip.find_magic("container", "cell") is None and ip.find_magic("container", "line") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the host bridge needs root")
+def test_a_cell_on_the_host_bridge(ip) -> None:  # noqa: ANN001
+    out = cell(ip, "host --net --out result", "cat /proc/net/route | awk 'NR==2 {print $1, $2}'; cat /etc/resolv.conf | head -1")
+    assert ip.user_ns["result"].splitlines()[0] == "eth0 00000000"
+    assert "net=True" in ip.user_ns["result"]
