@@ -127,6 +127,7 @@ def _checks(machine: Machine) -> list[tuple[str, Check]]:
     ]
     if not machine.root:
         checks.append(("rootless", check_rootless_extras))
+    checks.append(("networks", check_networks))
     checks.append(("directories", check_directories))
     return checks
 
@@ -556,6 +557,40 @@ def check_rootless_extras(machine: Machine) -> Iterator[Result]:
         else:
             yield Result(OK, "newuidmap/newgidmap", " and ".join(p for p in helpers.values() if p))
     yield _runtime_dir_result()
+
+
+def check_networks(machine: Machine) -> Iterator[Result]:
+    """What `net=True` and named networks stand on (docs/networks.md)."""
+    import importlib.util
+
+    if machine.root:
+        if importlib.util.find_spec("pyroute2") is None:
+            yield Result(FAIL, "pyroute2", "not installed: net=True and named networks cannot make veth pairs",
+                         "pip install pyroute2 (or apt-get install python3-pyroute2)")
+        else:
+            yield Result(OK, "pyroute2", "installed (netlink for bridges and veth pairs)")
+        from .runtime import nat
+
+        tool = nat.backend()
+        if tool is None:
+            yield Result(WARN, "NAT", "neither nft nor iptables found: net=True containers reach the host, not the outside",
+                         "apt-get install nftables")
+        else:
+            yield Result(OK, "NAT", f"through {tool}")
+        if nat.forwarding_enabled():
+            yield Result(OK, "ip_forward", "net.ipv4.ip_forward=1: net=True containers reach the outside")
+        else:
+            yield Result(WARN, "ip_forward", "net.ipv4.ip_forward=0: net=True containers reach the host and each other, "
+                         "not the outside (the engine never flips this host-wide switch)",
+                         "sysctl -w net.ipv4.ip_forward=1 (and net.ipv4.ip_forward=1 in /etc/sysctl.d/ to keep it)")
+    else:
+        from .runtime import usermode_net
+
+        if usermode_net.helper_path():
+            yield Result(OK, "slirp4netns", f"{usermode_net.helper_path()} (net=True without root)")
+        else:
+            yield Result(WARN, "slirp4netns", "not found: rootless containers get loopback only (net=False)",
+                         "sudo apt-get install slirp4netns")
 
 
 def _first_free_id(path: str) -> int:

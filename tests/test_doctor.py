@@ -115,6 +115,9 @@ def test_root_finds_a_working_machine(dirs: dict[str, str]) -> None:
         assert results[name][0] == "ok", proc.stdout
     assert f"user namespace (uid {NOBODY})" in results
     assert dirs["HERMETIC_STATE"] in results["overlayfs"][1]
+    assert results["pyroute2"][0] == "ok" and results["NAT"][0] == "ok"
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        assert results["ip_forward"][0] == ("ok" if f.read().strip() == "1" else "warn")
     assert elapsed < 5, f"doctor took {elapsed:.1f}s"  # about 0.5 s here; slack for a loaded machine
     no_leftovers(Path(dirs["HERMETIC_STORE"]), Path(dirs["HERMETIC_STATE"]))
 

@@ -249,3 +249,27 @@ def test_subnet_that_clashes_with_a_host_route_is_refused(monkeypatch):
     monkeypatch.setenv("HERMETIC_SUBNET", str(clash))
     result = run_cli("run", "--net=bridge", "host", "true", env={"HERMETIC_SUBNET": str(clash)})
     assert result.returncode == 125 and f"overlaps the host's route {clash}" in result.stderr
+
+
+@pytest.mark.parametrize("tool", ["nft", "iptables"])
+def test_nat_rules_are_added_and_removed_exactly_once(monkeypatch, tool):
+    import shutil
+
+    if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")):
+        pytest.skip(f"{tool} is not installed")
+    monkeypatch.setenv("HERMETIC_NAT", tool)
+    subnet, bridge = "10.87.0.0/16", "hmtest0"  # rules only: no such device, no traffic
+    assert not nat.present(subnet, bridge)
+    try:
+        assert nat.add(subnet, bridge) == tool
+        assert nat.add(subnet, bridge) == tool  # idempotent
+        assert nat.present(subnet, bridge)
+        if tool == "iptables":
+            listed = subprocess.run(["iptables", "-w", "-t", "nat", "-S", "POSTROUTING"], capture_output=True, text=True).stdout
+            assert listed.count("hermetic:hmtest0") == 1
+        else:
+            listed = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+            assert listed.count("table ip hermetic_hmtest0") == 1 and "masquerade" in listed
+    finally:
+        nat.remove(subnet, bridge)
+    assert not nat.present(subnet, bridge)

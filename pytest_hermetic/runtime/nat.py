@@ -1,7 +1,7 @@
 """Outbound NAT for the host bridge (`net=True`), as Docker's default bridge.
 
 One rule set, added when the bridge is made and removed with it: with
-nftables a table of our own (`ip hermetic`), deleted in one command; with
+nftables a table of our own (`ip hermetic_<bridge>`), deleted in one command; with
 only iptables (its nf_tables or legacy flavour), rules marked with a
 comment, each deleted by its exact spec.  Nothing else of the host's
 firewall is read or changed.
@@ -14,6 +14,7 @@ the host and each other, not the outside).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -22,9 +23,15 @@ from ..errors import ContainerStartError
 TABLE = "hermetic"
 
 
+def _table(bridge: str) -> str:
+    return f"{TABLE}_{bridge}"
+
+
 def backend() -> str | None:
-    """"nft", "iptables", or None when the host has neither."""
-    for tool in ("nft", "iptables"):
+    """"nft", "iptables", or None when the host has neither (`$HERMETIC_NAT`
+    picks one where both are installed)."""
+    chosen = os.environ.get("HERMETIC_NAT")
+    for tool in ((chosen,) if chosen in ("nft", "iptables") else ("nft", "iptables")):
         if shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin"):
             return tool
     return None
@@ -53,7 +60,7 @@ def add(subnet: str, bridge: str) -> str | None:
     tool = backend()
     if tool == "nft":
         script = (
-            f"table ip {TABLE} {{\n"
+            f"table ip {_table(bridge)} {{\n"
             f"  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n"
             f"    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n  }}\n"
             f"  chain forward {{ type filter hook forward priority filter; policy accept;\n"
@@ -78,7 +85,7 @@ def remove(subnet: str, bridge: str) -> None:
     tool = backend()
     if tool == "nft":
         if present(subnet, bridge):
-            subprocess.run([_tool("nft"), "delete", "table", "ip", TABLE], capture_output=True)
+            subprocess.run([_tool("nft"), "delete", "table", "ip", _table(bridge)], capture_output=True)
     elif tool == "iptables":
         for rule in _iptables_rules(subnet, bridge):
             while _iptables("-C", rule).returncode == 0:
@@ -90,7 +97,7 @@ def present(subnet: str, bridge: str) -> bool:
     """Whether our rules are in the host's firewall now."""
     tool = backend()
     if tool == "nft":
-        return subprocess.run([_tool("nft"), "list", "table", "ip", TABLE], capture_output=True).returncode == 0
+        return subprocess.run([_tool("nft"), "list", "table", "ip", _table(bridge)], capture_output=True).returncode == 0
     if tool == "iptables":
         return any(_iptables("-C", rule).returncode == 0 for rule in _iptables_rules(subnet, bridge))
     return False
