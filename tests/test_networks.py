@@ -240,7 +240,9 @@ def test_network_values():
 
 def test_subnet_that_clashes_with_a_host_route_is_refused(monkeypatch):
     with open("/proc/net/route") as f:
-        row = next(line.split() for line in f.read().splitlines()[1:] if line.split()[7] != "00000000")
+        row = next((line.split() for line in f.read().splitlines()[1:] if line.split()[7] != "00000000"), None)
+    if row is None:
+        pytest.skip("this machine routes no subnet to clash with")
     import ipaddress
 
     dest = ipaddress.IPv4Address(int(row[1], 16).to_bytes(4, "little"))

@@ -61,7 +61,7 @@ class Bridge:
                 ipr.link("add", ifname=self.ifname, kind="bridge", state="up")
             except Exception as exc:  # NetlinkError; a racing creator is fine
                 if getattr(exc, "code", None) != errno.EEXIST:
-                    raise ContainerStartError(f"cannot create bridge {self.ifname}: {exc}") from None
+                    raise ContainerStartError(f"cannot create bridge {self.ifname}: {exc}{_module_hint(exc, 'bridge')}") from None
         index = self.index
         if not any(a.get_attr("IFA_ADDRESS") == gateway for a in ipr.get_addr(index=index)):
             try:
@@ -89,7 +89,8 @@ class Bridge:
         except ContainerStartError:
             raise
         except Exception as exc:  # noqa: BLE001 - NetlinkError and friends
-            raise ContainerStartError(f"cannot connect the container to bridge {self.ifname}: {exc}") from None
+            raise ContainerStartError(f"cannot connect the container to bridge {self.ifname}: {exc}"
+                                      f"{_module_hint(exc, 'veth')}") from None
 
     def disconnect(self, host_ifname: str) -> None:
         """Remove a veth pair now (it would also go with the container's namespace)."""
@@ -109,6 +110,14 @@ class Bridge:
             self._ipr.close()
             self._ipr = None
             self._index = None
+
+
+def _module_hint(exc: Exception, module: str) -> str:
+    """EOPNOTSUPP from netlink: the kernel lacks the device kind (a module the
+    kernel could not load by itself)."""
+    if getattr(exc, "code", None) == errno.EOPNOTSUPP:
+        return f"; the kernel has no {module} support loaded: fix: `modprobe {module}` as root"
+    return ""
 
 
 def links(prefixes: tuple[str, ...]) -> list[str]:
