@@ -78,6 +78,12 @@ def test_bad_options_fail_before_anything_starts(ip, line: str, error: type, wor
     assert words in str(info.value)
     assert _states() == before
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the host bridge needs root")
+def test_a_cell_on_the_host_bridge(ip) -> None:  # noqa: ANN001
+    out = cell(ip, "host --net --out result", "cat /proc/net/route | awk 'NR==2 {print $1, $2}'; cat /etc/resolv.conf | head -1")
+    assert ip.user_ns["result"].splitlines()[0] == "eth0 00000000"
+    assert "net=True" in ip.user_ns["result"]
+
 
 def test_bad_option_value_renders_as_one_line(ip, capsys) -> None:  # noqa: ANN001
     result = ip.run_cell("%%container host --mem lots\necho never\n")
@@ -396,10 +402,3 @@ def test_unload_stops_every_container() -> None:
     assert _states() == before
     assert not os.path.exists(f"/proc/{pid}")
     assert ip.find_magic("container", "cell") is None and ip.find_magic("container", "line") is None
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="the host bridge needs root")
-def test_a_cell_on_the_host_bridge(ip) -> None:  # noqa: ANN001
-    out = cell(ip, "host --net --out result", "cat /proc/net/route | awk 'NR==2 {print $1, $2}'; cat /etc/resolv.conf | head -1")
-    assert ip.user_ns["result"].splitlines()[0] == "eth0 00000000"
-    assert "net=True" in ip.user_ns["result"]
