@@ -27,6 +27,7 @@ import time
 import traceback
 
 from ipython_ext import protocol
+from pytest_hermetic._proc import descendants
 
 GRACE = 1.0  # seconds between the interrupt's SIGINT and SIGKILL
 DRAIN = 0.5  # after the cell's process ended: how long a background process may hold its output open
@@ -49,24 +50,6 @@ def _keep() -> int:
     os.closerange(3, 65536)
     while True:
         signal.pause()
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _has_token(pid: int, token: bytes) -> bool:
@@ -138,7 +121,7 @@ class ExecCell:
         return self.proc.fileno()
 
     def pids(self) -> list[int]:
-        found = set(_descendants(self.proc.pid))
+        found = set(descendants(self.proc.pid))
         cgroup = self.container.cgroup
         if cgroup is not None:
             token = f"{CELL_TOKEN}={self.token}".encode()

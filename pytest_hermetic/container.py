@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .networks import Network
 
 from ._fs import rmtree
+from ._proc import descendants, owner, owner_alive, started_before
 from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
 from .paths import state_root
@@ -439,8 +440,7 @@ class Container:
             "image": self.spec.image,
             "command": list(self.spec.command or []),
             "created": time.time(),
-            "owner_pid": os.getpid(),
-            "owner_start": _start_time(os.getpid()),
+            **owner(),
             "cgroup": self.cgroup.directories() if self.cgroup else [],
             "rw_dir": self.rw_dir,
             "network": None if self.network is None else self.network.name,
@@ -473,46 +473,10 @@ def _init_files(hostname: str) -> dict[str, str]:
     }
 
 
-def _start_time(pid: int) -> int | None:
-    """A process's start time, so a reused pid is not taken for the owner."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _owner_alive(pid: int, since: float) -> bool:
-    """Whether process `pid` runs and started before `since` (not a reused pid)."""
-    ticks = _start_time(pid)
-    if ticks is None:
-        return False
-    try:
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    except (OSError, StopIteration, ValueError):
-        return True
-    return boot + ticks / os.sysconf("SC_CLK_TCK") <= since + 1
-
-
 def _descendants(pid: int) -> list[tuple[int, str]]:
-    """`pid` and every process below it, by parent links in /proc (no
-    cgroup to ask; /proc/PID/ns of a rootless container is not readable)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [pid], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return [(p, cgroups.comm(p)) for p in found]
+    """`pid` and every process below it (no cgroup to ask; /proc/PID/ns of a
+    rootless container is not readable)."""
+    return [(p, cgroups.comm(p)) for p in [pid, *descendants(pid)]]
 
 
 def list_states() -> list[dict]:
@@ -530,8 +494,7 @@ def list_states() -> list[dict]:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError):
             data = {"id": entry, "name": entry[:12]}
-        owner = data.get("owner_pid")
-        data["alive"] = bool(owner) and _start_time(owner) == data.get("owner_start")
+        data["alive"] = owner_alive(data)
         groups = data.get("cgroup") or []
         data["pids"] = cgroups.read_pids(f"{groups[0]}/cgroup.procs") if groups else []
         data["state_dir"] = os.path.join(base, entry)
@@ -560,7 +523,7 @@ def gc_containers(store_root: str | None = None) -> list[str]:
     short_live = {i[:12] for i in live_ids}
     now = time.time()
     for path in _hermetic_cgroups():
-        short, _, owner = os.path.basename(path)[len(cgroups.PREFIX):].partition("-")
+        short, _, owner_pid = os.path.basename(path)[len(cgroups.PREFIX):].partition("-")
         if short in short_live:
             continue
         # Not ours to judge if something runs in it (another state root, another
@@ -569,7 +532,7 @@ def gc_containers(store_root: str | None = None) -> list[str]:
         try:
             if cgroups.read_pids(f"{path}/cgroup.procs"):
                 continue
-            if not (owner.isdigit() and not _owner_alive(int(owner), os.stat(path).st_mtime)) \
+            if not (owner_pid.isdigit() and not started_before(int(owner_pid), os.stat(path).st_mtime)) \
                     and now - os.stat(path).st_mtime < 60:
                 continue
             cgroups.rmdir_retry(path)

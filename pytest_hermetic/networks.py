@@ -32,6 +32,7 @@ import time
 from typing import Iterator
 
 from ._fs import rmtree
+from ._proc import owner, owner_alive
 from ._record import record
 from .errors import NetworkError
 from .paths import state_root, system_state_root
@@ -55,23 +56,6 @@ def _parse_subnet(text: str) -> ipaddress.IPv4Network:
     if subnet.prefixlen > 29:
         raise NetworkError(f"subnet {text!r} is too small; use a /29 or larger, such as {DEFAULT_SUBNET}")
     return subnet
-
-
-def _owner() -> dict:
-    return {"owner_pid": os.getpid(), "owner_start": _start_time(os.getpid())}
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _alive(entry: dict) -> bool:
-    pid = entry.get("owner_pid")
-    return bool(pid) and _start_time(pid) == entry.get("owner_start")
 
 
 @record
@@ -141,7 +125,7 @@ class Network:
             if address == self.gateway or address in taken:
                 continue
             os.makedirs(self._leases_dir, exist_ok=True)
-            entry = {"id": container_id, "hostname": hostname, **_owner()}
+            entry = {"id": container_id, "hostname": hostname, **owner()}
             with open(os.path.join(self._leases_dir, address), "x") as f:
                 json.dump(entry, f)
             return address
@@ -161,7 +145,7 @@ class Network:
     def drop_dead_leases(self) -> list[str]:
         dropped = []
         for address, entry in self.leases().items():
-            if not _alive(entry):
+            if not owner_alive(entry):
                 try:
                     os.unlink(os.path.join(self._leases_dir, address))
                     dropped.append(address)
@@ -295,7 +279,7 @@ class HostBridge(Network):
             os.makedirs(self._holders_dir, exist_ok=True)
             self._ensure_bridge()
             with open(os.path.join(self._holders_dir, str(os.getpid())), "w") as f:
-                json.dump(_owner(), f)
+                json.dump(owner(), f)
 
     def release_hold(self) -> None:
         with self.locked():
@@ -323,7 +307,7 @@ class HostBridge(Network):
                     entry = json.load(f)
             except (OSError, json.JSONDecodeError):
                 entry = {}
-            if _alive(entry):
+            if owner_alive(entry):
                 live.append(name)
             else:
                 os.unlink(path)
@@ -491,7 +475,7 @@ class PrivateNetwork(Network):
         self._members = 0
         self._closing = False
         with open(os.path.join(self.state_dir, "meta.json"), "w") as f:
-            json.dump({"name": name, **_owner()}, f)
+            json.dump({"name": name, **owner()}, f)
         self._write_hosts()
 
     def _ensure_bridge(self) -> None:
@@ -587,7 +571,7 @@ def gc_networks() -> list[str]:
                 meta = json.load(f)
         except (OSError, json.JSONDecodeError):
             meta = {}
-        if not _alive(meta):
+        if not owner_alive(meta):
             rmtree(os.path.join(base, ident))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(base, ident) + ".lock")

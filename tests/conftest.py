@@ -44,25 +44,6 @@ def _net_namespaces() -> set[int]:
     return found
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    result, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in result:
-                result.add(child)
-                todo.append(child)
-    return result
-
-
 def _network_links() -> list[str]:
     """Veth ends and the host bridge, and whether the NAT rules are in."""
     from pytest_hermetic.networks import HOST_BRIDGE, VETH_PREFIX
@@ -77,6 +58,7 @@ def _network_links() -> list[str]:
 
 
 def _snapshot() -> dict[str, object]:
+    from pytest_hermetic._proc import descendants
     from pytest_hermetic.container import _hermetic_cgroups, containers_dir
 
     import glob
@@ -93,7 +75,7 @@ def _snapshot() -> dict[str, object]:
         "cgroups": sorted(_hermetic_cgroups()),
         "netns": len(_net_namespaces()),
         "links": _network_links(),
-        "processes": sorted(_descendants(os.getpid())),
+        "processes": sorted(descendants(os.getpid())),
         "state folders": states,
     }
 

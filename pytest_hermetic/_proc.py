@@ -1,0 +1,61 @@
+"""Processes as /proc tells: start times (a pid may be reused) and trees.
+
+`gc` must not take a live process for a dead owner or the reverse, so an
+owner is recorded as (pid, start time) and is alive only while both match.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks after boot; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner() -> dict:
+    """This process as an owner record, for state files."""
+    return {"owner_pid": os.getpid(), "owner_start": start_time(os.getpid())}
+
+
+def owner_alive(record: dict) -> bool:
+    """Whether the owner recorded by `owner()` still runs (not a reused pid)."""
+    pid = record.get("owner_pid")
+    return bool(pid) and start_time(pid) == record.get("owner_start")
+
+
+def started_before(pid: int, since: float) -> bool:
+    """Whether process `pid` runs and started before the wall-clock time `since`."""
+    ticks = start_time(pid)
+    if ticks is None:
+        return False
+    try:
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return True
+    return boot + ticks / os.sysconf("SC_CLK_TCK") <= since + 1
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (not `pid` itself), by parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
