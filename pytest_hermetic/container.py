@@ -165,11 +165,7 @@ class Container:
             if self.spec.net is not False:
                 self._join_network(config)
             self.started_at = time.monotonic()
-            try:
-                self.process = process.spawn(config, target)
-            finally:
-                if config.network.netns_fd is not None:
-                    os.close(config.network.netns_fd)  # the container holds its namespace now
+            self.process = process.spawn(config, target)
         except BaseException:
             self.remove()
             raise
@@ -209,6 +205,7 @@ class Container:
         self._attached = True
         self.address = attachment.address
         config.network = attachment.config
+        config.network_hook = attachment.connect
         config.rootfs.init_files["etc/hosts"] = attachment.hosts
         config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
         if attachment.hosts_bind:

@@ -29,7 +29,7 @@ import ipaddress
 import json
 import os
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ._fs import rmtree
 from ._proc import owner, owner_alive
@@ -67,6 +67,7 @@ class Attachment:
     address: str
     hosts: str  # text of the container's own /etc/hosts (init layer)
     resolv_conf: str
+    connect: Callable[[int], None]  # the veth, into the namespace of the child with this pid
     hosts_bind: str | None = None  # the network's shared hosts file, bound over /etc/hosts
 
 
@@ -181,9 +182,9 @@ class Network:
             self.bridge.create(self.gateway, self.subnet.prefixlen)
 
     def attach(self, container_id: str, hostname: str) -> Attachment:
-        """Give the container an address and a veth end in a fresh network
-        namespace (the returned config's `netns_fd`, which the caller closes
-        once the container has joined it)."""
+        """Give the container an address; `Attachment.connect(pid)` puts its
+        veth end in the network namespace of process `pid` (the child, once
+        it has made it: process.spawn calls it)."""
         with self.locked():
             os.makedirs(self.state_dir, exist_ok=True)
             try:
@@ -193,20 +194,19 @@ class Network:
                 self._unused()
                 raise
             self._write_hosts()
-        container_fd = None
-        try:
-            container_fd = netns.create()
-            self.bridge.connect(container_fd, VETH_PREFIX + container_id[:12])
-        except BaseException:
-            if container_fd is not None:
-                os.close(container_fd)
-            self.detach(container_id)
-            raise
-        config = NetworkConfig(mode="bridge", netns_fd=container_fd, address=address,
-                               prefixlen=self.subnet.prefixlen, gateway=self.gateway)
+        config = NetworkConfig(mode="bridge", address=address, prefixlen=self.subnet.prefixlen, gateway=self.gateway)
         hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                  f"{address}\t{hostname}\n")
-        return Attachment(config, address, hosts, self.resolv_conf(), self.hosts_path)
+        veth = VETH_PREFIX + container_id[:12]
+
+        def connect(pid: int) -> None:
+            fd = netns.open_path(f"/proc/{pid}/ns/net")
+            try:
+                self.bridge.connect(fd, veth)
+            finally:
+                os.close(fd)
+
+        return Attachment(config, address, hosts, self.resolv_conf(), connect, self.hosts_path)
 
     def _unused(self) -> bool:
         """Under the lock, after a container left: remove what nobody uses."""

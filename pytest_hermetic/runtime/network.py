@@ -1,9 +1,12 @@
-"""The container's side of its network: runs in the child, before pivot.
+"""The container's side of its network: runs in the child.
 
 * `net=False` ("none"): a fresh network namespace with `lo` up, nothing else.
-* On a network ("bridge"): the parent has already made the namespace, with
-  the container's end of a veth pair in it as `eth0` (bridges.py); the child
-  joins it, and gives `eth0` its address and the default route.
+* On a network ("bridge"): the child makes its namespace as for `net=False`
+  and says so; while it builds its root, the parent puts the container's
+  end of a veth pair in it as `eth0` (bridges.py); then the child gives
+  `eth0` its address and the default route.
+* "usermode" (rootless `net=True`): slirp4netns configures `tap0` from
+  outside (usermode_net.py); the child only waits for it.
 
 Everything here is a handful of ioctls on a datagram socket: the child must
 not import pyroute2 (its import alone costs ~250 ms, more than a whole
@@ -17,7 +20,6 @@ import fcntl
 import struct
 
 from .._record import record
-from . import syscalls as sc
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -37,12 +39,10 @@ _RTENTRY_SIZE = (_RTENTRY.size + 7) // 8 * 8
 class NetworkConfig:
     """How the container is connected.
 
-    `mode` is "none" (loopback only) or "bridge" (joins `netns_fd`, made by
-    the parent, where `eth0` waits for `address`/`prefixlen`, routed through
-    `gateway`)."""
+    `mode` is "none" (loopback only), "bridge" (`eth0` gets `address`/
+    `prefixlen`, routed through `gateway`) or "usermode"."""
 
     mode: str = "none"
-    netns_fd: int | None = None
     address: str | None = None
     prefixlen: int = 0
     gateway: str | None = None
@@ -90,15 +90,7 @@ def configure_interface(name: str, address: str, prefixlen: int, gateway: str | 
         sock.close()
 
 
-def unshare_flags(config: NetworkConfig, flags: int) -> int:
-    """The namespaces to unshare: not the network one when joining the parent's."""
-    return flags & ~sc.CLONE_NEWNET if config.netns_fd is not None else flags
-
-
-def setup_in_child(config: NetworkConfig) -> None:
-    """Runs in the child after its other namespaces exist, before pivot."""
-    if config.netns_fd is not None:
-        sc.setns(config.netns_fd, sc.CLONE_NEWNET)
-    loopback_up()
+def configure(config: NetworkConfig) -> None:
+    """Once the parent has put the veth end in our namespace."""
     if config.address:
         configure_interface(config.interface, config.address, config.prefixlen, config.gateway)

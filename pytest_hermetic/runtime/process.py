@@ -64,6 +64,11 @@ class ProcessConfig:
     cap_last: int = factory(lambda: capabilities.last_cap())  # read by the parent, once per container
     stdio: tuple = (None, None, None)  # fds for the command's stdin, stdout, stderr (None: inherit)
     network_go: tuple | None = None  # rootless net=True: the parent says "G" once slirp4netns is up
+    # As root on a bridge: called by the parent with the child's pid once the
+    # child's network namespace exists (it puts the veth end there) while
+    # the child builds its root; `netns_ready` carries the child's "N".
+    network_hook: Callable[[int], None] | None = None
+    netns_ready: tuple | None = None
 
 
 @record(frozen=True)
@@ -202,7 +207,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     sync = _SyncPipes() if rootless and config.userns and config.userns.needs_helpers else None
     if config.network.mode == "usermode":
         config.network_go = os.pipe2(os.O_CLOEXEC)
-    joined = os.pipe2(os.O_CLOEXEC) if config.cgroup_procs else None
+    joined = os.pipe2(os.O_CLOEXEC) if config.cgroup_procs or config.network_hook else None
+    if config.network_hook is not None and not rootless:
+        config.netns_ready = os.pipe2(os.O_CLOEXEC)
     placeholder = None
     try:
         if rootless:
@@ -223,14 +230,14 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
                     _worker(config, target, err_w, joined)
                 _child_main(config, target, err_w, status_w, joined)
     except BaseException:
-        for fd in (err_r, err_w, status_r, status_w, *(joined or ())):
+        for fd in (err_r, err_w, status_r, status_w, *(joined or ()), *(config.netns_ready or ())):
             if fd is not None:
                 os.close(fd)
         if placeholder is not None:
             _end_placeholder(placeholder)
         raise
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
-    attach_error = _attach([pid], config.cgroup_procs, joined) if joined is not None else None
+    attach_error = _attach([pid], config, joined) if joined is not None else None
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
@@ -252,6 +259,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         raise network_error
     if message:
         proc.wait()
+        if isinstance(attach_error, ContainerStartError) or type(attach_error).__module__.endswith("errors"):
+            raise attach_error
         if attach_error is not None:
             raise ContainerStartError(f"cannot move the container into its cgroup: {attach_error}")
         raise _start_error(message)
@@ -356,25 +365,36 @@ def _worker(config: ProcessConfig, target, err_w: int, joined: tuple[int, int] |
         os._exit(code)
 
 
-def _attach(pids: list[int], procs_files: list[str], joined: tuple[int, int]) -> OSError | None:
+def _attach(pids: list[int], config: ProcessConfig, joined: tuple[int, int]) -> BaseException | None:
     """Move the child into its cgroup from here, while it builds its root.
 
     The first cgroup migration after a quiet spell waits for an RCU grace
     period (the kernel's cgroup_threadgroup_rwsem), 5-15 ms on a small VM;
     done by the parent it overlaps the child's own set-up instead of adding
-    to it.  The child waits for the byte on `joined` before it unshares its
-    cgroup namespace (whose root is the cgroup it is in at that moment)."""
+    to it.  So does the network: once the child says its network namespace
+    exists, the parent puts the veth end in it.  The child waits for the
+    byte on `joined` before it configures `eth0` and unshares its cgroup
+    namespace (whose root is the cgroup it is in at that moment)."""
     read_fd, write_fd = joined
     os.close(read_fd)
     try:
-        for path in procs_files:
+        for path in config.cgroup_procs:
             for pid in pids:
                 with open(path, "w") as f:
                     f.write(str(pid))
+        if config.netns_ready is not None:
+            ready_r, ready_w = config.netns_ready
+            os.close(ready_w)
+            try:
+                if os.read(ready_r, 1) != b"N":
+                    return ContainerStartError("the container stopped before its network namespace was made")
+            finally:
+                os.close(ready_r)
+            config.network_hook(pids[0])  # type: ignore[misc]
         os.write(write_fd, b"J")
         return None
-    except OSError as exc:
-        return exc  # the child sees EOF instead of J and stops
+    except BaseException as exc:  # noqa: BLE001 - the child sees EOF instead of J and stops
+        return exc
     finally:
         os.close(write_fd)
 
@@ -574,14 +594,19 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
 def _enter_container(config: ProcessConfig, joined: tuple[int, int] | None, in_namespaces: bool) -> None:
     """Namespaces, network, root file system, cgroup namespace."""
     if not in_namespaces:
-        sc.unshare(network.unshare_flags(config.network, CONTAINER_NAMESPACES))
-    network.setup_in_child(config.network)
+        sc.unshare(CONTAINER_NAMESPACES)
+        if config.netns_ready is not None:  # the parent wires the veth meanwhile
+            os.close(config.netns_ready[0])
+            os.write(config.netns_ready[1], b"N")
+            os.close(config.netns_ready[1])
+    network.loopback_up()
     rootfs.setup(config.rootfs, config.hostname)
     if not in_namespaces:
         # Only now wait for the parent to have moved us into the cgroup (so
         # its wait overlapped all of the above); the cgroup namespace's root
         # is the cgroup we sit in when we unshare it.
         _wait_attached(joined)
+        network.configure(config.network)  # eth0 is there now
         sc.unshare(sc.CLONE_NEWCGROUP)
     rootfs.mount_cgroup2(config.rootfs)
 
