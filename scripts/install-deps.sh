@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux)
+PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux docker-registry skopeo umoci debootstrap apache2-utils openssl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

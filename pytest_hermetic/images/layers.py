@@ -172,6 +172,24 @@ def open_layer(path: str | os.PathLike[str]) -> BinaryIO:
     return cast(BinaryIO, io.BufferedReader(_Closing(dec, raw), buffer_size=_CHUNK))
 
 
+def media_type(path: str | os.PathLike[str]) -> str:
+    """The OCI layer media type of the blob at `path`, from its magic bytes."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_MAGIC_GZIP):
+        return "application/vnd.oci.image.layer.v1.tar+gzip"
+    if head.startswith(_MAGIC_ZSTD):
+        return "application/vnd.oci.image.layer.v1.tar+zstd"
+    if head.startswith(_MAGIC_XZ) or head.startswith(_MAGIC_BZ2):
+        raise LayerError(f"{os.fspath(path)}: xz/bzip2 layers can be read but have no OCI media type")
+    return "application/vnd.oci.image.layer.v1.tar"
+
+
+def open_layer_stream(src: BinaryIO) -> BinaryIO:
+    """A reader of the uncompressed tar in the stream `src` (sniffed; `src` stays open)."""
+    return _sniff_stream(src)
+
+
 class _Prefixed(io.RawIOBase):
     """Put back the bytes read to sniff a non-seekable stream."""
 
@@ -254,10 +272,17 @@ class _Reader:
                 self._kept -= len(self._chunks.popleft()[1])
         return data
 
-    def check_end(self, offset: int) -> None:
-        """Require the block at `offset` (where tarfile stopped) to be zeros."""
+    def check_end(self, offset: int, *, allow_bare_end: bool = False) -> None:
+        """Require the block at `offset` (where tarfile stopped) to be zeros.
+
+        With `allow_bare_end`, the data may also simply stop at `offset`, a
+        member boundary (Go's archive/tar and umoci write such tars; Docker
+        accepts them): for content whose digest is checked anyway.
+        """
         while self.pos < offset + tarfile.BLOCKSIZE:
             if not self.read(tarfile.RECORDSIZE):
+                if allow_bare_end and self.pos == offset:
+                    return
                 raise _corrupt(
                     f"truncated at byte {self.pos} (no end-of-archive block)"
                 )
@@ -694,6 +719,7 @@ def extract_layer(
     xattr_prefix: str = OVERLAY_TRUSTED,
     privileged: bool = False,
     same_owner: bool | None = None,
+    allow_bare_end: bool = False,
 ) -> ExtractStats:
     """Unpack one OCI layer tar into the empty directory `dest`, ready to be an overlay layer.
 
@@ -710,6 +736,8 @@ def extract_layer(
     land or link outside `dest`, or write through a symlink, raises
     LayerError naming it, as does a truncated or corrupt tar. On error `dest`
     is left half written: extract into a temporary folder, then rename.
+    `allow_bare_end` accepts a tar that stops at a member boundary without
+    the end-of-archive blocks (for digest-verified blobs; see `check_end`).
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
@@ -754,7 +782,7 @@ def extract_layer(
                     raise _corrupt(f"member {m.name!r}: {e}") from e
                 except (OSError, ValueError, OverflowError) as e:
                     raise LayerError(f"cannot extract layer member {m.name!r}: {e}") from e
-            reader.check_end(tf.offset)
+            reader.check_end(tf.offset, allow_bare_end=allow_bare_end)
         try:
             ex.finish()
         except OSError as e:
