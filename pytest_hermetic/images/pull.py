@@ -260,43 +260,16 @@ class Puller:
             raise AssertionError("unreachable")
 
     def _unpack(self, registry: Registry, repository: str, desc: dict, diff_id: str, partial: str) -> None:
-        from . import layers
-        from .._fs import rmtree
+        from .ingest import Source, ingest_layer
 
         digest, size = desc["digest"], int(desc.get("size") or 0)
         blob = self.store.blob_path(digest)
-        staging = self.store.tempdir("layer-")
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the layer from users in containers
-        try:
-            root = os.path.join(staging, "root")
-            os.mkdir(root)
-            if os.path.exists(blob):  # fetched earlier, never unpacked (a killed pull)
-                source: _BlobReader | _FileReader = _FileReader(blob)
-            else:
-                source = _BlobReader(registry, repository, digest, size, partial,
-                                     lambda done: self.report(digest[7:19], done, size))
-            with source:
-                tar = _Hashing(layers.open_layer_stream(source))  # type: ignore[arg-type]
-                try:
-                    # the blob digest vouches for the end: accept tars without end-of-archive blocks, as Docker does
-                    layers.extract_layer(tar, root, xattr_prefix=self.store.xattr_prefix,  # type: ignore[arg-type]
-                                         allow_bare_end=True)
-                    tar.drain()
-                except LayerError:
-                    source.drain()
-                    source.verify()  # wrong bytes say "digest mismatch", not "corrupt layer"
-                    raise
-                source.drain()
-                source.verify()
-            if tar.digest() != diff_id:
-                raise DigestMismatch(f"digest mismatch for layer {digest}: its tar hashes to {tar.digest()}, "
-                                     f"the image config says {diff_id}; nothing was stored")
-            if not os.path.exists(blob):
-                os.replace(partial, blob)
-            self.store.commit_layer(staging, diff_id, digest, tar.size, desc.get("mediaType") or layers.media_type(blob))
-        except BaseException:
-            rmtree(staging)
-            raise
+        if os.path.exists(blob):  # fetched earlier, never unpacked (a killed pull)
+            source: Source | _BlobReader = Source(open(blob, "rb"), partial, digest=digest, size=size, name=f"blob {digest}")
+        else:
+            source = _BlobReader(registry, repository, digest, size, partial,
+                                 lambda done: self.report(digest[7:19], done, size))
+        ingest_layer(self.store, source, diff_id=diff_id, media_type=desc.get("mediaType"))  # type: ignore[arg-type]
 
 
 class _BlobReader:
@@ -309,13 +282,14 @@ class _BlobReader:
 
     def __init__(self, registry: Registry, repository: str, digest: str, size: int, partial: str,
                  report: Callable[[int], None]) -> None:
-        self.registry, self.repository, self.digest, self.size = registry, repository, digest, size
+        self.registry, self.repository, self.blob_digest, self.size = registry, repository, digest, size
         self.hash = hashlib.sha256()
         self.done = 0
         self._report = report
         self._reported = 0
         self._response: http.client.HTTPResponse | None = None
         self._retries = 3
+        self.tmp_path = partial
         self._out = open(partial, "a+b")
         have = self._out.tell()
         if have > size:
@@ -346,7 +320,7 @@ class _BlobReader:
             if self.done >= self.size:
                 # a registry that sends more than the descriptor says is wrong
                 if self._response is not None and self._response.read(1):
-                    raise DigestMismatch(f"digest mismatch for blob {self.digest}: more than the {self.size} bytes "
+                    raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: more than the {self.size} bytes "
                                          f"its descriptor gives; nothing was stored")
                 return b""
             try:
@@ -363,12 +337,12 @@ class _BlobReader:
                 return self._count(data)
             self._drop()  # early end: ask for the rest
             if self._retries == 0:
-                raise DigestMismatch(f"digest mismatch for blob {self.digest}: the registry sent {self.done} bytes, "
+                raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: the registry sent {self.done} bytes, "
                                      f"the descriptor says {self.size}; nothing was stored")
             self._retries -= 1
 
     def _open(self) -> http.client.HTTPResponse:
-        response = self.registry.open_blob(self.repository, self.digest, self.done)
+        response = self.registry.open_blob(self.repository, self.blob_digest, self.done)
         if response.status == 200 and self.done:
             skip = self.done  # the registry ignored Range: skip what we have
             while skip:
@@ -396,56 +370,15 @@ class _BlobReader:
         while self.read(1 << 20):
             pass
 
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
     def verify(self) -> None:
         self._out.flush()
-        got = "sha256:" + self.hash.hexdigest()
-        if self.done != self.size or got != self.digest:
-            raise DigestMismatch(f"digest mismatch for blob {self.digest} from {self.registry.registry}/{self.repository}: "
+        got = self.digest()
+        if self.done != self.size or got != self.blob_digest:
+            raise DigestMismatch(f"digest mismatch for blob {self.blob_digest} from {self.registry.registry}/{self.repository}: "
                                  f"got {got} ({self.done} bytes, expected {self.size}); nothing was stored")
-
-
-class _FileReader:
-    """A blob already in the store (verified when it entered)."""
-
-    def __init__(self, path: str) -> None:
-        self._f = open(path, "rb")
-
-    def __enter__(self) -> _FileReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
-
-    def read(self, n: int = -1) -> bytes:
-        return self._f.read(n)
-
-    def drain(self) -> None:
-        pass
-
-    def verify(self) -> None:
-        pass
-
-
-class _Hashing:
-    """sha256 and size of the uncompressed tar as it passes: the diff_id."""
-
-    def __init__(self, stream: object) -> None:
-        self._stream = stream
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)  # type: ignore[attr-defined]
-        self._hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
 
 
 def _verify_manifest(body: bytes, expected: str | None, header: str | None, name: str) -> None:

@@ -191,8 +191,9 @@ class Store:
             if not os.path.exists(blob):
                 import shutil
 
-                shutil.copyfile(tar_path, blob + ".tmp")
-                os.replace(blob + ".tmp", blob)
+                copy = os.path.join(staging, "blob")  # a private name: another process may copy the same blob
+                shutil.copyfile(tar_path, copy)
+                os.replace(copy, blob)
             self.commit_layer(staging, computed, blob_digest, counter.size, layers.media_type(tar_path))
             return computed, counter.size
         except BaseException:
@@ -291,8 +292,14 @@ class Store:
     def manifest_digest(self, name: str) -> str:
         data = self._read_refs()
         if name not in data:
-            raise ImageNotFound(name)
+            raise ImageNotFound(f"image {refs.parse(name).familiar!r} is not in the local store ({self.root})")
         return data[name]
+
+    def local(self, text: str) -> Image:
+        """The image `text` names if the store has it; never pulls."""
+        name = refs.parse(text).name
+        self.manifest_digest(name)
+        return self.get(name)
 
     def _layer_meta(self, diff_id: str) -> dict:
         try:
