@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytest_plugins = ["pytester"]
+sys.path.insert(0, ROOT)  # fixtures/ (test data builders and the image tests' fixtures)
+pytest_plugins = ["pytester", "fixtures.pytest_images"]
 
 TEST_USER = os.environ.get("HERMETIC_TEST_USER", "hermetic-test")
 

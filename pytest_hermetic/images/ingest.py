@@ -25,6 +25,17 @@ OCI_TYPES = {  # Docker's layer media types as OCI names them, for manifests the
 }
 
 
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also when extraction wrapped it in a LayerError."""
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
 class Source:
     """The blob's bytes as they pass: counted, hashed, copied to `tmp_path`; `verify` checks them."""
 

@@ -16,7 +16,6 @@ the layer unpacked.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import json
@@ -97,10 +96,11 @@ class Puller:
             self._progress = display.update
         start = time.monotonic()
         try:
-            with self.store.busy():
-                return self._pull(ref)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return self._pull(ref)
+        except (OSError, LayerError) as exc:
+            from .ingest import disk_full
+
+            if disk_full(exc):
                 raise StoreError(f"no space left on the store's disk ({self.store.root}) while pulling {ref.familiar}: "
                                  "nothing was stored; free space (`hermetic gc`, `hermetic rmi`) and pull again") from None
             raise
@@ -138,15 +138,16 @@ class Puller:
                                     "which is not a Linux layer tar (foreign or Windows layers are not pulled)")
             _check_digest(desc.get("digest", ""))
         self.layers = len(layer_descs)
-        jobs = [(desc, diff_id) for desc, diff_id in zip(layer_descs, diff_ids) if not self.store.has_layer(diff_id)]
-        for desc, diff_id in zip(layer_descs, diff_ids):
-            if self.store.has_layer(diff_id):
-                self.report(desc["digest"][7:19], int(desc.get("size") or 0), int(desc.get("size") or 0))
-        if jobs:
-            self._fetch_all(registry, repository, jobs)
-        self.store.put_blob_bytes(config_bytes)
-        self.manifest_digest = self.store.put_blob_bytes(manifest_bytes)
-        self.store.tag(ref.name, self.manifest_digest)
+        with self.store.busy():  # from the first blob written to the tag: gc waits
+            jobs = [(desc, diff_id) for desc, diff_id in zip(layer_descs, diff_ids) if not self.store.has_layer(diff_id)]
+            for desc, diff_id in zip(layer_descs, diff_ids):
+                if self.store.has_layer(diff_id):
+                    self.report(desc["digest"][7:19], int(desc.get("size") or 0), int(desc.get("size") or 0))
+            if jobs:
+                self._fetch_all(registry, repository, jobs)
+            self.store.put_blob_bytes(config_bytes)
+            self.manifest_digest = self.store.put_blob_bytes(manifest_bytes)
+            self.store.tag(ref.name, self.manifest_digest)
         return self.store.get(ref.name)
 
     def _sources(self, ref: refs.Reference) -> list[tuple[Registry, str]]:
@@ -162,8 +163,9 @@ class Puller:
         if config.offline():
             found = [s for s in found if config.is_loopback(s[0].registry)]
             if not found:
-                raise ImageNotFound(f"{ref.familiar} is not in the local store and HERMETIC_OFFLINE is set, so it is not "
-                                    f"pulled from {ref.registry}")
+                raise ImageNotFound(f"image {ref.familiar!r} is not in the local store ({self.store.root}) and HERMETIC_OFFLINE "
+                                    f"is set, so it is not pulled from {ref.registry}; import it first: "
+                                    f"`hermetic import dir:ROOTFS {ref.familiar}` (or tar:FILE)")
         return found
 
     def _manifest(self, ref: refs.Reference, wanted: dict) -> tuple[tuple[Registry, str], bytes]:
@@ -253,9 +255,13 @@ class Puller:
                         self.fetched += 1
                         self.bytes += size
                     return
-                except (DigestMismatch, LayerError):
-                    _unlink(partial)  # wrong bytes are never resumed from
-                    if not (resumed and attempt == 0):
+                except (DigestMismatch, LayerError, OSError) as exc:
+                    from .ingest import disk_full
+
+                    if isinstance(exc, OSError) and not disk_full(exc):
+                        raise  # kept for a later resume
+                    _unlink(partial)  # wrong bytes are never resumed from; a full disk needs the space back
+                    if not (resumed and attempt == 0) or disk_full(exc):
                         raise
             raise AssertionError("unreachable")
 

@@ -343,16 +343,10 @@ class Store:
             for image in self.images():  # an id prefix, as `docker run 3f2a` allows
                 if len(text) >= 4 and _hex(image.id).startswith(text):
                     return image
-        if ref.transport == "registry":
-            from . import config
+        if ref.transport == "registry":  # pulled on first use (HERMETIC_OFFLINE: from loopback only)
+            from .pull import pull
 
-            if not config.offline() or config.is_loopback(ref.registry):
-                from .pull import pull
-
-                return pull(self, text)
-            raise ImageNotFound(
-                f"image {text!r} is not in the local store ({self.root}) and HERMETIC_OFFLINE is set, so it is not "
-                f"pulled from {ref.registry}; import it first: `hermetic import dir:ROOTFS {ref.familiar}` (or tar:FILE)")
+            return pull(self, text)
         raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); import it with `hermetic import {text} NAME`")
 
     def images(self) -> list[Image]:
