@@ -720,6 +720,7 @@ def extract_layer(
     privileged: bool = False,
     same_owner: bool | None = None,
     allow_bare_end: bool = False,
+    pipelined: bool = True,
 ) -> ExtractStats:
     """Unpack one OCI layer tar into the empty directory `dest`, ready to be an overlay layer.
 
@@ -738,6 +739,9 @@ def extract_layer(
     is left half written: extract into a temporary folder, then rename.
     `allow_bare_end` accepts a tar that stops at a member boundary without
     the end-of-archive blocks (for digest-verified blobs; see `check_end`).
+    `pipelined` reads, decompresses and parses the tar in a second thread
+    while this one makes the files: the system calls (the bulk of the time
+    on most disks) release the GIL, so the two overlap.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
@@ -764,32 +768,11 @@ def extract_layer(
         except tarfile.TarError as e:
             raise _corrupt(f"not a tar archive ({e})") from e
         with tf:
-            bare_end = False
-            while True:
-                try:
-                    m = tf.next()
-                except tarfile.TarError as e:
-                    # umoci (Go's archive/tar never closed) can end a layer inside the
-                    # last member's zero padding: fine when a digest vouches for it
-                    if allow_bare_end and str(e) == "unexpected end of data" and tf.offset - reader.pos < tarfile.BLOCKSIZE:
-                        bare_end = True
-                        break
-                    raise _corrupt(str(e)) from e
-                except (ValueError, UnicodeError, OverflowError, EOFError) as e:
-                    raise _corrupt(f"bad tar header: {e}") from e
-                if m is None:
-                    break
-                tf.members.clear()  # stream mode keeps them all otherwise
-                try:
-                    ex.extract(tf, m)
-                except LayerError:
-                    raise
-                except tarfile.TarError as e:
-                    raise _corrupt(f"member {m.name!r}: {e}") from e
-                except (OSError, ValueError, OverflowError) as e:
-                    raise LayerError(f"cannot extract layer member {m.name!r}: {e}") from e
-            if not bare_end:
-                reader.check_end(tf.offset, allow_bare_end=allow_bare_end)
+            if pipelined:
+                _extract_pipelined(tf, reader, ex, allow_bare_end)
+            else:
+                for m, _ in _members(tf, reader, allow_bare_end, read_data=False):
+                    _extract_one(ex, tf, m)
         try:
             ex.finish()
         except OSError as e:
@@ -802,6 +785,148 @@ def extract_layer(
             owned.close()
         elif stream is not None and stream is not src:
             stream.close()
+
+
+def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read_data: bool):
+    """(member, its data or None) in tar order, then the end-of-archive check."""
+    bare_end = False
+    while True:
+        try:
+            m = tf.next()
+        except tarfile.TarError as e:
+            # umoci (Go's archive/tar never closed) can end a layer inside the
+            # last member's zero padding: fine when a digest vouches for it
+            if allow_bare_end and str(e) == "unexpected end of data" and tf.offset - reader.pos < tarfile.BLOCKSIZE:
+                bare_end = True
+                break
+            raise _corrupt(str(e)) from e
+        except (ValueError, UnicodeError, OverflowError, EOFError) as e:
+            raise _corrupt(f"bad tar header: {e}") from e
+        if m is None:
+            break
+        tf.members.clear()  # stream mode keeps them all otherwise
+        yield m, (tf.extractfile(m) if read_data and m.isreg() else None)
+    if not bare_end:
+        reader.check_end(tf.offset, allow_bare_end=allow_bare_end)
+
+
+def _extract_one(ex: _Extractor, tf: object, m: tarfile.TarInfo) -> None:
+    try:
+        ex.extract(tf, m)  # type: ignore[arg-type]
+    except LayerError:
+        raise
+    except tarfile.TarError as e:
+        raise _corrupt(f"member {m.name!r}: {e}") from e
+    except (OSError, ValueError, OverflowError) as e:
+        raise LayerError(f"cannot extract layer member {m.name!r}: {e}") from e
+
+
+_SMALL = 1 << 20  # files up to this size travel between the threads in one piece
+_QUEUE = 64  # members in flight: at most _QUEUE * _SMALL bytes buffered
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Chunks:
+    """A big file's data, handed over piece by piece (bounded, so memory stays small)."""
+
+    def __init__(self, stop: object) -> None:
+        import queue
+
+        self.q: queue.Queue = queue.Queue(maxsize=8)
+        self._stop = stop
+        self._buf = b""
+        self._done = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._buf and not self._done:
+            item = self.q.get()
+            if item is None:
+                self._done = True
+            elif isinstance(item, _Failed):
+                raise item.exc
+            else:
+                self._buf = item
+        if n is None or n < 0:
+            n = len(self._buf)
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+
+class _Handed:
+    """Stands for the TarFile in the making thread: `extractfile` gives the handed-over data."""
+
+    def __init__(self) -> None:
+        self.data: object = None
+
+    def extractfile(self, _m: tarfile.TarInfo) -> object:
+        return self.data
+
+
+def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, allow_bare_end: bool) -> None:
+    import queue
+    import threading
+
+    members: queue.Queue = queue.Queue(maxsize=_QUEUE)
+    stop = threading.Event()
+
+    def put(q: queue.Queue, item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for m, data in _members(tf, reader, allow_bare_end, read_data=True):
+                if data is None:
+                    if not put(members, (m, None)):
+                        return
+                    continue
+                try:
+                    if m.size <= _SMALL:
+                        item: object = io.BytesIO(data.read())
+                        if not put(members, (m, item)):
+                            return
+                        continue
+                    chunks = _Chunks(stop)
+                    if not put(members, (m, chunks)):
+                        return
+                    while True:
+                        piece = data.read(_CHUNK)
+                        if not put(chunks.q, piece or None) or not piece:
+                            break
+                except (tarfile.TarError, OSError, ValueError) as e:
+                    error = e if isinstance(e, LayerError) else _corrupt(f"member {m.name!r}: {e}")
+                    if m.size > _SMALL:
+                        put(chunks.q, _Failed(error))
+                    raise error from e
+            put(members, _END)
+        except BaseException as e:  # handed to the making thread, which raises it
+            put(members, _Failed(e))
+
+    thread = threading.Thread(target=produce, name="hermetic-untar", daemon=True)
+    thread.start()
+    handed = _Handed()
+    try:
+        while True:
+            item = members.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failed):
+                raise item.exc
+            m, handed.data = item
+            _extract_one(ex, handed, m)
+    finally:
+        stop.set()
+        thread.join()  # the reader is the caller's again (it drains and verifies it on errors)
 
 
 # --------------------------------------------------------------------------

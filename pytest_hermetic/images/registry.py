@@ -19,12 +19,12 @@ import base64
 import http.client
 import json
 import os
-import ssl
 import threading
 import urllib.parse
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO, Callable
+    import ssl
+    from typing import Callable
 
 from ..errors import ImageNotFound, RegistryAuthError, RegistryError, RegistryUnreachable
 from . import config as registry_config
@@ -68,11 +68,7 @@ class Registry:
         conn = pool.get((scheme, netloc))
         if conn is None:
             if scheme == "https":
-                context = ssl.create_default_context()
-                if self.insecure:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=context)
+                conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=_ssl_context(self.insecure))
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
             pool[(scheme, netloc)] = conn
@@ -112,7 +108,10 @@ class Registry:
         with self._lock:
             if self._scheme is not None:
                 return self._scheme
-            schemes = ["https", "http"] if self.insecure else ["https"]
+            # Loopback: plain HTTP first (a TLS handshake and CA bundle load cost more than
+            # the whole manifest fetch); registries named insecure: HTTPS first, as Docker.
+            schemes = ["http", "https"] if registry_config.is_loopback(self.registry) else (
+                ["https", "http"] if self.insecure else ["https"])
             errors = []
             for scheme in schemes:
                 try:
@@ -123,7 +122,7 @@ class Registry:
                     continue
                 if response.status == 401:
                     self._challenge = _parse_challenge(response.getheader("WWW-Authenticate", ""))
-                elif response.status >= 500 or response.status == 404:
+                elif response.status != 200:  # 400 is what a TLS port answers to plain HTTP
                     errors.append(f"{scheme}: HTTP {response.status} on /v2/ (not a registry?)")
                     continue
                 self._scheme = scheme
@@ -339,6 +338,22 @@ class Registry:
         return urllib.parse.urljoin(f"{self._scheme}://{self.host}/", location)
 
 
+_SSL: dict[bool, ssl.SSLContext] = {}
+
+
+def _ssl_context(insecure: bool) -> ssl.SSLContext:
+    """One context per process (loading the CA bundle takes tens of ms); ssl imported only for https."""
+    import ssl
+
+    if insecure not in _SSL:
+        context = ssl.create_default_context()
+        if insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        _SSL[insecure] = context
+    return _SSL[insecure]
+
+
 def _scope(repository: str, actions: str) -> str:
     return f"repository:{repository}:{actions}"
 
@@ -375,6 +390,8 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 def _reason(exc: BaseException) -> str:
+    import ssl
+
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.strerror:
