@@ -65,6 +65,9 @@ def main() -> int:
         if shutil.which(tool) is None and not os.path.exists(f"/usr/bin/{tool}"):
             raise SystemExit(f"{tool} is not installed; run scripts/install-deps.sh")
     hermetic = [sys.executable, "-m", "pytest_hermetic"]
+    import compileall  # byte-compile as an installed package is (PYTHONDONTWRITEBYTECODE would not)
+
+    compileall.compile_dir(os.path.join(REPO, "pytest_hermetic"), quiet=1)
     work = tempfile.mkdtemp(prefix="hermetic-bench-pull-")
     results: dict[str, dict[str, list[float]]] = {}
     try:

@@ -27,9 +27,9 @@ then `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`; the entry
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import os
+import socket
 
 
 def _conf_path() -> str:
@@ -38,6 +38,8 @@ def _conf_path() -> str:
 
 
 def _conf() -> dict[str, dict[str, str]]:
+    if not os.path.exists(_conf_path()):
+        return {}
     import configparser
 
     parser = configparser.ConfigParser()
@@ -74,10 +76,12 @@ def is_loopback(registry: str) -> bool:
     host = registry[1:registry.find("]")] if registry.startswith("[") else registry.split(":")[0]
     if host == "localhost" or host.endswith(".localhost"):
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    for family, loopback in ((socket.AF_INET, lambda b: b[0] == 127), (socket.AF_INET6, lambda b: b == bytes(15) + b"\x01")):
+        try:
+            return loopback(socket.inet_pton(family, host))
+        except OSError:
+            continue
+    return False
 
 
 def is_insecure(registry: str) -> bool:

@@ -6,7 +6,7 @@ a variant counts as `v8`; attestation entries (`unknown/unknown`) never match.
 
 from __future__ import annotations
 
-import platform as _platform
+import os
 
 from ..errors import ImageNotFound, SpecError
 
@@ -16,7 +16,8 @@ _ARCH = {"x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64
 
 
 def host() -> dict:
-    arch, variant = _ARCH.get(_platform.machine(), (_platform.machine(), None))
+    machine = os.uname().machine  # not the platform module: it costs start-up
+    arch, variant = _ARCH.get(machine, (machine, None))
     return {"os": "linux", "architecture": arch, "variant": variant}
 
 

@@ -34,8 +34,6 @@ from ..errors import (DigestMismatch, ImageNotFound, ImageReferenceError, LayerE
 from . import reference as refs
 from .store import Image, Store
 
-Progress = "Callable[[str, int, int | None], None]"
-
 LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
     "application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.docker.image.rootfs.diff.tar.gzip",

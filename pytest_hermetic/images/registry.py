@@ -127,8 +127,7 @@ class Registry:
                     continue
                 self._scheme = scheme
                 return scheme
-            hint = "" if self.insecure else (
-                f"; if it speaks plain HTTP, add it to HERMETIC_INSECURE_REGISTRIES")
+            hint = "" if self.insecure else "; if it speaks plain HTTP, add it to HERMETIC_INSECURE_REGISTRIES"
             raise RegistryUnreachable(f"cannot reach registry {self.registry}: {'; '.join(errors)}{hint}")
 
     # -- auth -----------------------------------------------------------------------

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from fixtures.registry import oci_image, run, skopeo_copy
 
 

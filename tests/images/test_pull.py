@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from fixtures.registry import free_port, oci_image, run, skopeo_copy
-from pytest_hermetic.errors import DigestMismatch, ImageNotFound, RegistryUnreachable
+from pytest_hermetic.errors import DigestMismatch, ImageNotFound
 from pytest_hermetic.images.pull import pull
 from pytest_hermetic.images.store import Store
 
@@ -257,3 +257,32 @@ def test_disk_full_is_a_clear_error_and_stores_nothing(busybox_remote, tmp_path)
     assert result.stderr.count("\n") == 1
     leftovers = [line for line in result.stdout.splitlines() if line.startswith(str(root))]
     assert all(line.endswith(("/blobs", "/blobs/sha256", "/layers", "/tmp", "/locks")) for line in leftovers), leftovers
+
+
+def test_progress_bars_on_a_terminal(busybox_remote, tmp_path):
+    """stderr a tty: one line per layer redrawn in place; the same pull piped shows none."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stderr and stdout are the pty
+        os.environ.update(HERMETIC_STORE=str(tmp_path / "store"), PYTHONPATH=ROOT, TERM="xterm")
+        os.execv(sys.executable, [sys.executable, "-m", "pytest_hermetic", "pull", busybox_remote])
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert f"pulling {busybox_remote}" in text and "[##############################] done" in text, text
+    assert "MB" in text
+
+
+def test_rootless_pull_and_run(busybox_remote, test_user):
+    ran = run_cli("run", busybox_remote, "sh", "-c", 'id -u; echo "$GREETING"', user=test_user)
+    assert (ran.returncode, ran.stdout) == (0, "0\nhello from the config\n"), ran.stderr
