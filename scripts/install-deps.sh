@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for pytest-hermetic's tests; idempotent.
 #   - Debian packages the tests use for real (busybox-static for a tiny image,
-#     uidmap for rootless subordinate ids, bubblewrap/crun for the benchmark)
+#     uidmap for rootless subordinate ids, bubblewrap/crun for the benchmark;
+#     docker-registry, skopeo, umoci, debootstrap, apache2-utils' htpasswd and
+#     openssl for the image tests)
 #   - an unprivileged user with /etc/subuid ranges for the rootless checks
 #   - .venv: a virtual environment (Debian's python3, readable by that user)
 #     with the package installed in editable mode
@@ -18,6 +20,12 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts the registry it packages as a service on :5000 (all interfaces);
+    # the tests start their own on 127.0.0.1 and free ports, so stop the one we caused.
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null \
+            && systemctl is-active --quiet docker-registry 2>/dev/null; then
+        systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
 fi
 
 TEST_USER=${HERMETIC_TEST_USER:-hermetic-test}
