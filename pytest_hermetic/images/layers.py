@@ -834,17 +834,24 @@ class _Failed:
 class _Chunks:
     """A big file's data, handed over piece by piece (bounded, so memory stays small)."""
 
-    def __init__(self, stop: object) -> None:
+    def __init__(self, producer_done: object) -> None:
         import queue
 
         self.q: queue.Queue = queue.Queue(maxsize=8)
-        self._stop = stop
+        self._producer_done = producer_done
         self._buf = b""
         self._done = False
 
     def read(self, n: int = -1) -> bytes:
+        import queue
+
         while not self._buf and not self._done:
-            item = self.q.get()
+            try:
+                item = self.q.get(timeout=0.2)
+            except queue.Empty:
+                if self._producer_done.is_set() and self.q.empty():  # type: ignore[attr-defined]
+                    raise _corrupt("the reading thread stopped in the middle of a member") from None
+                continue
             if item is None:
                 self._done = True
             elif isinstance(item, _Failed):
@@ -873,6 +880,7 @@ def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, all
 
     members: queue.Queue = queue.Queue(maxsize=_QUEUE)
     stop = threading.Event()
+    done = threading.Event()
 
     def put(q: queue.Queue, item: object) -> bool:
         while not stop.is_set():
@@ -890,27 +898,34 @@ def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, all
                     if not put(members, (m, None)):
                         return
                     continue
+                chunks = None
                 try:
                     if m.size <= _SMALL:
                         item: object = io.BytesIO(data.read())
                         if not put(members, (m, item)):
                             return
                         continue
-                    chunks = _Chunks(stop)
+                    chunks = _Chunks(done)
                     if not put(members, (m, chunks)):
                         return
                     while True:
                         piece = data.read(_CHUNK)
                         if not put(chunks.q, piece or None) or not piece:
                             break
-                except (tarfile.TarError, OSError, ValueError) as e:
-                    error = e if isinstance(e, LayerError) else _corrupt(f"member {m.name!r}: {e}")
-                    if m.size > _SMALL:
+                except BaseException as e:
+                    error = _corrupt(f"member {m.name!r}: {e}") if isinstance(e, (tarfile.TarError, OSError, ValueError)) else e
+                    if error is not e:
+                        error.__cause__ = e  # before it crosses threads: `disk_full` looks for ENOSPC there
+                    if chunks is not None:  # the making thread waits on this member's data
                         put(chunks.q, _Failed(error))
+                    if error is e:
+                        raise
                     raise error from e
             put(members, _END)
         except BaseException as e:  # handed to the making thread, which raises it
             put(members, _Failed(e))
+        finally:
+            done.set()
 
     thread = threading.Thread(target=produce, name="hermetic-untar", daemon=True)
     thread.start()

@@ -24,10 +24,19 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
     if ref.transport in ("oci", "docker-archive"):
         from .archives import import_docker_archive, import_oci
 
-        with store.busy():
-            if ref.transport == "oci":
-                return import_oci(store, ref.path, ref.tag, name)
-            return import_docker_archive(store, ref.path, ref.tag, name)
+        from ..errors import LayerError, StoreError
+        from .ingest import disk_full
+
+        try:
+            with store.busy():
+                if ref.transport == "oci":
+                    return import_oci(store, ref.path, ref.tag, name)
+                return import_docker_archive(store, ref.path, ref.tag, name)
+        except (OSError, LayerError) as exc:
+            if disk_full(exc):
+                raise StoreError(f"no space left on the store's disk ({store.root}) while importing {source}: "
+                                 "nothing was stored; free space (`hermetic gc`, `hermetic rmi`) and import again") from None
+            raise
     if name is None:
         raise SpecError(f"importing {source!r} needs a NAME[:TAG] for the image")
     target = target_name(name)

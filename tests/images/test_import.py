@@ -124,3 +124,22 @@ def test_debootstrap_image_pulled_and_run(debian_layout, registry, store_env):
     imported = run_cli("import", debian_layout, f"debian-local:{suite}", env=store_env, timeout=300)
     assert imported.returncode == 0, imported.stderr
     assert run_cli("run", f"debian-local:{suite}", "cat", "/etc/debian_version", env=store_env).stdout == version + "\n"
+
+
+def test_import_on_a_full_disk_is_a_clear_error(busybox_remote, tmp_path):
+    """The same 600 KiB tmpfs store as for the pull: the docker archive's layer does not fit."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    archive = f"{tmp_path}/busybox.tar"
+    skopeo_copy(f"docker://{busybox_remote}", f"docker-archive:{archive}:full/busybox:1")
+    root = tmp_path / "small"
+    root.mkdir()
+    script = (f"mount -t tmpfs -o size=600k tmpfs {root} && {sys.executable} -m pytest_hermetic import "
+              f"docker-archive:{archive}; echo status=$?; ls {root}/layers {root}/blobs/sha256 {root}/tmp")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": ROOT, "HERMETIC_STORE": str(root)}, timeout=60)
+    assert "status=125" in result.stdout and "no space left on the store's disk" in result.stderr, (result.stdout, result.stderr)
+    assert result.stdout.split()[1:] == [f"{root}/blobs/sha256:", f"{root}/layers:", f"{root}/tmp:"], result.stdout
