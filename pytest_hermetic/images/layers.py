@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, cast
 
-from pytest_hermetic.errors import LayerError
+from pytest_hermetic.errors import HermeticError, LayerError
 
 __all__ = [
     "OVERLAY_TRUSTED",
@@ -256,7 +256,7 @@ class _Reader:
     def read(self, size: int = -1) -> bytes:
         try:
             data = self._raw.read(size)
-        except LayerError:
+        except HermeticError:  # LayerError, and a download's own errors (digest, registry)
             raise
         except OSError as e:
             if e.errno is not None:

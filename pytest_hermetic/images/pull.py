@@ -331,15 +331,28 @@ class _BlobReader:
                 if self._response is None:
                     self._response = self._open()
                 data = self._response.read(min(n, self.size - self.done))
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
                 data = b""
                 self._drop()
                 if self._retries == 0:
-                    raise
+                    from ..errors import RegistryUnreachable
+
+                    raise RegistryUnreachable(
+                        f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
+                        f"{self.done} of {self.size} bytes ({exc or type(exc).__name__}); pull again to resume") from None
             if data:
                 self._out.write(data)
                 return self._count(data)
-            self._drop()  # early end: ask for the rest
+            # An early end.  Short of the response's own Content-Length: the connection
+            # broke (resumable); a complete response short of the descriptor: a wrong blob.
+            broke = self._response is not None and bool(self._response.length)
+            self._drop()
+            if self._retries == 0 and broke:
+                from ..errors import RegistryUnreachable
+
+                raise RegistryUnreachable(
+                    f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
+                    f"{self.done} of {self.size} bytes; pull again to resume")
             if self._retries == 0:
                 raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: the registry sent {self.done} bytes, "
                                      f"the descriptor says {self.size}; nothing was stored")

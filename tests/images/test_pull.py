@@ -286,3 +286,20 @@ def test_progress_bars_on_a_terminal(busybox_remote, tmp_path):
 def test_rootless_pull_and_run(busybox_remote, test_user):
     ran = run_cli("run", busybox_remote, "sh", "-c", 'id -u; echo "$GREETING"', user=test_user)
     assert (ran.returncode, ran.stdout) == (0, "0\nhello from the config\n"), ran.stderr
+
+
+def test_a_download_that_keeps_breaking_off_is_resumed_by_the_next_pull(scripted_registry, tmp_path):
+    blob = gzip.compress(layer_tar({"data": os.urandom(400_000)}), compresslevel=1)
+    manifest = scripted_registry.add_image("b/img:1", [blob])
+    digest = manifest["layers"][0]["digest"]
+    scripted_registry.drop_always[digest] = 50_000  # each response is cut after 50 kB: 4 tries get 200 kB
+    root = str(tmp_path / "store")
+    result = run_cli("pull", f"{scripted_registry.host}/b/img:1", env={"HERMETIC_STORE": root})
+    assert result.returncode == 125 and result.stderr.count("\n") == 1, result.stderr
+    assert f"the download of blob {digest} broke off at 200000 of {len(blob)} bytes" in result.stderr
+    assert "pull again to resume" in result.stderr
+    assert os.path.getsize(os.path.join(root, "tmp", digest[7:] + ".partial")) == 200_000
+    assert os.listdir(os.path.join(root, "layers")) == []
+    del scripted_registry.drop_always[digest]
+    image = pull(Store(root), f"{scripted_registry.host}/b/img:1", quiet=True)
+    assert scripted_registry.ranges[-1] == (digest, "bytes=200000-") and len(image.layers) == 1
