@@ -35,9 +35,24 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("images", help="list images in the local store")
 
-    imp = sub.add_parser("import", help="import a rootfs (dir:PATH or tar:FILE) as an image")
+    pull = sub.add_parser("pull", help="pull an image from a registry into the local store")
+    pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from a multi-platform image (default: this machine's)")
+    pull.add_argument("-q", "--quiet", action="store_true", help="no progress, only the name and id")
+    pull.add_argument("ref", metavar="NAME[:TAG|@DIGEST]")
+
+    push = sub.add_parser("push", help="push an image from the local store to a registry")
+    push.add_argument("--chunk-size", metavar="SIZE", help="upload in chunks of SIZE (default: one request per blob)")
+    push.add_argument("ref", metavar="IMAGE")
+    push.add_argument("dest", nargs="?", metavar="DEST", help="registry reference to push to (default: IMAGE's name)")
+
+    save = sub.add_parser("save", help="write an image as an OCI layout or a docker archive")
+    save.add_argument("ref", metavar="IMAGE")
+    save.add_argument("dest", metavar="oci:DIR[:TAG]|docker-archive:FILE[:REF]")
+
+    imp = sub.add_parser("import", help="import an image: dir:PATH, tar:FILE, oci:DIR[:TAG], docker-archive:FILE[:REF]")
     imp.add_argument("source", metavar="SOURCE")
-    imp.add_argument("name", metavar="NAME[:TAG]")
+    imp.add_argument("name", metavar="NAME[:TAG]", nargs="?", help="needed for dir: and tar:; default for oci: DIR's name:TAG, "
+                     "for docker-archive: its tag")
     imp.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment for the image config")
     imp.add_argument("-w", "--workdir", help="working directory for the image config")
     imp.add_argument("--user", help="user for the image config")
@@ -210,6 +225,55 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from .images.pull import Puller
+    from .images.store import Store
+
+    puller = Puller(Store(), platform=args.platform, quiet=args.quiet)
+    image = puller.pull(args.ref)
+    if not args.quiet:
+        _say(f"pulled {image.familiar}: {puller.layers} layer{'s' if puller.layers != 1 else ''} "
+             f"({puller.fetched} fetched, {_human(puller.bytes)}) in {puller.seconds:.2f} s, manifest {puller.manifest_digest}")
+    print(f"{image.familiar} {image.id}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .images.push import push
+    from .images.store import Store
+    from .spec import parse_size
+
+    chunk = parse_size(args.chunk_size) if args.chunk_size else None
+    digest, outcome = push(Store(), args.ref, args.dest, chunk_size=chunk)
+    counts: dict[str, int] = {}
+    for how in outcome.values():
+        counts[how] = counts.get(how, 0) + 1
+    _say("pushed " + ", ".join(f"{n} {how}" for how, n in sorted(counts.items())) + f" blob{'s' if len(outcome) != 1 else ''}")
+    print(f"{args.dest or args.ref} {digest}")
+    return 0
+
+
+def _cmd_save(args: argparse.Namespace) -> int:
+    from .errors import ImageReferenceError
+    from .images import reference as refs
+    from .images.archives import save_docker_archive, save_oci
+    from .images.store import Store
+
+    store = Store()
+    image = store.local(args.ref)
+    dest = refs.parse(args.dest)
+    if dest.transport == "oci":
+        digest = save_oci(store, image, dest.path, dest.tag)
+        print(f"{args.dest} {digest}")
+    elif dest.transport == "docker-archive":
+        save_docker_archive(store, image, dest.path, dest.tag)
+        print(f"{args.dest} {image.id}")
+    else:
+        raise ImageReferenceError(f"cannot save to {args.dest!r}: use oci:DIR[:TAG] or docker-archive:FILE[:REF] "
+                                  "(to a registry: `hermetic push`)")
+    return 0
+
+
 def _cmd_commit(args: argparse.Namespace) -> int:
     from .container import list_states
     from .errors import ContainerNotFound
@@ -306,6 +370,9 @@ _COMMANDS = {
     "run": _cmd_run,
     "images": _cmd_images,
     "import": _cmd_import,
+    "pull": _cmd_pull,
+    "push": _cmd_push,
+    "save": _cmd_save,
     "commit": _cmd_commit,
     "rmi": _cmd_rmi,
     "ps": _cmd_ps,

@@ -78,3 +78,19 @@ class CommandNotExecutable(ContainerStartError):
     """The command exists but cannot be executed."""
 
     exit_code = 126
+
+
+class RegistryError(HermeticError):
+    """A registry answered something the engine cannot use, or not at all."""
+
+
+class RegistryUnreachable(RegistryError):
+    """No connection to the registry (refused, DNS, TLS, timeout)."""
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused the credentials, or asked for some and there are none."""
+
+
+class DigestMismatch(RegistryError):
+    """Downloaded content does not hash to the digest that named it."""

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for pytest-hermetic's tests; idempotent.
 #   - Debian packages the tests use for real (busybox-static for a tiny image,
-#     uidmap for rootless subordinate ids, bubblewrap/crun for the benchmark)
+#     uidmap for rootless subordinate ids, bubblewrap/crun for the benchmark;
+#     docker-registry, skopeo, umoci, debootstrap, apache2-utils' htpasswd and
+#     openssl for the image tests)
 #   - an unprivileged user with /etc/subuid ranges for the rootless checks
 #   - .venv: a virtual environment (Debian's python3, readable by that user)
 #     with the package installed in editable mode
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux nftables slirp4netns)
+PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux nftables slirp4netns
+          docker-registry skopeo umoci debootstrap apache2-utils openssl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -18,6 +21,12 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts the registry it packages as a service on :5000 (all interfaces);
+    # the tests start their own on 127.0.0.1 and free ports, so stop the one we caused.
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null \
+            && systemctl is-active --quiet docker-registry 2>/dev/null; then
+        systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
 fi
 
 TEST_USER=${HERMETIC_TEST_USER:-hermetic-test}
@@ -32,7 +41,7 @@ done
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import pytest_hermetic, ipython_ext, pyroute2, pytest, xdist, pytest_timeout, pytest_cov, IPython, ipykernel, nbclient, nbformat' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pytest_hermetic, ipython_ext, pyroute2, zstandard, pytest, xdist, pytest_timeout, pytest_cov, IPython, ipykernel, nbclient, nbformat' 2>/dev/null; then
     log=$(mktemp)
     if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' pytest-xdist --config-settings editable_mode=compat; } >"$log" 2>&1; then
         cat "$log"; rm -f "$log"; exit 1

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytest_plugins = ["pytester"]
+sys.path.insert(0, ROOT)  # fixtures/ (test data builders and the image tests' fixtures)
+pytest_plugins = ["pytester", "fixtures.pytest_images"]
 
 TEST_USER = os.environ.get("HERMETIC_TEST_USER", "hermetic-test")
 
@@ -87,6 +88,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.chmod(base, 0o755)
     os.environ.setdefault("HERMETIC_STORE", os.path.join(base, "store"))
     os.environ.setdefault("HERMETIC_STATE", os.path.join(base, "state"))
+    # Tests reach registries on loopback only: an unknown `name:tag` must not be looked up on the internet.
+    os.environ.setdefault("HERMETIC_OFFLINE", "1")
     config._hermetic_base = base  # type: ignore[attr-defined]
 
 
@@ -142,6 +145,8 @@ def run_cli(*args: str, user: str | None = None, input: str | None = None, env: 
     for key in ("HERMETIC_STORE", "HERMETIC_STATE", "HERMETIC_CGROUP_PARENT", "COVERAGE_PROCESS_START"):
         if key in os.environ and user is None:
             full_env[key] = os.environ[key]
+    if "HERMETIC_OFFLINE" in os.environ:
+        full_env["HERMETIC_OFFLINE"] = os.environ["HERMETIC_OFFLINE"]
     prefix: list[str] = []
     python = sys.executable
     if user is not None:

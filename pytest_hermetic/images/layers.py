@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, cast
 
-from pytest_hermetic.errors import LayerError
+from pytest_hermetic.errors import HermeticError, LayerError
 
 __all__ = [
     "OVERLAY_TRUSTED",
@@ -172,6 +172,24 @@ def open_layer(path: str | os.PathLike[str]) -> BinaryIO:
     return cast(BinaryIO, io.BufferedReader(_Closing(dec, raw), buffer_size=_CHUNK))
 
 
+def media_type(path: str | os.PathLike[str]) -> str:
+    """The OCI layer media type of the blob at `path`, from its magic bytes."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_MAGIC_GZIP):
+        return "application/vnd.oci.image.layer.v1.tar+gzip"
+    if head.startswith(_MAGIC_ZSTD):
+        return "application/vnd.oci.image.layer.v1.tar+zstd"
+    if head.startswith(_MAGIC_XZ) or head.startswith(_MAGIC_BZ2):
+        raise LayerError(f"{os.fspath(path)}: xz/bzip2 layers can be read but have no OCI media type")
+    return "application/vnd.oci.image.layer.v1.tar"
+
+
+def open_layer_stream(src: BinaryIO) -> BinaryIO:
+    """A reader of the uncompressed tar in the stream `src` (sniffed; `src` stays open)."""
+    return _sniff_stream(src)
+
+
 class _Prefixed(io.RawIOBase):
     """Put back the bytes read to sniff a non-seekable stream."""
 
@@ -238,7 +256,7 @@ class _Reader:
     def read(self, size: int = -1) -> bytes:
         try:
             data = self._raw.read(size)
-        except LayerError:
+        except HermeticError:  # LayerError, and a download's own errors (digest, registry)
             raise
         except OSError as e:
             if e.errno is not None:
@@ -254,10 +272,17 @@ class _Reader:
                 self._kept -= len(self._chunks.popleft()[1])
         return data
 
-    def check_end(self, offset: int) -> None:
-        """Require the block at `offset` (where tarfile stopped) to be zeros."""
+    def check_end(self, offset: int, *, allow_bare_end: bool = False) -> None:
+        """Require the block at `offset` (where tarfile stopped) to be zeros.
+
+        With `allow_bare_end`, the data may also simply stop at `offset`, a
+        member boundary (Go's archive/tar and umoci write such tars; Docker
+        accepts them): for content whose digest is checked anyway.
+        """
         while self.pos < offset + tarfile.BLOCKSIZE:
             if not self.read(tarfile.RECORDSIZE):
+                if allow_bare_end and self.pos == offset:
+                    return
                 raise _corrupt(
                     f"truncated at byte {self.pos} (no end-of-archive block)"
                 )
@@ -694,6 +719,8 @@ def extract_layer(
     xattr_prefix: str = OVERLAY_TRUSTED,
     privileged: bool = False,
     same_owner: bool | None = None,
+    allow_bare_end: bool = False,
+    pipelined: bool = True,
 ) -> ExtractStats:
     """Unpack one OCI layer tar into the empty directory `dest`, ready to be an overlay layer.
 
@@ -710,6 +737,11 @@ def extract_layer(
     land or link outside `dest`, or write through a symlink, raises
     LayerError naming it, as does a truncated or corrupt tar. On error `dest`
     is left half written: extract into a temporary folder, then rename.
+    `allow_bare_end` accepts a tar that stops at a member boundary without
+    the end-of-archive blocks (for digest-verified blobs; see `check_end`).
+    `pipelined` reads, decompresses and parses the tar in a second thread
+    while this one makes the files: the system calls (the bulk of the time
+    on most disks) release the GIL, so the two overlap.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
@@ -736,25 +768,11 @@ def extract_layer(
         except tarfile.TarError as e:
             raise _corrupt(f"not a tar archive ({e})") from e
         with tf:
-            while True:
-                try:
-                    m = tf.next()
-                except tarfile.TarError as e:
-                    raise _corrupt(str(e)) from e
-                except (ValueError, UnicodeError, OverflowError, EOFError) as e:
-                    raise _corrupt(f"bad tar header: {e}") from e
-                if m is None:
-                    break
-                tf.members.clear()  # stream mode keeps them all otherwise
-                try:
-                    ex.extract(tf, m)
-                except LayerError:
-                    raise
-                except tarfile.TarError as e:
-                    raise _corrupt(f"member {m.name!r}: {e}") from e
-                except (OSError, ValueError, OverflowError) as e:
-                    raise LayerError(f"cannot extract layer member {m.name!r}: {e}") from e
-            reader.check_end(tf.offset)
+            if pipelined:
+                _extract_pipelined(tf, reader, ex, allow_bare_end)
+            else:
+                for m, _ in _members(tf, reader, allow_bare_end, read_data=False):
+                    _extract_one(ex, tf, m)
         try:
             ex.finish()
         except OSError as e:
@@ -767,6 +785,163 @@ def extract_layer(
             owned.close()
         elif stream is not None and stream is not src:
             stream.close()
+
+
+def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read_data: bool):
+    """(member, its data or None) in tar order, then the end-of-archive check."""
+    bare_end = False
+    while True:
+        try:
+            m = tf.next()
+        except tarfile.TarError as e:
+            # umoci (Go's archive/tar never closed) can end a layer inside the
+            # last member's zero padding: fine when a digest vouches for it
+            if allow_bare_end and str(e) == "unexpected end of data" and tf.offset - reader.pos < tarfile.BLOCKSIZE:
+                bare_end = True
+                break
+            raise _corrupt(str(e)) from e
+        except (ValueError, UnicodeError, OverflowError, EOFError) as e:
+            raise _corrupt(f"bad tar header: {e}") from e
+        if m is None:
+            break
+        tf.members.clear()  # stream mode keeps them all otherwise
+        yield m, (tf.extractfile(m) if read_data and m.isreg() else None)
+    if not bare_end:
+        reader.check_end(tf.offset, allow_bare_end=allow_bare_end)
+
+
+def _extract_one(ex: _Extractor, tf: object, m: tarfile.TarInfo) -> None:
+    try:
+        ex.extract(tf, m)  # type: ignore[arg-type]
+    except LayerError:
+        raise
+    except tarfile.TarError as e:
+        raise _corrupt(f"member {m.name!r}: {e}") from e
+    except (OSError, ValueError, OverflowError) as e:
+        raise LayerError(f"cannot extract layer member {m.name!r}: {e}") from e
+
+
+_SMALL = 1 << 20  # files up to this size travel between the threads in one piece
+_QUEUE = 64  # members in flight: at most _QUEUE * _SMALL bytes buffered
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Chunks:
+    """A big file's data, handed over piece by piece (bounded, so memory stays small)."""
+
+    def __init__(self, producer_done: object) -> None:
+        import queue
+
+        self.q: queue.Queue = queue.Queue(maxsize=8)
+        self._producer_done = producer_done
+        self._buf = b""
+        self._done = False
+
+    def read(self, n: int = -1) -> bytes:
+        import queue
+
+        while not self._buf and not self._done:
+            try:
+                item = self.q.get(timeout=0.2)
+            except queue.Empty:
+                if self._producer_done.is_set() and self.q.empty():  # type: ignore[attr-defined]
+                    raise _corrupt("the reading thread stopped in the middle of a member") from None
+                continue
+            if item is None:
+                self._done = True
+            elif isinstance(item, _Failed):
+                raise item.exc
+            else:
+                self._buf = item
+        if n is None or n < 0:
+            n = len(self._buf)
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+
+class _Handed:
+    """Stands for the TarFile in the making thread: `extractfile` gives the handed-over data."""
+
+    def __init__(self) -> None:
+        self.data: object = None
+
+    def extractfile(self, _m: tarfile.TarInfo) -> object:
+        return self.data
+
+
+def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, allow_bare_end: bool) -> None:
+    import queue
+    import threading
+
+    members: queue.Queue = queue.Queue(maxsize=_QUEUE)
+    stop = threading.Event()
+    done = threading.Event()
+
+    def put(q: queue.Queue, item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for m, data in _members(tf, reader, allow_bare_end, read_data=True):
+                if data is None:
+                    if not put(members, (m, None)):
+                        return
+                    continue
+                chunks = None
+                try:
+                    if m.size <= _SMALL:
+                        item: object = io.BytesIO(data.read())
+                        if not put(members, (m, item)):
+                            return
+                        continue
+                    chunks = _Chunks(done)
+                    if not put(members, (m, chunks)):
+                        return
+                    while True:
+                        piece = data.read(_CHUNK)
+                        if not put(chunks.q, piece or None) or not piece:
+                            break
+                except BaseException as e:
+                    error = _corrupt(f"member {m.name!r}: {e}") if isinstance(e, (tarfile.TarError, OSError, ValueError)) else e
+                    if error is not e:
+                        error.__cause__ = e  # before it crosses threads: `disk_full` looks for ENOSPC there
+                    if chunks is not None:  # the making thread waits on this member's data
+                        put(chunks.q, _Failed(error))
+                    if error is e:
+                        raise
+                    raise error from e
+            put(members, _END)
+        except BaseException as e:  # handed to the making thread, which raises it
+            put(members, _Failed(e))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=produce, name="hermetic-untar", daemon=True)
+    thread.start()
+    handed = _Handed()
+    try:
+        while True:
+            item = members.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failed):
+                raise item.exc
+            m, handed.data = item
+            _extract_one(ex, handed, m)
+    finally:
+        stop.set()
+        thread.join()  # the reader is the caller's again (it drains and verifies it on errors)
 
 
 # --------------------------------------------------------------------------

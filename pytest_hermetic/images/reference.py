@@ -84,7 +84,9 @@ def _parse_transport(transport: str, rest: str, text: str) -> Reference:
     if not rest:
         raise ImageReferenceError(f"{text!r}: {transport}: needs a path, e.g. {transport}:/path")
     tag = None
-    if transport in ("oci", "docker-archive") and ":" in rest:
+    if transport == "docker-archive" and ":" in rest:
+        path, _, tag = rest.partition(":")  # as skopeo: the REF (name:tag) may hold ':' itself, the path may not
+    elif transport == "oci" and ":" in rest:
         path, _, tag = rest.rpartition(":")
         if not path:
             path, tag = rest, None

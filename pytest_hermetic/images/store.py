@@ -30,6 +30,8 @@ from . import reference as refs
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_LAYER_GZIP = MEDIA_LAYER + "+gzip"
+MEDIA_LAYER_ZSTD = MEDIA_LAYER + "+zstd"
 BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of the host's root
 
 HOST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -82,7 +84,7 @@ class Store:
     # -- layout ---------------------------------------------------------------
 
     def _ensure(self) -> None:
-        for sub in ("blobs/sha256", "layers", "tmp"):
+        for sub in ("blobs/sha256", "layers", "tmp", "locks"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 
     def blob_path(self, digest: str) -> str:
@@ -97,6 +99,28 @@ class Store:
         fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def blob_lock(self, digest: str) -> Iterator[None]:
+        """Exclusive per blob between processes and threads: one fetches, the others wait and reuse."""
+        self._ensure()
+        fd = os.open(os.path.join(self.root, "locks", _hex(digest)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Held (shared) while a pull or import adds blobs no ref names yet; `gc` waits for it."""
+        self._ensure()
+        fd = os.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
             yield
         finally:
             os.close(fd)
@@ -163,29 +187,37 @@ class Store:
             computed = counter.digest()
             if diff_id is not None and diff_id != computed:
                 raise StoreError(f"layer {blob_digest}: digest mismatch (diff_id {computed}, expected {diff_id})")
-            diff_id = computed
-            with open(os.path.join(staging, "meta.json"), "w") as f:
-                json.dump({"diff_id": diff_id, "blob": blob_digest, "size": counter.size}, f)
-            target = self.layer_path(diff_id)
-            if os.path.isdir(target):
-                _rmtree(staging)
-            else:
-                try:
-                    os.rename(staging, target)
-                except OSError:
-                    if not os.path.isdir(target):
-                        raise
-                    _rmtree(staging)
             blob = self.blob_path(blob_digest)
             if not os.path.exists(blob):
                 import shutil
 
-                shutil.copyfile(tar_path, blob + ".tmp")
-                os.replace(blob + ".tmp", blob)
-            return diff_id, counter.size
+                copy = os.path.join(staging, "blob")  # a private name: another process may copy the same blob
+                shutil.copyfile(tar_path, copy)
+                os.replace(copy, blob)
+            self.commit_layer(staging, computed, blob_digest, counter.size, layers.media_type(tar_path))
+            return computed, counter.size
         except BaseException:
             _rmtree(staging)
             raise
+
+    def commit_layer(self, staging: str, diff_id: str, blob_digest: str, size: int, media_type: str) -> None:
+        """Move an unpacked, verified layer (`staging/root`) into place by rename.
+
+        The blob must be in the store already: a layer is never visible
+        without the blob it came from.  A copy that lost the race is dropped.
+        """
+        with open(os.path.join(staging, "meta.json"), "w") as f:
+            json.dump({"diff_id": diff_id, "blob": blob_digest, "size": size, "media_type": media_type}, f)
+        target = self.layer_path(diff_id)
+        if os.path.isdir(target):
+            _rmtree(staging)
+            return
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not os.path.isdir(target):
+                raise
+            _rmtree(staging)
 
     def layer_root(self, diff_id: str) -> str:
         return os.path.join(self.layer_path(diff_id), "root")
@@ -224,7 +256,7 @@ class Store:
         layer_sizes = []
         for diff_id in diff_ids:
             meta = self._layer_meta(diff_id)
-            layer_sizes.append((meta.get("blob", diff_id), meta.get("size", 0)))
+            layer_sizes.append((meta.get("blob", diff_id), meta.get("size", 0), meta.get("media_type", MEDIA_LAYER)))
         oci_config = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "architecture": _arch(),
@@ -240,17 +272,33 @@ class Store:
             "mediaType": MEDIA_MANIFEST,
             "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_bytes)},
             "layers": [
-                {"mediaType": MEDIA_LAYER, "digest": blob, "size": os.path.getsize(self.blob_path(blob)) if os.path.exists(self.blob_path(blob)) else size}
-                for blob, size in layer_sizes
+                {"mediaType": media_type, "digest": blob, "size": os.path.getsize(self.blob_path(blob)) if os.path.exists(self.blob_path(blob)) else size}
+                for blob, size, media_type in layer_sizes
             ],
         }
         if base:
             manifest["annotations"] = {BASE_ANNOTATION: base}
         manifest_digest = self.put_blob_bytes(json.dumps(manifest, sort_keys=True).encode())
+        self.tag(name, manifest_digest)
+        return self.get(name)
+
+    def tag(self, name: str, manifest_digest: str) -> None:
+        """Point canonical `name` at a manifest already in the store."""
         with self.lock():
             data = self._read_refs()
             data[name] = manifest_digest
             self._write_refs(data)
+
+    def manifest_digest(self, name: str) -> str:
+        data = self._read_refs()
+        if name not in data:
+            raise ImageNotFound(f"image {refs.parse(name).familiar!r} is not in the local store ({self.root})")
+        return data[name]
+
+    def local(self, text: str) -> Image:
+        """The image `text` names if the store has it; never pulls."""
+        name = refs.parse(text).name
+        self.manifest_digest(name)
         return self.get(name)
 
     def _layer_meta(self, diff_id: str) -> dict:
@@ -295,13 +343,11 @@ class Store:
             for image in self.images():  # an id prefix, as `docker run 3f2a` allows
                 if len(text) >= 4 and _hex(image.id).startswith(text):
                     return image
-        hint = (
-            f"import it first: `hermetic import dir:ROOTFS {ref.familiar}` (or tar:FILE); pulling from "
-            "registries is not available in this version yet"
-            if ref.transport == "registry"
-            else f"import it with `hermetic import {text} NAME`"
-        )
-        raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); {hint}")
+        if ref.transport == "registry":  # pulled on first use (HERMETIC_OFFLINE: from loopback only)
+            from .pull import pull
+
+            return pull(self, text)
+        raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); import it with `hermetic import {text} NAME`")
 
     def images(self) -> list[Image]:
         result = []
@@ -330,36 +376,50 @@ class Store:
         removed: list[str] = []
         if not os.path.isdir(self.root):
             return removed
-        with self.lock():
-            keep_blobs: set[str] = set()
-            keep_layers: set[str] = set()
-            for digest in self._read_refs().values():
-                keep_blobs.add(_hex(digest))
-                try:
-                    manifest = self.read_json(digest)
-                    keep_blobs.add(_hex(manifest["config"]["digest"]))
-                    keep_blobs.update(_hex(layer["digest"]) for layer in manifest.get("layers", []))
-                    config = self.read_json(manifest["config"]["digest"])
-                    keep_layers.update(_hex(d) for d in config.get("rootfs", {}).get("diff_ids", []))
-                except (StoreError, KeyError):
-                    continue
-            blob_dir = os.path.join(self.root, "blobs", "sha256")
-            for entry in _listdir(blob_dir):
-                if entry not in keep_blobs:
-                    os.unlink(os.path.join(blob_dir, entry))
-                    removed.append(f"blob sha256:{entry}")
-            layer_dir = os.path.join(self.root, "layers")
-            for entry in _listdir(layer_dir):
-                if entry not in keep_layers:
-                    _rmtree(os.path.join(layer_dir, entry))
-                    removed.append(f"layer sha256:{entry}")
-            tmp_dir = os.path.join(self.root, "tmp")
-            now = time.time()
-            for entry in _listdir(tmp_dir):
-                path = os.path.join(tmp_dir, entry)
-                if now - os.lstat(path).st_mtime > max_tmp_age:
-                    _rmtree(path) if os.path.isdir(path) else os.unlink(path)
-                    removed.append(f"staging {entry}")
+        gc_fd = os.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(gc_fd, fcntl.LOCK_EX)  # no pull or import half way
+            with self.lock():
+                removed += self._gc_locked(max_tmp_age)
+        finally:
+            os.close(gc_fd)
+        return removed
+
+    def _gc_locked(self, max_tmp_age: float) -> list[str]:
+        removed: list[str] = []
+        keep_blobs: set[str] = set()
+        keep_layers: set[str] = set()
+        for digest in self._read_refs().values():
+            keep_blobs.add(_hex(digest))
+            try:
+                manifest = self.read_json(digest)
+                keep_blobs.add(_hex(manifest["config"]["digest"]))
+                keep_blobs.update(_hex(layer["digest"]) for layer in manifest.get("layers", []))
+                config = self.read_json(manifest["config"]["digest"])
+                keep_layers.update(_hex(d) for d in config.get("rootfs", {}).get("diff_ids", []))
+            except (StoreError, KeyError):
+                continue
+        blob_dir = os.path.join(self.root, "blobs", "sha256")
+        for entry in _listdir(blob_dir):
+            if entry not in keep_blobs:
+                os.unlink(os.path.join(blob_dir, entry))
+                removed.append(f"blob sha256:{entry}")
+        layer_dir = os.path.join(self.root, "layers")
+        for entry in _listdir(layer_dir):
+            if entry not in keep_layers:
+                _rmtree(os.path.join(layer_dir, entry))
+                removed.append(f"layer sha256:{entry}")
+        tmp_dir = os.path.join(self.root, "tmp")
+        now = time.time()
+        for entry in _listdir(tmp_dir):
+            path = os.path.join(tmp_dir, entry)
+            if now - os.lstat(path).st_mtime > max_tmp_age:
+                _rmtree(path) if os.path.isdir(path) else os.unlink(path)
+                removed.append(f"staging {entry}")
+        lock_dir = os.path.join(self.root, "locks")
+        for entry in _listdir(lock_dir):
+            if entry not in keep_blobs:
+                os.unlink(os.path.join(lock_dir, entry))  # no pull holds it: gc has the gc lock
         return removed
 
 

@@ -1,9 +1,10 @@
-"""Importing an image from somewhere other than the store.
+"""Importing an image from somewhere other than a registry.
 
 `dir:PATH` (a rootfs folder) and `tar:FILE` (a rootfs tarball, compressed or
-not) become a one-layer image under a name.  OCI layouts, docker archives
-and registries come with the registry issue; until then they are refused
-with a message that says so.
+not) become a one-layer image under a name.  `oci:DIR[:TAG]` (an OCI image
+layout, as skopeo and umoci write) and `docker-archive:FILE[:REF]` (what
+`docker save` and skopeo write) keep their config, so the image id is the
+same as theirs; every blob is checked against its digest on the way in.
 """
 
 from __future__ import annotations
@@ -17,9 +18,27 @@ from .commit import target_name
 from .store import HOST_ENV, Image, Store
 
 
-def import_image(store: Store, source: str, name: str, *, env: dict[str, str] | None = None,
+def import_image(store: Store, source: str, name: str | None = None, *, env: dict[str, str] | None = None,
                  workdir: str | None = None, user: str | None = None, cmd: list[str] | None = None) -> Image:
     ref = refs.parse(source)
+    if ref.transport in ("oci", "docker-archive"):
+        from .archives import import_docker_archive, import_oci
+
+        from ..errors import LayerError, StoreError
+        from .ingest import disk_full
+
+        try:
+            with store.busy():
+                if ref.transport == "oci":
+                    return import_oci(store, ref.path, ref.tag, name)
+                return import_docker_archive(store, ref.path, ref.tag, name)
+        except (OSError, LayerError) as exc:
+            if disk_full(exc):
+                raise StoreError(f"no space left on the store's disk ({store.root}) while importing {source}: "
+                                 "nothing was stored; free space (`hermetic gc`, `hermetic rmi`) and import again") from None
+            raise
+    if name is None:
+        raise SpecError(f"importing {source!r} needs a NAME[:TAG] for the image")
     target = target_name(name)
     if ref.transport == "dir":
         root = os.path.abspath(ref.path)
@@ -44,8 +63,8 @@ def import_image(store: Store, source: str, name: str, *, env: dict[str, str] | 
         has_sh = True
     else:
         raise ImageReferenceError(
-            f"cannot import {source!r}: only dir:PATH and tar:FILE can be imported in this version "
-            "(OCI layouts, docker archives and registries come with the registry issue)"
+            f"cannot import {source!r}: import takes dir:PATH, tar:FILE, oci:DIR[:TAG] or docker-archive:FILE[:REF]; "
+            "registry references are pulled (`hermetic pull`)"
         )
     config: dict = {"Env": list(HOST_ENV)}
     for key, value in (env or {}).items():

@@ -1,0 +1,142 @@
+"""One pass from a layer blob's bytes to a blob and an unpacked layer in the store.
+
+Shared by `pull` (bytes from a registry), and the imports of OCI layouts and
+docker archives (bytes from a file): the blob is hashed, kept in a temporary
+file, decompressed, hashed again (the diff_id) and extracted into staging, all
+as it streams.  Only when both digests (and the size) are right does the blob
+enter `blobs/` and the layer `layers/`, each by rename; on any error the
+staging goes and the store is as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+from ..errors import DigestMismatch, LayerError
+from .store import Store
+
+OCI_TYPES = {  # Docker's layer media types as OCI names them, for manifests the store writes
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+}
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also when extraction wrapped it in a LayerError."""
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+class Source:
+    """The blob's bytes as they pass: counted, hashed, copied to `tmp_path`; `verify` checks them."""
+
+    def __init__(self, src: BinaryIO, tmp_path: str, *, digest: str | None = None, size: int | None = None,
+                 name: str = "blob") -> None:
+        self._src = src
+        self.tmp_path = tmp_path
+        self.expected_digest, self.expected_size, self.name = digest, size, name
+        self._out = open(tmp_path, "wb")
+        self._hash = hashlib.sha256()
+        self.done = 0
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._out.close()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(1 << 20 if n is None or n < 0 else n)
+        if data:
+            self._out.write(data)
+            self._hash.update(data)
+            self.done += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def verify(self) -> None:
+        self._out.flush()
+        if (self.expected_digest and self.digest() != self.expected_digest) or (
+                self.expected_size is not None and self.done != self.expected_size):
+            raise DigestMismatch(f"digest mismatch for {self.name}: expected {self.expected_digest} "
+                                 f"({self.expected_size} bytes), got {self.digest()} ({self.done} bytes); nothing was stored")
+
+
+class _Hashing:
+    """sha256 and size of the uncompressed tar as it passes: the diff_id."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_type: str | None = None) -> tuple[str, str]:
+    """Unpack `source` into the store; return (diff_id, blob digest).
+
+    A tar without end-of-archive blocks is accepted only when `diff_id` is
+    known (its hash then proves nothing is missing).
+    """
+    from . import layers
+    from .._fs import rmtree
+
+    staging = store.tempdir("layer-")
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the layer from users in containers
+    try:
+        root = os.path.join(staging, "root")
+        os.mkdir(root)
+        with source:
+            tar = _Hashing(layers.open_layer_stream(source))  # type: ignore[arg-type]
+            try:
+                layers.extract_layer(tar, root, xattr_prefix=store.xattr_prefix,  # type: ignore[arg-type]
+                                     allow_bare_end=diff_id is not None)
+                tar.drain()
+            except LayerError:
+                source.drain()
+                source.verify()  # wrong bytes say "digest mismatch", not "corrupt layer"
+                raise
+            source.drain()
+            source.verify()
+        if diff_id is not None and tar.digest() != diff_id:
+            raise DigestMismatch(f"digest mismatch for layer {source.digest()}: its tar hashes to {tar.digest()}, "
+                                 f"the image config says {diff_id}; nothing was stored")
+        blob_digest = source.digest()
+        blob = store.blob_path(blob_digest)
+        if os.path.exists(blob):
+            os.unlink(source.tmp_path)
+        else:
+            os.replace(source.tmp_path, blob)
+        media_type = OCI_TYPES.get(media_type or "", media_type) or layers.media_type(blob)
+        store.commit_layer(staging, tar.digest(), blob_digest, tar.size, media_type)
+        return tar.digest(), blob_digest
+    except BaseException:
+        rmtree(staging)
+        raise

@@ -1,0 +1,436 @@
+"""`pull`: an image from a registry into the store, verified, in one pass per layer.
+
+Each missing layer is fetched by its own thread and unpacked *while it
+downloads* (network -> sha256 of the blob -> decompress -> sha256 of the tar
+-> safe extraction into staging), so no layer is read twice.  Nothing is
+visible in the store until the blob's digest and size and the layer's
+diff_id all match: the blob file is then renamed into `blobs/`, the unpacked
+layer into `layers/`, and the name is tagged last.
+
+Downloads resume: the bytes are kept in `tmp/<hex>.partial`, and a later pull
+(after a kill, or a dropped connection within this one) replays them and asks
+for the rest with a `Range` request.  A per-blob flock lets xdist workers
+pulling the same image share the work: one fetches, the others wait and find
+the layer unpacked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from .registry import Registry
+
+from ..errors import (DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
+                      RegistryError, StoreError)
+from . import reference as refs
+from .store import Image, Store
+
+LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+}
+MAX_MANIFEST = 4 << 20
+MAX_CONFIG = 32 << 20
+WORKERS = 4
+_REPORT_STEP = 1 << 20
+
+
+def pull(store: Store, reference: str, *, platform: str | None = None,
+         progress: Callable[[str, int, int | None], None] | None = None, quiet: bool = False) -> Image:
+    """Pull `reference` (`busybox:1`, `HOST:PORT/app@sha256:...`) into `store`; return the image.
+
+    `progress(label, done_bytes, total_bytes_or_None)` is called as layers
+    download (label: the layer's short digest), from one thread at a time.
+    Without it, a progress display goes to stderr when stderr is a terminal
+    and `quiet` is false.  `platform` (`linux/arm64/v8`) picks from a
+    multi-platform index; default: this machine's.
+    """
+    return Puller(store, platform=platform, progress=progress, quiet=quiet).pull(reference)
+
+
+class Puller:
+    """One pull; keeps counts for the command line's summary."""
+
+    def __init__(self, store: Store, *, platform: str | None = None,
+                 progress: Callable[[str, int, int | None], None] | None = None, quiet: bool = False) -> None:
+        self.store = store
+        self.platform = platform
+        self.quiet = quiet
+        self._progress = progress
+        self._lock = threading.Lock()
+        self.layers = 0
+        self.fetched = 0  # layers downloaded by this pull
+        self.bytes = 0
+        self.manifest_digest = ""
+        self.seconds = 0.0
+
+    def report(self, label: str, done: int, total: int | None) -> None:
+        if self._progress is not None:
+            with self._lock:
+                self._progress(label, done, total)
+
+    def pull(self, reference: str) -> Image:
+        ref = refs.parse(reference)
+        if ref.transport != "registry":
+            raise ImageReferenceError(f"cannot pull {reference!r}: only registry references are pulled "
+                                      "(NAME[:TAG], HOST[:PORT]/NAME[:TAG], NAME@sha256:...); use `hermetic import` for transports")
+        display = None
+        if self._progress is None and not self.quiet and _stderr_is_tty():
+            from .progress import TerminalProgress
+
+            display = TerminalProgress(sys.stderr, ref.familiar)
+            self._progress = display.update
+        start = time.monotonic()
+        try:
+            return self._pull(ref)
+        except (OSError, LayerError) as exc:
+            from .ingest import disk_full
+
+            if disk_full(exc):
+                raise StoreError(f"no space left on the store's disk ({self.store.root}) while pulling {ref.familiar}: "
+                                 "nothing was stored; free space (`hermetic gc`, `hermetic rmi`) and pull again") from None
+            raise
+        finally:
+            self.seconds = time.monotonic() - start
+            if display is not None:
+                display.close()
+
+    # -- manifest -------------------------------------------------------------------
+
+    def _pull(self, ref: refs.Reference) -> Image:
+        from . import platforms
+
+        wanted = platforms.parse(self.platform) if self.platform else platforms.host()
+        source, manifest_bytes = self._manifest(ref, wanted)
+        registry, repository = source
+        manifest = _json(manifest_bytes, "manifest")
+        try:
+            config_desc = manifest["config"]
+            layer_descs = list(manifest.get("layers") or [])
+        except (KeyError, TypeError):
+            raise RegistryError(f"{ref.familiar}: the manifest has no config") from None
+        config_bytes = self._small_blob(registry, repository, config_desc, MAX_CONFIG)
+        config = _json(config_bytes, "image config")
+        if self.platform:
+            got = platforms.of_config(config)
+            if not platforms.matches(got, wanted):
+                raise ImageNotFound(f"{ref.familiar} is {platforms.format(got)}, not {platforms.format(wanted)}")
+        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+        if len(diff_ids) != len(layer_descs):
+            raise RegistryError(f"{ref.familiar}: the manifest has {len(layer_descs)} layers but the config {len(diff_ids)} diff_ids")
+        for desc in layer_descs:
+            if desc.get("mediaType") not in LAYER_TYPES:
+                raise RegistryError(f"{ref.familiar}: layer {desc.get('digest')} has media type {desc.get('mediaType')!r}, "
+                                    "which is not a Linux layer tar (foreign or Windows layers are not pulled)")
+            _check_digest(desc.get("digest", ""))
+        self.layers = len(layer_descs)
+        with self.store.busy():  # from the first blob written to the tag: gc waits
+            jobs = [(desc, diff_id) for desc, diff_id in zip(layer_descs, diff_ids) if not self.store.has_layer(diff_id)]
+            for desc, diff_id in zip(layer_descs, diff_ids):
+                if self.store.has_layer(diff_id):
+                    self.report(desc["digest"][7:19], int(desc.get("size") or 0), int(desc.get("size") or 0))
+            if jobs:
+                self._fetch_all(registry, repository, jobs)
+            self.store.put_blob_bytes(config_bytes)
+            self.manifest_digest = self.store.put_blob_bytes(manifest_bytes)
+            self.store.tag(ref.name, self.manifest_digest)
+        return self.store.get(ref.name)
+
+    def _sources(self, ref: refs.Reference) -> list[tuple[Registry, str]]:
+        """(registry, repository) to try in order: mirrors, then the registry itself."""
+        from . import config
+        from .registry import Registry
+
+        found = []
+        for mirror in config.mirrors(ref.registry):
+            host, _, prefix = mirror.partition("/")
+            found.append((Registry(host), f"{prefix.strip('/')}/{ref.repository}" if prefix else ref.repository))
+        found.append((Registry(ref.registry), ref.repository))
+        if config.offline():
+            found = [s for s in found if config.is_loopback(s[0].registry)]
+            if not found:
+                raise ImageNotFound(f"image {ref.familiar!r} is not in the local store ({self.store.root}) and HERMETIC_OFFLINE "
+                                    f"is set, so it is not pulled from {ref.registry}; import it first: "
+                                    f"`hermetic import dir:ROOTFS {ref.familiar}` (or tar:FILE)")
+        return found
+
+    def _manifest(self, ref: refs.Reference, wanted: dict) -> tuple[tuple[Registry, str], bytes]:
+        from . import platforms
+        from .registry import INDEX_TYPES, MANIFEST_TYPES, DOCKER_SCHEMA1
+
+        sources = self._sources(ref)
+        for i, (registry, repository) in enumerate(sources):
+            last = i == len(sources) - 1
+            try:
+                body, media_type, header = registry.get_manifest(repository, ref.digest or ref.tag or refs.DEFAULT_TAG)
+                _verify_manifest(body, ref.digest, header, ref.familiar)
+                if media_type in DOCKER_SCHEMA1:
+                    raise RegistryError(f"{ref.familiar} is a Docker schema 1 image, which registries stopped serving in 2019; "
+                                        "push it again with a current client")
+                if media_type in INDEX_TYPES or (not media_type and "manifests" in _json(body, "manifest")):
+                    index = _json(body, "index")
+                    chosen = platforms.select(index.get("manifests") or [], wanted, ref.familiar)
+                    body, media_type, header = registry.get_manifest(repository, chosen["digest"])
+                    _verify_manifest(body, chosen["digest"], header, ref.familiar)
+                if media_type not in MANIFEST_TYPES and "layers" not in _json(body, "manifest"):
+                    raise RegistryError(f"{ref.familiar}: unsupported manifest media type {media_type!r}")
+                if len(body) > MAX_MANIFEST:
+                    raise RegistryError(f"{ref.familiar}: manifest larger than {MAX_MANIFEST} bytes")
+                return (registry, repository), body
+            except ImageNotFound as exc:
+                if last:
+                    raise ImageNotFound(f"{ref.familiar}: not found in registry {registry.registry} ({exc})") from None
+            except (RegistryAuthError, DigestMismatch):
+                if last:
+                    raise
+            except RegistryError:
+                if last:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _small_blob(self, registry: Registry, repository: str, desc: dict, limit: int) -> bytes:
+        digest, size = desc.get("digest", ""), int(desc.get("size") or 0)
+        _check_digest(digest)
+        if size > limit:
+            raise RegistryError(f"blob {digest} claims {size} bytes; more than {limit} for a config")
+        path = self.store.blob_path(digest)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                return f.read()
+        response = registry.open_blob(repository, digest)
+        data = response.read(limit + 1)
+        response.read()
+        got = "sha256:" + hashlib.sha256(data).hexdigest()
+        if got != digest or len(data) != size:
+            raise DigestMismatch(f"digest mismatch for blob {digest} from {registry.registry}/{repository}: "
+                                 f"got {got} ({len(data)} bytes, expected {size}); nothing was stored")
+        return data
+
+    # -- layers ---------------------------------------------------------------------
+
+    def _fetch_all(self, registry: Registry, repository: str, jobs: list[tuple[dict, str]]) -> None:
+        if len(jobs) == 1:
+            self._layer(registry, repository, *jobs[0])
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(WORKERS, len(jobs)), thread_name_prefix="hermetic-pull") as pool:
+            futures = [pool.submit(self._layer, registry, repository, desc, diff_id) for desc, diff_id in jobs]
+            errors = []
+            for future in futures:
+                try:
+                    future.result()
+                except BaseException as exc:  # the first error wins; the others finish or fail on their own
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+
+    def _layer(self, registry: Registry, repository: str, desc: dict, diff_id: str) -> None:
+        digest, size = desc["digest"], int(desc.get("size") or 0)
+        label = digest[7:19]
+        with self.store.blob_lock(digest):
+            if self.store.has_layer(diff_id):  # another process did it while we waited
+                self.report(label, size, size)
+                return
+            partial = os.path.join(self.store.root, "tmp", digest[7:] + ".partial")
+            for attempt in (0, 1):
+                resumed = os.path.exists(partial) and os.path.getsize(partial) > 0
+                try:
+                    self._unpack(registry, repository, desc, diff_id, partial)
+                    with self._lock:
+                        self.fetched += 1
+                        self.bytes += size
+                    return
+                except (DigestMismatch, LayerError, OSError) as exc:
+                    from .ingest import disk_full
+
+                    if isinstance(exc, OSError) and not disk_full(exc):
+                        raise  # kept for a later resume
+                    _unlink(partial)  # wrong bytes are never resumed from; a full disk needs the space back
+                    if not (resumed and attempt == 0) or disk_full(exc):
+                        raise
+            raise AssertionError("unreachable")
+
+    def _unpack(self, registry: Registry, repository: str, desc: dict, diff_id: str, partial: str) -> None:
+        from .ingest import Source, ingest_layer
+
+        digest, size = desc["digest"], int(desc.get("size") or 0)
+        blob = self.store.blob_path(digest)
+        if os.path.exists(blob):  # fetched earlier, never unpacked (a killed pull)
+            source: Source | _BlobReader = Source(open(blob, "rb"), partial, digest=digest, size=size, name=f"blob {digest}")
+        else:
+            source = _BlobReader(registry, repository, digest, size, partial,
+                                 lambda done: self.report(digest[7:19], done, size))
+        ingest_layer(self.store, source, diff_id=diff_id, media_type=desc.get("mediaType"))  # type: ignore[arg-type]
+
+
+class _BlobReader:
+    """The blob's bytes: first what `partial` holds, then the rest from the registry.
+
+    Hashes and counts everything that passes and appends what comes from
+    the network to `partial`; a dropped connection is picked up with a
+    Range request, up to three times.
+    """
+
+    def __init__(self, registry: Registry, repository: str, digest: str, size: int, partial: str,
+                 report: Callable[[int], None]) -> None:
+        self.registry, self.repository, self.blob_digest, self.size = registry, repository, digest, size
+        self.hash = hashlib.sha256()
+        self.done = 0
+        self._report = report
+        self._reported = 0
+        self._response: http.client.HTTPResponse | None = None
+        self._retries = 3
+        self.tmp_path = partial
+        self._out = open(partial, "a+b")
+        have = self._out.tell()
+        if have > size:
+            self._out.truncate(0)
+            have = 0
+        self._replay = open(partial, "rb") if have else None
+        self._replay_left = have
+
+    def __enter__(self) -> _BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in (self._out, self._replay):
+            if f is not None:
+                f.close()
+        if self._response is not None:
+            self._response.close()
+            self.registry.close()  # the connection was left mid-body
+
+    def read(self, n: int = -1) -> bytes:
+        n = 1 << 20 if n is None or n < 0 else n
+        if self._replay_left:
+            assert self._replay is not None
+            data = self._replay.read(min(n, self._replay_left))
+            self._replay_left -= len(data)
+            return self._count(data)
+        while True:
+            if self.done >= self.size:
+                # a registry that sends more than the descriptor says is wrong
+                if self._response is not None and self._response.read(1):
+                    raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: more than the {self.size} bytes "
+                                         f"its descriptor gives; nothing was stored")
+                return b""
+            try:
+                if self._response is None:
+                    self._response = self._open()
+                data = self._response.read(min(n, self.size - self.done))
+            except (OSError, http.client.HTTPException) as exc:
+                data = b""
+                self._drop()
+                if self._retries == 0:
+                    from ..errors import RegistryUnreachable
+
+                    raise RegistryUnreachable(
+                        f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
+                        f"{self.done} of {self.size} bytes ({exc or type(exc).__name__}); pull again to resume") from None
+            if data:
+                self._out.write(data)
+                return self._count(data)
+            # An early end.  Short of the response's own Content-Length: the connection
+            # broke (resumable); a complete response short of the descriptor: a wrong blob.
+            broke = self._response is not None and bool(self._response.length)
+            self._drop()
+            if self._retries == 0 and broke:
+                from ..errors import RegistryUnreachable
+
+                raise RegistryUnreachable(
+                    f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
+                    f"{self.done} of {self.size} bytes; pull again to resume")
+            if self._retries == 0:
+                raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: the registry sent {self.done} bytes, "
+                                     f"the descriptor says {self.size}; nothing was stored")
+            self._retries -= 1
+
+    def _open(self) -> http.client.HTTPResponse:
+        response = self.registry.open_blob(self.repository, self.blob_digest, self.done)
+        if response.status == 200 and self.done:
+            skip = self.done  # the registry ignored Range: skip what we have
+            while skip:
+                chunk = response.read(min(skip, 1 << 20))
+                if not chunk:
+                    break
+                skip -= len(chunk)
+        return response
+
+    def _drop(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+            self.registry.close()
+
+    def _count(self, data: bytes) -> bytes:
+        self.hash.update(data)
+        self.done += len(data)
+        if self.done - self._reported >= _REPORT_STEP or self.done == self.size:
+            self._reported = self.done
+            self._report(self.done)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+    def verify(self) -> None:
+        self._out.flush()
+        got = self.digest()
+        if self.done != self.size or got != self.blob_digest:
+            raise DigestMismatch(f"digest mismatch for blob {self.blob_digest} from {self.registry.registry}/{self.repository}: "
+                                 f"got {got} ({self.done} bytes, expected {self.size}); nothing was stored")
+
+
+def _verify_manifest(body: bytes, expected: str | None, header: str | None, name: str) -> None:
+    got = "sha256:" + hashlib.sha256(body).hexdigest()
+    for want in (expected, header if header and header.startswith("sha256:") else None):
+        if want and want != got:
+            raise DigestMismatch(f"digest mismatch for the manifest of {name}: expected {want}, got {got}; nothing was stored")
+
+
+def _check_digest(digest: str) -> None:
+    import re
+
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest or ""):
+        raise RegistryError(f"unsupported or malformed digest {digest!r} (only sha256 is accepted)")
+
+
+def _json(data: bytes, what: str) -> dict:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise RegistryError(f"the registry sent a {what} that is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise RegistryError(f"the registry sent a {what} that is not a JSON object")
+    return value
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
