@@ -39,7 +39,3 @@ class ContainerCellInterrupted(KeyboardInterrupt):
 
 class HelperError(HermeticError):
     """The container helper died, did not answer in time, or could not start."""
-
-
-class PullUnavailable(HermeticError):
-    """This version has no registry client (`pytest_hermetic.images.pull`)."""

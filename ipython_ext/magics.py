@@ -25,7 +25,7 @@ from pytest_hermetic.errors import HermeticError
 from . import protocol
 from .client import HelperClient
 from .display import PullProgress, human, show_table
-from .errors import ContainerCellError, ContainerCellInterrupted, PullUnavailable
+from .errors import ContainerCellError, ContainerCellInterrupted
 
 MAX_SCRIPT = 128 * 1024 - 1  # Linux's limit for one argv string (MAX_ARG_STRLEN)
 
@@ -255,7 +255,7 @@ class ContainerMagics(Magics):
             args = parser.parse_args(rest)
         except (argparse.ArgumentError, SystemExit):
             raise UsageError("usage: %container pull REF [--platform OS/ARCH] [--quiet]") from None
-        pull = load_pull()
+        from pytest_hermetic.images.pull import pull
         from pytest_hermetic.images.store import Store
 
         progress = None if args.quiet else PullProgress(args.reference, notebook=self._in_notebook())
@@ -273,18 +273,6 @@ class ContainerMagics(Magics):
 
     def _in_notebook(self) -> bool:
         return getattr(self.shell, "kernel", None) is not None
-
-
-def load_pull():  # noqa: ANN201
-    """The registry client, when this version has it."""
-    try:
-        from pytest_hermetic.images.pull import pull
-    except ModuleNotFoundError as exc:
-        if exc.name != "pytest_hermetic.images.pull":
-            raise
-        raise PullUnavailable("pulling images is not available in this version of pytest-hermetic (no registry "
-                              "client yet); import a rootfs with `hermetic import dir:PATH NAME` instead") from None
-    return pull
 
 
 def _ago(seconds: float) -> str:
