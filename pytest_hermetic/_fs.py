@@ -1,10 +1,27 @@
-"""Small file-system helpers shared by the store and the container state."""
+"""Small file-system helpers shared by the store, networks and the container state."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import sys
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
+
+
+@contextlib.contextmanager
+def flock(path: str, *, shared: bool = False) -> "Iterator[None]":
+    """Hold a lock on the file `path` (made if missing) between processes and
+    threads: exclusive, or shared with other shared holders."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def rmtree(path: str) -> None:

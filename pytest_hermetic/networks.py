@@ -24,14 +24,13 @@ it) whenever a container joins or leaves.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
-from ._fs import rmtree
+from ._fs import flock, rmtree
 from ._proc import owner, owner_alive
 from ._record import record
 from .errors import NetworkError
@@ -90,15 +89,9 @@ class Network:
 
     # -- leases ----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return flock(self.lock_path)
 
     @property
     def _leases_dir(self) -> str:

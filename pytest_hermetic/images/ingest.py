@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
 from ..errors import DigestMismatch, LayerError
-from .store import Store
+from .store import HashingReader, Store
 
 OCI_TYPES = {  # Docker's layer media types as OCI names them, for manifests the store writes
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -77,28 +77,6 @@ class Source:
                                  f"({self.expected_size} bytes), got {self.digest()} ({self.done} bytes); nothing was stored")
 
 
-class _Hashing:
-    """sha256 and size of the uncompressed tar as it passes: the diff_id."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
-
-
 def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_type: str | None = None) -> tuple[str, str]:
     """Unpack `source` into the store; return (diff_id, blob digest).
 
@@ -114,7 +92,7 @@ def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_typ
         root = os.path.join(staging, "root")
         os.mkdir(root)
         with source:
-            tar = _Hashing(layers.open_layer_stream(source))  # type: ignore[arg-type]
+            tar = HashingReader(layers.open_layer_stream(source))  # type: ignore[arg-type]
             try:
                 layers.extract_layer(tar, root, xattr_prefix=store.xattr_prefix,  # type: ignore[arg-type]
                                      allow_bare_end=diff_id is not None)

@@ -24,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import IO, Iterator
 
+from .._fs import flock
 from ..errors import ImageNotFound, StoreError
 from . import reference as refs
 
@@ -93,37 +94,19 @@ class Store:
     def layer_path(self, diff_id: str) -> str:
         return os.path.join(self.root, "layers", _hex(diff_id))
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         self._ensure()
-        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return flock(os.path.join(self.root, "lock"))
 
-    @contextlib.contextmanager
-    def blob_lock(self, digest: str) -> Iterator[None]:
+    def blob_lock(self, digest: str) -> contextlib.AbstractContextManager[None]:
         """Exclusive per blob between processes and threads: one fetches, the others wait and reuse."""
         self._ensure()
-        fd = os.open(os.path.join(self.root, "locks", _hex(digest)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return flock(os.path.join(self.root, "locks", _hex(digest)))
 
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
+    def busy(self) -> contextlib.AbstractContextManager[None]:
         """Held (shared) while a pull or import adds blobs no ref names yet; `gc` waits for it."""
         self._ensure()
-        fd = os.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
+        return flock(os.path.join(self.root, "gc.lock"), shared=True)
 
     def tempdir(self, prefix: str) -> str:
         import tempfile
@@ -180,7 +163,7 @@ class Store:
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the layer from users in containers
         try:
             with layers.open_layer(tar_path) as stream:
-                counter = _HashingReader(stream)
+                counter = HashingReader(stream)
                 os.mkdir(os.path.join(staging, "root"))
                 layers.extract_layer(counter, os.path.join(staging, "root"), xattr_prefix=self.xattr_prefix)
                 counter.drain()
@@ -423,7 +406,7 @@ class Store:
         return removed
 
 
-class _HashingReader:
+class HashingReader:
     """Reads through a stream, hashing and counting what passes (the diff_id)."""
 
     def __init__(self, stream: IO[bytes]) -> None:
