@@ -663,11 +663,20 @@ def _read_colon_file(path: str) -> list[list[str]]:
         return []
 
 
+_RESETTABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
 def _restore_signals() -> None:
-    """exec keeps ignored signals ignored: give the command the defaults
-    Python changed (SIGPIPE, SIGXFSZ), as subprocess's restore_signals does."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    """exec keeps ignored signals ignored and blocked ones blocked: the
+    command starts with every signal at its default and none blocked,
+    whatever Python changed (SIGPIPE, SIGXFSZ) or the caller inherited
+    (`nohup`'s SIGHUP, a background job's SIGINT and SIGQUIT)."""
+    for sig in _RESETTABLE:
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # the C library's own real-time signals
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def redirect_stdio(stdio: tuple) -> None:
