@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
-import time
 from typing import Any
 
 import pytest

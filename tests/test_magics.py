@@ -80,7 +80,7 @@ def test_bad_options_fail_before_anything_starts(ip, line: str, error: type, wor
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the host bridge needs root")
 def test_a_cell_on_the_host_bridge(ip) -> None:  # noqa: ANN001
-    out = cell(ip, "host --net --out result", "cat /proc/net/route | awk 'NR==2 {print $1, $2}'; cat /etc/resolv.conf | head -1")
+    cell(ip, "host --net --out result", "cat /proc/net/route | awk 'NR==2 {print $1, $2}'; cat /etc/resolv.conf | head -1")
     assert ip.user_ns["result"].splitlines()[0] == "eth0 00000000"
     assert "net=True" in ip.user_ns["result"]
 

@@ -29,7 +29,6 @@ import lzma
 import os
 import stat
 import tarfile
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, cast

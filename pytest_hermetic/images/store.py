@@ -22,7 +22,7 @@ import time
 from .._record import record, factory
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import IO, Iterator
+    from typing import IO
 
 from .._fs import flock
 from ..errors import ImageNotFound, StoreError

@@ -1,0 +1,208 @@
+"""What every network is: a bridge, a subnet, address leases, a hosts file.
+
+A network's state folder holds its leases (`leases/<address>`, one JSON file
+each: container id, hostname, owner) and its hosts file; a lock file beside
+the folder (not in it, so that the last user may remove the folder) guards
+both across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+from typing import Callable
+
+from .._fs import flock
+from .._proc import owner, owner_alive
+from .._record import record
+from ..errors import NetworkError
+from ..runtime import bridges, netns
+from ..runtime.network import NetworkConfig
+
+HOST_BRIDGE = "hermetic0"
+DEFAULT_SUBNET = "10.88.0.0/16"
+VETH_PREFIX = "hm"  # + 12 hex of the container id: the bridge end of its veth pair
+
+
+def default_subnet() -> str:
+    return os.environ.get("HERMETIC_SUBNET") or DEFAULT_SUBNET
+
+
+def _parse_subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        subnet = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise NetworkError(f"subnet {text!r}: {exc}; use a CIDR such as {DEFAULT_SUBNET}") from None
+    if subnet.prefixlen > 29:
+        raise NetworkError(f"subnet {text!r} is too small; use a /29 or larger, such as {DEFAULT_SUBNET}")
+    return subnet
+
+
+@record
+class Attachment:
+    """What joining a network gives a container: the child's config, the
+    files for its init layer, and a bind of the network's hosts file."""
+
+    config: NetworkConfig
+    address: str
+    hosts: str  # text of the container's own /etc/hosts (init layer)
+    resolv_conf: str
+    connect: Callable[[int], None]  # the veth, into the namespace of the child with this pid
+    hosts_bind: str | None = None  # the network's shared hosts file, bound over /etc/hosts
+
+
+class Network:
+    """A bridge plus leases and names, in `state_dir`, guarded by `lock_path`."""
+
+    kind = "named"
+
+    def __init__(self, name: str, state_dir: str, subnet: str, netns_fd: int | None, bridge: str = "br0") -> None:
+        self.name = name
+        self.state_dir = state_dir
+        self.lock_path = state_dir.rstrip("/") + ".lock"
+        self.subnet = _parse_subnet(subnet)
+        self.gateway = str(self.subnet.network_address + 1)
+        self.netns_fd = netns_fd
+        self.bridge = bridges.Bridge(bridge, netns_fd)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.subnet}>"
+
+    # -- leases ----------------------------------------------------------------
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        os.makedirs(os.path.dirname(self.lock_path), exist_ok=True)
+        return flock(self.lock_path)
+
+    @property
+    def _leases_dir(self) -> str:
+        return os.path.join(self.state_dir, "leases")
+
+    def leases(self) -> dict[str, dict]:
+        """address -> {id, hostname, owner_pid, owner_start}."""
+        found = {}
+        try:
+            names = os.listdir(self._leases_dir)
+        except FileNotFoundError:
+            return found
+        for address in names:
+            try:
+                with open(os.path.join(self._leases_dir, address)) as f:
+                    found[address] = json.load(f)
+            except (OSError, json.JSONDecodeError):
+                continue
+        return found
+
+    def _allocate(self, container_id: str, hostname: str) -> str:
+        taken = set(self.leases())
+        for host in self.subnet.hosts():
+            address = str(host)
+            if address == self.gateway or address in taken:
+                continue
+            os.makedirs(self._leases_dir, exist_ok=True)
+            entry = {"id": container_id, "hostname": hostname, **owner()}
+            with open(os.path.join(self._leases_dir, address), "x") as f:
+                json.dump(entry, f)
+            return address
+        raise NetworkError(f"network {self.name}: no free address left in {self.subnet}; remove containers or "
+                           "use a larger subnet")
+
+    def _release(self, container_id: str) -> bool:
+        for address, entry in self.leases().items():
+            if entry.get("id") == container_id:
+                try:
+                    os.unlink(os.path.join(self._leases_dir, address))
+                except FileNotFoundError:
+                    pass
+                return True
+        return False
+
+    def drop_dead_leases(self) -> list[str]:
+        dropped = []
+        for address, entry in self.leases().items():
+            if not owner_alive(entry):
+                try:
+                    os.unlink(os.path.join(self._leases_dir, address))
+                    dropped.append(address)
+                except FileNotFoundError:
+                    pass
+        return dropped
+
+    # -- names -----------------------------------------------------------------
+
+    @property
+    def hosts_path(self) -> str:
+        return os.path.join(self.state_dir, "hosts")
+
+    def _write_hosts(self) -> None:
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+                 f"{self.gateway}\t{self.name}-gateway"]
+        for address, entry in sorted(self.leases().items(), key=lambda item: ipaddress.IPv4Address(item[0])):
+            names = [entry["hostname"]] + ([entry["id"][:12]] if entry["id"][:12] != entry["hostname"] else [])
+            lines.append(f"{address}\t{' '.join(names)}")
+        data = ("\n".join(lines) + "\n").encode()
+        # In place, never by rename: containers see this inode through a bind.
+        fd = os.open(self.hosts_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+
+    # -- joining and leaving -------------------------------------------------------
+
+    def _ensure_bridge(self) -> None:
+        if not self.bridge.exists():
+            self.bridge.create(self.gateway, self.subnet.prefixlen)
+
+    def attach(self, container_id: str, hostname: str) -> Attachment:
+        """Give the container an address; `Attachment.connect(pid)` puts its
+        veth end in the network namespace of process `pid` (the child, once
+        it has made it: process.spawn calls it)."""
+        with self.locked():
+            os.makedirs(self.state_dir, exist_ok=True)
+            try:
+                self._ensure_bridge()
+                address = self._allocate(container_id, hostname)
+            except BaseException:
+                self._unused()
+                raise
+            self._write_hosts()
+        config = NetworkConfig(mode="bridge", address=address, prefixlen=self.subnet.prefixlen, gateway=self.gateway)
+        hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                 f"{address}\t{hostname}\n")
+        veth = VETH_PREFIX + container_id[:12]
+
+        def connect(pid: int) -> None:
+            fd = netns.open_path(f"/proc/{pid}/ns/net")
+            try:
+                self.bridge.connect(fd, veth)
+            finally:
+                os.close(fd)
+
+        return Attachment(config, address, hosts, self.resolv_conf(), connect, self.hosts_path)
+
+    def _unused(self) -> bool:
+        """Under the lock, after a container left: remove what nobody uses."""
+        return False
+
+    def resolv_conf(self) -> str:
+        return (f"# hermetic: network {self.name} ({self.subnet}); no DNS server: names of the\n"
+                "# containers on it resolve through /etc/hosts\n")
+
+    def detach(self, container_id: str) -> None:
+        with self.locked():
+            if self._release(container_id) and os.path.isdir(self.state_dir):
+                self._write_hosts()
+
+    def close(self) -> None:
+        self.bridge.close()
+        if self.netns_fd is not None:
+            os.close(self.netns_fd)
+            self.netns_fd = None
+
+    def info(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "subnet": str(self.subnet), "gateway": self.gateway,
+                "containers": sorted(entry["hostname"] for entry in self.leases().values())}
