@@ -27,7 +27,7 @@ def _named_dir(name: str) -> str:
 
 def create_network(name: str, subnet: str | None = None) -> Network:
     """Make a named network that lives until `remove_network`."""
-    from .spec import parse_net
+    from ..spec import parse_net
 
     if parse_net(name) is not name or name in ("bridge", "none", "host"):
         raise NetworkError(f"network name {name!r} is reserved or invalid; pick another")
@@ -43,7 +43,7 @@ def create_network(name: str, subnet: str | None = None) -> Network:
             network.netns_fd = fd
             network.bridge = bridges.Bridge("br0", fd)
             with netns.entered(fd):
-                from .runtime.network import loopback_up
+                from ..runtime.network import loopback_up
 
                 loopback_up()
             network.bridge.create(network.gateway, network.subnet.prefixlen)

@@ -37,7 +37,7 @@ class PrivateNetwork(Network):
         super().__init__(name, path, subnet or default_subnet(), fd)
         os.makedirs(path)
         with netns.entered(fd):
-            from .runtime.network import loopback_up
+            from ..runtime.network import loopback_up
 
             loopback_up()
         self.bridge.create(self.gateway, self.subnet.prefixlen)
