@@ -595,11 +595,11 @@ def _enter_container(config: ProcessConfig, joined: tuple[int, int] | None, in_n
     """Namespaces, network, root file system, cgroup namespace."""
     if not in_namespaces:
         sc.unshare(CONTAINER_NAMESPACES)
-        if config.netns_ready is not None:  # the parent wires the veth meanwhile
-            os.close(config.netns_ready[0])
-            os.write(config.netns_ready[1], b"N")
-            os.close(config.netns_ready[1])
-    network.loopback_up()
+    network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
+    if config.netns_ready is not None:  # the parent wires the veth meanwhile
+        os.close(config.netns_ready[0])
+        os.write(config.netns_ready[1], b"N")
+        os.close(config.netns_ready[1])
     rootfs.setup(config.rootfs, config.hostname)
     if not in_namespaces:
         # Only now wait for the parent to have moved us into the cgroup (so
