@@ -25,6 +25,9 @@ OCI_TYPES = {  # Docker's layer media types as OCI names them, for manifests the
 }
 
 
+PIPELINE_ABOVE = 4 << 20  # compressed bytes
+
+
 def disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT, also when extraction wrapped it in a LayerError."""
     import errno
@@ -94,8 +97,11 @@ def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_typ
         with source:
             tar = HashingReader(layers.open_layer_stream(source))  # type: ignore[arg-type]
             try:
+                # A second thread pays off only when there is much to parse; for a
+                # small layer the hand-offs cost more than they overlap.
+                big = source.expected_size is None or source.expected_size > PIPELINE_ABOVE
                 layers.extract_layer(tar, root, xattr_prefix=store.xattr_prefix,  # type: ignore[arg-type]
-                                     allow_bare_end=diff_id is not None)
+                                     allow_bare_end=diff_id is not None, pipelined=big)
                 tar.drain()
             except LayerError:
                 source.drain()

@@ -30,8 +30,11 @@ import os
 import stat
 import tarfile
 from collections import deque
-from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, cast
+from .._record import factory, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
+    from typing import BinaryIO, Iterable
 
 from pytest_hermetic.errors import HermeticError, LayerError
 
@@ -66,7 +69,7 @@ _MAGIC_XZ = b"\xfd7zXZ\x00"
 _MAGIC_BZ2 = b"BZh"
 
 
-@dataclass
+@record
 class LayerDigests:
     """What a writer produced, hashed on the way so nobody re-reads the tar."""
 
@@ -74,7 +77,7 @@ class LayerDigests:
     size: int  # bytes of the uncompressed tar
 
 
-@dataclass
+@record
 class ExtractStats:
     """Counts of what `extract_layer` created, and what it left out and why."""
 
@@ -82,7 +85,7 @@ class ExtractStats:
     dirs: int = 0
     links: int = 0  # symlinks and hard links
     whiteouts: int = 0  # whiteouts and opaque markers
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = factory(list)
 
 
 # --------------------------------------------------------------------------
@@ -101,7 +104,7 @@ def _zstd_reader(raw: BinaryIO) -> BinaryIO:
             reader = dctx.stream_reader(raw, closefd=False, read_across_frames=True)
         except TypeError:  # zstandard < 0.16
             reader = dctx.stream_reader(raw, closefd=False)
-        return cast(BinaryIO, reader)
+        return reader
     try:  # Python 3.14+
         from compression import zstd  # type: ignore[import-not-found]
     except ImportError:
@@ -109,19 +112,19 @@ def _zstd_reader(raw: BinaryIO) -> BinaryIO:
             "layer is zstd-compressed but the zstandard module is missing: "
             "pip install zstandard"
         ) from None
-    return cast(BinaryIO, zstd.ZstdFile(raw))
+    return zstd.ZstdFile(raw)
 
 
 def _decompressor(head: bytes, raw: BinaryIO) -> BinaryIO | None:
     """Wrap `raw` in the decompressor its magic bytes `head` ask for (None: plain)."""
     if head.startswith(_MAGIC_GZIP):
-        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     if head.startswith(_MAGIC_ZSTD):
         return _zstd_reader(raw)
     if head.startswith(_MAGIC_XZ):
-        return cast(BinaryIO, lzma.LZMAFile(raw))
+        return lzma.LZMAFile(raw)
     if head.startswith(_MAGIC_BZ2):
-        return cast(BinaryIO, bz2.BZ2File(raw))
+        return bz2.BZ2File(raw)
     return None
 
 
@@ -168,7 +171,7 @@ def open_layer(path: str | os.PathLike[str]) -> BinaryIO:
         raise
     if dec is None:
         return raw
-    return cast(BinaryIO, io.BufferedReader(_Closing(dec, raw), buffer_size=_CHUNK))
+    return io.BufferedReader(_Closing(dec, raw), buffer_size=_CHUNK)
 
 
 def media_type(path: str | os.PathLike[str]) -> str:
@@ -226,7 +229,7 @@ def _sniff_stream(src: BinaryIO) -> BinaryIO:
         if not chunk:
             break
         head += chunk
-    raw = cast(BinaryIO, _Prefixed(head, src))
+    raw = _Prefixed(head, src)
     dec = _decompressor(head, raw)
     return raw if dec is None else dec
 
@@ -763,7 +766,7 @@ def extract_layer(
             stream = _sniff_stream(src)
         reader = _Reader(stream)
         try:
-            tf = tarfile.open(fileobj=cast(BinaryIO, reader), mode="r|")
+            tf = tarfile.open(fileobj=reader, mode="r|")
         except tarfile.TarError as e:
             raise _corrupt(f"not a tar archive ({e})") from e
         with tf:
@@ -1001,7 +1004,7 @@ def _write_tree(
     skip = {_norm_rel(e) for e in exclude}
     writer = _HashingWriter(out)
     tf = tarfile.open(
-        fileobj=cast(BinaryIO, writer),
+        fileobj=writer,
         mode="w",
         format=tarfile.PAX_FORMAT,
         encoding="utf-8",

@@ -287,6 +287,7 @@ class _BlobReader:
     def __init__(self, registry: Registry, repository: str, digest: str, size: int, partial: str,
                  report: Callable[[int], None]) -> None:
         self.registry, self.repository, self.blob_digest, self.size = registry, repository, digest, size
+        self.expected_size = size  # as ingest.Source names it
         self.hash = hashlib.sha256()
         self.done = 0
         self._report = report
