@@ -31,8 +31,7 @@ from .._fs import rmtree
 from .._proc import owner_alive
 from ..paths import state_root
 from .base import DEFAULT_SUBNET, HOST_BRIDGE, VETH_PREFIX, Attachment, Network, default_subnet
-from . import host_bridge
-from .host_bridge import HostBridge, hold_host_bridge, host_gateway, is_shared, release_host_bridge
+from .host_bridge import HostBridge, held, hold_host_bridge, host_gateway, is_shared, release_host_bridge
 from .named import create_network, list_networks, open_network, remove_network
 from .private import PrivateNetwork, Scope, drain_pool
 
@@ -43,7 +42,7 @@ def resolve(net: bool | str, scope: Scope | None = None) -> Network | None:
     if net is False:
         return None
     if net is True:
-        return host_bridge._held or HostBridge()
+        return held() or HostBridge()
     if scope is not None:
         return scope.get(net)
     return open_network(net)

@@ -145,6 +145,11 @@ def _check_subnet_free(subnet: ipaddress.IPv4Network) -> None:
 _held: HostBridge | None = None
 
 
+def held() -> HostBridge | None:
+    """The host bridge this process holds, if it holds one."""
+    return _held
+
+
 def is_shared(network: Network) -> bool:
     """Whether `network` is this process's held host bridge (not to be closed by a container)."""
     return network is _held
