@@ -176,11 +176,23 @@ class Container:
         from .runtime import usermode_net
         from .runtime.network import NetworkConfig
 
+        if self.network is not None and hasattr(self.network, "userns_path"):
+            # A rootless private network: join its holder's user namespace.
+            attachment = self.network.attach(self.id, self.hostname)
+            self._attached = True
+            self.address = attachment.address
+            config.userns_join = self.network.userns_path
+            config.network = attachment.config
+            config.network_hook = attachment.connect
+            config.rootfs.init_files["etc/hosts"] = attachment.hosts
+            config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
+            config.rootfs.binds.append(Bind(attachment.hosts_bind, "/etc/hosts", True))
+            return
         if self.spec.net is not True:
             raise NetworkError(
-                f"net={self.spec.net!r}: named and private networks need root in this version (their bridge lives "
-                "in a network namespace an unprivileged user cannot wire to others); rootless containers get "
-                "net=False (loopback) or net=True (slirp4netns)")
+                f"net={self.spec.net!r}: named networks need root in this version (a rootless bridge needs a "
+                "process to hold it, and the command line has no daemon); rootless containers get net=False, "
+                "net=True (slirp4netns) and, in pytest, private networks per test")
         usermode_net.check_available()
         config.network = NetworkConfig(mode="usermode")
         self.address = usermode_net.ADDRESS

@@ -54,12 +54,18 @@ class ServiceContainer:
         With `net=True` the host reaches it there directly."""
         return self.container.address
 
-    @property
-    def _netns(self) -> str:
+    def _sockets(self):  # noqa: ANN202
+        """Where connections to it are made from: its own network namespace,
+        or rootless (which may not enter it) the bridge's, by its holder."""
+        from .runtime import portfwd
+
+        holder = getattr(self.container.network, "holder", None)
+        if holder is not None:
+            return holder.socket
         pid = self.container.pid
         if pid is None or self.container.result is not None:
             raise RuntimeError(f"container {self.name} is not running")
-        return f"/proc/{pid}/ns/net"
+        return portfwd.socket_in(f"/proc/{pid}/ns/net")
 
     def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
         """Return once something in it accepts TCP connections on `port`
@@ -69,7 +75,7 @@ class ServiceContainer:
 
         alive = lambda: self.container.wait(0) is None  # noqa: E731
         try:
-            wait_for_port(self._netns, self.ip or "127.0.0.1", port, timeout, alive)
+            wait_for_port(self._sockets(), self.ip or "127.0.0.1", port, timeout, alive)
         except ConnectionError as exc:
             raise ConnectionError(f"{exc}; it said: {self.logs()[-2000:]!r}") from None
 
@@ -80,7 +86,7 @@ class ServiceContainer:
             return self.ip, port
         from .runtime.portfwd import Forwarder
 
-        forwarder = Forwarder(self._netns, self.ip or "127.0.0.1", port)
+        forwarder = Forwarder(self._sockets(), self.ip or "127.0.0.1", port)
         self._forwarders.append(forwarder)
         return forwarder.address
 

@@ -136,3 +136,53 @@ def test_bridged_network_through_slirp4netns_reaches_the_host(test_user):
 def test_named_networks_rootless_are_a_clear_error(test_user):
     ran = run_cli("run", "--net", "svc", "host", "true", user=test_user)
     assert ran.returncode == 125 and "need root in this version" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_private_networks_per_test_as_an_unprivileged_user(test_user):
+    """The web/token suite, rootless: each test's "svc" is its own network,
+    its bridge held by a process of the user's own (runtime/netholder.py)."""
+    import pwd
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if os.path.realpath(sys.executable).startswith("/root/"):
+        pytest.skip("this interpreter lives under /root, out of an unprivileged user's reach")
+    entry = pwd.getpwnam(test_user)
+    home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
+    project = os.path.join(home, "network-project")
+    os.makedirs(project, exist_ok=True)
+    with open(os.path.join(project, "test_web.py"), "w") as f:
+        f.write(
+            "import os, socket, urllib.request\n"
+            "import pytest\n"
+            "from pytest_hermetic import hermetic\n\n"
+            "@pytest.mark.parametrize('n', range(4))\n"
+            "@hermetic(net='svc')\n"
+            "def test_own_token(containers, n):\n"
+            "    token = f'token-{n}-{os.urandom(4).hex()}'\n"
+            "    web = containers.run('host', ['sh', '-c', f'cd /srv; echo {token} > token; exec python3 -m http.server 8000'],\n"
+            "                         name='web', net='svc')\n"
+            "    web.wait_for_port(8000)\n"
+            "    assert urllib.request.urlopen('http://web:8000/token', timeout=5).read().decode().strip() == token\n"
+            "    print('TOKEN', n, token, os.getuid())\n\n"
+            "@hermetic\n"
+            "def test_loopback_only(containers):\n"
+            "    containers.run('host', ['sleep', '30'], name='web', net='svc')\n"
+            "    with pytest.raises(OSError):\n"
+            "        socket.getaddrinfo('web', 8000)\n"
+        )
+    for path in (home, project, os.path.join(project, "test_web.py")):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "PYTHONPATH": ROOT, "HERMETIC_STATE": f"{home}/state",
+           "XDG_DATA_HOME": f"{home}/data", "LANG": "C.UTF-8"}
+    ran = subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+                          sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-rA",
+                          "-n", "2", "--basetemp", f"{home}/basetemp-net", "test_web.py"],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=180)
+    assert "5 passed" in ran.stdout, ran.stdout + ran.stderr
+    tokens = [line.split() for line in ran.stdout.splitlines() if line.startswith("TOKEN ")]
+    assert len({t[2] for t in tokens}) == 4 and {t[3] for t in tokens} == {"0"}  # root inside, four networks
+    private = os.path.join(home, "state", "networks", "private")
+    assert not os.path.isdir(private) or os.listdir(private) == []  # every network and its holder gone

@@ -176,17 +176,21 @@ class Network:
         veth = VETH_PREFIX + container_id[:12]
 
         def connect(pid: int) -> None:
-            fd = netns.open_path(f"/proc/{pid}/ns/net")
-            try:
-                self.bridge.connect(fd, veth)
-            finally:
-                os.close(fd)
+            self._connect(pid, veth)
 
         return Attachment(config, address, hosts, self.resolv_conf(), connect, self.hosts_path)
 
     def _unused(self) -> bool:
         """Under the lock, after a container left: remove what nobody uses."""
         return False
+
+    def _connect(self, pid: int, veth: str) -> None:
+        """The veth pair: `veth` on the bridge, `eth0` in the namespace of `pid`."""
+        fd = netns.open_path(f"/proc/{pid}/ns/net")
+        try:
+            self.bridge.connect(fd, veth)
+        finally:
+            os.close(fd)
 
     def resolv_conf(self) -> str:
         return (f"# hermetic: network {self.name} ({self.subnet}); no DNS server: names of the\n"

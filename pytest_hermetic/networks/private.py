@@ -72,17 +72,57 @@ class PrivateNetwork(Network):
             self._destroy()
 
     def _destroy(self) -> None:
-        if (len(_pool) < POOL_SIZE and self.netns_fd is not None and not self.leases()
+        if (len(_pool) < POOL_SIZE and self._usable() and not self.leases()
                 and str(self.subnet) == str(_parse_subnet(default_subnet()))):
             _pool.append(self)
             return
         self._really_destroy()
+
+    def _usable(self) -> bool:
+        return self.netns_fd is not None
 
     def _really_destroy(self) -> None:
         super().close()
         rmtree(self.state_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.lock_path)
+
+
+class RootlessPrivateNetwork(PrivateNetwork):
+    """A private network of an unprivileged user: the bridge lives in a
+    holder process's own user and network namespaces (runtime/netholder.py),
+    and the containers on it join that user namespace."""
+
+    def __init__(self, name: str, subnet: str | None = None) -> None:
+        from ..runtime.namespaces import default_user_namespace
+        from ..runtime.netholder import Holder
+
+        ident = os.urandom(6).hex()
+        path = os.path.join(state_root(), "networks", "private", ident)
+        Network.__init__(self, name, path, subnet or default_subnet(), None)
+        self.holder = Holder(default_user_namespace(), self.gateway, self.subnet.prefixlen)
+        os.makedirs(path)
+        self._reset(name)
+
+    @property
+    def userns_path(self) -> str:
+        """The user namespace every container on this network joins."""
+        return self.holder.userns_path
+
+    def _connect(self, pid: int, veth: str) -> None:
+        self.holder.connect(pid, veth)
+
+    def _usable(self) -> bool:
+        return bool(self.holder.pid)
+
+    def _really_destroy(self) -> None:
+        self.holder.close()
+        super()._really_destroy()
+
+
+def new_private_network(name: str) -> PrivateNetwork:
+    """A private network for this process: pooled, else made (rootless: with a holder)."""
+    return _pooled(name) or (PrivateNetwork(name) if os.geteuid() == 0 else RootlessPrivateNetwork(name))
 
 
 POOL_SIZE = 2
@@ -113,7 +153,7 @@ class Scope:
 
     def get(self, name: str) -> PrivateNetwork:
         if name not in self._networks:
-            self._networks[name] = _pooled(name) or PrivateNetwork(name)
+            self._networks[name] = new_private_network(name)
         return self._networks[name]
 
     def close(self) -> None:

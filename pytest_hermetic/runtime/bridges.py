@@ -21,13 +21,22 @@ from ..errors import ContainerStartError
 from . import netns
 
 
-def _iproute():  # noqa: ANN202
+def preload() -> None:
+    """Import pyroute2 now (before a fork: a forked child must not import)."""
+    _iproute_class()
+
+
+def _iproute_class():  # noqa: ANN202
     try:
         from pyroute2 import IPRoute
     except ImportError:
         raise ContainerStartError("networks need pyroute2, which is not installed for this Python; fix: "
                                   "`pip install pyroute2` (or Debian's python3-pyroute2)") from None
-    return IPRoute()
+    return IPRoute
+
+
+def _iproute():  # noqa: ANN202
+    return _iproute_class()()
 
 
 class Bridge:

@@ -10,23 +10,33 @@ host's loopback (a thread per direction per connection: test traffic).
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+from typing import Callable
 
 from . import netns
 
 
-def connect(netns_path: str, address: str, port: int, timeout: float = 5.0) -> socket.socket:
-    """A TCP connection made from inside the namespace at `netns_path`."""
-    fd = netns.open_path(netns_path)
-    try:
-        with netns.entered(fd):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    finally:
-        import os
+def socket_in(netns_path: str) -> Callable[[], socket.socket]:
+    """A maker of TCP sockets inside the namespace at `netns_path`."""
 
-        os.close(fd)
+    def make() -> socket.socket:
+        fd = netns.open_path(netns_path)
+        try:
+            with netns.entered(fd):
+                return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        finally:
+            os.close(fd)
+
+    return make
+
+
+def connect(make_socket: Callable[[], socket.socket], address: str, port: int, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to `address:port` from a socket `make_socket` gives
+    (made in a namespace that reaches the container)."""
+    sock = make_socket()
     sock.settimeout(timeout)
     try:
         sock.connect((address, port))
@@ -37,7 +47,8 @@ def connect(netns_path: str, address: str, port: int, timeout: float = 5.0) -> s
     return sock
 
 
-def wait_for_port(netns_path: str, address: str, port: int, timeout: float, alive=lambda: True) -> None:  # noqa: ANN001
+def wait_for_port(make_socket: Callable[[], socket.socket], address: str, port: int, timeout: float,
+                  alive=lambda: True) -> None:  # noqa: ANN001
     """Until something accepts on `address:port` there; TimeoutError after `timeout`."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -45,7 +56,7 @@ def wait_for_port(netns_path: str, address: str, port: int, timeout: float, aliv
         if not alive():
             raise ConnectionError(f"the container ended before anything listened on port {port}")
         try:
-            connect(netns_path, address, port, timeout=max(0.05, min(1.0, deadline - time.monotonic()))).close()
+            connect(make_socket, address, port, timeout=max(0.05, min(1.0, deadline - time.monotonic()))).close()
             return
         except OSError as exc:
             last = exc
@@ -56,8 +67,8 @@ def wait_for_port(netns_path: str, address: str, port: int, timeout: float, aliv
 class Forwarder:
     """127.0.0.1:<free port> on the host, relayed to `address:port` in the namespace."""
 
-    def __init__(self, netns_path: str, address: str, port: int) -> None:
-        self.target = (netns_path, address, port)
+    def __init__(self, make_socket: Callable[[], socket.socket], address: str, port: int) -> None:
+        self.target = (make_socket, address, port)
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)

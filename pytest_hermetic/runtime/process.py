@@ -63,7 +63,8 @@ class ProcessConfig:
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
     cap_last: int = factory(lambda: capabilities.last_cap())  # read by the parent, once per container
     stdio: tuple = (None, None, None)  # fds for the command's stdin, stdout, stderr (None: inherit)
-    network_go: tuple | None = None  # rootless net=True: the parent says "G" once slirp4netns is up
+    network_go: tuple | None = None  # rootless networks: the parent says "G" once the network is wired
+    userns_join: str | None = None  # rootless on a network: join its holder's user namespace instead of making one
     # As root on a bridge: called by the parent with the child's pid once the
     # child's network namespace exists (it puts the veth end there) while
     # the child builds its root; `netns_ready` carries the child's "N".
@@ -204,8 +205,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     # the (large) parent, as PID 2 under a placeholder PID 1; see _worker.
     placeholder_mode = target is not None and not rootless and not config.init and _placeholder_binary() is not None
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
-    sync = _SyncPipes() if rootless and config.userns and config.userns.needs_helpers else None
-    if config.network.mode == "usermode":
+    sync = (_SyncPipes() if rootless and config.userns and config.userns.needs_helpers and not config.userns_join
+            else None)
+    if rootless and (config.network.mode == "usermode" or config.network_hook is not None):
         config.network_go = os.pipe2(os.O_CLOEXEC)
     joined = os.pipe2(os.O_CLOEXEC) if config.cgroup_procs or config.network_hook else None
     if config.network_hook is not None and not rootless:
@@ -248,7 +250,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
             sync.parent_side(pid, config.userns)  # type: ignore[arg-type]
         if config.network_go is not None:
             proc.init_pid = _read_relay_pid(proc)
-            network_error = _start_usermode_network(proc, config.network_go)
+            network_error = _start_usermode_network(proc, config.network_go, config)
         message = _read_all(err_r)
     finally:
         os.close(err_r)
@@ -267,14 +269,18 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     return proc
 
 
-def _start_usermode_network(proc: ContainerProcess, go: tuple[int, int]) -> BaseException | None:
-    """Start slirp4netns on the container's namespaces, then let it go on
-    (or, on failure, let it stop: it reads EOF instead of "G")."""
-    from .usermode_net import Helper
-
+def _start_usermode_network(proc: ContainerProcess, go: tuple[int, int], config: ProcessConfig) -> BaseException | None:
+    """Rootless: wire the container's network (its rootless bridge's veth,
+    or slirp4netns), then let it go on (or, on failure, let it stop: it
+    reads EOF instead of "G")."""
     os.close(go[0])
     try:
-        proc.net_helper = Helper(proc.init_pid)
+        if config.network_hook is not None:
+            config.network_hook(proc.init_pid)
+        else:
+            from .usermode_net import Helper
+
+            proc.net_helper = Helper(proc.init_pid)
         os.write(go[1], b"G")
         return None
     except BaseException as exc:  # noqa: BLE001 - raised once the child is reaped
@@ -288,8 +294,9 @@ def _wait_network(config: ProcessConfig, err_w: int) -> None:
         return
     os.close(config.network_go[1])
     if os.read(config.network_go[0], 1) != b"G":
-        _fail(err_w, 125, "the user-mode network helper did not start")
+        _fail(err_w, 125, "the container's network could not be wired")
     os.close(config.network_go[0])
+    network.configure(config.network)  # eth0 is there now (a rootless bridge)
 
 
 # --- the placeholder PID 1 (a Python callable as root) -------------------------
@@ -491,11 +498,16 @@ def _relay_main(config, target, err_w, status_w, sync, relay_r, relay_w, joined)
     try:
         os.close(relay_r)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        sc.unshare(sc.CLONE_NEWUSER)
-        if sync is not None:
-            sync.child_wait_for_maps()
+        if config.userns_join is not None:
+            fd = os.open(config.userns_join, os.O_RDONLY | os.O_CLOEXEC)
+            sc.setns(fd, sc.CLONE_NEWUSER)  # already mapped: the network's own
+            os.close(fd)
         else:
-            config.userns.write_own_maps()
+            sc.unshare(sc.CLONE_NEWUSER)
+            if sync is not None:
+                sync.child_wait_for_maps()
+            else:
+                config.userns.write_own_maps()
         _wait_attached(joined)
         sc.unshare(CONTAINER_NAMESPACES | sc.CLONE_NEWCGROUP | sc.CLONE_NEWPID)
         child = os.fork()
