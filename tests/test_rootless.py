@@ -62,43 +62,21 @@ def test_import_commit_and_run_an_image(test_user, busybox_rootfs):
     assert run_cli("gc", "-q", user=test_user).returncode == 0
 
 
-def test_the_plugin_as_an_unprivileged_user(test_user, tmp_path_factory):
+def test_the_plugin_as_an_unprivileged_user(test_user):
     """An inner pytest session run by the test user with --hermetic."""
-    import pwd
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    if os.path.realpath(sys.executable).startswith("/root/"):
-        pytest.skip("this interpreter lives under /root, out of an unprivileged user's reach")
-    entry = pwd.getpwnam(test_user)
-    home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
-    project = os.path.join(home, "plugin-project")
-    os.makedirs(project, exist_ok=True)
-    with open(os.path.join(project, "test_inner.py"), "w") as f:
-        f.write(
-            "import os, time\n"
-            "from pytest_hermetic import hermetic\n\n"
-            "@hermetic\n"
-            "def test_inside(tmp_path):\n"
-            "    assert os.getpid() == 2\n"
-            "    (tmp_path / 'kept').write_text('x')\n"
-            "    open('/etc/rootless-plugin-test', 'w').write('vanishes')\n\n"
-            "def test_host_untouched():\n"
-            "    assert not os.path.exists('/etc/rootless-plugin-test')\n\n"
-            "@hermetic(timeout=1)\n"
-            "def test_timeout():\n"
-            "    time.sleep(30)\n"
-        )
-    for path in (home, project, os.path.join(project, "test_inner.py")):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    env = {"PATH": "/usr/bin:/bin", "HOME": home, "PYTHONPATH": ROOT, "HERMETIC_STATE": f"{home}/state",
-           "XDG_DATA_HOME": f"{home}/data", "LANG": "C.UTF-8"}
-    ran = subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
-                          sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q",
-                          "--basetemp", f"{home}/basetemp", "test_inner.py"],
-                         cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    ran, _ = _inner_session(test_user, "plugin-project", "test_inner.py", (
+        "import os, time\n"
+        "from pytest_hermetic import hermetic\n\n"
+        "@hermetic\n"
+        "def test_inside(tmp_path):\n"
+        "    assert os.getpid() == 2\n"
+        "    (tmp_path / 'kept').write_text('x')\n"
+        "    open('/etc/rootless-plugin-test', 'w').write('vanishes')\n\n"
+        "def test_host_untouched():\n"
+        "    assert not os.path.exists('/etc/rootless-plugin-test')\n\n"
+        "@hermetic(timeout=1)\n"
+        "def test_timeout():\n"
+        "    time.sleep(30)\n"))
     assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
     assert "hermetic: timeout after 1 s: killed" in ran.stdout
 
@@ -141,6 +119,33 @@ def test_named_networks_rootless_are_a_clear_error(test_user):
 def test_private_networks_per_test_as_an_unprivileged_user(test_user):
     """The web/token suite, rootless: each test's "svc" is its own network,
     its bridge held by a process of the user's own (runtime/netholder.py)."""
+    ran, home = _inner_session(test_user, "network-project", "test_web.py", (
+        "import os, socket, urllib.request\n"
+        "import pytest\n"
+        "from pytest_hermetic import hermetic\n\n"
+        "@pytest.mark.parametrize('n', range(4))\n"
+        "@hermetic(net='svc')\n"
+        "def test_own_token(containers, n):\n"
+        "    token = f'token-{n}-{os.urandom(4).hex()}'\n"
+        "    web = containers.run('host', ['sh', '-c', f'cd /srv; echo {token} > token; exec python3 -m http.server 8000'],\n"
+        "                         name='web', net='svc')\n"
+        "    web.wait_for_port(8000)\n"
+        "    assert urllib.request.urlopen('http://web:8000/token', timeout=5).read().decode().strip() == token\n"
+        "    print('TOKEN', n, token, os.getuid())\n\n"
+        "@hermetic\n"
+        "def test_loopback_only(containers):\n"
+        "    containers.run('host', ['sleep', '30'], name='web', net='svc')\n"
+        "    with pytest.raises(OSError):\n"
+        "        socket.getaddrinfo('web', 8000)\n"), "-rA", "-n", "2")
+    assert "5 passed" in ran.stdout, ran.stdout + ran.stderr
+    tokens = [line.split() for line in ran.stdout.splitlines() if line.startswith("TOKEN ")]
+    assert len({t[2] for t in tokens}) == 4 and {t[3] for t in tokens} == {"0"}  # root inside, four networks
+    private = os.path.join(home, "state", "networks", "private")
+    assert not os.path.isdir(private) or os.listdir(private) == []  # every network and its holder gone
+
+
+def _inner_session(test_user: str, project_name: str, test_file: str, source: str, *args: str):  # noqa: ANN202
+    """An inner `pytest -p hermetic` session run by the test user in a project of its own."""
     import pwd
     import subprocess
     import sys
@@ -151,38 +156,16 @@ def test_private_networks_per_test_as_an_unprivileged_user(test_user):
         pytest.skip("this interpreter lives under /root, out of an unprivileged user's reach")
     entry = pwd.getpwnam(test_user)
     home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
-    project = os.path.join(home, "network-project")
+    project = os.path.join(home, project_name)
     os.makedirs(project, exist_ok=True)
-    with open(os.path.join(project, "test_web.py"), "w") as f:
-        f.write(
-            "import os, socket, urllib.request\n"
-            "import pytest\n"
-            "from pytest_hermetic import hermetic\n\n"
-            "@pytest.mark.parametrize('n', range(4))\n"
-            "@hermetic(net='svc')\n"
-            "def test_own_token(containers, n):\n"
-            "    token = f'token-{n}-{os.urandom(4).hex()}'\n"
-            "    web = containers.run('host', ['sh', '-c', f'cd /srv; echo {token} > token; exec python3 -m http.server 8000'],\n"
-            "                         name='web', net='svc')\n"
-            "    web.wait_for_port(8000)\n"
-            "    assert urllib.request.urlopen('http://web:8000/token', timeout=5).read().decode().strip() == token\n"
-            "    print('TOKEN', n, token, os.getuid())\n\n"
-            "@hermetic\n"
-            "def test_loopback_only(containers):\n"
-            "    containers.run('host', ['sleep', '30'], name='web', net='svc')\n"
-            "    with pytest.raises(OSError):\n"
-            "        socket.getaddrinfo('web', 8000)\n"
-        )
-    for path in (home, project, os.path.join(project, "test_web.py")):
+    with open(os.path.join(project, test_file), "w") as f:
+        f.write(source)
+    for path in (home, project, os.path.join(project, test_file)):
         os.chown(path, entry.pw_uid, entry.pw_gid)
     env = {"PATH": "/usr/bin:/bin", "HOME": home, "PYTHONPATH": ROOT, "HERMETIC_STATE": f"{home}/state",
            "XDG_DATA_HOME": f"{home}/data", "LANG": "C.UTF-8"}
     ran = subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
-                          sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-rA",
-                          "-n", "2", "--basetemp", f"{home}/basetemp-net", "test_web.py"],
+                          sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q",
+                          "--basetemp", f"{home}/basetemp-{project_name}", *args, test_file],
                          cwd=project, env=env, capture_output=True, text=True, timeout=180)
-    assert "5 passed" in ran.stdout, ran.stdout + ran.stderr
-    tokens = [line.split() for line in ran.stdout.splitlines() if line.startswith("TOKEN ")]
-    assert len({t[2] for t in tokens}) == 4 and {t[3] for t in tokens} == {"0"}  # root inside, four networks
-    private = os.path.join(home, "state", "networks", "private")
-    assert not os.path.isdir(private) or os.listdir(private) == []  # every network and its holder gone
+    return ran, home
