@@ -158,12 +158,12 @@ class Container:
             # The owner's pid in the name lets `gc` clear the cgroup of a
             # killed owner at once (an untracked container has no state file).
             self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits)
-            if self.state_dir is not None:
-                self._write_state()  # before the start, so `gc` knows whose it is
             config = self._process_config(image, argv)
             config.stdio = (stdin, stdout, stderr)
             if self.spec.net is not False:
                 self._join_network(config)
+            if self.state_dir is not None:
+                self._write_state()  # before the start, so `gc` knows whose it is
             self.started_at = time.monotonic()
             self.process = process.spawn(config, target)
         except BaseException:
@@ -178,15 +178,8 @@ class Container:
 
         if self.network is not None and hasattr(self.network, "userns_path"):
             # A rootless private network: join its holder's user namespace.
-            attachment = self.network.attach(self.id, self.hostname)
-            self._attached = True
-            self.address = attachment.address
             config.userns_join = self.network.userns_path
-            config.network = attachment.config
-            config.network_hook = attachment.connect
-            config.rootfs.init_files["etc/hosts"] = attachment.hosts
-            config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
-            config.rootfs.binds.append(Bind(attachment.hosts_bind, "/etc/hosts", True))
+            self._attach(config)
             return
         if self.spec.net is not True:
             raise NetworkError(
@@ -213,6 +206,11 @@ class Container:
 
             self.network = resolve(self.spec.net)
             self._owns_network = not is_shared(self.network)
+        self._attach(config)
+
+    def _attach(self, config: process.ProcessConfig) -> None:
+        """Take an address on `self.network`; the veth comes at spawn (`network_hook`)."""
+        assert self.network is not None
         attachment = self.network.attach(self.id, self.hostname)
         self._attached = True
         self.address = attachment.address
@@ -222,8 +220,6 @@ class Container:
         config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
         if attachment.hosts_bind:
             config.rootfs.binds.append(Bind(attachment.hosts_bind, "/etc/hosts", True))
-        if self.state_dir is not None:
-            self._write_state()
 
     @property
     def _scratch(self) -> str:

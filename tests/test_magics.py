@@ -12,13 +12,10 @@ import threading
 import time
 
 import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 
-IPython = pytest.importorskip("IPython")
-
-from IPython.core.error import UsageError  # noqa: E402
-from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
-
-from pytest_hermetic.errors import ContainerNotFound, ContainerStartError, ImageNotFound, SpecError  # noqa: E402
+from pytest_hermetic.errors import ContainerNotFound, ContainerStartError, ImageNotFound, SpecError
 
 
 def _states() -> list[str]:

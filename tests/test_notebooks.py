@@ -13,13 +13,12 @@ import signal
 import sys
 import time
 
+import ipykernel  # noqa: F401 - installed by scripts/install-deps.sh: missing, the suite fails
+import nbclient
+import nbformat
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-
-from conftest import ROOT, run_cli  # noqa: E402
+from conftest import ROOT, run_cli
 
 KERNEL = "hermetic-test-python"
 

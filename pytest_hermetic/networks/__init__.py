@@ -67,7 +67,7 @@ def gc_networks() -> list[str]:
         network = open_network(info["name"])
         try:
             with network.locked():
-                if network.drop_dead_leases():
+                if network.prune_leases()[1]:
                     network._write_hosts()
                     removed.append(f"stale leases on network {info['name']}")
         finally:

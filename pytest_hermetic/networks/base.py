@@ -119,16 +119,17 @@ class Network:
                 return True
         return False
 
-    def drop_dead_leases(self) -> list[str]:
-        dropped = []
+    def prune_leases(self) -> tuple[dict[str, dict], list[str]]:
+        """Under the lock: remove the leases of dead owners; (live leases, dropped addresses)."""
+        live, dropped = {}, []
         for address, entry in self.leases().items():
-            if not owner_alive(entry):
-                try:
-                    os.unlink(os.path.join(self._leases_dir, address))
-                    dropped.append(address)
-                except FileNotFoundError:
-                    pass
-        return dropped
+            if owner_alive(entry):
+                live[address] = entry
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._leases_dir, address))
+            dropped.append(address)
+        return live, dropped
 
     # -- names -----------------------------------------------------------------
 

@@ -46,9 +46,12 @@ class HostBridge(Network):
         if not nat.present(str(self.subnet), HOST_BRIDGE):
             nat.add(str(self.subnet), HOST_BRIDGE)
 
+    def _write_hosts(self) -> None:
+        pass  # no shared names on the host bridge, as on Docker's default one
+
     def attach(self, container_id: str, hostname: str) -> Attachment:
         attachment = super().attach(container_id, hostname)
-        attachment.hosts_bind = None  # no shared names on the host bridge, as Docker's default one
+        attachment.hosts_bind = None
         return attachment
 
     def resolv_conf(self) -> str:
@@ -102,8 +105,8 @@ class HostBridge(Network):
 
     def _unused(self) -> bool:
         """Under the lock: the last user removes bridge, rules and state."""
-        self.drop_dead_leases()
-        if self.leases() or self._live_holders():
+        live, _ = self.prune_leases()
+        if live or self._live_holders():
             return False
         self.bridge.delete()
         nat.remove(str(self.subnet), HOST_BRIDGE)

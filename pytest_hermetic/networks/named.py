@@ -93,8 +93,8 @@ def remove_network(name: str) -> None:
     network = open_network(name)
     try:
         with network.locked():
-            network.drop_dead_leases()
-            users = sorted(entry["hostname"] for entry in network.leases().values())
+            live, _ = network.prune_leases()
+            users = sorted(entry["hostname"] for entry in live.values())
             if users:
                 raise NetworkError(f"network {name} is in use by {', '.join(users)}; stop them first")
             network.close()

@@ -684,10 +684,10 @@ def _restore_signals() -> None:
     whatever Python changed (SIGPIPE, SIGXFSZ) or the caller inherited
     (`nohup`'s SIGHUP, a background job's SIGINT and SIGQUIT)."""
     for sig in _RESETTABLE:
-        try:
+        # Handlers are reset by exec itself; only "ignore" survives it.  Python
+        # read every signal's disposition at start-up, so asking costs no syscall.
+        if signal.getsignal(sig) is signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):  # the C library's own real-time signals
-            pass
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
