@@ -30,7 +30,7 @@ from ._fs import rmtree
 from ._proc import descendants, owner, owner_alive, started_before
 from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
-from .paths import state_root
+from .paths import make_private, state_root
 from .runtime import cgroups, process
 from .runtime.namespaces import default_user_namespace
 from .runtime.rootfs import Bind, RootfsConfig
@@ -228,6 +228,7 @@ class Container:
         return os.path.join(self.state_dir, "scratch")
 
     def _make_state_dir(self) -> None:
+        make_private(state_root())
         if self.state_dir is None:
             os.makedirs(self._scratch, exist_ok=True)
             return
@@ -238,6 +239,7 @@ class Container:
         # needs no clean-up and costs no disk operations.
         os.mkdir(os.path.join(self.state_dir, "scratch"), 0o755)
         if self.rw_dir is not None:
+            make_private(self.store.root)
             os.makedirs(os.path.dirname(self.rw_dir), exist_ok=True)
             os.mkdir(self.rw_dir, 0o700)
             for sub in ("upper", "work"):
