@@ -264,7 +264,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         proc.wait()
         if isinstance(attach_error, ContainerStartError) or type(attach_error).__module__.endswith("errors"):
             raise attach_error
-        if attach_error is not None:
+        if attach_error is not None and not isinstance(attach_error, BrokenPipeError):
+            # (a broken pipe only says the child stopped first: its message says why)
             raise ContainerStartError(f"cannot move the container into its cgroup: {attach_error}")
         raise _start_error(message)
     return proc
@@ -804,10 +805,10 @@ def _run_callable(target, err_w: int, status_w: int | None) -> None:
     if worker == 0:
         code = 1
         try:
-            sc.prctl(sc.PR_SET_DUMPABLE, 1)
             if status_w is not None:
                 os.close(status_w)  # PID 1's, for the true exit status
             descriptors.seal()
+            sc.prctl(sc.PR_SET_DUMPABLE, 1)  # (only now: its fds are sealed)
             code = _call(target)
         finally:
             os._exit(code)

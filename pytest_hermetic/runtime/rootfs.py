@@ -234,30 +234,54 @@ def _mount_volumes(config: RootfsConfig, root: str) -> None:
 def open_in_root(root_fd: int, path: str, directory: bool) -> int:
     """An O_PATH fd on `path` resolved with `root_fd` as "/" (symlinks and
     ".." included, never leading out), its missing components created: as
-    directories, the last one as an empty file unless `directory`."""
-    rel = path.strip("/") or "."
-    try:
-        return _resolve(root_fd, rel)
-    except FileNotFoundError:
-        pass
+    directories, the last one as an empty file unless `directory`.  A
+    dangling symlink on the way is followed, inside the root, to where its
+    target is made."""
+    rel = _relative(path)
+    for _ in range(_MAX_SYMLINKS):
+        try:
+            return _resolve(root_fd, rel)
+        except FileNotFoundError:
+            pass
+        rel = _make_missing(root_fd, rel, directory)
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
+_MAX_SYMLINKS = 40  # as the kernel's own path walk
+
+
+def _relative(path: str) -> str:
+    return "/".join(part for part in path.split("/") if part not in ("", ".")) or "."
+
+
+def _make_missing(root_fd: int, rel: str, directory: bool) -> str:
+    """Create the missing components of `rel`; returns the path to resolve
+    next (another one when a dangling symlink was met)."""
     parts = rel.split("/")
     for depth in range(1, len(parts) + 1):
-        prefix = "/".join(parts[:depth])
         try:
-            os.close(_resolve(root_fd, prefix))
+            os.close(_resolve(root_fd, "/".join(parts[:depth])))
             continue
         except FileNotFoundError:
             pass
-        parent = _resolve(root_fd, "/".join(parts[:depth - 1]) or ".")
+        parent_rel = "/".join(parts[:depth - 1]) or "."
+        name = parts[depth - 1]
+        parent = _resolve(root_fd, parent_rel)
         try:
             if depth < len(parts) or directory:
-                os.mkdir(parts[depth - 1], 0o755, dir_fd=parent)
+                os.mkdir(name, 0o755, dir_fd=parent)
             else:
-                os.close(os.open(parts[depth - 1], os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                                 dir_fd=parent))
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent))
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ELOOP):
+                raise
+            # A dangling symlink: its target, inside the root, is what to make.
+            target = os.readlink(name, dir_fd=parent)
+            base = "" if target.startswith("/") else parent_rel
+            return _relative("/".join((base, target, *parts[depth:])))
         finally:
             os.close(parent)
-    return _resolve(root_fd, rel)
+    return rel
 
 
 _openat2_works: bool | None = None
