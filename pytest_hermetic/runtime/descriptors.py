@@ -57,8 +57,11 @@ def cloexec_all() -> None:
         except OSError:
             _cloexec_works = False
     for fd in _open_fds():
-        if fd > 2 and os.get_inheritable(fd):
-            _close(fd)
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                os.close(fd)
+        except OSError:  # the listing's own fd, closed by now
+            pass
 
 
 def _close_from(first: int, last: int) -> None:
