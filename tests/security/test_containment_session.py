@@ -215,3 +215,30 @@ def test_ctrl_c_of_pytest_still_stops_a_hermetic_test(tmp_path):
             proc.wait()
     assert proc.returncode == 2 and time.monotonic() - start < 10, out
     assert "KeyboardInterrupt" in out, out
+
+
+def test_kill_zero_from_a_notebook_cell_spares_the_helper():
+    """A cell (in a kept container, and in a fresh one) that signals its own
+    group leaves the notebook's container helper running."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "ipython_ext")
+    client = ip.magics_manager.registry["ContainerMagics"].client
+    attack = f"{HOST_PYTHON} - <<'EOF'\n{ATTACK}\nEOF\necho after\n"
+    try:
+        ip.run_cell_magic("container", "host --out before", "true")
+        helper = client.pid
+        assert client.running and helper is not None
+        for line in ("host --name sess --out kept", "host --out fresh"):
+            try:
+                ip.run_cell_magic("container", line, attack)
+            except Exception:  # noqa: BLE001 - the cell may report its own SIGKILL
+                pass
+            assert client.running and client.pid == helper
+        ip.run_cell_magic("container", "host --name sess --out after", "echo still")
+        assert ip.user_ns["after"].strip() == "still"
+        assert client.pid == helper  # the same helper: nothing restarted it
+        ip.run_line_magic("container", "rm sess")
+    finally:
+        ip.run_line_magic("unload_ext", "ipython_ext")
