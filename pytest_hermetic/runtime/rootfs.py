@@ -442,7 +442,7 @@ def _mask(root: str) -> None:
         if stat.S_ISDIR(st.st_mode):
             sc.mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
         else:
-            sc.mount(root + "/dev/null", target, None, MS_BIND)
+            sc.mount("/dev/null", target, None, MS_BIND)  # the host's (a volume may cover the container's /dev)
     for path in READONLY_PATHS:
         target = root + path
         if os.path.exists(target):
