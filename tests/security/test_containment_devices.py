@@ -78,3 +78,38 @@ def test_mknod_opens_nothing_rootless(test_user):
     _check(ran.stdout, made_expected=False)
     assert "4\n4\n4\nnull-ok\nfull-ok" in ran.stdout
     assert _writable_mounts_without_nodev(ran.stdout) == []
+
+
+PLUGIN_SUITE = """
+import os, stat
+from pytest_hermetic import hermetic
+
+@hermetic(OPTIONS)
+def test_mknod_opens_nothing(tmp_path):
+    for place in ("/dev", "/tmp", "/", "/dev/shm", str(tmp_path)):
+        for number, (kind, rdev) in enumerate(((stat.S_IFBLK, os.makedev(7, 0)), (stat.S_IFCHR, os.makedev(1, 11)))):
+            node = os.path.join(place, f"x{number}")
+            os.mknod(node, 0o600 | kind, rdev)  # made: root keeps CAP_MKNOD
+            try:
+                os.close(os.open(node, os.O_RDONLY))
+                raise AssertionError(f"opened {node}")
+            except PermissionError:
+                pass
+            finally:
+                os.unlink(node)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if "rw" in fields[5].split(",") and fstype != "devpts" and fields[3] not in NODES:
+                assert "nodev" in fields[5].split(","), line
+"""
+
+
+def test_mknod_opens_nothing_in_a_hermetic_test():
+    from attack import inner_session, marker_options
+
+    nodes = {f"/{name}" for name in HOST_NODES}
+    ran = inner_session(None, "devices-plugin", f"NODES = {nodes!r}\n" +
+                        PLUGIN_SUITE.replace("OPTIONS", marker_options()))
+    assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
