@@ -367,14 +367,16 @@ class Container:
         # The relay is bookkeeping, not part of the container.
         return [v for v in victims if v[0] != self.process.pid or self.process.pid == self.process.init_pid]
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to PID 1; SIGKILL kills everything in the container."""
+    def kill(self, sig: int = signal.SIGKILL, group: bool = False) -> None:
+        """Send `sig` to PID 1 (with `group`, to its process group: PID 1
+        and the children that stayed in it); SIGKILL kills everything in
+        the container."""
         if self.process is None or self.result is not None:
             return
         if sig == signal.SIGKILL:
             self._kill_all()
         else:
-            self.process.send_signal(sig)
+            self.process.send_signal(sig, group)
 
     def stats(self) -> cgroups.Stats:
         return self.cgroup.stats() if self.cgroup is not None else cgroups.Stats()

@@ -144,9 +144,15 @@ class ContainerProcess:
             return None
         return ExitStatus.from_wait(struct.unpack("i", data)[0])
 
-    def send_signal(self, sig: int) -> None:
+    def send_signal(self, sig: int, group: bool = False) -> None:
+        """Signal PID 1, or with `group` its whole process group (PID 1
+        leads it: what a terminal's Ctrl-C reached when the container still
+        shared its caller's)."""
         try:
-            os.kill(self.init_pid, sig)
+            if group:
+                os.killpg(self.init_pid, sig)
+            else:
+                os.kill(self.init_pid, sig)
         except ProcessLookupError:
             pass
 

@@ -242,3 +242,52 @@ def test_kill_zero_from_a_notebook_cell_spares_the_helper():
         ip.run_line_magic("container", "rm sess")
     finally:
         ip.run_line_magic("unload_ext", "ipython_ext")
+
+
+def test_an_interactive_shell_on_a_terminal_stays_usable():
+    """`hermetic run host sh -i` on a terminal: Ctrl-C stops the command the
+    shell runs (the CLI passes it to PID 1's group), the shell goes on."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "run", *unconfined(), "host", "sh", "-i"],
+                            stdin=follower, stdout=follower, stderr=follower, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": ROOT}, cwd="/",
+                            preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0))
+    os.close(follower)
+    out = b""
+
+    def until(word: bytes, timeout: float = 15) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while word not in out and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.1)[0]:
+                try:
+                    out += os.read(leader, 4096)
+                except OSError:
+                    return
+
+    try:
+        os.write(leader, b"echo ready-$((1+1))\n")
+        until(b"ready-2")
+        os.write(leader, b"sleep 30; echo slept\n")
+        time.sleep(0.5)
+        start = time.monotonic()
+        os.write(leader, b"\x03")  # Ctrl-C, through the terminal's line discipline
+        os.write(leader, b"echo after-$((2+2))\n")
+        until(b"after-4")
+        assert time.monotonic() - start < 10, out
+        os.write(leader, b"exit 3\n")
+        assert proc.wait(timeout=15) == 3, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    assert b"slept" not in out.replace(b"echo slept", b""), out
