@@ -660,6 +660,10 @@ def own_session() -> None:
     except OSError as exc:
         # ENOSYS: no keyrings in this kernel; EPERM: the caller's own
         # seccomp filter (under Docker) blocks keyctl, for it as for us.
+        if exc.errno == errno.EDQUOT:
+            raise ContainerStartError("cannot give the container a session keyring of its own: this user's key "
+                                      "quota is full (each running container holds one key); fix: raise "
+                                      "kernel.keys.maxkeys and kernel.keys.maxbytes with sysctl") from None
         if exc.errno not in (errno.ENOSYS, errno.EPERM):
             raise
 
