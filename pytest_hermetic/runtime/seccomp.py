@@ -8,9 +8,9 @@ excluded by one it has are dropped, `minKernel` is checked against this
 kernel.  What no rule allows fails with EPERM, as in Docker; syscalls newer
 than every one the table knows fail with ENOSYS, as runc makes them, so a C
 library falls back to an older call instead of failing (clone3 -> ENOSYS is
-in the profile itself).  A program of another ABI (i386 or x32 on x86_64,
-arm32 on aarch64) is killed: Docker's profile lets those through with their
-own tables, this filter has none for them (docs/seccomp.md).
+in the profile itself).  32-bit programs on x86_64 (i386, also `int 0x80`)
+are filtered with their own table, as in Docker; x32 calls get ENOSYS and
+arm32 programs on aarch64 are killed (docs/seccomp.md).
 
 The program is compiled once per process, in the parent, by `default()`;
 the container's process only loads it (`Filter.load`: one prctl), after it
@@ -55,6 +55,9 @@ def _arg_lo(index: int) -> int:
 # Per machine: the audit arch the kernel reports, Docker's (Go's) name of it
 # for the profile's "arches" conditions, and the syscall table.
 _MACHINES = {"x86_64": (0xC000003E, "amd64", "X86_64"), "aarch64": (0xC00000B7, "arm64", "AARCH64")}
+# 32-bit programs on a 64-bit kernel (and `int 0x80` from a 64-bit one): filtered
+# with their own table, as Docker's profile does.  arm32 on aarch64 has none yet.
+_COMPAT = {"x86_64": (0x40000003, "I386")}
 
 # Arguments the kernel reads as 32-bit ints: compared on their low word, as
 # the kernel sees them (a 64-bit comparison would let socket(0x1_00000028)
@@ -255,32 +258,49 @@ def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profi
     if machine not in _MACHINES:
         raise SeccompError(f"no seccomp syscall table for {machine}; run with seccomp=False "
                            "(--security-opt seccomp=unconfined) on this machine")
-    audit_arch, arch, table_name = _MACHINES[machine]
     from . import syscall_table
 
     if profile is None:
         from .seccomp_profile import PROFILE as profile
-    table = getattr(syscall_table, table_name)
     if profile["defaultAction"] != "SCMP_ACT_ERRNO":
         raise SeccompError(f"seccomp profile: default action {profile['defaultAction']} is not supported")
     default_action = SECCOMP_RET_ERRNO | int(profile.get("defaultErrnoRet", errno.EPERM))
-    rules, names = resolve(profile, arch, caps, kernel, table)
-    top = max(table.values())
+    audit_arch, arch, table_name = _MACHINES[machine]
+    # The native ABI first, then the compat one Docker's profile also covers.
+    sections = [(audit_arch, table_name)]
+    if machine in _COMPAT:
+        sections.append(_COMPAT[machine])
+    asm = _Assembler()
+    labels = [asm.label() for _ in sections]
+    asm.load(_ARCH)
+    for (abi, _table), label in zip(sections, labels):
+        asm.goto_if(_JEQ, abi, label)
+    asm.ret(SECCOMP_RET_KILL_PROCESS)  # an ABI the filter has no table for
+    counts = []
+    for (_abi, name), label in zip(sections, labels):
+        asm.mark(label)
+        table = getattr(syscall_table, name)
+        rules, names = resolve(profile, arch, caps, kernel, table)
+        _section(asm, rules, names, max(table.values()), default_action)
+        allowed = sum(1 for a in rules.values() if a == SECCOMP_RET_ALLOW)
+        counts.append(f"{name.lower()} {allowed} allowed, {len(rules) - allowed} by argument or errno")
+    program = asm.assemble()
+    if len(program) // 8 > 4096:  # BPF_MAXINSNS
+        raise SeccompError(f"seccomp filter too long ({len(program) // 8} instructions)")
+    return Filter(program, f"{'; '.join(counts)}; {len(program) // 8} instructions")
 
-    # Runs of syscall numbers with the same outcome, searched as a binary tree.
-    runs: list[list] = []  # [first, last, action]
+
+def _section(asm: _Assembler, rules: dict, names: dict[int, str], top: int, default_action: int) -> None:
+    """One ABI's part: syscall number -> action, by binary search over runs
+    of numbers with the same outcome; argument checks after it."""
+    runs: list[list] = []  # [first, last, key]
     for nr in range(top + 1):
         action = rules.get(nr, default_action)
         key = action if isinstance(action, int) else ("args", nr)
-        if runs and runs[-1][2] == key and runs[-1][1] == nr - 1:
+        if runs and runs[-1][2] == key:
             runs[-1][1] = nr
         else:
             runs.append([nr, nr, key])
-
-    asm = _Assembler()
-    asm.load(_ARCH)
-    asm.emit(_JEQ, audit_arch, 1, 0)
-    asm.ret(SECCOMP_RET_KILL_PROCESS)
     asm.load(_NR)
     asm.emit(_JGT, top, 0, 1)  # newer than the table (and x32's 0x40000000 + n): ENOSYS
     asm.ret(SECCOMP_RET_ERRNO | errno.ENOSYS)
@@ -305,16 +325,10 @@ def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profi
     tree(runs)
     for nr, label in arg_blocks.items():
         asm.mark(label)
-        for conditions, action in rules[nr]:  # type: ignore[union-attr]
+        for conditions, action in rules[nr]:
             fail = asm.label()
             for arg in conditions:
                 _condition(asm, arg, fail, (names[nr], arg["index"]) in _INT_ARGS)
             asm.ret(action)
             asm.mark(fail)
         asm.ret(default_action)
-    program = asm.assemble()
-    if len(program) // 8 > 4096:  # BPF_MAXINSNS
-        raise SeccompError(f"seccomp filter too long ({len(program) // 8} instructions)")
-    allowed = sum(1 for a in rules.values() if a == SECCOMP_RET_ALLOW)
-    return Filter(program, f"{machine}: {allowed} syscalls allowed, {len(arg_blocks)} by argument, "
-                           f"{len(program) // 8} instructions")

@@ -227,4 +227,30 @@ def test_filter_is_compiled_once_and_is_small():
     first = seccomp.default()
     assert seccomp.default() is first
     assert 0 < len(first) < 1024
-    assert "syscalls allowed" in first.summary
+    assert "allowed" in first.summary
+
+
+def _int80(nr: int, b: int = 0, c: int = 0) -> str:
+    """A syscall through the i386 ABI (`int 0x80`) from this 64-bit process."""
+    import ctypes
+    import errno
+    import mmap
+    import struct
+
+    code = (b"\x53" + b"\xb8" + struct.pack("<I", nr) + b"\xbb" + struct.pack("<I", b & 0xFFFFFFFF)
+            + b"\xb9" + struct.pack("<I", c & 0xFFFFFFFF) + b"\xcd\x80\x5b\xc3")  # push rbx .. int 0x80; pop rbx; ret
+    page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(code)
+    result = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))()
+    return "ok" if result >= 0 else errno.errorcode[-result]
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the i386 ABI exists on x86_64 only")
+@hermetic
+def test_the_i386_abi_is_filtered_with_its_own_table():
+    i386 = syscall_table.I386
+    assert _seccomp_mode() == "2"
+    assert _int80(i386["getpid"]) == "ok"
+    assert _int80(i386["keyctl"], 0, -3) == "EPERM"
+    assert _int80(i386["unshare"], CLONE_NEWUSER) == "EPERM"
+    assert _int80(i386["clone3"]) == "ENOSYS"
