@@ -85,7 +85,11 @@ class Filter:
 
     def load(self) -> None:
         """Install the filter on the calling thread (needs no_new_privs or CAP_SYS_ADMIN)."""
-        sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog_buffer))
+        try:
+            sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog_buffer))
+        except OSError as exc:  # a kernel without CONFIG_SECCOMP_FILTER says EINVAL
+            raise SeccompError(f"cannot load the seccomp filter: {os.strerror(exc.errno or 0)}; "
+                               "fix: run with seccomp=False (--security-opt seccomp=unconfined)") from None
 
 
 _default: Filter | None = None
