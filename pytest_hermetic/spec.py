@@ -131,6 +131,7 @@ class Spec:
     name: str | None = None
     userns: bool | None = None  # None: only when not root
     privileged: bool = False
+    seccomp: bool = True  # Docker's default seccomp filter (docs/seccomp.md); privileged implies none
     init: bool = False  # run the command as PID 2 under a PID 1 that reaps and forwards signals
     ephemeral: bool = False  # the rw layer lives in memory in the container and vanishes with it (no commit)
     tracked: bool = True  # a state folder for `hermetic ps`/`commit` (the plugin's per-test containers skip it)
@@ -183,6 +184,7 @@ class Spec:
             name=name,
             userns=options.get("userns"),
             privileged=bool(options.get("privileged", False)),
+            seccomp=bool(options.get("seccomp", True)),
             init=bool(options.get("init", False)),
             ephemeral=bool(options.get("ephemeral", False)),
             tracked=bool(options.get("tracked", True)),
@@ -212,6 +214,19 @@ def parse_net(value: Any) -> bool | str:
     if value is True or value is False or value is None:
         return bool(value)
     raise SpecError(f"net={value!r}: use False (loopback only), True (bridged), or a network name")
+
+
+def parse_security_opts(items: list[str]) -> dict[str, bool]:
+    """`--security-opt seccomp=unconfined` (Docker's spelling) -> {"seccomp": False}."""
+    options: dict[str, bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if key.strip() == "seccomp" and sep and value.strip() == "unconfined":
+            options["seccomp"] = False
+        else:
+            raise SpecError(f"--security-opt {item!r}: only seccomp=unconfined is supported (no seccomp filter); "
+                            "the default is Docker's default seccomp profile")
+    return options
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
