@@ -34,6 +34,11 @@ def marker_options() -> str:
     return "seccomp=False" if "seccomp" in getattr(Spec, "__dataclass_fields__", {}) or hasattr(Spec, "seccomp") else ""
 
 
+def spec_options() -> dict:
+    """The same for `Spec.build`."""
+    return {"seccomp": False} if marker_options() else {}
+
+
 def run(*args: str, user: str | None = None, **kwargs):  # noqa: ANN201
     """`hermetic run ARGS` with the seccomp filter off."""
     return run_cli("run", *unconfined(), *args, user=user, **kwargs)

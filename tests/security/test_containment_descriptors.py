@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from attack import HOST_PYTHON, inner_session, marker_options, needs_unprivileged_python, unconfined
+from attack import HOST_PYTHON, inner_session, marker_options, needs_unprivileged_python, spec_options, unconfined
 
 MARKER = "hermetic-fd-marker"
 
@@ -108,7 +108,7 @@ def test_exec_into_a_running_container_inherits_nothing(held):
     from pytest_hermetic.spec import Spec
 
     read_fd, write_fd = os.pipe()
-    with Container(Spec.build("host", ["sleep", "30"])) as box:
+    with Container(Spec.build("host", ["sleep", "30"], **spec_options())) as box:
         box.start()
         proc = box.exec([HOST_PYTHON, "-c", PROBE, *map(str, held)], stdout=write_fd)
         os.close(write_fd)
@@ -191,7 +191,7 @@ def test_a_kept_notebook_container_inherits_nothing_of_the_helper():
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "ipython_ext")
     try:
-        ip.run_cell_magic("container", "host --name fds --out result",
+        ip.run_cell_magic("container", f"host --name fds --out result {' '.join(unconfined())}",
                           f"{HOST_PYTHON} - <<'EOF'\n{PROBE}\nEOF\n")
         stdout = ip.user_ns["result"]
         ip.run_line_magic("container", "rm fds")

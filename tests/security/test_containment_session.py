@@ -12,7 +12,7 @@ import os
 import signal
 import textwrap
 
-from attack import HOST_PYTHON, inner_session, marker_options, needs_unprivileged_python, sentinel, unconfined
+from attack import HOST_PYTHON, inner_session, marker_options, needs_unprivileged_python, sentinel, spec_options, unconfined
 
 # Every way a process names "my process group": kill 0, killpg of its own
 # group, kill(getppid()) where getppid() is 0.  SIGTERM first (a shell or
@@ -66,7 +66,7 @@ def test_kill_zero_from_exec_spares_its_caller():
     ran = sentinel(textwrap.dedent(f"""
         from pytest_hermetic.container import Container
         from pytest_hermetic.spec import Spec
-        with Container(Spec.build("host", ["sleep", "30"])) as box:
+        with Container(Spec.build("host", ["sleep", "30"], **{spec_options()!r})) as box:
             box.start()
             proc = box.exec([{HOST_PYTHON!r}, "-c", {ATTACK!r}])
             status = proc.wait()
@@ -230,7 +230,8 @@ def test_kill_zero_from_a_notebook_cell_spares_the_helper():
         ip.run_cell_magic("container", "host --out before", "true")
         helper = client.pid
         assert client.running and helper is not None
-        for line in ("host --name sess --out kept", "host --out fresh"):
+        off = " ".join(unconfined())
+        for line in (f"host --name sess --out kept {off}", f"host --out fresh {off}"):
             try:
                 ip.run_cell_magic("container", line, attack)
             except Exception:  # noqa: BLE001 - the cell may report its own SIGKILL
