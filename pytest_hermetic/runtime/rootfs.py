@@ -226,7 +226,7 @@ def _mount_volumes(config: RootfsConfig, root: str) -> None:
             finally:
                 os.close(fd)
             if not overlay:
-                _restrict(root_fd, bind)
+                _restrict(root_fd, bind, nodev=not config.privileged)
     finally:
         os.close(root_fd)
 
@@ -322,14 +322,16 @@ def _resolve_without_symlinks(root_fd: int, rel: str) -> int:
     return fd
 
 
-def _restrict(root_fd: int, bind: Bind) -> None:
+def _restrict(root_fd: int, bind: Bind, nodev: bool) -> None:
     """nodev on a volume and every mount below it (a device node planted
     there must not open a host device), read-only if asked; a volume that
-    is itself a device node is an explicit grant and keeps working."""
+    is itself a device node is an explicit grant and keeps working, and so
+    are all of them in a privileged container (`-v /dev:/dev`), which could
+    lift nodev itself."""
     fd = _resolve(root_fd, bind.target.strip("/") or ".")  # now the volume's own root
     try:
         mode = os.fstat(fd).st_mode
-        attrs = 0 if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else sc.MOUNT_ATTR_NODEV
+        attrs = 0 if not nodev or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else sc.MOUNT_ATTR_NODEV
         attrs |= sc.MOUNT_ATTR_RDONLY if bind.readonly else 0
         if attrs:
             _set_mount_attrs(fd, attrs)

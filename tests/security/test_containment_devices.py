@@ -113,3 +113,11 @@ def test_mknod_opens_nothing_in_a_hermetic_test():
     ran = inner_session(None, "devices-plugin", f"NODES = {nodes!r}\n" +
                         PLUGIN_SUITE.replace("OPTIONS", marker_options()))
     assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_a_folder_of_host_devices_as_a_volume_opens_nothing_unless_privileged():
+    probe = "head -c 1 /hostdev/zero | wc -c; head -c 1 /single-zero | wc -c"
+    plain = run("-v", "/dev:/hostdev", "-v", "/dev/zero:/single-zero", "host", "sh", "-c", probe)
+    assert plain.stdout.split() == ["0", "1"], plain.stdout + plain.stderr  # the single node: an explicit grant
+    privileged = run("--privileged", "-v", "/dev:/hostdev", "-v", "/dev/zero:/single-zero", "host", "sh", "-c", probe)
+    assert privileged.stdout.split() == ["1", "1"], privileged.stdout + privileged.stderr
