@@ -174,7 +174,10 @@ class ContainerMagics(Magics):
     # -- %container VERB --------------------------------------------------------------
 
     def _line(self, line: str) -> None:
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%container: {exc}") from None
         if not words or words[0] in ("help", "-h", "--help"):
             print(LINE_USAGE)
             return

@@ -204,7 +204,7 @@ def _diff_ids(config_bytes: bytes, count: int, where: str) -> list[str]:
 
 
 def _check(digest: str, where: str) -> None:
-    if not _HEX.match(digest or ""):
+    if not _HEX.fullmatch(digest or ""):
         raise LayerError(f"{where}: unsupported or malformed digest {digest!r} (sha256 only)")
 
 

@@ -626,8 +626,7 @@ def _enter_container(config: ProcessConfig, joined: tuple[int, int] | None, in_n
 def _drop_privileges(config: ProcessConfig) -> None:
     uid, gid = _resolve_user(config.user)
     cap_last = config.cap_last
-    if os.path.isdir(config.cwd):
-        os.chdir(config.cwd)
+    _enter_workdir(config.cwd)
     if gid != 0 or uid != 0:
         if config.userns is None:
             os.setgroups([])
@@ -637,6 +636,23 @@ def _drop_privileges(config: ProcessConfig) -> None:
         capabilities.drop_to_default(cap_last)
     if not config.privileged:
         capabilities.no_new_privs()
+
+
+def _enter_workdir(cwd: str) -> None:
+    """chdir to the working directory, made first when the image lacks it (as Docker does)."""
+    try:
+        os.chdir(cwd)
+        return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ContainerStartError(f"workdir {cwd}: {exc.strerror}; use a directory of the image, or one it can hold") from None
+    try:
+        os.makedirs(cwd, 0o755, exist_ok=True)
+        os.chdir(cwd)
+    except OSError as exc:
+        raise ContainerStartError(f"workdir {cwd} is not in the image and cannot be made there ({exc.strerror}); "
+                                  "use a directory of the image") from None
 
 
 def _resolve_user(user: str | None) -> tuple[int, int]:
