@@ -223,10 +223,13 @@ def _cmd_images(_args: argparse.Namespace) -> int:
 
     rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED")]
     rows.append(("host", "-", "1 (the host's /)", "-", "-"))
-    for image in Store().images():
+    problems: list[str] = []
+    for image in Store().images(problems):
         rows.append((image.familiar, image.id[7:19], str(len(image.layers)) + (" + host" if image.is_host else ""),
                      _human(image.size), _ago(time.time() - image.created)))
     _table(rows)
+    for problem in problems:
+        _say(f"note: {problem}")
     return 0
 
 
