@@ -17,6 +17,7 @@ import re
 import tarfile
 
 from ..errors import DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, StoreError
+from . import limits
 from . import reference as refs
 from . import schema
 from .commit import target_name
@@ -61,10 +62,12 @@ def import_oci(store: Store, layout: str, tag: str | None, name: str | None) -> 
     manifest = _object(manifest_bytes, schema.MANIFEST, f"{where}: manifest")
     config_bytes = _layout_blob(layout, manifest["config"], where)
     diff_ids = _diff_ids(config_bytes, len(manifest.get("layers") or []), where)
+    budget = limits.image_budget(sum(int(layer.get("size") or 0) for layer in manifest.get("layers") or []), where)
     for layer, diff_id in zip(manifest.get("layers") or [], diff_ids):
         _check(layer.get("digest", ""), where)
         path = os.path.join(layout, "blobs", "sha256", layer["digest"][7:])
-        _ingest(store, diff_id, layer["digest"], lambda: _open_plain(path, where), layer.get("size"), layer.get("mediaType"))
+        _ingest(store, diff_id, layer["digest"], lambda: _open_plain(path, where), layer.get("size"), layer.get("mediaType"),
+                budget, _file_size(path))
     store.put_blob_bytes(config_bytes)
     digest = store.put_blob_bytes(manifest_bytes)
     target = target_name(name or _default_name(layout, tag))
@@ -99,8 +102,11 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
             raise DigestMismatch(f"digest mismatch for {where} config: named {named.group(1)[:12]}, hashes to {config_digest}")
         layer_names = list(entry.get("Layers") or [])
         diff_ids = _diff_ids(config_bytes, len(layer_names), where)
-        for member, diff_id in zip(layer_names, diff_ids):
-            _ingest(store, diff_id, None, lambda member=member: _member_stream(tf, member, where), None, None)
+        sizes = [_member_size(tf, member) for member in layer_names]
+        budget = limits.image_budget(sum(s or 0 for s in sizes), where)
+        for member, diff_id, size in zip(layer_names, diff_ids, sizes):
+            _ingest(store, diff_id, None, lambda member=member: _member_stream(tf, member, where), None, None,
+                    budget, size)
     layers = []
     for diff_id in diff_ids:
         meta = store._layer_meta(diff_id)
@@ -119,7 +125,22 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
     return store.get(target)
 
 
-def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | None, media_type: str | None) -> None:
+def _file_size(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return None  # _open_plain says what is wrong
+
+
+def _member_size(tf: tarfile.TarFile, member: str) -> int | None:
+    try:
+        return tf.getmember(member).size
+    except (KeyError, tarfile.TarError):
+        return None  # _member_stream says what is wrong
+
+
+def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | None, media_type: str | None,
+            budget: limits.Budget, compressed: int | None) -> None:
     if store.has_layer(diff_id):
         return
     with store.blob_lock(digest or diff_id):
@@ -132,7 +153,7 @@ def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | 
         try:
             with opener() as stream:
                 ingest_layer(store, Source(stream, tmp, digest=digest, size=size, name=f"layer {digest or diff_id}"),
-                             diff_id=diff_id, media_type=media_type)
+                             diff_id=diff_id, media_type=media_type, compressed=compressed, image=budget)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

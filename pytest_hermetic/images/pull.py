@@ -75,6 +75,7 @@ class Puller:
         self.bytes = 0
         self.manifest_digest = ""
         self.seconds = 0.0
+        self._budget = None  # what the image may unpack to (`limits`), set once the manifest is read
 
     def report(self, label: str, done: int, total: int | None) -> None:
         if self._progress is not None:
@@ -133,6 +134,9 @@ class Puller:
                                     "which is not a Linux layer tar (foreign or Windows layers are not pulled)")
             _check_digest(desc.get("digest", ""))
         self.layers = len(layer_descs)
+        from . import limits
+
+        self._budget = limits.image_budget(sum(int(d.get("size") or 0) for d in layer_descs), ref.familiar)
         with self.store.busy():  # from the first blob written to the tag: gc waits
             jobs = [(desc, diff_id) for desc, diff_id in zip(layer_descs, diff_ids) if not self.store.has_layer(diff_id)]
             for desc, diff_id in zip(layer_descs, diff_ids):
@@ -273,7 +277,8 @@ class Puller:
         else:
             source = _BlobReader(registry, repository, digest, size, partial,
                                  lambda done: self.report(digest[7:19], done, size))
-        ingest_layer(self.store, source, diff_id=diff_id, media_type=desc.get("mediaType"))  # type: ignore[arg-type]
+        ingest_layer(self.store, source, diff_id=diff_id, media_type=desc.get("mediaType"),  # type: ignore[arg-type]
+                     image=self._budget)
 
 
 class _BlobReader:
@@ -288,6 +293,7 @@ class _BlobReader:
                  report: Callable[[int], None]) -> None:
         self.registry, self.repository, self.blob_digest, self.size = registry, repository, digest, size
         self.expected_size = size  # as ingest.Source names it
+        self.name = f"blob {digest}"  # as ingest.Source names it too
         self.hash = hashlib.sha256()
         self.done = 0
         self._report = report

@@ -163,18 +163,24 @@ class Store:
         by rename, whole or not at all; a second process unpacking the same
         layer at once throws its copy away.
         """
-        from . import layers
+        from . import layers, limits
 
         self._ensure()
         blob_digest = sha256_file(tar_path)
+        budget = limits.layer_budget(os.path.getsize(tar_path), f"layer {os.path.basename(tar_path)}")
         staging = self.tempdir("layer-")
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the layer from users in containers
         try:
             with layers.open_layer(tar_path) as stream:
                 counter = HashingReader(stream)
                 os.mkdir(os.path.join(staging, "root"))
-                layers.extract_layer(counter, os.path.join(staging, "root"), xattr_prefix=self.xattr_prefix)
-                counter.drain()
+                layers.extract_layer(counter, os.path.join(staging, "root"), xattr_prefix=self.xattr_prefix,
+                                     budget=budget)
+                while True:  # what follows the end of the archive is hashed too, and bounded
+                    rest = counter.read(1 << 20)
+                    if not rest:
+                        break
+                    budget.charge(len(rest), "(data after the end of the archive)")
             computed = counter.digest()
             if diff_id is not None and diff_id != computed:
                 raise StoreError(f"layer {blob_digest}: digest mismatch (diff_id {computed}, expected {diff_id})")
