@@ -120,18 +120,17 @@ def parse_user(value: Any) -> str | None:
     """`name`, `uid`, `name:group` or `uid:gid` (an int is a uid); resolved in the container."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text:
         raise SpecError(f"user={_r(value)}: use a user name or uid, optionally with a group: 'nobody', '1000', '1000:1000'")
-    name, sep, group = value.partition(":")
+    name, sep, group = text.partition(":")
     for part in (name, group) if sep else (name,):
         if not _USER.fullmatch(part):
             raise SpecError(f"user={_r(value)}: {_r(part)} is not a user or group name or a numeric id; "
                             "use e.g. 'nobody', '1000' or '1000:1000'")
         if part.isdigit() and int(part) > MAX_ID:
             raise SpecError(f"user={_r(value)}: id {part} is out of range (at most {MAX_ID})")
-    return value
+    return text
 
 
 def parse_workdir(value: Any) -> str | None:
