@@ -306,9 +306,8 @@ class _Reader:
 
 
 def _hostile(member: str, problem: str) -> LayerError:
-    return LayerError(
-        f"refusing layer member {member!r}: {problem}; the layer is hostile or corrupt"
-    )
+    shown = repr(member) if len(member) <= 120 else f"{member[:60]!r}...({len(member)} characters)"
+    return LayerError(f"refusing layer member {shown}: {problem}; the layer is hostile or corrupt")
 
 
 def _is_whiteout(st: os.stat_result) -> bool:

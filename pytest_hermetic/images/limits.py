@@ -56,6 +56,8 @@ def layer_budget(compressed: int | None, what: str, image: Budget | None = None)
 
 
 def image_budget(compressed: int | None, what: str) -> Budget:
+    """The image's budget; also checks the layer setting, so a bad one fails before anything is fetched."""
+    _limit(LAYER_ENV, None, LAYER_FLOOR, LAYER_CAP, "one layer")
     limit, how = _limit(IMAGE_ENV, compressed, IMAGE_FLOOR, IMAGE_CAP, "one image")
     return Budget(limit, what, how)
 

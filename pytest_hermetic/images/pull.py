@@ -204,7 +204,9 @@ class Puller:
         digest, size = desc.get("digest", ""), int(desc.get("size") or 0)
         _check_digest(digest)
         if size > limit:
-            raise RegistryError(f"blob {digest} claims {size} bytes; more than {limit} for a config")
+            raise RegistryError(f"blob {digest} from {registry.registry}/{repository}: the image config is larger than "
+                                f"{limit >> 20} MiB (its descriptor says {size} bytes); refusing it (a real one is a few "
+                                "KiB); nothing was stored")
         path = self.store.blob_path(digest)
         if os.path.exists(path):
             with open(path, "rb") as f:

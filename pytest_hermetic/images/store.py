@@ -366,7 +366,11 @@ class Store:
                 result.append(image)
             except HermeticError as exc:
                 if problems is not None:
-                    problems.append(f"image {name} cannot be read ({exc}); remove it: `hermetic rmi {name}`")
+                    try:
+                        shown = refs.parse(name).familiar
+                    except HermeticError:
+                        shown = name
+                    problems.append(f"image {shown} cannot be read ({exc}); remove it: `hermetic rmi {shown}`")
         return result
 
     def remove(self, text: str) -> str:
