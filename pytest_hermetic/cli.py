@@ -271,7 +271,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from .images.store import Store
     from .spec import parse_size
 
-    chunk = parse_size(args.chunk_size) if args.chunk_size else None
+    chunk = parse_size(args.chunk_size, "--chunk-size") if args.chunk_size else None
     digest, outcome = push(Store(), args.ref, args.dest, chunk_size=chunk)
     counts: dict[str, int] = {}
     for how in outcome.values():

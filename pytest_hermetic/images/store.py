@@ -304,11 +304,14 @@ class Store:
         return self.get(name)
 
     def _layer_meta(self, diff_id: str) -> dict:
+        from . import schema
+
         try:
-            with open(os.path.join(self.layer_path(diff_id), "meta.json")) as f:
-                return json.load(f)
+            with open(os.path.join(self.layer_path(diff_id), "meta.json"), "rb") as f:
+                data = f.read(MAX_JSON + 1)
         except FileNotFoundError:
             raise StoreError(f"layer {diff_id} is not in the store {self.root}") from None
+        return schema.load(data, schema.LAYER_META, f"layer {diff_id[:19]} in the store", StoreError, limit=MAX_JSON)
 
     def get(self, name: str) -> Image:
         """The image filed under canonical `name`; `ImageNotFound` if none."""
