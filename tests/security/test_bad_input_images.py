@@ -375,3 +375,32 @@ def test_a_bad_stored_config_breaks_nothing_else(busybox_rootfs, tmp_path):
     assert (ran.returncode, ran.stdout) == (0, "fine\n"), ran
     assert run_cli("rmi", "bad:1", env=env).returncode == 0
     assert run_cli("images", env=env).stderr == ""
+
+
+# -- rootless: the same refusals for an unprivileged user's own store ----------------------
+
+
+def test_hostile_images_rootless(test_user, scripted_registry, sparse_layer):
+    import pwd
+
+    entry = pwd.getpwnam(test_user)
+    store = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}", "data", "hermetic")
+    for case in ("deep-config", "cmd-5", "env-nul", "thousands-of-layers"):
+        spoil, words, _ = METADATA[case]
+        image = Image()
+        spoil(image)
+        before = store_state(store)
+        one_clear_line(run_cli("pull", image.serve(scripted_registry, f"rootless-{case}"), user=test_user), words)
+        assert store_state(store) == before
+    before = store_state(store)
+    ran = run_cli("pull", Image([sparse_layer]).serve(scripted_registry, "rootless-sparse"), user=test_user)
+    one_clear_line(ran, "unpacks to more than 1 GiB")
+    assert store_state(store) == before
+    ref = Image([_deep_layer(1500)]).serve(scripted_registry, "rootless-deep")
+    assert run_cli("pull", "-q", ref, user=test_user).returncode == 0
+    assert len(store_state(store)["layers"]) == len(before["layers"]) + 1  # the user's store is the one watched
+    assert run_cli("rmi", ref, user=test_user).returncode == 0
+    for _ in range(2):
+        gc = run_cli("gc", "-q", user=test_user)
+        assert gc.returncode == 0 and gc.stderr == "", gc
+    assert store_state(store) == before
