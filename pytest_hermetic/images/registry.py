@@ -166,8 +166,11 @@ class Registry:
             raise RegistryError(f"token service of {self.registry} answered HTTP {response.status}")
         try:
             body = json.loads(data)
-            return body.get("token") or body["access_token"]
-        except (ValueError, KeyError, TypeError):
+            token = body.get("token") or body["access_token"]
+            if not isinstance(token, str):
+                raise TypeError
+            return token
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise RegistryError(f"token service of {self.registry} sent no token") from None
 
     def _login_hint(self, what: str) -> str:
@@ -411,6 +414,6 @@ def _error_text(body: bytes) -> str:
     """The first message of a distribution-spec error body, or its start."""
     try:
         errors = json.loads(body).get("errors") or []
-        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)
-    except (ValueError, AttributeError):
+        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors[:3])[:300]
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return body[:200].decode(errors="replace").strip()
