@@ -315,8 +315,10 @@ def _check_command(command: Any) -> tuple[str, ...] | None:
     elif isinstance(command, (list, tuple)):
         if not command:
             raise SpecError("command=[]: give a program and its arguments, e.g. ['echo', 'hi'], or None for the image's")
-        command = tuple(str(part) if isinstance(part, (int, float)) and not isinstance(part, bool) else part
-                        for part in command)
+        import os
+
+        command = tuple(str(part) if isinstance(part, (int, float)) and not isinstance(part, bool)
+                        else os.fspath(part) if isinstance(part, os.PathLike) else part for part in command)
         for part in command:
             if not isinstance(part, str):
                 raise SpecError(f"command: {_r(part)} is not a string; give the program and its arguments as strings")
