@@ -414,7 +414,7 @@ class Helper:
         self.current = None
 
 
-_CONTAINER_OPTIONS = ("net", "mem", "cpus", "pids", "volumes")
+_CONTAINER_OPTIONS = ("net", "mem", "cpus", "pids", "volumes", "seccomp")
 
 
 def _float(value: object) -> float | None:

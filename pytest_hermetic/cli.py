@@ -104,7 +104,9 @@ def _add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workdir", metavar="DIR")
     p.add_argument("-u", "--user", metavar="USER[:GROUP]")
     p.add_argument("--name", metavar="NAME")
-    p.add_argument("--privileged", action="store_true", help="keep all capabilities, no masks, writable /sys")
+    p.add_argument("--privileged", action="store_true", help="keep all capabilities, no masks, writable /sys, no seccomp filter")
+    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined",
+                   help="seccomp=unconfined: no seccomp filter (default: Docker's default profile)")
     p.add_argument("--userns", action="store_true", default=None, help="use a user namespace also as root")
     p.add_argument("--init", action="store_true", help="run the command as PID 2 under a PID 1 that reaps zombies and forwards signals")
 
@@ -144,7 +146,7 @@ def _say(text: str) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .container import Container, list_states
-    from .spec import Spec, parse_env
+    from .spec import Spec, parse_env, parse_security_opts
 
     command = list(args.cmd)
     if command and command[0] == "--":
@@ -167,6 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         user=args.user,
         name=args.name,
         privileged=args.privileged,
+        **parse_security_opts(args.security_opt),
         userns=args.userns,
         init=args.init,
         # Nobody can commit it: keep the rw layer in memory, no disk clean-up.

@@ -291,6 +291,7 @@ class Container:
             cgroup_procs=self.cgroup.join_paths() if self.cgroup else [],
             userns=default_user_namespace() if self.userns else None,
             privileged=spec.privileged,
+            seccomp=_seccomp_filter(spec),
             init=spec.init,
         )
 
@@ -388,7 +389,7 @@ class Container:
         full_env = {**self._env(self.image), **(env or {})}
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
-                     self.userns, self.spec.privileged, (stdin, stdout, stderr))
+                     self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec))
 
     # -- after ----------------------------------------------------------------
 
@@ -455,6 +456,16 @@ class Container:
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, os.path.join(self.state_dir, "state.json"))
+
+
+def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None
+    """Docker's default seccomp filter, compiled once per process, unless
+    the spec opts out (`seccomp=False`) or is privileged (as under Docker)."""
+    if spec.privileged or not spec.seccomp:
+        return None
+    from .runtime import seccomp
+
+    return seccomp.default()
 
 
 def _env_dict(items: list[str]) -> dict[str, str]:

@@ -17,9 +17,9 @@ from .errors import SpecError
 
 MARKER = (
     "hermetic(image='host', net=False, mem=None, cpus=None, pids=None, timeout=None, env=None, volumes=None, "
-    "privileged=False): run this test in its own container (namespaces, cgroup, overlay root)"
+    "privileged=False, seccomp=True): run this test in its own container (namespaces, cgroup, overlay root)"
 )
-_MARKER_OPTIONS = ("image", "net", "mem", "cpus", "pids", "timeout", "env", "volumes", "privileged", "hostname", "userns", "user", "workdir")
+_MARKER_OPTIONS = ("image", "net", "mem", "cpus", "pids", "timeout", "env", "volumes", "privileged", "seccomp", "hostname", "userns", "user", "workdir")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

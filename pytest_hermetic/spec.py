@@ -29,7 +29,7 @@ MAX_CPUS = 1024.0  # the kernel takes far more, but no machine has it; a cap tha
 MAX_PIDS = 4194304  # PID_MAX_LIMIT: pids.max refuses more
 MAX_TIMEOUT = 1e9  # seconds (~31 years); timers overflow beyond
 MAX_ID = (1 << 32) - 2  # uid/gid 4294967295 is (uid_t)-1, "no change"
-_BOOLEANS = ("privileged", "init", "ephemeral", "tracked", "accounting")
+_BOOLEANS = ("privileged", "seccomp", "init", "ephemeral", "tracked", "accounting")
 # The engine mounts its own file systems there: a bind would hide or break them.
 _RESERVED_TARGETS = ("/proc", "/sys", "/dev")
 
@@ -205,6 +205,7 @@ class Spec:
     name: str | None = None
     userns: bool | None = None  # None: only when not root
     privileged: bool = False
+    seccomp: bool = True  # Docker's default seccomp filter (docs/seccomp.md); privileged implies none
     init: bool = False  # run the command as PID 2 under a PID 1 that reaps and forwards signals
     ephemeral: bool = False  # the rw layer lives in memory in the container and vanishes with it (no commit)
     tracked: bool = True  # a state folder for `hermetic ps`/`commit` (the plugin's per-test containers skip it)
@@ -364,6 +365,19 @@ def _check_volumes(volumes: Any) -> tuple[Volume, ...]:
         else:
             result.append(Volume.parse(volume))
     return tuple(result)
+
+
+def parse_security_opts(items: list[str]) -> dict[str, bool]:
+    """`--security-opt seccomp=unconfined` (Docker's spelling) -> {"seccomp": False}."""
+    options: dict[str, bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if key.strip() == "seccomp" and sep and value.strip() == "unconfined":
+            options["seccomp"] = False
+        else:
+            raise SpecError(f"--security-opt {item!r}: only seccomp=unconfined is supported (no seccomp filter); "
+                            "the default is Docker's default seccomp profile")
+    return options
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

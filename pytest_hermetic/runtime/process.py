@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
 from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
-from . import capabilities, network, rootfs
+from . import capabilities, network, rootfs, seccomp
 from . import syscalls as sc
 from .namespaces import CONTAINER_NAMESPACES, UserNamespace
 
@@ -59,6 +59,7 @@ class ProcessConfig:
     cgroup_procs: list[str] = factory(list)
     userns: UserNamespace | None = None
     privileged: bool = False
+    seccomp: seccomp.Filter | None = None  # compiled by the parent (seccomp.default()), loaded by the child
     close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
     cap_last: int = factory(lambda: capabilities.last_cap())  # read by the parent, once per container
@@ -364,6 +365,7 @@ def _worker(config: ProcessConfig, target, err_w: int, joined: tuple[int, int] |
                 os.close(_lifeline[2])  # the placeholders' lifeline is the parent's alone
             _enter_container(config, joined, in_namespaces=False)
             _drop_privileges(config)
+            seccomp.install(config)
         except BaseException as exc:  # noqa: BLE001
             _fail(err_w, 125, _describe(exc))
         os.close(err_w)  # set-up done: start() returns in the parent
@@ -596,6 +598,7 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
         _enter_container(config, joined, in_namespaces)
         _wait_network(config, err_w)
         _drop_privileges(config)
+        seccomp.install(config)
     except BaseException as exc:  # noqa: BLE001
         _fail(err_w, 125, _describe(exc))
     if target is None:
