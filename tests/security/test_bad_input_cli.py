@@ -54,6 +54,7 @@ RUN_INPUTS = [
     (["--timeout", "nan"], "timeout='nan'"),
     (["--net=host"], "net='host'"),
     (["--net=bad name!"], "net='bad name!'"),
+    (["--security-opt", "apparmor=x"], "--security-opt 'apparmor=x': only seccomp=unconfined is supported"),
 ]
 IMAGE_INPUTS = [
     ("../../etc", "image='../../etc'"),

@@ -39,6 +39,7 @@ BAD_MARKERS = [
     ("volumes=['/tmp:/dev']", "/dev is where the engine mounts its own /dev"),
     ("privileged='false'", "privileged='false': use True or False (a string such as 'false' is not a boolean)"),
     ("privileged=1", "privileged=1: use True or False"),
+    ("seccomp='off'", "seccomp='off': use True or False"),
     ("userns='yes'", "userns='yes': use True, False or None"),
     ("workdir='relative'", "workdir='relative': use an absolute path"),
     ("net='host'", "net='host'"),
