@@ -149,7 +149,7 @@ class HermeticRunner:
             try:
                 options = self.options_for(item)
                 found = None if options is None else Spec.build(options.pop("image"), None, **options)
-            except SpecError as exc:
+            except (SpecError, TypeError, ValueError) as exc:  # the last two: a value no check foresaw
                 found = SpecError(f"{item.nodeid}: bad @hermetic marker: {exc}")
             item.stash[_SPEC_KEY] = found
         if isinstance(found, SpecError):
