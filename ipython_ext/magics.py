@@ -177,7 +177,10 @@ class ContainerMagics(Magics):
     # -- %container VERB --------------------------------------------------------------
 
     def _line(self, line: str) -> None:
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%container: {exc}") from None
         if not words or words[0] in ("help", "-h", "--help"):
             print(LINE_USAGE)
             return
@@ -215,10 +218,13 @@ class ContainerMagics(Magics):
 
         self._need(rest, "images")
         rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED"), ("host", "-", "1 (the host's /)", "-", "-")]
-        for image in Store().images():
+        problems: list[str] = []
+        for image in Store().images(problems):
             rows.append((image.familiar, image.id[7:19], str(len(image.layers)) + (" + host" if image.is_host else ""),
                          human(image.size), _ago(time.time() - image.created)))
         show_table(rows)
+        for problem in problems:
+            print(f"note: {problem}", file=sys.stderr)
 
     def _verb_commit(self, rest: list[str]) -> None:
         from pytest_hermetic.images.commit import target_name

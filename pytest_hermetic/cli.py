@@ -17,13 +17,22 @@ import signal
 import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Sequence
+    from typing import NoReturn, Sequence
 
 PROG = "hermetic"
+MAX_LINE = 400  # an error line names the problem; it does not repeat a megabyte of input
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are engine errors: one line and exit 125, as `docker run` (argparse says 2)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        _say(f"error: {message}; see `{self.prog} --help`")
+        sys.exit(125)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Hermetic containers from namespaces, cgroups and overlayfs; no daemon.")
+    parser = _Parser(prog=PROG, description="Hermetic containers from namespaces, cgroups and overlayfs; no daemon.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -120,9 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         _say(f"error: {exc}")
         return 125
+    except Exception as exc:  # a bug: still one line, the traceback on demand
+        if os.environ.get("HERMETIC_DEBUG"):
+            raise
+        _say(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug: please report it with the "
+             "traceback that HERMETIC_DEBUG=1 shows")
+        return 125
 
 
 def _say(text: str) -> None:
+    text = " ".join(text.split("\n"))
+    if len(text) > MAX_LINE:
+        text = text[:MAX_LINE - 40] + f"... ({len(text)} characters)"
     print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
@@ -212,10 +230,13 @@ def _cmd_images(_args: argparse.Namespace) -> int:
 
     rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED")]
     rows.append(("host", "-", "1 (the host's /)", "-", "-"))
-    for image in Store().images():
+    problems: list[str] = []
+    for image in Store().images(problems):
         rows.append((image.familiar, image.id[7:19], str(len(image.layers)) + (" + host" if image.is_host else ""),
                      _human(image.size), _ago(time.time() - image.created)))
     _table(rows)
+    for problem in problems:
+        _say(f"note: {problem}")
     return 0
 
 
@@ -226,8 +247,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from .images.transports import import_image
     from .spec import parse_env
 
-    image = import_image(Store(), args.source, args.name, env=parse_env(args.env), workdir=args.workdir,
-                         user=args.user, cmd=shlex.split(args.cmd) if args.cmd else None)
+    from .errors import SpecError
+    from .spec import parse_user, parse_workdir
+
+    try:
+        cmd = shlex.split(args.cmd) if args.cmd else None
+    except ValueError as exc:
+        raise SpecError(f"--cmd {args.cmd!r}: {exc}; quote it as a shell would") from None
+    image = import_image(Store(), args.source, args.name, env=parse_env(args.env), workdir=parse_workdir(args.workdir),
+                         user=parse_user(args.user), cmd=cmd)
     print(f"{image.familiar} {image.id}")
     return 0
 
@@ -250,7 +278,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from .images.store import Store
     from .spec import parse_size
 
-    chunk = parse_size(args.chunk_size) if args.chunk_size else None
+    chunk = parse_size(args.chunk_size, "--chunk-size") if args.chunk_size else None
     digest, outcome = push(Store(), args.ref, args.dest, chunk_size=chunk)
     counts: dict[str, int] = {}
     for how in outcome.values():

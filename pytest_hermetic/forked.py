@@ -35,6 +35,7 @@ from _pytest.runner import CallInfo, call_and_report, runtestprotocol
 from _pytest.warnings import catch_warnings_for_item
 
 from .container import Container
+from .errors import HermeticError
 from .runtime.process import read_exactly
 from .spec import Spec, Volume
 
@@ -83,10 +84,16 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
         runtestprotocol(item, nextitem=nextitem, log=True)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return
-    events, result = _run_child(item, nextitem, spec)
+    started = True
+    try:
+        events, result = _run_child(item, nextitem, spec)
+    except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
+        events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
+                                                       "failed", f"hermetic: {exc}", "setup", []))], None
+        started = False
     reports = [e[1] for e in events if e[0] == "report"]
     exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
-    if exit_event is None and not any(r.when == "teardown" for r in reports if not _is_subreport(r)):
+    if started and exit_event is None and not any(r.when == "teardown" for r in reports if not _is_subreport(r)):
         events.append(("report", _crash_report(item, reports, result)))
     teardown_report = None
     for event in events:

@@ -678,8 +678,7 @@ def _drop_privileges(config: ProcessConfig) -> None:
     bounding set is cut first, so a setuid-root file could not give back
     more than the default set even without no_new_privs)."""
     uid, gid = _resolve_user(config.user)
-    if os.path.isdir(config.cwd):
-        os.chdir(config.cwd)
+    _enter_workdir(config.cwd)
     if not config.privileged:
         capabilities.drop_to_default(config.cap_last)
     if gid != 0 or uid != 0:
@@ -689,6 +688,23 @@ def _drop_privileges(config: ProcessConfig) -> None:
         os.setresuid(uid, uid, uid)
     if not config.privileged:
         capabilities.no_new_privs()
+
+
+def _enter_workdir(cwd: str) -> None:
+    """chdir to the working directory, made first when the image lacks it (as Docker does)."""
+    try:
+        os.chdir(cwd)
+        return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ContainerStartError(f"workdir {cwd}: {exc.strerror}; use a directory of the image, or one it can hold") from None
+    try:
+        os.makedirs(cwd, 0o755, exist_ok=True)
+        os.chdir(cwd)
+    except OSError as exc:
+        raise ContainerStartError(f"workdir {cwd} is not in the image and cannot be made there ({exc.strerror}); "
+                                  "use a directory of the image") from None
 
 
 def _resolve_user(user: str | None) -> tuple[int, int]:
