@@ -229,3 +229,18 @@ def test_security_options():
     for bad in ("seccomp=default.json", "apparmor=unconfined", "seccomp"):
         with pytest.raises(SpecError, match="only seccomp=unconfined is supported"):
             parse_security_opts([bad])
+
+
+# ------------------------------------------------------------------ /etc/subuid
+
+
+def test_subordinate_ranges_by_name_or_uid(tmp_path):
+    from pytest_hermetic.runtime.namespaces import subordinate_range
+
+    listing = tmp_path / "subuid"
+    listing.write_text("# comment\nalice:100000:65536\n1001:300000:1000\nbroken:line\ncarol:x:1\n")
+    assert subordinate_range(str(listing), "alice", 1000) == (100000, 65536)
+    assert subordinate_range(str(listing), "bob", 1001) == (300000, 1000)
+    assert subordinate_range(str(listing), "dave", 1002) is None
+    assert subordinate_range(str(listing), "carol", 1003) is None  # not a number: no range, no error
+    assert subordinate_range(str(tmp_path / "missing"), "alice", 1000) is None
