@@ -96,6 +96,20 @@ def test_v2_stats_of_a_cgroup_that_is_gone_are_empty(tmp_path):
     assert v2.V2Cgroup(str(tmp_path / "gone")).stats() == Stats()
 
 
+def test_v2_kill_uses_cgroup_kill_where_the_kernel_has_it(tmp_path):
+    """5.14+: one write kills every member (none here: cgroup.procs is empty)."""
+    group = cgroup_folder(tmp_path, {"cgroup.procs": "", "cgroup.kill": "", "cgroup.freeze": "0\n"})
+    assert v2.V2Cgroup(str(group)).kill() == []
+    assert (read(group, "cgroup.kill"), read(group, "cgroup.freeze")) == ("1", "0\n")
+
+
+def test_v2_kill_freezes_and_thaws_on_older_kernels(tmp_path):
+    group = cgroup_folder(tmp_path, {"cgroup.procs": "", "cgroup.freeze": "0\n"})
+    assert v2.V2Cgroup(str(group)).kill() == []
+    assert read(group, "cgroup.freeze") == "0"  # written: frozen for the kill, thawed after
+    assert not (group / "cgroup.kill").exists()
+
+
 def v2_hierarchy(tmp_path, delegated: str) -> Hierarchy:
     cgroup_folder(tmp_path / "ci", {"cgroup.subtree_control": delegated})
     return Hierarchy("v2", str(tmp_path), {}, {"": "/ci"})
@@ -211,6 +225,14 @@ def test_v1_freezer_freezes_and_thaws(tmp_path):
 def test_v1_freezer_that_is_not_there_says_so(tmp_path):
     assert v1.freezer.freeze(str(tmp_path / "gone")) is False
     v1.freezer.thaw(str(tmp_path / "gone"))  # nothing to thaw, no error
+
+
+def test_v1_kill_goes_through_the_freezer(tmp_path):
+    freezer = cgroup_folder(tmp_path / "freezer", {"cgroup.procs": "", "freezer.state": "THAWED\n"})
+    pids = cgroup_folder(tmp_path / "pids", {"cgroup.procs": ""})
+    group = v1.V1Cgroup({"freezer": str(freezer), "pids": str(pids)})
+    assert group.kill() == [] and group.pids() == []
+    assert read(freezer, "freezer.state") == "THAWED"  # frozen for the kill, thawed after
 
 
 def v1_hierarchy(tmp_path) -> Hierarchy:
