@@ -502,11 +502,14 @@ def cached(kind: str, key: str, build) -> Path | None:
 
     ``build`` may return None ("cannot be made"): an empty file records that,
     so the work is not redone on each run. Older files of the same kind and
-    kernel are removed, so the cache holds one generation.
+    kernel are removed once unused for a day: a run of another version of
+    this file (another checkout) may be about to boot them.
     """
     name = f"{kind}-{key}"
     for d in cache_dirs():
         if (d / name).is_file():
+            with contextlib.suppress(OSError):
+                os.utime(d / name)  # in use: not "a day old" for the clean-up below
             return d / name if (d / name).stat().st_size else None
     data = build()
     for d in cache_dirs():
@@ -523,8 +526,8 @@ def cached(kind: str, key: str, build) -> Path | None:
             continue
         kver = key.rsplit("-", 1)[0]
         for old in d.glob(f"{kind}-{kver}-*"):
-            if old.name != name:
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if old.name != name and time.time() - old.stat().st_mtime > 86400:
                     old.unlink()
         return d / name if data else None
     raise ToolError(f"no writable cache folder for the {kind} "
