@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     com.add_argument("ref", metavar="REF")
 
     rmi = sub.add_parser("rmi", help="remove images (their layers go at the next gc)")
+    rmi.add_argument("-f", "--force", action="store_true",
+                     help="untag also an image a running container uses (its layers stay until the container is gone)")
     rmi.add_argument("refs", nargs="+", metavar="IMAGE")
 
     sub.add_parser("ps", help="list running containers")
@@ -301,7 +303,7 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
 
     store = Store()
     for ref in args.refs:
-        print(f"untagged {store.remove(ref)}")
+        print(f"untagged {store.remove(ref, force=args.force)}")
     return 0
 
 

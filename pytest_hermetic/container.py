@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .networks import Network
 
 from ._fs import rmtree
-from ._proc import descendants, owner, owner_alive, started_before
+from ._proc import descendants, name_owner, owner, owner_alive, owner_key, started_before
 from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
 from .paths import state_root
@@ -113,8 +113,10 @@ class Container:
         # own; the scratch mount point is shared, since each container mounts
         # its own tmpfs on it in its own mount namespace.
         self.state_dir = os.path.join(containers_dir(), self.id) if spec.tracked else None
-        # A committable rw layer lives on the store's (disk) file system.
-        self.rw_dir = None if spec.ephemeral else os.path.join(self.store.root, "containers", self.id)
+        # A committable rw layer lives on the store's (disk) file system, named
+        # for its owner: gc removes it only once that process is gone.
+        self.rw_dir = None if spec.ephemeral else os.path.join(self.store.root, "containers", f"{owner_key()}-{self.id}")
+        self._use: str | None = None  # the store's record of the layers this container runs on
         self.userns = spec.userns if spec.userns is not None else os.geteuid() != 0
 
     @property
@@ -143,13 +145,14 @@ class Container:
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
-        image = self.image = self.store.resolve(self.spec.image)
+        image = self.image = self._resolve_and_use()
         argv = None
         if target is None:
             argv = list(self.spec.command or [])
             if not argv:
                 argv = list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
             if not argv:
+                self.remove()
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
         limits = cgroups.Limits(memory=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
@@ -170,6 +173,20 @@ class Container:
             self.remove()
             raise
         return self
+
+    def _resolve_and_use(self) -> Image:
+        """The image, with its layers recorded as this container's in the
+        store before anything reads them, so no `gc` takes them from under
+        it.  Once more if a moved tag's old layers went meanwhile."""
+        for attempt in (0, 1):
+            image = self.store.resolve(self.spec.image)
+            try:
+                self._use = self.store.use(image, self.id, self.name)
+                return image
+            except StoreError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def _join_usermode_network(self, config: process.ProcessConfig) -> None:
         """Rootless: `net=True` through slirp4netns; bridges need root."""
@@ -232,11 +249,16 @@ class Container:
             os.makedirs(self._scratch, exist_ok=True)
             return
         os.makedirs(containers_dir(), exist_ok=True)
-        os.mkdir(self.state_dir, 0o700)
+        # Made under a name that says its owner and renamed whole, with its
+        # state.json: `gc` never sees a container folder without its owner.
+        staging = os.path.join(containers_dir(), f".new-{owner_key()}-{self.id}")
+        os.mkdir(staging, 0o700)
         # `scratch` becomes a tmpfs inside the container's mount namespace
         # (init layer, mount point; the rw layer too when ephemeral): it
         # needs no clean-up and costs no disk operations.
-        os.mkdir(os.path.join(self.state_dir, "scratch"), 0o755)
+        os.mkdir(os.path.join(staging, "scratch"), 0o755)
+        self._write_state(staging)
+        os.rename(staging, self.state_dir)
         if self.rw_dir is not None:
             os.makedirs(os.path.dirname(self.rw_dir), exist_ok=True)
             os.mkdir(self.rw_dir, 0o700)
@@ -425,6 +447,8 @@ class Container:
         if self.network is not None and self._owns_network:
             self._owns_network = False
             self.network.close()
+        self.store.release(self._use)
+        self._use = None
         if self.state_dir is not None and os.path.isdir(self.state_dir):
             rmtree(self.state_dir)
         if self.rw_dir is not None and os.path.isdir(self.rw_dir):
@@ -438,7 +462,7 @@ class Container:
 
     # -- state on disk (for `ps` and `gc`) --------------------------------------
 
-    def _write_state(self) -> None:
+    def _write_state(self, folder: str | None = None) -> None:
         data = {
             "id": self.id,
             "name": self.name,
@@ -451,10 +475,11 @@ class Container:
             "network": None if self.network is None else self.network.name,
             "address": self.address,
         }
-        tmp = os.path.join(self.state_dir, "state.json.tmp")
+        folder = folder or self.state_dir
+        tmp = os.path.join(folder, "state.json.tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
-        os.replace(tmp, os.path.join(self.state_dir, "state.json"))
+        os.replace(tmp, os.path.join(folder, "state.json"))
 
 
 def _env_dict(items: list[str]) -> dict[str, str]:
@@ -493,6 +518,8 @@ def list_states() -> list[dict]:
     except FileNotFoundError:
         return result
     for entry in sorted(entries):
+        if entry.startswith("."):
+            continue  # being made (see Container._make_state_dir)
         path = os.path.join(base, entry, "state.json")
         try:
             with open(path) as f:
@@ -507,48 +534,52 @@ def list_states() -> list[dict]:
     return result
 
 
-def gc_containers(store_root: str | None = None) -> list[str]:
-    """Remove what killed runs left: state folders of dead owners, their
-    cgroups and rw layers, `hermetic-*` cgroups that no live container owns,
-    and rw layers without a live container (after a reboot cleared state)."""
-    from .paths import store_root as default_store_root
+def clear_dead(state: dict) -> None:
+    """Remove what a container of a dead owner left (a `list_states` entry):
+    its cgroup (killing stragglers), its read-write layer, its state folder."""
+    for path in state.get("cgroup") or []:
+        _remove_cgroup_dir(path)
+    if state.get("rw_dir") and os.path.isdir(state["rw_dir"]):
+        rmtree(state["rw_dir"])
+    rmtree(state["state_dir"])
 
+
+def gc_containers() -> list[str]:
+    """Remove what killed runs left: state folders of dead owners, their
+    cgroups and rw layers, and `hermetic-*` cgroups of dead owners.  Only
+    what is provably dead: its owner (pid and start time) is gone.  The rw
+    layers and use records in the store are the store's gc's (named for
+    their owners, whatever state folder those used)."""
     removed = []
     live_ids = set()
+    base = containers_dir()
+    for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        owner_record = name_owner(entry) if entry.startswith(".new-") else None
+        if owner_record is not None and not owner_alive(owner_record):
+            rmtree(os.path.join(base, entry))  # its maker died while making it
     for data in list_states():
         if data["alive"]:
             live_ids.add(data["id"])
             continue
-        for path in data.get("cgroup") or []:
-            _remove_cgroup_dir(path)
-        if data.get("rw_dir") and os.path.isdir(data["rw_dir"]):
-            rmtree(data["rw_dir"])
-        rmtree(data["state_dir"])
+        clear_dead(data)
         removed.append(f"container {data['id'][:12]} ({data.get('name')})")
     short_live = {i[:12] for i in live_ids}
-    now = time.time()
     for path in _hermetic_cgroups():
         short, _, owner_pid = os.path.basename(path)[len(cgroups.PREFIX):].partition("-")
         if short in short_live:
             continue
         # Not ours to judge if something runs in it (another state root, another
-        # user, a container being started right now): only empty cgroups whose
-        # owner is dead, or (no owner in the name) that are not brand new.
+        # user), or if its owner (pid in the name; started before the cgroup,
+        # so not a reused pid) still runs: a container being started or kept.
         try:
             if cgroups.read_pids(f"{path}/cgroup.procs"):
                 continue
-            if not (owner_pid.isdigit() and not started_before(int(owner_pid), os.stat(path).st_mtime)) \
-                    and now - os.stat(path).st_mtime < 60:
+            if not owner_pid.isdigit() or started_before(int(owner_pid), os.stat(path).st_mtime):
                 continue
             cgroups.rmdir_retry(path)
         except OSError:
             continue
         removed.append(f"cgroup {path}")
-    rw_base = os.path.join(store_root or default_store_root(), "containers")
-    for entry in sorted(os.listdir(rw_base)) if os.path.isdir(rw_base) else []:
-        if entry not in live_ids:
-            rmtree(os.path.join(rw_base, entry))
-            removed.append(f"read-write layer {entry[:12]}")
     return removed
 
 

@@ -67,7 +67,7 @@ def import_oci(store: Store, layout: str, tag: str | None, name: str | None) -> 
     digest = store.put_blob_bytes(manifest_bytes)
     target = target_name(name or _default_name(layout, tag))
     store.tag(target, digest)
-    return store.get(target)
+    return store.tagged(target, digest)
 
 
 def import_docker_archive(store: Store, path: str, ref: str | None, name: str | None) -> Image:
@@ -114,7 +114,7 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
         raise ImageReferenceError(f"{where} has no tag: give a NAME[:TAG] to import it as")
     target = target_name(name or ref or tags[0])
     store.tag(target, digest)
-    return store.get(target)
+    return store.tagged(target, digest)
 
 
 def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | None, media_type: str | None) -> None:
@@ -123,9 +123,7 @@ def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | 
     with store.blob_lock(digest or diff_id):
         if store.has_layer(diff_id):
             return
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(dir=os.path.join(store.root, "tmp"), suffix=".blob")
+        fd, tmp = store.tempfile("layer-", ".blob")
         os.close(fd)
         try:
             with opener() as stream:

@@ -136,6 +136,7 @@ class Puller:
                                     "which is not a Linux layer tar (foreign or Windows layers are not pulled)")
             _check_digest(desc.get("digest", ""))
         self.layers = len(layer_descs)
+        self.store.clear_dead_staging()  # a killed pull's (its resumable downloads stay)
         with self.store.busy():  # from the first blob written to the tag: gc waits
             jobs = [(desc, diff_id) for desc, diff_id in zip(layer_descs, diff_ids) if not self.store.has_layer(diff_id)]
             for desc, diff_id in zip(layer_descs, diff_ids):
@@ -146,7 +147,7 @@ class Puller:
             self.store.put_blob_bytes(config_bytes)
             self.manifest_digest = self.store.put_blob_bytes(manifest_bytes)
             self.store.tag(ref.name, self.manifest_digest)
-        return self.store.get(ref.name)
+            return self.store.tagged(ref.name, self.manifest_digest)
 
     def _sources(self, ref: refs.Reference) -> list[tuple[Registry, str]]:
         """(registry, repository) to try in order: mirrors, then the registry itself."""
