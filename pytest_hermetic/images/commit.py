@@ -34,13 +34,14 @@ def commit_upper(store: Store, base: Image, upper: str, ref: str, *, userns: boo
     name = target_name(ref)
     prefix = layers.OVERLAY_USER if userns else layers.OVERLAY_TRUSTED
     store.clear_dead_staging()
-    with disk_full_said(store, f"committing {refs.parse(ref).familiar}", "commit"), store.busy():
+    with disk_full_said(store, f"committing {refs.parse(ref).familiar}", "commit"), \
+            store.keeping("commit", layers=base.layers) as keep:
         staging = store.tempdir("commit-")
         try:
             tar_path = os.path.join(staging, "layer.tar")
             with open(tar_path, "wb") as out:
                 digests = layers.write_layer_from_upper(upper, out, xattr_prefix=prefix)
-            diff_id, _size = store.add_layer_tar(tar_path, digests.diff_id)
+            diff_id, _size = store.add_layer_tar(tar_path, digests.diff_id, keep=keep)
         finally:
             rmtree(staging)
         config = copy.deepcopy(base.config)

@@ -137,7 +137,11 @@ class Puller:
             _check_digest(desc.get("digest", ""))
         self.layers = len(layer_descs)
         self.store.clear_dead_staging()  # a killed pull's (its resumable downloads stay)
-        with self.store.busy():  # from the first blob written to the tag: gc waits
+        manifest_digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+        # What this pull brings is recorded before any of it lands: gc keeps
+        # it, and never has to wait for a download.
+        with self.store.keeping("pull", image=ref.familiar, layers=diff_ids,
+                                blobs=[d["digest"] for d in layer_descs] + [config_desc["digest"], manifest_digest]):
             jobs = [(desc, diff_id) for desc, diff_id in zip(layer_descs, diff_ids) if not self.store.has_layer(diff_id)]
             for desc, diff_id in zip(layer_descs, diff_ids):
                 if self.store.has_layer(diff_id):

@@ -17,9 +17,13 @@ never sees half of one; `refs.json` changes only under the lock.
 What `gc` may remove is decided without guessing (see docs/images.md):
 everything a process makes in `tmp/`, `users/` and `containers/` carries
 its maker's pid and start time in its name (`_proc.owned_name`), so it is
-dead exactly when that process is; and every writer holds `busy()` from its
-first blob to its tag, so gc, which sweeps under the same lock exclusive,
-never sees a finished layer that a tag is about to name.
+dead exactly when that process is.  A writer records in `users/` what it is
+about to bring (a pull: its layers and blobs; a commit: its new layer)
+before any of it lands, and a container what it runs on; gc keeps all that
+while the owner lives.  Records and the last steps of a write (config,
+manifest, tag) happen under `busy()`, which gc takes exclusive for its
+sweep: so gc never waits for a download, and never sees a blob or layer
+that nobody references or records.
 """
 
 from __future__ import annotations
@@ -120,10 +124,9 @@ class Store:
 
     @contextlib.contextmanager
     def busy(self) -> "Iterator[None]":
-        """Held (shared) by every writer from its first blob or layer to its
-        tag, and while a container records the layers it uses; `gc` sweeps
-        under it exclusive.  Re-entrant within a process (a commit that
-        resolves its base, a start that pulls)."""
+        """Held (shared), briefly, while a record in `users/` is written and
+        from a writer's first unrecorded blob to its tag; `gc` sweeps under
+        it exclusive.  Re-entrant within a process."""
         self._ensure()
         with _busy_guard:
             held = _busy_held.get(self.root)
@@ -188,12 +191,13 @@ class Store:
     def has_layer(self, diff_id: str) -> bool:
         return os.path.isdir(self.layer_path(diff_id))
 
-    def add_layer_tar(self, tar_path: str, diff_id: str | None = None) -> tuple[str, int]:
+    def add_layer_tar(self, tar_path: str, diff_id: str | None = None, *, keep: Keep | None = None) -> tuple[str, int]:
         """Store a layer tar (any compression): blob by digest, unpacked by diff_id.
 
         Returns (diff_id, size of the uncompressed tar).  The layer appears
         by rename, whole or not at all; a second process unpacking the same
-        layer at once throws its copy away.
+        layer at once throws its copy away.  Without `keep` (a record that
+        gc honours) the caller must hold `busy()` until the layer is tagged.
         """
         from . import layers
 
@@ -210,6 +214,8 @@ class Store:
             computed = counter.digest()
             if diff_id is not None and diff_id != computed:
                 raise StoreError(f"layer {blob_digest}: digest mismatch (diff_id {computed}, expected {diff_id})")
+            if keep is not None:
+                keep.add(layers=[computed], blobs=[blob_digest])  # before gc can see them
             blob = self.blob_path(blob_digest)
             if not os.path.exists(blob):
                 import shutil
@@ -399,33 +405,50 @@ class Store:
                 continue
         return result
 
-    # -- containers' use of layers ------------------------------------------------
+    # -- what live containers and writers need kept ------------------------------
 
-    def use(self, image: Image, container_id: str, name: str) -> str | None:
-        """Record that container `container_id` runs on `image`'s layers, so
-        that `gc` keeps them (also after `rmi -f`) until `release`.  Returns
-        the record's path (None for an image without layers).  Raises
-        StoreError if a layer is gone already (the image was removed)."""
+    def keep(self, kind: str, *, layers: list[str] = (), blobs: list[str] = (), **info: object) -> Keep:
+        """Record in `users/` that this process needs `layers` and `blobs`:
+        `gc` keeps them (also unreferenced, also after `rmi -f`) until the
+        record is released or its owner dies.  Writers record what they
+        are about to bring before it lands, so they need no lock while they
+        download or unpack; containers record what they run on."""
+        self._ensure()
+        record = Keep(self, os.path.join(self.root, "users", f"{owner_key()}-{os.urandom(8).hex()}.json"),
+                      {"kind": kind, **info, "layers": [], "blobs": []})
+        record.add(layers=layers, blobs=blobs)
+        return record
+
+    @contextlib.contextmanager
+    def keeping(self, kind: str, **info: object) -> Iterator[Keep]:
+        record = self.keep(kind, **info)
+        try:
+            yield record
+        finally:
+            record.release()
+
+    def use(self, image: Image, container_id: str, name: str) -> Keep | None:
+        """Record that container `container_id` runs on `image`'s layers
+        (None for an image without layers).  Raises StoreError if a layer is
+        gone already (the image was removed and collected)."""
         if not image.layers:
             return None
+        record = Keep(self, os.path.join(self.root, "users", f"{owner_key()}-{container_id}.json"),
+                      {"kind": "container", "id": container_id, "name": name, "image": image.familiar,
+                       "image_id": image.id, "layers": [], "blobs": []})
         self._ensure()
-        path = os.path.join(self.root, "users", f"{owner_key()}-{container_id}.json")
-        with self.busy():  # gc sees the record complete, or sweeps before it exists
-            with open(path, "x") as f:
-                json.dump({"id": container_id, "name": name, "image": image.familiar, "image_id": image.id,
-                           "layers": list(image.layers)}, f)
+        with self.busy():  # gc sees the record, or swept before it and we see what it took
+            record.add(layers=image.layers)
             missing = [d for d in image.layers if not self.has_layer(d)]
-            if missing:
-                self.release(path)
-                raise StoreError(f"layer {missing[0]} of {image.familiar} is missing from the store {self.root}; "
-                                 "fix: import or pull the image again")
-        return path
+        if missing:
+            record.release()
+            raise StoreError(f"layer {missing[0]} of {image.familiar} is missing from the store {self.root}; "
+                             "fix: import or pull the image again")
+        return record
 
-    def release(self, record: str | None) -> None:
-        """The container of `record` (from `use`) is gone: its layers may go at the next gc."""
+    def release(self, record: Keep | None) -> None:
         if record is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(record)
+            record.release()
 
     def users(self) -> list[dict]:
         """The records of live containers (their owners run): id, name, image, image_id, layers."""
@@ -442,6 +465,9 @@ class Store:
                 continue  # being written (outside busy: never) or gone meanwhile
             found.append({**record, **owner})
         return found
+
+    def containers_using(self, image_id: str) -> list[dict]:
+        return [u for u in self.users() if u.get("kind") == "container" and u.get("image_id") == image_id]
 
     def remove(self, text: str, *, force: bool = False) -> str:
         """Untag an image; its blobs and layers go at the next `gc`, unless a
@@ -466,7 +492,7 @@ class Store:
             image_id = self.read_json(manifest_digest)["config"]["digest"]
         except (StoreError, KeyError, TypeError):
             return
-        users = [u for u in self.users() if u.get("image_id") == image_id]
+        users = self.containers_using(image_id)
         if users:
             first = users[0]
             others = f" and {len(users) - 1} more" if len(users) > 1 else ""
@@ -520,10 +546,11 @@ class Store:
                 keep_layers.update(_hex(d) for d in config.get("rootfs", {}).get("diff_ids", []))
             except (StoreError, KeyError, TypeError, AttributeError):
                 continue
-        for user in self.users():  # live containers: their layers, and the blobs a host-based one replays
+        for user in self.users():  # live containers and writers: their layers, blobs, and the blobs of those layers
+            keep_blobs.update(_hex(d) for d in user.get("blobs") or [])
             for diff_id in user.get("layers") or []:
                 keep_layers.add(_hex(diff_id))
-                with contextlib.suppress(StoreError, OSError, ValueError):
+                with contextlib.suppress(StoreError, OSError, ValueError, AttributeError):
                     keep_blobs.add(_hex(self._layer_meta(diff_id).get("blob", "")))
         blob_dir = os.path.join(self.root, "blobs", "sha256")
         for entry in _listdir(blob_dir):
@@ -541,9 +568,8 @@ class Store:
             if name_owner(entry) is not None:
                 continue  # a live owner's (the dead ones went above)
             if entry.endswith(".partial"):
-                # A killed pull's download, kept for a resume; no pull runs
-                # now (we hold the writers' lock), so it is nobody's.
-                if _remove_entry(path):
+                # A download kept for a resume: a live pull holds its blob's lock.
+                if _remove_unlocked(path, os.path.join(self.root, "locks", entry[:-len(".partial")])):
                     removed.append(f"partial download {entry}")
                 continue
             try:
@@ -560,9 +586,35 @@ class Store:
                     removed.append(f"{what} {entry.rsplit('-', 1)[-1][:12]}")
         lock_dir = os.path.join(self.root, "locks")
         for entry in _listdir(lock_dir):
-            if entry not in keep_blobs:
-                _remove_entry(os.path.join(lock_dir, entry))  # no pull holds it: gc has the writers' lock
+            if entry not in keep_blobs:  # no live writer recorded it
+                _remove_unlocked(os.path.join(lock_dir, entry), os.path.join(lock_dir, entry))
         return removed
+
+
+class Keep:
+    """One record in `STORE/users/` (see `Store.keep`): named for its owner,
+    so it counts exactly while that process runs."""
+
+    def __init__(self, store: Store, path: str, data: dict) -> None:
+        self.store, self.path, self.data = store, path, data
+
+    def add(self, *, layers: list[str] = (), blobs: list[str] = ()) -> None:
+        """Add to what gc keeps, before it lands in the store."""
+        new_layers = [d for d in layers if d not in self.data["layers"]]
+        new_blobs = [d for d in blobs if d and d not in self.data["blobs"]]
+        if not new_layers and not new_blobs and os.path.exists(self.path):
+            return
+        self.data["layers"] += new_layers
+        self.data["blobs"] += new_blobs
+        fd, tmp = self.store.tempfile("user-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.data, f)
+        with self.store.busy():  # gc reads the records under the same lock, exclusive
+            os.replace(tmp, self.path)
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 class HashingReader:
@@ -612,6 +664,21 @@ def _lock_fd(path: str, how: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _remove_unlocked(path: str, lock: str) -> bool:
+    """Remove `path` if nobody holds the flock on `lock`."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _remove_entry(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (closing drops the lock too)
+    return _remove_entry(path)
 
 
 def _remove_entry(path: str) -> bool:

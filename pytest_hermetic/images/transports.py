@@ -16,7 +16,7 @@ from . import layers
 from . import reference as refs
 from .commit import target_name
 from .ingest import disk_full_said
-from .store import HOST_ENV, Image, Store
+from .store import HOST_ENV, Image, Keep, Store
 
 
 def import_image(store: Store, source: str, name: str | None = None, *, env: dict[str, str] | None = None,
@@ -26,10 +26,10 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
         from .archives import import_docker_archive, import_oci
 
         store.clear_dead_staging()
-        with disk_full_said(store, f"importing {source}", "import"), store.busy():
+        with disk_full_said(store, f"importing {source}", "import"), store.keeping("import") as keep:
             if ref.transport == "oci":
-                return import_oci(store, ref.path, ref.tag, name)
-            return import_docker_archive(store, ref.path, ref.tag, name)
+                return import_oci(store, ref.path, ref.tag, name, keep)
+            return import_docker_archive(store, ref.path, ref.tag, name, keep)
     if name is None:
         raise SpecError(f"importing {source!r} needs a NAME[:TAG] for the image")
     target = target_name(name)
@@ -44,18 +44,18 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
     if ref.transport == "tar" and not os.path.isfile(path):
         raise SpecError(f"tar:{ref.path}: no such file")
     store.clear_dead_staging()
-    with disk_full_said(store, f"importing {source}", "import"), store.busy():  # gc waits until the tag
+    with disk_full_said(store, f"importing {source}", "import"), store.keeping("import") as keep:
         if ref.transport == "dir":
-            diff_id = _layer_from_dir(store, path)
+            diff_id = _layer_from_dir(store, path, keep)
             has_sh = os.path.lexists(os.path.join(path, "bin", "sh"))
         else:
-            diff_id, _ = store.add_layer_tar(path)
+            diff_id, _ = store.add_layer_tar(path, keep=keep)
             has_sh = True
         return store.put_image(target, [diff_id], _config(has_sh, env, workdir, user, cmd),
                                history=[{"created_by": f"hermetic import {source}"}])
 
 
-def _layer_from_dir(store: Store, root: str) -> str:
+def _layer_from_dir(store: Store, root: str, keep: Keep) -> str:
     from .._fs import rmtree
 
     staging = store.tempdir("import-")
@@ -63,7 +63,7 @@ def _layer_from_dir(store: Store, root: str) -> str:
         tar_path = os.path.join(staging, "layer.tar")
         with open(tar_path, "wb") as out:
             digests = layers.write_layer_from_dir(root, out)
-        diff_id, _ = store.add_layer_tar(tar_path, digests.diff_id)
+        diff_id, _ = store.add_layer_tar(tar_path, digests.diff_id, keep=keep)
     finally:
         rmtree(staging)
     return diff_id
