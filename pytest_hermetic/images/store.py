@@ -5,10 +5,10 @@
       layers/<hex>/          each layer unpacked once, by its diff_id, shared
       refs.json              image name -> manifest digest
       tmp/                   staging: everything lands by atomic rename
-      users/                 one record per live container: the layers it runs on
+      users/                 records: what a live container or writer needs kept
       containers/            read-write layers that may be committed
       lock                   flock for refs.json and gc
-      gc.lock, gc.gate       writers hold gc.lock shared; gc takes it exclusive
+      gc.lock, gc.gate       held shared for a moment by writers; gc sweeps holding it exclusive
 
 Several processes (xdist workers, notebook kernels, shells) use one store at
 once: blobs and layers are immutable and appear by `rename`, so a reader
@@ -586,7 +586,7 @@ class Store:
                     removed.append(f"{what} {entry.rsplit('-', 1)[-1][:12]}")
         lock_dir = os.path.join(self.root, "locks")
         for entry in _listdir(lock_dir):
-            if entry not in keep_blobs:  # no live writer recorded it
+            if entry not in keep_blobs and entry not in keep_layers:  # (a docker archive's layer locks by diff_id)
                 _remove_unlocked(os.path.join(lock_dir, entry), os.path.join(lock_dir, entry))
         return removed
 
