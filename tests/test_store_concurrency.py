@@ -233,7 +233,7 @@ while not os.path.exists(stop):
             fails.append(("commit", reply, text))
     else:
         reply, text = cell(image="base:1", name=None, script="cat /etc/marker", commit=None)
-        if reply["exit_code"] != 0 or text != "base\n":
+        if reply["exit_code"] != 0 or text != "base\\n":
             fails.append(("ephemeral", reply, text))
     cells += 1
 client.call("rm", name="nb")
