@@ -29,6 +29,8 @@ def rmtree(path: str) -> None:
     permission (overlayfs work dirs) and 0/0 whiteout devices."""
 
     def retry(func, failed_path, _exc) -> None:  # noqa: ANN001
+        if not os.path.lexists(failed_path):
+            return  # removed meanwhile (by its owner, by another gc)
         try:
             os.chmod(os.path.dirname(failed_path), 0o700)
             if os.path.isdir(failed_path) and not os.path.islink(failed_path):

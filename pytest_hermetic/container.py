@@ -450,7 +450,11 @@ class Container:
         self.store.release(self._use)
         self._use = None
         if self.state_dir is not None and os.path.isdir(self.state_dir):
-            rmtree(self.state_dir)
+            # Out of `ps`'s and gc's sight at once, under a name that says
+            # whose it is (should we be killed half way through).
+            doomed = os.path.join(containers_dir(), f".del-{owner_key()}-{self.id}")
+            os.rename(self.state_dir, doomed)
+            rmtree(doomed)
         if self.rw_dir is not None and os.path.isdir(self.rw_dir):
             rmtree(self.rw_dir)
 
@@ -519,13 +523,15 @@ def list_states() -> list[dict]:
         return result
     for entry in sorted(entries):
         if entry.startswith("."):
-            continue  # being made (see Container._make_state_dir)
+            continue  # being made or removed (see Container._make_state_dir and remove)
         path = os.path.join(base, entry, "state.json")
         try:
             with open(path) as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError):
-            data = {"id": entry, "name": entry[:12]}
+            if not os.path.isdir(os.path.join(base, entry)):
+                continue
+            data = {"id": entry, "name": entry[:12]}  # an older version's, or broken: nobody's
         data["alive"] = owner_alive(data)
         groups = data.get("cgroup") or []
         data["pids"] = cgroups.read_pids(f"{groups[0]}/cgroup.procs") if groups else []
@@ -554,9 +560,9 @@ def gc_containers() -> list[str]:
     live_ids = set()
     base = containers_dir()
     for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-        owner_record = name_owner(entry) if entry.startswith(".new-") else None
+        owner_record = name_owner(entry) if entry.startswith((".new-", ".del-")) else None
         if owner_record is not None and not owner_alive(owner_record):
-            rmtree(os.path.join(base, entry))  # its maker died while making it
+            rmtree(os.path.join(base, entry))  # its owner died while making or removing it
     for data in list_states():
         if data["alive"]:
             live_ids.add(data["id"])
