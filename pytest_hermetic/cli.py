@@ -277,25 +277,11 @@ def _cmd_save(args: argparse.Namespace) -> int:
 
 
 def _cmd_commit(args: argparse.Namespace) -> int:
-    from .container import list_states
-    from .errors import ContainerNotFound
-    from .images.commit import commit_upper
-    from .images.store import Store
+    from .container import commit_running
 
-    for state in list_states():
-        if state["alive"] and args.container in (state.get("name"), state["id"], state["id"][:12]):
-            store = Store()
-            base = store.resolve(state["image"])
-            if not state.get("rw_dir"):
-                from .errors import ContainerStartError
-
-                raise ContainerStartError(f"container {args.container!r} keeps its read-write layer in memory; "
-                                          "only containers started with --name or --commit can be committed")
-            image = commit_upper(store, base, os.path.join(state["rw_dir"], "upper"), args.ref,
-                                 userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
-            print(f"{image.familiar} {image.id}")
-            return 0
-    raise ContainerNotFound(f"no running container named {args.container!r}; see `hermetic ps`")
+    image = commit_running(args.container, args.ref)
+    print(f"{image.familiar} {image.id}")
+    return 0
 
 
 def _cmd_rmi(args: argparse.Namespace) -> int:

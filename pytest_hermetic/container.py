@@ -540,6 +540,25 @@ def list_states() -> list[dict]:
     return result
 
 
+def commit_running(name: str, ref: str, *, store: Store | None = None, ps: str = "`hermetic ps`") -> Image:
+    """Commit the read-write layer of a running container of any process
+    (`hermetic commit`, a notebook's `%container commit` of a CLI container)
+    on the very image it runs on, even if that image's tag has moved since."""
+    from .errors import ContainerNotFound
+    from .images.commit import commit_upper
+
+    for state in list_states():
+        if state["alive"] and name in (state.get("name"), state["id"], state["id"][:12]):
+            if not state.get("rw_dir"):
+                raise ContainerStartError(f"container {name!r} keeps its read-write layer in memory; only containers "
+                                          "started with --name or --commit can be committed")
+            store = store or Store()
+            base = store.image_of(state["id"]) or store.resolve(state["image"])
+            return commit_upper(store, base, os.path.join(state["rw_dir"], "upper"), ref,
+                                userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
+    raise ContainerNotFound(f"no running container named {name!r}; see {ps}")
+
+
 def clear_dead(state: dict) -> None:
     """Remove what a container of a dead owner left (a `list_states` entry):
     its cgroup (killing stragglers), its read-write layer, its state folder."""

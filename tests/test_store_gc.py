@@ -317,3 +317,23 @@ def test_gc_keeps_what_other_state_folders_and_live_sessions_use(env, busybox_ro
     assert not os.path.exists(private) and not os.path.exists(private + ".lock")
     bridge_user.communicate(timeout=30)
     assert bridge_user.returncode == 0
+
+
+def test_commit_of_a_running_container_is_on_the_image_it_runs_on(env, busybox_rootfs, tmp_path):
+    """`hermetic commit NAME` after NAME's image tag moved, and after a gc: on the old image, whole."""
+    cli(env, "import", f"dir:{busybox_rootfs}", "m:1")
+    signals = tmp_path / "sig"
+    signals.mkdir()
+    script = "echo mine > /mine; echo up > /sig/up; while [ ! -e /sig/go ]; do sleep 0.05; done"
+    proc = popen_cli(env, "run", "--name", "old", "-v", f"{signals}:/sig", "m:1", "sh", "-c", script)
+    try:
+        wait_for(lambda: (signals / "up").exists(), what="the container")
+        cli(env, "run", "--commit", "m:1", "m:1", "sh", "-c", "echo moved > /moved")  # the tag moves on
+        cli(env, "gc")
+        committed = cli(env, "commit", "old", "out:1")
+        assert committed.stdout.startswith("out:1 sha256:")
+    finally:
+        (signals / "go").write_text("")
+        proc.communicate(timeout=30)
+    ran = cli(env, "run", "out:1", "sh", "-c", "cat /mine; ls /moved 2>/dev/null; ls /bin/busybox")
+    assert ran.stdout == "mine\n/bin/busybox\n"

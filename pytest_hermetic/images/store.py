@@ -435,10 +435,10 @@ class Store:
             return None
         record = Keep(self, os.path.join(self.root, "users", f"{owner_key()}-{container_id}.json"),
                       {"kind": "container", "id": container_id, "name": name, "image": image.familiar,
-                       "image_id": image.id, "layers": [], "blobs": []})
+                       "image_name": image.name, "image_id": image.id, "base": image.base, "layers": [], "blobs": []})
         self._ensure()
         with self.busy():  # gc sees the record, or swept before it and we see what it took
-            record.add(layers=image.layers)
+            record.add(layers=image.layers, blobs=[image.id])  # the config too: a commit of it needs it
             missing = [d for d in image.layers if not self.has_layer(d)]
         if missing:
             record.release()
@@ -465,6 +465,16 @@ class Store:
                 continue  # being written (outside busy: never) or gone meanwhile
             found.append({**record, **owner})
         return found
+
+    def image_of(self, container_id: str) -> Image | None:
+        """The image a live container runs on, as it was when it started (its
+        tag may have moved or gone since); None if the store has no record."""
+        for user in self.users():
+            if user.get("kind") == "container" and user.get("id") == container_id:
+                config = self.read_json(user["image_id"])
+                return Image(user["image_name"], user["image_id"], list(user["layers"]),
+                             dict(config.get("config") or {}), user.get("base"))
+        return None
 
     def containers_using(self, image_id: str) -> list[dict]:
         return [u for u in self.users() if u.get("kind") == "container" and u.get("image_id") == image_id]
