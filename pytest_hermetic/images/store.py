@@ -38,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import IO, Iterator
 
-import threading
+import _thread  # not `threading`: its import and fork hooks cost every container start
 
 from .._fs import flock
 from .._proc import name_owner, owned_name, owner_alive, owner_key
@@ -618,7 +618,7 @@ class Keep:
         self.data["blobs"] += new_blobs
         fd, tmp = self.store.tempfile("user-")
         with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f)
+            f.write(json.dumps(self.data))
         with self.store.busy():  # gc reads the records under the same lock, exclusive
             os.replace(tmp, self.path)
 
@@ -662,7 +662,7 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-_busy_guard = threading.Lock()
+_busy_guard = _thread.allocate_lock()
 _busy_held: dict[str, list[int]] = {}  # store root -> [fd holding gc.lock shared, holders in this process]
 
 
