@@ -15,6 +15,7 @@ cannot be committed (the plugin, and `hermetic run` without --commit/--name).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from ._fs import rmtree
 from ._proc import descendants, name_owner, owner, owner_alive, owner_key, started_before
 from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
-from .paths import state_root
+from .paths import make_private, state_root
 from .runtime import cgroups, process
 from .runtime.namespaces import default_user_namespace
 from .runtime.rootfs import Bind, RootfsConfig
@@ -245,6 +246,7 @@ class Container:
         return os.path.join(self.state_dir, "scratch")
 
     def _make_state_dir(self) -> None:
+        make_private(state_root())
         if self.state_dir is None:
             os.makedirs(self._scratch, exist_ok=True)
             return
@@ -260,6 +262,7 @@ class Container:
         self._write_state(staging)
         os.rename(staging, self.state_dir)
         if self.rw_dir is not None:
+            make_private(self.store.root)
             os.makedirs(os.path.dirname(self.rw_dir), exist_ok=True)
             os.mkdir(self.rw_dir, 0o700)
             for sub in ("upper", "work"):
@@ -313,6 +316,7 @@ class Container:
             cgroup_procs=self.cgroup.join_paths() if self.cgroup else [],
             userns=default_user_namespace() if self.userns else None,
             privileged=spec.privileged,
+            seccomp=_seccomp_filter(spec),
             init=spec.init,
         )
 
@@ -387,14 +391,16 @@ class Container:
         # The relay is bookkeeping, not part of the container.
         return [v for v in victims if v[0] != self.process.pid or self.process.pid == self.process.init_pid]
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to PID 1; SIGKILL kills everything in the container."""
+    def kill(self, sig: int = signal.SIGKILL, group: bool = False) -> None:
+        """Send `sig` to PID 1 (with `group`, to its process group: PID 1
+        and the children that stayed in it); SIGKILL kills everything in
+        the container."""
         if self.process is None or self.result is not None:
             return
         if sig == signal.SIGKILL:
             self._kill_all()
         else:
-            self.process.send_signal(sig)
+            self.process.send_signal(sig, group)
 
     def stats(self) -> cgroups.Stats:
         return self.cgroup.stats() if self.cgroup is not None else cgroups.Stats()
@@ -410,7 +416,7 @@ class Container:
         full_env = {**self._env(self.image), **(env or {})}
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
-                     self.userns, self.spec.privileged, (stdin, stdout, stderr))
+                     self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec))
 
     # -- after ----------------------------------------------------------------
 
@@ -484,6 +490,16 @@ class Container:
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, os.path.join(folder, "state.json"))
+
+
+def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None
+    """Docker's default seccomp filter, compiled once per process, unless
+    the spec opts out (`seccomp=False`) or is privileged (as under Docker)."""
+    if spec.privileged or not spec.seccomp:
+        return None
+    from .runtime import seccomp
+
+    return seccomp.default()
 
 
 def _env_dict(items: list[str]) -> dict[str, str]:
@@ -581,12 +597,16 @@ def gc_containers() -> list[str]:
     for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         owner_record = name_owner(entry) if entry.startswith((".new-", ".del-")) else None
         if owner_record is not None and not owner_alive(owner_record):
-            rmtree(os.path.join(base, entry))  # its owner died while making or removing it
+            with contextlib.suppress(FileNotFoundError):  # (another gc at the same time)
+                rmtree(os.path.join(base, entry))  # its owner died while making or removing it
     for data in list_states():
         if data["alive"]:
             live_ids.add(data["id"])
             continue
-        clear_dead(data)
+        try:
+            clear_dead(data)
+        except FileNotFoundError:
+            continue  # another gc at the same time
         removed.append(f"container {data['id'][:12]} ({data.get('name')})")
     short_live = {i[:12] for i in live_ids}
     for path in _hermetic_cgroups():

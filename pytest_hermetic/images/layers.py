@@ -36,6 +36,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
     from typing import BinaryIO, Iterable
 
+    from .limits import Budget
+
 from pytest_hermetic.errors import HermeticError, LayerError
 
 __all__ = [
@@ -304,9 +306,8 @@ class _Reader:
 
 
 def _hostile(member: str, problem: str) -> LayerError:
-    return LayerError(
-        f"refusing layer member {member!r}: {problem}; the layer is hostile or corrupt"
-    )
+    shown = repr(member) if len(member) <= 120 else f"{member[:60]!r}...({len(member)} characters)"
+    return LayerError(f"refusing layer member {shown}: {problem}; the layer is hostile or corrupt")
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -723,6 +724,7 @@ def extract_layer(
     same_owner: bool | None = None,
     allow_bare_end: bool = False,
     pipelined: bool = True,
+    budget: Budget | None = None,
 ) -> ExtractStats:
     """Unpack one OCI layer tar into the empty directory `dest`, ready to be an overlay layer.
 
@@ -744,6 +746,8 @@ def extract_layer(
     `pipelined` reads, decompresses and parses the tar in a second thread
     while this one makes the files: the system calls (the bulk of the time
     on most disks) release the GIL, so the two overlap.
+    `budget` (`limits.Budget`) is charged every member's header and apparent
+    size before it is made: a bomb is refused before it fills the disk.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
@@ -771,9 +775,9 @@ def extract_layer(
             raise _corrupt(f"not a tar archive ({e})") from e
         with tf:
             if pipelined:
-                _extract_pipelined(tf, reader, ex, allow_bare_end)
+                _extract_pipelined(tf, reader, ex, allow_bare_end, budget)
             else:
-                for m, _ in _members(tf, reader, allow_bare_end, read_data=False):
+                for m, _ in _members(tf, reader, allow_bare_end, read_data=False, budget=budget):
                     _extract_one(ex, tf, m)
         try:
             ex.finish()
@@ -789,7 +793,8 @@ def extract_layer(
             stream.close()
 
 
-def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read_data: bool):
+def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read_data: bool,
+             budget: Budget | None = None):
     """(member, its data or None) in tar order, then the end-of-archive check."""
     bare_end = False
     while True:
@@ -806,6 +811,8 @@ def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read
             raise _corrupt(f"bad tar header: {e}") from e
         if m is None:
             break
+        if budget is not None:  # m.size is the apparent size, also of a sparse member
+            budget.charge(tarfile.BLOCKSIZE + max(m.size, 0), m.name)
         tf.members.clear()  # stream mode keeps them all otherwise
         yield m, (tf.extractfile(m) if read_data and m.isreg() else None)
     if not bare_end:
@@ -876,7 +883,8 @@ class _Handed:
         return self.data
 
 
-def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, allow_bare_end: bool) -> None:
+def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, allow_bare_end: bool,
+                       budget: Budget | None = None) -> None:
     import queue
     import threading
 
@@ -895,7 +903,7 @@ def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, all
 
     def produce() -> None:
         try:
-            for m, data in _members(tf, reader, allow_bare_end, read_data=True):
+            for m, data in _members(tf, reader, allow_bare_end, read_data=True, budget=budget):
                 if data is None:
                     if not put(members, (m, None)):
                         return
