@@ -333,10 +333,9 @@ class Store:
             manifest["annotations"] = {BASE_ANNOTATION: base}
         manifest_digest = self.put_blob_bytes(json.dumps(manifest, sort_keys=True).encode())
         self.tag(name, manifest_digest)
-        # What this call wrote, not what the name points at by now: another
-        # writer may have tagged the same name since (the last one wins).
-        return Image(name, config_digest, list(diff_ids), dict(config), base, time.time(),
-                     sum(layer["size"] for layer in manifest["layers"]))
+        # Read back (checked) what this call wrote, not what the name points
+        # at by now: another writer may have tagged it since (the last one wins).
+        return self.tagged(name, manifest_digest)
 
     def tag(self, name: str, manifest_digest: str) -> None:
         """Point canonical `name` at a manifest already in the store."""
