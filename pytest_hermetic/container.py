@@ -33,7 +33,7 @@ from .images.store import Image, Store
 from .paths import state_root
 from .runtime import cgroups, process
 from .runtime.namespaces import default_user_namespace
-from .runtime.rootfs import Bind, RootfsConfig
+from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
 from .spec import Spec, format_size
 
 
@@ -245,6 +245,13 @@ class Container:
 
     def _layer_dirs(self, image: Image) -> tuple[list[str], list[str]]:
         """(lower dirs from the store, top first; layer tars to replay)."""
+        # Beside the image's layers the overlay stacks the init layer (and the host's "/").
+        most = OVERLAY_MAX_LOWERS - (2 if image.is_host else 1)
+        if len(image.layers) > most:
+            raise ContainerStartError(
+                f"image {image.familiar} has {len(image.layers)} layers, more than a container can stack: overlayfs "
+                f"takes at most {OVERLAY_MAX_LOWERS} lower layers, so {most} image layers"
+                f"{' on top of host' if image.is_host else ''}; fix: rebuild the image with fewer layers")
         if image.is_host and image.layers:
             # Store layers sit on the host's root filesystem, and overlayfs
             # refuses a lower below another lower ("/"): replay them instead.

@@ -11,6 +11,7 @@ import os
 import stat
 from .._record import record, factory
     
+from ..errors import SyscallError
 from . import syscalls as sc
 from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
 
@@ -35,6 +36,11 @@ MASKED_PATHS = (
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 # Host top-level entries that a rootless `host` root leaves out or mounts freshly.
 _SKIP_HOST_TOP = {"proc", "sys", "dev", "tmp", "lost+found"}
+# Overlayfs stacks at most this many lower directories (OVL_MAX_STACK in
+# fs/overlayfs; the same from 4.x to 6.18, checked on 6.1 and 6.18).
+OVERLAY_MAX_LOWERS = 500
+# mount(2) copies at most one page of options, with its closing NUL.
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @record(frozen=True)
@@ -123,7 +129,7 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     if config.host_root and config.userns:
         _mount_host_per_directory(config)
     else:
-        _mount_overlay(config.lowers, config.upper, config.work, root, config.userns)
+        _mount_overlay(config.lowers, config.upper, config.work, root, config.userns, f"{config.scratch}/links")
     _mount_proc(root)
     _mount_dev(root, config.userns)
     _mount_sys(root, config.privileged)
@@ -157,8 +163,45 @@ def _overlay_options(lowers: list[str], upper: str, work: str, userns: bool) -> 
     return options
 
 
-def _mount_overlay(lowers: list[str], upper: str, work: str, target: str, userns: bool) -> None:
-    sc.mount("overlay", target, "overlay", MS_NODEV, _overlay_options(lowers, upper, work, userns))
+def _mount_overlay(lowers: list[str], upper: str, work: str, target: str, userns: bool, links: str) -> None:
+    """Mount an overlay of `lowers` (top first) on `target`.
+
+    mount(2) takes at most one page of options, which 20 layers of a store
+    under a long path outgrow.  Then `links` (a fresh folder on the
+    container's private tmpfs) gets one short symlink per directory, and the
+    overlay is mounted from there with names like "1f" (as Docker's overlay2
+    does with its `l/` links, but private to this container: nothing in the
+    store to keep in step).  Overlayfs resolves the links once, at mount
+    time; they go with the tmpfs.  That costs about 2 us a layer, and holds
+    up to overlayfs's own limit of OVERLAY_MAX_LOWERS layers whatever the
+    paths' length (the kernel's new mount API, `lowerdir+` from 6.8, was
+    measured slower per layer and needs this fallback anyway).
+    """
+    options = _overlay_options(lowers, upper, work, userns)
+    if len(options) < PAGE_SIZE:
+        _mount_overlay_options(options, target, len(lowers))
+        return
+    os.mkdir(links, 0o700)
+    for number, path in enumerate(lowers):
+        os.symlink(path, f"{links}/{number:x}")
+    os.symlink(upper, f"{links}/u")
+    os.symlink(work, f"{links}/w")
+    options = _overlay_options([f"{number:x}" for number in range(len(lowers))], "u", "w", userns)
+    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(links)
+        _mount_overlay_options(options, target, len(lowers))
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+
+
+def _mount_overlay_options(options: str, target: str, depth: int) -> None:
+    try:
+        sc.mount("overlay", target, "overlay", MS_NODEV, options)
+    except OSError as exc:
+        # The options can run to a page: name the layer count, not every path.
+        raise SyscallError("mount", exc.errno or 0, f"overlay of {depth} layers on {target}") from None
 
 
 def _mount_host_per_directory(config: RootfsConfig) -> None:
@@ -170,7 +213,7 @@ def _mount_host_per_directory(config: RootfsConfig) -> None:
     image_lowers = config.lowers[1:-1]  # layers committed on top of `host`
     sc.mount("tmpfs", root, "tmpfs", MS_NODEV, "mode=755")
     submounts = _mount_points_below_top()
-    for name in sorted(os.listdir("/")):
+    for number, name in enumerate(sorted(os.listdir("/"))):
         host_path = "/" + name
         target = f"{root}/{name}"
         if os.path.islink(host_path):
@@ -189,7 +232,7 @@ def _mount_host_per_directory(config: RootfsConfig) -> None:
         upper, work = f"{config.upper}/{name}", f"{config.work}/{name}"
         os.makedirs(upper, exist_ok=True)
         os.makedirs(work, exist_ok=True)
-        _mount_overlay([*lowers, host_path], upper, work, target, True)
+        _mount_overlay([*lowers, host_path], upper, work, target, True, f"{config.scratch}/links{number}")
 
 
 def _mount_points_below_top() -> set[str]:
@@ -228,7 +271,7 @@ def _overlay_volume(bind: Bind, target: str, scratch: str, userns: bool) -> None
     os.mkdir(f"{scratch}/work")
     if not os.path.lexists(target):
         os.makedirs(target, exist_ok=True)
-    _mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", target, userns)
+    _mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", target, userns, f"{scratch}/links")
 
 
 def _locked_flags(path: str) -> int:
