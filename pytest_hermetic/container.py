@@ -166,8 +166,10 @@ class Container:
                 self._write_state()  # before the start, so `gc` knows whose it is
             self.started_at = time.monotonic()
             self.process = process.spawn(config, target)
-        except BaseException:
+        except BaseException as exc:
             self.remove()
+            if isinstance(exc, ContainerStartError):
+                self._check_layers(image)
             raise
         return self
 
@@ -257,13 +259,15 @@ class Container:
             # refuses a lower below another lower ("/"): replay them instead.
             blobs = [self.store.blob_path(self.store._layer_meta(d)["blob"]) for d in image.layers]
             return [], blobs
-        lowers = []
-        for diff_id in reversed(image.layers):
-            path = self.store.layer_root(diff_id)
-            if not os.path.isdir(path):
+        # Not checked here, one stat per layer on every start: a missing
+        # layer fails the mount, and then `_check_layers` names it.
+        return [self.store.layer_root(diff_id) for diff_id in reversed(image.layers)], []
+
+    def _check_layers(self, image: Image) -> None:
+        """After a failed start: a layer gone from the store is its cause."""
+        for diff_id in [] if image.is_host else image.layers:  # (`host`'s are replayed from their blobs)
+            if not os.path.isdir(self.store.layer_root(diff_id)):
                 raise StoreError(f"layer {diff_id} of {image.familiar} is missing from the store; fix: import the image again")
-            lowers.append(path)
-        return lowers, []
 
     def _process_config(self, image: Image, argv: list[str] | None) -> process.ProcessConfig:
         spec = self.spec
@@ -287,6 +291,7 @@ class Container:
             cgroup_v2=cgroups.detect().version == "v2",
             init_files=_init_files(self.hostname),
             replay=list(zip(replay, replay_dirs)),
+            layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
         )
         return process.ProcessConfig(
             rootfs=rootfs,
