@@ -20,7 +20,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, run_cli
-from fixtures.deep_image import build, expected_listing
+from fixtures.deep_image import build, build_layers, expected_listing
 from pytest_hermetic.images.store import Store
 from pytest_hermetic.images.transports import import_image
 from pytest_hermetic.runtime.rootfs import OVERLAY_MAX_LOWERS
@@ -91,6 +91,39 @@ def test_a_deep_image_on_top_of_host(deep_store):
     assert not os.path.exists("/etc/layers")
 
 
+def _host_dirs_to_hide() -> tuple[str, str]:
+    """Two top-level host folders with nothing mounted below them."""
+    with open("/proc/self/mountinfo") as f:
+        mounted = {line.split()[4].split("/")[1] for line in f if line.split()[4] != "/"}
+    found = [n for n in ("srv", "media", "opt", "home", "mnt", "var") if n not in mounted
+             and os.path.isdir("/" + n) and not os.path.islink("/" + n)]
+    assert len(found) >= 2, "this host has no two plain top-level folders to hide"
+    return found[0], found[1]
+
+
+def _top_level_layers(hide: str, opaque: str) -> list:
+    """New top-level entries, then a whiteout of one of them and of a host
+    folder, and an opaque host folder."""
+    return [
+        [("hermetic-top", None), ("hermetic-top/a", "a\n"), ("hermetic-top-file", "f\n"),
+         ("hermetic-top-link", "->hermetic-top")],
+        [("hermetic-top", None), ("hermetic-top/b", "b\n"), (".wh.hermetic-top-file", ""), (f".wh.{hide}", ""),
+         (opaque, None), (f"{opaque}/.wh..wh..opq", ""), (f"{opaque}/only", "o\n")],
+    ]
+
+
+def _show_top_level(hide: str, opaque: str) -> str:
+    return (f"ls /hermetic-top; readlink /hermetic-top-link; test -e /hermetic-top-file || echo no-file; "
+            f"test -e /{hide} || echo no-{hide}; ls -A /{opaque}")
+
+
+def test_layers_on_top_of_host_at_the_top_level(deep_store):
+    hide, opaque = _host_dirs_to_hide()
+    build_layers(Store(deep_store), "host", "htop:1", _top_level_layers(hide, opaque))
+    ran = run_cli("run", "htop:1", "sh", "-c", _show_top_level(hide, opaque), env={"HERMETIC_STORE": deep_store})
+    assert ran.stdout == f"a\nb\nhermetic-top\nno-file\nno-{hide}\nonly\n", ran.stderr
+
+
 def test_a_layer_missing_from_the_store_is_named(tmp_path, busybox_rootfs):
     """Layers are not checked one by one on every start; a failed mount names the one gone."""
     store = Store(str(tmp_path / "store"))
@@ -159,3 +192,17 @@ def test_a_child_set_up_failure_reports_its_own_cause_rootless(test_user):
     ran = run_cli("run", "--net=bridge", "-v", "/etc/hostname:/a", "-v", "/tmp:/a/b", "host", "true", user=test_user)
     assert ran.returncode == 125
     assert "Not a directory" in ran.stderr and "slirp4netns" not in ran.stderr, ran.stderr
+
+
+def test_layers_on_top_of_host_at_the_top_level_rootless(test_user, user_deep_store):
+    """Rootless, `host` is one overlay per top-level folder: the layers' own
+    top-level entries, whiteouts and opaque folders must show as they do
+    with one overlay of "/" (the root test above)."""
+    hide, opaque = _host_dirs_to_hide()
+    code = ("from fixtures.deep_image import build_layers; from pytest_hermetic.images.store import Store; "
+            f"build_layers(Store(), 'host', 'rl-htop:1', {_top_level_layers(hide, opaque)!r})")
+    built = _as_user(test_user, user_deep_store, "-c", code)
+    assert built.returncode == 0, built.stderr
+    ran = run_cli("run", "rl-htop:1", "sh", "-c", _show_top_level(hide, opaque), user=test_user,
+                  env={"HERMETIC_STORE": user_deep_store})
+    assert ran.stdout == f"a\nb\nhermetic-top\nno-file\nno-{hide}\nonly\n", ran.stderr

@@ -36,6 +36,8 @@ MASKED_PATHS = (
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 # Host top-level entries that a rootless `host` root leaves out or mounts freshly.
 _SKIP_HOST_TOP = {"proc", "sys", "dev", "tmp", "lost+found"}
+# A replayed layer's opaque directory, rootless (layers.OVERLAY_USER + "opaque").
+_OPAQUE = "user.overlay.opaque"
 # Overlayfs stacks at most this many lower directories (OVL_MAX_STACK in
 # fs/overlayfs; the same from 4.x to 6.18, checked on 6.1 and 6.18).
 OVERLAY_MAX_LOWERS = 500
@@ -220,32 +222,67 @@ def _mount_overlay_options(options: str, target: str, depth: int) -> None:
 def _mount_host_per_directory(config: RootfsConfig) -> None:
     """A rootless `host` root: one overlay per top-level directory under a
     tmpfs, since an overlay of "/" cannot see through its submounts in a user
-    namespace (see shared/notes/host-image-overlay.md)."""
+    namespace (see shared/notes/host-image-overlay.md).  Layers committed on
+    top of `host` take part at the top level as overlayfs would have them:
+    their own new entries, whiteouts and opaque directories."""
     root = config.merged
     init = config.lowers[0]
-    image_lowers = config.lowers[1:-1]  # layers committed on top of `host`
+    image_lowers = config.lowers[1:-1]  # layers committed on top of `host`, replayed, top first
     sc.mount("tmpfs", root, "tmpfs", MS_NODEV, "mode=755")
     submounts = _mount_points_below_top()
-    for number, name in enumerate(sorted(os.listdir("/"))):
+    names = set(os.listdir("/"))
+    for layer in image_lowers:
+        names.update(os.listdir(layer))
+    for number, name in enumerate(sorted(names)):
         host_path = "/" + name
         target = f"{root}/{name}"
-        if os.path.islink(host_path):
-            os.symlink(os.readlink(host_path), target)
-            continue
-        if not os.path.isdir(host_path):
-            continue
+        dirs, below = _top_level_entry(name, image_lowers) if image_lowers else ([], host_path)
+        if not dirs:
+            if below is None:
+                continue  # whited out by a layer
+            if os.path.islink(below):
+                os.symlink(os.readlink(below), target)
+                continue
+            if not os.path.isdir(below):
+                if below != host_path:  # a layer's file, on the container's private replay tmpfs
+                    _bind(below, target, readonly=False, recursive=False)
+                continue
         os.mkdir(target, 0o755)
         if name in _SKIP_HOST_TOP:
             continue
-        if name in submounts:
+        host = below == host_path and os.path.isdir(host_path) and not os.path.islink(host_path)
+        if host and name in submounts:
             # Its submounts cannot be overlaid from here: show it read-only.
             _bind(host_path, target, readonly=True, recursive=True)
             continue
-        lowers = [p for p in (f"{init}/{name}", *(f"{lay}/{name}" for lay in image_lowers)) if os.path.isdir(p)]
+        lowers = ([f"{init}/{name}"] if os.path.isdir(f"{init}/{name}") else []) + dirs + ([host_path] if host else [])
         upper, work = f"{config.upper}/{name}", f"{config.work}/{name}"
         os.makedirs(upper, exist_ok=True)
         os.makedirs(work, exist_ok=True)
-        _mount_overlay([*lowers, host_path], upper, work, target, True, f"{config.scratch}/links{number}")
+        _mount_overlay(lowers, upper, work, target, True, f"{config.scratch}/links{number}")
+
+
+def _top_level_entry(name: str, layers: list[str]) -> tuple[list[str], str | None]:
+    """What the layers (top first) make of `/NAME`: their directories NAME
+    that merge, and what shows below them: the host's entry, a layer's
+    file, or None (a whiteout or an opaque directory hides the rest)."""
+    dirs: list[str] = []
+    for layer in layers:
+        path = f"{layer}/{name}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            dirs.append(path)
+            if _OPAQUE in os.listxattr(path, follow_symlinks=False) \
+                    and os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y":
+                return dirs, None
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # a whiteout
+            return dirs, None
+        return dirs, None if dirs else path  # a file hides what is below it, and a directory above hides it
+    return dirs, "/" + name
 
 
 def _mount_points_below_top() -> set[str]:
