@@ -265,7 +265,9 @@ class Container:
 
     def _check_layers(self, image: Image) -> None:
         """After a failed start: a layer gone from the store is its cause."""
-        for diff_id in [] if image.is_host else image.layers:  # (`host`'s are replayed from their blobs)
+        if image.is_host:
+            return  # its layers are replayed from their blobs
+        for diff_id in image.layers:
             if not os.path.isdir(self.store.layer_root(diff_id)):
                 raise StoreError(f"layer {diff_id} of {image.familiar} is missing from the store; fix: import the image again")
 

@@ -275,9 +275,11 @@ def _top_level_entry(name: str, layers: list[str]) -> tuple[list[str], str | Non
             continue
         if stat.S_ISDIR(st.st_mode):
             dirs.append(path)
-            if _OPAQUE in os.listxattr(path, follow_symlinks=False) \
-                    and os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y":
-                return dirs, None
+            try:
+                if os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y":
+                    return dirs, None
+            except OSError:  # ENODATA: not opaque
+                pass
             continue
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # a whiteout
             return dirs, None
