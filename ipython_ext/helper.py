@@ -28,6 +28,7 @@ import traceback
 
 from ipython_ext import protocol
 from pytest_hermetic._proc import descendants
+from pytest_hermetic.runtime.descriptors import close_except
 
 GRACE = 1.0  # seconds between the interrupt's SIGINT and SIGKILL
 DRAIN = 0.5  # after the cell's process ended: how long a background process may hold its output open
@@ -47,7 +48,7 @@ def _keep() -> int:
     it only waits.  It is a fork of this helper, so drop what it inherited."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
-    os.closerange(3, 65536)
+    close_except()  # every fd above 2, however high
     while True:
         signal.pause()
 
@@ -414,7 +415,7 @@ class Helper:
         self.current = None
 
 
-_CONTAINER_OPTIONS = ("net", "mem", "cpus", "pids", "volumes")
+_CONTAINER_OPTIONS = ("net", "mem", "cpus", "pids", "volumes", "seccomp")
 
 
 def _float(value: object) -> float | None:

@@ -100,6 +100,8 @@ class ContainerMagics(Magics):
     @argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment (K alone: the kernel's value)")
     @argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]", help="bind a host path")
     @argument("-w", "--workdir", metavar="DIR", help="working directory of the cell")
+    @argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined",
+              help="seccomp=unconfined: no seccomp filter (default: Docker's default profile)")
     @argument("--shell", default="/bin/sh", metavar="SHELL", help="interpreter run as SHELL -c BODY (default /bin/sh)")
     @argument("--out", metavar="VAR", help="store stdout in VAR instead of showing it")
     @argument("--err", metavar="VAR", help="store stderr in VAR instead of showing it")
@@ -125,7 +127,7 @@ class ContainerMagics(Magics):
     # -- %%container ---------------------------------------------------------------
 
     def _cell(self, line: str, cell: str) -> None:
-        from pytest_hermetic.spec import Spec, parse_env
+        from pytest_hermetic.spec import Spec, parse_env, parse_security_opts
 
         # POSIX splitting (IPython's own keeps quotes: -e "A=b c" must not).
         try:
@@ -134,7 +136,8 @@ class ContainerMagics(Magics):
             raise UsageError(f"%%container: {exc}") from None
         args = self.container.parser.parse_args(words)
         options = {"net": args.net, "mem": args.mem, "cpus": args.cpus, "pids": args.pids, "timeout": args.timeout,
-                   "env": parse_env(args.env), "volumes": list(args.volume), "workdir": args.workdir}
+                   "env": parse_env(args.env), "volumes": list(args.volume), "workdir": args.workdir,
+                   **parse_security_opts(args.security_opt)}
         if len(cell.encode()) > MAX_SCRIPT:
             raise UsageError("the cell is larger than 128 KiB, Linux's limit for one argument; "
                              "put the script in a file, bind it with -v, and run that")
@@ -174,7 +177,10 @@ class ContainerMagics(Magics):
     # -- %container VERB --------------------------------------------------------------
 
     def _line(self, line: str) -> None:
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%container: {exc}") from None
         if not words or words[0] in ("help", "-h", "--help"):
             print(LINE_USAGE)
             return
@@ -212,10 +218,13 @@ class ContainerMagics(Magics):
 
         self._need(rest, "images")
         rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED"), ("host", "-", "1 (the host's /)", "-", "-")]
-        for image in Store().images():
+        problems: list[str] = []
+        for image in Store().images(problems):
             rows.append((image.familiar, image.id[7:19], str(len(image.layers)) + (" + host" if image.is_host else ""),
                          human(image.size), _ago(time.time() - image.created)))
         show_table(rows)
+        for problem in problems:
+            print(f"note: {problem}", file=sys.stderr)
 
     def _verb_commit(self, rest: list[str]) -> None:
         from pytest_hermetic.images.commit import target_name

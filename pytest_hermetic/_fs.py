@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
-import sys
+import stat
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterator
@@ -24,25 +23,100 @@ def flock(path: str, *, shared: bool = False) -> "Iterator[None]":
         os.close(fd)
 
 
-def rmtree(path: str) -> None:
-    """Remove a tree, also one holding directories without write or search
-    permission (overlayfs work dirs) and 0/0 whiteout devices."""
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    def retry(func, failed_path, _exc) -> None:  # noqa: ANN001
+
+def rmtree(path: str) -> None:
+    """Remove a tree of any depth: also one holding directories without write
+    or search permission (overlayfs work dirs) and 0/0 whiteout devices.
+
+    Iterative and fd-based, one directory open at a time: a layer may nest
+    thousands of levels, deeper than Python's recursion limit (which
+    `shutil.rmtree` hits before 3.13) and than PATH_MAX.  Never follows a
+    symlink.  Gone already is fine.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    parent = os.open(os.path.dirname(os.path.abspath(path)) or "/", _DIR)
+    try:
+        _remove_dir(parent, os.path.basename(os.path.abspath(path)))
+    finally:
+        os.close(parent)
+
+
+def _open_dir(parent: int, name: str) -> int:
+    try:
+        fd = os.open(name, _DIR, dir_fd=parent)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent, follow_symlinks=False)
+        fd = os.open(name, _DIR, dir_fd=parent)
+    if os.fstat(fd).st_mode & 0o700 != 0o700:
         try:
-            os.chmod(os.path.dirname(failed_path), 0o700)
-            if os.path.isdir(failed_path) and not os.path.islink(failed_path):
-                os.chmod(failed_path, 0o700)
-                shutil.rmtree(failed_path, ignore_errors=True)
-            else:
-                func(failed_path)
+            os.fchmod(fd, 0o700)  # entries in it can then be removed (root needs no such bits)
         except OSError:
             pass
+    return fd
 
-    if os.path.isdir(path) and not os.path.islink(path):
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=retry)
-        else:
-            shutil.rmtree(path, onerror=retry)
-    elif os.path.lexists(path):
-        os.unlink(path)
+
+def _remove_dir(top_parent: int, top: str) -> None:
+    # stack: (name of a directory, names in it still to visit); the one fd held
+    # is the deepest directory's, and the way back up is "..".  What cannot be
+    # removed (a mount point, an immutable file) is left, as shutil's onerror did.
+    try:
+        fd = _open_dir(top_parent, top)
+    except OSError:
+        return
+    stack: list[tuple[str, list[str]]] = [(top, _listdir(fd))]
+    try:
+        while stack:
+            name, left = stack[-1]
+            descended = False
+            while left:
+                entry = left.pop()
+                try:
+                    os.unlink(entry, dir_fd=fd)
+                    continue
+                except IsADirectoryError:
+                    pass
+                except PermissionError:  # EPERM is also what unlink(2) may say for a directory
+                    try:
+                        if not stat.S_ISDIR(os.lstat(entry, dir_fd=fd).st_mode):
+                            continue
+                    except OSError:
+                        continue
+                except OSError:
+                    continue
+                try:
+                    child = _open_dir(fd, entry)
+                except OSError:
+                    continue
+                os.close(fd)
+                fd = child
+                stack.append((entry, _listdir(fd)))
+                descended = True
+                break
+            if descended:
+                continue
+            stack.pop()
+            up = top_parent if not stack else os.open("..", _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError:
+                pass
+    finally:
+        if fd != top_parent:
+            os.close(fd)
+
+
+def _listdir(fd: int) -> list[str]:
+    try:
+        return os.listdir(fd)
+    except OSError:
+        return []

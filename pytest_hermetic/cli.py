@@ -17,13 +17,22 @@ import signal
 import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Sequence
+    from typing import NoReturn, Sequence
 
 PROG = "hermetic"
+MAX_LINE = 400  # an error line names the problem; it does not repeat a megabyte of input
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are engine errors: one line and exit 125, as `docker run` (argparse says 2)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        _say(f"error: {message}; see `{self.prog} --help`")
+        sys.exit(125)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Hermetic containers from namespaces, cgroups and overlayfs; no daemon.")
+    parser = _Parser(prog=PROG, description="Hermetic containers from namespaces, cgroups and overlayfs; no daemon.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -95,7 +104,9 @@ def _add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workdir", metavar="DIR")
     p.add_argument("-u", "--user", metavar="USER[:GROUP]")
     p.add_argument("--name", metavar="NAME")
-    p.add_argument("--privileged", action="store_true", help="keep all capabilities, no masks, writable /sys")
+    p.add_argument("--privileged", action="store_true", help="keep all capabilities, no masks, writable /sys, no seccomp filter")
+    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined",
+                   help="seccomp=unconfined: no seccomp filter (default: Docker's default profile)")
     p.add_argument("--userns", action="store_true", default=None, help="use a user namespace also as root")
     p.add_argument("--init", action="store_true", help="run the command as PID 2 under a PID 1 that reaps zombies and forwards signals")
 
@@ -118,15 +129,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         _say(f"error: {exc}")
         return 125
+    except Exception as exc:  # a bug: still one line, the traceback on demand
+        if os.environ.get("HERMETIC_DEBUG"):
+            raise
+        _say(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug: please report it with the "
+             "traceback that HERMETIC_DEBUG=1 shows")
+        return 125
 
 
 def _say(text: str) -> None:
+    text = " ".join(text.split("\n"))
+    if len(text) > MAX_LINE:
+        text = text[:MAX_LINE - 40] + f"... ({len(text)} characters)"
     print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .container import Container, list_states
-    from .spec import Spec, parse_env
+    from .spec import Spec, parse_env, parse_security_opts
 
     command = list(args.cmd)
     if command and command[0] == "--":
@@ -149,6 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         user=args.user,
         name=args.name,
         privileged=args.privileged,
+        **parse_security_opts(args.security_opt),
         userns=args.userns,
         init=args.init,
         # Nobody can commit it: keep the rw layer in memory, no disk clean-up.
@@ -172,7 +193,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if interrupts["count"] > 1:
             container.kill(signal.SIGKILL)
         else:
-            container.kill(signum)
+            # The container has a session of its own: a terminal's Ctrl-C
+            # or hangup reaches it through here, so it goes where the
+            # terminal would send it, PID 1's whole group (the command a
+            # shell runs in it included); under --init PID 1 passes it on.
+            container.kill(signum, group=signum != signal.SIGTERM and not args.init)
 
     with container:
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -205,10 +230,13 @@ def _cmd_images(_args: argparse.Namespace) -> int:
 
     rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED")]
     rows.append(("host", "-", "1 (the host's /)", "-", "-"))
-    for image in Store().images():
+    problems: list[str] = []
+    for image in Store().images(problems):
         rows.append((image.familiar, image.id[7:19], str(len(image.layers)) + (" + host" if image.is_host else ""),
                      _human(image.size), _ago(time.time() - image.created)))
     _table(rows)
+    for problem in problems:
+        _say(f"note: {problem}")
     return 0
 
 
@@ -219,8 +247,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from .images.transports import import_image
     from .spec import parse_env
 
-    image = import_image(Store(), args.source, args.name, env=parse_env(args.env), workdir=args.workdir,
-                         user=args.user, cmd=shlex.split(args.cmd) if args.cmd else None)
+    from .errors import SpecError
+    from .spec import parse_user, parse_workdir
+
+    try:
+        cmd = shlex.split(args.cmd) if args.cmd else None
+    except ValueError as exc:
+        raise SpecError(f"--cmd {args.cmd!r}: {exc}; quote it as a shell would") from None
+    image = import_image(Store(), args.source, args.name, env=parse_env(args.env), workdir=parse_workdir(args.workdir),
+                         user=parse_user(args.user), cmd=cmd)
     print(f"{image.familiar} {image.id}")
     return 0
 
@@ -243,7 +278,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from .images.store import Store
     from .spec import parse_size
 
-    chunk = parse_size(args.chunk_size) if args.chunk_size else None
+    chunk = parse_size(args.chunk_size, "--chunk-size") if args.chunk_size else None
     digest, outcome = push(Store(), args.ref, args.dest, chunk_size=chunk)
     counts: dict[str, int] = {}
     for how in outcome.values():

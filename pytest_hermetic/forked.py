@@ -24,6 +24,7 @@ import gc
 import os
 import pickle
 import select
+import signal
 import struct
 import sys
 import warnings
@@ -34,6 +35,7 @@ from _pytest.runner import CallInfo, call_and_report, runtestprotocol
 from _pytest.warnings import catch_warnings_for_item
 
 from .container import Container
+from .errors import HermeticError
 from .runtime.process import read_exactly
 from .spec import Spec, Volume
 
@@ -82,10 +84,16 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
         runtestprotocol(item, nextitem=nextitem, log=True)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return
-    events, result = _run_child(item, nextitem, spec)
+    started = True
+    try:
+        events, result = _run_child(item, nextitem, spec)
+    except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
+        events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
+                                                       "failed", f"hermetic: {exc}", "setup", []))], None
+        started = False
     reports = [e[1] for e in events if e[0] == "report"]
     exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
-    if exit_event is None and not any(r.when == "teardown" for r in reports if not _is_subreport(r)):
+    if started and exit_event is None and not any(r.when == "teardown" for r in reports if not _is_subreport(r)):
         events.append(("report", _crash_report(item, reports, result)))
     teardown_report = None
     for event in events:
@@ -396,8 +404,19 @@ def _drain(read_fd: int, container: Container, services: "_Services", reply_fd: 
     pending = b""  # bytes not yet split into messages, for the calls
     assert container.process is not None
     open_fds = [read_fd, container.process.fileno()]
+    interrupted = False
     while True:
-        ready, _, _ = select.select(open_fds, [], [], 0.5)
+        try:
+            ready, _, _ = select.select(open_fds, [], [], 0.5)
+        except KeyboardInterrupt:
+            # The container has a session of its own, so a terminal's Ctrl-C
+            # reaches pytest only: pass it on, so the test stops where it
+            # is and says so; a second one stops waiting.
+            if interrupted:
+                raise
+            interrupted = True
+            container.kill(signal.SIGINT)
+            continue
         if read_fd in ready:
             chunk = os.read(read_fd, 1 << 16)
             if chunk:

@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from .errors import SpecError
+
 MARKER = (
     "hermetic(image='host', net=False, mem=None, cpus=None, pids=None, timeout=None, env=None, volumes=None, "
-    "privileged=False): run this test in its own container (namespaces, cgroup, overlay root)"
+    "privileged=False, seccomp=True): run this test in its own container (namespaces, cgroup, overlay root)"
 )
-_MARKER_OPTIONS = ("image", "net", "mem", "cpus", "pids", "timeout", "env", "volumes", "privileged", "hostname", "userns", "user", "workdir")
+_MARKER_OPTIONS = ("image", "net", "mem", "cpus", "pids", "timeout", "env", "volumes", "privileged", "seccomp", "hostname", "userns", "user", "workdir")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,6 +64,30 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 _TIMEOUT_KEY = pytest.StashKey[float]()
+_SPEC_KEY = pytest.StashKey[object]()
+_UNSET = object()
+
+
+def _report_setup_error(item: pytest.Item, nextitem: pytest.Item | None, message: str) -> None:
+    """Report `item` as an error at set-up with the one line `message`, without running it."""
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    keywords = {k: 1 for k in item.keywords}
+    ihook.pytest_runtest_logreport(report=pytest.TestReport(item.nodeid, item.location, keywords, "failed",
+                                                            message, "setup", []))
+    if item.session.shouldfail or item.session.shouldstop:
+        nextitem = None
+    from _pytest.runner import CallInfo
+
+    # Fixtures of wider scopes set up by earlier items go as they would after this one.
+    teardown = CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown",
+                                  reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    if teardown.excinfo is not None:
+        report = ihook.pytest_runtest_makereport(item=item, call=teardown)
+    else:
+        report = pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "teardown", [])
+    ihook.pytest_runtest_logreport(report=report)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
 def _finish() -> None:
@@ -103,43 +129,55 @@ class HermeticRunner:
         options = self.defaults()
         if marker is not None:
             if len(marker.args) > 1:
-                raise ValueError(f"takes at most one positional argument (the image), got {marker.args!r}")
+                raise SpecError(f"takes at most one positional argument (the image), got {len(marker.args)}; "
+                                "give the other options by name, e.g. @hermetic('busybox:1', mem='64M')")
             if marker.args:
                 options["image"] = marker.args[0]
-            unknown = sorted(set(marker.kwargs) - set(_MARKER_OPTIONS))
+            unknown = sorted((k for k in marker.kwargs if k not in _MARKER_OPTIONS), key=str)
             if unknown:
-                raise ValueError(f"unknown argument {unknown[0]!r}; known: {', '.join(_MARKER_OPTIONS)}")
+                raise SpecError(f"unknown argument {unknown[0]!r}; known: {', '.join(_MARKER_OPTIONS)}")
             options.update(marker.kwargs)
         return options
 
     def spec_for(self, item: pytest.Item):  # noqa: ANN201 - Spec, imported lazily
-        from .spec import Spec
+        """The item's `Spec` (None: run in place), built once and kept on the item;
+        a bad marker raises `SpecError`, also on every later call."""
+        found = item.stash.get(_SPEC_KEY, _UNSET)
+        if found is _UNSET:
+            from .spec import Spec
 
-        options = self.options_for(item)
-        if options is None:
-            return None
-        image = options.pop("image")
-        return Spec.build(image, None, **options)
+            try:
+                options = self.options_for(item)
+                found = None if options is None else Spec.build(options.pop("image"), None, **options)
+            except (SpecError, TypeError, ValueError) as exc:  # the last two: a value no check foresaw
+                found = SpecError(f"{item.nodeid}: bad @hermetic marker: {exc}")
+            item.stash[_SPEC_KEY] = found
+        if isinstance(found, SpecError):
+            raise found
+        return found
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_pycollect_makeitem(self, collector, name, obj):  # noqa: ANN001, ANN201
-        """A bad marker argument is a collection error naming the test and
-        the argument, before anything runs."""
+        """Check every marker while collecting: a bad one is kept with its
+        item, which then errors at set-up naming the test, the option and the
+        fix; the other tests (of its module too) still run."""
         outcome = yield
         result = outcome.get_result()
         items = result if isinstance(result, list) else [result] if result is not None else []
-        from .errors import HermeticError
-
         for item in items:
             if isinstance(item, pytest.Item):
                 try:
                     self.spec_for(item)
-                except (HermeticError, ValueError, TypeError) as exc:
-                    raise collector.CollectError(f"{item.nodeid}: bad @hermetic marker: {exc}") from None
+                except SpecError:
+                    pass  # reported when the item runs
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
-        spec = self.spec_for(item)
+        try:
+            spec = self.spec_for(item)
+        except SpecError as exc:
+            _report_setup_error(item, nextitem, str(exc))
+            return True
         if spec is None:
             return None
         from .forked import run_in_container
@@ -160,7 +198,11 @@ class HermeticRunner:
     # container's own timeout kills the container instead of the whole run.
     @pytest.hookimpl(optionalhook=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
-        if getattr(settings, "func_only", False) or self.options_for(item) is None:
+        try:
+            spec = self.spec_for(item)
+        except SpecError:
+            return True  # the item only reports its bad marker
+        if getattr(settings, "func_only", False) or spec is None:
             return None
         item.stash[_TIMEOUT_KEY] = settings.timeout
         return True

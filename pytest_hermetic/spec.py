@@ -16,11 +16,28 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
 from .errors import SpecError
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+# Every pattern is used with fullmatch: `$` would also accept a trailing newline.
+_SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgtp]?)(i?b?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,30}")  # a name (as useradd allows) or an id
 DEFAULT_PIDS = 4096
+MIN_MEM = 6 << 20  # as Docker: below this a container cannot even start its first process
+MAX_SIZE = 1 << 60  # beyond what any cgroup or disk holds; larger numbers overflow the kernel's parsers
+MAX_CPUS = 1024.0  # the kernel takes far more, but no machine has it; a cap that keeps test files portable
+MAX_PIDS = 4194304  # PID_MAX_LIMIT: pids.max refuses more
+MAX_TIMEOUT = 1e9  # seconds (~31 years); timers overflow beyond
+MAX_ID = (1 << 32) - 2  # uid/gid 4294967295 is (uid_t)-1, "no change"
+_BOOLEANS = ("privileged", "seccomp", "init", "ephemeral", "tracked", "accounting")
+# The engine mounts its own file systems there: a bind would hide or break them.
+_RESERVED_TARGETS = ("/proc", "/sys", "/dev")
+
+
+def _r(value: Any) -> str:
+    """repr, cut short: an error line names the value, it does not repeat a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"...' ({len(text)} characters)"
 
 
 def parse_size(value: int | str | None, option: str = "mem") -> int | None:
@@ -31,16 +48,18 @@ def parse_size(value: int | str | None, option: str = "mem") -> int | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise SpecError(f"{option}={value!r}: not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB")
+        raise SpecError(f"{option}={_r(value)}: not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB")
     if isinstance(value, int):
         size = value
     else:
-        match = _SIZE.match(str(value))
+        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
         if not match:
-            raise SpecError(f"{option}={value!r}: not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB")
+            raise SpecError(f"{option}={_r(value)}: not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB")
         size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if size <= 0:
-        raise SpecError(f"{option}={value!r}: must be more than 0 bytes")
+        raise SpecError(f"{option}={_r(value)}: must be more than 0 bytes")
+    if size > MAX_SIZE:
+        raise SpecError(f"{option}={_r(value)}: more than {MAX_SIZE >> 60} EiB; use a size such as 64M or 8G")
     return size
 
 
@@ -58,23 +77,28 @@ def parse_cpus(value: float | int | str | None) -> float | None:
     if value is None:
         return None
     try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
         cpus = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"cpus={value!r}: not a number of CPUs; use e.g. 0.5, 1 or 1.5") from None
-    if not math.isfinite(cpus) or cpus < 0.01:
-        raise SpecError(f"cpus={value!r}: must be at least 0.01")
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError(f"cpus={_r(value)}: not a number of CPUs; use e.g. 0.5, 1 or 1.5") from None
+    if not math.isfinite(cpus) or cpus < 0.01 or cpus > MAX_CPUS:
+        raise SpecError(f"cpus={_r(value)}: use a number of CPUs from 0.01 to {MAX_CPUS:.0f}, e.g. 0.5 or 2")
     return cpus
 
 
-def parse_positive_int(value: Any, option: str) -> int | None:
+def parse_positive_int(value: Any, option: str, maximum: int | None = None) -> int | None:
     if value is None:
         return None
     try:
-        number = int(str(value), 10) if not isinstance(value, int) or isinstance(value, bool) else value
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError
+        number = value if isinstance(value, int) else int(value.strip(), 10)
     except ValueError:
-        raise SpecError(f"{option}={value!r}: not a whole number") from None
-    if isinstance(value, bool) or number < 1:
-        raise SpecError(f"{option}={value!r}: must be a whole number of at least 1")
+        raise SpecError(f"{option}={_r(value)}: not a whole number; use e.g. {option}=100") from None
+    if number < 1 or (maximum is not None and number > maximum):
+        limit = f" and at most {maximum}" if maximum is not None else ""
+        raise SpecError(f"{option}={_r(value)}: must be a whole number of at least 1{limit}")
     return number
 
 
@@ -82,12 +106,59 @@ def parse_timeout(value: Any) -> float | None:
     if value is None:
         return None
     try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
         seconds = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"timeout={value!r}: not a number of seconds; use e.g. 2 or 0.5") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise SpecError(f"timeout={value!r}: must be more than 0 seconds")
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError(f"timeout={_r(value)}: not a number of seconds; use e.g. 2 or 0.5") from None
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_TIMEOUT:
+        raise SpecError(f"timeout={_r(value)}: use a number of seconds more than 0 and at most {MAX_TIMEOUT:.0e}")
     return seconds
+
+
+def parse_user(value: Any) -> str | None:
+    """`name`, `uid`, `name:group` or `uid:gid` (an int is a uid); resolved in the container."""
+    if value is None:
+        return None
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text:
+        raise SpecError(f"user={_r(value)}: use a user name or uid, optionally with a group: 'nobody', '1000', '1000:1000'")
+    name, sep, group = text.partition(":")
+    for part in (name, group) if sep else (name,):
+        if not _USER.fullmatch(part):
+            raise SpecError(f"user={_r(value)}: {_r(part)} is not a user or group name or a numeric id; "
+                            "use e.g. 'nobody', '1000' or '1000:1000'")
+        if part.isdigit() and int(part) > MAX_ID:
+            raise SpecError(f"user={_r(value)}: id {part} is out of range (at most {MAX_ID})")
+    return text
+
+
+def parse_workdir(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value or len(value) > 4095:
+        raise SpecError(f"workdir={_r(value)}: use an absolute path such as /src")
+    import posixpath
+
+    return posixpath.normpath(value)
+
+
+def check_target(target: str, what: str) -> str:
+    """A bind's target: absolute, normalised, and not where the engine mounts its own file systems."""
+    import posixpath
+
+    if "\0" in target or not target.startswith("/"):
+        raise SpecError(f"{what}: the target {_r(target)} must be an absolute path")
+    target = posixpath.normpath(target)
+    if target.startswith("//"):
+        target = "/" + target.lstrip("/")
+    if target == "/":
+        raise SpecError(f"{what}: cannot bind over the container's root /; bind to a folder such as /data")
+    for reserved in _RESERVED_TARGETS:
+        if target == reserved or target.startswith(reserved + "/"):
+            raise SpecError(f"{what}: {target} is where the engine mounts its own {reserved}; "
+                            "bind to another folder such as /data")
+    return target
 
 
 @record(frozen=True)
@@ -99,17 +170,20 @@ class Volume:
 
     @classmethod
     def parse(cls, text: str) -> "Volume":
+        if not isinstance(text, str):
+            raise SpecError(f"volumes: {_r(text)} is not a volume; use 'SRC:DST' or 'SRC:DST:ro' strings")
         parts = text.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1] or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-            raise SpecError(f"volume {text!r}: use SRC:DST or SRC:DST:ro")
-        if not parts[1].startswith("/"):
-            raise SpecError(f"volume {text!r}: the target {parts[1]!r} must be an absolute path")
+            raise SpecError(f"volume {_r(text)}: use SRC:DST or SRC:DST:ro")
+        if "\0" in parts[0]:
+            raise SpecError(f"volume {_r(text)}: the source contains a NUL byte")
+        target = check_target(parts[1], f"volume {_r(text)}")
         import os
 
         source = os.path.abspath(parts[0])
         if not os.path.exists(source):
-            raise SpecError(f"volume {text!r}: the source {source} does not exist")
-        return cls(source, os.path.normpath(parts[1]), len(parts) == 3 and parts[2] == "ro")
+            raise SpecError(f"volume {_r(text)}: the source {source} does not exist")
+        return cls(source, target, len(parts) == 3 and parts[2] == "ro")
 
 
 @record(frozen=True)
@@ -131,6 +205,7 @@ class Spec:
     name: str | None = None
     userns: bool | None = None  # None: only when not root
     privileged: bool = False
+    seccomp: bool = True  # Docker's default seccomp filter (docs/seccomp.md); privileged implies none
     init: bool = False  # run the command as PID 2 under a PID 1 that reaps and forwards signals
     ephemeral: bool = False  # the rw layer lives in memory in the container and vanishes with it (no commit)
     tracked: bool = True  # a state folder for `hermetic ps`/`commit` (the plugin's per-test containers skip it)
@@ -138,55 +213,54 @@ class Spec:
 
     @classmethod
     def build(cls, image: str = "host", command: Any = None, **options: Any) -> "Spec":
-        """Validate everything; raise `SpecError` naming the bad option."""
-        known = set(cls._fields)  # type: ignore[attr-defined]
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise SpecError(f"unknown option {unknown[0]!r}; known options: {', '.join(sorted(known - {'image', 'command'}))}")
-        if not isinstance(image, str) or not image.strip():
-            raise SpecError(f"image={image!r}: give an image reference such as 'host', 'busybox:1' or 'dir:/path'")
-        if isinstance(command, str):
-            command = ("/bin/sh", "-c", command)
-        elif command is not None:
-            command = tuple(str(part) for part in command)
+        """Validate everything; raise `SpecError` naming the bad option and what would do."""
+        known = cls._fields  # type: ignore[attr-defined]
+        for key in options:
+            if key not in known or key in ("image", "command"):
+                raise SpecError(f"unknown option {_r(key)}; known options: "
+                                f"{', '.join(sorted(set(known) - {'image', 'command'}))}")
+        image = _check_image(image)
+        command = _check_command(command)
         net = parse_net(options.get("net", False))
         hostname = options.get("hostname")
-        if hostname is not None and not _HOSTNAME.match(hostname):
-            raise SpecError(f"hostname={hostname!r}: use letters, digits and '-', at most 63 characters")
+        if hostname is not None and (not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname)):
+            raise SpecError(f"hostname={_r(hostname)}: use letters, digits and '-', at most 63 characters")
         name = options.get("name")
-        if name is not None and not _NAME.match(name):
-            raise SpecError(f"name={name!r}: use letters, digits, '_', '.', '-', starting with a letter or digit")
-        env = dict(options.get("env") or {})
-        for key in env:
-            if not key or "=" in key or "\0" in key:
-                raise SpecError(f"env: {key!r} is not a variable name")
-        volumes = tuple(v if isinstance(v, Volume) else Volume.parse(v) for v in options.get("volumes") or ())
-        workdir = options.get("workdir")
-        if workdir is not None and not str(workdir).startswith("/"):
-            raise SpecError(f"workdir={workdir!r}: must be an absolute path")
-        pids = options.get("pids")
-        if not options.get("tracked", True) and not options.get("ephemeral", False):
+        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+            raise SpecError(f"name={_r(name)}: use letters, digits, '_', '.', '-', starting with a letter or digit")
+        env = _check_env(options.get("env"))
+        volumes = _check_volumes(options.get("volumes"))
+        flags = {}
+        for flag in _BOOLEANS:
+            if flag in options:
+                value = options[flag]
+                if value is not True and value is not False:
+                    raise SpecError(f"{flag}={_r(value)}: use True or False (a string such as 'false' is not a boolean)")
+                flags[flag] = value
+        userns = options.get("userns")
+        if userns is not None and userns is not True and userns is not False:
+            raise SpecError(f"userns={_r(userns)}: use True, False or None (None: only when not root)")
+        if not flags.get("tracked", True) and not flags.get("ephemeral", False):
             raise SpecError("tracked=False needs ephemeral=True: `gc` would take an untracked rw layer for a leftover")
+        mem = parse_size(options.get("mem"))
+        if mem is not None and mem < MIN_MEM:
+            raise SpecError(f"mem={_r(options.get('mem'))}: too little for a container to start; use at least 6M")
         return cls(
-            image=image.strip(),
+            image=image,
             command=command,
             net=net,
-            mem=parse_size(options.get("mem")),
+            mem=mem,
             cpus=parse_cpus(options.get("cpus")),
-            pids=parse_positive_int(pids, "pids"),
+            pids=parse_positive_int(options.get("pids"), "pids", MAX_PIDS),
             timeout=parse_timeout(options.get("timeout")),
             hostname=hostname,
             env=env,
             volumes=volumes,
-            workdir=workdir,
-            user=options.get("user"),
+            workdir=parse_workdir(options.get("workdir")),
+            user=parse_user(options.get("user")),
             name=name,
-            userns=options.get("userns"),
-            privileged=bool(options.get("privileged", False)),
-            init=bool(options.get("init", False)),
-            ephemeral=bool(options.get("ephemeral", False)),
-            tracked=bool(options.get("tracked", True)),
-            accounting=bool(options.get("accounting", True)),
+            userns=userns,
+            **flags,
         )
 
     def with_options(self, **changes: Any) -> "Spec":
@@ -205,13 +279,105 @@ def parse_net(value: Any) -> bool | str:
         if lowered == "host":
             raise SpecError("net='host': sharing the host's network namespace is not supported (it is not "
                             "hermetic); use net=True for a bridged network with the host reachable")
-        if not _NAME.match(value) or len(value) > 64:
-            raise SpecError(f"net={value!r}: a network name uses letters, digits, '_', '.', '-' (at most 64), "
+        if not _NAME.fullmatch(value) or len(value) > 64:
+            raise SpecError(f"net={_r(value)}: a network name uses letters, digits, '_', '.', '-' (at most 64), "
                             "starting with a letter or digit")
         return value
     if value is True or value is False or value is None:
         return bool(value)
-    raise SpecError(f"net={value!r}: use False (loopback only), True (bridged), or a network name")
+    raise SpecError(f"net={_r(value)}: use False (loopback only), True (bridged), or a network name")
+
+
+def _check_image(image: Any) -> str:
+    if not isinstance(image, str) or not image.strip():
+        raise SpecError(f"image={_r(image)}: give an image reference such as 'host', 'busybox:1' or 'dir:/path'")
+    image = image.strip()
+    if image == "host":
+        return image
+    from .errors import ImageReferenceError
+    from .images.reference import parse
+
+    try:
+        ref = parse(image)
+    except ImageReferenceError as exc:
+        raise SpecError(f"image={_r(image)}: {str(exc).split(': ', 1)[-1]}") from None
+    if ref.transport in ("dir", "tar", "oci", "docker-archive") and "\0" in ref.path:
+        raise SpecError(f"image={_r(image)}: the path contains a NUL byte")
+    if ref.transport == "dir" and ref.path.rstrip("/") in ("", "/."):
+        raise SpecError(f"image={_r(image)}: that is the host's whole root; use image='host' to run on it")
+    return image
+
+
+def _check_command(command: Any) -> tuple[str, ...] | None:
+    if command is None:
+        return None
+    if isinstance(command, str):
+        command = ("/bin/sh", "-c", command)
+    elif isinstance(command, (list, tuple)):
+        if not command:
+            raise SpecError("command=[]: give a program and its arguments, e.g. ['echo', 'hi'], or None for the image's")
+        import os
+
+        command = tuple(str(part) if isinstance(part, (int, float)) and not isinstance(part, bool)
+                        else os.fspath(part) if isinstance(part, os.PathLike) else part for part in command)
+        for part in command:
+            if not isinstance(part, str):
+                raise SpecError(f"command: {_r(part)} is not a string; give the program and its arguments as strings")
+    else:
+        raise SpecError(f"command={_r(command)}: give a string (run by /bin/sh -c) or a list of strings")
+    for part in command:
+        if "\0" in part:
+            raise SpecError(f"command: {_r(part)} contains a NUL byte, which no program argument can hold")
+    return command
+
+
+def _check_env(env: Any) -> dict[str, str]:
+    if not env:
+        if env is None or isinstance(env, (dict, list, tuple)):
+            return {}
+    if not hasattr(env, "items") or isinstance(env, (str, bytes)):
+        raise SpecError(f"env={_r(env)}: give a mapping of names to values, e.g. env={{'A': '1'}}")
+    checked: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise SpecError(f"env: {_r(key)} is not a variable name; use letters, digits and '_', e.g. env={{'A': '1'}}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise SpecError(f"env: {key}={_r(value)}: the value must be a string, e.g. env={{{_r(key)}: '1'}}")
+        if "\0" in value:
+            raise SpecError(f"env: {key}=...: the value contains a NUL byte, which no environment can hold")
+        checked[key] = value
+    return checked
+
+
+def _check_volumes(volumes: Any) -> tuple[Volume, ...]:
+    if not volumes:
+        if volumes is None or isinstance(volumes, (list, tuple)):
+            return ()
+    if not isinstance(volumes, (list, tuple)):
+        raise SpecError(f"volumes={_r(volumes)}: give a list, e.g. volumes=['/src:/data:ro']")
+    result = []
+    for volume in volumes:
+        if isinstance(volume, Volume):
+            check_target(volume.target, f"volume {volume.source}:{volume.target}")
+            result.append(volume)
+        else:
+            result.append(Volume.parse(volume))
+    return tuple(result)
+
+
+def parse_security_opts(items: list[str]) -> dict[str, bool]:
+    """`--security-opt seccomp=unconfined` (Docker's spelling) -> {"seccomp": False}."""
+    options: dict[str, bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if key.strip() == "seccomp" and sep and value.strip() == "unconfined":
+            options["seccomp"] = False
+        else:
+            raise SpecError(f"--security-opt {item!r}: only seccomp=unconfined is supported (no seccomp filter); "
+                            "the default is Docker's default seccomp profile")
+    return options
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
@@ -222,7 +388,7 @@ def parse_env(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not key:
-            raise SpecError(f"-e {item!r}: use KEY=VALUE")
+            raise SpecError(f"-e {_r(item)}: use KEY=VALUE")
         if not sep:
             if key not in os.environ:
                 continue

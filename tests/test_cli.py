@@ -32,11 +32,11 @@ def test_stdout_and_stderr_stay_apart():
     [
         (["run", "--mem", "lots", "host", "true"], 125, "hermetic: error: mem='lots': not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB"),
         (["run", "no-such-image:1", "true"], 125, "hermetic: error: image 'no-such-image:1' is not in the local store"),
-        (["run", "Bad_Ref", "true"], 125, "hermetic: error: 'Bad_Ref': not a valid image reference (repository names must be lowercase)"),
+        (["run", "Bad_Ref", "true"], 125, "hermetic: error: image='Bad_Ref': not a valid image reference (repository names must be lowercase)"),
         (["run", "host", "no-such-command"], 127, "hermetic: error: no-such-command: command not found in the container"),
         (["run", "host", "/etc/hostname"], 126, "hermetic: error: /etc/hostname: permission denied"),
         (["run", "--cpus", "fast", "host", "true"], 125, "hermetic: error: cpus='fast': not a number of CPUs"),
-        (["run", "--timeout", "0", "host", "true"], 125, "hermetic: error: timeout='0': must be more than 0 seconds"),
+        (["run", "--timeout", "0", "host", "true"], 125, "hermetic: error: timeout='0': use a number of seconds more than 0"),
         (["run", "-v", "/no/such:/x", "host", "true"], 125, "hermetic: error: volume '/no/such:/x': the source /no/such does not exist"),
         (["run", "--commit", "Not Valid", "host", "true"], 125, "hermetic: error: 'Not Valid': not a valid image reference"),
         (["import", "dir:/no/such/dir", "x:1"], 125, "hermetic: error: dir:/no/such/dir: no such directory"),

@@ -60,7 +60,7 @@ def cell(ip, line: str, body: str) -> None:  # noqa: ANN001
     ("host --cpus many", SpecError, "cpus='many'"),
     ("host --pids 0", SpecError, "pids='0': must be a whole number of at least 1"),
     ("host --timeout=-1", SpecError, "timeout='-1'"),
-    ("host -w relative", SpecError, "workdir='relative': must be an absolute path"),
+    ("host -w relative", SpecError, "workdir='relative': use an absolute path"),
     ("host -v /nonexistent-hermetic:/x", SpecError, "does not exist"),
     ("host --name 'bad name'", SpecError, "name='bad name'"),
     ("host -e '=x'", SpecError, "-e '=x': use KEY=VALUE"),

@@ -94,3 +94,49 @@ def test_references(text, name, familiar):
 def test_bad_references(text, why):
     with pytest.raises(ImageReferenceError, match=why):
         parse(text)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"cpus": 1e9}, "cpus=1000000000.0: use a number of CPUs from 0.01 to 1024"),
+    ({"pids": 10**20}, "pids=100000000000000000000: must be a whole number of at least 1 and at most 4194304"),
+    ({"mem": 1}, "mem=1: too little for a container to start; use at least 6M"),
+    ({"mem": "2E"}, "mem='2E': not a size"),
+    ({"user": 99999999999}, "user=99999999999: id 99999999999 is out of range"),
+    ({"user": "a:b:c"}, "user='a:b:c'"),
+    ({"hostname": "ab\n"}, "hostname='ab\\n'"),
+    ({"hostname": 5}, "hostname=5"),
+    ({"name": "x\n"}, "name='x\\n'"),
+    ({"env": "A=1"}, "env='A=1': give a mapping"),
+    ({"env": {"A": b"1"}}, "env: A=b'1': the value must be a string"),
+    ({"volumes": [5]}, "volumes: 5 is not a volume"),
+    ({"volumes": ["/tmp:/proc/x"]}, "/proc/x is where the engine mounts its own /proc"),
+    ({"volumes": [Volume("/tmp", "/dev")]}, "/dev is where the engine mounts its own /dev"),
+    ({"privileged": "false"}, "privileged='false': use True or False"),
+    ({"init": 1}, "init=1: use True or False"),
+    ({"workdir": "a/b"}, "workdir='a/b': use an absolute path"),
+    ({"timeout": float("nan")}, "timeout=nan"),
+    ({"command": [None]}, "command: None is not a string"),
+    ({"command": ["a\0b"]}, "contains a NUL byte"),
+    ({"image": "dir:/"}, "image='dir:/': that is the host's whole root"),
+    ({"image": "../../etc"}, "image='../../etc'"),
+    ({"image": None}, "image=None"),
+])
+def test_every_surface_gets_the_same_checks(options, words):
+    """The Container API (and through it the CLI, the marker and the magics) refuses
+    with a SpecError naming the option; long values are cut short."""
+    image = options.pop("image", "host")
+    command = options.pop("command", None)
+    with pytest.raises(SpecError) as info:
+        Spec.build(image, command, **options)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_good_values_of_every_type():
+    from pathlib import Path
+
+    spec = Spec.build("host", ["cat", Path("/etc/hostname"), 3], user=5, env={"A": 1}, hostname="box",
+                      volumes=["/tmp:/data//x/"], workdir="/a/../b", privileged=False, userns=None)
+    assert spec.command == ("cat", "/etc/hostname", "3")
+    assert (spec.user, spec.env, spec.workdir, spec.volumes[0].target) == ("5", {"A": "1"}, "/b", "/data/x")
+    with pytest.raises(SpecError, match=r"\(5002 characters\)"):
+        Spec.build("host", pids="9" * 5000)

@@ -17,7 +17,9 @@ import re
 import tarfile
 
 from ..errors import DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, StoreError
+from . import limits
 from . import reference as refs
+from . import schema
 from .commit import target_name
 from .ingest import OCI_TYPES, Source, ingest_layer
 from .store import BASE_ANNOTATION, MEDIA_CONFIG, MEDIA_MANIFEST, Image, Store
@@ -40,10 +42,10 @@ def import_oci(store: Store, layout: str, tag: str | None, name: str | None) -> 
     where = f"oci:{layout}" + (f":{tag}" if tag else "")
     try:
         with open(os.path.join(layout, "index.json"), "rb") as f:
-            index = _object(f.read(MAX_JSON), f"{where}: index.json")
+            index = _object(f.read(MAX_JSON + 1), schema.INDEX, f"{where}: index.json")
     except FileNotFoundError:
         raise ImageNotFound(f"{where}: no index.json there; not an OCI image layout") from None
-    entries = list(index.get("manifests") or [])
+    entries = index["manifests"]
     tags = [(e.get("annotations") or {}).get(REF_NAME) for e in entries]
     fits = [e for e, t in zip(entries, tags) if t == tag] if tag else entries
     if not fits:
@@ -53,16 +55,19 @@ def import_oci(store: Store, layout: str, tag: str | None, name: str | None) -> 
                                   f"(tags: {', '.join(t for t in tags if t)})")
     desc = fits[0]
     manifest_bytes = _layout_blob(layout, desc, where)
-    if desc.get("mediaType") in INDEX_TYPES or "manifests" in _object(manifest_bytes, where):
-        chosen = platforms.select(_object(manifest_bytes, where).get("manifests") or [], platforms.host(), where)
+    if desc.get("mediaType") in INDEX_TYPES or "manifests" in _object(manifest_bytes, _OBJECT, f"{where}: manifest"):
+        index = _object(manifest_bytes, schema.INDEX, f"{where}: index")
+        chosen = platforms.select(index["manifests"], platforms.host(), where)
         manifest_bytes = _layout_blob(layout, chosen, where)
-    manifest = _object(manifest_bytes, f"{where}: manifest")
-    config_bytes = _layout_blob(layout, manifest.get("config") or {}, where)
+    manifest = _object(manifest_bytes, schema.MANIFEST, f"{where}: manifest")
+    config_bytes = _layout_blob(layout, manifest["config"], where)
     diff_ids = _diff_ids(config_bytes, len(manifest.get("layers") or []), where)
+    budget = limits.image_budget(sum(int(layer.get("size") or 0) for layer in manifest.get("layers") or []), where)
     for layer, diff_id in zip(manifest.get("layers") or [], diff_ids):
         _check(layer.get("digest", ""), where)
         path = os.path.join(layout, "blobs", "sha256", layer["digest"][7:])
-        _ingest(store, diff_id, layer["digest"], lambda: _open_plain(path, where), layer.get("size"), layer.get("mediaType"))
+        _ingest(store, diff_id, layer["digest"], lambda: _open_plain(path, where), layer.get("size"), layer.get("mediaType"),
+                budget, _file_size(path))
     store.put_blob_bytes(config_bytes)
     digest = store.put_blob_bytes(manifest_bytes)
     target = target_name(name or _default_name(layout, tag))
@@ -81,7 +86,7 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
     except (tarfile.TarError, OSError) as exc:
         raise LayerError(f"{where}: not a docker archive ({exc})") from None
     with tf:
-        manifest = _json_list(_member(tf, "manifest.json", where), where)
+        manifest = _object(_member(tf, "manifest.json", where), schema.ARCHIVE_MANIFEST, f"{where}: manifest.json")
         if ref:
             want = refs.parse(ref).name
             manifest = [e for e in manifest if any(_same(t, want) for t in e.get("RepoTags") or [])]
@@ -90,15 +95,18 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
         if len(manifest) != 1:
             raise ImageReferenceError(f"{where} holds {len(manifest)} images; name one: docker-archive:{path}:REF")
         entry = manifest[0]
-        config_bytes = _member(tf, entry.get("Config", ""), where)
+        config_bytes = _member(tf, entry["Config"], where)
         config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
         named = re.search(r"([0-9a-f]{64})(?:\.json)?$", entry.get("Config", ""))
         if named and named.group(1) != config_digest[7:]:
             raise DigestMismatch(f"digest mismatch for {where} config: named {named.group(1)[:12]}, hashes to {config_digest}")
         layer_names = list(entry.get("Layers") or [])
         diff_ids = _diff_ids(config_bytes, len(layer_names), where)
-        for member, diff_id in zip(layer_names, diff_ids):
-            _ingest(store, diff_id, None, lambda member=member: _member_stream(tf, member, where), None, None)
+        sizes = [_member_size(tf, member) for member in layer_names]
+        budget = limits.image_budget(sum(s or 0 for s in sizes), where)
+        for member, diff_id, size in zip(layer_names, diff_ids, sizes):
+            _ingest(store, diff_id, None, lambda member=member: _member_stream(tf, member, where), None, None,
+                    budget, size)
     layers = []
     for diff_id in diff_ids:
         meta = store._layer_meta(diff_id)
@@ -117,7 +125,22 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
     return store.get(target)
 
 
-def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | None, media_type: str | None) -> None:
+def _file_size(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return None  # _open_plain says what is wrong
+
+
+def _member_size(tf: tarfile.TarFile, member: str) -> int | None:
+    try:
+        return tf.getmember(member).size
+    except (KeyError, tarfile.TarError):
+        return None  # _member_stream says what is wrong
+
+
+def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | None, media_type: str | None,
+            budget: limits.Budget, compressed: int | None) -> None:
     if store.has_layer(diff_id):
         return
     with store.blob_lock(digest or diff_id):
@@ -130,7 +153,7 @@ def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | 
         try:
             with opener() as stream:
                 ingest_layer(store, Source(stream, tmp, digest=digest, size=size, name=f"layer {digest or diff_id}"),
-                             diff_id=diff_id, media_type=media_type)
+                             diff_id=diff_id, media_type=media_type, compressed=compressed, image=budget)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -139,8 +162,14 @@ def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | 
 def _layout_blob(layout: str, desc: dict, where: str) -> bytes:
     digest = desc.get("digest", "")
     _check(digest, where)
+    too_large = LayerError(f"{where}: blob {digest} (a manifest or config) is larger than {MAX_JSON >> 20} MiB; "
+                           "refusing it (a real one is a few KiB); nothing was stored")
+    if int(desc.get("size") or 0) > MAX_JSON:
+        raise too_large
     with _open_plain(os.path.join(layout, "blobs", "sha256", digest[7:]), where) as f:
         data = f.read(MAX_JSON + 1)
+    if len(data) > MAX_JSON:
+        raise too_large
     got = "sha256:" + hashlib.sha256(data).hexdigest()
     if got != digest or ("size" in desc and len(data) != int(desc["size"])):
         raise DigestMismatch(f"digest mismatch in {where}: blob {digest} hashes to {got} ({len(data)} bytes); nothing was stored")
@@ -159,7 +188,7 @@ def _open_plain(path: str, where: str):
 
 def _member(tf: tarfile.TarFile, member: str, where: str) -> bytes:
     with _member_stream(tf, member, where) as f:
-        return f.read(MAX_JSON)
+        return f.read(MAX_JSON + 1)  # one more: `schema.load` says "too large", not "not JSON"
 
 
 def _member_stream(tf: tarfile.TarFile, member: str, where: str):
@@ -174,28 +203,16 @@ def _member_stream(tf: tarfile.TarFile, member: str, where: str):
     return f
 
 
-def _object(data: bytes, what: str) -> dict:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise LayerError(f"{what} is not JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise LayerError(f"{what} is not a JSON object")
-    return value
+_OBJECT = schema.Obj({}, name="manifest")
 
 
-def _json_list(data: bytes, where: str) -> list[dict]:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise LayerError(f"{where}: manifest.json is not JSON ({exc})") from None
-    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
-        raise LayerError(f"{where}: manifest.json is not a list of images")
-    return value
+def _object(data: bytes, check: schema.Check, what: str):  # noqa: ANN202 - what `check` describes
+    """An archive's JSON document, bounded and type-checked (`schema`)."""
+    return schema.load(data, check, what, LayerError, limit=MAX_JSON)
 
 
 def _diff_ids(config_bytes: bytes, count: int, where: str) -> list[str]:
-    diff_ids = list((_object(config_bytes, f"{where}: config").get("rootfs") or {}).get("diff_ids") or [])
+    diff_ids = list((_object(config_bytes, schema.CONFIG, f"{where}: config").get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != count:
         raise LayerError(f"{where}: {count} layers but {len(diff_ids)} diff_ids in the config")
     for d in diff_ids:
@@ -204,7 +221,7 @@ def _diff_ids(config_bytes: bytes, count: int, where: str) -> list[str]:
 
 
 def _check(digest: str, where: str) -> None:
-    if not _HEX.match(digest or ""):
+    if not _HEX.fullmatch(digest or ""):
         raise LayerError(f"{where}: unsupported or malformed digest {digest!r} (sha256 only)")
 
 
@@ -264,7 +281,7 @@ def save_oci(store: Store, image: Image, layout: str, tag: str | None) -> str:
     index_path = os.path.join(layout, "index.json")
     try:
         with open(index_path, "rb") as f:
-            index = _object(f.read(MAX_JSON), index_path)
+            index = _object(f.read(MAX_JSON + 1), schema.INDEX, index_path)
     except FileNotFoundError:
         index = {"schemaVersion": 2, "manifests": []}
     index.setdefault("mediaType", OCI_INDEX)

@@ -16,6 +16,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
 
+    from .limits import Budget
+
 from ..errors import DigestMismatch, LayerError
 from .store import HashingReader, Store
 
@@ -80,14 +82,20 @@ class Source:
                                  f"({self.expected_size} bytes), got {self.digest()} ({self.done} bytes); nothing was stored")
 
 
-def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_type: str | None = None) -> tuple[str, str]:
+def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_type: str | None = None,
+                 compressed: int | None = None, image: Budget | None = None) -> tuple[str, str]:
     """Unpack `source` into the store; return (diff_id, blob digest).
 
     A tar without end-of-archive blocks is accepted only when `diff_id` is
-    known (its hash then proves nothing is missing).
+    known (its hash then proves nothing is missing).  What it unpacks to is
+    bounded (`limits`: by the blob's `compressed` size, default the size the
+    source expects) and charged to the `image`'s budget too.
     """
-    from . import layers
+    from . import layers, limits
     from .._fs import rmtree
+
+    budget = limits.layer_budget(compressed if compressed is not None else source.expected_size,
+                                 source.name, image)
 
     staging = store.tempdir("layer-")
     os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the layer from users in containers
@@ -101,8 +109,12 @@ def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_typ
                 # small layer the hand-offs cost more than they overlap.
                 big = source.expected_size is None or source.expected_size > PIPELINE_ABOVE
                 layers.extract_layer(tar, root, xattr_prefix=store.xattr_prefix,  # type: ignore[arg-type]
-                                     allow_bare_end=diff_id is not None, pipelined=big)
-                tar.drain()
+                                     allow_bare_end=diff_id is not None, pipelined=big, budget=budget)
+                while True:  # what follows the end of the archive is hashed (diff_id), and bounded too
+                    rest = tar.read(1 << 20)
+                    if not rest:
+                        break
+                    budget.charge(len(rest), "(data after the end of the archive)")
             except LayerError:
                 source.drain()
                 source.verify()  # wrong bytes say "digest mismatch", not "corrupt layer"

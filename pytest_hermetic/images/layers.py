@@ -36,6 +36,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
     from typing import BinaryIO, Iterable
 
+    from .limits import Budget
+
 from pytest_hermetic.errors import HermeticError, LayerError
 
 __all__ = [
@@ -304,12 +306,12 @@ class _Reader:
 
 
 def _hostile(member: str, problem: str) -> LayerError:
-    return LayerError(
-        f"refusing layer member {member!r}: {problem}; the layer is hostile or corrupt"
-    )
+    shown = repr(member) if len(member) <= 120 else f"{member[:60]!r}...({len(member)} characters)"
+    return LayerError(f"refusing layer member {shown}: {problem}; the layer is hostile or corrupt")
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether a file is an overlay whiteout: a 0/0 character device."""
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
@@ -410,7 +412,7 @@ class _Extractor:
                     f"{what} component {comp!r} is a symlink (extraction never "
                     "follows symlinks)",
                 ) from None
-            if create and _is_whiteout(st):
+            if create and is_whiteout(st):
                 # `.wh.D` then `D/x` in the same layer: D is replaced, so opaque
                 os.unlink(comp, dir_fd=parent_fd)
                 os.mkdir(comp, 0o755, dir_fd=parent_fd)
@@ -558,7 +560,7 @@ class _Extractor:
                 os.mkdir(leaf, 0o700, dir_fd=pfd)
             fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
             try:
-                if prev is not None and _is_whiteout(prev):
+                if prev is not None and is_whiteout(prev):
                     self._set_opaque(fd, name)  # `.wh.D` and `D/` in one layer
                 self._dir_meta(fd, parts, m, path)
             finally:
@@ -723,6 +725,7 @@ def extract_layer(
     same_owner: bool | None = None,
     allow_bare_end: bool = False,
     pipelined: bool = True,
+    budget: Budget | None = None,
 ) -> ExtractStats:
     """Unpack one OCI layer tar into the empty directory `dest`, ready to be an overlay layer.
 
@@ -744,6 +747,8 @@ def extract_layer(
     `pipelined` reads, decompresses and parses the tar in a second thread
     while this one makes the files: the system calls (the bulk of the time
     on most disks) release the GIL, so the two overlap.
+    `budget` (`limits.Budget`) is charged every member's header and apparent
+    size before it is made: a bomb is refused before it fills the disk.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
@@ -771,9 +776,9 @@ def extract_layer(
             raise _corrupt(f"not a tar archive ({e})") from e
         with tf:
             if pipelined:
-                _extract_pipelined(tf, reader, ex, allow_bare_end)
+                _extract_pipelined(tf, reader, ex, allow_bare_end, budget)
             else:
-                for m, _ in _members(tf, reader, allow_bare_end, read_data=False):
+                for m, _ in _members(tf, reader, allow_bare_end, read_data=False, budget=budget):
                     _extract_one(ex, tf, m)
         try:
             ex.finish()
@@ -789,7 +794,8 @@ def extract_layer(
             stream.close()
 
 
-def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read_data: bool):
+def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read_data: bool,
+             budget: Budget | None = None):
     """(member, its data or None) in tar order, then the end-of-archive check."""
     bare_end = False
     while True:
@@ -806,6 +812,8 @@ def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read
             raise _corrupt(f"bad tar header: {e}") from e
         if m is None:
             break
+        if budget is not None:  # m.size is the apparent size, also of a sparse member
+            budget.charge(tarfile.BLOCKSIZE + max(m.size, 0), m.name)
         tf.members.clear()  # stream mode keeps them all otherwise
         yield m, (tf.extractfile(m) if read_data and m.isreg() else None)
     if not bare_end:
@@ -876,7 +884,8 @@ class _Handed:
         return self.data
 
 
-def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, allow_bare_end: bool) -> None:
+def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, allow_bare_end: bool,
+                       budget: Budget | None = None) -> None:
     import queue
     import threading
 
@@ -895,7 +904,7 @@ def _extract_pipelined(tf: tarfile.TarFile, reader: _Reader, ex: _Extractor, all
 
     def produce() -> None:
         try:
-            for m, data in _members(tf, reader, allow_bare_end, read_data=True):
+            for m, data in _members(tf, reader, allow_bare_end, read_data=True, budget=budget):
                 if data is None:
                     if not put(members, (m, None)):
                         return
@@ -1045,7 +1054,7 @@ def _write_tree(
             mode = st.st_mode
             xattrs = _read_xattrs(dfd, name)
             if overlay is not None:
-                if _is_whiteout(st) or (
+                if is_whiteout(st) or (
                     stat.S_ISREG(mode) and overlay + "whiteout" in xattrs
                 ):
                     tf.addfile(marker(prefix + _WH + name))

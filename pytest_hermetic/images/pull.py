@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import sys
 import threading
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
 from ..errors import (DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
                       RegistryError, StoreError)
 from . import reference as refs
+from . import schema
 from .store import Image, Store
 
 LAYER_TYPES = {
@@ -75,6 +75,7 @@ class Puller:
         self.bytes = 0
         self.manifest_digest = ""
         self.seconds = 0.0
+        self._budget = None  # what the image may unpack to (`limits`), set once the manifest is read
 
     def report(self, label: str, done: int, total: int | None) -> None:
         if self._progress is not None:
@@ -115,14 +116,11 @@ class Puller:
         wanted = platforms.parse(self.platform) if self.platform else platforms.host()
         source, manifest_bytes = self._manifest(ref, wanted)
         registry, repository = source
-        manifest = _json(manifest_bytes, "manifest")
-        try:
-            config_desc = manifest["config"]
-            layer_descs = list(manifest.get("layers") or [])
-        except (KeyError, TypeError):
-            raise RegistryError(f"{ref.familiar}: the manifest has no config") from None
+        manifest = _load(manifest_bytes, schema.MANIFEST, f"{ref.familiar}: the manifest", MAX_MANIFEST)
+        config_desc = manifest["config"]
+        layer_descs = list(manifest.get("layers") or [])
         config_bytes = self._small_blob(registry, repository, config_desc, MAX_CONFIG)
-        config = _json(config_bytes, "image config")
+        config = _load(config_bytes, schema.CONFIG, f"{ref.familiar}: the image config", MAX_CONFIG)
         if self.platform:
             got = platforms.of_config(config)
             if not platforms.matches(got, wanted):
@@ -136,6 +134,9 @@ class Puller:
                                     "which is not a Linux layer tar (foreign or Windows layers are not pulled)")
             _check_digest(desc.get("digest", ""))
         self.layers = len(layer_descs)
+        from . import limits
+
+        self._budget = limits.image_budget(sum(int(d.get("size") or 0) for d in layer_descs), ref.familiar)
         with self.store.busy():  # from the first blob written to the tag: gc waits
             jobs = [(desc, diff_id) for desc, diff_id in zip(layer_descs, diff_ids) if not self.store.has_layer(diff_id)]
             for desc, diff_id in zip(layer_descs, diff_ids):
@@ -179,15 +180,14 @@ class Puller:
                 if media_type in DOCKER_SCHEMA1:
                     raise RegistryError(f"{ref.familiar} is a Docker schema 1 image, which registries stopped serving in 2019; "
                                         "push it again with a current client")
-                if media_type in INDEX_TYPES or (not media_type and "manifests" in _json(body, "manifest")):
-                    index = _json(body, "index")
-                    chosen = platforms.select(index.get("manifests") or [], wanted, ref.familiar)
+                what = f"{ref.familiar}: the manifest"
+                if media_type in INDEX_TYPES or (not media_type and "manifests" in _load(body, _OBJECT, what, MAX_MANIFEST)):
+                    index = _load(body, schema.INDEX, f"{ref.familiar}: the index", MAX_MANIFEST)
+                    chosen = platforms.select(index["manifests"], wanted, ref.familiar)
                     body, media_type, header = registry.get_manifest(repository, chosen["digest"])
                     _verify_manifest(body, chosen["digest"], header, ref.familiar)
-                if media_type not in MANIFEST_TYPES and "layers" not in _json(body, "manifest"):
-                    raise RegistryError(f"{ref.familiar}: unsupported manifest media type {media_type!r}")
-                if len(body) > MAX_MANIFEST:
-                    raise RegistryError(f"{ref.familiar}: manifest larger than {MAX_MANIFEST} bytes")
+                if media_type not in MANIFEST_TYPES and "layers" not in _load(body, _OBJECT, what, MAX_MANIFEST):
+                    raise RegistryError(f"{ref.familiar}: unsupported manifest media type {media_type[:80]!r}")
                 return (registry, repository), body
             except ImageNotFound as exc:
                 if last:
@@ -204,13 +204,19 @@ class Puller:
         digest, size = desc.get("digest", ""), int(desc.get("size") or 0)
         _check_digest(digest)
         if size > limit:
-            raise RegistryError(f"blob {digest} claims {size} bytes; more than {limit} for a config")
+            raise RegistryError(f"blob {digest} from {registry.registry}/{repository}: the image config is larger than "
+                                f"{limit >> 20} MiB (its descriptor says {size} bytes); refusing it (a real one is a few "
+                                "KiB); nothing was stored")
         path = self.store.blob_path(digest)
         if os.path.exists(path):
             with open(path, "rb") as f:
                 return f.read()
         response = registry.open_blob(repository, digest)
         data = response.read(limit + 1)
+        if len(data) > limit:
+            response.close()  # the rest is never read
+            raise RegistryError(f"blob {digest} from {registry.registry}/{repository}: the image config is larger than "
+                                f"{limit >> 20} MiB; refusing it (a real one is a few KiB); nothing was stored")
         response.read()
         got = "sha256:" + hashlib.sha256(data).hexdigest()
         if got != digest or len(data) != size:
@@ -273,7 +279,8 @@ class Puller:
         else:
             source = _BlobReader(registry, repository, digest, size, partial,
                                  lambda done: self.report(digest[7:19], done, size))
-        ingest_layer(self.store, source, diff_id=diff_id, media_type=desc.get("mediaType"))  # type: ignore[arg-type]
+        ingest_layer(self.store, source, diff_id=diff_id, media_type=desc.get("mediaType"),  # type: ignore[arg-type]
+                     image=self._budget)
 
 
 class _BlobReader:
@@ -288,6 +295,7 @@ class _BlobReader:
                  report: Callable[[int], None]) -> None:
         self.registry, self.repository, self.blob_digest, self.size = registry, repository, digest, size
         self.expected_size = size  # as ingest.Source names it
+        self.name = f"blob {digest}"  # as ingest.Source names it too
         self.hash = hashlib.sha256()
         self.done = 0
         self._report = report
@@ -413,14 +421,12 @@ def _check_digest(digest: str) -> None:
         raise RegistryError(f"unsupported or malformed digest {digest!r} (only sha256 is accepted)")
 
 
-def _json(data: bytes, what: str) -> dict:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise RegistryError(f"the registry sent a {what} that is not JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise RegistryError(f"the registry sent a {what} that is not a JSON object")
-    return value
+_OBJECT = schema.Obj({}, name="manifest")
+
+
+def _load(data: bytes, check: schema.Check, what: str, limit: int) -> dict:
+    """A document from the registry, bounded and type-checked (`schema`)."""
+    return schema.load(data, check, what, RegistryError, limit=limit)
 
 
 def _unlink(path: str) -> None:

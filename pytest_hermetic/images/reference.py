@@ -99,25 +99,25 @@ def _parse_docker(text: str) -> Reference:
     remainder, digest = text, None
     if "@" in remainder:
         remainder, _, digest = remainder.partition("@")
-        if not _DIGEST.match(digest):
+        if not _DIGEST.fullmatch(digest):
             raise ImageReferenceError(f"{text!r}: bad digest {digest!r}; expected sha256: and 64 hex digits")
     tag = None
     slash = remainder.rfind("/")
     colon = remainder.rfind(":")
     if colon > slash:
         remainder, tag = remainder[:colon], remainder[colon + 1:]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise ImageReferenceError(f"{text!r}: bad tag {tag!r}; tags are letters, digits, '_', '.', '-' (at most 128)")
     first, sep, after = remainder.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         registry, repository = first, after
-        if not _DOMAIN.match(registry):
+        if not _DOMAIN.fullmatch(registry):
             raise ImageReferenceError(f"{text!r}: bad registry {registry!r}")
     else:
         registry, repository = DEFAULT_REGISTRY, remainder
     if registry == DEFAULT_REGISTRY and "/" not in repository:
         repository = f"library/{repository}"
-    if not _REPOSITORY.match(repository):
+    if not _REPOSITORY.fullmatch(repository):
         hint = " (repository names must be lowercase)" if repository.lower() != repository else ""
         raise ImageReferenceError(
             f"{text!r}: not a valid image reference{hint}; use NAME[:TAG] such as 'busybox:1', "

@@ -166,8 +166,11 @@ class Registry:
             raise RegistryError(f"token service of {self.registry} answered HTTP {response.status}")
         try:
             body = json.loads(data)
-            return body.get("token") or body["access_token"]
-        except (ValueError, KeyError, TypeError):
+            token = body.get("token") or body["access_token"]
+            if not isinstance(token, str):
+                raise TypeError
+            return token
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise RegistryError(f"token service of {self.registry} sent no token") from None
 
     def _login_hint(self, what: str) -> str:
@@ -241,7 +244,13 @@ class Registry:
         """(body, media type, Docker-Content-Digest header) of a manifest or index."""
         path = f"/v2/{repository}/manifests/{reference}"
         response = self.request("GET", path, scope=_scope(repository, "pull"), headers={"Accept": ACCEPT})
-        body = response.read()
+        from .pull import MAX_MANIFEST
+
+        body = response.read(MAX_MANIFEST + 1)
+        if len(body) > MAX_MANIFEST:
+            response.close()  # the rest is never read
+            raise RegistryError(f"registry {self.registry}: the manifest of {repository}:{reference} is larger than "
+                                f"{MAX_MANIFEST >> 20} MiB; refusing it (a real one is a few KiB)")
         if response.status == 404:
             raise ImageNotFound(f"{self.registry}/{repository}:{reference}" if not reference.startswith("sha256:")
                                 else f"{self.registry}/{repository}@{reference}")
@@ -249,10 +258,13 @@ class Registry:
             raise RegistryError(f"registry {self.registry}: GET {path}: HTTP {response.status} {_error_text(body)}")
         media_type = (response.getheader("Content-Type") or "").split(";")[0].strip()
         if not media_type or media_type in ("application/json", "text/plain"):
+            from . import schema
+
             try:
-                media_type = json.loads(body).get("mediaType") or media_type
+                found = schema.load(body, schema.Obj({}), "manifest", ValueError, limit=MAX_MANIFEST).get("mediaType")
+                media_type = found if isinstance(found, str) and found else media_type
             except ValueError:
-                pass
+                pass  # the caller's own check names what is wrong
         return body, media_type, response.getheader("Docker-Content-Digest")
 
     def open_blob(self, repository: str, digest: str, offset: int = 0) -> http.client.HTTPResponse:
@@ -402,6 +414,6 @@ def _error_text(body: bytes) -> str:
     """The first message of a distribution-spec error body, or its start."""
     try:
         errors = json.loads(body).get("errors") or []
-        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)
-    except (ValueError, AttributeError):
+        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors[:3])[:300]
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return body[:200].decode(errors="replace").strip()

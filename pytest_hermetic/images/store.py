@@ -24,6 +24,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import IO
 
+    from . import schema
+
 from .._fs import flock
 from ..errors import ImageNotFound, StoreError
 from . import reference as refs
@@ -35,6 +37,7 @@ MEDIA_LAYER_GZIP = MEDIA_LAYER + "+gzip"
 MEDIA_LAYER_ZSTD = MEDIA_LAYER + "+zstd"
 BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of the host's root
 
+MAX_JSON = 32 << 20  # a manifest or config the store reads; real ones are a few KiB
 HOST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
 
@@ -85,6 +88,9 @@ class Store:
     # -- layout ---------------------------------------------------------------
 
     def _ensure(self) -> None:
+        from ..paths import make_private
+
+        make_private(self.root)
         for sub in ("blobs/sha256", "layers", "tmp", "locks"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 
@@ -138,12 +144,17 @@ class Store:
         else:
             os.replace(tmp_path, path)
 
-    def read_json(self, digest: str) -> dict:
+    def read_json(self, digest: str, check: "schema.Check | None" = None) -> dict:
+        """A manifest or config blob, bounded and type-checked (`schema`): a bad one
+        is a `StoreError` naming the field, never a crash of a later command."""
+        from . import schema
+
         try:
             with open(self.blob_path(digest), "rb") as f:
-                return json.load(f)
+                data = f.read(MAX_JSON + 1)
         except FileNotFoundError:
             raise StoreError(f"blob {digest} is missing from the store {self.root}; fix: `hermetic rmi` the image and import it again") from None
+        return schema.load(data, check or schema.Obj({}), f"blob {digest[:19]} in the store", StoreError, limit=MAX_JSON)
 
     def has_layer(self, diff_id: str) -> bool:
         return os.path.isdir(self.layer_path(diff_id))
@@ -155,18 +166,24 @@ class Store:
         by rename, whole or not at all; a second process unpacking the same
         layer at once throws its copy away.
         """
-        from . import layers
+        from . import layers, limits
 
         self._ensure()
         blob_digest = sha256_file(tar_path)
+        budget = limits.layer_budget(os.path.getsize(tar_path), f"layer {os.path.basename(tar_path)}")
         staging = self.tempdir("layer-")
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the layer from users in containers
         try:
             with layers.open_layer(tar_path) as stream:
                 counter = HashingReader(stream)
                 os.mkdir(os.path.join(staging, "root"))
-                layers.extract_layer(counter, os.path.join(staging, "root"), xattr_prefix=self.xattr_prefix)
-                counter.drain()
+                layers.extract_layer(counter, os.path.join(staging, "root"), xattr_prefix=self.xattr_prefix,
+                                     budget=budget)
+                while True:  # what follows the end of the archive is hashed too, and bounded
+                    rest = counter.read(1 << 20)
+                    if not rest:
+                        break
+                    budget.charge(len(rest), "(data after the end of the archive)")
             computed = counter.digest()
             if diff_id is not None and diff_id != computed:
                 raise StoreError(f"layer {blob_digest}: digest mismatch (diff_id {computed}, expected {diff_id})")
@@ -217,13 +234,18 @@ class Store:
         return os.path.join(self.root, "refs.json")
 
     def _read_refs(self) -> dict[str, str]:
+        from . import schema
+
         try:
-            with open(self._refs_path()) as f:
-                return json.load(f)
+            with open(self._refs_path(), "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return {}
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{self._refs_path()} is corrupt ({exc}); fix: remove it and import the images again") from None
+        try:
+            return schema.load(data, schema.REFS, "refs.json", StoreError, limit=len(data))
+        except StoreError as exc:
+            raise StoreError(f"{self._refs_path()} is corrupt ({exc}); "
+                             "fix: remove it and import the images again") from None
 
     def _write_refs(self, data: dict[str, str]) -> None:
         import tempfile
@@ -285,11 +307,14 @@ class Store:
         return self.get(name)
 
     def _layer_meta(self, diff_id: str) -> dict:
+        from . import schema
+
         try:
-            with open(os.path.join(self.layer_path(diff_id), "meta.json")) as f:
-                return json.load(f)
+            with open(os.path.join(self.layer_path(diff_id), "meta.json"), "rb") as f:
+                data = f.read(MAX_JSON + 1)
         except FileNotFoundError:
             raise StoreError(f"layer {diff_id} is not in the store {self.root}") from None
+        return schema.load(data, schema.LAYER_META, f"layer {diff_id[:19]} in the store", StoreError, limit=MAX_JSON)
 
     def get(self, name: str) -> Image:
         """The image filed under canonical `name`; `ImageNotFound` if none."""
@@ -301,12 +326,14 @@ class Store:
         return self._load(name, data[name])
 
     def _load(self, name: str, manifest_digest: str) -> Image:
-        manifest = self.read_json(manifest_digest)
+        from . import schema
+
+        manifest = self.read_json(manifest_digest, schema.MANIFEST)
         config_digest = manifest["config"]["digest"]
-        oci_config = self.read_json(config_digest)
+        oci_config = self.read_json(config_digest, schema.CONFIG)
         base = (manifest.get("annotations") or {}).get(BASE_ANNOTATION)
-        diff_ids = list(oci_config.get("rootfs", {}).get("diff_ids", []))
-        size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
+        diff_ids = list((oci_config.get("rootfs") or {}).get("diff_ids") or [])
+        size = sum(int(layer.get("size") or 0) for layer in manifest.get("layers") or [])
         created = os.path.getmtime(self.blob_path(manifest_digest))
         config = dict(oci_config.get("config") or {})
         if base == "host" and not config.get("Env"):
@@ -332,13 +359,24 @@ class Store:
             return pull(self, text)
         raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); import it with `hermetic import {text} NAME`")
 
-    def images(self) -> list[Image]:
+    def images(self, problems: list[str] | None = None) -> list[Image]:
+        """The images in the store; one that cannot be read is left out (and
+        said in `problems`), never the end of the listing."""
+        from ..errors import HermeticError
+
         result = []
         for name, digest in sorted(self._read_refs().items()):
             try:
-                result.append(self._load(name, digest))
-            except StoreError:
-                continue
+                image = self._load(name, digest)
+                image.familiar  # noqa: B018 - a name that is no reference fails here, not in the caller
+                result.append(image)
+            except HermeticError as exc:
+                if problems is not None:
+                    try:
+                        shown = refs.parse(name).familiar
+                    except HermeticError:
+                        shown = name
+                    problems.append(f"image {shown} cannot be read ({exc}); remove it: `hermetic rmi {shown}`")
         return result
 
     def remove(self, text: str) -> str:
@@ -369,17 +407,19 @@ class Store:
         return removed
 
     def _gc_locked(self, max_tmp_age: float) -> list[str]:
+        from . import schema
+
         removed: list[str] = []
         keep_blobs: set[str] = set()
         keep_layers: set[str] = set()
         for digest in self._read_refs().values():
             keep_blobs.add(_hex(digest))
             try:
-                manifest = self.read_json(digest)
+                manifest = self.read_json(digest, schema.MANIFEST)
                 keep_blobs.add(_hex(manifest["config"]["digest"]))
-                keep_blobs.update(_hex(layer["digest"]) for layer in manifest.get("layers", []))
-                config = self.read_json(manifest["config"]["digest"])
-                keep_layers.update(_hex(d) for d in config.get("rootfs", {}).get("diff_ids", []))
+                keep_blobs.update(_hex(layer["digest"]) for layer in manifest.get("layers") or [])
+                config = self.read_json(manifest["config"]["digest"], schema.CONFIG)
+                keep_layers.update(_hex(d) for d in (config.get("rootfs") or {}).get("diff_ids") or [])
             except (StoreError, KeyError):
                 continue
         blob_dir = os.path.join(self.root, "blobs", "sha256")

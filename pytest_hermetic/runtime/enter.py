@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 import signal
 
-from . import capabilities
+from . import capabilities, descriptors
 from . import syscalls as sc
-from .process import ContainerProcess, fork, _describe, _fail, _read_all, _relay_exit, _restore_signals, _start_error, redirect_stdio
+from .seccomp import Filter
+from .process import ContainerProcess, fork, _describe, _fail, _read_all, _relay_exit, _restore_signals, _start_error, own_session, redirect_stdio
 
 _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
           ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
 
 
 def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
-          userns: bool, privileged: bool = False, stdio: tuple = (None, None, None)) -> ContainerProcess:
+          userns: bool, privileged: bool = False, stdio: tuple = (None, None, None),
+          seccomp_filter: Filter | None = None) -> ContainerProcess:
     """Start `argv` inside the container whose PID 1 is host pid `init_pid`."""
     fds = {}
     try:
@@ -37,7 +39,7 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = fork()
     if pid == 0:
-        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio)
+        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter)
     for fd in fds.values():
         os.close(fd)
     os.close(err_w)
@@ -53,7 +55,7 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
 
 
 def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
-                 privileged: bool, err_w: int, stdio: tuple) -> None:
+                 privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None = None) -> None:
     """The forked child: join, fork into the PID namespace, exec.
 
     It must end in `os._exit` whatever happens, never return into the
@@ -74,12 +76,14 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
         if child == 0:
             try:
                 os.chdir(cwd if os.path.isdir(cwd) else "/")
+                own_session()
                 if not privileged:
                     capabilities.drop_to_default(capabilities.last_cap())
                     capabilities.no_new_privs()
+                if seccomp_filter is not None:
+                    seccomp_filter.load()
                 redirect_stdio(stdio)
-                os.closerange(3, err_w)
-                os.closerange(err_w + 1, 65536)
+                descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
                 _restore_signals()
                 os.execvpe(argv[0], argv, env)
             except FileNotFoundError:

@@ -24,6 +24,7 @@ Set-up errors travel to the parent through a close-on-exec pipe as one line
 
 from __future__ import annotations
 
+import errno
 import os
 import resource  # imported here: after entering a container's root, no stdlib is left to import from
 import select
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
 from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
-from . import capabilities, network, rootfs
+from . import capabilities, descriptors, network, rootfs, seccomp
 from . import syscalls as sc
 from .namespaces import CONTAINER_NAMESPACES, UserNamespace
 
@@ -59,6 +60,7 @@ class ProcessConfig:
     cgroup_procs: list[str] = factory(list)
     userns: UserNamespace | None = None
     privileged: bool = False
+    seccomp: seccomp.Filter | None = None  # compiled by the parent (seccomp.default()), loaded by the child
     close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
     cap_last: int = factory(lambda: capabilities.last_cap())  # read by the parent, once per container
@@ -143,9 +145,15 @@ class ContainerProcess:
             return None
         return ExitStatus.from_wait(struct.unpack("i", data)[0])
 
-    def send_signal(self, sig: int) -> None:
+    def send_signal(self, sig: int, group: bool = False) -> None:
+        """Signal PID 1, or with `group` its whole process group (PID 1
+        leads it: what a terminal's Ctrl-C reached when the container still
+        shared its caller's)."""
         try:
-            os.kill(self.init_pid, sig)
+            if group:
+                os.killpg(self.init_pid, sig)
+            else:
+                os.kill(self.init_pid, sig)
         except ProcessLookupError:
             pass
 
@@ -381,7 +389,10 @@ def _worker(config: ProcessConfig, target, err_w: int, joined: tuple[int, int] |
             if _lifeline is not None:
                 os.close(_lifeline[2])  # the placeholders' lifeline is the parent's alone
             _enter_container(config, joined, in_namespaces=False)
+            own_session()
             _drop_privileges(config)
+            seccomp.install(config)
+            descriptors.seal()
         except BaseException as exc:  # noqa: BLE001
             _fail(err_w, 125, _describe(exc))
         os.close(err_w)  # set-up done: start() returns in the parent
@@ -571,9 +582,23 @@ def _relay_exit(child: int) -> None:
         os._exit(125)
 
 
+def _forwarder(pid: int):  # noqa: ANN202
+    """A handler that passes the signal on to `pid`: a process of the
+    container may signal its PID 1 after the target is gone, and an error
+    in a handler would end the waiting PID 1 before it reports."""
+
+    def forward(sig: int, _frame: object) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    return forward
+
+
 def _relay_wait(child: int) -> None:
     for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda s, _f: os.kill(child, s))
+        signal.signal(sig, _forwarder(child))
     while True:
         try:
             _, status = os.waitpid(child, 0)
@@ -583,7 +608,8 @@ def _relay_wait(child: int) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(sig, signal.SIG_DFL)
+        if sig != signal.SIGKILL:  # (whose disposition cannot be set: it is always the default)
+            signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
@@ -613,7 +639,9 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _enter_container(config, joined, in_namespaces)
         _wait_network(config, err_w)
+        own_session()
         _drop_privileges(config)
+        seccomp.install(config)
     except BaseException as exc:  # noqa: BLE001
         _fail(err_w, 125, _describe(exc))
     if target is None:
@@ -641,20 +669,59 @@ def _enter_container(config: ProcessConfig, joined: tuple[int, int] | None, in_n
     rootfs.mount_cgroup2(config.rootfs)
 
 
+def own_session() -> None:
+    """A session of the container's own, so `kill(0, sig)` (or killpg of its
+    group) reaches nothing outside, and a caller's terminal is no longer its
+    controlling terminal (no TIOCSTI into the caller's shell, no SIGTTIN);
+    and a fresh session keyring instead of the caller's (as runc does)."""
+    os.setsid()
+    try:
+        sc.join_new_session_keyring()
+    except OSError as exc:
+        # ENOSYS: no keyrings in this kernel; EPERM: the caller's own
+        # seccomp filter (under Docker) blocks keyctl, for it as for us.
+        if exc.errno == errno.EDQUOT:
+            raise ContainerStartError("cannot give the container a session keyring of its own: this user's key "
+                                      "quota is full (each running container holds one key); fix: raise "
+                                      "kernel.keys.maxkeys and kernel.keys.maxbytes with sysctl") from None
+        if exc.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
+
+
 def _drop_privileges(config: ProcessConfig) -> None:
+    """Become the container's user with Docker's capabilities: uid 0 (with
+    any gid) keeps the default set, any other uid none at all (the kernel
+    clears effective and permitted on the switch away from uid 0; the
+    bounding set is cut first, so a setuid-root file could not give back
+    more than the default set even without no_new_privs)."""
     uid, gid = _resolve_user(config.user)
-    cap_last = config.cap_last
-    if os.path.isdir(config.cwd):
-        os.chdir(config.cwd)
+    _enter_workdir(config.cwd)
+    if not config.privileged:
+        capabilities.drop_to_default(config.cap_last)
     if gid != 0 or uid != 0:
         if config.userns is None:
             os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-    elif not config.privileged:
-        capabilities.drop_to_default(cap_last)
     if not config.privileged:
         capabilities.no_new_privs()
+
+
+def _enter_workdir(cwd: str) -> None:
+    """chdir to the working directory, made first when the image lacks it (as Docker does)."""
+    try:
+        os.chdir(cwd)
+        return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ContainerStartError(f"workdir {cwd}: {exc.strerror}; use a directory of the image, or one it can hold") from None
+    try:
+        os.makedirs(cwd, 0o755, exist_ok=True)
+        os.chdir(cwd)
+    except OSError as exc:
+        raise ContainerStartError(f"workdir {cwd} is not in the image and cannot be made there ({exc.strerror}); "
+                                  "use a directory of the image") from None
 
 
 def _resolve_user(user: str | None) -> tuple[int, int]:
@@ -721,8 +788,7 @@ def _exec(config: ProcessConfig, err_w: int) -> None:
     _restore_signals()
     redirect_stdio(config.stdio)
     if config.close_fds:
-        os.closerange(3, err_w)
-        os.closerange(err_w + 1, 65536)
+        descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
     try:
         os.execvpe(config.argv[0], config.argv, config.env)
     except FileNotFoundError:
@@ -740,7 +806,7 @@ def _exec_target(config: ProcessConfig) -> Callable[[], int]:
     def run() -> int:
         assert config.argv
         redirect_stdio(config.stdio)
-        os.closerange(3, 65536)
+        descriptors.cloexec_all()
         _restore_signals()
         try:
             os.execvpe(config.argv[0], config.argv, config.env)
@@ -777,15 +843,24 @@ def _call(target) -> int:  # noqa: ANN001
 def _run_callable(target, err_w: int, status_w: int | None) -> None:
     """Fork the callable as PID 2; stay as its reaper and signal forwarder."""
     os.close(err_w)  # set-up done: start() returns in the parent
+    # PID 1 holds the caller's descriptors until it closes them below, and
+    # any process of the container could reach them through /proc/1/fd: not
+    # dumpable, it cannot (and it stays so: nothing in it is to be looked at).
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
     worker = os.fork()
     if worker == 0:
         code = 1
         try:
+            if status_w is not None:
+                os.close(status_w)  # PID 1's, for the true exit status
+            descriptors.seal()
+            sc.prctl(sc.PR_SET_DUMPABLE, 1)  # (only now: its fds are sealed)
             code = _call(target)
         finally:
             os._exit(code)
+    descriptors.close_except((status_w,) if status_w is not None else ())
     for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda s, _f: os.kill(worker, s))
+        signal.signal(sig, _forwarder(worker))
     while True:
         try:
             pid, status = os.wait()

@@ -1,0 +1,338 @@
+"""The default seccomp filter: Docker's default profile as classic BPF.
+
+The profile (runtime/seccomp_profile.py, Docker's own `default.json`) is
+read as Docker reads it for a container with Docker's default capabilities
+(the set runtime/capabilities.py keeps): rules that need a capability the
+container lacks (CAP_SYS_ADMIN, CAP_SYS_MODULE, ...) are left out, rules
+excluded by one it has are dropped, `minKernel` is checked against this
+kernel.  What no rule allows fails with EPERM, as in Docker; syscalls newer
+than every one the table knows fail with ENOSYS, as runc makes them, so a C
+library falls back to an older call instead of failing (clone3 -> ENOSYS is
+in the profile itself).  32-bit programs on x86_64 (i386, also `int 0x80`)
+are filtered with their own table, as in Docker; x32 calls get ENOSYS and
+arm32 programs on aarch64 are killed (docs/seccomp.md).
+
+The program is compiled once per process, in the parent, by `default()`;
+the container's process only loads it (`Filter.load`: one prctl), after it
+dropped its capabilities and set no_new_privs.  Own writer rather than
+libseccomp: see docs/seccomp.md for the measured reasons.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+from ..errors import ContainerStartError
+from . import syscalls as sc
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+
+# Classic BPF opcodes (linux/filter.h).
+_LD_W_ABS = 0x20
+_ALU_AND_K = 0x54
+_JA = 0x05
+_JEQ = 0x15
+_JGT = 0x25
+_JGE = 0x35
+_RET_K = 0x06
+
+# struct seccomp_data: int nr; __u32 arch; __u64 ip; __u64 args[6] (little-endian here).
+_NR, _ARCH = 0, 4
+
+
+def _arg_lo(index: int) -> int:
+    return 16 + 8 * index
+
+
+# Per machine: the audit arch the kernel reports, Docker's (Go's) name of it
+# for the profile's "arches" conditions, and the syscall table.
+_MACHINES = {"x86_64": (0xC000003E, "amd64", "X86_64"), "aarch64": (0xC00000B7, "arm64", "AARCH64")}
+# 32-bit programs on a 64-bit kernel (and `int 0x80` from a 64-bit one): filtered
+# with their own table, as Docker's profile does.  arm32 on aarch64 has none yet.
+_COMPAT = {"x86_64": (0x40000003, "I386")}
+
+# Arguments the kernel reads as 32-bit ints: compared on their low word, as
+# the kernel sees them (a 64-bit comparison would let socket(0x1_00000028)
+# through the AF_VSOCK rule, the kernel truncating it to 40).
+_INT_ARGS = {("socket", 0), ("personality", 0)}
+
+
+class SeccompError(ContainerStartError):
+    """The filter cannot be built or loaded here."""
+
+
+class Filter:
+    """A compiled program, ready to load in a child (the memory it points at
+    is inherited through fork)."""
+
+    def __init__(self, program: bytes, summary: str) -> None:
+        self.program = program
+        self.summary = summary
+        self._buffer = ctypes.create_string_buffer(program, len(program))
+        self._fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(self._buffer))
+        self._fprog_buffer = ctypes.create_string_buffer(self._fprog, len(self._fprog))
+
+    def __len__(self) -> int:
+        return len(self.program) // 8
+
+    def load(self) -> None:
+        """Install the filter on the calling thread (needs no_new_privs or CAP_SYS_ADMIN)."""
+        try:
+            sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog_buffer))
+        except OSError as exc:  # a kernel without CONFIG_SECCOMP_FILTER says EINVAL
+            raise SeccompError(f"cannot load the seccomp filter: {os.strerror(exc.errno or 0)}; "
+                               "fix: run with seccomp=False (--security-opt seccomp=unconfined)") from None
+
+
+_default: Filter | None = None
+
+
+def default() -> Filter:
+    """Docker's default profile for this machine, compiled once per process."""
+    global _default
+    if _default is None:
+        from .capabilities import DEFAULT_CAPS
+
+        _default = compile_profile(os.uname().machine, set(DEFAULT_CAPS), _kernel_version())
+    return _default
+
+
+def install(config) -> None:  # noqa: ANN001 - a process.ProcessConfig (no import cycle)
+    """In the container's process, after the privilege drop: load its filter, if any."""
+    if config.seccomp is not None:
+        config.seccomp.load()
+
+
+def _kernel_version() -> tuple[int, int]:
+    parts = os.uname().release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+# --- from the profile to one action per syscall ---------------------------------
+
+
+def _applies(rule: dict, arch: str, caps: set[str], kernel: tuple[int, int]) -> bool:
+    includes = rule.get("includes") or {}
+    excludes = rule.get("excludes") or {}
+    if includes.get("caps") and not set(includes["caps"]) <= caps:
+        return False
+    if includes.get("arches") and arch not in includes["arches"]:
+        return False
+    if includes.get("minKernel"):
+        major, minor = (int(x) for x in includes["minKernel"].split(".")[:2])
+        if kernel < (major, minor):
+            return False
+    if excludes.get("caps") and set(excludes["caps"]) & caps:
+        return False
+    if excludes.get("arches") and arch in excludes["arches"]:
+        return False
+    return True
+
+
+def _action(rule: dict, profile: dict) -> int:
+    kind = rule["action"]
+    if kind == "SCMP_ACT_ALLOW":
+        return SECCOMP_RET_ALLOW
+    if kind == "SCMP_ACT_ERRNO":
+        return SECCOMP_RET_ERRNO | int(rule.get("errnoRet", profile.get("defaultErrnoRet", errno.EPERM)))
+    raise SeccompError(f"seccomp profile: action {kind} is not supported")
+
+
+def resolve(profile: dict, arch: str, caps: set[str], kernel: tuple[int, int], table: dict[str, int]):
+    """{syscall number: action or [(conditions, action), ...]} for the rules that apply."""
+    plain: dict[int, int] = {}
+    conditional: dict[int, list] = {}
+    names: dict[int, str] = {}
+    for rule in profile["syscalls"]:
+        if not _applies(rule, arch, caps, kernel):
+            continue
+        action = _action(rule, profile)
+        for name in rule["names"]:
+            nr = table.get(name)
+            if nr is None:  # not a syscall of this architecture
+                continue
+            names[nr] = name
+            if rule.get("args"):
+                conditional.setdefault(nr, []).append((rule["args"], action))
+            else:
+                plain.setdefault(nr, action)  # as libseccomp: an unconditional rule wins
+    rules: dict[int, object] = {nr: conds for nr, conds in conditional.items() if nr not in plain}
+    rules.update(plain)
+    return rules, names
+
+
+# --- the BPF writer -------------------------------------------------------------
+
+
+class _Assembler:
+    """Instructions with symbolic jump targets.  Conditional jumps only ever
+    skip 0 or 1 instruction (their offsets are 8-bit); far ones use JA."""
+
+    def __init__(self) -> None:
+        self.code: list[list] = []
+        self.labels: dict[str, int] = {}
+        self._next = 0
+
+    def label(self) -> str:
+        self._next += 1
+        return f"L{self._next}"
+
+    def mark(self, label: str) -> None:
+        self.labels[label] = len(self.code)
+
+    def emit(self, op: int, k: int | str = 0, jt: int = 0, jf: int = 0) -> None:
+        self.code.append([op, jt, jf, k])
+
+    def load(self, offset: int) -> None:
+        self.emit(_LD_W_ABS, offset)
+
+    def ret(self, value: int) -> None:
+        self.emit(_RET_K, value)
+
+    def goto(self, label: str) -> None:
+        self.emit(_JA, label)
+
+    def goto_if(self, op: int, k: int, label: str) -> None:
+        self.emit(op, k & 0xFFFFFFFF, 0, 1)  # true: the JA below; false: past it
+        self.goto(label)
+
+    def goto_unless(self, op: int, k: int, label: str) -> None:
+        self.emit(op, k & 0xFFFFFFFF, 1, 0)
+        self.goto(label)
+
+    def assemble(self) -> bytes:
+        out = bytearray()
+        for index, (op, jt, jf, k) in enumerate(self.code):
+            if isinstance(k, str):
+                k = self.labels[k] - index - 1
+            out += struct.pack("=HBBI", op, jt, jf, k)
+        return bytes(out)
+
+
+def _condition(asm: _Assembler, arg: dict, fail: str, low_only: bool) -> None:
+    """Fall through when the argument condition holds, else jump to `fail`."""
+    op, index, value = arg["op"], arg["index"], int(arg["value"])
+    lo, hi = _arg_lo(index), _arg_lo(index) + 4
+    v_lo, v_hi = value & 0xFFFFFFFF, value >> 32
+    if op == "SCMP_CMP_MASKED_EQ":
+        want = int(arg.get("valueTwo", 0))
+        if not low_only and (v_hi or want >> 32):
+            asm.load(hi)
+            asm.emit(_ALU_AND_K, v_hi)
+            asm.goto_unless(_JEQ, want >> 32, fail)
+        asm.load(lo)
+        asm.emit(_ALU_AND_K, v_lo)
+        asm.goto_unless(_JEQ, want & 0xFFFFFFFF, fail)
+    elif op == "SCMP_CMP_EQ":
+        if not low_only:
+            asm.load(hi)
+            asm.goto_unless(_JEQ, v_hi, fail)
+        asm.load(lo)
+        asm.goto_unless(_JEQ, v_lo, fail)
+    elif op in ("SCMP_CMP_LT", "SCMP_CMP_GT"):
+        less = op == "SCMP_CMP_LT"
+        done = asm.label()
+        if not low_only:  # decided by the high words unless they are equal
+            asm.load(hi)
+            asm.goto_if(_JGT, v_hi, fail if less else done)
+            asm.goto_unless(_JEQ, v_hi, done if less else fail)
+        asm.load(lo)
+        if less:
+            asm.goto_if(_JGE, v_lo, fail)
+        else:
+            asm.goto_unless(_JGT, v_lo, fail)
+        asm.mark(done)
+    else:
+        raise SeccompError(f"seccomp profile: comparison {op} is not supported")
+
+
+def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profile: dict | None = None) -> Filter:
+    """The profile as a BPF program for `machine` and a container holding `caps`."""
+    if machine not in _MACHINES:
+        raise SeccompError(f"no seccomp syscall table for {machine}; run with seccomp=False "
+                           "(--security-opt seccomp=unconfined) on this machine")
+    from . import syscall_table
+
+    if profile is None:
+        from .seccomp_profile import PROFILE as profile
+    if profile["defaultAction"] != "SCMP_ACT_ERRNO":
+        raise SeccompError(f"seccomp profile: default action {profile['defaultAction']} is not supported")
+    default_action = SECCOMP_RET_ERRNO | int(profile.get("defaultErrnoRet", errno.EPERM))
+    audit_arch, arch, table_name = _MACHINES[machine]
+    # The native ABI first, then the compat one Docker's profile also covers.
+    sections = [(audit_arch, table_name)]
+    if machine in _COMPAT:
+        sections.append(_COMPAT[machine])
+    asm = _Assembler()
+    labels = [asm.label() for _ in sections]
+    asm.load(_ARCH)
+    for (abi, _table), label in zip(sections, labels):
+        asm.goto_if(_JEQ, abi, label)
+    asm.ret(SECCOMP_RET_KILL_PROCESS)  # an ABI the filter has no table for
+    counts = []
+    for (_abi, name), label in zip(sections, labels):
+        asm.mark(label)
+        table = getattr(syscall_table, name)
+        rules, names = resolve(profile, arch, caps, kernel, table)
+        _section(asm, rules, names, max(table.values()), default_action)
+        allowed = sum(1 for a in rules.values() if a == SECCOMP_RET_ALLOW)
+        counts.append(f"{name.lower()} {allowed} allowed, {len(rules) - allowed} by argument or errno")
+    program = asm.assemble()
+    if len(program) // 8 > 4096:  # BPF_MAXINSNS
+        raise SeccompError(f"seccomp filter too long ({len(program) // 8} instructions)")
+    return Filter(program, f"{'; '.join(counts)}; {len(program) // 8} instructions")
+
+
+def _section(asm: _Assembler, rules: dict, names: dict[int, str], top: int, default_action: int) -> None:
+    """One ABI's part: syscall number -> action, by binary search over runs
+    of numbers with the same outcome; argument checks after it."""
+    runs: list[list] = []  # [first, last, key]
+    for nr in range(top + 1):
+        action = rules.get(nr, default_action)
+        key = action if isinstance(action, int) else ("args", nr)
+        if runs and runs[-1][2] == key:
+            runs[-1][1] = nr
+        else:
+            runs.append([nr, nr, key])
+    asm.load(_NR)
+    asm.emit(_JGT, top, 0, 1)  # newer than the table (and x32's 0x40000000 + n): ENOSYS
+    asm.ret(SECCOMP_RET_ERRNO | errno.ENOSYS)
+    arg_blocks: dict[int, str] = {}
+
+    def tree(part: list[list]) -> None:
+        if len(part) == 1:
+            key = part[0][2]
+            if isinstance(key, int):
+                asm.ret(key)
+            else:
+                arg_blocks[key[1]] = arg_blocks.get(key[1]) or asm.label()
+                asm.goto(arg_blocks[key[1]])
+            return
+        middle = len(part) // 2
+        right = asm.label()
+        asm.goto_if(_JGE, part[middle][0], right)
+        tree(part[:middle])
+        asm.mark(right)
+        tree(part[middle:])
+
+    tree(runs)
+    for nr, label in arg_blocks.items():
+        asm.mark(label)
+        for conditions, action in rules[nr]:
+            fail = asm.label()
+            for arg in conditions:
+                _condition(asm, arg, fail, (names[nr], arg["index"]) in _INT_ARGS)
+            asm.ret(action)
+            asm.mark(fail)
+        asm.ret(default_action)
