@@ -107,7 +107,7 @@ def _top_level_layers(hide: str, opaque: str | None) -> list:
     marked = [(opaque, None), (f"{opaque}/.wh..wh..opq", ""), (f"{opaque}/only", "o\n")] if opaque else []
     return [
         [("hermetic-top", None), ("hermetic-top/a", "a\n"), ("hermetic-top-file", "f\n"),
-         ("hermetic-top-link", "->hermetic-top")],
+         ("hermetic-top-link", "->hermetic-top"), ("hermetic-top-kept", "k\n")],
         [("hermetic-top", None), ("hermetic-top/b", "b\n"), (".wh.hermetic-top-file", ""), (f".wh.{hide}", ""),
          *marked],
     ]
@@ -115,9 +115,10 @@ def _top_level_layers(hide: str, opaque: str | None) -> list:
 
 def _show_top_level(hide: str, opaque: str | None) -> tuple[str, str]:
     """The script and what it must print."""
-    script = (f"ls /hermetic-top; readlink /hermetic-top-link; test -e /hermetic-top-file || echo no-file; "
-              f"test -e /{hide} || echo no-{hide}" + (f"; ls -A /{opaque}" if opaque else ""))
-    return script, f"a\nb\nhermetic-top\nno-file\nno-{hide}\n" + ("only\n" if opaque else "")
+    script = (f"ls /hermetic-top; readlink /hermetic-top-link; cat /hermetic-top-kept; "
+              f"test -e /hermetic-top-file || echo no-file; test -e /{hide} || echo no-{hide}"
+              + (f"; ls -A /{opaque}" if opaque else ""))
+    return script, f"a\nb\nhermetic-top\nk\nno-file\nno-{hide}\n" + ("only\n" if opaque else "")
 
 
 def _user_xattrs(folder: str) -> bool:
