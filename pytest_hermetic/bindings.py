@@ -15,10 +15,13 @@ import os
 import struct
 import sys
 import sysconfig
-from typing import Any, Iterable
 
-from .images.store import Store
+from .images.store import Image, Store
 from .spec import Spec, Volume
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import Iterable
 
 # Mounted fresh in every container: host paths below them are hidden.
 _FRESH_MOUNTS = ("/tmp", "/dev", "/proc", "/sys")
@@ -133,5 +136,5 @@ def _elf_interpreter(path: str) -> str | None:
     return None
 
 
-def _image_has(store: Store, image: Any, path: str) -> bool:
+def _image_has(store: Store, image: Image, path: str) -> bool:
     return any(os.path.lexists(store.layer_root(d) + path) for d in image.layers)
