@@ -230,7 +230,7 @@ class _RemoteContainers:
 
 
 # Set in the child of a hermetic test (forked/child.py): the way to the parent.
-remote = None
+remote: Any = None
 
 
 @pytest.fixture

@@ -55,12 +55,15 @@ class ParentChain:
         return self._chain
 
 
-def install_forwarder(config: pytest.Config) -> None:
+def install_forwarder(config: pytest.Config) -> Forwarder:
     """Registered once in the parent (before its first hermetic test), inert
     there: registering a plugin costs more than a millisecond, too much to
     pay in every child."""
-    if config.pluginmanager.get_plugin(FORWARDER_NAME) is None:
-        config.pluginmanager.register(Forwarder(config), FORWARDER_NAME)
+    forwarder = config.pluginmanager.get_plugin(FORWARDER_NAME)
+    if forwarder is None:
+        forwarder = Forwarder(config)
+        config.pluginmanager.register(forwarder, FORWARDER_NAME)
+    return forwarder
 
 
 class Remote:
@@ -87,8 +90,7 @@ def child_main(item: pytest.Item, write_fd: int, reply_fd: int) -> int:
     config = item.config
     channel = Channel(write_fd)
     fixtures.remote = Remote(channel, reply_fd)
-    install_forwarder(config)
-    forwarder = config.pluginmanager.get_plugin(FORWARDER_NAME)
+    forwarder = install_forwarder(config)
     pm = config.pluginmanager
     for hook in (pm.hook.pytest_runtest_logreport, pm.hook.pytest_warning_recorded):
         compat.keep_only(hook, forwarder)

@@ -15,7 +15,7 @@ import pickle
 import select
 import signal
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -270,7 +270,7 @@ def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
 def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestReport:
     """The report for a child that died without finishing its reports."""
     done = {r.when for r in reports if not compat.is_subreport(r)}
-    when = "setup" if "setup" not in done else "call" if "call" not in done else "teardown"
+    when: Literal["setup", "call", "teardown"] = "setup" if "setup" not in done else "call" if "call" not in done else "teardown"
     reason = result.reason if result is not None and result.reason else "the test process ended without reporting"
     if result is not None and result.status.code is not None and result.status.code != 0 and result.reason and result.reason.startswith("exited"):
         reason = f"exited with status {result.status.code} without reporting"
