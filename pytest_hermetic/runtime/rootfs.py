@@ -148,7 +148,8 @@ def _replay_layers(replay: list[tuple[str, str]], userns: bool) -> None:
         layers.extract_layer(tar_path, directory, xattr_prefix=prefix)
 
 
-def _overlay_options(lowers: list[str], upper: str, work: str, userns: bool) -> str:
+def overlay_options(lowers: list[str], upper: str, work: str, userns: bool) -> str:
+    """The engine's overlay mount options (`doctor` mounts with the very same)."""
     escaped = [p.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,") for p in lowers]
     options = f"lowerdir={':'.join(escaped)},upperdir={upper},workdir={work}"
     # The rw layer must hold exactly what changed, so `commit` can read it.
@@ -157,7 +158,7 @@ def _overlay_options(lowers: list[str], upper: str, work: str, userns: bool) -> 
 
 
 def _mount_overlay(lowers: list[str], upper: str, work: str, target: str, userns: bool) -> None:
-    sc.mount("overlay", target, "overlay", MS_NODEV, _overlay_options(lowers, upper, work, userns))
+    sc.mount("overlay", target, "overlay", MS_NODEV, overlay_options(lowers, upper, work, userns))
 
 
 def _mount_host_per_directory(config: RootfsConfig) -> None:
