@@ -286,7 +286,8 @@ def _rebuild(error: dict) -> BaseException:
 def _clean_after(helper_pid: int) -> None:
     """Remove what the containers of a dead helper left (state folder, cgroup,
     rw layer): exactly what `hermetic gc` would, for this owner only."""
-    from pytest_hermetic.container import clear_dead, list_states
+    from pytest_hermetic.gc import clear_dead
+    from pytest_hermetic.state import list_states
 
     for state in list_states():
         if state.get("owner_pid") == helper_pid and not state["alive"]:

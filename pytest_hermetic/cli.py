@@ -147,7 +147,8 @@ def _say(text: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .container import Container, list_states
+    from .container import Container
+    from .state import list_states
     from .spec import Spec, parse_env, parse_security_opts
 
     command = list(args.cmd)
@@ -331,7 +332,7 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
 def _cmd_ps(_args: argparse.Namespace) -> int:
     import time
 
-    from .container import list_states
+    from .state import list_states
 
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "PIDS", "NETWORK")]
     for state in list_states():
@@ -345,7 +346,7 @@ def _cmd_ps(_args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from .container import gc_containers
+    from .gc import gc_containers
     from .images.store import Store
 
     from .networks import gc_networks

@@ -47,7 +47,7 @@ def create_network(name: str, subnet: str | None = None) -> Network:
 
                 loopback_up()
             network.bridge.create(network.gateway, network.subnet.prefixlen)
-            network._write_hosts()
+            network.write_hosts()
             with open(os.path.join(path, "meta.json"), "w") as f:
                 json.dump({"name": name, "subnet": str(network.subnet), "created": time.time()}, f)
         except BaseException:

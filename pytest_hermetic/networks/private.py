@@ -16,7 +16,7 @@ from .._fs import rmtree
 from .._proc import owner, owner_key
 from ..paths import state_root
 from ..runtime import netns
-from .base import Attachment, Network, _parse_subnet, default_subnet
+from .base import Attachment, Network, parse_subnet, default_subnet
 
 
 class PrivateNetwork(Network):
@@ -49,7 +49,7 @@ class PrivateNetwork(Network):
         self._closing = False
         with open(os.path.join(self.state_dir, "meta.json"), "w") as f:
             json.dump({"name": name, **owner()}, f)
-        self._write_hosts()
+        self.write_hosts()
 
     def _ensure_bridge(self) -> None:
         pass  # made in __init__, in a namespace nobody else can reach
@@ -73,7 +73,7 @@ class PrivateNetwork(Network):
 
     def _destroy(self) -> None:
         if (len(_pool) < POOL_SIZE and self._usable() and not self.leases()
-                and str(self.subnet) == str(_parse_subnet(default_subnet()))):
+                and str(self.subnet) == str(parse_subnet(default_subnet()))):
             _pool.append(self)
             return
         self._really_destroy()
@@ -130,7 +130,7 @@ _pool: list[PrivateNetwork] = []
 
 
 def _pooled(name: str) -> PrivateNetwork | None:
-    if _pool and str(_pool[-1].subnet) == str(_parse_subnet(default_subnet())):
+    if _pool and str(_pool[-1].subnet) == str(parse_subnet(default_subnet())):
         network = _pool.pop()
         network._reset(name)
         return network
