@@ -27,11 +27,12 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
 from ._fs import rmtree
 from ._proc import descendants, owner, owner_key
-from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
+from .errors import ContainerNotFound, ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
 from .paths import make_private, state_root
-from .runtime import cgroups, process
+from .runtime import cgroups, process, seccomp
 from .runtime.namespaces import default_user_namespace
+from .runtime.network import NetworkConfig
 from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
 from .spec import Spec, format_size
 from .state import containers_dir, doomed_dir, list_states, staging_dir, write_state
@@ -192,8 +193,7 @@ class Container:
 
     def _join_usermode_network(self, config: process.ProcessConfig) -> None:
         """Rootless: `net=True` through slirp4netns; bridges need root."""
-        from .runtime import usermode_net
-        from .runtime.network import NetworkConfig
+        from .runtime import usermode_net  # lazily: 4 ms of imports only rootless net=True needs
 
         if self.network is not None and hasattr(self.network, "userns_path"):
             # A rootless private network: join its holder's user namespace.
@@ -215,13 +215,11 @@ class Container:
             f"nameserver {usermode_net.DNS}\n")
 
     def _join_network(self, config: process.ProcessConfig) -> None:
-        from .networks import resolve
-
         if self.userns:
             self._join_usermode_network(config)
             return
         if self.network is None:
-            from .networks import is_shared
+            from .networks import is_shared, resolve  # lazily: 8 ms of imports a container without a network skips
 
             self.network = resolve(self.spec.net)
             self._owns_network = not is_shared(self.network)
@@ -421,7 +419,7 @@ class Container:
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, workdir: str | None = None,
              stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> process.ContainerProcess:
         """Start `argv` in this running container; wait on the returned handle."""
-        from .runtime.enter import enter
+        from .runtime.enter import enter  # lazily: 1 ms of imports that `hermetic run` never needs
 
         if self.process is None or self.result is not None:
             raise ContainerStartError(f"container {self.name} is not running")
@@ -435,7 +433,7 @@ class Container:
 
     def commit(self, ref: str, *, message: str = "") -> Image:
         """Turn the read-write layer into a new image: the old image plus one layer."""
-        from .images.commit import commit_upper
+        from .images.commit import commit_upper  # lazily: 6 ms of imports (the layer writer) a run without commit skips
 
         if self.image is None:
             raise ContainerStartError(f"container {self.name} was never started: nothing to commit")
@@ -506,8 +504,6 @@ def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or N
     the spec opts out (`seccomp=False`) or is privileged (as under Docker)."""
     if spec.privileged or not spec.seccomp:
         return None
-    from .runtime import seccomp
-
     return seccomp.default()
 
 
@@ -542,8 +538,7 @@ def commit_running(name: str, ref: str, *, store: Store | None = None, ps: str =
     """Commit the read-write layer of a running container of any process
     (`hermetic commit`, a notebook's `%container commit` of a CLI container)
     on the very image it runs on, even if that image's tag has moved since."""
-    from .errors import ContainerNotFound
-    from .images.commit import commit_upper
+    from .images.commit import commit_upper  # lazily, as in Container.commit
 
     for state in list_states():
         if state["alive"] and name in (state.get("name"), state["id"], state["id"][:12]):
