@@ -9,7 +9,8 @@ contract is three short rules, and it adds no dependency to four Pythons' CI.
 1. Layers: a module imports only modules of its own layer or below.
 2. No import cycles between modules (an import of a package a module lives
    in does not count: a package's `__init__` gathers its submodules).
-3. No module uses a `_name` (function, class, constant, method) that another
+3. Below the front ends nothing imports pytest or IPython.
+4. No module uses a `_name` (function, class, constant, method) that another
    module defines: neither `from m import _name` nor `thing._name`.  The
    `_`-named modules (`_fs`, `_proc`, `_record`, `_pytest_compat`) are the
    project's internal modules: importable by the project, not its API.
@@ -132,8 +133,22 @@ def test_imports_run_down_the_layers() -> None:
     wrong = {(src, dst) for src, dst in EDGES if _layer(dst) > _layer(src)}
     new = sorted(wrong - KNOWN_LAYER_VIOLATIONS)
     assert not new, "imports up the layers (see docs/architecture.md):\n" + "\n".join(
-        f"  {MODULES[s]}:{EDGES[s, d]}: {s} -> {d}" for s, d in new)
+        f"  {os.path.relpath(MODULES[s], ROOT)}:{EDGES[s, d]}: {s} -> {d}" for s, d in new)
     assert not KNOWN_LAYER_VIOLATIONS - wrong, f"fixed, so take them off KNOWN_LAYER_VIOLATIONS: {sorted(KNOWN_LAYER_VIOLATIONS - wrong)}"
+
+
+def test_the_engine_imports_no_front_end_library() -> None:
+    front = _layer("pytest_hermetic.cli")
+    found = []
+    for name, tree in TREES.items():
+        if _layer(name) >= front:
+            continue
+        for node in ast.walk(tree):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{os.path.relpath(MODULES[name], ROOT)}:{node.lineno}: {m}" for m in modules
+                      if m.split(".")[0] in ("pytest", "_pytest", "IPython", "ipykernel")]
+    assert not found, "the engine imports a front end's library:\n" + "\n".join(found)
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -198,13 +213,13 @@ def _private_uses() -> dict[tuple[str, str], str]:
     for name, tree in TREES.items():
         for target, taken, line in _imports(name):
             if taken and taken.startswith("_") and not taken.endswith("__") and target != name:
-                uses.setdefault((name, taken), f"{MODULES[name]}:{line}: from {target} import {taken}")
+                uses.setdefault((name, taken), f"{os.path.relpath(MODULES[name], ROOT)}:{line}: from {target} import {taken}")
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.endswith("__")
                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
                     and node.attr in anywhere and node.attr not in defined[name]):
                 # Named in another module of ours (not a library's `os._exit`) and not in this one.
-                uses.setdefault((name, node.attr), f"{MODULES[name]}:{node.lineno}: {ast.unparse(node)}")
+                uses.setdefault((name, node.attr), f"{os.path.relpath(MODULES[name], ROOT)}:{node.lineno}: {ast.unparse(node)}")
     return uses
 
 
