@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Callable
 
+from pytest_hermetic._proc import signal_name
+
 from . import protocol
 from .errors import HelperError
 
@@ -240,7 +242,7 @@ class HelperClient:
         except subprocess.TimeoutExpired:
             self._kill()
             raise HelperError(f"the container helper (pid {pid}) closed its socket; it was stopped") from None
-        how = f"killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
+        how = f"killed by {signal_name(-code)}" if code < 0 else f"exited with status {code}"
         tail = self._log_tail()
         _clean_after(pid)
         self._reset()
@@ -258,13 +260,6 @@ class HelperClient:
         except OSError:
             return ""
         return f"; its log ends:\n{text}" if text else ""
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _rebuild(error: dict) -> BaseException:

@@ -11,6 +11,10 @@ three; `hermetic gc` does the same for containers whose owner died.  With
 `Spec(ephemeral=True)` the read-write layer lives on a tmpfs inside the
 container's own mount namespace instead: it vanishes with the container and
 cannot be committed (the plugin, and `hermetic run` without --commit/--name).
+
+One concern, one container's life from start to removal (it is longer than
+most modules for that): its state folder is `state.py`'s, the clean-up after
+dead owners `gc.py`'s, the kernel work the runtime's.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .networks import Network
 
 from ._fs import rmtree
-from ._proc import descendants, owner, owner_key
+from ._proc import descendants, owner, owner_key, signal_name
 from .errors import ContainerNotFound, ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
 from .paths import make_private, state_root
@@ -79,13 +83,6 @@ class Result:
 
 def _times(count: int) -> str:
     return "once" if count == 1 else f"{count} times"
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 class Container:
