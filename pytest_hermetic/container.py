@@ -493,7 +493,9 @@ class Container:
             "network": None if self.network is None else self.network.name,
             "address": self.address,
         }
-        write_state(folder or self.state_dir, data)
+        folder = folder or self.state_dir
+        assert folder is not None  # a tracked container's
+        write_state(folder, data)
 
 
 def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None

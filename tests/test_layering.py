@@ -87,7 +87,7 @@ TREES = {name: ast.parse(open(path).read(), path) for name, path in MODULES.item
 def _imports(name: str) -> list[tuple[str, str | None, int]]:
     """(imported module, name taken from it or None, line) for every import in `name`."""
     package = name if MODULES[name].endswith("__init__.py") else name.rpartition(".")[0]
-    found = []
+    found: list[tuple[str, str | None, int]] = []
     for node in ast.walk(TREES[name]):
         if isinstance(node, ast.Import):
             found += [(a.name, None, node.lineno) for a in node.names if a.name.split(".")[0] in PACKAGES]
@@ -105,7 +105,7 @@ def _imports(name: str) -> list[tuple[str, str | None, int]]:
 
 
 def _edges() -> dict[tuple[str, str], int]:
-    edges = {}
+    edges: dict[tuple[str, str], int] = {}
     for name in MODULES:
         for target, _, line in _imports(name):
             if target != name:
@@ -144,8 +144,10 @@ def test_the_engine_imports_no_front_end_library() -> None:
         if _layer(name) >= front:
             continue
         for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                [node.module or ""] if not node.level else []
             found += [f"{os.path.relpath(MODULES[name], ROOT)}:{node.lineno}: {m}" for m in modules
                       if m.split(".")[0] in ("pytest", "_pytest", "IPython", "ipykernel")]
     assert not found, "the engine imports a front end's library:\n" + "\n".join(found)
@@ -209,7 +211,7 @@ def _defined_private(tree: ast.Module) -> set[str]:
 def _private_uses() -> dict[tuple[str, str], str]:
     defined = {name: _defined_private(tree) for name, tree in TREES.items()}
     anywhere = set().union(*defined.values())
-    uses = {}
+    uses: dict[tuple[str, str], str] = {}
     for name, tree in TREES.items():
         for target, taken, line in _imports(name):
             if taken and taken.startswith("_") and not taken.endswith("__") and target != name:
