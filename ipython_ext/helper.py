@@ -28,6 +28,7 @@ import traceback
 
 from ipython_ext import protocol
 from pytest_hermetic._proc import descendants
+from pytest_hermetic.options import CREATE_ONLY, spelling
 
 GRACE = 1.0  # seconds between the interrupt's SIGINT and SIGKILL
 DRAIN = 0.5  # after the cell's process ended: how long a background process may hold its output open
@@ -255,7 +256,7 @@ class Helper:
                                  f"this cell runs in it, not in a new container of {message['image']}")
                 ignored = sorted(k for k in _CONTAINER_OPTIONS if options.get(k) not in (None, False, [], ()))
                 if ignored:
-                    notes.append(f"container {name!r} already runs; {', '.join('--' + k for k in ignored)} "
+                    notes.append(f"container {name!r} already runs; {', '.join(spelling(k) for k in ignored)} "
                                  "only take effect when a container is created, so they were ignored")
             cell_factory = lambda stdio: ExecCell(container, argv, options.get("env") or {},  # noqa: E731
                                                   options.get("workdir"), stdio, _float(options.get("timeout")))
@@ -414,7 +415,7 @@ class Helper:
         self.current = None
 
 
-_CONTAINER_OPTIONS = ("net", "mem", "cpus", "pids", "volumes", "seccomp")
+_CONTAINER_OPTIONS = CREATE_ONLY  # a kept container takes the others (env, workdir, timeout) for each cell
 
 
 def _float(value: object) -> float | None:

@@ -30,6 +30,7 @@ from ._fs import rmtree
 from ._proc import descendants, owner, owner_alive, started_before
 from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
+from .options import DEFAULT_PIDS
 from .paths import state_root
 from .runtime import cgroups, process
 from .runtime.namespaces import default_user_namespace
@@ -151,13 +152,13 @@ class Container:
                 argv = list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
             if not argv:
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
-        limits = cgroups.Limits(memory=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
+        limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
         try:
             self._make_state_dir()
             # The owner's pid in the name lets `gc` clear the cgroup of a
             # killed owner at once (an untracked container has no state file).
-            self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits)
+            self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits, default_pids=DEFAULT_PIDS)
             config = self._process_config(image, argv)
             config.stdio = (stdin, stdout, stderr)
             if self.spec.net is not False:

@@ -14,12 +14,7 @@ from typing import Any
 import pytest
 
 from .errors import SpecError
-
-MARKER = (
-    "hermetic(image='host', net=False, mem=None, cpus=None, pids=None, timeout=None, env=None, volumes=None, "
-    "privileged=False, seccomp=True): run this test in its own container (namespaces, cgroup, overlay root)"
-)
-_MARKER_OPTIONS = ("image", "net", "mem", "cpus", "pids", "timeout", "env", "volumes", "privileged", "seccomp", "hostname", "userns", "user", "workdir")
+from .options import MARKER_OPTIONS, marker_help
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER)
+    config.addinivalue_line("markers", marker_help())
     subnet = config.getini("hermetic_subnet")
     if subnet and "HERMETIC_SUBNET" not in os.environ:
         os.environ["HERMETIC_SUBNET"] = subnet
@@ -133,9 +128,9 @@ class HermeticRunner:
                                 "give the other options by name, e.g. @hermetic('busybox:1', mem='64M')")
             if marker.args:
                 options["image"] = marker.args[0]
-            unknown = sorted((k for k in marker.kwargs if k not in _MARKER_OPTIONS), key=str)
+            unknown = sorted((k for k in marker.kwargs if k not in MARKER_OPTIONS), key=str)
             if unknown:
-                raise SpecError(f"unknown argument {unknown[0]!r}; known: {', '.join(_MARKER_OPTIONS)}")
+                raise SpecError(f"unknown argument {unknown[0]!r}; known: {', '.join(MARKER_OPTIONS)}")
             options.update(marker.kwargs)
         return options
 
