@@ -148,6 +148,7 @@ class ContainerMagics(Magics):
         reply = self.client.call("run", image=args.image, name=args.name, options=options, shell=args.shell,
                                  script=cell, commit=args.commit, on_output=sink, interruptible=True)
         sink.finish()
+        assert self.shell is not None  # a magic runs in a shell
         if args.out:
             self.shell.user_ns[args.out] = sink.text(protocol.STDOUT)
         if args.err:

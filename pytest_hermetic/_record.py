@@ -72,7 +72,7 @@ def _repr(self: Any) -> str:
     return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self._fields)})"
 
 
-def _eq(self: Any, other: object) -> bool:
+def _eq(self: Any, other: Any) -> bool:
     if type(other) is not type(self):
         return NotImplemented
     return all(getattr(self, n) == getattr(other, n) for n in self._fields)

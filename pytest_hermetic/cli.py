@@ -28,7 +28,7 @@ MAX_LINE = 400  # an error line names the problem; it does not repeat a megabyte
 class _Parser(argparse.ArgumentParser):
     """Usage errors are engine errors: one line and exit 125, as `docker run` (argparse says 2)."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+    def error(self, message: str) -> "NoReturn":
         _say(f"error: {message}; see `{self.prog} --help`")
         sys.exit(125)
 
@@ -373,17 +373,17 @@ _COMMANDS = {
 }
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def _human(size: int) -> str:
+def _human(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1000:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000  # type: ignore[assignment]
+        size /= 1000
     return f"{size:.1f} TB"
 
 

@@ -206,6 +206,7 @@ class Container:
             from .networks import is_shared
 
             self.network = resolve(self.spec.net)
+            assert self.network is not None  # net is not False here
             self._owns_network = not is_shared(self.network)
         self._attach(config)
 
@@ -441,6 +442,7 @@ class Container:
     # -- state on disk (for `ps` and `gc`) --------------------------------------
 
     def _write_state(self) -> None:
+        assert self.state_dir is not None  # a tracked container's
         data = {
             "id": self.id,
             "name": self.name,
@@ -498,7 +500,7 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
 
 def list_states() -> list[dict]:
     """Every container state folder, with `alive` telling if its owner runs."""
-    result = []
+    result: list[dict] = []
     base = containers_dir()
     try:
         entries = os.listdir(base)

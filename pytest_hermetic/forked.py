@@ -27,7 +27,7 @@ import select
 import struct
 import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 from _pytest.runner import CallInfo, call_and_report, runtestprotocol
@@ -37,6 +37,9 @@ from .container import Container
 from .errors import HermeticError
 from .runtime.process import read_exactly
 from .spec import Spec, Volume
+
+if TYPE_CHECKING:
+    from .fixtures import Containers
 
 _HEADER = struct.Struct("!I")
 _CALL_MARK = b"call"  # cheap pre-check before unpickling a message in the parent
@@ -351,7 +354,7 @@ class _Services:
     """The parent's side of the `containers` fixture for one hermetic test."""
 
     def __init__(self, scope: Any = None) -> None:
-        self.factory = None
+        self.factory: Containers | None = None
         self.scope = scope
 
     def answer(self, payload: tuple, reply_fd: int) -> None:
@@ -461,7 +464,8 @@ def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
 def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestReport:
     """The report for a child that died without finishing its reports."""
     done = {r.when for r in reports if not _is_subreport(r)}
-    when = "setup" if "setup" not in done else "call" if "call" not in done else "teardown"
+    when: Literal["setup", "call", "teardown"] = (
+        "setup" if "setup" not in done else "call" if "call" not in done else "teardown")
     reason = result.reason if result is not None and result.reason else "the test process ended without reporting"
     if result is not None and result.status.code is not None and result.status.code != 0 and result.reason and result.reason.startswith("exited"):
         reason = f"exited with status {result.status.code} without reporting"
@@ -588,6 +592,7 @@ def _child_main(item: pytest.Item, write_fd: int, reply_fd: int) -> int:
         # pluggy keeps a hook's implementations in this list; the child is
         # thrown away, so editing it here changes nothing in the parent.
         hook._hookimpls[:] = [impl for impl in hook.get_hookimpls() if impl.plugin is forwarder]
+    assert forwarder is not None  # installed just above
     forwarder.channel = channel
     try:
         # The warnings plugin records around pytest_runtest_protocol, which
@@ -596,7 +601,7 @@ def _child_main(item: pytest.Item, write_fd: int, reply_fd: int) -> int:
             report = call_and_report(item, "setup", log=True)
             if report.passed and not config.getoption("setuponly", False):
                 call_and_report(item, "call", log=True)
-            call_and_report(item, "teardown", log=True, nextitem=_ParentChain(item))  # type: ignore[arg-type]
+            call_and_report(item, "teardown", log=True, nextitem=_ParentChain(item))
     except pytest.exit.Exception as exc:
         channel.send("exit", (exc.msg, exc.returncode))
     except KeyboardInterrupt:

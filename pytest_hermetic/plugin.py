@@ -9,7 +9,7 @@ keys, which beat the built-in defaults.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -67,7 +67,7 @@ def _report_setup_error(item: pytest.Item, nextitem: pytest.Item | None, message
     """Report `item` as an error at set-up with the one line `message`, without running it."""
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    keywords = {k: 1 for k in item.keywords}
+    keywords: dict[str, Literal[1]] = {k: 1 for k in item.keywords}
     ihook.pytest_runtest_logreport(report=pytest.TestReport(item.nodeid, item.location, keywords, "failed",
                                                             message, "setup", []))
     if item.session.shouldfail or item.session.shouldstop:

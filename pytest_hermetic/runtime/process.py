@@ -35,7 +35,9 @@ import warnings
 from .._record import record, factory
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Callable
+    from typing import Callable, NoReturn
+
+    from .usermode_net import Helper
 
 from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
 from . import capabilities, network, rootfs, seccomp
@@ -100,7 +102,7 @@ class ContainerProcess:
         self._status_fd = status_fd
         self._pidfd: int | None = None
         self.exit_status: ExitStatus | None = None
-        self.net_helper = None  # a usermode_net.Helper serving this container, if any
+        self.net_helper: Helper | None = None  # slirp4netns serving this container, if any
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -262,7 +264,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         raise network_error
     if message:
         proc.wait()
-        if isinstance(attach_error, ContainerStartError) or type(attach_error).__module__.endswith("errors"):
+        if attach_error is not None and (isinstance(attach_error, ContainerStartError)
+                                         or type(attach_error).__module__.endswith("errors")):
             raise attach_error
         if attach_error is not None:
             raise ContainerStartError(f"cannot move the container into its cgroup: {attach_error}")
@@ -429,7 +432,7 @@ def read_exactly(fd: int, size: int) -> bytes:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 65536)
         if not chunk:
@@ -444,7 +447,7 @@ def _start_error(message: bytes) -> ContainerStartError:
     return kind(text)
 
 
-def _fail(err_w: int, code: int, text: str) -> None:
+def _fail(err_w: int, code: int, text: str) -> NoReturn:
     try:
         os.write(err_w, f"{code}\t{text}".encode())
     finally:
@@ -556,8 +559,8 @@ def _relay_exit(child: int) -> None:
 
 
 def _relay_wait(child: int) -> None:
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    for forwarded in FORWARDED_SIGNALS:
+        signal.signal(forwarded, lambda s, _f: os.kill(child, s))
     while True:
         try:
             _, status = os.waitpid(child, 0)

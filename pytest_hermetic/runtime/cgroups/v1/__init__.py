@@ -40,22 +40,22 @@ class V1Cgroup(Cgroup):
                     "fix: mount it, or drop the limit"
                 )
         if not any(os.access(mount_point + parent_path(hierarchy, c), os.W_OK) for c, mount_point in hierarchy.v1.items()):
-            wanted = (limits.requested() or ["pids"])[0]
-            controller = CONTROLLER_FOR[wanted]
+            limit = (limits.requested() or ["pids"])[0]
+            controller = CONTROLLER_FOR[limit]
             mount_point = hierarchy.v1.get(controller, "/sys/fs/cgroup")
-            raise not_writable(mount_point + parent_path(hierarchy, controller), wanted)
+            raise not_writable(mount_point + parent_path(hierarchy, controller), limit)
         dirs: dict[str, str] = {}
         seen_mounts: set[str] = set()
         try:
             for controller in _wanted_controllers(limits):
-                mount_point = hierarchy.v1.get(controller)
-                if mount_point is None:
+                mounted = hierarchy.v1.get(controller)
+                if mounted is None:
                     continue
-                if mount_point in seen_mounts:  # co-mounted controllers (cpu,cpuacct) share a directory
-                    dirs[controller] = next(d for c, d in dirs.items() if hierarchy.v1[c] == mount_point)
+                if mounted in seen_mounts:  # co-mounted controllers (cpu,cpuacct) share a directory
+                    dirs[controller] = next(d for c, d in dirs.items() if hierarchy.v1[c] == mounted)
                     continue
-                seen_mounts.add(mount_point)
-                parent = mount_point + parent_path(hierarchy, controller).rstrip("/")
+                seen_mounts.add(mounted)
+                parent = mounted + parent_path(hierarchy, controller).rstrip("/")
                 path = f"{parent}/{name}"
                 try:
                     os.mkdir(path)
