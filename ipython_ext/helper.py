@@ -28,7 +28,7 @@ import traceback
 
 from ipython_ext import protocol
 from pytest_hermetic._proc import descendants
-from pytest_hermetic.options import CREATE_ONLY, spelling
+from pytest_hermetic.options import CREATE_ONLY, is_set, spelling
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ class Helper:
                 if message["image"] and message["image"] != container.spec.image:
                     notes.append(f"container {name!r} already runs (image {container.spec.image}); "
                                  f"this cell runs in it, not in a new container of {message['image']}")
-                ignored = sorted(k for k in _CONTAINER_OPTIONS if options.get(k) not in (None, False, [], ()))
+                ignored = sorted(k for k in _CONTAINER_OPTIONS if is_set(k, options.get(k)))
                 if ignored:
                     notes.append(f"container {name!r} already runs; {', '.join(spelling(k) for k in ignored)} "
                                  "only take effect when a container is created, so they were ignored")

@@ -106,6 +106,11 @@ def spelling(name: str) -> str:
     return flags[-1] if flags else name
 
 
+def is_set(name: str, value: object) -> bool:
+    """Whether a command line set option `name` to `value`: not to its default, nor to nothing."""
+    return value is not None and value != [] and value != {} and value != BY_NAME[name].default
+
+
 def add_arguments(add_argument: Callable[..., Any], where: str) -> None:
     """Declare the options offered `where` (CLI or CELL) through an
     `ArgumentParser.add_argument`; each lands under its own name (`dest`)."""
