@@ -29,6 +29,7 @@ import traceback
 from ipython_ext import protocol
 from pytest_hermetic._proc import descendants
 from pytest_hermetic.options import CREATE_ONLY, is_set, spelling
+from pytest_hermetic.runtime.descriptors import close_except
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def _keep() -> int:
     it only waits.  It is a fork of this helper, so drop what it inherited."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
-    os.closerange(3, 65536)
+    close_except()  # every fd above 2, however high
     while True:
         signal.pause()
 

@@ -155,7 +155,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if interrupts["count"] > 1:
             container.kill(signal.SIGKILL)
         else:
-            container.kill(signum)
+            # The container has a session of its own: a terminal's Ctrl-C
+            # or hangup reaches it through here, so it goes where the
+            # terminal would send it, PID 1's whole group (the command a
+            # shell runs in it included); under --init PID 1 passes it on.
+            container.kill(signum, group=signum != signal.SIGTERM and not args.init)
 
     with container:
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}

@@ -31,7 +31,7 @@ from ._proc import descendants, owner, owner_alive, started_before
 from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.store import Image, Store
 from .options import DEFAULT_PIDS
-from .paths import state_root
+from .paths import make_private, state_root
 from .runtime import cgroups, process
 from .runtime.namespaces import default_user_namespace
 from .runtime.rootfs import Bind, RootfsConfig
@@ -230,6 +230,7 @@ class Container:
         return os.path.join(self.state_dir, "scratch")
 
     def _make_state_dir(self) -> None:
+        make_private(state_root())
         if self.state_dir is None:
             os.makedirs(self._scratch, exist_ok=True)
             return
@@ -240,6 +241,7 @@ class Container:
         # needs no clean-up and costs no disk operations.
         os.mkdir(os.path.join(self.state_dir, "scratch"), 0o755)
         if self.rw_dir is not None:
+            make_private(self.store.root)
             os.makedirs(os.path.dirname(self.rw_dir), exist_ok=True)
             os.mkdir(self.rw_dir, 0o700)
             for sub in ("upper", "work"):
@@ -368,14 +370,16 @@ class Container:
         # The relay is bookkeeping, not part of the container.
         return [v for v in victims if v[0] != self.process.pid or self.process.pid == self.process.init_pid]
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to PID 1; SIGKILL kills everything in the container."""
+    def kill(self, sig: int = signal.SIGKILL, group: bool = False) -> None:
+        """Send `sig` to PID 1 (with `group`, to its process group: PID 1
+        and the children that stayed in it); SIGKILL kills everything in
+        the container."""
         if self.process is None or self.result is not None:
             return
         if sig == signal.SIGKILL:
             self._kill_all()
         else:
-            self.process.send_signal(sig)
+            self.process.send_signal(sig, group)
 
     def stats(self) -> cgroups.Stats:
         return self.cgroup.stats() if self.cgroup is not None else cgroups.Stats()

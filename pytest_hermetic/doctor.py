@@ -34,9 +34,10 @@ from typing import TextIO
 
 from . import paths
 from .errors import HermeticError
-from .runtime import cgroups
+from .images import layers
+from .runtime import cgroups, rootfs
 from .runtime import syscalls as sc
-from .runtime.namespaces import IdMap, UserNamespace, _subordinate_range
+from .runtime.namespaces import IdMap, UserNamespace, subordinate_range
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 NOBODY = 65534
@@ -388,25 +389,24 @@ def _mount_overlay(machine: Machine, lower: str, upper: str, work: str, merged: 
     write a file (copy-up) and delete a lower one (whiteout) through it."""
     _isolate(machine, sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}" + ("" if machine.root else ",userxattr")
+    options = rootfs.overlay_options([lower], upper, work, userns=not machine.root)  # the engine's very mount
     sc.mount("overlay", merged, "overlay", sc.MS_NODEV, options)
     with open(os.path.join(merged, "new"), "w") as f:
         f.write("upper\n")
     os.remove(os.path.join(merged, "gone"))
     if not os.path.exists(os.path.join(upper, "new")):
         raise RuntimeError("a file written through the overlay did not reach the upper layer")
-    if not _is_whiteout(os.path.join(upper, "gone")):
+    if not _whiteout_at(os.path.join(upper, "gone")):
         raise RuntimeError("deleting a lower file left no whiteout in the upper layer")
     sc.umount2(merged, sc.MNT_DETACH)
     return ""
 
 
-def _is_whiteout(path: str) -> bool:
+def _whiteout_at(path: str) -> bool:
     try:
-        st = os.lstat(path)
+        return layers.is_whiteout(os.lstat(path))
     except FileNotFoundError:
         return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
 def check_whiteouts(machine: Machine) -> Iterator[Result]:
@@ -533,8 +533,8 @@ def _v1_fix(machine: Machine, h: cgroups.Hierarchy) -> str:
 
 
 def check_rootless_extras(machine: Machine) -> Iterator[Result]:
-    sub_uid = _subordinate_range("/etc/subuid", machine.user, machine.uid)
-    sub_gid = _subordinate_range("/etc/subgid", machine.user, machine.uid)
+    sub_uid = subordinate_range("/etc/subuid", machine.user, machine.uid)
+    sub_gid = subordinate_range("/etc/subgid", machine.user, machine.uid)
     if sub_uid and sub_gid:
         yield Result(OK, "subordinate ids", f"/etc/subuid {sub_uid[0]}+{sub_uid[1]}, /etc/subgid {sub_gid[0]}+{sub_gid[1]}")
     else:
@@ -729,7 +729,7 @@ def fstype(path: str) -> str:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
-            point = cgroups._unescape(left.split()[4])
+            point = cgroups.unescape_mount_point(left.split()[4])
             inside = path == point or path.startswith(point.rstrip("/") + "/")
             if inside and len(point) >= len(best):
                 best, kind = point, right.split()[0]

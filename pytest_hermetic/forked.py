@@ -24,6 +24,7 @@ import gc
 import os
 import pickle
 import select
+import signal
 import struct
 import sys
 import warnings
@@ -406,8 +407,19 @@ def _drain(read_fd: int, container: Container, services: "_Services", reply_fd: 
     pending = b""  # bytes not yet split into messages, for the calls
     assert container.process is not None
     open_fds = [read_fd, container.process.fileno()]
+    interrupted = False
     while True:
-        ready, _, _ = select.select(open_fds, [], [], 0.5)
+        try:
+            ready, _, _ = select.select(open_fds, [], [], 0.5)
+        except KeyboardInterrupt:
+            # The container has a session of its own, so a terminal's Ctrl-C
+            # reaches pytest only: pass it on, so the test stops where it
+            # is and says so; a second one stops waiting.
+            if interrupted:
+                raise
+            interrupted = True
+            container.kill(signal.SIGINT)
+            continue
         if read_fd in ready:
             chunk = os.read(read_fd, 1 << 16)
             if chunk:

@@ -50,6 +50,24 @@ def system_state_root() -> str:
     return state_root()
 
 
+_private: set[str] = set()
+
+
+def make_private(path: str) -> str:
+    """Create `path` if needed and close it to other users (0700, as Docker
+    keeps /var/lib/docker at 0710): image layers may hold setuid-root files
+    and containers' read-write layers anything their root wrote, which a
+    local user must not reach.  A folder of another owner is left as it is.
+    Checked once per process and path."""
+    if path not in _private:
+        os.makedirs(path, 0o700, exist_ok=True)
+        st = os.stat(path)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(path, st.st_mode & 0o700)
+        _private.add(path)
+    return path
+
+
 _TMPFS_MAGIC = 0x01021994
 
 

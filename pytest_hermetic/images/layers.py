@@ -322,7 +322,8 @@ def _hostile(member: str, problem: str) -> LayerError:
     return LayerError(f"refusing layer member {shown}: {problem}; the layer is hostile or corrupt")
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether a file is an overlay whiteout: a 0/0 character device."""
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
@@ -423,7 +424,7 @@ class _Extractor:
                     f"{what} component {comp!r} is a symlink (extraction never "
                     "follows symlinks)",
                 ) from None
-            if create and _is_whiteout(st):
+            if create and is_whiteout(st):
                 # `.wh.D` then `D/x` in the same layer: D is replaced, so opaque
                 os.unlink(comp, dir_fd=parent_fd)
                 os.mkdir(comp, 0o755, dir_fd=parent_fd)
@@ -571,7 +572,7 @@ class _Extractor:
                 os.mkdir(leaf, 0o700, dir_fd=pfd)
             fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
             try:
-                if prev is not None and _is_whiteout(prev):
+                if prev is not None and is_whiteout(prev):
                     self._set_opaque(fd, name)  # `.wh.D` and `D/` in one layer
                 self._dir_meta(fd, parts, m, path)
             finally:
@@ -1067,7 +1068,7 @@ def _write_tree(
             mode = st.st_mode
             xattrs = _read_xattrs(dfd, name)
             if overlay is not None:
-                if _is_whiteout(st) or (
+                if is_whiteout(st) or (
                     stat.S_ISREG(mode) and overlay + "whiteout" in xattrs
                 ):
                     tf.addfile(marker(prefix + _WH + name))

@@ -88,6 +88,9 @@ class Store:
     # -- layout ---------------------------------------------------------------
 
     def _ensure(self) -> None:
+        from ..paths import make_private
+
+        make_private(self.root)
         for sub in ("blobs/sha256", "layers", "tmp", "locks"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import signal
 
-from . import capabilities
+from . import capabilities, descriptors
 from . import syscalls as sc
 from .seccomp import Filter
-from .process import ContainerProcess, fork, _describe, _fail, _read_all, _relay_exit, _restore_signals, _start_error, redirect_stdio
+from .process import ContainerProcess, fork, _describe, _fail, _read_all, _relay_exit, _restore_signals, _start_error, own_session, redirect_stdio
 
 _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
           ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
@@ -76,14 +76,14 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
         if child == 0:
             try:
                 os.chdir(cwd if os.path.isdir(cwd) else "/")
+                own_session()
                 if not privileged:
                     capabilities.drop_to_default(capabilities.last_cap())
                     capabilities.no_new_privs()
                 if seccomp_filter is not None:
                     seccomp_filter.load()
                 redirect_stdio(stdio)
-                os.closerange(3, err_w)
-                os.closerange(err_w + 1, 65536)
+                descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
                 _restore_signals()
                 os.execvpe(argv[0], argv, env)
             except FileNotFoundError:

@@ -64,7 +64,8 @@ class UserNamespace:
                 )
 
 
-def _subordinate_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
+def subordinate_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
+    """(start, count) of `user`'s (or `uid`'s) line in /etc/subuid or /etc/subgid, if any."""
     try:
         with open(path) as f:
             for line in f:
@@ -88,8 +89,8 @@ def default_user_namespace() -> UserNamespace:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
         name = str(uid)
-    sub_uid = _subordinate_range("/etc/subuid", name, uid)
-    sub_gid = _subordinate_range("/etc/subgid", name, uid)
+    sub_uid = subordinate_range("/etc/subuid", name, uid)
+    sub_gid = subordinate_range("/etc/subgid", name, uid)
     import shutil
 
     if sub_uid and sub_gid and shutil.which("newuidmap") and shutil.which("newgidmap"):

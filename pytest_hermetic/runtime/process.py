@@ -24,6 +24,7 @@ Set-up errors travel to the parent through a close-on-exec pipe as one line
 
 from __future__ import annotations
 
+import errno
 import os
 import resource  # imported here: after entering a container's root, no stdlib is left to import from
 import select
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
-from . import capabilities, network, rootfs, seccomp
+from . import capabilities, descriptors, network, rootfs, seccomp
 from . import syscalls as sc
 from .namespaces import CONTAINER_NAMESPACES, UserNamespace
 
@@ -146,9 +147,15 @@ class ContainerProcess:
             return None
         return ExitStatus.from_wait(struct.unpack("i", data)[0])
 
-    def send_signal(self, sig: int) -> None:
+    def send_signal(self, sig: int, group: bool = False) -> None:
+        """Signal PID 1, or with `group` its whole process group (PID 1
+        leads it: what a terminal's Ctrl-C reached when the container still
+        shared its caller's)."""
         try:
-            os.kill(self.init_pid, sig)
+            if group:
+                os.killpg(self.init_pid, sig)
+            else:
+                os.kill(self.init_pid, sig)
         except ProcessLookupError:
             pass
 
@@ -267,7 +274,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         if attach_error is not None and (isinstance(attach_error, ContainerStartError)
                                          or type(attach_error).__module__.endswith("errors")):
             raise attach_error
-        if attach_error is not None:
+        if attach_error is not None and not isinstance(attach_error, BrokenPipeError):
+            # (a broken pipe only says the child stopped first: its message says why)
             raise ContainerStartError(f"cannot move the container into its cgroup: {attach_error}")
         raise _start_error(message)
     return proc
@@ -367,8 +375,10 @@ def _worker(config: ProcessConfig, target, err_w: int, joined: tuple[int, int] |
             if _lifeline is not None:
                 os.close(_lifeline[2])  # the placeholders' lifeline is the parent's alone
             _enter_container(config, joined, in_namespaces=False)
+            own_session()
             _drop_privileges(config)
             seccomp.install(config)
+            descriptors.seal()
         except BaseException as exc:  # noqa: BLE001
             _fail(err_w, 125, _describe(exc))
         os.close(err_w)  # set-up done: start() returns in the parent
@@ -558,9 +568,23 @@ def _relay_exit(child: int) -> None:
         os._exit(125)
 
 
+def _forwarder(pid: int):  # noqa: ANN202
+    """A handler that passes the signal on to `pid`: a process of the
+    container may signal its PID 1 after the target is gone, and an error
+    in a handler would end the waiting PID 1 before it reports."""
+
+    def forward(sig: int, _frame: object) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    return forward
+
+
 def _relay_wait(child: int) -> None:
     for forwarded in FORWARDED_SIGNALS:
-        signal.signal(forwarded, lambda s, _f: os.kill(child, s))
+        signal.signal(forwarded, _forwarder(child))
     while True:
         try:
             _, status = os.waitpid(child, 0)
@@ -570,7 +594,8 @@ def _relay_wait(child: int) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(sig, signal.SIG_DFL)
+        if sig != signal.SIGKILL:  # (whose disposition cannot be set: it is always the default)
+            signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
@@ -600,6 +625,7 @@ def _pid1(config: ProcessConfig, target, err_w: int, status_w: int | None,
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _enter_container(config, joined, in_namespaces)
         _wait_network(config, err_w)
+        own_session()
         _drop_privileges(config)
         seccomp.install(config)
     except BaseException as exc:  # noqa: BLE001
@@ -629,17 +655,40 @@ def _enter_container(config: ProcessConfig, joined: tuple[int, int] | None, in_n
     rootfs.mount_cgroup2(config.rootfs)
 
 
+def own_session() -> None:
+    """A session of the container's own, so `kill(0, sig)` (or killpg of its
+    group) reaches nothing outside, and a caller's terminal is no longer its
+    controlling terminal (no TIOCSTI into the caller's shell, no SIGTTIN);
+    and a fresh session keyring instead of the caller's (as runc does)."""
+    os.setsid()
+    try:
+        sc.join_new_session_keyring()
+    except OSError as exc:
+        # ENOSYS: no keyrings in this kernel; EPERM: the caller's own
+        # seccomp filter (under Docker) blocks keyctl, for it as for us.
+        if exc.errno == errno.EDQUOT:
+            raise ContainerStartError("cannot give the container a session keyring of its own: this user's key "
+                                      "quota is full (each running container holds one key); fix: raise "
+                                      "kernel.keys.maxkeys and kernel.keys.maxbytes with sysctl") from None
+        if exc.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
+
+
 def _drop_privileges(config: ProcessConfig) -> None:
+    """Become the container's user with Docker's capabilities: uid 0 (with
+    any gid) keeps the default set, any other uid none at all (the kernel
+    clears effective and permitted on the switch away from uid 0; the
+    bounding set is cut first, so a setuid-root file could not give back
+    more than the default set even without no_new_privs)."""
     uid, gid = _resolve_user(config.user)
-    cap_last = config.cap_last
     _enter_workdir(config.cwd)
+    if not config.privileged:
+        capabilities.drop_to_default(config.cap_last)
     if gid != 0 or uid != 0:
         if config.userns is None:
             os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-    elif not config.privileged:
-        capabilities.drop_to_default(cap_last)
     if not config.privileged:
         capabilities.no_new_privs()
 
@@ -725,8 +774,7 @@ def _exec(config: ProcessConfig, err_w: int) -> None:
     _restore_signals()
     redirect_stdio(config.stdio)
     if config.close_fds:
-        os.closerange(3, err_w)
-        os.closerange(err_w + 1, 65536)
+        descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
     try:
         os.execvpe(config.argv[0], config.argv, config.env)
     except FileNotFoundError:
@@ -744,7 +792,7 @@ def _exec_target(config: ProcessConfig) -> Callable[[], int]:
     def run() -> int:
         assert config.argv
         redirect_stdio(config.stdio)
-        os.closerange(3, 65536)
+        descriptors.cloexec_all()
         _restore_signals()
         try:
             os.execvpe(config.argv[0], config.argv, config.env)
@@ -781,15 +829,24 @@ def _call(target) -> int:  # noqa: ANN001
 def _run_callable(target, err_w: int, status_w: int | None) -> None:
     """Fork the callable as PID 2; stay as its reaper and signal forwarder."""
     os.close(err_w)  # set-up done: start() returns in the parent
+    # PID 1 holds the caller's descriptors until it closes them below, and
+    # any process of the container could reach them through /proc/1/fd: not
+    # dumpable, it cannot (and it stays so: nothing in it is to be looked at).
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
     worker = os.fork()
     if worker == 0:
         code = 1
         try:
+            if status_w is not None:
+                os.close(status_w)  # PID 1's, for the true exit status
+            descriptors.seal()
+            sc.prctl(sc.PR_SET_DUMPABLE, 1)  # (only now: its fds are sealed)
             code = _call(target)
         finally:
             os._exit(code)
+    descriptors.close_except((status_w,) if status_w is not None else ())
     for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda s, _f: os.kill(worker, s))
+        signal.signal(sig, _forwarder(worker))
     while True:
         try:
             pid, status = os.wait()

@@ -7,10 +7,12 @@ mount it makes dies with that namespace, none is ever made on the host.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from .._record import record, factory
     
+from ..errors import ContainerStartError
 from . import syscalls as sc
 from .syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
 
@@ -128,11 +130,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     _mount_dev(root, config.userns)
     _mount_sys(root, config.privileged)
     sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    for number, bind in enumerate(config.binds):  # last, so a bind below /tmp is not hidden by it
-        if bind.overlay and os.path.isdir(bind.source):
-            _overlay_volume(bind, root + bind.target, f"{config.scratch}/volume{number}", config.userns)
-        else:
-            _bind(bind.source, root + bind.target, bind.readonly)
+    if config.binds:  # last, so a bind below /tmp is not hidden by it
+        _mount_volumes(config, root)
     if not config.privileged:
         _mask(root)
     sc.sethostname(hostname)
@@ -149,7 +148,8 @@ def _replay_layers(replay: list[tuple[str, str]], userns: bool) -> None:
         layers.extract_layer(tar_path, directory, xattr_prefix=prefix)
 
 
-def _overlay_options(lowers: list[str], upper: str, work: str, userns: bool) -> str:
+def overlay_options(lowers: list[str], upper: str, work: str, userns: bool) -> str:
+    """The engine's overlay mount options (`doctor` mounts with the very same)."""
     escaped = [p.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,") for p in lowers]
     options = f"lowerdir={':'.join(escaped)},upperdir={upper},workdir={work}"
     # The rw layer must hold exactly what changed, so `commit` can read it.
@@ -158,7 +158,7 @@ def _overlay_options(lowers: list[str], upper: str, work: str, userns: bool) -> 
 
 
 def _mount_overlay(lowers: list[str], upper: str, work: str, target: str, userns: bool) -> None:
-    sc.mount("overlay", target, "overlay", MS_NODEV, _overlay_options(lowers, upper, work, userns))
+    sc.mount("overlay", target, "overlay", MS_NODEV, overlay_options(lowers, upper, work, userns))
 
 
 def _mount_host_per_directory(config: RootfsConfig) -> None:
@@ -204,37 +204,190 @@ def _mount_points_below_top() -> set[str]:
     return names
 
 
-def _bind(source: str, target: str, readonly: bool, recursive: bool = True) -> None:
-    if not os.path.lexists(target):
-        # Only below a fresh tmpfs (/tmp): elsewhere the init layer has the stub.
-        if os.path.isdir(source):
-            os.makedirs(target, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            open(target, "a").close()
+def _mount_volumes(config: RootfsConfig, root: str) -> None:
+    """Every volume, its target resolved inside the container's root: a
+    symlink planted in an earlier volume (or in the image) is followed as
+    the container would see it, never out to the host (mounts go onto
+    /proc/self/fd/N of the resolved target, as runc does)."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for number, bind in enumerate(config.binds):
+            directory = os.path.isdir(bind.source)
+            try:
+                fd = open_in_root(root_fd, bind.target, directory)
+            except OSError as exc:
+                raise ContainerStartError(f"volume {bind.source}:{bind.target}: cannot make its mount point "
+                                          f"in the container ({exc.strerror or exc})") from None
+            overlay = bind.overlay and directory  # nodev already
+            try:
+                if overlay:
+                    _overlay_volume(bind, fd, f"{config.scratch}/volume{number}", config.userns)
+                else:
+                    _bind(bind.source, fd, bind.readonly)
+            finally:
+                os.close(fd)
+            if not overlay:
+                _restrict(root_fd, bind, nodev=not config.privileged)
+    finally:
+        os.close(root_fd)
+
+
+def open_in_root(root_fd: int, path: str, directory: bool) -> int:
+    """An O_PATH fd on `path` resolved with `root_fd` as "/" (symlinks and
+    ".." included, never leading out), its missing components created: as
+    directories, the last one as an empty file unless `directory`.  A
+    dangling symlink on the way is followed, inside the root, to where its
+    target is made."""
+    rel = _relative(path)
+    for _ in range(_MAX_SYMLINKS):
+        try:
+            return _resolve(root_fd, rel)
+        except FileNotFoundError:
+            pass
+        rel = _make_missing(root_fd, rel, directory)
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
+_MAX_SYMLINKS = 40  # as the kernel's own path walk
+
+
+def _relative(path: str) -> str:
+    return "/".join(part for part in path.split("/") if part not in ("", ".")) or "."
+
+
+def _make_missing(root_fd: int, rel: str, directory: bool) -> str:
+    """Create the missing components of `rel`; returns the path to resolve
+    next (another one when a dangling symlink was met)."""
+    parts = rel.split("/")
+    for depth in range(1, len(parts) + 1):
+        try:
+            os.close(_resolve(root_fd, "/".join(parts[:depth])))
+            continue
+        except FileNotFoundError:
+            pass
+        parent_rel = "/".join(parts[:depth - 1]) or "."
+        name = parts[depth - 1]
+        parent = _resolve(root_fd, parent_rel)
+        try:
+            if depth < len(parts) or directory:
+                os.mkdir(name, 0o755, dir_fd=parent)
+            else:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent))
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ELOOP):
+                raise
+            # A dangling symlink: its target, inside the root, is what to make.
+            target = os.readlink(name, dir_fd=parent)
+            base = "" if target.startswith("/") else parent_rel
+            return _relative("/".join((base, target, *parts[depth:])))
+        finally:
+            os.close(parent)
+    return rel
+
+
+_openat2_works: bool | None = None
+
+
+def _resolve(root_fd: int, rel: str) -> int:
+    global _openat2_works
+    if _openat2_works is not False:
+        try:
+            fd = sc.openat2(root_fd, rel, os.O_PATH | os.O_CLOEXEC, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+            _openat2_works = True
+            return fd
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise FileNotFoundError(exc.errno, os.strerror(exc.errno), rel) if exc.errno == errno.ENOENT else exc
+            _openat2_works = False
+    return _resolve_without_symlinks(root_fd, rel)
+
+
+def _resolve_without_symlinks(root_fd: int, rel: str) -> int:
+    """Before Linux 5.6 (no openat2): one component at a time, and a symlink
+    on the way is refused rather than followed."""
+    fd = os.dup(root_fd)
+    for name in rel.split("/"):
+        if name in ("", "."):
+            continue
+        try:
+            if name == "..":
+                raise OSError(errno.EXDEV, "'..' in a mount target", rel)
+            next_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = next_fd
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.ELOOP, "a symlink on the way (this kernel has no openat2, Linux 5.6+, to follow it "
+                          "inside the container's root)", rel)
+    return fd
+
+
+def _restrict(root_fd: int, bind: Bind, nodev: bool) -> None:
+    """nodev on a volume and every mount below it (a device node planted
+    there must not open a host device), read-only if asked; a volume that
+    is itself a device node is an explicit grant and keeps working, and so
+    are all of them in a privileged container (`-v /dev:/dev`), which could
+    lift nodev itself."""
+    fd = _resolve(root_fd, bind.target.strip("/") or ".")  # now the volume's own root
+    try:
+        mode = os.fstat(fd).st_mode
+        attrs = 0 if not nodev or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else sc.MOUNT_ATTR_NODEV
+        attrs |= sc.MOUNT_ATTR_RDONLY if bind.readonly else 0
+        if attrs:
+            _set_mount_attrs(fd, attrs)
+    finally:
+        os.close(fd)
+
+
+_mount_setattr_works: bool | None = None
+
+
+def _set_mount_attrs(fd: int, attrs: int) -> None:
+    """mount_setattr (Linux 5.12+) applies to the whole tree; before it, a
+    remount of the top mount (keeping the flags the kernel locked on it)."""
+    global _mount_setattr_works
+    if _mount_setattr_works is not False:
+        try:
+            sc.mount_setattr(fd, attrs, recursive=True)
+            _mount_setattr_works = True
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+            _mount_setattr_works = False
+    flags = _locked_flags(fd) | (MS_NODEV if attrs & sc.MOUNT_ATTR_NODEV else 0)
+    flags |= MS_RDONLY if attrs & sc.MOUNT_ATTR_RDONLY else 0
+    sc.mount(None, f"/proc/self/fd/{fd}", None, MS_REMOUNT | MS_BIND | flags)
+
+
+def _bind(source: str, target: str | int, readonly: bool, recursive: bool = True) -> None:
+    """Bind `source` on `target` (a path, or an O_PATH fd from `open_in_root`)."""
+    path = f"/proc/self/fd/{target}" if isinstance(target, int) else target
     flags = MS_BIND | (MS_REC if recursive else 0)
-    sc.mount(source, target, None, flags)
-    if readonly:
+    sc.mount(source, path, None, flags)
+    if readonly and isinstance(target, str):
         # A bind ignores MS_RDONLY; only a remount applies it.  Keep the
         # flags the kernel locked on the source (nodev, nosuid...).
-        extra = _locked_flags(target)
-        sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | extra)
+        fd = os.open(target, os.O_PATH | os.O_CLOEXEC)
+        try:
+            _set_mount_attrs(fd, sc.MOUNT_ATTR_RDONLY)
+        finally:
+            os.close(fd)
 
 
-def _overlay_volume(bind: Bind, target: str, scratch: str, userns: bool) -> None:
+def _overlay_volume(bind: Bind, target_fd: int, scratch: str, userns: bool) -> None:
     """A host folder seen through an overlay: the container may write to
     it, and its writes vanish with it (as everywhere else in `host`)."""
     os.makedirs(f"{scratch}/upper")
     os.mkdir(f"{scratch}/work")
-    if not os.path.lexists(target):
-        os.makedirs(target, exist_ok=True)
-    _mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", target, userns)
+    _mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", f"/proc/self/fd/{target_fd}", userns)
 
 
-def _locked_flags(path: str) -> int:
+def _locked_flags(fd: int) -> int:
     flags = 0
     try:
-        st = os.statvfs(path)
+        st = os.fstatvfs(fd)
     except OSError:
         return flags
     for bit, mount_flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC)):
@@ -249,11 +402,11 @@ def _mount_proc(root: str) -> None:
 
 def _mount_dev(root: str, userns: bool) -> None:
     dev = root + "/dev"
-    sc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    # nodev, as every writable mount of the container: a node made with
+    # mknod (CAP_MKNOD is in Docker's default set) opens nothing.  The
+    # host's own nodes, bound here, keep their mount's flags and work.
+    sc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME, "mode=755,size=65536k")
     for name in HOST_DEVICES:
-        # mknod'ed nodes cannot be opened in a user namespace, and binding the
-        # host's nodes keeps every other device unreachable (all other mounts
-        # are nodev).
         _write_file(f"{dev}/{name}")
         sc.mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
     os.mkdir(f"{dev}/pts")
@@ -292,7 +445,7 @@ def _mask(root: str) -> None:
         if stat.S_ISDIR(st.st_mode):
             sc.mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
         else:
-            sc.mount(root + "/dev/null", target, None, MS_BIND)
+            sc.mount("/dev/null", target, None, MS_BIND)  # the host's (a volume may cover the container's /dev)
     for path in READONLY_PATHS:
         target = root + path
         if os.path.exists(target):

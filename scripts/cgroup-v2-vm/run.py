@@ -16,6 +16,35 @@ Exit status: CMD's own; 124 when --timeout ran out; 125 when the tool or the
 VM failed before CMD's status was known. See README.md beside this file.
 
 Python 3.10+, standard library only. Installs nothing: run install.sh.
+
+Why a tool of our own and not virtme-ng (checked 2026-12-01 on a 2-vCPU dev
+machine, TCG only; virtme-ng 1.42 from PyPI, qemu 1:7.2+dfsg-7+deb12u18,
+Debian kernel 6.1.0-57-amd64): virtme-ng does boot Debian's stock kernel over
+the live root, and `vng --run /boot/vmlinuz-6.1.0-57-amd64 --disable-kvm
+--force-9p --append cgroup_no_v1=all --exec CMD` gives a pure cgroup v2
+guest. It is about four times slower here, which the VM job cannot afford:
+
+    what (wall time on the host)                   this tool   virtme-ng
+    boot, run a one-line `sh -c`, power off          4.8 s      17.7 s (23 s first run)
+    the same with `import pytest, pytest_hermetic.plugin, pyroute2`
+                                                    19.2 s      73.6 s
+    of which the imports, in the guest              13.1 s      52.6 s
+
+Where the difference comes from, and why no option of virtme-ng removes it:
+its initramfs mounts the 9p root with no cache mode (so cache=none; this tool
+uses cache=loose) and no option changes that; it puts overlays on /etc, /lib,
+/usr, /var, /tmp and more, so every read of the interpreter and site-packages
+goes through an overlay on 9p; and it boots the compressed bzImage, whose
+decompressor takes ~5 s under TCG (this tool boots the unpacked vmlinux by
+PVH). virtio-fs, its faster default, needs the Rust virtiofsd: this machine's
+Debian archive has no package of it (`apt-cache search virtiofs` finds
+nothing), and the C virtiofsd of qemu 7.2 (/usr/lib/qemu/virtiofsd) rejects
+virtme-ng's arguments (`fuse: invalid argument`), so virtme-ng falls back to
+9p (61 s for the import run above). Speed aside, virtme-ng would do: the rest
+of what the job needs (the delegated cgroup /hermetic-ci, a tmpfs for the
+store, since an overlay's upper layer cannot be on its /var overlay, exit 124
+and 125) would be a short wrapper around it. Worth a new look when Debian
+ships the Rust virtiofsd and virtme-ng can set the 9p cache mode.
 """
 
 from __future__ import annotations
@@ -23,7 +52,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import gzip
 import hashlib
 import io
 import lzma
@@ -196,6 +224,22 @@ def log(msg: str) -> None:
 # What the host must have
 
 
+def program_headers(elf: bytes) -> list[tuple[int, int, int]]:
+    """(p_type, p_offset, p_filesz) of each program header of a 64-bit ELF;
+    empty for anything else."""
+    if len(elf) < 64 or elf[:4] != b"\x7fELF" or elf[4] != 2:
+        return []
+    phoff, = struct.unpack_from("<Q", elf, 32)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 54)
+    headers = []
+    for i in range(phnum):
+        base = phoff + i * phentsize
+        p_type, _, p_offset = struct.unpack_from("<IIQ", elf, base)
+        p_filesz, = struct.unpack_from("<Q", elf, base + 32)
+        headers.append((p_type, p_offset, p_filesz))
+    return headers
+
+
 def is_static_elf(path: Path) -> bool:
     """True for an ELF file with no PT_INTERP, i.e. one that runs without ld.so.
 
@@ -203,21 +247,10 @@ def is_static_elf(path: Path) -> bool:
     in an initramfs without libc, so the kind of binary is what counts.
     """
     try:
-        with path.open("rb") as f:
-            ehdr = f.read(64)
-            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2:
-                return False
-            phoff, = struct.unpack_from("<Q", ehdr, 32)
-            phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-    except OSError:
+        headers = program_headers(path.read_bytes())
+    except (OSError, struct.error):
         return False
-    for i in range(phnum):
-        p_type, = struct.unpack_from("<I", table, i * phentsize)
-        if p_type == 3:  # PT_INTERP
-            return False
-    return True
+    return bool(headers) and all(p_type != 3 for p_type, _, _ in headers)  # 3: PT_INTERP
 
 
 def version_key(version: str) -> list:
@@ -304,24 +337,35 @@ def module_load_order(kver: str) -> list[tuple[str, Path]]:
     return order
 
 
+def decompress(data: bytes) -> bytes | None:
+    """xz, gzip or zstd data, uncompressed (by its magic number); None for
+    another format, or zstd without a decompressor (Python < 3.14 and no
+    `zstd` program). Trailing bytes after the stream are ignored: the kernel
+    build appends the size after a bzImage's payload."""
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
+    if data[:2] == b"\x1f\x8b":
+        return zlib.decompressobj(wbits=31).decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        try:
+            from compression import zstd  # Python 3.14+
+            return zstd.ZstdDecompressor().decompress(data)
+        except ImportError:
+            if shutil.which("zstd") is None:
+                return None
+            return subprocess.run(["zstd", "-dc"], input=data, capture_output=True).stdout or None
+    return None
+
+
 def read_module(path: Path) -> bytes:
     """The module's ELF bytes: busybox insmod takes uncompressed files only."""
     data = path.read_bytes()
-    if path.suffix == ".xz":
-        return lzma.decompress(data)
-    if path.suffix == ".gz":
-        return gzip.decompress(data)
-    if path.suffix == ".zst":
-        try:
-            from compression import zstd  # Python 3.14+
-            return zstd.decompress(data)
-        except ImportError:
-            pass
-        if shutil.which("zstd") is None:
-            raise ToolError(f"{path} is zstd-compressed: install the Debian package zstd")
-        return subprocess.run(["zstd", "-dc", str(path)], check=True,
-                              capture_output=True).stdout
-    return data
+    if path.suffix not in (".xz", ".gz", ".zst"):
+        return data
+    elf = decompress(data)
+    if elf is None:
+        raise ToolError(f"{path}: cannot decompress it (zstd: install the Debian package zstd)")
+    return elf
 
 
 class Cpio:
@@ -399,35 +443,11 @@ def build_initramfs(kver: str, busybox: Path) -> bytes:
 # booted as is, only slower.
 
 
-def _decompress_payload(payload: bytes) -> bytes | None:
-    if payload[:6] == b"\xfd7zXZ\x00":
-        # The kernel build appends the size after the xz stream: a one-shot
-        # decompressor stops at the stream's end and leaves it.
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
-    if payload[:2] == b"\x1f\x8b":
-        return zlib.decompressobj(wbits=31).decompress(payload)
-    if payload[:4] == b"\x28\xb5\x2f\xfd":
-        try:
-            from compression import zstd  # Python 3.14+
-            return zstd.ZstdDecompressor().decompress(payload)
-        except ImportError:
-            if shutil.which("zstd") is None:
-                return None
-            return subprocess.run(["zstd", "-dc"], input=payload, capture_output=True).stdout or None
-    return None
-
-
 def has_pvh_note(elf: bytes) -> bool:
     """True when the ELF carries Xen's PHYS32_ENTRY note, which qemu needs."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2:
-        return False
-    phoff, = struct.unpack_from("<Q", elf, 32)
-    phentsize, phnum = struct.unpack_from("<HH", elf, 54)
-    for i in range(phnum):
-        p_type, _, p_offset = struct.unpack_from("<IIQ", elf, phoff + i * phentsize)
+    for p_type, p_offset, p_filesz in program_headers(elf):
         if p_type != 4:  # PT_NOTE
             continue
-        p_filesz, = struct.unpack_from("<Q", elf, phoff + i * phentsize + 32)
         pos, end = p_offset, p_offset + p_filesz
         while pos + 12 <= end:
             namesz, descsz, ntype = struct.unpack_from("<III", elf, pos)
@@ -449,7 +469,7 @@ def extract_vmlinux(image: Path) -> bytes | None:
     setup = ((data[0x1f1] or 4) + 1) * 512
     offset, length = struct.unpack_from("<II", data, 0x248)
     try:
-        elf = _decompress_payload(data[setup + offset:setup + offset + length])
+        elf = decompress(data[setup + offset:setup + offset + length])
     except (lzma.LZMAError, zlib.error):
         return None
     return elf if elf and has_pvh_note(elf) else None
@@ -482,11 +502,14 @@ def cached(kind: str, key: str, build) -> Path | None:
 
     ``build`` may return None ("cannot be made"): an empty file records that,
     so the work is not redone on each run. Older files of the same kind and
-    kernel are removed, so the cache holds one generation.
+    kernel are removed once unused for a day: a run of another version of
+    this file (another checkout) may be about to boot them.
     """
     name = f"{kind}-{key}"
     for d in cache_dirs():
         if (d / name).is_file():
+            with contextlib.suppress(OSError):
+                os.utime(d / name)  # in use: not "a day old" for the clean-up below
             return d / name if (d / name).stat().st_size else None
     data = build()
     for d in cache_dirs():
@@ -503,8 +526,8 @@ def cached(kind: str, key: str, build) -> Path | None:
             continue
         kver = key.rsplit("-", 1)[0]
         for old in d.glob(f"{kind}-{kver}-*"):
-            if old.name != name:
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if old.name != name and time.time() - old.stat().st_mtime > 86400:
                     old.unlink()
         return d / name if data else None
     raise ToolError(f"no writable cache folder for the {kind} "
@@ -616,7 +639,7 @@ def run(args: argparse.Namespace) -> int:
     remove_stale_jobdirs()
     jobdir = Path(tempfile.mkdtemp(prefix=f"hermetic-vm-{os.getpid()}-"))
     proc = None
-    fwd_out = fwd_err = fwd_console = None
+    forwarders: list[Forwarder] = []
     try:
         (jobdir / "params.sh").write_text(
             params_script(args.command, args.cwd, guest_env(args.env), args.cache))
@@ -640,15 +663,14 @@ def run(args: argparse.Namespace) -> int:
         with qemu_log.open("wb") as qlog:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog,
                                     start_new_session=True, preexec_fn=_die_with_parent)
-        fwd_out = Forwarder(jobdir / "stdout", sys.stdout.buffer)
-        fwd_err = Forwarder(jobdir / "stderr", sys.stderr.buffer)
-        fwd_console = Forwarder(console, sys.stderr.buffer) if args.verbose else None
+        forwarders = [Forwarder(jobdir / "stdout", sys.stdout.buffer), Forwarder(jobdir / "stderr", sys.stderr.buffer)]
+        if args.verbose:
+            forwarders.append(Forwarder(console, sys.stderr.buffer))
         deadline = t_start + args.timeout
         t_ready = None
         while True:
-            for fwd in (fwd_out, fwd_err, fwd_console):
-                if fwd is not None:
-                    fwd.pump()
+            for fwd in forwarders:
+                fwd.pump()
             if t_ready is None and (jobdir / "ready").exists():
                 t_ready = time.monotonic()
             if proc.poll() is not None:
@@ -664,9 +686,8 @@ def run(args: argparse.Namespace) -> int:
                 return EXIT_TIMEOUT
             time.sleep(0.05)
         t_end = time.monotonic()
-        for fwd in (fwd_out, fwd_err, fwd_console):
-            if fwd is not None:
-                fwd.pump()
+        for fwd in forwarders:
+            fwd.pump()
         qemu_output = qemu_log.read_text(errors="replace")
 
         status = read_status(jobdir, console)
@@ -684,9 +705,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if proc is not None:
             kill_qemu(proc)
-        for fwd in (fwd_out, fwd_err, fwd_console):
-            if fwd is not None:
-                fwd.close()
+        for fwd in forwarders:
+            fwd.close()
         shutil.rmtree(jobdir, ignore_errors=True)
 
 

@@ -16,6 +16,9 @@ import os
 import time
 from ..._record import record, factory
 from functools import lru_cache
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: start-up cost
+    from collections.abc import Iterable
 
 from ...errors import CgroupUnavailable
 
@@ -90,25 +93,29 @@ class Cgroup:
 
 @lru_cache(maxsize=1)
 def detect() -> Hierarchy:
+    with open("/proc/self/mountinfo") as mountinfo, open("/proc/self/cgroup") as membership:
+        return parse_hierarchy(mountinfo, membership)
+
+
+def parse_hierarchy(mountinfo: Iterable[str], membership: Iterable[str]) -> Hierarchy:
+    """The hierarchy from the lines of `/proc/self/mountinfo` and `/proc/self/cgroup`."""
     unified = None
     v1: dict[str, str] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype, _source, options = (right.split() + ["", ""])[:3]
-            mount_point = _unescape(left.split()[4])
-            if fstype == "cgroup2" and unified is None:
-                unified = mount_point
-            elif fstype == "cgroup":
-                for opt in options.split(","):
-                    if opt in CONTROLLERS and opt not in v1:
-                        v1[opt] = mount_point
+    for line in mountinfo:
+        left, _, right = line.partition(" - ")
+        fstype, _source, options = (right.split() + ["", ""])[:3]
+        mount_point = unescape_mount_point(left.split()[4])
+        if fstype == "cgroup2" and unified is None:
+            unified = mount_point
+        elif fstype == "cgroup":
+            for opt in options.split(","):
+                if opt in CONTROLLERS and opt not in v1:
+                    v1[opt] = mount_point
     own: dict[str, str] = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            for name in controllers.split(",") if controllers else [""]:
-                own[name] = path
+    for line in membership:
+        _, controllers, path = line.rstrip("\n").split(":", 2)
+        for name in controllers.split(",") if controllers else [""]:
+            own[name] = path
     if unified and not v1:
         version = "v2"
     elif unified:
@@ -120,7 +127,8 @@ def detect() -> Hierarchy:
     return Hierarchy(version, unified, v1, own)
 
 
-def _unescape(path: str) -> str:
+def unescape_mount_point(path: str) -> str:
+    """A mount point as `/proc/*/mountinfo` writes it (space, tab, newline, backslash octal-escaped)."""
     return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 

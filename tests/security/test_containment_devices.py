@@ -1,0 +1,123 @@
+"""No device but the engine's own few: a node made with mknod (CAP_MKNOD is
+in Docker's default set) opens nothing, wherever the container can write.
+The attack: mknod a block device (loop0, b 7 0) and the kernel log (kmsg,
+c 1 11) in /dev, /tmp, /dev/shm, / and a volume, then open each read-only
+(nothing is read or written)."""
+
+from __future__ import annotations
+
+import os
+
+from attack import run, user_dir
+
+PLACES = ("/dev", "/tmp", "/dev/shm", "/", "/vol")
+HOST_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+ATTACK = "; ".join(
+    f"n={place.rstrip('/')}/x{number}; "
+    f"if mknod $n {kind} 2>/dev/null; then echo MADE $n; if true < $n 2>/dev/null; then echo OPENED $n; "
+    f"else echo REFUSED $n; fi; rm -f $n; else echo NO-MKNOD $n; fi"
+    for place in PLACES for number, kind in enumerate(("b 7 0", "c 1 11")))
+# The nodes the engine binds from the host keep working.
+USABLE = ("head -c 4 /dev/zero | wc -c; head -c 4 /dev/urandom | wc -c; head -c 4 /dev/random | wc -c; "
+          "echo x > /dev/null && echo null-ok; echo x > /dev/full 2>/dev/null || echo full-ok")
+
+
+def _check(stdout: str, made_expected: bool) -> None:
+    lines = stdout.splitlines()
+    assert not [line for line in lines if line.startswith("OPENED")], stdout
+    made = [line for line in lines if line.startswith("MADE")]
+    if made_expected:  # root: mknod works, so the refusal is the mount's nodev, not a missing capability
+        assert len(made) == 2 * len(PLACES), stdout
+        assert len([line for line in lines if line.startswith("REFUSED")]) == len(made)
+    else:
+        assert len([line for line in lines if line.startswith(("REFUSED", "NO-MKNOD"))]) == 2 * len(PLACES), stdout
+
+
+def _writable_mounts_without_nodev(mountinfo: str) -> list[str]:
+    """Writable mounts of the container that would open a device node (the
+    bound host nodes aside, mounts of one node each; devpts holds only its
+    own terminals: it has no mknod)."""
+    bad = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 10:
+            continue  # the attack's own output
+        options = fields[5].split(",")
+        fstype = fields[fields.index("-") + 1]
+        host_node = fields[3] in {f"/{name}" for name in HOST_NODES}  # one file: /dev/null, or a mask made of it
+        if "rw" in options and "nodev" not in options and fstype != "devpts" and not host_node:
+            bad.append(line)
+    return bad
+
+
+def test_mknod_opens_nothing_anywhere_as_root(busybox_image, tmp_path):
+    volume = tmp_path / "vol"
+    volume.mkdir(mode=0o700)
+    ran = run("-v", f"{volume}:/vol", busybox_image, "sh", "-c", f"{ATTACK}; {USABLE}; cat /proc/self/mountinfo")
+    assert ran.returncode == 0, ran.stderr
+    _check(ran.stdout, made_expected=True)
+    assert ran.stdout.split("\n")[2 * 2 * len(PLACES):][:5] == ["4", "4", "4", "null-ok", "full-ok"], ran.stdout
+    assert _writable_mounts_without_nodev(ran.stdout) == []
+    assert os.listdir(volume) == []
+
+
+def test_mknod_opens_nothing_in_the_host_image(tmp_path):
+    volume = tmp_path / "vol"
+    volume.mkdir(mode=0o700)
+    ran = run("-v", f"{volume}:/vol", "host", "sh", "-c", f"{ATTACK}; cat /proc/self/mountinfo")
+    assert ran.returncode == 0, ran.stderr
+    _check(ran.stdout, made_expected=True)
+    assert _writable_mounts_without_nodev(ran.stdout) == []
+
+
+def test_mknod_opens_nothing_rootless(test_user):
+    volume = user_dir(test_user, "device-volume")
+    ran = run("-v", f"{volume}:/vol", "host", "sh", "-c", f"{ATTACK}; {USABLE}; cat /proc/self/mountinfo",
+              user=test_user)
+    assert ran.returncode == 0, ran.stderr
+    _check(ran.stdout, made_expected=False)
+    assert "4\n4\n4\nnull-ok\nfull-ok" in ran.stdout
+    assert _writable_mounts_without_nodev(ran.stdout) == []
+
+
+PLUGIN_SUITE = """
+import os, stat
+from pytest_hermetic import hermetic
+
+@hermetic(OPTIONS)
+def test_mknod_opens_nothing(tmp_path):
+    for place in ("/dev", "/tmp", "/", "/dev/shm", str(tmp_path)):
+        for number, (kind, rdev) in enumerate(((stat.S_IFBLK, os.makedev(7, 0)), (stat.S_IFCHR, os.makedev(1, 11)))):
+            node = os.path.join(place, f"x{number}")
+            os.mknod(node, 0o600 | kind, rdev)  # made: root keeps CAP_MKNOD
+            try:
+                os.close(os.open(node, os.O_RDONLY))
+                raise AssertionError(f"opened {node}")
+            except PermissionError:
+                pass
+            finally:
+                os.unlink(node)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if "rw" in fields[5].split(",") and fstype != "devpts" and fields[3] not in NODES:
+                assert "nodev" in fields[5].split(","), line
+"""
+
+
+def test_mknod_opens_nothing_in_a_hermetic_test():
+    from attack import inner_session, marker_options
+
+    nodes = {f"/{name}" for name in HOST_NODES}
+    ran = inner_session(None, "devices-plugin", f"NODES = {nodes!r}\n" +
+                        PLUGIN_SUITE.replace("OPTIONS", marker_options()))
+    assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_a_folder_of_host_devices_as_a_volume_opens_nothing_unless_privileged():
+    probe = "head -c 1 /hostdev/zero | wc -c; head -c 1 /single-zero | wc -c"
+    plain = run("-v", "/dev:/hostdev", "-v", "/dev/zero:/single-zero", "host", "sh", "-c", probe)
+    assert plain.stdout.split() == ["0", "1"], plain.stdout + plain.stderr  # the single node: an explicit grant
+    privileged = run("--privileged", "-v", "/dev:/hostdev", "-v", "/dev/zero:/single-zero", "host", "sh", "-c", probe)
+    assert privileged.stdout.split() == ["1", "1"], privileged.stdout + privileged.stderr
