@@ -287,14 +287,8 @@ def _rebuild(error: dict) -> BaseException:
 def _clean_after(helper_pid: int) -> None:
     """Remove what the containers of a dead helper left (state folder, cgroup,
     rw layer): exactly what `hermetic gc` would, for this owner only."""
-    from pytest_hermetic._fs import rmtree
-    from pytest_hermetic.container import _remove_cgroup_dir, list_states
+    from pytest_hermetic.container import clear_dead, list_states
 
     for state in list_states():
-        if state.get("owner_pid") != helper_pid or state["alive"]:
-            continue
-        for path in state.get("cgroup") or []:
-            _remove_cgroup_dir(path)
-        if state.get("rw_dir") and os.path.isdir(state["rw_dir"]):
-            rmtree(state["rw_dir"])
-        rmtree(state["state_dir"])
+        if state.get("owner_pid") == helper_pid and not state["alive"]:
+            clear_dead(state)

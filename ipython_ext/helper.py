@@ -435,20 +435,9 @@ def _float(value: object) -> float | None:
 
 def _commit_foreign(name: str, ref: str):  # noqa: ANN202
     """A running container of another process (`hermetic run --name`), as `hermetic commit` does."""
-    from pytest_hermetic.container import list_states
-    from pytest_hermetic.errors import ContainerNotFound, ContainerStartError
-    from pytest_hermetic.images.commit import commit_upper
-    from pytest_hermetic.images.store import Store
+    from pytest_hermetic.container import commit_running
 
-    for state in list_states():
-        if state["alive"] and name in (state.get("name"), state["id"], state["id"][:12]):
-            if not state.get("rw_dir"):
-                raise ContainerStartError(f"container {name!r} keeps its read-write layer in memory; only containers "
-                                          "started with --name or --commit can be committed")
-            store = Store()
-            return commit_upper(store, store.resolve(state["image"]), os.path.join(state["rw_dir"], "upper"), ref,
-                                userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
-    raise ContainerNotFound(f"no running container named {name!r}; see `%container ps`")
+    return commit_running(name, ref, ps="`%container ps`")
 
 
 def _error_reply(exc: BaseException) -> dict:

@@ -23,6 +23,36 @@ def owner() -> dict:
     return {"owner_pid": os.getpid(), "owner_start": start_time(os.getpid())}
 
 
+_key: tuple[int, str] | None = None
+
+
+def owner_key() -> str:
+    """`PID-START` of this process: put in the names of what it makes (staging,
+    read-write layers, use records), so `gc` can tell from a name alone whether
+    its maker still runs, with no window between making a thing and recording
+    who owns it.  Asked again after a fork."""
+    global _key
+    pid = os.getpid()
+    if _key is None or _key[0] != pid:
+        _key = (pid, f"{pid}-{start_time(pid)}")
+    return _key[1]
+
+
+def owned_name(prefix: str) -> str:
+    """A fresh name that says its owner: `PREFIX` + `PID-START-RANDOM`."""
+    return f"{prefix}{owner_key()}-{os.urandom(4).hex()}"
+
+
+def name_owner(name: str) -> dict | None:
+    """The owner record in a name made with `owner_key`/`owned_name`; None if it has none."""
+    import re
+
+    match = re.search(r"(?:^|[-.])(\d+)-(\d+)(?:-[0-9a-f]+)?(?:\.[a-z]+)?$", name)
+    if match is None:
+        return None
+    return {"owner_pid": int(match.group(1)), "owner_start": int(match.group(2))}
+
+
 def owner_alive(record: dict) -> bool:
     """Whether the owner recorded by `owner()` still runs (not a reused pid)."""
     pid = record.get("owner_pid")

@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     com.add_argument("ref", metavar="REF")
 
     rmi = sub.add_parser("rmi", help="remove images (their layers go at the next gc)")
+    rmi.add_argument("-f", "--force", action="store_true",
+                     help="untag also an image a running container uses (its layers stay until the container is gone)")
     rmi.add_argument("refs", nargs="+", metavar="IMAGE")
 
     sub.add_parser("ps", help="list running containers")
@@ -270,25 +272,11 @@ def _cmd_save(args: argparse.Namespace) -> int:
 
 
 def _cmd_commit(args: argparse.Namespace) -> int:
-    from .container import list_states
-    from .errors import ContainerNotFound
-    from .images.commit import commit_upper
-    from .images.store import Store
+    from .container import commit_running
 
-    for state in list_states():
-        if state["alive"] and args.container in (state.get("name"), state["id"], state["id"][:12]):
-            store = Store()
-            base = store.resolve(state["image"])
-            if not state.get("rw_dir"):
-                from .errors import ContainerStartError
-
-                raise ContainerStartError(f"container {args.container!r} keeps its read-write layer in memory; "
-                                          "only containers started with --name or --commit can be committed")
-            image = commit_upper(store, base, os.path.join(state["rw_dir"], "upper"), args.ref,
-                                 userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
-            print(f"{image.familiar} {image.id}")
-            return 0
-    raise ContainerNotFound(f"no running container named {args.container!r}; see `hermetic ps`")
+    image = commit_running(args.container, args.ref)
+    print(f"{image.familiar} {image.id}")
+    return 0
 
 
 def _cmd_rmi(args: argparse.Namespace) -> int:
@@ -296,7 +284,7 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
 
     store = Store()
     for ref in args.refs:
-        print(f"untagged {store.remove(ref)}")
+        print(f"untagged {store.remove(ref, force=args.force)}")
     return 0
 
 

@@ -15,6 +15,7 @@ cannot be committed (the plugin, and `hermetic run` without --commit/--name).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,9 +28,9 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .networks import Network
 
 from ._fs import rmtree
-from ._proc import descendants, owner, owner_alive, started_before
+from ._proc import descendants, name_owner, owner, owner_alive, owner_key, started_before
 from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
-from .images.store import Image, Store
+from .images.store import Image, Keep, Store
 from .options import DEFAULT_PIDS
 from .paths import make_private, state_root
 from .runtime import cgroups, process
@@ -114,8 +115,10 @@ class Container:
         # own; the scratch mount point is shared, since each container mounts
         # its own tmpfs on it in its own mount namespace.
         self.state_dir = os.path.join(containers_dir(), self.id) if spec.tracked else None
-        # A committable rw layer lives on the store's (disk) file system.
-        self.rw_dir = None if spec.ephemeral else os.path.join(self.store.root, "containers", self.id)
+        # A committable rw layer lives on the store's (disk) file system, named
+        # for its owner: gc removes it only once that process is gone.
+        self.rw_dir = None if spec.ephemeral else os.path.join(self.store.root, "containers", f"{owner_key()}-{self.id}")
+        self._use: Keep | None = None  # the store's record of the layers this container runs on
         self.userns = spec.userns if spec.userns is not None else os.geteuid() != 0
 
     @property
@@ -144,13 +147,14 @@ class Container:
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
-        image = self.image = self.store.resolve(self.spec.image)
+        image = self.image = self._resolve_and_use()
         argv = None
         if target is None:
             argv = list(self.spec.command or [])
             if not argv:
                 argv = list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
             if not argv:
+                self.remove()
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
         limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
@@ -171,6 +175,20 @@ class Container:
             self.remove()
             raise
         return self
+
+    def _resolve_and_use(self) -> Image:
+        """The image, with its layers recorded as this container's in the
+        store before anything reads them, so no `gc` takes them from under
+        it.  Once more if a moved tag's old layers went meanwhile."""
+        for attempt in (0, 1):
+            image = self.store.resolve(self.spec.image)
+            try:
+                self._use = self.store.use(image, self.id, self.name)
+                return image
+            except StoreError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def _join_usermode_network(self, config: process.ProcessConfig) -> None:
         """Rootless: `net=True` through slirp4netns; bridges need root."""
@@ -235,11 +253,16 @@ class Container:
             os.makedirs(self._scratch, exist_ok=True)
             return
         os.makedirs(containers_dir(), exist_ok=True)
-        os.mkdir(self.state_dir, 0o700)
+        # Made under a name that says its owner and renamed whole, with its
+        # state.json: `gc` never sees a container folder without its owner.
+        staging = os.path.join(containers_dir(), f".new-{owner_key()}-{self.id}")
+        os.mkdir(staging, 0o700)
         # `scratch` becomes a tmpfs inside the container's mount namespace
         # (init layer, mount point; the rw layer too when ephemeral): it
         # needs no clean-up and costs no disk operations.
-        os.mkdir(os.path.join(self.state_dir, "scratch"), 0o755)
+        os.mkdir(os.path.join(staging, "scratch"), 0o755)
+        self._write_state(staging)
+        os.rename(staging, self.state_dir)
         if self.rw_dir is not None:
             make_private(self.store.root)
             os.makedirs(os.path.dirname(self.rw_dir), exist_ok=True)
@@ -432,8 +455,14 @@ class Container:
         if self.network is not None and self._owns_network:
             self._owns_network = False
             self.network.close()
+        self.store.release(self._use)
+        self._use = None
         if self.state_dir is not None and os.path.isdir(self.state_dir):
-            rmtree(self.state_dir)
+            # Out of `ps`'s and gc's sight at once, under a name that says
+            # whose it is (should we be killed half way through).
+            doomed = os.path.join(containers_dir(), f".del-{owner_key()}-{self.id}")
+            os.rename(self.state_dir, doomed)
+            rmtree(doomed)
         if self.rw_dir is not None and os.path.isdir(self.rw_dir):
             rmtree(self.rw_dir)
 
@@ -445,8 +474,7 @@ class Container:
 
     # -- state on disk (for `ps` and `gc`) --------------------------------------
 
-    def _write_state(self) -> None:
-        assert self.state_dir is not None  # a tracked container's
+    def _write_state(self, folder: str | None = None) -> None:
         data = {
             "id": self.id,
             "name": self.name,
@@ -459,10 +487,12 @@ class Container:
             "network": None if self.network is None else self.network.name,
             "address": self.address,
         }
-        tmp = os.path.join(self.state_dir, "state.json.tmp")
+        folder = folder or self.state_dir
+        assert folder is not None  # a tracked container's
+        tmp = os.path.join(folder, "state.json.tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
-        os.replace(tmp, os.path.join(self.state_dir, "state.json"))
+        os.replace(tmp, os.path.join(folder, "state.json"))
 
 
 def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None
@@ -511,12 +541,16 @@ def list_states() -> list[dict]:
     except FileNotFoundError:
         return result
     for entry in sorted(entries):
+        if entry.startswith("."):
+            continue  # being made or removed (see Container._make_state_dir and remove)
         path = os.path.join(base, entry, "state.json")
         try:
             with open(path) as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError):
-            data = {"id": entry, "name": entry[:12]}
+            if not os.path.isdir(os.path.join(base, entry)):
+                continue
+            data = {"id": entry, "name": entry[:12]}  # an older version's, or broken: nobody's
         data["alive"] = owner_alive(data)
         groups = data.get("cgroup") or []
         data["pids"] = cgroups.read_pids(f"{groups[0]}/cgroup.procs") if groups else []
@@ -525,48 +559,75 @@ def list_states() -> list[dict]:
     return result
 
 
-def gc_containers(store_root: str | None = None) -> list[str]:
-    """Remove what killed runs left: state folders of dead owners, their
-    cgroups and rw layers, `hermetic-*` cgroups that no live container owns,
-    and rw layers without a live container (after a reboot cleared state)."""
-    from .paths import store_root as default_store_root
+def commit_running(name: str, ref: str, *, store: Store | None = None, ps: str = "`hermetic ps`") -> Image:
+    """Commit the read-write layer of a running container of any process
+    (`hermetic commit`, a notebook's `%container commit` of a CLI container)
+    on the very image it runs on, even if that image's tag has moved since."""
+    from .errors import ContainerNotFound
+    from .images.commit import commit_upper
 
+    for state in list_states():
+        if state["alive"] and name in (state.get("name"), state["id"], state["id"][:12]):
+            if not state.get("rw_dir"):
+                raise ContainerStartError(f"container {name!r} keeps its read-write layer in memory; only containers "
+                                          "started with --name or --commit can be committed")
+            store = store or Store()
+            base = store.image_of(state["id"]) or store.resolve(state["image"])
+            return commit_upper(store, base, os.path.join(state["rw_dir"], "upper"), ref,
+                                userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
+    raise ContainerNotFound(f"no running container named {name!r}; see {ps}")
+
+
+def clear_dead(state: dict) -> None:
+    """Remove what a container of a dead owner left (a `list_states` entry):
+    its cgroup (killing stragglers), its read-write layer, its state folder."""
+    for path in state.get("cgroup") or []:
+        _remove_cgroup_dir(path)
+    if state.get("rw_dir") and os.path.isdir(state["rw_dir"]):
+        rmtree(state["rw_dir"])
+    rmtree(state["state_dir"])
+
+
+def gc_containers() -> list[str]:
+    """Remove what killed runs left: state folders of dead owners, their
+    cgroups and rw layers, and `hermetic-*` cgroups of dead owners.  Only
+    what is provably dead: its owner (pid and start time) is gone.  The rw
+    layers and use records in the store are the store's gc's (named for
+    their owners, whatever state folder those used)."""
     removed = []
     live_ids = set()
+    base = containers_dir()
+    for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        owner_record = name_owner(entry) if entry.startswith((".new-", ".del-")) else None
+        if owner_record is not None and not owner_alive(owner_record):
+            with contextlib.suppress(FileNotFoundError):  # (another gc at the same time)
+                rmtree(os.path.join(base, entry))  # its owner died while making or removing it
     for data in list_states():
         if data["alive"]:
             live_ids.add(data["id"])
             continue
-        for path in data.get("cgroup") or []:
-            _remove_cgroup_dir(path)
-        if data.get("rw_dir") and os.path.isdir(data["rw_dir"]):
-            rmtree(data["rw_dir"])
-        rmtree(data["state_dir"])
+        try:
+            clear_dead(data)
+        except FileNotFoundError:
+            continue  # another gc at the same time
         removed.append(f"container {data['id'][:12]} ({data.get('name')})")
     short_live = {i[:12] for i in live_ids}
-    now = time.time()
     for path in _hermetic_cgroups():
         short, _, owner_pid = os.path.basename(path)[len(cgroups.PREFIX):].partition("-")
         if short in short_live:
             continue
         # Not ours to judge if something runs in it (another state root, another
-        # user, a container being started right now): only empty cgroups whose
-        # owner is dead, or (no owner in the name) that are not brand new.
+        # user), or if its owner (pid in the name; started before the cgroup,
+        # so not a reused pid) still runs: a container being started or kept.
         try:
             if cgroups.read_pids(f"{path}/cgroup.procs"):
                 continue
-            if not (owner_pid.isdigit() and not started_before(int(owner_pid), os.stat(path).st_mtime)) \
-                    and now - os.stat(path).st_mtime < 60:
+            if not owner_pid.isdigit() or started_before(int(owner_pid), os.stat(path).st_mtime):
                 continue
             cgroups.rmdir_retry(path)
         except OSError:
             continue
         removed.append(f"cgroup {path}")
-    rw_base = os.path.join(store_root or default_store_root(), "containers")
-    for entry in sorted(os.listdir(rw_base)) if os.path.isdir(rw_base) else []:
-        if entry not in live_ids:
-            rmtree(os.path.join(rw_base, entry))
-            removed.append(f"read-write layer {entry[:12]}")
     return removed
 
 

@@ -38,6 +38,10 @@ class StoreError(HermeticError):
     """The content-addressed store is inconsistent or cannot be written."""
 
 
+class ImageInUse(StoreError):
+    """`rmi` of an image a live container runs on (without force)."""
+
+
 class SyscallError(HermeticError, OSError):
     """A system call failed; the message names the call and the errno."""
 

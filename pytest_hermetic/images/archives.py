@@ -22,7 +22,7 @@ from . import reference as refs
 from . import schema
 from .commit import target_name
 from .ingest import OCI_TYPES, Source, ingest_layer
-from .store import BASE_ANNOTATION, MEDIA_CONFIG, MEDIA_MANIFEST, Image, Store
+from .store import BASE_ANNOTATION, MEDIA_CONFIG, MEDIA_MANIFEST, Image, Keep, Store
 
 REF_NAME = "org.opencontainers.image.ref.name"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -34,8 +34,9 @@ _HEX = re.compile(r"^sha256:[0-9a-f]{64}$")
 # -- import -------------------------------------------------------------------------
 
 
-def import_oci(store: Store, layout: str, tag: str | None, name: str | None) -> Image:
-    """Image `tag` (or the only one) of the OCI layout `layout`, stored as `name`."""
+def import_oci(store: Store, layout: str, tag: str | None, name: str | None, keep: Keep | None = None) -> Image:
+    """Image `tag` (or the only one) of the OCI layout `layout`, stored as `name`.
+    `keep`: the store record that makes gc keep what lands (else hold `store.busy()`)."""
     from . import platforms
 
     layout = os.path.abspath(layout)
@@ -62,21 +63,25 @@ def import_oci(store: Store, layout: str, tag: str | None, name: str | None) -> 
     manifest = _object(manifest_bytes, schema.MANIFEST, f"{where}: manifest")
     config_bytes = _layout_blob(layout, manifest["config"], where)
     diff_ids = _diff_ids(config_bytes, len(manifest.get("layers") or []), where)
+    if keep is not None:
+        keep.add(layers=diff_ids, blobs=[str(layer.get("digest", "")) for layer in manifest.get("layers") or []])
     budget = limits.image_budget(sum(int(layer.get("size") or 0) for layer in manifest.get("layers") or []), where)
     for layer, diff_id in zip(manifest.get("layers") or [], diff_ids):
         _check(layer.get("digest", ""), where)
         path = os.path.join(layout, "blobs", "sha256", layer["digest"][7:])
         _ingest(store, diff_id, layer["digest"], lambda: _open_plain(path, where), layer.get("size"), layer.get("mediaType"),
                 budget, _file_size(path))
-    store.put_blob_bytes(config_bytes)
-    digest = store.put_blob_bytes(manifest_bytes)
     target = target_name(name or _default_name(layout, tag))
-    store.tag(target, digest)
-    return store.get(target)
+    with store.busy():  # from the first blob no record names to the tag
+        store.put_blob_bytes(config_bytes)
+        digest = store.put_blob_bytes(manifest_bytes)
+        store.tag(target, digest)
+        return store.tagged(target, digest)
 
 
-def import_docker_archive(store: Store, path: str, ref: str | None, name: str | None) -> Image:
-    """Image `ref` (or the only one) of the docker archive `path`, stored as `name` (default: its tag)."""
+def import_docker_archive(store: Store, path: str, ref: str | None, name: str | None, keep: Keep | None = None) -> Image:
+    """Image `ref` (or the only one) of the docker archive `path`, stored as `name` (default: its tag);
+    `keep` as for `import_oci`."""
     path = os.path.abspath(path)
     where = f"docker-archive:{path}" + (f":{ref}" if ref else "")
     if not os.path.isfile(path):
@@ -102,6 +107,8 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
             raise DigestMismatch(f"digest mismatch for {where} config: named {named.group(1)[:12]}, hashes to {config_digest}")
         layer_names = list(entry.get("Layers") or [])
         diff_ids = _diff_ids(config_bytes, len(layer_names), where)
+        if keep is not None:
+            keep.add(layers=diff_ids)  # (gc keeps the blob of a recorded layer too)
         sizes = [_member_size(tf, member) for member in layer_names]
         budget = limits.image_budget(sum(s or 0 for s in sizes), where)
         for member, diff_id, size in zip(layer_names, diff_ids, sizes):
@@ -112,17 +119,18 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
         meta = store._layer_meta(diff_id)
         layers.append({"mediaType": meta["media_type"], "digest": meta["blob"],
                        "size": os.path.getsize(store.blob_path(meta["blob"]))})
-    store.put_blob_bytes(config_bytes)
     manifest_bytes = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
                                  "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_bytes)},
                                  "layers": layers}, sort_keys=True).encode()
-    digest = store.put_blob_bytes(manifest_bytes)
     tags = entry.get("RepoTags") or []
     if not name and not ref and not tags:
         raise ImageReferenceError(f"{where} has no tag: give a NAME[:TAG] to import it as")
     target = target_name(name or ref or tags[0])
-    store.tag(target, digest)
-    return store.get(target)
+    with store.busy():  # from the first blob no record names to the tag
+        store.put_blob_bytes(config_bytes)
+        digest = store.put_blob_bytes(manifest_bytes)
+        store.tag(target, digest)
+        return store.tagged(target, digest)
 
 
 def _file_size(path: str) -> int | None:
@@ -146,9 +154,7 @@ def _ingest(store: Store, diff_id: str, digest: str | None, opener, size: int | 
     with store.blob_lock(digest or diff_id):
         if store.has_layer(diff_id):
             return
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(dir=os.path.join(store.root, "tmp"), suffix=".blob")
+        fd, tmp = store.tempfile("layer-", ".blob")
         os.close(fd)
         try:
             with opener() as stream:

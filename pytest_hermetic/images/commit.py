@@ -27,18 +27,23 @@ def target_name(ref: str) -> str:
 
 
 def commit_upper(store: Store, base: Image, upper: str, ref: str, *, userns: bool, comment: str) -> Image:
+    """Store `upper` as one layer on `base` and tag it `ref`; returns the image this call wrote."""
+    from .._fs import rmtree
+    from .ingest import disk_full_said
+
     name = target_name(ref)
     prefix = layers.OVERLAY_USER if userns else layers.OVERLAY_TRUSTED
-    staging = store.tempdir("commit-")
-    try:
-        tar_path = os.path.join(staging, "layer.tar")
-        with open(tar_path, "wb") as out:
-            digests = layers.write_layer_from_upper(upper, out, xattr_prefix=prefix)
-        diff_id, _size = store.add_layer_tar(tar_path, digests.diff_id)
-    finally:
-        from .._fs import rmtree
-
-        rmtree(staging)
-    config = copy.deepcopy(base.config)
-    history = [{"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "created_by": comment}]
-    return store.put_image(name, [*base.layers, diff_id], config, base=base.base, history=history)
+    store.clear_dead_staging()
+    with disk_full_said(store, f"committing {refs.parse(ref).familiar}", "commit"), \
+            store.keeping("commit", layers=base.layers) as keep:
+        staging = store.tempdir("commit-")
+        try:
+            tar_path = os.path.join(staging, "layer.tar")
+            with open(tar_path, "wb") as out:
+                digests = layers.write_layer_from_upper(upper, out, xattr_prefix=prefix)
+            diff_id, _size = store.add_layer_tar(tar_path, digests.diff_id, keep=keep)
+        finally:
+            rmtree(staging)
+        config = copy.deepcopy(base.config)
+        history = [{"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "created_by": comment}]
+        return store.put_image(name, [*base.layers, diff_id], config, base=base.base, history=history)

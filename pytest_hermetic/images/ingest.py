@@ -10,15 +10,16 @@ staging goes and the store is as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import BinaryIO, Iterator
 
     from .limits import Budget
 
-from ..errors import DigestMismatch, LayerError
+from ..errors import DigestMismatch, LayerError, StoreError
 from .store import HashingReader, Store
 
 OCI_TYPES = {  # Docker's layer media types as OCI names them, for manifests the store writes
@@ -39,6 +40,18 @@ def disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__  # type: ignore[assignment]
     return False
+
+
+@contextlib.contextmanager
+def disk_full_said(store: Store, doing: str, again: str) -> Iterator[None]:
+    """A full disk as one line that says what to do, not a raw `[Errno 28]`."""
+    try:
+        yield
+    except (OSError, LayerError) as exc:
+        if disk_full(exc):
+            raise StoreError(f"no space left on the store's disk ({store.root}) while {doing}: nothing was stored; "
+                             f"free space (`hermetic gc`, `hermetic rmi`) and {again} again") from None
+        raise
 
 
 class Source:

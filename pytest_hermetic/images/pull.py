@@ -138,7 +138,12 @@ class Puller:
         from . import limits
 
         self._budget = limits.image_budget(sum(int(d.get("size") or 0) for d in layer_descs), ref.familiar)
-        with self.store.busy():  # from the first blob written to the tag: gc waits
+        self.store.clear_dead_staging()  # a killed pull's (its resumable downloads stay)
+        manifest_digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+        # What this pull brings is recorded before any of it lands: gc keeps
+        # it, and never has to wait for a download.
+        with self.store.keeping("pull", image=ref.familiar, layers=diff_ids,
+                                blobs=[d["digest"] for d in layer_descs] + [config_desc["digest"], manifest_digest]):
             jobs = [(desc, diff_id) for desc, diff_id in zip(layer_descs, diff_ids) if not self.store.has_layer(diff_id)]
             for desc, diff_id in zip(layer_descs, diff_ids):
                 if self.store.has_layer(diff_id):
@@ -148,7 +153,7 @@ class Puller:
             self.store.put_blob_bytes(config_bytes)
             self.manifest_digest = self.store.put_blob_bytes(manifest_bytes)
             self.store.tag(ref.name, self.manifest_digest)
-        return self.store.get(ref.name)
+            return self.store.tagged(ref.name, self.manifest_digest)
 
     def _sources(self, ref: refs.Reference) -> list[tuple[Registry, str]]:
         """(registry, repository) to try in order: mirrors, then the registry itself."""

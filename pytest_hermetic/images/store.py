@@ -5,11 +5,25 @@
       layers/<hex>/          each layer unpacked once, by its diff_id, shared
       refs.json              image name -> manifest digest
       tmp/                   staging: everything lands by atomic rename
+      users/                 records: what a live container or writer needs kept
+      containers/            read-write layers that may be committed
       lock                   flock for refs.json and gc
+      gc.lock, gc.gate       held shared for a moment by writers; gc sweeps holding it exclusive
 
 Several processes (xdist workers, notebook kernels, shells) use one store at
 once: blobs and layers are immutable and appear by `rename`, so a reader
 never sees half of one; `refs.json` changes only under the lock.
+
+What `gc` may remove is decided without guessing (see docs/images.md):
+everything a process makes in `tmp/`, `users/` and `containers/` carries
+its maker's pid and start time in its name (`_proc.owned_name`), so it is
+dead exactly when that process is.  A writer records in `users/` what it is
+about to bring (a pull: its layers and blobs; a commit: its new layer)
+before any of it lands, and a container what it runs on; gc keeps all that
+while the owner lives.  Records and the last steps of a write (config,
+manifest, tag) happen under `busy()`, which gc takes exclusive for its
+sweep: so gc never waits for a download, and never sees a blob or layer
+that nobody references or records.
 """
 
 from __future__ import annotations
@@ -20,14 +34,16 @@ import json
 import os
 import time
 from .._record import record, factory
+import _thread  # not `threading`: its import and fork hooks cost every container start
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import IO
+    from typing import IO, Iterator, Sequence
 
     from . import schema
 
 from .._fs import flock
-from ..errors import ImageNotFound, StoreError
+from .._proc import name_owner, owned_name, owner_alive, owner_key
+from ..errors import ImageInUse, ImageNotFound, StoreError
 from . import reference as refs
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -90,8 +106,10 @@ class Store:
     def _ensure(self) -> None:
         from ..paths import make_private
 
-        make_private(self.root)
-        for sub in ("blobs/sha256", "layers", "tmp", "locks"):
+        make_private(self.root)  # (once per process)
+        if os.path.isdir(os.path.join(self.root, "users")):
+            return
+        for sub in ("blobs/sha256", "layers", "tmp", "locks", "users", "containers"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 
     def blob_path(self, digest: str) -> str:
@@ -109,28 +127,52 @@ class Store:
         self._ensure()
         return flock(os.path.join(self.root, "locks", _hex(digest)))
 
-    def busy(self) -> contextlib.AbstractContextManager[None]:
-        """Held (shared) while a pull or import adds blobs no ref names yet; `gc` waits for it."""
+    @contextlib.contextmanager
+    def busy(self) -> "Iterator[None]":
+        """Held (shared), briefly, while a record in `users/` is written and
+        from a writer's first unrecorded blob to its tag; `gc` sweeps under
+        it exclusive.  Re-entrant within a process."""
         self._ensure()
-        return flock(os.path.join(self.root, "gc.lock"), shared=True)
+        with _busy_guard:
+            held = _busy_held.get(self.root)
+            if held is None:
+                # Through the gate, so that a waiting gc is not starved by a
+                # stream of writers: gc holds the gate while it waits.
+                with flock(os.path.join(self.root, "gc.gate"), shared=True):
+                    fd = _lock_fd(os.path.join(self.root, "gc.lock"), fcntl.LOCK_SH)
+                held = _busy_held[self.root] = [fd, 0]
+            held[1] += 1
+        try:
+            yield
+        finally:
+            with _busy_guard:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _busy_held[self.root]
+                    os.close(held[0])
 
     def tempdir(self, prefix: str) -> str:
-        import tempfile
-
+        """A staging folder in `tmp/` named for its owner (see the module doc)."""
         self._ensure()
-        return tempfile.mkdtemp(prefix=prefix, dir=os.path.join(self.root, "tmp"))
+        path = os.path.join(self.root, "tmp", owned_name(prefix))
+        os.mkdir(path, 0o700)
+        return path
+
+    def tempfile(self, prefix: str, suffix: str = "") -> tuple[int, str]:
+        """(fd, path) of a new staging file in `tmp/` named for its owner."""
+        self._ensure()
+        path = os.path.join(self.root, "tmp", owned_name(prefix) + suffix)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), path
 
     # -- blobs and layers -----------------------------------------------------
 
     def put_blob_bytes(self, data: bytes) -> str:
         import hashlib
-        import tempfile
 
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not os.path.exists(path):
-            self._ensure()
-            fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
+            fd, tmp = self.tempfile("blob-")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -159,12 +201,13 @@ class Store:
     def has_layer(self, diff_id: str) -> bool:
         return os.path.isdir(self.layer_path(diff_id))
 
-    def add_layer_tar(self, tar_path: str, diff_id: str | None = None) -> tuple[str, int]:
+    def add_layer_tar(self, tar_path: str, diff_id: str | None = None, *, keep: Keep | None = None) -> tuple[str, int]:
         """Store a layer tar (any compression): blob by digest, unpacked by diff_id.
 
         Returns (diff_id, size of the uncompressed tar).  The layer appears
         by rename, whole or not at all; a second process unpacking the same
-        layer at once throws its copy away.
+        layer at once throws its copy away.  Without `keep` (a record that
+        gc honours) the caller must hold `busy()` until the layer is tagged.
         """
         from . import layers, limits
 
@@ -187,6 +230,8 @@ class Store:
             computed = counter.digest()
             if diff_id is not None and diff_id != computed:
                 raise StoreError(f"layer {blob_digest}: digest mismatch (diff_id {computed}, expected {diff_id})")
+            if keep is not None:
+                keep.add(layers=[computed], blobs=[blob_digest])  # before gc can see them
             blob = self.blob_path(blob_digest)
             if not os.path.exists(blob):
                 import shutil
@@ -248,9 +293,7 @@ class Store:
                              "fix: remove it and import the images again") from None
 
     def _write_refs(self, data: dict[str, str]) -> None:
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"))
+        fd, tmp = self.tempfile("refs-")
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, self._refs_path())
@@ -258,6 +301,11 @@ class Store:
     def put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None = None,
                   history: list[dict] | None = None) -> Image:
         """Write config and manifest for `diff_ids` and point `name` at them."""
+        with self.busy():
+            return self._put_image(name, diff_ids, config, base=base, history=history)
+
+    def _put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None,
+                   history: list[dict] | None) -> Image:
         layer_sizes = []
         for diff_id in diff_ids:
             meta = self._layer_meta(diff_id)
@@ -285,7 +333,9 @@ class Store:
             manifest["annotations"] = {BASE_ANNOTATION: base}
         manifest_digest = self.put_blob_bytes(json.dumps(manifest, sort_keys=True).encode())
         self.tag(name, manifest_digest)
-        return self.get(name)
+        # Read back (checked) what this call wrote, not what the name points
+        # at by now: another writer may have tagged it since (the last one wins).
+        return self.tagged(name, manifest_digest)
 
     def tag(self, name: str, manifest_digest: str) -> None:
         """Point canonical `name` at a manifest already in the store."""
@@ -320,10 +370,22 @@ class Store:
         """The image filed under canonical `name`; `ImageNotFound` if none."""
         if name == "host":
             return HOST_IMAGE
-        data = self._read_refs()
-        if name not in data:
-            raise ImageNotFound(name)
-        return self._load(name, data[name])
+        previous = None
+        while True:
+            data = self._read_refs()
+            if name not in data:
+                raise ImageNotFound(name)
+            try:
+                return self._load(name, data[name])
+            except StoreError:
+                if data[name] == previous:
+                    raise
+                previous = data[name]  # the tag moved and gc took what it named: read it again
+
+    def tagged(self, name: str, manifest_digest: str) -> Image:
+        """The image `manifest_digest` describes, under `name`: what a writer
+        just tagged (call it under `busy()`, before gc may take it)."""
+        return self._load(name, manifest_digest)
 
     def _load(self, name: str, manifest_digest: str) -> Image:
         from . import schema
@@ -379,8 +441,87 @@ class Store:
                     problems.append(f"image {shown} cannot be read ({exc}); remove it: `hermetic rmi {shown}`")
         return result
 
-    def remove(self, text: str) -> str:
-        """Untag an image; its blobs and layers go at the next `gc`."""
+    # -- what live containers and writers need kept ------------------------------
+
+    def keep(self, kind: str, *, layers: Sequence[str] = (), blobs: Sequence[str] = (), **info: object) -> Keep:
+        """Record in `users/` that this process needs `layers` and `blobs`:
+        `gc` keeps them (also unreferenced, also after `rmi -f`) until the
+        record is released or its owner dies.  Writers record what they
+        are about to bring before it lands, so they need no lock while they
+        download or unpack; containers record what they run on."""
+        self._ensure()
+        record = Keep(self, os.path.join(self.root, "users", f"{owner_key()}-{os.urandom(8).hex()}.json"),
+                      {"kind": kind, **info, "layers": [], "blobs": []})
+        record.add(layers=layers, blobs=blobs)
+        return record
+
+    @contextlib.contextmanager
+    def keeping(self, kind: str, *, layers: Sequence[str] = (), blobs: Sequence[str] = (),
+                **info: object) -> Iterator[Keep]:
+        record = self.keep(kind, layers=layers, blobs=blobs, **info)
+        try:
+            yield record
+        finally:
+            record.release()
+
+    def use(self, image: Image, container_id: str, name: str) -> Keep | None:
+        """Record that container `container_id` runs on `image`'s layers
+        (None for an image without layers).  Raises StoreError if a layer is
+        gone already (the image was removed and collected)."""
+        if not image.layers:
+            return None
+        record = Keep(self, os.path.join(self.root, "users", f"{owner_key()}-{container_id}.json"),
+                      {"kind": "container", "id": container_id, "name": name, "image": image.familiar,
+                       "image_name": image.name, "image_id": image.id, "base": image.base, "layers": [], "blobs": []})
+        self._ensure()
+        with self.busy():  # gc sees the record, or swept before it and we see what it took
+            record.add(layers=image.layers, blobs=[image.id])  # the config too: a commit of it needs it
+            missing = [d for d in image.layers if not self.has_layer(d)]
+        if missing:
+            record.release()
+            raise StoreError(f"layer {missing[0]} of {image.familiar} is missing from the store {self.root}; "
+                             "fix: import or pull the image again")
+        return record
+
+    def release(self, record: Keep | None) -> None:
+        if record is not None:
+            record.release()
+
+    def users(self) -> list[dict]:
+        """The records of live containers (their owners run): id, name, image, image_id, layers."""
+        found = []
+        base = os.path.join(self.root, "users")
+        for entry in _listdir(base):
+            owner = name_owner(entry)
+            if owner is None or not owner_alive(owner):
+                continue
+            try:
+                with open(os.path.join(base, entry)) as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                continue  # being written (outside busy: never) or gone meanwhile
+            found.append({**record, **owner})
+        return found
+
+    def image_of(self, container_id: str) -> Image | None:
+        """The image a live container runs on, as it was when it started (its
+        tag may have moved or gone since); None if the store has no record."""
+        for user in self.users():
+            if user.get("kind") == "container" and user.get("id") == container_id:
+                from . import schema
+
+                config = self.read_json(user["image_id"], schema.CONFIG)
+                return Image(user["image_name"], user["image_id"], list(user["layers"]),
+                             dict(config.get("config") or {}), user.get("base"))
+        return None
+
+    def containers_using(self, image_id: str) -> list[dict]:
+        return [u for u in self.users() if u.get("kind") == "container" and u.get("image_id") == image_id]
+
+    def remove(self, text: str, *, force: bool = False) -> str:
+        """Untag an image; its blobs and layers go at the next `gc`, unless a
+        live container still runs on them.  Refuses (ImageInUse) to untag the
+        last name of an image a live container uses, unless `force`."""
         ref = refs.parse(text)
         if ref.transport == "host":
             raise StoreError("`host` is built in and cannot be removed")
@@ -388,23 +529,59 @@ class Store:
             data = self._read_refs()
             if ref.name not in data:
                 raise ImageNotFound(f"image {text!r} is not in the local store ({self.root})")
+            digest = data[ref.name]
+            if not force and not any(name != ref.name and other == digest for name, other in data.items()):
+                self._refuse_in_use(ref, digest)
             del data[ref.name]
             self._write_refs(data)
         return ref.familiar
 
-    def gc(self, *, max_tmp_age: float = 3600.0) -> list[str]:
-        """Delete blobs and layers no image refers to, and stale staging."""
-        removed: list[str] = []
-        if not os.path.isdir(self.root):
-            return removed
-        gc_fd = os.open(os.path.join(self.root, "gc.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _refuse_in_use(self, ref: refs.Reference, manifest_digest: str) -> None:
+        from . import schema
+
         try:
-            fcntl.flock(gc_fd, fcntl.LOCK_EX)  # no pull or import half way
+            image_id = self.read_json(manifest_digest, schema.MANIFEST)["config"]["digest"]
+        except StoreError:
+            return
+        users = self.containers_using(image_id)
+        if users:
+            first = users[0]
+            others = f" and {len(users) - 1} more" if len(users) > 1 else ""
+            raise ImageInUse(
+                f"image {ref.familiar} is in use by container {first.get('name')} ({str(first.get('id'))[:12]}, "
+                f"owner pid {first['owner_pid']}){others}; stop it first, or untag it anyway with "
+                f"`hermetic rmi -f {ref.familiar}` (its layers then stay until the last container is gone)")
+
+    # -- gc ---------------------------------------------------------------------------
+
+    def clear_dead_staging(self) -> list[str]:
+        """Remove what killed pulls, imports and commits left in `tmp/`:
+        entries whose owner (named in the entry) no longer runs.  Cheap (one
+        listing); the start of each pull, import and commit calls it."""
+        removed = []
+        tmp_dir = os.path.join(self.root, "tmp")
+        for entry in _listdir(tmp_dir):
+            owner = name_owner(entry)
+            if owner is not None and not owner_alive(owner):
+                _remove_entry(os.path.join(tmp_dir, entry))
+                removed.append(f"staging {entry}")
+        return removed
+
+    def gc(self, *, max_tmp_age: float = 3600.0) -> list[str]:
+        """Delete blobs and layers no image and no live container refers to,
+        and staging, read-write layers and records whose owner is dead."""
+        if not os.path.isdir(self.root):
+            return []
+        self._ensure()
+        # Holding the gate, wait for the writers inside to finish (new ones
+        # wait at the gate), then sweep with the writers' lock exclusive.
+        with flock(os.path.join(self.root, "gc.gate")):
+            gc_fd = _lock_fd(os.path.join(self.root, "gc.lock"), fcntl.LOCK_EX)
+        try:
             with self.lock():
-                removed += self._gc_locked(max_tmp_age)
+                return self._gc_locked(max_tmp_age)
         finally:
             os.close(gc_fd)
-        return removed
 
     def _gc_locked(self, max_tmp_age: float) -> list[str]:
         from . import schema
@@ -420,30 +597,77 @@ class Store:
                 keep_blobs.update(_hex(layer["digest"]) for layer in manifest.get("layers") or [])
                 config = self.read_json(manifest["config"]["digest"], schema.CONFIG)
                 keep_layers.update(_hex(d) for d in (config.get("rootfs") or {}).get("diff_ids") or [])
-            except (StoreError, KeyError):
+            except (StoreError, KeyError, TypeError, AttributeError):
                 continue
+        for user in self.users():  # live containers and writers: their layers, blobs, and the blobs of those layers
+            keep_blobs.update(_hex(d) for d in user.get("blobs") or [])
+            for diff_id in user.get("layers") or []:
+                keep_layers.add(_hex(diff_id))
+                with contextlib.suppress(StoreError, OSError, ValueError, AttributeError):
+                    keep_blobs.add(_hex(self._layer_meta(diff_id).get("blob", "")))
         blob_dir = os.path.join(self.root, "blobs", "sha256")
         for entry in _listdir(blob_dir):
-            if entry not in keep_blobs:
-                os.unlink(os.path.join(blob_dir, entry))
+            if entry not in keep_blobs and _remove_entry(os.path.join(blob_dir, entry)):
                 removed.append(f"blob sha256:{entry}")
         layer_dir = os.path.join(self.root, "layers")
         for entry in _listdir(layer_dir):
-            if entry not in keep_layers:
-                _rmtree(os.path.join(layer_dir, entry))
+            if entry not in keep_layers and _remove_entry(os.path.join(layer_dir, entry)):
                 removed.append(f"layer sha256:{entry}")
+        removed += self.clear_dead_staging()
         tmp_dir = os.path.join(self.root, "tmp")
         now = time.time()
         for entry in _listdir(tmp_dir):
             path = os.path.join(tmp_dir, entry)
-            if now - os.lstat(path).st_mtime > max_tmp_age:
-                _rmtree(path) if os.path.isdir(path) else os.unlink(path)
+            if name_owner(entry) is not None:
+                continue  # a live owner's (the dead ones went above)
+            if entry.endswith(".partial"):
+                # A download kept for a resume: a live pull holds its blob's lock.
+                if _remove_unlocked(path, os.path.join(self.root, "locks", entry[:-len(".partial")])):
+                    removed.append(f"partial download {entry}")
+                continue
+            try:
+                old = now - os.lstat(path).st_mtime > max_tmp_age  # not ours (no owner in the name)
+            except FileNotFoundError:
+                continue
+            if old and _remove_entry(path):
                 removed.append(f"staging {entry}")
+        for sub, what in (("users", None), ("containers", "read-write layer")):
+            base = os.path.join(self.root, sub)
+            for entry in _listdir(base):
+                owner = name_owner(entry)
+                if owner is not None and not owner_alive(owner) and _remove_entry(os.path.join(base, entry)) and what:
+                    removed.append(f"{what} {entry.rsplit('-', 1)[-1][:12]}")
         lock_dir = os.path.join(self.root, "locks")
         for entry in _listdir(lock_dir):
-            if entry not in keep_blobs:
-                os.unlink(os.path.join(lock_dir, entry))  # no pull holds it: gc has the gc lock
+            if entry not in keep_blobs and entry not in keep_layers:  # (a docker archive's layer locks by diff_id)
+                _remove_unlocked(os.path.join(lock_dir, entry), os.path.join(lock_dir, entry))
         return removed
+
+
+class Keep:
+    """One record in `STORE/users/` (see `Store.keep`): named for its owner,
+    so it counts exactly while that process runs."""
+
+    def __init__(self, store: Store, path: str, data: dict) -> None:
+        self.store, self.path, self.data = store, path, data
+
+    def add(self, *, layers: Sequence[str] = (), blobs: Sequence[str] = ()) -> None:
+        """Add to what gc keeps, before it lands in the store."""
+        new_layers = [d for d in layers if d not in self.data["layers"]]
+        new_blobs = [d for d in blobs if d and d not in self.data["blobs"]]
+        if not new_layers and not new_blobs and os.path.exists(self.path):
+            return
+        self.data["layers"] += new_layers
+        self.data["blobs"] += new_blobs
+        fd, tmp = self.store.tempfile("user-")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.data))
+        with self.store.busy():  # gc reads the records under the same lock, exclusive
+            os.replace(tmp, self.path)
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 class HashingReader:
@@ -479,6 +703,47 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+_busy_guard = _thread.allocate_lock()
+_busy_held: dict[str, list[int]] = {}  # store root -> [fd holding gc.lock shared, holders in this process]
+
+
+def _lock_fd(path: str, how: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, how)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_unlocked(path: str, lock: str) -> bool:
+    """Remove `path` if nobody holds the flock on `lock`."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _remove_entry(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (closing drops the lock too)
+    return _remove_entry(path)
+
+
+def _remove_entry(path: str) -> bool:
+    """Remove a file or a tree; False if it was gone already (another gc)."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            _rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _rmtree(path: str) -> None:

@@ -15,7 +15,8 @@ from ..errors import ImageReferenceError, SpecError
 from . import layers
 from . import reference as refs
 from .commit import target_name
-from .store import HOST_ENV, Image, Store
+from .ingest import disk_full_said
+from .store import HOST_ENV, Image, Keep, Store
 
 
 def import_image(store: Store, source: str, name: str | None = None, *, env: dict[str, str] | None = None,
@@ -24,48 +25,52 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
     if ref.transport in ("oci", "docker-archive"):
         from .archives import import_docker_archive, import_oci
 
-        from ..errors import LayerError, StoreError
-        from .ingest import disk_full
-
-        try:
-            with store.busy():
-                if ref.transport == "oci":
-                    return import_oci(store, ref.path, ref.tag, name)
-                return import_docker_archive(store, ref.path, ref.tag, name)
-        except (OSError, LayerError) as exc:
-            if disk_full(exc):
-                raise StoreError(f"no space left on the store's disk ({store.root}) while importing {source}: "
-                                 "nothing was stored; free space (`hermetic gc`, `hermetic rmi`) and import again") from None
-            raise
+        store.clear_dead_staging()
+        with disk_full_said(store, f"importing {source}", "import"), store.keeping("import") as keep:
+            if ref.transport == "oci":
+                return import_oci(store, ref.path, ref.tag, name, keep)
+            return import_docker_archive(store, ref.path, ref.tag, name, keep)
     if name is None:
         raise SpecError(f"importing {source!r} needs a NAME[:TAG] for the image")
     target = target_name(name)
-    if ref.transport == "dir":
-        root = os.path.abspath(ref.path)
-        if not os.path.isdir(root):
-            raise SpecError(f"dir:{ref.path}: no such directory")
-        staging = store.tempdir("import-")
-        try:
-            tar_path = os.path.join(staging, "layer.tar")
-            with open(tar_path, "wb") as out:
-                digests = layers.write_layer_from_dir(root, out)
-            diff_id, _ = store.add_layer_tar(tar_path, digests.diff_id)
-        finally:
-            from .._fs import rmtree
-
-            rmtree(staging)
-        has_sh = os.path.lexists(os.path.join(root, "bin", "sh"))
-    elif ref.transport == "tar":
-        path = os.path.abspath(ref.path)
-        if not os.path.isfile(path):
-            raise SpecError(f"tar:{ref.path}: no such file")
-        diff_id, _ = store.add_layer_tar(path)
-        has_sh = True
-    else:
+    if ref.transport not in ("dir", "tar"):
         raise ImageReferenceError(
             f"cannot import {source!r}: import takes dir:PATH, tar:FILE, oci:DIR[:TAG] or docker-archive:FILE[:REF]; "
             "registry references are pulled (`hermetic pull`)"
         )
+    path = os.path.abspath(ref.path)
+    if ref.transport == "dir" and not os.path.isdir(path):
+        raise SpecError(f"dir:{ref.path}: no such directory")
+    if ref.transport == "tar" and not os.path.isfile(path):
+        raise SpecError(f"tar:{ref.path}: no such file")
+    store.clear_dead_staging()
+    with disk_full_said(store, f"importing {source}", "import"), store.keeping("import") as keep:
+        if ref.transport == "dir":
+            diff_id = _layer_from_dir(store, path, keep)
+            has_sh = os.path.lexists(os.path.join(path, "bin", "sh"))
+        else:
+            diff_id, _ = store.add_layer_tar(path, keep=keep)
+            has_sh = True
+        return store.put_image(target, [diff_id], _config(has_sh, env, workdir, user, cmd),
+                               history=[{"created_by": f"hermetic import {source}"}])
+
+
+def _layer_from_dir(store: Store, root: str, keep: Keep) -> str:
+    from .._fs import rmtree
+
+    staging = store.tempdir("import-")
+    try:
+        tar_path = os.path.join(staging, "layer.tar")
+        with open(tar_path, "wb") as out:
+            digests = layers.write_layer_from_dir(root, out)
+        diff_id, _ = store.add_layer_tar(tar_path, digests.diff_id, keep=keep)
+    finally:
+        rmtree(staging)
+    return diff_id
+
+
+def _config(has_sh: bool, env: dict[str, str] | None, workdir: str | None, user: str | None,
+            cmd: list[str] | None) -> dict:
     config: dict = {"Env": list(HOST_ENV)}
     for key, value in (env or {}).items():
         config["Env"] = [e for e in config["Env"] if not e.startswith(key + "=")] + [f"{key}={value}"]
@@ -77,5 +82,4 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
         config["Cmd"] = list(cmd)
     elif has_sh:
         config["Cmd"] = ["/bin/sh"]
-    history = [{"created_by": f"hermetic import {source}"}]
-    return store.put_image(target, [diff_id], config, history=history)
+    return config

@@ -28,7 +28,7 @@ import json
 import os
 
 from .._fs import rmtree
-from .._proc import owner_alive
+from .._proc import name_owner, owner_alive
 from ..paths import state_root
 from .base import DEFAULT_SUBNET, HOST_BRIDGE, VETH_PREFIX, Attachment, Network, default_subnet
 from .host_bridge import HostBridge, held, hold_host_bridge, host_gateway, is_shared, release_host_bridge
@@ -52,17 +52,28 @@ def gc_networks() -> list[str]:
     """Private networks of dead owners, dead leases, an unused host bridge."""
     removed = []
     base = os.path.join(state_root(), "networks", "private")
-    for ident in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-        try:
-            with open(os.path.join(base, ident, "meta.json")) as f:
-                meta = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            meta = {}
-        if not owner_alive(meta):
+    for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        ident = entry[:-len(".lock")] if entry.endswith(".lock") else entry
+        if entry != ident and os.path.isdir(os.path.join(base, ident)):
+            continue  # a network's lock: it goes with the network
+        # The owner is in the name (made before anything else); older
+        # networks say it in meta.json.
+        record = name_owner(ident)
+        if record is None:
+            try:
+                with open(os.path.join(base, ident, "meta.json")) as f:
+                    record = json.load(f)
+            except (OSError, json.JSONDecodeError):
+                continue  # not provably dead
+        if owner_alive(record):
+            continue
+        if entry == ident:
+            with contextlib.suppress(OSError, json.JSONDecodeError), open(os.path.join(base, ident, "meta.json")) as f:
+                record = json.load(f)
             rmtree(os.path.join(base, ident))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(base, ident) + ".lock")
-            removed.append(f"private network {meta.get('name', ident)}")
+            removed.append(f"private network {record.get('name', ident)}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(base, ident) + ".lock")
     for info in [n for n in list_networks() if n["kind"] == "named"]:
         network = open_network(info["name"])
         try:

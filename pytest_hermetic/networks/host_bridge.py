@@ -119,7 +119,11 @@ class HostBridge(Network):
             return []  # only root makes the host bridge
         with self.locked():
             present = os.path.exists(f"/sys/class/net/{HOST_BRIDGE}") or os.path.isdir(self.state_dir)
-            if present and self._unused():
+            try:  # a veth on it is somebody's, leases or not (another state folder, an older version)
+                ports = os.listdir(f"/sys/class/net/{HOST_BRIDGE}/brif")
+            except OSError:
+                ports = []
+            if present and not ports and self._unused():
                 return [f"host bridge {HOST_BRIDGE} and its NAT rules"]
         return []
 

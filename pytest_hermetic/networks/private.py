@@ -13,7 +13,7 @@ import json
 import os
 
 from .._fs import rmtree
-from .._proc import owner
+from .._proc import owner, owner_key
 from ..paths import state_root
 from ..runtime import netns
 from .base import Attachment, Network, _parse_subnet, default_subnet
@@ -31,7 +31,7 @@ class PrivateNetwork(Network):
     kind = "private"
 
     def __init__(self, name: str, subnet: str | None = None) -> None:
-        ident = os.urandom(6).hex()
+        ident = f"{owner_key()}-{os.urandom(6).hex()}"  # gc tells its owner from the name
         path = os.path.join(state_root(), "networks", "private", ident)
         fd = netns.create()
         super().__init__(name, path, subnet or default_subnet(), fd)
@@ -97,7 +97,7 @@ class RootlessPrivateNetwork(PrivateNetwork):
         from ..runtime.namespaces import default_user_namespace
         from ..runtime.netholder import Holder
 
-        ident = os.urandom(6).hex()
+        ident = f"{owner_key()}-{os.urandom(6).hex()}"  # gc tells its owner from the name
         path = os.path.join(state_root(), "networks", "private", ident)
         Network.__init__(self, name, path, subnet or default_subnet(), None)
         self.holder = Holder(default_user_namespace(), self.gateway, self.subnet.prefixlen)

@@ -226,11 +226,16 @@ def write(path: str, value: str | int) -> None:
 
 
 def read_pids(procs_file: str) -> list[int]:
+    """The pids in a cgroup; none once it is gone (ENODEV: removed while we read it)."""
     try:
         with open(procs_file) as f:
             return [int(line) for line in f if line.strip()]
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            return []
+        raise
 
 
 def rmdir_retry(path: str, timeout: float = 2.0) -> None:
