@@ -13,7 +13,7 @@ import re
 
 from ._record import factory, record, replace
 from .errors import SpecError
-from .options import parse_env, parse_security_opts, short_repr as _r  # noqa: F401 - parse_*: public here too
+from .options import OPTIONS, parse_env, parse_security_opts, short_repr as _r  # noqa: F401 - parse_*: public here too
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
@@ -241,8 +241,6 @@ class Spec:
         Values come from Python (the marker, the API) or from words (the command
         line, a cell, an ini file), so both `64 << 20` and `"64M"` are sizes."""
         if unknown:
-            from .options import OPTIONS
-
             known = sorted(option.name for option in OPTIONS if option.name not in ("image", "command"))
             raise SpecError(f"unknown option {_r(next(iter(unknown)))}; known options: {', '.join(known)}")
         image = _check_image(image)
