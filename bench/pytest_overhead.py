@@ -240,7 +240,7 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
 # process forked from it (the container's processes) at its first instant
 # and at its `os._exit`; and around engine steps, where present (wrapped by
 # name, so a renamed step just drops out of the timeline): Container.start,
-# forked._child_main (the test starts, in the container), forked._drain (pytest has
+# forked.parent.child_main (the test starts, in the container), forked.parent._drain (pytest has
 # the reports), Container.remove (its time summed per test).  A child
 # inherits its parent's notes and adds, at exit, its minor page faults and
 # CPU time.  With TRACE_PROFILE=1 each child also runs under its own
@@ -319,11 +319,12 @@ def _wrap(owner, name, **how):
 
 
 def pytest_configure(config):
-    from pytest_hermetic import container, forked
+    from pytest_hermetic import container
+    from pytest_hermetic.forked import parent
 
     _wrap(container.Container, "start", before="engine_start")
-    _wrap(forked, "_child_main", before="test_start")
-    _wrap(forked, "_drain", after="drained")
+    _wrap(parent, "child_main", before="test_start")  # by the name the parent calls it
+    _wrap(parent, "_drain", after="drained")
     _wrap(container.Container, "remove", total="remove_total")
 
 

@@ -39,10 +39,13 @@ def rmtree(path: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
+    try:
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
+            return
+        parent = os.open(os.path.dirname(os.path.abspath(path)) or "/", _DIR)
+    except FileNotFoundError:  # removed by another process meanwhile
         return
-    parent = os.open(os.path.dirname(os.path.abspath(path)) or "/", _DIR)
     try:
         _remove_dir(parent, os.path.basename(os.path.abspath(path)))
     finally:
@@ -103,7 +106,10 @@ def _remove_dir(top_parent: int, top: str) -> None:
             if descended:
                 continue
             stack.pop()
-            up = top_parent if not stack else os.open("..", _DIR, dir_fd=fd)
+            try:
+                up = top_parent if not stack else os.open("..", _DIR, dir_fd=fd)
+            except FileNotFoundError:  # another process removed this branch meanwhile: it finishes it
+                return
             os.close(fd)
             fd = up
             try:

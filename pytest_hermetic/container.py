@@ -35,7 +35,7 @@ from .options import DEFAULT_PIDS
 from .paths import make_private, state_root
 from .runtime import cgroups, process
 from .runtime.namespaces import default_user_namespace
-from .runtime.rootfs import Bind, RootfsConfig
+from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
 from .spec import Spec, format_size
 
 
@@ -171,8 +171,10 @@ class Container:
                 self._write_state()  # before the start, so `gc` knows whose it is
             self.started_at = time.monotonic()
             self.process = process.spawn(config, target)
-        except BaseException:
+        except BaseException as exc:
             self.remove()
+            if isinstance(exc, ContainerStartError):
+                self._check_layers(image)
             raise
         return self
 
@@ -272,18 +274,29 @@ class Container:
 
     def _layer_dirs(self, image: Image) -> tuple[list[str], list[str]]:
         """(lower dirs from the store, top first; layer tars to replay)."""
+        # Beside the image's layers the overlay stacks the init layer (and the host's "/").
+        most = OVERLAY_MAX_LOWERS - (2 if image.is_host else 1)
+        if len(image.layers) > most:
+            raise ContainerStartError(
+                f"image {image.familiar} has {len(image.layers)} layers, more than a container can stack: overlayfs "
+                f"takes at most {OVERLAY_MAX_LOWERS} lower layers, so {most} image layers"
+                f"{' on top of host' if image.is_host else ''}; fix: rebuild the image with fewer layers")
         if image.is_host and image.layers:
             # Store layers sit on the host's root filesystem, and overlayfs
             # refuses a lower below another lower ("/"): replay them instead.
             blobs = [self.store.blob_path(self.store._layer_meta(d)["blob"]) for d in image.layers]
             return [], blobs
-        lowers = []
-        for diff_id in reversed(image.layers):
-            path = self.store.layer_root(diff_id)
-            if not os.path.isdir(path):
+        # Not checked here, one stat per layer on every start: a missing
+        # layer fails the mount, and then `_check_layers` names it.
+        return [self.store.layer_root(diff_id) for diff_id in reversed(image.layers)], []
+
+    def _check_layers(self, image: Image) -> None:
+        """After a failed start: a layer gone from the store is its cause."""
+        if image.is_host:
+            return  # its layers are replayed from their blobs
+        for diff_id in image.layers:
+            if not os.path.isdir(self.store.layer_root(diff_id)):
                 raise StoreError(f"layer {diff_id} of {image.familiar} is missing from the store; fix: import the image again")
-            lowers.append(path)
-        return lowers, []
 
     def _process_config(self, image: Image, argv: list[str] | None) -> process.ProcessConfig:
         spec = self.spec
@@ -307,6 +320,7 @@ class Container:
             cgroup_v2=cgroups.detect().version == "v2",
             init_files=_init_files(self.hostname),
             replay=list(zip(replay, replay_dirs)),
+            layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
         )
         return process.ProcessConfig(
             rootfs=rootfs,

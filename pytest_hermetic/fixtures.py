@@ -9,7 +9,7 @@ service), all removed when the test ends.
 A test that runs in its own container cannot start containers (it has no
 privileges there), so inside a hermetic test every call travels to the
 pytest process that forked it, which starts and owns the containers, and the
-answer comes back (`forked.py` carries the messages).  In a test run in
+answer comes back (`forked/wire.py` carries the messages).  In a test run in
 place the containers are started directly.
 """
 
@@ -188,7 +188,7 @@ class Containers:
 
         rmtree(self._logs)
 
-    # The parent's side of the calls a hermetic test makes (see forked.py).
+    # The parent's side of the calls a hermetic test makes (see forked/parent.py).
     def handle(self, method: str, args: tuple, kwargs: dict) -> Any:
         if method == "run":
             service = self.run(*args, **kwargs)
@@ -236,7 +236,7 @@ class Remote(Protocol):
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
-# Set in the child of a hermetic test (forked.py).
+# Set in the child of a hermetic test (forked/child.py).
 remote: Remote | None = None
 
 

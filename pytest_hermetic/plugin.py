@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import pytest
 
+from . import _pytest_compat as compat
 from .errors import SpecError
 from .options import MARKER_OPTIONS, marker_help
 
@@ -72,11 +73,8 @@ def _report_setup_error(item: pytest.Item, nextitem: pytest.Item | None, message
                                                             message, "setup", []))
     if item.session.shouldfail or item.session.shouldstop:
         nextitem = None
-    from _pytest.runner import CallInfo
-
     # Fixtures of wider scopes set up by earlier items go as they would after this one.
-    teardown = CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown",
-                                  reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    teardown = compat.call_info(lambda: compat.tear_down_towards(item, nextitem), "teardown")
     if teardown.excinfo is not None:
         report = ihook.pytest_runtest_makereport(item=item, call=teardown)
     else:

@@ -266,19 +266,35 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         os.close(err_r)
     if rootless and proc.init_pid == proc.pid:
         proc.init_pid = _read_relay_pid(proc)
-    if network_error is not None:
-        proc.wait()
-        raise network_error
-    if message:
-        proc.wait()
-        if attach_error is not None and (isinstance(attach_error, ContainerStartError)
-                                         or type(attach_error).__module__.endswith("errors")):
-            raise attach_error
-        if attach_error is not None and not isinstance(attach_error, BrokenPipeError):
-            # (a broken pipe only says the child stopped first: its message says why)
-            raise ContainerStartError(f"cannot move the container into its cgroup: {attach_error}")
-        raise _start_error(message)
-    return proc
+    if network_error is None and not message:
+        return proc
+    proc.wait()
+    raise _first_cause(message, attach_error, network_error)
+
+
+def _first_cause(message: bytes, attach_error: BaseException | None,
+                 network_error: BaseException | None) -> BaseException:
+    """The error that made the start fail, not one of its consequences.
+
+    A child that fails on its own (a mount, an exec) exits, and then the
+    parent's steps fail too (writing "J" to it: EPIPE; moving it into its
+    cgroup: ESRCH; wiring its network); only when the child says it stopped
+    *because* it waited for the parent in vain is the parent's error the cause."""
+    child_error = _start_error(message) if message else None
+    parent_error = network_error or attach_error
+    if parent_error is None or (child_error is not None and not str(child_error).endswith(_WAITED_IN_VAIN)):
+        assert child_error is not None
+        return child_error
+    if parent_error is attach_error and not (isinstance(attach_error, ContainerStartError)
+                                             or type(attach_error).__module__.endswith("errors")):
+        return ContainerStartError(f"cannot move the container into its cgroup: {attach_error}")
+    return parent_error
+
+
+# What a child says when it stopped because a step of the parent's failed.
+_NOT_ATTACHED = "could not move the container into its cgroup"
+_NOT_WIRED = "the container's network could not be wired"
+_WAITED_IN_VAIN = (_NOT_ATTACHED, _NOT_WIRED)
 
 
 def _start_usermode_network(proc: ContainerProcess, go: tuple[int, int], config: ProcessConfig) -> BaseException | None:
@@ -306,7 +322,7 @@ def _wait_network(config: ProcessConfig, err_w: int) -> None:
         return
     os.close(config.network_go[1])
     if os.read(config.network_go[0], 1) != b"G":
-        _fail(err_w, 125, "the container's network could not be wired")
+        _fail(err_w, 125, _NOT_WIRED)
     os.close(config.network_go[0])
     network.configure(config.network)  # eth0 is there now (a rootless bridge)
 
@@ -426,7 +442,7 @@ def _wait_attached(joined: tuple[int, int] | None) -> None:
         return
     os.close(joined[1])
     if os.read(joined[0], 1) != b"J":
-        raise ContainerStartError("could not move the container into its cgroup")
+        raise ContainerStartError(_NOT_ATTACHED)
     os.close(joined[0])
 
 

@@ -67,8 +67,11 @@ class Helper:
         finally:
             os.close(ready_r)
         if ready != b"1":
+            stderr, self.process.stderr = self.process.stderr, None  # close() would close it unread
             self.close()
-            error = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
+            error = stderr.read().decode(errors="replace").strip() if stderr else ""
+            if stderr:
+                stderr.close()
             raise NetworkError(f"slirp4netns could not configure the container's network: {error or 'no reason given'}")
 
     def close(self) -> None:

@@ -1,0 +1,174 @@
+"""Every use of pytest's (and pluggy's) private API, in one place.
+
+Running one test's phases in a forked child and logging them in the parent
+needs a few pieces of pytest that have no public name: the runner's
+`call_and_report`, the session's `SetupState`, the capture manager's global
+capture, the warnings plugin's per-item recording.  Each shim below says
+what it relies on, so a pytest release that moves something breaks here,
+visibly, and nowhere else.  `scripts/pytest_compat_check.sh` runs the plugin
+tests against pytest's newest release (and, given a checkout, its main
+branch).
+
+Public names are used where they exist (`pytest.CallInfo`, `pytest.TestReport`,
+the reporting hooks); nothing here changes what pytest does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, TypeVar
+
+import pytest
+from _pytest.runner import call_and_report as _call_and_report
+from _pytest.runner import runtestprotocol as _runtestprotocol
+from _pytest.warnings import catch_warnings_for_item as _catch_warnings_for_item
+
+T = TypeVar("T")
+
+_RERAISE = (pytest.exit.Exception, KeyboardInterrupt)
+
+
+def call_and_report(item: pytest.Item, when: str, nextitem: Any = None) -> pytest.TestReport:
+    """Run one phase of `item` ("setup", "call", "teardown") through its
+    hook, make its report and log it, as pytest's own protocol does.
+
+    Relies on `_pytest.runner.call_and_report(item, when, log, **kwds)`
+    (pytest 7.4 to main), `nextitem` passed on to `pytest_runtest_teardown`."""
+    if when == "teardown":
+        return _call_and_report(item, when, log=True, nextitem=nextitem)  # type: ignore[arg-type]
+    return _call_and_report(item, when, log=True)  # type: ignore[arg-type]
+
+
+def run_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """pytest's own set-up, call and teardown of `item`, logged (used when a
+    collector or wider fixture failed: pytest reports it from its cache).
+
+    Relies on `_pytest.runner.runtestprotocol(item, log, nextitem)`."""
+    _runtestprotocol(item, nextitem=nextitem, log=True)
+
+
+def recording_warnings(item: pytest.Item) -> contextlib.AbstractContextManager[None]:
+    """Record the warnings raised inside as the warnings plugin records a
+    test's (its `filterwarnings` marks applied, `pytest_warning_recorded`
+    called); the plugin itself wraps `pytest_runtest_protocol`, which in a
+    hermetic test ran in the parent.
+
+    Relies on `_pytest.warnings.catch_warnings_for_item(config, ihook,
+    when, item)`."""
+    return _catch_warnings_for_item(item.config, item.ihook, "runtest", item)
+
+
+def set_up_collectors(item: pytest.Item) -> None:
+    """Set up the collectors above `item` (module, class...), each once, as
+    pytest would before the item's own set-up.
+
+    Relies on `Session._setupstate` and `SetupState.setup(node)`."""
+    # setup() is typed for an Item but only asks for listchain(), which every node has
+    item.session._setupstate.setup(item.parent)  # type: ignore[arg-type]
+
+
+def tear_down_towards(item: pytest.Item, nextitem: pytest.Item | Any | None) -> None:
+    """Tear down what `nextitem` does not need (all of it when None), as
+    pytest does after each item.
+
+    Relies on `Session._setupstate` and `SetupState.teardown_exact(nextitem)`,
+    which only calls `nextitem.listchain()`."""
+    item.session._setupstate.teardown_exact(nextitem)
+
+
+def set_up_wide_fixtures(item: pytest.Item) -> None:
+    """Set up the item's fixtures of session, package, module and class
+    scope (not function scope), so their values exist before the fork.
+
+    Relies on `item._fixtureinfo.name2fixturedefs` (each name's definitions,
+    the last one in effect, with `.scope`), `item._request.getfixturevalue`,
+    and `SetupState.stack` (a dict of node -> (finalizers, exception)): the
+    item must look active for fixture lookups (pytest 9 warns, 10 refuses,
+    otherwise); it leaves the stack again before the fork, so the child
+    pushes it and runs its own set-up (function scope) as usual."""
+    info = getattr(item, "_fixtureinfo", None)
+    request = getattr(item, "_request", None)
+    if info is None or not request:
+        return
+    stack = item.session._setupstate.stack
+    stack[item] = ([], None)
+    try:
+        for name in item.fixturenames:  # type: ignore[attr-defined]
+            definitions = info.name2fixturedefs.get(name)
+            if definitions and definitions[-1].scope != "function":
+                request.getfixturevalue(name)
+    finally:
+        del stack[item]
+
+
+def basetemp(config: pytest.Config) -> str | None:
+    """The session's base temporary folder (made now if need be), where
+    `tmp_path` and `tmp_path_factory` put their folders; None when the
+    tmpdir plugin is off.
+
+    Relies on `config._tmp_path_factory` (set by the tmpdir plugin's
+    `pytest_configure`), a `pytest.TempPathFactory`."""
+    factory = getattr(config, "_tmp_path_factory", None)
+    return None if factory is None else str(factory.getbasetemp())
+
+
+def under_capture(config: pytest.Config, when: str, fn: Callable[[], T]) -> tuple[T, list[tuple[str, str]]]:
+    """Run `fn` under pytest's global output capture, as the phase `when`
+    would be; return its result and its report sections ("Captured stdout
+    setup" ...).  Without global capture (`-s`), just run it.
+
+    Relies on the "capturemanager" plugin's `is_globally_capturing`,
+    `resume_global_capture`, `suspend_global_capture(in_=False)` and
+    `read_global_capture`."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None or not capman.is_globally_capturing():
+        return fn(), []
+    capman.resume_global_capture()
+    try:
+        result = fn()
+    finally:
+        capman.suspend_global_capture(in_=False)
+    out, err = capman.read_global_capture()
+    return result, _sections(when, out, err)
+
+
+def captured_sections(config: pytest.Config, when: str) -> list[tuple[str, str]]:
+    """What the global capture holds now (output of a child that died
+    before reporting), as report sections of the phase `when`.
+
+    Relies on the "capturemanager" plugin's `is_globally_capturing` and
+    `read_global_capture`."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None or not capman.is_globally_capturing():
+        return []
+    out, err = capman.read_global_capture()
+    return _sections(when, out, err)
+
+
+def _sections(when: str, out: str, err: str) -> list[tuple[str, str]]:
+    return [(f"Captured {name} {when}", text) for name, text in (("stdout", out), ("stderr", err)) if text]
+
+
+def is_subreport(report: Any) -> bool:
+    """Whether `report` is a subtest's report (pytest 9's `subtests`
+    fixture, or the pytest-subtests plugin), which may come several times
+    per phase and does not end one.
+
+    Relies on the class name `SubtestReport`, the same in both."""
+    return type(report).__name__ == "SubtestReport"
+
+
+def keep_only(hook: Any, plugin: object) -> None:
+    """Leave only `plugin`'s implementations of `hook` in this process.
+
+    Relies on pluggy's `HookCaller._hookimpls`, the list `get_hookimpls()`
+    copies; used in the thrown-away child only, so the parent's hooks are
+    untouched."""
+    hook._hookimpls[:] = [impl for impl in hook.get_hookimpls() if impl.plugin is plugin]
+
+
+def call_info(fn: Callable[[], T], when: str) -> pytest.CallInfo[T]:
+    """`fn` called as pytest calls a phase: its result or its exception
+    kept, an exit or Ctrl-C raised on.  Public API (`pytest.CallInfo`);
+    here so the reraised exceptions are named once."""
+    return pytest.CallInfo.from_call(fn, when=when, reraise=_RERAISE)  # type: ignore[arg-type]

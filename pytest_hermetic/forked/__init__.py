@@ -1,0 +1,28 @@
+"""Run one test item in a container and bring its reports home.
+
+The run model (docs/pytest.md has the long form):
+
+1. The parent (pytest, or an xdist worker) sets up the item's collectors and
+   its fixtures of wider scope than function, exactly as plain pytest would,
+   so they run once per process and their values are inherited by the fork.
+2. The container's workload is a fork of the parent: it runs the item's
+   setup, call and teardown (function scope only) with pytest's own
+   `call_and_report`, and sends every report and warning home through a
+   pipe, in the form `pytest_report_to_serializable` makes.
+3. The parent logs them through the normal hooks (`logreport`, warnings), so
+   terminal output, junitxml, `--lf`, `-x` and xdist see ordinary reports,
+   then tears down what the next item does not need.
+4. A child that dies without reporting becomes a failure report that says
+   what happened (out of memory, timeout, signal, exit status) with the
+   output it captured.
+
+The modules: `parent` (steps 1, 3, 4), `child` (step 2), `wire` (the
+messages between them), `coverage_relay` (coverage measured in the child).
+Which host paths the child's Python needs inside the image is engine logic,
+in `pytest_hermetic.bindings`; pytest's private API is used only through
+`pytest_hermetic._pytest_compat`.
+"""
+
+from .parent import finish_pending, run_in_container
+
+__all__ = ["finish_pending", "run_in_container"]

@@ -1,0 +1,289 @@
+"""The parent side of a hermetic test: runs in pytest (or an xdist worker).
+
+It sets up the item's collectors and wider fixtures in place, starts the
+container whose workload is `child.child_main`, reads the child's messages
+while it runs (answering its `containers` calls), logs the reports through
+pytest's hooks, and turns a child that died without reporting into a
+failure report that says why.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import select
+import signal
+import warnings
+from typing import Any, Literal
+
+import pytest
+
+from .. import _pytest_compat as compat
+from ..bindings import volumes_for
+from ..container import Container
+from ..errors import HermeticError
+from ..fixtures import Containers
+from ..spec import Spec
+from . import coverage_relay
+from .child import child_main, install_forwarder
+from .wire import CALL_MARK, DONE, frames, is_complete, picklable, write_frame
+
+
+def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> None:
+    """pytest's run-test protocol for `item`, its function scope in a
+    container made from `spec`."""
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    setup, setup_sections = compat.under_capture(item.config, "setup",
+                                                 lambda: compat.call_info(lambda: _setup_wide_scopes(item), "setup"))
+    if setup.excinfo is not None:
+        # A collector or a wide fixture failed (or skipped): plain pytest
+        # reports that from the cached error without running the test body.
+        compat.run_protocol(item, nextitem)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return
+    started = True
+    try:
+        events, result = _run_child(item, nextitem, spec)
+    except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
+        events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
+                                                       "failed", f"hermetic: {exc}", "setup", []))], None
+        started = False
+    reports = [e[1] for e in events if e[0] == "report"]
+    exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
+    if started and exit_event is None and not any(r.when == "teardown" for r in reports if not compat.is_subreport(r)):
+        events.append(("report", _crash_report(item, reports, result)))
+    teardown_report = None
+    for event in events:
+        if event[0] == "report":
+            report = event[1]
+            if report.when == "setup" and setup_sections:
+                report.sections[:0] = setup_sections
+            if report.when == "teardown" and not compat.is_subreport(report):
+                teardown_report = report
+                continue
+            ihook.pytest_runtest_logreport(report=report)
+        elif event[0] == "warning":
+            ihook.pytest_warning_recorded.call_historic(kwargs=event[1])
+        elif event[0] == "coverage":
+            coverage_relay.merge(event[1])
+    if item.session.shouldfail or item.session.shouldstop:
+        nextitem = None
+    teardown, teardown_sections = compat.under_capture(
+        item.config, "teardown", lambda: compat.call_info(lambda: compat.tear_down_towards(item, nextitem), "teardown"))
+    if teardown.excinfo is not None and (teardown_report is None or teardown_report.passed):
+        teardown_report = ihook.pytest_runtest_makereport(item=item, call=teardown)
+    if teardown_report is not None:
+        teardown_report.sections.extend(teardown_sections)
+        ihook.pytest_runtest_logreport(report=teardown_report)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    if exit_event is not None:
+        if exit_event[0] == "interrupt":
+            raise KeyboardInterrupt
+        pytest.exit(exit_event[1], returncode=exit_event[2])
+
+
+def _setup_wide_scopes(item: pytest.Item) -> None:
+    """Collectors and fixtures of session/package/module/class scope, in the
+    parent, so they are set up once per process as in plain pytest."""
+    compat.set_up_collectors(item)
+    compat.set_up_wide_fixtures(item)
+
+
+def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
+    finish_pending(block=False)
+    install_forwarder(item.config)
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
+    scope = _network_scope(spec)
+    services = _Services(scope)
+    # What the test needs at its host paths: pytest's basetemp read-write, so
+    # `tmp_path` behaves as without isolation; the test tree and where pytest
+    # runs; in another image the interpreter too.
+    basetemp = compat.basetemp(item.config)
+    volumes = volumes_for(spec, code=(str(item.config.rootpath), os.getcwd()),
+                          writable=[basetemp] if basetemp is not None else [])
+    # Per-test containers: rw layer in memory, no state folder, no accounting
+    # beyond the limits asked for: each of these is a measurable cost per test.
+    spec = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
+                             workdir=spec.workdir or os.getcwd())  # where pytest runs, as without isolation
+    try:
+        container = Container(spec, network=scope.get(spec.net) if isinstance(spec.net, str) else None)
+    except BaseException:
+        if scope is not None:
+            scope.close()
+        raise
+    deferred = False
+    try:
+        # Frozen objects are never scanned by the child's garbage collector,
+        # which would otherwise touch (and so copy) much of pytest's memory.
+        gc.freeze()
+        try:
+            container.start(target=lambda: child_main(item, write_fd, reply_r))
+        finally:
+            gc.unfreeze()
+            os.close(write_fd)
+            os.close(reply_r)
+        data, complete = _drain(read_fd, container, services, reply_w)
+        if complete:
+            # Every report is home: the exit of the child (tearing down a
+            # large address space and its namespaces) and the clean-up need
+            # not hold up the next test.
+            _pending.append(container)
+            deferred = True
+            result = None
+        else:
+            result = container.wait()
+    finally:
+        os.close(read_fd)
+        os.close(reply_w)
+        services.close()
+        if not deferred:
+            container.remove()
+        if scope is not None:
+            scope.close()  # each network goes once its last container is removed
+    return _decode(item.config, data), result
+
+
+def _network_scope(spec: Spec) -> Any:
+    """The test's private networks (None for loopback only): `net="svc"` in
+    the marker and in its service containers is one network of its own."""
+    if spec.net is False:
+        return None
+    # Lazily: about 5 ms of imports that a session without networks skips,
+    # and the plugin releases the host bridge at the end only if it was loaded.
+    from ..networks import Scope, hold_host_bridge
+
+    if spec.net is True:
+        hold_host_bridge()  # made once per session, not per test
+    return Scope()
+
+
+class _Services:
+    """The parent's side of the `containers` fixture for one hermetic test."""
+
+    def __init__(self, scope: Any = None) -> None:
+        self.factory: Containers | None = None
+        self.scope = scope
+
+    def answer(self, payload: tuple, reply_fd: int) -> None:
+        method, args, kwargs = payload
+        try:
+            if self.factory is None:
+                self.factory = Containers(self.scope)
+            reply = (True, self.factory.handle(method, args, kwargs))
+        except Exception as exc:  # noqa: BLE001 - the test gets it, as if raised in place
+            reply = (False, exc if picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
+        try:
+            write_frame(reply_fd, pickle.dumps(reply))
+        except BrokenPipeError:
+            pass
+
+    def close(self) -> None:
+        if self.factory is not None:
+            self.factory.close()
+
+
+_pending: list[Container] = []
+
+
+def finish_pending(block: bool = True) -> None:
+    """Remove the containers whose reports are in; with `block`, wait for
+    all of them (end of the session), else only for those already gone."""
+    for container in list(_pending):
+        if block or (container.process is not None and container.process.wait(timeout=0) is not None):
+            _pending.remove(container)
+            container.remove()
+
+
+def _drain(read_fd: int, container: Container, services: _Services, reply_fd: int) -> tuple[bytes, bool]:
+    """Read the child's messages while it runs (a full pipe would stall it),
+    answer its `containers` calls as they come, and enforce the spec's
+    timeout through `Container.wait`.  Returns the bytes and whether the
+    child said it was done (its last message)."""
+    chunks: list[bytes] = []
+    pending = b""  # bytes not yet split into messages, for the calls
+    assert container.process is not None
+    open_fds = [read_fd, container.process.fileno()]
+    interrupted = False
+    while True:
+        try:
+            ready, _, _ = select.select(open_fds, [], [], 0.5)
+        except KeyboardInterrupt:
+            # The container has a session of its own, so a terminal's Ctrl-C
+            # reaches pytest only: pass it on, so the test stops where it
+            # is and says so; a second one stops waiting.
+            if interrupted:
+                raise
+            interrupted = True
+            container.kill(signal.SIGINT)
+            continue
+        if read_fd in ready:
+            chunk = os.read(read_fd, 1 << 16)
+            if chunk:
+                chunks.append(chunk)
+                pending = _answer_calls(pending + chunk, services, reply_fd)
+                if b"".join(chunks[-2:]).endswith(DONE):  # the last message may come in two reads
+                    data = b"".join(chunks)
+                    if is_complete(data):
+                        return data, True
+                continue
+            open_fds.remove(read_fd)
+        if container.wait(timeout=0) is not None:
+            while True:  # whatever is left in the pipe
+                chunk = os.read(read_fd, 1 << 16) if read_fd in open_fds else b""
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks), False
+
+
+def _answer_calls(data: bytes, services: _Services, reply_fd: int) -> bytes:
+    """Answer every complete call message in `data`; return the incomplete rest."""
+    bodies, rest = frames(data)
+    for body in bodies:
+        if CALL_MARK in body[:32]:
+            kind, payload = pickle.loads(body)
+            if kind == "call":
+                services.answer(payload, reply_fd)
+    return data[rest:]
+
+
+def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
+    events: list[tuple] = []
+    for body in frames(data)[0]:  # a message cut off by the child's death is left out
+        kind, payload = pickle.loads(body)
+        if kind == "report":
+            events.append(("report", config.hook.pytest_report_from_serializable(config=config, data=payload)))
+        elif kind == "warning":
+            events.append(("warning", _warning_from_payload(payload)))
+        elif kind == "coverage":
+            events.append(("coverage", payload))
+        elif kind in ("done", "call"):
+            pass
+        else:
+            events.append((kind, *payload))
+    return events
+
+
+def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestReport:
+    """The report for a child that died without finishing its reports."""
+    done = {r.when for r in reports if not compat.is_subreport(r)}
+    when: Literal["setup", "call", "teardown"] = "setup" if "setup" not in done else "call" if "call" not in done else "teardown"
+    reason = result.reason if result is not None and result.reason else "the test process ended without reporting"
+    if result is not None and result.status.code is not None and result.status.code != 0 and result.reason and result.reason.startswith("exited"):
+        reason = f"exited with status {result.status.code} without reporting"
+    sections = compat.captured_sections(item.config, when)
+    return pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
+                             f"hermetic: {reason}", when, sections)
+
+
+def _warning_from_payload(payload: dict) -> dict:
+    message = payload.pop("message")
+    category = payload.pop("category")
+    if not isinstance(message, Warning):
+        message = category(message) if isinstance(category, type) and issubclass(category, Warning) else UserWarning(message)
+    payload["warning_message"] = warnings.WarningMessage(message, type(message), payload.pop("filename"),
+                                                          payload.pop("lineno"), None, None)
+    return payload

@@ -1,0 +1,90 @@
+"""The messages between a hermetic test's child and the pytest process.
+
+Two pipes: the child writes `(kind, payload)` messages (reports, warnings,
+coverage, calls of the `containers` fixture, "done" last); the parent
+writes the answers to the calls.  Each message is a pickle framed by its
+length, so a message cut off by the child's death is recognised and left
+out.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from typing import Any
+
+from ..runtime.process import read_exactly
+
+HEADER = struct.Struct("!I")
+CALL_MARK = b"call"  # cheap pre-check before unpickling a message in the parent
+
+
+def frame(body: bytes) -> bytes:
+    """A message on the pipes between parent and child: length, then body."""
+    return HEADER.pack(len(body)) + body
+
+
+def write_frame(fd: int, body: bytes) -> None:
+    view = memoryview(frame(body))
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def read_frame(fd: int) -> bytes:
+    """The next message's body from `fd`; empty if the writer is gone."""
+    header = read_exactly(fd, HEADER.size)
+    return read_exactly(fd, HEADER.unpack(header)[0]) if len(header) == HEADER.size else b""
+
+
+def frames(data: bytes) -> tuple[list[bytes], int]:
+    """The whole messages in `data`, and where the incomplete rest begins."""
+    bodies, offset = [], 0
+    while offset + HEADER.size <= len(data):
+        (size,) = HEADER.unpack_from(data, offset)
+        end = offset + HEADER.size + size
+        if end > len(data):
+            break
+        bodies.append(data[offset + HEADER.size:end])
+        offset = end
+    return bodies, offset
+
+
+DONE = frame(pickle.dumps(("done", None)))
+
+
+def is_complete(data: bytes) -> bool:
+    """Whether `data` is whole messages ending with the done message."""
+    return frames(data)[1] == len(data) and data.endswith(DONE)
+
+
+class Channel:
+    """The child's sending end."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, kind: str, payload: Any) -> None:
+        try:
+            data = pickle.dumps((kind, payload))
+        except Exception:  # noqa: BLE001 - unpicklable user data: send its repr instead
+            data = pickle.dumps((kind, _reprs(payload)))
+        write_frame(self.fd, data)
+
+
+def _reprs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _reprs(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_reprs(v) for v in value]
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    return repr(value)
+
+
+def picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
