@@ -171,10 +171,8 @@ class Container:
                 self._write_state()  # before the start, so `gc` knows whose it is
             self.started_at = time.monotonic()
             self.process = process.spawn(config, target)
-        except BaseException as exc:
+        except BaseException:
             self.remove()
-            if isinstance(exc, ContainerStartError):
-                self._check_layers(image)
             raise
         return self
 
@@ -286,17 +284,9 @@ class Container:
             # refuses a lower below another lower ("/"): replay them instead.
             blobs = [self.store.blob_path(self.store._layer_meta(d)["blob"]) for d in image.layers]
             return [], blobs
-        # Not checked here, one stat per layer on every start: a missing
-        # layer fails the mount, and then `_check_layers` names it.
+        # Their presence was checked when the store recorded this container's
+        # use of them (`Store.use`), under the lock gc respects.
         return [self.store.layer_root(diff_id) for diff_id in reversed(image.layers)], []
-
-    def _check_layers(self, image: Image) -> None:
-        """After a failed start: a layer gone from the store is its cause."""
-        if image.is_host:
-            return  # its layers are replayed from their blobs
-        for diff_id in image.layers:
-            if not os.path.isdir(self.store.layer_root(diff_id)):
-                raise StoreError(f"layer {diff_id} of {image.familiar} is missing from the store; fix: import the image again")
 
     def _process_config(self, image: Image, argv: list[str] | None) -> process.ProcessConfig:
         spec = self.spec
