@@ -57,7 +57,6 @@ def test_hermetic_run_offers_every_cli_option_under_its_spellings():
     for option in options.OPTIONS:
         if option.flags and options.CLI in option.where:
             assert tuple(by_dest[option.name].option_strings) == option.flags
-    assert {"--memory", "-m"}.isdisjoint(flag for action in run._actions for flag in action.option_strings)
 
 
 def test_cli_words_become_spec_options(monkeypatch):
