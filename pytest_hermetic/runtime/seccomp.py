@@ -26,7 +26,10 @@ import os
 import struct
 
 from ..errors import ContainerStartError
+from . import syscall_table
 from . import syscalls as sc
+from .capabilities import DEFAULT_CAPS
+from .seccomp_profile import PROFILE
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -99,8 +102,6 @@ def default() -> Filter:
     """Docker's default profile for this machine, compiled once per process."""
     global _default
     if _default is None:
-        from .capabilities import DEFAULT_CAPS
-
         _default = compile_profile(os.uname().machine, set(DEFAULT_CAPS), _kernel_version())
     return _default
 
@@ -262,10 +263,8 @@ def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profi
     if machine not in _MACHINES:
         raise SeccompError(f"no seccomp syscall table for {machine}; run with seccomp=False "
                            "(--security-opt seccomp=unconfined) on this machine")
-    from . import syscall_table
-
     if profile is None:
-        from .seccomp_profile import PROFILE as profile
+        profile = PROFILE
     if profile["defaultAction"] != "SCMP_ACT_ERRNO":
         raise SeccompError(f"seccomp profile: default action {profile['defaultAction']} is not supported")
     default_action = SECCOMP_RET_ERRNO | int(profile.get("defaultErrnoRet", errno.EPERM))

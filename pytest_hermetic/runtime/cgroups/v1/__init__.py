@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from ....errors import CgroupUnavailable
 from .. import Cgroup, Hierarchy, Limits, Stats, kill_frozen, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
 from . import cpu, freezer, memory, pids
 
@@ -36,8 +37,6 @@ class V1Cgroup(Cgroup):
     def create(cls, hierarchy: Hierarchy, name: str, limits: Limits, fuse: int | None = None) -> "V1Cgroup":
         for limit in limits.requested():
             if _NEEDED_FOR[limit] not in hierarchy.v1:
-                from ....errors import CgroupUnavailable
-
                 raise CgroupUnavailable(
                     f"{limit} limit needs the cgroup v1 '{_NEEDED_FOR[limit]}' controller, which is not mounted; "
                     "fix: mount it, or drop the limit"
