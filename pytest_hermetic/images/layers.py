@@ -34,7 +34,17 @@ from .._record import factory, record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
-    from typing import BinaryIO, Iterable
+    from typing import IO, BinaryIO, Iterable, Protocol
+
+    class Readable(Protocol):
+        """What reading a layer needs of its source: a file, a download, a hashing reader."""
+
+        def read(self, size: int = ..., /) -> bytes: ...
+
+    class Stream(Readable, Protocol):
+        """A reader made here (a decompressor), closed by who asked for it."""
+
+        def close(self) -> None: ...
 
     from .limits import Budget
 
@@ -94,13 +104,13 @@ class ExtractStats:
 # reading: decompression
 
 
-def _zstd_reader(raw: BinaryIO) -> BinaryIO:
+def _zstd_reader(raw: IO[bytes]) -> Stream:
     """A zstd decompressing reader over `raw` (which the caller closes)."""
     try:
-        import zstandard  # type: ignore[import-not-found]
+        import zstandard
     except ImportError:
-        zstandard = None
-    if zstandard is not None:
+        pass
+    else:
         dctx = zstandard.ZstdDecompressor()
         try:
             reader = dctx.stream_reader(raw, closefd=False, read_across_frames=True)
@@ -117,23 +127,25 @@ def _zstd_reader(raw: BinaryIO) -> BinaryIO:
     return zstd.ZstdFile(raw)
 
 
-def _decompressor(head: bytes, raw: BinaryIO) -> BinaryIO | None:
+def _decompressor(head: bytes, raw: Readable) -> Stream | None:
     """Wrap `raw` in the decompressor its magic bytes `head` ask for (None: plain)."""
+    # The decompressors only read it, from the start; typeshed asks for a whole file (seek, write...).
+    stream: IO[bytes] = raw  # type: ignore[assignment]
     if head.startswith(_MAGIC_GZIP):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return gzip.GzipFile(fileobj=stream, mode="rb")
     if head.startswith(_MAGIC_ZSTD):
-        return _zstd_reader(raw)
+        return _zstd_reader(stream)
     if head.startswith(_MAGIC_XZ):
-        return lzma.LZMAFile(raw)
+        return lzma.LZMAFile(stream)
     if head.startswith(_MAGIC_BZ2):
-        return bz2.BZ2File(raw)
+        return bz2.BZ2File(stream)
     return None
 
 
 class _Closing(io.RawIOBase):
     """A reader that closes a chain of objects (decompressor, file) with itself."""
 
-    def __init__(self, reader: BinaryIO, *owned: BinaryIO) -> None:
+    def __init__(self, reader: Stream, *owned: Stream) -> None:
         super().__init__()
         self._reader = reader
         self._owned = (reader, *owned)
@@ -141,7 +153,7 @@ class _Closing(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         return self._reader.read(size)
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -189,7 +201,7 @@ def media_type(path: str | os.PathLike[str]) -> str:
     return "application/vnd.oci.image.layer.v1.tar"
 
 
-def open_layer_stream(src: BinaryIO) -> BinaryIO:
+def open_layer_stream(src: Readable) -> Stream:
     """A reader of the uncompressed tar in the stream `src` (sniffed; `src` stays open)."""
     return _sniff_stream(src)
 
@@ -197,7 +209,7 @@ def open_layer_stream(src: BinaryIO) -> BinaryIO:
 class _Prefixed(io.RawIOBase):
     """Put back the bytes read to sniff a non-seekable stream."""
 
-    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+    def __init__(self, head: bytes, raw: Readable) -> None:
         super().__init__()
         self._head = head
         self._raw = raw
@@ -205,7 +217,7 @@ class _Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         if self._head:
             if size is None or size < 0:
                 data, self._head = self._head + self._raw.read(), b""
@@ -223,7 +235,7 @@ class _Prefixed(io.RawIOBase):
         super().close()
 
 
-def _sniff_stream(src: BinaryIO) -> BinaryIO:
+def _sniff_stream(src: Readable) -> Stream:
     """Return a reader of the uncompressed tar in `src` (not closing `src`)."""
     head = b""
     while len(head) < 6:
@@ -251,7 +263,7 @@ class _Reader:
 
     _KEEP = 1 << 18
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: Readable) -> None:
         self._raw = raw
         self.pos = 0
         self._chunks: deque[tuple[int, bytes]] = deque()
@@ -717,7 +729,7 @@ class _Extractor:
 
 
 def extract_layer(
-    src: BinaryIO | str | os.PathLike[str],
+    src: Readable | str | os.PathLike[str],
     dest: str | os.PathLike[str],
     *,
     xattr_prefix: str = OVERLAY_TRUSTED,
@@ -760,7 +772,7 @@ def extract_layer(
         root_fd, xattr_prefix=xattr_prefix, privileged=privileged, same_owner=same_owner
     )
     owned: BinaryIO | None = None
-    stream: BinaryIO | None = None
+    stream: Stream | None = None
     try:
         if isinstance(src, (str, os.PathLike)):
             try:
@@ -771,7 +783,8 @@ def extract_layer(
             stream = _sniff_stream(src)
         reader = _Reader(stream)
         try:
-            tf = tarfile.open(fileobj=reader, mode="r|")
+            # a stream ("r|") is only read; typeshed asks every fileobj for write and seek too
+            tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
         except tarfile.TarError as e:
             raise _corrupt(f"not a tar archive ({e})") from e
         with tf:
@@ -814,7 +827,8 @@ def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read
             break
         if budget is not None:  # m.size is the apparent size, also of a sparse member
             budget.charge(tarfile.BLOCKSIZE + max(m.size, 0), m.name)
-        tf.members.clear()  # stream mode keeps them all otherwise
+        # stream mode keeps them all otherwise (typeshed leaves the real attribute out)
+        tf.members.clear()  # type: ignore[attr-defined]
         yield m, (tf.extractfile(m) if read_data and m.isreg() else None)
     if not bare_end:
         reader.check_end(tf.offset, allow_bare_end=allow_bare_end)
@@ -1012,7 +1026,7 @@ def _write_tree(
     """
     skip = {_norm_rel(e) for e in exclude}
     writer = _HashingWriter(out)
-    tf = tarfile.open(
+    tf = tarfile.open(  # type: ignore[call-overload]  # "w" writes and tells only; typeshed asks for read and seek too
         fileobj=writer,
         mode="w",
         format=tarfile.PAX_FORMAT,
@@ -1076,20 +1090,19 @@ def _write_tree(
             ti.uid, ti.gid = st.st_uid, st.st_gid
             ti.uname = ti.gname = ""
             ti.mtime = st.st_mtime_ns // 1_000_000_000
-            for key in sorted(xattrs):
-                if not key.startswith(_OVERLAY_PREFIXES):
-                    ti.pax_headers[_XATTR_PAX + key] = xattrs[key].decode(
-                        "utf-8", "surrogateescape"
-                    )
+            ti.pax_headers = {
+                _XATTR_PAX + key: xattrs[key].decode("utf-8", "surrogateescape")
+                for key in sorted(xattrs) if not key.startswith(_OVERLAY_PREFIXES)
+            }
             if not stat.S_ISDIR(mode) and st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                first = seen.get(key)
+                inode = (st.st_dev, st.st_ino)
+                first = seen.get(inode)
                 if first is not None:
                     ti.type = tarfile.LNKTYPE
                     ti.linkname = first
                     tf.addfile(ti)
                     continue
-                seen[key] = rel
+                seen[inode] = rel
             if stat.S_ISREG(mode):
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
                 with open(fd, "rb") as f:

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import os
 import struct
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import NoReturn
 
 from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
 
@@ -85,7 +88,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def fail(err_w: int, code: int, text: str) -> None:
+def fail(err_w: int, code: int, text: str) -> NoReturn:
     """Report a set-up error to the parent and end this (forked) process."""
     try:
         os.write(err_w, f"{code}\t{text}".encode())
@@ -114,7 +117,7 @@ def read_exactly(fd: int, size: int) -> bytes:
 
 def read_all(fd: int) -> bytes:
     """Everything up to EOF."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 65536)
         if not chunk:

@@ -23,7 +23,7 @@ import sys
 import traceback
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Callable
+    from typing import Callable, NoReturn
 
     from .process import ProcessConfig
 
@@ -248,7 +248,7 @@ def _forwarder(pid: int):  # noqa: ANN202
     return forward
 
 
-def _exec(config: ProcessConfig, err_w: int) -> None:
+def _exec(config: ProcessConfig, err_w: int) -> NoReturn:
     assert config.argv
     restore_signals()
     redirect_stdio(config.stdio)

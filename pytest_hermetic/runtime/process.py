@@ -28,6 +28,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
+    from .usermode_net import Helper
+
 from ..errors import ContainerStartError, HermeticError
 from . import capabilities, channel, init, network, placeholder, relay, rootfs, seccomp
 from . import syscalls as sc
@@ -91,7 +93,7 @@ class ContainerProcess:
         self._status_fd = status_fd
         self._pidfd: int | None = None
         self.exit_status: ExitStatus | None = None
-        self.net_helper = None  # a usermode_net.Helper serving this container, if any
+        self.net_helper: Helper | None = None  # slirp4netns serving this container, if any
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -207,9 +209,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
                     init.worker_main(config, target, err_w, joined)  # type: ignore[arg-type]
                 init.main(config, target, err_w, status_w, joined)
     except BaseException:
-        for fd in (err_r, err_w, status_r, status_w):
-            if fd is not None:
-                os.close(fd)
+        for end in (err_r, err_w, status_r, status_w):
+            if end is not None:
+                os.close(end)
         for pipe in (joined, config.netns_ready):
             if pipe is not None:
                 pipe.close()

@@ -60,7 +60,7 @@ class RootfsConfig:
     # `unpack_layer(tar, dir)`, which the caller gives (the image code is
     # above the runtime) and the child calls.
     replay: list[tuple[str, str]] = factory(list)
-    unpack_layer: Callable[[str, str], None] | None = None
+    unpack_layer: Callable[[str, str], object] | None = None
     layers_dir: str = ""  # the store's layer folder, where the image's lowers are
 
 
