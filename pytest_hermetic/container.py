@@ -304,6 +304,7 @@ class Container:
             cgroup_v2=cgroups.detect().version == "v2",
             init_files=_init_files(self.hostname),
             replay=list(zip(replay, replay_dirs)),
+            unpack_layer=_layer_unpacker(self.userns) if replay else None,
             layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
         )
         return process.ProcessConfig(
@@ -504,6 +505,15 @@ def _env_dict(items: list[str]) -> dict[str, str]:
         key, _, value = item.partition("=")
         env[key] = value
     return env
+
+
+def _layer_unpacker(userns: bool) -> Callable[[str, str], object]:
+    """What the child calls to replay a layer of an image committed on top of `host`."""
+    # Imported here, before the fork, and only for such images: ~12 ms (-X importtime).
+    from .images import layers
+
+    prefix = layers.OVERLAY_USER if userns else layers.OVERLAY_TRUSTED
+    return lambda tar_path, directory: layers.extract_layer(tar_path, directory, xattr_prefix=prefix)
 
 
 def _init_files(hostname: str) -> dict[str, str]:

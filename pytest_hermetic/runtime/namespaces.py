@@ -52,7 +52,7 @@ class UserNamespace:
 
     def write_maps_with_helpers(self, pid: int) -> None:
         """Map process `pid` from outside with the setuid helpers."""
-        import subprocess
+        import subprocess  # here: ~2.4 ms of import, for hosts with newuidmap only
 
         for tool, maps in (("newuidmap", self.uid_maps), ("newgidmap", self.gid_maps)):
             args = [str(v) for m in maps for v in (m.inside, m.outside, m.count)]
@@ -91,7 +91,7 @@ def default_user_namespace() -> UserNamespace:
         name = str(uid)
     sub_uid = subordinate_range("/etc/subuid", name, uid)
     sub_gid = subordinate_range("/etc/subgid", name, uid)
-    import shutil
+    import shutil  # here: ~1.3 ms of import, rootless only
 
     if sub_uid and sub_gid and shutil.which("newuidmap") and shutil.which("newgidmap"):
         uid_maps.append(IdMap(1, sub_uid[0], sub_uid[1]))
