@@ -48,10 +48,7 @@ SHARED_PRIVATE_PACKAGES = {"pytest_hermetic.images.layers"}
 
 # ---- KNOWN EXCEPTIONS: the lead empties these after merging the renovation's
 # other branches.  Each entry must still be needed, or the test fails.
-KNOWN_LAYER_VIOLATIONS = {
-    # The runtime replays the host image's committed layers (reno-runtime).
-    ("pytest_hermetic.runtime.rootfs", "pytest_hermetic.images.layers"),
-}
+KNOWN_LAYER_VIOLATIONS: set[tuple[str, str]] = set()
 KNOWN_CYCLE_EDGES = {
     # Store.resolve pulls on first use: store -> pull -> ingest -> store (reno-images).
     ("pytest_hermetic.images.store", "pytest_hermetic.images.pull"),
@@ -59,13 +56,6 @@ KNOWN_CYCLE_EDGES = {
     ("pytest_hermetic.images.registry", "pytest_hermetic.images.pull"),
 }
 KNOWN_PRIVATE_USES = {
-    # enter.py shares process.py's child-side helpers (reno-runtime).
-    ("pytest_hermetic.runtime.enter", "_describe"),
-    ("pytest_hermetic.runtime.enter", "_fail"),
-    ("pytest_hermetic.runtime.enter", "_read_all"),
-    ("pytest_hermetic.runtime.enter", "_relay_exit"),
-    ("pytest_hermetic.runtime.enter", "_restore_signals"),
-    ("pytest_hermetic.runtime.enter", "_start_error"),
     # Store._layer_meta (reno-images makes it public; container.py then calls the public name).
     ("pytest_hermetic.container", "_layer_meta"),
     ("pytest_hermetic.images.archives", "_layer_meta"),

@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable, NoReturn
 
-    from .process import ProcessConfig
+    from .config import ProcessConfig
 
 from ..errors import ContainerStartError
 from . import capabilities, channel, descriptors, network, placeholder, rootfs, seccomp

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
     from .namespaces import UserNamespace
-    from .process import ProcessConfig
+    from .config import ProcessConfig
 
 from . import channel, init
 from . import syscalls as sc
