@@ -117,6 +117,14 @@ class Container:
         self.rw_dir = None if spec.ephemeral else os.path.join(self.store.root, "containers", f"{owner_key()}-{self.id}")
         self._use: Keep | None = None  # the store's record of the layers this container runs on
         self.userns = spec.userns if spec.userns is not None else os.geteuid() != 0
+        if spec.userns and os.geteuid() == 0:
+            # Root's user namespace maps container root to a private range
+            # (0 -> 100000), where the image's files, owned by the host's
+            # root, are unmapped: overlayfs refuses them (EOVERFLOW) without
+            # idmapped layers, which the engine does not make yet.
+            raise SpecError("userns=True as root is not supported yet: the image's files would be owned by an "
+                            "unmapped user (idmapped layers are missing); fix: leave it off as root (capabilities, "
+                            "seccomp and masks still apply), or run as an unprivileged user, who always gets one")
 
     @property
     def short_id(self) -> str:

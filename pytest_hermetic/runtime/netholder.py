@@ -36,7 +36,7 @@ class Holder:
     def __init__(self, userns: UserNamespace, gateway: str, prefixlen: int) -> None:
         bridges.preload()  # pyroute2, imported here, before the fork
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        helpers = userns.needs_helpers  # asked here: in the child, mapped, we are root
+        helpers = userns.mapped_from_outside  # asked here: in the child, mapped, we are root
         pid = fork()
         if pid == 0:
             parent_end.close()
@@ -46,7 +46,7 @@ class Holder:
         self._sock = parent_end
         try:
             if self._sock.recv(16) == b"U" and helpers:
-                userns.write_maps_with_helpers(pid)
+                userns.write_maps_from_outside(pid)
             self._sock.send(b"M")
             answer = self._sock.recv(4096).decode(errors="replace")
         except OSError as exc:

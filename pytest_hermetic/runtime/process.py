@@ -154,7 +154,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     # the (large) parent, as PID 2 under a placeholder PID 1.
     placeholder_mode = target is not None and not rootless and not config.init and placeholder.binary() is not None
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
-    maps = (relay.UserMaps() if rootless and config.userns and config.userns.needs_helpers and not config.userns_join
+    maps = (relay.UserMaps() if rootless and config.userns and config.userns.mapped_from_outside and not config.userns_join
             else None)
     if rootless and (config.network.mode == "usermode" or config.network_hook is not None):
         config.network_go = Channel()

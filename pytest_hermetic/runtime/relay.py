@@ -26,7 +26,7 @@ from .namespaces import CONTAINER_NAMESPACES
 
 
 class UserMaps:
-    """Lets the parent map the relay's user namespace with newuidmap."""
+    """Lets the parent map the relay's user namespace (`UserNamespace.write_maps_from_outside`)."""
 
     def __init__(self) -> None:
         self.request = Channel()
@@ -42,7 +42,7 @@ class UserMaps:
         self.mapped.close_read()
         try:
             if self.request.receive(channel.MAP_REQUEST):
-                userns.write_maps_with_helpers(pid)
+                userns.write_maps_from_outside(pid)
                 self.mapped.send(channel.MAPPED)
         finally:
             self.request.close()
