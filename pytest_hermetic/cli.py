@@ -8,6 +8,11 @@ Every engine failure is one line on stderr, never a traceback.
 The engine's modules are imported inside the commands: `hermetic run` should
 not pay for what `hermetic images` needs (the container and its runtime cost
 about 8 ms of imports, the store 3 ms, pull, push and doctor more).
+
+One concern, the command line (it is longer than most modules for that):
+the parser and one short `_cmd_<verb>` per verb that turns arguments into
+calls of the engine and its answers into lines; the work is elsewhere
+(containers' lifecycle in `detached.py`, images in `images/`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a command in a new container")
     options.add_arguments(run.add_argument, options.CLI)
     run.add_argument("--commit", metavar="REF", help="after a successful run, save the read-write layer as image REF")
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="run in the background: print the id and return (output: `hermetic logs`; implies --init)")
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits (always so without -d)")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]",
+                     help="publish a container port on the host (HOST_IP default 127.0.0.1)")
     run.add_argument("image", metavar="IMAGE", help=options.BY_NAME["image"].help)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments (default: the image's)")
 
@@ -82,7 +92,31 @@ def _parser() -> argparse.ArgumentParser:
                      help="untag also an image a running container uses (its layers stay until the container is gone)")
     rmi.add_argument("refs", nargs="+", metavar="IMAGE")
 
-    sub.add_parser("ps", help="list running containers")
+    ps = sub.add_parser("ps", help="list running containers")
+    ps.add_argument("-a", "--all", action="store_true", help="exited ones too (kept until `rm` or `gc`)")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    logs = sub.add_parser("logs", help="the output of a detached container")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the container ends")
+    logs.add_argument("-n", "--tail", metavar="N", type=int, help="only the last N lines")
+    logs.add_argument("container", metavar="CONTAINER", help="name or id")
+    exe = sub.add_parser("exec", help="run a command in a running detached container")
+    exe.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    exe.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside the container")
+    exe.add_argument("container", metavar="CONTAINER", help="name or id")
+    exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
+    stop = sub.add_parser("stop", help="stop containers: SIGTERM to PID 1, SIGKILL after the grace time")
+    stop.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS", help="grace time (default 10)")
+    stop.add_argument("containers", nargs="+", metavar="CONTAINER")
+    kill = sub.add_parser("kill", help="send a signal to containers' PID 1 (default SIGKILL: all of it)")
+    kill.add_argument("-s", "--signal", default="KILL", metavar="SIGNAL", help="name or number (default KILL)")
+    kill.add_argument("containers", nargs="+", metavar="CONTAINER")
+    rm = sub.add_parser("rm", help="remove exited containers")
+    rm.add_argument("-f", "--force", action="store_true", help="kill and remove a running one too")
+    rm.add_argument("containers", nargs="+", metavar="CONTAINER")
+    ins = sub.add_parser("inspect", help="a container's spec, state, pid, network, limits and image as JSON")
+    ins.add_argument("containers", nargs="+", metavar="CONTAINER")
+    wait = sub.add_parser("wait", help="wait for containers to end and print their exit statuses")
+    wait.add_argument("containers", nargs="+", metavar="CONTAINER")
     gc = sub.add_parser("gc", help="remove unreferenced layers and what killed runs left behind")
     gc.add_argument("-q", "--quiet", action="store_true")
     net = sub.add_parser("network", help="create, list and remove named networks")
@@ -138,14 +172,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     given = options.from_arguments(args, options.CLI)
-    if sys.stdin.isatty() and "TERM" in os.environ:
+    if sys.stdin.isatty() and "TERM" in os.environ and not args.detach:
         given["env"].setdefault("TERM", os.environ["TERM"])
+    if args.detach:
+        # A PID 1 with no SIGTERM handler ignores `stop`'s SIGTERM (the kernel
+        # guards a namespace's init); under --init the command gets it.
+        given["init"] = True
     # Nobody can commit it: keep the rw layer in memory, no disk clean-up.
-    spec = Spec.build(args.image, command or None, ephemeral=not args.commit and not args.name, **given)
-    if spec.name and any(s.get("name") == spec.name and s["alive"] for s in list_states()):
-        from .errors import SpecError
+    spec = Spec.build(args.image, command or None, ephemeral=not args.commit and not args.name and not args.detach,
+                      **given)
+    if spec.name:
+        for other in list_states():
+            if other.get("name") == spec.name:
+                from .errors import SpecError
 
-        raise SpecError(f"--name {spec.name}: a running container already has that name")
+                if other["alive"]:
+                    raise SpecError(f"--name {spec.name}: a running container already has that name")
+                raise SpecError(f"--name {spec.name}: an exited container has that name; `hermetic rm {spec.name}` first")
+    ports = []
+    if args.publish:
+        from .detached import parse_publish
+
+        ports = [parse_publish(text) for text in args.publish]
+    if args.detach:
+        if args.commit:
+            from .errors import SpecError
+
+            raise SpecError("--commit and -d: commit a detached container with `hermetic commit NAME REF` while it runs")
+        from .detached import start_detached
+
+        print(start_detached(spec, ports, remove=args.rm))
+        return 0
     if args.commit:
         from .images.commit import target_name
 
@@ -168,10 +225,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     with container:
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        forwarders: list = []
         try:
             container.start()
+            if ports:
+                from .detached import publish
+
+                forwarders = publish(container, ports)
             result = container.wait()
         finally:
+            for forwarder in forwarders:
+                forwarder.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         assert result is not None
@@ -288,17 +352,132 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ps(_args: argparse.Namespace) -> int:
+def _cmd_ps(args: argparse.Namespace) -> int:
+    from .detached import status
     from .state import list_states
 
-    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "PIDS", "NETWORK")]
+    rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PIDS", "NETWORK", "PORTS")]
     for state in list_states():
-        if state["alive"]:
-            network = f"{state['network']} {state.get('address') or ''}".strip() if state.get("network") else "-"
-            rows.append((state["id"][:12], state.get("name", ""), state.get("image", ""),
-                         " ".join(state.get("command") or [])[:40], _ago(time.time() - state.get("created", time.time())),
-                         str(len(state.get("pids") or [])) or "-", network))
-    _table(rows)
+        if not state["alive"] and not args.all:
+            continue
+        if args.quiet:
+            print(state["id"][:12])
+            continue
+        network = f"{state['network']} {state.get('address') or ''}".strip() if state.get("network") else "-"
+        now = status(state)
+        if now == "exited":
+            now = f"exited ({state['exit_code']}) {_ago(time.time() - state.get('finished', time.time()))}: {state['reason']}"
+        elif now == "dead":
+            now = "dead (its owner was killed; `hermetic gc` clears it)"
+        ports = ", ".join(f"{ip}:{hp}->{cp}/tcp" for ip, hp, cp in state.get("ports") or []) or "-"
+        rows.append((state["id"][:12], state.get("name", ""), state.get("image", ""),
+                     " ".join(state.get("command") or [])[:40], _ago(time.time() - state.get("created", time.time())),
+                     now, str(len(state.get("pids") or [])) if state["alive"] else "-", network, ports))
+    if not args.quiet:
+        _table(rows)
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from . import detached
+
+    state = detached.find(args.container)
+    path = detached.logs(state)
+    if path is None:
+        from .errors import ContainerStartError
+
+        raise ContainerStartError(f"container {args.container} has no log: its output went to the terminal that "
+                                  "ran it (only `run -d` keeps one)")
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        data = f.read()
+        if args.tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-args.tail:]) if args.tail > 0 else b""
+        out.write(data)
+        out.flush()
+        while args.follow:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if not detached.owner_alive(state):
+                out.write(f.read())
+                out.flush()
+                break
+            time.sleep(0.1)
+    return 0
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    from . import detached
+    from .errors import SpecError
+
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SpecError("exec: no command given; e.g. `hermetic exec NAME sh -c 'echo hi'`")
+    state = detached.find(args.container)
+    proc = detached.exec_in(state, command, options.parse_env(args.env), args.workdir)
+    status = proc.wait()
+    assert status is not None
+    return status.shell_code
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from . import detached
+
+    for name in args.containers:
+        state = detached.find(name)
+        if detached.stop(state, args.time):
+            _say(f"{name}: did not stop within {args.time:g} s of SIGTERM; killed")
+        print(name)
+    return 0
+
+
+def _cmd_kill(args: argparse.Namespace) -> int:
+    from . import detached
+    from .errors import SpecError
+
+    text = args.signal.upper()
+    try:
+        sig = int(text) if text.isdigit() else signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
+    except (KeyError, ValueError):
+        raise SpecError(f"--signal {args.signal}: not a signal; give a name (TERM, HUP) or a number") from None
+    for name in args.containers:
+        detached.signal_container(detached.find(name), int(sig))
+        print(name)
+    return 0
+
+
+def _cmd_rm(args: argparse.Namespace) -> int:
+    from . import detached
+
+    for name in args.containers:
+        detached.remove(detached.find(name), force=args.force)
+        print(name)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from . import detached
+
+    print(json.dumps([detached.inspect(detached.find(name)) for name in args.containers], indent=2))
+    return 0
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    from . import detached
+
+    for name in args.containers:
+        state = detached.find(name)
+        detached.wait_owner(state)
+        after = [s for s in detached.list_states() if s["id"] == state["id"]]
+        print(after[0].get("exit_code", "-") if after else "-")
     return 0
 
 
@@ -357,6 +536,13 @@ _COMMANDS = {
     "commit": _cmd_commit,
     "rmi": _cmd_rmi,
     "ps": _cmd_ps,
+    "logs": _cmd_logs,
+    "exec": _cmd_exec,
+    "stop": _cmd_stop,
+    "kill": _cmd_kill,
+    "rm": _cmd_rm,
+    "inspect": _cmd_inspect,
+    "wait": _cmd_wait,
     "gc": _cmd_gc,
     "network": _cmd_network,
     "doctor": _cmd_doctor,

@@ -146,10 +146,12 @@ class Container:
     # -- start ----------------------------------------------------------------
 
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
-              stdout: int | None = None, stderr: int | None = None) -> "Container":
+              stdout: int | None = None, stderr: int | None = None, log: bool = False) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
-        `stdin`/`stdout`/`stderr` are fds for the command (default: ours)."""
+        `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
+        with `log` (a tracked container's) stdout and stderr go to
+        `log_path` in its state folder instead (`hermetic run -d`)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         image = self.image = self._resolve_and_use()
@@ -169,17 +171,39 @@ class Container:
             # killed owner at once (an untracked container has no state file).
             self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits, default_pids=DEFAULT_PIDS)
             config = self._process_config(image, argv)
+            log_fd = None
+            if log:
+                assert self.state_dir is not None, "a log needs a state folder (a tracked container)"
+                log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
             if self.spec.net is not False:
                 self._join_network(config)
             if self.state_dir is not None:
                 self._write_state()  # before the start, so `gc` knows whose it is
             self.started_at = time.monotonic()
-            self.process = process.spawn(config, target)
+            try:
+                self.process = process.spawn(config, target)
+            finally:
+                if log_fd is not None:
+                    os.close(log_fd)
         except BaseException:
             self.remove()
             raise
         return self
+
+    @property
+    def log_path(self) -> str | None:
+        """The output of a container started with `log=True`."""
+        return None if self.state_dir is None else log_path(self.state_dir)
+
+    def exec_settings(self) -> dict:
+        """What another process needs to `exec` in this running container
+        (`hermetic exec` of a detached one): JSON-able, kept in its state."""
+        assert self.image is not None and self.process is not None
+        return {"env": self._env(self.image), "cwd": self.spec.workdir or self.image.config.get("WorkingDir") or "/",
+                "cgroup_procs": self.cgroup.join_paths() if self.cgroup else [], "userns": self.userns,
+                "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None}
 
     def _resolve_and_use(self) -> Image:
         """The image, with its layers recorded as this container's in the
@@ -444,8 +468,10 @@ class Container:
         return commit_upper(self.store, self.image, f"{self.rw_dir}/upper", ref, userns=self.userns,
                             comment=message or f"hermetic commit {self.short_id}")
 
-    def remove(self) -> None:
-        """Kill what is left and delete the cgroup and the state folder."""
+    def remove(self, keep_state: bool = False) -> None:
+        """Kill what is left and delete the cgroup and the state folder
+        (with `keep_state`, the folder stays: an exited detached container's
+        state.json and log, until `hermetic rm` or `gc`)."""
         if self.process is not None and self.process.exit_status is None:
             self._kill_all()
             self.process.wait()
@@ -464,7 +490,7 @@ class Container:
             self.network.close()
         self.store.release(self._use)
         self._use = None
-        if self.state_dir is not None and os.path.isdir(self.state_dir):
+        if self.state_dir is not None and os.path.isdir(self.state_dir) and not keep_state:
             # Out of `ps`'s and gc's sight at once, under a name that says
             # whose it is (should we be killed half way through).
             doomed = doomed_dir(self.id)
@@ -497,6 +523,11 @@ class Container:
         folder = folder or self.state_dir
         assert folder is not None  # a tracked container's
         write_state(folder, data)
+
+
+def log_path(state_dir: str) -> str:
+    """Where a detached container's output goes, in its state folder."""
+    return os.path.join(state_dir, "container.log")
 
 
 def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None

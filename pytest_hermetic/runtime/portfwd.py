@@ -65,12 +65,18 @@ def wait_for_port(make_socket: Callable[[], socket.socket], address: str, port: 
 
 
 class Forwarder:
-    """127.0.0.1:<free port> on the host, relayed to `address:port` in the namespace."""
+    """127.0.0.1:<free port> (or `bind`) on the host, relayed to `address:port` in the namespace."""
 
-    def __init__(self, make_socket: Callable[[], socket.socket], address: str, port: int) -> None:
+    def __init__(self, make_socket: Callable[[], socket.socket], address: str, port: int,
+                 bind: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.target = (make_socket, address, port)
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.listener.bind(bind)
+        except OSError:
+            self.listener.close()
+            raise
         self.listener.listen(64)
         self.address = self.listener.getsockname()
         self._closed = False

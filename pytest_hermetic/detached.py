@@ -1,0 +1,296 @@
+"""Detached containers (`hermetic run -d`) and the lifecycle verbs, with no daemon.
+
+`run -d` double-forks a supervisor (its own session, stdio on /dev/null)
+that makes the container, owns it as a foreground run's `hermetic` process
+would (its pid and start time are the state folder's owner, so `gc` leaves
+it alone while it lives), holds the published ports, waits for PID 1, then
+takes the container down, keeps its state folder and writes the exit status
+and reason into `state.json`.  Once the supervisor is gone the folder is an
+exited container's: `ps -a` lists it, `logs` reads its log, `rm` or `gc`
+remove it.  A supervisor killed before it could record the end leaves a
+folder whose owner is dead and that has no exit status: `ps -a` says so and
+`gc` clears its cgroup and layers as for any dead owner.
+
+`stop`, `kill`, `wait`, `rm -f` act on PID 1's host pid (recorded with its
+start time, so a reused pid is never signalled) and wait for the owner to
+finish; they work on a foreground `run --name` container too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from ._fs import rmtree
+from ._proc import owner_alive, start_time
+from .container import Container, log_path
+from .errors import ContainerNotFound, ContainerStartError, HermeticError, SpecError
+from .gc import clear_dead
+from .spec import Spec
+from .state import doomed_dir, list_states, write_state
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .runtime.process import ContainerProcess
+
+STOP_GRACE = 10.0  # seconds, as `docker stop`
+
+
+def parse_publish(text: str) -> tuple[str, int, int]:
+    """`[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]` -> (host ip, host port, container port); loopback by default."""
+    body, _, proto = text.partition("/")
+    if proto and proto != "tcp":
+        raise SpecError(f"-p {text}: only tcp ports can be published in this version; drop /{proto}")
+    parts = body.rsplit(":", 2)
+    if len(parts) == 2:
+        parts.insert(0, "127.0.0.1")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit() or not 0 < int(parts[2]) < 65536 \
+            or not 0 <= int(parts[1]) < 65536:
+        raise SpecError(f"-p {text}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp], e.g. -p 127.0.0.1:8080:80")
+    return parts[0].strip("[]") or "127.0.0.1", int(parts[1]), int(parts[2])
+
+
+def publish(container: Container, ports: list[tuple[str, int, int]]) -> list:
+    """Forwarders from the host's `HOST_IP:HOST_PORT` to the running container's ports (held by the caller)."""
+    if not ports:
+        return []
+    from .runtime import portfwd  # lazily: only a run with -p needs it
+
+    holder = getattr(container.network, "holder", None)
+    if holder is not None:
+        make = holder.socket
+    else:
+        make = portfwd.socket_in(f"/proc/{container.pid}/ns/net")
+    forwarders = []
+    try:
+        for host_ip, host_port, port in ports:
+            try:
+                forwarders.append(portfwd.Forwarder(make, container.address or "127.0.0.1", port, (host_ip, host_port)))
+            except OSError as exc:
+                raise SpecError(f"-p {host_ip}:{host_port}:{port}: cannot listen on {host_ip}:{host_port} "
+                                f"({exc.strerror}); pick another host port") from None
+    except BaseException:
+        for forwarder in forwarders:
+            forwarder.close()
+        raise
+    return forwarders
+
+
+# -- run -d --------------------------------------------------------------------------
+
+
+def start_detached(spec: Spec, ports: list[tuple[str, int, int]], remove: bool = False) -> str:
+    """Start `spec` under a supervisor of its own and return the container's
+    id once it runs; its start errors are raised here, as a foreground run's."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's end is checked through the tests' CLI runs
+        code = 125
+        try:
+            os.close(read_fd)
+            os.setsid()  # no terminal: the caller's Ctrl-C or hangup is not the container's
+            if os.fork() == 0:
+                _supervise(spec, ports, remove, write_fd)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    answer = json.loads(b"".join(chunks) or b'{"error": "the supervisor died before the container started", "code": 125}')
+    if "error" in answer:
+        error = ContainerStartError(answer["error"])
+        error.exit_code = answer["code"]
+        raise error
+    return answer["id"]
+
+
+def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, report_fd: int) -> None:  # pragma: no cover
+    """The supervisor: start, report, wait, record the end; never returns."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.chdir("/")
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    container = Container(spec)
+    forwarders: list = []
+    try:
+        container.start(stdin=0, log=True)
+        forwarders = publish(container, ports)
+        assert container.state_dir is not None and container.pid is not None
+        state = _read(container.state_dir)
+        state.update(detached=True, status="running", pid=container.pid, pid_start=start_time(container.pid),
+                     exec=container.exec_settings(), ports=[list(p) for p in ports], auto_remove=remove,
+                     image_id=container.image.id if container.image else None, spec=_spec_json(spec),
+                     started=time.time())
+        write_state(container.state_dir, state)
+    except BaseException as exc:
+        for forwarder in forwarders:
+            forwarder.close()
+        container.remove()
+        code = exc.exit_code if isinstance(exc, HermeticError) else 125
+        text = str(exc) if isinstance(exc, HermeticError) else f"internal error ({type(exc).__name__}: {exc})"
+        os.write(report_fd, json.dumps({"error": text, "code": code}).encode())
+        os._exit(0)
+    os.write(report_fd, json.dumps({"id": container.id}).encode())
+    os.close(report_fd)
+    # SIGTERM to the supervisor (a system shutdown) goes to PID 1, as `stop` does.
+    signal.signal(signal.SIGTERM, lambda *_: container.kill(signal.SIGTERM))
+    result = None
+    try:
+        result = container.wait()
+    finally:
+        for forwarder in forwarders:
+            forwarder.close()
+        container.remove(keep_state=not remove)
+        if not remove and result is not None:
+            state = _read(container.state_dir)
+            state.update(status="exited", exit_code=result.exit_code, reason=result.reason or "exited with status 0",
+                         finished=time.time(), pid=None, cgroup=[], rw_dir=None)
+            write_state(container.state_dir, state)
+    os._exit(0)
+
+
+def _spec_json(spec: Spec) -> dict:
+    return json.loads(json.dumps({key: getattr(spec, key) for key in type(spec)._fields}, default=str))
+
+
+def _read(folder: str) -> dict:
+    with open(os.path.join(folder, "state.json")) as f:
+        return json.load(f)
+
+
+# -- the lifecycle verbs -----------------------------------------------------------------
+
+
+def find(name: str) -> dict:
+    """The state of the container called `name` (a name, an id, or a unique id prefix)."""
+    states = list_states()
+    for state in states:
+        if name in (state.get("name"), state["id"]):
+            return state
+    matches = [s for s in states if len(name) >= 3 and s["id"].startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ContainerNotFound(f"{name!r} is the start of {len(matches)} container ids; give more of it")
+    raise ContainerNotFound(f"no container named {name!r}; see `hermetic ps -a`")
+
+
+def status(state: dict) -> str:
+    """running, exited, or dead (its owner is gone and recorded no end)."""
+    if state["alive"]:
+        return "running"
+    return "exited" if "exit_code" in state else "dead"
+
+
+def pid1(state: dict) -> int | None:
+    """PID 1's host pid while it runs (not a reused pid)."""
+    pid = state.get("pid")
+    if not state["alive"] or not isinstance(pid, int) or start_time(pid) != state.get("pid_start"):
+        return None
+    return pid
+
+
+def signal_container(state: dict, sig: int) -> None:
+    """Send `sig` to PID 1 (SIGKILL: the whole container, as its PID namespace dies with PID 1)."""
+    pid = pid1(state)
+    if pid is None:
+        raise ContainerStartError(f"container {state.get('name')} is not running"
+                                  + ("" if state["alive"] else f" ({state.get('reason') or status(state)})"))
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_owner(state: dict, timeout: float | None = None) -> bool:
+    """Wait until the container's owner has finished (and recorded its end); False on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while owner_alive(state):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+def stop(state: dict, grace: float = STOP_GRACE) -> bool:
+    """SIGTERM to PID 1, SIGKILL after `grace` seconds; True if it took the SIGKILL.
+    A PID 1 with no SIGTERM handler ignores SIGTERM (the kernel protects a
+    namespace's init), so such a container stops at the SIGKILL; under
+    `--init` (the default of `run -d`) PID 1 passes SIGTERM on to the command."""
+    if pid1(state) is None:
+        return False
+    signal_container(state, signal.SIGTERM)
+    if wait_owner(state, grace):
+        return False
+    if pid1(state) is not None:
+        signal_container(state, signal.SIGKILL)
+    wait_owner(state, 30)
+    return True
+
+
+def remove(state: dict, force: bool = False) -> None:
+    """Remove an exited container (with `force`, a running one after a SIGKILL)."""
+    if state["alive"]:
+        if not force:
+            raise ContainerStartError(f"container {state.get('name')} is running; `hermetic stop "
+                                      f"{state.get('name')}` first, or `hermetic rm -f` to kill it")
+        if pid1(state) is not None:
+            signal_container(state, signal.SIGKILL)
+        if not wait_owner(state, 30):
+            raise ContainerStartError(f"container {state.get('name')}: its owner (pid {state.get('owner_pid')}) did "
+                                      "not finish within 30 s of the SIGKILL")
+        refreshed = [s for s in list_states() if s["id"] == state["id"]]
+        if not refreshed:
+            return  # a foreground run's owner removed it
+        state = refreshed[0]
+    if "exit_code" in state:
+        doomed = doomed_dir(state["id"])
+        os.rename(state["state_dir"], doomed)
+        rmtree(doomed)
+    else:
+        clear_dead(state)
+
+
+def logs(state: dict) -> str | None:
+    """Path of its log, or None for a container that has none (a foreground run's)."""
+    path = log_path(state["state_dir"])
+    return path if os.path.exists(path) else None
+
+
+def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | None,
+            stdio: tuple = (None, None, None)) -> ContainerProcess:
+    """Start `argv` in a running detached container (from any process)."""
+    from .runtime import seccomp
+    from .runtime.enter import enter
+
+    pid = pid1(state)
+    settings = state.get("exec")
+    if pid is None:
+        raise ContainerStartError(f"container {state.get('name')} is not running ({state.get('reason') or status(state)})")
+    if not settings:
+        raise ContainerStartError(f"container {state.get('name')} was started in the foreground; `hermetic exec` "
+                                  "reaches containers started with `run -d`")
+    return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],
+                 settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None)
+
+
+def inspect(state: dict) -> dict:
+    """What `hermetic inspect` prints: the state, with live pids and status."""
+    data = {key: value for key, value in state.items() if key != "exec"}
+    data["status"] = status(state)
+    data["pid"] = pid1(state)
+    if state.get("exec"):
+        data["env"] = state["exec"]["env"]
+        data["workdir"] = state["exec"]["cwd"]
+    return data
