@@ -63,9 +63,18 @@ def name_owner(name: str) -> dict | None:
 
 
 def owner_alive(record: dict) -> bool:
-    """Whether the owner recorded by `owner()` still runs (not a reused pid)."""
+    """Whether the owner recorded by `owner()` still runs (not a reused pid,
+    not a zombie: a detached container's supervisor is reaped by whoever
+    adopted it, which may take its time, and it owns nothing once it exited)."""
     pid = record.get("owner_pid")
-    return isinstance(pid, int) and pid > 0 and start_time(pid) == record.get("owner_start")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0] != "Z" and int(fields[19]) == record.get("owner_start")
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def started_before(pid: int, since: float) -> bool:

@@ -63,6 +63,12 @@ def publish(container: Container, ports: list[tuple[str, int, int]]) -> list:
         make = holder.socket
     else:
         make = portfwd.socket_in(f"/proc/{container.pid}/ns/net")
+        try:
+            make().close()  # a rootless caller may not enter the namespace: say so now, not at each connection
+        except OSError as exc:
+            raise SpecError(f"-p: cannot reach the container's network namespace ({exc.strerror}); publishing "
+                            "ports of a rootless container is not supported yet (the supervisor would have to make its "
+                            "sockets inside the namespace); run it as root") from None
     forwarders = []
     try:
         for host_ip, host_port, port in ports:
@@ -98,9 +104,12 @@ def start_detached(spec: Spec, ports: list[tuple[str, int, int]], remove: bool =
             os._exit(code)
     os.close(write_fd)
     os.waitpid(pid, 0)
+    # One line, not up to EOF: the container's processes forked from the
+    # supervisor (the rootless relay) may still hold the pipe's write end.
     chunks = []
-    while chunk := os.read(read_fd, 65536):
+    while (chunk := os.read(read_fd, 65536)) and not chunk.endswith(b"\n"):
         chunks.append(chunk)
+    chunks.append(chunk)
     os.close(read_fd)
     answer = json.loads(b"".join(chunks) or b'{"error": "the supervisor died before the container started", "code": 125}')
     if "error" in answer:
@@ -137,9 +146,9 @@ def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, repo
         container.remove()
         code = exc.exit_code if isinstance(exc, HermeticError) else 125
         text = str(exc) if isinstance(exc, HermeticError) else f"internal error ({type(exc).__name__}: {exc})"
-        os.write(report_fd, json.dumps({"error": text, "code": code}).encode())
+        os.write(report_fd, json.dumps({"error": text, "code": code}).encode() + b"\n")
         os._exit(0)
-    os.write(report_fd, json.dumps({"id": container.id}).encode())
+    os.write(report_fd, json.dumps({"id": container.id}).encode() + b"\n")
     os.close(report_fd)
     # SIGTERM to the supervisor (a system shutdown) goes to PID 1, as `stop` does.
     signal.signal(signal.SIGTERM, lambda *_: container.kill(signal.SIGTERM))
@@ -281,6 +290,11 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
     if not settings:
         raise ContainerStartError(f"container {state.get('name')} was started in the foreground; `hermetic exec` "
                                   "reaches containers started with `run -d`")
+    if settings["userns"] and not os.access(f"/proc/{pid}/ns/user", os.R_OK):
+        # A rootless container's PID 1 is not dumpable, so its /proc/PID/ns is root's.
+        raise ContainerStartError(f"container {state.get('name')}: `hermetic exec` into a rootless detached container "
+                                  "is not supported yet (its namespaces are closed to other processes); run as root, "
+                                  "or give the container a command that does the work")
     return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],
                  settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None)
 
