@@ -42,12 +42,26 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(125)
 
 
-def _parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """A verb's parser that is not built: `hermetic run` should not pay for
+    the other verbs' arguments (about 1 ms of argparse for all of them)."""
+
+    required = True
+
+    def __getattr__(self, _name: str) -> "object":
+        return lambda *args, **kwargs: self
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser; with `only`, just that verb's (the one given)."""
     parser = _Parser(prog=PROG, description="Hermetic containers from namespaces, cgroups and overlayfs; no daemon.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    run = sub.add_parser("run", help="run a command in a new container")
+    def verb(name: str, **kwargs: "object") -> "argparse.ArgumentParser":
+        return sub.add_parser(name, **kwargs) if only in (None, name) else _Skipped()  # type: ignore[return-value]
+
+    run = verb("run", help="run a command in a new container")
     options.add_arguments(run.add_argument, options.CLI)
     run.add_argument("--commit", metavar="REF", help="after a successful run, save the read-write layer as image REF")
     run.add_argument("-d", "--detach", action="store_true",
@@ -58,23 +72,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("image", metavar="IMAGE", help=options.BY_NAME["image"].help)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments (default: the image's)")
 
-    sub.add_parser("images", help="list images in the local store")
+    verb("images", help="list images in the local store")
 
-    pull = sub.add_parser("pull", help="pull an image from a registry into the local store")
+    pull = verb("pull", help="pull an image from a registry into the local store")
     pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from a multi-platform image (default: this machine's)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress, only the name and id")
     pull.add_argument("ref", metavar="NAME[:TAG|@DIGEST]")
 
-    push = sub.add_parser("push", help="push an image from the local store to a registry")
+    push = verb("push", help="push an image from the local store to a registry")
     push.add_argument("--chunk-size", metavar="SIZE", help="upload in chunks of SIZE (default: one request per blob)")
     push.add_argument("ref", metavar="IMAGE")
     push.add_argument("dest", nargs="?", metavar="DEST", help="registry reference to push to (default: IMAGE's name)")
 
-    save = sub.add_parser("save", help="write an image as an OCI layout or a docker archive")
+    save = verb("save", help="write an image as an OCI layout or a docker archive")
     save.add_argument("ref", metavar="IMAGE")
     save.add_argument("dest", metavar="oci:DIR[:TAG]|docker-archive:FILE[:REF]")
 
-    imp = sub.add_parser("import", help="import an image: dir:PATH, tar:FILE, oci:DIR[:TAG], docker-archive:FILE[:REF]")
+    imp = verb("import", help="import an image: dir:PATH, tar:FILE, oci:DIR[:TAG], docker-archive:FILE[:REF]")
     imp.add_argument("source", metavar="SOURCE")
     imp.add_argument("name", metavar="NAME[:TAG]", nargs="?", help="needed for dir: and tar:; default for oci: DIR's name:TAG, "
                      "for docker-archive: its tag")
@@ -83,43 +97,43 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--user", help="user for the image config")
     imp.add_argument("--cmd", help="default command (a shell-style string)")
 
-    com = sub.add_parser("commit", help="save a running container's read-write layer as an image")
+    com = verb("commit", help="save a running container's read-write layer as an image")
     com.add_argument("container", metavar="CONTAINER", help="name or id")
     com.add_argument("ref", metavar="REF")
 
-    rmi = sub.add_parser("rmi", help="remove images (their layers go at the next gc)")
+    rmi = verb("rmi", help="remove images (their layers go at the next gc)")
     rmi.add_argument("-f", "--force", action="store_true",
                      help="untag also an image a running container uses (its layers stay until the container is gone)")
     rmi.add_argument("refs", nargs="+", metavar="IMAGE")
 
-    ps = sub.add_parser("ps", help="list running containers")
+    ps = verb("ps", help="list running containers")
     ps.add_argument("-a", "--all", action="store_true", help="exited ones too (kept until `rm` or `gc`)")
     ps.add_argument("-q", "--quiet", action="store_true", help="only the ids")
-    logs = sub.add_parser("logs", help="the output of a detached container")
+    logs = verb("logs", help="the output of a detached container")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the container ends")
     logs.add_argument("-n", "--tail", metavar="N", type=int, help="only the last N lines")
     logs.add_argument("container", metavar="CONTAINER", help="name or id")
-    exe = sub.add_parser("exec", help="run a command in a running detached container")
+    exe = verb("exec", help="run a command in a running detached container")
     exe.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     exe.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside the container")
     exe.add_argument("container", metavar="CONTAINER", help="name or id")
     exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
-    stop = sub.add_parser("stop", help="stop containers: SIGTERM to PID 1, SIGKILL after the grace time")
+    stop = verb("stop", help="stop containers: SIGTERM to PID 1, SIGKILL after the grace time")
     stop.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS", help="grace time (default 10)")
     stop.add_argument("containers", nargs="+", metavar="CONTAINER")
-    kill = sub.add_parser("kill", help="send a signal to containers' PID 1 (default SIGKILL: all of it)")
+    kill = verb("kill", help="send a signal to containers' PID 1 (default SIGKILL: all of it)")
     kill.add_argument("-s", "--signal", default="KILL", metavar="SIGNAL", help="name or number (default KILL)")
     kill.add_argument("containers", nargs="+", metavar="CONTAINER")
-    rm = sub.add_parser("rm", help="remove exited containers")
+    rm = verb("rm", help="remove exited containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill and remove a running one too")
     rm.add_argument("containers", nargs="+", metavar="CONTAINER")
-    ins = sub.add_parser("inspect", help="a container's spec, state, pid, network, limits and image as JSON")
+    ins = verb("inspect", help="a container's spec, state, pid, network, limits and image as JSON")
     ins.add_argument("containers", nargs="+", metavar="CONTAINER")
-    wait = sub.add_parser("wait", help="wait for containers to end and print their exit statuses")
+    wait = verb("wait", help="wait for containers to end and print their exit statuses")
     wait.add_argument("containers", nargs="+", metavar="CONTAINER")
-    gc = sub.add_parser("gc", help="remove unreferenced layers and what killed runs left behind")
+    gc = verb("gc", help="remove unreferenced layers and what killed runs left behind")
     gc.add_argument("-q", "--quiet", action="store_true")
-    net = sub.add_parser("network", help="create, list and remove named networks")
+    net = verb("network", help="create, list and remove named networks")
     net_sub = net.add_subparsers(dest="network_command", metavar="ACTION")
     net_sub.required = True
     create = net_sub.add_parser("create", help="make a named network (containers on it know each other by name)")
@@ -128,12 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     net_sub.add_parser("ls", help="list networks")
     remove = net_sub.add_parser("rm", help="remove named networks (no container may be on them)")
     remove.add_argument("names", nargs="+", metavar="NAME")
-    sub.add_parser("doctor", help="check this machine (namespaces, overlayfs, cgroups) and say how to fix gaps")
+    verb("doctor", help="check this machine (namespaces, overlayfs, cgroups) and say how to fix gaps")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(argv[0] if argv and argv[0] in _COMMANDS else None).parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
     except HermeticError as exc:

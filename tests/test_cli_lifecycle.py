@@ -222,3 +222,16 @@ def test_publish_a_bridged_detached_container(names):
     assert info["network"] == "bridge" and info["address"].count(".") == 3
     assert run_cli("rm", "-f", "bridged").returncode == 0
     names.clear()
+
+
+def test_gc_keeps_a_running_detached_container_and_clears_an_exited_one(names):
+    names += ["alive", "done"]
+    assert run_cli("run", "-d", "--name", "alive", "host", "sleep", "300").returncode == 0
+    assert run_cli("run", "-d", "--name", "done", "host", "true").returncode == 0
+    assert run_cli("wait", "done").stdout.strip() == "0"
+    ran = run_cli("gc")
+    assert ran.returncode == 0 and "(done)" in ran.stdout and "(alive)" not in ran.stdout, ran
+    ps = run_cli("ps", "-a").stdout
+    assert "alive" in ps and "running" in ps and "done" not in ps
+    ran = run_cli("exec", "alive", "sh", "-c", "echo still here")
+    assert ran.stdout == "still here\n"  # gc took nothing from under it (cgroup, layers, state)
