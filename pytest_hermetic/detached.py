@@ -148,7 +148,10 @@ def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, repo
         text = str(exc) if isinstance(exc, HermeticError) else f"internal error ({type(exc).__name__}: {exc})"
         os.write(report_fd, json.dumps({"error": text, "code": code}).encode() + b"\n")
         os._exit(0)
-    os.write(report_fd, json.dumps({"id": container.id}).encode() + b"\n")
+    try:
+        os.write(report_fd, json.dumps({"id": container.id}).encode() + b"\n")
+    except OSError:
+        pass  # `run -d` was killed meanwhile: the container runs on, as it would have
     os.close(report_fd)
     # SIGTERM to the supervisor (a system shutdown) goes to PID 1, as `stop` does.
     signal.signal(signal.SIGTERM, lambda *_: container.kill(signal.SIGTERM))
@@ -201,19 +204,34 @@ def status(state: dict) -> str:
 
 
 def pid1(state: dict) -> int | None:
-    """PID 1's host pid while it runs (not a reused pid)."""
-    pid = state.get("pid")
-    if not state["alive"] or not isinstance(pid, int) or start_time(pid) != state.get("pid_start"):
+    """PID 1's host pid while it runs (not a reused pid).  A detached
+    container records it; a foreground run's is found in its cgroup (the
+    process that is 1 in its own PID namespace), which keeps the start of
+    `hermetic run` free of one more state write."""
+    if not state["alive"]:
         return None
-    return pid
+    pid = state.get("pid")
+    if "pid_start" in state:
+        return pid if isinstance(pid, int) and start_time(pid) == state["pid_start"] else None
+    for candidate in state.get("pids") or []:
+        try:
+            with open(f"/proc/{candidate}/status") as f:
+                nspids = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        except OSError:
+            continue
+        if len(nspids) > 1 and nspids[-1] == "1":
+            return candidate
+    return None
 
 
 def signal_container(state: dict, sig: int) -> None:
     """Send `sig` to PID 1 (SIGKILL: the whole container, as its PID namespace dies with PID 1)."""
     pid = pid1(state)
     if pid is None:
-        raise ContainerStartError(f"container {state.get('name')} is not running"
-                                  + ("" if state["alive"] else f" ({state.get('reason') or status(state)})"))
+        if state["alive"]:
+            raise ContainerStartError(f"container {state.get('name')}: its PID 1 cannot be found (a rootless "
+                                      "foreground run without a cgroup); signal its `hermetic run` instead")
+        raise ContainerStartError(f"container {state.get('name')} is not running ({state.get('reason') or status(state)})")
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -237,7 +255,7 @@ def stop(state: dict, grace: float = STOP_GRACE) -> bool:
     A PID 1 with no SIGTERM handler ignores SIGTERM (the kernel protects a
     namespace's init), so such a container stops at the SIGKILL; under
     `--init` (the default of `run -d`) PID 1 passes SIGTERM on to the command."""
-    if pid1(state) is None:
+    if not state["alive"]:
         return False
     signal_container(state, signal.SIGTERM)
     if wait_owner(state, grace):
@@ -263,12 +281,15 @@ def remove(state: dict, force: bool = False) -> None:
         if not refreshed:
             return  # a foreground run's owner removed it
         state = refreshed[0]
-    if "exit_code" in state:
-        doomed = doomed_dir(state["id"])
-        os.rename(state["state_dir"], doomed)
-        rmtree(doomed)
-    else:
-        clear_dead(state)
+    try:
+        if "exit_code" in state:
+            doomed = doomed_dir(state["id"])
+            os.rename(state["state_dir"], doomed)
+            rmtree(doomed)
+        else:
+            clear_dead(state)
+    except FileNotFoundError:
+        pass  # a `gc` at the same time removed it
 
 
 def logs(state: dict) -> str | None:

@@ -235,3 +235,26 @@ def test_gc_keeps_a_running_detached_container_and_clears_an_exited_one(names):
     assert "alive" in ps and "running" in ps and "done" not in ps
     ran = run_cli("exec", "alive", "sh", "-c", "echo still here")
     assert ran.stdout == "still here\n"  # gc took nothing from under it (cgroup, layers, state)
+
+
+def test_stop_and_rm_reach_a_foreground_named_run():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "run", "--name", "fore", "host", "sleep", "300"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    try:
+        deadline = time.monotonic() + 10
+        while "fore" not in run_cli("ps").stdout:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        ran = run_cli("rm", "fore")
+        assert ran.returncode == 125 and "is running" in ran.stderr
+        ran = run_cli("stop", "-t", "1", "fore")  # sleep as PID 1 has no TERM handler: killed after 1 s
+        assert ran.returncode == 0 and "killed" in ran.stderr, ran
+        assert proc.wait(timeout=10) == 137
+        assert "fore" not in run_cli("ps", "-a").stdout  # a foreground run is removed when it ends
+    finally:
+        proc.kill()
+        proc.wait()
