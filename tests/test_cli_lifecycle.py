@@ -258,3 +258,14 @@ def test_stop_and_rm_reach_a_foreground_named_run():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_logs_follow_ends_with_the_container(names):
+    names.append("chatty")
+    ran = run_cli("run", "-d", "--name", "chatty", "host", "sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done")
+    assert ran.returncode == 0, ran.stderr
+    began = time.monotonic()
+    ran = run_cli("logs", "-f", "chatty", timeout=20)
+    assert ran.returncode == 0 and ran.stdout == "line 1\nline 2\nline 3\n", ran
+    assert time.monotonic() - began < 10
+    assert run_cli("logs", "--tail", "2", "chatty").stdout == "line 2\nline 3\n"
