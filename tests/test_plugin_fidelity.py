@@ -44,3 +44,34 @@ def test_after():
         result.assert_outcomes(passed=2, failed=1)
         result.stdout.fnmatch_lines(["*AssertionError: reported*"])
         result.stdout.no_fnmatch_line("*without reporting*")
+
+
+def test_host_facts_recorded_by_wider_fixtures_hold_inside(pytester: pytest.Pytester):
+    # filelock's fixtures record the host name in the parent; the test compares.
+    result = _run(pytester, '''
+import grp, locale, os, pwd, socket, time
+import pytest
+from pytest_hermetic import hermetic
+
+@pytest.fixture(scope="session")
+def facts():
+    return {"hostname": socket.gethostname(), "user": pwd.getpwuid(os.getuid()).pw_name,
+            "group": grp.getgrgid(os.getgid()).gr_name, "uid": os.getuid(), "tz": time.tzname,
+            "locale": locale.getlocale(), "env": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+            "fqdn_resolves": bool(socket.getaddrinfo(socket.gethostname(), None))}
+
+def test_same_facts(facts):
+    now = {"hostname": socket.gethostname(), "user": pwd.getpwuid(os.getuid()).pw_name,
+           "group": grp.getgrgid(os.getgid()).gr_name, "uid": os.getuid(), "tz": time.tzname,
+           "locale": locale.getlocale(), "env": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+           "fqdn_resolves": bool(socket.getaddrinfo(socket.gethostname(), None))}
+    assert now == facts
+
+@hermetic(hostname="inner")
+def test_named_by_the_marker(facts):
+    assert socket.gethostname() == "inner" != facts["hostname"]
+
+def test_after(facts):
+    assert socket.gethostname() == facts["hostname"]
+''', "-p", "no:randomly")
+    result.assert_outcomes(passed=3)

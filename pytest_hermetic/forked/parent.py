@@ -108,8 +108,12 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
                               writable=[basetemp] if basetemp is not None else [], store=store, image=image)
         # Per-test containers: rw layer in memory, no state folder, no accounting
         # beyond the limits asked for: each of these is a measurable cost per test.
+        # The host's name unless the marker names one: fixtures of wider scope
+        # record facts such as `socket.gethostname()` in the parent and the
+        # test compares; the UTS namespace still keeps a `sethostname` inside.
         spec = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
-                                 workdir=spec.workdir or os.getcwd())  # where pytest runs, as without isolation
+                                 workdir=spec.workdir or os.getcwd(),  # where pytest runs, as without isolation
+                                 hostname=spec.hostname or os.uname().nodename)
         container = Container(spec, store=store, image=image,
                               network=scope.get(spec.net) if isinstance(spec.net, str) else None)
     except BaseException:
