@@ -1,6 +1,8 @@
 """A real suite concludes the same with `--hermetic` as in place (issue 13):
 one inner pytest session per cause that once made it differ."""
 
+import os
+
 import pytest
 
 
@@ -75,3 +77,74 @@ def test_after(facts):
     assert socket.gethostname() == facts["hostname"]
 ''', "-p", "no:randomly")
     result.assert_outcomes(passed=3)
+
+
+TMP_SUITE = '''
+import os, tempfile
+import pytest
+
+@pytest.fixture(scope="class")
+def certs():
+    folder = tempfile.mkdtemp()  # urllib3's certificates: under /tmp, made once per class
+    with open(os.path.join(folder, "cert.pem"), "w") as f:
+        f.write("CERT")
+    return folder
+
+class TestWithCerts:
+    def test_sees_the_fixture_files(self, certs):
+        with open(os.path.join(certs, "cert.pem")) as f:
+            assert f.read() == "CERT"
+        with open(os.path.join(certs, "cert.pem"), "a") as f:
+            f.write("+inner")  # copy-on-write: the next test still sees "CERT"
+        with open("/tmp/hermetic-fidelity-left-behind", "w") as f:
+            f.write("x")
+
+    def test_writes_of_the_previous_test_are_gone(self, certs):
+        with open(os.path.join(certs, "cert.pem")) as f:
+            assert f.read() == "CERT"
+        assert not os.path.exists("/tmp/hermetic-fidelity-left-behind")
+'''
+
+
+def test_files_of_wider_fixtures_under_tmp_are_there(pytester: pytest.Pytester):
+    result = _run(pytester, TMP_SUITE, "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert not os.path.exists("/tmp/hermetic-fidelity-left-behind")
+
+
+
+def test_an_expected_failure_killed_by_its_container_is_xfailed(pytester: pytest.Pytester):
+    result = _run(pytester, '''
+import os, signal, time
+import pytest
+from pytest_hermetic import hermetic
+
+@hermetic(timeout=1)
+@pytest.mark.xfail(reason="known to hang")
+def test_timeout():
+    time.sleep(30)
+
+@hermetic(mem="64M")
+@pytest.mark.xfail(reason="known to eat memory", strict=True)
+def test_oom():
+    data = bytearray(400 << 20)
+    data[::4096] = b"x" * len(data[::4096])
+
+@pytest.mark.xfail(reason="known to crash")
+def test_killed():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@pytest.mark.xfail(reason="only a ValueError is expected", raises=ValueError)
+def test_killed_but_raises_named():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@pytest.mark.xfail(reason="a condition that does not hold", condition=False)
+def test_killed_not_expected():
+    os.kill(os.getpid(), signal.SIGKILL)
+''')
+    result.assert_outcomes(xfailed=3, failed=2)
+    result.stdout.fnmatch_lines(["XFAIL test_inner.py::test_timeout - known to hang",
+                                 "XFAIL test_inner.py::test_oom - known to eat memory",
+                                 "XFAIL test_inner.py::test_killed - known to crash"], consecutive=False)
+    result.stdout.fnmatch_lines(["FAILED test_inner.py::test_killed_but_raises_named - hermetic: killed by*",
+                                 "FAILED test_inner.py::test_killed_not_expected - hermetic: killed by*"])

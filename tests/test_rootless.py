@@ -81,6 +81,14 @@ def test_the_plugin_as_an_unprivileged_user(test_user):
     assert "hermetic: timeout after 1 s: killed" in ran.stdout
 
 
+def test_files_of_wider_fixtures_under_tmp_are_there_rootless(test_user):
+    from test_plugin_fidelity import TMP_SUITE
+
+    ran, _ = _inner_session(test_user, "tmp-project", "test_inner.py", TMP_SUITE, "--hermetic", "-p", "no:randomly")
+    assert "2 passed" in ran.stdout, ran.stdout + ran.stderr
+    assert not os.path.exists("/tmp/hermetic-fidelity-left-behind")
+
+
 def test_bridged_network_through_slirp4netns_reaches_the_host(test_user):
     # The host's loopback, seen from the container as slirp4netns's 10.0.2.2.
     server = socket.create_server(("127.0.0.1", 0))

@@ -25,7 +25,7 @@ from ..container import Container
 from ..errors import HermeticError
 from ..fixtures import Containers
 from ..images.store import Store
-from ..spec import Spec
+from ..spec import Spec, Volume
 from . import coverage_relay
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, frames, is_complete, picklable, write_frame
@@ -104,7 +104,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         store = Store()
         image = image_for(spec, store)
         basetemp = compat.basetemp(item.config)
-        volumes = volumes_for(spec, code=(str(item.config.rootpath), os.getcwd()),
+        volumes = volumes_for(_with_host_tmp(spec), code=(str(item.config.rootpath), os.getcwd()),
                               writable=[basetemp] if basetemp is not None else [], store=store, image=image)
         # Per-test containers: rw layer in memory, no state folder, no accounting
         # beyond the limits asked for: each of these is a measurable cost per test.
@@ -153,6 +153,17 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         if scope is not None:
             scope.close()  # each network goes once its last container is removed
     return _decode(item.config, data), result
+
+
+def _with_host_tmp(spec: Spec) -> Spec:
+    """`spec` with the host's /tmp seen copy-on-write at /tmp (first, so
+    volumes below it are mounted over it): what wider-scope fixtures made
+    there before the fork (`tempfile.mkdtemp()` in a class fixture) is
+    there, and the test's writes vanish with it.  A volume of the marker's
+    own at /tmp wins."""
+    if any(v.target.rstrip("/") == "/tmp" for v in spec.volumes):
+        return spec
+    return spec.with_options(volumes=(Volume("/tmp", "/tmp", overlay=True), *spec.volumes))
 
 
 def _network_scope(spec: Spec) -> Any:
@@ -284,8 +295,13 @@ def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestR
     if result is not None and result.status.code is not None and result.status.code != 0 and result.reason and result.reason.startswith("exited"):
         reason = f"exited with status {result.status.code} without reporting"
     sections = compat.captured_sections(item.config, when)
-    return pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
-                             f"hermetic: {reason}", when, sections)
+    report = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
+                               f"hermetic: {reason}", when, sections)
+    xfail_reason = compat.xfail_reason_for_crash(item)
+    if xfail_reason is not None:  # an expected failure, as pytest reports one that raised
+        report.outcome = "skipped"
+        report.wasxfail = xfail_reason  # type: ignore[attr-defined]
+    return report
 
 
 def _warning_from_payload(payload: dict) -> dict:
