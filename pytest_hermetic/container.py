@@ -19,6 +19,7 @@ dead owners `gc.py`'s, the kernel work the runtime's.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -314,6 +315,7 @@ class Container:
             replay=list(zip(replay, replay_dirs)),
             unpack_layer=_layer_unpacker(self.userns) if replay else None,
             layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
+            shm_size=spec.shm_size or min(host_shm_size(), spec.mem or host_shm_size()),
         )
         return process.ProcessConfig(
             rootfs=rootfs,
@@ -522,6 +524,21 @@ def _layer_unpacker(userns: bool) -> Callable[[str, str], object]:
 
     prefix = layers.OVERLAY_USER if userns else layers.OVERLAY_TRUSTED
     return lambda tar_path, directory: layers.extract_layer(tar_path, directory, xattr_prefix=prefix)
+
+
+HOST_SHM_FALLBACK = 64 << 20  # Docker's size, where the host has no /dev/shm to measure
+
+
+@functools.lru_cache(maxsize=None)
+def host_shm_size() -> int:
+    """The size of the host's /dev/shm, which a container's is by default:
+    a test that writes 1 GB there in place does so inside too (its pages
+    count against the container's memory limit, as any tmpfs's)."""
+    try:
+        info = os.statvfs("/dev/shm")
+    except OSError:
+        return HOST_SHM_FALLBACK
+    return info.f_blocks * info.f_frsize or HOST_SHM_FALLBACK
 
 
 def _init_files(hostname: str) -> dict[str, str]:

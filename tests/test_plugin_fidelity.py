@@ -4,6 +4,7 @@ one inner pytest session per cause that once made it differ."""
 import os
 
 import pytest
+from conftest import run_cli
 
 
 def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
@@ -148,3 +149,43 @@ def test_killed_not_expected():
                                  "XFAIL test_inner.py::test_killed - known to crash"], consecutive=False)
     result.stdout.fnmatch_lines(["FAILED test_inner.py::test_killed_but_raises_named - hermetic: killed by*",
                                  "FAILED test_inner.py::test_killed_not_expected - hermetic: killed by*"])
+
+
+def test_dev_shm_is_as_large_as_the_hosts(pytester: pytest.Pytester):
+    # A test that writes a large file to /dev/shm in place does so inside.
+    result = _run(pytester, '''
+import os
+import pytest
+from pytest_hermetic import hermetic
+
+def size(path):
+    info = os.statvfs(path)
+    return info.f_blocks * info.f_frsize
+
+@pytest.fixture(scope="session")
+def host_shm():
+    return size("/dev/shm")
+
+def test_default(host_shm):
+    assert size("/dev/shm") == host_shm > 64 << 20
+    with open("/dev/shm/big", "wb") as f:
+        f.truncate(100 << 20)
+        f.write(b"x" * (80 << 20))  # more than Docker's 64 MiB
+
+@hermetic(mem="96M")
+def test_no_larger_than_the_memory_limit(host_shm):
+    assert size("/dev/shm") == min(host_shm, 96 << 20)
+
+@hermetic(shm_size="1g")
+def test_asked_for():
+    assert size("/dev/shm") == 1 << 30
+''')
+    result.assert_outcomes(passed=3)
+
+
+def test_shm_size_on_the_command_line():
+    ran = run_cli("run", "--shm-size", "12m", "host", "--", "df", "-k", "/dev/shm")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split()[-5] == str(12 << 10), ran.stdout
+    bad = run_cli("run", "--shm-size", "lots", "host", "--", "true")
+    assert bad.returncode == 125 and "shm_size='lots': not a size" in bad.stderr, bad.stderr
