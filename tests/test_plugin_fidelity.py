@@ -189,3 +189,63 @@ def test_shm_size_on_the_command_line():
     assert ran.stdout.split()[-5] == str(12 << 10), ran.stdout
     bad = run_cli("run", "--shm-size", "lots", "host", "--", "true")
     assert bad.returncode == 125 and "shm_size='lots': not a size" in bad.stderr, bad.stderr
+
+
+SERVER_SUITE = '''
+import socket, threading, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import pytest
+
+class Hello(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"hello {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+@pytest.fixture(scope="session")
+def server():
+    # pytest-httpserver's shape: a server on a thread of the pytest process
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+class Hello6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+@pytest.fixture(scope="module")
+def server6():
+    httpd = Hello6(("::1", 0), Hello)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://[::1]:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+@pytest.mark.parametrize("n", range(3))
+def test_reaches_the_session_server(server, n):
+    with urllib.request.urlopen(f"{server}/{n}", timeout=10) as reply:
+        assert reply.read() == f"hello /{n}".encode()
+
+def test_reaches_both_over_ipv4_and_ipv6(server, server6):
+    for url in (server, server6):
+        with urllib.request.urlopen(f"{url}/both", timeout=10) as reply:
+            assert reply.read() == b"hello /both"
+
+def test_own_listener_on_a_port_of_its_own():
+    # the test's own namespace: binding a port of the host's loopback is its own business
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+'''
+
+
+def test_servers_of_wider_fixtures_on_loopback_are_reachable(pytester: pytest.Pytester):
+    result = _run(pytester, SERVER_SUITE, "-p", "no:randomly")
+    result.assert_outcomes(passed=5)
+    _plain(pytester, "-p", "no:randomly").assert_outcomes(passed=5)

@@ -85,9 +85,13 @@ class Remote:
         return value
 
 
-def child_main(item: pytest.Item, write_fd: int, reply_fd: int) -> int:
+def child_main(item: pytest.Item, write_fd: int, reply_fd: int, wait_for_parent: bool = False) -> int:
     """The container's workload: run `item`'s function-scope phases and
-    send everything home; "done" is always the last message."""
+    send everything home; "done" is always the last message.  With
+    `wait_for_parent`, first wait for the parent's go (its loopback
+    listeners are reachable in this namespace then: loopback_relay)."""
+    if wait_for_parent:
+        read_frame(reply_fd)
     config = item.config
     channel = Channel(write_fd)
     fixtures.remote = Remote(channel, reply_fd)

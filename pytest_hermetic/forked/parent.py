@@ -26,7 +26,7 @@ from ..errors import HermeticError
 from ..fixtures import Containers
 from ..images.store import Store
 from ..spec import Spec, Volume
-from . import coverage_relay
+from . import coverage_relay, loopback_relay
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, frames, is_complete, picklable, write_frame
 
@@ -121,6 +121,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
             scope.close()  # nothing else would: no container took it
         raise
     services = _Services(scope)
+    found = loopback_relay.listeners()  # the pytest process's own servers (a session fixture's)
+    relay = None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     deferred = False
@@ -129,11 +131,14 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
-            container.start(target=lambda: child_main(item, write_fd, reply_r))
+            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)))
         finally:
             gc.unfreeze()
             os.close(write_fd)
             os.close(reply_r)
+        if found:
+            relay = _relay(container, found)
+            write_frame(reply_w, b"go")  # the test starts once its relays listen
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a
@@ -145,6 +150,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         else:
             result = container.wait()
     finally:
+        if relay is not None:
+            relay.close()
         os.close(read_fd)
         os.close(reply_w)
         services.close()
@@ -164,6 +171,17 @@ def _with_host_tmp(spec: Spec) -> Spec:
     if any(v.target.rstrip("/") == "/tmp" for v in spec.volumes):
         return spec
     return spec.with_options(volumes=(Volume("/tmp", "/tmp", overlay=True), *spec.volumes))
+
+
+def _relay(container: Container, found: list) -> loopback_relay.Relay | None:
+    """The parent's listeners at their addresses in the test's namespace;
+    None where this process may not enter it (rootless: see docs/pytest.md)."""
+    pid = container.pid
+    assert pid is not None
+    try:
+        return loopback_relay.Relay(pid, found)
+    except OSError:
+        return None
 
 
 def _network_scope(spec: Spec) -> Any:

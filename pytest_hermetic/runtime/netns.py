@@ -39,11 +39,12 @@ def create() -> int:
 @contextlib.contextmanager
 def entered(fd: int) -> Iterator[None]:
     """Run the block in the namespace `fd` (sockets made there stay there)."""
+    home = own_fd()  # before leaving: opened later, it would be `fd`'s namespace
     sc.setns(fd, sc.CLONE_NEWNET)
     try:
         yield
     finally:
-        sc.setns(own_fd(), sc.CLONE_NEWNET)
+        sc.setns(home, sc.CLONE_NEWNET)
 
 
 def open_path(path: str) -> int:
