@@ -359,8 +359,7 @@ class Containers:
         service = _services[key]
         if method == "address":
             return _address_for(service, test_net, *rest)
-        result = getattr(service, method)(*rest, **kwargs)
-        return (result.exit_code, result.output) if isinstance(result, ExecResult) else result
+        return getattr(service, method)(*rest, **kwargs)
 
 
 def _address_for(service: ServiceContainer, test_net: Any, port: int) -> tuple[str, int]:
@@ -408,7 +407,7 @@ class _RemoteService:
         return self._call("address", port)
 
     def exec(self, *argv: str) -> ExecResult:
-        return ExecResult(*self._call("exec", *argv))
+        return self._call("exec", *argv)
 
     def logs(self) -> str:
         return self._call("logs")

@@ -4,65 +4,27 @@ the test joins, in place, under --hermetic and with xdist (issue #13)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
-SUITE = r'''
-import socket, sys, urllib.request
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "pytest.md")
+
+
+def worked_example() -> tuple[str, str]:
+    """The ini and the test module of docs/pytest.md's worked example, as written there."""
+    with open(DOCS) as f:
+        section = f.read().split("### A worked example")[1]
+    ini = section.split("```ini\n")[1].split("```")[0]
+    module = section.split("```python\n")[1].split("```")[0]
+    return ini, module
+
+
+ERRORS = r'''
+import os
 import pytest
-
-ECHO = """
-import socket
-server = socket.create_server(("", 5000))
-print("echo ready", flush=True)
-while True:
-    conn, _ = server.accept()
-    data = conn.recv(100)
-    print("echo got", data, flush=True)
-    conn.sendall(data)
-    conn.close()
-"""
-
-
-@pytest.fixture(scope="session")
-def echo(containers_session):
-    svc = containers_session.run("host", [sys.executable, "-u", "-c", ECHO], name="echo", net="app")
-    svc.wait_for_log(r"^echo ready$")
-    return svc
-
-
-@pytest.fixture
-def web(containers):
-    svc = containers.run("host", [sys.executable, "-u", "-m", "http.server", "8000"], name="web", net="app")
-    svc.wait_for_http("/", port=8000)
-    return svc
-
-
-def ask(echo, data):
-    with socket.create_connection(echo.address(5000), timeout=5) as conn:
-        conn.sendall(data)
-        return conn.recv(100)
-
-
-def test_the_services_talk(echo, web):
-    assert ask(echo, b"hi") == b"hi"
-    host, port = web.address(8000)
-    assert urllib.request.urlopen(f"http://{host}:{port}/", timeout=5).status == 200
-    # web reaches echo by its name on their private network
-    result = web.exec(sys.executable, "-c", "import socket; c = socket.create_connection(('echo', 5000)); "
-                                            "c.sendall(b'by name'); print(c.recv(9))")
-    assert result.output == "b'by name'\n"
-    web.wait_for("test", "-d", "/proc/1")
-
-
-def test_the_session_service_is_shared(echo):
-    assert ask(echo, b"again") == b"again"
-    assert echo.logs().count("echo ready") == 1
-
-
-def test_fails_and_shows_the_logs(echo, web):
-    assert ask(echo, b"ping") == b"pong"
+from pytest_hermetic.errors import SpecError
 
 
 def test_a_wait_that_times_out_names_the_container(containers):
@@ -85,22 +47,57 @@ def test_a_service_that_ends_says_so(containers):
 
 def test_an_image_that_is_not_there(containers):
     containers.run("127.0.0.1:1/postgres:16", ["true"])
+
+
+def test_address_of_a_service_off_the_tests_network(containers):
+    svc = containers.run("busybox:test", ["sleep", "60"], name="lone")
+    if os.getpid() == 2:  # a hermetic test, on net="app": no network it shares with "lone"
+        with pytest.raises(SpecError, match=r"container lone: a hermetic test reaches it only on a network they "
+                                            r"share \(it has net=False, the test net='app'\); start it on a network"):
+            svc.address(80)
+    else:
+        assert svc.address(80)[0] == "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def db(containers_module):
+    svc = containers_module.run("busybox:test", ["sh", "-c", "echo db up; sleep 60"], name="db", net="mod")
+    svc.wait_for_log("db up")
+    return svc
+
+
+def test_a_module_service_and_its_network(db, containers):
+    peer = containers.run("busybox:test", ["sleep", "60"], name="peer", net="mod")  # joins the module's network
+    assert db.ip in peer.exec("cat", "/etc/hosts").output
+    assert db.exec("hostname").output == "db\n"
+
+
+def test_the_module_service_is_started_once(db):
+    assert db.wait_for_log("db up") == "db up"
+    assert db.logs().count("db up") == 1
 '''
+
+
+def failure(out: str, name: str) -> str:
+    """The failure section of test `name` in pytest's output."""
+    sections = re.split(r"\n_{3,} (\S+) _{3,}\n", out.split("short test summary")[0])
+    return sections[sections.index(name) + 1]
 
 
 @pytest.mark.parametrize("mode", [[], ["--hermetic"], ["--hermetic", "-n", "2"]], ids=["in-place", "hermetic", "xdist"])
 def test_services_example(pytester: pytest.Pytester, busybox_image, mode):
-    pytester.makeini("[pytest]\nhermetic_net = app\nhermetic_service_log_lines = 5\n")
-    pytester.makepyfile(test_example=SUITE)
+    ini, module = worked_example()
+    pytester.makeini(ini + "hermetic_service_log_lines = 5\n")
+    pytester.makepyfile(test_services_example=module, test_errors=ERRORS)
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", *mode, timeout=180)
     out = result.stdout.str()
-    result.assert_outcomes(passed=4, failed=2)
+    result.assert_outcomes(passed=7, failed=2)
     # The failed test's report shows both services' last lines, as captured output.
-    report = out.split("test_fails_and_shows_the_logs _")[1].split("_ test_an_image_that_is_not_there")[0]
+    report = failure(out, "test_fails_and_shows_the_logs")
     assert re.search(r"- service echo \(call\): last 5 lines -+\n(.*\n)*echo got b'ping'\n", report), report
     assert re.search(r"- service web \(call\): last 5 lines -+\n(.*\n)*.*\"GET / HTTP/1.0\" 200", report), report
     # A missing image is one line at the test's call, not the engine's frames.
-    missing = out.split("_ test_an_image_that_is_not_there _")[1].split("short test summary")[0]
+    missing = failure(out, "test_an_image_that_is_not_there")
     assert "containers.run('127.0.0.1:1/postgres:16'): cannot reach registry 127.0.0.1:1" in missing
     assert "hermetic pull 127.0.0.1:1/postgres:16" in missing
     assert "registry.py" not in missing and "container.py" not in missing, missing
