@@ -116,15 +116,15 @@ class ServiceContainer:
             raise RuntimeError(f"container {self.name} is not running")
         return portfwd.socket_in(f"/proc/{pid}/ns/net")
 
-    def _until(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
-        """Poll `ready` until it is true; TimeoutError after `timeout`, or
+    def _until(self, ready: Callable[[float], bool], what: str, timeout: float) -> None:
+        """Poll `ready(seconds left)` until it is true; TimeoutError after `timeout`, or
         ConnectionError once the container has ended, both naming it and
         showing its last lines."""
         deadline = time.monotonic() + timeout
         while True:
             ended = self.container.wait(0)
             try:
-                if ready():
+                if ready(max(0.05, deadline - time.monotonic())):
                     return
             except (OSError, RuntimeError, HermeticError):
                 pass  # not up yet, or gone (said below)
@@ -145,9 +145,9 @@ class ServiceContainer:
         (asked from inside its own network namespace)."""
         from .runtime.portfwd import connect
 
-        def accepts() -> bool:
+        def accepts(left: float) -> bool:
             try:
-                connect(self._sockets(), self.ip or "127.0.0.1", port, timeout=1.0).close()
+                connect(self._sockets(), self.ip or "127.0.0.1", port, timeout=min(1.0, left)).close()
                 return True
             except OSError:
                 return False
@@ -161,7 +161,7 @@ class ServiceContainer:
         regex = re.compile(pattern, re.MULTILINE)
         found: list[str] = []
 
-        def written() -> bool:
+        def written(_left: float) -> bool:
             match = regex.search(self.logs())
             found[:] = [match.group(0)] if match else []
             return bool(match)
@@ -174,10 +174,10 @@ class ServiceContainer:
         """Return once `GET path` on its `port` answers with `status`."""
         from .runtime.portfwd import connect
 
-        def answers() -> bool:
+        def answers(left: float) -> bool:
             try:
-                with connect(self._sockets(), self.ip or "127.0.0.1", port, timeout=2.0) as sock:
-                    sock.settimeout(2.0)
+                with connect(self._sockets(), self.ip or "127.0.0.1", port, timeout=min(2.0, left)) as sock:
+                    sock.settimeout(min(2.0, left))
                     sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {self.name}\r\n\r\n".encode())
                     line = sock.makefile("rb").readline(1024).split()
                 return len(line) >= 2 and line[1] == str(status).encode()
@@ -189,7 +189,7 @@ class ServiceContainer:
     @_owned
     def wait_for(self, *argv: str, timeout: float = 30.0) -> None:
         """Return once the command `argv` succeeds inside it (a health check)."""
-        self._until(lambda: self.exec(*argv).exit_code == 0, f"passing {' '.join(argv)!r}", timeout)
+        self._until(lambda _left: self.exec(*argv).exit_code == 0, f"passing {' '.join(argv)!r}", timeout)
 
     @_owned
     def address(self, port: int) -> tuple[str, int]:
