@@ -101,3 +101,18 @@ def test_services_example(pytester: pytest.Pytester, busybox_image, mode):
     assert "containers.run('127.0.0.1:1/postgres:16'): cannot reach registry 127.0.0.1:1" in missing
     assert "hermetic pull 127.0.0.1:1/postgres:16" in missing
     assert "registry.py" not in missing and "container.py" not in missing, missing
+
+
+def test_services_example_rootless(test_user):
+    """The same example run by an unprivileged user: the private networks'
+    bridges are held by a process of the user's own."""
+    from test_rootless import _inner_session
+
+    module = worked_example()[1]
+    for mode in ([], ["--hermetic"]):
+        ran, _ = _inner_session(test_user, "services-example", "test_services_example.py", module,
+                                "-o", "hermetic_net=app", *mode)
+        report = failure(ran.stdout, "test_fails_and_shows_the_logs")
+        assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
+        assert "service echo (call)" in report and "echo got b'ping'" in report, report
+        assert "service web (call)" in report, report
