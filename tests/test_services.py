@@ -106,11 +106,11 @@ def test_services_example(pytester: pytest.Pytester, busybox_image, mode):
 def test_services_example_rootless(test_user):
     """The same example run by an unprivileged user: the private networks'
     bridges are held by a process of the user's own."""
-    from test_rootless import _inner_session
+    from conftest import inner_session_as
 
     module = worked_example()[1]
     for mode in ([], ["--hermetic"]):
-        ran, _ = _inner_session(test_user, "services-example", "test_services_example.py", module,
+        ran, _ = inner_session_as(test_user, "services-example", "test_services_example.py", module,
                                 "-o", "hermetic_net=app", *mode)
         report = failure(ran.stdout, "test_fails_and_shows_the_logs")
         assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
