@@ -16,6 +16,7 @@ import struct
 import sys
 import sysconfig
 
+from .images.resolve import resolve_or_pull
 from .images.store import Image, Store
 from .spec import Spec, Volume
 
@@ -50,7 +51,7 @@ def volumes_for(spec: Spec, code: Iterable[str], writable: Iterable[str] = ()) -
         wanted = {p for p in code | _python_paths() if any(p == h or p.startswith(h + "/") for h in _FRESH_MOUNTS)}
     else:
         store = Store()
-        image = store.resolve(spec.image)
+        image = resolve_or_pull(store, spec.image)
         wanted = {p for p in code | _python_paths() | _library_paths() if not _image_has(store, image, p)}
         # Each hop of the interpreter's symlink chain (venv/bin/python ->
         # /usr/bin/python3 -> python3.11), so `sys.executable` runs inside.

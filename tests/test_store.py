@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from pytest_hermetic.errors import ImageNotFound, StoreError
+from pytest_hermetic.images.resolve import resolve_or_pull
 from pytest_hermetic.images.store import Store
 from pytest_hermetic.images.transports import import_image
 
@@ -47,7 +48,9 @@ def test_gc_keeps_referenced_and_removes_the_rest(tmp_path, busybox_rootfs):
 def test_missing_and_corrupt(tmp_path):
     store = Store(str(tmp_path / "store"))
     with pytest.raises(ImageNotFound, match="hermetic import dir:ROOTFS nothing:latest"):
-        store.resolve("nothing")
+        resolve_or_pull(store, "nothing")
+    with pytest.raises(ImageNotFound, match="not in the local store .*; pull it with `hermetic pull nothing`"):
+        store.resolve("nothing")  # the store alone never pulls
     os.makedirs(store.root)
     with open(os.path.join(store.root, "refs.json"), "w") as f:
         f.write("{not json")

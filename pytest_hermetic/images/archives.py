@@ -116,7 +116,7 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
                     budget, size)
     layers = []
     for diff_id in diff_ids:
-        meta = store._layer_meta(diff_id)
+        meta = store.layer_meta(diff_id)
         layers.append({"mediaType": meta["media_type"], "digest": meta["blob"],
                        "size": os.path.getsize(store.blob_path(meta["blob"]))})
     manifest_bytes = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
@@ -311,7 +311,7 @@ def save_docker_archive(store: Store, image: Image, path: str, ref: str | None) 
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
             names = []
             for diff_id in image.layers:
-                meta = store._layer_meta(diff_id)
+                meta = store.layer_meta(diff_id)
                 name = f"{diff_id[7:]}/layer.tar"
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = int(meta["size"]), 0o644

@@ -308,7 +308,7 @@ class Store:
                    history: list[dict] | None) -> Image:
         layer_sizes = []
         for diff_id in diff_ids:
-            meta = self._layer_meta(diff_id)
+            meta = self.layer_meta(diff_id)
             layer_sizes.append((meta.get("blob", diff_id), meta.get("size", 0), meta.get("media_type", MEDIA_LAYER)))
         oci_config = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -356,7 +356,8 @@ class Store:
         self.manifest_digest(name)
         return self.get(name)
 
-    def _layer_meta(self, diff_id: str) -> dict:
+    def layer_meta(self, diff_id: str) -> dict:
+        """The layer's record (`meta.json`: its blob, size, media type), checked by `schema.LAYER_META`."""
         from . import schema
 
         try:
@@ -403,7 +404,7 @@ class Store:
         return Image(name, config_digest, diff_ids, config, base, created, size)
 
     def resolve(self, text: str) -> Image:
-        """An image by reference text (`busybox:1`, `host`, an id prefix)."""
+        """An image by reference text (`busybox:1`, `host`, an id prefix), from this store only (no pull)."""
         ref = refs.parse(text)
         if ref.transport == "host":
             return HOST_IMAGE
@@ -415,10 +416,8 @@ class Store:
             for image in self.images():  # an id prefix, as `docker run 3f2a` allows
                 if len(text) >= 4 and _hex(image.id).startswith(text):
                     return image
-        if ref.transport == "registry":  # pulled on first use (HERMETIC_OFFLINE: from loopback only)
-            from .pull import pull
-
-            return pull(self, text)
+        if ref.transport == "registry":  # `resolve.resolve_or_pull` pulls it on first use
+            raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); pull it with `hermetic pull {text}`")
         raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); import it with `hermetic import {text} NAME`")
 
     def images(self, problems: list[str] | None = None) -> list[Image]:
@@ -603,7 +602,7 @@ class Store:
             for diff_id in user.get("layers") or []:
                 keep_layers.add(_hex(diff_id))
                 with contextlib.suppress(StoreError, OSError, ValueError, AttributeError):
-                    keep_blobs.add(_hex(self._layer_meta(diff_id).get("blob", "")))
+                    keep_blobs.add(_hex(self.layer_meta(diff_id).get("blob", "")))
         blob_dir = os.path.join(self.root, "blobs", "sha256")
         for entry in _listdir(blob_dir):
             if entry not in keep_blobs and _remove_entry(os.path.join(blob_dir, entry)):
