@@ -10,7 +10,6 @@ archive with uncompressed layers named by diff_id.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from . import limits
 from . import reference as refs
 from . import schema
 from .commit import target_name
+from .digest import sha256_digest
 from .ingest import OCI_TYPES, Source, ingest_layer
 from .store import BASE_ANNOTATION, MEDIA_CONFIG, MEDIA_MANIFEST, Image, Keep, Store
 
@@ -101,7 +101,7 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
             raise ImageReferenceError(f"{where} holds {len(manifest)} images; name one: docker-archive:{path}:REF")
         entry = manifest[0]
         config_bytes = _member(tf, entry["Config"], where)
-        config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+        config_digest = sha256_digest(config_bytes)
         named = re.search(r"([0-9a-f]{64})(?:\.json)?$", entry.get("Config", ""))
         if named and named.group(1) != config_digest[7:]:
             raise DigestMismatch(f"digest mismatch for {where} config: named {named.group(1)[:12]}, hashes to {config_digest}")
@@ -176,7 +176,7 @@ def _layout_blob(layout: str, desc: dict, where: str) -> bytes:
         data = f.read(MAX_JSON + 1)
     if len(data) > MAX_JSON:
         raise too_large
-    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    got = sha256_digest(data)
     if got != digest or ("size" in desc and len(data) != int(desc["size"])):
         raise DigestMismatch(f"digest mismatch in {where}: blob {digest} hashes to {got} ({len(data)} bytes); nothing was stored")
     return data
@@ -280,7 +280,7 @@ def save_oci(store: Store, image: Image, layout: str, tag: str | None) -> str:
     _write_atomic(os.path.join(layout, "oci-layout"), b'{"imageLayoutVersion":"1.0.0"}')
     for desc in [manifest["config"], *manifest.get("layers", [])]:
         _place(store.blob_path(desc["digest"]), os.path.join(blobs_dir, desc["digest"][7:]))
-    digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+    digest = sha256_digest(manifest_bytes)
     target = os.path.join(blobs_dir, digest[7:])
     if not os.path.exists(target):
         _write_atomic(target, manifest_bytes)

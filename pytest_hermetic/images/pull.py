@@ -16,7 +16,6 @@ the layer unpacked.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import sys
@@ -28,10 +27,11 @@ if TYPE_CHECKING:
 
     from .registry import Registry
 
-from ..errors import (DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
+from ..errors import (DigestMismatch, RegistryDigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
                       RegistryError, StoreError)
 from . import reference as refs
 from . import schema
+from .digest import Hashed, sha256_digest
 from .store import Image, Store
 
 LAYER_TYPES = {
@@ -138,7 +138,7 @@ class Puller:
 
         self._budget = limits.image_budget(sum(int(d.get("size") or 0) for d in layer_descs), ref.familiar)
         self.store.clear_dead_staging()  # a killed pull's (its resumable downloads stay)
-        manifest_digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+        manifest_digest = sha256_digest(manifest_bytes)
         # What this pull brings is recorded before any of it lands: gc keeps
         # it, and never has to wait for a download.
         with self.store.keeping("pull", image=ref.familiar, layers=diff_ids,
@@ -223,9 +223,9 @@ class Puller:
             raise RegistryError(f"blob {digest} from {registry.registry}/{repository}: the image config is larger than "
                                 f"{limit >> 20} MiB; refusing it (a real one is a few KiB); nothing was stored")
         response.read()
-        got = "sha256:" + hashlib.sha256(data).hexdigest()
+        got = sha256_digest(data)
         if got != digest or len(data) != size:
-            raise DigestMismatch(f"digest mismatch for blob {digest} from {registry.registry}/{repository}: "
+            raise RegistryDigestMismatch(f"digest mismatch for blob {digest} from {registry.registry}/{repository}: "
                                  f"got {got} ({len(data)} bytes, expected {size}); nothing was stored")
         return data
 
@@ -288,7 +288,7 @@ class Puller:
                      image=self._budget)
 
 
-class _BlobReader:
+class _BlobReader(Hashed):
     """The blob's bytes: first what `partial` holds, then the rest from the registry.
 
     Hashes and counts everything that passes and appends what comes from
@@ -298,11 +298,10 @@ class _BlobReader:
 
     def __init__(self, registry: Registry, repository: str, digest: str, size: int, partial: str,
                  report: Callable[[int], None]) -> None:
-        self.registry, self.repository, self.blob_digest, self.size = registry, repository, digest, size
+        super().__init__()
+        self.registry, self.repository, self.blob_digest = registry, repository, digest
         self.expected_size = size  # as ingest.Source names it
         self.name = f"blob {digest}"  # as ingest.Source names it too
-        self.hash = hashlib.sha256()
-        self.done = 0
         self._report = report
         self._reported = 0
         self._response: http.client.HTTPResponse | None = None
@@ -335,16 +334,16 @@ class _BlobReader:
             self._replay_left -= len(data)
             return self._count(data)
         while True:
-            if self.done >= self.size:
+            if self.size >= self.expected_size:
                 # a registry that sends more than the descriptor says is wrong
                 if self._response is not None and self._response.read(1):
-                    raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: more than the {self.size} bytes "
+                    raise RegistryDigestMismatch(f"digest mismatch for blob {self.blob_digest}: more than the {self.expected_size} bytes "
                                          f"its descriptor gives; nothing was stored")
                 return b""
             try:
                 if self._response is None:
                     self._response = self._open()
-                data = self._response.read(min(n, self.size - self.done))
+                data = self._response.read(min(n, self.expected_size - self.size))
             except (OSError, http.client.HTTPException) as exc:
                 data = b""
                 self._drop()
@@ -353,7 +352,7 @@ class _BlobReader:
 
                     raise RegistryUnreachable(
                         f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
-                        f"{self.done} of {self.size} bytes ({exc or type(exc).__name__}); pull again to resume") from None
+                        f"{self.size} of {self.expected_size} bytes ({exc or type(exc).__name__}); pull again to resume") from None
             if data:
                 self._out.write(data)
                 return self._count(data)
@@ -366,16 +365,16 @@ class _BlobReader:
 
                 raise RegistryUnreachable(
                     f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
-                    f"{self.done} of {self.size} bytes; pull again to resume")
+                    f"{self.size} of {self.expected_size} bytes; pull again to resume")
             if self._retries == 0:
-                raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: the registry sent {self.done} bytes, "
-                                     f"the descriptor says {self.size}; nothing was stored")
+                raise RegistryDigestMismatch(f"digest mismatch for blob {self.blob_digest}: the registry sent {self.size} bytes, "
+                                     f"the descriptor says {self.expected_size}; nothing was stored")
             self._retries -= 1
 
     def _open(self) -> http.client.HTTPResponse:
-        response = self.registry.open_blob(self.repository, self.blob_digest, self.done)
-        if response.status == 200 and self.done:
-            skip = self.done  # the registry ignored Range: skip what we have
+        response = self.registry.open_blob(self.repository, self.blob_digest, self.size)
+        if response.status == 200 and self.size:
+            skip = self.size  # the registry ignored Range: skip what we have
             while skip:
                 chunk = response.read(min(skip, 1 << 20))
                 if not chunk:
@@ -390,33 +389,29 @@ class _BlobReader:
             self.registry.close()
 
     def _count(self, data: bytes) -> bytes:
-        self.hash.update(data)
-        self.done += len(data)
-        if self.done - self._reported >= _REPORT_STEP or self.done == self.size:
-            self._reported = self.done
-            self._report(self.done)
+        super()._count(data)
+        if self.size - self._reported >= _REPORT_STEP or self.size == self.expected_size:
+            self._reported = self.size
+            self._report(self.size)
         return data
 
     def drain(self) -> None:
         while self.read(1 << 20):
             pass
 
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
-
     def verify(self) -> None:
         self._out.flush()
         got = self.digest()
-        if self.done != self.size or got != self.blob_digest:
-            raise DigestMismatch(f"digest mismatch for blob {self.blob_digest} from {self.registry.registry}/{self.repository}: "
-                                 f"got {got} ({self.done} bytes, expected {self.size}); nothing was stored")
+        if self.size != self.expected_size or got != self.blob_digest:
+            raise RegistryDigestMismatch(f"digest mismatch for blob {self.blob_digest} from {self.registry.registry}/{self.repository}: "
+                                 f"got {got} ({self.size} bytes, expected {self.expected_size}); nothing was stored")
 
 
 def _verify_manifest(body: bytes, expected: str | None, header: str | None, name: str) -> None:
-    got = "sha256:" + hashlib.sha256(body).hexdigest()
+    got = sha256_digest(body)
     for want in (expected, header if header and header.startswith("sha256:") else None):
         if want and want != got:
-            raise DigestMismatch(f"digest mismatch for the manifest of {name}: expected {want}, got {got}; nothing was stored")
+            raise RegistryDigestMismatch(f"digest mismatch for the manifest of {name}: expected {want}, got {got}; nothing was stored")
 
 
 def _check_digest(digest: str) -> None:

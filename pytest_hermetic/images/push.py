@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 from ..errors import ImageReferenceError
 from . import reference as refs
+from .digest import sha256_digest
 from .store import MEDIA_MANIFEST, Store
 
 
@@ -64,6 +65,4 @@ def push(store: Store, source: str, dest: str | None = None, *, chunk_size: int 
                          "pull or import the image again") from None
     reference = target.digest or target.tag or refs.DEFAULT_TAG
     registry.put_manifest(target.repository, reference, manifest_bytes, manifest.get("mediaType") or MEDIA_MANIFEST)
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(manifest_bytes).hexdigest(), outcome
+    return sha256_digest(manifest_bytes), outcome

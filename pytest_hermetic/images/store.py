@@ -37,7 +37,7 @@ from .._record import record, factory
 import _thread  # not `threading`: its import and fork hooks cost every container start
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import IO, Iterator
+    from typing import Iterator
 
     from . import schema
 
@@ -45,6 +45,7 @@ from .._fs import flock
 from .._proc import name_owner, owned_name, owner_alive, owner_key
 from ..errors import ImageInUse, ImageNotFound, StoreError
 from . import reference as refs
+from .digest import HashingReader, sha256_digest, sha256_file
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -83,16 +84,6 @@ class Image:
 
 
 HOST_IMAGE = Image(name="host", id="host", base="host", config={"Env": HOST_ENV})
-
-
-def sha256_file(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 class Store:
@@ -167,9 +158,7 @@ class Store:
     # -- blobs and layers -----------------------------------------------------
 
     def put_blob_bytes(self, data: bytes) -> str:
-        import hashlib
-
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_digest(data)
         path = self.blob_path(digest)
         if not os.path.exists(path):
             fd, tmp = self.tempfile("blob-")
@@ -666,30 +655,6 @@ class Keep:
     def release(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-
-class HashingReader:
-    """Reads through a stream, hashing and counting what passes (the diff_id)."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        import hashlib
-
-        self._stream = stream
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
 
 
 def _hex(digest: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import tarfile
@@ -14,6 +13,7 @@ if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
     from typing import BinaryIO, Iterable
 
 from ...errors import LayerError
+from ..digest import HashingWriter
 from .format import _DIR_FLAGS, _OVERLAY_PREFIXES, _WH, _WH_OPAQUE, _XATTR_PAX, OVERLAY_TRUSTED, _proc_path, is_whiteout
 
 
@@ -23,27 +23,6 @@ class LayerDigests:
 
     diff_id: str  # "sha256:<hex>" of the uncompressed tar
     size: int  # bytes of the uncompressed tar
-
-
-class _HashingWriter:
-    """Writes through to `out`, hashing and counting on the way."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self._out.write(data)
-        self.size += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        self._out.flush()
 
 
 def _norm_rel(path: str) -> str:
@@ -77,7 +56,7 @@ def _write_tree(
     its whiteouts and opaque directories become OCI ones.
     """
     skip = {_norm_rel(e) for e in exclude}
-    writer = _HashingWriter(out)
+    writer = HashingWriter(out)
     tf = tarfile.open(
         fileobj=writer,
         mode="w",
@@ -195,7 +174,7 @@ def _write_tree(
                 os.close(dfd)
         os.close(root_fd)
     writer.flush()
-    return LayerDigests(diff_id="sha256:" + writer.sha.hexdigest(), size=writer.size)
+    return LayerDigests(diff_id=writer.digest(), size=writer.size)
 
 
 def write_layer_from_upper(
