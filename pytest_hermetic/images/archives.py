@@ -43,7 +43,7 @@ def import_oci(store: Store, layout: str, tag: str | None, name: str | None, kee
     where = f"oci:{layout}" + (f":{tag}" if tag else "")
     try:
         with open(os.path.join(layout, "index.json"), "rb") as f:
-            index = _object(f.read(MAX_JSON + 1), schema.INDEX, f"{where}: index.json")
+            index = _load(f.read(MAX_JSON + 1), schema.INDEX, f"{where}: index.json")
     except FileNotFoundError:
         raise ImageNotFound(f"{where}: no index.json there; not an OCI image layout") from None
     entries = index["manifests"]
@@ -56,11 +56,11 @@ def import_oci(store: Store, layout: str, tag: str | None, name: str | None, kee
                                   f"(tags: {', '.join(t for t in tags if t)})")
     desc = fits[0]
     manifest_bytes = _layout_blob(layout, desc, where)
-    if desc.get("mediaType") in INDEX_TYPES or "manifests" in _object(manifest_bytes, _OBJECT, f"{where}: manifest"):
-        index = _object(manifest_bytes, schema.INDEX, f"{where}: index")
+    if desc.get("mediaType") in INDEX_TYPES or "manifests" in _load(manifest_bytes, schema.DOCUMENT, f"{where}: manifest"):
+        index = _load(manifest_bytes, schema.INDEX, f"{where}: index")
         chosen = platforms.select(index["manifests"], platforms.host(), where)
         manifest_bytes = _layout_blob(layout, chosen, where)
-    manifest = _object(manifest_bytes, schema.MANIFEST, f"{where}: manifest")
+    manifest = _load(manifest_bytes, schema.MANIFEST, f"{where}: manifest")
     config_bytes = _layout_blob(layout, manifest["config"], where)
     diff_ids = _diff_ids(config_bytes, len(manifest.get("layers") or []), where)
     if keep is not None:
@@ -91,7 +91,7 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
     except (tarfile.TarError, OSError) as exc:
         raise LayerError(f"{where}: not a docker archive ({exc})") from None
     with tf:
-        manifest = _object(_member(tf, "manifest.json", where), schema.ARCHIVE_MANIFEST, f"{where}: manifest.json")
+        manifest = _load(_member(tf, "manifest.json", where), schema.ARCHIVE_MANIFEST, f"{where}: manifest.json")
         if ref:
             want = refs.parse(ref).name
             manifest = [e for e in manifest if any(_same(t, want) for t in e.get("RepoTags") or [])]
@@ -209,16 +209,13 @@ def _member_stream(tf: tarfile.TarFile, member: str, where: str):
     return f
 
 
-_OBJECT = schema.Obj({}, name="manifest")
-
-
-def _object(data: bytes, check: schema.Check, what: str):  # noqa: ANN202 - what `check` describes
+def _load(data: bytes, check: schema.Check, what: str):  # noqa: ANN202 - what `check` describes
     """An archive's JSON document, bounded and type-checked (`schema`)."""
     return schema.load(data, check, what, LayerError, limit=MAX_JSON)
 
 
 def _diff_ids(config_bytes: bytes, count: int, where: str) -> list[str]:
-    diff_ids = list((_object(config_bytes, schema.CONFIG, f"{where}: config").get("rootfs") or {}).get("diff_ids") or [])
+    diff_ids = list((_load(config_bytes, schema.CONFIG, f"{where}: config").get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != count:
         raise LayerError(f"{where}: {count} layers but {len(diff_ids)} diff_ids in the config")
     for d in diff_ids:
@@ -287,7 +284,7 @@ def save_oci(store: Store, image: Image, layout: str, tag: str | None) -> str:
     index_path = os.path.join(layout, "index.json")
     try:
         with open(index_path, "rb") as f:
-            index = _object(f.read(MAX_JSON + 1), schema.INDEX, index_path)
+            index = _load(f.read(MAX_JSON + 1), schema.INDEX, index_path)
     except FileNotFoundError:
         index = {"schemaVersion": 2, "manifests": []}
     index.setdefault("mediaType", OCI_INDEX)

@@ -186,12 +186,12 @@ class Puller:
                     raise RegistryError(f"{ref.familiar} is a Docker schema 1 image, which registries stopped serving in 2019; "
                                         "push it again with a current client")
                 what = f"{ref.familiar}: the manifest"
-                if media_type in INDEX_TYPES or (not media_type and "manifests" in _load(body, _OBJECT, what, MAX_MANIFEST)):
+                if media_type in INDEX_TYPES or (not media_type and "manifests" in _load(body, schema.DOCUMENT, what, MAX_MANIFEST)):
                     index = _load(body, schema.INDEX, f"{ref.familiar}: the index", MAX_MANIFEST)
                     chosen = platforms.select(index["manifests"], wanted, ref.familiar)
                     body, media_type, header = registry.get_manifest(repository, chosen["digest"])
                     _verify_manifest(body, chosen["digest"], header, ref.familiar)
-                if media_type not in MANIFEST_TYPES and "layers" not in _load(body, _OBJECT, what, MAX_MANIFEST):
+                if media_type not in MANIFEST_TYPES and "layers" not in _load(body, schema.DOCUMENT, what, MAX_MANIFEST):
                     raise RegistryError(f"{ref.familiar}: unsupported manifest media type {media_type[:80]!r}")
                 return (registry, repository), body
             except ImageNotFound as exc:
@@ -419,9 +419,6 @@ def _check_digest(digest: str) -> None:
 
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest or ""):
         raise RegistryError(f"unsupported or malformed digest {digest!r} (only sha256 is accepted)")
-
-
-_OBJECT = schema.Obj({}, name="manifest")
 
 
 def _load(data: bytes, check: schema.Check, what: str, limit: int) -> dict:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 from .._fs import flock
 from .._proc import name_owner, owned_name, owner_alive, owner_key
 from ..errors import ImageInUse, ImageNotFound, StoreError
+from . import platforms
 from . import reference as refs
 from .digest import HashingReader, sha256_digest, sha256_file
 
@@ -301,7 +302,7 @@ class Store:
             layer_sizes.append((meta.get("blob", diff_id), meta.get("size", 0), meta.get("media_type", MEDIA_LAYER)))
         oci_config = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "architecture": _arch(),
+            "architecture": platforms.host()["architecture"],
             "os": "linux",
             "config": config,
             "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
@@ -714,9 +715,3 @@ def _rmtree(path: str) -> None:
 
     rmtree(path)
 
-
-def _arch() -> str:
-    import platform
-
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
