@@ -10,13 +10,15 @@ archive with uncompressed layers named by diff_id.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import shutil
 import tarfile
 
 from ..errors import DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, StoreError
-from . import limits
+from . import layers, limits, platforms
 from . import reference as refs
 from . import schema
 from .commit import target_name
@@ -37,8 +39,6 @@ _HEX = re.compile(r"^sha256:[0-9a-f]{64}$")
 def import_oci(store: Store, layout: str, tag: str | None, name: str | None, keep: Keep | None = None) -> Image:
     """Image `tag` (or the only one) of the OCI layout `layout`, stored as `name`.
     `keep`: the store record that makes gc keep what lands (else hold `store.busy()`)."""
-    from . import platforms
-
     layout = os.path.abspath(layout)
     where = f"oci:{layout}" + (f":{tag}" if tag else "")
     try:
@@ -297,8 +297,6 @@ def save_oci(store: Store, image: Image, layout: str, tag: str | None) -> str:
 
 def save_docker_archive(store: Store, image: Image, path: str, ref: str | None) -> None:
     """Write `image` as a docker archive (`docker load`, skopeo), tagged `ref` (default: its name)."""
-    from . import layers
-
     manifest, _ = _manifest_of(store, image)
     config_digest = manifest["config"]["digest"]
     tag = refs.parse(ref).familiar if ref else image.familiar
@@ -328,8 +326,6 @@ def save_docker_archive(store: Store, image: Image, path: str, ref: str | None) 
 
 
 def _add_bytes(out: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
     info = tarfile.TarInfo(name)
     info.size, info.mode = len(data), 0o644
     out.addfile(info, io.BytesIO(data))
@@ -343,8 +339,6 @@ def _place(src: str, dest: str) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        import shutil
-
         shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
 

@@ -11,6 +11,7 @@ staging goes and the store is as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 
     from .limits import Budget
 
+from .._fs import rmtree
 from ..errors import DigestMismatch, LayerError, StoreError
+from . import layers, limits
 from .digest import Hashed, HashingReader
 from .store import Store
 
@@ -33,8 +36,6 @@ PIPELINE_ABOVE = 4 << 20  # compressed bytes
 
 def disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT, also when extraction wrapped it in a LayerError."""
-    import errno
-
     while exc is not None:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
@@ -99,9 +100,6 @@ def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_typ
     bounded (`limits`: by the blob's `compressed` size, default the size the
     source expects) and charged to the `image`'s budget too.
     """
-    from . import layers, limits
-    from .._fs import rmtree
-
     budget = limits.layer_budget(compressed if compressed is not None else source.expected_size,
                                  source.name, image)
 

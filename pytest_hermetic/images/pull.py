@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import sys
 import threading
 import time
@@ -25,13 +26,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-    from .registry import Registry
-
-from ..errors import (DigestMismatch, RegistryDigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
-                      RegistryError, StoreError)
+from ..errors import (DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
+                      RegistryDigestMismatch, RegistryError, RegistryUnreachable, StoreError)
+from . import config, limits, platforms
 from . import reference as refs
 from . import schema
 from .digest import Hashed, sha256_digest
+from .registry import DOCKER_SCHEMA1, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST, Registry
 from .store import Image, Store
 
 LAYER_TYPES = {
@@ -41,7 +42,6 @@ LAYER_TYPES = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
 }
-MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 32 << 20
 WORKERS = 4
 _REPORT_STEP = 1 << 20
@@ -89,7 +89,7 @@ class Puller:
                                       "(NAME[:TAG], HOST[:PORT]/NAME[:TAG], NAME@sha256:...); use `hermetic import` for transports")
         display = None
         if self._progress is None and not self.quiet and _stderr_is_tty():
-            from .progress import TerminalProgress
+            from .progress import TerminalProgress  # only on a terminal
 
             display = TerminalProgress(sys.stderr, ref.familiar)
             self._progress = display.update
@@ -97,7 +97,7 @@ class Puller:
         try:
             return self._pull(ref)
         except (OSError, LayerError) as exc:
-            from .ingest import disk_full
+            from .ingest import disk_full  # (as in _unpack: ingest's imports only when needed)
 
             if disk_full(exc):
                 raise StoreError(f"no space left on the store's disk ({self.store.root}) while pulling {ref.familiar}: "
@@ -111,8 +111,6 @@ class Puller:
     # -- manifest -------------------------------------------------------------------
 
     def _pull(self, ref: refs.Reference) -> Image:
-        from . import platforms
-
         wanted = platforms.parse(self.platform) if self.platform else platforms.host()
         source, manifest_bytes = self._manifest(ref, wanted)
         registry, repository = source
@@ -134,8 +132,6 @@ class Puller:
                                     "which is not a Linux layer tar (foreign or Windows layers are not pulled)")
             _check_digest(desc.get("digest", ""))
         self.layers = len(layer_descs)
-        from . import limits
-
         self._budget = limits.image_budget(sum(int(d.get("size") or 0) for d in layer_descs), ref.familiar)
         self.store.clear_dead_staging()  # a killed pull's (its resumable downloads stay)
         manifest_digest = sha256_digest(manifest_bytes)
@@ -156,9 +152,6 @@ class Puller:
 
     def _sources(self, ref: refs.Reference) -> list[tuple[Registry, str]]:
         """(registry, repository) to try in order: mirrors, then the registry itself."""
-        from . import config
-        from .registry import Registry
-
         found = []
         for mirror in config.mirrors(ref.registry):
             host, _, prefix = mirror.partition("/")
@@ -173,9 +166,6 @@ class Puller:
         return found
 
     def _manifest(self, ref: refs.Reference, wanted: dict) -> tuple[tuple[Registry, str], bytes]:
-        from . import platforms
-        from .registry import INDEX_TYPES, MANIFEST_TYPES, DOCKER_SCHEMA1
-
         sources = self._sources(ref)
         for i, (registry, repository) in enumerate(sources):
             last = i == len(sources) - 1
@@ -235,7 +225,7 @@ class Puller:
         if len(jobs) == 1:
             self._layer(registry, repository, *jobs[0])
             return
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor  # ~20 ms: only for two layers or more
 
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(jobs)), thread_name_prefix="hermetic-pull") as pool:
             futures = [pool.submit(self._layer, registry, repository, desc, diff_id) for desc, diff_id in jobs]
@@ -265,7 +255,7 @@ class Puller:
                         self.bytes += size
                     return
                 except (DigestMismatch, LayerError, OSError) as exc:
-                    from .ingest import disk_full
+                    from .ingest import disk_full  # (as in _unpack: ingest's imports only when needed)
 
                     if isinstance(exc, OSError) and not disk_full(exc):
                         raise  # kept for a later resume
@@ -275,7 +265,7 @@ class Puller:
             raise AssertionError("unreachable")
 
     def _unpack(self, registry: Registry, repository: str, desc: dict, diff_id: str, partial: str) -> None:
-        from .ingest import Source, ingest_layer
+        from .ingest import Source, ingest_layer  # tarfile & co. (~16 ms): only when a layer is fetched
 
         digest, size = desc["digest"], int(desc.get("size") or 0)
         blob = self.store.blob_path(digest)
@@ -348,8 +338,6 @@ class _BlobReader(Hashed):
                 data = b""
                 self._drop()
                 if self._retries == 0:
-                    from ..errors import RegistryUnreachable
-
                     raise RegistryUnreachable(
                         f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
                         f"{self.size} of {self.expected_size} bytes ({exc or type(exc).__name__}); pull again to resume") from None
@@ -361,8 +349,6 @@ class _BlobReader(Hashed):
             broke = self._response is not None and bool(self._response.length)
             self._drop()
             if self._retries == 0 and broke:
-                from ..errors import RegistryUnreachable
-
                 raise RegistryUnreachable(
                     f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
                     f"{self.size} of {self.expected_size} bytes; pull again to resume")
@@ -415,8 +401,6 @@ def _verify_manifest(body: bytes, expected: str | None, header: str | None, name
 
 
 def _check_digest(digest: str) -> None:
-    import re
-
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest or ""):
         raise RegistryError(f"unsupported or malformed digest {digest!r} (only sha256 is accepted)")
 

@@ -24,7 +24,7 @@ _MAGIC_BZ2 = b"BZh"
 def _zstd_reader(raw: BinaryIO) -> BinaryIO:
     """A zstd decompressing reader over `raw` (which the caller closes)."""
     try:
-        import zstandard  # type: ignore[import-not-found]
+        import zstandard  # type: ignore[import-not-found]  # optional: only zstd layers need it
     except ImportError:
         zstandard = None
     if zstandard is not None:
