@@ -259,7 +259,7 @@ class Registry:
         media_type = (response.getheader("Content-Type") or "").split(";")[0].strip()
         if not media_type or media_type in ("application/json", "text/plain"):
             try:
-                found = schema.load(body, schema.Obj({}), "manifest", ValueError, limit=MAX_MANIFEST).get("mediaType")
+                found = schema.load(body, schema.DOCUMENT, "manifest", ValueError, limit=MAX_MANIFEST).get("mediaType")
                 media_type = found if isinstance(found, str) and found else media_type
             except ValueError:
                 pass  # the caller's own check names what is wrong
