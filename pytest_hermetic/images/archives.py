@@ -24,12 +24,11 @@ from . import schema
 from .commit import target_name
 from .digest import sha256_digest
 from .ingest import OCI_TYPES, Source, ingest_layer
-from .store import BASE_ANNOTATION, MEDIA_CONFIG, MEDIA_MANIFEST, Image, Keep, Store
+from .store import BASE_ANNOTATION, MAX_JSON, MEDIA_CONFIG, MEDIA_MANIFEST, Image, Keep, Store
 
 REF_NAME = "org.opencontainers.image.ref.name"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
-MAX_JSON = 32 << 20
 _HEX = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 

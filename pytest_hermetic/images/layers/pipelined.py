@@ -15,7 +15,7 @@ import tarfile
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
-    from typing import Callable, Iterable
+    from typing import IO, Callable, Iterable
 
 from .format import _CHUNK
 from .tarstream import _corrupt
@@ -63,7 +63,7 @@ class _Chunks:
         return data
 
 
-def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, object]],
+def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]],
                       make: Callable[[tarfile.TarInfo, object], None]) -> None:
     """Iterate `items` (member, its data reader or None) in a second thread; `make` each here, in order."""
     import queue
