@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable
+from types import FrameType
+from typing import IO, Any, Callable
 
 from . import protocol
 from .errors import HelperError
@@ -43,7 +44,7 @@ class _Interrupts:
     def __init__(self) -> None:
         self.count = 0
         self.blocking = False
-        self._previous = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
 
     def _handler(self, signum: int, frame: object) -> None:
         self.count += 1
@@ -66,7 +67,7 @@ class HelperClient:
         self.sock: socket.socket | None = None
         self.reader = protocol.FrameReader()
         self._ids = itertools.count(1)
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def running(self) -> bool:
@@ -200,9 +201,9 @@ class HelperClient:
                     if req != request:
                         continue  # a pong, or late output of an abandoned request
                     if kind == protocol.JSON:
-                        return message  # type: ignore[return-value]
+                        return message
                     if on_output is not None:
-                        on_output(kind, message)  # type: ignore[arg-type]
+                        on_output(kind, message)
 
     def _read(self, timeout: float, interrupts: _Interrupts | None = None, handled: int = 0) -> list | None:
         """The frames that arrived within `timeout` (None if nothing did, or

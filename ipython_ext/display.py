@@ -9,14 +9,15 @@ from __future__ import annotations
 import html
 import sys
 import time
+from typing import Sequence
 
 
-def table_text(rows: list[tuple[str, ...]]) -> str:
+def table_text(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
-def table_html(rows: list[tuple[str, ...]]) -> str:
+def table_html(rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td style='text-align:left'><code>{html.escape(c)}</code></td>" for c in row)
                    + "</tr>" for row in rows[1:])
@@ -25,7 +26,7 @@ def table_html(rows: list[tuple[str, ...]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def show_table(rows: list[tuple[str, ...]]) -> None:
+def show_table(rows: Sequence[Sequence[str]]) -> None:
     from IPython.display import display
 
     display({"text/plain": table_text(rows), "text/html": table_html(rows)}, raw=True)

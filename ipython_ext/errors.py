@@ -14,7 +14,7 @@ class ContainerCellError(subprocess.CalledProcessError):
     for why ("out of memory (limit 32 MiB, peak 32 MiB)", "timeout after
     2 s: killed 1 process (sleep)", "killed by signal SIGSEGV")."""
 
-    def __init__(self, returncode: int, cmd: object, reason: str | None, output: str | None = None,
+    def __init__(self, returncode: int, cmd: list[str], reason: str | None, output: str | None = None,
                  stderr: str | None = None) -> None:
         super().__init__(returncode, cmd, output, stderr)
         self.reason = reason

@@ -28,7 +28,14 @@ import traceback
 
 from ipython_ext import protocol
 from pytest_hermetic._proc import descendants
+from pytest_hermetic.options import CREATE_ONLY, is_set, spelling
 from pytest_hermetic.runtime.descriptors import close_except
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from pytest_hermetic.container import Container
 
 GRACE = 1.0  # seconds between the interrupt's SIGINT and SIGKILL
 DRAIN = 0.5  # after the cell's process ended: how long a background process may hold its output open
@@ -165,7 +172,7 @@ class Helper:
         self.pending: list[tuple[int, int, object]] = []
         self.containers: dict = {}  # name -> Container, the kept ones
         self.stopped: set[str] = set()
-        self.current = None  # the running cell's ephemeral Container, if any
+        self.current: Container | None = None  # the running cell's ephemeral Container, if any
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     # -- the socket -------------------------------------------------------------
@@ -206,7 +213,7 @@ class Helper:
                 reply = _error_reply(exc)
             self._reply(request, reply)
 
-    def _dispatch(self, request: int, op: str, message: dict) -> dict:
+    def _dispatch(self, request: int, op: str | None, message: dict) -> dict:
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
             raise ValueError(f"unknown request {op!r}")
@@ -254,9 +261,9 @@ class Helper:
                 if message["image"] and message["image"] != container.spec.image:
                     notes.append(f"container {name!r} already runs (image {container.spec.image}); "
                                  f"this cell runs in it, not in a new container of {message['image']}")
-                ignored = sorted(k for k in _CONTAINER_OPTIONS if options.get(k) not in (None, False, [], ()))
+                ignored = sorted(k for k in _CONTAINER_OPTIONS if is_set(k, options.get(k)))
                 if ignored:
-                    notes.append(f"container {name!r} already runs; {', '.join('--' + k for k in ignored)} "
+                    notes.append(f"container {name!r} already runs; {', '.join(spelling(k) for k in ignored)} "
                                  "only take effect when a container is created, so they were ignored")
             cell_factory = lambda stdio: ExecCell(container, argv, options.get("env") or {},  # noqa: E731
                                                   options.get("workdir"), stdio, _float(options.get("timeout")))
@@ -329,7 +336,7 @@ class Helper:
 
     # -- a running cell ----------------------------------------------------------
 
-    def _stream(self, request: int, start) -> dict:  # noqa: ANN001
+    def _stream(self, request: int, start: Callable[[tuple[int, int, int]], EphemeralCell | ExecCell]) -> dict:
         """Start the cell, send its output as it comes, answer interrupts and
         pings meanwhile, and return the reply that says how it ended."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -361,7 +368,9 @@ class Helper:
                 if ended is not None:
                     waits.append(ended + DRAIN)
                 timeout = max(0.0, min(waits) - now) if waits else None
-                watched = [self.sock, *streams] + ([cell] if result is None else [])
+                watched: list[socket.socket | int | EphemeralCell | ExecCell] = [self.sock, *streams]
+                if result is None:
+                    watched.append(cell)
                 ready, _, _ = select.select(watched, [], [], timeout)
                 for item in ready:
                     if item is self.sock:
@@ -380,7 +389,7 @@ class Helper:
                                 self._reply(req, _error_reply(Busy("a cell is running; wait for it to end")))
                     elif item is cell:
                         result = cell.poll()
-                    else:
+                    elif isinstance(item, int):  # an output pipe
                         data = os.read(item, 1 << 16)
                         if data:
                             protocol.send(self.sock, streams[item], request, data)
@@ -415,7 +424,7 @@ class Helper:
         self.current = None
 
 
-_CONTAINER_OPTIONS = ("net", "mem", "cpus", "pids", "volumes", "seccomp")
+_CONTAINER_OPTIONS = CREATE_ONLY  # a kept container takes the others (env, workdir, timeout) for each cell
 
 
 def _float(value: object) -> float | None:

@@ -15,11 +15,13 @@ import codecs
 import shlex
 import sys
 import time
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.core.magic_arguments import ArgDecorator, argument, magic_arguments
 
+from pytest_hermetic import options as container_options
 from pytest_hermetic.errors import HermeticError
 
 from . import protocol
@@ -69,6 +71,13 @@ class _Sink:
         return "".join(self.kept[kind])
 
 
+class _container_options(ArgDecorator):
+    """The engine's container options a cell takes (`pytest_hermetic.options`), at this place in the list."""
+
+    def add_to_parser(self, parser: Any, group: Any) -> None:
+        container_options.add_arguments((group or parser).add_argument, container_options.CELL)
+
+
 def _short(exc: HermeticError) -> HermeticError:
     """Engine errors show as one line in the notebook, as on the command line."""
     exc._render_traceback_ = lambda: [f"{type(exc).__name__}: {exc}"]  # type: ignore[attr-defined]
@@ -89,19 +98,8 @@ class ContainerMagics(Magics):
     @magic_arguments()
     @argument("image", nargs="?", default=None, metavar="IMAGE",
               help="host (default), NAME[:TAG], dir:PATH, tar:FILE; with --name, only for a new container")
-    @argument("--name", metavar="NAME", help="keep the container after the cell; later cells with this name run in it")
     @argument("--commit", metavar="REF", help="after a successful cell, save the read-write layer as image REF")
-    @argument("--net", nargs="?", const=True, default=False, metavar="NAME",
-              help="network: bridged, or a named network (default: loopback only)")
-    @argument("--mem", metavar="SIZE", help="memory limit, e.g. 64M, 1g, 512MiB")
-    @argument("--cpus", metavar="N", help="CPU bandwidth, e.g. 0.5")
-    @argument("--pids", metavar="N", help="maximum number of processes (default 4096)")
-    @argument("--timeout", metavar="S", help="stop the cell's processes after S seconds")
-    @argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment (K alone: the kernel's value)")
-    @argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]", help="bind a host path")
-    @argument("-w", "--workdir", metavar="DIR", help="working directory of the cell")
-    @argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined",
-              help="seccomp=unconfined: no seccomp filter (default: Docker's default profile)")
+    @_container_options()
     @argument("--shell", default="/bin/sh", metavar="SHELL", help="interpreter run as SHELL -c BODY (default /bin/sh)")
     @argument("--out", metavar="VAR", help="store stdout in VAR instead of showing it")
     @argument("--err", metavar="VAR", help="store stderr in VAR instead of showing it")
@@ -127,7 +125,7 @@ class ContainerMagics(Magics):
     # -- %%container ---------------------------------------------------------------
 
     def _cell(self, line: str, cell: str) -> None:
-        from pytest_hermetic.spec import Spec, parse_env, parse_security_opts
+        from pytest_hermetic.spec import Spec
 
         # POSIX splitting (IPython's own keeps quotes: -e "A=b c" must not).
         try:
@@ -135,9 +133,8 @@ class ContainerMagics(Magics):
         except ValueError as exc:
             raise UsageError(f"%%container: {exc}") from None
         args = self.container.parser.parse_args(words)
-        options = {"net": args.net, "mem": args.mem, "cpus": args.cpus, "pids": args.pids, "timeout": args.timeout,
-                   "env": parse_env(args.env), "volumes": list(args.volume), "workdir": args.workdir,
-                   **parse_security_opts(args.security_opt)}
+        options = container_options.from_arguments(args, container_options.CELL)
+        options.pop("name", None)  # the helper's own argument: which kept container
         if len(cell.encode()) > MAX_SCRIPT:
             raise UsageError("the cell is larger than 128 KiB, Linux's limit for one argument; "
                              "put the script in a file, bind it with -v, and run that")
@@ -151,6 +148,7 @@ class ContainerMagics(Magics):
         reply = self.client.call("run", image=args.image, name=args.name, options=options, shell=args.shell,
                                  script=cell, commit=args.commit, on_output=sink, interruptible=True)
         sink.finish()
+        assert self.shell is not None  # a magic runs in a shell
         if args.out:
             self.shell.user_ns[args.out] = sink.text(protocol.STDOUT)
         if args.err:

@@ -56,7 +56,7 @@ def name_owner(name: str) -> dict | None:
 def owner_alive(record: dict) -> bool:
     """Whether the owner recorded by `owner()` still runs (not a reused pid)."""
     pid = record.get("owner_pid")
-    return bool(pid) and start_time(pid) == record.get("owner_start")
+    return isinstance(pid, int) and pid > 0 and start_time(pid) == record.get("owner_start")
 
 
 def started_before(pid: int, since: float) -> bool:

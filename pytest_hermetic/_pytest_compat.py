@@ -63,7 +63,8 @@ def set_up_collectors(item: pytest.Item) -> None:
     pytest would before the item's own set-up.
 
     Relies on `Session._setupstate` and `SetupState.setup(node)`."""
-    item.session._setupstate.setup(item.parent)  # type: ignore[attr-defined, arg-type]
+    # setup() is typed for an Item but only asks for listchain(), which every node has
+    item.session._setupstate.setup(item.parent)  # type: ignore[arg-type]
 
 
 def tear_down_towards(item: pytest.Item, nextitem: pytest.Item | Any | None) -> None:
@@ -72,7 +73,7 @@ def tear_down_towards(item: pytest.Item, nextitem: pytest.Item | Any | None) -> 
 
     Relies on `Session._setupstate` and `SetupState.teardown_exact(nextitem)`,
     which only calls `nextitem.listchain()`."""
-    item.session._setupstate.teardown_exact(nextitem)  # type: ignore[attr-defined]
+    item.session._setupstate.teardown_exact(nextitem)
 
 
 def set_up_wide_fixtures(item: pytest.Item) -> None:
@@ -89,7 +90,7 @@ def set_up_wide_fixtures(item: pytest.Item) -> None:
     request = getattr(item, "_request", None)
     if info is None or not request:
         return
-    stack = item.session._setupstate.stack  # type: ignore[attr-defined]
+    stack = item.session._setupstate.stack
     stack[item] = ([], None)
     try:
         for name in item.fixturenames:  # type: ignore[attr-defined]

@@ -15,6 +15,8 @@ import argparse
 import os
 import signal
 import sys
+
+from . import options
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import NoReturn, Sequence
@@ -26,7 +28,7 @@ MAX_LINE = 400  # an error line names the problem; it does not repeat a megabyte
 class _Parser(argparse.ArgumentParser):
     """Usage errors are engine errors: one line and exit 125, as `docker run` (argparse says 2)."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+    def error(self, message: str) -> "NoReturn":
         _say(f"error: {message}; see `{self.prog} --help`")
         sys.exit(125)
 
@@ -37,9 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.required = True
 
     run = sub.add_parser("run", help="run a command in a new container")
-    _add_container_options(run)
+    options.add_arguments(run.add_argument, options.CLI)
     run.add_argument("--commit", metavar="REF", help="after a successful run, save the read-write layer as image REF")
-    run.add_argument("image", metavar="IMAGE", help="host, NAME[:TAG], dir:PATH, tar:FILE")
+    run.add_argument("image", metavar="IMAGE", help=options.BY_NAME["image"].help)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments (default: the image's)")
 
     sub.add_parser("images", help="list images in the local store")
@@ -92,27 +94,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_container_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--net", nargs="?", const=True, default=False, metavar="NAME",
-                   help="network: bare (or =bridge) the host bridge with NAT out, or a named network "
-                        "(`hermetic network create`); default: loopback only")
-    p.add_argument("--mem", metavar="SIZE", help="memory limit, e.g. 64M, 1g, 512MiB")
-    p.add_argument("--cpus", metavar="N", help="CPU bandwidth, e.g. 0.5 or 1.5")
-    p.add_argument("--pids", metavar="N", help="maximum number of processes (default 4096)")
-    p.add_argument("--timeout", metavar="S", help="kill everything after S seconds")
-    p.add_argument("--hostname", metavar="H")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
-    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
-    p.add_argument("-w", "--workdir", metavar="DIR")
-    p.add_argument("-u", "--user", metavar="USER[:GROUP]")
-    p.add_argument("--name", metavar="NAME")
-    p.add_argument("--privileged", action="store_true", help="keep all capabilities, no masks, writable /sys, no seccomp filter")
-    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=unconfined",
-                   help="seccomp=unconfined: no seccomp filter (default: Docker's default profile)")
-    p.add_argument("--userns", action="store_true", default=None, help="use a user namespace also as root")
-    p.add_argument("--init", action="store_true", help="run the command as PID 2 under a PID 1 that reaps zombies and forwards signals")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .errors import HermeticError
@@ -148,35 +129,16 @@ def _say(text: str) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .container import Container, list_states
-    from .spec import Spec, parse_env, parse_security_opts
+    from .spec import Spec
 
     command = list(args.cmd)
     if command and command[0] == "--":
         command = command[1:]
-    env = parse_env(args.env)
+    given = options.from_arguments(args, options.CLI)
     if sys.stdin.isatty() and "TERM" in os.environ:
-        env.setdefault("TERM", os.environ["TERM"])
-    spec = Spec.build(
-        args.image,
-        command or None,
-        net=args.net,
-        mem=args.mem,
-        cpus=args.cpus,
-        pids=args.pids,
-        timeout=args.timeout,
-        hostname=args.hostname,
-        env=env,
-        volumes=args.volume,
-        workdir=args.workdir,
-        user=args.user,
-        name=args.name,
-        privileged=args.privileged,
-        **parse_security_opts(args.security_opt),
-        userns=args.userns,
-        init=args.init,
-        # Nobody can commit it: keep the rw layer in memory, no disk clean-up.
-        ephemeral=not args.commit and not args.name,
-    )
+        given["env"].setdefault("TERM", os.environ["TERM"])
+    # Nobody can commit it: keep the rw layer in memory, no disk clean-up.
+    spec = Spec.build(args.image, command or None, ephemeral=not args.commit and not args.name, **given)
     if spec.name and any(s.get("name") == spec.name and s["alive"] for s in list_states()):
         from .errors import SpecError
 
@@ -245,18 +207,16 @@ def _cmd_images(_args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     import shlex
 
+    from .errors import SpecError
     from .images.store import Store
     from .images.transports import import_image
-    from .spec import parse_env
-
-    from .errors import SpecError
     from .spec import parse_user, parse_workdir
 
     try:
         cmd = shlex.split(args.cmd) if args.cmd else None
     except ValueError as exc:
         raise SpecError(f"--cmd {args.cmd!r}: {exc}; quote it as a shell would") from None
-    image = import_image(Store(), args.source, args.name, env=parse_env(args.env), workdir=parse_workdir(args.workdir),
+    image = import_image(Store(), args.source, args.name, env=options.parse_env(args.env), workdir=parse_workdir(args.workdir),
                          user=parse_user(args.user), cmd=cmd)
     print(f"{image.familiar} {image.id}")
     return 0
@@ -406,17 +366,17 @@ _COMMANDS = {
 }
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def _human(size: int) -> str:
+def _human(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1000:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000  # type: ignore[assignment]
+        size /= 1000
     return f"{size:.1f} TB"
 
 

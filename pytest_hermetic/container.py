@@ -31,7 +31,8 @@ from ._fs import rmtree
 from ._proc import descendants, name_owner, owner, owner_alive, owner_key, started_before
 from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.resolve import resolve_or_pull
-from .images.store import Image, Store
+from .images.store import Image, Keep, Store
+from .options import DEFAULT_PIDS
 from .paths import make_private, state_root
 from .runtime import cgroups, process
 from .runtime.namespaces import default_user_namespace
@@ -118,7 +119,7 @@ class Container:
         # A committable rw layer lives on the store's (disk) file system, named
         # for its owner: gc removes it only once that process is gone.
         self.rw_dir = None if spec.ephemeral else os.path.join(self.store.root, "containers", f"{owner_key()}-{self.id}")
-        self._use: str | None = None  # the store's record of the layers this container runs on
+        self._use: Keep | None = None  # the store's record of the layers this container runs on
         self.userns = spec.userns if spec.userns is not None else os.geteuid() != 0
 
     @property
@@ -156,13 +157,13 @@ class Container:
             if not argv:
                 self.remove()
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
-        limits = cgroups.Limits(memory=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
+        limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
         try:
             self._make_state_dir()
             # The owner's pid in the name lets `gc` clear the cgroup of a
             # killed owner at once (an untracked container has no state file).
-            self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits)
+            self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits, default_pids=DEFAULT_PIDS)
             config = self._process_config(image, argv)
             config.stdio = (stdin, stdout, stderr)
             if self.spec.net is not False:
@@ -171,10 +172,8 @@ class Container:
                 self._write_state()  # before the start, so `gc` knows whose it is
             self.started_at = time.monotonic()
             self.process = process.spawn(config, target)
-        except BaseException as exc:
+        except BaseException:
             self.remove()
-            if isinstance(exc, ContainerStartError):
-                self._check_layers(image)
             raise
         return self
 
@@ -226,6 +225,7 @@ class Container:
             from .networks import is_shared
 
             self.network = resolve(self.spec.net)
+            assert self.network is not None  # net is not False here
             self._owns_network = not is_shared(self.network)
         self._attach(config)
 
@@ -285,17 +285,9 @@ class Container:
             # refuses a lower below another lower ("/"): replay them instead.
             blobs = [self.store.blob_path(self.store.layer_meta(d)["blob"]) for d in image.layers]
             return [], blobs
-        # Not checked here, one stat per layer on every start: a missing
-        # layer fails the mount, and then `_check_layers` names it.
+        # Their presence was checked when the store recorded this container's
+        # use of them (`Store.use`), under the lock gc respects.
         return [self.store.layer_root(diff_id) for diff_id in reversed(image.layers)], []
-
-    def _check_layers(self, image: Image) -> None:
-        """After a failed start: a layer gone from the store is its cause."""
-        if image.is_host:
-            return  # its layers are replayed from their blobs
-        for diff_id in image.layers:
-            if not os.path.isdir(self.store.layer_root(diff_id)):
-                raise StoreError(f"layer {diff_id} of {image.familiar} is missing from the store; fix: import the image again")
 
     def _process_config(self, image: Image, argv: list[str] | None) -> process.ProcessConfig:
         spec = self.spec
@@ -501,6 +493,7 @@ class Container:
             "address": self.address,
         }
         folder = folder or self.state_dir
+        assert folder is not None  # a tracked container's
         tmp = os.path.join(folder, "state.json.tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
@@ -546,7 +539,7 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
 
 def list_states() -> list[dict]:
     """Every container state folder, with `alive` telling if its owner runs."""
-    result = []
+    result: list[dict] = []
     base = containers_dir()
     try:
         entries = os.listdir(base)

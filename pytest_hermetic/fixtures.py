@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -97,13 +97,14 @@ class ServiceContainer:
             process = self.container.exec(list(argv), stdout=write_fd, stderr=write_fd)
         finally:
             os.close(write_fd)
-        chunks = []
+        chunks: list[bytes] = []
         try:
             while chunk := os.read(read_fd, 65536):
                 chunks.append(chunk)
         finally:
             os.close(read_fd)
         status = process.wait()
+        assert status is not None  # no timeout: it waited for the end
         return ExecResult(status.shell_code, b"".join(chunks).decode(errors="replace"))
 
     def logs(self) -> str:
@@ -201,7 +202,7 @@ class Containers:
 class _RemoteService:
     """A service container owned by the parent pytest process."""
 
-    def __init__(self, remote: Any, number: int, name: str, ip: str | None) -> None:
+    def __init__(self, remote: Remote, number: int, name: str, ip: str | None) -> None:
         self._remote, self._number, self.name, self.ip = remote, number, name, ip
 
     def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
@@ -221,7 +222,7 @@ class _RemoteService:
 
 
 class _RemoteContainers:
-    def __init__(self, remote: Any) -> None:
+    def __init__(self, remote: Remote) -> None:
         self._remote = remote
 
     def run(self, image: str, command: Any = None, **options: Any) -> _RemoteService:
@@ -229,8 +230,14 @@ class _RemoteContainers:
         return _RemoteService(self._remote, number, name, ip)
 
 
-# Set in the child of a hermetic test (forked/child.py): the way to the parent.
-remote: Any = None
+class Remote(Protocol):
+    """The way from the child of a hermetic test to its parent, which runs the containers."""
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# Set in the child of a hermetic test (forked/child.py).
+remote: Remote | None = None
 
 
 @pytest.fixture

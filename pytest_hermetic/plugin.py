@@ -9,18 +9,13 @@ keys, which beat the built-in defaults.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from . import _pytest_compat as compat
 from .errors import SpecError
-
-MARKER = (
-    "hermetic(image='host', net=False, mem=None, cpus=None, pids=None, timeout=None, env=None, volumes=None, "
-    "privileged=False, seccomp=True): run this test in its own container (namespaces, cgroup, overlay root)"
-)
-_MARKER_OPTIONS = ("image", "net", "mem", "cpus", "pids", "timeout", "env", "volumes", "privileged", "seccomp", "hostname", "userns", "user", "workdir")
+from .options import MARKER_OPTIONS, marker_help
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,7 +34,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER)
+    config.addinivalue_line("markers", marker_help())
     subnet = config.getini("hermetic_subnet")
     if subnet and "HERMETIC_SUBNET" not in os.environ:
         os.environ["HERMETIC_SUBNET"] = subnet
@@ -73,7 +68,7 @@ def _report_setup_error(item: pytest.Item, nextitem: pytest.Item | None, message
     """Report `item` as an error at set-up with the one line `message`, without running it."""
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    keywords = {k: 1 for k in item.keywords}
+    keywords: dict[str, Literal[1]] = {k: 1 for k in item.keywords}
     ihook.pytest_runtest_logreport(report=pytest.TestReport(item.nodeid, item.location, keywords, "failed",
                                                             message, "setup", []))
     if item.session.shouldfail or item.session.shouldstop:
@@ -131,9 +126,9 @@ class HermeticRunner:
                                 "give the other options by name, e.g. @hermetic('busybox:1', mem='64M')")
             if marker.args:
                 options["image"] = marker.args[0]
-            unknown = sorted((k for k in marker.kwargs if k not in _MARKER_OPTIONS), key=str)
+            unknown = sorted((k for k in marker.kwargs if k not in MARKER_OPTIONS), key=str)
             if unknown:
-                raise SpecError(f"unknown argument {unknown[0]!r}; known: {', '.join(_MARKER_OPTIONS)}")
+                raise SpecError(f"unknown argument {unknown[0]!r}; known: {', '.join(MARKER_OPTIONS)}")
             options.update(marker.kwargs)
         return options
 

@@ -3,18 +3,22 @@
 The marker, the command line and the notebook magics all build a `Spec`, so
 `64M`, `1.5` and `host` mean the same everywhere and a bad value fails the
 same way: a `SpecError` naming the option, the value and what would do.
+Which options exist, their defaults and where each is offered: `options.py`.
 """
 
 from __future__ import annotations
 
 import math
 import re
+
 from ._record import factory, record, replace
+from .errors import SpecError
+from .options import OPTIONS, parse_env, parse_security_opts, short_repr as _r  # noqa: F401 - parse_*: public here too
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Any, Mapping
-
-from .errors import SpecError
+    from os import PathLike
+    from typing import Any, Mapping, NoReturn, Sequence
 
 # Every pattern is used with fullmatch: `$` would also accept a trailing newline.
 _SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgtp]?)(i?b?)\s*", re.IGNORECASE)
@@ -22,22 +26,15 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,30}")  # a name (as useradd allows) or an id
-DEFAULT_PIDS = 4096
 MIN_MEM = 6 << 20  # as Docker: below this a container cannot even start its first process
 MAX_SIZE = 1 << 60  # beyond what any cgroup or disk holds; larger numbers overflow the kernel's parsers
 MAX_CPUS = 1024.0  # the kernel takes far more, but no machine has it; a cap that keeps test files portable
 MAX_PIDS = 4194304  # PID_MAX_LIMIT: pids.max refuses more
 MAX_TIMEOUT = 1e9  # seconds (~31 years); timers overflow beyond
 MAX_ID = (1 << 32) - 2  # uid/gid 4294967295 is (uid_t)-1, "no change"
-_BOOLEANS = ("privileged", "seccomp", "init", "ephemeral", "tracked", "accounting")
+_SWITCHES = ("privileged", "seccomp", "init", "ephemeral", "tracked", "accounting")  # True or False, nothing else
 # The engine mounts its own file systems there: a bind would hide or break them.
 _RESERVED_TARGETS = ("/proc", "/sys", "/dev")
-
-
-def _r(value: Any) -> str:
-    """repr, cut short: an error line names the value, it does not repeat a megabyte of it."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:60] + f"...' ({len(text)} characters)"
 
 
 def parse_size(value: int | str | None, option: str = "mem") -> int | None:
@@ -188,15 +185,17 @@ class Volume:
 
 @record(frozen=True)
 class Spec:
-    """A container's configuration.  Build it with `Spec.build(...)`."""
+    """A container's configuration.  Build it with `Spec.build(...)`.
+
+    One field per row of `options.OPTIONS`, with the same name and default."""
 
     image: str = "host"
     command: tuple[str, ...] | None = None
     net: bool | str = False
-    mem: int | None = None
+    mem: int | None = None  # bytes
     cpus: float | None = None
-    pids: int | None = None  # None: the engine's default fuse (4096) where the pids controller is usable
-    timeout: float | None = None
+    pids: int | None = None  # None: the engine's fuse (options.DEFAULT_PIDS) where the pids controller is usable
+    timeout: float | None = None  # seconds
     hostname: str | None = None
     env: Mapping[str, str] = factory(dict)
     volumes: tuple[Volume, ...] = ()
@@ -212,55 +211,78 @@ class Spec:
     accounting: bool = True  # peak memory and CPU time even without limits
 
     @classmethod
-    def build(cls, image: str = "host", command: Any = None, **options: Any) -> "Spec":
-        """Validate everything; raise `SpecError` naming the bad option and what would do."""
-        known = cls._fields  # type: ignore[attr-defined]
-        for key in options:
-            if key not in known or key in ("image", "command"):
-                raise SpecError(f"unknown option {_r(key)}; known options: "
-                                f"{', '.join(sorted(set(known) - {'image', 'command'}))}")
+    def build(
+        cls,
+        image: str = "host",
+        command: str | Sequence[str | int | float | PathLike[str]] | None = None,
+        *,
+        net: bool | str | None = False,
+        mem: int | str | None = None,
+        cpus: float | str | None = None,
+        pids: int | str | None = None,
+        timeout: float | str | None = None,
+        hostname: str | None = None,
+        env: Mapping[str, str | int | float] | None = None,
+        volumes: Sequence[str | Volume] | None = None,
+        workdir: str | None = None,
+        user: str | int | None = None,
+        name: str | None = None,
+        userns: bool | None = None,
+        privileged: bool = False,
+        seccomp: bool = True,
+        init: bool = False,
+        ephemeral: bool = False,
+        tracked: bool = True,
+        accounting: bool = True,
+        **unknown: NoReturn,  # a type checker flags any other keyword; at run time it is a SpecError
+    ) -> "Spec":
+        """Validate everything; raise `SpecError` naming the bad option and what would do.
+
+        Values come from Python (the marker, the API) or from words (the command
+        line, a cell, an ini file), so both `64 << 20` and `"64M"` are sizes."""
+        if unknown:
+            known = sorted(option.name for option in OPTIONS if option.name not in ("image", "command"))
+            raise SpecError(f"unknown option {_r(next(iter(unknown)))}; known options: {', '.join(known)}")
         image = _check_image(image)
-        command = _check_command(command)
-        net = parse_net(options.get("net", False))
-        hostname = options.get("hostname")
+        checked_command = _check_command(command)
+        checked_net = parse_net(net)
         if hostname is not None and (not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname)):
             raise SpecError(f"hostname={_r(hostname)}: use letters, digits and '-', at most 63 characters")
-        name = options.get("name")
         if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
             raise SpecError(f"name={_r(name)}: use letters, digits, '_', '.', '-', starting with a letter or digit")
-        env = _check_env(options.get("env"))
-        volumes = _check_volumes(options.get("volumes"))
-        flags = {}
-        for flag in _BOOLEANS:
-            if flag in options:
-                value = options[flag]
-                if value is not True and value is not False:
-                    raise SpecError(f"{flag}={_r(value)}: use True or False (a string such as 'false' is not a boolean)")
-                flags[flag] = value
-        userns = options.get("userns")
+        checked_env = _check_env(env)
+        checked_volumes = _check_volumes(volumes)
+        for flag, value in zip(_SWITCHES, (privileged, seccomp, init, ephemeral, tracked, accounting)):
+            if value is not True and value is not False:
+                raise SpecError(f"{flag}={_r(value)}: use True or False (a string such as 'false' is not a boolean)")
         if userns is not None and userns is not True and userns is not False:
             raise SpecError(f"userns={_r(userns)}: use True, False or None (None: only when not root)")
-        if not flags.get("tracked", True) and not flags.get("ephemeral", False):
+        if not tracked and not ephemeral:
             raise SpecError("tracked=False needs ephemeral=True: `gc` would take an untracked rw layer for a leftover")
-        mem = parse_size(options.get("mem"))
-        if mem is not None and mem < MIN_MEM:
-            raise SpecError(f"mem={_r(options.get('mem'))}: too little for a container to start; use at least 6M")
+        size = parse_size(mem)
+        if size is not None and size < MIN_MEM:
+            raise SpecError(f"mem={_r(mem)}: too little for a container to start; use at least 6M")
         return cls(
             image=image,
-            command=command,
-            net=net,
-            mem=mem,
-            cpus=parse_cpus(options.get("cpus")),
-            pids=parse_positive_int(options.get("pids"), "pids", MAX_PIDS),
-            timeout=parse_timeout(options.get("timeout")),
+            command=checked_command,
+            net=checked_net,
+            mem=size,
+            cpus=parse_cpus(cpus),
+            pids=parse_positive_int(pids, "pids", MAX_PIDS),
+            timeout=parse_timeout(timeout),
             hostname=hostname,
-            env=env,
-            volumes=volumes,
-            workdir=parse_workdir(options.get("workdir")),
-            user=parse_user(options.get("user")),
+            env=checked_env,
+            volumes=checked_volumes,
+            workdir=parse_workdir(workdir),
+            user=parse_user(user),
             name=name,
             userns=userns,
-            **flags,
+            privileged=privileged,
+            seccomp=seccomp,
+            init=init,
+            ephemeral=ephemeral,
+            tracked=tracked,
+            accounting=accounting,
         )
 
     def with_options(self, **changes: Any) -> "Spec":
@@ -365,33 +387,3 @@ def _check_volumes(volumes: Any) -> tuple[Volume, ...]:
         else:
             result.append(Volume.parse(volume))
     return tuple(result)
-
-
-def parse_security_opts(items: list[str]) -> dict[str, bool]:
-    """`--security-opt seccomp=unconfined` (Docker's spelling) -> {"seccomp": False}."""
-    options: dict[str, bool] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if key.strip() == "seccomp" and sep and value.strip() == "unconfined":
-            options["seccomp"] = False
-        else:
-            raise SpecError(f"--security-opt {item!r}: only seccomp=unconfined is supported (no seccomp filter); "
-                            "the default is Docker's default seccomp profile")
-    return options
-
-
-def parse_env(items: list[str]) -> dict[str, str]:
-    """`-e K=V` (or `-e K` to pass the caller's value through)."""
-    import os
-
-    env: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not key:
-            raise SpecError(f"-e {_r(item)}: use KEY=VALUE")
-        if not sep:
-            if key not in os.environ:
-                continue
-            value = os.environ[key]
-        env[key] = value
-    return env

@@ -150,8 +150,8 @@ def test_a_layer_missing_from_the_store_is_named(tmp_path, busybox_rootfs):
     shutil.rmtree(store.layer_path(image.layers[2]))
     ran = run_cli("run", "gap:1", "true", env={"HERMETIC_STORE": store.root})
     assert ran.returncode == 125
-    assert ran.stderr == (f"hermetic: error: layer {image.layers[2]} of gap:1 is missing from the store; "
-                          "fix: import the image again\n")
+    assert ran.stderr == (f"hermetic: error: layer {image.layers[2]} of gap:1 is missing from the store {store.root}; "
+                          "fix: import or pull the image again\n")
 
 
 def test_a_child_set_up_failure_reports_its_own_cause():

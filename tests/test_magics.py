@@ -224,6 +224,17 @@ def test_named_memory_limit_and_oom_in_exec(ip) -> None:  # noqa: ANN001
     cell(ip, "--name small", "true")  # the container survived its cell's OOM
 
 
+def test_a_kept_container_names_the_options_it_ignored_as_they_are_spelled(ip, capsys, tmp_path) -> None:  # noqa: ANN001
+    cell(ip, "host --name settled", "true")
+    capsys.readouterr()
+    cell(ip, f"--name settled --mem 64M -v {tmp_path}:/data --security-opt seccomp=unconfined -e A=1 -w /tmp",
+         'echo "$A $PWD"')
+    out, err = capsys.readouterr()
+    assert out == "1 /tmp\n"  # -e and -w apply to each cell
+    assert ("container 'settled' already runs; --mem, --security-opt, --volume only take effect when a container "
+            "is created") in err
+
+
 def test_commit_after_a_cell_and_not_after_a_failed_one(ip, capsys) -> None:  # noqa: ANN001
     from ipython_ext.errors import ContainerCellError
 

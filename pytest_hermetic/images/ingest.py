@@ -114,7 +114,7 @@ def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_typ
                 # A second thread pays off only when there is much to parse; for a
                 # small layer the hand-offs cost more than they overlap.
                 big = source.expected_size is None or source.expected_size > PIPELINE_ABOVE
-                layers.extract_layer(tar, root, xattr_prefix=store.xattr_prefix,  # type: ignore[arg-type]
+                layers.extract_layer(tar, root, xattr_prefix=store.xattr_prefix,
                                      allow_bare_end=diff_id is not None, pipelined=big, budget=budget)
                 while True:  # what follows the end of the archive is hashed (diff_id), and bounded too
                     rest = tar.read(1 << 20)

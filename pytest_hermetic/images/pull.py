@@ -26,6 +26,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
+    from .limits import Budget
+
 from ..errors import (DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
                       RegistryDigestMismatch, RegistryError, RegistryUnreachable, StoreError)
 from . import config, limits, platforms
@@ -75,7 +77,7 @@ class Puller:
         self.bytes = 0
         self.manifest_digest = ""
         self.seconds = 0.0
-        self._budget = None  # what the image may unpack to (`limits`), set once the manifest is read
+        self._budget: Budget | None = None  # what the image may unpack to (`limits`), set once the manifest is read
 
     def report(self, label: str, done: int, total: int | None) -> None:
         if self._progress is not None:
@@ -340,7 +342,7 @@ class _BlobReader(Hashed):
                 if self._retries == 0:
                     raise RegistryUnreachable(
                         f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
-                        f"{self.size} of {self.expected_size} bytes ({exc or type(exc).__name__}); pull again to resume") from None
+                        f"{self.size} of {self.expected_size} bytes ({str(exc) or type(exc).__name__}); pull again to resume") from None
             if data:
                 self._out.write(data)
                 return self._count(data)

@@ -210,7 +210,7 @@ class Registry:
                         raise RegistryAuthError(self._login_hint(f"refused access to {scope or path} ({challenge[1]['error']})"))
                 self._challenge = challenge
                 if hasattr(body, "seek"):
-                    body.seek(0)  # type: ignore[union-attr]
+                    body.seek(0)
                 continue
             if response.status == 401:
                 response.read()

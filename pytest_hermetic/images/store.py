@@ -43,7 +43,7 @@ from .._record import record, factory
 import _thread  # not `threading`: its import and fork hooks cost every container start
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Iterator
+    from typing import Iterator, Sequence
 
 from .._fs import flock, rmtree
 from .._proc import name_owner, owned_name, owner_alive, owner_key
@@ -426,7 +426,7 @@ class Store:
 
     # -- what live containers and writers need kept ------------------------------
 
-    def keep(self, kind: str, *, layers: list[str] = (), blobs: list[str] = (), **info: object) -> Keep:
+    def keep(self, kind: str, *, layers: Sequence[str] = (), blobs: Sequence[str] = (), **info: object) -> Keep:
         """Record in `users/` that this process needs `layers` and `blobs`:
         `gc` keeps them (also unreferenced, also after `rmi -f`) until the
         record is released or its owner dies.  Writers record what they
@@ -439,8 +439,9 @@ class Store:
         return record
 
     @contextlib.contextmanager
-    def keeping(self, kind: str, **info: object) -> Iterator[Keep]:
-        record = self.keep(kind, **info)
+    def keeping(self, kind: str, *, layers: Sequence[str] = (), blobs: Sequence[str] = (),
+                **info: object) -> Iterator[Keep]:
+        record = self.keep(kind, layers=layers, blobs=blobs, **info)
         try:
             yield record
         finally:
@@ -552,7 +553,7 @@ class Keep:
     def __init__(self, store: Store, path: str, data: dict) -> None:
         self.store, self.path, self.data = store, path, data
 
-    def add(self, *, layers: list[str] = (), blobs: list[str] = ()) -> None:
+    def add(self, *, layers: Sequence[str] = (), blobs: Sequence[str] = ()) -> None:
         """Add to what gc keeps, before it lands in the store."""
         new_layers = [d for d in layers if d not in self.data["layers"]]
         new_blobs = [d for d in blobs if d and d not in self.data["blobs"]]

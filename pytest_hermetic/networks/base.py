@@ -82,7 +82,7 @@ class Network:
 
     def leases(self) -> dict[str, dict]:
         """address -> {id, hostname, owner_pid, owner_start}."""
-        found = {}
+        found: dict[str, dict] = {}
         try:
             names = os.listdir(self._leases_dir)
         except FileNotFoundError:

@@ -85,7 +85,7 @@ class HostBridge(Network):
             self._unused()
 
     def _live_holders(self) -> list[str]:
-        live = []
+        live: list[str] = []
         try:
             names = os.listdir(self._holders_dir)
         except FileNotFoundError:

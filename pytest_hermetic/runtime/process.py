@@ -36,7 +36,9 @@ import warnings
 from .._record import record, factory
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Callable
+    from typing import Callable, NoReturn
+
+    from .usermode_net import Helper
 
 from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
 from . import capabilities, descriptors, network, rootfs, seccomp
@@ -101,7 +103,7 @@ class ContainerProcess:
         self._status_fd = status_fd
         self._pidfd: int | None = None
         self.exit_status: ExitStatus | None = None
-        self.net_helper = None  # a usermode_net.Helper serving this container, if any
+        self.net_helper: Helper | None = None  # slirp4netns serving this container, if any
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -456,7 +458,7 @@ def read_exactly(fd: int, size: int) -> bytes:
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, 65536)
         if not chunk:
@@ -471,7 +473,7 @@ def _start_error(message: bytes) -> ContainerStartError:
     return kind(text)
 
 
-def _fail(err_w: int, code: int, text: str) -> None:
+def _fail(err_w: int, code: int, text: str) -> NoReturn:
     try:
         os.write(err_w, f"{code}\t{text}".encode())
     finally:
@@ -597,8 +599,8 @@ def _forwarder(pid: int):  # noqa: ANN202
 
 
 def _relay_wait(child: int) -> None:
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, _forwarder(child))
+    for forwarded in FORWARDED_SIGNALS:
+        signal.signal(forwarded, _forwarder(child))
     while True:
         try:
             _, status = os.waitpid(child, 0)

@@ -265,7 +265,9 @@ def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profi
     from . import syscall_table
 
     if profile is None:
-        from .seccomp_profile import PROFILE as profile
+        from .seccomp_profile import PROFILE
+
+        profile = PROFILE
     if profile["defaultAction"] != "SCMP_ACT_ERRNO":
         raise SeccompError(f"seccomp profile: default action {profile['defaultAction']} is not supported")
     default_action = SECCOMP_RET_ERRNO | int(profile.get("defaultErrnoRet", errno.EPERM))

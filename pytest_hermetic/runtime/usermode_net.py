@@ -32,19 +32,25 @@ def helper_path() -> str | None:
     return shutil.which("slirp4netns") or shutil.which("slirp4netns", path="/usr/bin:/bin")
 
 
-def check_available() -> None:
-    if helper_path() is None:
+def required_helper() -> str:
+    """slirp4netns's path, or the error that says how to install it."""
+    binary = helper_path()
+    if binary is None:
         raise NetworkError("net=True as a non-root user needs slirp4netns, a user-mode network helper; fix: "
                            "`apt install slirp4netns` (or run as root for a bridged network)")
+    return binary
+
+
+def check_available() -> None:
+    required_helper()
 
 
 class Helper:
     """A running slirp4netns serving one container."""
 
     def __init__(self, pid: int) -> None:
-        binary = helper_path()
-        if binary is None:
-            check_available()
+        binary = required_helper()
+        self._exit_w: int | None = None
         ready_r, ready_w = os.pipe()
         exit_r, self._exit_w = os.pipe2(os.O_CLOEXEC)
         try:

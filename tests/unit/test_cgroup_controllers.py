@@ -122,7 +122,7 @@ def no_parent_override(monkeypatch):
 
 def test_v2_create_makes_one_directory_below_our_cgroup_and_applies_every_limit(tmp_path, no_parent_override):
     hierarchy = v2_hierarchy(tmp_path, "cpu memory pids\n")
-    group = v2.V2Cgroup.create(hierarchy, "hermetic-t1", Limits(memory=64 << 20, cpus=0.5, pids=None), fuse=4096)
+    group = v2.V2Cgroup.create(hierarchy, "hermetic-t1", Limits(mem=64 << 20, cpus=0.5, pids=None), fuse=4096)
     path = tmp_path / "ci" / "hermetic-t1"
     assert group.path == str(path) and group.directories() == [str(path)]
     assert group.join_paths() == [f"{path}/cgroup.procs"]
@@ -252,7 +252,7 @@ def test_v1_create_makes_only_the_hierarchies_it_needs(tmp_path, no_parent_overr
 
 
 def test_v1_create_shares_the_directory_of_co_mounted_controllers(tmp_path, no_parent_override):
-    group = v1.V1Cgroup.create(v1_hierarchy(tmp_path), "hermetic-t6", Limits(memory=64 << 20, cpus=1.5, pids=10))
+    group = v1.V1Cgroup.create(v1_hierarchy(tmp_path), "hermetic-t6", Limits(mem=64 << 20, cpus=1.5, pids=10))
     shared = str(tmp_path / "cpu,cpuacct" / "ci" / "hermetic-t6")
     assert group.dirs["cpu"] == group.dirs["cpuacct"] == shared
     assert len(group.directories()) == len(group.join_paths()) == 4  # pids, freezer, memory, cpu+cpuacct
@@ -266,7 +266,7 @@ def test_v1_limit_whose_controller_is_not_mounted_names_the_fix(tmp_path, no_par
     del hierarchy.v1["memory"]
     with pytest.raises(CgroupUnavailable, match="mem limit needs the cgroup v1 'memory' controller, which is not "
                                                 "mounted; fix: mount it, or drop the limit"):
-        v1.V1Cgroup.create(hierarchy, "hermetic-t7", Limits(memory=64 << 20))
+        v1.V1Cgroup.create(hierarchy, "hermetic-t7", Limits(mem=64 << 20))
 
 
 # ------------------------------------------------------------------ detection

@@ -10,10 +10,20 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
-    from typing import BinaryIO
+    from typing import IO, BinaryIO, Protocol
+
+    class Readable(Protocol):
+        """What reading a layer needs of its source: a file, a download, a hashing reader."""
+
+        def read(self, size: int = ..., /) -> bytes: ...
+
+    class Stream(Readable, Protocol):
+        """A reader made here (a decompressor), closed by who asked for it."""
+
+        def close(self) -> None: ...
 
 from ...errors import LayerError
-from .format import _CHUNK
+from .format import CHUNK
 
 _MAGIC_GZIP = b"\x1f\x8b"
 _MAGIC_ZSTD = b"\x28\xb5\x2f\xfd"
@@ -21,13 +31,13 @@ _MAGIC_XZ = b"\xfd7zXZ\x00"
 _MAGIC_BZ2 = b"BZh"
 
 
-def _zstd_reader(raw: BinaryIO) -> BinaryIO:
+def _zstd_reader(raw: IO[bytes]) -> Stream:
     """A zstd decompressing reader over `raw` (which the caller closes)."""
     try:
-        import zstandard  # type: ignore[import-not-found]  # optional: only zstd layers need it
+        import zstandard  # optional: only zstd layers need it
     except ImportError:
-        zstandard = None
-    if zstandard is not None:
+        pass
+    else:
         dctx = zstandard.ZstdDecompressor()
         try:
             reader = dctx.stream_reader(raw, closefd=False, read_across_frames=True)
@@ -44,23 +54,25 @@ def _zstd_reader(raw: BinaryIO) -> BinaryIO:
     return zstd.ZstdFile(raw)
 
 
-def _decompressor(head: bytes, raw: BinaryIO) -> BinaryIO | None:
+def _decompressor(head: bytes, raw: Readable) -> Stream | None:
     """Wrap `raw` in the decompressor its magic bytes `head` ask for (None: plain)."""
+    # The decompressors only read it, from the start; typeshed asks for a whole file (seek, write...).
+    stream: IO[bytes] = raw  # type: ignore[assignment]
     if head.startswith(_MAGIC_GZIP):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return gzip.GzipFile(fileobj=stream, mode="rb")
     if head.startswith(_MAGIC_ZSTD):
-        return _zstd_reader(raw)
+        return _zstd_reader(stream)
     if head.startswith(_MAGIC_XZ):
-        return lzma.LZMAFile(raw)
+        return lzma.LZMAFile(stream)
     if head.startswith(_MAGIC_BZ2):
-        return bz2.BZ2File(raw)
+        return bz2.BZ2File(stream)
     return None
 
 
 class _Closing(io.RawIOBase):
     """A reader that closes a chain of objects (decompressor, file) with itself."""
 
-    def __init__(self, reader: BinaryIO, *owned: BinaryIO) -> None:
+    def __init__(self, reader: Stream, *owned: Stream) -> None:
         super().__init__()
         self._reader = reader
         self._owned = (reader, *owned)
@@ -68,7 +80,7 @@ class _Closing(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         return self._reader.read(size)
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -100,7 +112,7 @@ def open_layer(path: str | os.PathLike[str]) -> BinaryIO:
         raise
     if dec is None:
         return raw
-    return io.BufferedReader(_Closing(dec, raw), buffer_size=_CHUNK)
+    return io.BufferedReader(_Closing(dec, raw), buffer_size=CHUNK)
 
 
 def media_type(path: str | os.PathLike[str]) -> str:
@@ -116,15 +128,15 @@ def media_type(path: str | os.PathLike[str]) -> str:
     return "application/vnd.oci.image.layer.v1.tar"
 
 
-def open_layer_stream(src: BinaryIO) -> BinaryIO:
+def open_layer_stream(src: Readable) -> Stream:
     """A reader of the uncompressed tar in the stream `src` (sniffed; `src` stays open)."""
-    return _sniff_stream(src)
+    return sniff_stream(src)
 
 
 class _Prefixed(io.RawIOBase):
     """Put back the bytes read to sniff a non-seekable stream."""
 
-    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+    def __init__(self, head: bytes, raw: Readable) -> None:
         super().__init__()
         self._head = head
         self._raw = raw
@@ -132,7 +144,7 @@ class _Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         if self._head:
             if size is None or size < 0:
                 data, self._head = self._head + self._raw.read(), b""
@@ -150,7 +162,7 @@ class _Prefixed(io.RawIOBase):
         super().close()
 
 
-def _sniff_stream(src: BinaryIO) -> BinaryIO:
+def sniff_stream(src: Readable) -> Stream:
     """Return a reader of the uncompressed tar in `src` (not closing `src`)."""
     head = b""
     while len(head) < 6:

@@ -25,13 +25,14 @@ if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
     from typing import BinaryIO
 
     from ..limits import Budget
+    from .decompress import Readable, Stream
 
 from ...errors import LayerError
-from .decompress import _sniff_stream, open_layer
-from .format import _CHUNK, _DIR_FLAGS, _OVERLAY_PREFIXES, _WH, _WH_META, _WH_OPAQUE, _XATTR_PAX, OVERLAY_TRUSTED, \
-    _proc_path, is_whiteout
+from .decompress import open_layer, sniff_stream
+from .format import (CHUNK, DIR_FLAGS, OVERLAY_PREFIXES, OVERLAY_TRUSTED, WH, WH_META, WH_OPAQUE, XATTR_PAX, is_whiteout,
+                     proc_path)
 from .pipelined import extract_pipelined
-from .tarstream import _corrupt, _members, _Reader
+from .tarstream import TarReader, corrupt, tar_members
 
 _MAX_DEPTH = 2048  # deeper than PATH_MAX allows anyway
 
@@ -54,7 +55,7 @@ def _hostile(member: str, problem: str) -> LayerError:
 
 def _rmtree_at(parent_fd: int, name: str) -> None:
     """Remove the directory `name` in `parent_fd` and its contents, never following links."""
-    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     # (parent fd, name, fd, entries left to look at); iterative, a tar can nest deep
     stack: list[tuple[int, str, int, list[str]]] = [(parent_fd, name, fd, os.listdir(fd))]
     try:
@@ -64,7 +65,7 @@ def _rmtree_at(parent_fd: int, name: str) -> None:
                 entry = left.pop()
                 st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
-                    child = os.open(entry, _DIR_FLAGS, dir_fd=dfd)
+                    child = os.open(entry, DIR_FLAGS, dir_fd=dfd)
                     try:
                         names = os.listdir(child)
                     except BaseException:
@@ -121,12 +122,12 @@ class _Extractor:
     ) -> int:
         """Open directory `comp` in `parent_fd` without following a symlink."""
         try:
-            return os.open(comp, _DIR_FLAGS, dir_fd=parent_fd)
+            return os.open(comp, DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
             if not create:
                 raise
             os.mkdir(comp, 0o755, dir_fd=parent_fd)  # implied parent, as Docker does
-            return os.open(comp, _DIR_FLAGS, dir_fd=parent_fd)
+            return os.open(comp, DIR_FLAGS, dir_fd=parent_fd)
         except OSError as e:
             try:
                 st = os.stat(comp, dir_fd=parent_fd, follow_symlinks=False)
@@ -144,7 +145,7 @@ class _Extractor:
                 # `.wh.D` then `D/x` in the same layer: D is replaced, so opaque
                 os.unlink(comp, dir_fd=parent_fd)
                 os.mkdir(comp, 0o755, dir_fd=parent_fd)
-                fd = os.open(comp, _DIR_FLAGS, dir_fd=parent_fd)
+                fd = os.open(comp, DIR_FLAGS, dir_fd=parent_fd)
                 self._set_opaque(fd, member)
                 return fd
             raise _hostile(member, f"{what} component {comp!r} is not a directory") from None
@@ -197,10 +198,10 @@ class _Extractor:
 
     def _xattrs(self, target: int | str, m: tarfile.TarInfo, path: str, follow: bool) -> None:
         for key, value in sorted(m.pax_headers.items()):
-            if not key.startswith(_XATTR_PAX):
+            if not key.startswith(XATTR_PAX):
                 continue
-            name = key[len(_XATTR_PAX) :]
-            if name.startswith(_OVERLAY_PREFIXES):
+            name = key[len(XATTR_PAX) :]
+            if name.startswith(OVERLAY_PREFIXES):
                 self.stats.skipped.append(f"{path}: xattr {name} dropped (overlayfs-private)")
                 continue
             data = value.encode("utf-8", "surrogateescape")
@@ -242,7 +243,7 @@ class _Extractor:
             os.chown(leaf, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
         if chmod:  # a node we just made, never a symlink
             os.chmod(leaf, self._mode(m), dir_fd=pfd)
-        self._xattrs(_proc_path(pfd, leaf), m, path, False)
+        self._xattrs(proc_path(pfd, leaf), m, path, False)
         ns = self._ns(m)
         os.utime(leaf, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
 
@@ -270,7 +271,7 @@ class _Extractor:
     def extract(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         name = m.name
         parts = self._split(name, name)
-        if parts and parts[-1].startswith(_WH):
+        if parts and parts[-1].startswith(WH):
             self._whiteout(parts, m)
             return
         if not parts:
@@ -286,7 +287,7 @@ class _Extractor:
             prev = self._clear(pfd, leaf, parts, keep_dir=True)
             if prev is None or not stat.S_ISDIR(prev.st_mode):
                 os.mkdir(leaf, 0o700, dir_fd=pfd)
-            fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
+            fd = os.open(leaf, DIR_FLAGS, dir_fd=pfd)
             try:
                 if prev is not None and is_whiteout(prev):
                     self._set_opaque(fd, name)  # `.wh.D` and `D/` in one layer
@@ -307,7 +308,7 @@ class _Extractor:
                 if src is not None:
                     with open(fd, "wb", closefd=False) as dst:
                         while True:
-                            chunk = src.read(_CHUNK)
+                            chunk = src.read(CHUNK)
                             if not chunk:
                                 break
                             dst.write(chunk)
@@ -396,14 +397,14 @@ class _Extractor:
         name = m.name
         base = parts[-1]
         pfd = self._parent_fd(parts[:-1], name)
-        if base == _WH_OPAQUE:
+        if base == WH_OPAQUE:
             self._set_opaque(pfd, name)
             self.stats.whiteouts += 1
             return
-        if base.startswith(_WH_META):
+        if base.startswith(WH_META):
             self.stats.skipped.append(f"{'/'.join(parts)}: aufs metadata skipped")
             return
-        hidden = base[len(_WH) :]
+        hidden = base[len(WH) :]
         if hidden in ("", ".", ".."):
             raise _hostile(name, f"whiteout names {hidden!r}")
         try:
@@ -420,7 +421,7 @@ class _Extractor:
                 ) from e
         elif stat.S_ISDIR(st.st_mode):
             # The whiteout hides the lower layers' D; this layer's own D stays.
-            fd = os.open(hidden, _DIR_FLAGS, dir_fd=pfd)
+            fd = os.open(hidden, DIR_FLAGS, dir_fd=pfd)
             try:
                 self._set_opaque(fd, name)
             finally:
@@ -445,7 +446,7 @@ class _Extractor:
 
 
 def extract_layer(
-    src: BinaryIO | str | os.PathLike[str],
+    src: Readable | str | os.PathLike[str],
     dest: str | os.PathLike[str],
     *,
     xattr_prefix: str = OVERLAY_TRUSTED,
@@ -488,7 +489,7 @@ def extract_layer(
         root_fd, xattr_prefix=xattr_prefix, privileged=privileged, same_owner=same_owner
     )
     owned: BinaryIO | None = None
-    stream: BinaryIO | None = None
+    stream: Stream | None = None
     try:
         if isinstance(src, (str, os.PathLike)):
             try:
@@ -496,12 +497,13 @@ def extract_layer(
             except OSError as e:
                 raise LayerError(f"cannot open layer {os.fspath(src)!r}: {e}") from e
         else:
-            stream = _sniff_stream(src)
-        reader = _Reader(stream)
+            stream = sniff_stream(src)
+        reader = TarReader(stream)
         try:
-            tf = tarfile.open(fileobj=reader, mode="r|")
+            # a stream ("r|") is only read; typeshed asks every fileobj for write and seek too
+            tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
         except tarfile.TarError as e:
-            raise _corrupt(f"not a tar archive ({e})") from e
+            raise corrupt(f"not a tar archive ({e})") from e
         with tf:
             if pipelined:
                 handed = _Handed()
@@ -510,9 +512,9 @@ def extract_layer(
                     handed.data = data
                     _extract_one(ex, handed, m)
 
-                extract_pipelined(_members(tf, reader, allow_bare_end, read_data=True, budget=budget), make)
+                extract_pipelined(tar_members(tf, reader, allow_bare_end, read_data=True, budget=budget), make)
             else:
-                for m, _ in _members(tf, reader, allow_bare_end, read_data=False, budget=budget):
+                for m, _ in tar_members(tf, reader, allow_bare_end, read_data=False, budget=budget):
                     _extract_one(ex, tf, m)
         try:
             ex.finish()
@@ -534,7 +536,7 @@ def _extract_one(ex: _Extractor, tf: object, m: tarfile.TarInfo) -> None:
     except LayerError:
         raise
     except tarfile.TarError as e:
-        raise _corrupt(f"member {m.name!r}: {e}") from e
+        raise corrupt(f"member {m.name!r}: {e}") from e
     except (OSError, ValueError, OverflowError) as e:
         raise LayerError(f"cannot extract layer member {m.name!r}: {e}") from e
 

@@ -10,14 +10,13 @@ OVERLAY_TRUSTED = "trusted.overlay."
 OVERLAY_USER = "user.overlay."
 """Prefix of overlayfs' private xattrs with the ``userxattr`` option (rootless)."""
 
-_OVERLAY_PREFIXES = (OVERLAY_TRUSTED, OVERLAY_USER)
-_WH = ".wh."
-_WH_META = ".wh..wh."
-_WH_OPAQUE = ".wh..wh..opq"
-_XATTR_PAX = "SCHILY.xattr."
-_MAX_DEPTH = 2048  # deeper than PATH_MAX allows anyway
-_CHUNK = 1 << 20
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+OVERLAY_PREFIXES = (OVERLAY_TRUSTED, OVERLAY_USER)  # never copied between a tar and a layer folder
+WH = ".wh."  # OCI whiteout: ".wh.NAME" hides NAME of the layers below
+WH_META = ".wh..wh."  # OCI-reserved names
+WH_OPAQUE = ".wh..wh..opq"  # OCI opaque marker: the directory hides what lies below it
+XATTR_PAX = "SCHILY.xattr."  # how PAX headers carry xattrs
+CHUNK = 1 << 20  # one read or write of file data
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a directory, never through a link
 
 
 def is_whiteout(st: os.stat_result) -> bool:
@@ -25,7 +24,7 @@ def is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _proc_path(dir_fd: int, name: str) -> str:
+def proc_path(dir_fd: int, name: str) -> str:
     """A path to `name` in `dir_fd` for calls that take no dir_fd (xattrs).
 
     The magic link is an intermediate component, so it is followed to the

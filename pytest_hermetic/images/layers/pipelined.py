@@ -17,8 +17,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
     from typing import IO, Callable, Iterable
 
-from .format import _CHUNK
-from .tarstream import _corrupt
+from .format import CHUNK
+from .tarstream import corrupt
 
 _SMALL = 1 << 20  # files up to this size travel between the threads in one piece
 _QUEUE = 64  # members in flight: at most _QUEUE * _SMALL bytes buffered
@@ -49,7 +49,7 @@ class _Chunks:
                 item = self.q.get(timeout=0.2)
             except queue.Empty:
                 if self._producer_done.is_set() and self.q.empty():  # type: ignore[attr-defined]
-                    raise _corrupt("the reading thread stopped in the middle of a member") from None
+                    raise corrupt("the reading thread stopped in the middle of a member") from None
                 continue
             if item is None:
                 self._done = True
@@ -100,11 +100,11 @@ def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]],
                     if not put(members, (m, chunks)):
                         return
                     while True:
-                        piece = data.read(_CHUNK)
+                        piece = data.read(CHUNK)
                         if not put(chunks.q, piece or None) or not piece:
                             break
                 except BaseException as e:
-                    error = _corrupt(f"member {m.name!r}: {e}") if isinstance(e, (tarfile.TarError, OSError, ValueError)) else e
+                    error = corrupt(f"member {m.name!r}: {e}") if isinstance(e, (tarfile.TarError, OSError, ValueError)) else e
                     if error is not e:
                         error.__cause__ = e  # before it crosses threads: `disk_full` looks for ENOSPC there
                     if chunks is not None:  # the making thread waits on this member's data

@@ -11,19 +11,18 @@ from collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
-    from typing import BinaryIO
-
     from ..limits import Budget
+    from .decompress import Readable
 
 from ...errors import HermeticError, LayerError
-from .format import _CHUNK
+from .format import CHUNK
 
 
-def _corrupt(detail: str) -> LayerError:
+def corrupt(detail: str) -> LayerError:
     return LayerError(f"corrupt layer: {detail}")
 
 
-class _Reader:
+class TarReader:
     """Counts and remembers the tail of the uncompressed tar bytes.
 
     `tarfile` takes a header it cannot parse, or a file that simply stops, as
@@ -34,7 +33,7 @@ class _Reader:
 
     _KEEP = 1 << 18
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: Readable) -> None:
         self._raw = raw
         self.pos = 0
         self._chunks: deque[tuple[int, bytes]] = deque()
@@ -48,9 +47,9 @@ class _Reader:
         except OSError as e:
             if e.errno is not None:
                 raise LayerError(f"cannot read layer: {e}") from e
-            raise _corrupt(f"{e}") from e  # BadGzipFile, bz2's "Invalid data stream"
+            raise corrupt(f"{e}") from e  # BadGzipFile, bz2's "Invalid data stream"
         except Exception as e:  # EOFError, zlib.error, LZMAError, ZstdError...
-            raise _corrupt(f"{type(e).__name__}: {e}") from e
+            raise corrupt(f"{type(e).__name__}: {e}") from e
         if data:
             self._chunks.append((self.pos, data))
             self.pos += len(data)
@@ -70,17 +69,17 @@ class _Reader:
             if not self.read(tarfile.RECORDSIZE):
                 if allow_bare_end and self.pos == offset:
                     return
-                raise _corrupt(
+                raise corrupt(
                     f"truncated at byte {self.pos} (no end-of-archive block)"
                 )
         first = self._chunks[0][0] if self._chunks else self.pos
         if offset < first:  # tarfile never reads that far ahead; be safe anyway
-            raise _corrupt(f"cannot check the end-of-archive block at byte {offset}")
+            raise corrupt(f"cannot check the end-of-archive block at byte {offset}")
         tail = b"".join(data for _, data in self._chunks)
         block = tail[offset - first : offset - first + tarfile.BLOCKSIZE]
         if block.count(0) != tarfile.BLOCKSIZE:
-            raise _corrupt(f"invalid tar header at byte {offset}")
-        while self.read(_CHUNK):  # drain: lets gzip check its CRC and length
+            raise corrupt(f"invalid tar header at byte {offset}")
+        while self.read(CHUNK):  # drain: lets gzip check its CRC and length
             pass
 
 
@@ -88,7 +87,7 @@ class _Reader:
 # extraction
 
 
-def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read_data: bool,
+def tar_members(tf: tarfile.TarFile, reader: TarReader, allow_bare_end: bool, *, read_data: bool,
              budget: Budget | None = None):
     """(member, its data or None) in tar order, then the end-of-archive check."""
     bare_end = False
@@ -101,14 +100,15 @@ def _members(tf: tarfile.TarFile, reader: _Reader, allow_bare_end: bool, *, read
             if allow_bare_end and str(e) == "unexpected end of data" and tf.offset - reader.pos < tarfile.BLOCKSIZE:
                 bare_end = True
                 break
-            raise _corrupt(str(e)) from e
+            raise corrupt(str(e)) from e
         except (ValueError, UnicodeError, OverflowError, EOFError) as e:
-            raise _corrupt(f"bad tar header: {e}") from e
+            raise corrupt(f"bad tar header: {e}") from e
         if m is None:
             break
         if budget is not None:  # m.size is the apparent size, also of a sparse member
             budget.charge(tarfile.BLOCKSIZE + max(m.size, 0), m.name)
-        tf.members.clear()  # stream mode keeps them all otherwise
+        # stream mode keeps them all otherwise (typeshed leaves the real attribute out)
+        tf.members.clear()  # type: ignore[attr-defined]
         yield m, (tf.extractfile(m) if read_data and m.isreg() else None)
     if not bare_end:
         reader.check_end(tf.offset, allow_bare_end=allow_bare_end)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
 
 from ...errors import LayerError
 from ..digest import HashingWriter
-from .format import _DIR_FLAGS, _OVERLAY_PREFIXES, _WH, _WH_OPAQUE, _XATTR_PAX, OVERLAY_TRUSTED, _proc_path, is_whiteout
+from .format import DIR_FLAGS, OVERLAY_PREFIXES, OVERLAY_TRUSTED, WH, WH_OPAQUE, XATTR_PAX, is_whiteout, proc_path
 
 
 @record
@@ -30,7 +30,7 @@ def _norm_rel(path: str) -> str:
 
 
 def _read_xattrs(dir_fd: int, name: str) -> dict[str, bytes]:
-    path = _proc_path(dir_fd, name)
+    path = proc_path(dir_fd, name)
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as e:
@@ -57,7 +57,7 @@ def _write_tree(
     """
     skip = {_norm_rel(e) for e in exclude}
     writer = HashingWriter(out)
-    tf = tarfile.open(
+    tf = tarfile.open(  # type: ignore[call-overload]  # "w" writes and tells only; typeshed asks for read and seek too
         fileobj=writer,
         mode="w",
         format=tarfile.PAX_FORMAT,
@@ -82,7 +82,7 @@ def _write_tree(
         if overlay is not None:
             root_x = _read_xattrs(root_fd, ".")
             if root_x.get(overlay + "opaque") == b"y":
-                tf.addfile(marker(_WH_OPAQUE))
+                tf.addfile(marker(WH_OPAQUE))
         stack.append((root_fd, "", listing(root_fd)))
         while stack:
             dfd, prefix, names = stack[-1]
@@ -102,7 +102,7 @@ def _write_tree(
                 if is_whiteout(st) or (
                     stat.S_ISREG(mode) and overlay + "whiteout" in xattrs
                 ):
-                    tf.addfile(marker(prefix + _WH + name))
+                    tf.addfile(marker(prefix + WH + name))
                     continue
                 if overlay + "redirect" in xattrs:
                     raise LayerError(
@@ -121,20 +121,19 @@ def _write_tree(
             ti.uid, ti.gid = st.st_uid, st.st_gid
             ti.uname = ti.gname = ""
             ti.mtime = st.st_mtime_ns // 1_000_000_000
-            for key in sorted(xattrs):
-                if not key.startswith(_OVERLAY_PREFIXES):
-                    ti.pax_headers[_XATTR_PAX + key] = xattrs[key].decode(
-                        "utf-8", "surrogateescape"
-                    )
+            ti.pax_headers = {
+                XATTR_PAX + key: xattrs[key].decode("utf-8", "surrogateescape")
+                for key in sorted(xattrs) if not key.startswith(OVERLAY_PREFIXES)
+            }
             if not stat.S_ISDIR(mode) and st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                first = seen.get(key)
+                inode = (st.st_dev, st.st_ino)
+                first = seen.get(inode)
                 if first is not None:
                     ti.type = tarfile.LNKTYPE
                     ti.linkname = first
                     tf.addfile(ti)
                     continue
-                seen[key] = rel
+                seen[inode] = rel
             if stat.S_ISREG(mode):
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
                 with open(fd, "rb") as f:
@@ -148,8 +147,8 @@ def _write_tree(
                 ti.type = tarfile.DIRTYPE
                 tf.addfile(ti)
                 if overlay is not None and xattrs.get(overlay + "opaque") == b"y":
-                    tf.addfile(marker(rel + "/" + _WH_OPAQUE))
-                cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                    tf.addfile(marker(rel + "/" + WH_OPAQUE))
+                cfd = os.open(name, DIR_FLAGS, dir_fd=dfd)
                 try:
                     children = listing(cfd)
                 except BaseException:

@@ -23,21 +23,22 @@ if TYPE_CHECKING:  # not imported at run time: start-up cost
 from ...errors import CgroupUnavailable
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
-DEFAULT_PIDS = 4096
+CONTROLLER_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}  # the controller each limit needs
 PREFIX = "hermetic-"
 
 
 @record(frozen=True)
 class Limits:
-    memory: int | None = None  # bytes
+    """The limits, named as the options that ask for them (`Spec.mem`, ...)."""
+
+    mem: int | None = None  # bytes
     cpus: float | None = None  # CPU bandwidth in cores
     pids: int | None = None
     accounting: bool = True  # peak memory and CPU time even without limits (v1: two more hierarchies)
 
     def requested(self) -> list[str]:
-        """The limits asked for, by their option names (mem, cpus, pids)."""
-        return [option for option, name in (("mem", "memory"), ("cpus", "cpus"), ("pids", "pids"))
-                if getattr(self, name) is not None]
+        """The limits asked for: mem, cpus, pids."""
+        return [name for name in ("mem", "cpus", "pids") if getattr(self, name) is not None]
 
 
 @record
@@ -139,7 +140,7 @@ def parent_path(hierarchy: Hierarchy, controller: str) -> str:
     return hierarchy.own.get(controller, "/")
 
 
-def create(name: str, limits: Limits, *, default_pids: int | None = DEFAULT_PIDS) -> Cgroup | None:
+def create(name: str, limits: Limits, *, default_pids: int | None) -> Cgroup | None:
     """Make the cgroup for container `name` and apply `limits`.
 
     `default_pids` is a fuse against fork bombs, applied where the pids

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import os
 
-from .. import Cgroup, Hierarchy, Limits, Stats, kill_frozen, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
+from .. import CONTROLLER_FOR, Cgroup, Hierarchy, Limits, Stats, kill_frozen, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
 from . import cpu, freezer, memory, pids
-
-_NEEDED_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
-
 
 def _wanted_controllers(limits: Limits) -> list[str]:
     """Each v1 hierarchy costs a mkdir, a migration and an rmdir per
@@ -17,7 +14,7 @@ def _wanted_controllers(limits: Limits) -> list[str]:
     without racing forks) always; memory and cpuacct for peak memory and CPU
     time (`accounting`) or a memory limit; cpu for a CPU limit."""
     wanted = ["pids", "freezer"]
-    if limits.accounting or limits.memory is not None:
+    if limits.accounting or limits.mem is not None:
         wanted.append("memory")
     if limits.accounting or limits.cpus is not None:
         wanted.append("cpuacct")
@@ -35,41 +32,41 @@ class V1Cgroup(Cgroup):
     @classmethod
     def create(cls, hierarchy: Hierarchy, name: str, limits: Limits, fuse: int | None = None) -> "V1Cgroup":
         for limit in limits.requested():
-            if _NEEDED_FOR[limit] not in hierarchy.v1:
+            if CONTROLLER_FOR[limit] not in hierarchy.v1:
                 from ....errors import CgroupUnavailable
 
                 raise CgroupUnavailable(
-                    f"{limit} limit needs the cgroup v1 '{_NEEDED_FOR[limit]}' controller, which is not mounted; "
+                    f"{limit} limit needs the cgroup v1 '{CONTROLLER_FOR[limit]}' controller, which is not mounted; "
                     "fix: mount it, or drop the limit"
                 )
         if not any(os.access(mount_point + parent_path(hierarchy, c), os.W_OK) for c, mount_point in hierarchy.v1.items()):
-            wanted = (limits.requested() or ["pids"])[0]
-            controller = _NEEDED_FOR[wanted]
+            limit = (limits.requested() or ["pids"])[0]
+            controller = CONTROLLER_FOR[limit]
             mount_point = hierarchy.v1.get(controller, "/sys/fs/cgroup")
-            raise not_writable(mount_point + parent_path(hierarchy, controller), wanted)
+            raise not_writable(mount_point + parent_path(hierarchy, controller), limit)
         dirs: dict[str, str] = {}
         seen_mounts: set[str] = set()
         try:
             for controller in _wanted_controllers(limits):
-                mount_point = hierarchy.v1.get(controller)
-                if mount_point is None:
+                mounted = hierarchy.v1.get(controller)
+                if mounted is None:
                     continue
-                if mount_point in seen_mounts:  # co-mounted controllers (cpu,cpuacct) share a directory
-                    dirs[controller] = next(d for c, d in dirs.items() if hierarchy.v1[c] == mount_point)
+                if mounted in seen_mounts:  # co-mounted controllers (cpu,cpuacct) share a directory
+                    dirs[controller] = next(d for c, d in dirs.items() if hierarchy.v1[c] == mounted)
                     continue
-                seen_mounts.add(mount_point)
-                parent = mount_point + parent_path(hierarchy, controller).rstrip("/")
+                seen_mounts.add(mounted)
+                parent = mounted + parent_path(hierarchy, controller).rstrip("/")
                 path = f"{parent}/{name}"
                 try:
                     os.mkdir(path)
                 except PermissionError:
-                    wanted = [limit for limit in limits.requested() if _NEEDED_FOR[limit] == controller]
+                    wanted = [limit for limit in limits.requested() if CONTROLLER_FOR[limit] == controller]
                     if wanted:
                         raise not_writable(parent, wanted[0]) from None
                     continue
                 dirs[controller] = path
             group = cls(dirs)
-            memory.apply(dirs.get("memory"), limits.memory)
+            memory.apply(dirs.get("memory"), limits.mem)
             cpu.apply(dirs.get("cpu"), limits.cpus)
             pids.apply(dirs.get("pids"), limits.pids if limits.pids is not None else fuse)
         except BaseException:

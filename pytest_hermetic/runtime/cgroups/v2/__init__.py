@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import os
 
-from .. import Cgroup, Hierarchy, Limits, Stats, comm, kill_frozen, kill_until_empty, read_words, not_writable, parent_path, read_pids, rmdir_retry, write
+from .. import CONTROLLER_FOR, Cgroup, Hierarchy, Limits, Stats, comm, kill_frozen, kill_until_empty, read_words, not_writable, parent_path, read_pids, rmdir_retry, write
 from ....errors import CgroupUnavailable
 from . import cpu, memory, pids
-
-_CONTROLLER_FOR = {"mem": "memory", "cpus": "cpu", "pids": "pids"}
-
 
 class V2Cgroup(Cgroup):
     version = "v2"
@@ -31,7 +28,7 @@ class V2Cgroup(Cgroup):
         parent = hierarchy.unified + parent_path(hierarchy, "").rstrip("/")
         delegated = read_words(f"{parent}/cgroup.subtree_control")
         for limit in limits.requested():
-            controller = _CONTROLLER_FOR[limit]
+            controller = CONTROLLER_FOR[limit]
             if controller not in delegated:
                 raise CgroupUnavailable(
                     f"{limit} limit needs the cgroup v2 '{controller}' controller, but {parent} does not delegate it "
@@ -47,7 +44,7 @@ class V2Cgroup(Cgroup):
             raise not_writable(parent, (limits.requested() or ["pids"])[0]) from None
         group = cls(path)
         try:
-            memory.apply(path, limits.memory)
+            memory.apply(path, limits.mem)
             cpu.apply(path, limits.cpus)
             if "pids" in delegated:
                 pids.apply(path, limits.pids if limits.pids is not None else fuse)
