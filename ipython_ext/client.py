@@ -24,6 +24,8 @@ import time
 from types import FrameType
 from typing import IO, Any, Callable
 
+from pytest_hermetic._proc import signal_name
+
 from . import protocol
 from .errors import HelperError
 
@@ -241,7 +243,7 @@ class HelperClient:
         except subprocess.TimeoutExpired:
             self._kill()
             raise HelperError(f"the container helper (pid {pid}) closed its socket; it was stopped") from None
-        how = f"killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
+        how = f"killed by {signal_name(-code)}" if code < 0 else f"exited with status {code}"
         tail = self._log_tail()
         _clean_after(pid)
         self._reset()
@@ -259,13 +261,6 @@ class HelperClient:
         except OSError:
             return ""
         return f"; its log ends:\n{text}" if text else ""
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _rebuild(error: dict) -> BaseException:
@@ -287,7 +282,8 @@ def _rebuild(error: dict) -> BaseException:
 def _clean_after(helper_pid: int) -> None:
     """Remove what the containers of a dead helper left (state folder, cgroup,
     rw layer): exactly what `hermetic gc` would, for this owner only."""
-    from pytest_hermetic.container import clear_dead, list_states
+    from pytest_hermetic.gc import clear_dead
+    from pytest_hermetic.state import list_states
 
     for state in list_states():
         if state.get("owner_pid") == helper_pid and not state["alive"]:

@@ -232,7 +232,8 @@ class Helper:
         return {"ok": True, "containers": rows}
 
     def op_run(self, request: int, message: dict) -> dict:
-        from pytest_hermetic.container import Container, list_states
+        from pytest_hermetic.container import Container
+        from pytest_hermetic.state import list_states
         from pytest_hermetic.errors import SpecError
         from pytest_hermetic.spec import Spec
 

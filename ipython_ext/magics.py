@@ -194,7 +194,7 @@ class ContainerMagics(Magics):
             raise UsageError(f"usage: %container {usage}" + (" ..." if more else ""))
 
     def _verb_ps(self, rest: list[str]) -> None:
-        from pytest_hermetic.container import list_states
+        from pytest_hermetic.state import list_states
 
         self._need(rest, "ps")
         ours = {}

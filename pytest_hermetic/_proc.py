@@ -7,6 +7,15 @@ owner is recorded as (pid, start time) and is alive only while both match.
 from __future__ import annotations
 
 import os
+import signal
+
+
+def signal_name(number: int) -> str:
+    """`SIGKILL` for 9; `signal 99` for a number with no name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def start_time(pid: int) -> int | None:

@@ -28,7 +28,14 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 _FRESH_MOUNTS = ("/tmp", "/dev", "/proc", "/sys")
 
 
-def volumes_for(spec: Spec, code: Iterable[str], writable: Iterable[str] = ()) -> list[Volume]:
+def image_for(spec: Spec, store: Store) -> Image | None:
+    """`spec.image` resolved in `store`, for `volumes_for` and then the
+    `Container` (so once per container); None for `host`, which needs no look."""
+    return None if spec.image == "host" else resolve_or_pull(store, spec.image)
+
+
+def volumes_for(spec: Spec, code: Iterable[str], writable: Iterable[str] = (), *,
+                store: Store | None = None, image: Image | None = None) -> list[Volume]:
     """`spec.volumes` plus what a forked Python needs at its host paths.
 
     `code`: the folders the code comes from (a test tree, the working
@@ -42,7 +49,8 @@ def volumes_for(spec: Spec, code: Iterable[str], writable: Iterable[str] = ()) -
     extension modules load (also those imported only after the fork), the
     dynamic loader and the executable are bound read-only wherever the
     image has nothing at that path.  Parents come before what is mounted
-    inside them.
+    inside them.  `image`: `spec.image` as `image_for` resolved it in `store`
+    (else it is resolved here).
     """
     writable = list(writable)
     code = {os.path.realpath(p) for p in code}
@@ -50,8 +58,9 @@ def volumes_for(spec: Spec, code: Iterable[str], writable: Iterable[str] = ()) -
     if spec.image == "host":
         wanted = {p for p in code | _python_paths() if any(p == h or p.startswith(h + "/") for h in _FRESH_MOUNTS)}
     else:
-        store = Store()
-        image = resolve_or_pull(store, spec.image)
+        store = store or Store()
+        image = image or image_for(spec, store)
+        assert image is not None
         wanted = {p for p in code | _python_paths() | _library_paths() if not _image_has(store, image, p)}
         # Each hop of the interpreter's symlink chain (venv/bin/python ->
         # /usr/bin/python3 -> python3.11), so `sys.executable` runs inside.

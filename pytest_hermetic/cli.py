@@ -5,8 +5,9 @@ engine fails (bad option, unknown image); 126/127 when the command cannot be
 run or found; 137 when the container was killed (out of memory, timeout).
 Every engine failure is one line on stderr, never a traceback.
 
-Imports stay inside the commands: `hermetic run` should not pay for what
-`hermetic images` needs.
+The engine's modules are imported inside the commands: `hermetic run` should
+not pay for what `hermetic images` needs (the container and its runtime cost
+about 8 ms of imports, the store 3 ms, pull, push and doctor more).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 from . import options
+from .errors import HermeticError, ImageReferenceError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import NoReturn, Sequence
@@ -96,8 +100,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .errors import HermeticError
-
     try:
         return _COMMANDS[args.command](args)
     except HermeticError as exc:
@@ -128,8 +130,9 @@ def _say(text: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .container import Container, list_states
+    from .container import Container
     from .spec import Spec
+    from .state import list_states
 
     command = list(args.cmd)
     if command and command[0] == "--":
@@ -188,8 +191,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_images(_args: argparse.Namespace) -> int:
-    import time
-
     from .images.store import Store
 
     rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED")]
@@ -251,7 +252,6 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_save(args: argparse.Namespace) -> int:
-    from .errors import ImageReferenceError
     from .images import reference as refs
     from .images.archives import save_docker_archive, save_oci
     from .images.store import Store
@@ -289,9 +289,7 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def _cmd_ps(_args: argparse.Namespace) -> int:
-    import time
-
-    from .container import list_states
+    from .state import list_states
 
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "PIDS", "NETWORK")]
     for state in list_states():
@@ -305,7 +303,7 @@ def _cmd_ps(_args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from .container import gc_containers
+    from .gc import gc_containers
     from .images.gc import collect
     from .images.store import Store
 

@@ -11,12 +11,14 @@ three; `hermetic gc` does the same for containers whose owner died.  With
 `Spec(ephemeral=True)` the read-write layer lives on a tmpfs inside the
 container's own mount namespace instead: it vanishes with the container and
 cannot be committed (the plugin, and `hermetic run` without --commit/--name).
+
+One concern, one container's life from start to removal (it is longer than
+most modules for that): its state folder is `state.py`'s, the clean-up after
+dead owners `gc.py`'s, the kernel work the runtime's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import time
@@ -28,16 +30,18 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .networks import Network
 
 from ._fs import rmtree
-from ._proc import descendants, name_owner, owner, owner_alive, owner_key, started_before
-from .errors import ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
+from ._proc import descendants, owner, owner_key, signal_name
+from .errors import ContainerNotFound, ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
 from .images.resolve import resolve_or_pull
 from .images.store import Image, Keep, Store
 from .options import DEFAULT_PIDS
 from .paths import make_private, state_root
-from .runtime import cgroups, process
+from .runtime import cgroups, process, seccomp
 from .runtime.namespaces import default_user_namespace
+from .runtime.network import NetworkConfig
 from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
 from .spec import Spec, format_size
+from .state import containers_dir, doomed_dir, list_states, staging_dir, write_state
 
 
 @record
@@ -83,23 +87,15 @@ def _times(count: int) -> str:
     return "once" if count == 1 else f"{count} times"
 
 
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def containers_dir() -> str:
-    return os.path.join(state_root(), "containers")
-
-
 class Container:
     """A container made from a `Spec`; nothing happens until `start()`."""
 
-    def __init__(self, spec: Spec, *, store: Store | None = None, network: "Network | None" = None) -> None:
+    def __init__(self, spec: Spec, *, store: Store | None = None, network: "Network | None" = None,
+                 image: Image | None = None) -> None:
         """`network`: the network `spec.net` names, when the caller resolved it
-        (a pytest test's private one); else it is looked up at start."""
+        (a pytest test's private one); else it is looked up at start.
+        `image`: `spec.image` as the caller resolved it in `store` (the
+        plugin does, for the bindings), so it is not resolved twice."""
         self.spec = spec
         self.network = network
         self.address: str | None = None  # on its network, once started
@@ -108,6 +104,7 @@ class Container:
         self.id = os.urandom(16).hex()
         self.store = store or Store()
         self.image: Image | None = None
+        self._resolved = image
         self.cgroup: cgroups.Cgroup | None = None
         self.process: process.ContainerProcess | None = None
         self.result: Result | None = None
@@ -182,7 +179,7 @@ class Container:
         store before anything reads them, so no `gc` takes them from under
         it.  Once more if a moved tag's old layers went meanwhile."""
         for attempt in (0, 1):
-            image = resolve_or_pull(self.store, self.spec.image)
+            image = self._resolved if attempt == 0 and self._resolved is not None else resolve_or_pull(self.store, self.spec.image)
             try:
                 self._use = self.store.use(image, self.id, self.name)
                 return image
@@ -193,8 +190,7 @@ class Container:
 
     def _join_usermode_network(self, config: process.ProcessConfig) -> None:
         """Rootless: `net=True` through slirp4netns; bridges need root."""
-        from .runtime import usermode_net
-        from .runtime.network import NetworkConfig
+        from .runtime import usermode_net  # lazily: 4 ms of imports only rootless net=True needs
 
         if self.network is not None and hasattr(self.network, "userns_path"):
             # A rootless private network: join its holder's user namespace.
@@ -216,13 +212,11 @@ class Container:
             f"nameserver {usermode_net.DNS}\n")
 
     def _join_network(self, config: process.ProcessConfig) -> None:
-        from .networks import resolve
-
         if self.userns:
             self._join_usermode_network(config)
             return
         if self.network is None:
-            from .networks import is_shared
+            from .networks import is_shared, resolve  # lazily: 8 ms of imports a container without a network skips
 
             self.network = resolve(self.spec.net)
             assert self.network is not None  # net is not False here
@@ -256,7 +250,7 @@ class Container:
         os.makedirs(containers_dir(), exist_ok=True)
         # Made under a name that says its owner and renamed whole, with its
         # state.json: `gc` never sees a container folder without its owner.
-        staging = os.path.join(containers_dir(), f".new-{owner_key()}-{self.id}")
+        staging = staging_dir(self.id)
         os.mkdir(staging, 0o700)
         # `scratch` becomes a tmpfs inside the container's mount namespace
         # (init layer, mount point; the rw layer too when ephemeral): it
@@ -415,7 +409,7 @@ class Container:
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, workdir: str | None = None,
              stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> process.ContainerProcess:
         """Start `argv` in this running container; wait on the returned handle."""
-        from .runtime.enter import enter
+        from .runtime.enter import enter  # lazily: 1 ms of imports that `hermetic run` never needs
 
         if self.process is None or self.result is not None:
             raise ContainerStartError(f"container {self.name} is not running")
@@ -429,7 +423,7 @@ class Container:
 
     def commit(self, ref: str, *, message: str = "") -> Image:
         """Turn the read-write layer into a new image: the old image plus one layer."""
-        from .images.commit import commit_upper
+        from .images.commit import commit_upper  # lazily: 6 ms of imports (the layer writer) a run without commit skips
 
         if self.image is None:
             raise ContainerStartError(f"container {self.name} was never started: nothing to commit")
@@ -465,7 +459,7 @@ class Container:
         if self.state_dir is not None and os.path.isdir(self.state_dir):
             # Out of `ps`'s and gc's sight at once, under a name that says
             # whose it is (should we be killed half way through).
-            doomed = os.path.join(containers_dir(), f".del-{owner_key()}-{self.id}")
+            doomed = doomed_dir(self.id)
             os.rename(self.state_dir, doomed)
             rmtree(doomed)
         if self.rw_dir is not None and os.path.isdir(self.rw_dir):
@@ -494,10 +488,7 @@ class Container:
         }
         folder = folder or self.state_dir
         assert folder is not None  # a tracked container's
-        tmp = os.path.join(folder, "state.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, os.path.join(folder, "state.json"))
+        write_state(folder, data)
 
 
 def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None
@@ -505,8 +496,6 @@ def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or N
     the spec opts out (`seccomp=False`) or is privileged (as under Docker)."""
     if spec.privileged or not spec.seccomp:
         return None
-    from .runtime import seccomp
-
     return seccomp.default()
 
 
@@ -537,39 +526,11 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
     return [(p, cgroups.comm(p)) for p in [pid, *descendants(pid)]]
 
 
-def list_states() -> list[dict]:
-    """Every container state folder, with `alive` telling if its owner runs."""
-    result: list[dict] = []
-    base = containers_dir()
-    try:
-        entries = os.listdir(base)
-    except FileNotFoundError:
-        return result
-    for entry in sorted(entries):
-        if entry.startswith("."):
-            continue  # being made or removed (see Container._make_state_dir and remove)
-        path = os.path.join(base, entry, "state.json")
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            if not os.path.isdir(os.path.join(base, entry)):
-                continue
-            data = {"id": entry, "name": entry[:12]}  # an older version's, or broken: nobody's
-        data["alive"] = owner_alive(data)
-        groups = data.get("cgroup") or []
-        data["pids"] = cgroups.read_pids(f"{groups[0]}/cgroup.procs") if groups else []
-        data["state_dir"] = os.path.join(base, entry)
-        result.append(data)
-    return result
-
-
 def commit_running(name: str, ref: str, *, store: Store | None = None, ps: str = "`hermetic ps`") -> Image:
     """Commit the read-write layer of a running container of any process
     (`hermetic commit`, a notebook's `%container commit` of a CLI container)
     on the very image it runs on, even if that image's tag has moved since."""
-    from .errors import ContainerNotFound
-    from .images.commit import commit_upper
+    from .images.commit import commit_upper  # lazily, as in Container.commit
 
     for state in list_states():
         if state["alive"] and name in (state.get("name"), state["id"], state["id"][:12]):
@@ -583,91 +544,4 @@ def commit_running(name: str, ref: str, *, store: Store | None = None, ps: str =
     raise ContainerNotFound(f"no running container named {name!r}; see {ps}")
 
 
-def clear_dead(state: dict) -> None:
-    """Remove what a container of a dead owner left (a `list_states` entry):
-    its cgroup (killing stragglers), its read-write layer, its state folder."""
-    for path in state.get("cgroup") or []:
-        _remove_cgroup_dir(path)
-    if state.get("rw_dir") and os.path.isdir(state["rw_dir"]):
-        rmtree(state["rw_dir"])
-    rmtree(state["state_dir"])
-
-
-def gc_containers() -> list[str]:
-    """Remove what killed runs left: state folders of dead owners, their
-    cgroups and rw layers, and `hermetic-*` cgroups of dead owners.  Only
-    what is provably dead: its owner (pid and start time) is gone.  The rw
-    layers and use records in the store are the store's gc's (named for
-    their owners, whatever state folder those used)."""
-    removed = []
-    live_ids = set()
-    base = containers_dir()
-    for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-        owner_record = name_owner(entry) if entry.startswith((".new-", ".del-")) else None
-        if owner_record is not None and not owner_alive(owner_record):
-            with contextlib.suppress(FileNotFoundError):  # (another gc at the same time)
-                rmtree(os.path.join(base, entry))  # its owner died while making or removing it
-    for data in list_states():
-        if data["alive"]:
-            live_ids.add(data["id"])
-            continue
-        try:
-            clear_dead(data)
-        except FileNotFoundError:
-            continue  # another gc at the same time
-        removed.append(f"container {data['id'][:12]} ({data.get('name')})")
-    short_live = {i[:12] for i in live_ids}
-    for path in _hermetic_cgroups():
-        short, _, owner_pid = os.path.basename(path)[len(cgroups.PREFIX):].partition("-")
-        if short in short_live:
-            continue
-        # Not ours to judge if something runs in it (another state root, another
-        # user), or if its owner (pid in the name; started before the cgroup,
-        # so not a reused pid) still runs: a container being started or kept.
-        try:
-            if cgroups.read_pids(f"{path}/cgroup.procs"):
-                continue
-            if not owner_pid.isdigit() or started_before(int(owner_pid), os.stat(path).st_mtime):
-                continue
-            cgroups.rmdir_retry(path)
-        except OSError:
-            continue
-        removed.append(f"cgroup {path}")
-    return removed
-
-
-def _remove_cgroup_dir(path: str) -> None:
-    if not os.path.isdir(path):
-        return
-    procs = f"{path}/cgroup.procs"
-    if os.path.exists(f"{path}/cgroup.kill"):
-        try:
-            cgroups.write(f"{path}/cgroup.kill", 1)
-        except OSError:
-            pass
-    cgroups.kill_until_empty(procs)
-    try:
-        cgroups.rmdir_retry(path)
-    except OSError:
-        pass
-
-
-def _hermetic_cgroups() -> list[str]:
-    hierarchy = cgroups.detect()
-    parents = []
-    if hierarchy.version == "v2" and hierarchy.unified:
-        parents.append(hierarchy.unified + cgroups.parent_path(hierarchy, "").rstrip("/"))
-    for controller, mount_point in hierarchy.v1.items():
-        parents.append(mount_point + cgroups.parent_path(hierarchy, controller).rstrip("/"))
-    found = []
-    for parent in sorted(set(parents)):
-        try:
-            for entry in os.listdir(parent):
-                if entry.startswith(cgroups.PREFIX) and os.path.isdir(os.path.join(parent, entry)):
-                    found.append(os.path.join(parent, entry))
-        except OSError:
-            continue
-    return found
-
-
-__all__ = ["Container", "Result", "HermeticError", "gc_containers", "list_states"]
+__all__ = ["Container", "Result", "HermeticError", "commit_running"]

@@ -171,7 +171,7 @@ def _cgroup_summary() -> str:
 def check_kernel(machine: Machine) -> Iterator[Result]:
     release, arch = platform.release(), platform.machine()
     found = f"{release} on {arch}"
-    if arch not in sc._SYS_PIVOT_ROOT or arch not in sc._SYS_CAPSET:
+    if arch not in sc.SYS_PIVOT_ROOT or arch not in sc.SYS_CAPSET:
         yield Result(FAIL, "kernel", f"{found}: no pivot_root/capset syscall numbers known for {arch}",
                      f"add {arch}'s pivot_root and capset numbers to pytest_hermetic/runtime/syscalls.py")
     elif not machine.root and machine.kernel < (5, 11):

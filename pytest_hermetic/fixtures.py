@@ -22,6 +22,11 @@ from typing import Any, Protocol
 
 import pytest
 
+from ._fs import rmtree
+from .errors import SpecError
+
+# Container, Spec, networks and portfwd are imported where used: the plugin
+# loads this module in every session, also one with no hermetic test.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .container import Container
@@ -141,13 +146,11 @@ class Containers:
 
     def run(self, image: str, command: Any = None, *, name: str | None = None, env: dict[str, str] | None = None,
             mem: Any = None, net: Any = False, **options: Any) -> ServiceContainer:
-        from .container import Container  # lazily: the plugin loads this module in every session
+        from .container import Container  # lazily (see the imports above)
         from .spec import Spec
 
         spec = Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True, **options)
         if name is not None and any(service.name == name for service in self._running):
-            from .errors import SpecError
-
             raise SpecError(f"name={name!r}: this test already has a container of that name")
         network = None
         if isinstance(spec.net, str):
@@ -184,8 +187,6 @@ class Containers:
         self._running.clear()
         if self._own_scope and self._scope is not None:
             self._scope.close()
-        from ._fs import rmtree
-
         rmtree(self._logs)
 
     # The parent's side of the calls a hermetic test makes (see forked/parent.py).

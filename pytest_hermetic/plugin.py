@@ -9,11 +9,13 @@ keys, which beat the built-in defaults.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Literal
 
 import pytest
 
 from . import _pytest_compat as compat
+from . import fixtures
 from .errors import SpecError
 from .options import MARKER_OPTIONS, marker_help
 
@@ -42,13 +44,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if store and "HERMETIC_STORE" not in os.environ:
         # In the environment so xdist workers and `hermetic` subprocesses share it.
         os.environ["HERMETIC_STORE"] = os.path.abspath(os.path.join(str(config.rootpath), store))
-    from . import fixtures
-
     config.pluginmanager.register(fixtures, "hermetic-fixtures")
     if not config.getoption("no_hermetic"):
         config.pluginmanager.register(HermeticRunner(config), "hermetic-runner")
 
 
+# The engine (spec, runtime, forked -> container) is imported where first
+# needed: this module loads in every pytest run of the environment, also
+# `pytest --version` and sessions with no hermetic test (forked alone is
+# over 10 ms of imports).
 def pytest_report_header(config: pytest.Config) -> str:
     from .runtime import cgroups
 
@@ -85,8 +89,6 @@ def _report_setup_error(item: pytest.Item, nextitem: pytest.Item | None, message
 
 def _finish() -> None:
     """Remove the containers still pending, then let the host bridge go."""
-    import sys
-
     from .forked import finish_pending
 
     finish_pending(block=True)

@@ -60,7 +60,8 @@ def _network_links() -> list[str]:
 
 def _snapshot() -> dict[str, object]:
     from pytest_hermetic._proc import descendants
-    from pytest_hermetic.container import _hermetic_cgroups, containers_dir
+    from pytest_hermetic.gc import hermetic_cgroups
+    from pytest_hermetic.state import containers_dir
 
     import glob
 
@@ -73,7 +74,7 @@ def _snapshot() -> dict[str, object]:
     states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STATE"], "networks", "*", "*")))
     return {
         "mounts": _count_mounts(),
-        "cgroups": sorted(_hermetic_cgroups()),
+        "cgroups": sorted(hermetic_cgroups()),
         "netns": len(_net_namespaces()),
         "links": _network_links(),
         "processes": sorted(descendants(os.getpid())),

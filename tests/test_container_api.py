@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from pytest_hermetic.container import Container, list_states
+from pytest_hermetic.container import Container
+from pytest_hermetic.state import list_states
 from pytest_hermetic.errors import ContainerStartError
 from pytest_hermetic.spec import Spec
 
@@ -98,7 +99,7 @@ def test_parent_death_takes_the_container_along(tmp_path):
         time.sleep(0.02)
     else:
         pytest.fail("the container outlived its parent")
-    from pytest_hermetic.container import gc_containers
+    from pytest_hermetic.gc import gc_containers
 
     removed = gc_containers()  # the killed parent left its state folder and cgroup
     assert any("container" in line for line in removed)

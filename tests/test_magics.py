@@ -19,7 +19,7 @@ from pytest_hermetic.errors import ContainerNotFound, ContainerStartError, Image
 
 
 def _states() -> list[str]:
-    from pytest_hermetic.container import containers_dir
+    from pytest_hermetic.state import containers_dir
 
     try:
         return sorted(os.listdir(containers_dir()))

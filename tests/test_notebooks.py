@@ -46,7 +46,7 @@ def kernelspec(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _states() -> list[str]:
-    from pytest_hermetic.container import containers_dir
+    from pytest_hermetic.state import containers_dir
 
     try:
         return sorted(os.listdir(containers_dir()))
@@ -216,7 +216,7 @@ def test_kernel_sigkill_helper_removes_its_containers(kernelspec: str, tmp_path)
 
 
 def test_kernel_and_helper_sigkill_leave_what_gc_clears(kernelspec: str, tmp_path) -> None:  # noqa: ANN001
-    from pytest_hermetic.container import list_states
+    from pytest_hermetic.state import list_states
 
     before = _states()
     km, kc, helper = _kernel_with_named_container(kernelspec, str(tmp_path))

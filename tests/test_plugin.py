@@ -195,6 +195,25 @@ def test_next_to_it_still_runs():
     assert "Traceback" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
 
 
+def test_missing_image_fails_that_test_only(pytester: pytest.Pytester):
+    """An image that is not there: one line in that test's report, the next
+    test runs, and the test's private network scope is closed."""
+    pytester.makepyfile(test_missing='''
+from pytest_hermetic import hermetic
+
+@hermetic(image="hermetic-test-missing:1", net="svc")
+def test_missing_image():
+    pass
+
+def test_next_to_it_still_runs():
+    pass
+''')
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*hermetic: image 'hermetic-test-missing:1' is not in the local store*"])
+    assert "Traceback" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
+
+
 def test_hermetic_flag_ini_defaults_and_no_hermetic(pytester: pytest.Pytester):
     pytester.makeini("[pytest]\nhermetic_mem = 64M\n")
     pytester.makepyfile(test_all='''

@@ -20,10 +20,11 @@ from typing import Any, Literal
 import pytest
 
 from .. import _pytest_compat as compat
-from ..bindings import volumes_for
+from ..bindings import image_for, volumes_for
 from ..container import Container
 from ..errors import HermeticError
 from ..fixtures import Containers
+from ..images.store import Store
 from ..spec import Spec
 from . import coverage_relay
 from .child import child_main, install_forwarder
@@ -94,26 +95,30 @@ def _setup_wide_scopes(item: pytest.Item) -> None:
 def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
     finish_pending(block=False)
     install_forwarder(item.config)
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     scope = _network_scope(spec)
-    services = _Services(scope)
-    # What the test needs at its host paths: pytest's basetemp read-write, so
-    # `tmp_path` behaves as without isolation; the test tree and where pytest
-    # runs; in another image the interpreter too.
-    basetemp = compat.basetemp(item.config)
-    volumes = volumes_for(spec, code=(str(item.config.rootpath), os.getcwd()),
-                          writable=[basetemp] if basetemp is not None else [])
-    # Per-test containers: rw layer in memory, no state folder, no accounting
-    # beyond the limits asked for: each of these is a measurable cost per test.
-    spec = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
-                             workdir=spec.workdir or os.getcwd())  # where pytest runs, as without isolation
     try:
-        container = Container(spec, network=scope.get(spec.net) if isinstance(spec.net, str) else None)
+        # What the test needs at its host paths: pytest's basetemp read-write, so
+        # `tmp_path` behaves as without isolation; the test tree and where pytest
+        # runs; in another image the interpreter too.  The image is resolved
+        # once, here, for the bindings and the container.
+        store = Store()
+        image = image_for(spec, store)
+        basetemp = compat.basetemp(item.config)
+        volumes = volumes_for(spec, code=(str(item.config.rootpath), os.getcwd()),
+                              writable=[basetemp] if basetemp is not None else [], store=store, image=image)
+        # Per-test containers: rw layer in memory, no state folder, no accounting
+        # beyond the limits asked for: each of these is a measurable cost per test.
+        spec = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
+                                 workdir=spec.workdir or os.getcwd())  # where pytest runs, as without isolation
+        container = Container(spec, store=store, image=image,
+                              network=scope.get(spec.net) if isinstance(spec.net, str) else None)
     except BaseException:
         if scope is not None:
-            scope.close()
+            scope.close()  # nothing else would: no container took it
         raise
+    services = _Services(scope)
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     deferred = False
     try:
         # Frozen objects are never scanned by the child's garbage collector,

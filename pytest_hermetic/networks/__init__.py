@@ -79,7 +79,7 @@ def gc_networks() -> list[str]:
         try:
             with network.locked():
                 if network.prune_leases()[1]:
-                    network._write_hosts()
+                    network.write_hosts()
                     removed.append(f"stale leases on network {info['name']}")
         finally:
             network.close()

@@ -30,7 +30,8 @@ def default_subnet() -> str:
     return os.environ.get("HERMETIC_SUBNET") or DEFAULT_SUBNET
 
 
-def _parse_subnet(text: str) -> ipaddress.IPv4Network:
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    """`text` as an IPv4 subnet of at least 8 addresses, or a NetworkError naming the fix."""
     try:
         subnet = ipaddress.IPv4Network(text, strict=True)
     except ValueError as exc:
@@ -62,7 +63,7 @@ class Network:
         self.name = name
         self.state_dir = state_dir
         self.lock_path = state_dir.rstrip("/") + ".lock"
-        self.subnet = _parse_subnet(subnet)
+        self.subnet = parse_subnet(subnet)
         self.gateway = str(self.subnet.network_address + 1)
         self.netns_fd = netns_fd
         self.bridge = bridges.Bridge(bridge, netns_fd)
@@ -137,7 +138,8 @@ class Network:
     def hosts_path(self) -> str:
         return os.path.join(self.state_dir, "hosts")
 
-    def _write_hosts(self) -> None:
+    def write_hosts(self) -> None:
+        """The network's shared /etc/hosts, from its leases (call with the lock held)."""
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
                  f"{self.gateway}\t{self.name}-gateway"]
         for address, entry in sorted(self.leases().items(), key=lambda item: ipaddress.IPv4Address(item[0])):
@@ -170,7 +172,7 @@ class Network:
             except BaseException:
                 self._unused()
                 raise
-            self._write_hosts()
+            self.write_hosts()
         config = NetworkConfig(mode="bridge", address=address, prefixlen=self.subnet.prefixlen, gateway=self.gateway)
         hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                  f"{address}\t{hostname}\n")
@@ -200,7 +202,7 @@ class Network:
     def detach(self, container_id: str) -> None:
         with self.locked():
             if self._release(container_id) and os.path.isdir(self.state_dir):
-                self._write_hosts()
+                self.write_hosts()
 
     def close(self) -> None:
         self.bridge.close()

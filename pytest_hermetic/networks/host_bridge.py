@@ -46,7 +46,7 @@ class HostBridge(Network):
         if not nat.present(str(self.subnet), HOST_BRIDGE):
             nat.add(str(self.subnet), HOST_BRIDGE)
 
-    def _write_hosts(self) -> None:
+    def write_hosts(self) -> None:
         pass  # no shared names on the host bridge, as on Docker's default one
 
     def attach(self, container_id: str, hostname: str) -> Attachment:

@@ -17,6 +17,8 @@ from .._fs import rmtree
 from ..errors import NetworkError
 from ..paths import state_root
 from ..runtime import bridges, nat, netns
+from ..runtime.network import loopback_up
+from ..spec import parse_net
 from .base import HOST_BRIDGE, Network, default_subnet
 from .host_bridge import HostBridge
 
@@ -27,8 +29,6 @@ def _named_dir(name: str) -> str:
 
 def create_network(name: str, subnet: str | None = None) -> Network:
     """Make a named network that lives until `remove_network`."""
-    from ..spec import parse_net
-
     if parse_net(name) is not name or name in ("bridge", "none", "host"):
         raise NetworkError(f"network name {name!r} is reserved or invalid; pick another")
     path = _named_dir(name)
@@ -43,11 +43,9 @@ def create_network(name: str, subnet: str | None = None) -> Network:
             network.netns_fd = fd
             network.bridge = bridges.Bridge("br0", fd)
             with netns.entered(fd):
-                from ..runtime.network import loopback_up
-
                 loopback_up()
             network.bridge.create(network.gateway, network.subnet.prefixlen)
-            network._write_hosts()
+            network.write_hosts()
             with open(os.path.join(path, "meta.json"), "w") as f:
                 json.dump({"name": name, "subnet": str(network.subnet), "created": time.time()}, f)
         except BaseException:

@@ -16,7 +16,9 @@ from .._fs import rmtree
 from .._proc import owner, owner_key
 from ..paths import state_root
 from ..runtime import netns
-from .base import Attachment, Network, _parse_subnet, default_subnet
+from ..runtime.namespaces import default_user_namespace
+from ..runtime.network import loopback_up
+from .base import Attachment, Network, parse_subnet, default_subnet
 
 
 class PrivateNetwork(Network):
@@ -37,8 +39,6 @@ class PrivateNetwork(Network):
         super().__init__(name, path, subnet or default_subnet(), fd)
         os.makedirs(path)
         with netns.entered(fd):
-            from ..runtime.network import loopback_up
-
             loopback_up()
         self.bridge.create(self.gateway, self.subnet.prefixlen)
         self._reset(name)
@@ -49,7 +49,7 @@ class PrivateNetwork(Network):
         self._closing = False
         with open(os.path.join(self.state_dir, "meta.json"), "w") as f:
             json.dump({"name": name, **owner()}, f)
-        self._write_hosts()
+        self.write_hosts()
 
     def _ensure_bridge(self) -> None:
         pass  # made in __init__, in a namespace nobody else can reach
@@ -73,7 +73,7 @@ class PrivateNetwork(Network):
 
     def _destroy(self) -> None:
         if (len(_pool) < POOL_SIZE and self._usable() and not self.leases()
-                and str(self.subnet) == str(_parse_subnet(default_subnet()))):
+                and str(self.subnet) == str(parse_subnet(default_subnet()))):
             _pool.append(self)
             return
         self._really_destroy()
@@ -94,8 +94,7 @@ class RootlessPrivateNetwork(PrivateNetwork):
     and the containers on it join that user namespace."""
 
     def __init__(self, name: str, subnet: str | None = None) -> None:
-        from ..runtime.namespaces import default_user_namespace
-        from ..runtime.netholder import Holder
+        from ..runtime.netholder import Holder  # lazily: 3 ms of imports only rootless private networks need
 
         ident = f"{owner_key()}-{os.urandom(6).hex()}"  # gc tells its owner from the name
         path = os.path.join(state_root(), "networks", "private", ident)
@@ -130,7 +129,7 @@ _pool: list[PrivateNetwork] = []
 
 
 def _pooled(name: str) -> PrivateNetwork | None:
-    if _pool and str(_pool[-1].subnet) == str(_parse_subnet(default_subnet())):
+    if _pool and str(_pool[-1].subnet) == str(parse_subnet(default_subnet())):
         network = _pool.pop()
         network._reset(name)
         return network

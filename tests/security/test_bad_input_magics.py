@@ -56,7 +56,7 @@ def ip():  # noqa: ANN201
 
 
 def snapshot() -> tuple:
-    from pytest_hermetic.container import containers_dir
+    from pytest_hermetic.state import containers_dir
 
     root = os.environ["HERMETIC_STORE"]
     refs = os.path.join(root, "refs.json")
