@@ -10,6 +10,10 @@ later) but is never followed here.
 
 A failed extraction leaves `dest` half written: callers extract into a
 temporary folder and rename it into place, deleting it on error.
+
+One concern in ~550 lines: every hostile-input rule (paths, links,
+whiteouts, owners, modes, xattrs) goes through the one walk from the root fd
+in `_Extractor`, so they are read, and reviewed, in one place.
 """
 
 from __future__ import annotations
