@@ -14,6 +14,10 @@ PID 1 dies with it (the engine's own PDEATHSIG) and `hermetic gc` removes
 the state folders, cgroups and read-write layers that are left.
 
 It never imports IPython.
+
+One concern, the helper process (it is longer than most modules for that):
+its request loop, the containers it owns and the streaming of their output
+are one state machine over one socket; the protocol is `protocol.py`'s.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ traceback.
 `FAIL` marks what the engine cannot do without (exit status 1); `warn` marks
 what limits it (no cgroup limits, no subordinate ids) or what only other
 users would miss.
+
+One concern, one report on the machine (it is longer than most modules
+for that): each section below is one check of the report, and they share
+the forked-probe helpers at the end; the engine's own functions do the
+mounting and parsing, so nothing here is a second implementation.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ OPTIONS: tuple[Option, ...] = (
            "USER[:GROUP]"),
     Option("name", None, "a name for `hermetic ps` and `commit`, unique among running containers", (CLI, CELL),
            ("--name",), "NAME", cell_help="keep the container after the cell; later cells with this name run in it"),
-    Option("userns", None, "use a user namespace also as root (default: only when not root)", (MARKER, CLI),
+    Option("userns", None, "use a user namespace (the default, and the only choice, when not root; not supported yet as root)", (MARKER, CLI),
            ("--userns",), kind="switch"),
     Option("privileged", False, "keep all capabilities, no masks, writable /sys, no seccomp filter", (MARKER, CLI),
            ("--privileged",), kind="switch"),

@@ -183,6 +183,18 @@ def busybox_image(busybox_rootfs: str) -> str:
     return "busybox:test"
 
 
+@pytest.fixture(scope="module")
+def ipython_shell():  # noqa: ANN201
+    """IPython's own InteractiveShell with `%load_ext ipython_ext`, unloaded
+    (every container of the helper removed) when the module is done."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "ipython_ext")
+    yield shell
+    shell.run_line_magic("unload_ext", "ipython_ext")
+
+
 @pytest.fixture(scope="session")
 def test_user() -> str:
     """An unprivileged user for the rootless checks (made by scripts/install-deps.sh)."""

@@ -143,3 +143,12 @@ def test_init_runs_the_command_as_pid_2_and_reaps():
     assert ran.returncode == 143 and ran.stderr == "hermetic: killed by signal SIGTERM\n"
     missing = run_cli("run", "--init", "host", "no-such-command")
     assert missing.returncode == 127 and "command not found" in missing.stderr
+
+
+def test_userns_as_root_is_refused_with_the_reason():
+    """Root's private id range would leave the image's files unmapped (no
+    idmapped layers yet): one line that says so, not a kernel errno."""
+    ran = run_cli("run", "--userns", "host", "true")
+    assert ran.returncode == 125
+    assert ran.stderr.startswith("hermetic: error: userns=True as root is not supported yet")
+    assert "fix:" in ran.stderr and ran.stderr.count("\n") == 1

@@ -27,16 +27,9 @@ def _states() -> list[str]:
         return []
 
 
-@pytest.fixture(scope="module")
-def shell():  # noqa: ANN201
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "ipython_ext")
-    yield ip
-    ip.run_line_magic("unload_ext", "ipython_ext")
-
-
 @pytest.fixture
-def ip(shell):  # noqa: ANN001, ANN201
+def ip(ipython_shell):  # noqa: ANN001, ANN201
+    shell = ipython_shell
     before = _states()
     yield shell
     for name in [c["name"] for c in _client(shell).call("list")["containers"]] if _client(shell).running else []:

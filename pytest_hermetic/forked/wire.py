@@ -14,7 +14,7 @@ import pickle
 import struct
 from typing import Any
 
-from ..runtime.process import read_exactly
+from ..runtime.channel import read_exactly
 
 HEADER = struct.Struct("!I")
 CALL_MARK = b"call"  # cheap pre-check before unpickling a message in the parent

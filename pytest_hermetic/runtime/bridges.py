@@ -28,7 +28,7 @@ def preload() -> None:
 
 def _iproute_class():  # noqa: ANN202
     try:
-        from pyroute2 import IPRoute
+        from pyroute2 import IPRoute  # here: ~250 ms of import, for networks only
     except ImportError:
         raise ContainerStartError("networks need pyroute2, which is not installed for this Python; fix: "
                                   "`pip install pyroute2` (or Debian's python3-pyroute2)") from None

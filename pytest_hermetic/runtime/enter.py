@@ -11,10 +11,15 @@ from __future__ import annotations
 import os
 import signal
 
+from ..errors import ContainerStartError
 from . import capabilities, descriptors
 from . import syscalls as sc
 from .seccomp import Filter
-from .process import ContainerProcess, fork, _describe, _fail, _read_all, _relay_exit, _restore_signals, _start_error, own_session, redirect_stdio
+from .channel import describe, fail, read_all, start_error
+from .fork import fork
+from .init import own_session, redirect_stdio, restore_signals
+from .process import ContainerProcess
+from .relay import exit_as
 
 _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
           ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
@@ -33,8 +38,6 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
     except OSError as exc:
         for fd in fds.values():
             os.close(fd)
-        from ..errors import ContainerStartError
-
         raise ContainerStartError(f"container process {init_pid} is gone: {exc.strerror}") from None
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = fork()
@@ -44,13 +47,13 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
         os.close(fd)
     os.close(err_w)
     try:
-        message = _read_all(err_r)
+        message = read_all(err_r)
     finally:
         os.close(err_r)
     proc = ContainerProcess(pid, pid, None)
     if message:
         proc.wait()
-        raise _start_error(message)
+        raise start_error(message)
     return proc
 
 
@@ -72,7 +75,7 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                 sc.setns(fds[name], flag)
             child = os.fork()
         except BaseException as exc:  # noqa: BLE001
-            _fail(err_w, 125, _describe(exc))
+            fail(err_w, 125, describe(exc))
         if child == 0:
             try:
                 os.chdir(cwd if os.path.isdir(cwd) else "/")
@@ -84,13 +87,13 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                     seccomp_filter.load()
                 redirect_stdio(stdio)
                 descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
-                _restore_signals()
+                restore_signals()
                 os.execvpe(argv[0], argv, env)
             except FileNotFoundError:
-                _fail(err_w, 127, f"{argv[0]}: command not found in the container")
+                fail(err_w, 127, f"{argv[0]}: command not found in the container")
             except BaseException as exc:  # noqa: BLE001
-                _fail(err_w, 126, _describe(exc))
+                fail(err_w, 126, describe(exc))
         os.close(err_w)
-        _relay_exit(child)
+        exit_as(child)
     finally:
         os._exit(125)

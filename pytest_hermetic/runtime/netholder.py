@@ -22,21 +22,21 @@ import signal
 import socket
 
 from ..errors import NetworkError
+from . import bridges
 from . import syscalls as sc
+from .bridges import Bridge
+from .fork import fork
 from .namespaces import UserNamespace
+from .network import loopback_up
 
 
 class Holder:
     """The parent's handle on a holder process."""
 
     def __init__(self, userns: UserNamespace, gateway: str, prefixlen: int) -> None:
-        from . import bridges  # pyroute2, imported here, before the fork
-
-        bridges.preload()
+        bridges.preload()  # pyroute2, imported here, before the fork
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        helpers = userns.needs_helpers  # asked here: in the child, mapped, we are root
-        from .process import fork
-
+        helpers = userns.mapped_from_outside  # asked here: in the child, mapped, we are root
         pid = fork()
         if pid == 0:
             parent_end.close()
@@ -46,7 +46,7 @@ class Holder:
         self._sock = parent_end
         try:
             if self._sock.recv(16) == b"U" and helpers:
-                userns.write_maps_with_helpers(pid)
+                userns.write_maps_from_outside(pid)
             self._sock.send(b"M")
             answer = self._sock.recv(4096).decode(errors="replace")
         except OSError as exc:
@@ -105,9 +105,6 @@ def _holder_main(sock: socket.socket, userns: UserNamespace, helpers: bool, gate
             if not helpers:
                 userns.write_own_maps()
             sc.unshare(sc.CLONE_NEWNET)
-            from .bridges import Bridge
-            from .network import loopback_up
-
             loopback_up()
             bridge = Bridge("br0")
             bridge.create(gateway, prefixlen)

@@ -8,7 +8,6 @@ import os
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 from pytest_hermetic.errors import SpecError
 
@@ -47,12 +46,9 @@ LINE_INPUTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ip():  # noqa: ANN201
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "ipython_ext")
-    yield shell
-    shell.run_line_magic("unload_ext", "ipython_ext")
+@pytest.fixture
+def ip(ipython_shell):  # noqa: ANN001, ANN201
+    return ipython_shell
 
 
 def snapshot() -> tuple:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from ..._record import record, factory
 from functools import lru_cache
@@ -152,6 +153,7 @@ def create(name: str, limits: Limits, *, default_pids: int | None) -> Cgroup | N
     hierarchy = detect()
     fuse = default_pids if limits.pids is None else None
     try:
+        # Only this host's hierarchy's code is imported (v2's: ~1.9 ms, -X importtime).
         if hierarchy.version == "v2":
             from .v2 import V2Cgroup
 
@@ -267,8 +269,6 @@ def comm(pid: int) -> str:
 def kill_frozen(procs_file: str, freeze, thaw) -> list[tuple[int, str]]:  # noqa: ANN001
     """Freeze (if `freeze()` can), SIGKILL every process, thaw: nothing can
     fork away while the list is killed.  Then make sure it is empty."""
-    import signal
-
     frozen = freeze()
     try:
         victims = [(pid, comm(pid)) for pid in read_pids(procs_file)]
@@ -285,8 +285,6 @@ def kill_frozen(procs_file: str, freeze, thaw) -> list[tuple[int, str]]:  # noqa
 
 def kill_until_empty(procs_file: str, timeout: float = 5.0) -> list[tuple[int, str]]:
     """SIGKILL every process listed until none is left (they may fork meanwhile)."""
-    import signal
-
     killed: list[tuple[int, str]] = []
     seen: set[int] = set()
     deadline = time.monotonic() + timeout

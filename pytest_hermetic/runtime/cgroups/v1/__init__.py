@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 
+from ....errors import CgroupUnavailable
 from .. import CONTROLLER_FOR, Cgroup, Hierarchy, Limits, Stats, kill_frozen, kill_until_empty, not_writable, parent_path, read_pids, rmdir_retry
 from . import cpu, freezer, memory, pids
+
 
 def _wanted_controllers(limits: Limits) -> list[str]:
     """Each v1 hierarchy costs a mkdir, a migration and an rmdir per
@@ -33,8 +35,6 @@ class V1Cgroup(Cgroup):
     def create(cls, hierarchy: Hierarchy, name: str, limits: Limits, fuse: int | None = None) -> "V1Cgroup":
         for limit in limits.requested():
             if CONTROLLER_FOR[limit] not in hierarchy.v1:
-                from ....errors import CgroupUnavailable
-
                 raise CgroupUnavailable(
                     f"{limit} limit needs the cgroup v1 '{CONTROLLER_FOR[limit]}' controller, which is not mounted; "
                     "fix: mount it, or drop the limit"

@@ -1,0 +1,336 @@
+"""PID 1 of a container, in the forked child: enter, set up, drop, run.
+
+PID 1 joins the cgroup (the parent moves it; it waits for `ATTACHED`),
+unshares mount, UTS, IPC, network and cgroup namespaces, builds the root
+(`rootfs.setup`), makes a session of its own, drops privileges, loads the
+seccomp filter and either execs the command (it *is* PID 1, as under
+`docker run`) or, for a Python callable (the pytest plugin), forks the
+callable as PID 2 and stays behind as a reaper that forwards signals: a
+PID 1 ignores signals it has no handler for, which a test killing itself
+must not meet.  As root, a callable runs as PID 2 under a placeholder PID 1
+instead (`worker_main`, see placeholder.py).
+
+Everything here runs in a fork of the caller and ends in `os._exit`; a
+set-up error goes to the parent as one line (`channel.fail`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import traceback
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import Callable, NoReturn
+
+    from .config import ProcessConfig
+
+from ..errors import ContainerStartError
+from . import capabilities, channel, descriptors, network, placeholder, rootfs, seccomp
+from . import syscalls as sc
+from .channel import describe, fail
+from .namespaces import CONTAINER_NAMESPACES
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+
+
+def main(config: ProcessConfig, target: Callable[[], int | None] | None, err_w: int, status_w: int | None,
+         joined: channel.Channel | None, in_namespaces: bool = False) -> None:
+    """PID 1 of the container.  Never returns: whatever happens ends in `os._exit`."""
+    try:
+        _pid1(config, target, err_w, status_w, joined, in_namespaces)
+    finally:
+        os._exit(125)
+
+
+def _pid1(config: ProcessConfig, target: Callable[[], int | None] | None, err_w: int, status_w: int | None,
+          joined: channel.Channel | None, in_namespaces: bool) -> None:
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _enter_container(config, joined, in_namespaces)
+        _wait_network(config, err_w)
+        own_session()
+        _drop_privileges(config)
+        seccomp.install(config)
+    except BaseException as exc:  # noqa: BLE001
+        fail(err_w, 125, describe(exc))
+    if target is None:
+        _exec(config, err_w)
+    _run_callable(target, err_w, status_w)
+
+
+def worker_main(config: ProcessConfig, target: Callable[[], int | None], err_w: int,
+                joined: channel.Channel | None) -> None:
+    """PID 2 under the placeholder: build the container, run the callable."""
+    code = 125
+    try:
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            placeholder.drop_lifeline()
+            _enter_container(config, joined, in_namespaces=False)
+            own_session()
+            _drop_privileges(config)
+            seccomp.install(config)
+            descriptors.seal()
+        except BaseException as exc:  # noqa: BLE001
+            fail(err_w, 125, describe(exc))
+        os.close(err_w)  # set-up done: start() returns in the parent
+        code = _call(target)
+    finally:
+        os._exit(code)
+
+
+def wait_attached(joined: channel.Channel | None) -> None:
+    """Wait for the parent to have moved this process into its cgroup."""
+    if joined is not None and not joined.receive(channel.ATTACHED):
+        raise ContainerStartError(channel.NOT_ATTACHED)
+
+
+def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_namespaces: bool) -> None:
+    """Namespaces, network, root file system, cgroup namespace."""
+    if not in_namespaces:
+        sc.unshare(CONTAINER_NAMESPACES)
+    network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
+    if config.netns_ready is not None:  # the parent wires the veth meanwhile
+        config.netns_ready.send(channel.NETNS_MADE)
+    rootfs.setup(config.rootfs, config.hostname)
+    if not in_namespaces:
+        # Only now wait for the parent to have moved us into the cgroup (so
+        # its wait overlapped all of the above); the cgroup namespace's root
+        # is the cgroup we sit in when we unshare it.
+        wait_attached(joined)
+        network.configure(config.network)  # eth0 is there now
+        sc.unshare(sc.CLONE_NEWCGROUP)
+    rootfs.mount_cgroup2(config.rootfs)
+
+
+def _wait_network(config: ProcessConfig, err_w: int) -> None:
+    if config.network_go is None:
+        return
+    if not config.network_go.receive(channel.NETWORK_WIRED):
+        fail(err_w, 125, channel.NOT_WIRED)
+    network.configure(config.network)  # eth0 is there now (a rootless bridge)
+
+
+def own_session() -> None:
+    """A session of the container's own, so `kill(0, sig)` (or killpg of its
+    group) reaches nothing outside, and a caller's terminal is no longer its
+    controlling terminal (no TIOCSTI into the caller's shell, no SIGTTIN);
+    and a fresh session keyring instead of the caller's (as runc does)."""
+    os.setsid()
+    try:
+        sc.join_new_session_keyring()
+    except OSError as exc:
+        # ENOSYS: no keyrings in this kernel; EPERM: the caller's own
+        # seccomp filter (under Docker) blocks keyctl, for it as for us.
+        if exc.errno == errno.EDQUOT:
+            raise ContainerStartError("cannot give the container a session keyring of its own: this user's key "
+                                      "quota is full (each running container holds one key); fix: raise "
+                                      "kernel.keys.maxkeys and kernel.keys.maxbytes with sysctl") from None
+        if exc.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
+
+
+def _drop_privileges(config: ProcessConfig) -> None:
+    """Become the container's user with Docker's capabilities: uid 0 (with
+    any gid) keeps the default set, any other uid none at all (the kernel
+    clears effective and permitted on the switch away from uid 0; the
+    bounding set is cut first, so a setuid-root file could not give back
+    more than the default set even without no_new_privs)."""
+    uid, gid = _resolve_user(config.user)
+    _enter_workdir(config.cwd)
+    if not config.privileged:
+        capabilities.drop_to_default(config.cap_last)
+    if gid != 0 or uid != 0:
+        if config.userns is None:
+            os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    if not config.privileged:
+        capabilities.no_new_privs()
+
+
+def _enter_workdir(cwd: str) -> None:
+    """chdir to the working directory, made first when the image lacks it (as Docker does)."""
+    try:
+        os.chdir(cwd)
+        return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ContainerStartError(f"workdir {cwd}: {exc.strerror}; use a directory of the image, or one it can hold") from None
+    try:
+        os.makedirs(cwd, 0o755, exist_ok=True)
+        os.chdir(cwd)
+    except OSError as exc:
+        raise ContainerStartError(f"workdir {cwd} is not in the image and cannot be made there ({exc.strerror}); "
+                                  "use a directory of the image") from None
+
+
+def _resolve_user(user: str | None) -> tuple[int, int]:
+    """Resolve "uid[:gid]" or "name[:group]" against the container's files."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+    uid = gid = None
+    if name.isdigit():
+        uid = int(name)
+    entries = _read_colon_file("/etc/passwd")
+    for entry in entries:
+        if len(entry) > 3 and (entry[0] == name or (uid is not None and entry[2] == name)):
+            uid, gid = int(entry[2]), int(entry[3])
+            break
+    if uid is None:
+        raise ContainerStartError(f"user {name!r} not found in the image's /etc/passwd")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            for entry in _read_colon_file("/etc/group"):
+                if entry[0] == group and len(entry) > 2:
+                    gid = int(entry[2])
+                    break
+            else:
+                raise ContainerStartError(f"group {group!r} not found in the image's /etc/group")
+    return uid, gid if gid is not None else uid
+
+
+def _read_colon_file(path: str) -> list[list[str]]:
+    try:
+        with open(path) as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    except OSError:
+        return []
+
+
+_RESETTABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def restore_signals() -> None:
+    """exec keeps ignored signals ignored and blocked ones blocked: the
+    command starts with every signal at its default and none blocked,
+    whatever Python changed (SIGPIPE, SIGXFSZ) or the caller inherited
+    (`nohup`'s SIGHUP, a background job's SIGINT and SIGQUIT)."""
+    for sig in _RESETTABLE:
+        # Handlers are reset by exec itself; only "ignore" survives it.  Python
+        # read every signal's disposition at start-up, so asking costs no syscall.
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def redirect_stdio(stdio: tuple) -> None:
+    """Put the given fds on 0, 1, 2 (in the child, just before exec)."""
+    for target, fd in enumerate(stdio):
+        if fd is not None and fd != target:
+            os.dup2(fd, target)
+
+
+def forward_signals(pid: int) -> None:
+    """Pass the signals a container's user sends (FORWARDED_SIGNALS) on to `pid`."""
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, _forwarder(pid))
+
+
+def _forwarder(pid: int):  # noqa: ANN202
+    """A handler that passes the signal on to `pid`: a process of the
+    container may signal its PID 1 after the target is gone, and an error
+    in a handler would end the waiting PID 1 before it reports."""
+
+    def forward(sig: int, _frame: object) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    return forward
+
+
+def _exec(config: ProcessConfig, err_w: int) -> NoReturn:
+    assert config.argv
+    restore_signals()
+    redirect_stdio(config.stdio)
+    if config.close_fds:
+        descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
+    try:
+        os.execvpe(config.argv[0], config.argv, config.env)
+    except FileNotFoundError:
+        fail(err_w, 127, f"{config.argv[0]}: command not found in the container (PATH={config.env.get('PATH', '')})")
+    except PermissionError:
+        fail(err_w, 126, f"{config.argv[0]}: permission denied (not executable)")
+    except OSError as exc:
+        fail(err_w, 126, f"{config.argv[0]}: cannot execute: {exc.strerror}")
+
+
+def exec_target(config: ProcessConfig) -> Callable[[], int]:
+    """The command as PID 2 (`--init`): errors can no longer travel through
+    the set-up pipe, so they are said on stderr with the usual exit codes."""
+
+    def run() -> int:
+        assert config.argv
+        redirect_stdio(config.stdio)
+        descriptors.cloexec_all()
+        restore_signals()
+        try:
+            os.execvpe(config.argv[0], config.argv, config.env)
+        except FileNotFoundError:
+            print(f"hermetic: error: {config.argv[0]}: command not found in the container", file=sys.stderr)
+            return 127
+        except OSError as exc:
+            print(f"hermetic: error: {config.argv[0]}: cannot execute: {exc.strerror}", file=sys.stderr)
+            return 126
+        return 126
+
+    return run
+
+
+def _call(target: Callable[[], int | None]) -> int:
+    """Run the callable; its int result (or SystemExit code) is the exit code."""
+    code = 1
+    try:
+        result = target()
+        code = result if isinstance(result, int) else 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    return code
+
+
+def _run_callable(target: Callable[[], int | None], err_w: int, status_w: int | None) -> None:
+    """Fork the callable as PID 2; stay as its reaper and signal forwarder."""
+    os.close(err_w)  # set-up done: start() returns in the parent
+    # PID 1 holds the caller's descriptors until it closes them below, and
+    # any process of the container could reach them through /proc/1/fd: not
+    # dumpable, it cannot (and it stays so: nothing in it is to be looked at).
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    worker = os.fork()
+    if worker == 0:
+        code = 1
+        try:
+            if status_w is not None:
+                os.close(status_w)  # PID 1's, for the true exit status
+            descriptors.seal()
+            sc.prctl(sc.PR_SET_DUMPABLE, 1)  # (only now: its fds are sealed)
+            code = _call(target)
+        finally:
+            os._exit(code)
+    descriptors.close_except((status_w,) if status_w is not None else ())
+    forward_signals(worker)
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(125)
+        if pid == worker:
+            if status_w is not None:
+                os.write(status_w, channel.STATUS.pack(status))
+            os._exit(0)

@@ -1,0 +1,146 @@
+"""The container's root filesystem, built in the child: overlay, /proc, /dev,
+/sys, /tmp, volumes, masks, pivot_root.
+
+Everything here runs in the child, inside its fresh mount namespace: every
+mount it makes dies with that namespace, none is ever made on the host.
+`setup` is the order of the steps; each step lives in a module of its own:
+
+    overlay.py   the image's layers (and the rootless `host` root, per directory)
+    kernelfs.py  /proc, /dev, /sys, cgroup2, and the masks over them
+    volumes.py   volumes, resolved inside the root
+    mounts.py    the bind and mount-attribute helpers they share
+"""
+
+from __future__ import annotations
+
+import os
+from ..._record import record, factory
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from typing import Callable
+
+from .. import syscalls as sc
+from ..syscalls import MS_NODEV, MS_NOSUID, MS_REC
+from .kernelfs import mask_paths, mount_cgroup2, mount_dev, mount_proc, mount_sys
+from .mounts import write_file
+from .overlay import OVERLAY_MAX_LOWERS, mount_host_per_directory, mount_overlay, overlay_options
+from .volumes import mount_volumes
+
+__all__ = ["OVERLAY_MAX_LOWERS", "Bind", "RootfsConfig", "mount_cgroup2", "overlay_options", "setup",
+           "write_init_layer"]
+
+
+# Directories the engine always mounts over; `/run` stays the image's own.
+MOUNT_POINTS = ("proc", "dev", "sys", "tmp")
+
+
+@record(frozen=True)
+class Bind:
+    source: str
+    target: str
+    readonly: bool = False
+    overlay: bool = False  # writable, but writes land in the container's scratch and vanish
+
+
+@record
+class RootfsConfig:
+    lowers: list[str]  # overlay lower dirs, top first; lowers[0] is the init layer
+    upper: str
+    work: str
+    merged: str
+    host_root: bool = False  # the last lower is the host's "/"
+    userns: bool = False  # mount overlays with `userxattr`
+    privileged: bool = False
+    binds: list[Bind] = factory(list)
+    cgroup_v2: bool = False  # mount cgroup2 (read-only) on /sys/fs/cgroup
+    scratch: str = ""  # becomes a tmpfs first: holds the init layer, the mount point, maybe the rw layer
+    init_files: dict[str, str] = factory(dict)  # "etc/hostname" -> text
+    # (layer tar, dir): layers unpacked at start onto a private tmpfs, for
+    # images committed on top of `host` (see Container._layer_dirs), by
+    # `unpack_layer(tar, dir)`, which the caller gives (the image code is
+    # above the runtime) and the child calls.
+    replay: list[tuple[str, str]] = factory(list)
+    unpack_layer: Callable[[str, str], object] | None = None
+    layers_dir: str = ""  # the store's layer folder, where the image's lowers are
+
+
+def write_init_layer(config: "RootfsConfig") -> None:
+    """Build the init layer on a fresh tmpfs: engine-owned files and the
+    mount points of /proc, /dev, /sys, /tmp and of every bind.
+
+    It lives on the scratch tmpfs, mounted in the container's namespace,
+    because overlayfs refuses a lower layer that sits below another lower
+    layer (the `host` image's "/"), and so that nothing the engine needs
+    lands in the read-write layer that `commit` reads.
+    """
+    # Plain os calls: this runs for every container, and file objects cost.
+    path = config.lowers[0]
+    os.mkdir(path, 0o755)
+    made = {path}
+    for name in MOUNT_POINTS:
+        os.mkdir(f"{path}/{name}", 0o755)
+        made.add(f"{path}/{name}")
+    for name, text in config.init_files.items():
+        target = f"{path}/{name}"
+        parent = os.path.dirname(target)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        write_file(target, text.encode())
+    for bind in config.binds:
+        stub = os.path.join(path, bind.target.lstrip("/"))
+        if os.path.isdir(bind.source):
+            os.makedirs(stub, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(stub), exist_ok=True)
+            if not os.path.lexists(stub):
+                open(stub, "a").close()
+
+
+def setup(config: RootfsConfig, hostname: str) -> None:
+    """Build the root in the current (fresh) mount namespace and pivot into it.
+
+    The cgroup2 file system is mounted later (`mount_cgroup2`), once the
+    process sits in its cgroup namespace.
+    """
+    sc.mount(None, "/", None, MS_REC | sc.MS_PRIVATE)
+    sc.mount("tmpfs", config.scratch, "tmpfs", MS_NODEV | MS_NOSUID, "mode=755")
+    for path in (config.merged, config.upper, config.work):
+        if path.startswith(config.scratch + "/"):
+            os.mkdir(path, 0o755)
+    write_init_layer(config)
+    if config.replay:
+        _replay_layers(config)
+    root = config.merged
+    if config.host_root and config.userns:
+        mount_host_per_directory(config)
+    else:
+        mount_overlay(config.lowers, config.upper, config.work, root, config.userns, f"{config.scratch}/links",
+                      config.layers_dir)
+    mount_proc(root)
+    mount_dev(root, config.userns)
+    mount_sys(root, config.privileged)
+    sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    if config.binds:  # last, so a bind below /tmp is not hidden by it
+        mount_volumes(config, root)
+    if not config.privileged:
+        mask_paths(root)
+    sc.sethostname(hostname)
+    _pivot(root)
+
+
+def _replay_layers(config: RootfsConfig) -> None:
+    assert config.unpack_layer is not None
+    os.mkdir(os.path.dirname(config.replay[0][1]))
+    for tar_path, directory in config.replay:
+        os.mkdir(directory, 0o755)
+        config.unpack_layer(tar_path, directory)
+
+
+def _pivot(root: str) -> None:
+    # pivot_root(".", ".") stacks the old root under the new one; detaching
+    # it leaves no path back to the host's tree.
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")

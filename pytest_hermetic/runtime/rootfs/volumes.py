@@ -1,0 +1,161 @@
+"""Volumes: host paths bound into the container's root, their targets
+resolved inside that root (never out to the host), nodev and read-only as asked."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from . import Bind, RootfsConfig
+
+from ...errors import ContainerStartError
+from .. import syscalls as sc
+from .mounts import bind_mount, set_mount_attrs
+from .overlay import mount_overlay
+
+
+def mount_volumes(config: RootfsConfig, root: str) -> None:
+    """Every volume, its target resolved inside the container's root: a
+    symlink planted in an earlier volume (or in the image) is followed as
+    the container would see it, never out to the host (mounts go onto
+    /proc/self/fd/N of the resolved target, as runc does)."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for number, bind in enumerate(config.binds):
+            directory = os.path.isdir(bind.source)
+            try:
+                fd = open_in_root(root_fd, bind.target, directory)
+            except OSError as exc:
+                raise ContainerStartError(f"volume {bind.source}:{bind.target}: cannot make its mount point "
+                                          f"in the container ({exc.strerror or exc})") from None
+            overlay = bind.overlay and directory  # nodev already
+            try:
+                if overlay:
+                    _overlay_volume(bind, fd, f"{config.scratch}/volume{number}", config.userns)
+                else:
+                    bind_mount(bind.source, fd, bind.readonly)
+            finally:
+                os.close(fd)
+            if not overlay:
+                _restrict(root_fd, bind, nodev=not config.privileged)
+    finally:
+        os.close(root_fd)
+
+
+def open_in_root(root_fd: int, path: str, directory: bool) -> int:
+    """An O_PATH fd on `path` resolved with `root_fd` as "/" (symlinks and
+    ".." included, never leading out), its missing components created: as
+    directories, the last one as an empty file unless `directory`.  A
+    dangling symlink on the way is followed, inside the root, to where its
+    target is made."""
+    rel = _relative(path)
+    for _ in range(_MAX_SYMLINKS):
+        try:
+            return _resolve(root_fd, rel)
+        except FileNotFoundError:
+            pass
+        rel = _make_missing(root_fd, rel, directory)
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
+_MAX_SYMLINKS = 40  # as the kernel's own path walk
+
+
+def _relative(path: str) -> str:
+    return "/".join(part for part in path.split("/") if part not in ("", ".")) or "."
+
+
+def _make_missing(root_fd: int, rel: str, directory: bool) -> str:
+    """Create the missing components of `rel`; returns the path to resolve
+    next (another one when a dangling symlink was met)."""
+    parts = rel.split("/")
+    for depth in range(1, len(parts) + 1):
+        try:
+            os.close(_resolve(root_fd, "/".join(parts[:depth])))
+            continue
+        except FileNotFoundError:
+            pass
+        parent_rel = "/".join(parts[:depth - 1]) or "."
+        name = parts[depth - 1]
+        parent = _resolve(root_fd, parent_rel)
+        try:
+            if depth < len(parts) or directory:
+                os.mkdir(name, 0o755, dir_fd=parent)
+            else:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent))
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ELOOP):
+                raise
+            # A dangling symlink: its target, inside the root, is what to make.
+            target = os.readlink(name, dir_fd=parent)
+            base = "" if target.startswith("/") else parent_rel
+            return _relative("/".join((base, target, *parts[depth:])))
+        finally:
+            os.close(parent)
+    return rel
+
+
+_openat2_works: bool | None = None
+
+
+def _resolve(root_fd: int, rel: str) -> int:
+    global _openat2_works
+    if _openat2_works is not False:
+        try:
+            fd = sc.openat2(root_fd, rel, os.O_PATH | os.O_CLOEXEC, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+            _openat2_works = True
+            return fd
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise FileNotFoundError(exc.errno, os.strerror(exc.errno), rel) if exc.errno == errno.ENOENT else exc
+            _openat2_works = False
+    return _resolve_without_symlinks(root_fd, rel)
+
+
+def _resolve_without_symlinks(root_fd: int, rel: str) -> int:
+    """Before Linux 5.6 (no openat2): one component at a time, and a symlink
+    on the way is refused rather than followed."""
+    fd = os.dup(root_fd)
+    for name in rel.split("/"):
+        if name in ("", "."):
+            continue
+        try:
+            if name == "..":
+                raise OSError(errno.EXDEV, "'..' in a mount target", rel)
+            next_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = next_fd
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.ELOOP, "a symlink on the way (this kernel has no openat2, Linux 5.6+, to follow it "
+                          "inside the container's root)", rel)
+    return fd
+
+
+def _restrict(root_fd: int, bind: Bind, nodev: bool) -> None:
+    """nodev on a volume and every mount below it (a device node planted
+    there must not open a host device), read-only if asked; a volume that
+    is itself a device node is an explicit grant and keeps working, and so
+    are all of them in a privileged container (`-v /dev:/dev`), which could
+    lift nodev itself."""
+    fd = _resolve(root_fd, bind.target.strip("/") or ".")  # now the volume's own root
+    try:
+        mode = os.fstat(fd).st_mode
+        attrs = 0 if not nodev or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else sc.MOUNT_ATTR_NODEV
+        attrs |= sc.MOUNT_ATTR_RDONLY if bind.readonly else 0
+        if attrs:
+            set_mount_attrs(fd, attrs)
+    finally:
+        os.close(fd)
+
+
+def _overlay_volume(bind: Bind, target_fd: int, scratch: str, userns: bool) -> None:
+    """A host folder seen through an overlay: the container may write to
+    it, and its writes vanish with it (as everywhere else in `host`)."""
+    os.makedirs(f"{scratch}/upper")
+    os.mkdir(f"{scratch}/work")
+    mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", f"/proc/self/fd/{target_fd}", userns,
+                  f"{scratch}/links")
