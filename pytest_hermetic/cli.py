@@ -304,11 +304,12 @@ def _cmd_ps(_args: argparse.Namespace) -> int:
 
 def _cmd_gc(args: argparse.Namespace) -> int:
     from .gc import gc_containers
+    from .images.gc import collect
     from .images.store import Store
 
     from .networks import gc_networks
 
-    removed = gc_containers() + gc_networks() + Store().gc()
+    removed = gc_containers() + gc_networks() + collect(Store())
     if not args.quiet:
         for line in removed:
             print(f"removed {line}")
