@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 from ._fs import rmtree
 from ._proc import descendants, owner, owner_key, signal_name
 from .errors import ContainerNotFound, ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
+from .images.resolve import resolve_or_pull
 from .images.store import Image, Keep, Store
 from .options import DEFAULT_PIDS
 from .paths import make_private, state_root
@@ -187,7 +188,7 @@ class Container:
         store before anything reads them, so no `gc` takes them from under
         it.  Once more if a moved tag's old layers went meanwhile."""
         for attempt in (0, 1):
-            image = self._resolved if attempt == 0 and self._resolved is not None else self.store.resolve(self.spec.image)
+            image = self._resolved if attempt == 0 and self._resolved is not None else resolve_or_pull(self.store, self.spec.image)
             try:
                 self._use = self.store.use(image, self.id, self.name)
                 return image
@@ -285,7 +286,7 @@ class Container:
         if image.is_host and image.layers:
             # Store layers sit on the host's root filesystem, and overlayfs
             # refuses a lower below another lower ("/"): replay them instead.
-            blobs = [self.store.blob_path(self.store._layer_meta(d)["blob"]) for d in image.layers]
+            blobs = [self.store.blob_path(self.store.layer_meta(d)["blob"]) for d in image.layers]
             return [], blobs
         # Their presence was checked when the store recorded this container's
         # use of them (`Store.use`), under the lock gc respects.
@@ -572,7 +573,7 @@ def commit_running(name: str, ref: str, *, store: Store | None = None, ps: str =
                 raise ContainerStartError(f"container {name!r} keeps its read-write layer in memory; only containers "
                                           "started with --name or --commit can be committed")
             store = store or Store()
-            base = store.image_of(state["id"]) or store.resolve(state["image"])
+            base = store.image_of(state["id"]) or resolve_or_pull(store, state["image"])
             return commit_upper(store, base, os.path.join(state["rw_dir"], "upper"), ref,
                                 userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
     raise ContainerNotFound(f"no running container named {name!r}; see {ps}")

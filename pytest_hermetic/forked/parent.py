@@ -23,7 +23,7 @@ from .. import _pytest_compat as compat
 from ..bindings import image_for, volumes_for
 from ..container import Container
 from ..errors import HermeticError
-from ..fixtures import Containers
+from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
 from ..spec import Spec, Volume
 from . import coverage_relay, loopback_relay
@@ -120,7 +120,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         if scope is not None:
             scope.close()  # nothing else would: no container took it
         raise
-    services = _Services(scope)
+    services = _Services(scope, spec.net)
     found = loopback_relay.listeners()  # the pytest process's own servers (a session fixture's)
     relay = None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -189,28 +189,29 @@ def _network_scope(spec: Spec) -> Any:
     the marker and in its service containers is one network of its own."""
     if spec.net is False:
         return None
-    # Lazily: about 5 ms of imports that a session without networks skips,
-    # and the plugin releases the host bridge at the end only if it was loaded.
-    from ..networks import Scope, hold_host_bridge
-
     if spec.net is True:
+        # Lazily: about 5 ms of imports that a session without networks skips,
+        # and the plugin releases the host bridge at the end only if it was loaded.
+        from ..networks import hold_host_bridge
+
         hold_host_bridge()  # made once per session, not per test
-    return Scope()
+    return TestNetworks()  # a module's or the session's network of that name, else the test's own
 
 
 class _Services:
     """The parent's side of the `containers` fixture for one hermetic test."""
 
-    def __init__(self, scope: Any = None) -> None:
+    def __init__(self, scope: Any = None, test_net: Any = False) -> None:
         self.factory: Containers | None = None
         self.scope = scope
+        self.test_net = test_net  # where the test is, for `address()`
 
     def answer(self, payload: tuple, reply_fd: int) -> None:
         method, args, kwargs = payload
         try:
             if self.factory is None:
                 self.factory = Containers(self.scope)
-            reply = (True, self.factory.handle(method, args, kwargs))
+            reply = (True, self.factory.handle(method, args, kwargs, self.test_net))
         except Exception as exc:  # noqa: BLE001 - the test gets it, as if raised in place
             reply = (False, exc if picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
         try:
