@@ -249,3 +249,6 @@ def test_servers_of_wider_fixtures_on_loopback_are_reachable(pytester: pytest.Py
     result = _run(pytester, SERVER_SUITE, "-p", "no:randomly")
     result.assert_outcomes(passed=5)
     _plain(pytester, "-p", "no:randomly").assert_outcomes(passed=5)
+    # under xdist each worker's own servers
+    pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "-p", "no:cacheprovider", "-n", "2",
+                                  timeout=120).assert_outcomes(passed=5)
