@@ -91,11 +91,13 @@ class Relay:
         self._thread.start()
 
     def _accept(self) -> None:
+        listeners = list(self._targets)
+        by_fd = {sock.fileno(): sock for sock in listeners}
         while True:
-            ready, _, _ = select.select([self._wake_r, *self._targets], [], [])
+            ready, _, _ = select.select([*by_fd, self._wake_r], [], [])
             if self._wake_r in ready:
                 return
-            for listener in ready:
+            for listener in (by_fd[fd] for fd in ready):
                 try:
                     client, _ = listener.accept()
                 except OSError:

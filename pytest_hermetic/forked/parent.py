@@ -322,7 +322,7 @@ def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestR
     xfail_reason = compat.xfail_reason_for_crash(item)
     if xfail_reason is not None:  # an expected failure, as pytest reports one that raised
         report.outcome = "skipped"
-        report.wasxfail = xfail_reason  # type: ignore[attr-defined]
+        report.wasxfail = xfail_reason
     return report
 
 
