@@ -172,3 +172,21 @@ def call_info(fn: Callable[[], T], when: str) -> pytest.CallInfo[T]:
     kept, an exit or Ctrl-C raised on.  Public API (`pytest.CallInfo`);
     here so the reraised exceptions are named once."""
     return pytest.CallInfo.from_call(fn, when=when, reraise=_RERAISE)  # type: ignore[arg-type]
+
+
+def xfail_reason_for_crash(item: pytest.Item) -> str | None:
+    """The reason of `item`'s xfail mark if a crash (a killed child: no
+    exception) counts as its expected failure, as pytest's skipping plugin
+    decides for an exception: yes unless the mark names `raises=` (a kill is
+    an exception of no type) or `--runxfail` is given; strict changes
+    nothing (it is about passing).  None otherwise.
+
+    Relies on `_pytest.skipping.evaluate_xfail_marks(item)` (pytest 6 to main)."""
+    if item.config.getoption("runxfail", False):
+        return None
+    from _pytest.skipping import evaluate_xfail_marks
+
+    xfailed = evaluate_xfail_marks(item)
+    if xfailed is None or xfailed.raises is not None:
+        return None
+    return xfailed.reason

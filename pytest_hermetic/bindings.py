@@ -16,6 +16,7 @@ import struct
 import sys
 import sysconfig
 
+from .images.resolve import resolve_or_pull
 from .images.store import Image, Store
 from .spec import Spec, Volume
 
@@ -30,7 +31,7 @@ _FRESH_MOUNTS = ("/tmp", "/dev", "/proc", "/sys")
 def image_for(spec: Spec, store: Store) -> Image | None:
     """`spec.image` resolved in `store`, for `volumes_for` and then the
     `Container` (so once per container); None for `host`, which needs no look."""
-    return None if spec.image == "host" else store.resolve(spec.image)
+    return None if spec.image == "host" else resolve_or_pull(store, spec.image)
 
 
 def volumes_for(spec: Spec, code: Iterable[str], writable: Iterable[str] = (), *,

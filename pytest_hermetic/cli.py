@@ -224,8 +224,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         target_name(args.commit)  # a bad reference fails before the run, not after
     container = Container(spec)
     interrupts = {"count": 0}
+    # Signals that arrive while `start()` has not returned yet: the command
+    # may already run (and its user already press Ctrl-C), but there is no
+    # PID 1 to signal until `start()` hands it over.
+    early: list[int] = []
 
-    def forward(signum: int, _frame: object) -> None:
+    def deliver(signum: int) -> None:
         # A PID 1 ignores signals it has no handler for; a second Ctrl-C
         # (or SIGTERM) kills the whole container, as users expect.
         interrupts["count"] += 1
@@ -238,11 +242,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
             # shell runs in it included); under --init PID 1 passes it on.
             container.kill(signum, group=signum != signal.SIGTERM and not args.init)
 
+    def forward(signum: int, _frame: object) -> None:
+        if container.process is None:
+            early.append(signum)
+        else:
+            deliver(signum)
+
     with container:
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         forwarders: list = []
         try:
             container.start()
+            while early:
+                deliver(early.pop(0))
             if ports:
                 from .detached import publish
 
@@ -498,11 +510,12 @@ def _cmd_wait(args: argparse.Namespace) -> int:
 
 def _cmd_gc(args: argparse.Namespace) -> int:
     from .gc import gc_containers
+    from .images.gc import collect
     from .images.store import Store
 
     from .networks import gc_networks
 
-    removed = gc_containers() + gc_networks() + Store().gc()
+    removed = gc_containers() + gc_networks() + collect(Store())
     if not args.quiet:
         for line in removed:
             print(f"removed {line}")

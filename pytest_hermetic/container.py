@@ -19,6 +19,7 @@ dead owners `gc.py`'s, the kernel work the runtime's.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 from ._fs import rmtree
 from ._proc import descendants, owner, owner_key, signal_name
 from .errors import ContainerNotFound, ContainerStartError, HermeticError, NetworkError, SpecError, StoreError
+from .images.resolve import resolve_or_pull
 from .images.store import Image, Keep, Store
 from .options import DEFAULT_PIDS
 from .paths import make_private, state_root
@@ -210,7 +212,7 @@ class Container:
         store before anything reads them, so no `gc` takes them from under
         it.  Once more if a moved tag's old layers went meanwhile."""
         for attempt in (0, 1):
-            image = self._resolved if attempt == 0 and self._resolved is not None else self.store.resolve(self.spec.image)
+            image = self._resolved if attempt == 0 and self._resolved is not None else resolve_or_pull(self.store, self.spec.image)
             try:
                 self._use = self.store.use(image, self.id, self.name)
                 return image
@@ -308,7 +310,7 @@ class Container:
         if image.is_host and image.layers:
             # Store layers sit on the host's root filesystem, and overlayfs
             # refuses a lower below another lower ("/"): replay them instead.
-            blobs = [self.store.blob_path(self.store._layer_meta(d)["blob"]) for d in image.layers]
+            blobs = [self.store.blob_path(self.store.layer_meta(d)["blob"]) for d in image.layers]
             return [], blobs
         # Their presence was checked when the store recorded this container's
         # use of them (`Store.use`), under the lock gc respects.
@@ -338,6 +340,7 @@ class Container:
             replay=list(zip(replay, replay_dirs)),
             unpack_layer=_layer_unpacker(self.userns) if replay else None,
             layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
+            shm_size=spec.shm_size or min(host_shm_size(), spec.mem or host_shm_size()),
         )
         return process.ProcessConfig(
             rootfs=rootfs,
@@ -555,6 +558,21 @@ def _layer_unpacker(userns: bool) -> Callable[[str, str], object]:
     return lambda tar_path, directory: layers.extract_layer(tar_path, directory, xattr_prefix=prefix)
 
 
+HOST_SHM_FALLBACK = 64 << 20  # Docker's size, where the host has no /dev/shm to measure
+
+
+@functools.lru_cache(maxsize=None)
+def host_shm_size() -> int:
+    """The size of the host's /dev/shm, which a container's is by default:
+    a test that writes 1 GB there in place does so inside too (its pages
+    count against the container's memory limit, as any tmpfs's)."""
+    try:
+        info = os.statvfs("/dev/shm")
+    except OSError:
+        return HOST_SHM_FALLBACK
+    return info.f_blocks * info.f_frsize or HOST_SHM_FALLBACK
+
+
 def _init_files(hostname: str) -> dict[str, str]:
     hosts = (
         "127.0.0.1\tlocalhost\n"
@@ -586,7 +604,7 @@ def commit_running(name: str, ref: str, *, store: Store | None = None, ps: str =
                 raise ContainerStartError(f"container {name!r} keeps its read-write layer in memory; only containers "
                                           "started with --name or --commit can be committed")
             store = store or Store()
-            base = store.image_of(state["id"]) or store.resolve(state["image"])
+            base = store.image_of(state["id"]) or resolve_or_pull(store, state["image"])
             return commit_upper(store, base, os.path.join(state["rw_dir"], "upper"), ref,
                                 userns=os.geteuid() != 0, comment=f"hermetic commit {state['id'][:12]}")
     raise ContainerNotFound(f"no running container named {name!r}; see {ps}")

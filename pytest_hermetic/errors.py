@@ -96,5 +96,15 @@ class RegistryAuthError(RegistryError):
     """The registry refused the credentials, or asked for some and there are none."""
 
 
-class DigestMismatch(RegistryError):
-    """Downloaded content does not hash to the digest that named it."""
+class ContentError(HermeticError):
+    """Image content is not what names it: a blob, manifest, config or layer tar,
+    from a registry or a local archive."""
+
+
+class DigestMismatch(ContentError):
+    """Content does not hash to (or is not the size of) the digest that named it."""
+
+
+class RegistryDigestMismatch(DigestMismatch, RegistryError):
+    """A registry sent content that does not hash to the digest that named it
+    (an `except RegistryError` catches it too)."""

@@ -60,6 +60,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("mem", None, "memory limit, e.g. 64M, 1g, 512MiB", (MARKER, CLI, CELL), ("--mem",), "SIZE"),
     Option("cpus", None, "CPU bandwidth, e.g. 0.5 or 1.5", (MARKER, CLI, CELL), ("--cpus",), "N"),
     Option("pids", None, f"maximum number of processes (default {DEFAULT_PIDS})", (MARKER, CLI, CELL), ("--pids",), "N"),
+    Option("shm_size", None, "size of /dev/shm, e.g. 1g (default: the host's, or the memory limit if smaller)",
+           (MARKER, CLI, CELL), ("--shm-size",), "SIZE"),
     Option("timeout", None, "kill everything after S seconds", (MARKER, CLI, CELL), ("--timeout",), "S",
            cell_help="stop the cell's processes after S seconds", per_cell=True),
     Option("hostname", None, "the container's host name", (MARKER, CLI), ("--hostname",), "H"),

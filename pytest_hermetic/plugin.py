@@ -32,6 +32,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hermetic_subnet", "subnet for container networks (default $HERMETIC_SUBNET or 10.88.0.0/16)",
                   default="")
     parser.addini("hermetic_timeout", "default timeout in seconds for hermetic tests", default="")
+    parser.addini("hermetic_service_log_lines", "lines of each service container's output in a failed test's "
+                  "report and in a wait's error (0: none)", default="50")
     parser.addini("hermetic_store", "image store directory (default: $HERMETIC_STORE or the user's default)", default="")
 
 

@@ -195,6 +195,7 @@ class Spec:
     mem: int | None = None  # bytes
     cpus: float | None = None
     pids: int | None = None  # None: the engine's fuse (options.DEFAULT_PIDS) where the pids controller is usable
+    shm_size: int | None = None  # bytes; None: the host's /dev/shm, or `mem` if smaller
     timeout: float | None = None  # seconds
     hostname: str | None = None
     env: Mapping[str, str] = factory(dict)
@@ -220,6 +221,7 @@ class Spec:
         mem: int | str | None = None,
         cpus: float | str | None = None,
         pids: int | str | None = None,
+        shm_size: int | str | None = None,
         timeout: float | str | None = None,
         hostname: str | None = None,
         env: Mapping[str, str | int | float] | None = None,
@@ -269,6 +271,7 @@ class Spec:
             mem=size,
             cpus=parse_cpus(cpus),
             pids=parse_positive_int(pids, "pids", MAX_PIDS),
+            shm_size=parse_size(shm_size, "shm_size"),
             timeout=parse_timeout(timeout),
             hostname=hostname,
             env=checked_env,

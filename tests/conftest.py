@@ -164,6 +164,31 @@ def run_cli(*args: str, user: str | None = None, input: str | None = None, env: 
     return Ran(result.returncode, result.stdout, result.stderr)
 
 
+def inner_session_as(test_user: str, project_name: str, test_file: str, source: str, *args: str):  # noqa: ANN202
+    """An inner `pytest -p hermetic` session run by the test user in a project of its own."""
+    import pwd
+    import subprocess
+    import sys
+
+    if os.path.realpath(sys.executable).startswith("/root/"):
+        pytest.skip("this interpreter lives under /root, out of an unprivileged user's reach")
+    entry = pwd.getpwnam(test_user)
+    home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
+    project = os.path.join(home, project_name)
+    os.makedirs(project, exist_ok=True)
+    with open(os.path.join(project, test_file), "w") as f:
+        f.write(source)
+    for path in (home, project, os.path.join(project, test_file)):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "PYTHONPATH": ROOT, "HERMETIC_STATE": f"{home}/state",
+           "XDG_DATA_HOME": f"{home}/data", "LANG": "C.UTF-8"}
+    ran = subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+                          sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q",
+                          "--basetemp", f"{home}/basetemp-{project_name}", *args, test_file],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=180)
+    return ran, home
+
+
 @pytest.fixture(scope="session")
 def busybox_rootfs(pytestconfig: pytest.Config) -> str:
     """A busybox rootfs folder, readable by the rootless test user too."""

@@ -44,22 +44,13 @@ LAYERS: list[tuple[str, ...]] = [
 
 # One concern split into files for size (as a long module would be one file):
 # their modules may share `_names`, nothing outside may use them.
-SHARED_PRIVATE_PACKAGES = {"pytest_hermetic.images.layers"}
+SHARED_PRIVATE_PACKAGES: set[str] = set()  # (images/layers/ shares public names now)
 
 # ---- KNOWN EXCEPTIONS: the lead empties these after merging the renovation's
 # other branches.  Each entry must still be needed, or the test fails.
 KNOWN_LAYER_VIOLATIONS: set[tuple[str, str]] = set()
-KNOWN_CYCLE_EDGES = {
-    # Store.resolve pulls on first use: store -> pull -> ingest -> store (reno-images).
-    ("pytest_hermetic.images.store", "pytest_hermetic.images.pull"),
-    # registry takes MAX_MANIFEST from pull, which uses the registry (reno-images).
-    ("pytest_hermetic.images.registry", "pytest_hermetic.images.pull"),
-}
-KNOWN_PRIVATE_USES = {
-    # Store._layer_meta (reno-images makes it public; container.py then calls the public name).
-    ("pytest_hermetic.container", "_layer_meta"),
-    ("pytest_hermetic.images.archives", "_layer_meta"),
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
+KNOWN_PRIVATE_USES: set[tuple[str, str]] = set()
 # ---- end of KNOWN EXCEPTIONS
 
 

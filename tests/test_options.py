@@ -85,4 +85,4 @@ def test_the_cell_magic_offers_every_cell_option():
         assert by_dest[name].help == (option.cell_help or option.help)
     for own in ("image", "commit", "shell", "out", "err", "no_raise_error"):
         assert own in by_dest
-    assert set(options.CREATE_ONLY) == {"net", "mem", "cpus", "pids", "volumes", "seccomp"}
+    assert set(options.CREATE_ONLY) == {"net", "mem", "cpus", "pids", "shm_size", "volumes", "seccomp"}

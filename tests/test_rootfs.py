@@ -56,7 +56,7 @@ def test_commit_round_trip(busybox_image, tmp_path):
     assert image.layers[:-1] == base.layers and len(image.layers) == len(base.layers) + 1
 
     # The committed layer: OCI whiteouts, no engine files (init layer).
-    blob = store.blob_path(store._layer_meta(image.layers[-1])["blob"])
+    blob = store.blob_path(store.layer_meta(image.layers[-1])["blob"])
     with tarfile.open(blob) as tar:
         names = set(tar.getnames())
     assert {"added", "etc/.wh.os-release", "etc/passwd", "home/.wh..wh..opq", "home/only", "etc/newdir/f"} <= names

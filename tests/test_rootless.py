@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conftest import run_cli
+from conftest import inner_session_as, run_cli
 
 
 def test_namespaces_from_inside(test_user):
@@ -64,7 +64,7 @@ def test_import_commit_and_run_an_image(test_user, busybox_rootfs):
 
 def test_the_plugin_as_an_unprivileged_user(test_user):
     """An inner pytest session run by the test user with --hermetic."""
-    ran, _ = _inner_session(test_user, "plugin-project", "test_inner.py", (
+    ran, _ = inner_session_as(test_user, "plugin-project", "test_inner.py", (
         "import os, time\n"
         "from pytest_hermetic import hermetic\n\n"
         "@hermetic\n"
@@ -79,6 +79,14 @@ def test_the_plugin_as_an_unprivileged_user(test_user):
         "    time.sleep(30)\n"))
     assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
     assert "hermetic: timeout after 1 s: killed" in ran.stdout
+
+
+def test_files_of_wider_fixtures_under_tmp_are_there_rootless(test_user):
+    from test_plugin_fidelity import TMP_SUITE
+
+    ran, _ = inner_session_as(test_user, "tmp-project", "test_inner.py", TMP_SUITE, "--hermetic", "-p", "no:randomly")
+    assert "2 passed" in ran.stdout, ran.stdout + ran.stderr
+    assert not os.path.exists("/tmp/hermetic-fidelity-left-behind")
 
 
 def test_bridged_network_through_slirp4netns_reaches_the_host(test_user):
@@ -119,7 +127,7 @@ def test_named_networks_rootless_are_a_clear_error(test_user):
 def test_private_networks_per_test_as_an_unprivileged_user(test_user):
     """The web/token suite, rootless: each test's "svc" is its own network,
     its bridge held by a process of the user's own (runtime/netholder.py)."""
-    ran, home = _inner_session(test_user, "network-project", "test_web.py", (
+    ran, home = inner_session_as(test_user, "network-project", "test_web.py", (
         "import os, socket, urllib.request\n"
         "import pytest\n"
         "from pytest_hermetic import hermetic\n\n"
@@ -142,30 +150,3 @@ def test_private_networks_per_test_as_an_unprivileged_user(test_user):
     assert len({t[2] for t in tokens}) == 4 and {t[3] for t in tokens} == {"0"}  # root inside, four networks
     private = os.path.join(home, "state", "networks", "private")
     assert not os.path.isdir(private) or os.listdir(private) == []  # every network and its holder gone
-
-
-def _inner_session(test_user: str, project_name: str, test_file: str, source: str, *args: str):  # noqa: ANN202
-    """An inner `pytest -p hermetic` session run by the test user in a project of its own."""
-    import pwd
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    if os.path.realpath(sys.executable).startswith("/root/"):
-        pytest.skip("this interpreter lives under /root, out of an unprivileged user's reach")
-    entry = pwd.getpwnam(test_user)
-    home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
-    project = os.path.join(home, project_name)
-    os.makedirs(project, exist_ok=True)
-    with open(os.path.join(project, test_file), "w") as f:
-        f.write(source)
-    for path in (home, project, os.path.join(project, test_file)):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    env = {"PATH": "/usr/bin:/bin", "HOME": home, "PYTHONPATH": ROOT, "HERMETIC_STATE": f"{home}/state",
-           "XDG_DATA_HOME": f"{home}/data", "LANG": "C.UTF-8"}
-    ran = subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
-                          sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q",
-                          "--basetemp", f"{home}/basetemp-{project_name}", *args, test_file],
-                         cwd=project, env=env, capture_output=True, text=True, timeout=180)
-    return ran, home

@@ -7,6 +7,8 @@ import sys
 import pytest
 
 from pytest_hermetic.errors import ImageNotFound, StoreError
+from pytest_hermetic.images.gc import collect
+from pytest_hermetic.images.resolve import resolve_or_pull
 from pytest_hermetic.images.store import Store
 from pytest_hermetic.images.transports import import_image
 
@@ -37,17 +39,19 @@ def test_gc_keeps_referenced_and_removes_the_rest(tmp_path, busybox_rootfs):
     (other / "file").write_text("x")
     import_image(store, f"dir:{other}", "drop:1")
     store.remove("drop:1")
-    removed = store.gc()
+    removed = collect(store)
     assert any(line.startswith("layer ") for line in removed)
     assert [i.familiar for i in store.images()] == ["keep:1"]
     assert len(os.listdir(os.path.join(store.root, "layers"))) == 1
-    assert store.gc() == []
+    assert collect(store) == []
 
 
 def test_missing_and_corrupt(tmp_path):
     store = Store(str(tmp_path / "store"))
     with pytest.raises(ImageNotFound, match="hermetic import dir:ROOTFS nothing:latest"):
-        store.resolve("nothing")
+        resolve_or_pull(store, "nothing")
+    with pytest.raises(ImageNotFound, match="not in the local store .*; pull it with `hermetic pull nothing`"):
+        store.resolve("nothing")  # the store alone never pulls
     os.makedirs(store.root)
     with open(os.path.join(store.root, "refs.json"), "w") as f:
         f.write("{not json")

@@ -20,6 +20,7 @@ from . import coverage_relay
 from .wire import Channel, read_frame
 
 FORWARDER_NAME = "hermetic-forwarder"
+_loads = pickle.loads  # taken at import: a test may replace pickle's (see wire)
 
 
 class Forwarder:
@@ -74,19 +75,24 @@ class Remote:
         self.reply_fd = reply_fd
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # the test's call is where its error shows
         self.channel.send("call", (method, args, kwargs))
         body = read_frame(self.reply_fd)
         if not body:
             raise RuntimeError("hermetic: the pytest process stopped answering")
-        ok, value = pickle.loads(body)
+        ok, value = _loads(body)
         if not ok:
             raise value
         return value
 
 
-def child_main(item: pytest.Item, write_fd: int, reply_fd: int) -> int:
+def child_main(item: pytest.Item, write_fd: int, reply_fd: int, wait_for_parent: bool = False) -> int:
     """The container's workload: run `item`'s function-scope phases and
-    send everything home; "done" is always the last message."""
+    send everything home; "done" is always the last message.  With
+    `wait_for_parent`, first wait for the parent's go (its loopback
+    listeners are reachable in this namespace then: loopback_relay)."""
+    if wait_for_parent:
+        read_frame(reply_fd)
     config = item.config
     channel = Channel(write_fd)
     fixtures.remote = Remote(channel, reply_fd)

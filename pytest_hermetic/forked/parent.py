@@ -23,10 +23,10 @@ from .. import _pytest_compat as compat
 from ..bindings import image_for, volumes_for
 from ..container import Container
 from ..errors import HermeticError
-from ..fixtures import Containers
+from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
-from ..spec import Spec
-from . import coverage_relay
+from ..spec import Spec, Volume
+from . import coverage_relay, loopback_relay
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, frames, is_complete, picklable, write_frame
 
@@ -104,19 +104,25 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         store = Store()
         image = image_for(spec, store)
         basetemp = compat.basetemp(item.config)
-        volumes = volumes_for(spec, code=(str(item.config.rootpath), os.getcwd()),
+        volumes = volumes_for(_with_host_tmp(spec), code=(str(item.config.rootpath), os.getcwd()),
                               writable=[basetemp] if basetemp is not None else [], store=store, image=image)
         # Per-test containers: rw layer in memory, no state folder, no accounting
         # beyond the limits asked for: each of these is a measurable cost per test.
+        # The host's name unless the marker names one: fixtures of wider scope
+        # record facts such as `socket.gethostname()` in the parent and the
+        # test compares; the UTS namespace still keeps a `sethostname` inside.
         spec = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
-                                 workdir=spec.workdir or os.getcwd())  # where pytest runs, as without isolation
+                                 workdir=spec.workdir or os.getcwd(),  # where pytest runs, as without isolation
+                                 hostname=spec.hostname or os.uname().nodename)
         container = Container(spec, store=store, image=image,
                               network=scope.get(spec.net) if isinstance(spec.net, str) else None)
     except BaseException:
         if scope is not None:
             scope.close()  # nothing else would: no container took it
         raise
-    services = _Services(scope)
+    services = _Services(scope, spec.net)
+    found = loopback_relay.listeners()  # the pytest process's own servers (a session fixture's)
+    relay = None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     deferred = False
@@ -125,11 +131,17 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
-            container.start(target=lambda: child_main(item, write_fd, reply_r))
+            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)))
         finally:
             gc.unfreeze()
             os.close(write_fd)
             os.close(reply_r)
+        if found:
+            relay = _relay(container, found)
+            try:
+                write_frame(reply_w, b"go")  # the test starts once its relays listen
+            except BrokenPipeError:
+                pass  # the child is gone already: _drain reports how it ended
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a
@@ -141,6 +153,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         else:
             result = container.wait()
     finally:
+        if relay is not None:
+            relay.close()
         os.close(read_fd)
         os.close(reply_w)
         services.close()
@@ -151,33 +165,56 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
     return _decode(item.config, data), result
 
 
+def _with_host_tmp(spec: Spec) -> Spec:
+    """`spec` with the host's /tmp seen copy-on-write at /tmp (first, so
+    volumes below it are mounted over it): what wider-scope fixtures made
+    there before the fork (`tempfile.mkdtemp()` in a class fixture) is
+    there, and the test's writes vanish with it.  A volume of the marker's
+    own at /tmp wins."""
+    if any(v.target.rstrip("/") == "/tmp" for v in spec.volumes):
+        return spec
+    return spec.with_options(volumes=(Volume("/tmp", "/tmp", overlay=True), *spec.volumes))
+
+
+def _relay(container: Container, found: list) -> loopback_relay.Relay | None:
+    """The parent's listeners at their addresses in the test's namespace;
+    None where this process may not enter it (rootless: see docs/pytest.md)."""
+    pid = container.pid
+    assert pid is not None
+    try:
+        return loopback_relay.Relay(pid, found)
+    except OSError:
+        return None
+
+
 def _network_scope(spec: Spec) -> Any:
     """The test's private networks (None for loopback only): `net="svc"` in
     the marker and in its service containers is one network of its own."""
     if spec.net is False:
         return None
-    # Lazily: about 5 ms of imports that a session without networks skips,
-    # and the plugin releases the host bridge at the end only if it was loaded.
-    from ..networks import Scope, hold_host_bridge
-
     if spec.net is True:
+        # Lazily: about 5 ms of imports that a session without networks skips,
+        # and the plugin releases the host bridge at the end only if it was loaded.
+        from ..networks import hold_host_bridge
+
         hold_host_bridge()  # made once per session, not per test
-    return Scope()
+    return TestNetworks()  # a module's or the session's network of that name, else the test's own
 
 
 class _Services:
     """The parent's side of the `containers` fixture for one hermetic test."""
 
-    def __init__(self, scope: Any = None) -> None:
+    def __init__(self, scope: Any = None, test_net: Any = False) -> None:
         self.factory: Containers | None = None
         self.scope = scope
+        self.test_net = test_net  # where the test is, for `address()`
 
     def answer(self, payload: tuple, reply_fd: int) -> None:
         method, args, kwargs = payload
         try:
             if self.factory is None:
                 self.factory = Containers(self.scope)
-            reply = (True, self.factory.handle(method, args, kwargs))
+            reply = (True, self.factory.handle(method, args, kwargs, self.test_net))
         except Exception as exc:  # noqa: BLE001 - the test gets it, as if raised in place
             reply = (False, exc if picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
         try:
@@ -280,8 +317,13 @@ def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestR
     if result is not None and result.status.code is not None and result.status.code != 0 and result.reason and result.reason.startswith("exited"):
         reason = f"exited with status {result.status.code} without reporting"
     sections = compat.captured_sections(item.config, when)
-    return pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
-                             f"hermetic: {reason}", when, sections)
+    report = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
+                               f"hermetic: {reason}", when, sections)
+    xfail_reason = compat.xfail_reason_for_crash(item)
+    if xfail_reason is not None:  # an expected failure, as pytest reports one that raised
+        report.outcome = "skipped"
+        report.wasxfail = xfail_reason
+    return report
 
 
 def _warning_from_payload(payload: dict) -> dict:

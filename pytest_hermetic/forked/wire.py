@@ -14,27 +14,46 @@ import pickle
 import struct
 from typing import Any
 
-from ..runtime.channel import read_exactly
-
 HEADER = struct.Struct("!I")
+
+# Taken at import, before any test runs: a test may replace `os.write`,
+# `pickle.dumps` and the like (monkeypatch, to simulate a full disk) and
+# still gets its report home, since the child sends it while the test's
+# monkeypatching is still in place.
+_write = os.write
+_read = os.read
+_dumps = pickle.dumps
+_pack = HEADER.pack
+_unpack = HEADER.unpack
 CALL_MARK = b"call"  # cheap pre-check before unpickling a message in the parent
 
 
 def frame(body: bytes) -> bytes:
     """A message on the pipes between parent and child: length, then body."""
-    return HEADER.pack(len(body)) + body
+    return _pack(len(body)) + body
 
 
 def write_frame(fd: int, body: bytes) -> None:
     view = memoryview(frame(body))
     while view:
-        view = view[os.write(fd, view):]
+        view = view[_write(fd, view):]
+
+
+def read_exactly(fd: int, size: int) -> bytes:
+    """`size` bytes from `fd`, or fewer if it reaches EOF first."""
+    data = b""
+    while len(data) < size:
+        chunk = _read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def read_frame(fd: int) -> bytes:
     """The next message's body from `fd`; empty if the writer is gone."""
     header = read_exactly(fd, HEADER.size)
-    return read_exactly(fd, HEADER.unpack(header)[0]) if len(header) == HEADER.size else b""
+    return read_exactly(fd, _unpack(header)[0]) if len(header) == HEADER.size else b""
 
 
 def frames(data: bytes) -> tuple[list[bytes], int]:
@@ -66,9 +85,9 @@ class Channel:
 
     def send(self, kind: str, payload: Any) -> None:
         try:
-            data = pickle.dumps((kind, payload))
+            data = _dumps((kind, payload))
         except Exception:  # noqa: BLE001 - unpicklable user data: send its repr instead
-            data = pickle.dumps((kind, _reprs(payload)))
+            data = _dumps((kind, _reprs(payload)))
         write_frame(self.fd, data)
 
 

@@ -10,24 +10,25 @@ archive with uncompressed layers named by diff_id.
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import os
 import re
+import shutil
 import tarfile
 
 from ..errors import DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, StoreError
-from . import limits
+from . import layers, limits, platforms
 from . import reference as refs
 from . import schema
 from .commit import target_name
+from .digest import sha256_digest
 from .ingest import OCI_TYPES, Source, ingest_layer
-from .store import BASE_ANNOTATION, MEDIA_CONFIG, MEDIA_MANIFEST, Image, Keep, Store
+from .store import BASE_ANNOTATION, MAX_JSON, MEDIA_CONFIG, MEDIA_MANIFEST, Image, Keep, Store
 
 REF_NAME = "org.opencontainers.image.ref.name"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
-MAX_JSON = 32 << 20
 _HEX = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -37,13 +38,11 @@ _HEX = re.compile(r"^sha256:[0-9a-f]{64}$")
 def import_oci(store: Store, layout: str, tag: str | None, name: str | None, keep: Keep | None = None) -> Image:
     """Image `tag` (or the only one) of the OCI layout `layout`, stored as `name`.
     `keep`: the store record that makes gc keep what lands (else hold `store.busy()`)."""
-    from . import platforms
-
     layout = os.path.abspath(layout)
     where = f"oci:{layout}" + (f":{tag}" if tag else "")
     try:
         with open(os.path.join(layout, "index.json"), "rb") as f:
-            index = _object(f.read(MAX_JSON + 1), schema.INDEX, f"{where}: index.json")
+            index = _load(f.read(MAX_JSON + 1), schema.INDEX, f"{where}: index.json")
     except FileNotFoundError:
         raise ImageNotFound(f"{where}: no index.json there; not an OCI image layout") from None
     entries = index["manifests"]
@@ -56,11 +55,11 @@ def import_oci(store: Store, layout: str, tag: str | None, name: str | None, kee
                                   f"(tags: {', '.join(t for t in tags if t)})")
     desc = fits[0]
     manifest_bytes = _layout_blob(layout, desc, where)
-    if desc.get("mediaType") in INDEX_TYPES or "manifests" in _object(manifest_bytes, _OBJECT, f"{where}: manifest"):
-        index = _object(manifest_bytes, schema.INDEX, f"{where}: index")
+    if desc.get("mediaType") in INDEX_TYPES or "manifests" in _load(manifest_bytes, schema.DOCUMENT, f"{where}: manifest"):
+        index = _load(manifest_bytes, schema.INDEX, f"{where}: index")
         chosen = platforms.select(index["manifests"], platforms.host(), where)
         manifest_bytes = _layout_blob(layout, chosen, where)
-    manifest = _object(manifest_bytes, schema.MANIFEST, f"{where}: manifest")
+    manifest = _load(manifest_bytes, schema.MANIFEST, f"{where}: manifest")
     config_bytes = _layout_blob(layout, manifest["config"], where)
     diff_ids = _diff_ids(config_bytes, len(manifest.get("layers") or []), where)
     if keep is not None:
@@ -91,7 +90,7 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
     except (tarfile.TarError, OSError) as exc:
         raise LayerError(f"{where}: not a docker archive ({exc})") from None
     with tf:
-        manifest = _object(_member(tf, "manifest.json", where), schema.ARCHIVE_MANIFEST, f"{where}: manifest.json")
+        manifest = _load(_member(tf, "manifest.json", where), schema.ARCHIVE_MANIFEST, f"{where}: manifest.json")
         if ref:
             want = refs.parse(ref).name
             manifest = [e for e in manifest if any(_same(t, want) for t in e.get("RepoTags") or [])]
@@ -101,7 +100,7 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
             raise ImageReferenceError(f"{where} holds {len(manifest)} images; name one: docker-archive:{path}:REF")
         entry = manifest[0]
         config_bytes = _member(tf, entry["Config"], where)
-        config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+        config_digest = sha256_digest(config_bytes)
         named = re.search(r"([0-9a-f]{64})(?:\.json)?$", entry.get("Config", ""))
         if named and named.group(1) != config_digest[7:]:
             raise DigestMismatch(f"digest mismatch for {where} config: named {named.group(1)[:12]}, hashes to {config_digest}")
@@ -116,7 +115,7 @@ def import_docker_archive(store: Store, path: str, ref: str | None, name: str | 
                     budget, size)
     layers = []
     for diff_id in diff_ids:
-        meta = store._layer_meta(diff_id)
+        meta = store.layer_meta(diff_id)
         layers.append({"mediaType": meta["media_type"], "digest": meta["blob"],
                        "size": os.path.getsize(store.blob_path(meta["blob"]))})
     manifest_bytes = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
@@ -176,7 +175,7 @@ def _layout_blob(layout: str, desc: dict, where: str) -> bytes:
         data = f.read(MAX_JSON + 1)
     if len(data) > MAX_JSON:
         raise too_large
-    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    got = sha256_digest(data)
     if got != digest or ("size" in desc and len(data) != int(desc["size"])):
         raise DigestMismatch(f"digest mismatch in {where}: blob {digest} hashes to {got} ({len(data)} bytes); nothing was stored")
     return data
@@ -209,16 +208,13 @@ def _member_stream(tf: tarfile.TarFile, member: str, where: str):
     return f
 
 
-_OBJECT = schema.Obj({}, name="manifest")
-
-
-def _object(data: bytes, check: schema.Check, what: str):  # noqa: ANN202 - what `check` describes
+def _load(data: bytes, check: schema.Check, what: str):  # noqa: ANN202 - what `check` describes
     """An archive's JSON document, bounded and type-checked (`schema`)."""
     return schema.load(data, check, what, LayerError, limit=MAX_JSON)
 
 
 def _diff_ids(config_bytes: bytes, count: int, where: str) -> list[str]:
-    diff_ids = list((_object(config_bytes, schema.CONFIG, f"{where}: config").get("rootfs") or {}).get("diff_ids") or [])
+    diff_ids = list((_load(config_bytes, schema.CONFIG, f"{where}: config").get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != count:
         raise LayerError(f"{where}: {count} layers but {len(diff_ids)} diff_ids in the config")
     for d in diff_ids:
@@ -280,14 +276,14 @@ def save_oci(store: Store, image: Image, layout: str, tag: str | None) -> str:
     _write_atomic(os.path.join(layout, "oci-layout"), b'{"imageLayoutVersion":"1.0.0"}')
     for desc in [manifest["config"], *manifest.get("layers", [])]:
         _place(store.blob_path(desc["digest"]), os.path.join(blobs_dir, desc["digest"][7:]))
-    digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+    digest = sha256_digest(manifest_bytes)
     target = os.path.join(blobs_dir, digest[7:])
     if not os.path.exists(target):
         _write_atomic(target, manifest_bytes)
     index_path = os.path.join(layout, "index.json")
     try:
         with open(index_path, "rb") as f:
-            index = _object(f.read(MAX_JSON + 1), schema.INDEX, index_path)
+            index = _load(f.read(MAX_JSON + 1), schema.INDEX, index_path)
     except FileNotFoundError:
         index = {"schemaVersion": 2, "manifests": []}
     index.setdefault("mediaType", OCI_INDEX)
@@ -300,8 +296,6 @@ def save_oci(store: Store, image: Image, layout: str, tag: str | None) -> str:
 
 def save_docker_archive(store: Store, image: Image, path: str, ref: str | None) -> None:
     """Write `image` as a docker archive (`docker load`, skopeo), tagged `ref` (default: its name)."""
-    from . import layers
-
     manifest, _ = _manifest_of(store, image)
     config_digest = manifest["config"]["digest"]
     tag = refs.parse(ref).familiar if ref else image.familiar
@@ -311,7 +305,7 @@ def save_docker_archive(store: Store, image: Image, path: str, ref: str | None) 
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
             names = []
             for diff_id in image.layers:
-                meta = store._layer_meta(diff_id)
+                meta = store.layer_meta(diff_id)
                 name = f"{diff_id[7:]}/layer.tar"
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = int(meta["size"]), 0o644
@@ -331,8 +325,6 @@ def save_docker_archive(store: Store, image: Image, path: str, ref: str | None) 
 
 
 def _add_bytes(out: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
     info = tarfile.TarInfo(name)
     info.size, info.mode = len(data), 0o644
     out.addfile(info, io.BytesIO(data))
@@ -346,8 +338,6 @@ def _place(src: str, dest: str) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        import shutil
-
         shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
 

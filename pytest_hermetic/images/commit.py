@@ -13,9 +13,11 @@ import copy
 import os
 import time
 
+from .._fs import rmtree
 from ..errors import ImageReferenceError
 from . import layers
 from . import reference as refs
+from .ingest import disk_full_said
 from .store import Image, Store
 
 
@@ -28,9 +30,6 @@ def target_name(ref: str) -> str:
 
 def commit_upper(store: Store, base: Image, upper: str, ref: str, *, userns: bool, comment: str) -> Image:
     """Store `upper` as one layer on `base` and tag it `ref`; returns the image this call wrote."""
-    from .._fs import rmtree
-    from .ingest import disk_full_said
-
     name = target_name(ref)
     prefix = layers.OVERLAY_USER if userns else layers.OVERLAY_TRUSTED
     store.clear_dead_staging()

@@ -31,6 +31,8 @@ import json
 import os
 import socket
 
+from ..errors import RegistryError
+
 
 def _conf_path() -> str:
     return os.environ.get("HERMETIC_REGISTRIES_CONF") or os.path.join(
@@ -40,14 +42,12 @@ def _conf_path() -> str:
 def _conf() -> dict[str, dict[str, str]]:
     if not os.path.exists(_conf_path()):
         return {}
-    import configparser
+    import configparser  # (~1 ms) only when a registries.conf exists; most pulls have none
 
     parser = configparser.ConfigParser()
     try:
         parser.read(_conf_path())
     except configparser.Error as exc:
-        from ..errors import RegistryError
-
         raise RegistryError(f"{_conf_path()}: {exc}") from None
     return {section: dict(parser[section]) for section in parser.sections()}
 

@@ -11,7 +11,7 @@ staging goes and the store is as it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 
     from .limits import Budget
 
+from .._fs import rmtree
 from ..errors import DigestMismatch, LayerError, StoreError
-from .store import HashingReader, Store
+from . import layers, limits
+from .digest import Hashed, HashingReader
+from .store import Store
 
 OCI_TYPES = {  # Docker's layer media types as OCI names them, for manifests the store writes
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -33,8 +36,6 @@ PIPELINE_ABOVE = 4 << 20  # compressed bytes
 
 def disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT, also when extraction wrapped it in a LayerError."""
-    import errno
-
     while exc is not None:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
@@ -54,17 +55,16 @@ def disk_full_said(store: Store, doing: str, again: str) -> Iterator[None]:
         raise
 
 
-class Source:
+class Source(Hashed):
     """The blob's bytes as they pass: counted, hashed, copied to `tmp_path`; `verify` checks them."""
 
     def __init__(self, src: BinaryIO, tmp_path: str, *, digest: str | None = None, size: int | None = None,
                  name: str = "blob") -> None:
+        super().__init__()
         self._src = src
         self.tmp_path = tmp_path
         self.expected_digest, self.expected_size, self.name = digest, size, name
         self._out = open(tmp_path, "wb")
-        self._hash = hashlib.sha256()
-        self.done = 0
 
     def __enter__(self) -> Source:
         return self
@@ -76,23 +76,19 @@ class Source:
         data = self._src.read(1 << 20 if n is None or n < 0 else n)
         if data:
             self._out.write(data)
-            self._hash.update(data)
-            self.done += len(data)
+            self._count(data)
         return data
 
     def drain(self) -> None:
         while self.read(1 << 20):
             pass
 
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
-
     def verify(self) -> None:
         self._out.flush()
         if (self.expected_digest and self.digest() != self.expected_digest) or (
-                self.expected_size is not None and self.done != self.expected_size):
+                self.expected_size is not None and self.size != self.expected_size):
             raise DigestMismatch(f"digest mismatch for {self.name}: expected {self.expected_digest} "
-                                 f"({self.expected_size} bytes), got {self.digest()} ({self.done} bytes); nothing was stored")
+                                 f"({self.expected_size} bytes), got {self.digest()} ({self.size} bytes); nothing was stored")
 
 
 def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_type: str | None = None,
@@ -104,9 +100,6 @@ def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_typ
     bounded (`limits`: by the blob's `compressed` size, default the size the
     source expects) and charged to the `image`'s budget too.
     """
-    from . import layers, limits
-    from .._fs import rmtree
-
     budget = limits.layer_budget(compressed if compressed is not None else source.expected_size,
                                  source.name, image)
 

@@ -16,9 +16,9 @@ the layer unpacked.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
+import re
 import sys
 import threading
 import time
@@ -27,12 +27,14 @@ if TYPE_CHECKING:
     from typing import Callable
 
     from .limits import Budget
-    from .registry import Registry
 
 from ..errors import (DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
-                      RegistryError, StoreError)
+                      RegistryDigestMismatch, RegistryError, RegistryUnreachable, StoreError)
+from . import config, limits, platforms
 from . import reference as refs
 from . import schema
+from .digest import Hashed, sha256_digest
+from .registry import DOCKER_SCHEMA1, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST, Registry
 from .store import Image, Store
 
 LAYER_TYPES = {
@@ -42,7 +44,6 @@ LAYER_TYPES = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
 }
-MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 32 << 20
 WORKERS = 4
 _REPORT_STEP = 1 << 20
@@ -90,7 +91,7 @@ class Puller:
                                       "(NAME[:TAG], HOST[:PORT]/NAME[:TAG], NAME@sha256:...); use `hermetic import` for transports")
         display = None
         if self._progress is None and not self.quiet and _stderr_is_tty():
-            from .progress import TerminalProgress
+            from .progress import TerminalProgress  # only on a terminal
 
             display = TerminalProgress(sys.stderr, ref.familiar)
             self._progress = display.update
@@ -98,7 +99,7 @@ class Puller:
         try:
             return self._pull(ref)
         except (OSError, LayerError) as exc:
-            from .ingest import disk_full
+            from .ingest import disk_full  # (as in _unpack: ingest's imports only when needed)
 
             if disk_full(exc):
                 raise StoreError(f"no space left on the store's disk ({self.store.root}) while pulling {ref.familiar}: "
@@ -112,8 +113,6 @@ class Puller:
     # -- manifest -------------------------------------------------------------------
 
     def _pull(self, ref: refs.Reference) -> Image:
-        from . import platforms
-
         wanted = platforms.parse(self.platform) if self.platform else platforms.host()
         source, manifest_bytes = self._manifest(ref, wanted)
         registry, repository = source
@@ -135,11 +134,9 @@ class Puller:
                                     "which is not a Linux layer tar (foreign or Windows layers are not pulled)")
             _check_digest(desc.get("digest", ""))
         self.layers = len(layer_descs)
-        from . import limits
-
         self._budget = limits.image_budget(sum(int(d.get("size") or 0) for d in layer_descs), ref.familiar)
         self.store.clear_dead_staging()  # a killed pull's (its resumable downloads stay)
-        manifest_digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+        manifest_digest = sha256_digest(manifest_bytes)
         # What this pull brings is recorded before any of it lands: gc keeps
         # it, and never has to wait for a download.
         with self.store.keeping("pull", image=ref.familiar, layers=diff_ids,
@@ -157,9 +154,6 @@ class Puller:
 
     def _sources(self, ref: refs.Reference) -> list[tuple[Registry, str]]:
         """(registry, repository) to try in order: mirrors, then the registry itself."""
-        from . import config
-        from .registry import Registry
-
         found = []
         for mirror in config.mirrors(ref.registry):
             host, _, prefix = mirror.partition("/")
@@ -174,9 +168,6 @@ class Puller:
         return found
 
     def _manifest(self, ref: refs.Reference, wanted: dict) -> tuple[tuple[Registry, str], bytes]:
-        from . import platforms
-        from .registry import INDEX_TYPES, MANIFEST_TYPES, DOCKER_SCHEMA1
-
         sources = self._sources(ref)
         for i, (registry, repository) in enumerate(sources):
             last = i == len(sources) - 1
@@ -187,12 +178,12 @@ class Puller:
                     raise RegistryError(f"{ref.familiar} is a Docker schema 1 image, which registries stopped serving in 2019; "
                                         "push it again with a current client")
                 what = f"{ref.familiar}: the manifest"
-                if media_type in INDEX_TYPES or (not media_type and "manifests" in _load(body, _OBJECT, what, MAX_MANIFEST)):
+                if media_type in INDEX_TYPES or (not media_type and "manifests" in _load(body, schema.DOCUMENT, what, MAX_MANIFEST)):
                     index = _load(body, schema.INDEX, f"{ref.familiar}: the index", MAX_MANIFEST)
                     chosen = platforms.select(index["manifests"], wanted, ref.familiar)
                     body, media_type, header = registry.get_manifest(repository, chosen["digest"])
                     _verify_manifest(body, chosen["digest"], header, ref.familiar)
-                if media_type not in MANIFEST_TYPES and "layers" not in _load(body, _OBJECT, what, MAX_MANIFEST):
+                if media_type not in MANIFEST_TYPES and "layers" not in _load(body, schema.DOCUMENT, what, MAX_MANIFEST):
                     raise RegistryError(f"{ref.familiar}: unsupported manifest media type {media_type[:80]!r}")
                 return (registry, repository), body
             except ImageNotFound as exc:
@@ -224,9 +215,9 @@ class Puller:
             raise RegistryError(f"blob {digest} from {registry.registry}/{repository}: the image config is larger than "
                                 f"{limit >> 20} MiB; refusing it (a real one is a few KiB); nothing was stored")
         response.read()
-        got = "sha256:" + hashlib.sha256(data).hexdigest()
+        got = sha256_digest(data)
         if got != digest or len(data) != size:
-            raise DigestMismatch(f"digest mismatch for blob {digest} from {registry.registry}/{repository}: "
+            raise RegistryDigestMismatch(f"digest mismatch for blob {digest} from {registry.registry}/{repository}: "
                                  f"got {got} ({len(data)} bytes, expected {size}); nothing was stored")
         return data
 
@@ -236,7 +227,7 @@ class Puller:
         if len(jobs) == 1:
             self._layer(registry, repository, *jobs[0])
             return
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor  # ~20 ms: only for two layers or more
 
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(jobs)), thread_name_prefix="hermetic-pull") as pool:
             futures = [pool.submit(self._layer, registry, repository, desc, diff_id) for desc, diff_id in jobs]
@@ -266,7 +257,7 @@ class Puller:
                         self.bytes += size
                     return
                 except (DigestMismatch, LayerError, OSError) as exc:
-                    from .ingest import disk_full
+                    from .ingest import disk_full  # (as in _unpack: ingest's imports only when needed)
 
                     if isinstance(exc, OSError) and not disk_full(exc):
                         raise  # kept for a later resume
@@ -276,7 +267,7 @@ class Puller:
             raise AssertionError("unreachable")
 
     def _unpack(self, registry: Registry, repository: str, desc: dict, diff_id: str, partial: str) -> None:
-        from .ingest import Source, ingest_layer
+        from .ingest import Source, ingest_layer  # tarfile & co. (~16 ms): only when a layer is fetched
 
         digest, size = desc["digest"], int(desc.get("size") or 0)
         blob = self.store.blob_path(digest)
@@ -289,7 +280,7 @@ class Puller:
                      image=self._budget)
 
 
-class _BlobReader:
+class _BlobReader(Hashed):
     """The blob's bytes: first what `partial` holds, then the rest from the registry.
 
     Hashes and counts everything that passes and appends what comes from
@@ -299,11 +290,10 @@ class _BlobReader:
 
     def __init__(self, registry: Registry, repository: str, digest: str, size: int, partial: str,
                  report: Callable[[int], None]) -> None:
-        self.registry, self.repository, self.blob_digest, self.size = registry, repository, digest, size
+        super().__init__()
+        self.registry, self.repository, self.blob_digest = registry, repository, digest
         self.expected_size = size  # as ingest.Source names it
         self.name = f"blob {digest}"  # as ingest.Source names it too
-        self.hash = hashlib.sha256()
-        self.done = 0
         self._report = report
         self._reported = 0
         self._response: http.client.HTTPResponse | None = None
@@ -336,25 +326,23 @@ class _BlobReader:
             self._replay_left -= len(data)
             return self._count(data)
         while True:
-            if self.done >= self.size:
+            if self.size >= self.expected_size:
                 # a registry that sends more than the descriptor says is wrong
                 if self._response is not None and self._response.read(1):
-                    raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: more than the {self.size} bytes "
+                    raise RegistryDigestMismatch(f"digest mismatch for blob {self.blob_digest}: more than the {self.expected_size} bytes "
                                          f"its descriptor gives; nothing was stored")
                 return b""
             try:
                 if self._response is None:
                     self._response = self._open()
-                data = self._response.read(min(n, self.size - self.done))
+                data = self._response.read(min(n, self.expected_size - self.size))
             except (OSError, http.client.HTTPException) as exc:
                 data = b""
                 self._drop()
                 if self._retries == 0:
-                    from ..errors import RegistryUnreachable
-
                     raise RegistryUnreachable(
                         f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
-                        f"{self.done} of {self.size} bytes ({str(exc) or type(exc).__name__}); pull again to resume") from None
+                        f"{self.size} of {self.expected_size} bytes ({str(exc) or type(exc).__name__}); pull again to resume") from None
             if data:
                 self._out.write(data)
                 return self._count(data)
@@ -363,20 +351,18 @@ class _BlobReader:
             broke = self._response is not None and bool(self._response.length)
             self._drop()
             if self._retries == 0 and broke:
-                from ..errors import RegistryUnreachable
-
                 raise RegistryUnreachable(
                     f"registry {self.registry.registry}: the download of blob {self.blob_digest} broke off at "
-                    f"{self.done} of {self.size} bytes; pull again to resume")
+                    f"{self.size} of {self.expected_size} bytes; pull again to resume")
             if self._retries == 0:
-                raise DigestMismatch(f"digest mismatch for blob {self.blob_digest}: the registry sent {self.done} bytes, "
-                                     f"the descriptor says {self.size}; nothing was stored")
+                raise RegistryDigestMismatch(f"digest mismatch for blob {self.blob_digest}: the registry sent {self.size} bytes, "
+                                     f"the descriptor says {self.expected_size}; nothing was stored")
             self._retries -= 1
 
     def _open(self) -> http.client.HTTPResponse:
-        response = self.registry.open_blob(self.repository, self.blob_digest, self.done)
-        if response.status == 200 and self.done:
-            skip = self.done  # the registry ignored Range: skip what we have
+        response = self.registry.open_blob(self.repository, self.blob_digest, self.size)
+        if response.status == 200 and self.size:
+            skip = self.size  # the registry ignored Range: skip what we have
             while skip:
                 chunk = response.read(min(skip, 1 << 20))
                 if not chunk:
@@ -391,43 +377,34 @@ class _BlobReader:
             self.registry.close()
 
     def _count(self, data: bytes) -> bytes:
-        self.hash.update(data)
-        self.done += len(data)
-        if self.done - self._reported >= _REPORT_STEP or self.done == self.size:
-            self._reported = self.done
-            self._report(self.done)
+        super()._count(data)
+        if self.size - self._reported >= _REPORT_STEP or self.size == self.expected_size:
+            self._reported = self.size
+            self._report(self.size)
         return data
 
     def drain(self) -> None:
         while self.read(1 << 20):
             pass
 
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
-
     def verify(self) -> None:
         self._out.flush()
         got = self.digest()
-        if self.done != self.size or got != self.blob_digest:
-            raise DigestMismatch(f"digest mismatch for blob {self.blob_digest} from {self.registry.registry}/{self.repository}: "
-                                 f"got {got} ({self.done} bytes, expected {self.size}); nothing was stored")
+        if self.size != self.expected_size or got != self.blob_digest:
+            raise RegistryDigestMismatch(f"digest mismatch for blob {self.blob_digest} from {self.registry.registry}/{self.repository}: "
+                                 f"got {got} ({self.size} bytes, expected {self.expected_size}); nothing was stored")
 
 
 def _verify_manifest(body: bytes, expected: str | None, header: str | None, name: str) -> None:
-    got = "sha256:" + hashlib.sha256(body).hexdigest()
+    got = sha256_digest(body)
     for want in (expected, header if header and header.startswith("sha256:") else None):
         if want and want != got:
-            raise DigestMismatch(f"digest mismatch for the manifest of {name}: expected {want}, got {got}; nothing was stored")
+            raise RegistryDigestMismatch(f"digest mismatch for the manifest of {name}: expected {want}, got {got}; nothing was stored")
 
 
 def _check_digest(digest: str) -> None:
-    import re
-
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest or ""):
         raise RegistryError(f"unsupported or malformed digest {digest!r} (only sha256 is accepted)")
-
-
-_OBJECT = schema.Obj({}, name="manifest")
 
 
 def _load(data: bytes, check: schema.Check, what: str, limit: int) -> dict:

@@ -10,12 +10,17 @@ image with missing blobs.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-from ..errors import ImageReferenceError
+from ..errors import ImageReferenceError, StoreError
 from . import reference as refs
+from .archives import oci_manifest
+from .digest import sha256_digest
+from .registry import Registry
 from .store import MEDIA_MANIFEST, Store
 
 
@@ -25,9 +30,6 @@ def push(store: Store, source: str, dest: str | None = None, *, chunk_size: int 
 
     Returns (manifest digest, {blob digest: "exists" | "mounted" | "uploaded" | "chunked"}).
     """
-    from .archives import oci_manifest
-    from .registry import Registry
-
     image = store.local(source)
     target = refs.parse(dest or source)
     if target.transport != "registry":
@@ -52,18 +54,12 @@ def push(store: Store, source: str, dest: str | None = None, *, chunk_size: int 
                                                chunk_size=chunk_size, progress=report)
 
     try:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="hermetic-push") as pool:
             for future in [pool.submit(one, desc) for desc in descs]:
                 future.result()
     except FileNotFoundError as exc:
-        from ..errors import StoreError
-
         raise StoreError(f"a blob of {image.familiar} is missing from the store ({exc.filename}); "
                          "pull or import the image again") from None
     reference = target.digest or target.tag or refs.DEFAULT_TAG
     registry.put_manifest(target.repository, reference, manifest_bytes, manifest.get("mediaType") or MEDIA_MANIFEST)
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(manifest_bytes).hexdigest(), outcome
+    return sha256_digest(manifest_bytes), outcome

@@ -154,6 +154,7 @@ DESCRIPTOR = Obj({"mediaType": TEXT, "digest": DIGEST, "size": SIZE, "annotation
                   "platform": PLATFORM}, required=("digest",))
 INDEX = Obj({"manifests": ListOf(DESCRIPTOR, MAX_ENTRIES), "annotations": nullable(MapOf(TEXT))},
             required=("manifests",), name="index")
+DOCUMENT = Obj({}, name="manifest")  # any object: to tell an index from a manifest before checking either
 MANIFEST = Obj({"mediaType": TEXT, "config": DESCRIPTOR, "layers": nullable(ListOf(DESCRIPTOR, MAX_LAYERS)),
                 "annotations": nullable(MapOf(TEXT))}, required=("config",), name="manifest")
 RUN_CONFIG = Obj({"Env": nullable(ListOf(ENV)), "Cmd": nullable(ListOf(TEXT)), "Entrypoint": nullable(ListOf(TEXT)),

@@ -24,6 +24,12 @@ while the owner lives.  Records and the last steps of a write (config,
 manifest, tag) happen under `busy()`, which gc takes exclusive for its
 sweep: so gc never waits for a download, and never sees a blob or layer
 that nobody references or records.
+
+One concern, in ~600 lines: the store's layout and the rules by which its
+parts appear (rename, refs under the lock) and are kept (records, `busy`);
+the blob/layer/image/record methods share those rules, so they stay one class.
+The sweep that removes what nothing keeps is `gc.collect`; fetching what is
+missing is `resolve.resolve_or_pull` (the store does no network I/O).
 """
 
 from __future__ import annotations
@@ -37,14 +43,16 @@ from .._record import record, factory
 import _thread  # not `threading`: its import and fork hooks cost every container start
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import IO, Iterator, Sequence
+    from typing import Iterator, Sequence
 
-    from . import schema
-
-from .._fs import flock
+from .._fs import flock, rmtree
 from .._proc import name_owner, owned_name, owner_alive, owner_key
-from ..errors import ImageInUse, ImageNotFound, StoreError
+from ..errors import HermeticError, ImageInUse, ImageNotFound, StoreError
+from ..paths import make_private, store_root
+from . import platforms
 from . import reference as refs
+from . import schema
+from .digest import HashingReader, sha256_digest, sha256_file
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -85,27 +93,14 @@ class Image:
 HOST_IMAGE = Image(name="host", id="host", base="host", config={"Env": HOST_ENV})
 
 
-def sha256_file(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
 class Store:
     def __init__(self, root: str | None = None) -> None:
-        from ..paths import store_root
-
         self.root = os.path.abspath(root or store_root())
 
     # -- layout ---------------------------------------------------------------
 
-    def _ensure(self) -> None:
-        from ..paths import make_private
-
+    def ensure(self) -> None:
+        """Make the store's folders (once; `gc` and every writer call it)."""
         make_private(self.root)  # (once per process)
         if os.path.isdir(os.path.join(self.root, "users")):
             return
@@ -113,33 +108,33 @@ class Store:
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 
     def blob_path(self, digest: str) -> str:
-        return os.path.join(self.root, "blobs", "sha256", _hex(digest))
+        return os.path.join(self.root, "blobs", "sha256", digest_hex(digest))
 
     def layer_path(self, diff_id: str) -> str:
-        return os.path.join(self.root, "layers", _hex(diff_id))
+        return os.path.join(self.root, "layers", digest_hex(diff_id))
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
-        self._ensure()
+        self.ensure()
         return flock(os.path.join(self.root, "lock"))
 
     def blob_lock(self, digest: str) -> contextlib.AbstractContextManager[None]:
         """Exclusive per blob between processes and threads: one fetches, the others wait and reuse."""
-        self._ensure()
-        return flock(os.path.join(self.root, "locks", _hex(digest)))
+        self.ensure()
+        return flock(os.path.join(self.root, "locks", digest_hex(digest)))
 
     @contextlib.contextmanager
     def busy(self) -> "Iterator[None]":
         """Held (shared), briefly, while a record in `users/` is written and
         from a writer's first unrecorded blob to its tag; `gc` sweeps under
         it exclusive.  Re-entrant within a process."""
-        self._ensure()
+        self.ensure()
         with _busy_guard:
             held = _busy_held.get(self.root)
             if held is None:
                 # Through the gate, so that a waiting gc is not starved by a
                 # stream of writers: gc holds the gate while it waits.
                 with flock(os.path.join(self.root, "gc.gate"), shared=True):
-                    fd = _lock_fd(os.path.join(self.root, "gc.lock"), fcntl.LOCK_SH)
+                    fd = lock_fd(os.path.join(self.root, "gc.lock"), fcntl.LOCK_SH)
                 held = _busy_held[self.root] = [fd, 0]
             held[1] += 1
         try:
@@ -153,23 +148,21 @@ class Store:
 
     def tempdir(self, prefix: str) -> str:
         """A staging folder in `tmp/` named for its owner (see the module doc)."""
-        self._ensure()
+        self.ensure()
         path = os.path.join(self.root, "tmp", owned_name(prefix))
         os.mkdir(path, 0o700)
         return path
 
     def tempfile(self, prefix: str, suffix: str = "") -> tuple[int, str]:
         """(fd, path) of a new staging file in `tmp/` named for its owner."""
-        self._ensure()
+        self.ensure()
         path = os.path.join(self.root, "tmp", owned_name(prefix) + suffix)
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), path
 
     # -- blobs and layers -----------------------------------------------------
 
     def put_blob_bytes(self, data: bytes) -> str:
-        import hashlib
-
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_digest(data)
         path = self.blob_path(digest)
         if not os.path.exists(path):
             fd, tmp = self.tempfile("blob-")
@@ -186,11 +179,9 @@ class Store:
         else:
             os.replace(tmp_path, path)
 
-    def read_json(self, digest: str, check: "schema.Check | None" = None) -> dict:
+    def read_json(self, digest: str, check: schema.Check | None = None) -> dict:
         """A manifest or config blob, bounded and type-checked (`schema`): a bad one
         is a `StoreError` naming the field, never a crash of a later command."""
-        from . import schema
-
         try:
             with open(self.blob_path(digest), "rb") as f:
                 data = f.read(MAX_JSON + 1)
@@ -209,9 +200,9 @@ class Store:
         layer at once throws its copy away.  Without `keep` (a record that
         gc honours) the caller must hold `busy()` until the layer is tagged.
         """
-        from . import layers, limits
+        from . import layers, limits  # tarfile & co. (~16 ms): not for a container start, which unpacks nothing
 
-        self._ensure()
+        self.ensure()
         blob_digest = sha256_file(tar_path)
         budget = limits.layer_budget(os.path.getsize(tar_path), f"layer {os.path.basename(tar_path)}")
         staging = self.tempdir("layer-")
@@ -234,7 +225,7 @@ class Store:
                 keep.add(layers=[computed], blobs=[blob_digest])  # before gc can see them
             blob = self.blob_path(blob_digest)
             if not os.path.exists(blob):
-                import shutil
+                import shutil  # (imports bz2, lzma: kept off the container start path)
 
                 copy = os.path.join(staging, "blob")  # a private name: another process may copy the same blob
                 shutil.copyfile(tar_path, copy)
@@ -242,7 +233,7 @@ class Store:
             self.commit_layer(staging, computed, blob_digest, counter.size, layers.media_type(tar_path))
             return computed, counter.size
         except BaseException:
-            _rmtree(staging)
+            rmtree(staging)
             raise
 
     def commit_layer(self, staging: str, diff_id: str, blob_digest: str, size: int, media_type: str) -> None:
@@ -255,21 +246,21 @@ class Store:
             json.dump({"diff_id": diff_id, "blob": blob_digest, "size": size, "media_type": media_type}, f)
         target = self.layer_path(diff_id)
         if os.path.isdir(target):
-            _rmtree(staging)
+            rmtree(staging)
             return
         try:
             os.rename(staging, target)
         except OSError:
             if not os.path.isdir(target):
                 raise
-            _rmtree(staging)
+            rmtree(staging)
 
     def layer_root(self, diff_id: str) -> str:
         return os.path.join(self.layer_path(diff_id), "root")
 
     @property
     def xattr_prefix(self) -> str:
-        from . import layers
+        from . import layers  # (as above: the package's import costs ~16 ms)
 
         return layers.OVERLAY_TRUSTED if os.geteuid() == 0 else layers.OVERLAY_USER
 
@@ -278,9 +269,8 @@ class Store:
     def _refs_path(self) -> str:
         return os.path.join(self.root, "refs.json")
 
-    def _read_refs(self) -> dict[str, str]:
-        from . import schema
-
+    def read_refs(self) -> dict[str, str]:
+        """refs.json: canonical image name -> manifest digest (checked by `schema.REFS`)."""
         try:
             with open(self._refs_path(), "rb") as f:
                 data = f.read()
@@ -308,11 +298,11 @@ class Store:
                    history: list[dict] | None) -> Image:
         layer_sizes = []
         for diff_id in diff_ids:
-            meta = self._layer_meta(diff_id)
+            meta = self.layer_meta(diff_id)
             layer_sizes.append((meta.get("blob", diff_id), meta.get("size", 0), meta.get("media_type", MEDIA_LAYER)))
         oci_config = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "architecture": _arch(),
+            "architecture": platforms.host()["architecture"],
             "os": "linux",
             "config": config,
             "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
@@ -340,12 +330,12 @@ class Store:
     def tag(self, name: str, manifest_digest: str) -> None:
         """Point canonical `name` at a manifest already in the store."""
         with self.lock():
-            data = self._read_refs()
+            data = self.read_refs()
             data[name] = manifest_digest
             self._write_refs(data)
 
     def manifest_digest(self, name: str) -> str:
-        data = self._read_refs()
+        data = self.read_refs()
         if name not in data:
             raise ImageNotFound(f"image {refs.parse(name).familiar!r} is not in the local store ({self.root})")
         return data[name]
@@ -356,9 +346,8 @@ class Store:
         self.manifest_digest(name)
         return self.get(name)
 
-    def _layer_meta(self, diff_id: str) -> dict:
-        from . import schema
-
+    def layer_meta(self, diff_id: str) -> dict:
+        """The layer's record (`meta.json`: its blob, size, media type), checked by `schema.LAYER_META`."""
         try:
             with open(os.path.join(self.layer_path(diff_id), "meta.json"), "rb") as f:
                 data = f.read(MAX_JSON + 1)
@@ -372,7 +361,7 @@ class Store:
             return HOST_IMAGE
         previous = None
         while True:
-            data = self._read_refs()
+            data = self.read_refs()
             if name not in data:
                 raise ImageNotFound(name)
             try:
@@ -388,8 +377,6 @@ class Store:
         return self._load(name, manifest_digest)
 
     def _load(self, name: str, manifest_digest: str) -> Image:
-        from . import schema
-
         manifest = self.read_json(manifest_digest, schema.MANIFEST)
         config_digest = manifest["config"]["digest"]
         oci_config = self.read_json(config_digest, schema.CONFIG)
@@ -403,7 +390,7 @@ class Store:
         return Image(name, config_digest, diff_ids, config, base, created, size)
 
     def resolve(self, text: str) -> Image:
-        """An image by reference text (`busybox:1`, `host`, an id prefix)."""
+        """An image by reference text (`busybox:1`, `host`, an id prefix), from this store only (no pull)."""
         ref = refs.parse(text)
         if ref.transport == "host":
             return HOST_IMAGE
@@ -413,21 +400,17 @@ class Store:
             pass
         if ref.transport == "registry" and ref.tag is None and ref.registry == refs.DEFAULT_REGISTRY:
             for image in self.images():  # an id prefix, as `docker run 3f2a` allows
-                if len(text) >= 4 and _hex(image.id).startswith(text):
+                if len(text) >= 4 and digest_hex(image.id).startswith(text):
                     return image
-        if ref.transport == "registry":  # pulled on first use (HERMETIC_OFFLINE: from loopback only)
-            from .pull import pull
-
-            return pull(self, text)
+        if ref.transport == "registry":  # `resolve.resolve_or_pull` pulls it on first use
+            raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); pull it with `hermetic pull {text}`")
         raise ImageNotFound(f"image {text!r} is not in the local store ({self.root}); import it with `hermetic import {text} NAME`")
 
     def images(self, problems: list[str] | None = None) -> list[Image]:
         """The images in the store; one that cannot be read is left out (and
         said in `problems`), never the end of the listing."""
-        from ..errors import HermeticError
-
         result = []
-        for name, digest in sorted(self._read_refs().items()):
+        for name, digest in sorted(self.read_refs().items()):
             try:
                 image = self._load(name, digest)
                 image.familiar  # noqa: B018 - a name that is no reference fails here, not in the caller
@@ -449,7 +432,7 @@ class Store:
         record is released or its owner dies.  Writers record what they
         are about to bring before it lands, so they need no lock while they
         download or unpack; containers record what they run on."""
-        self._ensure()
+        self.ensure()
         record = Keep(self, os.path.join(self.root, "users", f"{owner_key()}-{os.urandom(8).hex()}.json"),
                       {"kind": kind, **info, "layers": [], "blobs": []})
         record.add(layers=layers, blobs=blobs)
@@ -473,7 +456,7 @@ class Store:
         record = Keep(self, os.path.join(self.root, "users", f"{owner_key()}-{container_id}.json"),
                       {"kind": "container", "id": container_id, "name": name, "image": image.familiar,
                        "image_name": image.name, "image_id": image.id, "base": image.base, "layers": [], "blobs": []})
-        self._ensure()
+        self.ensure()
         with self.busy():  # gc sees the record, or swept before it and we see what it took
             record.add(layers=image.layers, blobs=[image.id])  # the config too: a commit of it needs it
             missing = [d for d in image.layers if not self.has_layer(d)]
@@ -491,7 +474,7 @@ class Store:
         """The records of live containers (their owners run): id, name, image, image_id, layers."""
         found = []
         base = os.path.join(self.root, "users")
-        for entry in _listdir(base):
+        for entry in list_entries(base):
             owner = name_owner(entry)
             if owner is None or not owner_alive(owner):
                 continue
@@ -508,8 +491,6 @@ class Store:
         tag may have moved or gone since); None if the store has no record."""
         for user in self.users():
             if user.get("kind") == "container" and user.get("id") == container_id:
-                from . import schema
-
                 config = self.read_json(user["image_id"], schema.CONFIG)
                 return Image(user["image_name"], user["image_id"], list(user["layers"]),
                              dict(config.get("config") or {}), user.get("base"))
@@ -526,7 +507,7 @@ class Store:
         if ref.transport == "host":
             raise StoreError("`host` is built in and cannot be removed")
         with self.lock():
-            data = self._read_refs()
+            data = self.read_refs()
             if ref.name not in data:
                 raise ImageNotFound(f"image {text!r} is not in the local store ({self.root})")
             digest = data[ref.name]
@@ -537,8 +518,6 @@ class Store:
         return ref.familiar
 
     def _refuse_in_use(self, ref: refs.Reference, manifest_digest: str) -> None:
-        from . import schema
-
         try:
             image_id = self.read_json(manifest_digest, schema.MANIFEST)["config"]["digest"]
         except StoreError:
@@ -560,89 +539,12 @@ class Store:
         listing); the start of each pull, import and commit calls it."""
         removed = []
         tmp_dir = os.path.join(self.root, "tmp")
-        for entry in _listdir(tmp_dir):
+        for entry in list_entries(tmp_dir):
             owner = name_owner(entry)
             if owner is not None and not owner_alive(owner):
-                _remove_entry(os.path.join(tmp_dir, entry))
+                remove_entry(os.path.join(tmp_dir, entry))
                 removed.append(f"staging {entry}")
         return removed
-
-    def gc(self, *, max_tmp_age: float = 3600.0) -> list[str]:
-        """Delete blobs and layers no image and no live container refers to,
-        and staging, read-write layers and records whose owner is dead."""
-        if not os.path.isdir(self.root):
-            return []
-        self._ensure()
-        # Holding the gate, wait for the writers inside to finish (new ones
-        # wait at the gate), then sweep with the writers' lock exclusive.
-        with flock(os.path.join(self.root, "gc.gate")):
-            gc_fd = _lock_fd(os.path.join(self.root, "gc.lock"), fcntl.LOCK_EX)
-        try:
-            with self.lock():
-                return self._gc_locked(max_tmp_age)
-        finally:
-            os.close(gc_fd)
-
-    def _gc_locked(self, max_tmp_age: float) -> list[str]:
-        from . import schema
-
-        removed: list[str] = []
-        keep_blobs: set[str] = set()
-        keep_layers: set[str] = set()
-        for digest in self._read_refs().values():
-            keep_blobs.add(_hex(digest))
-            try:
-                manifest = self.read_json(digest, schema.MANIFEST)
-                keep_blobs.add(_hex(manifest["config"]["digest"]))
-                keep_blobs.update(_hex(layer["digest"]) for layer in manifest.get("layers") or [])
-                config = self.read_json(manifest["config"]["digest"], schema.CONFIG)
-                keep_layers.update(_hex(d) for d in (config.get("rootfs") or {}).get("diff_ids") or [])
-            except (StoreError, KeyError, TypeError, AttributeError):
-                continue
-        for user in self.users():  # live containers and writers: their layers, blobs, and the blobs of those layers
-            keep_blobs.update(_hex(d) for d in user.get("blobs") or [])
-            for diff_id in user.get("layers") or []:
-                keep_layers.add(_hex(diff_id))
-                with contextlib.suppress(StoreError, OSError, ValueError, AttributeError):
-                    keep_blobs.add(_hex(self._layer_meta(diff_id).get("blob", "")))
-        blob_dir = os.path.join(self.root, "blobs", "sha256")
-        for entry in _listdir(blob_dir):
-            if entry not in keep_blobs and _remove_entry(os.path.join(blob_dir, entry)):
-                removed.append(f"blob sha256:{entry}")
-        layer_dir = os.path.join(self.root, "layers")
-        for entry in _listdir(layer_dir):
-            if entry not in keep_layers and _remove_entry(os.path.join(layer_dir, entry)):
-                removed.append(f"layer sha256:{entry}")
-        removed += self.clear_dead_staging()
-        tmp_dir = os.path.join(self.root, "tmp")
-        now = time.time()
-        for entry in _listdir(tmp_dir):
-            path = os.path.join(tmp_dir, entry)
-            if name_owner(entry) is not None:
-                continue  # a live owner's (the dead ones went above)
-            if entry.endswith(".partial"):
-                # A download kept for a resume: a live pull holds its blob's lock.
-                if _remove_unlocked(path, os.path.join(self.root, "locks", entry[:-len(".partial")])):
-                    removed.append(f"partial download {entry}")
-                continue
-            try:
-                old = now - os.lstat(path).st_mtime > max_tmp_age  # not ours (no owner in the name)
-            except FileNotFoundError:
-                continue
-            if old and _remove_entry(path):
-                removed.append(f"staging {entry}")
-        for sub, what in (("users", None), ("containers", "read-write layer")):
-            base = os.path.join(self.root, sub)
-            for entry in _listdir(base):
-                owner = name_owner(entry)
-                if owner is not None and not owner_alive(owner) and _remove_entry(os.path.join(base, entry)) and what:
-                    removed.append(f"{what} {entry.rsplit('-', 1)[-1][:12]}")
-        lock_dir = os.path.join(self.root, "locks")
-        for entry in _listdir(lock_dir):
-            if entry not in keep_blobs and entry not in keep_layers:  # (a docker archive's layer locks by diff_id)
-                _remove_unlocked(os.path.join(lock_dir, entry), os.path.join(lock_dir, entry))
-        return removed
-
 
 class Keep:
     """One record in `STORE/users/` (see `Store.keep`): named for its owner,
@@ -670,35 +572,13 @@ class Keep:
             os.unlink(self.path)
 
 
-class HashingReader:
-    """Reads through a stream, hashing and counting what passes (the diff_id)."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        import hashlib
-
-        self._stream = stream
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
-
-
-def _hex(digest: str) -> str:
+def digest_hex(digest: str) -> str:
+    """The hex part of ``sha256:<hex>``: the name of a blob, layer or lock file."""
     return digest.split(":", 1)[-1]
 
 
-def _listdir(path: str) -> list[str]:
+def list_entries(path: str) -> list[str]:
+    """The names in folder `path`; none if it is not there (yet, or any more)."""
     try:
         return os.listdir(path)
     except FileNotFoundError:
@@ -709,7 +589,8 @@ _busy_guard = _thread.allocate_lock()
 _busy_held: dict[str, list[int]] = {}  # store root -> [fd holding gc.lock shared, holders in this process]
 
 
-def _lock_fd(path: str, how: int) -> int:
+def lock_fd(path: str, how: int) -> int:
+    """An fd of `path` (made if missing) holding `fcntl.flock(how)`; closing it releases."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, how)
@@ -719,41 +600,13 @@ def _lock_fd(path: str, how: int) -> int:
     return fd
 
 
-def _remove_unlocked(path: str, lock: str) -> bool:
-    """Remove `path` if nobody holds the flock on `lock`."""
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return _remove_entry(path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # (closing drops the lock too)
-    return _remove_entry(path)
-
-
-def _remove_entry(path: str) -> bool:
+def remove_entry(path: str) -> bool:
     """Remove a file or a tree; False if it was gone already (another gc)."""
     try:
         if os.path.isdir(path) and not os.path.islink(path):
-            _rmtree(path)
+            rmtree(path)
         else:
             os.unlink(path)
     except FileNotFoundError:
         return False
     return True
-
-
-def _rmtree(path: str) -> None:
-    from .._fs import rmtree
-
-    rmtree(path)
-
-
-def _arch() -> str:
-    import platform
-
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)

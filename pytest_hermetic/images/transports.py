@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 
+from .._fs import rmtree
 from ..errors import ImageReferenceError, SpecError
 from . import layers
 from . import reference as refs
+from .archives import import_docker_archive, import_oci
 from .commit import target_name
 from .ingest import disk_full_said
 from .store import HOST_ENV, Image, Keep, Store
@@ -23,8 +25,6 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
                  workdir: str | None = None, user: str | None = None, cmd: list[str] | None = None) -> Image:
     ref = refs.parse(source)
     if ref.transport in ("oci", "docker-archive"):
-        from .archives import import_docker_archive, import_oci
-
         store.clear_dead_staging()
         with disk_full_said(store, f"importing {source}", "import"), store.keeping("import") as keep:
             if ref.transport == "oci":
@@ -56,8 +56,6 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
 
 
 def _layer_from_dir(store: Store, root: str, keep: Keep) -> str:
-    from .._fs import rmtree
-
     staging = store.tempdir("import-")
     try:
         tar_path = os.path.join(staging, "layer.tar")

@@ -39,7 +39,7 @@ def create() -> int:
 @contextlib.contextmanager
 def entered(fd: int) -> Iterator[None]:
     """Run the block in the namespace `fd` (sockets made there stay there)."""
-    home = own_fd()  # before the setns: opened lazily, it would otherwise be `fd`'s namespace
+    home = own_fd()  # before leaving: opened later, it would be `fd`'s namespace
     sc.setns(fd, sc.CLONE_NEWNET)
     try:
         yield

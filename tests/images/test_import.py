@@ -9,6 +9,9 @@ import pytest
 
 from conftest import run_cli
 from fixtures.registry import oci_image, run, skopeo_copy
+from pytest_hermetic.errors import ContentError, DigestMismatch, RegistryError
+from pytest_hermetic.images.store import Store
+from pytest_hermetic.images.transports import import_image
 
 
 def test_import_docker_archive_made_by_skopeo(busybox_remote, store_env, tmp_path):
@@ -52,6 +55,10 @@ def test_tampered_oci_layout_is_refused_and_stores_nothing(busybox_layout, tmp_p
     assert result.returncode == 125 and "digest mismatch" in result.stderr, result.stderr
     assert os.listdir(f"{root}/layers") == [] and os.listdir(f"{root}/blobs/sha256") == []
     assert [e for e in os.listdir(f"{root}/tmp")] == []
+    # a local archive's bad content is a content error, not a registry's
+    with pytest.raises(DigestMismatch, match="digest mismatch") as raised:
+        import_image(Store(str(tmp_path / "store2")), f"oci:{layout}:1", "tampered:1")
+    assert isinstance(raised.value, ContentError) and not isinstance(raised.value, RegistryError)
 
 
 def test_zstd_and_uncompressed_layers(busybox_rootfs, registry, store_env, tmp_path):

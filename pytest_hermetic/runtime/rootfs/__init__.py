@@ -62,6 +62,7 @@ class RootfsConfig:
     replay: list[tuple[str, str]] = factory(list)
     unpack_layer: Callable[[str, str], object] | None = None
     layers_dir: str = ""  # the store's layer folder, where the image's lowers are
+    shm_size: int = 64 << 20  # bytes of /dev/shm (its tmpfs's pages count against the memory limit)
 
 
 def write_init_layer(config: "RootfsConfig") -> None:
@@ -118,7 +119,7 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         mount_overlay(config.lowers, config.upper, config.work, root, config.userns, f"{config.scratch}/links",
                       config.layers_dir)
     mount_proc(root)
-    mount_dev(root, config.userns)
+    mount_dev(root, config.userns, config.shm_size)
     mount_sys(root, config.privileged)
     sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     if config.binds:  # last, so a bind below /tmp is not hidden by it

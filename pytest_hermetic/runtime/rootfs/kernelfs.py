@@ -37,7 +37,7 @@ def mount_proc(root: str) -> None:
     sc.mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def mount_dev(root: str, userns: bool) -> None:
+def mount_dev(root: str, userns: bool, shm_size: int = 64 << 20) -> None:
     dev = root + "/dev"
     # nodev, as every writable mount of the container: a node made with
     # mknod (CAP_MKNOD is in Docker's default set) opens nothing.  The
@@ -51,7 +51,7 @@ def mount_dev(root: str, userns: bool) -> None:
     sc.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, pts_options)
     os.symlink("pts/ptmx", f"{dev}/ptmx")
     os.mkdir(f"{dev}/shm")
-    sc.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    sc.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
     os.mkdir(f"{dev}/mqueue")
     sc.mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),

@@ -1,0 +1,137 @@
+"""Extraction in two threads: one reads, decompresses and parses the tar, the other makes the files.
+
+The system calls that make files (the bulk of the time on most disks)
+release the GIL, so the two overlap. Members travel through a bounded queue;
+a big file's data in bounded chunks, so memory stays small.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+# `queue` and `threading` are imported where used: the runtime imports this package in every
+# container start (committed layers of `host`), and threading's import and fork hooks cost each one.
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
+    from typing import IO, Callable, Iterable
+
+from .format import CHUNK
+from .tarstream import corrupt
+
+_SMALL = 1 << 20  # files up to this size travel between the threads in one piece
+_QUEUE = 64  # members in flight: at most _QUEUE * _SMALL bytes buffered
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Chunks:
+    """A big file's data, handed over piece by piece (bounded, so memory stays small)."""
+
+    def __init__(self, producer_done: object) -> None:
+        import queue
+
+        self.q: queue.Queue = queue.Queue(maxsize=8)
+        self._producer_done = producer_done
+        self._buf = b""
+        self._done = False
+
+    def read(self, n: int = -1) -> bytes:
+        import queue
+
+        while not self._buf and not self._done:
+            try:
+                item = self.q.get(timeout=0.2)
+            except queue.Empty:
+                if self._producer_done.is_set() and self.q.empty():  # type: ignore[attr-defined]
+                    raise corrupt("the reading thread stopped in the middle of a member") from None
+                continue
+            if item is None:
+                self._done = True
+            elif isinstance(item, _Failed):
+                raise item.exc
+            else:
+                self._buf = item
+        if n is None or n < 0:
+            n = len(self._buf)
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+
+def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]],
+                      make: Callable[[tarfile.TarInfo, object], None]) -> None:
+    """Iterate `items` (member, its data reader or None) in a second thread; `make` each here, in order."""
+    import queue
+    import threading
+
+    members: queue.Queue = queue.Queue(maxsize=_QUEUE)
+    stop = threading.Event()
+    done = threading.Event()
+
+    def put(q: queue.Queue, item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for m, data in items:
+                if data is None:
+                    if not put(members, (m, None)):
+                        return
+                    continue
+                chunks = None
+                try:
+                    if m.size <= _SMALL:
+                        item: object = io.BytesIO(data.read())
+                        if not put(members, (m, item)):
+                            return
+                        continue
+                    chunks = _Chunks(done)
+                    if not put(members, (m, chunks)):
+                        return
+                    while True:
+                        piece = data.read(CHUNK)
+                        if not put(chunks.q, piece or None) or not piece:
+                            break
+                except BaseException as e:
+                    error = corrupt(f"member {m.name!r}: {e}") if isinstance(e, (tarfile.TarError, OSError, ValueError)) else e
+                    if error is not e:
+                        error.__cause__ = e  # before it crosses threads: `disk_full` looks for ENOSPC there
+                    if chunks is not None:  # the making thread waits on this member's data
+                        put(chunks.q, _Failed(error))
+                    if error is e:
+                        raise
+                    raise error from e
+            put(members, _END)
+        except BaseException as e:  # handed to the making thread, which raises it
+            put(members, _Failed(e))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=produce, name="hermetic-untar", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = members.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failed):
+                raise item.exc
+            m, data = item
+            make(m, data)
+    finally:
+        stop.set()
+        thread.join()  # the reader is the caller's again (it drains and verifies it on errors)
+
+
+# --------------------------------------------------------------------------

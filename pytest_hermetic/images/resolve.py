@@ -1,0 +1,24 @@
+"""An image by reference, pulled on first use: what `Container.start`, the bindings and the CLI call.
+
+`Store.resolve` stays local (the store does no network I/O); this is the one
+place that turns "not in the store" into a pull for registry references
+(HERMETIC_OFFLINE: from loopback registries only, see `pull`).
+"""
+
+from __future__ import annotations
+
+from ..errors import ImageNotFound
+from . import reference as refs
+from .store import Image, Store
+
+
+def resolve_or_pull(store: Store, text: str) -> Image:
+    """`store.resolve(text)`, or for a registry reference not in the store, `pull` it."""
+    try:
+        return store.resolve(text)
+    except ImageNotFound:
+        if refs.parse(text).transport != "registry":
+            raise
+    from .pull import pull  # http.client, threading: kept off the start of a container whose image is local
+
+    return pull(store, text)

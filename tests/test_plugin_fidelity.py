@@ -1,0 +1,254 @@
+"""A real suite concludes the same with `--hermetic` as in place (issue 13):
+one inner pytest session per cause that once made it differ."""
+
+import os
+
+import pytest
+from conftest import run_cli
+
+
+def _run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_inner=source)
+    return pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "-rA", "-p", "no:cacheprovider", *args,
+                                         timeout=120)
+
+
+def _plain(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """The same inner suite in place: what `--hermetic` must conclude too."""
+    return pytester.runpytest_subprocess("-p", "hermetic", "-rA", "-p", "no:cacheprovider", *args, timeout=120)
+
+
+def test_a_test_that_replaces_os_functions_still_reports(pytester: pytest.Pytester):
+    # filelock simulates a full disk with monkeypatch.setattr(os, "write", ...):
+    # the child sends its call report while that is still in place.
+    result = _run(pytester, '''
+import os, pickle, struct, sys
+
+def refuse(*args, **kwargs):
+    raise OSError(28, "No space left on device (a test's own)")
+
+def test_write(monkeypatch):
+    for name in ("write", "read", "close", "_exit", "waitpid"):
+        monkeypatch.setattr(os, name, refuse)
+    monkeypatch.setattr(pickle, "dumps", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(sys, "exit", refuse)
+    monkeypatch.setattr(struct, "pack", refuse)
+
+def test_write_fails(monkeypatch):
+    monkeypatch.setattr(os, "write", refuse)
+    monkeypatch.setattr(pickle, "dumps", refuse)
+    assert False, "reported"
+
+def test_after():
+    pass
+''')
+    for result in (result, _plain(pytester)):
+        result.assert_outcomes(passed=2, failed=1)
+        result.stdout.fnmatch_lines(["*AssertionError: reported*"])
+        result.stdout.no_fnmatch_line("*without reporting*")
+
+
+def test_host_facts_recorded_by_wider_fixtures_hold_inside(pytester: pytest.Pytester):
+    # filelock's fixtures record the host name in the parent; the test compares.
+    result = _run(pytester, '''
+import grp, locale, os, pwd, socket, time
+import pytest
+from pytest_hermetic import hermetic
+
+@pytest.fixture(scope="session")
+def facts():
+    return {"hostname": socket.gethostname(), "user": pwd.getpwuid(os.getuid()).pw_name,
+            "group": grp.getgrgid(os.getgid()).gr_name, "uid": os.getuid(), "tz": time.tzname,
+            "locale": locale.getlocale(), "env": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+            "fqdn_resolves": bool(socket.getaddrinfo(socket.gethostname(), None))}
+
+def test_same_facts(facts):
+    now = {"hostname": socket.gethostname(), "user": pwd.getpwuid(os.getuid()).pw_name,
+           "group": grp.getgrgid(os.getgid()).gr_name, "uid": os.getuid(), "tz": time.tzname,
+           "locale": locale.getlocale(), "env": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
+           "fqdn_resolves": bool(socket.getaddrinfo(socket.gethostname(), None))}
+    assert now == facts
+
+@hermetic(hostname="inner")
+def test_named_by_the_marker(facts):
+    assert socket.gethostname() == "inner" != facts["hostname"]
+
+def test_after(facts):
+    assert socket.gethostname() == facts["hostname"]
+''', "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+
+
+TMP_SUITE = '''
+import os, tempfile
+import pytest
+
+@pytest.fixture(scope="class")
+def certs():
+    folder = tempfile.mkdtemp()  # urllib3's certificates: under /tmp, made once per class
+    with open(os.path.join(folder, "cert.pem"), "w") as f:
+        f.write("CERT")
+    return folder
+
+class TestWithCerts:
+    def test_sees_the_fixture_files(self, certs):
+        with open(os.path.join(certs, "cert.pem")) as f:
+            assert f.read() == "CERT"
+        with open(os.path.join(certs, "cert.pem"), "a") as f:
+            f.write("+inner")  # copy-on-write: the next test still sees "CERT"
+        with open("/tmp/hermetic-fidelity-left-behind", "w") as f:
+            f.write("x")
+
+    def test_writes_of_the_previous_test_are_gone(self, certs):
+        with open(os.path.join(certs, "cert.pem")) as f:
+            assert f.read() == "CERT"
+        assert not os.path.exists("/tmp/hermetic-fidelity-left-behind")
+'''
+
+
+def test_files_of_wider_fixtures_under_tmp_are_there(pytester: pytest.Pytester):
+    result = _run(pytester, TMP_SUITE, "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert not os.path.exists("/tmp/hermetic-fidelity-left-behind")
+
+
+
+def test_an_expected_failure_killed_by_its_container_is_xfailed(pytester: pytest.Pytester):
+    result = _run(pytester, '''
+import os, signal, time
+import pytest
+from pytest_hermetic import hermetic
+
+@hermetic(timeout=1)
+@pytest.mark.xfail(reason="known to hang")
+def test_timeout():
+    time.sleep(30)
+
+@hermetic(mem="64M")
+@pytest.mark.xfail(reason="known to eat memory", strict=True)
+def test_oom():
+    data = bytearray(400 << 20)
+    data[::4096] = b"x" * len(data[::4096])
+
+@pytest.mark.xfail(reason="known to crash")
+def test_killed():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@pytest.mark.xfail(reason="only a ValueError is expected", raises=ValueError)
+def test_killed_but_raises_named():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@pytest.mark.xfail(reason="a condition that does not hold", condition=False)
+def test_killed_not_expected():
+    os.kill(os.getpid(), signal.SIGKILL)
+''')
+    result.assert_outcomes(xfailed=3, failed=2)
+    result.stdout.fnmatch_lines(["XFAIL test_inner.py::test_timeout - known to hang",
+                                 "XFAIL test_inner.py::test_oom - known to eat memory",
+                                 "XFAIL test_inner.py::test_killed - known to crash"], consecutive=False)
+    result.stdout.fnmatch_lines(["FAILED test_inner.py::test_killed_but_raises_named - hermetic: killed by*",
+                                 "FAILED test_inner.py::test_killed_not_expected - hermetic: killed by*"])
+
+
+def test_dev_shm_is_as_large_as_the_hosts(pytester: pytest.Pytester):
+    # A test that writes a large file to /dev/shm in place does so inside.
+    result = _run(pytester, '''
+import os
+import pytest
+from pytest_hermetic import hermetic
+
+def size(path):
+    info = os.statvfs(path)
+    return info.f_blocks * info.f_frsize
+
+@pytest.fixture(scope="session")
+def host_shm():
+    return size("/dev/shm")
+
+def test_default(host_shm):
+    assert size("/dev/shm") == host_shm > 64 << 20
+    with open("/dev/shm/big", "wb") as f:
+        f.truncate(100 << 20)
+        f.write(b"x" * (80 << 20))  # more than Docker's 64 MiB
+
+@hermetic(mem="96M")
+def test_no_larger_than_the_memory_limit(host_shm):
+    assert size("/dev/shm") == min(host_shm, 96 << 20)
+
+@hermetic(shm_size="1g")
+def test_asked_for():
+    assert size("/dev/shm") == 1 << 30
+''')
+    result.assert_outcomes(passed=3)
+
+
+def test_shm_size_on_the_command_line():
+    ran = run_cli("run", "--shm-size", "12m", "host", "--", "df", "-k", "/dev/shm")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split()[-5] == str(12 << 10), ran.stdout
+    bad = run_cli("run", "--shm-size", "lots", "host", "--", "true")
+    assert bad.returncode == 125 and "shm_size='lots': not a size" in bad.stderr, bad.stderr
+
+
+SERVER_SUITE = '''
+import socket, threading, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import pytest
+
+class Hello(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"hello {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+@pytest.fixture(scope="session")
+def server():
+    # pytest-httpserver's shape: a server on a thread of the pytest process
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+class Hello6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+@pytest.fixture(scope="module")
+def server6():
+    httpd = Hello6(("::1", 0), Hello)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://[::1]:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+@pytest.mark.parametrize("n", range(3))
+def test_reaches_the_session_server(server, n):
+    with urllib.request.urlopen(f"{server}/{n}", timeout=10) as reply:
+        assert reply.read() == f"hello /{n}".encode()
+
+def test_reaches_both_over_ipv4_and_ipv6(server, server6):
+    for url in (server, server6):
+        with urllib.request.urlopen(f"{url}/both", timeout=10) as reply:
+            assert reply.read() == b"hello /both"
+
+def test_own_listener_on_a_port_of_its_own():
+    # the test's own namespace: binding a port of the host's loopback is its own business
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+'''
+
+
+def test_servers_of_wider_fixtures_on_loopback_are_reachable(pytester: pytest.Pytester):
+    result = _run(pytester, SERVER_SUITE, "-p", "no:randomly")
+    result.assert_outcomes(passed=5)
+    _plain(pytester, "-p", "no:randomly").assert_outcomes(passed=5)
+    # under xdist each worker's own servers
+    pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "-p", "no:cacheprovider", "-n", "2",
+                                  timeout=120).assert_outcomes(passed=5)

@@ -1,0 +1,118 @@
+"""Service containers as testcontainers users know them: waits, logs in a
+failed test's report, session-scoped services on a private network that
+the test joins, in place, under --hermetic and with xdist (issue #13)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "pytest.md")
+
+
+def worked_example() -> tuple[str, str]:
+    """The ini and the test module of docs/pytest.md's worked example, as written there."""
+    with open(DOCS) as f:
+        section = f.read().split("### A worked example")[1]
+    ini = section.split("```ini\n")[1].split("```")[0]
+    module = section.split("```python\n")[1].split("```")[0]
+    return ini, module
+
+
+ERRORS = r'''
+import os
+import pytest
+from pytest_hermetic.errors import SpecError
+
+
+def test_a_wait_that_times_out_names_the_container(containers):
+    svc = containers.run("busybox:test", ["sh", "-c", "echo starting; echo still starting; sleep 60"], name="slow")
+    with pytest.raises(TimeoutError) as info:
+        svc.wait_for_log("^ready", timeout=0.5)
+    assert str(info.value).endswith("container slow: not writing a line matching '^ready' within 0.5 s; "
+                                    "its last lines:\nstarting\nstill starting")
+    with pytest.raises(TimeoutError, match="container slow: not accepting connections on port 1 within"):
+        svc.wait_for_port(1, timeout=0.3)
+    with pytest.raises(TimeoutError, match="container slow: not passing 'false' within"):
+        svc.wait_for("false", timeout=0.3)
+
+
+def test_a_service_that_ends_says_so(containers):
+    svc = containers.run("busybox:test", ["sh", "-c", "echo bad config; exit 3"], name="broken")
+    with pytest.raises(ConnectionError, match=r"container broken ended \(.*3.*\) before .*\nbad config"):
+        svc.wait_for_http("/", port=80, timeout=10)
+
+
+def test_an_image_that_is_not_there(containers):
+    containers.run("127.0.0.1:1/postgres:16", ["true"])
+
+
+def test_address_of_a_service_off_the_tests_network(containers):
+    svc = containers.run("busybox:test", ["sleep", "60"], name="lone")
+    if os.getpid() == 2:  # a hermetic test, on net="app": no network it shares with "lone"
+        with pytest.raises(SpecError, match=r"container lone: a hermetic test reaches it only on a network they "
+                                            r"share \(it has net=False, the test net='app'\); start it on a network"):
+            svc.address(80)
+    else:
+        assert svc.address(80)[0] == "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def db(containers_module):
+    svc = containers_module.run("busybox:test", ["sh", "-c", "echo db up; sleep 60"], name="db", net="mod")
+    svc.wait_for_log("db up")
+    return svc
+
+
+def test_a_module_service_and_its_network(db, containers):
+    peer = containers.run("busybox:test", ["sleep", "60"], name="peer", net="mod")  # joins the module's network
+    assert db.ip in peer.exec("cat", "/etc/hosts").output
+    assert db.exec("hostname").output == "db\n"
+
+
+def test_the_module_service_is_started_once(db):
+    assert db.wait_for_log("db up") == "db up"
+    assert db.logs().count("db up") == 1
+'''
+
+
+def failure(out: str, name: str) -> str:
+    """The failure section of test `name` in pytest's output."""
+    sections = re.split(r"\n_{3,} (\S+) _{3,}\n", out.split("short test summary")[0])
+    return sections[sections.index(name) + 1]
+
+
+@pytest.mark.parametrize("mode", [[], ["--hermetic"], ["--hermetic", "-n", "2"]], ids=["in-place", "hermetic", "xdist"])
+def test_services_example(pytester: pytest.Pytester, busybox_image, mode):
+    ini, module = worked_example()
+    pytester.makeini(ini + "hermetic_service_log_lines = 5\n")
+    pytester.makepyfile(test_services_example=module, test_errors=ERRORS)
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", *mode, timeout=180)
+    out = result.stdout.str()
+    result.assert_outcomes(passed=7, failed=2)
+    # The failed test's report shows both services' last lines, as captured output.
+    report = failure(out, "test_fails_and_shows_the_logs")
+    assert re.search(r"- service echo \(call\): last 5 lines -+\n(.*\n)*echo got b'ping'\n", report), report
+    assert re.search(r"- service web \(call\): last 5 lines -+\n(.*\n)*.*\"GET / HTTP/1.0\" 200", report), report
+    # A missing image is one line at the test's call, not the engine's frames.
+    missing = failure(out, "test_an_image_that_is_not_there")
+    assert "containers.run('127.0.0.1:1/postgres:16'): cannot reach registry 127.0.0.1:1" in missing
+    assert "hermetic pull 127.0.0.1:1/postgres:16" in missing
+    assert "registry.py" not in missing and "container.py" not in missing, missing
+
+
+def test_services_example_rootless(test_user):
+    """The same example run by an unprivileged user: the private networks'
+    bridges are held by a process of the user's own."""
+    from conftest import inner_session_as
+
+    module = worked_example()[1]
+    for mode in ([], ["--hermetic"]):
+        ran, _ = inner_session_as(test_user, "services-example", "test_services_example.py", module,
+                                "-o", "hermetic_net=app", *mode)
+        report = failure(ran.stdout, "test_fails_and_shows_the_logs")
+        assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
+        assert "service echo (call)" in report and "echo got b'ping'" in report, report
+        assert "service web (call)" in report, report
