@@ -114,6 +114,11 @@ def record(cls: type | None = None, *, frozen: bool = False) -> Any:
     return make(cls) if cls is not None else make
 
 
+def fields(obj: object) -> tuple[str, ...]:
+    """The field names of a record (class or instance), in order."""
+    return tuple(getattr(obj, "_fields"))
+
+
 def replace(obj: R, **changes: Any) -> R:
     """A copy of a record with some fields changed (as `dataclasses.replace`)."""
     values = {name: getattr(obj, name) for name in getattr(obj, "_fields")}

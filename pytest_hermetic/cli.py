@@ -28,7 +28,7 @@ from .errors import HermeticError, ImageReferenceError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import NoReturn, Sequence
+    from typing import Any, NoReturn, Sequence
 
 PROG = "hermetic"
 MAX_LINE = 400  # an error line names the problem; it does not repeat a megabyte of input
@@ -58,7 +58,7 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def verb(name: str, **kwargs: "object") -> "argparse.ArgumentParser":
+    def verb(name: str, **kwargs: "Any") -> "argparse.ArgumentParser":
         return sub.add_parser(name, **kwargs) if only in (None, name) else _Skipped()  # type: ignore[return-value]
 
     run = verb("run", help="run a command in a new container")

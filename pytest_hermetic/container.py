@@ -175,7 +175,7 @@ class Container:
             config = self._process_config(image, argv)
             log_fd = None
             if log:
-                assert self.state_dir is not None, "a log needs a state folder (a tracked container)"
+                assert self.log_path is not None, "a log needs a state folder (a tracked container)"
                 log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)

@@ -25,6 +25,7 @@ import time
 
 from ._fs import rmtree
 from ._proc import owner_alive, start_time
+from ._record import fields
 from .container import Container, log_path
 from .errors import ContainerNotFound, ContainerStartError, HermeticError, SpecError
 from .gc import clear_dead
@@ -171,7 +172,7 @@ def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, repo
 
 
 def _spec_json(spec: Spec) -> dict:
-    return json.loads(json.dumps({key: getattr(spec, key) for key in type(spec)._fields}, default=str))
+    return json.loads(json.dumps({key: getattr(spec, key) for key in fields(spec)}, default=str))
 
 
 def _read(folder: str) -> dict:
