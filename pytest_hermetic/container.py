@@ -538,7 +538,7 @@ def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or N
     the spec opts out (`seccomp=False`) or is privileged (as under Docker)."""
     if spec.privileged or not spec.seccomp:
         return None
-    return seccomp.default()
+    return seccomp.default(os.path.join(make_private(state_root()), "cache"))
 
 
 def _env_dict(items: list[str]) -> dict[str, str]:

@@ -12,9 +12,11 @@ in the profile itself).  32-bit programs on x86_64 (i386, also `int 0x80`)
 are filtered with their own table, as in Docker; x32 calls get ENOSYS and
 arm32 programs on aarch64 are killed (docs/seccomp.md).
 
-The program is compiled once per process, in the parent, by `default()`;
-the container's process only loads it (`Filter.load`: one prctl), after it
-dropped its capabilities and set no_new_privs.  Own writer rather than
+The program is compiled once per process, in the parent, by `default()`
+(and kept in the caller's private state folder, so that the next process,
+a `hermetic run`, reads 5 KB instead of importing the profile and compiling
+it: 2-4 ms); the container's process only loads it (`Filter.load`: one
+prctl), after it dropped its capabilities and set no_new_privs.  Own writer rather than
 libseccomp: see docs/seccomp.md for the measured reasons.
 """
 
@@ -96,12 +98,64 @@ class Filter:
 _default: Filter | None = None
 
 
-def default() -> Filter:
-    """Docker's default profile for this machine, compiled once per process."""
+def default(cache_dir: str | None = None) -> Filter:
+    """Docker's default profile for this machine, compiled once per process;
+    with `cache_dir` (a folder only the caller can write), also kept there
+    for the next process."""
     global _default
     if _default is None:
-        _default = compile_profile(os.uname().machine, set(DEFAULT_CAPS), _kernel_version())
+        machine, kernel = os.uname().machine, _kernel_version()
+        cache = _cache_path(cache_dir, machine, kernel) if cache_dir else None
+        _default = _read_cached(cache) if cache else None
+        if _default is None:
+            _default = compile_profile(machine, set(DEFAULT_CAPS), kernel)
+            if cache:
+                _write_cached(cache, _default)  # also over a damaged one
     return _default
+
+
+# A cached program: magic, program length, the program, its summary.  Its
+# name changes with this machine, kernel, and the code and data that made it.
+_CACHE_MAGIC = b"HSECCOMP1"
+_BPF_MAXINSNS = 4096
+
+
+def _cache_path(cache_dir: str, machine: str, kernel: tuple[int, int]) -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        stamps = [os.stat(os.path.join(here, name)) for name in
+                  ("seccomp.py", "seccomp_profile.py", "syscall_table.py", "capabilities.py")]
+    except OSError:
+        return None
+    made = "-".join(f"{st.st_size:x}.{st.st_mtime_ns:x}" for st in stamps)
+    return os.path.join(cache_dir, f"seccomp-{machine}-{kernel[0]}.{kernel[1]}-{made}.bpf")
+
+
+def _read_cached(path: str) -> Filter | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64 << 10)
+    except OSError:
+        return None
+    head = len(_CACHE_MAGIC) + 4
+    if not data.startswith(_CACHE_MAGIC) or len(data) < head:
+        return None
+    (size,) = struct.unpack_from("<I", data, len(_CACHE_MAGIC))
+    program = data[head:head + size]
+    if len(program) != size or not size or size % 8 or size // 8 > _BPF_MAXINSNS:
+        return None  # damaged: compiled afresh (and written again)
+    return Filter(program, data[head + size:].decode(errors="replace"))
+
+
+def _write_cached(path: str, compiled: Filter) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        temp = f"{path}.{os.getpid()}.tmp"
+        with open(temp, "wb") as f:
+            f.write(_CACHE_MAGIC + struct.pack("<I", len(compiled.program)) + compiled.program + compiled.summary.encode())
+        os.replace(temp, path)
+    except OSError:
+        pass  # a read-only or full state folder: compiled each time, as before
 
 
 def install(config) -> None:  # noqa: ANN001 - a process.ProcessConfig (no import cycle)

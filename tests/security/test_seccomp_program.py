@@ -170,3 +170,26 @@ def test_capabilities_and_kernel_decide_rules_as_in_docker():
 def test_unknown_machine_is_a_clear_error():
     with pytest.raises(seccomp.SeccompError, match="no seccomp syscall table for riscv64.*seccomp=False"):
         seccomp.compile_profile("riscv64", CAPS, (6, 1))
+
+
+def test_the_cached_program_is_the_compiled_one_and_damage_is_ignored(tmp_path, monkeypatch):
+    """`default(cache_dir)` keeps the program for the next process; a cache
+    that was damaged (or planted short) is compiled afresh and rewritten."""
+    from pytest_hermetic.runtime import seccomp
+
+    monkeypatch.setattr(seccomp, "_default", None)
+    compiled = seccomp.default(str(tmp_path))
+    (cached,) = list(tmp_path.iterdir())
+    monkeypatch.setattr(seccomp, "_default", None)
+    assert seccomp.default(str(tmp_path)).program == compiled.program  # read back from the cache
+
+    data = cached.read_bytes()
+    for damaged in (data[:len(data) // 2], data[:20], b"HSECCOMP1" + b"\xff\xff\xff\x7f", b"not a program"):
+        cached.write_bytes(damaged)
+        monkeypatch.setattr(seccomp, "_default", None)
+        assert seccomp.default(str(tmp_path)).program == compiled.program
+        assert cached.read_bytes() == data  # the damage mended
+    monkeypatch.setattr(seccomp, "_default", None)
+    cached.unlink()
+    seccomp.default(str(tmp_path))
+    assert cached.read_bytes() == data  # written again
