@@ -21,6 +21,7 @@ import stat
 import threading
 
 from ..runtime import netns
+from ..runtime.portfwd import pump
 
 def listeners() -> list[tuple[int, str, int]]:
     """(family, address, port) of every TCP socket of this process that
@@ -117,7 +118,7 @@ class Relay:
                         return
                     self._open += (client, upstream)
                 for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+                    threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         """Stop accepting and cut every relayed connection (the test is over)."""
@@ -140,16 +141,3 @@ class Relay:
             except OSError:
                 pass
         self._targets = {}
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        try:
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass

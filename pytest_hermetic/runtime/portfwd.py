@@ -96,19 +96,7 @@ class Forwarder:
                 continue
             self._open.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                sink.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         self._closed = True
@@ -119,3 +107,18 @@ class Forwarder:
             except OSError:
                 pass
         self._open.clear()
+
+
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy one direction of a relayed connection until its end, then pass
+    the end on (half-close), so the other direction can finish."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
