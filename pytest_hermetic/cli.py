@@ -259,7 +259,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 from .detached import publish
 
                 forwarders = publish(container, ports)
-            result = container.wait()
+            # In slices: a signal that lands between Python's last check and
+            # the blocking waitpid() would run its handler (forward) only when
+            # the wait ends, and a PID 1 that never got the signal never ends.
+            result = None
+            while result is None:
+                result = container.wait(timeout=0.1)
         finally:
             for forwarder in forwarders:
                 forwarder.close()
