@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pytest_hermetic import options
-from pytest_hermetic.cli import _parser
+from pytest_hermetic.cli import parser as _parser
 from pytest_hermetic.errors import SpecError
 from pytest_hermetic.spec import Spec
 

@@ -1,0 +1,139 @@
+"""`hermetic run`: a container in the foreground (or detached with -d)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from .. import options
+from .output import say
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import Verb
+
+
+def add_parsers(verb: "Verb") -> None:
+    run = verb("run", help="run a command in a new container")
+    options.add_arguments(run.add_argument, options.CLI)
+    run.add_argument("--commit", metavar="REF", help="after a successful run, save the read-write layer as image REF")
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="run in the background: print the id and return (output: `hermetic logs`; implies --init)")
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits (always so without -d)")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]",
+                     help="publish a container port on the host (HOST_IP default 127.0.0.1)")
+    run.add_argument("image", metavar="IMAGE", help=options.BY_NAME["image"].help)
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments (default: the image's)")
+
+    run.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..container import Container
+    from ..spec import Spec
+    from ..state import list_states
+
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    given = options.from_arguments(args, options.CLI)
+    if sys.stdin.isatty() and "TERM" in os.environ and not args.detach:
+        given["env"].setdefault("TERM", os.environ["TERM"])
+    if args.detach:
+        # A PID 1 with no SIGTERM handler ignores `stop`'s SIGTERM (the kernel
+        # guards a namespace's init); under --init the command gets it.
+        given["init"] = True
+    # Nobody can commit it: keep the rw layer in memory, no disk clean-up.
+    spec = Spec.build(args.image, command or None, ephemeral=not args.commit and not args.name and not args.detach,
+                      **given)
+    if spec.name:
+        for other in list_states():
+            if other.get("name") == spec.name:
+                from ..errors import SpecError
+
+                if other["alive"]:
+                    raise SpecError(f"--name {spec.name}: a running container already has that name")
+                raise SpecError(f"--name {spec.name}: an exited container has that name; `hermetic rm {spec.name}` first")
+    ports = []
+    if args.publish:
+        from ..detached import parse_publish
+
+        ports = [parse_publish(text) for text in args.publish]
+    if args.detach:
+        if args.commit:
+            from ..errors import SpecError
+
+            raise SpecError("--commit and -d: commit a detached container with `hermetic commit NAME REF` while it runs")
+        from ..detached import start_detached
+
+        print(start_detached(spec, ports, remove=args.rm))
+        return 0
+    if args.commit:
+        from ..images.commit import target_name
+
+        target_name(args.commit)  # a bad reference fails before the run, not after
+    container = Container(spec)
+    interrupts = {"count": 0}
+    # Signals that arrive while `start()` has not returned yet: the command
+    # may already run (and its user already press Ctrl-C), but there is no
+    # PID 1 to signal until `start()` hands it over.
+    early: list[int] = []
+
+    def deliver(signum: int) -> None:
+        # A PID 1 ignores signals it has no handler for; a second Ctrl-C
+        # (or SIGTERM) kills the whole container, as users expect.
+        interrupts["count"] += 1
+        if interrupts["count"] > 1:
+            container.kill(signal.SIGKILL)
+        else:
+            # The container has a session of its own: a terminal's Ctrl-C
+            # or hangup reaches it through here, so it goes where the
+            # terminal would send it, PID 1's whole group (the command a
+            # shell runs in it included); under --init PID 1 passes it on.
+            container.kill(signum, group=signum != signal.SIGTERM and not args.init)
+
+    def forward(signum: int, _frame: object) -> None:
+        if container.process is None:
+            early.append(signum)
+        else:
+            deliver(signum)
+
+    with container:
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        forwarders: list = []
+        try:
+            container.start()
+            while early:
+                deliver(early.pop(0))
+            if ports:
+                from ..detached import publish
+
+                forwarders = publish(container, ports)
+            # In slices: a signal that lands between Python's last check and
+            # the blocking waitpid() would run its handler (forward) only when
+            # the wait ends, and a PID 1 that never got the signal never ends.
+            result = None
+            while result is None:
+                result = container.wait(timeout=0.1)
+        finally:
+            for forwarder in forwarders:
+                forwarder.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        assert result is not None
+        if result.oom_killed or result.timed_out is not None:
+            say(f"killed: {result.reason}")
+        elif result.status.signal is not None and interrupts["count"] == 0:
+            say(result.reason or "")
+        elif result.stats.pids_limit_hits:
+            say(f"note: {result.reason}")
+        if args.commit:
+            if result.exit_code == 0:
+                image = container.commit(args.commit)
+                say(f"committed {image.familiar} ({image.id[7:19]})")
+            else:
+                say(f"not committed: the command failed ({result.reason})")
+        return result.exit_code
+

@@ -1,0 +1,77 @@
+"""Machine-wide verbs: gc, network, doctor."""
+
+from __future__ import annotations
+
+import sys
+
+from .output import say, table
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+    from . import Verb
+
+
+def add_parsers(verb: "Verb") -> None:
+    gc = verb("gc", help="remove unreferenced layers and what killed runs left behind")
+    gc.add_argument("-q", "--quiet", action="store_true")
+    gc.set_defaults(handler=cmd_gc)
+    net = verb("network", help="create, list and remove named networks")
+    net_sub = net.add_subparsers(dest="network_command", metavar="ACTION")
+    net_sub.required = True
+    create = net_sub.add_parser("create", help="make a named network (containers on it know each other by name)")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--subnet", metavar="CIDR", help="addresses for it (default $HERMETIC_SUBNET or 10.88.0.0/16)")
+    net_sub.add_parser("ls", help="list networks")
+    remove = net_sub.add_parser("rm", help="remove named networks (no container may be on them)")
+    remove.add_argument("names", nargs="+", metavar="NAME")
+    net.set_defaults(handler=cmd_network)
+    verb("doctor", help="check this machine (namespaces, overlayfs, cgroups) and say how to fix gaps").set_defaults(handler=cmd_doctor)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from ..gc import gc_containers
+    from ..images.gc import collect
+    from ..images.store import Store
+
+    from ..networks import gc_networks
+
+    removed = gc_containers() + gc_networks() + collect(Store())
+    if not args.quiet:
+        for line in removed:
+            print(f"removed {line}")
+        print(f"{len(removed)} item{'s' if len(removed) != 1 else ''} removed")
+    return 0
+
+
+def cmd_network(args: argparse.Namespace) -> int:
+    from .. import networks
+
+    if args.network_command == "create":
+        network = networks.create_network(args.name, args.subnet)
+        network.close()
+        print(f"{network.name} {network.subnet}")
+    elif args.network_command == "rm":
+        for name in args.names:
+            networks.remove_network(name)
+            print(f"removed {name}")
+    else:
+        rows = [("NETWORK", "KIND", "SUBNET", "GATEWAY", "CONTAINERS")]
+        notes = []
+        for info in networks.list_networks():
+            rows.append((info["name"], info["kind"], info["subnet"], info["gateway"], ", ".join(info["containers"]) or "-"))
+            if info.get("forwarding") is False:
+                notes.append("note: net.ipv4.ip_forward is 0, so bridge containers reach the host and each other but "
+                             "not the outside; `sysctl -w net.ipv4.ip_forward=1` enables it (a host-wide switch)")
+        table(rows)
+        for note in notes:
+            say(note)
+    return 0
+
+
+def cmd_doctor(_args: argparse.Namespace) -> int:
+    from ..doctor import run_checks
+
+    return run_checks(sys.stdout)
+
