@@ -4,7 +4,7 @@
 Each contender is one image in one store whose path is 150 characters long
 (so 50 layers' absolute paths are three times what one page of mount
 options holds, and the overlay is mounted through short links): busybox
-plus N-1 tiny layers built through the store API (fixtures/deep_image.py).
+plus N-1 tiny layers built through the store API (hermetic_testsupport/deep_image.py).
 Each sample is one whole container running `true`, in process, as the
 plugin starts them: `Container(Spec.build(IMAGE, ["true"])).run()` then
 `.remove()`.
@@ -34,8 +34,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fixtures/
 
 from machine import describe, loadavg  # bench/machine.py
-from fixtures.busybox import build_rootfs
-from fixtures.deep_image import build
+from hermetic_testsupport.busybox import build_rootfs
+from hermetic_testsupport.deep_image import build
 from pytest_hermetic.container import Container
 from pytest_hermetic.images.store import Store
 from pytest_hermetic.images.transports import import_image

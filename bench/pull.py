@@ -38,9 +38,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from fixtures.busybox import build_rootfs as busybox_rootfs  # noqa: E402
-from fixtures.debootstrap import build_rootfs as debian_rootfs  # noqa: E402
-from fixtures.registry import RegistryServer, oci_image, skopeo_copy  # noqa: E402
+from hermetic_testsupport.busybox import build_rootfs as busybox_rootfs  # noqa: E402
+from hermetic_testsupport.debootstrap import build_rootfs as debian_rootfs  # noqa: E402
+from hermetic_testsupport.registry import RegistryServer, oci_image, skopeo_copy  # noqa: E402
 
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

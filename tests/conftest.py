@@ -21,7 +21,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # fixtures/ (test data builders and the image tests' fixtures)
-pytest_plugins = ["pytester", "fixtures.pytest_images"]
+pytest_plugins = ["pytester", "hermetic_testsupport.pytest_images"]
 
 TEST_USER = os.environ.get("HERMETIC_TEST_USER", "hermetic-test")
 
@@ -193,7 +193,7 @@ def inner_session_as(test_user: str, project_name: str, test_file: str, source: 
 def busybox_rootfs(pytestconfig: pytest.Config) -> str:
     """A busybox rootfs folder, readable by the rootless test user too."""
     sys.path.insert(0, ROOT)
-    from fixtures.busybox import build_rootfs
+    from hermetic_testsupport.busybox import build_rootfs
 
     return build_rootfs(os.path.join(pytestconfig._hermetic_base, "busybox-rootfs"))  # type: ignore[attr-defined]
 

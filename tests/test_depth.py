@@ -5,7 +5,7 @@ layers of a store under a 150-character path outgrow; rootfs then mounts
 through short links on the container's private tmpfs.  Past overlayfs's own
 limit (500 lower layers, the init layer among them) the start is refused
 with one line naming the limit.  The images are built through the store API
-(fixtures/deep_image.py): layer i adds /etc/layers/i, rewrites
+(hermetic_testsupport/deep_image.py): layer i adds /etc/layers/i, rewrites
 /etc/layers/top and whites out the previous layer's /etc/layers/gone-(i-1),
 so a listing shows every layer there, in order.
 """
@@ -20,7 +20,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, run_cli
-from fixtures.deep_image import build, build_layers, expected_listing
+from hermetic_testsupport.deep_image import build, build_layers, expected_listing
 from pytest_hermetic.images.store import Store
 from pytest_hermetic.images.transports import import_image
 from pytest_hermetic.runtime.rootfs import OVERLAY_MAX_LOWERS
@@ -196,7 +196,7 @@ def user_deep_store(pytestconfig: pytest.Config, test_user: str, busybox_rootfs:
 def test_a_deep_image_runs_rootless(test_user, user_deep_store, base, depth):
     """Rootless: `userxattr` overlays; on top of `host`, one overlay per
     top-level directory, each with every replayed layer."""
-    built = _as_user(test_user, user_deep_store, "-m", "fixtures.deep_image", base, "rl-deep:1", str(depth))
+    built = _as_user(test_user, user_deep_store, "-m", "hermetic_testsupport.deep_image", base, "rl-deep:1", str(depth))
     assert built.returncode == 0, built.stderr
     ran = run_cli("run", "rl-deep:1", "sh", "-c", SHOW + "; id -u", user=test_user,
                   env={"HERMETIC_STORE": user_deep_store})
@@ -219,7 +219,7 @@ def test_layers_on_top_of_host_at_the_top_level_rootless(test_user, user_deep_st
     hide, opaque = _host_dirs_to_hide()
     if not _user_xattrs(os.path.dirname(user_deep_store)):
         opaque = None  # such a store cannot hold an opaque folder at all (the cgroup v2 VM's 6.1 /tmp)
-    code = ("from fixtures.deep_image import build_layers; from pytest_hermetic.images.store import Store; "
+    code = ("from hermetic_testsupport.deep_image import build_layers; from pytest_hermetic.images.store import Store; "
             f"build_layers(Store(), 'host', 'rl-htop:1', {_top_level_layers(hide, opaque)!r})")
     built = _as_user(test_user, user_deep_store, "-c", code)
     assert built.returncode == 0, built.stderr

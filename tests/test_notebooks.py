@@ -136,7 +136,7 @@ def test_worked_example(kernelspec: str, tmp_path) -> None:  # noqa: ANN001
 
 def test_interrupt_stops_the_cell_not_the_kernel(kernelspec: str, tmp_path) -> None:  # noqa: ANN001
     started = time.monotonic()
-    nb = execute(os.path.join(ROOT, "fixtures", "notebooks", "interrupt.ipynb"), kernelspec, str(tmp_path))
+    nb = execute(os.path.join(ROOT, "hermetic_testsupport", "notebooks", "interrupt.ipynb"), kernelspec, str(tmp_path))
     _load, ready, slow, alive, ps, ephemeral, alive2, rm = nb.cells
     assert text(ready) == "ready\n"
     assert text(slow) == "started\n"
@@ -152,7 +152,7 @@ def test_interrupt_stops_the_cell_not_the_kernel(kernelspec: str, tmp_path) -> N
 
 
 def test_busybox_image_env_workdir_errors(kernelspec: str, busybox_image: str, tmp_path) -> None:  # noqa: ANN001
-    nb = execute(os.path.join(ROOT, "fixtures", "notebooks", "busybox.ipynb"), kernelspec, str(tmp_path))
+    nb = execute(os.path.join(ROOT, "hermetic_testsupport", "notebooks", "busybox.ipynb"), kernelspec, str(tmp_path))
     _load, first, again, timeout, failed, no_raise, exec_ls, rm = nb.cells
     assert text(first) == "hello notebook from /tmp\n"  # the image's env, -e, -w
     kept, hostname = text(again).splitlines()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_cli
-from fixtures.pytest_images import PASSWORD, USER, auth_file
-from fixtures.registry import skopeo_copy
+from hermetic_testsupport.pytest_images import PASSWORD, USER, auth_file
+from hermetic_testsupport.registry import skopeo_copy
 
 
 @pytest.fixture(scope="module")

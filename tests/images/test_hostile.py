@@ -13,7 +13,7 @@ import tarfile
 import pytest
 
 from conftest import run_cli
-from fixtures.registry import skopeo_copy
+from hermetic_testsupport.registry import skopeo_copy
 
 
 def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", **kw: object) -> tuple[tarfile.TarInfo, bytes]:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import run_cli
-from fixtures.registry import oci_image, run, skopeo_copy
+from hermetic_testsupport.registry import oci_image, run, skopeo_copy
 from pytest_hermetic.errors import ContentError, DigestMismatch, RegistryError
 from pytest_hermetic.images.store import Store
 from pytest_hermetic.images.transports import import_image
@@ -107,7 +107,7 @@ def test_zstd_and_uncompressed_layers(busybox_rootfs, registry, store_env, tmp_p
 @pytest.fixture(scope="session")
 def debian_layout(pytestconfig) -> str:
     """`oci:LAYOUT:TAG` of a debootstrap minbase (the tree is cached under .cache/ and built once per machine)."""
-    from fixtures.debootstrap import CACHE, build_rootfs
+    from hermetic_testsupport.debootstrap import CACHE, build_rootfs
 
     rootfs = build_rootfs()
     suite = os.path.basename(os.path.dirname(rootfs))

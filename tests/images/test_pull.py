@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_cli
-from fixtures.registry import free_port, oci_image, run, skopeo_copy
+from hermetic_testsupport.registry import free_port, oci_image, run, skopeo_copy
 from pytest_hermetic.errors import DigestMismatch, ImageNotFound, RegistryError
 from pytest_hermetic.images.pull import pull
 from pytest_hermetic.images.store import Store

@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from conftest import run_cli
-from fixtures.registry import run, skopeo_copy, umoci_unpack
+from hermetic_testsupport.registry import run, skopeo_copy, umoci_unpack
 
 
 def tree(root: str) -> dict[str, tuple]:
