@@ -168,10 +168,12 @@ class Container:
         limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
         try:
-            self._make_state_dir()
             # The owner's pid in the name lets `gc` clear the cgroup of a
-            # killed owner at once (an untracked container has no state file).
+            # killed owner at once (an untracked container has no state file,
+            # a tracked one none yet): made first, so state.json, written
+            # with the folder, names it, and is written once without a network.
             self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits, default_pids=DEFAULT_PIDS)
+            self._make_state_dir()
             config = self._process_config(image, argv)
             log_fd = None
             if log:
@@ -181,8 +183,8 @@ class Container:
             config.stdio = (stdin, stdout, stderr)
             if self.spec.net is not False:
                 self._join_network(config)
-            if self.state_dir is not None:
-                self._write_state()  # before the start, so `gc` knows whose it is
+                if self.state_dir is not None:
+                    self._write_state()  # its network and address, before the start
             self.started_at = time.monotonic()
             try:
                 self.process = process.spawn(config, target)

@@ -20,7 +20,6 @@ import errno
 import os
 import signal
 import sys
-import traceback
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable, NoReturn
@@ -286,6 +285,13 @@ def exec_target(config: ProcessConfig) -> Callable[[], int]:
     return run
 
 
+def prepare_callable() -> None:
+    """In the parent, before it forks a callable: what `_call` imports in the
+    child, where the root may be an image without this Python's library.
+    (Not at module level: 1.7 ms of imports a `hermetic run` need not pay.)"""
+    import traceback  # noqa: F401
+
+
 def _call(target: Callable[[], int | None]) -> int:
     """Run the callable; its int result (or SystemExit code) is the exit code."""
     code = 1
@@ -295,6 +301,8 @@ def _call(target: Callable[[], int | None]) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001
+        import traceback  # already imported: by spawn, before the fork (see prepare_callable)
+
         traceback.print_exc()
     finally:
         try:

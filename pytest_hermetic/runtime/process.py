@@ -149,6 +149,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     if target is None and config.init:
         target = init.exec_target(config)
+    if target is not None:
+        init.prepare_callable()
     rootless = config.userns is not None
     # A Python callable as root: the callable itself is the only fork of
     # the (large) parent, as PID 2 under a placeholder PID 1.
@@ -267,9 +269,12 @@ def _attach(pids: list[int], config: ProcessConfig, joined: Channel) -> BaseExce
     joined.close_read()
     try:
         for path in config.cgroup_procs:
-            for pid in pids:
-                with open(path, "w") as f:
-                    f.write(str(pid))
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # (open() would add 4 syscalls)
+            try:
+                for pid in pids:
+                    os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
         if config.netns_ready is not None:
             if not config.netns_ready.receive(channel.NETNS_MADE):
                 return ContainerStartError("the container stopped before its network namespace was made")
