@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
     def _get_formatter(self) -> argparse.HelpFormatter:
         # argparse asks shutil for the width (Python 3.10, 3.11, 3.13), whose
         # import brings bz2, lzma and fnmatch: ~2.5 ms of every command.
-        return self.formatter_class(prog=self.prog, width=_columns() - 2)
+        return self.formatter_class(prog=self.prog, width=_columns() - 2)  # type: ignore[call-arg]
 
 
 def _columns() -> int:
