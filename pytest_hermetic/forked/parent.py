@@ -25,6 +25,7 @@ from ..container import Container
 from ..errors import HermeticError
 from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
+from ..runtime import process
 from ..spec import Spec, Volume
 from . import coverage_relay, loopback_relay
 from .child import child_main, install_forwarder
@@ -142,6 +143,9 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
                 write_frame(reply_w, b"go")  # the test starts once its relays listen
             except BrokenPipeError:
                 pass  # the child is gone already: _drain reports how it ended
+        # While the test runs, this process would only wait: make the next
+        # test's namespaces now, off its critical path (runtime/spare.py).
+        process.prepare_next()
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a

@@ -43,3 +43,6 @@ class ProcessConfig:
     # the child builds its root; `netns_ready` carries the child's NETNS_MADE.
     network_hook: Callable[[int], None] | None = None
     netns_ready: Channel | None = None
+    # As root without a network to wire: network, IPC and UTS namespaces the
+    # parent made ahead (spare.py), joined instead of unshared.
+    spare: dict[str, int] | None = None

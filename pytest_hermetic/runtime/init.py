@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .config import ProcessConfig
 
 from ..errors import ContainerStartError
-from . import capabilities, channel, descriptors, network, placeholder, rootfs, seccomp
+from . import capabilities, channel, descriptors, network, placeholder, rootfs, seccomp, spare
 from . import syscalls as sc
 from .channel import describe, fail
 from .namespaces import CONTAINER_NAMESPACES
@@ -89,9 +89,14 @@ def wait_attached(joined: channel.Channel | None) -> None:
 
 def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_namespaces: bool) -> None:
     """Namespaces, network, root file system, cgroup namespace."""
-    if not in_namespaces:
+    if in_namespaces:
+        network.loopback_up()
+    elif config.spare is not None:  # made ahead by the parent, `lo` up
+        spare.enter(config.spare)
+        sc.unshare(sc.CLONE_NEWNS)
+    else:
         sc.unshare(CONTAINER_NAMESPACES)
-    network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
+        network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
     if config.netns_ready is not None:  # the parent wires the veth meanwhile
         config.netns_ready.send(channel.NETNS_MADE)
     rootfs.setup(config.rootfs, config.hostname)

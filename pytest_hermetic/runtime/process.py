@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import channel, init, placeholder, relay
+from . import channel, init, placeholder, relay, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -160,6 +160,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
             else None)
     if rootless and (config.network.mode == "usermode" or config.network_hook is not None):
         config.network_go = Channel()
+    if not rootless and config.network_hook is None and config.network.mode == "none":
+        config.spare = spare.take()  # the namespaces made ahead, if any (the plugin's next test)
     joined = Channel() if config.cgroup_procs or config.network_hook else None
     if config.network_hook is not None and not rootless:
         config.netns_ready = Channel()
@@ -191,8 +193,11 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
                 pipe.close()
         if first is not None:
             placeholder.end(first)
+        spare.discard(config.spare)
         raise
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
+    spare.discard(config.spare)  # the child's now
+    config.spare = None
     attach_error = _attach([pid], config, joined) if joined is not None else None
     os.close(err_w)
     if status_w is not None:
@@ -214,6 +219,16 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         return proc
     proc.wait()
     raise _first_cause(message, attach_error, network_error)
+
+
+def prepare_next() -> None:
+    """Make the next container's network, IPC and UTS namespaces now, while
+    this process would wait anyway (spare.py): the pytest plugin calls it
+    while a test runs.  Root only; a failure just leaves none made."""
+    try:
+        spare.prepare()
+    except OSError:
+        pass  # the next container makes its own, as always
 
 
 def _first_cause(message: bytes, attach_error: BaseException | None,
