@@ -148,12 +148,16 @@ class Container:
     # -- start ----------------------------------------------------------------
 
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
-              stdout: int | None = None, stderr: int | None = None, log: bool = False) -> "Container":
+              stdout: int | None = None, stderr: int | None = None, log: bool = False,
+              prepare_next: bool = False) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
         with `log` (a tracked container's) stdout and stderr go to
-        `log_path` in its state folder instead (`hermetic run -d`)."""
+        `log_path` in its state folder instead (`hermetic run -d`).
+        `prepare_next`: while this one builds its root, make the next
+        container's network, IPC and UTS namespaces (runtime/spare.py; the
+        pytest plugin, which starts one container after another)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         image = self.image = self._resolve_and_use()
@@ -181,6 +185,7 @@ class Container:
                 log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
+            config.make_spare = prepare_next
             if self.spec.net is not False:
                 self._join_network(config)
                 if self.state_dir is not None:

@@ -25,7 +25,6 @@ from ..container import Container
 from ..errors import HermeticError
 from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
-from ..runtime import process
 from ..spec import Spec, Volume
 from . import coverage_relay, loopback_relay
 from .child import child_main, install_forwarder
@@ -132,7 +131,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
-            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)))
+            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)),
+                            prepare_next=True)  # the next test's namespaces, made while this one's child sets up
         finally:
             gc.unfreeze()
             os.close(write_fd)
@@ -143,9 +143,6 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
                 write_frame(reply_w, b"go")  # the test starts once its relays listen
             except BrokenPipeError:
                 pass  # the child is gone already: _drain reports how it ended
-        # While the test runs, this process would only wait: make the next
-        # test's namespaces now, off its critical path (runtime/spare.py).
-        process.prepare_next()
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a

@@ -46,3 +46,5 @@ class ProcessConfig:
     # As root without a network to wire: network, IPC and UTS namespaces the
     # parent made ahead (spare.py), joined instead of unshared.
     spare: dict[str, int] | None = None
+    # The parent makes the *next* container's set while this child builds its root.
+    make_spare: bool = False

@@ -199,6 +199,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     spare.discard(config.spare)  # the child's now
     config.spare = None
     attach_error = _attach([pid], config, joined) if joined is not None else None
+    if config.make_spare:
+        prepare_next()  # while the child builds its root: off the next start's path
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
