@@ -272,13 +272,15 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
 # the reports), Container.remove (its time summed per test).  A child
 # inherits its parent's notes and adds, at exit, its minor page faults and
 # CPU time.  With TRACE_PROFILE=1 each child also runs under its own
-# cProfile.  Children write through a directory fd opened before the fork
-# (the container's root hides the directory).
+# cProfile.  Every process appends its records to one journal file through
+# an fd opened before the fork (the container's root hides the directory,
+# and a container keeps a regular file's fd where it would replace a
+# directory's: #10); `unpack_journal` splits it into files afterwards.
 TRACE = "hermetic_bench_trace"
 TRACE_SOURCE = '''\
 import cProfile, json, marshal, os, resource, time
 
-_dir = os.open(os.environ["TRACE_DIR"], os.O_RDONLY | os.O_DIRECTORY)
+_journal = os.open(os.path.join(os.environ["TRACE_DIR"], "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 _profile = os.environ.get("TRACE_PROFILE") == "1"
 _real_exit = os._exit
 _depth = 0  # 0 in pytest, 1 in its fork, 2 in a fork of that
@@ -287,13 +289,8 @@ _profiler = None
 
 
 def _write(name, data):
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=_dir)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
+    record = name.encode() + b"\\0" + len(data).to_bytes(8, "little") + data
+    assert os.write(_journal, record) == len(record)  # one O_APPEND write: whole, never interleaved
 
 
 def _before_fork():
@@ -407,8 +404,26 @@ def trace_session(args, project: str, envs: dict, tmp: str, name: str, cprofile:
     return run_session("hermetic", project, args.tests, env, python, ("-p", TRACE)), folder
 
 
+def unpack_journal(folder: str) -> None:
+    """The traced processes' records, each into its own file in `folder`."""
+    try:
+        with open(f"{folder}/journal", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return
+    at = 0
+    while at < len(data):
+        end = data.index(b"\0", at)
+        size = int.from_bytes(data[end + 1:end + 9], "little")
+        with open(f"{folder}/{data[at:end].decode()}", "wb") as out:
+            out.write(data[end + 9:end + 9 + size])
+        at = end + 9 + size
+    os.unlink(f"{folder}/journal")
+
+
 def timeline(folder: str) -> dict[str, dict[str, float]]:
     """Per phase and counter: median, p10, p90 over the traced tests."""
+    unpack_journal(folder)
     tests: dict[str, dict[str, float]] = {}
     # Deepest first, so pytest's own (latest) notes win over what a child inherited.
     names = sorted((n for n in os.listdir(folder) if n.endswith(".json")),
@@ -456,6 +471,7 @@ def profile(args, project: str, envs: dict, tmp: str) -> dict:
     ours = [k for k in entries if "pytest_hermetic" in k[0]]
     _table(parent, sorted(ours, key=lambda k: entries[k][3], reverse=True)[:20], n,
            "pytest, top 20 pytest_hermetic functions by cumtime")
+    unpack_journal(folder)
     for depth, title in ((1, "the fork of pytest (the container's set-up and, as root, the test)"),
                          (2, "a fork of that fork, if any")):
         files = sorted(f"{folder}/{name}" for name in os.listdir(folder) if name.endswith(f"-{depth}.prof"))
