@@ -18,22 +18,14 @@ from __future__ import annotations
 
 import os
 
+from ..errors import ContainerStartError
 from . import network
 from . import syscalls as sc
 
 KINDS = (("net", sc.CLONE_NEWNET), ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS))
 FLAGS = sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 
-_own: tuple[int, dict[str, int]] | None = None  # (pid, this thread's own namespace fds)
 _spare: tuple[int, dict[str, int]] | None = None  # (pid that made it, namespace fds)
-
-
-def _own_fds() -> dict[str, int]:
-    global _own
-    if _own is None or _own[0] != os.getpid():
-        _own = (os.getpid(), {kind: os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-                              for kind, _ in KINDS})
-    return _own[1]
 
 
 def prepare() -> None:
@@ -41,9 +33,15 @@ def prepare() -> None:
     global _spare
     if os.geteuid() != 0 or (_spare is not None and _spare[0] == os.getpid()):
         return
-    own = _own_fds()
+    # Where this thread is now (asked each time: it may be in another
+    # network namespace for a while, netns.entered), to come back to.
+    own = {kind: os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind, _ in KINDS}
     made: dict[str, int] = {}
-    sc.unshare(FLAGS)
+    try:
+        sc.unshare(FLAGS)
+    except BaseException:
+        discard(own)
+        raise
     try:
         network.loopback_up()
         for kind, _ in KINDS:
@@ -53,8 +51,13 @@ def prepare() -> None:
             os.close(fd)
         raise
     finally:
-        for kind, flag in KINDS:  # back home, whatever happened
-            sc.setns(own[kind], flag)
+        try:
+            for kind, flag in KINDS:  # back home, whatever happened
+                sc.setns(own[kind], flag)
+        except OSError as exc:  # never seen; not to be passed over as "no spare made"
+            raise ContainerStartError(f"cannot return to this process's own namespaces: {exc}") from None
+        finally:
+            discard(own)
     _spare = (os.getpid(), made)
 
 
