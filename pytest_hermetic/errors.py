@@ -108,3 +108,13 @@ class DigestMismatch(ContentError):
 class RegistryDigestMismatch(DigestMismatch, RegistryError):
     """A registry sent content that does not hash to the digest that named it
     (an `except RegistryError` catches it too)."""
+
+
+class BuildError(HermeticError):
+    """A Containerfile cannot be built: a bad instruction, a missing COPY
+    source, a failing RUN.  `output` holds the tail of the failing step's
+    output (empty where there was none); nothing was tagged."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 # Each verb and the module (in this package) that adds its parser and runs it.
 VERBS = {
     "run": "run",
+    "build": "build",
     "images": "images", "pull": "images", "push": "images", "save": "images", "import": "images",
     "commit": "images", "rmi": "images",
     "ps": "containers", "logs": "containers", "exec": "containers", "stop": "containers", "kill": "containers",

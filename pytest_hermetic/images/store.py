@@ -289,19 +289,20 @@ class Store:
         os.replace(tmp, self._refs_path())
 
     def put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None = None,
-                  history: list[dict] | None = None) -> Image:
-        """Write config and manifest for `diff_ids` and point `name` at them."""
+                  history: list[dict] | None = None, created: str | None = None) -> Image:
+        """Write config and manifest for `diff_ids` and point `name` at them.
+        `created` (RFC 3339) fixes the config's time (a reproducible build); default now."""
         with self.busy():
-            return self._put_image(name, diff_ids, config, base=base, history=history)
+            return self._put_image(name, diff_ids, config, base=base, history=history, created=created)
 
     def _put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None,
-                   history: list[dict] | None) -> Image:
+                   history: list[dict] | None, created: str | None = None) -> Image:
         layer_sizes = []
         for diff_id in diff_ids:
             meta = self.layer_meta(diff_id)
             layer_sizes.append((meta.get("blob", diff_id), meta.get("size", 0), meta.get("media_type", MEDIA_LAYER)))
         oci_config = {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "architecture": platforms.host()["architecture"],
             "os": "linux",
             "config": config,
