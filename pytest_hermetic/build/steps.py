@@ -48,6 +48,8 @@ def run_step(store: Store, keep: Keep, image: Image, where: str, *, epoch: int, 
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         reader.start()
+        if target is not None:  # a callable keeps the caller's stdio (the plugin's tests do): give it ours
+            target = _writing_to(write_fd, target)
         try:
             container.start(target, stdin=null, stdout=write_fd, stderr=write_fd)
         except HermeticError as exc:
@@ -75,6 +77,14 @@ def run_step(store: Store, keep: Keep, image: Image, where: str, *, epoch: int, 
     if commit:
         say(f"--> {diff_id[7:19] if diff_id != cache.EMPTY else 'no changes'} ({time.monotonic() - started:.2f} s)")
     return diff_id
+
+
+def _writing_to(fd: int, target: Callable[[], int]) -> Callable[[], int]:
+    def run() -> int:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        return target()
+    return run
 
 
 def _read_output(fd: int, tail: collections.deque, say: Callable[[str], None]) -> None:

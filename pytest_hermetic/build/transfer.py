@@ -105,6 +105,8 @@ def put(dest: str, chown: str | None, chmod: int | None, keep_owner: bool, mtime
     made_owner = owner or (0, 0)
     slots = sorted(os.listdir(MOUNT), key=int)
     target = posixpath.normpath(posixpath.join(os.getcwd(), dest))
+    if os.path.islink(target):  # the image's own symlink (dangling too), followed inside this root
+        target = os.path.realpath(target)
     into_dir = dest.endswith("/") or len(slots) > 1 or os.path.isdir(target)
     for slot in slots:
         base = posixpath.join(MOUNT, slot)

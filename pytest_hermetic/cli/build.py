@@ -22,8 +22,9 @@ def add_parsers(verb: "Verb") -> None:
     build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE", help="set an ARG")
     build.add_argument("--target", metavar="STAGE", help="build this stage (and what it needs), not the last")
     build.add_argument("--no-cache", action="store_true", help="run every step; use no cached layer")
-    build.add_argument("--net", nargs="?", const="true", default="false", metavar="NET",
-                       help="network for RUN: none (the default), or the host bridge (--net), or a named network")
+    build.add_argument("--net", action="store_const", const="true", dest="net", default="false",
+                       help="RUN on the host bridge with NAT out, as `run --net` (default: no network)")
+    build.add_argument("--network", dest="net", metavar="NET", help="RUN on this network: none, bridge, or a named one")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     build.add_argument("context", metavar="CONTEXT", help="the folder COPY and ADD read")
     build.set_defaults(handler=cmd_build)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .output import say, table
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 def add_parsers(verb: "Verb") -> None:
     gc = verb("gc", help="remove unreferenced layers and what killed runs left behind")
     gc.add_argument("-q", "--quiet", action="store_true")
+    gc.add_argument("--build-cache", action="store_true",
+                    help="also forget `hermetic build`'s cache (layers no image uses go with it)")
     gc.set_defaults(handler=cmd_gc)
     net = verb("network", help="create, list and remove named networks")
     net_sub = net.add_subparsers(dest="network_command", metavar="ACTION")
@@ -37,7 +40,17 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
     from ..networks import gc_networks
 
-    removed = gc_containers() + gc_networks() + collect(Store())
+    store = Store()
+    removed = gc_containers() + gc_networks()
+    if args.build_cache:
+        from ..build.cache import prune
+
+        removed += prune(store, everything=True)
+    removed += collect(store)
+    if not args.build_cache and os.path.isdir(store.root):
+        from ..build.cache import prune
+
+        removed += prune(store)  # entries whose layer this gc removed
     if not args.quiet:
         for line in removed:
             print(f"removed {line}")
