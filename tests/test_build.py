@@ -248,3 +248,19 @@ def test_same_image_as_buildah_bud_file_by_file(busybox_image, tmp_path):
     theirs_config = json.loads(run("skopeo", "inspect", "--config", f"oci:{layout}:theirs"))["config"]
     for field in ("Env", "Entrypoint", "Cmd", "WorkingDir", "User"):
         assert ours_config.get(field) == theirs_config.get(field), field
+
+
+def test_the_worked_example_of_docs_build_md(busybox_image):
+    from conftest import ROOT
+
+    example = os.path.join(ROOT, "docs", "examples", "build")
+    first = build("-t", "hello-docs:1", example)
+    assert first.returncode == 0, first.stderr
+    assert run_cli("run", "hello-docs:1").stdout == "hello, world\n"
+    again = build("-t", "hello-docs:1", example)
+    assert again.stdout == first.stdout
+    assert [line for line in again.stderr.splitlines() if line.startswith("-->")] == ["--> cached"] * 4
+    assert build("-t", "hello-docs:1", "--build-arg", "SALUTE=hi", example).returncode == 0
+    assert run_cli("run", "hello-docs:1").stdout == "hi, world\n"
+    listing = run_cli("run", "hello-docs:1", "/bin/ls", "-R", "/app/data").stdout
+    assert "readme.txt" in listing and "tool.sh" in listing and "local.key" not in listing

@@ -247,11 +247,14 @@ class Builder:
         if earlier is not None:
             return copy.deepcopy(self._stage(earlier.number))
         if text.lower() == "scratch":
-            return State(None, [], {}, [], cache.chain("scratch"))
+            return State(None, [], {"Env": list(HOST_ENV)}, [], cache.chain("scratch"))
         if text == "host":
             return State("host", [], {"Env": list(HOST_ENV)}, [], cache.chain("host"))
         image = self._image(text, where)
-        return State(image.base, list(image.layers), copy.deepcopy(image.config), self._base_history(image),
+        config = copy.deepcopy(image.config)
+        if "PATH" not in instructions.env_dict(config):  # as BuildKit: RUN needs a PATH, and the image gets it
+            instructions.set_env(config, "PATH", HOST_ENV[0].split("=", 1)[1])
+        return State(image.base, list(image.layers), config, self._base_history(image),
                      cache.chain("image", image.id))
 
     def _image(self, text: str, where: str) -> Image:

@@ -74,7 +74,7 @@ def parse(text: str, source: str = "Containerfile") -> Parsed:
             continue
         parts = []
         current = line.rstrip()
-        while current.endswith(escape) and not current.endswith(escape * 2):
+        while current.endswith(escape):  # (Docker's rule: escape, blanks, end of line)
             parts.append(current[:-1])
             while number < len(lines) and (not lines[number].strip() or lines[number].lstrip().startswith("#")):
                 number += 1  # comments and empty lines inside a continuation are dropped, as Docker does
@@ -102,7 +102,10 @@ def _instruction(joined: str, line: int, source: str) -> Instruction:
             match = _FLAG.match(word)
             if not match:
                 raise BuildError(f"{source}:{line}: {upper}: {word!r} is not a flag such as --from=NAME")
-            flags[match.group(1).lower()] = match.group(2) if match.group(2) is not None else "true"
+            name = match.group(1).lower()
+            if match.group(2) is None and name not in ("link", "parents"):  # the switches; others take a value
+                raise BuildError(f"{source}:{line}: {upper}: {word!r} is not a flag such as --{name}=VALUE")
+            flags[name] = match.group(2) if match.group(2) is not None else "true"
             rest = after.strip()
     exec_form = None
     if rest.startswith("["):

@@ -72,7 +72,7 @@ def _lex(text: str, env: dict[str, str], escape: str, split: bool) -> list[str]:
             current.append(value)
             started = started or bool(value)
         elif split and c.isspace():
-            if started or current:
+            if started or "".join(current):
                 words.append("".join(current))
             current, started = [], False
             i += 1
@@ -80,7 +80,7 @@ def _lex(text: str, env: dict[str, str], escape: str, split: bool) -> list[str]:
             current.append(c)
             started = True
             i += 1
-    if started or current or not split:
+    if started or "".join(current) or not split:
         words.append("".join(current))
     return words
 
