@@ -264,3 +264,36 @@ def test_the_worked_example_of_docs_build_md(busybox_image):
     assert run_cli("run", "hello-docs:1").stdout == "hi, world\n"
     listing = run_cli("run", "hello-docs:1", "/bin/ls", "-R", "/app/data").stdout
     assert "readme.txt" in listing and "tool.sh" in listing and "local.key" not in listing
+
+
+def test_a_rootless_build_writes_the_containers_ids_not_the_hosts(test_user, busybox_rootfs, tmp_path):
+    import pwd
+    import tarfile
+
+    entry = pwd.getpwnam(test_user)
+    home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
+    context = os.path.join(home, "build-context")
+    os.makedirs(os.path.join(context, "data"), exist_ok=True)
+    with open(os.path.join(context, "data", "f.txt"), "w") as f:
+        f.write("rootless\n")
+    with open(os.path.join(context, "Containerfile"), "w") as f:
+        f.write("FROM rl-build-busybox:1\nCOPY data/ /plain/\nCOPY --chown=app:app data/ /owned/\n"
+                "RUN echo made > /made\n")
+    for folder, dirs, files in os.walk(home):
+        for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
+            os.chown(name, entry.pw_uid, entry.pw_gid)
+    assert run_cli("import", f"dir:{busybox_rootfs}", "rl-build-busybox:1", user=test_user).returncode == 0
+    built = run_cli("build", "-t", "rl-built:1", context, user=test_user, timeout=300)
+    assert built.returncode == 0, built.stderr
+    layout = os.path.join(home, "layout")
+    assert run_cli("save", "rl-built:1", f"oci:{layout}:x", user=test_user).returncode == 0
+    owners = {}
+    index = json.load(open(os.path.join(layout, "index.json")))
+    manifest = json.load(open(os.path.join(layout, "blobs", "sha256", index["manifests"][0]["digest"][7:])))
+    for layer in manifest["layers"][1:]:  # the build's layers
+        with tarfile.open(os.path.join(layout, "blobs", "sha256", layer["digest"][7:])) as tar:
+            owners.update({m.name: (m.uid, m.gid) for m in tar.getmembers() if not m.isdir()})
+    assert owners == {"plain/f.txt": (0, 0), "owned/f.txt": (1000, 1000), "made": (0, 0)}, owners
+    run_cli("rmi", "rl-built:1", user=test_user)
+    run_cli("rmi", "rl-build-busybox:1", user=test_user)
+    assert run_cli("gc", "-q", "--build-cache", user=test_user).returncode == 0

@@ -20,6 +20,7 @@ from ..container import Container
 from ..errors import BuildError, HermeticError
 from ..images import layers
 from ..images.store import Image, Keep, Store
+from ..runtime.namespaces import default_user_namespace
 from ..spec import Spec, Volume
 from . import cache, transfer
 
@@ -105,11 +106,25 @@ def _commit(store: Store, keep: Keep, upper: str, userns: bool, epoch: int) -> s
         tar_path = os.path.join(staging, "layer.tar")
         with open(tar_path, "wb") as out:
             digests = layers.write_layer_from_upper(upper, out, xattr_prefix=prefix, exclude=[mount],
-                                                    mtime_clamp=epoch)
+                                                    mtime_clamp=epoch, owners=_inside_ids() if userns else None)
         diff_id, _ = store.add_layer_tar(tar_path, digests.diff_id, keep=keep)
     finally:
         rmtree(staging)
     return diff_id
+
+
+def _inside_ids() -> Callable[[int, int], tuple[int, int]]:
+    """Host ids -> the rootless container's ids (the caller is 0 inside, its subordinate range 1...):
+    the layer says what the container saw, never the building user's host ids."""
+    namespace = default_user_namespace()
+
+    def inside(host_id: int, maps: list) -> int:
+        for m in maps:
+            if m.outside <= host_id < m.outside + m.count:
+                return m.inside + host_id - m.outside
+        return 65534  # unmapped: the kernel's overflow id, as the container saw it
+
+    return lambda uid, gid: (inside(uid, namespace.uid_maps), inside(gid, namespace.gid_maps))
 
 
 def _opaque(upper: str, prefix: str) -> bool:
