@@ -297,3 +297,45 @@ def test_a_rootless_build_writes_the_containers_ids_not_the_hosts(test_user, bus
     run_cli("rmi", "rl-built:1", user=test_user)
     run_cli("rmi", "rl-build-busybox:1", user=test_user)
     assert run_cli("gc", "-q", "--build-cache", user=test_user).returncode == 0
+
+
+def test_from_a_registry_image_then_push_what_was_built(registry, busybox_remote, tmp_path):
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Containerfile").write_text(f"FROM {busybox_remote}\nRUN echo built > /built.txt\nCMD [\"cat\", \"/built.txt\"]\n")
+    target = f"{registry.host}/built/app:1"
+    ran = build("-t", target, str(context))  # the base is pulled on first use, as `run` does
+    assert ran.returncode == 0, ran.stderr
+    pushed = run_cli("push", target)
+    assert pushed.returncode == 0, pushed.stderr
+    inspected = json.loads(run("skopeo", "inspect", "--tls-verify=false", f"docker://{target}"))
+    assert len(inspected["Layers"]) == 2 and inspected["Created"] == "1970-01-01T00:00:00Z"
+    config = json.loads(run("skopeo", "inspect", "--tls-verify=false", "--config", f"docker://{target}"))
+    assert config["config"]["Cmd"] == ["cat", "/built.txt"]
+    assert run_cli("run", target).stdout == "built\n"
+
+
+def test_target_and_stages_the_target_does_not_need(busybox_image, tmp_path):
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Containerfile").write_text(
+        "FROM busybox:test AS base\nRUN echo base > /base\n"
+        "FROM base AS broken\nRUN exit 1\n"
+        "FROM base AS tool\nRUN echo tool > /tool\n"
+        "FROM scratch\nCOPY --from=tool /base /tool /\n"
+        "COPY --from=1 /etc/passwd /never\n")
+    whole = build("-q", "-t", "stages:1", str(context))
+    assert whole.returncode == 125 and "Containerfile:4: RUN (step" in whole.stderr  # stage 1 is needed by COPY --from=1
+    (context / "Containerfile").write_text((context / "Containerfile").read_text().replace("COPY --from=1 /etc/passwd /never\n", ""))
+    final = build("-t", "stages:1", str(context))
+    assert final.returncode == 0, final.stderr
+    assert "RUN exit 1" not in final.stderr  # not needed: not built
+    saved = run_cli("save", "stages:1", f"oci:{tmp_path}/layout:s")
+    assert saved.returncode == 0, saved.stderr
+    rootfs = umoci_unpack(f"{tmp_path}/layout:s", str(tmp_path / "bundle"))
+    assert sorted(os.listdir(rootfs)) == ["base", "tool"]
+    tool = build("--target", "tool", "-t", "stages:tool", str(context))
+    assert tool.returncode == 0, tool.stderr
+    assert run_cli("run", "stages:tool", "cat", "/base", "/tool").stdout == "base\ntool\n"
+    missing = build("--target", "nope", str(context))
+    assert missing.returncode == 125 and "--target nope: no stage of that name" in missing.stderr

@@ -127,3 +127,23 @@ def test_two_builds_of_one_file_at_once(store, tmp_path):
     assert not [e for e in os.listdir(os.path.join(store.root, "tmp")) if not e.startswith("refs-")]
     for image in store.images():
         assert all(store.has_layer(d) for d in image.layers)
+
+
+def test_gc_in_a_loop_while_a_build_runs_takes_nothing_it_needs(store, tmp_path):
+    context = make_context(tmp_path / "ctx")
+    code = ("import sys; from pytest_hermetic.build import build; from pytest_hermetic.images.store import Store; "
+            "print(build(None, sys.argv[2], tags=['gc-race:1'], store=Store(sys.argv[1]), no_cache=True).id)")
+    proc = subprocess.Popen([sys.executable, "-c", code, store.root, context], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    sweeps = 0
+    while proc.poll() is None:
+        collect(store)
+        sweeps += 1
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    image = store.local("gc-race:1")
+    assert image.id == out.strip() and sweeps > 1
+    collect(store)
+    assert all(store.has_layer(d) for d in image.layers)
+    again, _, lines = _build(store, context, "gc-race:1")
+    assert again.id == image.id

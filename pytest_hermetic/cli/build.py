@@ -52,8 +52,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    image = build(args.file, args.context, tags=args.tag, build_args=build_args, target=args.target,
-                  no_cache=args.no_cache, net=parse_net(args.net), progress=progress)
+    try:
+        image = build(args.file, args.context, tags=args.tag, build_args=build_args, target=args.target,
+                      no_cache=args.no_cache, net=parse_net(args.net), progress=progress)
+    except BuildError as exc:
+        if args.quiet and exc.output:  # the step's output was not shown as it came: its tail, then the line
+            print(exc.output, file=sys.stderr)
+        raise
     if not args.quiet:
         say(f"built {image.familiar} ({image.id[7:19]})")
     print(image.id)
