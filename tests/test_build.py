@@ -85,7 +85,8 @@ def test_two_stage_build_runs_as_docker_would_make_it(busybox_image, tmp_path):
 
 def test_built_image_is_read_by_skopeo_and_umoci(busybox_image, tmp_path):
     context = make_context(tmp_path / "ctx")
-    assert build("-t", "readable:1", context).returncode == 0
+    assert build("-t", "readable:1", "-t", "readable:2", context).returncode == 0
+    assert run_cli("images").stdout.count("readable") == 2
     layout = tmp_path / "layout"
     saved = run_cli("save", "readable:1", f"oci:{layout}:r")
     assert saved.returncode == 0, saved.stderr
@@ -322,7 +323,7 @@ def test_target_and_stages_the_target_does_not_need(busybox_image, tmp_path):
         "FROM busybox:test AS base\nRUN echo base > /base\n"
         "FROM base AS broken\nRUN exit 1\n"
         "FROM base AS tool\nRUN echo tool > /tool\n"
-        "FROM scratch\nCOPY --from=tool /base /tool /\n"
+        "FROM scratch\nCOPY --from=tool /base /tool /\nWORKDIR /made/here\n"
         "COPY --from=1 /etc/passwd /never\n")
     whole = build("-q", "-t", "stages:1", str(context))
     assert whole.returncode == 125 and "Containerfile:4: RUN (step" in whole.stderr  # stage 1 is needed by COPY --from=1
@@ -333,7 +334,8 @@ def test_target_and_stages_the_target_does_not_need(busybox_image, tmp_path):
     saved = run_cli("save", "stages:1", f"oci:{tmp_path}/layout:s")
     assert saved.returncode == 0, saved.stderr
     rootfs = umoci_unpack(f"{tmp_path}/layout:s", str(tmp_path / "bundle"))
-    assert sorted(os.listdir(rootfs)) == ["base", "tool"]
+    assert sorted(os.listdir(rootfs)) == ["base", "made", "tool"]  # WORKDIR makes its folder, as Docker
+    assert os.path.isdir(os.path.join(rootfs, "made", "here"))
     tool = build("--target", "tool", "-t", "stages:tool", str(context))
     assert tool.returncode == 0, tool.stderr
     assert run_cli("run", "stages:tool", "cat", "/base", "/tool").stdout == "base\ntool\n"

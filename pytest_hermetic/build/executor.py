@@ -222,15 +222,36 @@ class Builder:
                 self._history(state, ins, empty=True)
             elif ins.keyword in instructions.METADATA:
                 instructions.apply(ins, state.config, variables, self.escape, where, facts)
+                if ins.keyword == "WORKDIR":
+                    facts["workdir"] = ins  # made by the next step that runs in it, or at the stage's end
                 state.key = cache.chain(state.key, ins.keyword, ins.text, ins.flags, ins.exec_form,
                                         sorted(self._scope_values(scope).items()))
                 self._history(state, ins, empty=True)
             elif ins.keyword == "RUN":
                 self._run(state, ins, scope, where)
+                facts.pop("workdir", None)
             else:
                 self._copy(state, ins, variables, where, stage)
+                facts.pop("workdir", None)
+        if "workdir" in facts:
+            self._make_workdir(state, facts["workdir"])
         self.built[number] = state
         return state
+
+    def _make_workdir(self, state: State, ins: Instruction) -> None:
+        """A WORKDIR no later step ran in: its folder, as Docker makes it (a layer only if it was missing)."""
+        key = cache.chain(state.key, "WORKDIR (made)")
+        hit = self._lookup(key)
+        if hit is None:
+            where = f"{self.source}:{ins.line}: WORKDIR"
+            diff_id = self._container_step(state, where, target=lambda: 0, user="0:0")
+            self._record(key, diff_id, ins)
+        else:
+            diff_id = hit["diff_id"]
+        state.key = key
+        if diff_id != cache.EMPTY:
+            state.layers.append(diff_id)
+            state.history.append({"created": self.created, "created_by": f"{ins.original} # hermetic build: its folder"})
 
     def _from(self, stage: Stage) -> State:
         self.step_number += 1
