@@ -7,7 +7,8 @@ One concern a module: `parser` (the grammar), `words` (variable expansion),
 `instructions` (what metadata instructions do to the config), `ignore`
 (.containerignore), `context` (the build context, safely), `copying` (trees
 copied with the *at calls), `transfer` (COPY's halves that run inside a
-container), `cache` (the layer cache), `executor` (stages and steps).
+container), `cache` (the layer cache), `steps` (one step's container),
+`image` (the epoch, the names), `executor` (stages and steps).
 docs/build.md says what is supported and how the cache and reproducibility work.
 """
 
@@ -35,7 +36,8 @@ def build(containerfile: str | None, context: str, *, tags: Iterable[str] = (),
     default `$SOURCE_DATE_EPOCH`, else 0, so a rebuild gives the same image id.
     """
     from .context import Context
-    from .executor import Builder, epoch_from_env
+    from .executor import Builder
+    from .image import epoch_from_env
     from .parser import parse
 
     path = find_containerfile(containerfile, context)

@@ -18,13 +18,12 @@ import time
 from .._fs import rmtree
 from .._record import record
 from ..errors import BuildError, HermeticError
-from ..images import reference as refs
-from ..images.commit import target_name
 from ..images.platforms import host as host_platform
 from ..images.resolve import resolve_or_pull
 from ..images.store import HOST_ENV, Image, Keep, Store
 from ..spec import Volume
 from . import cache, instructions, steps, transfer, words
+from .image import State, default_tag, target_name, write_image
 from .context import Context
 from .parser import Instruction, Parsed
 
@@ -40,18 +39,6 @@ REFUSED = {
 }
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
 PROXY_ARGS = {*_PROXIES, *(name.lower() for name in _PROXIES)}  # given to RUN without ARG, kept out of the cache key
-DEFAULT_EPOCH = 0  # SOURCE_DATE_EPOCH when it is not set: 1970-01-01T00:00:00Z
-
-
-@record
-class State:
-    """An image being built: what the next step starts from."""
-
-    base: str | None  # "host" when stacked on the host's root
-    layers: list
-    config: dict
-    history: list
-    key: str  # the cache key of the last step
 
 
 @record
@@ -71,15 +58,6 @@ def predefined_args() -> dict[str, str]:
         values.update({f"{prefix}PLATFORM": name, f"{prefix}OS": "linux", f"{prefix}ARCH": platform["architecture"],
                        f"{prefix}VARIANT": platform.get("variant") or ""})
     return values
-
-
-def epoch_from_env() -> int:
-    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not text:
-        return DEFAULT_EPOCH
-    if not text.isdigit():
-        raise BuildError(f"SOURCE_DATE_EPOCH={text!r}: not a number of seconds since 1970")
-    return int(text)
 
 
 class Builder:
@@ -434,20 +412,3 @@ class Builder:
         assert self.keep is not None
         return steps.run_step(self.store, self.keep, image, f"{where} (step {self.step_number}/{self.step_count})",
                               epoch=self.epoch, say=self.say, **how)  # type: ignore[arg-type]
-
-
-def write_image(store: Store, state: State, tags: list[str], epoch: int) -> Image:
-    """The final image under every name in `tags` (at least one), all tagged only now."""
-    names = [target_name(tag) for tag in tags]
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-    image = store.put_image(names[0], list(state.layers), state.config, base=state.base, history=state.history,
-                            created=created)
-    if len(names) > 1:
-        digest = store.manifest_digest(names[0])
-        for name in names[1:]:
-            store.tag(name, digest)
-    return image
-
-
-def default_tag(state_key: str) -> str:
-    return refs.parse(f"localhost/hermetic-build:{state_key.split(':')[-1][:12]}").name
