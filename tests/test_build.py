@@ -163,13 +163,16 @@ def test_add_unpacks_a_local_tar_and_copy_options(busybox_image, tmp_path):
     (context / "tree" / "inner" / "f").write_text("in the tar\n")
     subprocess.run(["tar", "-C", str(context / "tree"), "-czf", str(context / "t.tgz"), "inner"], check=True)
     (context / "plain.txt").write_text("plain\n")
+    import gzip
+
+    (context / "note.gz").write_bytes(gzip.compress(b"not a tar\n"))  # compressed, but no tar: copied as it is
     (context / "Containerfile").write_text(
-        "FROM busybox:test\nARG DEST=/opt\nADD t.tgz ${DEST}/\nCOPY --chown=app:app --chmod=640 plain.txt *.tgz /owned/\n"
+        "FROM busybox:test\nARG DEST=/opt\nADD t.tgz note.gz ${DEST}/\nCOPY --chown=app:app --chmod=640 plain.txt *.tgz /owned/\n"
         "LABEL a=b\nEXPOSE 8080\nSTOPSIGNAL SIGINT\nVOLUME /data\nHEALTHCHECK --interval=5s CMD true\n")
     ran = build("-t", "added:1", str(context))
     assert ran.returncode == 0, ran.stderr
-    out = run_cli("run", "added:1", "/bin/sh", "-c", "cat /opt/inner/f; stat -c '%a %U:%G %n' /owned/plain.txt /owned/t.tgz")
-    assert out.stdout == "in the tar\n640 app:app /owned/plain.txt\n640 app:app /owned/t.tgz\n", out.stderr
+    out = run_cli("run", "added:1", "/bin/sh", "-c", "cat /opt/inner/f; zcat /opt/note.gz; stat -c '%a %U:%G %n' /owned/plain.txt /owned/t.tgz")
+    assert out.stdout == "in the tar\nnot a tar\n640 app:app /owned/plain.txt\n640 app:app /owned/t.tgz\n", out.stderr
     saved = run_cli("save", "added:1", f"oci:{tmp_path}/layout:a")
     assert saved.returncode == 0, saved.stderr
     config = json.loads(run("skopeo", "inspect", "--config", f"oci:{tmp_path}/layout:a"))["config"]
@@ -341,3 +344,23 @@ def test_target_and_stages_the_target_does_not_need(busybox_image, tmp_path):
     assert run_cli("run", "stages:tool", "cat", "/base", "/tool").stdout == "base\ntool\n"
     missing = build("--target", "nope", str(context))
     assert missing.returncode == 125 and "--target nope: no stage of that name" in missing.stderr
+
+
+def test_add_of_a_hostile_tar_is_refused_and_writes_nothing_outside(busybox_image, tmp_path):
+    import io
+    import tarfile
+
+    context = tmp_path / "ctx"
+    context.mkdir()
+    with tarfile.open(context / "evil.tar", "w") as tar:
+        data = b"planted\n"
+        member = tarfile.TarInfo("../../../../../../tmp/hermetic-build-planted")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    (context / "Containerfile").write_text("FROM busybox:test\nADD evil.tar /x/\n")
+    ran = build("-q", "-t", "evil:1", str(context))
+    errors = [line for line in ran.stderr.splitlines() if line.startswith("hermetic: error:")]
+    assert ran.returncode == 125 and len(errors) == 1, ran.stderr
+    assert "Containerfile:2: ADD: refusing layer member" in errors[0]
+    assert not os.path.exists("/tmp/hermetic-build-planted")
+    assert "evil" not in run_cli("images").stdout

@@ -20,8 +20,13 @@ import stat
 from .._record import record
 from ..errors import BuildError
 from ..runtime import syscalls as sc
-from ..images.layers import extract_layer
+from ..errors import LayerError
+from ..images.layers import extract_layer, open_layer_stream
 from . import copying, ignore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 
 @record
@@ -152,11 +157,8 @@ class Context:
                     self.stage(source, slot_fd, "d", mtime)
                     continue
                 if unpack:
-                    from . import transfer
-
                     with open(self._open(source.real, os.O_RDONLY), "rb") as f:
-                        if transfer.is_archive(f.read(512)):
-                            f.seek(0)
+                        if _is_tar(f):
                             os.mkdir(os.path.join(slot, "d"), 0o755)
                             extract_layer(f, os.path.join(slot, "d"), xattr_prefix=xattr_prefix)
                             continue
@@ -176,3 +178,20 @@ class Context:
                 os.path.basename(self.path)
         head, _, name = source.real.rpartition("/")
         return self._open(head, os.O_PATH | os.O_DIRECTORY), name
+
+
+def _is_tar(f: "BinaryIO") -> bool:
+    """Whether `f` holds a tar, plain or compressed (gzip, bzip2, xz, zstd): ADD unpacks those, as
+    Docker does, and copies anything else (a gzip of one file too).  `f` is rewound."""
+    head = b""
+    try:
+        stream = open_layer_stream(f)
+        while len(head) < 512:
+            data = stream.read(512 - len(head))
+            if not data:
+                break
+            head += data
+    except (LayerError, OSError, EOFError, ValueError):
+        head = b""
+    f.seek(0)
+    return len(head) == 512 and head[257:262] == b"ustar"

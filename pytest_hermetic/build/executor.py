@@ -17,7 +17,7 @@ import time
 
 from .._fs import rmtree
 from .._record import record
-from ..errors import BuildError, HermeticError
+from ..errors import BuildError, HermeticError, LayerError
 from ..images.platforms import host as host_platform
 from ..images.resolve import resolve_or_pull
 from ..images.store import HOST_ENV, Image, Keep, Store
@@ -365,7 +365,11 @@ class Builder:
             return
         staging = self.store.tempdir("build-")
         try:
-            self.context.stage_all(found, staging, self.epoch, unpack=kw == "ADD", xattr_prefix=self.store.xattr_prefix)
+            try:
+                self.context.stage_all(found, staging, self.epoch, unpack=kw == "ADD",
+                                       xattr_prefix=self.store.xattr_prefix)
+            except LayerError as exc:  # ADD of a hostile or broken tar
+                raise BuildError(f"{where}: {exc}") from None
             diff_id = self._container_step(state, where, target=lambda: transfer.put(*put_args), user="0:0",
                                            volumes=[Volume(staging, transfer.MOUNT, readonly=True)])
         finally:

@@ -166,10 +166,3 @@ def _lookup(path: str, name: str, what: str) -> int:
     except OSError:
         pass
     raise LookupError(f"no {what} {name!r} in the image's {path}")
-
-
-def is_archive(head: bytes) -> bool:
-    """Whether a file's first 512 bytes start a tar (plain, gzip, bzip2, xz, zstd): ADD unpacks those, as Docker."""
-    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")):
-        return True
-    return len(head) >= 262 and head[257:262] == b"ustar"
