@@ -168,9 +168,15 @@ def test_add_unpacks_a_local_tar_and_copy_options(busybox_image, tmp_path):
     (context / "note.gz").write_bytes(gzip.compress(b"not a tar\n"))  # compressed, but no tar: copied as it is
     (context / "Containerfile").write_text(
         "FROM busybox:test\nARG DEST=/opt\nADD t.tgz note.gz ${DEST}/\nCOPY --chown=app:app --chmod=640 plain.txt *.tgz /owned/\n"
-        "LABEL a=b\nEXPOSE 8080\nSTOPSIGNAL SIGINT\nVOLUME /data\nHEALTHCHECK --interval=5s CMD true\n")
-    ran = build("-t", "added:1", str(context))
+        "LABEL a=b\nEXPOSE 8080\nSTOPSIGNAL SIGINT\nVOLUME /data\nHEALTHCHECK --interval=5s CMD true\n"
+        "ARG TARGETARCH\nARG FROM_CLI\nRUN [\"/bin/sh\", \"-c\", \"echo exec $TARGETARCH $FROM_CLI > /forms\"]\n"
+        "SHELL [\"/bin/sh\", \"-ec\"]\nRUN echo shell >> /forms\n")
+    ran = build("-t", "added:1", "--build-arg", "FROM_CLI=given", str(context))
     assert ran.returncode == 0, ran.stderr
+    import platform
+
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    assert run_cli("run", "added:1", "cat", "/forms").stdout == f"exec {arch} given\nshell\n"
     out = run_cli("run", "added:1", "/bin/sh", "-c", "cat /opt/inner/f; zcat /opt/note.gz; stat -c '%a %U:%G %n' /owned/plain.txt /owned/t.tgz")
     assert out.stdout == "in the tar\nnot a tar\n640 app:app /owned/plain.txt\n640 app:app /owned/t.tgz\n", out.stderr
     saved = run_cli("save", "added:1", f"oci:{tmp_path}/layout:a")
@@ -178,7 +184,9 @@ def test_add_unpacks_a_local_tar_and_copy_options(busybox_image, tmp_path):
     config = json.loads(run("skopeo", "inspect", "--config", f"oci:{tmp_path}/layout:a"))["config"]
     from pytest_hermetic.images.store import Store
 
-    config["Healthcheck"] = Store().local("added:1").config["Healthcheck"]  # (not in OCI's schema: skopeo drops it)
+    ours = Store().local("added:1").config
+    config["Healthcheck"] = ours["Healthcheck"]  # (not in OCI's schema: skopeo drops it)
+    assert ours["Shell"] == ["/bin/sh", "-ec"] and not any("FROM_CLI" in e for e in ours["Env"])  # ARGs stay out
     assert config["Labels"] == {"a": "b"} and config["ExposedPorts"] == {"8080/tcp": {}}
     assert config["StopSignal"] == "SIGINT" and config["Volumes"] == {"/data": {}}
     assert config["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000}
