@@ -79,6 +79,9 @@ def test_two_fresh_stores_give_the_same_image(busybox_rootfs, tmp_path):
         images.append(image)
     assert images[0].layers == images[1].layers
     assert images[0].id == images[1].id
+    shown = [run_cli("images", env={"HERMETIC_STORE": str(tmp_path / f"store-{name}")}).stdout for name in ("one", "two")]
+    rows = [next(line.split()[:2] for line in listing.splitlines() if line.startswith("app:1")) for listing in shown]
+    assert rows[0] == rows[1] == ["app:1", images[0].id[7:19]]  # as `hermetic images` shows them
 
 
 def test_source_date_epoch_is_the_time_of_the_image(store, tmp_path):
