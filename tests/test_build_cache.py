@@ -150,3 +150,14 @@ def test_gc_in_a_loop_while_a_build_runs_takes_nothing_it_needs(store, tmp_path)
     assert all(store.has_layer(d) for d in image.layers)
     again, _, lines = _build(store, context, "gc-race:1")
     assert again.id == image.id
+
+
+def test_an_env_change_reruns_the_runs_after_it_not_the_copies(store, tmp_path):
+    context = make_context(tmp_path / "ctx", "FROM busybox:test\nENV X=1\nCOPY data/ /d/\nRUN echo $X > /x\n")
+    first, _, _ = _build(store, context, "env:1")
+    with open(os.path.join(context, "Containerfile"), "w") as f:
+        f.write("FROM busybox:test\nENV X=2\nCOPY data/ /d/\nRUN echo $X > /x\n")
+    second, _, lines = _build(store, context, "env:1")
+    results = [line for line in lines if line.startswith("-->")]
+    assert results[0] == "--> cached" and results[1] != "--> cached", lines
+    assert second.layers[:-1] == first.layers[:-1] and second.layers[-1] != first.layers[-1]

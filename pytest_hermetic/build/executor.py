@@ -172,7 +172,8 @@ class Builder:
             unused = sorted(set(self.build_args) - self.used_args - PROXY_ARGS)
             if unused:
                 self.say(f"note: build arguments not used by any ARG: {', '.join(unused)}")
-            return write_image(self.store, state, tags or [default_tag(state.key)], self.epoch)
+            return write_image(self.store, state, tags or [default_tag(cache.chain(state.key, state.config))],
+                               self.epoch)
 
     def _stage(self, number: int) -> State:
         if number in self.built:
@@ -196,14 +197,11 @@ class Builder:
                     else:
                         value = self.global_args.get(name, predefined_args().get(name))
                     scope[name] = value
-                state.key = cache.chain(state.key, "ARG", ins.text, sorted(self._scope_values(scope).items()))
                 self._history(state, ins, empty=True)
             elif ins.keyword in instructions.METADATA:
                 instructions.apply(ins, state.config, variables, self.escape, where, facts)
                 if ins.keyword == "WORKDIR":
                     facts["workdir"] = ins  # made by the next step that runs in it, or at the stage's end
-                state.key = cache.chain(state.key, ins.keyword, ins.text, ins.flags, ins.exec_form,
-                                        sorted(self._scope_values(scope).items()))
                 self._history(state, ins, empty=True)
             elif ins.keyword == "RUN":
                 self._run(state, ins, scope, where)
@@ -218,7 +216,7 @@ class Builder:
 
     def _make_workdir(self, state: State, ins: Instruction) -> None:
         """A WORKDIR no later step ran in: its folder, as Docker makes it (a layer only if it was missing)."""
-        key = cache.chain(state.key, "WORKDIR (made)")
+        key = cache.chain(state.key, "WORKDIR (made)", state.config.get("WorkingDir"))
         hit = self._lookup(key)
         if hit is None:
             where = f"{self.source}:{ins.line}: WORKDIR"
@@ -310,7 +308,7 @@ class Builder:
                 raise BuildError(f"{where}: --{flag} is not supported by hermetic build (RUN takes --network=none)")
         argv = instructions.command(ins, state.config)
         args = self._scope_values(scope)
-        key = cache.chain(state.key, "RUN", argv, sorted(args.items()))
+        key = cache.chain(state.key, "RUN", argv, sorted(args.items()), self._run_config(state))
         hit = self._lookup(key)
         if hit is not None:
             self.say("--> cached")
@@ -322,6 +320,11 @@ class Builder:
         diff_id = self._container_step(state, where, argv=argv, env=env, net=net, user=None)
         self._record(key, diff_id, ins)
         self._apply(state, ins, key, diff_id)
+
+    @staticmethod
+    def _run_config(state: State) -> list:
+        """What of the config a RUN depends on (its command carries SHELL)."""
+        return [state.config.get(field) for field in ("Env", "User", "WorkingDir")]
 
     def _copy(self, state: State, ins: Instruction, variables: dict[str, str], where: str, stage: Stage) -> None:
         kw = ins.keyword
@@ -357,7 +360,7 @@ class Builder:
             raise BuildError(f"{where}: {len(found)} sources need a folder as the destination, ending in '/': "
                              f"{dest}/")
         digest = self.context.digest(found)
-        key = cache.chain(state.key, kw, sources, dest, chown, chmod, digest)
+        key = cache.chain(state.key, kw, sources, dest, chown, chmod, digest, state.config.get("WorkingDir"))
         hit = self._lookup(key)
         if hit is not None:
             self.say("--> cached")
@@ -388,7 +391,8 @@ class Builder:
         else:
             image = self._image(name, f"{where} --from=")
             source_state = State(image.base, list(image.layers), image.config, [], cache.chain("image", image.id))
-        key = cache.chain(state.key, ins.keyword, ins.flags, sources, put_args[:3], source_state.key)
+        key = cache.chain(state.key, ins.keyword, ins.flags, sources, put_args[:3], source_state.key,
+                          state.config.get("WorkingDir"))
         hit = self._lookup(key)
         if hit is not None:
             self.say("--> cached")
