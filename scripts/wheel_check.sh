@@ -81,7 +81,7 @@ hermetic run host true || fail "hermetic run host true"
 hermetic import busybox: bb:1 >/dev/null || fail "hermetic import busybox: bb:1"
 [ "$(hermetic run bb:1 sh -c 'readlink /bin/sh; test -e /usr/bin/python3 || echo no-python')" = "busybox
 no-python" ] || fail "a run of the busybox image"
-#hermetic completion bash >/dev/null || fail "hermetic completion bash"
+hermetic completion bash >/dev/null || fail "hermetic completion bash"
 
 echo "-- the plugin (pytest -p hermetic)"
 cat > test_wheel_plugin.py <<'EOF'
