@@ -267,3 +267,80 @@ def test_the_checker_reads_the_markers_and_exit_statuses(tmp_path) -> None:
     assert run_block(blocks[1], str(tmp_path), "127.0.0.1:1") is None
     failure = run_block(blocks[2], str(tmp_path), "127.0.0.1:1")
     assert failure is not None and failure.startswith(f"{rel}:15: exit 1")
+
+
+# -- pages that must agree with the command ---------------------------------------
+
+
+def _doctor_dirs(user: str, env: dict[str, str]) -> dict[str, str]:
+    """`store dir` and `state dir` as `hermetic doctor` reports them to `user`."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    ran = subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+                          "/usr/bin/python3", "-m", "pytest_hermetic", "doctor"],
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ROOT, "LANG": "C.UTF-8", **env},
+                         capture_output=True, text=True, timeout=120, cwd="/")
+    found = dict(re.findall(r"^\s+\w+\s+(store dir|state dir)\s+(\S+)", ran.stdout, re.M))
+    assert set(found) == {"store dir", "state dir"}, ran.stdout + ran.stderr
+    return found
+
+
+def test_rootless_page_says_the_folders_doctor_reports(test_user: str) -> None:
+    """docs/rootless.md's sentence on the store and state folders, against
+    what `hermetic doctor` prints to the unprivileged user."""
+    import pwd
+
+    entry = pwd.getpwnam(test_user)
+    with open(os.path.join(ROOT, "docs", "rootless.md")) as f:
+        page = " ".join(f.read().split())
+    for phrase in ("`$XDG_DATA_HOME/hermetic`", "`~/.local/share/hermetic`", "`$XDG_RUNTIME_DIR/hermetic`",
+                   "`/dev/shm/hermetic-<uid>`"):
+        assert phrase in page, f"docs/rootless.md no longer says {phrase}; make it match `hermetic doctor`"
+    # In the session's folder (open to the user), not tmp_path (root's, 0700).
+    home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"docs-home-{entry.pw_uid}")
+    os.makedirs(home, exist_ok=True)
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    plain = _doctor_dirs(test_user, {"HOME": str(home)})
+    assert plain["store dir"] == f"{home}/.local/share/hermetic"  # `~/.local/share/hermetic`
+    assert plain["state dir"] == f"/dev/shm/hermetic-{entry.pw_uid}"  # `/dev/shm/hermetic-<uid>`
+    # A login session's runtime folder: a tmpfs of the user's own.
+    runtime = f"/dev/shm/hermetic-docs-runtime-{os.getpid()}"
+    os.mkdir(runtime, 0o700)
+    try:
+        os.chown(runtime, entry.pw_uid, entry.pw_gid)
+        xdg = _doctor_dirs(test_user, {"HOME": str(home), "XDG_RUNTIME_DIR": runtime, "XDG_DATA_HOME": f"{home}/data"})
+        assert xdg["state dir"] == f"{runtime}/hermetic"  # `$XDG_RUNTIME_DIR/hermetic`
+        assert xdg["store dir"] == f"{home}/data/hermetic"  # `$XDG_DATA_HOME/hermetic`
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _compared_section() -> str:
+    with open(os.path.join(ROOT, "docs", "cli.md")) as f:
+        text = f.read()
+    assert "## Against Docker and Podman" in text, "docs/cli.md lost its section '## Against Docker and Podman'"
+    return text.split("## Against Docker and Podman", 1)[1]
+
+
+def test_cli_page_compares_every_verb_and_flag() -> None:
+    """docs/cli.md's tables against docker/podman have a row naming each verb
+    and each flag the parser has (a new one needs its row: same, different,
+    absent, and why)."""
+    from pytest_hermetic.cli import parser
+    from pytest_hermetic.cli.completion import shapes
+
+    section = _compared_section()
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    cells = " ".join(rows)
+    verbs, top_flags = shapes(parser())
+    missing = []
+    for key, shape in verbs.items():
+        if f"`{key}" not in cells and f"`{key.split()[-1]}" not in cells:
+            missing.append(f"verb {key}")
+        for spellings in shape.flag_groups:
+            if "--help" in spellings:
+                continue
+            if not any(re.search(rf"`{re.escape(flag)}(?![\w-])", cells) for flag in spellings):
+                missing.append(f"{key} {'/'.join(spellings)}")
+    assert not missing, "docs/cli.md's 'Against Docker and Podman' tables lack rows for: " + ", ".join(missing)

@@ -48,6 +48,7 @@ class Shape:
 
     def __init__(self) -> None:
         self.options: list[str] = []
+        self.flag_groups: list[list[str]] = []  # the spellings of each flag (`-q`, `--quiet`)
         self.valued: list[str] = []  # flags that take the next word as their value
         self.option_kinds: dict[str, str] = {}  # flag -> kind of its value
         self.positionals: list[str] = []  # kinds; a last one ending in "+" repeats
@@ -83,6 +84,7 @@ def shapes(top: argparse.ArgumentParser) -> tuple[dict[str, Shape], list[str]]:
                 if action.help == argparse.SUPPRESS:
                     continue
                 shape.options += action.option_strings
+                shape.flag_groups.append(list(action.option_strings))
                 if action.nargs != 0:
                     shape.valued += action.option_strings
                     kind = "net" if action.dest in NETWORK_OPTIONS else "files" if action.dest in FILE_OPTIONS else ""
