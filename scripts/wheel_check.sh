@@ -59,7 +59,7 @@ for field in "Author: The pytest-hermetic developers" "License-Expression: MIT" 
     grep -q "^$field" <<<"$shown" || { echo "$shown"; fail "pip show lacks '$field'"; }
 done
 python - <<'EOF' || fail "metadata"
-import importlib.metadata as m, os, sys
+import importlib.metadata as m, os, re, sys
 import pytest_hermetic
 assert "/venv/" in pytest_hermetic.__file__, pytest_hermetic.__file__  # the installed copy, not a checkout
 meta = m.metadata("pytest-hermetic")
@@ -67,7 +67,7 @@ classifiers = meta.get_all("Classifier")
 for wanted in ("Framework :: Pytest", "Framework :: Jupyter", "Framework :: IPython", "Typing :: Typed",
                "Operating System :: POSIX :: Linux", "Topic :: Software Development :: Testing"):
     assert wanted in classifiers, wanted
-assert "](../" not in meta.get_payload(), "the long description links outside the repository"
+assert not re.search(r"\]\((\.\./|https?:)", meta.get_payload()), "the long description links outside the repository"
 try:
     import hermetic_testsupport
     sys.exit("hermetic_testsupport is importable from the wheel's venv")
