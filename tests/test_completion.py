@@ -146,3 +146,12 @@ def test_complete_helper_is_fast_and_hidden(names) -> None:
         assert ran.returncode == 0 and wanted in ran.stdout.split(), ran.stderr
         assert time.monotonic() - started < 2.0  # a shell waits for it on every Tab
     assert "__complete" not in run_cli("--help").stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["completion", "tcsh"], "invalid choice: 'tcsh'"),
+    (["completion"], "required: SHELL"),
+])
+def test_bad_shell_is_one_line(args: list[str], words: str) -> None:
+    ran = run_cli(*args)
+    assert ran.returncode == 125 and ran.stderr.count("\n") == 1 and words in ran.stderr, ran.stderr
