@@ -266,6 +266,10 @@ def test_the_worked_example_of_docs_build_md(busybox_image):
     from conftest import ROOT
 
     example = os.path.join(ROOT, "docs", "examples", "build")
+    page = open(os.path.join(ROOT, "docs", "build.md")).read()
+    for name in ("Containerfile", "hello.c", ".containerignore"):  # the page shows the example's files as they are
+        shown = page.split(f"<!-- docs-check: file {name} -->\n", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+        assert shown == open(os.path.join(example, name)).read(), name
     first = build("-t", "hello-docs:1", example)
     assert first.returncode == 0, first.stderr
     assert run_cli("run", "hello-docs:1").stdout == "hello, world\n"
