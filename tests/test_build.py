@@ -111,6 +111,7 @@ def test_errors_are_one_line_and_tag_nothing(busybox_image, tmp_path):
         "FROM busybox:test\nCOPY ../outside /x\n": "Containerfile:2: COPY: ../outside: outside the build context",
         "FROM busybox:test\nADD https://example.com/x /x\n": "ADD of a URL is not supported",
         "FROM busybox:test\nONBUILD RUN true\n": "ONBUILD is not supported",
+        "FROM busybox:test\nCOPY --chown=ghost hello.c /x\n": "--chown=ghost: no user 'ghost' in the image's /etc/passwd",
         "FROM busybox:test\nRUN <<EOF\necho hi\nEOF\n": "heredocs (<<EOF) are not supported",
     }
     for text, expected in cases.items():

@@ -92,8 +92,7 @@ def test_source_date_epoch_is_the_time_of_the_image(store, tmp_path):
     assert {entry["created"] for entry in config["history"][-5:]} == {"2023-11-14T22:13:20Z"}
 
 
-def test_cache_survives_gc_while_a_tag_uses_it_and_build_cache_gc_drops_it(busybox_image, tmp_path):
-    store = Store()
+def test_cache_survives_gc_while_a_tag_uses_it_and_build_cache_gc_drops_it(store, tmp_path):
     context = make_context(tmp_path / "ctx")
     first, _, _ = _build(store, context, "kept:1")
     collect(store)
@@ -101,7 +100,7 @@ def test_cache_survives_gc_while_a_tag_uses_it_and_build_cache_gc_drops_it(busyb
     assert again.id == first.id
     final_steps = lines[lines.index(next(line for line in lines if line.startswith("STEP") and "busybox" in line)):]
     assert all(line == "--> cached" for line in final_steps if line.startswith("-->"))
-    gc = run_cli("gc", "--build-cache")
+    gc = run_cli("gc", "--build-cache", env={"HERMETIC_STORE": store.root})  # (a store of its own: others keep theirs)
     assert gc.returncode == 0, gc.stderr
     assert "build cache entry" in gc.stdout
     _, _, lines = _build(store, context, "kept:1")
