@@ -86,7 +86,13 @@ def test_two_fresh_stores_give_the_same_image(busybox_rootfs, tmp_path):
 
 def test_source_date_epoch_is_the_time_of_the_image(store, tmp_path):
     context = make_context(tmp_path / "ctx")
+    default, _, _ = _build(store, context, "app:0")  # epoch 0, cached: the other epoch must not reuse it
     image, _, _ = _build(store, context, "app:1", epoch=1700000000)
+    import tarfile
+
+    with tarfile.open(store.blob_path(store.layer_meta(image.layers[-1])["blob"])) as tar:
+        assert {m.mtime for m in tar.getmembers()} == {1700000000}
+    assert image.layers[-1] != default.layers[-1]
     config = store.read_json(image.id)
     assert config["created"] == "2023-11-14T22:13:20Z"
     assert {entry["created"] for entry in config["history"][-5:]} == {"2023-11-14T22:13:20Z"}
