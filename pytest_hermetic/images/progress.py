@@ -22,9 +22,15 @@ class TerminalProgress:
         self._drawn = 0  # lines on screen from the last draw
         self._last = 0.0
         self._start = time.monotonic()
+        self._waiting = ""  # "waiting for HOST: ..." while a registry call has had no byte for a while
+
+    def waiting(self, host: str, seconds: float) -> None:
+        self._waiting = f"waiting for {host}: no answer for {seconds:.0f} s"
+        self._draw()
 
     def update(self, label: str, done: int, total: int | None) -> None:
         self._layers[label] = (done, total)
+        self._waiting = ""
         now = time.monotonic()
         if now - self._last >= 0.1 or (total is not None and done >= total):
             self._last = now
@@ -40,13 +46,18 @@ class TerminalProgress:
                 lines.append(f"  {label}  [{bar}] {state}")
             else:
                 lines.append(f"  {label}  {_mb(done)}")
+        if self._waiting:
+            lines.append(f"  {self._waiting}")
+        elif self._drawn > len(lines):  # the waiting line went: blank it
+            lines.append("")
         out = ("\x1b[%dA" % self._drawn if self._drawn else "") + "".join(f"\r{line}\x1b[K\n" for line in lines)
         self._stream.write(out)
         self._stream.flush()
         self._drawn = len(lines)
 
     def close(self) -> None:
-        if self._layers:
+        self._waiting = ""
+        if self._layers or self._drawn:
             self._draw()
 
 

@@ -11,6 +11,14 @@ Plain HTTP is used only for loopback registries and ones named insecure
 (`HERMETIC_INSECURE_REGISTRIES`, or `insecure = true` in registries.conf),
 and only after HTTPS failed; their certificates are not checked either, as
 Docker does for insecure registries.  See `config.py` for mirrors.
+
+Every connection has a connect timeout and a read timeout (no byte for that
+long), `HERMETIC_REGISTRY_TIMEOUT=SECONDS` or `CONNECT,READ` (default 10,30):
+a registry that accepts and never answers fails in one line instead of
+hanging.  `waiting()` tells how long the slowest call has gone without a
+byte, for a progress display's "waiting for HOST".  A failure to connect says
+its real cause (DNS, refused, unreachable, TLS, timeout); the plain-HTTP hint
+comes only when TLS met something that looks like plain HTTP.
 """
 
 from __future__ import annotations
@@ -19,14 +27,16 @@ import base64
 import http.client
 import json
 import os
+import socket
 import threading
+import time
 import urllib.parse
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
     from typing import Callable
 
-from ..errors import ImageNotFound, RegistryAuthError, RegistryError, RegistryUnreachable
+from ..errors import ImageNotFound, RegistryAuthError, RegistryError, RegistryTimeout, RegistryUnreachable
 from . import config as registry_config
 from . import schema
 
@@ -40,13 +50,130 @@ MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 
-TIMEOUT = 60.0
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 30.0
+TIMEOUT_ENV = "HERMETIC_REGISTRY_TIMEOUT"
+_SLICE = 32 << 10  # a response is read in slices this big, so a slow but live download is not "waiting"
 MAX_MANIFEST = 4 << 20  # a manifest or index; real ones are a few KiB
 _HUB_HOST = "registry-1.docker.io"  # where the reference format's `docker.io` lives
 
 
 def api_host(registry: str) -> str:
     return _HUB_HOST if registry in ("docker.io", "index.docker.io") else registry
+
+
+def timeouts() -> tuple[float, float]:
+    """(connect, read) seconds from HERMETIC_REGISTRY_TIMEOUT (`SECONDS` for both, or `CONNECT,READ`)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return CONNECT_TIMEOUT, READ_TIMEOUT
+    try:
+        values = [float(part) for part in text.split(",")]
+        if len(values) not in (1, 2) or not all(0 < v <= 86400 for v in values):
+            raise ValueError
+    except ValueError:
+        raise RegistryError(f"{TIMEOUT_ENV}={text!r}: use SECONDS, or CONNECT,READ seconds, each more than 0 "
+                            f"(default {CONNECT_TIMEOUT:g},{READ_TIMEOUT:g})") from None
+    return values[0], values[-1]
+
+
+class _Waits:
+    """Per thread: the host a registry call waits on, and since when it has had no byte."""
+
+    def __init__(self) -> None:
+        self.since: dict[int, tuple[str, float]] = {}
+
+    def begin(self, host: str) -> int | None:
+        key = threading.get_ident()
+        if key in self.since:
+            return None  # nested (a read inside a read): the outer call owns the entry
+        self.since[key] = (host, time.monotonic())
+        return key
+
+    def tick(self) -> None:
+        key = threading.get_ident()
+        entry = self.since.get(key)
+        if entry is not None:
+            self.since[key] = (entry[0], time.monotonic())
+
+    def end(self, key: int | None) -> None:
+        if key is not None:
+            self.since.pop(key, None)
+
+
+_WAITS = _Waits()
+
+
+def waiting() -> tuple[str, float] | None:
+    """(host, seconds) of the registry call in this process that has gone longest without a byte; None if none runs."""
+    entries = list(_WAITS.since.values())
+    if not entries:
+        return None
+    host, since = min(entries, key=lambda entry: entry[1])
+    return host, time.monotonic() - since
+
+
+class _TrackedResponse(http.client.HTTPResponse):
+    """Read in slices, each byte that comes telling `_WAITS` the call is alive."""
+
+    host = ""
+    _failed: BaseException | None = None  # raised by the next read: bytes that came before it were returned first
+
+    def read(self, amt: int | None = None) -> bytes:
+        if self._failed is not None:
+            raise self._failed
+        key = _WAITS.begin(self.host)
+        chunks: list[bytes] = []
+        try:
+            if amt is not None and amt <= _SLICE:
+                return super().read(amt)
+            left = -1 if amt is None else amt
+            while left:
+                data = super().read(_SLICE if left < 0 else min(left, _SLICE))
+                if not data:
+                    break
+                chunks.append(data)
+                _WAITS.tick()
+                if left > 0:
+                    left -= len(data)
+            return b"".join(chunks)
+        except (OSError, http.client.HTTPException) as exc:
+            if not chunks:
+                raise
+            self._failed = exc
+            return b"".join(chunks)
+        finally:
+            _WAITS.end(key)
+
+
+class _Timed:
+    """A connection with a connect timeout (`timeout`, TLS handshake included) and then a read timeout."""
+
+    read_timeout = READ_TIMEOUT
+    ready = False  # connected (and the TLS handshake done)
+    sock: socket.socket | None
+    host: str
+    port: int
+
+    def connect(self) -> None:
+        self.ready = False
+        super().connect()  # type: ignore[misc]
+        assert self.sock is not None
+        self.sock.settimeout(self.read_timeout)
+        self.ready = True
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        response = super().getresponse()  # type: ignore[misc]
+        if isinstance(response, _TrackedResponse):
+            response.host = f"{self.host}:{self.port}" if self.port not in (80, 443) else self.host
+        return response
+
+
+class _HTTPConnection(_Timed, http.client.HTTPConnection):
+    response_class = _TrackedResponse
+
+
+class _HTTPSConnection(_Timed, http.client.HTTPSConnection):
+    response_class = _TrackedResponse
 
 
 class Registry:
@@ -62,6 +189,13 @@ class Registry:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._credentials = registry_config.credentials(registry)
+        self.connect_timeout, self.read_timeout = timeouts()
+
+    def where(self, netloc: str | None = None) -> str:
+        """`registry docker.io at registry-1.docker.io`; another host (a token service): that host, for the registry."""
+        if netloc is None or netloc == self.host:
+            return f"registry {self.registry}" + (f" at {self.host}" if self.host != self.registry else "")
+        return f"{netloc} (for registry {self.registry})"
 
     # -- connections ------------------------------------------------------------
 
@@ -70,9 +204,10 @@ class Registry:
         conn = pool.get((scheme, netloc))
         if conn is None:
             if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=_ssl_context(self.insecure))
+                conn = _HTTPSConnection(netloc, timeout=self.connect_timeout, context=_ssl_context(self.insecure))
             else:
-                conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
+                conn = _HTTPConnection(netloc, timeout=self.connect_timeout)
+            conn.read_timeout = self.read_timeout
             pool[(scheme, netloc)] = conn
         return conn
 
@@ -87,22 +222,44 @@ class Registry:
         self._local.__dict__["pool"] = {}
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: object = None) -> http.client.HTTPResponse:
-        """One request on this thread's connection; a stale kept-alive one is retried once."""
+        """One request on this thread's connection; a stale kept-alive one is retried once.
+
+        A failure is a `RegistryUnreachable` (`RegistryTimeout`) naming the host and the cause."""
         parts = urllib.parse.urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         for attempt in (0, 1):
             conn = self._connection(parts.scheme, parts.netloc)
+            reused = conn.sock is not None
+            key = _WAITS.begin(parts.netloc)
             try:
                 conn.request(method, target, body=body, headers=headers)  # type: ignore[arg-type]
                 return conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (OSError, http.client.HTTPException) as exc:
+                ready = isinstance(conn, _Timed) and conn.ready
                 self._drop(parts.scheme, parts.netloc)
-                if attempt or (body is not None and not isinstance(body, bytes)):
-                    raise
+                stale = isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError))
+                if stale and reused and not attempt and (body is None or isinstance(body, bytes)):
+                    continue
+                raise self.failure(exc, f"{method} {parts.path}", parts.netloc, ready=ready) from None
             except BaseException:
                 self._drop(parts.scheme, parts.netloc)
                 raise
+            finally:
+                _WAITS.end(key)
         raise AssertionError("unreachable")
+
+    def failure(self, exc: BaseException, what: str, netloc: str | None = None, *, ready: bool = True) -> RegistryUnreachable:
+        """The one-line error for `exc` (an OSError, TLS or HTTP protocol error) during `what`."""
+        where = self.where(netloc)
+        if isinstance(exc, TimeoutError):
+            hint = f"set {TIMEOUT_ENV}=SECONDS (or CONNECT,READ) to wait longer"
+            if ready:
+                return RegistryTimeout(f"{where} did not answer within {self.read_timeout:g} s ({what}); {hint}",
+                                       reason=f"no answer within {self.read_timeout:g} s")
+            return RegistryTimeout(f"{where}: no connection within {self.connect_timeout:g} s ({what}); {hint}",
+                                   reason=f"no connection within {self.connect_timeout:g} s")
+        reason, plain = describe(exc)
+        return RegistryUnreachable(f"cannot reach {where}: {reason}", reason=reason, plain_http=plain)
 
     # -- the ping: scheme and challenge ---------------------------------------------
 
@@ -114,23 +271,32 @@ class Registry:
             # the whole manifest fetch); registries named insecure: HTTPS first, as Docker.
             schemes = ["http", "https"] if registry_config.is_loopback(self.registry) else (
                 ["https", "http"] if self.insecure else ["https"])
-            errors = []
+            errors: list[tuple[str, str]] = []
+            plain_http = False
             for scheme in schemes:
                 try:
                     response = self._send("GET", f"{scheme}://{self.host}/v2/", {})
                     response.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    errors.append(f"{scheme}: {_reason(exc)}")
+                except RegistryTimeout:
+                    raise  # it is there and stalls: another scheme would only wait as long again
+                except RegistryUnreachable as exc:
+                    errors.append((scheme, exc.reason))
+                    plain_http = plain_http or exc.plain_http
                     continue
+                except (OSError, http.client.HTTPException) as exc:  # the body broke off
+                    raise self.failure(exc, "GET /v2/") from None
                 if response.status == 401:
                     self._challenge = _parse_challenge(response.getheader("WWW-Authenticate", ""))
                 elif response.status != 200:  # 400 is what a TLS port answers to plain HTTP
-                    errors.append(f"{scheme}: HTTP {response.status} on /v2/ (not a registry?)")
+                    errors.append((scheme, f"HTTP {response.status} on /v2/ (not a registry?)"))
                     continue
                 self._scheme = scheme
                 return scheme
-            hint = "" if self.insecure else "; if it speaks plain HTTP, add it to HERMETIC_INSECURE_REGISTRIES"
-            raise RegistryUnreachable(f"cannot reach registry {self.registry}: {'; '.join(errors)}{hint}")
+            reasons = {reason for _, reason in errors}
+            reason = reasons.pop() if len(reasons) == 1 else "; ".join(f"{scheme}: {why}" for scheme, why in errors)
+            hint = ("; it looks like plain HTTP: if so, add it to HERMETIC_INSECURE_REGISTRIES"
+                    if plain_http and not self.insecure else "")
+            raise RegistryUnreachable(f"cannot reach {self.where()}: {reason}{hint}", reason=reason, plain_http=plain_http)
 
     # -- auth -----------------------------------------------------------------------
 
@@ -157,11 +323,11 @@ class Registry:
             query["scope"] = scope
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         headers = {"Authorization": "Basic " + _basic(*self._credentials)} if self._credentials else {}
+        response = self._send("GET", url, headers)
         try:
-            response = self._send("GET", url, headers)
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise RegistryUnreachable(f"cannot reach the token service of {self.registry} ({realm}): {_reason(exc)}") from None
+            raise self.failure(exc, "GET token", urllib.parse.urlsplit(url).netloc) from None
         if response.status in (401, 403):
             raise RegistryAuthError(self._login_hint(f"token service refused {'the credentials' if self._credentials else 'an anonymous token'} (HTTP {response.status})"))
         if response.status != 200:
@@ -195,10 +361,7 @@ class Registry:
             all_headers = {"User-Agent": "pytest-hermetic", **(headers or {})}
             if urllib.parse.urlsplit(url).netloc == self.host:
                 all_headers.update(self._auth_header(scope))
-            try:
-                response = self._send(method, url, all_headers, body)
-            except (OSError, http.client.HTTPException) as exc:
-                raise RegistryUnreachable(f"registry {self.registry}: {method} {path}: {_reason(exc)}") from None
+            response = self._send(method, url, all_headers, body)
             if response.status == 401 and attempt == 0:
                 response.read()
                 challenge = _parse_challenge(response.getheader("WWW-Authenticate", ""))
@@ -230,10 +393,7 @@ class Registry:
 
     def _redirected(self, method: str, url: str, headers: dict[str, str], body: object) -> http.client.HTTPResponse:
         for _ in range(5):  # blob storage elsewhere (S3 and the like): no registry auth there
-            try:
-                response = self._send(method, url, {"User-Agent": "pytest-hermetic", **headers}, body)
-            except (OSError, http.client.HTTPException) as exc:
-                raise RegistryUnreachable(f"registry {self.registry}: redirect to {url}: {_reason(exc)}") from None
+            response = self._send(method, url, {"User-Agent": "pytest-hermetic", **headers}, body)
             if response.status not in (301, 302, 303, 307, 308):
                 return response
             response.read()
@@ -246,7 +406,11 @@ class Registry:
         """(body, media type, Docker-Content-Digest header) of a manifest or index."""
         path = f"/v2/{repository}/manifests/{reference}"
         response = self.request("GET", path, scope=_scope(repository, "pull"), headers={"Accept": ACCEPT})
-        body = response.read(MAX_MANIFEST + 1)
+        try:
+            body = response.read(MAX_MANIFEST + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise self.failure(exc, f"GET {path}") from None
         if len(body) > MAX_MANIFEST:
             response.close()  # the rest is never read
             raise RegistryError(f"registry {self.registry}: the manifest of {repository}:{reference} is larger than "
@@ -398,14 +562,36 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return kind.lower(), params
 
 
-def _reason(exc: BaseException) -> str:
+# What OpenSSL says when the other end answered a TLS hello in plain HTTP ("HTTP/1.1 400 ...").
+_PLAIN_HTTP_REASONS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
+                       "UNKNOWN_PROTOCOL"}
+
+
+def describe(exc: BaseException) -> tuple[str, bool]:
+    """(the cause in words, whether it looks like TLS spoken to a plain-HTTP server)."""
+    import errno
     import ssl  # (ssl costs ~10 ms; a plain-http loopback pull never reaches here)
 
+    if isinstance(exc, socket.gaierror):
+        return f"DNS lookup failed ({exc.strerror or exc})", False
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted ({exc.verify_message or exc.reason})", False
     if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
+        plain = exc.reason in _PLAIN_HTTP_REASONS
+        return f"TLS error ({exc.reason or exc})", plain
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused", False
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "it closed the connection without an answer", False
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset", False
+    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return f"{exc.strerror} (no route: offline?)", False
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+        return exc.strerror, False
+    if isinstance(exc, http.client.HTTPException):
+        return f"not an HTTP answer ({type(exc).__name__}: {str(exc)[:80]})", False
+    return str(exc) or type(exc).__name__, False
 
 
 def _error_text(body: bytes) -> str:
