@@ -17,6 +17,9 @@ A registry that cannot be reached, or stops answering, is one error that
 says what the store lacks, which host was tried and why, and the ways out
 (a mirror, `hermetic import`, HERMETIC_OFFLINE); while a call has waited a
 second without a byte, the progress output says "waiting for HOST".
+
+One concern, one pull from the manifest to the tag, with its verification
+and its failures (the HTTP is in `registry`, the layer files in `ingest`).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from . import config, limits, platforms
 from . import reference as refs
 from . import schema
 from .digest import Hashed, sha256_digest
-from .registry import (DOCKER_SCHEMA1, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST, TIMEOUT_ENV, Registry, api_host,
-                       timeouts, waiting)
+from .connections import TIMEOUT_ENV
+from .progress import Watch, WaitingLines
+from .registry import DOCKER_SCHEMA1, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST, Registry, api_host
 from .store import Image, Store
 
 LAYER_TYPES = {
@@ -53,7 +57,6 @@ LAYER_TYPES = {
 MAX_CONFIG = 32 << 20
 WORKERS = 4
 _REPORT_STEP = 1 << 20
-WAIT_NOTICE = 1.0  # seconds without a byte before the progress output says "waiting for HOST"
 
 
 def pull(store: Store, reference: str, *, platform: str | None = None,
@@ -110,8 +113,8 @@ class Puller:
             self._progress = display.update
             self._waiting = self._waiting or display.waiting
         if self._waiting is None and self._progress is None and not self.quiet:
-            self._waiting = _WaitingLines()
-        watch = _Watch(self._waiting, self._lock) if self._waiting is not None else None
+            self._waiting = WaitingLines()
+        watch = Watch(self._waiting, self._lock) if self._waiting is not None else None
         start = time.monotonic()
         try:
             return self._pull(ref)
@@ -450,46 +453,6 @@ class _BlobReader(Hashed):
 def _registry_words(registry: str) -> str:
     host = api_host(registry)
     return f"registry {registry}" + (f" ({host})" if host != registry else "")
-
-
-class _Watch:
-    """Calls `report(host, seconds)` four times a second while a registry call has had no byte for WAIT_NOTICE s."""
-
-    def __init__(self, report: Callable[[str, float], None], lock: threading.Lock) -> None:
-        self._report = report
-        self._lock = lock
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hermetic-pull-watch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._done.wait(0.25):
-            found = waiting()
-            if found is not None and found[1] >= WAIT_NOTICE:
-                with self._lock:
-                    if not self._done.is_set():
-                        self._report(*found)
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
-
-
-class _WaitingLines:
-    """`waiting` for a stderr that is no terminal: one line when a wait starts, another each 10 s it goes on."""
-
-    def __init__(self) -> None:
-        self._told: tuple[str, float] | None = None
-        try:
-            self._limit = f"; gives up after {timeouts()[1]:g} s ({TIMEOUT_ENV})"
-        except RegistryError:
-            self._limit = ""
-
-    def __call__(self, host: str, seconds: float) -> None:
-        if self._told is not None and self._told[0] == host and self._told[1] <= seconds < self._told[1] + 10:
-            return
-        self._told = (host, seconds)
-        print(f"hermetic: waiting for {host}: no answer for {seconds:.0f} s{self._limit}", file=sys.stderr, flush=True)
 
 
 def _verify_manifest(body: bytes, expected: str | None, header: str | None, name: str) -> None:

@@ -12,13 +12,10 @@ Plain HTTP is used only for loopback registries and ones named insecure
 and only after HTTPS failed; their certificates are not checked either, as
 Docker does for insecure registries.  See `config.py` for mirrors.
 
-Every connection has a connect timeout and a read timeout (no byte for that
-long), `HERMETIC_REGISTRY_TIMEOUT=SECONDS` or `CONNECT,READ` (default 10,30):
-a registry that accepts and never answers fails in one line instead of
-hanging.  `waiting()` tells how long the slowest call has gone without a
-byte, for a progress display's "waiting for HOST".  A failure to connect says
-its real cause (DNS, refused, unreachable, TLS, timeout); the plain-HTTP hint
-comes only when TLS met something that looks like plain HTTP.
+Connections time out (`connections.py`: HERMETIC_REGISTRY_TIMEOUT); a
+failure to connect says its real cause (DNS, refused, unreachable, TLS,
+timeout), and the plain-HTTP hint comes only when TLS met something that
+looks like plain HTTP.  One concern, the distribution API from ping to upload.
 """
 
 from __future__ import annotations
@@ -27,18 +24,17 @@ import base64
 import http.client
 import json
 import os
-import socket
 import threading
-import time
 import urllib.parse
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import ssl
     from typing import Callable
 
 from ..errors import ImageNotFound, RegistryAuthError, RegistryError, RegistryTimeout, RegistryUnreachable
 from . import config as registry_config
 from . import schema
+from .connections import (TIMEOUT_ENV, WAITS, HTTPConnection, HTTPSConnection, Timed, describe, ssl_context,
+                          timeouts)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -50,9 +46,6 @@ MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 
-CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 30.0
-TIMEOUT_ENV = "HERMETIC_REGISTRY_TIMEOUT"
-_SLICE = 32 << 10  # a response is read in slices this big, so a slow but live download is not "waiting"
 MAX_MANIFEST = 4 << 20  # a manifest or index; real ones are a few KiB
 _HUB_HOST = "registry-1.docker.io"  # where the reference format's `docker.io` lives
 
@@ -61,125 +54,11 @@ def api_host(registry: str) -> str:
     return _HUB_HOST if registry in ("docker.io", "index.docker.io") else registry
 
 
-def timeouts() -> tuple[float, float]:
-    """(connect, read) seconds from HERMETIC_REGISTRY_TIMEOUT (`SECONDS` for both, or `CONNECT,READ`)."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not text:
-        return CONNECT_TIMEOUT, READ_TIMEOUT
-    try:
-        values = [float(part) for part in text.split(",")]
-        if len(values) not in (1, 2) or not all(0 < v <= 86400 for v in values):
-            raise ValueError
-    except ValueError:
-        raise RegistryError(f"{TIMEOUT_ENV}={text!r}: use SECONDS, or CONNECT,READ seconds, each more than 0 "
-                            f"(default {CONNECT_TIMEOUT:g},{READ_TIMEOUT:g})") from None
-    return values[0], values[-1]
-
-
-class _Waits:
-    """Per thread: the host a registry call waits on, and since when it has had no byte."""
-
-    def __init__(self) -> None:
-        self.since: dict[int, tuple[str, float]] = {}
-
-    def begin(self, host: str) -> int | None:
-        key = threading.get_ident()
-        if key in self.since:
-            return None  # nested (a read inside a read): the outer call owns the entry
-        self.since[key] = (host, time.monotonic())
-        return key
-
-    def tick(self) -> None:
-        key = threading.get_ident()
-        entry = self.since.get(key)
-        if entry is not None:
-            self.since[key] = (entry[0], time.monotonic())
-
-    def end(self, key: int | None) -> None:
-        if key is not None:
-            self.since.pop(key, None)
-
-
-_WAITS = _Waits()
-
-
-def waiting() -> tuple[str, float] | None:
-    """(host, seconds) of the registry call in this process that has gone longest without a byte; None if none runs."""
-    entries = list(_WAITS.since.values())
-    if not entries:
-        return None
-    host, since = min(entries, key=lambda entry: entry[1])
-    return host, time.monotonic() - since
-
-
-class _TrackedResponse(http.client.HTTPResponse):
-    """Read in slices, each byte that comes telling `_WAITS` the call is alive."""
-
-    host = ""
-    _failed: BaseException | None = None  # raised by the next read: bytes that came before it were returned first
-
-    def read(self, amt: int | None = None) -> bytes:
-        if self._failed is not None:
-            raise self._failed
-        key = _WAITS.begin(self.host)
-        chunks: list[bytes] = []
-        try:
-            if amt is not None and amt <= _SLICE:
-                return super().read(amt)
-            left = -1 if amt is None else amt
-            while left:
-                data = super().read(_SLICE if left < 0 else min(left, _SLICE))
-                if not data:
-                    break
-                chunks.append(data)
-                _WAITS.tick()
-                if left > 0:
-                    left -= len(data)
-            return b"".join(chunks)
-        except (OSError, http.client.HTTPException) as exc:
-            if not chunks:
-                raise
-            self._failed = exc
-            return b"".join(chunks)
-        finally:
-            _WAITS.end(key)
-
-
-class _Timed:
-    """A connection with a connect timeout (`timeout`, TLS handshake included) and then a read timeout."""
-
-    read_timeout = READ_TIMEOUT
-    ready = False  # connected (and the TLS handshake done)
-    sock: socket.socket | None
-    host: str
-    port: int
-
-    def connect(self) -> None:
-        self.ready = False
-        super().connect()  # type: ignore[misc]
-        assert self.sock is not None
-        self.sock.settimeout(self.read_timeout)
-        self.ready = True
-
-    def getresponse(self) -> http.client.HTTPResponse:
-        response = super().getresponse()  # type: ignore[misc]
-        if isinstance(response, _TrackedResponse):
-            response.host = f"{self.host}:{self.port}" if self.port not in (80, 443) else self.host
-        return response
-
-
-class _HTTPConnection(_Timed, http.client.HTTPConnection):
-    response_class = _TrackedResponse
-
-
-class _HTTPSConnection(_Timed, http.client.HTTPSConnection):
-    response_class = _TrackedResponse
-
-
 class Registry:
     """One registry host; safe to share between threads."""
 
-    def __init__(self, registry: str, *, insecure: bool | None = None) -> None:
+    def __init__(self, registry: str, *, insecure: bool | None = None,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.registry = registry  # as in references (docker.io)
         self.host = api_host(registry)
         self.insecure = registry_config.is_insecure(registry) if insecure is None else insecure
@@ -188,7 +67,7 @@ class Registry:
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._credentials = registry_config.credentials(registry)
+        self._credentials = credentials or registry_config.credentials(registry)
         self.connect_timeout, self.read_timeout = timeouts()
 
     def where(self, netloc: str | None = None) -> str:
@@ -204,9 +83,9 @@ class Registry:
         conn = pool.get((scheme, netloc))
         if conn is None:
             if scheme == "https":
-                conn = _HTTPSConnection(netloc, timeout=self.connect_timeout, context=_ssl_context(self.insecure))
+                conn = HTTPSConnection(netloc, timeout=self.connect_timeout, context=ssl_context(self.insecure))
             else:
-                conn = _HTTPConnection(netloc, timeout=self.connect_timeout)
+                conn = HTTPConnection(netloc, timeout=self.connect_timeout)
             conn.read_timeout = self.read_timeout
             pool[(scheme, netloc)] = conn
         return conn
@@ -230,12 +109,12 @@ class Registry:
         for attempt in (0, 1):
             conn = self._connection(parts.scheme, parts.netloc)
             reused = conn.sock is not None
-            key = _WAITS.begin(parts.netloc)
+            key = WAITS.begin(parts.netloc)
             try:
                 conn.request(method, target, body=body, headers=headers)  # type: ignore[arg-type]
                 return conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
-                ready = isinstance(conn, _Timed) and conn.ready
+                ready = isinstance(conn, Timed) and conn.ready
                 self._drop(parts.scheme, parts.netloc)
                 stale = isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError))
                 if stale and reused and not attempt and (body is None or isinstance(body, bytes)):
@@ -245,7 +124,7 @@ class Registry:
                 self._drop(parts.scheme, parts.netloc)
                 raise
             finally:
-                _WAITS.end(key)
+                WAITS.end(key)
         raise AssertionError("unreachable")
 
     def failure(self, exc: BaseException, what: str, netloc: str | None = None, *, ready: bool = True) -> RegistryUnreachable:
@@ -340,6 +219,27 @@ class Registry:
             return token
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise RegistryError(f"token service of {self.registry} sent no token") from None
+
+    def check_login(self) -> None:
+        """Try the credentials given to the constructor as `docker login` does: `/v2/` with them
+        (Basic), or a token for them from the token service (Bearer); `RegistryAuthError` if refused."""
+        if self._credentials is None:
+            raise RegistryAuthError(f"registry {self.registry}: no credentials to check")
+        scheme = self._ping()
+        if self._challenge is None:
+            return  # it asks for nothing: any login is accepted (as docker says "Login Succeeded")
+        kind, params = self._challenge
+        refused = f"registry {self.registry} refused the user name or password of {self._credentials[0]!r}"
+        if kind == "basic":
+            response = self._send("GET", f"{scheme}://{self.host}/v2/", {"Authorization": "Basic " + _basic(*self._credentials)})
+            response.read()
+            if response.status != 200:
+                raise RegistryAuthError(f"{refused} (HTTP {response.status})")
+            return
+        try:
+            self._fetch_token(params, "")
+        except RegistryAuthError:
+            raise RegistryAuthError(f"{refused} (its token service {params.get('realm', '')} said no)") from None
 
     def _login_hint(self, what: str) -> str:
         source = registry_config.credentials_source(self.registry)
@@ -511,22 +411,6 @@ class Registry:
         return urllib.parse.urljoin(f"{self._scheme}://{self.host}/", location)
 
 
-_SSL: dict[bool, ssl.SSLContext] = {}
-
-
-def _ssl_context(insecure: bool) -> ssl.SSLContext:
-    """One context per process (loading the CA bundle takes tens of ms); ssl imported only for https."""
-    import ssl
-
-    if insecure not in _SSL:
-        context = ssl.create_default_context()
-        if insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        _SSL[insecure] = context
-    return _SSL[insecure]
-
-
 def _scope(repository: str, actions: str) -> str:
     return f"repository:{repository}:{actions}"
 
@@ -560,38 +444,6 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
             params[key] = rest[eq + 1:end].strip()
             i = end + 1
     return kind.lower(), params
-
-
-# What OpenSSL says when the other end answered a TLS hello in plain HTTP ("HTTP/1.1 400 ...").
-_PLAIN_HTTP_REASONS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
-                       "UNKNOWN_PROTOCOL"}
-
-
-def describe(exc: BaseException) -> tuple[str, bool]:
-    """(the cause in words, whether it looks like TLS spoken to a plain-HTTP server)."""
-    import errno
-    import ssl  # (ssl costs ~10 ms; a plain-http loopback pull never reaches here)
-
-    if isinstance(exc, socket.gaierror):
-        return f"DNS lookup failed ({exc.strerror or exc})", False
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not accepted ({exc.verify_message or exc.reason})", False
-    if isinstance(exc, ssl.SSLError):
-        plain = exc.reason in _PLAIN_HTTP_REASONS
-        return f"TLS error ({exc.reason or exc})", plain
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused", False
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "it closed the connection without an answer", False
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset", False
-    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-        return f"{exc.strerror} (no route: offline?)", False
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror, False
-    if isinstance(exc, http.client.HTTPException):
-        return f"not an HTTP answer ({type(exc).__name__}: {str(exc)[:80]})", False
-    return str(exc) or type(exc).__name__, False
 
 
 def _error_text(body: bytes) -> str:
