@@ -181,3 +181,22 @@ def test_version(tmp_path):
 def test_version_rootless(test_user):
     info = json.loads(run_cli("version", "--format", "json", user=test_user).stdout)
     assert info["mode"] == "rootless" and info["uid"] > 0
+
+
+def test_login_rootless_writes_the_users_own_auth_json(basic_registry, private_image, test_user, tmp_path):
+    import pwd
+
+    entry = pwd.getpwnam(test_user)
+    ok = run_cli("login", "-u", USER, "--password-stdin", basic_registry.host, input=PASSWORD, user=test_user)
+    assert ok.returncode == 0 and ok.stdout == "Login Succeeded\n", ok.stderr
+    home = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}")
+    auth = os.path.join(home, ".config", "containers", "auth.json")  # no XDG_RUNTIME_DIR: containers' fallback
+    try:
+        info = os.stat(auth)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (entry.pw_uid, 0o600)
+        pulled = run_cli("pull", "-q", private_image, user=test_user)
+        assert pulled.returncode == 0, pulled.stderr
+        assert run_cli("logout", basic_registry.host, user=test_user).returncode == 0
+        assert json.load(open(auth)) == {"auths": {}}
+    finally:
+        run_cli("rmi", private_image, user=test_user)

@@ -244,8 +244,8 @@ class Registry:
     def _login_hint(self, what: str) -> str:
         source = registry_config.credentials_source(self.registry)
         have = f"credentials from {source} were refused" if self._credentials else "no credentials for it"
-        return (f"registry {self.registry} {what}: {have}; log in with `skopeo login {self.registry}` "
-                f"(or `docker login`), or point REGISTRY_AUTH_FILE at an auth.json with auths[{self.registry!r}]")
+        return (f"registry {self.registry} {what}: {have}; log in with `hermetic login {self.registry}` "
+                f"(or skopeo login, docker login), or point REGISTRY_AUTH_FILE at an auth.json with auths[{self.registry!r}]")
 
     # -- requests -------------------------------------------------------------------
 

@@ -253,3 +253,25 @@ def test_a_bad_timeout_setting_is_one_line(tmp_path):
     result = run_cli("pull", "127.0.0.1:1/x:1", env={"HERMETIC_STORE": str(tmp_path / "s"), "HERMETIC_REGISTRY_TIMEOUT": "soon"})
     assert one_error_line(result.stderr) == ("hermetic: error: HERMETIC_REGISTRY_TIMEOUT='soon': use SECONDS, or CONNECT,READ "
                                              "seconds, each more than 0 (default 10,30)")
+
+
+def test_the_cell_magic_and_the_services_fixture_say_the_same(ipython_shell, silent_registry, pytester, monkeypatch):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(Exception) as raised:
+        ipython_shell.run_cell_magic("container", f"127.0.0.1:{port}/nosuch:1", "echo hi\n")
+    assert type(raised.value).__name__ == "RegistryUnreachable"
+    assert str(raised.value).startswith(f"cannot reach registry 127.0.0.1:{port}: connection refused; image "
+                                        f"'127.0.0.1:{port}/nosuch:1' is not in the local store (")
+    assert "ways out: a mirror" in str(raised.value)
+    pytester.makepyfile(test_stalled=f"""
+        def test_service(containers):
+            containers.run("{silent_registry}/postgres:16")
+    """)
+    monkeypatch.setenv("HERMETIC_REGISTRY_TIMEOUT", "1")
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*containers.run('{silent_registry}/postgres:16'): registry {silent_registry} did not "
+                                 "answer within 1 s (GET /v2/)*; or pull it ahead (`hermetic pull *"])
