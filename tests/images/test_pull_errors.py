@@ -275,3 +275,42 @@ def test_the_cell_magic_and_the_services_fixture_say_the_same(ipython_shell, sil
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*containers.run('{silent_registry}/postgres:16'): registry {silent_registry} did not "
                                  "answer within 1 s (GET /v2/)*; or pull it ahead (`hermetic pull *"])
+
+
+def test_the_terminal_display_says_it_is_waiting(silent_registry, tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": ROOT, "TERM": "xterm", "HERMETIC_STORE": str(tmp_path / "store"),
+           "HERMETIC_REGISTRY_TIMEOUT": "2.5"}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "pull", f"{silent_registry}/app:1"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env, cwd="/")
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(10) == 125
+    text = out.decode()
+    assert f"pulling {silent_registry}/app:1" in text
+    assert f"waiting for {silent_registry}: no answer for 1 s" in text and f"no answer for 2 s" in text, text
+    assert f"registry {silent_registry} did not answer within 2.5 s" in text
+
+
+def test_a_slow_but_live_registry_is_not_given_up(scripted_registry, tmp_path):
+    """The read timeout is for silence, not for the whole download: 3 s of trickle under a 1 s timeout."""
+    blob = gzip.compress(layer_tar({"data": os.urandom(300_000)}), compresslevel=1)
+    manifest = scripted_registry.add_image("slow/img:1", [blob])
+    scripted_registry.trickle[manifest["layers"][0]["digest"]] = (10_000, 0.1)  # 100 kB/s
+    root = str(tmp_path / "store")
+    start = time.monotonic()
+    result = run_cli("pull", f"{scripted_registry.host}/slow/img:1", env={"HERMETIC_STORE": root, "HERMETIC_REGISTRY_TIMEOUT": "1"})
+    took = time.monotonic() - start
+    assert result.returncode == 0 and took > 2.5, (took, result.stderr)
+    assert "waiting for" not in result.stderr and result.stderr.startswith("hermetic: pulled "), result.stderr
