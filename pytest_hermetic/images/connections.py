@@ -1,7 +1,8 @@
 """HTTP connections to registries: timeouts, "waiting for HOST", the cause of a failure in words.
 
-Every connection has a connect timeout (TLS handshake included) and then a
-read timeout (no byte for that long): `HERMETIC_REGISTRY_TIMEOUT=SECONDS` or
+Every connection has a connect timeout (the DNS lookup and the TLS handshake
+included: the system resolver's own can be longer) and then a read timeout
+(no byte for that long): `HERMETIC_REGISTRY_TIMEOUT=SECONDS` or
 `CONNECT,READ` (default 10,30), so a registry that accepts and never answers
 fails in one line instead of hanging.  Responses are read in slices, each
 telling `waiting()` that the call is alive, so a progress display can say
@@ -112,6 +113,53 @@ class _TrackedResponse(http.client.HTTPResponse):
             WAITS.end(key)
 
 
+class DNSTimeout(TimeoutError):
+    """The resolver did not answer within the connect timeout."""
+
+
+def resolve(host: str, port: int, timeout: float) -> list:
+    """`getaddrinfo`, given up after `timeout` (the lookup goes on in its thread until the resolver's own
+    timeouts end it); a literal address is parsed at once, without a thread."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
+    found: dict[str, object] = {}
+
+    def lookup() -> None:
+        try:
+            found["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            found["error"] = exc
+
+    thread = threading.Thread(target=lookup, name="hermetic-dns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise DNSTimeout(f"DNS lookup of {host} did not answer within {timeout:g} s")
+    if "error" in found:
+        raise found["error"]  # type: ignore[misc]
+    return found["infos"]  # type: ignore[return-value]
+
+
+def _create_connection(address: tuple[str, int], timeout: float, source_address: object = None) -> socket.socket:
+    """`socket.create_connection` with the lookup bounded by `timeout` too."""
+    host, port = address
+    last: OSError | None = None
+    for family, kind, proto, _, sockaddr in resolve(host, port, timeout):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)  # type: ignore[arg-type]
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last or OSError(f"no address for {host}")
+
+
 class Timed:
     """A connection with a connect timeout (`timeout`, TLS handshake included) and then a read timeout."""
 
@@ -123,6 +171,7 @@ class Timed:
 
     def connect(self) -> None:
         self.ready = False
+        self._create_connection = _create_connection
         super().connect()  # type: ignore[misc]
         assert self.sock is not None
         self.sock.settimeout(self.read_timeout)

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 from ..errors import ImageNotFound, RegistryAuthError, RegistryError, RegistryTimeout, RegistryUnreachable
 from . import config as registry_config
 from . import schema
-from .connections import (TIMEOUT_ENV, WAITS, HTTPConnection, HTTPSConnection, Timed, describe, ssl_context,
-                          timeouts)
+from .connections import (TIMEOUT_ENV, WAITS, DNSTimeout, HTTPConnection, HTTPSConnection, Timed, describe,
+                          ssl_context, timeouts)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -132,6 +132,8 @@ class Registry:
         where = self.where(netloc)
         if isinstance(exc, TimeoutError):
             hint = f"set {TIMEOUT_ENV}=SECONDS (or CONNECT,READ) to wait longer"
+            if isinstance(exc, DNSTimeout):
+                return RegistryTimeout(f"cannot reach {where}: {exc}; {hint}", reason=str(exc))
             if ready:
                 return RegistryTimeout(f"{where} did not answer within {self.read_timeout:g} s ({what}); {hint}",
                                        reason=f"no answer within {self.read_timeout:g} s")

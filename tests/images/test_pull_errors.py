@@ -314,3 +314,34 @@ def test_a_slow_but_live_registry_is_not_given_up(scripted_registry, tmp_path):
     took = time.monotonic() - start
     assert result.returncode == 0 and took > 2.5, (took, result.stderr)
     assert "waiting for" not in result.stderr and result.stderr.startswith("hermetic: pulled "), result.stderr
+
+
+SILENT_DNS = """
+import socket, subprocess, sys, time
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dns.bind(("127.0.0.1", 53))  # takes the queries, never answers
+start = time.monotonic()
+ran = subprocess.run([sys.executable, "-m", "pytest_hermetic", "pull", "-q", "ubuntu"], capture_output=True, text=True)
+print(ran.returncode, round(time.monotonic() - start, 2))
+print(ran.stderr, end="")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a network and mount namespace of its own needs root (unshare -n -m)")
+def test_a_resolver_that_never_answers_is_bounded_by_the_connect_timeout(tmp_path):
+    """In a namespace of its own: loopback up, /etc/resolv.conf naming 127.0.0.1, where a socket takes the
+    queries and never answers (the resolver's own timeouts: 5 s, 3 attempts), /etc/nsswitch.conf `files dns`."""
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:3\n")
+    (tmp_path / "nsswitch.conf").write_text("hosts: files dns\n")
+    script = (f"ip link set lo up && mount --bind {tmp_path}/resolv.conf /etc/resolv.conf && "
+              f"mount --bind {tmp_path}/nsswitch.conf /etc/nsswitch.conf && exec {sys.executable} -c '{SILENT_DNS}'")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": ROOT, "HERMETIC_STORE": str(tmp_path / "store"),
+           "HERMETIC_REGISTRY_TIMEOUT": "1.5,5"}
+    result = subprocess.run(["unshare", "-n", "-m", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, env=env, timeout=60, cwd="/")
+    status, took = result.stdout.splitlines()[0].split()
+    line = one_error_line(result.stdout.split("\n", 1)[1])
+    assert status == "125" and float(took) < 4, (took, line)
+    assert line.startswith("hermetic: error: cannot reach registry docker.io at registry-1.docker.io: DNS lookup of "
+                           "registry-1.docker.io did not answer within 1.5 s; set HERMETIC_REGISTRY_TIMEOUT="), line
+    assert "image 'ubuntu:latest' is not in the local store" in line
