@@ -23,7 +23,7 @@ def add_parsers(verb: "Verb") -> None:
                         help="json: one JSON array of the images")
     images.set_defaults(handler=cmd_images)
     tag = verb("tag", help="give an image in the store another name (never pulls)")
-    tag.add_argument("source", metavar="SOURCE_IMAGE[:TAG]", help="a name or an id prefix")
+    tag.add_argument("source", metavar="IMAGE", help="a name or an id prefix (completed from the store)")
     tag.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
     tag.set_defaults(handler=cmd_tag)
     login = verb("login", help="check credentials with a registry and save them for pulls and pushes")
