@@ -89,7 +89,19 @@ class RegistryError(HermeticError):
 
 
 class RegistryUnreachable(RegistryError):
-    """No connection to the registry (refused, DNS, TLS, timeout)."""
+    """No connection to the registry (refused, DNS, TLS, timeout).
+
+    `reason` is the cause alone (`connection refused`); `plain_http` says the
+    failure looks like TLS spoken to a plain-HTTP server."""
+
+    def __init__(self, message: str, *, reason: str = "", plain_http: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.plain_http = plain_http
+
+
+class RegistryTimeout(RegistryUnreachable):
+    """The registry (or its token service) did not answer within the configured time."""
 
 
 class RegistryAuthError(RegistryError):

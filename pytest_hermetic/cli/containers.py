@@ -9,7 +9,7 @@ import sys
 import time
 
 from .. import options
-from .output import ago, say, table
+from .output import ago, output_format, say, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ def add_parsers(verb: "Verb") -> None:
     ps = verb("ps", help="list running containers")
     ps.add_argument("-a", "--all", action="store_true", help="exited ones too (kept until `rm` or `gc`)")
     ps.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    ps.add_argument("--format", type=output_format, default="table", metavar="json|table", help="json: one JSON array")
     ps.set_defaults(handler=cmd_ps)
     logs = verb("logs", help="the output of a detached container")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the container ends")
@@ -45,6 +46,7 @@ def add_parsers(verb: "Verb") -> None:
     rm.add_argument("containers", nargs="+", metavar="CONTAINER")
     rm.set_defaults(handler=cmd_rm)
     ins = verb("inspect", help="a container's spec, state, pid, network, limits and image as JSON")
+    ins.add_argument("--format", type=output_format, default="json", metavar="json", help="JSON already (accepted as docker's)")
     ins.add_argument("containers", nargs="+", metavar="CONTAINER")
     ins.set_defaults(handler=cmd_inspect)
     wait = verb("wait", help="wait for containers to end and print their exit statuses")
@@ -57,9 +59,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
     from ..state import list_states
 
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PIDS", "NETWORK", "PORTS")]
-    for state in list_states():
-        if not state["alive"] and not args.all:
-            continue
+    shown = [state for state in list_states() if state["alive"] or args.all]
+    if args.format == "json" and not args.quiet:
+        from .output import print_json
+
+        print_json([_ps_json(state, status(state)) for state in shown])
+        return 0
+    for state in shown:
         if args.quiet:
             print(state["id"][:12])
             continue
@@ -76,6 +82,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if not args.quiet:
         table(rows)
     return 0
+
+
+def _ps_json(state: dict, now: str) -> dict:
+    return {"id": state["id"], "name": state.get("name", ""), "image": state.get("image", ""),
+            "command": list(state.get("command") or []), "created": state.get("created"), "status": now,
+            "exit_code": state.get("exit_code"), "reason": state.get("reason"), "finished": state.get("finished"),
+            "pids": list(state.get("pids") or []) if state["alive"] else [], "network": state.get("network"),
+            "address": state.get("address"),
+            "ports": [{"host_ip": ip, "host_port": hp, "container_port": cp, "protocol": "tcp"}
+                      for ip, hp, cp in state.get("ports") or []]}
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -335,6 +335,20 @@ class Store:
             data[name] = manifest_digest
             self._write_refs(data)
 
+    def tag_as(self, source: str, name: str) -> Image:
+        """`hermetic tag SOURCE NAME`: canonical `name` points at what `source` (a name, an id prefix) points at; never pulls."""
+        image = self.resolve(source)
+        if image.name == "host":
+            raise StoreError("`host` is the host's own / and has no manifest to tag; make an image of it with "
+                             "`hermetic commit` or `hermetic import dir:/ NAME`")
+        with self.busy(), self.lock():
+            data = self.read_refs()
+            if image.name not in data:
+                raise ImageNotFound(f"image {source!r} is not in the local store ({self.root})")
+            digest = data[name] = data[image.name]
+            self._write_refs(data)
+        return self.tagged(name, digest)
+
     def manifest_digest(self, name: str) -> str:
         data = self.read_refs()
         if name not in data:

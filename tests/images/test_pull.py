@@ -94,7 +94,7 @@ def test_errors_are_one_line(busybox_remote, registry, store_env):
 def test_offline_mode_never_leaves_loopback(store_env):
     result = run_cli("run", "debian:12", "true", env={**store_env, "HERMETIC_OFFLINE": "1"})
     assert result.returncode == 125
-    assert "HERMETIC_OFFLINE is set, so it is not pulled from docker.io" in result.stderr
+    assert "HERMETIC_OFFLINE is set, so registry docker.io (registry-1.docker.io) is not tried" in result.stderr
 
 
 def test_mirror_from_environment_and_config(registry, busybox_layout, store_env, tmp_path):
