@@ -300,8 +300,10 @@ def logs(state: dict) -> str | None:
 
 
 def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | None,
-            stdio: tuple = (None, None, None)) -> ContainerProcess:
-    """Start `argv` in a running detached container (from any process)."""
+            stdio: tuple = (None, None, None), user: str | None = None, tty: bytes | None = None) -> ContainerProcess:
+    """Start `argv` in a running detached container (from any process), as
+    `user` (default: the container's), with `tty` (a struct winsize) on a
+    pty of the container's own (the handle's `tty` is its master)."""
     from .runtime import seccomp
     from .runtime.enter import enter
 
@@ -318,7 +320,8 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
                                   "is not supported yet (its namespaces are closed to other processes); run as root, "
                                   "or give the container a command that does the work")
     return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],
-                 settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None)
+                 settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None,
+                 user or settings.get("user"), tty)
 
 
 def inspect(state: dict) -> dict:

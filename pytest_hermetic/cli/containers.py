@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -29,6 +30,9 @@ def add_parsers(verb: "Verb") -> None:
     exe = verb("exec", help="run a command in a running detached container")
     exe.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     exe.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside the container")
+    exe.add_argument("-u", "--user", metavar="USER[:GROUP]", help="a name or an id (default: the container's user)")
+    exe.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (it is passed without -i too)")
+    exe.add_argument("-t", "--tty", action="store_true", help="a terminal of the container's own (a pty)")
     exe.add_argument("container", metavar="CONTAINER", help="name or id")
     exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
     exe.set_defaults(handler=cmd_exec)
@@ -119,9 +123,32 @@ def cmd_exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise SpecError("exec: no command given; e.g. `hermetic exec NAME sh -c 'echo hi'`")
+    user = None
+    if args.user is not None:
+        from ..spec import parse_user
+
+        user = parse_user(args.user)
+    env = options.parse_env(args.env)
+    size = None
+    if args.tty:
+        from .terminal import caller_size, check_input
+
+        check_input(args.interactive, "exec")
+        size = caller_size()
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
     state = detached.find(args.container)
-    proc = detached.exec_in(state, command, options.parse_env(args.env), args.workdir)
-    status = proc.wait()
+    proc = detached.exec_in(state, command, env, args.workdir, user=user, tty=size)
+    if proc.tty is None:
+        status = proc.wait()
+    else:
+        from .terminal import Session
+
+        session = Session(proc.tty, args.interactive)
+        try:
+            session.open()
+            status = proc.wait()
+        finally:
+            session.close()
     assert status is not None
     return status.shell_code
 
