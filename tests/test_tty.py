@@ -365,3 +365,31 @@ def test_exec_i_and_u(detached):
     assert "uid=1234" in ran.stdout and "gid=5678" in ran.stdout, ran.stderr
     ran = run_cli("exec", "-u", "no-such-user", detached, "id")
     assert ran.returncode == 125 and "no-such-user" in ran.stderr and ran.stderr.count("\n") == 1
+
+
+def test_run_dit_keeps_a_shell_waiting_with_its_terminal_in_the_log():
+    name = f"tty-dit-{os.getpid()}"
+    try:
+        ran = run_cli("run", "-dit", "--name", name, "-e", f"PS1={PROMPT}", "host", "sh")
+        assert ran.returncode == 0, ran.stderr
+        assert run_cli("exec", name, "sh", "-c", "readlink /proc/2/fd/0").stdout.strip() == "/dev/pts/0"  # (PID 1: --init)
+        deadline = time.monotonic() + 10
+        while PROMPT not in run_cli("logs", name).stdout and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert PROMPT in run_cli("logs", name).stdout  # the shell's prompt, written to its terminal
+        time.sleep(0.5)
+        assert json.loads(run_cli("inspect", name).stdout)[0]["status"] == "running"
+    finally:
+        run_cli("rm", "-f", name)
+
+
+def test_run_di_keeps_stdin_open_and_run_d_does_not():
+    name = f"tty-di-{os.getpid()}"
+    try:
+        assert run_cli("run", "-di", "--name", name, "host", "cat").returncode == 0
+        assert run_cli("run", "-d", "--name", f"{name}-no", "host", "cat").returncode == 0
+        time.sleep(1)
+        assert json.loads(run_cli("inspect", name).stdout)[0]["status"] == "running"
+        assert run_cli("wait", f"{name}-no").stdout.strip() == "0"  # EOF at once: /dev/null
+    finally:
+        run_cli("rm", "-f", name, f"{name}-no")

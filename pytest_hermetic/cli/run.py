@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError("--commit and -d: commit a detached container with `hermetic commit NAME REF` while it runs")
         from ..detached import start_detached
 
-        print(start_detached(spec, ports, remove=args.rm))
+        print(start_detached(spec, ports, remove=args.rm, interactive=args.interactive, tty=size))
         return 0
     if args.commit:
         from ..images.commit import target_name
