@@ -186,6 +186,8 @@ class Container:
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
             if tty is not None:
+                if target is not None:
+                    raise SpecError("a terminal (tty) is for a command, not for a Python callable")
                 from .runtime.console import Pair  # lazily: socket, which only a terminal needs
 
                 pair = Pair(tty)

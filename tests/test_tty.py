@@ -199,6 +199,21 @@ def test_job_control(terminal):
     assert term.wait() == 0
 
 
+def test_run_it_as_another_user_owns_its_terminal(terminal):
+    term = _shell(terminal, "-u", "nobody")
+    assert term.command("id -u; stat -c %u $(tty)").split() == ["65534", "65534"]
+    term.send("sleep 100\r")
+    term.expect("sleep 100\r\n")
+    time.sleep(0.3)
+    term.send("\x1a")
+    term.expect(re.escape(PROMPT))
+    assert "Stopped" in term.command("jobs")
+    term.command("kill -9 %1")
+    assert "Stopped" not in term.command("jobs")
+    term.send("exit\r")
+    assert term.wait() == 0
+
+
 def test_terminal_restored_after_hermetic_kill(terminal):
     name = f"tty-kill-{os.getpid()}"
     term = _shell(terminal, "--name", name)
@@ -367,20 +382,38 @@ def test_exec_i_and_u(detached):
     assert ran.returncode == 125 and "no-such-user" in ran.stderr and ran.stderr.count("\n") == 1
 
 
-def test_run_dit_keeps_a_shell_waiting_with_its_terminal_in_the_log():
+@pytest.mark.parametrize("rootless", [False, True], ids=["root", "rootless"])
+def test_run_dit_keeps_a_shell_waiting_with_its_terminal_in_the_log(rootless, request):
+    user = request.getfixturevalue("test_user") if rootless else None
     name = f"tty-dit-{os.getpid()}"
     try:
-        ran = run_cli("run", "-dit", "--name", name, "-e", f"PS1={PROMPT}", "host", "sh")
+        ran = run_cli("run", "-dit", "--name", name, "-e", f"PS1={PROMPT}", "host", "sh", user=user)
         assert ran.returncode == 0, ran.stderr
-        assert run_cli("exec", name, "sh", "-c", "readlink /proc/2/fd/0").stdout.strip() == "/dev/pts/0"  # (PID 1: --init)
+        if not rootless:  # (rootless exec is not supported yet)
+            assert run_cli("exec", name, "readlink", "/proc/2/fd/0").stdout.strip() == "/dev/pts/0"  # (PID 1: --init)
         deadline = time.monotonic() + 10
-        while PROMPT not in run_cli("logs", name).stdout and time.monotonic() < deadline:
+        while PROMPT not in run_cli("logs", name, user=user).stdout and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert PROMPT in run_cli("logs", name).stdout  # the shell's prompt, written to its terminal
+        assert PROMPT in run_cli("logs", name, user=user).stdout  # the shell's prompt, written to its terminal
         time.sleep(0.5)
-        assert json.loads(run_cli("inspect", name).stdout)[0]["status"] == "running"
+        assert json.loads(run_cli("inspect", name, user=user).stdout)[0]["status"] == "running"
     finally:
-        run_cli("rm", "-f", name)
+        run_cli("rm", "-f", name, user=user)
+
+
+def test_full_screen_programs(terminal):
+    term = _shell(terminal)
+    term.send("top\r")
+    term.expect(r"Tasks:.*\n.*sh")  # top's screen, with the processes of the container
+    term.send("q")
+    term.expect(re.escape(PROMPT))
+    term.send("seq 100 | less\r")
+    term.expect(r"\n39\r\n:")  # a screenful (40 rows: 39 lines and less's prompt)
+    term.send("q")
+    term.expect(re.escape(PROMPT))
+    term.send("exit\r")
+    assert term.wait() == 0
+    assert term.restored()
 
 
 def test_run_di_keeps_stdin_open_and_run_d_does_not():
