@@ -37,7 +37,7 @@ class Console:
 
     socket_fd: int  # the child's end: the master goes to the caller over it
     size: bytes = b"\0" * WINSIZE_BYTES  # struct winsize to start with (the caller's terminal's)
-    uid: int | None = None  # owner of the slave (exec -u); run's own user is resolved by PID 1
+    uid: int | None = None  # owner of the slave: the container's user, resolved inside (None: root)
 
 
 class Pair:
@@ -77,6 +77,7 @@ class Pair:
 def open_pty() -> tuple[int, int]:
     """(master, slave) from the devpts at /dev/pts of the mount namespace we are in."""
     try:
+        # O_NONBLOCK until it is known to be a ptmx: a FIFO put there would block the open.
         master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ContainerStartError(f"cannot open the container's /dev/pts/ptmx for a terminal: {exc.strerror}") from None

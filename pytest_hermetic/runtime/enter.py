@@ -15,15 +15,15 @@ from ..errors import ContainerStartError
 from . import capabilities, descriptors
 from . import syscalls as sc
 from .seccomp import Filter
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from .console import Console
 from .channel import describe, fail, read_all, start_error
 from .fork import fork
 from .init import become, own_session, redirect_stdio, resolve_user, restore_signals
 from .process import ContainerProcess
 from .relay import exit_as
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from .console import Console
 
 _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
           ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
