@@ -20,6 +20,7 @@ import subprocess
 import sys
 import termios
 import time
+from typing import Callable
 
 import pytest
 
@@ -44,6 +45,24 @@ def _cli_env(user: str | None) -> tuple[list[str], str, dict[str, str]]:
     env.update(HOME=home, XDG_DATA_HOME=f"{home}/data", HERMETIC_STATE=f"{home}/state", USER=user)
     prefix = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups"]
     return prefix, "/usr/bin/python3", env
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _make_controlling() -> None:
@@ -96,6 +115,41 @@ class Terminal:
         self.send(line + "\r")
         return self.expect(re.escape(line) + r"\r\n(.*?)" + re.escape(PROMPT), timeout).group(1)
 
+    def until(self, line: str, check: "Callable[[str], bool]", timeout: float = 10) -> str:
+        """Type `line` again until what it prints passes `check` (a shell
+        learns of its jobs' ends asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while not check(out := self.command(line)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{line!r} still printed {out!r} after {timeout} s")
+            time.sleep(0.1)
+        return out
+
+    def start(self, line: str) -> None:
+        """Type `line` and wait until it runs as the terminal's foreground process group."""
+        self.send(line + "\r")
+        self.expect(re.escape(line) + "\r\n")
+        self.foreground(line)
+
+    def foreground(self, cmdline: str, timeout: float = 15) -> None:
+        """Wait until a process of the container running `cmdline` leads its
+        terminal's foreground group and runs (read from the host's /proc)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pid in _descendants(self.proc.pid):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        argv = f.read().split(b"\0")[:-1]
+                    with open(f"/proc/{pid}/stat") as f:
+                        fields = f.read().rpartition(")")[2].split()
+                except OSError:
+                    continue
+                state, pgrp, tpgid = fields[0], fields[2], fields[5]
+                if b" ".join(argv).decode() == cmdline and pgrp == tpgid and state != "T":
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"{cmdline!r} did not run in the foreground within {timeout} s; output: {self.output!r}")
+
     def wait(self, timeout: float = 20) -> int:
         try:
             code = self.proc.wait(timeout)
@@ -147,9 +201,11 @@ def test_run_it_is_a_terminal_of_the_containers_own(terminal):
     assert term.command("tty").strip() == "/dev/pts/0"
     assert term.command("stty size").strip() == "40 100"
     assert term.command("echo $TERM; ls /dev/pts").split() == ["xterm", "0", "ptmx"]
-    term.resize(50, 132)
-    time.sleep(0.3)  # SIGWINCH to the CLI, TIOCSWINSZ on the container's pty
-    assert term.command("stty size").strip() == "50 132"
+    term.resize(50, 132)  # SIGWINCH to the CLI, TIOCSWINSZ on the container's pty, SIGWINCH there
+    deadline = time.monotonic() + 10
+    while (size := term.command("stty size").strip()) != "50 132" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert size == "50 132"
     assert not term.restored()  # raw while it runs
     term.send("exit 3\r")
     assert term.wait() == 3  # the exit status comes back
@@ -160,9 +216,7 @@ def test_run_it_is_a_terminal_of_the_containers_own(terminal):
 def test_ctrl_c_reaches_the_foreground_process_and_the_shell_survives(terminal, init):
     term = _shell(terminal, *init)  # with --init the shell leads the terminal's foreground group, not PID 1
     started = time.monotonic()
-    term.send("sleep 100\r")
-    term.expect("sleep 100\r\n")
-    time.sleep(0.3)
+    term.start("sleep 100")
     term.send("\x03")
     term.expect(re.escape(PROMPT))
     assert time.monotonic() - started < 10
@@ -174,24 +228,20 @@ def test_ctrl_c_reaches_the_foreground_process_and_the_shell_survives(terminal, 
 
 def test_job_control(terminal):
     term = _shell(terminal)
-    term.send("sleep 100\r")
-    term.expect("sleep 100\r\n")
-    time.sleep(0.3)
+    term.start("sleep 100")
     term.send("\x1a")  # Ctrl-Z
     term.expect(r"Stopped")
     term.expect(re.escape(PROMPT))
     assert "Stopped" in term.command("jobs")
     term.send("fg\r")
     term.expect("sleep 100\r\n")
-    time.sleep(0.3)
+    term.foreground("sleep 100")
     term.send("\x1a")
     term.expect(re.escape(PROMPT))
     term.command("kill -9 %1")  # (a SIGTERM would wait for a SIGCONT)
-    assert "Stopped" not in term.command("jobs")
+    term.until("jobs", lambda out: "Stopped" not in out)
     # Ctrl-\ (SIGQUIT) is a byte for the container's terminal too.
-    term.send("sleep 100\r")
-    term.expect("sleep 100\r\n")
-    time.sleep(0.3)
+    term.start("sleep 100")
     term.send("\x1c")
     term.expect(re.escape(PROMPT))
     assert term.command("echo $?").strip() == "131"
@@ -202,14 +252,12 @@ def test_job_control(terminal):
 def test_run_it_as_another_user_owns_its_terminal(terminal):
     term = _shell(terminal, "-u", "nobody")
     assert term.command("id -u; stat -c %u $(tty)").split() == ["65534", "65534"]
-    term.send("sleep 100\r")
-    term.expect("sleep 100\r\n")
-    time.sleep(0.3)
+    term.start("sleep 100")
     term.send("\x1a")
     term.expect(re.escape(PROMPT))
     assert "Stopped" in term.command("jobs")
     term.command("kill -9 %1")
-    assert "Stopped" not in term.command("jobs")
+    term.until("jobs", lambda out: "Stopped" not in out)
     term.send("exit\r")
     assert term.wait() == 0
 
@@ -320,9 +368,7 @@ def test_busybox_sh_gets_a_terminal(terminal, busybox_image):
     term = _shell(terminal, image=busybox_image)
     assert term.command("tty").strip() == "/dev/pts/0"
     assert term.command("stty size").strip() == "40 100"
-    term.send("sleep 100\r")
-    term.expect("sleep 100\r\n")
-    time.sleep(0.3)
+    term.start("sleep 100")
     term.send("\x03")
     term.expect(re.escape(PROMPT))
     term.send("exit 5\r")
@@ -334,9 +380,7 @@ def test_rootless_run_it(terminal, test_user):
     term = _shell(terminal, user=test_user)
     assert term.command("tty").strip() == "/dev/pts/0"
     assert term.command("id -u").strip() == "0"
-    term.send("sleep 100\r")
-    term.expect("sleep 100\r\n")
-    time.sleep(0.3)
+    term.start("sleep 100")
     term.send("\x03")
     term.expect(re.escape(PROMPT))
     term.send("exit 2\r")
@@ -359,9 +403,7 @@ def test_exec_it_into_a_detached_container(terminal, detached):
     assert term.command("tty").strip() == "/dev/pts/0"
     assert term.command("stty size").strip() == "40 100"
     assert term.command("cat /proc/1/cmdline | tr '\\0' ' '").split()[-2:] == ["sleep", "1000"]
-    term.send("sleep 100\r")
-    term.expect("sleep 100\r\n")
-    time.sleep(0.3)
+    term.start("sleep 100")
     term.send("\x03")
     term.expect(re.escape(PROMPT))
     term.send("exit 7\r")
