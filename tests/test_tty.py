@@ -409,6 +409,13 @@ def test_exec_it_into_a_detached_container(terminal, detached):
     term.send("exit 7\r")
     assert term.wait() == 7
     assert term.restored()
+    # SIGTERM to `hermetic exec -it`: the shell's terminal hangs up, it ends, ours is restored.
+    term = terminal("exec", "-it", "-e", f"PS1={PROMPT}", detached, "sh")
+    term.expect(re.escape(PROMPT))
+    term.proc.send_signal(signal.SIGTERM)
+    term.wait()
+    assert term.restored()
+    assert "sh" not in run_cli("exec", detached, "ps", "-o", "comm=").stdout.split()
 
 
 def test_exec_i_and_u(detached):

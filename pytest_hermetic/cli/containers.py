@@ -14,6 +14,7 @@ from .output import ago, say, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..runtime.process import ContainerProcess, ExitStatus
     from . import Verb
 
 
@@ -141,16 +142,40 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if proc.tty is None:
         status = proc.wait()
     else:
-        from .terminal import Session
-
-        session = Session(proc.tty, args.interactive)
-        try:
-            session.open()
-            status = proc.wait()
-        finally:
-            session.close()
+        status = _wait_with_terminal(proc, args.interactive)
     assert status is not None
     return status.shell_code
+
+
+def _wait_with_terminal(proc: "ContainerProcess", interactive: bool) -> "ExitStatus | None":
+    """`exec -t`: the caller's terminal wired to the process's until it ends.
+    SIGHUP or SIGTERM to us hangs its terminal up (a shell ends) and passes
+    SIGTERM on; a second signal leaves it running with its terminal hung up,
+    as a killed `docker exec` does; the caller's terminal is restored either way."""
+    from .terminal import Session
+
+    session = Session(proc.tty, interactive)  # type: ignore[arg-type]
+    hits: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise SystemExit(128 + signum)
+        if signum == signal.SIGINT:
+            session.signal(signum)  # to its terminal's foreground group, as a Ctrl-C
+            return
+        session.hangup()
+        if signum == signal.SIGTERM:
+            proc.send_signal(signal.SIGTERM)  # (its relay passes it on)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        session.open()
+        return proc.wait()
+    finally:
+        session.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

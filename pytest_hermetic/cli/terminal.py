@@ -65,7 +65,7 @@ class Session:
         if any(os.isatty(fd) for fd in (0, 1)):
             self._previous_winch = signal.signal(signal.SIGWINCH, lambda *_: self.resize())
             self.resize()  # it may have changed since the container was started
-        self._thread = threading.Thread(target=self._copy, name="hermetic-tty", daemon=True)
+        self._thread = threading.Thread(target=self._copy_until_stopped, name="hermetic-tty", daemon=True)
         self._thread.start()
 
     def resize(self) -> None:
@@ -119,6 +119,12 @@ class Session:
             except (OSError, termios.error):  # the terminal hung up
                 pass
             self._saved = None
+
+    def _copy_until_stopped(self) -> None:
+        try:
+            self._copy()
+        except OSError:  # a terminal gone under us: the main thread still waits for the container and restores
+            pass
 
     def _copy(self) -> None:
         """master -> stdout; with -i stdin -> master; until told to stop, then drain the output."""
