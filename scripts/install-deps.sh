@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux nftables slirp4netns
           docker-registry skopeo umoci debootstrap apache2-utils openssl)
+PACKAGES+=(zsh)  # tests/test_completion.py: the zsh completion script under zsh itself
+PACKAGES+=(fish)  # tests/test_completion.py: the fish completion script under fish itself
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
