@@ -270,6 +270,20 @@ def test_terminal_restored_after_hermetic_kill(terminal):
     assert term.restored()
 
 
+def test_terminal_restored_after_an_engine_error_while_it_runs(terminal):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The port is published once the container (and its terminal) runs: that fails.
+        term = terminal("run", "-it", "-p", f"127.0.0.1:{port}:80", "host", "sh")
+        assert term.wait() == 125
+    assert f"cannot listen on 127.0.0.1:{port}" in term.output
+    assert term.restored()
+
+
 def test_terminal_restored_after_a_timeout(terminal):
     term = _shell(terminal, "--timeout", "2")
     assert term.wait() == 137
