@@ -300,6 +300,8 @@ class Containers:
         from .container import Container  # lazily (see the imports above)
         from .spec import Spec
 
+        if not isinstance(image, str) or image.startswith("build:"):  # a Containerfile (Build): built once
+            image = image_of_build(image)
         spec = Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True, **options)
         if name is not None and any(service.name == name for service in self.services):
             raise SpecError(f"name={name!r}: this scope already has a container of that name")
@@ -478,8 +480,72 @@ containers_session.__doc__ = "As `containers`, for the session: started once, sh
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global log_lines
+    global log_lines, _config
     log_lines = int(config.getini(LOG_LINES_INI) or 50)
+    _config = config
+
+
+# -- images built from a Containerfile (build/reference.py) -----------------------------
+
+_config: pytest.Config | None = None  # the session's, for its rootdir, ini key and terminal
+_BUILDS = pytest.StashKey[Any]()
+
+
+def session_builds(config: pytest.Config | None = None) -> Any:
+    """The session's `Builds` (made at its first use): paths from the
+    rootdir, names from the `hermetic_images` ini key, progress on the terminal."""
+    config = config or _config
+    if config is None:  # `Containers` used outside a pytest session
+        from .build.reference import Builds
+
+        return Builds(os.getcwd())
+    found = config.stash.get(_BUILDS, None)
+    if found is None:
+        from .build.reference import Builds, parse_declarations
+
+        named = parse_declarations(config.getini("hermetic_images"))
+        found = Builds(str(config.rootpath), named, say=_build_progress(config),
+                       verbose=config.get_verbosity() > 1, run_id=getattr(config, "workerinput", {}).get("testrunuid"))
+        config.stash[_BUILDS] = found
+    return found
+
+
+def image_of_build(image: Any) -> Any:
+    """The name of the image `image` (a `Build` or "build:...") is built as;
+    anything else as it is (Spec says what is wrong with it)."""
+    from .build.reference import is_build
+
+    if not is_build(image):
+        return image
+    return session_builds().image(image).name
+
+
+def _build_progress(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines while an image builds: on the terminal, or on an xdist
+    worker's stderr (the controller's terminal) with the worker's id."""
+    import sys
+
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    worker = getattr(config, "workerinput", {}).get("workerid")
+
+    def say(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        with capture.global_and_fixture_disabled() if capture is not None else _nothing():
+            if worker is not None or reporter is None:
+                prefix = f"[{worker}] " if worker else ""
+                sys.stderr.write(f"{prefix}{line}\n")
+                sys.stderr.flush()
+            else:
+                reporter.ensure_newline()
+                reporter.write_line(line)
+
+    return say
+
+
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 @pytest.hookimpl(hookwrapper=True)
