@@ -111,6 +111,7 @@ def test_errors_are_one_line_and_tag_nothing(busybox_image, tmp_path):
         "FROM busybox:test\nCOPY ../outside /x\n": "Containerfile:2: COPY: ../outside: outside the build context",
         "FROM busybox:test\nADD https://example.com/x /x\n": "ADD of a URL is not supported",
         "FROM busybox:test\nONBUILD RUN true\n": "ONBUILD is not supported",
+        "FROM busybox:test\nCOPY --chown=ghost hello.c /x\n": "--chown=ghost: no user 'ghost' in the image's /etc/passwd",
         "FROM busybox:test\nRUN <<EOF\necho hi\nEOF\n": "heredocs (<<EOF) are not supported",
     }
     for text, expected in cases.items():
@@ -266,6 +267,10 @@ def test_the_worked_example_of_docs_build_md(busybox_image):
     from conftest import ROOT
 
     example = os.path.join(ROOT, "docs", "examples", "build")
+    page = open(os.path.join(ROOT, "docs", "build.md")).read()
+    for name in ("Containerfile", "hello.c", ".containerignore"):  # the page shows the example's files as they are
+        shown = page.split(f"<!-- docs-check: file {name} -->\n", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+        assert shown == open(os.path.join(example, name)).read(), name
     first = build("-t", "hello-docs:1", example)
     assert first.returncode == 0, first.stderr
     assert run_cli("run", "hello-docs:1").stdout == "hello, world\n"

@@ -244,15 +244,15 @@ class Builder:
         if earlier is not None:
             return copy.deepcopy(self._stage(earlier.number))
         if text.lower() == "scratch":
-            return State(None, [], {"Env": list(HOST_ENV)}, [], cache.chain("scratch"))
+            return State(None, [], {"Env": list(HOST_ENV)}, [], cache.chain("scratch", self.epoch))
         if text == "host":
-            return State("host", [], {"Env": list(HOST_ENV)}, [], cache.chain("host"))
+            return State("host", [], {"Env": list(HOST_ENV)}, [], cache.chain("host", self.epoch))
         image = self._image(text, where)
         config = copy.deepcopy(image.config)
         if "PATH" not in instructions.env_dict(config):  # as BuildKit: RUN needs a PATH, and the image gets it
             instructions.set_env(config, "PATH", HOST_ENV[0].split("=", 1)[1])
         return State(image.base, list(image.layers), config, self._base_history(image),
-                     cache.chain("image", image.id))
+                     cache.chain("image", image.id, self.epoch))  # the epoch: what a step writes has its times
 
     def _image(self, text: str, where: str) -> Image:
         try:

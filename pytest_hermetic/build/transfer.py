@@ -13,6 +13,7 @@ Errors are one line on stderr and exit status 1; the builder reports it.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import posixpath
@@ -21,11 +22,40 @@ import sys
 
 from . import copying
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
 MOUNT = "/.hermetic-build"  # the staging folder inside a step's container (never in its layer)
 
 
 def export(patterns: list[str], what: str) -> int:
     """Copy what `patterns` name (relative to the root, globs allowed) to MOUNT, keeping owners, modes and times."""
+    return _one_line(what, _export, patterns, what)
+
+
+def _one_line(what: str, work: Callable[..., int], *args: object) -> int:
+    """A failure as one line on stderr (the builder's error names the step), not a traceback."""
+    try:
+        return work(*args)
+    except OSError as exc:
+        place = f" ({exc.filename})" if exc.filename else ""
+        hint = ""
+        if exc.errno in (errno.EINVAL, errno.EPERM) and _in_user_namespace():
+            hint = "; a rootless build has only the ids /etc/subuid and /etc/subgid give its user"
+        print(f"{what}: {exc.strerror or exc}{place}{hint}", file=sys.stderr)
+        return 1
+
+
+def _in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split()[1:2] != ["0"]  # root inside is not root outside
+    except OSError:
+        return False
+
+
+def _export(patterns: list[str], what: str) -> int:
     index = 0
     out = os.open(MOUNT, copying.DIR)
     try:
@@ -97,6 +127,10 @@ def _glob(pattern: str) -> list[str]:
 
 def put(dest: str, chown: str | None, chmod: int | None, keep_owner: bool, mtime: int | None, what: str) -> int:
     """Copy the staged sources at MOUNT to `dest` (relative to the working folder)."""
+    return _one_line(what, _put, dest, chown, chmod, keep_owner, mtime, what)
+
+
+def _put(dest: str, chown: str | None, chmod: int | None, keep_owner: bool, mtime: int | None, what: str) -> int:
     try:
         owner = _owner(chown) if chown else (None if keep_owner else (0, 0))
     except LookupError as exc:

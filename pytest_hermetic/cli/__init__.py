@@ -39,6 +39,7 @@ VERBS = {
     "ps": "containers", "logs": "containers", "exec": "containers", "stop": "containers", "kill": "containers",
     "rm": "containers", "inspect": "containers", "wait": "containers",
     "gc": "system", "network": "system", "doctor": "system",
+    "completion": "completion", "__complete": "completion",
 }
 
 

@@ -48,7 +48,7 @@ def test_pull_then_run_with_the_config_env_and_workdir(busybox_remote, store_env
     assert "pulled" in pulled.stderr and "1 layer (1 fetched" in pulled.stderr  # not a tty: a summary, no bars
     ran = run_cli("run", busybox_remote, "sh", "-c", 'pwd; echo "$GREETING"; cat /etc/os-release', env=store_env)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.splitlines() == ["/root", "hello from the config", 'NAME="hermetic busybox fixture"', "ID=busybox"]
+    assert ran.stdout.splitlines() == ["/root", "hello from the config", 'NAME="hermetic busybox"', "ID=busybox"]
     again = run_cli("pull", "--quiet", busybox_remote, env=store_env)
     assert again.returncode == 0 and again.stderr == "" and again.stdout == pulled.stdout
     images = run_cli("images", env=store_env)
