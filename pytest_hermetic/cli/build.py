@@ -82,7 +82,8 @@ def registry_tags(tags: list[str]) -> list[str]:
     bare name (Docker Hub) is not pushed by accident: one line, before the build."""
     from ..errors import BuildError
 
-    pushed, bare = [], []
+    pushed: list[str] = []
+    bare: list[str] = []
     for tag in tags:
         first, slash, _rest = tag.partition("/")
         (pushed if slash and ("." in first or ":" in first or first == "localhost") else bare).append(tag)
