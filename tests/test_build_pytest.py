@@ -157,3 +157,30 @@ def test_a_bad_ini_line_stops_the_session(pytester: pytest.Pytester):
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "hermetic_images line 'app images/Containerfile': write NAME: PATH [CONTEXT]" in result.stderr.str()
+
+
+def test_the_default_image_can_be_a_build(pytester: pytest.Pytester, busybox_image: str):
+    """`hermetic_image = build:NAME` with `--hermetic`: every test runs in the built image."""
+    images = pytester.path / "images"
+    images.mkdir()
+    (images / "Containerfile").write_text(f"FROM busybox:test\nRUN echo {uuid.uuid4()} > /stamp\n")
+    pytester.makeini("[pytest]\nhermetic_image = build:base\nhermetic_images =\n    base: images\n")
+    pytester.makepyfile(test_default='''
+import os
+
+def test_one():
+    assert os.path.exists("/stamp") and os.path.exists("/bin/busybox")
+
+def test_two():
+    assert os.path.exists("/stamp")
+''')
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "--hermetic", timeout=120)
+    result.assert_outcomes(passed=2)
+    assert len([line for line in result.outlines if "hermetic: built base as" in line]) == 1
+    # Outside pytest the name means nothing: one line saying so.
+    from pytest_hermetic.errors import SpecError
+    from pytest_hermetic.spec import Spec
+
+    with pytest.raises(SpecError, match=r"image='build:base': an image built from a Containerfile is named so only in "
+                                        r"pytest \(the marker, containers.run\); elsewhere build it first"):
+        Spec.build("build:base")
