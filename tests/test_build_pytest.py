@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds run containers as root here (rootless: docs/build.md)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root runs these sessions (and the rootless one as the test user)")
 
 # `RUN date` is not reproducible: a second build that ran its step would
 # make another image, with another stamp; one stamp for every test is one build.
@@ -184,3 +184,29 @@ def test_two():
     with pytest.raises(SpecError, match=r"image='build:base': an image built from a Containerfile is named so only in "
                                         r"pytest \(the marker, containers.run\); elsewhere build it first"):
         Spec.build("build:base")
+
+
+def test_a_rootless_session_builds_and_runs_in_the_image(test_user: str):
+    """As the unprivileged test user: the build's steps are rootless containers, and so are the tests."""
+    import pwd
+
+    from conftest import inner_session_as
+
+    entry = pwd.getpwnam(test_user)
+    project = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}", "build-project")
+    os.makedirs(project, exist_ok=True)
+    containerfile = os.path.join(project, "Containerfile")
+    with open(containerfile, "w") as f:
+        f.write(f"FROM host\nRUN echo {uuid.uuid4()} > /etc/rootless-built\n")
+    for path in (os.path.dirname(project), project, containerfile):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    ran, _home = inner_session_as(test_user, "build-project", "test_inner.py", (
+        "import os\n"
+        "from pytest_hermetic import Build, hermetic\n\n"
+        "@hermetic(image=Build('Containerfile'))\n"
+        "def test_in_the_built_image():\n"
+        "    assert open('/etc/rootless-built').read().strip()\n\n"
+        "def test_not_on_the_host():\n"
+        "    assert not os.path.exists('/etc/rootless-built')\n"), "-rA")
+    assert "2 passed" in ran.stdout, ran.stdout + ran.stderr
+    assert "hermetic: built Containerfile as localhost/hermetic-build:" in ran.stdout, ran.stdout

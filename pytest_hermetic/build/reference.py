@@ -219,7 +219,11 @@ class Builds:
         key = (resolved.containerfile, resolved.context, tuple(ref.build_args.items()), ref.target, ref.tag)
         found = self.done.get(key)
         if found is None:
-            found = self.done[key] = self._build(resolved, key, store)
+            try:
+                found = self._build(resolved, key, store)
+            except OSError as exc:  # the store's lock folder, say: one line, not a traceback
+                found = BuildError(f"hermetic build of {resolved.label} ({resolved.containerfile}) failed: {exc}")
+            self.done[key] = found
         if isinstance(found, BuildError):
             raise found
         return found
@@ -247,6 +251,7 @@ class Builds:
 
         started = time.monotonic()
         self.say(f"hermetic: building {resolved.label} ({resolved.build.describe()})")
+        store.ensure()
         with _locked(os.path.join(store.root, "locks", f"build-{digest}")) as lock:
             waited = time.monotonic() - started
             failed = self._failure_of_this_run(lock)
@@ -267,7 +272,7 @@ class Builds:
             self._record_failure(lock, None)
         wait = f", waited {waited:.1f} s for another build of it" if waited >= 0.1 else ""
         self.say(f"hermetic: built {resolved.label} as {image.familiar} in {time.monotonic() - started:.1f} s "
-                 f"({layered - cached} steps run, {cached} cached{wait})")
+                 f"({_steps(layered - cached)} run, {cached} cached{wait})")
         return image
 
 
@@ -288,6 +293,10 @@ class Builds:
         os.ftruncate(fd, 0)
         if error is not None:
             os.pwrite(fd, json.dumps({"run": self.run_id, "message": str(error), "output": error.output}).encode(), 0)
+
+
+def _steps(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
 
 
 @contextlib.contextmanager
