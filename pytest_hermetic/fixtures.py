@@ -517,7 +517,13 @@ def image_of_build(image: Any) -> Any:
 
     if not is_build(image):
         return image
-    return session_builds().image(image).name
+    from .errors import BuildError
+
+    try:
+        return session_builds().image(image).name
+    except BuildError as exc:  # the step's output in the test's error, as a container that fails to start
+        tail = f"\n--- the step's last lines of output ---\n{exc.output}" if exc.output else ""
+        raise BuildError(f"containers.run({image!r}): {exc}{tail}", exc.output) from None
 
 
 def _build_progress(config: pytest.Config) -> Callable[[str], None]:

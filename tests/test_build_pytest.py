@@ -119,14 +119,19 @@ def test_two():
 
 def test_unrelated():
     pass
+
+def test_service(containers):
+    containers.run(Build("images"), ["true"])
 ''')
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-n", "2", timeout=240)
-    result.assert_outcomes(passed=1, errors=2)
+    result.assert_outcomes(passed=1, errors=2, failed=1)
     text = result.stdout.str()
     assert re.search(r"test_broken.py::test_one: hermetic build of images/Containerfile \(\S+/images/Containerfile\) "
                      r"failed: Containerfile:3: RUN \(step 3/3\) failed: exited with status 3", text), text
     assert "cc: no such file" in text  # the step's output, in the test's error
-    assert text.count("failed: Containerfile:3: RUN") == 2
+    assert text.count("failed: Containerfile:3: RUN") == 3
+    assert re.search(r"BuildError: containers.run\(Build\('images'\)\): hermetic build of images/Containerfile "
+                     r"\(\S+\) failed: Containerfile:3: RUN \(step 3/3\) failed", text), text
     both = result.outlines + result.errlines
     assert len([line for line in both if "STEP 3/3" in line]) == 1, both  # one worker ran it, the other was told
 
