@@ -322,6 +322,9 @@ class ContainerMagics(Magics):
             run_build(argv, write)
         except HermeticError as exc:
             raise _short(exc) from None
+        except KeyboardInterrupt:
+            raise ContainerCellInterrupted("the build was stopped (its step's container with it); nothing was "
+                                           "tagged") from None
 
     def _own(self, name: str) -> None:
         """Fail without starting a helper when this kernel has no containers."""
