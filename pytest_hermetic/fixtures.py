@@ -487,27 +487,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # -- images built from a Containerfile (build/reference.py) -----------------------------
 
-_config: pytest.Config | None = None  # the session's, for its rootdir, ini key and terminal
-_BUILDS = pytest.StashKey[Any]()
+_config: pytest.Config | None = None  # the session's: its rootdir, ini key and terminal
 
 
 def session_builds(config: pytest.Config | None = None) -> Any:
-    """The session's `Builds` (made at its first use): paths from the
-    rootdir, names from the `hermetic_images` ini key, progress on the terminal."""
+    """The session's `Builds` (made at its first use); outside a session, one for the working folder."""
+    from .build.reference import Builds, for_pytest
+
     config = config or _config
-    if config is None:  # `Containers` used outside a pytest session
-        from .build.reference import Builds
-
-        return Builds(os.getcwd())
-    found = config.stash.get(_BUILDS, None)
-    if found is None:
-        from .build.reference import Builds, parse_declarations
-
-        named = parse_declarations(config.getini("hermetic_images"))
-        found = Builds(str(config.rootpath), named, say=_build_progress(config),
-                       verbose=config.get_verbosity() > 1, run_id=getattr(config, "workerinput", {}).get("testrunuid"))
-        config.stash[_BUILDS] = found
-    return found
+    return for_pytest(config) if config is not None else Builds(os.getcwd())
 
 
 def image_of_build(image: Any) -> Any:
@@ -524,34 +512,6 @@ def image_of_build(image: Any) -> Any:
     except BuildError as exc:  # the step's output in the test's error, as a container that fails to start
         tail = f"\n--- the step's last lines of output ---\n{exc.output}" if exc.output else ""
         raise BuildError(f"containers.run({image!r}): {exc}{tail}", exc.output) from None
-
-
-def _build_progress(config: pytest.Config) -> Callable[[str], None]:
-    """Progress lines while an image builds: on the terminal, or on an xdist
-    worker's stderr (the controller's terminal) with the worker's id."""
-    import sys
-
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    worker = getattr(config, "workerinput", {}).get("workerid")
-
-    def say(line: str) -> None:
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        with capture.global_and_fixture_disabled() if capture is not None else _nothing():
-            if worker is not None or reporter is None:
-                prefix = f"[{worker}] " if worker else ""
-                sys.stderr.write(f"{prefix}{line}\n")
-                sys.stderr.flush()
-            else:
-                reporter.ensure_newline()
-                reporter.write_line(line)
-
-    return say
-
-
-def _nothing() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,8 +11,8 @@ is built once (later uses get the image at once), under a lock in the
 store that makes two processes building the same reference (xdist workers)
 take turns: the second waits, then finds every step in the cache.
 
-Nothing here imports pytest; the plugin gives `Builds` its root folder, its
-named builds and where progress lines go.
+Nothing here imports pytest: `for_pytest` reads what it needs of a
+session's `Config` (rootdir, ini key, terminal) to make the session's `Builds`.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ import hashlib
 import json
 import os
 import shlex
+import sys
 import time
+import weakref
 
 from .._record import record
 from ..errors import BuildError, HermeticError, SpecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Iterator, Mapping
+    from typing import Any, Callable, Iterator, Mapping
 
     from ..images.store import Image, Store
 
@@ -311,4 +313,42 @@ def _locked(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-__all__ = ["PREFIX", "Build", "Builds", "Resolved", "is_build", "parse_declarations"]
+# -- the pytest session's builds (the plugin and the `containers` fixtures call this) ----------
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def for_pytest(config: Any) -> Builds:
+    """The builds of a pytest session (its `Config`; pytest itself is not
+    imported here): paths from the rootdir, names from the `hermetic_images`
+    ini key, progress on the terminal, a failure shared by the xdist workers of one run."""
+    found = _SESSIONS.get(config)
+    if found is None:
+        worker = getattr(config, "workerinput", {})
+        found = Builds(str(config.rootpath), parse_declarations(config.getini("hermetic_images")),
+                       say=_pytest_progress(config, worker.get("workerid")),
+                       verbose=config.get_verbosity() > 1, run_id=worker.get("testrunuid"))
+        _SESSIONS[config] = found
+    return found
+
+
+def _pytest_progress(config: Any, worker: str | None) -> Callable[[str], None]:
+    """Progress lines on the terminal, outside pytest's capture; an xdist
+    worker has no terminal: its lines go to its stderr (the controller's),
+    prefixed with its id."""
+
+    def say(line: str) -> None:
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            if worker is not None or reporter is None:
+                sys.stderr.write(f"[{worker}] {line}\n" if worker else f"{line}\n")
+                sys.stderr.flush()
+            else:
+                reporter.ensure_newline()
+                reporter.write_line(line)
+
+    return say
+
+
+__all__ = ["PREFIX", "Build", "Builds", "Resolved", "for_pytest", "is_build", "parse_declarations"]
