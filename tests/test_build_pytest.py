@@ -11,6 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
+from conftest import run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root runs these sessions (and the rootless one as the test user)")
 
@@ -41,7 +42,7 @@ def test_named_one(record_property):
 def test_named_two(record_property):
     record_property("stamp", stamp())
 
-@hermetic(image=Build("images/Containerfile", build_args={"FLAVOUR": "spicy"}))
+@hermetic(image=Build("images/Containerfile", build_args={"FLAVOUR": "spicy"}, tag="spicy:dev"))
 def test_object_with_a_build_arg(record_property):
     record_property("stamp", stamp())
     assert stamp().startswith("spicy ")
@@ -98,6 +99,9 @@ def test_tests_run_in_the_image_built_once(pytester: pytest.Pytester, busybox_im
     assert len(ran) == 2, "\n".join(built)  # app and the spicy one (the path and the folder are app's files)
     assert all("(0 steps run, 2 cached" in line for line in built if line not in ran), "\n".join(built)
     assert any("hermetic: building app: STEP 3/4: RUN echo" in line for line in lines), "\n".join(lines)
+    assert any(re.search(r"hermetic: built images/Containerfile as localhost/hermetic-build:", line) for line in built)
+    listed = run_cli("images").stdout
+    assert re.search(r"^spicy:dev +[0-9a-f]{12}", listed, re.M), listed  # tag= names it too
     if workers:
         assert all(re.match(r"\[gw\d\] hermetic: ", line) for line in built), "\n".join(built)
 

@@ -206,6 +206,13 @@ class Builds:
             if not os.path.isdir(context):
                 raise SpecError(f"image=Build({image.containerfile!r}, context={image.context!r}): "
                                 f"{context} is not a folder")
+        if image.tag is not None:
+            from .image import target_name
+
+            try:
+                target_name(image.tag)
+            except HermeticError as exc:
+                raise SpecError(f"image=Build({image.containerfile!r}, tag={image.tag!r}): {exc}") from None
         return Resolved(label or os.path.relpath(containerfile, self.root), containerfile, context, image)
 
     def _path(self, path: str) -> str:
@@ -233,6 +240,7 @@ class Builds:
     def _build(self, resolved: Resolved, key: tuple, store: Store | None) -> Image | BuildError:
         from ..images.store import Store
         from . import build
+        from .image import target_name
 
         store = store or Store()
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
@@ -261,10 +269,12 @@ class Builds:
                 self.say(f"hermetic: build of {resolved.label} failed in another process of this run")
                 return failed
             try:
-                image = build(resolved.containerfile, resolved.context,
-                              tags=[resolved.build.tag] if resolved.build.tag else [],
-                              build_args=resolved.build.build_args, target=resolved.build.target,
-                              progress=progress, store=store)
+                # Named after its content, so a test gets what it built even if another session
+                # retags `tag` with other content meanwhile; `tag` is a name for people.
+                image = build(resolved.containerfile, resolved.context, build_args=resolved.build.build_args,
+                              target=resolved.build.target, progress=progress, store=store)
+                if resolved.build.tag:
+                    store.tag(target_name(resolved.build.tag), store.manifest_digest(image.name))
             except HermeticError as exc:  # a BuildError, or a bad tag
                 error = BuildError(f"hermetic build of {resolved.label} ({resolved.containerfile}) failed: {exc}",
                                    getattr(exc, "output", "") or "\n".join(output[-20:]))
