@@ -65,7 +65,10 @@ def run_build(args: list[str], write: Callable[[str], None]) -> str:
         proc.stderr.close()
     if status != 0:
         errors = [line for line in lines if line.startswith("hermetic: error: ")]
-        message = errors[-1][len("hermetic: error: "):] if errors else f"hermetic build exited with status {status}"
+        said = [line for line in lines if line.strip()]
+        message = (errors[-1][len("hermetic: error: "):] if errors  # the engine's one line
+                   else said[-1] if said  # argparse's: "hermetic build: error: the following arguments ..."
+                   else f"hermetic build exited with status {status}")
         raise BuildError(message, "\n".join(line for line in lines[-20:] if line not in errors))
     return image_id
 

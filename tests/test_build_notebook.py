@@ -57,3 +57,26 @@ def _processes_running(command: str) -> list[int]:
         except OSError:
             pass
     return found
+
+
+def test_build_magics_refuse_bad_words_in_one_line(ipython_shell, busybox_image: str, tmp_path, capsys) -> None:
+    from IPython.core.error import UsageError
+
+    from pytest_hermetic.errors import BuildError
+
+    with pytest.raises(UsageError, match=r"usage: %container build -t NAME \[-f FILE\]"):
+        ipython_shell.run_line_magic("container", "build")
+    with pytest.raises(BuildError, match=r"^the following arguments are required: CONTEXT"):
+        ipython_shell.run_line_magic("container", "build -t x:1")
+    with pytest.raises(BuildError, match=r"^Containerfile:2: unknown instruction FROBNICATE"):
+        ipython_shell.run_cell_magic("containerfile", f"bad:1 --context {tmp_path}", "FROM busybox:test\nFROBNICATE\n")
+    with pytest.raises(BuildError, match=r"^Containerfile:2: COPY: missing.txt: no such file or folder in the build "
+                                         rf"context {tmp_path}"):
+        ipython_shell.run_cell_magic("containerfile", f"bad:1 --context {tmp_path}", "FROM busybox:test\nCOPY missing.txt /\n")
+    assert "bad:1" not in run_cli("images").stdout
+    # --build-arg and --target reach the build.
+    ipython_shell.run_cell_magic("containerfile", f"staged:1 --context {tmp_path} --build-arg WORD=chosen --target two",
+                                 "FROM busybox:test AS one\nRUN exit 1\nFROM busybox:test AS two\nARG WORD\n"
+                                 "RUN echo $WORD > /word\n")
+    assert "hermetic: built staged:1 (" in capsys.readouterr().out
+    assert run_cli("run", "staged:1", "cat", "/word").stdout == "chosen\n"
