@@ -26,6 +26,7 @@ COPY data.txt /data.txt
 
 SUITE = r'''
 import os
+import pytest
 from pytest_hermetic import Build, hermetic
 
 def stamp():
@@ -57,6 +58,14 @@ def test_service_container(containers, record_property):
     svc.wait_for_log("from the context")
     record_property("stamp", svc.logs().splitlines()[0])
 
+@pytest.fixture(scope="module")
+def module_service(containers_module):
+    return containers_module.run("build:app", ["sh", "-c", "cat /stamp; sleep 60"])
+
+def test_module_service(module_service, record_property):
+    module_service.wait_for_log(" ")
+    record_property("stamp", module_service.logs().splitlines()[0])
+
 @hermetic
 def test_service_from_a_hermetic_test(containers):
     svc = containers.run(Build("images"), ["cat", "/data.txt"])
@@ -86,9 +95,10 @@ def test_tests_run_in_the_image_built_once(pytester: pytest.Pytester, busybox_im
     _project(pytester)
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "--junitxml=junit.xml",
                                            "-rA", *workers, timeout=240)
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     stamps = _stamps(pytester.path / "junit.xml")
-    plain = {stamps[name] for name in ("test_named_one", "test_named_two", "test_by_path", "test_service_container")}
+    plain = {stamps[name] for name in ("test_named_one", "test_named_two", "test_by_path", "test_service_container",
+                                       "test_module_service")}
     assert len(plain) == 1, stamps  # one image for the name, the path and the service: the same reference
     assert stamps["test_object_with_a_build_arg"].startswith("spicy ")
     # The progress lines: each reference's build ran its two steps in one process at most;
