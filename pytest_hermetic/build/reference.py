@@ -287,7 +287,6 @@ class Builds:
                  f"({_steps(layered - cached)} run, {cached} cached{wait})")
         return image
 
-
     def _failure_of_this_run(self, fd: int) -> BuildError | None:
         if self.run_id is None:
             return None
