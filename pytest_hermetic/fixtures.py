@@ -35,6 +35,7 @@ from typing import Any, Callable, Protocol
 
 import pytest
 
+from . import _pytest_compat as compat
 from ._fs import rmtree
 from .errors import HermeticError, RegistryError, SpecError
 
@@ -495,7 +496,9 @@ def session_builds(config: pytest.Config | None = None) -> Any:
     from .build.reference import Builds, for_pytest
 
     config = config or _config
-    return for_pytest(config) if config is not None else Builds(os.getcwd())
+    if config is None:
+        return Builds(os.getcwd())
+    return for_pytest(config, lambda: compat.outside_capture(config))
 
 
 def image_of_build(image: Any) -> Any:

@@ -32,7 +32,7 @@ from ..errors import BuildError, HermeticError, SpecError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterator, Mapping
+    from typing import Any, Callable, ContextManager, Iterator, Mapping
 
     from ..images.store import Image, Store
 
@@ -327,29 +327,29 @@ def _locked(path: str) -> Iterator[int]:
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def for_pytest(config: Any) -> Builds:
+def for_pytest(config: Any, outside_capture: Callable[[], ContextManager[None]]) -> Builds:
     """The builds of a pytest session (its `Config`; pytest itself is not
     imported here): paths from the rootdir, names from the `hermetic_images`
-    ini key, progress on the terminal, a failure shared by the xdist workers of one run."""
+    ini key, progress on the terminal (written within `outside_capture()`),
+    a failure shared by the xdist workers of one run."""
     found = _SESSIONS.get(config)
     if found is None:
         worker = getattr(config, "workerinput", {})
         found = Builds(str(config.rootpath), parse_declarations(config.getini("hermetic_images")),
-                       say=_pytest_progress(config, worker.get("workerid")),
+                       say=_pytest_progress(config, worker.get("workerid"), outside_capture),
                        verbose=config.get_verbosity() > 1, run_id=worker.get("testrunuid"))
         _SESSIONS[config] = found
     return found
 
 
-def _pytest_progress(config: Any, worker: str | None) -> Callable[[str], None]:
-    """Progress lines on the terminal, outside pytest's capture; an xdist
-    worker has no terminal: its lines go to its stderr (the controller's),
-    prefixed with its id."""
+def _pytest_progress(config: Any, worker: str | None,
+                     outside_capture: Callable[[], ContextManager[None]]) -> Callable[[str], None]:
+    """Progress lines on the terminal; an xdist worker has no terminal: its
+    lines go to its stderr (the controller's), prefixed with its id."""
 
     def say(line: str) -> None:
-        capture = config.pluginmanager.get_plugin("capturemanager")
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        with outside_capture():
             if worker is not None or reporter is None:
                 sys.stderr.write(f"[{worker}] {line}\n" if worker else f"{line}\n")
                 sys.stderr.flush()
