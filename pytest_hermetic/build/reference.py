@@ -337,7 +337,7 @@ def for_pytest(config: Any, outside_capture: Callable[[], ContextManager[None]])
         worker = getattr(config, "workerinput", {})
         found = Builds(str(config.rootpath), parse_declarations(config.getini("hermetic_images")),
                        say=_pytest_progress(config, worker.get("workerid"), outside_capture),
-                       verbose=config.get_verbosity() > 1, run_id=worker.get("testrunuid"))
+                       verbose=(config.getoption("verbose") or 0) > 1, run_id=worker.get("testrunuid"))
         _SESSIONS[config] = found
     return found
 
