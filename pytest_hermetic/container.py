@@ -108,6 +108,7 @@ class Container:
         self._resolved = image
         self.cgroup: cgroups.Cgroup | None = None
         self.process: process.ContainerProcess | None = None
+        self.tty: int | None = None  # the master of its terminal, started with `tty`
         self.result: Result | None = None
         self.started_at: float | None = None
         # Untracked (the plugin's per-test containers): no folder of their
@@ -149,15 +150,18 @@ class Container:
 
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
               stdout: int | None = None, stderr: int | None = None, log: bool = False,
-              prepare_next: bool = False) -> "Container":
+              tty: bytes | None = None, prepare_next: bool = False) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
         with `log` (a tracked container's) stdout and stderr go to
-        `log_path` in its state folder instead (`hermetic run -d`).
-        `prepare_next`: while this one builds its root, make the next
-        container's network, IPC and UTS namespaces (runtime/spare.py; the
-        pytest plugin, which starts one container after another)."""
+        `log_path` in its state folder instead (`hermetic run -d`).  With
+        `tty` (a struct winsize, 8 bytes) the command runs on a pty of the
+        container's own instead, and `self.tty` is its master's fd (the
+        caller's to read, write and close).  `prepare_next`: while this one
+        builds its root, make the next container's network, IPC and UTS
+        namespaces (runtime/spare.py; the pytest plugin, which starts one
+        container after another)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         image = self.image = self._resolve_and_use()
@@ -169,6 +173,7 @@ class Container:
             if not argv:
                 self.remove()
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
+        pair = None
         limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
         try:
@@ -186,6 +191,13 @@ class Container:
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
             config.make_spare = prepare_next
+            if tty is not None:
+                if target is not None:
+                    raise SpecError("a terminal (tty) is for a command, not for a Python callable")
+                from .runtime.console import Pair  # lazily: socket, which only a terminal needs
+
+                pair = Pair(tty)
+                config.tty = pair.console
             if self.spec.net is not False:
                 self._join_network(config)
                 if self.state_dir is not None:
@@ -196,7 +208,13 @@ class Container:
             finally:
                 if log_fd is not None:
                     os.close(log_fd)
+                if pair is not None:
+                    pair.started()
+            if pair is not None:
+                self.tty = pair.receive()
         except BaseException:
+            if pair is not None:
+                pair.close()
             self.remove()
             raise
         return self
@@ -212,7 +230,8 @@ class Container:
         assert self.image is not None and self.process is not None
         return {"env": self._env(self.image), "cwd": self.spec.workdir or self.image.config.get("WorkingDir") or "/",
                 "cgroup_procs": self.cgroup.join_paths() if self.cgroup else [], "userns": self.userns,
-                "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None}
+                "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None,
+                "user": self.spec.user or self.image.config.get("User") or None}
 
     def _resolve_and_use(self) -> Image:
         """The image, with its layers recorded as this container's in the
@@ -449,8 +468,11 @@ class Container:
         return self.cgroup.stats() if self.cgroup is not None else cgroups.Stats()
 
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, workdir: str | None = None,
-             stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> process.ContainerProcess:
-        """Start `argv` in this running container; wait on the returned handle."""
+             stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
+             user: str | None = None, tty: bytes | None = None) -> process.ContainerProcess:
+        """Start `argv` in this running container; wait on the returned handle.
+        `user` defaults to the container's; with `tty` (a struct winsize) it
+        runs on a pty of the container's own, whose master is the handle's `tty`."""
         from .runtime.enter import enter  # lazily: 1 ms of imports that `hermetic run` never needs
 
         if self.process is None or self.result is not None:
@@ -459,7 +481,8 @@ class Container:
         full_env = {**self._env(self.image), **(env or {})}
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
-                     self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec))
+                     self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec),
+                     user or self.spec.user or self.image.config.get("User") or None, tty)
 
     # -- after ----------------------------------------------------------------
 

@@ -17,9 +17,13 @@ from . import syscalls as sc
 from .seccomp import Filter
 from .channel import describe, fail, read_all, start_error
 from .fork import fork
-from .init import own_session, redirect_stdio, restore_signals
+from .init import become, own_session, redirect_stdio, resolve_user, restore_signals
 from .process import ContainerProcess
 from .relay import exit_as
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from .console import Console
 
 _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
           ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
@@ -27,8 +31,16 @@ _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NE
 
 def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
           userns: bool, privileged: bool = False, stdio: tuple = (None, None, None),
-          seccomp_filter: Filter | None = None) -> ContainerProcess:
-    """Start `argv` inside the container whose PID 1 is host pid `init_pid`."""
+          seccomp_filter: Filter | None = None, user: str | None = None, tty: bytes | None = None) -> ContainerProcess:
+    """Start `argv` inside the container whose PID 1 is host pid `init_pid`,
+    as `user` (resolved in the container's /etc/passwd, as `run -u`); with
+    `tty` (a struct winsize) on a pty of the container's own, whose master
+    is the returned handle's `tty` (console.py)."""
+    pair = None
+    if tty is not None:
+        from .console import Pair  # lazily: socket, which only a terminal needs
+
+        pair = Pair(tty)
     fds = {}
     try:
         if userns:
@@ -38,13 +50,18 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
     except OSError as exc:
         for fd in fds.values():
             os.close(fd)
+        if pair is not None:
+            pair.close()
         raise ContainerStartError(f"container process {init_pid} is gone: {exc.strerror}") from None
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = fork()
     if pid == 0:
-        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter)
+        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter, user, userns,
+                     pair.console if pair is not None else None)
     for fd in fds.values():
         os.close(fd)
+    if pair is not None:
+        pair.started()
     os.close(err_w)
     try:
         message = read_all(err_r)
@@ -52,13 +69,18 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
         os.close(err_r)
     proc = ContainerProcess(pid, pid, None)
     if message:
+        if pair is not None:
+            pair.close()
         proc.wait()
         raise start_error(message)
+    if pair is not None:
+        proc.tty = pair.receive()
     return proc
 
 
 def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
-                 privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None = None) -> None:
+                 privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None, user: str | None,
+                 userns: bool, console: Console | None) -> None:
     """The forked child: join, fork into the PID namespace, exec.
 
     It must end in `os._exit` whatever happens, never return into the
@@ -80,11 +102,19 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
             try:
                 os.chdir(cwd if os.path.isdir(cwd) else "/")
                 own_session()
-                if not privileged:
-                    capabilities.drop_to_default(capabilities.last_cap())
-                    capabilities.no_new_privs()
+                uid, gid = resolve_user(user)
+                if console is not None:
+                    from . import console as consoles  # imported by enter() before the fork
+
+                    console.uid = uid
+                    consoles.attach(console)
+                    stdio = (None, None, None)  # 0, 1, 2 are the terminal now
+                become(uid, gid, privileged, capabilities.last_cap(), userns)
                 if seccomp_filter is not None:
                     seccomp_filter.load()
+            except BaseException as exc:  # noqa: BLE001
+                fail(err_w, 125, describe(exc))
+            try:
                 redirect_stdio(stdio)
                 descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
                 restore_signals()
