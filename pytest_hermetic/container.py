@@ -40,8 +40,8 @@ from .paths import make_private, state_root
 from .runtime import cgroups, process, seccomp
 from .runtime.namespaces import default_user_namespace
 from .runtime.network import NetworkConfig
-from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
-from .spec import Spec, format_size
+from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig, TmpfsMount
+from .spec import Spec, Tmpfs, format_size
 from .state import containers_dir, doomed_dir, list_states, staging_dir, write_state
 
 
@@ -159,11 +159,11 @@ class Container:
         image = self.image = self._resolve_and_use()
         argv = None
         if target is None:
-            argv = list(self.spec.command or [])
-            if not argv:
-                argv = list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
+            argv = command_line(self.spec, image)
             if not argv:
                 self.remove()
+                if self.spec.entrypoint is not None:
+                    raise SpecError("--entrypoint '' and no command: nothing to run; give a command")
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
         limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
@@ -205,7 +205,8 @@ class Container:
         assert self.image is not None and self.process is not None
         return {"env": self._env(self.image), "cwd": self.spec.workdir or self.image.config.get("WorkingDir") or "/",
                 "cgroup_procs": self.cgroup.join_paths() if self.cgroup else [], "userns": self.userns,
-                "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None}
+                "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None,
+                "caps": capability_mask(self.spec)}
 
     def _resolve_and_use(self) -> Image:
         """The image, with its layers recorded as this container's in the
@@ -341,6 +342,8 @@ class Container:
             unpack_layer=_layer_unpacker(self.userns) if replay else None,
             layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
             shm_size=spec.shm_size or min(host_shm_size(), spec.mem or host_shm_size()),
+            read_only=spec.read_only,
+            tmpfs=[_tmpfs_mount(t) for t in spec.tmpfs],
         )
         return process.ProcessConfig(
             rootfs=rootfs,
@@ -352,6 +355,7 @@ class Container:
             cgroup_procs=self.cgroup.join_paths() if self.cgroup else [],
             userns=default_user_namespace() if self.userns else None,
             privileged=spec.privileged,
+            caps=capability_mask(spec),
             seccomp=_seccomp_filter(spec),
             init=spec.init,
         )
@@ -452,7 +456,8 @@ class Container:
         full_env = {**self._env(self.image), **(env or {})}
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
-                     self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec))
+                     self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec),
+                     capability_mask(self.spec))
 
     # -- after ----------------------------------------------------------------
 
@@ -531,6 +536,34 @@ class Container:
 def log_path(state_dir: str) -> str:
     """Where a detached container's output goes, in its state folder."""
     return os.path.join(state_dir, "container.log")
+
+
+def command_line(spec: Spec, image: Image) -> list[str]:
+    """What PID 1 runs.  Without `entrypoint`: the spec's command, or the
+    image's ENTRYPOINT and CMD.  With it (Docker's --entrypoint): it, then
+    the spec's command as its arguments (the image's CMD is dropped, as Docker does)."""
+    if spec.entrypoint is not None:
+        return [*spec.entrypoint, *(spec.command or ())]
+    if spec.command:
+        return list(spec.command)
+    return list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
+
+
+def capability_mask(spec: Spec) -> int | None:
+    """The capabilities the spec keeps (runtime/capabilities.py's `mask`); None: Docker's default set."""
+    if not spec.cap_add and not spec.cap_drop:
+        return None
+    from .runtime import capabilities
+
+    return capabilities.mask(spec.cap_add, spec.cap_drop)
+
+
+def _tmpfs_mount(tmpfs: Tmpfs) -> TmpfsMount:
+    options = [f"{key}={value}" for key, value in (("size", tmpfs.size), ("uid", tmpfs.uid), ("gid", tmpfs.gid))
+               if value is not None]
+    if tmpfs.mode is not None:
+        options.append(f"mode={tmpfs.mode:o}")
+    return TmpfsMount(tmpfs.target, ",".join(options), tmpfs.noexec, tmpfs.readonly)
 
 
 def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None

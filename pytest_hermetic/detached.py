@@ -18,6 +18,7 @@ finish; they work on a foreground `run --name` container too.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -25,36 +26,31 @@ import time
 
 from ._fs import rmtree
 from ._proc import owner_alive, start_time
-from ._record import fields
+from ._record import fields, replace
 from .container import Container, log_path
 from .errors import ContainerNotFound, ContainerStartError, HermeticError, SpecError
 from .gc import clear_dead
-from .spec import Spec
+from .spec import Port, Spec
 from .state import doomed_dir, list_states, write_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Sequence
+
     from .runtime.process import ContainerProcess
 
 STOP_GRACE = 10.0  # seconds, as `docker stop`
 
 
-def parse_publish(text: str) -> tuple[str, int, int]:
-    """`[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]` -> (host ip, host port, container port); loopback by default."""
-    body, _, proto = text.partition("/")
-    if proto and proto != "tcp":
-        raise SpecError(f"-p {text}: only tcp ports can be published in this version; drop /{proto}")
-    parts = body.rsplit(":", 2)
-    if len(parts) == 2:
-        parts.insert(0, "127.0.0.1")
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit() or not 0 < int(parts[2]) < 65536 \
-            or not 0 <= int(parts[1]) < 65536:
-        raise SpecError(f"-p {text}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp], e.g. -p 127.0.0.1:8080:80")
-    return parts[0].strip("[]") or "127.0.0.1", int(parts[1]), int(parts[2])
+def parse_publish(text: str) -> Port:
+    """`[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]` -> a `Port`; loopback by default."""
+    return Port.parse(text)
 
 
-def publish(container: Container, ports: list[tuple[str, int, int]]) -> list:
-    """Forwarders from the host's `HOST_IP:HOST_PORT` to the running container's ports (held by the caller)."""
+def publish(container: Container, ports: "Sequence[Port]") -> list:
+    """Forwarders from the host's `HOST_IP:HOST_PORT` to the running
+    container's ports (held by the caller); each has `.port`, the `Port`
+    with the host port it got (a free one where none was asked)."""
     if not ports:
         return []
     from .runtime import portfwd  # lazily: only a run with -p needs it
@@ -68,16 +64,23 @@ def publish(container: Container, ports: list[tuple[str, int, int]]) -> list:
             make().close()  # a rootless caller may not enter the namespace: say so now, not at each connection
         except OSError as exc:
             raise SpecError(f"-p: cannot reach the container's network namespace ({exc.strerror}); publishing "
-                            "ports of a rootless container is not supported yet (the supervisor would have to make its "
-                            "sockets inside the namespace); run it as root") from None
+                            "ports of a rootless container is not supported yet: its namespaces are closed to the "
+                            "caller (the kernel ties them to a user namespace the caller is not in, and the container's "
+                            "PID 1 cannot be entered from outside); run it as root") from None
     forwarders = []
     try:
-        for host_ip, host_port, port in ports:
+        for port in ports:
+            kind = portfwd.UdpForwarder if port.protocol == "udp" else portfwd.Forwarder
             try:
-                forwarders.append(portfwd.Forwarder(make, container.address or "127.0.0.1", port, (host_ip, host_port)))
+                forwarder = kind(make, container.address or "127.0.0.1", port.container_port,
+                                 (port.host_ip, port.host_port))
             except OSError as exc:
-                raise SpecError(f"-p {host_ip}:{host_port}:{port}: cannot listen on {host_ip}:{host_port} "
-                                f"({exc.strerror}); pick another host port") from None
+                raise SpecError(f"-p {port.host_ip}:{port.host_port}:{port.container_port}/{port.protocol}: cannot "
+                                f"listen on that host address and port ({exc.strerror}); pick another host port"
+                                + (" or address (is it one of this host's?)" if exc.errno == errno.EADDRNOTAVAIL else "")
+                                ) from None
+            forwarder.port = replace(port, host_port=forwarder.address[1])
+            forwarders.append(forwarder)
     except BaseException:
         for forwarder in forwarders:
             forwarder.close()
@@ -85,10 +88,30 @@ def publish(container: Container, ports: list[tuple[str, int, int]]) -> list:
     return forwarders
 
 
+def ports_of(state: dict) -> list[Port]:
+    """The ports a container's state records (older states: [ip, host port, container port], tcp)."""
+    ports = []
+    for item in state.get("ports") or []:
+        ports.append(Port(*item) if isinstance(item, list) else Port(**item))
+    return ports
+
+
+def _ports_json(forwarders: list) -> list[dict]:  # each has a Port as .port (publish's)
+    return [{key: getattr(f.port, key) for key in fields(f.port)} for f in forwarders]
+
+
+def record_ports(container: Container, forwarders: list) -> None:
+    """Write a foreground run's published ports into its state (a detached one's supervisor writes them at start)."""
+    if container.state_dir is not None and forwarders:
+        state = _read(container.state_dir)
+        state["ports"] = _ports_json(forwarders)
+        write_state(container.state_dir, state)
+
+
 # -- run -d --------------------------------------------------------------------------
 
 
-def start_detached(spec: Spec, ports: list[tuple[str, int, int]], remove: bool = False) -> str:
+def start_detached(spec: Spec, remove: bool = False) -> str:
     """Start `spec` under a supervisor of its own and return the container's
     id once it runs; its start errors are raised here, as a foreground run's."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -99,7 +122,7 @@ def start_detached(spec: Spec, ports: list[tuple[str, int, int]], remove: bool =
             os.close(read_fd)
             os.setsid()  # no terminal: the caller's Ctrl-C or hangup is not the container's
             if os.fork() == 0:
-                _supervise(spec, ports, remove, write_fd)
+                _supervise(spec, remove, write_fd)
             code = 0
         finally:
             os._exit(code)
@@ -120,7 +143,7 @@ def start_detached(spec: Spec, ports: list[tuple[str, int, int]], remove: bool =
     return answer["id"]
 
 
-def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, report_fd: int) -> None:  # pragma: no cover
+def _supervise(spec: Spec, remove: bool, report_fd: int) -> None:  # pragma: no cover
     """The supervisor: start, report, wait, record the end; never returns."""
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -133,11 +156,11 @@ def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, repo
     forwarders: list = []
     try:
         container.start(stdin=0, log=True)
-        forwarders = publish(container, ports)
+        forwarders = publish(container, spec.publish)
         assert container.state_dir is not None and container.pid is not None
         state = _read(container.state_dir)
         state.update(detached=True, status="running", pid=container.pid, pid_start=start_time(container.pid),
-                     exec=container.exec_settings(), ports=[list(p) for p in ports], auto_remove=remove,
+                     exec=container.exec_settings(), ports=_ports_json(forwarders), auto_remove=remove,
                      image_id=container.image.id if container.image else None, spec=_spec_json(spec),
                      started=time.time())
         write_state(container.state_dir, state)
@@ -318,7 +341,8 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
                                   "is not supported yet (its namespaces are closed to other processes); run as root, "
                                   "or give the container a command that does the work")
     return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],
-                 settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None)
+                 settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None,
+                 settings.get("caps"))
 
 
 def inspect(state: dict) -> dict:

@@ -67,7 +67,8 @@ def test_detached_web_server_lifecycle(names):
 
     info = json.loads(run_cli("inspect", "web").stdout)[0]
     assert info["id"] == container_id and info["status"] == "running" and info["pid"] > 1
-    assert info["spec"]["init"] is True and info["ports"] == [["127.0.0.1", port, 8000]]
+    assert info["spec"]["init"] is True and info["ports"] == [
+        {"host_ip": "127.0.0.1", "host_port": port, "container_port": 8000, "protocol": "tcp"}]
 
     began = time.monotonic()
     ran = run_cli("stop", "-t", "5", "web")
@@ -143,8 +144,8 @@ def test_detached_rm_flag_removes_at_exit(names):
 
 def test_bad_input_is_one_line(names):
     for args, words in [
-        (("run", "-d", "-p", "80", "host", "true"), "HOST_PORT:CONTAINER_PORT"),
-        (("run", "-d", "-p", "8080:80/udp", "host", "true"), "only tcp"),
+        (("run", "-d", "-p", "80:x", "host", "true"), "HOST_PORT:]CONTAINER_PORT"),
+        (("run", "-d", "-p", "8080:80/sctp", "host", "true"), "only tcp and udp"),
         (("logs", "nosuch"), "no container named 'nosuch'"),
         (("stop", "nosuch"), "no container named"),
         (("exec", "nosuch"), "no command given"),

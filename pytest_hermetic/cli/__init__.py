@@ -37,6 +37,7 @@ VERBS = {
     "commit": "images", "rmi": "images",
     "ps": "containers", "logs": "containers", "exec": "containers", "stop": "containers", "kill": "containers",
     "rm": "containers", "inspect": "containers", "wait": "containers",
+    "port": "containers",
     "gc": "system", "network": "system", "doctor": "system",
 }
 

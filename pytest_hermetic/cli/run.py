@@ -22,8 +22,6 @@ def add_parsers(verb: "Verb") -> None:
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background: print the id and return (output: `hermetic logs`; implies --init)")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits (always so without -d)")
-    run.add_argument("-p", "--publish", action="append", default=[], metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]",
-                     help="publish a container port on the host (HOST_IP default 127.0.0.1)")
     run.add_argument("image", metavar="IMAGE", help=options.BY_NAME["image"].help)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments (default: the image's)")
 
@@ -56,11 +54,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if other["alive"]:
                     raise SpecError(f"--name {spec.name}: a running container already has that name")
                 raise SpecError(f"--name {spec.name}: an exited container has that name; `hermetic rm {spec.name}` first")
-    ports = []
-    if args.publish:
-        from ..detached import parse_publish
-
-        ports = [parse_publish(text) for text in args.publish]
     if args.detach:
         if args.commit:
             from ..errors import SpecError
@@ -68,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError("--commit and -d: commit a detached container with `hermetic commit NAME REF` while it runs")
         from ..detached import start_detached
 
-        print(start_detached(spec, ports, remove=args.rm))
+        print(start_detached(spec, remove=args.rm))
         return 0
     if args.commit:
         from ..images.commit import target_name
@@ -107,10 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             container.start()
             while early:
                 deliver(early.pop(0))
-            if ports:
-                from ..detached import publish
+            if spec.publish:
+                from ..detached import publish, record_ports
 
-                forwarders = publish(container, ports)
+                forwarders = publish(container, spec.publish)
+                record_ports(container, forwarders)  # for `ps`, `port`, `inspect`
             # In slices: a signal that lands between Python's last check and
             # the blocking waitpid() would run its handler (forward) only when
             # the wait ends, and a PID 1 that never got the signal never ends.

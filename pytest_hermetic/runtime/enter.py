@@ -27,8 +27,9 @@ _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NE
 
 def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
           userns: bool, privileged: bool = False, stdio: tuple = (None, None, None),
-          seccomp_filter: Filter | None = None) -> ContainerProcess:
-    """Start `argv` inside the container whose PID 1 is host pid `init_pid`."""
+          seccomp_filter: Filter | None = None, caps: int | None = None) -> ContainerProcess:
+    """Start `argv` inside the container whose PID 1 is host pid `init_pid`
+    (with its capabilities `caps`, a capabilities.mask; None: Docker's default set)."""
     fds = {}
     try:
         if userns:
@@ -42,7 +43,7 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = fork()
     if pid == 0:
-        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter)
+        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter, caps)
     for fd in fds.values():
         os.close(fd)
     os.close(err_w)
@@ -58,7 +59,8 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
 
 
 def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
-                 privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None = None) -> None:
+                 privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None = None,
+                 caps: int | None = None) -> None:
     """The forked child: join, fork into the PID namespace, exec.
 
     It must end in `os._exit` whatever happens, never return into the
@@ -81,7 +83,7 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                 os.chdir(cwd if os.path.isdir(cwd) else "/")
                 own_session()
                 if not privileged:
-                    capabilities.drop_to_default(capabilities.last_cap())
+                    capabilities.drop_to_default(capabilities.last_cap(), caps)
                     capabilities.no_new_privs()
                 if seccomp_filter is not None:
                     seccomp_filter.load()

@@ -142,7 +142,7 @@ def _drop_privileges(config: ProcessConfig) -> None:
     uid, gid = _resolve_user(config.user)
     _enter_workdir(config.cwd)
     if not config.privileged:
-        capabilities.drop_to_default(config.cap_last)
+        capabilities.drop_to_default(config.cap_last, config.caps)
     if gid != 0 or uid != 0:
         if config.userns is None:
             os.setgroups([])
