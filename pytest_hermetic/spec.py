@@ -629,4 +629,8 @@ def parse_platform(value: Any) -> str | None:
         raise SpecError(f"platform={_r(value)}: expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8")
     from .images import platforms
 
-    return platforms.format(platforms.parse(value))
+    wanted = platforms.parse(value)
+    reason = platforms.cannot_run(wanted)
+    if reason:
+        raise SpecError(f"--platform {value}: {reason}")
+    return platforms.format(wanted)

@@ -12,13 +12,25 @@ from . import reference as refs
 from .store import Image, Store
 
 
-def resolve_or_pull(store: Store, text: str) -> Image:
-    """`store.resolve(text)`, or for a registry reference not in the store, `pull` it."""
+def resolve_or_pull(store: Store, text: str, platform: str | None = None) -> Image:
+    """`store.resolve(text)`, or for a registry reference not in the store, `pull` it.
+    With `platform` (`linux/arm64/v8`), a local image of another platform
+    counts as missing (pulled again for `platform`, as `docker run --platform` does)."""
     try:
-        return store.resolve(text)
+        image = store.resolve(text)
+        if platform is None:
+            return image
+        from . import platforms
+
+        wanted = platforms.parse(platform)
+        got = platforms.host() if image.is_host else platforms.of_config(store.read_json(image.id))
+        if platforms.matches(got, wanted):
+            return image
+        if refs.parse(text).transport != "registry":
+            raise ImageNotFound(f"{text} is a {platforms.format(got)} image, not {platforms.format(wanted)}")
     except ImageNotFound:
         if refs.parse(text).transport != "registry":
             raise
     from .pull import pull  # http.client, threading: kept off the start of a container whose image is local
 
-    return pull(store, text)
+    return pull(store, text, platform=platform)

@@ -75,18 +75,25 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                 sc.setns(fds["user"], sc.CLONE_NEWUSER)
             for name, flag in _ORDER:
                 sc.setns(fds[name], flag)
+            # Everything that makes this process more than the container's
+            # own goes before the fork: its child is born in the container's
+            # PID namespace, where a process of the container could ptrace it
+            # (--cap-add SYS_PTRACE) while it held the caller's descriptors,
+            # capabilities beyond the container's or no seccomp filter.
+            descriptors.close_except((err_w, *(fd for fd in stdio if fd is not None)))
+            own_session()  # its session keyring (keyctl is not in the filter); the child makes its own session
+            if not privileged:
+                capabilities.drop_to_default(capabilities.last_cap(), caps)
+                capabilities.no_new_privs()
+            if seccomp_filter is not None:
+                seccomp_filter.load()
             child = os.fork()
         except BaseException as exc:  # noqa: BLE001
             fail(err_w, 125, describe(exc))
         if child == 0:
             try:
                 os.chdir(cwd if os.path.isdir(cwd) else "/")
-                own_session()
-                if not privileged:
-                    capabilities.drop_to_default(capabilities.last_cap(), caps)
-                    capabilities.no_new_privs()
-                if seccomp_filter is not None:
-                    seccomp_filter.load()
+                os.setsid()
                 redirect_stdio(stdio)
                 descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
                 restore_signals()
