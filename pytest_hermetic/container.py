@@ -555,6 +555,12 @@ def capability_mask(spec: Spec) -> int | None:
         return None
     from .runtime import capabilities
 
+    if os.geteuid() == 0 and spec.userns is not True:  # (in a user namespace of its own the container has them all)
+        lacking = [name for name in spec.cap_add
+                   if name != "ALL" and not capabilities.permitted() & (1 << capabilities.ALL_CAPS[name])]
+        if lacking:
+            raise SpecError(f"--cap-add {lacking[0][4:]}: this engine's own process lacks it (it runs with a reduced "
+                            "capability set, e.g. in a container), so it cannot give it; leave it out")
     return capabilities.mask(spec.cap_add, spec.cap_drop)
 
 

@@ -47,36 +47,26 @@ def parse_publish(text: str) -> Port:
     return Port.parse(text)
 
 
-def publish(container: Container, ports: "Sequence[Port]") -> list:
-    """Forwarders from the host's `HOST_IP:HOST_PORT` to the running
-    container's ports (held by the caller); each has `.port`, the `Port`
-    with the host port it got (a free one where none was asked)."""
+def listen(ports: "Sequence[Port]") -> list:
+    """Take the host's `HOST_IP:HOST_PORT` of each port, before the
+    container starts (a port in use fails the run before it began, as
+    Docker's does); `attach` then relays them.  Each forwarder has `.port`,
+    the `Port` with the host port it got (a free one where none was asked).
+    The caller holds them and closes them."""
     if not ports:
         return []
     from .runtime import portfwd  # lazily: only a run with -p needs it
 
-    holder = getattr(container.network, "holder", None)
-    if holder is not None:
-        make = holder.socket
-    else:
-        make = portfwd.socket_in(f"/proc/{container.pid}/ns/net")
-        try:
-            make().close()  # a rootless caller may not enter the namespace: say so now, not at each connection
-        except OSError as exc:
-            raise SpecError(f"-p: cannot reach the container's network namespace ({exc.strerror}); publishing "
-                            "ports of a rootless container is not supported yet: its namespaces are closed to the "
-                            "caller (the kernel ties them to a user namespace the caller is not in, and the container's "
-                            "PID 1 cannot be entered from outside); run it as root") from None
-    forwarders = []
+    forwarders: list = []
     try:
         for port in ports:
             kind = portfwd.UdpForwarder if port.protocol == "udp" else portfwd.Forwarder
             try:
-                forwarder = kind(make, container.address or "127.0.0.1", port.container_port,
-                                 (port.host_ip, port.host_port))
+                forwarder = kind(None, "", port.container_port, (port.host_ip, port.host_port))
             except OSError as exc:
-                raise SpecError(f"-p {port.host_ip}:{port.host_port}:{port.container_port}/{port.protocol}: cannot "
-                                f"listen on that host address and port ({exc.strerror}); pick another host port"
+                host = f"[{port.host_ip}]" if ":" in port.host_ip else port.host_ip
+                raise SpecError(f"-p {host}:{port.host_port}:{port.container_port}/{port.protocol}: cannot listen "
+                                f"on that host address and port ({exc.strerror}); pick another host port"
                                 + (" or address (is it one of this host's?)" if exc.errno == errno.EADDRNOTAVAIL else "")
                                 ) from None
             forwarder.port = replace(port, host_port=forwarder.address[1])
@@ -86,6 +76,36 @@ def publish(container: Container, ports: "Sequence[Port]") -> list:
             forwarder.close()
         raise
     return forwarders
+
+
+def attach(container: Container, forwarders: list) -> None:
+    """Relay `listen`'s forwarders to the running container's ports."""
+    if not forwarders:
+        return
+    from .runtime import portfwd
+
+    holder = getattr(container.network, "holder", None)
+    if holder is not None:
+        make = holder.socket
+    else:
+        make = portfwd.socket_in(f"/proc/{container.pid}/ns/net")
+        try:
+            make().close()  # a caller that may not enter the namespace: say so now, not at each connection
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return  # the container has ended already: nothing to relay to
+            raise SpecError(f"-p: cannot reach the container's network namespace ({exc.strerror})") from None
+    for forwarder in forwarders:
+        forwarder.attach(make, container.address or "127.0.0.1")
+
+
+def refuse_rootless(container: Container) -> None:
+    """-p of a rootless container: refused before it starts, saying why."""
+    if container.spec.publish and container.userns:
+        raise SpecError("-p: publishing ports of a rootless container is not supported yet: its network namespace "
+                        "belongs to a user namespace the caller is not in, and the container's PID 1 cannot be "
+                        "entered from outside, so nothing on the host can make the sockets that would relay to it; "
+                        "run it as root")
 
 
 def ports_of(state: dict) -> list[Port]:
@@ -155,8 +175,10 @@ def _supervise(spec: Spec, remove: bool, report_fd: int) -> None:  # pragma: no 
     container = Container(spec)
     forwarders: list = []
     try:
+        refuse_rootless(container)
+        forwarders = listen(spec.publish)
         container.start(stdin=0, log=True)
-        forwarders = publish(container, spec.publish)
+        attach(container, forwarders)
         assert container.state_dir is not None and container.pid is not None
         state = _read(container.state_dir)
         state.update(detached=True, status="running", pid=container.pid, pid_start=start_time(container.pid),

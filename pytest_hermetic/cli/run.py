@@ -68,6 +68,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         target_name(args.commit)  # a bad reference fails before the run, not after
     container = Container(spec)
+    forwarders: list = []
+    if spec.publish:
+        from ..detached import listen, refuse_rootless
+
+        refuse_rootless(container)
+        forwarders = listen(spec.publish)  # before the start: a host port in use fails the run before it begins
     interrupts = {"count": 0}
     # Signals that arrive while `start()` has not returned yet: the command
     # may already run (and its user already press Ctrl-C), but there is no
@@ -95,15 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     with container:
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        forwarders: list = []
         try:
             container.start()
             while early:
                 deliver(early.pop(0))
-            if spec.publish:
-                from ..detached import publish, record_ports
+            if forwarders:
+                from ..detached import attach, record_ports
 
-                forwarders = publish(container, spec.publish)
+                attach(container, forwarders)
                 record_ports(container, forwarders)  # for `ps`, `port`, `inspect`
             # In slices: a signal that lands between Python's last check and
             # the blocking waitpid() would run its handler (forward) only when

@@ -80,6 +80,15 @@ def mask(add: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> int:
     return keep
 
 
+def permitted() -> int:
+    """This process's permitted set (from /proc: read only where a spec changes the set)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapPrm:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 _last_cap: int | None = None
 
 
@@ -103,7 +112,11 @@ def drop_to_default(last: int, keep: int | None = None) -> None:
     """Reduce this process to Docker's default capabilities, or to the set
     `keep` (a `mask`) (bounding, effective, permitted; inheritable and
     ambient cleared)."""
-    keep = (default_mask() if keep is None else keep) & ((1 << (last + 1)) - 1)  # what this kernel knows
+    if keep is None:
+        keep = default_mask()
+    else:  # --cap-add ALL: what this process has (an engine run in a container may lack some)
+        keep &= permitted()
+    keep &= (1 << (last + 1)) - 1  # what this kernel knows
     for cap in range(last + 1):
         if not keep & (1 << cap):
             syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)

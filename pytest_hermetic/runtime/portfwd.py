@@ -76,9 +76,12 @@ class Forwarder:
 
     port: object = None  # the caller's note of what it publishes
 
-    def __init__(self, make_socket: Callable[[], socket.socket], address: str, port: int,
+    def __init__(self, make_socket: Callable[[], socket.socket] | None, address: str, port: int,
                  bind: tuple[str, int] = ("127.0.0.1", 0)) -> None:
-        self.target = (make_socket, address, port)
+        """Without `make_socket` it only listens (connections wait in the
+        backlog) until `attach` says where to relay them: the host port is
+        taken before the container starts."""
+        self.container_port = port
         self.listener = socket.socket(_family(bind[0]), socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.listener.family == socket.AF_INET6:
@@ -92,7 +95,12 @@ class Forwarder:
         self.address = self.listener.getsockname()
         self._closed = False
         self._open: set[socket.socket] = set()
-        threading.Thread(target=self._accept, name=f"hermetic-publish-{port}", daemon=True).start()
+        if make_socket is not None:
+            self.attach(make_socket, address)
+
+    def attach(self, make_socket: Callable[..., socket.socket], address: str) -> None:
+        self.target = (make_socket, address, self.container_port)
+        threading.Thread(target=self._accept, name=f"hermetic-publish-{self.container_port}", daemon=True).start()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -142,10 +150,10 @@ class UdpForwarder:
 
     port: object = None  # the caller's note of what it publishes
 
-    def __init__(self, make_socket: Callable[..., socket.socket], address: str, port: int,
+    def __init__(self, make_socket: Callable[..., socket.socket] | None, address: str, port: int,
                  bind: tuple[str, int] = ("127.0.0.1", 0)) -> None:
-        self.target = (address, port)
-        self._make = make_socket
+        """Without `make_socket`, as `Forwarder`: datagrams wait until `attach`."""
+        self.container_port = port
         self.listener = socket.socket(_family(bind[0]), socket.SOCK_DGRAM)
         if self.listener.family == socket.AF_INET6:
             self.listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -158,7 +166,13 @@ class UdpForwarder:
         self._closed = False
         self._clients: dict[tuple, socket.socket] = {}
         self._lock = threading.Lock()
-        threading.Thread(target=self._receive, name=f"hermetic-publish-udp-{port}", daemon=True).start()
+        if make_socket is not None:
+            self.attach(make_socket, address)
+
+    def attach(self, make_socket: Callable[..., socket.socket], address: str) -> None:
+        self.target = (address, self.container_port)
+        self._make = make_socket
+        threading.Thread(target=self._receive, name=f"hermetic-publish-udp-{self.container_port}", daemon=True).start()
 
     def _receive(self) -> None:
         while not self._closed:

@@ -125,7 +125,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         mount_overlay(config.lowers, config.upper, config.work, root, config.userns, f"{config.scratch}/links",
                       config.layers_dir)
     if config.read_only:
-        make_read_only(root)
+        make_read_only(root, [(m.target, True) for m in config.tmpfs] +
+                       [(b.target, os.path.isdir(b.source)) for b in config.binds])
     mount_proc(root)
     mount_dev(root, config.userns, config.shm_size)
     mount_sys(root, config.privileged)

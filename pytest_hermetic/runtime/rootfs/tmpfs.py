@@ -50,12 +50,22 @@ def mount_tmpfs(root: str, mounts: Sequence[TmpfsMount]) -> None:
         os.close(root_fd)
 
 
-def make_read_only(root: str) -> None:
+def make_read_only(root: str, mount_points: Sequence[tuple[str, bool]] = ()) -> None:
     """The root and every mount below it so far read-only (the rootless
     `host` root is many mounts); what is mounted after (/proc, /dev, /tmp,
-    tmpfs mounts, volumes) keeps its own flags."""
+    tmpfs mounts, volumes) keeps its own flags.  `mount_points` (path, is a
+    directory) are made first where missing: the init layer holds them, but
+    not the rootless `host` root's top level."""
+    from .volumes import open_in_root
+
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        for path, directory in mount_points:
+            try:
+                os.close(open_in_root(fd, path, directory))
+            except OSError as exc:
+                raise ContainerStartError(f"{path}: cannot make its mount point in the container "
+                                          f"({exc.strerror or exc})") from None
         set_mount_attrs(fd, sc.MOUNT_ATTR_RDONLY)
     finally:
         os.close(fd)
