@@ -81,12 +81,8 @@ def mask(add: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> int:
 
 
 def permitted() -> int:
-    """This process's permitted set (from /proc: read only where a spec changes the set)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapPrm:"):
-                return int(line.split()[1], 16)
-    return 0
+    """This process's permitted set (asked only where a spec changes the set)."""
+    return syscalls.capget_permitted()
 
 
 _last_cap: int | None = None
