@@ -65,7 +65,16 @@ _COMPAT = {"x86_64": (0x40000003, "I386")}
 # Arguments the kernel reads as 32-bit ints: compared on their low word, as
 # the kernel sees them (a 64-bit comparison would let socket(0x1_00000028)
 # through the AF_VSOCK rule, the kernel truncating it to 40).
-_INT_ARGS = {("socket", 0), ("personality", 0)}
+_INT_ARGS = {("socket", 0), ("personality", 0), ("ioctl", 1)}
+
+# Beyond Docker's profile: ioctl TIOCSTI and TIOCLINUX (the same numbers on
+# x86 and arm64) fail with EPERM.  A container's stdio may be the caller's
+# own terminal (a foreground `hermetic run`), and the kernel lets a process
+# with CAP_SYS_ADMIN (`--cap-add SYS_ADMIN`, the filter is not widened for
+# it) push input into a terminal that is not its controlling one: type
+# commands into the caller's shell.  Docker's containers never hold the
+# caller's terminal.
+_TERMINAL_INJECTION = (0x5412, 0x541C)
 
 
 class SeccompError(ContainerStartError):
@@ -225,6 +234,16 @@ def resolve(profile: dict, arch: str, caps: set[str], kernel: tuple[int, int], t
     return rules, names
 
 
+def _refuse_terminal_injection(rules: dict, names: dict[int, str], table: dict[str, int]) -> None:
+    nr = table.get("ioctl")
+    if nr is None or rules.get(nr) != SECCOMP_RET_ALLOW:
+        return
+    refused = SECCOMP_RET_ERRNO | errno.EPERM
+    rules[nr] = [([{"index": 1, "value": cmd, "op": "SCMP_CMP_EQ"}], refused) for cmd in _TERMINAL_INJECTION]
+    rules[nr].append(([], SECCOMP_RET_ALLOW))
+    names[nr] = "ioctl"
+
+
 # --- the BPF writer -------------------------------------------------------------
 
 
@@ -342,6 +361,7 @@ def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profi
         asm.mark(label)
         table = getattr(syscall_table, name)
         rules, names = resolve(profile, arch, caps, kernel, table)
+        _refuse_terminal_injection(rules, names, table)
         _section(asm, rules, names, max(table.values()), default_action)
         allowed = sum(1 for a in rules.values() if a == SECCOMP_RET_ALLOW)
         counts.append(f"{name.lower()} {allowed} allowed, {len(rules) - allowed} by argument or errno")

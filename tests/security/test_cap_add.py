@@ -175,3 +175,53 @@ def names_cleanup():
     yield started
     for name in started:
         run_cli("rm", "-f", name)
+
+
+INJECT = ("import fcntl, termios\ntry:\n    fcntl.ioctl(0, termios.TIOCSTI, b'Z')\n    print('INJECTED')\n"
+          "except OSError as exc:\n    print('refused', exc.errno)")
+
+
+def _on_a_terminal(*options: str) -> str:
+    """`hermetic run OPTIONS host python3 -c INJECT` with a pty of the test's
+    own as its stdio (as a user's terminal would be); what the pty shows."""
+    import pty
+    import select
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs at once
+        os.environ["PYTHONPATH"] = ROOT
+        os.execv(sys.executable, [sys.executable, "-m", "pytest_hermetic", "run", *options, "host", "/usr/bin/python3",
+                                  "-c", INJECT])
+    shown = b""
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and select.select([fd], [], [], deadline - time.monotonic())[0]:
+            try:
+                data = os.read(fd, 1024)
+            except OSError:  # EIO: the other side closed
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return shown.decode(errors="replace")
+
+
+def test_sys_admin_cannot_type_into_the_callers_terminal():
+    """TIOCSTI pushes input into a terminal; the kernel allows it on one
+    that is not the caller's controlling terminal only with CAP_SYS_ADMIN.
+    A foreground run's stdio is the caller's terminal, so the filter refuses
+    TIOCSTI for everybody (beyond Docker's profile); here the terminal is a
+    pty of the test's own and the marker one letter."""
+    assert "refused 1" in _on_a_terminal()  # no CAP_SYS_ADMIN: the kernel says no
+    shown = _on_a_terminal("--cap-add", "SYS_ADMIN")
+    assert "refused 1" in shown and "Z" not in shown.replace("refused", ""), shown
+    # The filter is what holds: without it, the letter lands in the terminal.
+    shown = _on_a_terminal("--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined")
+    assert "INJECTED" in shown, shown
