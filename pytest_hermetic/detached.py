@@ -296,14 +296,26 @@ def wait_owner(state: dict, timeout: float | None = None) -> bool:
     return True
 
 
-def stop(state: dict, grace: float = STOP_GRACE) -> bool:
-    """SIGTERM to PID 1, SIGKILL after `grace` seconds; True if it took the SIGKILL.
+def stop_settings(state: dict, grace: float | None = None) -> tuple[signal.Signals, float]:
+    """The signal `stop` sends first and the grace time: the container's
+    (`--stop-signal`, `--stop-timeout`) unless `grace` is given."""
+    spec = state.get("spec") or {}
+    sig = signal.Signals[spec["stop_signal"]] if spec.get("stop_signal") else signal.SIGTERM
+    if grace is None:
+        grace = spec["stop_timeout"] if spec.get("stop_timeout") is not None else STOP_GRACE
+    return sig, grace
+
+
+def stop(state: dict, grace: float | None = None) -> bool:
+    """SIGTERM (or the container's --stop-signal) to PID 1, SIGKILL after
+    `grace` seconds (default: its --stop-timeout, else 10); True if it took the SIGKILL.
     A PID 1 with no SIGTERM handler ignores SIGTERM (the kernel protects a
     namespace's init), so such a container stops at the SIGKILL; under
     `--init` (the default of `run -d`) PID 1 passes SIGTERM on to the command."""
     if not state["alive"]:
         return False
-    signal_container(state, signal.SIGTERM)
+    sig, grace = stop_settings(state, grace)
+    signal_container(state, sig)
     if wait_owner(state, grace):
         return False
     if pid1(state) is not None:

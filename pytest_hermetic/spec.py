@@ -324,6 +324,8 @@ class Spec:
     cap_drop: tuple[str, ...] = ()
     publish: tuple[Port, ...] = ()  # the command line's -p: forwarded by its caller (cli/run.py, detached.py)
     platform: str | None = None  # os/arch[/variant] of the image to pull; refused where this machine cannot run it
+    stop_signal: str | None = None  # `hermetic stop`'s first signal, a name (SIGINT); None: SIGTERM
+    stop_timeout: float | None = None  # seconds `hermetic stop` waits before the SIGKILL; None: 10
     ephemeral: bool = False  # the rw layer lives in memory in the container and vanishes with it (no commit)
     tracked: bool = True  # a state folder for `hermetic ps`/`commit` (the plugin's per-test containers skip it)
     accounting: bool = True  # peak memory and CPU time even without limits
@@ -358,6 +360,8 @@ class Spec:
         cap_drop: str | Sequence[str] | None = None,
         publish: Sequence[str | Port] | None = None,
         platform: str | None = None,
+        stop_signal: str | int | None = None,
+        stop_timeout: float | str | None = None,
         ephemeral: bool = False,
         tracked: bool = True,
         accounting: bool = True,
@@ -419,6 +423,8 @@ class Spec:
             cap_drop=parse_caps(cap_drop, "cap_drop"),
             publish=tuple(Port.parse(p) for p in _items(publish, "publish")),
             platform=parse_platform(platform),
+            stop_signal=parse_signal(stop_signal),
+            stop_timeout=parse_stop_timeout(stop_timeout),
             ephemeral=ephemeral,
             tracked=tracked,
             accounting=accounting,
@@ -619,6 +625,36 @@ def parse_caps(value: Any, option: str) -> tuple[str, ...]:
         if full not in checked:
             checked.append(full)
     return tuple(checked)
+
+
+def parse_signal(value: Any) -> str | None:
+    """`TERM`, `sigint`, `SIGUSR1`, `15` -> the signal's name (`SIGTERM`)."""
+    if value is None:
+        return None
+    import signal
+
+    text = str(value).strip().upper() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    try:
+        if text.isdigit():
+            return signal.Signals(int(text)).name
+        return signal.Signals[text if text.startswith("SIG") else "SIG" + text].name
+    except (KeyError, ValueError):
+        raise SpecError(f"stop_signal={_r(value)}: not a signal; give a name (TERM, SIGINT, QUIT) or a number") from None
+
+
+def parse_stop_timeout(value: Any) -> float | None:
+    """Seconds, 0 (the SIGKILL at once) or more."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError(f"stop_timeout={_r(value)}: not a number of seconds; use e.g. 10 or 0.5") from None
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_TIMEOUT:
+        raise SpecError(f"stop_timeout={_r(value)}: use a number of seconds from 0 to {MAX_TIMEOUT:.0e}")
+    return seconds
 
 
 def parse_platform(value: Any) -> str | None:

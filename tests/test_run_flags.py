@@ -312,6 +312,59 @@ def test_cap_add_all_and_drop_combine_as_in_docker(busybox_image):
     assert _cap_eff(ran.stdout) == 1 << DEFAULT_CAPS["CAP_KILL"], ran
 
 
+# -- --stop-signal, --stop-timeout ---------------------------------------------------------
+
+
+def test_stop_signal_and_stop_timeout(names):
+    names += ["stopint", "stubborn"]
+    ran = run_cli("run", "-d", "--name", "stopint", "--stop-signal", "int", "host", "sh", "-c",
+                  'trap "echo got-int; exit 3" INT; echo up; while :; do sleep 0.1; done')
+    assert ran.returncode == 0, ran
+    _wait_log("stopint", "up")
+    assert run_cli("stop", "stopint").returncode == 0
+    assert run_cli("wait", "stopint").stdout == "3\n" and "got-int" in run_cli("logs", "stopint").stdout
+    assert json.loads(run_cli("inspect", "stopint").stdout)[0]["spec"]["stop_signal"] == "SIGINT"
+    # A command that ignores the signal is killed after --stop-timeout, not 10 s.
+    ran = run_cli("run", "-d", "--name", "stubborn", "--stop-timeout", "0.5", "host", "sh", "-c",
+                  'trap "" TERM; echo up; while :; do sleep 0.1; done')
+    _wait_log("stubborn", "up")
+    began = time.monotonic()
+    ran = run_cli("stop", "stubborn")
+    assert ran.returncode == 0 and "did not stop within 0.5 s of SIGTERM; killed" in ran.stderr, ran
+    assert time.monotonic() - began < 5
+
+
+# -- the marker --------------------------------------------------------------------------
+
+
+def test_the_marker_takes_read_only_tmpfs_and_capabilities(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    (tmp_path / "test_flags.py").write_text(
+        "import os, subprocess\n"
+        "from pytest_hermetic import hermetic\n\n"
+        "@hermetic(read_only=True, tmpfs=['/scratch:size=1m'], cap_drop='ALL')\n"
+        "def test_locked_down(tmp_path):\n"
+        "    open('/scratch/ok', 'w').close()\n"
+        "    try:\n"
+        "        open('/etc/marker', 'w')\n"
+        "        raise AssertionError('the root was writable')\n"
+        "    except OSError as exc:\n"
+        "        assert exc.errno == 30  # EROFS\n"
+        "    assert 'CapEff:\\t0000000000000000' in open('/proc/self/status').read()\n"
+        "    (tmp_path / 'still').write_text('pytest tmp_path works')\n\n"
+        "@hermetic(cap_add=['NET_ADMIN'])\n"
+        "def test_own_interface():\n"
+        "    subprocess.run(['ip', 'link', 'set', 'lo', 'mtu', '1300'], check=True)\n")
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q",
+                          "test_flags.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert ran.returncode == 0 and "2 passed" in ran.stdout, ran.stdout + ran.stderr
+
+
 # -- --platform, aliases, bad input ------------------------------------------------------
 
 
@@ -352,6 +405,8 @@ def test_docker_spellings(busybox_image):
     (("--platform", "linux"), "expected OS/ARCH[/VARIANT]"),
     (("--bogus",), "unrecognized arguments: --bogus"),
     (("--read-only=yes",), "ignored explicit argument 'yes'"),
+    (("--stop-signal", "NOPE"), "stop_signal='NOPE': not a signal"),
+    (("--stop-timeout", "-1"), "stop_timeout='-1': use a number of seconds from 0"),
 ])
 def test_bad_input_is_one_line_and_125(args, words):
     ran = run_cli("run", *args, "host", "true")

@@ -33,7 +33,8 @@ def add_parsers(verb: "Verb") -> None:
     exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
     exe.set_defaults(handler=cmd_exec)
     stop = verb("stop", help="stop containers: SIGTERM to PID 1, SIGKILL after the grace time")
-    stop.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS", help="grace time (default 10)")
+    stop.add_argument("-t", "--time", type=float, metavar="SECONDS",
+                      help="grace time (default: the container's --stop-timeout, else 10)")
     stop.add_argument("containers", nargs="+", metavar="CONTAINER")
     stop.set_defaults(handler=cmd_stop)
     kill = verb("kill", help="send a signal to containers' PID 1 (default SIGKILL: all of it)")
@@ -135,8 +136,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     for name in args.containers:
         state = detached.find(name)
+        sig, grace = detached.stop_settings(state, args.time)
         if detached.stop(state, args.time):
-            say(f"{name}: did not stop within {args.time:g} s of SIGTERM; killed")
+            say(f"{name}: did not stop within {grace:g} s of {sig.name}; killed")
         print(name)
     return 0
 
