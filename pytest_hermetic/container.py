@@ -237,7 +237,7 @@ class Container:
                 "process to hold it, and the command line has no daemon); rootless containers get net=False, "
                 "net=True (slirp4netns) and, in pytest, private networks per test")
         usermode_net.check_available()
-        config.network = NetworkConfig(mode="usermode")
+        config.network = NetworkConfig(mode="usermode", api_socket=self._api_socket() if self.spec.publish else None)
         self.address = usermode_net.ADDRESS
         config.rootfs.init_files["etc/hosts"] = (
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{usermode_net.ADDRESS}\t{self.hostname}\n")
@@ -269,6 +269,14 @@ class Container:
         config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
         if attachment.hosts_bind:
             config.rootfs.binds.append(Bind(attachment.hosts_bind, "/etc/hosts", True))
+
+    def _api_socket(self) -> str:
+        """Where slirp4netns takes a rootless container's published ports (in its state folder)."""
+        path = os.path.join(self.state_dir or "", "slirp.sock")
+        if self.state_dir is None or len(path.encode()) > 107:  # sockaddr_un's sun_path
+            raise SpecError(f"-p: the state folder's path is too long for slirp4netns's socket ({path}); "
+                            "set HERMETIC_STATE (or XDG_RUNTIME_DIR) to a shorter folder")
+        return path
 
     @property
     def _scratch(self) -> str:

@@ -47,12 +47,14 @@ def parse_publish(text: str) -> Port:
     return Port.parse(text)
 
 
-def listen(ports: "Sequence[Port]") -> list:
+def listen(ports: "Sequence[Port]", hold: bool = True) -> list:
     """Take the host's `HOST_IP:HOST_PORT` of each port, before the
     container starts (a port in use fails the run before it began, as
     Docker's does); `attach` then relays them.  Each forwarder has `.port`,
     the `Port` with the host port it got (a free one where none was asked).
-    The caller holds them and closes them."""
+    The caller holds them and closes them.  Without `hold` (slirp4netns
+    will listen there itself) each port is only tried and let go at once:
+    the container's processes, forked after this, must not inherit it."""
     if not ports:
         return []
     from .runtime import portfwd  # lazily: only a run with -p needs it
@@ -71,6 +73,8 @@ def listen(ports: "Sequence[Port]") -> list:
                                 ) from None
             forwarder.port = replace(port, host_port=forwarder.address[1])
             forwarders.append(forwarder)
+            if not hold:
+                forwarder.close()
     except BaseException:
         for forwarder in forwarders:
             forwarder.close()
@@ -81,6 +85,14 @@ def listen(ports: "Sequence[Port]") -> list:
 def attach(container: Container, forwarders: list) -> None:
     """Relay `listen`'s forwarders to the running container's ports."""
     if not forwarders:
+        return
+    helper = getattr(container.process, "net_helper", None)
+    if helper is not None and helper.api_socket:
+        # Rootless on slirp4netns: it listens on the host itself (`listen`
+        # only tried the ports, and found the free ones).
+        for forwarder in forwarders:
+            port = forwarder.port
+            helper.add_hostfwd(port.protocol, port.host_ip, port.host_port, port.container_port)
         return
     from .runtime import portfwd
 
@@ -100,12 +112,16 @@ def attach(container: Container, forwarders: list) -> None:
 
 
 def refuse_rootless(container: Container) -> None:
-    """-p of a rootless container: refused before it starts, saying why."""
-    if container.spec.publish and container.userns:
-        raise SpecError("-p: publishing ports of a rootless container is not supported yet: its network namespace "
-                        "belongs to a user namespace the caller is not in, and the container's PID 1 cannot be "
-                        "entered from outside, so nothing on the host can make the sockets that would relay to it; "
-                        "run it as root")
+    """-p of a rootless container without --net: refused before it starts, saying why."""
+    if container.spec.publish and container.userns and container.spec.net is not True:
+        raise SpecError("-p: a rootless container publishes ports only with --net (slirp4netns listens on the host "
+                        "for it, as under rootless Podman); without a network its namespace belongs to a user "
+                        "namespace the caller is not in, and its PID 1 cannot be entered from outside, so nothing on "
+                        "the host can make the sockets that would relay to it; add --net, or run as root")
+    ipv6 = [port for port in container.spec.publish if ":" in port.host_ip] if container.userns else []
+    if ipv6:
+        raise SpecError(f"-p {ipv6[0]}: a rootless container's ports are published by slirp4netns, which takes IPv4 "
+                        "host addresses only; use 127.0.0.1 (the default) or 0.0.0.0, or run as root")
 
 
 def ports_of(state: dict) -> list[Port]:
@@ -176,7 +192,7 @@ def _supervise(spec: Spec, remove: bool, report_fd: int) -> None:  # pragma: no 
     forwarders: list = []
     try:
         refuse_rootless(container)
-        forwarders = listen(spec.publish)
+        forwarders = listen(spec.publish, hold=not container.userns)
         container.start(stdin=0, log=True)
         attach(container, forwarders)
         assert container.state_dir is not None and container.pid is not None

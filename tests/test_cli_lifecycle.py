@@ -206,7 +206,7 @@ def test_rootless_lifecycle_and_what_it_lacks(test_user):
         assert "quiet" not in run_cli("ps", "-a", user=test_user).stdout
 
         ran = run_cli("run", "-d", "-p", f"{_free_port()}:8000", "host", "sleep", "300", user=test_user)
-        assert ran.returncode == 125 and "rootless container is not supported yet" in ran.stderr, ran
+        assert ran.returncode == 125 and "a rootless container publishes ports only with --net" in ran.stderr, ran
         assert run_cli("ps", "-a", "-q", user=test_user).stdout == ""
     finally:
         run_cli("rm", "-f", "quiet", user=test_user)

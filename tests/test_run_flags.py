@@ -149,11 +149,45 @@ def test_a_taken_host_port_is_one_line():
     assert f"127.0.0.1:{port}:53/udp: cannot listen" in ran.stderr and "Address already in use" in ran.stderr
 
 
-def test_rootless_publish_is_refused_in_one_line(test_user):
-    ran = run_cli("run", "-p", "8000", "host", "true", user=test_user)
-    assert ran.returncode == 125 and ran.stderr.count("\n") == 1, ran
-    assert "publishing ports of a rootless container is not supported yet" in ran.stderr
-    assert "run it as root" in ran.stderr
+def test_rootless_publish_without_a_network_is_refused_in_one_line(test_user):
+    for options, words in ((("-p", "8000"), "a rootless container publishes ports only with --net"),
+                           (("--net", "-p", "[::1]::8000"), "slirp4netns, which takes IPv4 host addresses only")):
+        ran = run_cli("run", *options, "host", "true", user=test_user)
+        assert ran.returncode == 125 and ran.stderr.count("\n") == 1, ran
+        assert words in ran.stderr, ran.stderr
+
+
+def test_rootless_publish_through_slirp4netns(test_user):
+    """As rootless Podman: with --net, slirp4netns listens on the host for the container (TCP and UDP)."""
+    from pytest_hermetic.runtime.usermode_net import helper_path
+
+    if helper_path() is None:
+        pytest.skip("slirp4netns is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        tcp_port = probe.getsockname()[1]
+    try:
+        ran = run_cli("run", "-d", "--name", "slirped", "--net", "-p", f"{tcp_port}:8000", "-p", "9999/udp", "host",
+                      "sh", "-c", f"python3 -m http.server 8000 & exec python3 -c \"{UDP_ECHO}\"", user=test_user)
+        assert ran.returncode == 0, ran
+        shown = run_cli("port", "slirped", user=test_user).stdout
+        assert f"8000/tcp -> 127.0.0.1:{tcp_port}\n" in shown, shown
+        udp_port = int(shown.split("9999/udp -> 127.0.0.1:")[1].split()[0])
+        assert _udp_exchange(("127.0.0.1", udp_port), b"slirp") == b"echo:slirp"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as sock:
+                    sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    assert sock.recv(100).startswith(b"HTTP/1.0 200")
+                break
+            except (OSError, AssertionError):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        run_cli("rm", "-f", "slirped", user=test_user)
+    with pytest.raises(OSError):  # slirp4netns went with the container, and its listeners with it
+        socket.create_connection(("127.0.0.1", tcp_port), timeout=2).close()
 
 
 # -- --entrypoint, --env-file ------------------------------------------------------------
