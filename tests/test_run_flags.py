@@ -78,6 +78,32 @@ def test_udp_echo_through_a_free_host_port(names, net):
     assert run_cli("port", name).stdout == f"9999/udp -> 127.0.0.1:{port}\n"
 
 
+def test_udp_through_a_named_network(names):
+    network = f"rfnet{os.getpid()}"
+    assert run_cli("network", "create", network, "--subnet", "10.89.7.0/24").returncode == 0
+    try:
+        names.append("udpnamed")
+        ran = run_cli("run", "-d", "--name", "udpnamed", "--net", network, "-p", "127.0.0.1::9999/udp", "host",
+                      "python3", "-c", UDP_ECHO)
+        assert ran.returncode == 0, ran
+        _wait_log("udpnamed", "ready")
+        info = json.loads(run_cli("inspect", "udpnamed").stdout)[0]
+        assert info["network"] == network and info["address"].startswith("10.89.7."), info
+        assert _udp_exchange(("127.0.0.1", _host_port("udpnamed", "9999/udp")), b"named") == b"echo:named"
+    finally:
+        run_cli("rm", "-f", "udpnamed")
+        assert run_cli("network", "rm", network).returncode == 0
+
+
+def test_cell_options(ipython_shell, capsys):
+    """`%%container` takes --read-only, --tmpfs, --cap-drop (and --cap-add) as the command line does."""
+    ipython_shell.run_cell_magic("container", "host --read-only --tmpfs /scratch:size=1m --cap-drop ALL",
+                                 "touch /scratch/ok && echo tmpfs-ok; touch /etc/no 2>/dev/null || echo ro-ok; "
+                                 "grep ^CapEff /proc/self/status")
+    out = capsys.readouterr().out
+    assert out == "tmpfs-ok\nro-ok\nCapEff:\t0000000000000000\n", out
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
