@@ -213,7 +213,8 @@ class Container:
         store before anything reads them, so no `gc` takes them from under
         it.  Once more if a moved tag's old layers went meanwhile."""
         for attempt in (0, 1):
-            image = self._resolved if attempt == 0 and self._resolved is not None else resolve_or_pull(self.store, self.spec.image, self.spec.platform)
+            image = (self._resolved if attempt == 0 and self._resolved is not None
+                     else resolve_or_pull(self.store, self.spec.image, self.spec.platform))
             try:
                 self._use = self.store.use(image, self.id, self.name)
                 return image

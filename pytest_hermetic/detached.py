@@ -42,11 +42,6 @@ if TYPE_CHECKING:
 STOP_GRACE = 10.0  # seconds, as `docker stop`
 
 
-def parse_publish(text: str) -> Port:
-    """`[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]` -> a `Port`; loopback by default."""
-    return Port.parse(text)
-
-
 def listen(ports: "Sequence[Port]", hold: bool = True) -> list:
     """Take the host's `HOST_IP:HOST_PORT` of each port, before the
     container starts (a port in use fails the run before it began, as

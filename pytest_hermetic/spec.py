@@ -37,7 +37,8 @@ MAX_CPUS = 1024.0  # the kernel takes far more, but no machine has it; a cap tha
 MAX_PIDS = 4194304  # PID_MAX_LIMIT: pids.max refuses more
 MAX_TIMEOUT = 1e9  # seconds (~31 years); timers overflow beyond
 MAX_ID = (1 << 32) - 2  # uid/gid 4294967295 is (uid_t)-1, "no change"
-_SWITCHES = ("privileged", "seccomp", "init", "read_only", "ephemeral", "tracked", "accounting")  # True or False, nothing else
+# True or False, nothing else.
+_SWITCHES = ("privileged", "seccomp", "init", "read_only", "ephemeral", "tracked", "accounting")
 # The engine mounts its own file systems there: a bind would hide or break them.
 _RESERVED_TARGETS = ("/proc", "/sys", "/dev")
 

@@ -73,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ..detached import listen, refuse_rootless
 
         refuse_rootless(container)
-        forwarders = listen(spec.publish, hold=not container.userns)  # before the start: a host port in use fails the run before it begins
+        # Before the start: a host port in use fails the run before it begins.
+        forwarders = listen(spec.publish, hold=not container.userns)
     interrupts = {"count": 0}
     # Signals that arrive while `start()` has not returned yet: the command
     # may already run (and its user already press Ctrl-C), but there is no

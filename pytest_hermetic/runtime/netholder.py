@@ -118,7 +118,8 @@ def _holder_main(sock: socket.socket, userns: UserNamespace, helpers: bool, gate
                 break  # the owner closed the network (or died)
             if request in (b"socket", b"socket udp"):
                 try:
-                    made = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if request == b"socket udp" else socket.SOCK_STREAM)
+                    kind = socket.SOCK_DGRAM if request == b"socket udp" else socket.SOCK_STREAM
+                    made = socket.socket(socket.AF_INET, kind)
                     socket.send_fds(sock, [b"K"], [made.fileno()])
                     made.close()
                 except BaseException as exc:  # noqa: BLE001

@@ -131,7 +131,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     mount_dev(root, config.userns, config.shm_size)
     mount_sys(root, config.privileged)
     # Read-only too under --read-only (as an image's own /tmp would be), unless a --tmpfs covers it.
-    sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | (MS_RDONLY if config.read_only else 0), "mode=1777")
+    tmp_flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if config.read_only else 0)
+    sc.mount("tmpfs", root + "/tmp", "tmpfs", tmp_flags, "mode=1777")
     if config.tmpfs:  # those below a volume after it, the others before, so none hides another
         inside = [m for m in config.tmpfs if any(m.target.startswith(b.target.rstrip("/") + "/") for b in config.binds)]
         mount_tmpfs(root, [m for m in config.tmpfs if m not in inside])
