@@ -49,6 +49,18 @@ class _Parser(argparse.ArgumentParser):
         say(f"error: {message}; see `{self.prog} --help`")
         sys.exit(125)
 
+    _width: int | None = None
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse makes one for each add_argument (to check its metavar),
+        # and each asks the terminal's size: once per process is enough
+        # (about 4 µs an option, 0.13 ms of `hermetic run`'s start).
+        if _Parser._width is None:
+            import shutil
+
+            _Parser._width = shutil.get_terminal_size().columns - 2  # HelpFormatter's own default
+        return self.formatter_class(prog=self.prog, width=_Parser._width)  # type: ignore[call-arg]  # HelpFormatter's
+
 
 class _Skipped:
     """A verb's parser that is not built: `hermetic run` should not pay for
