@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
     from .networks import Network
+    from .runtime.rootfs.tmpfs import TmpfsMount
+    from .spec import Tmpfs
 
 from ._fs import rmtree
 from ._proc import descendants, owner, owner_key, signal_name
@@ -40,8 +42,8 @@ from .paths import make_private, state_root
 from .runtime import cgroups, process, seccomp
 from .runtime.namespaces import default_user_namespace
 from .runtime.network import NetworkConfig
-from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig, TmpfsMount
-from .spec import Spec, Tmpfs, format_size
+from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
+from .spec import Spec, format_size
 from .state import containers_dir, doomed_dir, list_states, staging_dir, write_state
 
 
@@ -574,6 +576,8 @@ def capability_mask(spec: Spec) -> int | None:
 
 
 def _tmpfs_mount(tmpfs: Tmpfs) -> TmpfsMount:
+    from .runtime.rootfs.tmpfs import TmpfsMount
+
     options = [f"{key}={value}" for key, value in (("size", tmpfs.size), ("uid", tmpfs.uid), ("gid", tmpfs.gid))
                if value is not None]
     if tmpfs.mode is not None:

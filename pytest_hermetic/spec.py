@@ -26,11 +26,13 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Any, Mapping, NoReturn, Sequence
 
 # Every pattern is used with fullmatch: `$` would also accept a trailing newline.
-_SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgtp]?)(i?b?)\s*", re.IGNORECASE)
+# Patterns as text, compiled by `re` on first use (and kept in its cache):
+# a container that names no size, host or user pays nothing for them.
+_SIZE = r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgtp]?)(i?b?)\s*"  # re.IGNORECASE
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,30}")  # a name (as useradd allows) or an id
+_HOSTNAME = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+_USER = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,30}"  # a name (as useradd allows) or an id
 MIN_MEM = 6 << 20  # as Docker: below this a container cannot even start its first process
 MAX_SIZE = 1 << 60  # beyond what any cgroup or disk holds; larger numbers overflow the kernel's parsers
 MAX_CPUS = 1024.0  # the kernel takes far more, but no machine has it; a cap that keeps test files portable
@@ -55,7 +57,7 @@ def parse_size(value: int | str | None, option: str = "mem") -> int | None:
     if isinstance(value, int):
         size = value
     else:
-        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+        match = re.fullmatch(_SIZE, value, re.IGNORECASE) if isinstance(value, str) else None
         if not match:
             raise SpecError(f"{option}={_r(value)}: not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB")
         size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
@@ -128,7 +130,7 @@ def parse_user(value: Any) -> str | None:
         raise SpecError(f"user={_r(value)}: use a user name or uid, optionally with a group: 'nobody', '1000', '1000:1000'")
     name, sep, group = text.partition(":")
     for part in (name, group) if sep else (name,):
-        if not _USER.fullmatch(part):
+        if not re.fullmatch(_USER, part):
             raise SpecError(f"user={_r(value)}: {_r(part)} is not a user or group name or a numeric id; "
                             "use e.g. 'nobody', '1000' or '1000:1000'")
         if part.isdigit() and int(part) > MAX_ID:
@@ -378,9 +380,9 @@ class Spec:
         image = _check_image(image)
         checked_command = _check_command(command)
         checked_net = parse_net(net)
-        if hostname is not None and (not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname)):
+        if hostname is not None and (not isinstance(hostname, str) or not re.fullmatch(_HOSTNAME, hostname)):
             raise SpecError(f"hostname={_r(hostname)}: use letters, digits and '-', at most 63 characters")
-        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+        if name is not None and (not isinstance(name, str) or not re.fullmatch(_NAME, name)):
             raise SpecError(f"name={_r(name)}: use letters, digits, '_', '.', '-', starting with a letter or digit")
         checked_env = _check_env(env)
         env_files = _paths(env_file, "env_file")
@@ -447,7 +449,7 @@ def parse_net(value: Any) -> bool | str:
         if lowered == "host":
             raise SpecError("net='host': sharing the host's network namespace is not supported (it is not "
                             "hermetic); use net=True for a bridged network with the host reachable")
-        if not _NAME.fullmatch(value) or len(value) > 64:
+        if not re.fullmatch(_NAME, value) or len(value) > 64:
             raise SpecError(f"net={_r(value)}: a network name uses letters, digits, '_', '.', '-' (at most 64), "
                             "starting with a letter or digit")
         return value

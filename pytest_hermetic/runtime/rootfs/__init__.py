@@ -20,15 +20,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
+    from .tmpfs import TmpfsMount  # imported where used: only --tmpfs and --read-only need it
+
 from .. import syscalls as sc
 from ..syscalls import MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC
 from .kernelfs import mask_paths, mount_cgroup2, mount_dev, mount_proc, mount_sys
 from .mounts import write_file
 from .overlay import OVERLAY_MAX_LOWERS, mount_host_per_directory, mount_overlay, overlay_options
-from .tmpfs import TmpfsMount, make_read_only, mount_tmpfs
 from .volumes import mount_volumes
 
-__all__ = ["OVERLAY_MAX_LOWERS", "Bind", "RootfsConfig", "TmpfsMount", "mount_cgroup2", "overlay_options", "setup",
+__all__ = ["OVERLAY_MAX_LOWERS", "Bind", "RootfsConfig", "mount_cgroup2", "overlay_options", "setup",
            "write_init_layer"]
 
 
@@ -124,6 +125,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     else:
         mount_overlay(config.lowers, config.upper, config.work, root, config.userns, f"{config.scratch}/links",
                       config.layers_dir)
+    if config.read_only or config.tmpfs:
+        from .tmpfs import make_read_only, mount_tmpfs
     if config.read_only:
         make_read_only(root, [(m.target, True) for m in config.tmpfs] +
                        [(b.target, os.path.isdir(b.source)) for b in config.binds])
