@@ -20,6 +20,7 @@ from typing import Callable
 from . import netns
 
 UDP_IDLE = 60.0  # seconds a UDP client's relay lives without traffic (conntrack's stream timeout is 120)
+UDP_CLIENTS = 512  # relays at once (a socket and a thread each); datagrams of further clients are dropped
 
 
 def socket_in(netns_path: str) -> Callable[..., socket.socket]:
@@ -183,6 +184,8 @@ class UdpForwarder:
             with self._lock:
                 upstream = self._clients.get(client)
             if upstream is None:
+                if len(self._clients) >= UDP_CLIENTS:
+                    continue  # as a full conntrack table would: the client retries later
                 try:
                     upstream = self._make(socket.SOCK_DGRAM)
                     upstream.connect(self.target)
