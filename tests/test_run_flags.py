@@ -445,6 +445,40 @@ def test_platform_this_machine_runs_and_one_it_cannot(busybox_image):
     assert ran.returncode == 125 and "busybox:test in the local store is a " in ran.stderr, ran
 
 
+def test_platform_pulls_that_platforms_image(registry, busybox_rootfs, tmp_path):
+    """A two-platform index (amd64, and 386 which an amd64 kernel runs natively):
+    `run` takes the machine's; `run --platform linux/386` finds the local
+    image of another platform and pulls the 386 one, as `docker run --platform` does."""
+    import hashlib
+    import shutil
+
+    from hermetic_testsupport.registry import oci_image, run, skopeo_copy
+    from pytest_hermetic.images import platforms
+    from pytest_hermetic.images.registry import OCI_INDEX, Registry
+
+    if platforms.host()["architecture"] != "amd64":
+        pytest.skip("the second platform here is 386, which only an amd64 machine runs natively")
+    layout, entries = str(tmp_path / "multi"), []
+    for arch in ("amd64", "386"):
+        rootfs = tmp_path / f"root-{arch}"
+        shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+        (rootfs / "etc" / "arch").write_text(arch)  # (the same busybox in both: only the config's platform differs)
+        oci_image(str(rootfs), layout, arch, env=["PATH=/bin"])
+        run("umoci", "config", "--image", f"{layout}:{arch}", "--architecture", arch, "--os", "linux")
+        skopeo_copy(f"oci:{layout}:{arch}", f"docker://{registry.host}/plat/img:{arch}")
+        body, media_type, _ = Registry(registry.host).get_manifest("plat/img", arch)
+        entries.append({"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(body).hexdigest(),
+                        "size": len(body), "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
+    Registry(registry.host).put_manifest("plat/img", "1", index, OCI_INDEX)
+    ref, env = f"{registry.host}/plat/img:1", {"HERMETIC_STORE": str(tmp_path / "store")}
+    assert run_cli("run", ref, "cat", "/etc/arch", env=env).stdout == "amd64"
+    ran = run_cli("run", "--platform", "linux/386", ref, "cat", "/etc/arch", env=env)
+    assert ran.stdout == "386", ran
+    assert run_cli("run", "--platform", "linux/386", ref, "cat", "/etc/arch", env=env).stdout == "386"  # local now
+    assert run_cli("run", "--platform", "linux/amd64", ref, "cat", "/etc/arch", env=env).stdout == "amd64"
+
+
 def test_docker_spellings(busybox_image):
     ran = run_cli("run", "--network", "none", "-m", "64m", "--memory", "96m", "--pids-limit", "20", busybox_image, "sh",
                   "-c", "echo up")
