@@ -354,6 +354,7 @@ class Container:
             layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
             shm_size=spec.shm_size or min(host_shm_size(), spec.mem or host_shm_size()),
             read_only=spec.read_only,
+            workdir=(spec.workdir or image.config.get("WorkingDir") or "") if spec.read_only else "",
             tmpfs=[_tmpfs_mount(t) for t in spec.tmpfs],
         )
         return process.ProcessConfig(

@@ -303,6 +303,10 @@ def test_read_only_root_with_tmpfs_and_a_volume(tmp_path, request, as_user):
     # Without --read-only the same root is writable (and /tmp is the engine's tmpfs).
     ran = run_cli("run", busybox_image, "sh", "-c", READ_ONLY_CHECK, user=user)
     assert ran.stdout.split("\n")[:3] == ["W /etc/x", "W /x", "W /tmp/x"], ran.stdout
+    # A -w folder the image lacks is made first, as Docker makes it, and stays read-only.
+    ran = run_cli("run", "--read-only", "-w", "/new/work", busybox_image, "sh", "-c", "pwd; touch x || echo ro",
+                  user=user)
+    assert ran.stdout == "/new/work\nro\n", ran
     # --tmpfs /tmp makes /tmp writable again under --read-only, as in Docker.
     ran = run_cli("run", "--read-only", "--tmpfs", "/tmp", busybox_image, "sh", "-c", "touch /tmp/x && echo ok",
                   user=user)

@@ -67,6 +67,7 @@ class RootfsConfig:
     layers_dir: str = ""  # the store's layer folder, where the image's lowers are
     shm_size: int = 64 << 20  # bytes of /dev/shm (its tmpfs's pages count against the memory limit)
     read_only: bool = False  # the root (and /tmp, unless a tmpfs) read-only
+    workdir: str = ""  # with read_only: made first if missing (as Docker makes it before the root goes read-only)
     tmpfs: list[TmpfsMount] = factory(list)
 
 
@@ -129,7 +130,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         from .tmpfs import make_read_only, mount_tmpfs
     if config.read_only:
         make_read_only(root, [(m.target, True) for m in config.tmpfs] +
-                       [(b.target, os.path.isdir(b.source)) for b in config.binds])
+                       [(b.target, os.path.isdir(b.source)) for b in config.binds] +
+                       ([(config.workdir, True)] if config.workdir else []))
     mount_proc(root)
     mount_dev(root, config.userns, config.shm_size)
     mount_sys(root, config.privileged)
