@@ -110,6 +110,7 @@ class Container:
         self._resolved = image
         self.cgroup: cgroups.Cgroup | None = None
         self.process: process.ContainerProcess | None = None
+        self.tty: int | None = None  # the master of its terminal, started with `tty`
         self.result: Result | None = None
         self.started_at: float | None = None
         # Untracked (the plugin's per-test containers): no folder of their
@@ -150,12 +151,16 @@ class Container:
     # -- start ----------------------------------------------------------------
 
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
-              stdout: int | None = None, stderr: int | None = None, log: bool = False) -> "Container":
+              stdout: int | None = None, stderr: int | None = None, log: bool = False,
+              tty: bytes | None = None) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
         with `log` (a tracked container's) stdout and stderr go to
-        `log_path` in its state folder instead (`hermetic run -d`)."""
+        `log_path` in its state folder instead (`hermetic run -d`).  With
+        `tty` (a struct winsize, 8 bytes) the command runs on a pty of the
+        container's own instead, and `self.tty` is its master's fd (the
+        caller's to read, write and close)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         image = self.image = self._resolve_and_use()
@@ -167,6 +172,7 @@ class Container:
                 if self.spec.entrypoint is not None:
                     raise SpecError("--entrypoint '' and no command: nothing to run; give a command")
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
+        pair = None
         limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
         try:
@@ -181,6 +187,13 @@ class Container:
                 log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
+            if tty is not None:
+                if target is not None:
+                    raise SpecError("a terminal (tty) is for a command, not for a Python callable")
+                from .runtime.console import Pair  # lazily: socket, which only a terminal needs
+
+                pair = Pair(tty)
+                config.tty = pair.console
             if self.spec.net is not False:
                 self._join_network(config)
             if self.state_dir is not None:
@@ -191,7 +204,13 @@ class Container:
             finally:
                 if log_fd is not None:
                     os.close(log_fd)
+                if pair is not None:
+                    pair.started()
+            if pair is not None:
+                self.tty = pair.receive()
         except BaseException:
+            if pair is not None:
+                pair.close()
             self.remove()
             raise
         return self
@@ -208,7 +227,7 @@ class Container:
         return {"env": self._env(self.image), "cwd": self.spec.workdir or self.image.config.get("WorkingDir") or "/",
                 "cgroup_procs": self.cgroup.join_paths() if self.cgroup else [], "userns": self.userns,
                 "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None,
-                "caps": capability_mask(self.spec)}
+                "user": self.spec.user or self.image.config.get("User") or None, "caps": capability_mask(self.spec)}
 
     def _resolve_and_use(self) -> Image:
         """The image, with its layers recorded as this container's in the
@@ -458,8 +477,11 @@ class Container:
         return self.cgroup.stats() if self.cgroup is not None else cgroups.Stats()
 
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, workdir: str | None = None,
-             stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> process.ContainerProcess:
-        """Start `argv` in this running container; wait on the returned handle."""
+             stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
+             user: str | None = None, tty: bytes | None = None) -> process.ContainerProcess:
+        """Start `argv` in this running container; wait on the returned handle.
+        `user` defaults to the container's; with `tty` (a struct winsize) it
+        runs on a pty of the container's own, whose master is the handle's `tty`."""
         from .runtime.enter import enter  # lazily: 1 ms of imports that `hermetic run` never needs
 
         if self.process is None or self.result is not None:
@@ -469,7 +491,7 @@ class Container:
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
                      self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec),
-                     capability_mask(self.spec))
+                     user or self.spec.user or self.image.config.get("User") or None, tty, capability_mask(self.spec))
 
     # -- after ----------------------------------------------------------------
 

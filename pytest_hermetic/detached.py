@@ -142,9 +142,12 @@ def record_ports(container: Container, forwarders: list) -> None:
 # -- run -d --------------------------------------------------------------------------
 
 
-def start_detached(spec: Spec, remove: bool = False) -> str:
+def start_detached(spec: Spec, remove: bool = False, interactive: bool = False, tty: bytes | None = None) -> str:
     """Start `spec` under a supervisor of its own and return the container's
-    id once it runs; its start errors are raised here, as a foreground run's."""
+    id once it runs; its start errors are raised here, as a foreground run's.
+    With `interactive` its stdin stays open (a pipe the supervisor holds, as
+    `docker run -di`: a shell waits instead of reading EOF); with `tty` (a
+    struct winsize) it runs on a pty of its own whose output goes to the log."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's end is checked through the tests' CLI runs
@@ -153,7 +156,7 @@ def start_detached(spec: Spec, remove: bool = False) -> str:
             os.close(read_fd)
             os.setsid()  # no terminal: the caller's Ctrl-C or hangup is not the container's
             if os.fork() == 0:
-                _supervise(spec, remove, write_fd)
+                _supervise(spec, remove, write_fd, interactive, tty)
             code = 0
         finally:
             os._exit(code)
@@ -174,7 +177,8 @@ def start_detached(spec: Spec, remove: bool = False) -> str:
     return answer["id"]
 
 
-def _supervise(spec: Spec, remove: bool, report_fd: int) -> None:  # pragma: no cover
+def _supervise(spec: Spec, remove: bool, report_fd: int, interactive: bool = False,  # pragma: no cover
+               tty: bytes | None = None) -> None:
     """The supervisor: start, report, wait, record the end; never returns."""
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -185,10 +189,18 @@ def _supervise(spec: Spec, remove: bool, report_fd: int) -> None:  # pragma: no 
         signal.signal(sig, signal.SIG_IGN)
     container = Container(spec)
     forwarders: list = []
+    held_stdin = None  # -i: the write end of the container's stdin, held open and never written
     try:
         refuse_rootless(container)
         forwarders = listen(spec.publish, hold=not container.userns)
-        container.start(stdin=0, log=True)
+        stdin = 0
+        if interactive and tty is None:
+            stdin, held_stdin = os.pipe2(os.O_CLOEXEC)
+        container.start(stdin=stdin, log=True, tty=tty)
+        if stdin != 0:
+            os.close(stdin)
+        if container.tty is not None:
+            _log_terminal(container.tty, container.log_path)  # type: ignore[arg-type]
         attach(container, forwarders)
         assert container.state_dir is not None and container.pid is not None
         state = _read(container.state_dir)
@@ -225,6 +237,25 @@ def _supervise(spec: Spec, remove: bool, report_fd: int) -> None:  # pragma: no 
                          finished=time.time(), pid=None, cgroup=[], rw_dir=None)
             write_state(container.state_dir, state)
     os._exit(0)
+
+
+def _log_terminal(master: int, path: str) -> None:  # pragma: no cover - the supervisor's
+    """`run -dt`: a thread copies the container's terminal into its log
+    (until the terminal's last holder closes it: EIO), as `docker logs` of a tty."""
+    import threading  # lazily: only a detached container with a terminal needs it
+
+    def copy() -> None:
+        with open(path, "ab", buffering=0) as log:
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                log.write(data)
+
+    threading.Thread(target=copy, name="hermetic-tty-log", daemon=True).start()
 
 
 def _spec_json(spec: Spec) -> dict:
@@ -368,8 +399,10 @@ def logs(state: dict) -> str | None:
 
 
 def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | None,
-            stdio: tuple = (None, None, None)) -> ContainerProcess:
-    """Start `argv` in a running detached container (from any process)."""
+            stdio: tuple = (None, None, None), user: str | None = None, tty: bytes | None = None) -> ContainerProcess:
+    """Start `argv` in a running detached container (from any process), as
+    `user` (default: the container's), with `tty` (a struct winsize) on a
+    pty of the container's own (the handle's `tty` is its master)."""
     from .runtime import seccomp
     from .runtime.enter import enter
 
@@ -387,7 +420,7 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
                                   "or give the container a command that does the work")
     return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],
                  settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None,
-                 settings.get("caps"))
+                 user or settings.get("user"), tty, settings.get("caps"))
 
 
 def inspect(state: dict) -> dict:

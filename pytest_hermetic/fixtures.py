@@ -318,8 +318,8 @@ class Containers:
             container.start(stdin=null_fd, stdout=log_fd, stderr=log_fd)
         except HermeticError as exc:
             # One line at the test's call, not the engine's frames below it.
-            hint = (f"; pull it while online (`hermetic pull {image}`) or import it (`hermetic import`)"
-                    if isinstance(exc, RegistryError) else "")
+            hint = ("" if not isinstance(exc, RegistryError) else f"; or pull it ahead (`hermetic pull {image}`)"
+                    if "ways out:" in str(exc) else f"; pull it while online (`hermetic pull {image}`) or import it (`hermetic import`)")
             raise type(exc)(f"containers.run({image!r}): {exc}{hint}") from None
         finally:
             os.close(log_fd)

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 
 from .. import options
-from .output import ago, say, table
+from .output import ago, output_format, say, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..runtime.process import ContainerProcess, ExitStatus
     from . import Verb
 
 
@@ -20,6 +22,7 @@ def add_parsers(verb: "Verb") -> None:
     ps = verb("ps", help="list running containers")
     ps.add_argument("-a", "--all", action="store_true", help="exited ones too (kept until `rm` or `gc`)")
     ps.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    ps.add_argument("--format", type=output_format, default="table", metavar="json|table", help="json: one JSON array")
     ps.set_defaults(handler=cmd_ps)
     logs = verb("logs", help="the output of a detached container")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the container ends")
@@ -29,6 +32,9 @@ def add_parsers(verb: "Verb") -> None:
     exe = verb("exec", help="run a command in a running detached container")
     exe.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     exe.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside the container")
+    exe.add_argument("-u", "--user", metavar="USER[:GROUP]", help="a name or an id (default: the container's user)")
+    exe.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (it is passed without -i too)")
+    exe.add_argument("-t", "--tty", action="store_true", help="a terminal of the container's own (a pty)")
     exe.add_argument("container", metavar="CONTAINER", help="name or id")
     exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
     exe.set_defaults(handler=cmd_exec)
@@ -46,6 +52,7 @@ def add_parsers(verb: "Verb") -> None:
     rm.add_argument("containers", nargs="+", metavar="CONTAINER")
     rm.set_defaults(handler=cmd_rm)
     ins = verb("inspect", help="a container's spec, state, pid, network, limits and image as JSON")
+    ins.add_argument("--format", type=output_format, default="json", metavar="json", help="JSON already (accepted as docker's)")
     ins.add_argument("containers", nargs="+", metavar="CONTAINER")
     ins.set_defaults(handler=cmd_inspect)
     port = verb("port", help="a container's published ports (or where CONTAINER_PORT is published)")
@@ -62,9 +69,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
     from ..state import list_states
 
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PIDS", "NETWORK", "PORTS")]
-    for state in list_states():
-        if not state["alive"] and not args.all:
-            continue
+    shown = [state for state in list_states() if state["alive"] or args.all]
+    if args.format == "json" and not args.quiet:
+        from .output import print_json
+
+        print_json([_ps_json(state, status(state)) for state in shown])
+        return 0
+    for state in shown:
         if args.quiet:
             print(state["id"][:12])
             continue
@@ -81,6 +92,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if not args.quiet:
         table(rows)
     return 0
+
+
+def _ps_json(state: dict, now: str) -> dict:
+    return {"id": state["id"], "name": state.get("name", ""), "image": state.get("image", ""),
+            "command": list(state.get("command") or []), "created": state.get("created"), "status": now,
+            "exit_code": state.get("exit_code"), "reason": state.get("reason"), "finished": state.get("finished"),
+            "pids": list(state.get("pids") or []) if state["alive"] else [], "network": state.get("network"),
+            "address": state.get("address"),
+            "ports": [{"host_ip": ip, "host_port": hp, "container_port": cp, "protocol": "tcp"}
+                      for ip, hp, cp in state.get("ports") or []]}
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -124,11 +145,58 @@ def cmd_exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise SpecError("exec: no command given; e.g. `hermetic exec NAME sh -c 'echo hi'`")
+    user = None
+    if args.user is not None:
+        from ..spec import parse_user
+
+        user = parse_user(args.user)
+    env = options.parse_env(args.env)
+    size = None
+    if args.tty:
+        from .terminal import caller_size, check_input
+
+        check_input(args.interactive, "exec")
+        size = caller_size()
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
     state = detached.find(args.container)
-    proc = detached.exec_in(state, command, options.parse_env(args.env), args.workdir)
-    status = proc.wait()
+    proc = detached.exec_in(state, command, env, args.workdir, user=user, tty=size)
+    if proc.tty is None:
+        status = proc.wait()
+    else:
+        status = _wait_with_terminal(proc, args.interactive)
     assert status is not None
     return status.shell_code
+
+
+def _wait_with_terminal(proc: "ContainerProcess", interactive: bool) -> "ExitStatus | None":
+    """`exec -t`: the caller's terminal wired to the process's until it ends.
+    SIGHUP or SIGTERM to us hangs its terminal up (a shell ends) and passes
+    SIGTERM on; a second signal leaves it running with its terminal hung up,
+    as a killed `docker exec` does; the caller's terminal is restored either way."""
+    from .terminal import Session
+
+    session = Session(proc.tty, interactive)  # type: ignore[arg-type]
+    hits: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise SystemExit(128 + signum)
+        if signum == signal.SIGINT:
+            session.signal(signum)  # to its terminal's foreground group, as a Ctrl-C
+            return
+        session.hangup()
+        if signum == signal.SIGTERM:
+            proc.send_signal(signal.SIGTERM)  # (its relay passes it on)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        session.open()
+        return proc.wait()
+    finally:
+        session.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
     from . import rootfs, seccomp
+    from .console import Console
 
 
 @record
@@ -44,3 +45,4 @@ class ProcessConfig:
     # the child builds its root; `netns_ready` carries the child's NETNS_MADE.
     network_hook: Callable[[int], None] | None = None
     netns_ready: Channel | None = None
+    tty: Console | None = None  # run -t: make a pty of the container's own (console.py)

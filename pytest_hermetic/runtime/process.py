@@ -66,6 +66,7 @@ class ContainerProcess:
         self._pidfd: int | None = None
         self.exit_status: ExitStatus | None = None
         self.net_helper: Helper | None = None  # slirp4netns serving this container, if any
+        self.tty: int | None = None  # an exec's terminal's master (exec -t): the caller's to use and close
 
     def fileno(self) -> int:
         if self._pidfd is None:
