@@ -613,7 +613,13 @@ def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or N
     the spec opts out (`seccomp=False`) or is privileged (as under Docker)."""
     if spec.privileged or not spec.seccomp:
         return None
-    return seccomp.default(os.path.join(make_private(state_root()), "cache"))
+    caps = capability_mask(spec)
+    sys_admin = False
+    if caps is not None:
+        from .runtime.capabilities import has_sys_admin
+
+        sys_admin = has_sys_admin(caps)  # then no TIOCSTI either (runtime/seccomp.py)
+    return seccomp.default(os.path.join(make_private(state_root()), "cache"), sys_admin)
 
 
 def _env_dict(items: list[str]) -> dict[str, str]:

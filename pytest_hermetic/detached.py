@@ -404,6 +404,7 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
     `user` (default: the container's), with `tty` (a struct winsize) on a
     pty of the container's own (the handle's `tty` is its master)."""
     from .runtime import seccomp
+    from .runtime.capabilities import has_sys_admin
     from .runtime.enter import enter
 
     pid = pid1(state)
@@ -418,9 +419,10 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
         raise ContainerStartError(f"container {state.get('name')}: `hermetic exec` into a rootless detached container "
                                   "is not supported yet (its namespaces are closed to other processes); run as root, "
                                   "or give the container a command that does the work")
+    caps = settings.get("caps")
+    seccomp_filter = seccomp.default(sys_admin=has_sys_admin(caps)) if settings["seccomp"] else None
     return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],
-                 settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None,
-                 user or settings.get("user"), tty, settings.get("caps"))
+                 settings["userns"], settings["privileged"], stdio, seccomp_filter, user or settings.get("user"), tty, caps)
 
 
 def inspect(state: dict) -> dict:

@@ -45,6 +45,11 @@ ALL_CAPS = {
 }
 
 
+def has_sys_admin(keep: int | None) -> bool:
+    """Whether a `mask` (None: the default set) holds CAP_SYS_ADMIN."""
+    return keep is not None and bool(keep & 1 << ALL_CAPS["CAP_SYS_ADMIN"])
+
+
 def canonical(name: str) -> str | None:
     """`sys_admin`, `SYS_ADMIN`, `CAP_SYS_ADMIN` -> `CAP_SYS_ADMIN`; `all` -> `ALL`; None if no such capability."""
     upper = name.strip().upper()
