@@ -98,6 +98,9 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
             for name, flag in _ORDER:
                 sc.setns(fds[name], flag)
             uid, gid = resolve_user(user)
+            # Only what the command gets, before its process can be seen in the container.
+            descriptors.close_except((err_w, *(fd for fd in stdio if fd is not None),
+                                      *((console.socket_fd,) if console is not None else ())))
             if console is None:
                 # Everything that makes this process more than the
                 # container's own goes before the fork: its child is born
@@ -106,7 +109,6 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                 # held the caller's descriptors, more capabilities than the
                 # container's, or no seccomp filter.  (A terminal's pty is
                 # made by the child, a session leader: it drops there.)
-                descriptors.close_except((err_w, *(fd for fd in stdio if fd is not None)))
                 own_session()  # its session keyring (keyctl is not in the filter); the child makes its own session
                 become(uid, gid, privileged, capabilities.last_cap(), userns, caps)
                 if seccomp_filter is not None:
