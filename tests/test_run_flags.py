@@ -352,6 +352,16 @@ def test_cap_drop_all_root_in_the_container_cannot_chown(request, as_user):
 
 
 @pytest.mark.parametrize("as_user", [False, True], ids=["root", "rootless"])
+def test_cap_drop_all_with_another_user(request, as_user):
+    """The user switch comes before the capabilities shrink (as runc's): CAP_SETUID may be among those dropped."""
+    user, image = _as(request, as_user)
+    ran = run_cli("run", "--cap-drop", "ALL", "-u", "1000:1000", image, "sh", "-c",
+                  "id -u; id -g; grep -E '^Cap(Eff|Bnd)' /proc/self/status", user=user)
+    assert ran.returncode == 0, ran
+    assert ran.stdout == "1000\n1000\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\n", ran.stdout
+
+
+@pytest.mark.parametrize("as_user", [False, True], ids=["root", "rootless"])
 def test_cap_add_net_admin_changes_its_own_interface_only(request, as_user):
     user, busybox_image = _as(request, as_user)
     with open("/sys/class/net/lo/mtu") as f:

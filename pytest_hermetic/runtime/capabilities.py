@@ -113,6 +113,14 @@ def drop_to_default(last: int, keep: int | None = None) -> None:
     """Reduce this process to Docker's default capabilities, or to the set
     `keep` (a `mask`) (bounding, effective, permitted; inheritable and
     ambient cleared)."""
+    restrict(bound(last, keep))
+
+
+def bound(last: int, keep: int | None = None) -> int:
+    """Cut the bounding set to Docker's default set or `keep` (a `mask`),
+    and clear the ambient set; returns the set kept, for `restrict`.  The
+    effective set stays, so a user switch can still follow (`--cap-drop
+    ALL -u 1000` needs CAP_SETUID for it)."""
     if keep is None:
         keep = default_mask()
     else:  # --cap-add ALL: what this process has (an engine run in a container may lack some)
@@ -125,6 +133,11 @@ def drop_to_default(last: int, keep: int | None = None) -> None:
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
+    return keep
+
+
+def restrict(keep: int) -> None:
+    """Effective and permitted = `keep` (inheritable empty)."""
     syscalls.capset(keep, keep, 0)
 
 

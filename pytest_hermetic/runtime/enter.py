@@ -98,39 +98,35 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
             for name, flag in _ORDER:
                 sc.setns(fds[name], flag)
             uid, gid = resolve_user(user)
-            # Only what the command gets, before its process can be seen in the container.
+            # Everything that makes this process more than the container's
+            # own goes before the fork: its child is born in the container's
+            # PID namespace, where a process of the container could ptrace
+            # it (--cap-add SYS_PTRACE) while it held the caller's
+            # descriptors, more capabilities than the container's, or no
+            # seccomp filter.  So the terminal is made here (`make`), and
+            # only taken (`adopt`) by the child, a session leader.
             descriptors.close_except((err_w, *(fd for fd in stdio if fd is not None),
                                       *((console.socket_fd,) if console is not None else ())))
-            if console is None:
-                # Everything that makes this process more than the
-                # container's own goes before the fork: its child is born
-                # in the container's PID namespace, where a process of the
-                # container could ptrace it (--cap-add SYS_PTRACE) while it
-                # held the caller's descriptors, more capabilities than the
-                # container's, or no seccomp filter.  (A terminal's pty is
-                # made by the child, a session leader: it drops there.)
-                own_session()  # its session keyring (keyctl is not in the filter); the child makes its own session
-                become(uid, gid, privileged, capabilities.last_cap(), userns, caps)
-                if seccomp_filter is not None:
-                    seccomp_filter.load()
+            slave = None
+            if console is not None:
+                from . import console as consoles  # imported by enter() before the fork
+
+                console.uid = uid
+                slave = consoles.make(console)
+            own_session()  # its session keyring (keyctl is not in the filter); the child makes its own session
+            become(uid, gid, privileged, capabilities.last_cap(), userns, caps)
+            if seccomp_filter is not None:
+                seccomp_filter.load()
             child = os.fork()
         except BaseException as exc:  # noqa: BLE001
             fail(err_w, 125, describe(exc))
         if child == 0:
             try:
                 os.chdir(cwd if os.path.isdir(cwd) else "/")
-                if console is None:
-                    os.setsid()
-                else:
-                    from . import console as consoles  # imported by enter() before the fork
-
-                    own_session()
-                    console.uid = uid
-                    consoles.attach(console)
+                os.setsid()
+                if slave is not None:
+                    consoles.adopt(slave)
                     stdio = (None, None, None)  # 0, 1, 2 are the terminal now
-                    become(uid, gid, privileged, capabilities.last_cap(), userns, caps)
-                    if seccomp_filter is not None:
-                        seccomp_filter.load()
             except BaseException as exc:  # noqa: BLE001
                 fail(err_w, 125, describe(exc))
             try:
@@ -142,6 +138,8 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                 fail(err_w, 127, f"{argv[0]}: command not found in the container")
             except BaseException as exc:  # noqa: BLE001
                 fail(err_w, 126, describe(exc))
+        if slave is not None:
+            os.close(slave)  # the child's now: the terminal hangs up when the command ends
         os.close(err_w)
         exit_as(child)
     finally:

@@ -160,13 +160,17 @@ def become(uid: int, gid: int, privileged: bool, cap_last: int, userns: bool, ca
     bounding set is cut first, so a setuid-root file could not give back
     more than the default set even without no_new_privs)."""
     if not privileged:
-        capabilities.drop_to_default(cap_last, caps)
+        keep = capabilities.bound(cap_last, caps)
     if gid != 0 or uid != 0:
+        # Before the effective set shrinks: CAP_SETUID and CAP_SETGID may be
+        # among what is dropped (--cap-drop ALL -u 1000).
         if not userns:
             os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     if not privileged:
+        if uid == 0:
+            capabilities.restrict(keep)
         capabilities.no_new_privs()
 
 

@@ -167,6 +167,12 @@ def test_exec_into_a_container_gets_its_capabilities_not_more(names_cleanup):
     assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 1 << ALL_CAPS["CAP_SYS_PTRACE"], status
     assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1", status
     assert ran.stdout.split()[-4:] == ["0", "1", "2", "3"]  # stdio and ls's own directory fd
+    # The same through a terminal of the container's own, and as another user.
+    ran = run_cli("exec", "-t", "-u", "nobody", "capexec", "sh", "-c",
+                  "id -u; grep -E '^(CapEff|Seccomp):' /proc/self/status; stat -c %U $(tty)")
+    assert ran.returncode == 0, ran
+    assert ran.stdout.replace("\r", "").split("\n")[:4] == ["65534", "CapEff:\t0000000000000000", "Seccomp:\t2",
+                                                           "nobody"], ran.stdout
 
 
 @pytest.fixture
