@@ -112,6 +112,14 @@ def basetemp(config: pytest.Config) -> str | None:
     return None if factory is None else str(factory.getbasetemp())
 
 
+def outside_capture(config: pytest.Config) -> contextlib.AbstractContextManager[None]:
+    """Write to the terminal while pytest captures output (progress lines of
+    an image build).  Relies on the "capturemanager" plugin's
+    `global_and_fixture_disabled` (what live logging uses)."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    return capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
+
+
 def under_capture(config: pytest.Config, when: str, fn: Callable[[], T]) -> tuple[T, list[tuple[str, str]]]:
     """Run `fn` under pytest's global output capture, as the phase `when`
     would be; return its result and its report sections ("Captured stdout

@@ -51,7 +51,8 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("image", "host", "host, NAME[:TAG], dir:PATH, tar:FILE, oci:DIR[:TAG], docker-archive:FILE",
+    Option("image", "host", "host, NAME[:TAG], dir:PATH, tar:FILE, oci:DIR[:TAG], docker-archive:FILE; "
+           "in pytest also Build(CONTAINERFILE) or build:NAME (built when first needed)",
            (MARKER,)),  # the command line's and the cell's first positional argument
     Option("command", None, "the program and its arguments (a string: run by /bin/sh -c); None: the image's"),
     Option("net", False, "network: bare (or =bridge) the host bridge with NAT out, or a named network "

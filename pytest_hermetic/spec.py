@@ -462,6 +462,9 @@ def _check_image(image: Any) -> str:
     if not isinstance(image, str) or not image.strip():
         raise SpecError(f"image={_r(image)}: give an image reference such as 'host', 'busybox:1' or 'dir:/path'")
     image = image.strip()
+    if image.startswith("build:"):  # the plugin and `containers.run` build these; Spec takes what was built
+        raise SpecError(f"image={_r(image)}: an image built from a Containerfile is named so only in pytest "
+                        "(the marker, containers.run); elsewhere build it first (`hermetic build -t NAME`)")
     if image == "host":
         return image
     from .errors import ImageReferenceError
