@@ -573,14 +573,19 @@ def log_path(state_dir: str) -> str:
 
 
 def command_line(spec: Spec, image: Image) -> list[str]:
-    """What PID 1 runs.  Without `entrypoint`: the spec's command, or the
-    image's ENTRYPOINT and CMD.  With it (Docker's --entrypoint): it, then
-    the spec's command as its arguments (the image's CMD is dropped, as Docker does)."""
+    """What PID 1 runs, as Docker decides it: the ENTRYPOINT (the spec's
+    `entrypoint` if set, `()` for none, else the image's), then the spec's
+    command as its arguments, or without one the image's CMD (dropped when
+    the spec sets its own entrypoint, as Docker drops it).  A real image's
+    ENTRYPOINT (postgres's docker-entrypoint.sh) prepares what the command
+    needs.  Front ends whose command is a whole script to run as it is (a
+    notebook cell, a build's RUN) give `entrypoint=()`."""
     if spec.entrypoint is not None:
         return [*spec.entrypoint, *(spec.command or ())]
+    entrypoint = list(image.config.get("Entrypoint") or [])
     if spec.command:
-        return list(spec.command)
-    return list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
+        return entrypoint + list(spec.command)
+    return entrypoint + list(image.config.get("Cmd") or [])
 
 
 def capability_mask(spec: Spec) -> int | None:

@@ -86,8 +86,8 @@ OPTIONS: tuple[Option, ...] = (
            (MARKER, CLI, CELL), ("--security-opt",), "seccomp=unconfined", "list"),
     Option("init", False, "run the command as PID 2 under a PID 1 that reaps zombies and forwards signals", (CLI,),
            ("--init",), kind="switch"),
-    Option("entrypoint", None, "the program to run instead of the image's ENTRYPOINT (the command becomes its "
-           "arguments; '' for none)", (CLI,), ("--entrypoint",), "PROGRAM"),
+    Option("entrypoint", None, "the program to run instead of the image's ENTRYPOINT (the command is passed to "
+           "the ENTRYPOINT either way; '' for none)", (CLI,), ("--entrypoint",), "PROGRAM"),
     Option("env_file", None, "read environment variables from a file (KEY=VALUE lines; KEY alone passes the caller's; "
            "# comments); -e wins", (MARKER, CLI), ("--env-file",), "FILE", "list"),
     Option("read_only", False, "the root file system read-only (writable: --tmpfs mounts, volumes, /dev)",

@@ -235,6 +235,8 @@ def entry_image(busybox_image):
 
 def test_entrypoint_override_and_clear(entry_image):
     assert run_cli("run", entry_image).stdout == "entry from-cmd\n"
+    # As Docker: a command replaces CMD and goes to the ENTRYPOINT as its arguments.
+    assert run_cli("run", entry_image, "given").stdout == "entry given\n"
     # As Docker: --entrypoint drops the image's CMD too; the command becomes its arguments.
     assert run_cli("run", "--entrypoint", "echo", entry_image).stdout == "\n"
     assert run_cli("run", "--entrypoint", "echo", entry_image, "a", "b").stdout == "a b\n"
@@ -243,6 +245,13 @@ def test_entrypoint_override_and_clear(entry_image):
     assert ran.returncode == 125 and "nothing to run; give a command" in ran.stderr, ran
     ran = run_cli("run", "--entrypoint", "/nonexistent", entry_image)
     assert ran.returncode == 127 and "/nonexistent: command not found" in ran.stderr, ran
+
+
+def test_a_service_command_goes_to_the_entrypoint(entry_image, containers):
+    """As testcontainers (through Docker): postgres's docker-entrypoint.sh must run before the command."""
+    service = containers.run(entry_image, ["given", "words"])
+    assert service.wait(timeout=30)[0] == 0
+    assert service.logs() == "entry given words\n"
 
 
 def test_env_file(tmp_path):
