@@ -198,6 +198,8 @@ class Container:
                 self._join_network(config)
             if self.state_dir is not None:
                 self._write_state()  # before the start, so `gc` knows whose it is
+            if target is not None and self.spec.env:
+                target = _with_environment(target, dict(self.spec.env))
             self.started_at = time.monotonic()
             try:
                 self.process = process.spawn(config, target)
@@ -625,6 +627,17 @@ def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or N
 
         sys_admin = has_sys_admin(caps)  # then no TIOCSTI either (runtime/seccomp.py)
     return seccomp.default(os.path.join(make_private(state_root()), "cache"), sys_admin)
+
+
+def _with_environment(target: Callable[[], int | None], env: dict[str, str]) -> Callable[[], int | None]:
+    """`target` with the spec's variables (env=, env_file=) in `os.environ`:
+    a callable keeps its process's environment, as a forked test keeps
+    pytest's, and gets the spec's on top, as a command gets them."""
+    def with_env() -> int | None:
+        os.environ.update(env)
+        return target()
+
+    return with_env
 
 
 def _env_dict(items: list[str]) -> dict[str, str]:

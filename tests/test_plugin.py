@@ -376,3 +376,24 @@ def test_failing_log():
     assert 'name="answer" value="42"' in junit  # user_properties came home
     unmarked = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-s", "-k", "capsys")
     unmarked.assert_outcomes(passed=1)  # -s: capsys still captures inside
+
+
+def test_marker_env_and_env_file_reach_the_test(pytester: pytest.Pytester, tmp_path, monkeypatch):
+    """A callable test keeps pytest's environment and gets the marker's variables on top."""
+    env_file = tmp_path / "vars.env"
+    env_file.write_text("FROM_FILE=file\nBOTH=file\n")
+    pytester.makepyfile(test_env=f'''
+import os
+from pytest_hermetic import hermetic
+
+@hermetic(env={{"X": "1", "BOTH": "marker"}}, env_file={str(env_file)!r})
+def test_env():
+    assert (os.environ.get("X"), os.environ.get("FROM_FILE"), os.environ.get("BOTH")) == ("1", "file", "marker")
+    assert os.environ.get("KEPT_FROM_PYTEST") == "yes"
+
+def test_not_leaked_into_the_parent():
+    assert "X" not in os.environ
+''')
+    monkeypatch.setenv("KEPT_FROM_PYTEST", "yes")
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
