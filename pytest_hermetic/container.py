@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
     from .networks import Network
+    from .runtime.rootfs.tmpfs import TmpfsMount
+    from .spec import Tmpfs
 
 from ._fs import rmtree
 from ._proc import descendants, owner, owner_key, signal_name
@@ -167,11 +169,11 @@ class Container:
         image = self.image = self._resolve_and_use()
         argv = None
         if target is None:
-            argv = list(self.spec.command or [])
-            if not argv:
-                argv = list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
+            argv = command_line(self.spec, image)
             if not argv:
                 self.remove()
+                if self.spec.entrypoint is not None:
+                    raise SpecError("--entrypoint '' and no command: nothing to run; give a command")
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
         pair = None
         limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
@@ -202,6 +204,8 @@ class Container:
                 self._join_network(config)
                 if self.state_dir is not None:
                     self._write_state()  # its network and address, before the start
+            if target is not None and self.spec.env:
+                target = _with_environment(target, dict(self.spec.env))
             self.started_at = time.monotonic()
             try:
                 self.process = process.spawn(config, target)
@@ -231,14 +235,15 @@ class Container:
         return {"env": self._env(self.image), "cwd": self.spec.workdir or self.image.config.get("WorkingDir") or "/",
                 "cgroup_procs": self.cgroup.join_paths() if self.cgroup else [], "userns": self.userns,
                 "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None,
-                "user": self.spec.user or self.image.config.get("User") or None}
+                "user": self.spec.user or self.image.config.get("User") or None, "caps": capability_mask(self.spec)}
 
     def _resolve_and_use(self) -> Image:
         """The image, with its layers recorded as this container's in the
         store before anything reads them, so no `gc` takes them from under
         it.  Once more if a moved tag's old layers went meanwhile."""
         for attempt in (0, 1):
-            image = self._resolved if attempt == 0 and self._resolved is not None else resolve_or_pull(self.store, self.spec.image)
+            image = (self._resolved if attempt == 0 and self._resolved is not None
+                     else resolve_or_pull(self.store, self.spec.image, self.spec.platform))
             try:
                 self._use = self.store.use(image, self.id, self.name)
                 return image
@@ -262,7 +267,7 @@ class Container:
                 "process to hold it, and the command line has no daemon); rootless containers get net=False, "
                 "net=True (slirp4netns) and, in pytest, private networks per test")
         usermode_net.check_available()
-        config.network = NetworkConfig(mode="usermode")
+        config.network = NetworkConfig(mode="usermode", api_socket=self._api_socket() if self.spec.publish else None)
         self.address = usermode_net.ADDRESS
         config.rootfs.init_files["etc/hosts"] = (
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{usermode_net.ADDRESS}\t{self.hostname}\n")
@@ -294,6 +299,14 @@ class Container:
         config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
         if attachment.hosts_bind:
             config.rootfs.binds.append(Bind(attachment.hosts_bind, "/etc/hosts", True))
+
+    def _api_socket(self) -> str:
+        """Where slirp4netns takes a rootless container's published ports (in its state folder)."""
+        path = os.path.join(self.state_dir or "", "slirp.sock")
+        if self.state_dir is None or len(path.encode()) > 107:  # sockaddr_un's sun_path
+            raise SpecError(f"-p: the state folder's path is too long for slirp4netns's socket ({path}); "
+                            "set HERMETIC_STATE (or XDG_RUNTIME_DIR) to a shorter folder")
+        return path
 
     @property
     def _scratch(self) -> str:
@@ -367,6 +380,9 @@ class Container:
             unpack_layer=_layer_unpacker(self.userns) if replay else None,
             layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
             shm_size=spec.shm_size or min(host_shm_size(), spec.mem or host_shm_size()),
+            read_only=spec.read_only,
+            workdir=(spec.workdir or image.config.get("WorkingDir") or "") if spec.read_only else "",
+            tmpfs=[_tmpfs_mount(t) for t in spec.tmpfs],
         )
         return process.ProcessConfig(
             rootfs=rootfs,
@@ -378,6 +394,7 @@ class Container:
             cgroup_procs=self.cgroup.join_paths() if self.cgroup else [],
             userns=default_user_namespace() if self.userns else None,
             privileged=spec.privileged,
+            caps=capability_mask(spec),
             seccomp=_seccomp_filter(spec),
             init=spec.init,
         )
@@ -482,7 +499,7 @@ class Container:
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
                      self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec),
-                     user or self.spec.user or self.image.config.get("User") or None, tty)
+                     user or self.spec.user or self.image.config.get("User") or None, tty, capability_mask(self.spec))
 
     # -- after ----------------------------------------------------------------
 
@@ -563,12 +580,70 @@ def log_path(state_dir: str) -> str:
     return os.path.join(state_dir, "container.log")
 
 
+def command_line(spec: Spec, image: Image) -> list[str]:
+    """What PID 1 runs, as Docker decides it: the ENTRYPOINT (the spec's
+    `entrypoint` if set, `()` for none, else the image's), then the spec's
+    command as its arguments, or without one the image's CMD (dropped when
+    the spec sets its own entrypoint, as Docker drops it).  A real image's
+    ENTRYPOINT (postgres's docker-entrypoint.sh) prepares what the command
+    needs.  Front ends whose command is a whole script to run as it is (a
+    notebook cell, a build's RUN) give `entrypoint=()`."""
+    if spec.entrypoint is not None:
+        return [*spec.entrypoint, *(spec.command or ())]
+    entrypoint = list(image.config.get("Entrypoint") or [])
+    if spec.command:
+        return entrypoint + list(spec.command)
+    return entrypoint + list(image.config.get("Cmd") or [])
+
+
+def capability_mask(spec: Spec) -> int | None:
+    """The capabilities the spec keeps (runtime/capabilities.py's `mask`); None: Docker's default set."""
+    if not spec.cap_add and not spec.cap_drop:
+        return None
+    from .runtime import capabilities
+
+    if os.geteuid() == 0 and spec.userns is not True:  # (in a user namespace of its own the container has them all)
+        lacking = [name for name in spec.cap_add
+                   if name != "ALL" and not capabilities.permitted() & (1 << capabilities.ALL_CAPS[name])]
+        if lacking:
+            raise SpecError(f"--cap-add {lacking[0][4:]}: this engine's own process lacks it (it runs with a reduced "
+                            "capability set, e.g. in a container), so it cannot give it; leave it out")
+    return capabilities.mask(spec.cap_add, spec.cap_drop)
+
+
+def _tmpfs_mount(tmpfs: Tmpfs) -> TmpfsMount:
+    from .runtime.rootfs.tmpfs import TmpfsMount
+
+    options = [f"{key}={value}" for key, value in (("size", tmpfs.size), ("uid", tmpfs.uid), ("gid", tmpfs.gid))
+               if value is not None]
+    if tmpfs.mode is not None:
+        options.append(f"mode={tmpfs.mode:o}")
+    return TmpfsMount(tmpfs.target, ",".join(options), tmpfs.noexec, tmpfs.readonly)
+
+
 def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None
     """Docker's default seccomp filter, compiled once per process, unless
     the spec opts out (`seccomp=False`) or is privileged (as under Docker)."""
     if spec.privileged or not spec.seccomp:
         return None
-    return seccomp.default(os.path.join(make_private(state_root()), "cache"))
+    caps = capability_mask(spec)
+    sys_admin = False
+    if caps is not None:
+        from .runtime.capabilities import has_sys_admin
+
+        sys_admin = has_sys_admin(caps)  # then no TIOCSTI either (runtime/seccomp.py)
+    return seccomp.default(os.path.join(make_private(state_root()), "cache"), sys_admin)
+
+
+def _with_environment(target: Callable[[], int | None], env: dict[str, str]) -> Callable[[], int | None]:
+    """`target` with the spec's variables (env=, env_file=) in `os.environ`:
+    a callable keeps its process's environment, as a forked test keeps
+    pytest's, and gets the spec's on top, as a command gets them."""
+    def with_env() -> int | None:
+        os.environ.update(env)
+        return target()
+
+    return with_env
 
 
 def _env_dict(items: list[str]) -> dict[str, str]:

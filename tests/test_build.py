@@ -73,7 +73,7 @@ def test_two_stage_build_runs_as_docker_would_make_it(busybox_image, tmp_path):
     ran = run_cli("run", "hello:1")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "hey world uid=1000 cwd=/app\n"  # ENTRYPOINT + CMD, USER app, WORKDIR, ENV from ARG
-    listing = run_cli("run", "--user", "0", "hello:1", "/bin/sh", "-c",
+    listing = run_cli("run", "--user", "0", "--entrypoint", "", "hello:1", "/bin/sh", "-c",
                       "ls -n /app/data /app/data/sub; stat -c '%a %u %g %n' /app/hello /app/data/sub/run.sh; "
                       "test -e /src || echo no-build-stage-files")
     assert listing.returncode == 0, listing.stderr
@@ -281,7 +281,7 @@ def test_the_worked_example_of_docs_build_md(busybox_image):
     assert other.returncode == 0, other.stderr
     assert [line for line in other.stderr.splitlines() if line.startswith("-->")] == ["--> cached"] * 4  # only ENV changed
     assert run_cli("run", "hello-docs:1").stdout == "hi, world\n"
-    listing = run_cli("run", "hello-docs:1", "/bin/ls", "-R", "/app/data").stdout
+    listing = run_cli("run", "--entrypoint", "", "hello-docs:1", "/bin/ls", "-R", "/app/data").stdout
     assert "readme.txt" in listing and "tool.sh" in listing and "local.key" not in listing
 
 

@@ -277,10 +277,10 @@ def test_terminal_restored_after_an_engine_error_while_it_runs(terminal):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        # The port is published once the container (and its terminal) runs: that fails.
+        # The host port is taken before the container starts (runflags): that fails.
         term = terminal("run", "-it", "-p", f"127.0.0.1:{port}:80", "host", "sh")
         assert term.wait() == 125
-    assert f"cannot listen on 127.0.0.1:{port}" in term.output
+    assert f"-p 127.0.0.1:{port}:80/tcp: cannot listen" in term.output
     assert term.restored()
 
 

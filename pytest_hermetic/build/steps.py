@@ -39,7 +39,7 @@ def run_step(store: Store, keep: Keep, image: Image, where: str, *, epoch: int, 
     started = time.monotonic()
     try:
         spec = Spec.build(image.name, argv, env=env or {}, workdir=image.config.get("WorkingDir") or "/",
-                          user=user, net=net, volumes=list(volumes or []))
+                          user=user, net=net, volumes=list(volumes or []), entrypoint=())  # RUN ignores ENTRYPOINT
     except HermeticError as exc:
         raise BuildError(f"{where}: {exc}") from None
     container = Container(spec, store=store, image=image)

@@ -39,7 +39,8 @@ def add_parsers(verb: "Verb") -> None:
     exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
     exe.set_defaults(handler=cmd_exec)
     stop = verb("stop", help="stop containers: SIGTERM to PID 1, SIGKILL after the grace time")
-    stop.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS", help="grace time (default 10)")
+    stop.add_argument("-t", "--time", type=float, metavar="SECONDS",
+                      help="grace time (default: the container's --stop-timeout, else 10)")
     stop.add_argument("containers", nargs="+", metavar="CONTAINER")
     stop.set_defaults(handler=cmd_stop)
     kill = verb("kill", help="send a signal to containers' PID 1 (default SIGKILL: all of it)")
@@ -54,13 +55,17 @@ def add_parsers(verb: "Verb") -> None:
     ins.add_argument("--format", type=output_format, default="json", metavar="json", help="JSON already (accepted as docker's)")
     ins.add_argument("containers", nargs="+", metavar="CONTAINER")
     ins.set_defaults(handler=cmd_inspect)
+    port = verb("port", help="a container's published ports (or where CONTAINER_PORT is published)")
+    port.add_argument("container", metavar="CONTAINER", help="name or id")
+    port.add_argument("port", nargs="?", metavar="CONTAINER_PORT[/tcp|udp]")
+    port.set_defaults(handler=cmd_port)
     wait = verb("wait", help="wait for containers to end and print their exit statuses")
     wait.add_argument("containers", nargs="+", metavar="CONTAINER")
     wait.set_defaults(handler=cmd_wait)
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from ..detached import status
+    from ..detached import ports_of, status
     from ..state import list_states
 
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PIDS", "NETWORK", "PORTS")]
@@ -80,7 +85,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             now = f"exited ({state['exit_code']}) {ago(time.time() - state.get('finished', time.time()))}: {state['reason']}"
         elif now == "dead":
             now = "dead (its owner was killed; `hermetic gc` clears it)"
-        ports = ", ".join(f"{ip}:{hp}->{cp}/tcp" for ip, hp, cp in state.get("ports") or []) or "-"
+        ports = ", ".join(str(port) for port in ports_of(state)) or "-"
         rows.append((state["id"][:12], state.get("name", ""), state.get("image", ""),
                      " ".join(state.get("command") or [])[:40], ago(time.time() - state.get("created", time.time())),
                      now, str(len(state.get("pids") or [])) if state["alive"] else "-", network, ports))
@@ -199,8 +204,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     for name in args.containers:
         state = detached.find(name)
+        sig, grace = detached.stop_settings(state, args.time)
         if detached.stop(state, args.time):
-            say(f"{name}: did not stop within {args.time:g} s of SIGTERM; killed")
+            say(f"{name}: did not stop within {grace:g} s of {sig.name}; killed")
         print(name)
     return 0
 
@@ -235,6 +241,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .. import detached
 
     print(json.dumps([detached.inspect(detached.find(name)) for name in args.containers], indent=2))
+    return 0
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    """As `docker port`: `80/tcp -> 127.0.0.1:8080` lines, or with CONTAINER_PORT its host addresses."""
+    from .. import detached
+    from ..errors import SpecError
+
+    ports = detached.ports_of(detached.find(args.container))
+    if args.port:
+        number, _, protocol = args.port.partition("/")
+        if not number.isdigit() or protocol not in ("", "tcp", "udp"):
+            raise SpecError(f"port {args.port!r}: expected CONTAINER_PORT[/tcp|udp], e.g. 80 or 53/udp")
+        found = [p for p in ports if p.container_port == int(number) and p.protocol == (protocol or "tcp")]
+        if not found:
+            raise SpecError(f"container {args.container} publishes no port {number}/{protocol or 'tcp'}")
+        for p in found:
+            print(str(p).split("->")[0])
+        return 0
+    for p in ports:
+        host, _, inside = str(p).partition("->")
+        print(f"{inside} -> {host}")
     return 0
 
 

@@ -26,8 +26,6 @@ def add_parsers(verb: "Verb") -> None:
                      help="keep stdin open (it is passed without -i too); with -t, type into the container's terminal")
     run.add_argument("-t", "--tty", action="store_true",
                      help="a terminal of the container's own (a pty: job control, full-screen programs)")
-    run.add_argument("-p", "--publish", action="append", default=[], metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]",
-                     help="publish a container port on the host (HOST_IP default 127.0.0.1)")
     run.add_argument("image", metavar="IMAGE", help=options.BY_NAME["image"].help)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments (default: the image's)")
 
@@ -68,11 +66,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if other["alive"]:
                     raise SpecError(f"--name {spec.name}: a running container already has that name")
                 raise SpecError(f"--name {spec.name}: an exited container has that name; `hermetic rm {spec.name}` first")
-    ports = []
-    if args.publish:
-        from ..detached import parse_publish
-
-        ports = [parse_publish(text) for text in args.publish]
     if args.detach:
         if args.commit:
             from ..errors import SpecError
@@ -80,13 +73,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError("--commit and -d: commit a detached container with `hermetic commit NAME REF` while it runs")
         from ..detached import start_detached
 
-        print(start_detached(spec, ports, remove=args.rm, interactive=args.interactive, tty=size))
+        print(start_detached(spec, remove=args.rm, interactive=args.interactive, tty=size))
         return 0
     if args.commit:
         from ..images.commit import target_name
 
         target_name(args.commit)  # a bad reference fails before the run, not after
     container = Container(spec)
+    forwarders: list = []
+    if spec.publish:
+        from ..detached import listen, refuse_rootless
+
+        refuse_rootless(container)
+        # Before the start: a host port in use fails the run before it begins.
+        forwarders = listen(spec.publish, hold=not container.userns)
     session = None  # with -t: the caller's terminal wired to the container's (terminal.py)
     interrupts = {"count": 0}
     # Signals that arrive while `start()` has not returned yet: the command
@@ -119,7 +119,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     with container:
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        forwarders: list = []
         try:
             container.start(tty=size)
             if container.tty is not None:
@@ -129,10 +128,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 session.open()
             while early:
                 deliver(early.pop(0))
-            if ports:
-                from ..detached import publish
+            if forwarders:
+                from ..detached import attach, record_ports
 
-                forwarders = publish(container, ports)
+                attach(container, forwarders)
+                record_ports(container, forwarders)  # for `ps`, `port`, `inspect`
             # In slices: a signal that lands between Python's last check and
             # the blocking waitpid() would run its handler (forward) only when
             # the wait ends, and a PID 1 that never got the signal never ends.

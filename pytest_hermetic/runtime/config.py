@@ -32,6 +32,7 @@ class ProcessConfig:
     cgroup_procs: list[str] = factory(list)
     userns: UserNamespace | None = None
     privileged: bool = False
+    caps: int | None = None  # the capabilities kept (a capabilities.mask); None: Docker's default set
     seccomp: seccomp.Filter | None = None  # compiled by the parent (seccomp.default()), loaded by the child
     close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1

@@ -117,6 +117,35 @@ def attach(console: Console) -> None:
     os.close(slave)
 
 
+def make(console: Console) -> int:
+    """`attach` in two halves, for `hermetic exec`, whose process drops its
+    privileges before it forks the one that holds the terminal (enter.py):
+    here, still privileged, the pty is made, sized and owned and its master
+    sent to the caller; returns the slave, for `adopt`."""
+    master, slave = open_pty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, console.size)
+        if console.uid is not None:
+            os.fchown(slave, console.uid, -1)
+        send_fd(console.socket_fd, master)
+    except BaseException:
+        os.close(slave)
+        raise
+    finally:
+        os.close(master)
+        os.close(console.socket_fd)
+    return slave
+
+
+def adopt(slave: int) -> None:
+    """The second half, in a session leader: the slave becomes its controlling terminal and fds 0, 1, 2."""
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
 def send_fd(sock_fd: int, fd: int) -> None:
     sock = socket.socket(fileno=sock_fd)
     try:

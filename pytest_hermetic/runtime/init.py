@@ -154,23 +154,27 @@ def _attach_console(config: ProcessConfig) -> None:
 def _drop_privileges(config: ProcessConfig) -> None:
     uid, gid = resolve_user(config.user)
     _enter_workdir(config.cwd)
-    become(uid, gid, config.privileged, config.cap_last, config.userns is not None)
+    become(uid, gid, config.privileged, config.cap_last, config.userns is not None, config.caps)
 
 
-def become(uid: int, gid: int, privileged: bool, cap_last: int, userns: bool) -> None:
+def become(uid: int, gid: int, privileged: bool, cap_last: int, userns: bool, caps: int | None = None) -> None:
     """Become the container's user with Docker's capabilities: uid 0 (with
     any gid) keeps the default set, any other uid none at all (the kernel
     clears effective and permitted on the switch away from uid 0; the
     bounding set is cut first, so a setuid-root file could not give back
     more than the default set even without no_new_privs)."""
     if not privileged:
-        capabilities.drop_to_default(cap_last)
+        keep = capabilities.bound(cap_last, caps)
     if gid != 0 or uid != 0:
+        # Before the effective set shrinks: CAP_SETUID and CAP_SETGID may be
+        # among what is dropped (--cap-drop ALL -u 1000).
         if not userns:
             os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     if not privileged:
+        if uid == 0:
+            capabilities.restrict(keep)
         capabilities.no_new_privs()
 
 

@@ -265,7 +265,7 @@ def _start_usermode_network(proc: ContainerProcess, go: Channel, config: Process
             # (~4 ms measured with -X importtime) that only slirp4netns needs.
             from .usermode_net import Helper
 
-            proc.net_helper = Helper(proc.init_pid)
+            proc.net_helper = Helper(proc.init_pid, config.network.api_socket)
         go.send(channel.NETWORK_WIRED)
         return None
     except BaseException as exc:  # noqa: BLE001 - raised once the child is reaped
