@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux nftables slirp4netns
           docker-registry skopeo umoci debootstrap apache2-utils openssl)
+PACKAGES+=(erofs-utils)  # fsck.erofs/dump.erofs check the layer images the store writes (tests/images/test_erofs*.py)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

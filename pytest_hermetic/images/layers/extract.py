@@ -52,9 +52,22 @@ class ExtractStats:
     skipped: list[str] = factory(list)
 
 
-def _hostile(member: str, problem: str) -> LayerError:
+def hostile(member: str, problem: str) -> LayerError:
+    """The error for a member that breaks a rule: names it, says the layer is refused."""
     shown = repr(member) if len(member) <= 120 else f"{member[:60]!r}...({len(member)} characters)"
     return LayerError(f"refusing layer member {shown}: {problem}; the layer is hostile or corrupt")
+
+
+def split_path(name: str, member: str, what: str = "path") -> tuple[str, ...]:
+    """Normalise a tar path: a leading "/" is dropped as Docker does, ".." refused."""
+    if "\x00" in name:
+        raise hostile(member, f"{what} contains a NUL byte")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise hostile(member, f"{what} {name!r} has a '..' component")
+    if len(parts) > _MAX_DEPTH:
+        raise hostile(member, f"{what} is {len(parts)} components deep")
+    return parts
 
 
 def _rmtree_at(parent_fd: int, name: str) -> None:
@@ -109,18 +122,6 @@ class _Extractor:
 
     # -- paths ------------------------------------------------------------
 
-    @staticmethod
-    def _split(name: str, member: str, what: str = "path") -> tuple[str, ...]:
-        """Normalise a tar path: a leading "/" is dropped as Docker does, ".." refused."""
-        if "\x00" in name:
-            raise _hostile(member, f"{what} contains a NUL byte")
-        parts = tuple(p for p in name.split("/") if p not in ("", "."))
-        if ".." in parts:
-            raise _hostile(member, f"{what} {name!r} has a '..' component")
-        if len(parts) > _MAX_DEPTH:
-            raise _hostile(member, f"{what} is {len(parts)} components deep")
-        return parts
-
     def _child_dir(
         self, parent_fd: int, comp: str, member: str, create: bool, what: str = "path"
     ) -> int:
@@ -140,7 +141,7 @@ class _Extractor:
             if stat.S_ISDIR(st.st_mode):
                 raise e from None  # EACCES, EMFILE...: not the layer's fault
             if stat.S_ISLNK(st.st_mode):
-                raise _hostile(
+                raise hostile(
                     member,
                     f"{what} component {comp!r} is a symlink (extraction never "
                     "follows symlinks)",
@@ -152,7 +153,7 @@ class _Extractor:
                 fd = os.open(comp, DIR_FLAGS, dir_fd=parent_fd)
                 self._set_opaque(fd, member)
                 return fd
-            raise _hostile(member, f"{what} component {comp!r} is not a directory") from None
+            raise hostile(member, f"{what} component {comp!r} is not a directory") from None
 
     def _parent_fd(self, parts: tuple[str, ...], member: str) -> int:
         """The fd of directory `parts` (created as needed), cached for the next member."""
@@ -274,13 +275,13 @@ class _Extractor:
 
     def extract(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         name = m.name
-        parts = self._split(name, name)
+        parts = split_path(name, name)
         if parts and parts[-1].startswith(WH):
             self._whiteout(parts, m)
             return
         if not parts:
             if not m.isdir():
-                raise _hostile(name, "names the root but is not a directory")
+                raise hostile(name, "names the root but is not a directory")
             self._dir_meta(self.root_fd, (), m, ".")
             self.stats.dirs += 1
             return
@@ -346,7 +347,7 @@ class _Extractor:
             self._meta_at(pfd, leaf, m, path, chmod=True)
             self.stats.files += 1
         else:
-            raise _hostile(name, f"unsupported tar member type {m.type!r}")
+            raise hostile(name, f"unsupported tar member type {m.type!r}")
 
     def _dir_meta(self, fd: int, parts: tuple[str, ...], m: tarfile.TarInfo, path: str) -> None:
         if self.same_owner:
@@ -357,9 +358,9 @@ class _Extractor:
 
     def _hardlink(self, pfd: int, leaf: str, parts: tuple[str, ...], m: tarfile.TarInfo) -> None:
         name = m.name
-        target = self._split(m.linkname, name, "hard link target")
+        target = split_path(m.linkname, name, "hard link target")
         if not target:
-            raise _hostile(name, "hard link target is the root directory")
+            raise hostile(name, "hard link target is the root directory")
         if target in self._skipped_paths:
             self.stats.skipped.append(
                 f"{'/'.join(parts)}: hard link skipped (its target {'/'.join(target)} was skipped)"
@@ -369,16 +370,16 @@ class _Extractor:
         try:
             tfd = self._open_dir(target[:-1], name, f"hard link target {m.linkname!r}:")
         except FileNotFoundError:
-            raise _hostile(name, f"hard link target {m.linkname!r} is not in the layer") from None
+            raise hostile(name, f"hard link target {m.linkname!r} is not in the layer") from None
         try:
             try:
                 tst = os.stat(target[-1], dir_fd=tfd, follow_symlinks=False)
             except FileNotFoundError:
-                raise _hostile(
+                raise hostile(
                     name, f"hard link target {m.linkname!r} is not in the layer"
                 ) from None
             if stat.S_ISDIR(tst.st_mode):
-                raise _hostile(name, f"hard link target {m.linkname!r} is a directory")
+                raise hostile(name, f"hard link target {m.linkname!r} is a directory")
             try:
                 cur = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
@@ -390,7 +391,7 @@ class _Extractor:
             try:
                 os.link(target[-1], leaf, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
-                raise _hostile(
+                raise hostile(
                     name, f"hard link target {m.linkname!r} is not in the layer"
                 ) from None
         finally:
@@ -410,7 +411,7 @@ class _Extractor:
             return
         hidden = base[len(WH) :]
         if hidden in ("", ".", ".."):
-            raise _hostile(name, f"whiteout names {hidden!r}")
+            raise hostile(name, f"whiteout names {hidden!r}")
         try:
             st = os.stat(hidden, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
@@ -492,6 +493,26 @@ def extract_layer(
     ex = _Extractor(
         root_fd, xattr_prefix=xattr_prefix, privileged=privileged, same_owner=same_owner
     )
+    try:
+        feed_members(src, ex, allow_bare_end=allow_bare_end, pipelined=pipelined, budget=budget)
+        try:
+            ex.finish()
+        except OSError as e:
+            raise LayerError(f"cannot set directory metadata in {os.fspath(dest)!r}: {e}") from e
+        return ex.stats
+    finally:
+        ex.close()
+        os.close(root_fd)
+
+
+def feed_members(src: Readable | str | os.PathLike[str], maker: object, *, allow_bare_end: bool = False,
+                 pipelined: bool = True, budget: Budget | None = None) -> None:
+    """Read the layer `src` (a path or a stream, sniffed) and hand each member to `maker.extract(tf, m)`.
+
+    Shared by extraction into a folder and by the EROFS image writer
+    (`erofs.py`): the same tar reading, end-of-archive check, budget and
+    (when `pipelined`) reading thread for both.
+    """
     owned: BinaryIO | None = None
     stream: Stream | None = None
     try:
@@ -514,29 +535,22 @@ def extract_layer(
 
                 def make(m: tarfile.TarInfo, data: object) -> None:
                     handed.data = data
-                    _extract_one(ex, handed, m)
+                    _extract_one(maker, handed, m)
 
                 extract_pipelined(tar_members(tf, reader, allow_bare_end, read_data=True, budget=budget), make)
             else:
                 for m, _ in tar_members(tf, reader, allow_bare_end, read_data=False, budget=budget):
-                    _extract_one(ex, tf, m)
-        try:
-            ex.finish()
-        except OSError as e:
-            raise LayerError(f"cannot set directory metadata in {os.fspath(dest)!r}: {e}") from e
-        return ex.stats
+                    _extract_one(maker, tf, m)
     finally:
-        ex.close()
-        os.close(root_fd)
         if owned is not None:
             owned.close()
         elif stream is not None and stream is not src:
             stream.close()
 
 
-def _extract_one(ex: _Extractor, tf: object, m: tarfile.TarInfo) -> None:
+def _extract_one(ex: object, tf: object, m: tarfile.TarInfo) -> None:
     try:
-        ex.extract(tf, m)  # type: ignore[arg-type]
+        ex.extract(tf, m)  # type: ignore[attr-defined]
     except LayerError:
         raise
     except tarfile.TarError as e:
