@@ -254,3 +254,49 @@ def test_corrupt_tar_refused(tmp_path: Path) -> None:
     tar.write_bytes(data[:1024])  # cut in the middle of the member's data
     with pytest.raises(LayerError, match="corrupt layer"):
         write_layer_image(str(tar), tmp_path / "layer.erofs")
+
+
+@needs_tools
+def test_reader_finds_what_the_image_holds(tmp_path: Path) -> None:
+    """`erofs_reader` (the host-side lookups of `bindings`) on our images and on mkfs.erofs's."""
+    from pytest_hermetic.images.erofs_reader import ImageReader
+
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(rich_tar())
+    ours = tmp_path / "ours.erofs"
+    write_layer_image(str(tar), ours, privileged=ROOT)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    extract_layer(str(tar), unpacked, privileged=ROOT)
+    theirs = tmp_path / "theirs.erofs"
+    subprocess.run(["mkfs.erofs", "-x", "-1", str(theirs), str(unpacked)], check=True, capture_output=True)
+    paths = ["", "etc/small", "etc/link", "etc/dangling", "usr/bin/su", "many/entry-with-a-rather-long-name-0699",
+             "many/entry-with-a-rather-long-name-0700", "many/x", "etc/small/x", "nope", "etc/./small", "etc/../etc/big"]
+    for image in (ours, theirs):
+        reader = ImageReader(str(image))
+        try:
+            for path in paths:
+                assert (reader.lookup(path) is not None) == os.path.lexists(unpacked / path), (image.name, path)
+            nid = reader.lookup("etc/blocks-and-tail")
+            assert nid is not None and reader.data(nid) == (unpacked / "etc/blocks-and-tail").read_bytes()
+            nid = reader.lookup("etc/long-link")
+            assert nid is not None and reader.data(nid) == b"l" * 4000
+            assert sorted(reader.entries(reader.lookup("many") or 0)) == sorted(
+                [b".", b".."] + [os.fsencode(n) for n in os.listdir(unpacked / "many")])
+        finally:
+            reader.close()
+
+
+def test_reader_follows_symlinks_inside_the_image(tmp_path: Path) -> None:
+    from pytest_hermetic.images.erofs_reader import ImageReader
+
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(tar_bytes(d("usr/lib"), f("usr/lib/libc.so"), other("lib", tarfile.SYMTYPE, linkname="usr/lib"),
+                              other("abs", tarfile.SYMTYPE, linkname="/usr"), other("loop", tarfile.SYMTYPE, linkname="loop")))
+    write_layer_image(str(tar), tmp_path / "l.erofs")
+    reader = ImageReader(str(tmp_path / "l.erofs"))
+    try:
+        assert reader.lookup("lib/libc.so") is not None and reader.lookup("abs/lib/libc.so") is not None
+        assert reader.lookup("loop/x") is None and reader.lookup("loop") is not None
+    finally:
+        reader.close()

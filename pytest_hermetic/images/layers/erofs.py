@@ -6,18 +6,15 @@ of the same tree is one sequential write, and the kernel mounts it straight
 from the file (file-backed mounts, Linux 6.12+), so the container's overlay
 stacks these mounts as its lower layers instead of unpacked folders.
 
-The format written is EROFS's uncompressed one, the parts every kernel
-since 5.4 reads (fs/erofs/erofs_fs.h):
+The image (its format: `erofs_format.py`) is laid out as
 
     block 0     the superblock, at byte 1024
     blocks 1..  file data, in tar order, each file from a block boundary
                 (written as it arrives); then the full blocks of long
                 directories and symlinks
-    meta area   from `meta_blkaddr` to the end: 64-byte extended inodes
-                (owner, mode, mtime in ns, nlink), each followed by its
-                xattrs and its inline tail (the last partial block of its
-                data: small files, most directories and symlinks), never
-                crossing a block boundary
+    meta area   from `meta_blkaddr` to the end: the inodes, each followed
+                by its xattrs and its inline tail (the last partial block
+                of its data: small files, most directories and symlinks)
 
 Only the meta area waits for the end of the tar: the tree is kept in memory
 (a few hundred bytes a member, plus the inline tails, bounded by
@@ -33,7 +30,6 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 import tarfile
 import time
 
@@ -45,30 +41,10 @@ if TYPE_CHECKING:
     from .decompress import Readable
 
 from ...errors import LayerError
+from .erofs_format import (BLOCK, INLINE_HELD, INODE_SIZE, NAME_MAX, Node, encode_dev, storable_xattr, write_tree,
+                           xattr_bytes)
 from .extract import ExtractStats, feed_members, hostile, split_path
 from .format import CHUNK, OVERLAY_PREFIXES, OVERLAY_TRUSTED, WH, WH_META, WH_OPAQUE, XATTR_PAX
-
-BLOCK_BITS = 12
-BLOCK = 1 << BLOCK_BITS
-MAGIC = 0xE0F5E1E2
-SUPERBLOCK_AT = 1024
-INODE_SIZE = 64  # extended inodes: 32-bit owners, a mtime each
-NAME_MAX = 255
-INLINE_HELD = 256 << 20  # tails of small files kept in memory until the end, at most
-
-# i_format: bit 0 the inode version (1: extended), bits 1-3 the data layout
-FLAT_PLAIN, FLAT_INLINE = 0, 2
-# dirent file types
-FT = {stat.S_IFREG: 1, stat.S_IFDIR: 2, stat.S_IFCHR: 3, stat.S_IFBLK: 4, stat.S_IFIFO: 5, stat.S_IFSOCK: 6,
-      stat.S_IFLNK: 7}
-# xattr name prefixes EROFS can store (index, prefix), longest match first
-XATTR_INDEX = (("system.posix_acl_access", 2), ("system.posix_acl_default", 3), ("user.", 1), ("trusted.", 4),
-               ("security.", 6))
-
-_INODE = struct.Struct("<HHHHQIIIIQII16x")
-_DIRENT = struct.Struct("<QHBx")
-_XATTR_ENTRY = struct.Struct("<BBH")
-
 
 def write_layer_image(src: Readable | str | os.PathLike[str], dest: str | os.PathLike[str], *,
                       xattr_prefix: str = OVERLAY_TRUSTED, privileged: bool = False, same_owner: bool | None = None,
@@ -94,54 +70,6 @@ def write_layer_image(src: Readable | str | os.PathLike[str], dest: str | os.Pat
         except OSError as e:
             raise LayerError(f"cannot write layer image {os.fspath(dest)!r}: {e}") from e
     return builder.stats
-
-
-class Node:
-    """One inode of the tree: a directory's `children`, a file's data blocks and tail."""
-
-    __slots__ = ("mode", "uid", "gid", "mtime_ns", "xattrs", "children", "size", "blkaddr", "tail", "rdev",
-                 "nid", "nlink")
-
-    def __init__(self, mode: int, uid: int, gid: int, mtime_ns: int) -> None:
-        self.mode, self.uid, self.gid, self.mtime_ns = mode, uid, gid, mtime_ns
-        self.xattrs: dict[bytes, bytes] = {}
-        self.children: dict[bytes, Node] | None = {} if stat.S_ISDIR(mode) else None
-        self.size = 0
-        self.blkaddr = 0  # first data block (full blocks only)
-        self.tail: bytes | None = None  # the data's last partial block, inline after the inode
-        self.rdev = 0
-        self.nid = 0
-        self.nlink = 0
-
-    def isdir(self) -> bool:
-        return self.children is not None
-
-
-def xattr_bytes(xattrs: dict[bytes, bytes]) -> bytes:
-    """The inline xattr body of an inode: a 12-byte header, then 4-aligned entries."""
-    if not xattrs:
-        return b""
-    out = bytearray(12)  # h_name_filter (unused without the filter feature), h_shared_count 0, reserved
-    for name, value in sorted(xattrs.items()):
-        text = name.decode("utf-8", "surrogateescape")
-        for prefix, index in XATTR_INDEX:
-            if text.startswith(prefix):
-                break
-        else:  # checked when the xattr was taken
-            raise AssertionError(name)
-        suffix = name[len(prefix.encode()):]
-        out += _XATTR_ENTRY.pack(len(suffix), index, len(value)) + suffix + value
-        out += bytes(-len(out) % 4)
-    return bytes(out)
-
-
-def storable_xattr(name: str) -> bool:
-    return any(name.startswith(prefix) for prefix, _ in XATTR_INDEX)
-
-
-def encode_dev(major: int, minor: int) -> int:
-    """The kernel's `new_encode_dev`, as EROFS stores rdev."""
-    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
 class ImageBuilder:
@@ -385,141 +313,4 @@ class ImageBuilder:
 
     def finish(self) -> None:
         """Lay out and write the directories, the meta area and the superblock."""
-        order = self._order()
-        for node in order:  # in-memory contents (directories, symlinks): full blocks here, tail inline
-            if node.isdir():
-                node.size = _dir_size(node)
-                full = node.size - node.size % BLOCK
-                if node.size % BLOCK and INODE_SIZE + len(xattr_bytes(node.xattrs)) + node.size % BLOCK > BLOCK:
-                    full = node.size  # no room inline: the tail gets a block of its own
-                node.blkaddr = self._blocks if full else 0
-                self._blocks += -(-full // BLOCK)
-                node.tail = None if full == node.size else b""  # (filled once the nids are known)
-            elif stat.S_ISLNK(node.mode):
-                assert node.tail is not None
-                if INODE_SIZE + len(xattr_bytes(node.xattrs)) + node.size > BLOCK:
-                    node.blkaddr = self._blocks
-                    self.out.write(node.tail + bytes(-node.size % BLOCK))
-                    self._blocks += 1
-                    node.tail = None
-        meta_blkaddr = self._blocks
-        pos = 32  # no inode at nid 0 (a directory entry of inode 0 is "deleted" to some readers)
-        for node in order:
-            size = INODE_SIZE + len(xattr_bytes(node.xattrs)) + (_tail_len(node))
-            pos += -pos % 32
-            if pos % BLOCK + size > BLOCK and size <= BLOCK:
-                pos += -pos % BLOCK  # an inode with its xattrs and tail never crosses a block
-            node.nid = pos // 32
-            pos += size
-        for node in order:  # directory blocks, in the order they were reserved
-            if node.isdir():
-                data = _dir_bytes(node, self._parents[id(node)])
-                full = len(data) if node.tail is None else len(data) - len(data) % BLOCK
-                if full:
-                    self.out.write(data[:full] + bytes(-full % BLOCK))
-                if node.tail is not None:
-                    node.tail = data[full:]
-        meta = bytearray()
-        for node in order:
-            at = (node.nid * 32)
-            meta += bytes(at - len(meta))
-            meta += self._inode(node)
-        meta += bytes(-len(meta) % BLOCK)
-        self.out.write(meta)
-        blocks = meta_blkaddr + len(meta) // BLOCK
-        superblock = struct.pack(
-            "<IIIBBHQQIIII16s16sIHHHBBIQB23x",
-            MAGIC, 0, 0, BLOCK_BITS, 0, self.root.nid, len(order), self.now_ns // 1_000_000_000, self.now_ns % 1_000_000_000,
-            blocks, meta_blkaddr, 0, os.urandom(16), b"", 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        assert len(superblock) == 128
-        self.out.flush()
-        os.pwrite(self.out.fileno(), superblock, SUPERBLOCK_AT)
-
-    def _order(self) -> list[Node]:
-        """Every inode once, root first, then breadth first (a directory's entries near it); nlink and parents set."""
-        order = [self.root]
-        seen = {id(self.root)}
-        self.root.nlink = 2
-        self._parents = {id(self.root): self.root}
-        i = 0
-        while i < len(order):
-            node = order[i]
-            i += 1
-            if node.children is None:
-                continue
-            for child in node.children.values():
-                if child.isdir():
-                    node.nlink += 1
-                    child.nlink = 2
-                    self._parents[id(child)] = node
-                else:
-                    child.nlink += 1
-                if id(child) not in seen:
-                    seen.add(id(child))
-                    order.append(child)
-        return order
-
-    def _inode(self, node: Node) -> bytes:
-        xattrs = xattr_bytes(node.xattrs)
-        icount = (len(xattrs) - 12) // 4 + 1 if xattrs else 0
-        tail = node.tail if node.tail is not None else b""
-        layout = FLAT_INLINE if node.tail else FLAT_PLAIN
-        fmt = stat.S_IFMT(node.mode)
-        i_u = node.rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else node.blkaddr
-        secs, nsec = divmod(node.mtime_ns, 1_000_000_000)
-        head = _INODE.pack(1 | (layout << 1), icount, node.mode & 0xFFFF, 0, node.size, i_u, node.nid & 0xFFFFFFFF,
-                           node.uid, node.gid, secs & 0xFFFFFFFFFFFFFFFF, nsec, node.nlink)
-        return head + xattrs + tail
-
-
-def _tail_len(node: Node) -> int:
-    if node.tail is None:
-        return 0
-    if node.isdir():
-        return node.size % BLOCK
-    return len(node.tail)
-
-
-def _entries(node: Node) -> list[tuple[bytes, int, Node | None]]:
-    assert node.children is not None
-    items: list[tuple[bytes, int, Node | None]] = [(b".", 2, None), (b"..", 2, None)]
-    items += [(name, FT.get(stat.S_IFMT(child.mode), 0), child) for name, child in node.children.items()]
-    items.sort(key=lambda item: item[0])
-    return items
-
-
-def _blocks_of(entries: list[tuple[bytes, int, Node | None]]) -> list[list[tuple[bytes, int, Node | None]]]:
-    blocks: list[list[tuple[bytes, int, Node | None]]] = [[]]
-    used = 0
-    for entry in entries:
-        need = _DIRENT.size + len(entry[0])
-        if used + need > BLOCK:
-            blocks.append([])
-            used = 0
-        blocks[-1].append(entry)
-        used += need
-    return blocks
-
-
-def _dir_size(node: Node) -> int:
-    blocks = _blocks_of(_entries(node))
-    last = sum(_DIRENT.size + len(name) for name, _, _ in blocks[-1])
-    return (len(blocks) - 1) * BLOCK + last
-
-
-def _dir_bytes(node: Node, parent: Node) -> bytes:
-    """The directory's blocks: entries sorted by name (the kernel bisects them), all but the last padded."""
-    out = bytearray()
-    blocks = _blocks_of(_entries(node))
-    for number, block in enumerate(blocks):
-        start = len(out)
-        nameoff = _DIRENT.size * len(block)
-        names = bytearray()
-        for name, ftype, child in block:
-            nid = child.nid if child is not None else (node.nid if name == b"." else parent.nid)
-            out += _DIRENT.pack(nid, nameoff + len(names), ftype)
-            names += name
-        out += names
-        if number < len(blocks) - 1:
-            out += bytes(BLOCK - (len(out) - start))
-    return bytes(out)
+        write_tree(self.out, self.root, self._blocks, self.now_ns)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
 from .. import syscalls as sc
 from ..syscalls import MS_NODEV, MS_NOSUID, MS_REC
+from .images import mount_layer_images
 from .kernelfs import mask_paths, mount_cgroup2, mount_dev, mount_proc, mount_sys
 from .mounts import write_file
 from .overlay import OVERLAY_MAX_LOWERS, mount_host_per_directory, mount_overlay, overlay_options
@@ -62,6 +63,8 @@ class RootfsConfig:
     replay: list[tuple[str, str]] = factory(list)
     unpack_layer: Callable[[str, str], object] | None = None
     layers_dir: str = ""  # the store's layer folder, where the image's lowers are
+    # (EROFS image file, lower dir): layers stored as images, mounted on their lower dir first
+    images: list[tuple[str, str]] = factory(list)
     shm_size: int = 64 << 20  # bytes of /dev/shm (its tmpfs's pages count against the memory limit)
 
 
@@ -110,6 +113,9 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         if path.startswith(config.scratch + "/"):
             os.mkdir(path, 0o755)
     write_init_layer(config)
+    if config.images:
+        os.mkdir(os.path.dirname(config.images[0][1]), 0o755)
+        mount_layer_images(config.images)
     if config.replay:
         _replay_layers(config)
     root = config.merged
