@@ -23,7 +23,7 @@ MAGIC = 0xE0F5E1E2
 SUPERBLOCK_AT = 1024
 INODE_SIZE = 64  # extended inodes: 32-bit owners, a mtime each
 NAME_MAX = 255
-INLINE_HELD = 256 << 20  # tails of small files kept in memory until the end, at most
+INLINE_HELD = 64 << 20  # tails of small files kept in memory until the end, at most (then padded blocks)
 
 # i_format: bit 0 the inode version (1: extended), bits 1-3 the data layout
 FLAT_PLAIN, FLAT_INLINE = 0, 2

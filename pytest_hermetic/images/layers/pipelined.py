@@ -92,9 +92,9 @@ def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]],
                     try:
                         batch.append((m, None if data is None else io.BytesIO(data.read())))
                     except (tarfile.TarError, OSError, ValueError) as e:
-                        error = corrupt(f"member {m.name!r}: {e}")
-                        error.__cause__ = e  # before it crosses threads: `disk_full` looks for ENOSPC there
-                        raise error from e
+                        bad = corrupt(f"member {m.name!r}: {e}")
+                        bad.__cause__ = e  # before it crosses threads: `disk_full` looks for ENOSPC there
+                        raise bad from e
                     held += max(m.size, 0)
                     if len(batch) >= _BATCH or held >= _SMALL:
                         if not put(members, batch):

@@ -45,7 +45,9 @@ def can_mount_images(image: str, scratch: str) -> bool:
                 return False
     except OSError:
         return False
-    pid = os.fork()
+    from ..fork import fork  # (the engine's one fork of a maybe threaded caller)
+
+    pid = fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
