@@ -2,9 +2,9 @@
 
     STORE/
       blobs/sha256/<hex>     layer tars, image configs and manifests, by digest
-      layers/<hex>/          each layer once, by its diff_id, shared: `layer.erofs`, an EROFS
-                             image the container mounts (as root, where the kernel can), or
-                             `root/`, the layer unpacked (rootless, or HERMETIC_LAYER_FORMAT=dir)
+      layers/<hex>/          each layer once, by its diff_id, shared: `root/`, the layer
+                             unpacked, or `layer.erofs`, an EROFS image each container mounts
+                             (as root, where the kernel can, with HERMETIC_LAYER_FORMAT=auto|erofs)
       refs.json              image name -> manifest digest
       tmp/                   staging: everything lands by atomic rename
       users/                 records: what a live container or writer needs kept
@@ -64,9 +64,9 @@ MEDIA_LAYER_ZSTD = MEDIA_LAYER + "+zstd"
 BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of the host's root
 
 LAYER_IMAGE = "layer.erofs"  # a layer stored as one EROFS image (see layer_format)
-LAYER_FORMATS = ("auto", "erofs", "dir")  # HERMETIC_LAYER_FORMAT
-# Under this many compressed bytes a layer is unpacked even where it could be an image: its few
-# files cost little to create once, and an image costs every container a mount (~25 us).
+LAYER_FORMATS = ("dir", "auto", "erofs")  # HERMETIC_LAYER_FORMAT
+# With HERMETIC_LAYER_FORMAT=auto, layers under this many compressed bytes stay unpacked: their
+# few files cost little to create once, and an image costs every container start a mount.
 EROFS_ABOVE = 512 << 10
 MAX_JSON = 32 << 20  # a manifest or config the store reads; real ones are a few KiB
 HOST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -242,12 +242,12 @@ class Store:
             raise
 
     def layer_format(self, size: int | None = None) -> str:
-        """How this store keeps a new layer of `size` compressed bytes: "erofs" (one image,
-        mounted by each container) where the kernel mounts EROFS from a file for us (real
-        root, Linux 6.12+) and the layer is not small (`EROFS_ABOVE`), else "dir" (unpacked).
-        HERMETIC_LAYER_FORMAT chooses: auto (the default, as said), erofs (every layer, where
-        the kernel can; an error where not), dir (always unpacked)."""
-        wanted = os.environ.get("HERMETIC_LAYER_FORMAT", "auto") or "auto"
+        """How this store keeps a new layer of `size` compressed bytes: "dir" (unpacked) or
+        "erofs" (one image, mounted by each container: real root and Linux 6.12+ only).
+        HERMETIC_LAYER_FORMAT chooses: dir (the default: an image costs every start a mount
+        and a cold page cache, docs/images.md), auto (images for layers of `EROFS_ABOVE` and
+        more where the kernel can), erofs (every layer an image; an error where it cannot)."""
+        wanted = os.environ.get("HERMETIC_LAYER_FORMAT", "dir") or "dir"
         if wanted not in LAYER_FORMATS:
             raise StoreError(f"HERMETIC_LAYER_FORMAT={wanted!r} is not one of {', '.join(LAYER_FORMATS)}")
         if wanted == "dir" or (wanted == "auto" and size is not None and size < EROFS_ABOVE):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not ROOT, reason="EROFS layer images are for roo
 
 
 def erofs_works(tmp_path, monkeypatch) -> bool:
-    monkeypatch.delenv("HERMETIC_LAYER_FORMAT", raising=False)
+    monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "auto")
     return Store(str(tmp_path / "probe-store")).layer_format(size=None) == "erofs"
 
 
@@ -144,6 +144,8 @@ def test_hostile_or_lying_layers_store_nothing(scripted_registry, tmp_path, monk
 
 def test_layer_format_setting(tmp_path, monkeypatch):
     store = Store(str(tmp_path / "store"))
+    monkeypatch.delenv("HERMETIC_LAYER_FORMAT", raising=False)
+    assert store.layer_format(size=10 << 20) == "dir"  # the default: unpacked
     monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "dir")
     assert store.layer_format(size=10 << 20) == "dir"
     monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "auto")
@@ -151,7 +153,7 @@ def test_layer_format_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "sideways")
     from pytest_hermetic.errors import StoreError
 
-    with pytest.raises(StoreError, match="HERMETIC_LAYER_FORMAT='sideways' is not one of auto, erofs, dir"):
+    with pytest.raises(StoreError, match="HERMETIC_LAYER_FORMAT='sideways' is not one of dir, auto, erofs"):
         store.layer_format(size=None)
     digest = hashlib.sha256(b"").hexdigest()
     assert store.layer_image(f"sha256:{digest}") is None
