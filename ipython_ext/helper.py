@@ -276,6 +276,9 @@ class Helper:
             if commit:
                 reply["committed"] = self._commit_after(container, commit, reply)
         else:
+            # The cell is the whole script: no image ENTRYPOINT in front of it.
+            if options.get("entrypoint") is None:
+                options["entrypoint"] = ()
             spec = Spec.build(message["image"] or "host", argv, ephemeral=not commit, **options)
             container = self.current = Container(spec)
             try:

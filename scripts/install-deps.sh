@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux nftables slirp4netns
           docker-registry skopeo umoci debootstrap apache2-utils openssl)
+PACKAGES+=(zsh)  # tests/test_completion.py: the zsh completion script under zsh itself
+PACKAGES+=(fish)  # tests/test_completion.py: the fish completion script under fish itself
+PACKAGES+=(buildah)  # hermetic build's reference: tests/test_build.py compares its images with buildah bud's
+PACKAGES+=(gcc libc6-dev)  # hermetic build's tests compile a static C program in a build stage on `host`
+PACKAGES+=(runc)  # bench/container_cost.py: `hermetic run` against runc (issue #16)
 PACKAGES+=(erofs-utils)  # fsck.erofs/dump.erofs check the layer images the store writes (tests/images/test_erofs*.py)
 missing=()
 for pkg in "${PACKAGES[@]}"; do

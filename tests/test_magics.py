@@ -75,6 +75,21 @@ def test_a_cell_on_the_host_bridge(ip) -> None:  # noqa: ANN001
     assert "net=True" in ip.user_ns["result"]
 
 
+def test_a_cell_runs_its_script_without_the_images_entrypoint(ip, busybox_image) -> None:  # noqa: ANN001
+    """`hermetic run IMAGE CMD` passes CMD to the image's ENTRYPOINT, as Docker; a cell is a whole script."""
+    from pytest_hermetic.images.reference import parse
+    from pytest_hermetic.images.store import Store
+
+    store = Store()
+    base = store.resolve(busybox_image)
+    store.put_image(parse("busybox:cell-entry").name, base.layers, {**base.config, "Entrypoint": ["echo", "entry"]})
+    try:
+        cell(ip, "busybox:cell-entry --out result", "echo cell")
+        assert ip.user_ns["result"] == "cell\n"
+    finally:
+        store.remove("busybox:cell-entry")
+
+
 def test_bad_option_value_renders_as_one_line(ip, capsys) -> None:  # noqa: ANN001
     result = ip.run_cell("%%container host --mem lots\necho never\n")
     assert isinstance(result.error_in_exec, SpecError)

@@ -131,7 +131,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
-            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)))
+            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)),
+                            prepare_next=True)  # the next test's namespaces, made while this one's child sets up
         finally:
             gc.unfreeze()
             os.close(write_fd)
@@ -318,7 +319,7 @@ def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestR
         reason = f"exited with status {result.status.code} without reporting"
     sections = compat.captured_sections(item.config, when)
     report = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
-                               f"hermetic: {reason}", when, sections)
+                               compat.message_longrepr(item, f"hermetic: {reason}"), when, sections)
     xfail_reason = compat.xfail_reason_for_crash(item)
     if xfail_reason is not None:  # an expected failure, as pytest reports one that raised
         report.outcome = "skipped"
