@@ -157,3 +157,20 @@ def test_layer_format_setting(tmp_path, monkeypatch):
         store.layer_format(size=None)
     digest = hashlib.sha256(b"").hexdigest()
     assert store.layer_image(f"sha256:{digest}") is None
+
+
+def test_bindings_read_layer_images_as_unpacked_layers(pulled, tmp_path):
+    """What a forked Python needs bound in (`bindings.volumes_for`) is the same whether the
+    store keeps the image's layers as images (read by `erofs_reader`) or unpacked."""
+    from pytest_hermetic.bindings import volumes_for
+    from pytest_hermetic.spec import Spec
+
+    ref, _manifest, _layers, stores = pulled
+    found = {}
+    for kind, env in stores.items():
+        store = Store(env["HERMETIC_STORE"])
+        image = store.local(ref)
+        found[kind] = volumes_for(Spec.build(ref, ["true"]), [str(tmp_path), "/etc"], store=store, image=image)
+    assert found["erofs"] == found["dir"]
+    targets = [v.target for v in found["erofs"]]
+    assert os.path.realpath(tmp_path) in targets and "/etc" not in targets  # the image has /etc: not bound
