@@ -52,6 +52,7 @@ _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "ppc64le": 283, "s390x": 280, "ris
 # The same number on every architecture (the unified table, Linux 5.x).
 _SYS_CLOSE_RANGE = 436
 _SYS_OPENAT2 = 437
+_SYS_PIDFD_GETFD = 438
 _SYS_MOUNT_SETATTR = 442
 
 AT_EMPTY_PATH = 0x1000
@@ -149,6 +150,12 @@ def join_new_session_keyring() -> None:
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     _check(_libc.syscall(ctypes.c_long(_SYS_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(last),
                          ctypes.c_uint(flags)), "close_range")
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """A close-on-exec copy of descriptor `fd` of the process `pidfd` refers to (Linux 5.6+)."""
+    return _check(_libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
+                                ctypes.c_uint(0)), "pidfd_getfd", f"descriptor {fd}")
 
 
 class _OpenHow(ctypes.Structure):
