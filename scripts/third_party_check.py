@@ -74,7 +74,9 @@ KNOWN: dict[str, dict[str, list[str]]] = {
     "pytest-httpserver": {"deps": ["requests"], "paths": ["tests"], "args": []},
     "urllib3": {"deps": ["tornado==6.4.1", "PySocks==1.7.1", "pytest-freezegun==0.4.2", "flaky", "trustme",
                          "cryptography", "python-dateutil", "mock"], "paths": ["test"], "args": []},
-    "python-dateutil": {"deps": ["freezegun", "hypothesis", "pytest-cov"], "paths": ["tests"], "args": []},
+    "python-dateutil": {"deps": ["freezegun", "hypothesis", "pytest-cov"], "paths": ["tests"],
+                        # its ini makes warnings errors; pytest 9 deprecates its generator parametrize
+                        "args": ["-W", "ignore::pytest.PytestRemovedIn10Warning"]},
     "filelock": {"deps": ["pytest-asyncio", "pytest-mock", "virtualenv"], "paths": ["tests"], "args": []},
 }
 ISSUE_13 = ["pytest-httpserver==1.2.1", "urllib3==1.26.20", "python-dateutil==2.9.0.post0", "filelock==3.20.0"]

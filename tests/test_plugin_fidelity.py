@@ -252,3 +252,19 @@ def test_servers_of_wider_fixtures_on_loopback_are_reachable(pytester: pytest.Py
     # under xdist each worker's own servers
     pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "-p", "no:cacheprovider", "-n", "2",
                                   timeout=120).assert_outcomes(passed=5)
+
+
+def test_a_collection_error_is_reported_as_in_place(pytester: pytest.Pytester):
+    # python-dateutil collects with -W error; pytest 9.2's deprecation of a
+    # generator in parametrize, raised inside pytest_pycollect_makeitem,
+    # came out wrapped in pluggy's PluggyTeardownRaisedWarning through our
+    # old-style hook wrapper.
+    pytester.makeconftest("""
+def pytest_pycollect_makeitem(collector, name, obj):
+    if name == "test_refused":
+        raise ValueError("refused by the conftest")
+""")
+    pytester.makepyfile(test_inner="def test_refused():\n    pass\n")
+    for result in (_plain(pytester, "-W", "error"), _plain(pytester, "--hermetic", "-W", "error")):
+        result.stdout.fnmatch_lines(["E   ValueError: refused by the conftest", "*1 error*"])
+        result.stdout.no_fnmatch_line("*PluggyTeardownRaisedWarning*")

@@ -116,3 +116,41 @@ def test_services_example_rootless(test_user):
         assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
         assert "service echo (call)" in report and "echo got b'ping'" in report, report
         assert "service web (call)" in report, report
+
+
+HOST_TMP = r'''
+import os, shutil, sys, tempfile, venv
+import pytest
+
+
+@pytest.fixture(scope="session")
+def python_under_tmp():
+    folder = tempfile.mkdtemp(prefix="hermetic-venv-")  # a virtualenv under /tmp, as CI jobs often make
+    venv.create(folder, with_pip=False)
+    yield os.path.join(folder, "bin", "python")
+    shutil.rmtree(folder)
+
+
+def test_a_host_service_runs_a_virtualenv_under_tmp(containers, python_under_tmp):
+    svc = containers.run("host", [python_under_tmp, "-c", "import sys; print(sys.prefix); "
+                                  "open(sys.prefix + '/written', 'w').close()"])
+    assert svc.wait(60)[0] == 0, svc.logs()
+    prefix = os.path.dirname(os.path.dirname(python_under_tmp))
+    assert svc.logs() == prefix + "\n"
+    assert not os.path.exists(prefix + "/written")  # copy-on-write: its writes are its own
+
+
+def test_an_image_that_is_nowhere(containers):
+    containers.run("nosuch:1", ["true"])
+'''
+
+
+@pytest.mark.parametrize("mode", [[], ["--hermetic"]], ids=["in-place", "hermetic"])
+def test_service_containers_see_the_hosts_tmp_and_say_a_missing_image_in_one_line(pytester: pytest.Pytester, mode):
+    pytester.makepyfile(test_host_tmp=HOST_TMP)
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", *mode, timeout=180)
+    result.assert_outcomes(passed=1, failed=1)
+    missing = failure(result.stdout.str(), "test_an_image_that_is_nowhere")
+    errors = [line for line in missing.splitlines() if line.startswith("E ")]
+    assert len(errors) == 1 and errors[0].split(": ", 1)[1].startswith("containers.run('nosuch:1'): "), missing
+    assert "Traceback" not in missing and "pytest_hermetic/" not in missing, missing

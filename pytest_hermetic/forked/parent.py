@@ -23,9 +23,9 @@ from .. import _pytest_compat as compat
 from ..bindings import image_for, volumes_for
 from ..container import Container
 from ..errors import HermeticError
-from ..fixtures import Containers, TestNetworks
+from ..fixtures import Containers, TestNetworks, with_host_tmp
 from ..images.store import Store
-from ..spec import Spec, Volume
+from ..spec import Spec
 from . import coverage_relay, loopback_relay
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
@@ -104,7 +104,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         store = Store()
         image = image_for(spec, store)
         basetemp = compat.basetemp(item.config)
-        volumes = volumes_for(_with_host_tmp(spec), code=(str(item.config.rootpath), os.getcwd()),
+        volumes = volumes_for(with_host_tmp(spec), code=(str(item.config.rootpath), os.getcwd()),
                               writable=[basetemp] if basetemp is not None else [], store=store, image=image)
         # Per-test containers: rw layer in memory, no state folder, no accounting
         # beyond the limits asked for: each of these is a measurable cost per test.
@@ -156,17 +156,6 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         if scope is not None:
             scope.close()  # each network goes once its last container is removed
     return _decode(item.config, data), result
-
-
-def _with_host_tmp(spec: Spec) -> Spec:
-    """`spec` with the host's /tmp seen copy-on-write at /tmp (first, so
-    volumes below it are mounted over it): what wider-scope fixtures made
-    there before the fork (`tempfile.mkdtemp()` in a class fixture) is
-    there, and the test's writes vanish with it.  A volume of the marker's
-    own at /tmp wins."""
-    if any(v.target.rstrip("/") == "/tmp" for v in spec.volumes):
-        return spec
-    return spec.with_options(volumes=(Volume("/tmp", "/tmp", overlay=True), *spec.volumes))
 
 
 def _network_scope(spec: Spec) -> Any:
