@@ -81,7 +81,7 @@ def listeners() -> list[Listener]:
             continue
         finally:
             sock.detach()  # the descriptor stays its owner's
-    return sorted(found.values(), key=lambda listener: listener.fd)
+    return sorted(found.values(), key=lambda listener: listener.fd) if found else []
 
 
 def _listening(fd: int, sock: socket.socket) -> Listener | None:
