@@ -57,9 +57,12 @@ _LOOPBACK_OR_ANY = {socket.AF_INET: lambda a: a.startswith("127.") or a == "0.0.
                     socket.AF_INET6: lambda a: a in ("::1", "::")}
 
 
-def listeners() -> list[Listener]:
+def listeners(loops: dict | None = None) -> list[Listener]:
     """Every TCP socket of this process listening, and every UDP socket
-    bound and not connected, on loopback or on every address.
+    bound and not connected, on loopback or on every address.  With
+    `loops`, the same walk also notes what event_loops copies: epoll
+    instances in loops["epoll"] (a list), unnamed Unix sockets in
+    loops["unix"] ({fd: (inode, type)}).
 
     From its descriptors (an fstat each; a few syscalls per socket), not
     from /proc/net/tcp, whose reading walks the kernel's whole connection
@@ -68,12 +71,20 @@ def listeners() -> list[Listener]:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISSOCK(info.st_mode):
+                if loops is not None and stat.S_IFMT(info.st_mode) == 0 and \
+                        os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventpoll]":
+                    loops.setdefault("epoll", []).append(fd)
                 continue
             sock = socket.socket(fileno=fd)
         except OSError:
             continue
         try:
+            if sock.family == socket.AF_UNIX:
+                if loops is not None and not sock.getsockname():
+                    loops.setdefault("unix", {})[fd] = (info.st_ino, int(sock.type))
+                continue
             listener = _listening(fd, sock)
             if listener is not None:
                 found.setdefault((listener.family, listener.type, listener.address, listener.port), listener)

@@ -26,7 +26,7 @@ from ..errors import HermeticError
 from ..fixtures import Containers, TestNetworks, with_host_tmp
 from ..images.store import Store
 from ..spec import Spec
-from . import coverage_relay, loopback_relay
+from . import coverage_relay, event_loops, loopback_relay
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
 
@@ -121,8 +121,10 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
             scope.close()  # nothing else would: no container took it
         raise
     services = _Services(scope, spec.net, container)
-    found = loopback_relay.listeners()  # the pytest process's own servers (a session fixture's)
+    at_fork: dict = {}
+    found = loopback_relay.listeners(at_fork)  # the pytest process's own servers (a session fixture's)
     servers = loopback_relay.serving(found) if found else {}
+    loops = event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork else None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     deferred = False
@@ -131,7 +133,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
-            container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers))
+            container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops))
         finally:
             gc.unfreeze()
             os.close(write_fd)

@@ -158,6 +158,24 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
                                 ctypes.c_uint(0)), "pidfd_getfd", f"descriptor {fd}")
 
 
+class _EpollEvent(ctypes.Structure):
+    # Packed on x86_64 only, as <sys/epoll.h> declares it.
+    _pack_ = 1 if os.uname().machine == "x86_64" else 0
+    _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
+
+
+def epoll_create() -> int:
+    """A new close-on-exec epoll instance."""
+    return _check(_libc.epoll_create1(ctypes.c_int(os.O_CLOEXEC)), "epoll_create1")
+
+
+def epoll_add(epoll_fd: int, fd: int, events: int, data: int) -> None:
+    """Watch `fd` for `events`, reported with the 64 bits `data` (any, not only the fd)."""
+    event = _EpollEvent(events, data)
+    _check(_libc.epoll_ctl(ctypes.c_int(epoll_fd), ctypes.c_int(1), ctypes.c_int(fd), ctypes.byref(event)),
+           "epoll_ctl", f"descriptor {fd}")
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
