@@ -199,7 +199,8 @@ def read_junit(path: Path) -> dict[str, Case]:
 
     Outcome: passed (also non-strict XPASS, which junitxml writes as a pass),
     failed, error, skipped, xfailed; several of failed/error (a failing test
-    whose teardown also fails) are joined with '+'.
+    whose teardown also fails) are joined with '+'.  A test listed more than
+    once (a rerun plugin's attempts) counts with its last entry.
     """
     cases: dict[str, Case] = {}
     root = ET.parse(path).getroot()
@@ -219,11 +220,9 @@ def read_junit(path: Path) -> dict[str, Case]:
             message = child.get("message", "")
             messages.append(message + ("\n" + text if text and text != message else ""))
         outcome = "+".join(dict.fromkeys(kinds)) or "passed"
-        unique, n = test_id, 1
-        while unique in cases:  # the same id twice: keep both
-            n += 1
-            unique = f"{test_id} #{n}"
-        cases[unique] = Case(outcome, "\n".join(messages))
+        # The same id again: a rerun plugin (flaky) reporting its attempts;
+        # the last entry is the test's final outcome, as pytest's summary says.
+        cases[test_id] = Case(outcome, "\n".join(messages))
     return cases
 
 
