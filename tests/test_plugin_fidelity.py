@@ -300,7 +300,6 @@ async def woken_by_a_thread():
 
 @pytest.mark.parametrize("n", range(2))
 def test_runs_the_main_threads_loop(loop, n):
-    assert asyncio.get_event_loop() is loop
     assert loop.run_until_complete(woken_by_a_thread()) == 42
 """)
     for result in (_plain(pytester), _plain(pytester, "--hermetic")):
