@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import os
 import shlex
 import sys
 import time
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class
 from IPython.core.magic_arguments import ArgDecorator, argument, magic_arguments
 
 from pytest_hermetic import options as container_options
@@ -39,6 +40,9 @@ LINE_USAGE = """\
 %container rm NAME...          end and remove NAME (files and all)
 %container exec NAME CMD...    run CMD (no shell) in the kept container NAME
 %container pull REF [--platform OS/ARCH] [--quiet]
+%container build -t NAME [-f FILE] [--build-arg K=V]... [--target STAGE] [--no-cache] [--net] CONTEXT
+%%containerfile NAME [--context DIR] [--build-arg K=V]... [--target STAGE] [--no-cache] [--net]
+                               build the cell (a Containerfile) as image NAME; context: the working folder
 %%container IMAGE [options]    run the cell as a shell script in a container (%%container? for options)"""
 
 
@@ -270,6 +274,57 @@ class ContainerMagics(Magics):
         if progress is not None:
             progress.close()
         print(f"pulled {image.familiar} ({image.id[7:19]})")
+
+    def _verb_build(self, rest: list[str]) -> None:
+        if not rest or rest[0] in ("-h", "--help"):
+            raise UsageError("usage: %container build -t NAME [-f FILE] [--build-arg K=V]... [--target STAGE] "
+                             "[--no-cache] [--net] CONTEXT (see `hermetic build --help`)")
+        self._build(rest)
+
+    @magic_arguments()
+    @argument("name", metavar="NAME", help="the image's name (NAME[:TAG])")
+    @argument("--context", default=None, metavar="DIR", help="the folder COPY and ADD read (default: the working folder)")
+    @argument("--build-arg", action="append", default=[], metavar="K=V", help="set an ARG")
+    @argument("--target", metavar="STAGE", help="build this stage (and what it needs), not the last")
+    @argument("--no-cache", action="store_true", help="run every step; use no cached layer")
+    @argument("--net", action="store_true", help="RUN on the host bridge with NAT out (default: no network)")
+    @cell_magic
+    def containerfile(self, line: str, cell: str) -> None:
+        """Build the cell, a Containerfile, as image NAME; the build's steps
+        and RUN output are shown as they come.  Steps are cached: running the
+        cell again with nothing changed takes milliseconds."""
+        import tempfile
+
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%%containerfile: {exc}") from None
+        args = self.containerfile.parser.parse_args(words)
+        with tempfile.TemporaryDirectory(prefix="hermetic-containerfile-") as folder:
+            path = os.path.join(folder, "Containerfile")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(cell)
+            argv = ["-f", path, "-t", args.name]
+            argv += [word for item in args.build_arg for word in ("--build-arg", item)]
+            argv += ["--target", args.target] if args.target else []
+            argv += ["--no-cache"] if args.no_cache else []
+            argv += ["--net"] if args.net else []
+            self._build([*argv, args.context or os.getcwd()])
+
+    def _build(self, argv: list[str]) -> None:
+        from .build import run_build
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()  # ipykernel would wait for its flush interval
+
+        try:
+            run_build(argv, write)
+        except HermeticError as exc:
+            raise _short(exc) from None
+        except KeyboardInterrupt:
+            raise ContainerCellInterrupted("the build was stopped (its step's container with it); nothing was "
+                                           "tagged") from None
 
     def _own(self, name: str) -> None:
         """Fail without starting a helper when this kernel has no containers."""

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["hermetic", "Container", "Spec", "Result"]
+__all__ = ["hermetic", "Build", "Container", "Spec", "Result"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -42,6 +42,10 @@ def __getattr__(name: str) -> Any:
         from . import container
 
         return getattr(container, name)
+    if name == "Build":  # an image built from a Containerfile: @hermetic(image=Build("tests/images/Containerfile"))
+        from .build.reference import Build
+
+        return Build
     if name == "Spec":
         from .spec import Spec
 

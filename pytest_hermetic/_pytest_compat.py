@@ -112,6 +112,14 @@ def basetemp(config: pytest.Config) -> str | None:
     return None if factory is None else str(factory.getbasetemp())
 
 
+def outside_capture(config: pytest.Config) -> contextlib.AbstractContextManager[None]:
+    """Write to the terminal while pytest captures output (progress lines of
+    an image build).  Relies on the "capturemanager" plugin's
+    `global_and_fixture_disabled` (what live logging uses)."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    return capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
+
+
 def under_capture(config: pytest.Config, when: str, fn: Callable[[], T]) -> tuple[T, list[tuple[str, str]]]:
     """Run `fn` under pytest's global output capture, as the phase `when`
     would be; return its result and its report sections ("Captured stdout
@@ -190,3 +198,18 @@ def xfail_reason_for_crash(item: pytest.Item) -> str | None:
     if xfailed is None or xfailed.raises is not None:
         return None
     return xfailed.reason
+
+
+def message_longrepr(item: pytest.Item, text: str) -> Any:
+    """A failure's long representation that is only `text`, with `text` as
+    its crash message too: the short summary's `FAILED id - text` reads
+    `longrepr.reprcrash.message`, which a plain string lacks before pytest 8
+    (7.4 printed `FAILED id` alone for a killed test).  Relies on
+    `_pytest._code.code`'s ReprExceptionInfo/ReprTraceback/ReprEntryNative/
+    ReprFileLocation, which pytest's own report serialization (xdist) knows."""
+    from _pytest._code.code import ReprEntryNative, ReprExceptionInfo, ReprFileLocation, ReprTraceback
+
+    path, lineno, _name = item.location
+    traceback = ReprTraceback(reprentries=[ReprEntryNative([text + "\n"])], extraline=None, style="native")
+    return ReprExceptionInfo(reprtraceback=traceback,
+                             reprcrash=ReprFileLocation(path=str(path), lineno=(lineno or 0) + 1, message=text))

@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
     from .networks import Network
+    from .runtime.rootfs.tmpfs import TmpfsMount
+    from .spec import Tmpfs
 
 from ._fs import rmtree
 from ._proc import descendants, owner, owner_key, signal_name
@@ -108,6 +110,7 @@ class Container:
         self._resolved = image
         self.cgroup: cgroups.Cgroup | None = None
         self.process: process.ContainerProcess | None = None
+        self.tty: int | None = None  # the master of its terminal, started with `tty`
         self.result: Result | None = None
         self.started_at: float | None = None
         # Untracked (the plugin's per-test containers): no folder of their
@@ -148,23 +151,28 @@ class Container:
     # -- start ----------------------------------------------------------------
 
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
-              stdout: int | None = None, stderr: int | None = None, log: bool = False) -> "Container":
+              stdout: int | None = None, stderr: int | None = None, log: bool = False,
+              tty: bytes | None = None) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
         with `log` (a tracked container's) stdout and stderr go to
-        `log_path` in its state folder instead (`hermetic run -d`)."""
+        `log_path` in its state folder instead (`hermetic run -d`).  With
+        `tty` (a struct winsize, 8 bytes) the command runs on a pty of the
+        container's own instead, and `self.tty` is its master's fd (the
+        caller's to read, write and close)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         image = self.image = self._resolve_and_use()
         argv = None
         if target is None:
-            argv = list(self.spec.command or [])
-            if not argv:
-                argv = list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
+            argv = command_line(self.spec, image)
             if not argv:
                 self.remove()
+                if self.spec.entrypoint is not None:
+                    raise SpecError("--entrypoint '' and no command: nothing to run; give a command")
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
+        pair = None
         limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
         try:
@@ -179,6 +187,13 @@ class Container:
                 log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
+            if tty is not None:
+                if target is not None:
+                    raise SpecError("a terminal (tty) is for a command, not for a Python callable")
+                from .runtime.console import Pair  # lazily: socket, which only a terminal needs
+
+                pair = Pair(tty)
+                config.tty = pair.console
             if self.spec.net is not False:
                 self._join_network(config)
             if self.state_dir is not None:
@@ -189,7 +204,13 @@ class Container:
             finally:
                 if log_fd is not None:
                     os.close(log_fd)
+                if pair is not None:
+                    pair.started()
+            if pair is not None:
+                self.tty = pair.receive()
         except BaseException:
+            if pair is not None:
+                pair.close()
             self.remove()
             raise
         return self
@@ -205,14 +226,16 @@ class Container:
         assert self.image is not None and self.process is not None
         return {"env": self._env(self.image), "cwd": self.spec.workdir or self.image.config.get("WorkingDir") or "/",
                 "cgroup_procs": self.cgroup.join_paths() if self.cgroup else [], "userns": self.userns,
-                "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None}
+                "privileged": self.spec.privileged, "seccomp": _seccomp_filter(self.spec) is not None,
+                "user": self.spec.user or self.image.config.get("User") or None, "caps": capability_mask(self.spec)}
 
     def _resolve_and_use(self) -> Image:
         """The image, with its layers recorded as this container's in the
         store before anything reads them, so no `gc` takes them from under
         it.  Once more if a moved tag's old layers went meanwhile."""
         for attempt in (0, 1):
-            image = self._resolved if attempt == 0 and self._resolved is not None else resolve_or_pull(self.store, self.spec.image)
+            image = (self._resolved if attempt == 0 and self._resolved is not None
+                     else resolve_or_pull(self.store, self.spec.image, self.spec.platform))
             try:
                 self._use = self.store.use(image, self.id, self.name)
                 return image
@@ -236,7 +259,7 @@ class Container:
                 "process to hold it, and the command line has no daemon); rootless containers get net=False, "
                 "net=True (slirp4netns) and, in pytest, private networks per test")
         usermode_net.check_available()
-        config.network = NetworkConfig(mode="usermode")
+        config.network = NetworkConfig(mode="usermode", api_socket=self._api_socket() if self.spec.publish else None)
         self.address = usermode_net.ADDRESS
         config.rootfs.init_files["etc/hosts"] = (
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{usermode_net.ADDRESS}\t{self.hostname}\n")
@@ -268,6 +291,14 @@ class Container:
         config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
         if attachment.hosts_bind:
             config.rootfs.binds.append(Bind(attachment.hosts_bind, "/etc/hosts", True))
+
+    def _api_socket(self) -> str:
+        """Where slirp4netns takes a rootless container's published ports (in its state folder)."""
+        path = os.path.join(self.state_dir or "", "slirp.sock")
+        if self.state_dir is None or len(path.encode()) > 107:  # sockaddr_un's sun_path
+            raise SpecError(f"-p: the state folder's path is too long for slirp4netns's socket ({path}); "
+                            "set HERMETIC_STATE (or XDG_RUNTIME_DIR) to a shorter folder")
+        return path
 
     @property
     def _scratch(self) -> str:
@@ -341,6 +372,9 @@ class Container:
             unpack_layer=_layer_unpacker(self.userns) if replay else None,
             layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
             shm_size=spec.shm_size or min(host_shm_size(), spec.mem or host_shm_size()),
+            read_only=spec.read_only,
+            workdir=(spec.workdir or image.config.get("WorkingDir") or "") if spec.read_only else "",
+            tmpfs=[_tmpfs_mount(t) for t in spec.tmpfs],
         )
         return process.ProcessConfig(
             rootfs=rootfs,
@@ -352,6 +386,7 @@ class Container:
             cgroup_procs=self.cgroup.join_paths() if self.cgroup else [],
             userns=default_user_namespace() if self.userns else None,
             privileged=spec.privileged,
+            caps=capability_mask(spec),
             seccomp=_seccomp_filter(spec),
             init=spec.init,
         )
@@ -442,8 +477,11 @@ class Container:
         return self.cgroup.stats() if self.cgroup is not None else cgroups.Stats()
 
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, workdir: str | None = None,
-             stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> process.ContainerProcess:
-        """Start `argv` in this running container; wait on the returned handle."""
+             stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
+             user: str | None = None, tty: bytes | None = None) -> process.ContainerProcess:
+        """Start `argv` in this running container; wait on the returned handle.
+        `user` defaults to the container's; with `tty` (a struct winsize) it
+        runs on a pty of the container's own, whose master is the handle's `tty`."""
         from .runtime.enter import enter  # lazily: 1 ms of imports that `hermetic run` never needs
 
         if self.process is None or self.result is not None:
@@ -452,7 +490,8 @@ class Container:
         full_env = {**self._env(self.image), **(env or {})}
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
-                     self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec))
+                     self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec),
+                     user or self.spec.user or self.image.config.get("User") or None, tty, capability_mask(self.spec))
 
     # -- after ----------------------------------------------------------------
 
@@ -533,12 +572,54 @@ def log_path(state_dir: str) -> str:
     return os.path.join(state_dir, "container.log")
 
 
+def command_line(spec: Spec, image: Image) -> list[str]:
+    """What PID 1 runs.  Without `entrypoint`: the spec's command, or the
+    image's ENTRYPOINT and CMD.  With it (Docker's --entrypoint): it, then
+    the spec's command as its arguments (the image's CMD is dropped, as Docker does)."""
+    if spec.entrypoint is not None:
+        return [*spec.entrypoint, *(spec.command or ())]
+    if spec.command:
+        return list(spec.command)
+    return list(image.config.get("Entrypoint") or []) + list(image.config.get("Cmd") or [])
+
+
+def capability_mask(spec: Spec) -> int | None:
+    """The capabilities the spec keeps (runtime/capabilities.py's `mask`); None: Docker's default set."""
+    if not spec.cap_add and not spec.cap_drop:
+        return None
+    from .runtime import capabilities
+
+    if os.geteuid() == 0 and spec.userns is not True:  # (in a user namespace of its own the container has them all)
+        lacking = [name for name in spec.cap_add
+                   if name != "ALL" and not capabilities.permitted() & (1 << capabilities.ALL_CAPS[name])]
+        if lacking:
+            raise SpecError(f"--cap-add {lacking[0][4:]}: this engine's own process lacks it (it runs with a reduced "
+                            "capability set, e.g. in a container), so it cannot give it; leave it out")
+    return capabilities.mask(spec.cap_add, spec.cap_drop)
+
+
+def _tmpfs_mount(tmpfs: Tmpfs) -> TmpfsMount:
+    from .runtime.rootfs.tmpfs import TmpfsMount
+
+    options = [f"{key}={value}" for key, value in (("size", tmpfs.size), ("uid", tmpfs.uid), ("gid", tmpfs.gid))
+               if value is not None]
+    if tmpfs.mode is not None:
+        options.append(f"mode={tmpfs.mode:o}")
+    return TmpfsMount(tmpfs.target, ",".join(options), tmpfs.noexec, tmpfs.readonly)
+
+
 def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or None
     """Docker's default seccomp filter, compiled once per process, unless
     the spec opts out (`seccomp=False`) or is privileged (as under Docker)."""
     if spec.privileged or not spec.seccomp:
         return None
-    return seccomp.default(os.path.join(make_private(state_root()), "cache"))
+    caps = capability_mask(spec)
+    sys_admin = False
+    if caps is not None:
+        from .runtime.capabilities import has_sys_admin
+
+        sys_admin = has_sys_admin(caps)  # then no TIOCSTI either (runtime/seccomp.py)
+    return seccomp.default(os.path.join(make_private(state_root()), "cache"), sys_admin)
 
 
 def _env_dict(items: list[str]) -> dict[str, str]:

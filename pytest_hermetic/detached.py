@@ -18,6 +18,7 @@ finish; they work on a foreground `run --name` container too.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -25,59 +26,50 @@ import time
 
 from ._fs import rmtree
 from ._proc import owner_alive, start_time
-from ._record import fields
+from ._record import fields, replace
 from .container import Container, log_path
 from .errors import ContainerNotFound, ContainerStartError, HermeticError, SpecError
 from .gc import clear_dead
-from .spec import Spec
+from .spec import Port, Spec
 from .state import doomed_dir, list_states, write_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Sequence
+
     from .runtime.process import ContainerProcess
 
 STOP_GRACE = 10.0  # seconds, as `docker stop`
 
 
-def parse_publish(text: str) -> tuple[str, int, int]:
-    """`[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]` -> (host ip, host port, container port); loopback by default."""
-    body, _, proto = text.partition("/")
-    if proto and proto != "tcp":
-        raise SpecError(f"-p {text}: only tcp ports can be published in this version; drop /{proto}")
-    parts = body.rsplit(":", 2)
-    if len(parts) == 2:
-        parts.insert(0, "127.0.0.1")
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit() or not 0 < int(parts[2]) < 65536 \
-            or not 0 <= int(parts[1]) < 65536:
-        raise SpecError(f"-p {text}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp], e.g. -p 127.0.0.1:8080:80")
-    return parts[0].strip("[]") or "127.0.0.1", int(parts[1]), int(parts[2])
-
-
-def publish(container: Container, ports: list[tuple[str, int, int]]) -> list:
-    """Forwarders from the host's `HOST_IP:HOST_PORT` to the running container's ports (held by the caller)."""
+def listen(ports: "Sequence[Port]", hold: bool = True) -> list:
+    """Take the host's `HOST_IP:HOST_PORT` of each port, before the
+    container starts (a port in use fails the run before it began, as
+    Docker's does); `attach` then relays them.  Each forwarder has `.port`,
+    the `Port` with the host port it got (a free one where none was asked).
+    The caller holds them and closes them.  Without `hold` (slirp4netns
+    will listen there itself) each port is only tried and let go at once:
+    the container's processes, forked after this, must not inherit it."""
     if not ports:
         return []
     from .runtime import portfwd  # lazily: only a run with -p needs it
 
-    holder = getattr(container.network, "holder", None)
-    if holder is not None:
-        make = holder.socket
-    else:
-        make = portfwd.socket_in(f"/proc/{container.pid}/ns/net")
-        try:
-            make().close()  # a rootless caller may not enter the namespace: say so now, not at each connection
-        except OSError as exc:
-            raise SpecError(f"-p: cannot reach the container's network namespace ({exc.strerror}); publishing "
-                            "ports of a rootless container is not supported yet (the supervisor would have to make its "
-                            "sockets inside the namespace); run it as root") from None
-    forwarders = []
+    forwarders: list = []
     try:
-        for host_ip, host_port, port in ports:
+        for port in ports:
+            kind = portfwd.UdpForwarder if port.protocol == "udp" else portfwd.Forwarder
             try:
-                forwarders.append(portfwd.Forwarder(make, container.address or "127.0.0.1", port, (host_ip, host_port)))
+                forwarder = kind(None, "", port.container_port, (port.host_ip, port.host_port))
             except OSError as exc:
-                raise SpecError(f"-p {host_ip}:{host_port}:{port}: cannot listen on {host_ip}:{host_port} "
-                                f"({exc.strerror}); pick another host port") from None
+                host = f"[{port.host_ip}]" if ":" in port.host_ip else port.host_ip
+                raise SpecError(f"-p {host}:{port.host_port}:{port.container_port}/{port.protocol}: cannot listen "
+                                f"on that host address and port ({exc.strerror}); pick another host port"
+                                + (" or address (is it one of this host's?)" if exc.errno == errno.EADDRNOTAVAIL else "")
+                                ) from None
+            forwarder.port = replace(port, host_port=forwarder.address[1])
+            forwarders.append(forwarder)
+            if not hold:
+                forwarder.close()
     except BaseException:
         for forwarder in forwarders:
             forwarder.close()
@@ -85,12 +77,77 @@ def publish(container: Container, ports: list[tuple[str, int, int]]) -> list:
     return forwarders
 
 
+def attach(container: Container, forwarders: list) -> None:
+    """Relay `listen`'s forwarders to the running container's ports."""
+    if not forwarders:
+        return
+    helper = getattr(container.process, "net_helper", None)
+    if helper is not None and helper.api_socket:
+        # Rootless on slirp4netns: it listens on the host itself (`listen`
+        # only tried the ports, and found the free ones).
+        for forwarder in forwarders:
+            port = forwarder.port
+            helper.add_hostfwd(port.protocol, port.host_ip, port.host_port, port.container_port)
+        return
+    from .runtime import portfwd
+
+    holder = getattr(container.network, "holder", None)
+    if holder is not None:
+        make = holder.socket
+    else:
+        make = portfwd.socket_in(f"/proc/{container.pid}/ns/net")
+        try:
+            make().close()  # a caller that may not enter the namespace: say so now, not at each connection
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return  # the container has ended already: nothing to relay to
+            raise SpecError(f"-p: cannot reach the container's network namespace ({exc.strerror})") from None
+    for forwarder in forwarders:
+        forwarder.attach(make, container.address or "127.0.0.1")
+
+
+def refuse_rootless(container: Container) -> None:
+    """-p of a rootless container without --net: refused before it starts, saying why."""
+    if container.spec.publish and container.userns and container.spec.net is not True:
+        raise SpecError("-p: a rootless container publishes ports only with --net (slirp4netns listens on the host "
+                        "for it, as under rootless Podman); without a network its namespace belongs to a user "
+                        "namespace the caller is not in, and its PID 1 cannot be entered from outside, so nothing on "
+                        "the host can make the sockets that would relay to it; add --net, or run as root")
+    ipv6 = [port for port in container.spec.publish if ":" in port.host_ip] if container.userns else []
+    if ipv6:
+        raise SpecError(f"-p {ipv6[0]}: a rootless container's ports are published by slirp4netns, which takes IPv4 "
+                        "host addresses only; use 127.0.0.1 (the default) or 0.0.0.0, or run as root")
+
+
+def ports_of(state: dict) -> list[Port]:
+    """The ports a container's state records (older states: [ip, host port, container port], tcp)."""
+    ports = []
+    for item in state.get("ports") or []:
+        ports.append(Port(*item) if isinstance(item, list) else Port(**item))
+    return ports
+
+
+def _ports_json(forwarders: list) -> list[dict]:  # each has a Port as .port (publish's)
+    return [{key: getattr(f.port, key) for key in fields(f.port)} for f in forwarders]
+
+
+def record_ports(container: Container, forwarders: list) -> None:
+    """Write a foreground run's published ports into its state (a detached one's supervisor writes them at start)."""
+    if container.state_dir is not None and forwarders:
+        state = _read(container.state_dir)
+        state["ports"] = _ports_json(forwarders)
+        write_state(container.state_dir, state)
+
+
 # -- run -d --------------------------------------------------------------------------
 
 
-def start_detached(spec: Spec, ports: list[tuple[str, int, int]], remove: bool = False) -> str:
+def start_detached(spec: Spec, remove: bool = False, interactive: bool = False, tty: bytes | None = None) -> str:
     """Start `spec` under a supervisor of its own and return the container's
-    id once it runs; its start errors are raised here, as a foreground run's."""
+    id once it runs; its start errors are raised here, as a foreground run's.
+    With `interactive` its stdin stays open (a pipe the supervisor holds, as
+    `docker run -di`: a shell waits instead of reading EOF); with `tty` (a
+    struct winsize) it runs on a pty of its own whose output goes to the log."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's end is checked through the tests' CLI runs
@@ -99,7 +156,7 @@ def start_detached(spec: Spec, ports: list[tuple[str, int, int]], remove: bool =
             os.close(read_fd)
             os.setsid()  # no terminal: the caller's Ctrl-C or hangup is not the container's
             if os.fork() == 0:
-                _supervise(spec, ports, remove, write_fd)
+                _supervise(spec, remove, write_fd, interactive, tty)
             code = 0
         finally:
             os._exit(code)
@@ -120,7 +177,8 @@ def start_detached(spec: Spec, ports: list[tuple[str, int, int]], remove: bool =
     return answer["id"]
 
 
-def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, report_fd: int) -> None:  # pragma: no cover
+def _supervise(spec: Spec, remove: bool, report_fd: int, interactive: bool = False,  # pragma: no cover
+               tty: bytes | None = None) -> None:
     """The supervisor: start, report, wait, record the end; never returns."""
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -131,13 +189,23 @@ def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, repo
         signal.signal(sig, signal.SIG_IGN)
     container = Container(spec)
     forwarders: list = []
+    held_stdin = None  # -i: the write end of the container's stdin, held open and never written
     try:
-        container.start(stdin=0, log=True)
-        forwarders = publish(container, ports)
+        refuse_rootless(container)
+        forwarders = listen(spec.publish, hold=not container.userns)
+        stdin = 0
+        if interactive and tty is None:
+            stdin, held_stdin = os.pipe2(os.O_CLOEXEC)
+        container.start(stdin=stdin, log=True, tty=tty)
+        if stdin != 0:
+            os.close(stdin)
+        if container.tty is not None:
+            _log_terminal(container.tty, container.log_path)  # type: ignore[arg-type]
+        attach(container, forwarders)
         assert container.state_dir is not None and container.pid is not None
         state = _read(container.state_dir)
         state.update(detached=True, status="running", pid=container.pid, pid_start=start_time(container.pid),
-                     exec=container.exec_settings(), ports=[list(p) for p in ports], auto_remove=remove,
+                     exec=container.exec_settings(), ports=_ports_json(forwarders), auto_remove=remove,
                      image_id=container.image.id if container.image else None, spec=_spec_json(spec),
                      started=time.time())
         write_state(container.state_dir, state)
@@ -169,6 +237,25 @@ def _supervise(spec: Spec, ports: list[tuple[str, int, int]], remove: bool, repo
                          finished=time.time(), pid=None, cgroup=[], rw_dir=None)
             write_state(container.state_dir, state)
     os._exit(0)
+
+
+def _log_terminal(master: int, path: str) -> None:  # pragma: no cover - the supervisor's
+    """`run -dt`: a thread copies the container's terminal into its log
+    (until the terminal's last holder closes it: EIO), as `docker logs` of a tty."""
+    import threading  # lazily: only a detached container with a terminal needs it
+
+    def copy() -> None:
+        with open(path, "ab", buffering=0) as log:
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                log.write(data)
+
+    threading.Thread(target=copy, name="hermetic-tty-log", daemon=True).start()
 
 
 def _spec_json(spec: Spec) -> dict:
@@ -251,14 +338,26 @@ def wait_owner(state: dict, timeout: float | None = None) -> bool:
     return True
 
 
-def stop(state: dict, grace: float = STOP_GRACE) -> bool:
-    """SIGTERM to PID 1, SIGKILL after `grace` seconds; True if it took the SIGKILL.
+def stop_settings(state: dict, grace: float | None = None) -> tuple[signal.Signals, float]:
+    """The signal `stop` sends first and the grace time: the container's
+    (`--stop-signal`, `--stop-timeout`) unless `grace` is given."""
+    spec = state.get("spec") or {}
+    sig = signal.Signals[spec["stop_signal"]] if spec.get("stop_signal") else signal.SIGTERM
+    if grace is None:
+        grace = spec["stop_timeout"] if spec.get("stop_timeout") is not None else STOP_GRACE
+    return sig, grace
+
+
+def stop(state: dict, grace: float | None = None) -> bool:
+    """SIGTERM (or the container's --stop-signal) to PID 1, SIGKILL after
+    `grace` seconds (default: its --stop-timeout, else 10); True if it took the SIGKILL.
     A PID 1 with no SIGTERM handler ignores SIGTERM (the kernel protects a
     namespace's init), so such a container stops at the SIGKILL; under
     `--init` (the default of `run -d`) PID 1 passes SIGTERM on to the command."""
     if not state["alive"]:
         return False
-    signal_container(state, signal.SIGTERM)
+    sig, grace = stop_settings(state, grace)
+    signal_container(state, sig)
     if wait_owner(state, grace):
         return False
     if pid1(state) is not None:
@@ -300,9 +399,12 @@ def logs(state: dict) -> str | None:
 
 
 def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | None,
-            stdio: tuple = (None, None, None)) -> ContainerProcess:
-    """Start `argv` in a running detached container (from any process)."""
+            stdio: tuple = (None, None, None), user: str | None = None, tty: bytes | None = None) -> ContainerProcess:
+    """Start `argv` in a running detached container (from any process), as
+    `user` (default: the container's), with `tty` (a struct winsize) on a
+    pty of the container's own (the handle's `tty` is its master)."""
     from .runtime import seccomp
+    from .runtime.capabilities import has_sys_admin
     from .runtime.enter import enter
 
     pid = pid1(state)
@@ -317,8 +419,10 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
         raise ContainerStartError(f"container {state.get('name')}: `hermetic exec` into a rootless detached container "
                                   "is not supported yet (its namespaces are closed to other processes); run as root, "
                                   "or give the container a command that does the work")
+    caps = settings.get("caps")
+    seccomp_filter = seccomp.default(sys_admin=has_sys_admin(caps)) if settings["seccomp"] else None
     return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],
-                 settings["userns"], settings["privileged"], stdio, seccomp.default() if settings["seccomp"] else None)
+                 settings["userns"], settings["privileged"], stdio, seccomp_filter, user or settings.get("user"), tty, caps)
 
 
 def inspect(state: dict) -> dict:

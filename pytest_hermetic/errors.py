@@ -89,7 +89,19 @@ class RegistryError(HermeticError):
 
 
 class RegistryUnreachable(RegistryError):
-    """No connection to the registry (refused, DNS, TLS, timeout)."""
+    """No connection to the registry (refused, DNS, TLS, timeout).
+
+    `reason` is the cause alone (`connection refused`); `plain_http` says the
+    failure looks like TLS spoken to a plain-HTTP server."""
+
+    def __init__(self, message: str, *, reason: str = "", plain_http: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.plain_http = plain_http
+
+
+class RegistryTimeout(RegistryUnreachable):
+    """The registry (or its token service) did not answer within the configured time."""
 
 
 class RegistryAuthError(RegistryError):
@@ -108,3 +120,13 @@ class DigestMismatch(ContentError):
 class RegistryDigestMismatch(DigestMismatch, RegistryError):
     """A registry sent content that does not hash to the digest that named it
     (an `except RegistryError` catches it too)."""
+
+
+class BuildError(HermeticError):
+    """A Containerfile cannot be built: a bad instruction, a missing COPY
+    source, a failing RUN.  `output` holds the tail of the failing step's
+    output (empty where there was none); nothing was tagged."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output

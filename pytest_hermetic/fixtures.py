@@ -35,6 +35,7 @@ from typing import Any, Callable, Protocol
 
 import pytest
 
+from . import _pytest_compat as compat
 from ._fs import rmtree
 from .errors import HermeticError, RegistryError, SpecError
 
@@ -314,10 +315,16 @@ class Containers:
         from .container import Container  # lazily (see the imports above)
         from .spec import Spec
 
+<<<<<<< HEAD
         # The host's /tmp copy-on-write, as a hermetic test has it: `sys.executable`
         # of a virtualenv under /tmp runs in a `host` service too.
         spec = with_host_tmp(Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True,
                                         **options))
+=======
+        if not isinstance(image, str) or image.startswith("build:"):  # a Containerfile (Build): built once
+            image = image_of_build(image)
+        spec = Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True, **options)
+>>>>>>> main
         if name is not None and any(service.name == name for service in self.services):
             raise SpecError(f"name={name!r}: this scope already has a container of that name")
         network = None
@@ -335,8 +342,8 @@ class Containers:
             container.start(stdin=null_fd, stdout=log_fd, stderr=log_fd)
         except HermeticError as exc:
             # One line at the test's call, not the engine's frames below it.
-            hint = (f"; pull it while online (`hermetic pull {image}`) or import it (`hermetic import`)"
-                    if isinstance(exc, RegistryError) else "")
+            hint = ("" if not isinstance(exc, RegistryError) else f"; or pull it ahead (`hermetic pull {image}`)"
+                    if "ways out:" in str(exc) else f"; pull it while online (`hermetic pull {image}`) or import it (`hermetic import`)")
             raise type(exc)(f"containers.run({image!r}): {exc}{hint}") from None
         finally:
             os.close(log_fd)
@@ -495,8 +502,40 @@ containers_session.__doc__ = "As `containers`, for the session: started once, sh
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global log_lines
+    global log_lines, _config
     log_lines = int(config.getini(LOG_LINES_INI) or 50)
+    _config = config
+
+
+# -- images built from a Containerfile (build/reference.py) -----------------------------
+
+_config: pytest.Config | None = None  # the session's: its rootdir, ini key and terminal
+
+
+def session_builds(config: pytest.Config | None = None) -> Any:
+    """The session's `Builds` (made at its first use); outside a session, one for the working folder."""
+    from .build.reference import Builds, for_pytest
+
+    config = config or _config
+    if config is None:
+        return Builds(os.getcwd())
+    return for_pytest(config, lambda: compat.outside_capture(config))
+
+
+def image_of_build(image: Any) -> Any:
+    """The name of the image `image` (a `Build` or "build:...") is built as;
+    anything else as it is (Spec says what is wrong with it)."""
+    from .build.reference import is_build
+
+    if not is_build(image):
+        return image
+    from .errors import BuildError
+
+    try:
+        return session_builds().image(image).name
+    except BuildError as exc:  # the step's output in the test's error, as a container that fails to start
+        tail = f"\n--- the step's last lines of output ---\n{exc.output}" if exc.output else ""
+        raise BuildError(f"containers.run({image!r}): {exc}{tail}", exc.output) from None
 
 
 @pytest.hookimpl(wrapper=True)

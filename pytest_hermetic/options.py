@@ -51,15 +51,17 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("image", "host", "host, NAME[:TAG], dir:PATH, tar:FILE, oci:DIR[:TAG], docker-archive:FILE",
+    Option("image", "host", "host, NAME[:TAG], dir:PATH, tar:FILE, oci:DIR[:TAG], docker-archive:FILE; "
+           "in pytest also Build(CONTAINERFILE) or build:NAME (built when first needed)",
            (MARKER,)),  # the command line's and the cell's first positional argument
     Option("command", None, "the program and its arguments (a string: run by /bin/sh -c); None: the image's"),
     Option("net", False, "network: bare (or =bridge) the host bridge with NAT out, or a named network "
            "(`hermetic network create`); default: loopback only",
-           (MARKER, CLI, CELL), ("--net",), "NAME", "optional"),
-    Option("mem", None, "memory limit, e.g. 64M, 1g, 512MiB", (MARKER, CLI, CELL), ("--mem",), "SIZE"),
+           (MARKER, CLI, CELL), ("--network", "--net"), "NAME", "optional"),
+    Option("mem", None, "memory limit, e.g. 64M, 1g, 512MiB", (MARKER, CLI, CELL), ("-m", "--memory", "--mem"), "SIZE"),
     Option("cpus", None, "CPU bandwidth, e.g. 0.5 or 1.5", (MARKER, CLI, CELL), ("--cpus",), "N"),
-    Option("pids", None, f"maximum number of processes (default {DEFAULT_PIDS})", (MARKER, CLI, CELL), ("--pids",), "N"),
+    Option("pids", None, f"maximum number of processes (default {DEFAULT_PIDS})", (MARKER, CLI, CELL),
+           ("--pids-limit", "--pids"), "N"),
     Option("shm_size", None, "size of /dev/shm, e.g. 1g (default: the host's, or the memory limit if smaller)",
            (MARKER, CLI, CELL), ("--shm-size",), "SIZE"),
     Option("timeout", None, "kill everything after S seconds", (MARKER, CLI, CELL), ("--timeout",), "S",
@@ -84,6 +86,26 @@ OPTIONS: tuple[Option, ...] = (
            (MARKER, CLI, CELL), ("--security-opt",), "seccomp=unconfined", "list"),
     Option("init", False, "run the command as PID 2 under a PID 1 that reaps zombies and forwards signals", (CLI,),
            ("--init",), kind="switch"),
+    Option("entrypoint", None, "the program to run instead of the image's ENTRYPOINT (the command becomes its "
+           "arguments; '' for none)", (CLI,), ("--entrypoint",), "PROGRAM"),
+    Option("env_file", None, "read environment variables from a file (KEY=VALUE lines; KEY alone passes the caller's; "
+           "# comments); -e wins", (MARKER, CLI), ("--env-file",), "FILE", "list"),
+    Option("read_only", False, "the root file system read-only (writable: --tmpfs mounts, volumes, /dev)",
+           (MARKER, CLI, CELL), ("--read-only",), kind="switch"),
+    Option("tmpfs", None, "mount a tmpfs (always nosuid,nodev; noexec unless exec)", (MARKER, CLI, CELL), ("--tmpfs",),
+           "PATH[:size=SIZE,mode=OCTAL,exec,ro]", "list"),
+    Option("cap_add", None, "add a capability (NET_ADMIN, SYS_PTRACE, ... or ALL); the seccomp filter stays "
+           "Docker's default one (docs/security.md)", (MARKER, CLI, CELL), ("--cap-add",), "CAP", "list"),
+    Option("cap_drop", None, "drop a capability (CHOWN, NET_RAW, ... or ALL)", (MARKER, CLI, CELL), ("--cap-drop",),
+           "CAP", "list"),
+    Option("publish", None, "publish a container port on the host (HOST_IP default 127.0.0.1; no HOST_PORT: a free one)",
+           (CLI,), ("-p", "--publish"), "[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]", "list"),
+    Option("platform", None, "the image's platform, pulled if missing (only one this machine can run)", (CLI,),
+           ("--platform",), "OS/ARCH[/VARIANT]"),
+    Option("stop_signal", None, "the signal `hermetic stop` sends first (default SIGTERM)", (CLI,), ("--stop-signal",),
+           "SIGNAL"),
+    Option("stop_timeout", None, "seconds `hermetic stop` waits before its SIGKILL (default 10)", (CLI,),
+           ("--stop-timeout",), "SECONDS"),
     Option("ephemeral", False, "the read-write layer lives in memory and vanishes with the container (no commit)"),
     Option("tracked", True, "a state folder for `hermetic ps` and `commit` (needs ephemeral=False otherwise)"),
     Option("accounting", True, "peak memory and CPU time even without limits"),

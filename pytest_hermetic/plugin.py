@@ -34,6 +34,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hermetic_timeout", "default timeout in seconds for hermetic tests", default="")
     parser.addini("hermetic_service_log_lines", "lines of each service container's output in a failed test's "
                   "report and in a wait's error (0: none)", default="50")
+    parser.addini("hermetic_images", "images built from a Containerfile, one a line: NAME: PATH [CONTEXT] "
+                  "[--build-arg K=V]... [--target STAGE] [--tag REF]; a test names one as image='build:NAME'",
+                  type="linelist", default=[])
     parser.addini("hermetic_store", "image store directory (default: $HERMETIC_STORE or the user's default)", default="")
 
 
@@ -47,6 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
         # In the environment so xdist workers and `hermetic` subprocesses share it.
         os.environ["HERMETIC_STORE"] = os.path.abspath(os.path.join(str(config.rootpath), store))
     config.pluginmanager.register(fixtures, "hermetic-fixtures")
+    if config.getini("hermetic_images"):  # a bad line stops the session at once, naming it
+        try:
+            fixtures.session_builds(config)
+        except SpecError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if not config.getoption("no_hermetic"):
         config.pluginmanager.register(HermeticRunner(config), "hermetic-runner")
 
@@ -67,6 +75,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 _TIMEOUT_KEY = pytest.StashKey[float]()
 _SPEC_KEY = pytest.StashKey[object]()
+_BUILD_KEY = pytest.StashKey[object]()  # the item's image is built from a Containerfile: the reference
 _UNSET = object()
 
 
@@ -145,6 +154,9 @@ class HermeticRunner:
 
             try:
                 options = self.options_for(item)
+                if options is not None and (not isinstance(options["image"], str)
+                                            or options["image"].startswith("build:")):
+                    self._build_for(item, options)
                 found = None if options is None else Spec.build(options.pop("image"), None, **options)
             except (SpecError, TypeError, ValueError) as exc:  # the last two: a value no check foresaw
                 found = SpecError(f"{item.nodeid}: bad @hermetic marker: {exc}")
@@ -152,6 +164,15 @@ class HermeticRunner:
         if isinstance(found, SpecError):
             raise found
         return found
+
+    def _build_for(self, item: pytest.Item, options: dict[str, Any]) -> None:
+        """An image built from a Containerfile: checked now (its files exist),
+        built when the item runs; the spec holds `host` until then."""
+        from .build.reference import is_build
+
+        if is_build(options["image"]):
+            item.stash[_BUILD_KEY] = fixtures.session_builds(self.config).check(options["image"])
+            options["image"] = "host"
 
     @pytest.hookimpl(wrapper=True)
     def pytest_pycollect_makeitem(self, collector, name, obj):  # noqa: ANN001, ANN201
@@ -180,6 +201,16 @@ class HermeticRunner:
             return True
         if spec is None:
             return None
+        if _BUILD_KEY in item.stash:  # built at the first test that needs it; a failure errors each of them
+            from .errors import HermeticError
+
+            try:
+                spec = spec.with_options(image=fixtures.session_builds(self.config).image(item.stash[_BUILD_KEY]).name)
+            except HermeticError as exc:
+                output = getattr(exc, "output", "")
+                _report_setup_error(item, nextitem, f"{item.nodeid}: {exc}" + (
+                    f"\n--- the step's last lines of output ---\n{output}" if output else ""))
+                return True
         from .forked import run_in_container
 
         timeout = item.stash.get(_TIMEOUT_KEY, None)

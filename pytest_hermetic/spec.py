@@ -4,6 +4,11 @@ The marker, the command line and the notebook magics all build a `Spec`, so
 `64M`, `1.5` and `host` mean the same everywhere and a bad value fails the
 same way: a `SpecError` naming the option, the value and what would do.
 Which options exist, their defaults and where each is offered: `options.py`.
+
+One concern, however long: each option's check is a short function or a
+record's `parse` (`Volume`, `Tmpfs`, `Port`), all sharing the same few
+helpers and the same way of saying what is wrong; split, they would import
+each other both ways.
 """
 
 from __future__ import annotations
@@ -21,18 +26,21 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Any, Mapping, NoReturn, Sequence
 
 # Every pattern is used with fullmatch: `$` would also accept a trailing newline.
-_SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgtp]?)(i?b?)\s*", re.IGNORECASE)
+# Patterns as text, compiled by `re` on first use (and kept in its cache):
+# a container that names no size, host or user pays nothing for them.
+_SIZE = r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgtp]?)(i?b?)\s*"  # re.IGNORECASE
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,30}")  # a name (as useradd allows) or an id
+_HOSTNAME = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+_USER = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,30}"  # a name (as useradd allows) or an id
 MIN_MEM = 6 << 20  # as Docker: below this a container cannot even start its first process
 MAX_SIZE = 1 << 60  # beyond what any cgroup or disk holds; larger numbers overflow the kernel's parsers
 MAX_CPUS = 1024.0  # the kernel takes far more, but no machine has it; a cap that keeps test files portable
 MAX_PIDS = 4194304  # PID_MAX_LIMIT: pids.max refuses more
 MAX_TIMEOUT = 1e9  # seconds (~31 years); timers overflow beyond
 MAX_ID = (1 << 32) - 2  # uid/gid 4294967295 is (uid_t)-1, "no change"
-_SWITCHES = ("privileged", "seccomp", "init", "ephemeral", "tracked", "accounting")  # True or False, nothing else
+# True or False, nothing else.
+_SWITCHES = ("privileged", "seccomp", "init", "read_only", "ephemeral", "tracked", "accounting")
 # The engine mounts its own file systems there: a bind would hide or break them.
 _RESERVED_TARGETS = ("/proc", "/sys", "/dev")
 
@@ -49,7 +57,7 @@ def parse_size(value: int | str | None, option: str = "mem") -> int | None:
     if isinstance(value, int):
         size = value
     else:
-        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+        match = re.fullmatch(_SIZE, value, re.IGNORECASE) if isinstance(value, str) else None
         if not match:
             raise SpecError(f"{option}={_r(value)}: not a size; use bytes or a number with a unit, e.g. 64M, 1g, 512MiB")
         size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
@@ -122,7 +130,7 @@ def parse_user(value: Any) -> str | None:
         raise SpecError(f"user={_r(value)}: use a user name or uid, optionally with a group: 'nobody', '1000', '1000:1000'")
     name, sep, group = text.partition(":")
     for part in (name, group) if sep else (name,):
-        if not _USER.fullmatch(part):
+        if not re.fullmatch(_USER, part):
             raise SpecError(f"user={_r(value)}: {_r(part)} is not a user or group name or a numeric id; "
                             "use e.g. 'nobody', '1000' or '1000:1000'")
         if part.isdigit() and int(part) > MAX_ID:
@@ -184,6 +192,110 @@ class Volume:
 
 
 @record(frozen=True)
+class Tmpfs:
+    """`--tmpfs PATH[:OPTIONS]`: a tmpfs of the container's own; always nosuid
+    and nodev, noexec unless `exec` is asked (as Docker's)."""
+
+    target: str
+    size: int | None = None  # bytes; None: the kernel's default (half the RAM, counted against `mem`)
+    mode: int | None = None  # None: 1777
+    uid: int | None = None
+    gid: int | None = None
+    noexec: bool = True
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, text: Any) -> "Tmpfs":
+        if isinstance(text, Tmpfs):
+            check_target(text.target, f"tmpfs {text.target}")
+            return text
+        if not isinstance(text, str) or not text:
+            raise SpecError(f"tmpfs: {_r(text)} is not a tmpfs; use 'PATH' or 'PATH:size=64m,mode=1777'")
+        target, _, options = text.partition(":")
+        target = check_target(target, f"tmpfs {_r(text)}")
+        found: dict[str, Any] = {}
+        for option in filter(None, (o.strip() for o in options.split(","))):
+            key, sep, value = option.partition("=")
+            key = key.lower()
+            if key == "size" and sep:
+                found["size"] = parse_size(value, f"tmpfs {target} size")
+            elif key == "mode" and sep and re.fullmatch(r"[0-7]{1,4}", value):
+                found["mode"] = int(value, 8)
+            elif key in ("uid", "gid") and sep and value.isdigit() and int(value) <= MAX_ID:
+                found[key] = int(value)
+            elif option in ("exec", "noexec"):
+                found["noexec"] = option == "noexec"
+            elif option in ("ro", "rw"):
+                found["readonly"] = option == "ro"
+            elif option in ("nosuid", "nodev"):
+                pass  # always so
+            elif option in ("suid", "dev"):
+                raise SpecError(f"tmpfs {_r(text)}: {option!r} is refused: every tmpfs of a container is nosuid and "
+                                "nodev (a setuid file or a device node there would reach past the container)")
+            else:
+                raise SpecError(f"tmpfs {_r(text)}: unknown option {_r(option)}; use size=SIZE, mode=OCTAL, uid=N, "
+                                "gid=N, ro, rw, exec, noexec (nosuid and nodev always apply)")
+        return cls(target, **found)
+
+
+@record(frozen=True)
+class Port:
+    """`-p [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]`: a container port
+    published on the host; HOST_IP 127.0.0.1 by default (as rootless Podman),
+    HOST_PORT 0 a free one the kernel picks."""
+
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+    @classmethod
+    def parse(cls, text: Any) -> "Port":
+        if isinstance(text, Port):
+            return text
+        usage = ("expected [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp], e.g. -p 8080:80, -p 127.0.0.1:8080:80/udp, "
+                 "-p [::1]:8080:80 or -p 80 (a free host port)")
+        if not isinstance(text, str) or not text.strip():
+            raise SpecError(f"-p {_r(text)}: {usage}")
+        body, _, protocol = text.strip().partition("/")
+        protocol = protocol.lower() or "tcp"
+        if protocol not in ("tcp", "udp"):
+            raise SpecError(f"-p {text}: protocol {protocol!r}: only tcp and udp can be published")
+        host_ip = "127.0.0.1"
+        if body.startswith("["):  # [IPv6]:HOST_PORT:CONTAINER_PORT
+            address, bracket, rest = body[1:].partition("]")
+            if not bracket or not rest.startswith(":"):
+                raise SpecError(f"-p {text}: {usage}")
+            host_ip, parts = address, rest[1:].split(":")
+        else:
+            parts = body.split(":")
+            if len(parts) > 3:
+                raise SpecError(f"-p {text}: write an IPv6 host address in brackets, e.g. -p [::1]:8080:80")
+            if len(parts) == 3:
+                host_ip = parts.pop(0)
+        if len(parts) == 1:
+            parts.insert(0, "")
+        if len(parts) != 2 or any("-" in part for part in parts):
+            raise SpecError(f"-p {text}: {'port ranges are not supported; publish each port' if '-' in body else usage}")
+        host_port, container_port = parts
+        if not container_port.isdigit() or not 0 < int(container_port) < 65536 or \
+                (host_port and (not host_port.isdigit() or not 0 <= int(host_port) < 65536)):
+            raise SpecError(f"-p {text}: ports are numbers from 1 to 65535 (host port 0 or none: a free one); {usage}")
+        import ipaddress
+
+        try:
+            host_ip = str(ipaddress.ip_address(host_ip or "0.0.0.0"))
+        except ValueError:
+            raise SpecError(f"-p {text}: {host_ip!r} is not an IP address of this host; use e.g. 127.0.0.1, "
+                            "0.0.0.0 (every address) or [::1]") from None
+        return cls(host_ip, int(host_port or 0), int(container_port), protocol)
+
+    def __str__(self) -> str:
+        host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
+        return f"{host}:{self.host_port}->{self.container_port}/{self.protocol}"
+
+
+@record(frozen=True)
 class Spec:
     """A container's configuration.  Build it with `Spec.build(...)`.
 
@@ -207,6 +319,16 @@ class Spec:
     privileged: bool = False
     seccomp: bool = True  # Docker's default seccomp filter (docs/seccomp.md); privileged implies none
     init: bool = False  # run the command as PID 2 under a PID 1 that reaps and forwards signals
+    entrypoint: tuple[str, ...] | None = None  # None: the image's; (): none (the command alone)
+    env_file: tuple[str, ...] = ()  # read into `env` by `build` (-e wins); kept to be shown
+    read_only: bool = False  # the root file system read-only (tmpfs mounts and volumes stay as given)
+    tmpfs: tuple[Tmpfs, ...] = ()
+    cap_add: tuple[str, ...] = ()  # canonical names (CAP_NET_ADMIN) or ALL
+    cap_drop: tuple[str, ...] = ()
+    publish: tuple[Port, ...] = ()  # the command line's -p: forwarded by its caller (cli/run.py, detached.py)
+    platform: str | None = None  # os/arch[/variant] of the image to pull; refused where this machine cannot run it
+    stop_signal: str | None = None  # `hermetic stop`'s first signal, a name (SIGINT); None: SIGTERM
+    stop_timeout: float | None = None  # seconds `hermetic stop` waits before the SIGKILL; None: 10
     ephemeral: bool = False  # the rw layer lives in memory in the container and vanishes with it (no commit)
     tracked: bool = True  # a state folder for `hermetic ps`/`commit` (the plugin's per-test containers skip it)
     accounting: bool = True  # peak memory and CPU time even without limits
@@ -233,6 +355,16 @@ class Spec:
         privileged: bool = False,
         seccomp: bool = True,
         init: bool = False,
+        entrypoint: str | Sequence[str] | None = None,
+        env_file: str | PathLike[str] | Sequence[str | PathLike[str]] | None = None,
+        read_only: bool = False,
+        tmpfs: str | Sequence[str | Tmpfs] | None = None,
+        cap_add: str | Sequence[str] | None = None,
+        cap_drop: str | Sequence[str] | None = None,
+        publish: Sequence[str | Port] | None = None,
+        platform: str | None = None,
+        stop_signal: str | int | None = None,
+        stop_timeout: float | str | None = None,
         ephemeral: bool = False,
         tracked: bool = True,
         accounting: bool = True,
@@ -248,13 +380,16 @@ class Spec:
         image = _check_image(image)
         checked_command = _check_command(command)
         checked_net = parse_net(net)
-        if hostname is not None and (not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname)):
+        if hostname is not None and (not isinstance(hostname, str) or not re.fullmatch(_HOSTNAME, hostname)):
             raise SpecError(f"hostname={_r(hostname)}: use letters, digits and '-', at most 63 characters")
-        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+        if name is not None and (not isinstance(name, str) or not re.fullmatch(_NAME, name)):
             raise SpecError(f"name={_r(name)}: use letters, digits, '_', '.', '-', starting with a letter or digit")
         checked_env = _check_env(env)
+        env_files = _paths(env_file, "env_file")
+        if env_files:
+            checked_env = {**read_env_files(env_files), **checked_env}  # -e wins, as Docker's
         checked_volumes = _check_volumes(volumes)
-        for flag, value in zip(_SWITCHES, (privileged, seccomp, init, ephemeral, tracked, accounting)):
+        for flag, value in zip(_SWITCHES, (privileged, seccomp, init, read_only, ephemeral, tracked, accounting)):
             if value is not True and value is not False:
                 raise SpecError(f"{flag}={_r(value)}: use True or False (a string such as 'false' is not a boolean)")
         if userns is not None and userns is not True and userns is not False:
@@ -283,6 +418,16 @@ class Spec:
             privileged=privileged,
             seccomp=seccomp,
             init=init,
+            entrypoint=parse_entrypoint(entrypoint),
+            env_file=env_files,
+            read_only=read_only,
+            tmpfs=tuple(Tmpfs.parse(t) for t in _items(tmpfs, "tmpfs")),
+            cap_add=parse_caps(cap_add, "cap_add"),
+            cap_drop=parse_caps(cap_drop, "cap_drop"),
+            publish=tuple(Port.parse(p) for p in _items(publish, "publish")),
+            platform=parse_platform(platform),
+            stop_signal=parse_signal(stop_signal),
+            stop_timeout=parse_stop_timeout(stop_timeout),
             ephemeral=ephemeral,
             tracked=tracked,
             accounting=accounting,
@@ -304,7 +449,7 @@ def parse_net(value: Any) -> bool | str:
         if lowered == "host":
             raise SpecError("net='host': sharing the host's network namespace is not supported (it is not "
                             "hermetic); use net=True for a bridged network with the host reachable")
-        if not _NAME.fullmatch(value) or len(value) > 64:
+        if not re.fullmatch(_NAME, value) or len(value) > 64:
             raise SpecError(f"net={_r(value)}: a network name uses letters, digits, '_', '.', '-' (at most 64), "
                             "starting with a letter or digit")
         return value
@@ -317,6 +462,9 @@ def _check_image(image: Any) -> str:
     if not isinstance(image, str) or not image.strip():
         raise SpecError(f"image={_r(image)}: give an image reference such as 'host', 'busybox:1' or 'dir:/path'")
     image = image.strip()
+    if image.startswith("build:"):  # the plugin and `containers.run` build these; Spec takes what was built
+        raise SpecError(f"image={_r(image)}: an image built from a Containerfile is named so only in pytest "
+                        "(the marker, containers.run); elsewhere build it first (`hermetic build -t NAME`)")
     if image == "host":
         return image
     from .errors import ImageReferenceError
@@ -390,3 +538,141 @@ def _check_volumes(volumes: Any) -> tuple[Volume, ...]:
         else:
             result.append(Volume.parse(volume))
     return tuple(result)
+
+
+def _items(value: Any, option: str) -> tuple:
+    """A list option given as one string, a list or nothing."""
+    if value is None or isinstance(value, str) and not value:
+        return ()
+    if isinstance(value, (str, Tmpfs, Port)):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(f"{option}={_r(value)}: give a string or a list of strings")
+    return tuple(value)
+
+
+def _paths(value: Any, option: str) -> tuple[str, ...]:
+    import os
+
+    items = _items(value if not isinstance(value, os.PathLike) else os.fspath(value), option)
+    paths = []
+    for item in items:
+        path = os.fspath(item) if isinstance(item, os.PathLike) else item
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise SpecError(f"{option}: {_r(path)} is not a file path")
+        paths.append(os.path.abspath(path))
+    return tuple(paths)
+
+
+def read_env_files(paths: Sequence[str]) -> dict[str, str]:
+    """Docker's --env-file format: `KEY=VALUE` lines (the value as written,
+    quotes and all), `KEY` alone passes the caller's value (if it has one),
+    `#` comments and blank lines skipped; later files win."""
+    import os
+
+    env: dict[str, str] = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(1 << 20 | 1)
+        except OSError as exc:
+            raise SpecError(f"--env-file {path}: cannot read it ({exc.strerror})") from None
+        if len(data) > 1 << 20:
+            raise SpecError(f"--env-file {path}: larger than 1 MiB; is it an environment file?")
+        try:
+            text = data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as exc:
+            at = data[:exc.start].count(b"\n") + 1
+            raise SpecError(f"--env-file {path}, line {at}: not UTF-8 text") from None
+        for number, raw in enumerate(text.split("\n"), 1):  # as Docker's scanner: \n ends a line, a \r before it goes
+            line = raw.removesuffix("\r").lstrip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not key:
+                raise SpecError(f"--env-file {path}, line {number}: no variable name before '='; write KEY=VALUE")
+            if any(c.isspace() for c in key) or "\0" in key or "\0" in value:
+                raise SpecError(f"--env-file {path}, line {number}: {_r(key)} is not a variable name (it holds "
+                                "white space or a NUL); write KEY=VALUE, one a line")
+            if sep:
+                env[key] = value
+            elif key in os.environ:
+                env[key] = os.environ[key]
+    return env
+
+
+def parse_entrypoint(value: Any) -> tuple[str, ...] | None:
+    """None: the image's; '' or []: none; a string: that one program (not
+    split, as Docker's --entrypoint); a list: the program and its first arguments."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = (value,) if value else ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(part, str) for part in value):
+        raise SpecError(f"entrypoint={_r(value)}: give a program ('/bin/sh'), a list (['/bin/sh', '-c']) or '' for none")
+    if any("\0" in part for part in value):
+        raise SpecError("entrypoint: an argument contains a NUL byte, which no program argument can hold")
+    return tuple(value)
+
+
+def parse_caps(value: Any, option: str) -> tuple[str, ...]:
+    """Capability names with or without CAP_, any case, or ALL -> canonical names."""
+    names = _items(value, option)
+    if not names:
+        return ()
+    from .runtime.capabilities import ALL_CAPS, canonical
+
+    checked = []
+    for name in names:
+        full = canonical(name) if isinstance(name, str) else None
+        if full is None:
+            raise SpecError(f"{option}: {_r(name)} is not a capability; use a name such as NET_ADMIN or CAP_SYS_PTRACE, "
+                            f"or ALL (known: {', '.join(n[4:] for n in ALL_CAPS)})")
+        if full not in checked:
+            checked.append(full)
+    return tuple(checked)
+
+
+def parse_signal(value: Any) -> str | None:
+    """`TERM`, `sigint`, `SIGUSR1`, `15` -> the signal's name (`SIGTERM`)."""
+    if value is None:
+        return None
+    import signal
+
+    text = str(value).strip().upper() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    try:
+        if text.isdigit():
+            return signal.Signals(int(text)).name
+        return signal.Signals[text if text.startswith("SIG") else "SIG" + text].name
+    except (KeyError, ValueError):
+        raise SpecError(f"stop_signal={_r(value)}: not a signal; give a name (TERM, SIGINT, QUIT) or a number") from None
+
+
+def parse_stop_timeout(value: Any) -> float | None:
+    """Seconds, 0 (the SIGKILL at once) or more."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError(f"stop_timeout={_r(value)}: not a number of seconds; use e.g. 10 or 0.5") from None
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_TIMEOUT:
+        raise SpecError(f"stop_timeout={_r(value)}: use a number of seconds from 0 to {MAX_TIMEOUT:.0e}")
+    return seconds
+
+
+def parse_platform(value: Any) -> str | None:
+    """`os/arch[/variant]`, normalised (`linux/x86_64` -> `linux/amd64`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"platform={_r(value)}: expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8")
+    from .images import platforms
+
+    wanted = platforms.parse(value)
+    reason = platforms.cannot_run(wanted)
+    if reason:
+        raise SpecError(f"--platform {value}: {reason}")
+    return platforms.format(wanted)

@@ -12,6 +12,10 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(busybox-static uidmap python3-venv python3-dev iproute2 bubblewrap crun util-linux nftables slirp4netns
           docker-registry skopeo umoci debootstrap apache2-utils openssl)
+PACKAGES+=(zsh)  # tests/test_completion.py: the zsh completion script under zsh itself
+PACKAGES+=(fish)  # tests/test_completion.py: the fish completion script under fish itself
+PACKAGES+=(buildah)  # hermetic build's reference: tests/test_build.py compares its images with buildah bud's
+PACKAGES+=(gcc libc6-dev)  # hermetic build's tests compile a static C program in a build stage on `host`
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -70,7 +70,7 @@ def test_tar_import(busybox_rootfs, tmp_path):
         tar.add(busybox_rootfs, arcname=".")
     assert run_cli("import", f"tar:{archive}", "from-tar:1").returncode == 0
     ran = run_cli("run", "from-tar:1", "sh", "-c", "cat /etc/os-release | head -1")
-    assert "hermetic busybox fixture" in ran.stdout
+    assert "hermetic busybox" in ran.stdout
     run_cli("rmi", "from-tar:1")
 
 

@@ -67,7 +67,8 @@ def test_detached_web_server_lifecycle(names):
 
     info = json.loads(run_cli("inspect", "web").stdout)[0]
     assert info["id"] == container_id and info["status"] == "running" and info["pid"] > 1
-    assert info["spec"]["init"] is True and info["ports"] == [["127.0.0.1", port, 8000]]
+    assert info["spec"]["init"] is True and info["ports"] == [
+        {"host_ip": "127.0.0.1", "host_port": port, "container_port": 8000, "protocol": "tcp"}]
 
     began = time.monotonic()
     ran = run_cli("stop", "-t", "5", "web")
@@ -143,8 +144,8 @@ def test_detached_rm_flag_removes_at_exit(names):
 
 def test_bad_input_is_one_line(names):
     for args, words in [
-        (("run", "-d", "-p", "80", "host", "true"), "HOST_PORT:CONTAINER_PORT"),
-        (("run", "-d", "-p", "8080:80/udp", "host", "true"), "only tcp"),
+        (("run", "-d", "-p", "80:x", "host", "true"), "HOST_PORT:]CONTAINER_PORT"),
+        (("run", "-d", "-p", "8080:80/sctp", "host", "true"), "only tcp and udp"),
         (("logs", "nosuch"), "no container named 'nosuch'"),
         (("stop", "nosuch"), "no container named"),
         (("exec", "nosuch"), "no command given"),
@@ -205,7 +206,7 @@ def test_rootless_lifecycle_and_what_it_lacks(test_user):
         assert "quiet" not in run_cli("ps", "-a", user=test_user).stdout
 
         ran = run_cli("run", "-d", "-p", f"{_free_port()}:8000", "host", "sleep", "300", user=test_user)
-        assert ran.returncode == 125 and "rootless container is not supported yet" in ran.stderr, ran
+        assert ran.returncode == 125 and "a rootless container publishes ports only with --net" in ran.stderr, ran
         assert run_cli("ps", "-a", "-q", user=test_user).stdout == ""
     finally:
         run_cli("rm", "-f", "quiet", user=test_user)

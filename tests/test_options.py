@@ -38,7 +38,7 @@ def test_the_table_is_well_formed():
 
 
 def test_an_unknown_option_names_the_known_ones():
-    with pytest.raises(SpecError, match=r"unknown option 'memory'; known options: accounting, cpus, env, .*workdir$"):
+    with pytest.raises(SpecError, match=r"unknown option 'memory'; known options: accounting, cap_add, cap_drop, cpus, .*workdir$"):
         Spec.build("host", memory="1G")  # type: ignore[arg-type]  # the point: no such option
 
 
@@ -48,7 +48,8 @@ def test_pytest_markers_lists_every_marker_option(tmp_path):
     line = next(line for line in shown.splitlines() if line.startswith("@pytest.mark.hermetic("))
     for name in options.MARKER_OPTIONS:
         assert f"{name}={options.BY_NAME[name].default!r}" in line
-    assert set(options.MARKER_OPTIONS) >= {"hostname", "userns", "user", "workdir", "seccomp"}
+    assert set(options.MARKER_OPTIONS) >= {"hostname", "userns", "user", "workdir", "seccomp", "read_only", "tmpfs",
+                                            "cap_add", "cap_drop", "env_file"}
 
 
 def test_hermetic_run_offers_every_cli_option_under_its_spellings():
@@ -65,12 +66,27 @@ def test_cli_words_become_spec_options(monkeypatch):
                                  "--security-opt", "seccomp=unconfined", "--userns", "--init", "host", "true"])
     given = options.from_arguments(args, options.CLI)
     assert given == {"net": True, "mem": "64M", "env": {"A": "1", "FROM_CALLER": "yes"}, "volumes": ["/tmp:/data:ro"],
-                     "userns": True, "privileged": False, "seccomp": False, "init": True}
+                     "userns": True, "privileged": False, "seccomp": False, "init": True, "env_file": [], "read_only": False,
+                     "tmpfs": [], "cap_add": [], "cap_drop": [], "publish": []}
     spec = Spec.build("host", ["true"], **given)
     assert (spec.net, spec.mem, spec.seccomp, spec.userns, spec.init) == (True, 64 << 20, False, True, True)
+
+
+def test_docker_and_podman_spellings_are_aliases():
+    args = _parser().parse_args(["run", "--network", "bridge", "-m", "1g", "--pids-limit", "9", "--memory", "2g",
+                                 "--cap-add", "net_admin", "--cap-drop", "CAP_CHOWN", "--read-only", "--tmpfs", "/run",
+                                 "-p", "80", "--platform", "linux/amd64", "--entrypoint", "", "host"])
+    given = options.from_arguments(args, options.CLI)
+    assert (given["net"], given["mem"], given["pids"], given["entrypoint"]) == ("bridge", "2g", "9", "")
+    spec = Spec.build("host", **given)
+    assert (spec.net, spec.mem, spec.pids, spec.cap_add, spec.cap_drop) == (True, 2 << 30, 9, ("CAP_NET_ADMIN",),
+                                                                           ("CAP_CHOWN",))
+    assert spec.read_only and spec.tmpfs[0].target == "/run" and spec.tmpfs[0].noexec and spec.entrypoint == ()
+    assert str(spec.publish[0]) == "127.0.0.1:0->80/tcp" and spec.platform == "linux/amd64"
     # What was not given is left to Spec's defaults.
     bare = options.from_arguments(_parser().parse_args(["run", "host"]), options.CLI)
-    assert bare == {"net": False, "env": {}, "volumes": [], "privileged": False, "init": False}
+    assert bare == {"net": False, "env": {}, "volumes": [], "privileged": False, "init": False, "env_file": [],
+                    "read_only": False, "tmpfs": [], "cap_add": [], "cap_drop": [], "publish": []}
 
 
 def test_the_cell_magic_offers_every_cell_option():
@@ -85,4 +101,5 @@ def test_the_cell_magic_offers_every_cell_option():
         assert by_dest[name].help == (option.cell_help or option.help)
     for own in ("image", "commit", "shell", "out", "err", "no_raise_error"):
         assert own in by_dest
-    assert set(options.CREATE_ONLY) == {"net", "mem", "cpus", "pids", "shm_size", "volumes", "seccomp"}
+    assert set(options.CREATE_ONLY) == {"net", "mem", "cpus", "pids", "shm_size", "volumes", "seccomp", "read_only",
+                                        "tmpfs", "cap_add", "cap_drop"}

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 
 from .. import options
-from .output import ago, say, table
+from .output import ago, output_format, say, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..runtime.process import ContainerProcess, ExitStatus
     from . import Verb
 
 
@@ -20,6 +22,7 @@ def add_parsers(verb: "Verb") -> None:
     ps = verb("ps", help="list running containers")
     ps.add_argument("-a", "--all", action="store_true", help="exited ones too (kept until `rm` or `gc`)")
     ps.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    ps.add_argument("--format", type=output_format, default="table", metavar="json|table", help="json: one JSON array")
     ps.set_defaults(handler=cmd_ps)
     logs = verb("logs", help="the output of a detached container")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the container ends")
@@ -29,11 +32,15 @@ def add_parsers(verb: "Verb") -> None:
     exe = verb("exec", help="run a command in a running detached container")
     exe.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     exe.add_argument("-w", "--workdir", metavar="DIR", help="working directory inside the container")
+    exe.add_argument("-u", "--user", metavar="USER[:GROUP]", help="a name or an id (default: the container's user)")
+    exe.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (it is passed without -i too)")
+    exe.add_argument("-t", "--tty", action="store_true", help="a terminal of the container's own (a pty)")
     exe.add_argument("container", metavar="CONTAINER", help="name or id")
     exe.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
     exe.set_defaults(handler=cmd_exec)
     stop = verb("stop", help="stop containers: SIGTERM to PID 1, SIGKILL after the grace time")
-    stop.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS", help="grace time (default 10)")
+    stop.add_argument("-t", "--time", type=float, metavar="SECONDS",
+                      help="grace time (default: the container's --stop-timeout, else 10)")
     stop.add_argument("containers", nargs="+", metavar="CONTAINER")
     stop.set_defaults(handler=cmd_stop)
     kill = verb("kill", help="send a signal to containers' PID 1 (default SIGKILL: all of it)")
@@ -45,21 +52,30 @@ def add_parsers(verb: "Verb") -> None:
     rm.add_argument("containers", nargs="+", metavar="CONTAINER")
     rm.set_defaults(handler=cmd_rm)
     ins = verb("inspect", help="a container's spec, state, pid, network, limits and image as JSON")
+    ins.add_argument("--format", type=output_format, default="json", metavar="json", help="JSON already (accepted as docker's)")
     ins.add_argument("containers", nargs="+", metavar="CONTAINER")
     ins.set_defaults(handler=cmd_inspect)
+    port = verb("port", help="a container's published ports (or where CONTAINER_PORT is published)")
+    port.add_argument("container", metavar="CONTAINER", help="name or id")
+    port.add_argument("port", nargs="?", metavar="CONTAINER_PORT[/tcp|udp]")
+    port.set_defaults(handler=cmd_port)
     wait = verb("wait", help="wait for containers to end and print their exit statuses")
     wait.add_argument("containers", nargs="+", metavar="CONTAINER")
     wait.set_defaults(handler=cmd_wait)
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from ..detached import status
+    from ..detached import ports_of, status
     from ..state import list_states
 
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PIDS", "NETWORK", "PORTS")]
-    for state in list_states():
-        if not state["alive"] and not args.all:
-            continue
+    shown = [state for state in list_states() if state["alive"] or args.all]
+    if args.format == "json" and not args.quiet:
+        from .output import print_json
+
+        print_json([_ps_json(state, status(state)) for state in shown])
+        return 0
+    for state in shown:
         if args.quiet:
             print(state["id"][:12])
             continue
@@ -69,13 +85,23 @@ def cmd_ps(args: argparse.Namespace) -> int:
             now = f"exited ({state['exit_code']}) {ago(time.time() - state.get('finished', time.time()))}: {state['reason']}"
         elif now == "dead":
             now = "dead (its owner was killed; `hermetic gc` clears it)"
-        ports = ", ".join(f"{ip}:{hp}->{cp}/tcp" for ip, hp, cp in state.get("ports") or []) or "-"
+        ports = ", ".join(str(port) for port in ports_of(state)) or "-"
         rows.append((state["id"][:12], state.get("name", ""), state.get("image", ""),
                      " ".join(state.get("command") or [])[:40], ago(time.time() - state.get("created", time.time())),
                      now, str(len(state.get("pids") or [])) if state["alive"] else "-", network, ports))
     if not args.quiet:
         table(rows)
     return 0
+
+
+def _ps_json(state: dict, now: str) -> dict:
+    return {"id": state["id"], "name": state.get("name", ""), "image": state.get("image", ""),
+            "command": list(state.get("command") or []), "created": state.get("created"), "status": now,
+            "exit_code": state.get("exit_code"), "reason": state.get("reason"), "finished": state.get("finished"),
+            "pids": list(state.get("pids") or []) if state["alive"] else [], "network": state.get("network"),
+            "address": state.get("address"),
+            "ports": [{"host_ip": ip, "host_port": hp, "container_port": cp, "protocol": "tcp"}
+                      for ip, hp, cp in state.get("ports") or []]}
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -119,11 +145,58 @@ def cmd_exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise SpecError("exec: no command given; e.g. `hermetic exec NAME sh -c 'echo hi'`")
+    user = None
+    if args.user is not None:
+        from ..spec import parse_user
+
+        user = parse_user(args.user)
+    env = options.parse_env(args.env)
+    size = None
+    if args.tty:
+        from .terminal import caller_size, check_input
+
+        check_input(args.interactive, "exec")
+        size = caller_size()
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
     state = detached.find(args.container)
-    proc = detached.exec_in(state, command, options.parse_env(args.env), args.workdir)
-    status = proc.wait()
+    proc = detached.exec_in(state, command, env, args.workdir, user=user, tty=size)
+    if proc.tty is None:
+        status = proc.wait()
+    else:
+        status = _wait_with_terminal(proc, args.interactive)
     assert status is not None
     return status.shell_code
+
+
+def _wait_with_terminal(proc: "ContainerProcess", interactive: bool) -> "ExitStatus | None":
+    """`exec -t`: the caller's terminal wired to the process's until it ends.
+    SIGHUP or SIGTERM to us hangs its terminal up (a shell ends) and passes
+    SIGTERM on; a second signal leaves it running with its terminal hung up,
+    as a killed `docker exec` does; the caller's terminal is restored either way."""
+    from .terminal import Session
+
+    session = Session(proc.tty, interactive)  # type: ignore[arg-type]
+    hits: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise SystemExit(128 + signum)
+        if signum == signal.SIGINT:
+            session.signal(signum)  # to its terminal's foreground group, as a Ctrl-C
+            return
+        session.hangup()
+        if signum == signal.SIGTERM:
+            proc.send_signal(signal.SIGTERM)  # (its relay passes it on)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        session.open()
+        return proc.wait()
+    finally:
+        session.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -131,8 +204,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     for name in args.containers:
         state = detached.find(name)
+        sig, grace = detached.stop_settings(state, args.time)
         if detached.stop(state, args.time):
-            say(f"{name}: did not stop within {args.time:g} s of SIGTERM; killed")
+            say(f"{name}: did not stop within {grace:g} s of {sig.name}; killed")
         print(name)
     return 0
 
@@ -167,6 +241,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .. import detached
 
     print(json.dumps([detached.inspect(detached.find(name)) for name in args.containers], indent=2))
+    return 0
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    """As `docker port`: `80/tcp -> 127.0.0.1:8080` lines, or with CONTAINER_PORT its host addresses."""
+    from .. import detached
+    from ..errors import SpecError
+
+    ports = detached.ports_of(detached.find(args.container))
+    if args.port:
+        number, _, protocol = args.port.partition("/")
+        if not number.isdigit() or protocol not in ("", "tcp", "udp"):
+            raise SpecError(f"port {args.port!r}: expected CONTAINER_PORT[/tcp|udp], e.g. 80 or 53/udp")
+        found = [p for p in ports if p.container_port == int(number) and p.protocol == (protocol or "tcp")]
+        if not found:
+            raise SpecError(f"container {args.container} publishes no port {number}/{protocol or 'tcp'}")
+        for p in found:
+            print(str(p).split("->")[0])
+        return 0
+    for p in ports:
+        host, _, inside = str(p).partition("->")
+        print(f"{inside} -> {host}")
     return 0
 
 

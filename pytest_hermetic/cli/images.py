@@ -1,4 +1,4 @@
-"""Image verbs: images, pull, push, save, import, commit, rmi."""
+"""Image verbs: images, pull, push, save, import, commit, rmi, tag, login, logout."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 from .. import options
 from ..errors import ImageReferenceError
-from .output import ago, human, say, table
+from .output import ago, human, output_format, print_json, say, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -16,7 +16,28 @@ if TYPE_CHECKING:
 
 
 def add_parsers(verb: "Verb") -> None:
-    verb("images", help="list images in the local store").set_defaults(handler=cmd_images)
+    images = verb("images", help="list images in the local store")
+    images.add_argument("-q", "--quiet", action="store_true", help="only the image ids (12 hex digits)")
+    images.add_argument("--digests", action="store_true", help="show each image's manifest digest")
+    images.add_argument("--format", type=output_format, default="table", metavar="json|table",
+                        help="json: one JSON array of the images")
+    images.set_defaults(handler=cmd_images)
+    tag = verb("tag", help="give an image in the store another name (never pulls)")
+    tag.add_argument("source", metavar="IMAGE", help="a name or an id prefix (completed from the store)")
+    tag.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+    tag.set_defaults(handler=cmd_tag)
+    login = verb("login", help="check credentials with a registry and save them for pulls and pushes")
+    login.add_argument("registry", nargs="?", default="docker.io", metavar="REGISTRY", help="HOST[:PORT] (default docker.io)")
+    login.add_argument("-u", "--username", metavar="USER")
+    login.add_argument("-p", "--password", metavar="PASSWORD", help="visible to other users (ps); prefer --password-stdin")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    login.add_argument("--authfile", metavar="PATH", help="the auth.json to write (default $REGISTRY_AUTH_FILE, else "
+                       "$XDG_RUNTIME_DIR/containers/auth.json)")
+    login.set_defaults(handler=cmd_login)
+    logout = verb("logout", help="remove a registry's saved credentials")
+    logout.add_argument("registry", nargs="?", default="docker.io", metavar="REGISTRY")
+    logout.add_argument("--authfile", metavar="PATH", help="the auth.json to change (default as for login)")
+    logout.set_defaults(handler=cmd_logout)
     pull = verb("pull", help="pull an image from a registry into the local store")
     pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="from a multi-platform image (default: this machine's)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress, only the name and id")
@@ -57,18 +78,87 @@ def add_parsers(verb: "Verb") -> None:
     rmi.set_defaults(handler=cmd_rmi)
 
 
-def cmd_images(_args: argparse.Namespace) -> int:
+def cmd_images(args: argparse.Namespace) -> int:
     from ..images.store import Store
 
-    rows = [("IMAGE", "ID", "LAYERS", "SIZE", "CREATED")]
-    rows.append(("host", "-", "1 (the host's /)", "-", "-"))
+    store = Store()
     problems: list[str] = []
-    for image in Store().images(problems):
-        rows.append((image.familiar, image.id[7:19], str(len(image.layers)) + (" + host" if image.is_host else ""),
-                     human(image.size), ago(time.time() - image.created)))
-    table(rows)
+    images = store.images(problems)
+    digests = store.read_refs()
+    if args.quiet:
+        for image_id in dict.fromkeys(image.id[7:19] for image in images):
+            print(image_id)
+    elif args.format == "json":
+        print_json([{"name": "host", "id": None, "digest": None, "layers": 1, "size": None, "created": None, "host": True}] + [
+            {"name": image.familiar, "id": image.id, "digest": digests.get(image.name), "layers": len(image.layers),
+             "size": image.size, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(image.created)),
+             "host": image.is_host} for image in images])
+    else:
+        rows = [("IMAGE", *(("DIGEST",) if args.digests else ()), "ID", "LAYERS", "SIZE", "CREATED")]
+        rows.append(("host", *(("-",) if args.digests else ()), "-", "1 (the host's /)", "-", "-"))
+        for image in images:
+            rows.append((image.familiar, *((digests.get(image.name, "-"),) if args.digests else ()), image.id[7:19],
+                         str(len(image.layers)) + (" + host" if image.is_host else ""), human(image.size),
+                         ago(time.time() - image.created)))
+        table(rows)
     for problem in problems:
         say(f"note: {problem}")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from ..images.commit import target_name
+    from ..images.store import Store
+
+    Store().tag_as(args.source, target_name(args.target))
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..errors import SpecError
+    from ..images import auth, config
+    from ..images.registry import Registry
+
+    registry = auth.registry_key(args.registry)
+    user = args.username
+    if not user:
+        if not sys.stdin.isatty() or args.password_stdin:
+            raise SpecError("login: give the user name with -u USER")
+        user = input("Username: ").strip()
+    if args.password_stdin:
+        if args.password is not None:
+            raise SpecError("login: --password and --password-stdin are exclusive")
+        password = sys.stdin.read().rstrip("\r\n")
+    elif args.password is not None:
+        say("warning: --password on the command line is visible to other users; use --password-stdin")
+        password = args.password
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+    else:
+        raise SpecError("login: give the password with --password-stdin (stdin is not a terminal)")
+    if not user or not password:
+        raise SpecError("login: the user name and the password must not be empty")
+    if config.offline() and not config.is_loopback(registry):
+        raise SpecError(f"login: HERMETIC_OFFLINE is set, so registry {registry} cannot check the credentials")
+    Registry(registry, credentials=(user, password)).check_login()
+    path = auth.save_login(registry, user, password, args.authfile)
+    say(f"credentials for {registry} saved in {path}")
+    print("Login Succeeded")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from ..images import auth
+
+    registry = auth.registry_key(args.registry)
+    removed, path = auth.remove_login(registry, args.authfile)
+    print(f"Removed login credentials for {registry}" if removed else f"Not logged in to {registry}")
+    if removed:
+        say(f"from {path}")
     return 0
 
 

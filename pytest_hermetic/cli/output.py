@@ -43,3 +43,18 @@ def ago(seconds: float) -> str:
         if seconds >= span:
             return f"{int(seconds // span)} {unit} ago"
     return "just now"
+
+
+def output_format(value: str) -> str:
+    """`--format`'s type: `json` (one JSON document) or `table` (the default); Go templates are not supported."""
+    import argparse
+
+    if value not in ("json", "table"):
+        raise argparse.ArgumentTypeError(f"{value!r}: use json or table (Go templates are not supported)")
+    return value
+
+
+def print_json(data: object) -> None:
+    import json
+
+    print(json.dumps(data, indent=2))

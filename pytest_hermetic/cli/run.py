@@ -22,8 +22,10 @@ def add_parsers(verb: "Verb") -> None:
     run.add_argument("-d", "--detach", action="store_true",
                      help="run in the background: print the id and return (output: `hermetic logs`; implies --init)")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits (always so without -d)")
-    run.add_argument("-p", "--publish", action="append", default=[], metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]",
-                     help="publish a container port on the host (HOST_IP default 127.0.0.1)")
+    run.add_argument("-i", "--interactive", action="store_true",
+                     help="keep stdin open (it is passed without -i too); with -t, type into the container's terminal")
+    run.add_argument("-t", "--tty", action="store_true",
+                     help="a terminal of the container's own (a pty: job control, full-screen programs)")
     run.add_argument("image", metavar="IMAGE", help=options.BY_NAME["image"].help)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments (default: the image's)")
 
@@ -39,7 +41,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     given = options.from_arguments(args, options.CLI)
-    if sys.stdin.isatty() and "TERM" in os.environ and not args.detach:
+    size = None
+    if args.tty:
+        from .terminal import caller_size, check_input
+
+        if not args.detach:
+            check_input(args.interactive, "run")
+        size = caller_size()
+        given["env"].setdefault("TERM", os.environ.get("TERM", "xterm"))  # Docker's default with -t
+    elif sys.stdin.isatty() and "TERM" in os.environ and not args.detach:
         given["env"].setdefault("TERM", os.environ["TERM"])
     if args.detach:
         # A PID 1 with no SIGTERM handler ignores `stop`'s SIGTERM (the kernel
@@ -56,11 +66,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if other["alive"]:
                     raise SpecError(f"--name {spec.name}: a running container already has that name")
                 raise SpecError(f"--name {spec.name}: an exited container has that name; `hermetic rm {spec.name}` first")
-    ports = []
-    if args.publish:
-        from ..detached import parse_publish
-
-        ports = [parse_publish(text) for text in args.publish]
     if args.detach:
         if args.commit:
             from ..errors import SpecError
@@ -68,13 +73,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError("--commit and -d: commit a detached container with `hermetic commit NAME REF` while it runs")
         from ..detached import start_detached
 
-        print(start_detached(spec, ports, remove=args.rm))
+        print(start_detached(spec, remove=args.rm, interactive=args.interactive, tty=size))
         return 0
     if args.commit:
         from ..images.commit import target_name
 
         target_name(args.commit)  # a bad reference fails before the run, not after
     container = Container(spec)
+    forwarders: list = []
+    if spec.publish:
+        from ..detached import listen, refuse_rootless
+
+        refuse_rootless(container)
+        # Before the start: a host port in use fails the run before it begins.
+        forwarders = listen(spec.publish, hold=not container.userns)
+    session = None  # with -t: the caller's terminal wired to the container's (terminal.py)
     interrupts = {"count": 0}
     # Signals that arrive while `start()` has not returned yet: the command
     # may already run (and its user already press Ctrl-C), but there is no
@@ -87,6 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         interrupts["count"] += 1
         if interrupts["count"] > 1:
             container.kill(signal.SIGKILL)
+        elif session is not None and signum == signal.SIGHUP:
+            session.hangup()  # the caller's terminal is gone: so is the container's, as on a real hangup
+        elif session is not None and signum == signal.SIGINT:
+            session.signal(signum)  # to the terminal's foreground group, as a Ctrl-C
         else:
             # The container has a session of its own: a terminal's Ctrl-C
             # or hangup reaches it through here, so it goes where the
@@ -102,15 +119,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     with container:
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        forwarders: list = []
         try:
-            container.start()
+            container.start(tty=size)
+            if container.tty is not None:
+                from .terminal import Session
+
+                session = Session(container.tty, args.interactive)
+                session.open()
             while early:
                 deliver(early.pop(0))
-            if ports:
-                from ..detached import publish
+            if forwarders:
+                from ..detached import attach, record_ports
 
-                forwarders = publish(container, ports)
+                attach(container, forwarders)
+                record_ports(container, forwarders)  # for `ps`, `port`, `inspect`
             # In slices: a signal that lands between Python's last check and
             # the blocking waitpid() would run its handler (forward) only when
             # the wait ends, and a PID 1 that never got the signal never ends.
@@ -118,6 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             while result is None:
                 result = container.wait(timeout=0.1)
         finally:
+            if session is not None:
+                session.close()  # the rest of the output; the caller's terminal as it was
             for forwarder in forwarders:
                 forwarder.close()
             for sig, handler in previous.items():

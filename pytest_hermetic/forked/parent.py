@@ -309,7 +309,7 @@ def _crash_report(item: pytest.Item, reports: list, result: Any) -> pytest.TestR
         reason = f"exited with status {result.status.code} without reporting"
     sections = compat.captured_sections(item.config, when)
     report = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
-                               f"hermetic: {reason}", when, sections)
+                               compat.message_longrepr(item, f"hermetic: {reason}"), when, sections)
     xfail_reason = compat.xfail_reason_for_crash(item)
     if xfail_reason is not None:  # an expected failure, as pytest reports one that raised
         report.outcome = "skipped"

@@ -18,8 +18,9 @@ A mirror may carry a path prefix (`mirror.lan/hub`): `library/debian` is
 then asked for as `hub/library/debian`.  Loopback registries are always
 insecure (plain HTTP allowed), as Docker treats 127.0.0.0/8.
 
-Credentials: `$REGISTRY_AUTH_FILE`, then `$XDG_RUNTIME_DIR/containers/auth.json`,
-then `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`; the entry
+Credentials: `$REGISTRY_AUTH_FILE`, then `$XDG_RUNTIME_DIR/containers/auth.json`
+(`containers_auth_file()`: where `hermetic login` writes), then
+`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`; the entry
 `auths[REGISTRY].auth` is base64 of `user:password` (what `docker login` and
 `skopeo login` write).  Credential helpers are not run.
 """
@@ -96,12 +97,22 @@ def offline() -> bool:
     return os.environ.get("HERMETIC_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def containers_auth_file() -> str:
+    """containers-auth.json(5)'s default, where `hermetic login` writes: `$XDG_RUNTIME_DIR/containers/auth.json`,
+    without XDG_RUNTIME_DIR `/run/containers/0/auth.json` for root (as podman) and
+    `$XDG_CONFIG_HOME/containers/auth.json` for other users."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json")
+    if os.geteuid() == 0:
+        return "/run/containers/0/auth.json"
+    return os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "containers", "auth.json")
+
+
 def _auth_files() -> list[str]:
     files = []
     if os.environ.get("REGISTRY_AUTH_FILE"):
         files.append(os.environ["REGISTRY_AUTH_FILE"])
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        files.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json"))
+    files.append(containers_auth_file())
     files.append(os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker"), "config.json"))
     return files
 

@@ -34,6 +34,33 @@ def parse(text: str) -> dict:
     return {"os": parts[0], "architecture": arch, "variant": variant}
 
 
+# Architectures a kernel of the first runs natively (its compat mode), and the
+# names binfmt_misc's QEMU handlers have for each (qemu-user-static's).
+_COMPAT = {"amd64": ("386",), "arm64": ("arm",)}
+_QEMU = {"amd64": "x86_64", "arm64": "aarch64", "arm": "arm", "386": "i386", "ppc64le": "ppc64le", "s390x": "s390x",
+         "riscv64": "riscv64"}
+
+
+def cannot_run(wanted: dict) -> str | None:
+    """Why this machine cannot run `wanted`'s programs (None: it can,
+    natively or through a binfmt_misc emulator such as qemu-user-static)."""
+    here = host()
+    if wanted["os"] != "linux":
+        return f"{format(wanted)} is not a Linux platform, and containers here run on Linux"
+    if matches(here, wanted) or wanted["architecture"] in _COMPAT.get(here["architecture"], ()):
+        return None
+    handler = f"/proc/sys/fs/binfmt_misc/qemu-{_QEMU.get(wanted['architecture'], wanted['architecture'])}"
+    try:
+        with open(handler) as f:
+            if f.readline().strip() == "enabled":
+                return None
+    except OSError:
+        pass
+    return (f"this {format(here)} machine cannot run {format(wanted)} programs (no binfmt_misc handler {handler}); "
+            f"fix: install an emulator (Debian: apt install qemu-user-static binfmt-support), or use --platform "
+            f"{format(here)}")
+
+
 def of_config(config: dict) -> dict:
     return {"os": config.get("os", ""), "architecture": config.get("architecture", ""), "variant": config.get("variant")}
 

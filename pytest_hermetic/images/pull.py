@@ -12,6 +12,14 @@ Downloads resume: the bytes are kept in `tmp/<hex>.partial`, and a later pull
 for the rest with a `Range` request.  A per-blob flock lets xdist workers
 pulling the same image share the work: one fetches, the others wait and find
 the layer unpacked.
+
+A registry that cannot be reached, or stops answering, is one error that
+says what the store lacks, which host was tried and why, and the ways out
+(a mirror, `hermetic import`, HERMETIC_OFFLINE); while a call has waited a
+second without a byte, the progress output says "waiting for HOST".
+
+One concern, one pull from the manifest to the tag, with its verification
+and its failures (the HTTP is in `registry`, the layer files in `ingest`).
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ if TYPE_CHECKING:
     from .limits import Budget
 
 from ..errors import (DigestMismatch, ImageNotFound, ImageReferenceError, LayerError, RegistryAuthError,
-                      RegistryDigestMismatch, RegistryError, RegistryUnreachable, StoreError)
+                      RegistryDigestMismatch, RegistryError, RegistryTimeout, RegistryUnreachable, StoreError)
 from . import config, limits, platforms
 from . import reference as refs
 from . import schema
 from .digest import Hashed, sha256_digest
-from .registry import DOCKER_SCHEMA1, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST, Registry
+from .connections import TIMEOUT_ENV
+from .progress import Watch, WaitingLines
+from .registry import DOCKER_SCHEMA1, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST, Registry, api_host
 from .store import Image, Store
 
 LAYER_TYPES = {
@@ -50,27 +60,33 @@ _REPORT_STEP = 1 << 20
 
 
 def pull(store: Store, reference: str, *, platform: str | None = None,
-         progress: Callable[[str, int, int | None], None] | None = None, quiet: bool = False) -> Image:
+         progress: Callable[[str, int, int | None], None] | None = None, quiet: bool = False,
+         waiting: Callable[[str, float], None] | None = None) -> Image:
     """Pull `reference` (`busybox:1`, `HOST:PORT/app@sha256:...`) into `store`; return the image.
 
     `progress(label, done_bytes, total_bytes_or_None)` is called as layers
     download (label: the layer's short digest), from one thread at a time.
     Without it, a progress display goes to stderr when stderr is a terminal
-    and `quiet` is false.  `platform` (`linux/arm64/v8`) picks from a
+    and `quiet` is false.  `waiting(host, seconds)` is called (about four
+    times a second) while a registry call has had no byte for a second or
+    more; without it and without `progress`, a display or a line on stderr
+    says so unless `quiet`.  `platform` (`linux/arm64/v8`) picks from a
     multi-platform index; default: this machine's.
     """
-    return Puller(store, platform=platform, progress=progress, quiet=quiet).pull(reference)
+    return Puller(store, platform=platform, progress=progress, quiet=quiet, waiting=waiting).pull(reference)
 
 
 class Puller:
     """One pull; keeps counts for the command line's summary."""
 
     def __init__(self, store: Store, *, platform: str | None = None,
-                 progress: Callable[[str, int, int | None], None] | None = None, quiet: bool = False) -> None:
+                 progress: Callable[[str, int, int | None], None] | None = None, quiet: bool = False,
+                 waiting: Callable[[str, float], None] | None = None) -> None:
         self.store = store
         self.platform = platform
         self.quiet = quiet
         self._progress = progress
+        self._waiting = waiting
         self._lock = threading.Lock()
         self.layers = 0
         self.fetched = 0  # layers downloaded by this pull
@@ -95,6 +111,10 @@ class Puller:
 
             display = TerminalProgress(sys.stderr, ref.familiar)
             self._progress = display.update
+            self._waiting = self._waiting or display.waiting
+        if self._waiting is None and self._progress is None and not self.quiet:
+            self._waiting = WaitingLines()
+        watch = Watch(self._waiting, self._lock) if self._waiting is not None else None
         start = time.monotonic()
         try:
             return self._pull(ref)
@@ -107,6 +127,8 @@ class Puller:
             raise
         finally:
             self.seconds = time.monotonic() - start
+            if watch is not None:
+                watch.stop()
             if display is not None:
                 display.close()
 
@@ -161,14 +183,33 @@ class Puller:
         found.append((Registry(ref.registry), ref.repository))
         if config.offline():
             found = [s for s in found if config.is_loopback(s[0].registry)]
-            if not found:
-                raise ImageNotFound(f"image {ref.familiar!r} is not in the local store ({self.store.root}) and HERMETIC_OFFLINE "
-                                    f"is set, so it is not pulled from {ref.registry}; import it first: "
-                                    f"`hermetic import dir:ROOTFS {ref.familiar}` (or tar:FILE)")
+            if not found:  # no connection is attempted
+                raise ImageNotFound(f"{self._in_store(ref)} and HERMETIC_OFFLINE is set, so {_registry_words(ref.registry)} "
+                                    f"is not tried; ways out: a loopback mirror (HERMETIC_REGISTRY_MIRRORS={ref.registry}="
+                                    "127.0.0.1:PORT), `hermetic import` (oci:, docker-archive:, tar:, dir:), or unset HERMETIC_OFFLINE")
         return found
+
+    def _in_store(self, ref: refs.Reference) -> str:
+        if ref.name in self.store.read_refs():
+            return f"the local store ({self.store.root}) keeps its copy of {ref.familiar}, not updated"
+        return f"image {ref.familiar!r} is not in the local store ({self.store.root})"
+
+    def _unreachable(self, ref: refs.Reference, failures: list[tuple[Registry, RegistryUnreachable]]) -> RegistryUnreachable:
+        """What a pull whose every source failed to answer says: the store, the hosts and why, the ways out."""
+        registry, last = failures[-1]
+        mirrors = [f"mirror {r.registry}: {e.reason}" for r, e in failures if r.registry != ref.registry]
+        if registry.registry == ref.registry:
+            text = str(last) + (f" (after {'; '.join(mirrors)})" if mirrors else "")
+            ways = (f"ways out: a mirror (HERMETIC_REGISTRY_MIRRORS={ref.registry}=HOST:PORT), `hermetic import`, "
+                    "or HERMETIC_OFFLINE=1 to never try a registry")
+        else:  # HERMETIC_OFFLINE left only loopback mirrors
+            text = f"cannot reach {'; '.join(mirrors)}; HERMETIC_OFFLINE is set, so {_registry_words(ref.registry)} is not tried"
+            ways = "ways out: a mirror that answers, `hermetic import`, or unset HERMETIC_OFFLINE"
+        return type(last)(f"{text}; {self._in_store(ref)}; {ways}", reason=last.reason, plain_http=last.plain_http)
 
     def _manifest(self, ref: refs.Reference, wanted: dict) -> tuple[tuple[Registry, str], bytes]:
         sources = self._sources(ref)
+        failures: list[tuple[Registry, RegistryUnreachable]] = []
         for i, (registry, repository) in enumerate(sources):
             last = i == len(sources) - 1
             try:
@@ -186,6 +227,10 @@ class Puller:
                 if media_type not in MANIFEST_TYPES and "layers" not in _load(body, schema.DOCUMENT, what, MAX_MANIFEST):
                     raise RegistryError(f"{ref.familiar}: unsupported manifest media type {media_type[:80]!r}")
                 return (registry, repository), body
+            except RegistryUnreachable as exc:
+                failures.append((registry, exc))
+                if last:
+                    raise self._unreachable(ref, failures) from None
             except ImageNotFound as exc:
                 if last:
                     raise ImageNotFound(f"{ref.familiar}: not found in registry {registry.registry} ({exc})") from None
@@ -209,12 +254,16 @@ class Puller:
             with open(path, "rb") as f:
                 return f.read()
         response = registry.open_blob(repository, digest)
-        data = response.read(limit + 1)
-        if len(data) > limit:
-            response.close()  # the rest is never read
-            raise RegistryError(f"blob {digest} from {registry.registry}/{repository}: the image config is larger than "
-                                f"{limit >> 20} MiB; refusing it (a real one is a few KiB); nothing was stored")
-        response.read()
+        try:
+            data = response.read(limit + 1)
+            if len(data) > limit:
+                response.close()  # the rest is never read
+                raise RegistryError(f"blob {digest} from {registry.registry}/{repository}: the image config is larger than "
+                                    f"{limit >> 20} MiB; refusing it (a real one is a few KiB); nothing was stored")
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            registry.close()
+            raise registry.failure(exc, f"GET blob {digest}") from None
         got = sha256_digest(data)
         if got != digest or len(data) != size:
             raise RegistryDigestMismatch(f"digest mismatch for blob {digest} from {registry.registry}/{repository}: "
@@ -336,6 +385,12 @@ class _BlobReader(Hashed):
                 if self._response is None:
                     self._response = self._open()
                 data = self._response.read(min(n, self.expected_size - self.size))
+            except TimeoutError:
+                self._drop()  # no retry: each would wait as long again; what came is kept to resume from
+                raise RegistryTimeout(
+                    f"{self.registry.where()} did not answer within {self.registry.read_timeout:g} s during blob "
+                    f"{self.blob_digest} ({self.size} of {self.expected_size} bytes came); nothing was stored, pull again "
+                    f"to resume, or set {TIMEOUT_ENV}=SECONDS to wait longer") from None
             except (OSError, http.client.HTTPException) as exc:
                 data = b""
                 self._drop()
@@ -393,6 +448,11 @@ class _BlobReader(Hashed):
         if self.size != self.expected_size or got != self.blob_digest:
             raise RegistryDigestMismatch(f"digest mismatch for blob {self.blob_digest} from {self.registry.registry}/{self.repository}: "
                                  f"got {got} ({self.size} bytes, expected {self.expected_size}); nothing was stored")
+
+
+def _registry_words(registry: str) -> str:
+    host = api_host(registry)
+    return f"registry {registry}" + (f" ({host})" if host != registry else "")
 
 
 def _verify_manifest(body: bytes, expected: str | None, header: str | None, name: str) -> None:

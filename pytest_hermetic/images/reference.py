@@ -4,7 +4,9 @@
 `localhost:5000/app:1` names a registry; `name@sha256:...` pins a digest.
 Transports name where an image comes from instead: `oci:DIR[:TAG]`,
 `docker-archive:FILE`, `dir:DIR` (a rootfs folder), `tar:FILE` (a rootfs
-tarball).  `host` is the host's own root.
+tarball), `busybox:` or `busybox:/PATH` (a tiny image from a static busybox
+binary; `busybox:TAG` is Docker Hub's busybox).
+`host` is the host's own root.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..errors import ImageReferenceError
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
-TRANSPORTS = ("oci", "docker-archive", "dir", "tar")
+TRANSPORTS = ("oci", "docker-archive", "dir", "tar", "busybox")
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
@@ -75,13 +77,14 @@ def parse(text: str) -> Reference:
     if text == "host":
         return Reference("host")
     transport, sep, rest = text.partition(":")
-    if sep and transport in TRANSPORTS:
+    if sep and transport in TRANSPORTS and (transport != "busybox" or not rest or rest.startswith("/")):
+        # `busybox:1` is Docker Hub's busybox; `busybox:` and `busybox:/PATH` the transport
         return _parse_transport(transport, rest, text)
     return _parse_docker(text)
 
 
 def _parse_transport(transport: str, rest: str, text: str) -> Reference:
-    if not rest:
+    if not rest and transport != "busybox":  # `busybox:` alone: the host's busybox
         raise ImageReferenceError(f"{text!r}: {transport}: needs a path, e.g. {transport}:/path")
     tag = None
     if transport == "docker-archive" and ":" in rest:

@@ -11,6 +11,11 @@ Plain HTTP is used only for loopback registries and ones named insecure
 (`HERMETIC_INSECURE_REGISTRIES`, or `insecure = true` in registries.conf),
 and only after HTTPS failed; their certificates are not checked either, as
 Docker does for insecure registries.  See `config.py` for mirrors.
+
+Connections time out (`connections.py`: HERMETIC_REGISTRY_TIMEOUT); a
+failure to connect says its real cause (DNS, refused, unreachable, TLS,
+timeout), and the plain-HTTP hint comes only when TLS met something that
+looks like plain HTTP.  One concern, the distribution API from ping to upload.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import threading
 import urllib.parse
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import ssl
     from typing import Callable
 
-from ..errors import ImageNotFound, RegistryAuthError, RegistryError, RegistryUnreachable
+from ..errors import ImageNotFound, RegistryAuthError, RegistryError, RegistryTimeout, RegistryUnreachable
 from . import config as registry_config
 from . import schema
+from .connections import (TIMEOUT_ENV, WAITS, DNSTimeout, HTTPConnection, HTTPSConnection, Timed, describe,
+                          ssl_context, timeouts)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -40,7 +46,6 @@ MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 
-TIMEOUT = 60.0
 MAX_MANIFEST = 4 << 20  # a manifest or index; real ones are a few KiB
 _HUB_HOST = "registry-1.docker.io"  # where the reference format's `docker.io` lives
 
@@ -52,7 +57,8 @@ def api_host(registry: str) -> str:
 class Registry:
     """One registry host; safe to share between threads."""
 
-    def __init__(self, registry: str, *, insecure: bool | None = None) -> None:
+    def __init__(self, registry: str, *, insecure: bool | None = None,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.registry = registry  # as in references (docker.io)
         self.host = api_host(registry)
         self.insecure = registry_config.is_insecure(registry) if insecure is None else insecure
@@ -61,7 +67,14 @@ class Registry:
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._credentials = registry_config.credentials(registry)
+        self._credentials = credentials or registry_config.credentials(registry)
+        self.connect_timeout, self.read_timeout = timeouts()
+
+    def where(self, netloc: str | None = None) -> str:
+        """`registry docker.io at registry-1.docker.io`; another host (a token service): that host, for the registry."""
+        if netloc is None or netloc == self.host:
+            return f"registry {self.registry}" + (f" at {self.host}" if self.host != self.registry else "")
+        return f"{netloc} (for registry {self.registry})"
 
     # -- connections ------------------------------------------------------------
 
@@ -70,9 +83,10 @@ class Registry:
         conn = pool.get((scheme, netloc))
         if conn is None:
             if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=_ssl_context(self.insecure))
+                conn = HTTPSConnection(netloc, timeout=self.connect_timeout, context=ssl_context(self.insecure))
             else:
-                conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
+                conn = HTTPConnection(netloc, timeout=self.connect_timeout)
+            conn.read_timeout = self.read_timeout
             pool[(scheme, netloc)] = conn
         return conn
 
@@ -87,22 +101,46 @@ class Registry:
         self._local.__dict__["pool"] = {}
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: object = None) -> http.client.HTTPResponse:
-        """One request on this thread's connection; a stale kept-alive one is retried once."""
+        """One request on this thread's connection; a stale kept-alive one is retried once.
+
+        A failure is a `RegistryUnreachable` (`RegistryTimeout`) naming the host and the cause."""
         parts = urllib.parse.urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         for attempt in (0, 1):
             conn = self._connection(parts.scheme, parts.netloc)
+            reused = conn.sock is not None
+            key = WAITS.begin(parts.netloc)
             try:
                 conn.request(method, target, body=body, headers=headers)  # type: ignore[arg-type]
                 return conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (OSError, http.client.HTTPException) as exc:
+                ready = isinstance(conn, Timed) and conn.ready
                 self._drop(parts.scheme, parts.netloc)
-                if attempt or (body is not None and not isinstance(body, bytes)):
-                    raise
+                stale = isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError))
+                if stale and reused and not attempt and (body is None or isinstance(body, bytes)):
+                    continue
+                raise self.failure(exc, f"{method} {parts.path}", parts.netloc, ready=ready) from None
             except BaseException:
                 self._drop(parts.scheme, parts.netloc)
                 raise
+            finally:
+                WAITS.end(key)
         raise AssertionError("unreachable")
+
+    def failure(self, exc: BaseException, what: str, netloc: str | None = None, *, ready: bool = True) -> RegistryUnreachable:
+        """The one-line error for `exc` (an OSError, TLS or HTTP protocol error) during `what`."""
+        where = self.where(netloc)
+        if isinstance(exc, TimeoutError):
+            hint = f"set {TIMEOUT_ENV}=SECONDS (or CONNECT,READ) to wait longer"
+            if isinstance(exc, DNSTimeout):
+                return RegistryTimeout(f"cannot reach {where}: {exc}; {hint}", reason=str(exc))
+            if ready:
+                return RegistryTimeout(f"{where} did not answer within {self.read_timeout:g} s ({what}); {hint}",
+                                       reason=f"no answer within {self.read_timeout:g} s")
+            return RegistryTimeout(f"{where}: no connection within {self.connect_timeout:g} s ({what}); {hint}",
+                                   reason=f"no connection within {self.connect_timeout:g} s")
+        reason, plain = describe(exc)
+        return RegistryUnreachable(f"cannot reach {where}: {reason}", reason=reason, plain_http=plain)
 
     # -- the ping: scheme and challenge ---------------------------------------------
 
@@ -114,23 +152,32 @@ class Registry:
             # the whole manifest fetch); registries named insecure: HTTPS first, as Docker.
             schemes = ["http", "https"] if registry_config.is_loopback(self.registry) else (
                 ["https", "http"] if self.insecure else ["https"])
-            errors = []
+            errors: list[tuple[str, str]] = []
+            plain_http = False
             for scheme in schemes:
                 try:
                     response = self._send("GET", f"{scheme}://{self.host}/v2/", {})
                     response.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    errors.append(f"{scheme}: {_reason(exc)}")
+                except RegistryTimeout:
+                    raise  # it is there and stalls: another scheme would only wait as long again
+                except RegistryUnreachable as exc:
+                    errors.append((scheme, exc.reason))
+                    plain_http = plain_http or exc.plain_http
                     continue
+                except (OSError, http.client.HTTPException) as exc:  # the body broke off
+                    raise self.failure(exc, "GET /v2/") from None
                 if response.status == 401:
                     self._challenge = _parse_challenge(response.getheader("WWW-Authenticate", ""))
                 elif response.status != 200:  # 400 is what a TLS port answers to plain HTTP
-                    errors.append(f"{scheme}: HTTP {response.status} on /v2/ (not a registry?)")
+                    errors.append((scheme, f"HTTP {response.status} on /v2/ (not a registry?)"))
                     continue
                 self._scheme = scheme
                 return scheme
-            hint = "" if self.insecure else "; if it speaks plain HTTP, add it to HERMETIC_INSECURE_REGISTRIES"
-            raise RegistryUnreachable(f"cannot reach registry {self.registry}: {'; '.join(errors)}{hint}")
+            reasons = {reason for _, reason in errors}
+            reason = reasons.pop() if len(reasons) == 1 else "; ".join(f"{scheme}: {why}" for scheme, why in errors)
+            hint = ("; it looks like plain HTTP: if so, add it to HERMETIC_INSECURE_REGISTRIES"
+                    if plain_http and not self.insecure else "")
+            raise RegistryUnreachable(f"cannot reach {self.where()}: {reason}{hint}", reason=reason, plain_http=plain_http)
 
     # -- auth -----------------------------------------------------------------------
 
@@ -157,11 +204,11 @@ class Registry:
             query["scope"] = scope
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         headers = {"Authorization": "Basic " + _basic(*self._credentials)} if self._credentials else {}
+        response = self._send("GET", url, headers)
         try:
-            response = self._send("GET", url, headers)
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise RegistryUnreachable(f"cannot reach the token service of {self.registry} ({realm}): {_reason(exc)}") from None
+            raise self.failure(exc, "GET token", urllib.parse.urlsplit(url).netloc) from None
         if response.status in (401, 403):
             raise RegistryAuthError(self._login_hint(f"token service refused {'the credentials' if self._credentials else 'an anonymous token'} (HTTP {response.status})"))
         if response.status != 200:
@@ -175,11 +222,32 @@ class Registry:
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise RegistryError(f"token service of {self.registry} sent no token") from None
 
+    def check_login(self) -> None:
+        """Try the credentials given to the constructor as `docker login` does: `/v2/` with them
+        (Basic), or a token for them from the token service (Bearer); `RegistryAuthError` if refused."""
+        if self._credentials is None:
+            raise RegistryAuthError(f"registry {self.registry}: no credentials to check")
+        scheme = self._ping()
+        if self._challenge is None:
+            return  # it asks for nothing: any login is accepted (as docker says "Login Succeeded")
+        kind, params = self._challenge
+        refused = f"registry {self.registry} refused the user name or password of {self._credentials[0]!r}"
+        if kind == "basic":
+            response = self._send("GET", f"{scheme}://{self.host}/v2/", {"Authorization": "Basic " + _basic(*self._credentials)})
+            response.read()
+            if response.status != 200:
+                raise RegistryAuthError(f"{refused} (HTTP {response.status})")
+            return
+        try:
+            self._fetch_token(params, "")
+        except RegistryAuthError:
+            raise RegistryAuthError(f"{refused} (its token service {params.get('realm', '')} said no)") from None
+
     def _login_hint(self, what: str) -> str:
         source = registry_config.credentials_source(self.registry)
         have = f"credentials from {source} were refused" if self._credentials else "no credentials for it"
-        return (f"registry {self.registry} {what}: {have}; log in with `skopeo login {self.registry}` "
-                f"(or `docker login`), or point REGISTRY_AUTH_FILE at an auth.json with auths[{self.registry!r}]")
+        return (f"registry {self.registry} {what}: {have}; log in with `hermetic login {self.registry}` "
+                f"(or skopeo login, docker login), or point REGISTRY_AUTH_FILE at an auth.json with auths[{self.registry!r}]")
 
     # -- requests -------------------------------------------------------------------
 
@@ -195,10 +263,7 @@ class Registry:
             all_headers = {"User-Agent": "pytest-hermetic", **(headers or {})}
             if urllib.parse.urlsplit(url).netloc == self.host:
                 all_headers.update(self._auth_header(scope))
-            try:
-                response = self._send(method, url, all_headers, body)
-            except (OSError, http.client.HTTPException) as exc:
-                raise RegistryUnreachable(f"registry {self.registry}: {method} {path}: {_reason(exc)}") from None
+            response = self._send(method, url, all_headers, body)
             if response.status == 401 and attempt == 0:
                 response.read()
                 challenge = _parse_challenge(response.getheader("WWW-Authenticate", ""))
@@ -230,10 +295,7 @@ class Registry:
 
     def _redirected(self, method: str, url: str, headers: dict[str, str], body: object) -> http.client.HTTPResponse:
         for _ in range(5):  # blob storage elsewhere (S3 and the like): no registry auth there
-            try:
-                response = self._send(method, url, {"User-Agent": "pytest-hermetic", **headers}, body)
-            except (OSError, http.client.HTTPException) as exc:
-                raise RegistryUnreachable(f"registry {self.registry}: redirect to {url}: {_reason(exc)}") from None
+            response = self._send(method, url, {"User-Agent": "pytest-hermetic", **headers}, body)
             if response.status not in (301, 302, 303, 307, 308):
                 return response
             response.read()
@@ -246,7 +308,11 @@ class Registry:
         """(body, media type, Docker-Content-Digest header) of a manifest or index."""
         path = f"/v2/{repository}/manifests/{reference}"
         response = self.request("GET", path, scope=_scope(repository, "pull"), headers={"Accept": ACCEPT})
-        body = response.read(MAX_MANIFEST + 1)
+        try:
+            body = response.read(MAX_MANIFEST + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise self.failure(exc, f"GET {path}") from None
         if len(body) > MAX_MANIFEST:
             response.close()  # the rest is never read
             raise RegistryError(f"registry {self.registry}: the manifest of {repository}:{reference} is larger than "
@@ -347,22 +413,6 @@ class Registry:
         return urllib.parse.urljoin(f"{self._scheme}://{self.host}/", location)
 
 
-_SSL: dict[bool, ssl.SSLContext] = {}
-
-
-def _ssl_context(insecure: bool) -> ssl.SSLContext:
-    """One context per process (loading the CA bundle takes tens of ms); ssl imported only for https."""
-    import ssl
-
-    if insecure not in _SSL:
-        context = ssl.create_default_context()
-        if insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        _SSL[insecure] = context
-    return _SSL[insecure]
-
-
 def _scope(repository: str, actions: str) -> str:
     return f"repository:{repository}:{actions}"
 
@@ -396,16 +446,6 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
             params[key] = rest[eq + 1:end].strip()
             i = end + 1
     return kind.lower(), params
-
-
-def _reason(exc: BaseException) -> str:
-    import ssl  # (ssl costs ~10 ms; a plain-http loopback pull never reaches here)
-
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _error_text(body: bytes) -> str:

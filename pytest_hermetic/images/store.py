@@ -289,19 +289,20 @@ class Store:
         os.replace(tmp, self._refs_path())
 
     def put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None = None,
-                  history: list[dict] | None = None) -> Image:
-        """Write config and manifest for `diff_ids` and point `name` at them."""
+                  history: list[dict] | None = None, created: str | None = None) -> Image:
+        """Write config and manifest for `diff_ids` and point `name` at them.
+        `created` (RFC 3339) fixes the config's time (a reproducible build); default now."""
         with self.busy():
-            return self._put_image(name, diff_ids, config, base=base, history=history)
+            return self._put_image(name, diff_ids, config, base=base, history=history, created=created)
 
     def _put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None,
-                   history: list[dict] | None) -> Image:
+                   history: list[dict] | None, created: str | None = None) -> Image:
         layer_sizes = []
         for diff_id in diff_ids:
             meta = self.layer_meta(diff_id)
             layer_sizes.append((meta.get("blob", diff_id), meta.get("size", 0), meta.get("media_type", MEDIA_LAYER)))
         oci_config = {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "architecture": platforms.host()["architecture"],
             "os": "linux",
             "config": config,
@@ -333,6 +334,20 @@ class Store:
             data = self.read_refs()
             data[name] = manifest_digest
             self._write_refs(data)
+
+    def tag_as(self, source: str, name: str) -> Image:
+        """`hermetic tag SOURCE NAME`: canonical `name` points at what `source` (a name, an id prefix) points at; never pulls."""
+        image = self.resolve(source)
+        if image.name == "host":
+            raise StoreError("`host` is the host's own / and has no manifest to tag; make an image of it with "
+                             "`hermetic commit` or `hermetic import dir:/ NAME`")
+        with self.busy(), self.lock():
+            data = self.read_refs()
+            if image.name not in data:
+                raise ImageNotFound(f"image {source!r} is not in the local store ({self.root})")
+            digest = data[name] = data[image.name]
+            self._write_refs(data)
+        return self.tagged(name, digest)
 
     def manifest_digest(self, name: str) -> str:
         data = self.read_refs()

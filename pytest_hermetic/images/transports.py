@@ -1,7 +1,8 @@
 """Importing an image from somewhere other than a registry.
 
-`dir:PATH` (a rootfs folder) and `tar:FILE` (a rootfs tarball, compressed or
-not) become a one-layer image under a name.  `oci:DIR[:TAG]` (an OCI image
+`dir:PATH` (a rootfs folder), `tar:FILE` (a rootfs tarball, compressed or
+not) and `busybox:[/PATH]` (a static busybox and its applet links,
+`busybox.py`) become a one-layer image under a name.  `oci:DIR[:TAG]` (an OCI image
 layout, as skopeo and umoci write) and `docker-archive:FILE[:REF]` (what
 `docker save` and skopeo write) keep their config, so the image id is the
 same as theirs; every blob is checked against its digest on the way in.
@@ -13,7 +14,7 @@ import os
 
 from .._fs import rmtree
 from ..errors import ImageReferenceError, SpecError
-from . import layers
+from . import busybox, layers
 from . import reference as refs
 from .archives import import_docker_archive, import_oci
 from .commit import target_name
@@ -33,9 +34,12 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
     if name is None:
         raise SpecError(f"importing {source!r} needs a NAME[:TAG] for the image")
     target = target_name(name)
+    if ref.transport == "busybox":
+        return _import_busybox(store, ref.path, target, env, workdir, user, cmd)
     if ref.transport not in ("dir", "tar"):
         raise ImageReferenceError(
-            f"cannot import {source!r}: import takes dir:PATH, tar:FILE, oci:DIR[:TAG] or docker-archive:FILE[:REF]; "
+            f"cannot import {source!r}: import takes dir:PATH, tar:FILE, oci:DIR[:TAG], docker-archive:FILE[:REF] "
+            "or busybox:[/PATH]; "
             "registry references are pulled (`hermetic pull`)"
         )
     path = os.path.abspath(ref.path)
@@ -53,6 +57,23 @@ def import_image(store: Store, source: str, name: str | None = None, *, env: dic
             has_sh = True
         return store.put_image(target, [diff_id], _config(has_sh, env, workdir, user, cmd),
                                history=[{"created_by": f"hermetic import {source}"}])
+
+
+def _import_busybox(store: Store, path: str, target: str, env: dict[str, str] | None, workdir: str | None,
+                    user: str | None, cmd: list[str] | None) -> Image:
+    binary = busybox.find_busybox(path)
+    store.clear_dead_staging()
+    with disk_full_said(store, "importing busybox:", "import"), store.keeping("import") as keep:
+        staging = store.tempdir("import-")
+        try:
+            tar_path = os.path.join(staging, "layer.tar")
+            with open(tar_path, "wb") as out:
+                busybox.write_layer(binary, out)
+            diff_id, _ = store.add_layer_tar(tar_path, keep=keep)
+        finally:
+            rmtree(staging)
+        return store.put_image(target, [diff_id], _config(True, env, workdir, user, cmd),
+                               history=[{"created_by": f"hermetic import busybox:{path}"}])
 
 
 def _layer_from_dir(store: Store, root: str, keep: Keep) -> str:

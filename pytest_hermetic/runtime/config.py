@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
     from . import rootfs, seccomp
+    from .console import Console
 
 
 @record
@@ -31,6 +32,7 @@ class ProcessConfig:
     cgroup_procs: list[str] = factory(list)
     userns: UserNamespace | None = None
     privileged: bool = False
+    caps: int | None = None  # the capabilities kept (a capabilities.mask); None: Docker's default set
     seccomp: seccomp.Filter | None = None  # compiled by the parent (seccomp.default()), loaded by the child
     close_fds: bool = True  # exec mode: keep only 0, 1, 2 (runc CVE-2024-21626)
     init: bool = False  # exec mode: run the command as PID 2 under a reaping, forwarding PID 1
@@ -43,3 +45,4 @@ class ProcessConfig:
     # the child builds its root; `netns_ready` carries the child's NETNS_MADE.
     network_hook: Callable[[int], None] | None = None
     netns_ready: Channel | None = None
+    tty: Console | None = None  # run -t: make a pty of the container's own (console.py)

@@ -17,9 +17,13 @@ from . import syscalls as sc
 from .seccomp import Filter
 from .channel import describe, fail, read_all, start_error
 from .fork import fork
-from .init import own_session, redirect_stdio, restore_signals
+from .init import become, own_session, redirect_stdio, resolve_user, restore_signals
 from .process import ContainerProcess
 from .relay import exit_as
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from .console import Console
 
 _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NEWIPC),
           ("net", sc.CLONE_NEWNET), ("cgroup", sc.CLONE_NEWCGROUP), ("pid", sc.CLONE_NEWPID))
@@ -27,8 +31,18 @@ _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NE
 
 def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
           userns: bool, privileged: bool = False, stdio: tuple = (None, None, None),
-          seccomp_filter: Filter | None = None) -> ContainerProcess:
-    """Start `argv` inside the container whose PID 1 is host pid `init_pid`."""
+          seccomp_filter: Filter | None = None, user: str | None = None, tty: bytes | None = None,
+          caps: int | None = None) -> ContainerProcess:
+    """Start `argv` inside the container whose PID 1 is host pid `init_pid`,
+    as `user` (resolved in the container's /etc/passwd, as `run -u`), with
+    its capabilities `caps` (a capabilities.mask; None: Docker's default
+    set); with `tty` (a struct winsize) on a pty of the container's own,
+    whose master is the returned handle's `tty` (console.py)."""
+    pair = None
+    if tty is not None:
+        from .console import Pair  # lazily: socket, which only a terminal needs
+
+        pair = Pair(tty)
     fds = {}
     try:
         if userns:
@@ -38,13 +52,18 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
     except OSError as exc:
         for fd in fds.values():
             os.close(fd)
+        if pair is not None:
+            pair.close()
         raise ContainerStartError(f"container process {init_pid} is gone: {exc.strerror}") from None
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = fork()
     if pid == 0:
-        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter)
+        _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter, user, userns,
+                     pair.console if pair is not None else None, caps)
     for fd in fds.values():
         os.close(fd)
+    if pair is not None:
+        pair.started()
     os.close(err_w)
     try:
         message = read_all(err_r)
@@ -52,13 +71,18 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
         os.close(err_r)
     proc = ContainerProcess(pid, pid, None)
     if message:
+        if pair is not None:
+            pair.close()
         proc.wait()
         raise start_error(message)
+    if pair is not None:
+        proc.tty = pair.receive()
     return proc
 
 
 def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
-                 privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None = None) -> None:
+                 privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None, user: str | None,
+                 userns: bool, console: Console | None, caps: int | None = None) -> None:
     """The forked child: join, fork into the PID namespace, exec.
 
     It must end in `os._exit` whatever happens, never return into the
@@ -73,18 +97,39 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                 sc.setns(fds["user"], sc.CLONE_NEWUSER)
             for name, flag in _ORDER:
                 sc.setns(fds[name], flag)
+            uid, gid = resolve_user(user)
+            # Everything that makes this process more than the container's
+            # own goes before the fork: its child is born in the container's
+            # PID namespace, where a process of the container could ptrace
+            # it (--cap-add SYS_PTRACE) while it held the caller's
+            # descriptors, more capabilities than the container's, or no
+            # seccomp filter.  So the terminal is made here (`make`), and
+            # only taken (`adopt`) by the child, a session leader.
+            descriptors.close_except((err_w, *(fd for fd in stdio if fd is not None),
+                                      *((console.socket_fd,) if console is not None else ())))
+            slave = None
+            if console is not None:
+                from . import console as consoles  # imported by enter() before the fork
+
+                console.uid = uid
+                slave = consoles.make(console)
+            own_session()  # its session keyring (keyctl is not in the filter); the child makes its own session
+            become(uid, gid, privileged, capabilities.last_cap(), userns, caps)
+            if seccomp_filter is not None:
+                seccomp_filter.load()
             child = os.fork()
         except BaseException as exc:  # noqa: BLE001
             fail(err_w, 125, describe(exc))
         if child == 0:
             try:
                 os.chdir(cwd if os.path.isdir(cwd) else "/")
-                own_session()
-                if not privileged:
-                    capabilities.drop_to_default(capabilities.last_cap())
-                    capabilities.no_new_privs()
-                if seccomp_filter is not None:
-                    seccomp_filter.load()
+                os.setsid()
+                if slave is not None:
+                    consoles.adopt(slave)
+                    stdio = (None, None, None)  # 0, 1, 2 are the terminal now
+            except BaseException as exc:  # noqa: BLE001
+                fail(err_w, 125, describe(exc))
+            try:
                 redirect_stdio(stdio)
                 descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
                 restore_signals()
@@ -93,6 +138,8 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                 fail(err_w, 127, f"{argv[0]}: command not found in the container")
             except BaseException as exc:  # noqa: BLE001
                 fail(err_w, 126, describe(exc))
+        if slave is not None:
+            os.close(slave)  # the child's now: the terminal hangs up when the command ends
         os.close(err_w)
         exit_as(child)
     finally:

@@ -52,6 +52,8 @@ def _pid1(config: ProcessConfig, target: Callable[[], int | None] | None, err_w:
         _enter_container(config, joined, in_namespaces)
         _wait_network(config, err_w)
         own_session()
+        if config.tty is not None:
+            _attach_console(config)
         _drop_privileges(config)
         seccomp.install(config)
     except BaseException as exc:  # noqa: BLE001
@@ -133,22 +135,42 @@ def own_session() -> None:
             raise
 
 
+def _attach_console(config: ProcessConfig) -> None:
+    """`run -t`: a pty of the container's own on 0, 1, 2 and as the session's
+    controlling terminal (console.py; the parent imported it before the fork)."""
+    from . import console  # (in sys.modules already: nothing is read from the container's root)
+
+    assert config.tty is not None
+    if config.user:
+        config.tty.uid = resolve_user(config.user)[0]
+    console.attach(config.tty)
+    config.stdio = (None, None, None)  # 0, 1, 2 are the terminal now
+
+
 def _drop_privileges(config: ProcessConfig) -> None:
+    uid, gid = resolve_user(config.user)
+    _enter_workdir(config.cwd)
+    become(uid, gid, config.privileged, config.cap_last, config.userns is not None, config.caps)
+
+
+def become(uid: int, gid: int, privileged: bool, cap_last: int, userns: bool, caps: int | None = None) -> None:
     """Become the container's user with Docker's capabilities: uid 0 (with
     any gid) keeps the default set, any other uid none at all (the kernel
     clears effective and permitted on the switch away from uid 0; the
     bounding set is cut first, so a setuid-root file could not give back
     more than the default set even without no_new_privs)."""
-    uid, gid = _resolve_user(config.user)
-    _enter_workdir(config.cwd)
-    if not config.privileged:
-        capabilities.drop_to_default(config.cap_last)
+    if not privileged:
+        keep = capabilities.bound(cap_last, caps)
     if gid != 0 or uid != 0:
-        if config.userns is None:
+        # Before the effective set shrinks: CAP_SETUID and CAP_SETGID may be
+        # among what is dropped (--cap-drop ALL -u 1000).
+        if not userns:
             os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-    if not config.privileged:
+    if not privileged:
+        if uid == 0:
+            capabilities.restrict(keep)
         capabilities.no_new_privs()
 
 
@@ -169,7 +191,7 @@ def _enter_workdir(cwd: str) -> None:
                                   "use a directory of the image") from None
 
 
-def _resolve_user(user: str | None) -> tuple[int, int]:
+def resolve_user(user: str | None) -> tuple[int, int]:
     """Resolve "uid[:gid]" or "name[:group]" against the container's files."""
     if not user:
         return 0, 0
@@ -271,6 +293,8 @@ def exec_target(config: ProcessConfig) -> Callable[[], int]:
     def run() -> int:
         assert config.argv
         redirect_stdio(config.stdio)
+        if config.tty is not None:
+            foreground()
         descriptors.cloexec_all()
         restore_signals()
         try:
@@ -284,6 +308,15 @@ def exec_target(config: ProcessConfig) -> Callable[[], int]:
         return 126
 
     return run
+
+
+def foreground() -> None:
+    """Under `--init` with a terminal: the command leads a process group of
+    its own, the terminal's foreground one, so a Ctrl-C reaches it (and
+    what it runs) and not PID 1, which would pass it on again (as tini -t)."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # tcsetpgrp from a background group; reset before exec
+    os.tcsetpgrp(0, os.getpid())
 
 
 def _call(target: Callable[[], int | None]) -> int:

@@ -69,12 +69,12 @@ class Holder:
         if answer != "K":
             raise NetworkError(f"cannot connect the container to its rootless network: {answer[1:]}")
 
-    def socket(self) -> socket.socket:
-        """A TCP socket made in the bridge's namespace (which routes to every
+    def socket(self, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        """A TCP (or, with `kind` SOCK_DGRAM, UDP) socket made in the bridge's namespace (which routes to every
         member): how the owner, who may not enter these namespaces, reaches
         a container's port."""
         try:
-            self._sock.send(b"socket")
+            self._sock.send(b"socket udp" if kind == socket.SOCK_DGRAM else b"socket")
             message, fds, _, _ = socket.recv_fds(self._sock, 4096, 1)
         except OSError as exc:
             raise NetworkError(f"the network's holder process is gone ({exc})") from None
@@ -116,9 +116,10 @@ def _holder_main(sock: socket.socket, userns: UserNamespace, helpers: bool, gate
             request = sock.recv(4096)
             if not request:
                 break  # the owner closed the network (or died)
-            if request == b"socket":
+            if request in (b"socket", b"socket udp"):
                 try:
-                    made = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    kind = socket.SOCK_DGRAM if request == b"socket udp" else socket.SOCK_STREAM
+                    made = socket.socket(socket.AF_INET, kind)
                     socket.send_fds(sock, [b"K"], [made.fileno()])
                     made.close()
                 except BaseException as exc:  # noqa: BLE001

@@ -47,6 +47,7 @@ class NetworkConfig:
     prefixlen: int = 0
     gateway: str | None = None
     interface: str = "eth0"
+    api_socket: str | None = None  # "usermode": where slirp4netns takes port forwardings (`-p`); None: no API
 
 
 def _ifreq_flags(sock, name: bytes, add: int) -> None:  # noqa: ANN001

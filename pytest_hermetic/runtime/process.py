@@ -66,6 +66,7 @@ class ContainerProcess:
         self._pidfd: int | None = None
         self.exit_status: ExitStatus | None = None
         self.net_helper: Helper | None = None  # slirp4netns serving this container, if any
+        self.tty: int | None = None  # an exec's terminal's master (exec -t): the caller's to use and close
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -245,7 +246,7 @@ def _start_usermode_network(proc: ContainerProcess, go: Channel, config: Process
             # (~4 ms measured with -X importtime) that only slirp4netns needs.
             from .usermode_net import Helper
 
-            proc.net_helper = Helper(proc.init_pid)
+            proc.net_helper = Helper(proc.init_pid, config.network.api_socket)
         go.send(channel.NETWORK_WIRED)
         return None
     except BaseException as exc:  # noqa: BLE001 - raised once the child is reaped

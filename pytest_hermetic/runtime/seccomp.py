@@ -65,7 +65,17 @@ _COMPAT = {"x86_64": (0x40000003, "I386")}
 # Arguments the kernel reads as 32-bit ints: compared on their low word, as
 # the kernel sees them (a 64-bit comparison would let socket(0x1_00000028)
 # through the AF_VSOCK rule, the kernel truncating it to 40).
-_INT_ARGS = {("socket", 0), ("personality", 0)}
+_INT_ARGS = {("socket", 0), ("personality", 0), ("ioctl", 1)}
+
+# Beyond Docker's profile, for a container given CAP_SYS_ADMIN (`--cap-add
+# SYS_ADMIN`; the filter is not widened for it): ioctl TIOCSTI and TIOCLINUX
+# (the same numbers on x86 and arm64) fail with EPERM.  Its stdio may be the
+# caller's own terminal (a foreground `hermetic run` without -t), and the
+# kernel lets CAP_SYS_ADMIN push input into a terminal that is not the
+# process's controlling one: type commands into the caller's shell.  Without
+# it the kernel refuses that already, and TIOCSTI on a container's own
+# terminal (-t) is harmless.  Docker's containers never hold the caller's terminal.
+_TERMINAL_INJECTION = (0x5412, 0x541C)
 
 
 class SeccompError(ContainerStartError):
@@ -96,22 +106,29 @@ class Filter:
 
 
 _default: Filter | None = None
+_sys_admin: Filter | None = None
 
 
-def default(cache_dir: str | None = None) -> Filter:
+def default(cache_dir: str | None = None, sys_admin: bool = False) -> Filter:
     """Docker's default profile for this machine, compiled once per process;
     with `cache_dir` (a folder only the caller can write), also kept there
-    for the next process."""
-    global _default
-    if _default is None:
+    for the next process.  `sys_admin`: for a container given CAP_SYS_ADMIN
+    (the same profile, and no TIOCSTI: see _TERMINAL_INJECTION)."""
+    global _default, _sys_admin
+    found = _sys_admin if sys_admin else _default
+    if found is None:
         machine, kernel = os.uname().machine, _kernel_version()
-        cache = _cache_path(cache_dir, machine, kernel) if cache_dir else None
-        _default = _read_cached(cache) if cache else None
-        if _default is None:
-            _default = compile_profile(machine, set(DEFAULT_CAPS), kernel)
+        cache = _cache_path(cache_dir, machine, kernel, sys_admin) if cache_dir else None
+        found = _read_cached(cache) if cache else None
+        if found is None:
+            found = compile_profile(machine, set(DEFAULT_CAPS), kernel, refuse_tiocsti=sys_admin)
             if cache:
-                _write_cached(cache, _default)  # also over a damaged one
-    return _default
+                _write_cached(cache, found)  # also over a damaged one
+        if sys_admin:
+            _sys_admin = found
+        else:
+            _default = found
+    return found
 
 
 # A cached program: magic, program length, the program, its summary.  Its
@@ -120,7 +137,7 @@ _CACHE_MAGIC = b"HSECCOMP1"
 _BPF_MAXINSNS = 4096
 
 
-def _cache_path(cache_dir: str, machine: str, kernel: tuple[int, int]) -> str | None:
+def _cache_path(cache_dir: str, machine: str, kernel: tuple[int, int], sys_admin: bool = False) -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         stamps = [os.stat(os.path.join(here, name)) for name in
@@ -128,7 +145,8 @@ def _cache_path(cache_dir: str, machine: str, kernel: tuple[int, int]) -> str | 
     except OSError:
         return None
     made = "-".join(f"{st.st_size:x}.{st.st_mtime_ns:x}" for st in stamps)
-    return os.path.join(cache_dir, f"seccomp-{machine}-{kernel[0]}.{kernel[1]}-{made}.bpf")
+    variant = "-sysadmin" if sys_admin else ""
+    return os.path.join(cache_dir, f"seccomp-{machine}-{kernel[0]}.{kernel[1]}-{made}{variant}.bpf")
 
 
 def _read_cached(path: str) -> Filter | None:
@@ -225,6 +243,16 @@ def resolve(profile: dict, arch: str, caps: set[str], kernel: tuple[int, int], t
     return rules, names
 
 
+def _refuse_terminal_injection(rules: dict, names: dict[int, str], table: dict[str, int]) -> None:
+    nr = table.get("ioctl")
+    if nr is None or rules.get(nr) != SECCOMP_RET_ALLOW:
+        return
+    refused = SECCOMP_RET_ERRNO | errno.EPERM
+    rules[nr] = [([{"index": 1, "value": cmd, "op": "SCMP_CMP_EQ"}], refused) for cmd in _TERMINAL_INJECTION]
+    rules[nr].append(([], SECCOMP_RET_ALLOW))
+    names[nr] = "ioctl"
+
+
 # --- the BPF writer -------------------------------------------------------------
 
 
@@ -310,7 +338,8 @@ def _condition(asm: _Assembler, arg: dict, fail: str, low_only: bool) -> None:
         raise SeccompError(f"seccomp profile: comparison {op} is not supported")
 
 
-def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profile: dict | None = None) -> Filter:
+def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profile: dict | None = None,
+                    refuse_tiocsti: bool = False) -> Filter:
     """The profile as a BPF program for `machine` and a container holding `caps`."""
     if machine not in _MACHINES:
         raise SeccompError(f"no seccomp syscall table for {machine}; run with seccomp=False "
@@ -342,6 +371,8 @@ def compile_profile(machine: str, caps: set[str], kernel: tuple[int, int], profi
         asm.mark(label)
         table = getattr(syscall_table, name)
         rules, names = resolve(profile, arch, caps, kernel, table)
+        if refuse_tiocsti:
+            _refuse_terminal_injection(rules, names, table)
         _section(asm, rules, names, max(table.values()), default_action)
         allowed = sum(1 for a in rules.values() if a == SECCOMP_RET_ALLOW)
         counts.append(f"{name.lower()} {allowed} allowed, {len(rules) - allowed} by argument or errno")

@@ -139,6 +139,15 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(_libc.syscall(ctypes.c_long(number), ctypes.byref(header), data), "capset")
 
 
+def capget_permitted() -> int:
+    """This thread's permitted capability set (a 64-bit mask)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    number = SYS_CAPSET[os.uname().machine] - 1  # capget is capset's neighbour on every architecture
+    _check(_libc.syscall(ctypes.c_long(number), ctypes.byref(header), data), "capget")
+    return data[0].permitted | data[1].permitted << 32
+
+
 def join_new_session_keyring() -> None:
     """A fresh anonymous session keyring for this process (as runc gives
     each container), instead of the caller's."""

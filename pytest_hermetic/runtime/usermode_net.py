@@ -10,7 +10,10 @@ loopback included), and 10.0.2.3 forwards DNS to the host's resolver.
 The helper starts once the container's namespaces exist (process.spawn
 calls `start` with the pid that holds them) and the container's command
 waits until it has configured the interface; it exits when the write end
-of its exit pipe, which the parent holds, closes.
+of its exit pipe, which the parent holds, closes.  With an API socket it
+also publishes the container's ports on the host (`-p`: `add_hostfwd`),
+as rootless Podman's slirp4netns port handler does: it listens on the
+host's side itself, as the user.
 """
 
 from __future__ import annotations
@@ -48,15 +51,16 @@ def check_available() -> None:
 class Helper:
     """A running slirp4netns serving one container."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, api_socket: str | None = None) -> None:
         binary = required_helper()
+        self.api_socket = api_socket
         self._exit_w: int | None = None
         ready_r, ready_w = os.pipe()
         exit_r, self._exit_w = os.pipe2(os.O_CLOEXEC)
         try:
             self.process = subprocess.Popen(
                 [binary, "--configure", f"--mtu={MTU}", "--ready-fd", str(ready_w), "--exit-fd", str(exit_r),
-                 str(pid), "tap0"],
+                 *(["--api-socket", api_socket] if api_socket else []), str(pid), "tap0"],
                 pass_fds=(ready_w, exit_r), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, start_new_session=True)
         finally:
@@ -73,6 +77,30 @@ class Helper:
             if stderr:
                 stderr.close()
             raise NetworkError(f"slirp4netns could not configure the container's network: {error or 'no reason given'}")
+
+    def add_hostfwd(self, protocol: str, host_ip: str, host_port: int, guest_port: int) -> None:
+        """Publish the container's `guest_port` on the host's `host_ip:host_port`."""
+        import json
+        import socket
+
+        assert self.api_socket, "slirp4netns was started without an API socket"
+        request = {"execute": "add_hostfwd", "arguments": {"proto": protocol, "host_addr": host_ip,
+                                                           "host_port": host_port, "guest_port": guest_port}}
+        answer = b""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(self.api_socket)
+                sock.sendall(json.dumps(request).encode())
+                while chunk := sock.recv(4096):
+                    answer += chunk
+            reply = json.loads(answer)
+        except (OSError, ValueError) as exc:
+            raise NetworkError(f"slirp4netns did not answer on its API socket ({exc})") from None
+        if "error" in reply:
+            error = reply["error"]
+            raise NetworkError(f"slirp4netns cannot publish {host_ip}:{host_port}/{protocol}: "
+                               f"{error.get('desc', error) if isinstance(error, dict) else error}")
 
     def close(self) -> None:
         if self._exit_w is not None:

@@ -23,7 +23,7 @@ def test_the_image_root():
 
 @hermetic(image=IMAGE)
 def test_busybox_root():
-    assert "hermetic busybox fixture" in open("/etc/os-release").read()
+    assert "hermetic busybox" in open("/etc/os-release").read()
     assert os.getpid() == 2
 ''')
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", *workers, timeout=120)

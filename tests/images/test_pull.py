@@ -48,7 +48,7 @@ def test_pull_then_run_with_the_config_env_and_workdir(busybox_remote, store_env
     assert "pulled" in pulled.stderr and "1 layer (1 fetched" in pulled.stderr  # not a tty: a summary, no bars
     ran = run_cli("run", busybox_remote, "sh", "-c", 'pwd; echo "$GREETING"; cat /etc/os-release', env=store_env)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.splitlines() == ["/root", "hello from the config", 'NAME="hermetic busybox fixture"', "ID=busybox"]
+    assert ran.stdout.splitlines() == ["/root", "hello from the config", 'NAME="hermetic busybox"', "ID=busybox"]
     again = run_cli("pull", "--quiet", busybox_remote, env=store_env)
     assert again.returncode == 0 and again.stderr == "" and again.stdout == pulled.stdout
     images = run_cli("images", env=store_env)
@@ -94,7 +94,7 @@ def test_errors_are_one_line(busybox_remote, registry, store_env):
 def test_offline_mode_never_leaves_loopback(store_env):
     result = run_cli("run", "debian:12", "true", env={**store_env, "HERMETIC_OFFLINE": "1"})
     assert result.returncode == 125
-    assert "HERMETIC_OFFLINE is set, so it is not pulled from docker.io" in result.stderr
+    assert "HERMETIC_OFFLINE is set, so registry docker.io (registry-1.docker.io) is not tried" in result.stderr
 
 
 def test_mirror_from_environment_and_config(registry, busybox_layout, store_env, tmp_path):

@@ -66,7 +66,7 @@ IMAGE_INPUTS = [
 USAGE_INPUTS = [  # argparse's errors: exit 125 too, and one line
     (["run", "--bogus", "host", "true"], "unrecognized arguments: --bogus"),
     (["run"], "the following arguments are required: IMAGE"),
-    (["run", "--mem"], "argument --mem: expected one argument"),
+    (["run", "--mem"], "argument -m/--memory/--mem: expected one argument"),
     ([], "the following arguments are required: COMMAND"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["pull"], "the following arguments are required: NAME[:TAG|@DIGEST]"),

@@ -34,7 +34,7 @@ CELL_INPUTS = [
     ("dir:/", SpecError, "image='dir:/': that is the host's whole root; use image='host'"),
     ("Bad_Ref", SpecError, "image='Bad_Ref': not a valid image reference"),
     ("host --bogus", UsageError, "unrecognized arguments: --bogus"),
-    ("host --mem", UsageError, "argument --mem: expected one argument"),
+    ("host --mem", UsageError, "argument -m/--memory/--mem: expected one argument"),
     ("host -e 'unbalanced", UsageError, "No closing quotation"),
 ]
 LINE_INPUTS = [

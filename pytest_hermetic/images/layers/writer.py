@@ -10,7 +10,7 @@ import tarfile
 from ..._record import record
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing (and dataclasses) cost a pull ~20 ms of imports
-    from typing import BinaryIO, Iterable
+    from typing import BinaryIO, Callable, Iterable
 
 from ...errors import LayerError
 from ..digest import HashingWriter
@@ -48,7 +48,8 @@ def _read_xattrs(dir_fd: int, name: str) -> dict[str, bytes]:
 
 
 def _write_tree(
-    root: str | os.PathLike[str], out: BinaryIO, overlay: str | None, exclude: Iterable[str]
+    root: str | os.PathLike[str], out: BinaryIO, overlay: str | None, exclude: Iterable[str],
+    mtime_clamp: int | None = None, owners: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> LayerDigests:
     """Deterministic PAX tar of `root` (depth first, names sorted by bytes).
 
@@ -118,9 +119,11 @@ def _write_tree(
                 continue  # a tar cannot hold a socket
             ti = tarfile.TarInfo(rel)
             ti.mode = stat.S_IMODE(mode)
-            ti.uid, ti.gid = st.st_uid, st.st_gid
+            ti.uid, ti.gid = owners(st.st_uid, st.st_gid) if owners else (st.st_uid, st.st_gid)
             ti.uname = ti.gname = ""
             ti.mtime = st.st_mtime_ns // 1_000_000_000
+            if mtime_clamp is not None and ti.mtime > mtime_clamp:
+                ti.mtime = mtime_clamp  # what the build wrote gets the build's epoch (BuildKit's rewrite-timestamp)
             ti.pax_headers = {
                 XATTR_PAX + key: xattrs[key].decode("utf-8", "surrogateescape")
                 for key in sorted(xattrs) if not key.startswith(OVERLAY_PREFIXES)
@@ -182,6 +185,8 @@ def write_layer_from_upper(
     *,
     xattr_prefix: str = OVERLAY_TRUSTED,
     exclude: Iterable[str] = (),
+    mtime_clamp: int | None = None,
+    owners: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> LayerDigests:
     """Turn an overlayfs upper folder into an uncompressed OCI layer tar on `out` (commit).
 
@@ -194,8 +199,12 @@ def write_layer_from_upper(
     in whole seconds, hard links inside the folder kept as hard links. An
     upper with overlay redirects or metacopy files (redirect_dir=on,
     metacopy=on) cannot be expressed as a layer and raises LayerError.
+    `mtime_clamp` (seconds): later mtimes are written as it (`hermetic
+    build`'s SOURCE_DATE_EPOCH), so a rebuild writes the same bytes.
+    `owners(uid, gid)` gives the ids to write for the host's (a rootless
+    container's upper holds host ids; its layer must hold the container's).
     """
-    return _write_tree(upper, out, xattr_prefix, exclude)
+    return _write_tree(upper, out, xattr_prefix, exclude, mtime_clamp, owners)
 
 
 def write_layer_from_dir(root: str | os.PathLike[str], out: BinaryIO) -> LayerDigests:

@@ -8,6 +8,7 @@ mount it makes dies with that namespace, none is ever made on the host.
     overlay.py   the image's layers (and the rootless `host` root, per directory)
     kernelfs.py  /proc, /dev, /sys, cgroup2, and the masks over them
     volumes.py   volumes, resolved inside the root
+    tmpfs.py     --tmpfs mounts and --read-only
     mounts.py    the bind and mount-attribute helpers they share
 """
 
@@ -19,8 +20,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
+    from .tmpfs import TmpfsMount  # imported where used: only --tmpfs and --read-only need it
+
 from .. import syscalls as sc
-from ..syscalls import MS_NODEV, MS_NOSUID, MS_REC
+from ..syscalls import MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC
 from .kernelfs import mask_paths, mount_cgroup2, mount_dev, mount_proc, mount_sys
 from .mounts import write_file
 from .overlay import OVERLAY_MAX_LOWERS, mount_host_per_directory, mount_overlay, overlay_options
@@ -63,6 +66,9 @@ class RootfsConfig:
     unpack_layer: Callable[[str, str], object] | None = None
     layers_dir: str = ""  # the store's layer folder, where the image's lowers are
     shm_size: int = 64 << 20  # bytes of /dev/shm (its tmpfs's pages count against the memory limit)
+    read_only: bool = False  # the root (and /tmp, unless a tmpfs) read-only
+    workdir: str = ""  # with read_only: made first if missing (as Docker makes it before the root goes read-only)
+    tmpfs: list[TmpfsMount] = factory(list)
 
 
 def write_init_layer(config: "RootfsConfig") -> None:
@@ -88,6 +94,8 @@ def write_init_layer(config: "RootfsConfig") -> None:
             os.makedirs(parent, exist_ok=True)
             made.add(parent)
         write_file(target, text.encode())
+    for mount in config.tmpfs:  # mount points, also in a read-only root
+        os.makedirs(os.path.join(path, mount.target.lstrip("/")), exist_ok=True)
     for bind in config.binds:
         stub = os.path.join(path, bind.target.lstrip("/"))
         if os.path.isdir(bind.source):
@@ -118,12 +126,25 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     else:
         mount_overlay(config.lowers, config.upper, config.work, root, config.userns, f"{config.scratch}/links",
                       config.layers_dir)
+    if config.read_only or config.tmpfs:
+        from .tmpfs import make_read_only, mount_tmpfs
+    if config.read_only:
+        make_read_only(root, [(m.target, True) for m in config.tmpfs] +
+                       [(b.target, os.path.isdir(b.source)) for b in config.binds] +
+                       ([(config.workdir, True)] if config.workdir else []))
     mount_proc(root)
     mount_dev(root, config.userns, config.shm_size)
     mount_sys(root, config.privileged)
-    sc.mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    if config.binds:  # last, so a bind below /tmp is not hidden by it
+    # Read-only too under --read-only (as an image's own /tmp would be), unless a --tmpfs covers it.
+    tmp_flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if config.read_only else 0)
+    sc.mount("tmpfs", root + "/tmp", "tmpfs", tmp_flags, "mode=1777")
+    if config.tmpfs:  # those below a volume after it, the others before, so none hides another
+        inside = [m for m in config.tmpfs if any(m.target.startswith(b.target.rstrip("/") + "/") for b in config.binds)]
+        mount_tmpfs(root, [m for m in config.tmpfs if m not in inside])
+    if config.binds:  # after /tmp, so a bind below /tmp is not hidden by it
         mount_volumes(config, root)
+    if config.tmpfs and inside:
+        mount_tmpfs(root, inside)
     if not config.privileged:
         mask_paths(root)
     sc.sethostname(hostname)
