@@ -315,16 +315,12 @@ class Containers:
         from .container import Container  # lazily (see the imports above)
         from .spec import Spec
 
-<<<<<<< HEAD
+        if not isinstance(image, str) or image.startswith("build:"):  # a Containerfile (Build): built once
+            image = image_of_build(image)
         # The host's /tmp copy-on-write, as a hermetic test has it: `sys.executable`
         # of a virtualenv under /tmp runs in a `host` service too.
         spec = with_host_tmp(Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True,
                                         **options))
-=======
-        if not isinstance(image, str) or image.startswith("build:"):  # a Containerfile (Build): built once
-            image = image_of_build(image)
-        spec = Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True, **options)
->>>>>>> main
         if name is not None and any(service.name == name for service in self.services):
             raise SpecError(f"name={name!r}: this scope already has a container of that name")
         network = None
