@@ -68,6 +68,14 @@ KNOWN: dict[str, dict[str, list[str]]] = {
     "iniconfig": {"deps": [], "paths": ["testing"], "args": []},
     "attrs": {"deps": ["hypothesis", "pympler", "cloudpickle"], "paths": ["tests"], "args": []},
     "execnet": {"deps": [], "paths": ["testing"], "args": []},
+    "click": {"deps": [], "paths": ["tests"], "args": ["-W", "ignore::pytest.PytestRemovedIn10Warning"]},  # as dateutil
+    "jinja2": {"deps": ["trio"], "paths": ["tests"], "args": []},
+    # (not test_version.py and test_specifiers.py: 25,000 parametrized cases, whose -rA summary alone
+    # takes pytest minutes)
+    "packaging": {"deps": ["pretend"], "paths": ["tests/test_markers.py", "tests/test_requirements.py", "tests/test_tags.py",
+                                                 "tests/test_utils.py", "tests/test_metadata.py", "tests/test_elffile.py",
+                                                 "tests/test_manylinux.py", "tests/test_musllinux.py",
+                                                 "tests/test_structures.py", "tests/test_licenses.py"], "args": []},
     # Issue 13's suites: a werkzeug server on a thread of a session fixture;
     # tornado/socket servers on threads of class fixtures, certificates under
     # /tmp; a large suite; a suite that monkeypatches `os`.
