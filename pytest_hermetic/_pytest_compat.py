@@ -213,3 +213,80 @@ def message_longrepr(item: pytest.Item, text: str) -> Any:
     traceback = ReprTraceback(reprentries=[ReprEntryNative([text + "\n"])], extraline=None, style="native")
     return ReprExceptionInfo(reprtraceback=traceback,
                              reprcrash=ReprFileLocation(path=str(path), lineno=(lineno or 0) + 1, message=text))
+
+
+class Reruns:
+    """pytest-rerunfailures' decisions for one hermetic item, whose attempts
+    each run in a fresh container while the plugin's own protocol loop (which
+    reruns in the same process) is not called.  Each attempt's reports are
+    marked as the plugin marks them: `rerun` set to the attempt's number, the
+    failed ones of an attempt that is rerun given the outcome "rerun" (its
+    `pytest_report_teststatus` and summary then show RERUN).
+
+    Relies on `pytest_rerunfailures`' `get_reruns_count`,
+    `get_reruns_delay`, `get_reruns_delay_backoff_factor`,
+    `get_reruns_condition`, `_is_rerun_path_excluded`, `is_master`,
+    `works_with_current_xdist` and `config.failures_db` (16.x).  What needs
+    the exception object, which stays in the container (`--only-rerun`,
+    `--rerun-except`, a callable `condition=`), is not applied: such a
+    failure is rerun (docs/pytest.md)."""
+
+    def __init__(self, item: pytest.Item, module: Any, reruns: int) -> None:
+        self.item = item
+        self.module = module
+        self.reruns = reruns
+        self.db = item.session.config.failures_db  # type: ignore[attr-defined]
+        # After a crashed xdist worker, the controller counts the attempts made.
+        self.count: int = self.db.get_test_failures(item.nodeid)
+        self.db.set_test_reruns(item.nodeid, reruns)
+
+    @classmethod
+    def for_item(cls, item: pytest.Item, module: Any) -> "Reruns | None":
+        """The decisions for `item` when the plugin would rerun it, else None."""
+        if module._is_rerun_path_excluded(item):
+            return None
+        reruns = module.get_reruns_count(item)
+        if reruns is None:
+            return None
+        if reruns and item.session.config.option.usepdb:
+            raise pytest.UsageError("--reruns incompatible with --pdb")
+        return cls(item, module, reruns)
+
+    def exhausted(self) -> bool:
+        """Whether no attempt is left at all (the plugin then reports nothing)."""
+        return self.count > self.reruns and self.count > 0
+
+    def next_attempt(self) -> None:
+        self.count += 1
+        self.item.execution_count = self.count  # type: ignore[attr-defined]
+
+    def mark(self, reports: list[Any]) -> bool:
+        """Mark this attempt's `reports`; True when the item runs again."""
+        module, item = self.module, self.item
+        condition = module.get_reruns_condition(item)
+        rerun = False
+        for report in reports:
+            report.rerun = self.count - 1
+            if rerun:
+                if report.failed:
+                    report.outcome = "rerun"
+                continue
+            if (self.count > self.reruns or not report.failed or hasattr(report, "wasxfail")
+                    or not condition):
+                continue
+            limit = item.session.config.option.max_suite_reruns
+            if limit is not None and not self.db.try_increment_suite_reruns(limit):
+                continue
+            report.outcome = "rerun"
+            rerun = True
+        if rerun:
+            import time
+
+            time.sleep(module.get_reruns_delay(item)
+                       * module.get_reruns_delay_backoff_factor(item) ** (self.count - 1))
+        return rerun
+
+    def logged(self, report: Any) -> bool:
+        """Whether the plugin logs `report` (a worker of an old xdist keeps reruns to itself)."""
+        return (report.outcome != "rerun" or self.module.is_master(self.item.config)
+                or self.module.works_with_current_xdist())

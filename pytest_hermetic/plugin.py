@@ -116,6 +116,9 @@ class HermeticRunner:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.all = config.getoption("hermetic")
+        # pytest-rerunfailures, whose protocol loop never runs for a hermetic
+        # test (this hook runs first): its reruns are made here (see compat.Reruns).
+        self.rerunfailures = config.pluginmanager.get_plugin("rerunfailures")
 
     def defaults(self) -> dict[str, Any]:
         config = self.config
@@ -216,7 +219,8 @@ class HermeticRunner:
         timeout = item.stash.get(_TIMEOUT_KEY, None)
         if timeout and spec.timeout is None:
             spec = spec.with_options(timeout=float(timeout))
-        run_in_container(item, nextitem, spec)
+        reruns = compat.Reruns.for_item(item, self.rerunfailures) if self.rerunfailures is not None else None
+        run_in_container(item, nextitem, spec, reruns)
         return True
 
     def pytest_sessionfinish(self) -> None:

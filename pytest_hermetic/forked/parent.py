@@ -31,10 +31,16 @@ from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
 
 
-def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> None:
+def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
+                     reruns: compat.Reruns | None = None) -> None:
     """pytest's run-test protocol for `item`, its function scope in a
-    container made from `spec`."""
+    container made from `spec`; with `reruns` (pytest-rerunfailures), each
+    attempt in a fresh container, logged as that plugin logs them."""
     ihook = item.ihook
+    if reruns is not None:
+        if reruns.exhausted():  # an xdist worker that crashed on it used them all
+            return
+        reruns.next_attempt()
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     setup, setup_sections = compat.under_capture(item.config, "setup",
                                                  lambda: compat.call_info(lambda: _setup_wide_scopes(item), "setup"))
@@ -44,31 +50,23 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
         compat.run_protocol(item, nextitem)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return
-    started = True
-    try:
-        events, result = _run_child(item, nextitem, spec)
-    except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
-        events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
-                                                       "failed", f"hermetic: {exc}", "setup", []))], None
-        started = False
-    reports = [e[1] for e in events if e[0] == "report"]
-    exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
-    if started and exit_event is None and not any(r.when == "teardown" for r in reports if not compat.is_subreport(r)):
-        events.append(("report", _crash_report(item, reports, result)))
-    teardown_report = None
-    for event in events:
-        if event[0] == "report":
-            report = event[1]
-            if report.when == "setup" and setup_sections:
-                report.sections[:0] = setup_sections
-            if report.when == "teardown" and not compat.is_subreport(report):
-                teardown_report = report
-                continue
-            ihook.pytest_runtest_logreport(report=report)
-        elif event[0] == "warning":
-            ihook.pytest_warning_recorded.call_historic(kwargs=event[1])
-        elif event[0] == "coverage":
-            coverage_relay.merge(event[1])
+    while True:
+        events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections)
+        if reruns is None or exit_event is not None:
+            break
+        reports = [e[1] for e in events if e[0] == "report"] + ([teardown_report] if teardown_report else [])
+        if not reruns.mark(reports):
+            break
+        # Rerun: this attempt is logged whole; the wider scopes stay set up
+        # for the next one, as the plugin keeps them.
+        _log_events(item, events, lambda r: reruns.logged(r))
+        if teardown_report is not None and reruns.logged(teardown_report):
+            ihook.pytest_runtest_logreport(report=teardown_report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        reruns.next_attempt()
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        setup_sections = []
+    _log_events(item, events)
     if item.session.shouldfail or item.session.shouldstop:
         nextitem = None
     teardown, teardown_sections = compat.under_capture(
@@ -83,6 +81,49 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
         if exit_event[0] == "interrupt":
             raise KeyboardInterrupt
         pytest.exit(exit_event[1], returncode=exit_event[2])
+
+
+def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
+             setup_sections: list) -> tuple[list[tuple], tuple | None, Any]:
+    """Run the item's function scope once in a container: its events (the
+    teardown report, logged after the parent's own teardown, taken out),
+    the exit or interrupt it asked for, and that teardown report."""
+    started = True
+    try:
+        events, result = _run_child(item, nextitem, spec)
+    except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
+        events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
+                                                       "failed", f"hermetic: {exc}", "setup", []))], None
+        started = False
+    reports = [e[1] for e in events if e[0] == "report"]
+    exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
+    if started and exit_event is None and not any(r.when == "teardown" for r in reports if not compat.is_subreport(r)):
+        events.append(("report", _crash_report(item, reports, result)))
+    teardown_report = None
+    kept = []
+    for event in events:
+        if event[0] == "report":
+            report = event[1]
+            if report.when == "setup" and setup_sections:
+                report.sections[:0] = setup_sections
+            if report.when == "teardown" and not compat.is_subreport(report):
+                teardown_report = report
+                continue
+        kept.append(event)
+    return kept, exit_event, teardown_report
+
+
+def _log_events(item: pytest.Item, events: list[tuple], logged: Any = None) -> None:
+    """Log an attempt's reports and warnings, merge its coverage."""
+    ihook = item.ihook
+    for event in events:
+        if event[0] == "report":
+            if logged is None or logged(event[1]):
+                ihook.pytest_runtest_logreport(report=event[1])
+        elif event[0] == "warning":
+            ihook.pytest_warning_recorded.call_historic(kwargs=event[1])
+        elif event[0] == "coverage":
+            coverage_relay.merge(event[1])
 
 
 def _setup_wide_scopes(item: pytest.Item) -> None:
