@@ -16,6 +16,7 @@ the reporting hooks); nothing here changes what pytest does.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Callable, TypeVar
 
 import pytest
@@ -226,22 +227,23 @@ class Reruns:
     Relies on `pytest_rerunfailures`' `get_reruns_count`,
     `get_reruns_delay`, `get_reruns_delay_backoff_factor`,
     `get_reruns_condition`, `_is_rerun_path_excluded`, `is_master`,
-    `works_with_current_xdist` and `config.failures_db` (16.x).  What needs
-    the exception object, which stays in the container (`--only-rerun`,
-    `--rerun-except`, a callable `condition=`), is not applied: such a
-    failure is rerun (docs/pytest.md)."""
+    `works_with_current_xdist` and `config.failures_db` (16.x).  What the
+    plugin decides from the exception, which stays in the container
+    (`--only-rerun`, `--rerun-except`, `condition=`), comes home on the
+    reports (see `RerunVerdicts`)."""
 
     def __init__(self, item: pytest.Item, module: Any, reruns: int) -> None:
         self.item = item
         self.module = module
         self.reruns = reruns
+        self.verdicts: RerunVerdicts = item.config.pluginmanager.get_plugin(RerunVerdicts.NAME)  # type: ignore[assignment]
         self.db = item.session.config.failures_db  # type: ignore[attr-defined]
         # After a crashed xdist worker, the controller counts the attempts made.
         self.count: int = self.db.get_test_failures(item.nodeid)
         self.db.set_test_reruns(item.nodeid, reruns)
 
     @classmethod
-    def for_item(cls, item: pytest.Item, module: Any) -> "Reruns | None":
+    def for_item(cls, item: pytest.Item, module: Any) -> Reruns | None:
         """The decisions for `item` when the plugin would rerun it, else None."""
         if module._is_rerun_path_excluded(item):
             return None
@@ -260,19 +262,33 @@ class Reruns:
         self.count += 1
         self.item.execution_count = self.count  # type: ignore[attr-defined]
 
-    def mark(self, reports: list[Any]) -> bool:
-        """Mark this attempt's `reports`; True when the item runs again."""
+    def watching(self) -> contextlib.AbstractContextManager[None]:
+        """Around an attempt's fork: its child records the verdicts."""
+        return self.verdicts.watching()
+
+    def mark(self, reports: list[Any], last: bool = False) -> bool:
+        """Mark this attempt's `reports`; True when the item runs again
+        (never when `last`: the session stops)."""
         module, item = self.module, self.item
-        condition = module.get_reruns_condition(item)
+        terminal = False
+        condition = None
+        for report in reports:
+            terminal = report.__dict__.pop(RerunVerdicts.TERMINAL, False) or terminal
+            found = report.__dict__.pop(RerunVerdicts.CONDITION, None)
+            condition = found if found is not None else condition
+        if condition is None:  # the child died before its teardown: the condition without an exception
+            condition = module.get_reruns_condition(item)
         rerun = False
         for report in reports:
             report.rerun = self.count - 1
+            if is_subreport(report):  # logged as they came, not rerun (docs/pytest.md)
+                continue
             if rerun:
                 if report.failed:
                     report.outcome = "rerun"
                 continue
-            if (self.count > self.reruns or not report.failed or hasattr(report, "wasxfail")
-                    or not condition):
+            if (last or self.count > self.reruns or not report.failed or hasattr(report, "wasxfail")
+                    or terminal or not condition):
                 continue
             limit = item.session.config.option.max_suite_reruns
             if limit is not None and not self.db.try_increment_suite_reruns(limit):
@@ -280,8 +296,6 @@ class Reruns:
             report.outcome = "rerun"
             rerun = True
         if rerun:
-            import time
-
             time.sleep(module.get_reruns_delay(item)
                        * module.get_reruns_delay_backoff_factor(item) ** (self.count - 1))
         return rerun
@@ -290,3 +304,44 @@ class Reruns:
         """Whether the plugin logs `report` (a worker of an old xdist keeps reruns to itself)."""
         return (report.outcome != "rerun" or self.module.is_master(self.item.config)
                 or self.module.works_with_current_xdist())
+
+
+class RerunVerdicts:
+    """What pytest-rerunfailures decides from a failure's exception, which
+    only the container's child has, copied onto the reports it sends home:
+    whether an error rules a rerun out (`--only-rerun`, `--rerun-except`:
+    the plugin's `item._terminal_errors`) and the marker's `condition=` as
+    the plugin evaluates it after an attempt.  Registered once in the
+    parent, inert there; active in a child forked while `watching`.
+
+    Relies on `pytest_rerunfailures`' `item._terminal_errors` (set by its
+    `pytest_runtest_makereport` wrapper, inside this one),
+    `get_reruns_condition` and `_get_reruns_condition_failures`."""
+
+    NAME = "hermetic-rerun-verdicts"
+    TERMINAL = "hermetic_rerun_terminal"
+    CONDITION = "hermetic_rerun_condition"
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.active = False
+
+    @contextlib.contextmanager
+    def watching(self) -> Any:
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        report = yield
+        if self.active:
+            if getattr(item, "_terminal_errors", {}).get(report.when):
+                setattr(report, self.TERMINAL, True)
+            if report.when == "teardown":
+                module = self.module
+                setattr(report, self.CONDITION,
+                        bool(module.get_reruns_condition(item, module._get_reruns_condition_failures(item))))
+        return report

@@ -119,6 +119,8 @@ class HermeticRunner:
         # pytest-rerunfailures, whose protocol loop never runs for a hermetic
         # test (this hook runs first): its reruns are made here (see compat.Reruns).
         self.rerunfailures = config.pluginmanager.get_plugin("rerunfailures")
+        if self.rerunfailures is not None:
+            config.pluginmanager.register(compat.RerunVerdicts(self.rerunfailures), compat.RerunVerdicts.NAME)
 
     def defaults(self) -> dict[str, Any]:
         config = self.config

@@ -105,3 +105,26 @@ def test_once(request, tmp_path_factory):
 ''')
     result = _session(pytester, "--hermetic", "-p", "no:rerunfailures", "-W", "ignore::pytest.PytestUnknownMarkWarning")
     result.assert_outcomes(failed=1)
+
+
+def test_the_plugin_decides_from_the_exception_raised_inside(pytester: pytest.Pytester):
+    # --only-rerun and condition= need the exception, which only the
+    # container has: the same tests are rerun as in place.
+    pytester.makepyfile(test_inner='''
+import pytest
+
+def test_value():
+    raise ValueError("rerun me")
+
+def test_key():
+    raise KeyError("not me")
+
+@pytest.mark.flaky(reruns=2, condition="sys.platform == 'nowhere'")
+def test_condition_false():
+    assert False
+''')
+    hermetic = _session(pytester, "--hermetic", "--reruns", "2", "--only-rerun", "ValueError")
+    counts, lines = _conclusion(hermetic)
+    assert counts == {"failed": 3, "rerun": 2}, hermetic.stdout.str()
+    assert lines.count("RERUN test_inner.py::test_value") == 2, lines
+    assert _conclusion(_session(pytester, "--reruns", "2", "--only-rerun", "ValueError")) == (counts, lines)

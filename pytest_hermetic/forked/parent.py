@@ -9,6 +9,7 @@ failure report that says why.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import pickle
@@ -51,11 +52,15 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return
     while True:
-        events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections)
-        if reruns is None or exit_event is not None:
+        if reruns is None:
+            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections)
+        else:
+            with reruns.watching():
+                events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections)
+        if reruns is None:
             break
         reports = [e[1] for e in events if e[0] == "report"] + ([teardown_report] if teardown_report else [])
-        if not reruns.mark(reports):
+        if not reruns.mark(reports, last=exit_event is not None):
             break
         # Rerun: this attempt is logged whole; the wider scopes stay set up
         # for the next one, as the plugin keeps them.
@@ -232,6 +237,8 @@ class _Services:
         try:
             self.relay = loopback_relay.Relay(loopback_relay.test_process(self.container.pid), relayed)
         except OSError as exc:  # the child is gone already, or this kernel lacks pidfd_getfd (before 5.6)
+            if isinstance(exc, ProcessLookupError) or exc.errno in (errno.ESRCH, errno.ENOENT):
+                return  # a quick test ended before its relay began: nothing left to relay to
             warnings.warn(f"hermetic: the pytest process's listeners are not reachable in this test: {exc}",
                           stacklevel=1)
 
