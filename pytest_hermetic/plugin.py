@@ -225,6 +225,15 @@ class HermeticRunner:
         run_in_container(item, nextitem, spec, reruns)
         return True
 
+    def pytest_sessionstart(self) -> None:
+        # pytest-rerunfailures' status server (xdist's controller; also
+        # without -n when xdist is installed) serves other processes, never a test.
+        server = getattr(getattr(self.config, "failures_db", None), "sock", None)
+        if self.rerunfailures is not None and server is not None:
+            from .forked.loopback_relay import keep_private
+
+            keep_private(server.fileno())
+
     def pytest_sessionfinish(self) -> None:
         _finish()
 

@@ -128,3 +128,21 @@ def test_condition_false():
     assert counts == {"failed": 3, "rerun": 2}, hermetic.stdout.str()
     assert lines.count("RERUN test_inner.py::test_value") == 2, lines
     assert _conclusion(_session(pytester, "--reruns", "2", "--only-rerun", "ValueError")) == (counts, lines)
+
+
+def test_the_plugins_status_server_is_not_relayed_into_tests(pytester: pytest.Pytester):
+    # With xdist installed the plugin listens on loopback for its workers;
+    # a test never needs it, and mirroring it would cost every test a relay.
+    pytester.makepyfile(test_inner='''
+import socket, pytest
+
+@pytest.fixture(scope="session")
+def port(request):  # in the pytest process, where the server is
+    return request.config.failures_db.sock_port
+
+def test_unreachable(port):
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+''')
+    result = _session(pytester, "--hermetic", "-p", "xdist", "-W", "error")
+    assert result.parseoutcomes() == {"passed": 1}, result.stdout.str()

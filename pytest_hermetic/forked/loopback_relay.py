@@ -57,6 +57,17 @@ _LOOPBACK_OR_ANY = {socket.AF_INET: lambda a: a.startswith("127.") or a == "0.0.
                     socket.AF_INET6: lambda a: a in ("::1", "::")}
 
 
+_private: set[int] = set()
+
+
+def keep_private(fd: int) -> None:
+    """Leave the listener `fd` of this process out of every test: a
+    plugin's own control socket that only other processes reach
+    (pytest-rerunfailures' status server for xdist workers), which would
+    otherwise cost each test a mirror and a relay thread."""
+    _private.add(fd)
+
+
 def listeners(loops: dict | None = None) -> list[Listener]:
     """Every TCP socket of this process listening, and every UDP socket
     bound and not connected, on loopback or on every address.  With
@@ -70,6 +81,8 @@ def listeners(loops: dict | None = None) -> list[Listener]:
     found: dict[tuple, Listener] = {}
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
+        if fd in _private:
+            continue
         try:
             info = os.fstat(fd)
             if not stat.S_ISSOCK(info.st_mode):
