@@ -216,6 +216,17 @@ def message_longrepr(item: pytest.Item, text: str) -> Any:
                              reprcrash=ReprFileLocation(path=str(path), lineno=(lineno or 0) + 1, message=text))
 
 
+_RERUNFAILURES_NAMES = ("get_reruns_count", "get_reruns_delay", "get_reruns_delay_backoff_factor",
+                        "get_reruns_condition", "_get_reruns_condition_failures", "_is_rerun_path_excluded",
+                        "is_master", "works_with_current_xdist")
+
+
+def rerunfailures_missing(module: Any) -> list[str]:
+    """The names `Reruns` and `RerunVerdicts` need that this
+    pytest-rerunfailures lacks (an older release than 16.7)."""
+    return [name for name in _RERUNFAILURES_NAMES if not hasattr(module, name)]
+
+
 class Reruns:
     """pytest-rerunfailures' decisions for one hermetic item, whose attempts
     each run in a fresh container while the plugin's own protocol loop (which

@@ -119,6 +119,12 @@ class HermeticRunner:
         # pytest-rerunfailures, whose protocol loop never runs for a hermetic
         # test (this hook runs first): its reruns are made here (see compat.Reruns).
         self.rerunfailures = config.pluginmanager.get_plugin("rerunfailures")
+        missing = compat.rerunfailures_missing(self.rerunfailures) if self.rerunfailures is not None else []
+        if missing:
+            config.issue_config_time_warning(pytest.PytestConfigWarning(
+                f"hermetic: this pytest-rerunfailures lacks {', '.join(missing)}: hermetic tests are not rerun; "
+                "install pytest-rerunfailures 16.7 or newer"), stacklevel=2)
+            self.rerunfailures = None
         if self.rerunfailures is not None:
             config.pluginmanager.register(compat.RerunVerdicts(self.rerunfailures), compat.RerunVerdicts.NAME)
 
