@@ -65,7 +65,8 @@ def add_parsers(verb: "Verb") -> None:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from ..detached import ports_of, status
+    from ..detached import status
+    from ..publish import ports_of
     from ..state import list_states
 
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PIDS", "NETWORK", "PORTS")]
@@ -249,7 +250,9 @@ def cmd_port(args: argparse.Namespace) -> int:
     from .. import detached
     from ..errors import SpecError
 
-    ports = detached.ports_of(detached.find(args.container))
+    from ..publish import ports_of
+
+    ports = ports_of(detached.find(args.container))
     if args.port:
         number, _, protocol = args.port.partition("/")
         if not number.isdigit() or protocol not in ("", "tcp", "udp"):
