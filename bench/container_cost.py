@@ -9,6 +9,7 @@ Contenders (each is one function below, timed end to end per container):
   bwrap --unshare-all    bubblewrap, ro bind of /, fresh /proc, /dev, /tmp
   crun run               a minimal OCI bundle (busybox rootfs, read-only),
                          pid/mount/ipc/uts/network namespaces, then deleted
+  runc run               the same bundle with runc
   podman run --rm        --network=none of a busybox image imported from /bin/busybox
 
 Method: warm-up runs, then N rounds; each round runs every contender once in a
@@ -66,6 +67,7 @@ class Bench:
         self.hermetic = _hermetic_command()
         self.bwrap = shutil.which("bwrap") or ""  # "" when not installed
         self.crun = shutil.which("crun") or ""
+        self.runc = shutil.which("runc") or ""
         self.podman = shutil.which("podman") or ""
         self.nsenter: list[str] = []  # prefix that runs a command in the helper namespace
         self.crun_count = 0
@@ -133,13 +135,18 @@ def run_bwrap(b: Bench) -> None:
                   "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true"])
 
 
-def run_crun(b: Bench) -> None:
+def run_crun(b: Bench, tool: str = "crun") -> None:
     b.crun_count += 1
-    cid = f"bench-crun-{os.getpid()}-{b.crun_count}"  # not "hermetic-": `hermetic gc` owns those
-    state = f"{b.tmp}/crun-state"
-    b.spawn_wait(b.nsenter + [b.crun, "--root", state, "run", "--bundle", f"{b.tmp}/bundle", cid])
-    if os.path.exists(f"{state}/{cid}"):  # `crun run` deletes it on exit; make sure
-        b.spawn_wait(b.nsenter + [b.crun, "--root", state, "delete", "--force", cid])
+    cid = f"bench-{tool}-{os.getpid()}-{b.crun_count}"  # not "hermetic-": `hermetic gc` owns those
+    state = f"{b.tmp}/{tool}-state"
+    binary = b.crun if tool == "crun" else b.runc
+    b.spawn_wait(b.nsenter + [binary, "--root", state, "run", "--bundle", f"{b.tmp}/bundle", cid])
+    if os.path.exists(f"{state}/{cid}"):  # `run` deletes it on exit; make sure
+        b.spawn_wait(b.nsenter + [binary, "--root", state, "delete", "--force", cid])
+
+
+def run_runc(b: Bench) -> None:
+    run_crun(b, "runc")
 
 
 def run_podman(b: Bench) -> None:
@@ -179,7 +186,7 @@ def busybox_rootfs(path: str) -> None:
 
 
 def setup_crun(b: Bench) -> str | None:
-    if not b.crun:
+    if not b.crun and not b.runc:
         return "not installed"
     bundle = f"{b.tmp}/bundle"
     busybox_rootfs(f"{bundle}/rootfs")
@@ -253,7 +260,7 @@ def remove_leftovers(cgroups_before: set[str], paths_before: set[str]) -> None:
     """rmdir the cgroups podman (libpod_parent) and crun (bench-crun-*) left;
     delete podman's system paths when this run created them."""
     ours = [d for d in cgroup_dirs() - cgroups_before
-            if "/libpod_parent" in d or os.path.basename(d).startswith("bench-crun-")]
+            if "/libpod_parent" in d or os.path.basename(d).startswith(("bench-crun-", "bench-runc-"))]
     for path in sorted(ours, key=len, reverse=True):
         try:
             os.rmdir(path)
@@ -283,7 +290,7 @@ def tool_versions(b: Bench) -> dict[str, str]:
         versions = {"pytest-hermetic": version("pytest-hermetic")}
     except PackageNotFoundError:
         versions = {"pytest-hermetic": "unknown"}
-    for name, path in (("bwrap", b.bwrap), ("crun", b.crun), ("podman", b.podman)):
+    for name, path in (("bwrap", b.bwrap), ("crun", b.crun), ("runc", b.runc), ("podman", b.podman)):
         if not path:
             versions[name] = "not installed"
             continue
@@ -307,8 +314,10 @@ def print_report(args, info, versions, stats, skipped, rounds_done) -> None:
     base = stats.get("fork+exec true", {}).get("median", 0.0)
     api_bwrap = ratio(stats, "hermetic (in process)", "bwrap --unshare-all")
     cli_podman = ratio(stats, "hermetic run (CLI)", "podman run --rm")
+    cli_runc = ratio(stats, "hermetic run (CLI)", "runc run")
     ratios = [
-        ("in-process hermetic / bwrap", api_bwrap, "target <= 2.0", api_bwrap is not None and api_bwrap <= 2.0),
+        ("in-process hermetic / bwrap", api_bwrap, "#16 target <= 1.0", api_bwrap is not None and api_bwrap <= 1.0),
+        ("CLI hermetic / runc run", cli_runc, "#16 target <= 1.0", cli_runc is not None and cli_runc <= 1.0),
         ("CLI hermetic / podman run", cli_podman, "target < 0.5", cli_podman is not None and cli_podman < 0.5),
     ]
     if args.markdown:
@@ -362,14 +371,19 @@ def main(argv: list[str] | None = None) -> int:
             "hermetic run (CLI)": run_hermetic_cli,
             "bwrap --unshare-all": run_bwrap,
             "crun run": run_crun,
+            "runc run": run_runc,
             "podman run --rm": run_podman,
         }
         if not b.bwrap:
             skipped["bwrap --unshare-all"] = "not installed"
-        if b.crun or b.podman:
+        if b.crun or b.runc or b.podman:
             start_helper_namespace(b, stack)
         if (note := setup_crun(b)) is not None:
-            skipped["crun run"] = note
+            skipped["crun run"] = skipped["runc run"] = note
+        if not b.crun:
+            skipped["crun run"] = "not installed"
+        if not b.runc:
+            skipped["runc run"] = "not installed"
         if b.podman:
             stack.callback(teardown_podman, b)  # runs before the helper namespace stops
         if (note := setup_podman(b)) is not None:

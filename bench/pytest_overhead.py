@@ -46,6 +46,7 @@ import platform
 import pstats
 import random
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -84,12 +85,20 @@ MODES = {
 }
 PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]  # after the interpreter
 TESTS_PER_FILE = 50
+CPU_S: dict[tuple[str, int], list[float]] = {}  # (mode, tests) -> CPU seconds of each measured session
 
 
-def make_project(root: str, tests: int) -> None:
+def make_project(root: str, tests: int, shape: str = "files") -> None:
+    """`files`: N functions, TESTS_PER_FILE to a file; `param`: one test
+    parametrized N times in one file (the issue's second suite shape)."""
     os.makedirs(root)
     with open(f"{root}/pytest.ini", "w") as f:  # fixes the rootdir; no addopts
         f.write("[pytest]\n")
+    if shape == "param" and tests:
+        with open(f"{root}/test_param.py", "w") as f:
+            f.write(f"import pytest\n\n\n@pytest.mark.parametrize('i', range({tests}))\n"
+                    "def test_param(i):\n    assert i + 1 > i\n")
+        return
     for first in range(0, tests, TESTS_PER_FILE):
         with open(f"{root}/test_trivial_{first // TESTS_PER_FILE:03d}.py", "w") as f:
             for i in range(first, min(first + TESTS_PER_FILE, tests)):
@@ -119,9 +128,15 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
     """One pytest session; its wall time in seconds.  Raises unless every
     test passed (or, for 0 tests, unless pytest said "no tests ran")."""
     argv = [*python, *PYTEST, *plugins, *MODES[mode]]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter_ns()
     done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     elapsed = (time.perf_counter_ns() - t0) / 1e9
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU time of the session and every process it waited for (user+sys):
+    # far steadier than wall time on a loaded machine.
+    CPU_S.setdefault((mode, tests), []).append(
+        after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     lines = done.stdout.strip().splitlines()
     last = lines[-1] if lines else ""
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", last)}
@@ -173,7 +188,11 @@ def summarize(samples: dict[tuple[str, int], list[float]], tests: int) -> dict:
     result: dict = {"sessions_s": {f"{m} x{n}": spread(s) for (m, n), s in samples.items()}, "modes": {}}
     for mode in MODES:
         paired = [(a - b) / tests * 1e3 for a, b in zip(samples[mode, tests], samples["plain", tests])]
+        cpu = CPU_S.get((mode, tests), [])
+        cpu_plain = CPU_S.get(("plain", tests), [])
         result["modes"][mode] = {
+            "cpu_per_test_ms": statistics.median(cpu) / tests * 1e3 if cpu else None,
+            "cpu_overhead_ms": (statistics.median(cpu) - statistics.median(cpu_plain)) / tests * 1e3 if cpu and cpu_plain else None,
             "per_test_ms": med[mode, tests] / tests * 1e3,
             "overhead_ms": (med[mode, tests] - med["plain", tests]) / tests * 1e3,
             "overhead_paired_ms": spread(paired),
@@ -184,6 +203,8 @@ def summarize(samples: dict[tuple[str, int], list[float]], tests: int) -> dict:
     modes = result["modes"]
     if modes["forked"]["overhead_ms"] > 0:
         result["ratio"] = modes["hermetic"]["overhead_ms"] / modes["forked"]["overhead_ms"]
+    if (modes["forked"]["cpu_overhead_ms"] or 0) > 0:
+        result["cpu_ratio"] = modes["hermetic"]["cpu_overhead_ms"] / modes["forked"]["cpu_overhead_ms"]
     if modes["forked"]["overhead_no_startup_ms"] > 0:
         result["ratio_no_startup"] = (modes["hermetic"]["overhead_no_startup_ms"]
                                       / modes["forked"]["overhead_no_startup_ms"])
@@ -193,7 +214,7 @@ def summarize(samples: dict[tuple[str, int], list[float]], tests: int) -> dict:
 def verdict(ratio: float | None) -> str:
     if ratio is None:
         return "n/a"
-    return f"{ratio:.2f} (target at most 1.5: {'met' if ratio <= 1.5 else 'NOT met'}; aim 1.0)"
+    return f"{ratio:.2f} (target at most 1.0, issue #16: {'met' if ratio <= 1.0 else 'NOT met'})"
 
 
 def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> None:
@@ -202,7 +223,7 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
     if args.markdown:
         print("\n- Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
         print(f"- Load average (1, 5, 15 min): {load}")
-        print(f"- {rounds} interleaved rounds (+1 warm-up session per mode), {n} tests per session\n")
+        print(f"- {rounds} interleaved rounds (+1 warm-up session per mode), {n} tests per session ({args.shape})\n")
         print("| Mode | session, median s | p10 | p90 | per test, ms | overhead per test vs plain, ms "
               "| per-round overhead p10-p90, ms | 0-test session, s |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -215,12 +236,16 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
                   f"| {over} | {rng} | {m['startup_s']:.2f} |")
         print()
         print(f"- hermetic / forked, per-test overhead: **{verdict(summary.get('ratio'))}**")
+        if "cpu_ratio" in summary:
+            print("- CPU time per test over plain (user+sys, session and children): " + ", ".join(
+                f"{mode} {m['cpu_overhead_ms']:+.2f} ms" for mode, m in summary["modes"].items() if mode != "plain")
+                + f"; hermetic / forked **{summary['cpu_ratio']:.2f}**")
         print("- the same with each mode's 0-test session subtracted first (start-up excluded): "
               f"forked {summary['modes']['forked']['overhead_no_startup_ms']:.2f} ms, "
               f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms, "
               f"ratio {verdict(summary.get('ratio_no_startup'))}")
         return
-    print(f"\n{rounds} rounds, {n} tests per session; sessions in s, per test in ms")
+    print(f"\n{rounds} rounds, {n} tests per session ({args.shape}); sessions in s, per test in ms")
     print(f"{'mode':<10}{'median':>8}{'p10':>8}{'p90':>8}{'per test':>10}{'overhead':>10}{'p10-p90':>16}{'0 tests':>9}")
     for mode, m in summary["modes"].items():
         t = s[f"{mode} x{n}"]
@@ -228,6 +253,9 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
         print(f"{mode:<10}{t['median']:>8.2f}{t['p10']:>8.2f}{t['p90']:>8.2f}{m['per_test_ms']:>10.2f}"
               f"{m['overhead_ms']:>+10.2f}{o['p10']:>8.2f}-{o['p90']:<7.2f}{m['startup_s']:>9.2f}")
     print(f"hermetic / forked, per-test overhead: {verdict(summary.get('ratio'))}")
+    print("CPU time (user+sys of the session and its children) per test over plain: " + ", ".join(
+        f"{mode} {m['cpu_overhead_ms']:+.2f} ms" for mode, m in summary["modes"].items() if m["cpu_overhead_ms"] is not None)
+        + (f"; hermetic / forked {summary['cpu_ratio']:.2f}" if "cpu_ratio" in summary else ""))
     print(f"start-up excluded: forked {summary['modes']['forked']['overhead_no_startup_ms']:.2f} ms, "
           f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms per test, "
           f"ratio {verdict(summary.get('ratio_no_startup'))}")
@@ -244,13 +272,15 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
 # the reports), Container.remove (its time summed per test).  A child
 # inherits its parent's notes and adds, at exit, its minor page faults and
 # CPU time.  With TRACE_PROFILE=1 each child also runs under its own
-# cProfile.  Children write through a directory fd opened before the fork
-# (the container's root hides the directory).
+# cProfile.  Every process appends its records to one journal file through
+# an fd opened before the fork (the container's root hides the directory,
+# and a container keeps a regular file's fd where it would replace a
+# directory's: #10); `unpack_journal` splits it into files afterwards.
 TRACE = "hermetic_bench_trace"
 TRACE_SOURCE = '''\
 import cProfile, json, marshal, os, resource, time
 
-_dir = os.open(os.environ["TRACE_DIR"], os.O_RDONLY | os.O_DIRECTORY)
+_journal = os.open(os.path.join(os.environ["TRACE_DIR"], "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 _profile = os.environ.get("TRACE_PROFILE") == "1"
 _real_exit = os._exit
 _depth = 0  # 0 in pytest, 1 in its fork, 2 in a fork of that
@@ -259,13 +289,8 @@ _profiler = None
 
 
 def _write(name, data):
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=_dir)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
+    record = name.encode() + b"\\0" + len(data).to_bytes(8, "little") + data
+    assert os.write(_journal, record) == len(record)  # one O_APPEND write: whole, never interleaved
 
 
 def _before_fork():
@@ -379,8 +404,26 @@ def trace_session(args, project: str, envs: dict, tmp: str, name: str, cprofile:
     return run_session("hermetic", project, args.tests, env, python, ("-p", TRACE)), folder
 
 
+def unpack_journal(folder: str) -> None:
+    """The traced processes' records, each into its own file in `folder`."""
+    try:
+        with open(f"{folder}/journal", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return
+    at = 0
+    while at < len(data):
+        end = data.index(b"\0", at)
+        size = int.from_bytes(data[end + 1:end + 9], "little")
+        with open(f"{folder}/{data[at:end].decode()}", "wb") as out:
+            out.write(data[end + 9:end + 9 + size])
+        at = end + 9 + size
+    os.unlink(f"{folder}/journal")
+
+
 def timeline(folder: str) -> dict[str, dict[str, float]]:
     """Per phase and counter: median, p10, p90 over the traced tests."""
+    unpack_journal(folder)
     tests: dict[str, dict[str, float]] = {}
     # Deepest first, so pytest's own (latest) notes win over what a child inherited.
     names = sorted((n for n in os.listdir(folder) if n.endswith(".json")),
@@ -428,6 +471,7 @@ def profile(args, project: str, envs: dict, tmp: str) -> dict:
     ours = [k for k in entries if "pytest_hermetic" in k[0]]
     _table(parent, sorted(ours, key=lambda k: entries[k][3], reverse=True)[:20], n,
            "pytest, top 20 pytest_hermetic functions by cumtime")
+    unpack_journal(folder)
     for depth, title in ((1, "the fork of pytest (the container's set-up and, as root, the test)"),
                          (2, "a fork of that fork, if any")):
         files = sorted(f"{folder}/{name}" for name in os.listdir(folder) if name.endswith(f"-{depth}.prof"))
@@ -464,6 +508,8 @@ def _short(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", type=int, default=200, help="tests per session (default 200)")
+    parser.add_argument("--shape", choices=("files", "param"), default="files",
+                        help="files: N test functions, 50 to a file (default); param: one test parametrized N times")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5; 0 with --profile only)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the order shuffle")
     parser.add_argument("--json", metavar="FILE", help="write raw session times (s) and the summary here")
@@ -494,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 0
     with tempfile.TemporaryDirectory(prefix="hermetic-pytest-bench-", dir=args.dir) as tmp:
         envs = session_envs(tmp)
-        make_project(f"{tmp}/tests", args.tests)
+        make_project(f"{tmp}/tests", args.tests, args.shape)
         make_project(f"{tmp}/empty", 0)
         project = {args.tests: f"{tmp}/tests", 0: f"{tmp}/empty"}
         try:
@@ -502,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in MODES:  # warm-up: bytecode caches, page cache
                     run_session(mode, project[args.tests], args.tests, envs[mode])
                     run_session(mode, project[0], 0, envs[mode])
+                CPU_S.clear()  # the measured rounds' only
             rng = random.Random(args.seed)
             order = list(samples)
             for _ in range(args.rounds):
@@ -531,8 +578,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                        "machine": info, "load": {"start": load_start, "rounds": loads, "end": load_end},
-                       "tests": args.tests, "rounds": rounds, "modes": MODES, "summary": summary,
+                       "tests": args.tests, "shape": args.shape, "rounds": rounds, "modes": MODES, "summary": summary,
                        "samples_s": {f"{m} x{n}": s for (m, n), s in samples.items()},
+                       "cpu_s": {f"{m} x{n}": s for (m, n), s in CPU_S.items()},
                        "hermetic_timeline_ms": phases}, f, indent=1)
     return 0
 

@@ -29,10 +29,12 @@ def start_time(pid: int) -> int | None:
 
 def owner() -> dict:
     """This process as an owner record, for state files."""
-    return {"owner_pid": os.getpid(), "owner_start": start_time(os.getpid())}
+    owner_key()  # read once per process (and again after a fork)
+    assert _key is not None
+    return {"owner_pid": _key[0], "owner_start": _key[2]}
 
 
-_key: tuple[int, str] | None = None
+_key: tuple[int, str, int | None] | None = None
 
 
 def owner_key() -> str:
@@ -43,7 +45,8 @@ def owner_key() -> str:
     global _key
     pid = os.getpid()
     if _key is None or _key[0] != pid:
-        _key = (pid, f"{pid}-{start_time(pid)}")
+        start = start_time(pid)
+        _key = (pid, f"{pid}-{start}", start)
     return _key[1]
 
 

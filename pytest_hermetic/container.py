@@ -152,7 +152,7 @@ class Container:
 
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
               stdout: int | None = None, stderr: int | None = None, log: bool = False,
-              tty: bytes | None = None) -> "Container":
+              tty: bytes | None = None, prepare_next: bool = False) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
@@ -160,7 +160,10 @@ class Container:
         `log_path` in its state folder instead (`hermetic run -d`).  With
         `tty` (a struct winsize, 8 bytes) the command runs on a pty of the
         container's own instead, and `self.tty` is its master's fd (the
-        caller's to read, write and close)."""
+        caller's to read, write and close).  `prepare_next`: while this one
+        builds its root, make the next container's network, IPC and UTS
+        namespaces (runtime/spare.py; the pytest plugin, which starts one
+        container after another)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         image = self.image = self._resolve_and_use()
@@ -176,10 +179,12 @@ class Container:
         limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
                                 accounting=self.spec.accounting)
         try:
-            self._make_state_dir()
             # The owner's pid in the name lets `gc` clear the cgroup of a
-            # killed owner at once (an untracked container has no state file).
+            # killed owner at once (an untracked container has no state file,
+            # a tracked one none yet): made first, so state.json, written
+            # with the folder, names it, and is written once without a network.
             self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits, default_pids=DEFAULT_PIDS)
+            self._make_state_dir()
             config = self._process_config(image, argv)
             log_fd = None
             if log:
@@ -187,6 +192,7 @@ class Container:
                 log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
+            config.make_spare = prepare_next
             if tty is not None:
                 if target is not None:
                     raise SpecError("a terminal (tty) is for a command, not for a Python callable")
@@ -196,8 +202,8 @@ class Container:
                 config.tty = pair.console
             if self.spec.net is not False:
                 self._join_network(config)
-            if self.state_dir is not None:
-                self._write_state()  # before the start, so `gc` knows whose it is
+                if self.state_dir is not None:
+                    self._write_state()  # its network and address, before the start
             if target is not None and self.spec.env:
                 target = _with_environment(target, dict(self.spec.env))
             self.started_at = time.monotonic()

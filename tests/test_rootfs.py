@@ -67,7 +67,7 @@ def test_commit_round_trip(busybox_image, tmp_path):
     assert ran.stdout.split() == ["added", "replaced", "n", "only", "deleted"], ran.stderr
     original = run_cli("run", busybox_image, "sh", "-c", "test -e /added || echo clean; cat /etc/os-release | head -1; ls /home | wc -l")
     assert original.stdout.split()[0] == "clean"
-    assert "hermetic busybox fixture" in original.stdout
+    assert 'NAME="hermetic busybox"' in original.stdout
 
 
 def test_commit_of_host_container_replays_its_layer():

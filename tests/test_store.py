@@ -48,7 +48,7 @@ def test_gc_keeps_referenced_and_removes_the_rest(tmp_path, busybox_rootfs):
 
 def test_missing_and_corrupt(tmp_path):
     store = Store(str(tmp_path / "store"))
-    with pytest.raises(ImageNotFound, match="hermetic import dir:ROOTFS nothing:latest"):
+    with pytest.raises(ImageNotFound, match=r"image .nothing:latest. is not in the local store .*`hermetic import`"):
         resolve_or_pull(store, "nothing")
     with pytest.raises(ImageNotFound, match="not in the local store .*; pull it with `hermetic pull nothing`"):
         store.resolve("nothing")  # the store alone never pulls

@@ -56,12 +56,25 @@ class _Parser(argparse.ArgumentParser):
     def _get_formatter(self) -> argparse.HelpFormatter:
         # argparse makes one for each add_argument (to check its metavar),
         # and each asks the terminal's size: once per process is enough
-        # (about 4 µs an option, 0.13 ms of `hermetic run`'s start).
+        # (about 4 µs an option, 0.13 ms of `hermetic run`'s start); and not
+        # through shutil, whose import brings bz2, lzma and fnmatch (~2.5 ms).
         if _Parser._width is None:
-            import shutil
-
-            _Parser._width = shutil.get_terminal_size().columns - 2  # HelpFormatter's own default
+            _Parser._width = _columns() - 2  # HelpFormatter's own default
         return self.formatter_class(prog=self.prog, width=_Parser._width)  # type: ignore[call-arg]  # HelpFormatter's
+
+
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size says it (COLUMNS, then stdout's terminal, then 80)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 class _Skipped:

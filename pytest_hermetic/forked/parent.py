@@ -131,7 +131,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
-            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)))
+            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)),
+                            prepare_next=True)  # the next test's namespaces, made while this one's child sets up
         finally:
             gc.unfreeze()
             os.close(write_fd)

@@ -21,10 +21,12 @@ DEFAULT_TAG = "latest"
 TRANSPORTS = ("oci", "docker-archive", "dir", "tar", "busybox")
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_DOMAIN = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$|^\[[0-9a-fA-F:]+\](?::[0-9]+)?$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# Patterns, compiled on first use by re's own cache: compiling all four at
+# import cost ~1 ms of every `hermetic run`, which for `host` uses none.
+_REPOSITORY = rf"^{_COMPONENT}(?:/{_COMPONENT})*$"
+_DOMAIN = r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$|^\[[0-9a-fA-F:]+\](?::[0-9]+)?$"
+_TAG = r"^[\w][\w.-]{0,127}$"
+_DIGEST = r"^sha256:[0-9a-f]{64}$"
 
 
 @record(frozen=True)
@@ -102,25 +104,25 @@ def _parse_docker(text: str) -> Reference:
     remainder, digest = text, None
     if "@" in remainder:
         remainder, _, digest = remainder.partition("@")
-        if not _DIGEST.fullmatch(digest):
+        if not re.fullmatch(_DIGEST, digest):
             raise ImageReferenceError(f"{text!r}: bad digest {digest!r}; expected sha256: and 64 hex digits")
     tag = None
     slash = remainder.rfind("/")
     colon = remainder.rfind(":")
     if colon > slash:
         remainder, tag = remainder[:colon], remainder[colon + 1:]
-        if not _TAG.fullmatch(tag):
+        if not re.fullmatch(_TAG, tag):
             raise ImageReferenceError(f"{text!r}: bad tag {tag!r}; tags are letters, digits, '_', '.', '-' (at most 128)")
     first, sep, after = remainder.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         registry, repository = first, after
-        if not _DOMAIN.fullmatch(registry):
+        if not re.fullmatch(_DOMAIN, registry):
             raise ImageReferenceError(f"{text!r}: bad registry {registry!r}")
     else:
         registry, repository = DEFAULT_REGISTRY, remainder
     if registry == DEFAULT_REGISTRY and "/" not in repository:
         repository = f"library/{repository}"
-    if not _REPOSITORY.fullmatch(repository):
+    if not re.fullmatch(_REPOSITORY, repository):
         hint = " (repository names must be lowercase)" if repository.lower() != repository else ""
         raise ImageReferenceError(
             f"{text!r}: not a valid image reference{hint}; use NAME[:TAG] such as 'busybox:1', "

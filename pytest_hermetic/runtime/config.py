@@ -46,3 +46,8 @@ class ProcessConfig:
     network_hook: Callable[[int], None] | None = None
     netns_ready: Channel | None = None
     tty: Console | None = None  # run -t: make a pty of the container's own (console.py)
+    # As root without a network to wire: network, IPC and UTS namespaces the
+    # parent made ahead (spare.py), joined instead of unshared.
+    spare: dict[str, int] | None = None
+    # The parent makes the *next* container's set while this child builds its root.
+    make_spare: bool = False

@@ -20,7 +20,6 @@ import errno
 import os
 import signal
 import sys
-import traceback
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable, NoReturn
@@ -28,7 +27,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .config import ProcessConfig
 
 from ..errors import ContainerStartError
-from . import capabilities, channel, descriptors, network, placeholder, rootfs, seccomp
+from . import capabilities, channel, descriptors, network, placeholder, rootfs, seccomp, spare
 from . import syscalls as sc
 from .channel import describe, fail
 from .namespaces import CONTAINER_NAMESPACES
@@ -92,9 +91,14 @@ def wait_attached(joined: channel.Channel | None) -> None:
 
 def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_namespaces: bool) -> None:
     """Namespaces, network, root file system, cgroup namespace."""
-    if not in_namespaces:
+    if in_namespaces:
+        network.loopback_up()
+    elif config.spare is not None:  # made ahead by the parent, `lo` up
+        spare.enter(config.spare)
+        sc.unshare(sc.CLONE_NEWNS)
+    else:
         sc.unshare(CONTAINER_NAMESPACES)
-    network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
+        network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
     if config.netns_ready is not None:  # the parent wires the veth meanwhile
         config.netns_ready.send(channel.NETNS_MADE)
     rootfs.setup(config.rootfs, config.hostname)
@@ -319,6 +323,13 @@ def foreground() -> None:
     os.tcsetpgrp(0, os.getpid())
 
 
+def prepare_callable() -> None:
+    """In the parent, before it forks a callable: what `_call` imports in the
+    child, where the root may be an image without this Python's library.
+    (Not at module level: 1.7 ms of imports a `hermetic run` need not pay.)"""
+    import traceback  # noqa: F401
+
+
 def _call(target: Callable[[], int | None]) -> int:
     """Run the callable; its int result (or SystemExit code) is the exit code."""
     code = 1
@@ -328,6 +339,8 @@ def _call(target: Callable[[], int | None]) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001
+        import traceback  # already imported: by spawn, before the fork (see prepare_callable)
+
         traceback.print_exc()
     finally:
         try:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import channel, init, placeholder, relay
+from . import channel, init, placeholder, relay, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -150,6 +150,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     if target is None and config.init:
         target = init.exec_target(config)
+    if target is not None:
+        init.prepare_callable()
     rootless = config.userns is not None
     # A Python callable as root: the callable itself is the only fork of
     # the (large) parent, as PID 2 under a placeholder PID 1.
@@ -159,6 +161,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
             else None)
     if rootless and (config.network.mode == "usermode" or config.network_hook is not None):
         config.network_go = Channel()
+    if not rootless and config.network_hook is None and config.network.mode == "none":
+        config.spare = spare.take()  # the namespaces made ahead, if any (the plugin's next test)
     joined = Channel() if config.cgroup_procs or config.network_hook else None
     if config.network_hook is not None and not rootless:
         config.netns_ready = Channel()
@@ -190,9 +194,14 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
                 pipe.close()
         if first is not None:
             placeholder.end(first)
+        spare.discard(config.spare)
         raise
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
+    spare.discard(config.spare)  # the child's now
+    config.spare = None
     attach_error = _attach([pid], config, joined) if joined is not None else None
+    if config.make_spare:
+        prepare_next()  # while the child builds its root: off the next start's path
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
@@ -213,6 +222,16 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         return proc
     proc.wait()
     raise _first_cause(message, attach_error, network_error)
+
+
+def prepare_next() -> None:
+    """Make the next container's network, IPC and UTS namespaces now, while
+    this process would wait anyway (spare.py): the pytest plugin calls it
+    while a test runs.  Root only; a failure just leaves none made."""
+    try:
+        spare.prepare()
+    except OSError:
+        pass  # the next container makes its own, as always
 
 
 def _first_cause(message: bytes, attach_error: BaseException | None,
@@ -268,9 +287,12 @@ def _attach(pids: list[int], config: ProcessConfig, joined: Channel) -> BaseExce
     joined.close_read()
     try:
         for path in config.cgroup_procs:
-            for pid in pids:
-                with open(path, "w") as f:
-                    f.write(str(pid))
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # (open() would add 4 syscalls)
+            try:
+                for pid in pids:
+                    os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
         if config.netns_ready is not None:
             if not config.netns_ready.receive(channel.NETNS_MADE):
                 return ContainerStartError("the container stopped before its network namespace was made")

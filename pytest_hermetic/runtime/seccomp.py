@@ -398,23 +398,43 @@ def _section(asm: _Assembler, rules: dict, names: dict[int, str], top: int, defa
     asm.ret(SECCOMP_RET_ERRNO | errno.ENOSYS)
     arg_blocks: dict[int, str] = {}
 
-    def tree(part: list[list]) -> None:
-        if len(part) == 1:
-            key = part[0][2]
+    # A node jumps over its left subtree: in one conditional jump when that
+    # is at most 255 instructions long (the jump's 8-bit offset), else with
+    # a JA; a shorter program costs less to load (the kernel checks and JITs
+    # it at every container start).
+    sizes: dict[tuple[int, int], int] = {}
+
+    def size(lo: int, hi: int) -> int:
+        if hi - lo == 1:
+            return 1
+        if (lo, hi) not in sizes:
+            middle = (lo + hi) // 2
+            left = size(lo, middle)
+            sizes[lo, hi] = (1 if left <= 255 else 2) + left + size(middle, hi)
+        return sizes[lo, hi]
+
+    def tree(lo: int, hi: int) -> None:
+        if hi - lo == 1:
+            key = runs[lo][2]
             if isinstance(key, int):
                 asm.ret(key)
             else:
                 arg_blocks[key[1]] = arg_blocks.get(key[1]) or asm.label()
                 asm.goto(arg_blocks[key[1]])
             return
-        middle = len(part) // 2
-        right = asm.label()
-        asm.goto_if(_JGE, part[middle][0], right)
-        tree(part[:middle])
-        asm.mark(right)
-        tree(part[middle:])
+        middle = (lo + hi) // 2
+        left = size(lo, middle)
+        if left <= 255:
+            asm.emit(_JGE, runs[middle][0], left, 0)
+        else:
+            right = asm.label()
+            asm.goto_if(_JGE, runs[middle][0], right)
+        tree(lo, middle)
+        if left > 255:
+            asm.mark(right)
+        tree(middle, hi)
 
-    tree(runs)
+    tree(0, len(runs))
     for nr, label in arg_blocks.items():
         asm.mark(label)
         for conditions, action in rules[nr]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .. import write
+from .. import read_text, write
 
 
 def freeze(path: str, timeout: float = 1.0) -> bool:
@@ -14,9 +14,8 @@ def freeze(path: str, timeout: float = 1.0) -> bool:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open(f"{path}/freezer.state") as f:
-            if f.read().strip() == "FROZEN":
-                return True
+        if read_text(f"{path}/freezer.state").strip() == "FROZEN":
+            return True
         time.sleep(0.001)
     return False
 

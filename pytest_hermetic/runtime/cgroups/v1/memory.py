@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .. import Stats, read_int, write
+from .. import Stats, read_int, read_keyed, write
 
 
 def apply(path: str | None, limit: int | None) -> None:
@@ -22,11 +22,6 @@ def stats(path: str | None, result: Stats) -> None:
     limit = read_int(f"{path}/memory.limit_in_bytes")
     result.memory_limit = limit if limit is not None and limit < (1 << 62) else None
     result.memory_peak = read_int(f"{path}/memory.max_usage_in_bytes")
-    try:
-        with open(f"{path}/memory.oom_control") as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":  # kernel 4.13+
-                    result.oom_kills = int(value)
-    except OSError:
-        pass
+    oom_kills = read_keyed(f"{path}/memory.oom_control").get("oom_kill")  # kernel 4.13+
+    if oom_kills is not None:
+        result.oom_kills = oom_kills

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""How hermetic pytest sessions scale with pytest-xdist workers.
+
+Generates a project of N CPU-bound tests (each spins for about `--work` ms of
+CPU time in its own process) and runs it as whole pytest sessions, plain and
+with `--hermetic`, with `-n 1`, `-n 2` and `-n CORES` (the machine's cores,
+when more than 2).  Each round runs every (mode, workers) pair once in a
+freshly shuffled order.  Throughput of a configuration = N / session time;
+scaling = median session time with -n 1 / median with -n W, per mode (ideal:
+W, on W otherwise idle cores).  Also the CPU time (user+sys) of each session
+and its children, per test.
+
+    python bench/xdist_scaling.py [--tests 160] [--work 20] [--rounds 3] [--json FILE]
+
+Issue #16's target: hermetic's -n 2 / -n 1 at least 1.7 on 2 cores, plain
+xdist's ratio beside it.  Needs pytest-xdist; run as root (or rootless, where
+hermetic works for the user).  Stdlib only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from machine import describe, loadavg  # bench/machine.py
+
+MODES = {"plain": [], "hermetic": ["-p", "hermetic", "--hermetic"]}
+PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "xdist"]
+
+TEST_SOURCE = '''\
+import time
+
+import pytest
+
+
+@pytest.mark.parametrize("i", range({tests}))
+def test_cpu(i):
+    # About {work} ms of CPU time, whatever else runs on the machine.
+    end = time.process_time() + {work} / 1000
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    assert n > 0
+'''
+
+
+def make_project(root: str, tests: int, work: float) -> None:
+    os.makedirs(root)
+    with open(f"{root}/pytest.ini", "w") as f:
+        f.write("[pytest]\n")
+    with open(f"{root}/test_cpu.py", "w") as f:
+        f.write(TEST_SOURCE.format(tests=tests, work=work))
+
+
+def run_session(mode: str, workers: int, project: str, tests: int, env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one session; raises unless all tests passed."""
+    argv = [sys.executable, *PYTEST, "-n", str(workers), *MODES[mode]]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter_ns()
+    done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    wall = (time.perf_counter_ns() - t0) / 1e9
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    if done.returncode != 0 or f"{tests} passed" not in last:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{mode} -n {workers}: exit status {done.returncode}, summary {last!r}\n{tail}")
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def spread(samples: list[float]) -> dict[str, float]:
+    if len(samples) == 1:
+        return {"median": samples[0], "p10": samples[0], "p90": samples[0]}
+    deciles = statistics.quantiles(samples, n=10, method="inclusive")
+    return {"median": statistics.median(samples), "p10": deciles[0], "p90": deciles[8]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tests", type=int, default=160, help="tests per session (default 160)")
+    parser.add_argument("--work", type=float, default=20, help="CPU ms per test (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--json", metavar="FILE", help="raw session times and the summary")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    widths = sorted({1, 2, cores})
+    info = describe()
+    load_start = loadavg()
+    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS")}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    wall: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
+    cpu: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
+    with tempfile.TemporaryDirectory(prefix="hermetic-xdist-bench-", dir="/var/tmp") as tmp:
+        env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"
+        project = f"{tmp}/project"
+        make_project(project, args.tests, args.work)
+        for mode, workers in wall:  # warm-up
+            run_session(mode, workers, project, args.tests, env)
+        rng = random.Random(args.seed)
+        order = list(wall)
+        for r in range(args.rounds):
+            rng.shuffle(order)
+            for mode, workers in order:
+                w, c = run_session(mode, workers, project, args.tests, env)
+                wall[mode, workers].append(w)
+                cpu[mode, workers].append(c)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{m} -n{w} {wall[m, w][-1]:.2f}s" for m, w in sorted(wall)), file=sys.stderr)
+    load_end = loadavg()
+    summary: dict = {}
+    print(f"load average: {load_start} at start, {load_end} at end")
+    print(f"{args.rounds} rounds, {args.tests} tests of {args.work:g} ms CPU each, {cores} cores")
+    print(f"{'mode':<10}{'-n':>4}{'session s':>11}{'p10':>8}{'p90':>8}{'tests/s':>9}{'scaling':>9}{'CPU ms/test':>13}")
+    for mode in MODES:
+        base = statistics.median(wall[mode, 1])
+        for workers in widths:
+            s = spread(wall[mode, workers])
+            scaling = base / s["median"]
+            cpu_per_test = statistics.median(cpu[mode, workers]) / args.tests * 1e3
+            summary[f"{mode} -n{workers}"] = {**s, "tests_per_s": args.tests / s["median"], "scaling": scaling,
+                                              "cpu_per_test_ms": cpu_per_test}
+            print(f"{mode:<10}{workers:>4}{s['median']:>11.2f}{s['p10']:>8.2f}{s['p90']:>8.2f}"
+                  f"{args.tests / s['median']:>9.1f}{scaling:>9.2f}{cpu_per_test:>13.2f}")
+    h2 = summary["hermetic -n2"]["scaling"]
+    print(f"hermetic -n 2 / -n 1 throughput: {h2:.2f} (target at least 1.7: {'met' if h2 >= 1.7 else 'NOT met'}); "
+          f"plain xdist: {summary['plain -n2']['scaling']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "load": [load_start, load_end], "tests": args.tests, "work_ms": args.work,
+                       "rounds": args.rounds, "summary": summary,
+                       "wall_s": {f"{m} -n{w}": v for (m, w), v in wall.items()},
+                       "cpu_s": {f"{m} -n{w}": v for (m, w), v in cpu.items()}}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
