@@ -141,6 +141,8 @@ def test_publish_without_a_network_rootless(owned, test_user):
             time.sleep(0.1)
     assert '"GET / HTTP' in run_cli("logs", name, user=test_user).stdout
     assert run_cli("port", name, user=test_user).stdout.strip() == f"8000/tcp -> 127.0.0.1:{port}"
+    [listed] = [c for c in json.loads(run_cli("ps", "--format", "json", user=test_user).stdout) if c["name"] == name]
+    assert listed["ports"] == [{"host_ip": "127.0.0.1", "host_port": port, "container_port": 8000, "protocol": "tcp"}]
     assert run_cli("rm", "-f", name, user=test_user).returncode == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

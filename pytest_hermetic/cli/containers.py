@@ -106,13 +106,15 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def _ps_json(state: dict, now: str) -> dict:
+    from ..publish import ports_of
+
     return {"id": state["id"], "name": state.get("name", ""), "image": state.get("image", ""),
             "command": list(state.get("command") or []), "created": state.get("created"), "status": now,
             "exit_code": state.get("exit_code"), "reason": state.get("reason"), "finished": state.get("finished"),
             "pids": list(state.get("pids") or []) if state["alive"] else [], "network": state.get("network"),
             "address": state.get("address"),
-            "ports": [{"host_ip": ip, "host_port": hp, "container_port": cp, "protocol": "tcp"}
-                      for ip, hp, cp in state.get("ports") or []]}
+            "ports": [{"host_ip": p.host_ip, "host_port": p.host_port, "container_port": p.container_port,
+                       "protocol": p.protocol} for p in ports_of(state)]}
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
