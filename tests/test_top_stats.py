@@ -85,12 +85,17 @@ def test_stats_reads_cpu_memory_and_pids_from_the_cgroup(busy):
 def test_stats_streams_until_interrupted(busy):
     proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "stats", busy], stdout=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": ROOT}, cwd="/", text=True)
+    lines: list[str] = []
     try:
-        time.sleep(2.6)
+        deadline = time.monotonic() + 60  # (a slow machine, the VM job's, takes seconds to start Python)
+        while sum(busy in line for line in lines) < 2:  # a reading each second, until stopped
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            lines.append(proc.stdout.readline())  # type: ignore[union-attr]
+        assert sum("CONTAINER ID" in line for line in lines) >= 2, lines
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    assert out.count("CONTAINER ID") >= 2 and out.count(busy) >= 2, out  # a reading each second
+        proc.communicate(timeout=10)
+    assert proc.returncode == -15
 
 
 def test_top_and_stats_of_what_is_not_running():
