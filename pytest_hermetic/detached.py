@@ -27,7 +27,7 @@ from ._fs import rmtree
 from ._proc import owner_alive, start_time
 from ._record import fields
 from .container import Container, log_path
-from .errors import ContainerNotFound, ContainerStartError, HermeticError, SpecError
+from .errors import ContainerNotFound, ContainerStartError, HermeticError
 from .gc import clear_dead
 from .publish import attach, listen, ports_json, refuse_rootless, slirp_publishes
 from .spec import Spec
@@ -35,8 +35,6 @@ from .state import doomed_dir, list_states, write_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Sequence
-
     from .runtime.process import ContainerProcess
 
 STOP_GRACE = 10.0  # seconds, as `docker stop`
