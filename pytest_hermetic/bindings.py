@@ -16,6 +16,7 @@ import struct
 import sys
 import sysconfig
 
+from .images.erofs_reader import image_has
 from .images.resolve import resolve_or_pull
 from .images.store import Image, Store
 from .spec import Spec, Volume
@@ -147,4 +148,11 @@ def _elf_interpreter(path: str) -> str | None:
 
 
 def _image_has(store: Store, image: Image, path: str) -> bool:
-    return any(os.path.lexists(store.layer_root(d) + path) for d in image.layers)
+    for diff_id in image.layers:
+        layer_image = store.layer_image(diff_id)
+        if layer_image is None:
+            if os.path.lexists(store.layer_root(diff_id) + path):
+                return True
+        elif image_has(layer_image, path):  # a layer kept as an EROFS image: read, not mounted
+            return True
+    return False

@@ -298,9 +298,10 @@ def test_a_rootless_build_writes_the_containers_ids_not_the_hosts(test_user, bus
     with open(os.path.join(context, "Containerfile"), "w") as f:
         f.write("FROM rl-build-busybox:1\nCOPY data/ /plain/\nCOPY --chown=app:app data/ /owned/\n"
                 "RUN echo made > /made\n")
-    for folder, dirs, files in os.walk(home):
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    for folder, dirs, files in os.walk(context):  # only ours: other tests leave links in that home
         for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
-            os.chown(name, entry.pw_uid, entry.pw_gid)
+            os.chown(name, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
     assert run_cli("import", f"dir:{busybox_rootfs}", "rl-build-busybox:1", user=test_user).returncode == 0
     built = run_cli("build", "-t", "rl-built:1", context, user=test_user, timeout=300)
     assert built.returncode == 0, built.stderr

@@ -116,7 +116,9 @@ def test_tests_run_in_the_image_built_once(pytester: pytest.Pytester, busybox_im
         assert all(re.match(r"\[gw\d\] hermetic: ", line) for line in built), "\n".join(built)
 
 
-def test_a_failing_build_is_an_error_of_each_test_that_needs_it(pytester: pytest.Pytester, busybox_image: str):
+def test_a_failing_build_is_an_error_of_each_test_that_needs_it(pytester: pytest.Pytester, busybox_image: str,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CI", "true")  # pytest then prints the summary lines whole, whatever the terminal's width
     images = pytester.path / "images"
     images.mkdir()
     (images / "Containerfile").write_text("FROM busybox:test\nRUN echo compiling\nRUN echo 'cc: no such file' >&2; exit 3\n")
@@ -143,7 +145,7 @@ def test_service(containers):
     assert re.search(r"test_broken.py::test_one: hermetic build of images/Containerfile \(\S+/images/Containerfile\) "
                      r"failed: Containerfile:3: RUN \(step 3/3\) failed: exited with status 3", text), text
     assert "cc: no such file" in text  # the step's output, in the test's error
-    assert text.count("failed: Containerfile:3: RUN") == 3
+    assert text.count("failed: Containerfile:3: RUN") == 6  # each of the three in its section and its summary line
     assert re.search(r"BuildError: containers.run\(Build\('images'\)\): hermetic build of images/Containerfile "
                      r"\(\S+\) failed: Containerfile:3: RUN \(step 3/3\) failed", text), text
     both = result.outlines + result.errlines

@@ -21,6 +21,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_cli
+from hermetic_testsupport.layers import layer_tree
 from pytest_hermetic._proc import name_owner, owner_alive
 
 
@@ -227,8 +228,8 @@ def test_a_live_pulls_staging_survives_gc_and_a_killed_ones_goes(env, scripted_r
     from pytest_hermetic.images.store import Store
 
     image = Store(store).local(ref)  # whole: both layers unpacked (no shell in it to run)
-    assert open(os.path.join(Store(store).layer_root(image.layers[0]), "first")).read() == "one"
-    assert os.path.getsize(os.path.join(Store(store).layer_root(image.layers[1]), "big")) == 400_000
+    assert open(os.path.join(layer_tree(Store(store), image.layers[0]), "first")).read() == "one"
+    assert os.path.getsize(os.path.join(layer_tree(Store(store), image.layers[1]), "big")) == 400_000
     # Now killed while stalled: a finished layer no tag names, a partial download, dead staging.
     cli(env, "rmi", ref)
     cli(env, "gc")
@@ -283,7 +284,9 @@ def test_two_commits_to_one_tag_each_print_the_id_they_wrote(env, busybox_rootfs
         config = json.load(open(next(os.path.join(store, "blobs", "sha256", h)
                                      for h in os.listdir(os.path.join(store, "blobs", "sha256")) if h.startswith(short))))
         layer = config["rootfs"]["diff_ids"][-1][7:]
-        who = open(os.path.join(store, "layers", layer, "root", "who")).read()
+        from pytest_hermetic.images.store import Store
+
+        who = open(os.path.join(layer_tree(Store(store), "sha256:" + layer), "who")).read()
         assert procs[int(who)] is procs[printed.index(short)]
     final = cli(env, "run", "same:1", "cat", "/who").stdout.strip()
     assert cli(env, "images").stdout.split("same:1")[1].split()[0] == printed[int(final)]

@@ -1,9 +1,9 @@
-"""One pass from a layer blob's bytes to a blob and an unpacked layer in the store.
+"""One pass from a layer blob's bytes to a blob and a layer in the store.
 
 Shared by `pull` (bytes from a registry), and the imports of OCI layouts and
 docker archives (bytes from a file): the blob is hashed, kept in a temporary
-file, decompressed, hashed again (the diff_id) and extracted into staging, all
-as it streams.  Only when both digests (and the size) are right does the blob
+file, decompressed, hashed again (the diff_id) and written into staging (an
+EROFS image or an unpacked folder: `Store.layer_format`), all as it streams.  Only when both digests (and the size) are right does the blob
 enter `blobs/` and the layer `layers/`, each by rename; on any error the
 staging goes and the store is as it was.
 """
@@ -106,16 +106,14 @@ def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_typ
     staging = store.tempdir("layer-")
     os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the layer from users in containers
     try:
-        root = os.path.join(staging, "root")
-        os.mkdir(root)
         with source:
             tar = HashingReader(layers.open_layer_stream(source))  # type: ignore[arg-type]
             try:
                 # A second thread pays off only when there is much to parse; for a
                 # small layer the hand-offs cost more than they overlap.
                 big = source.expected_size is None or source.expected_size > PIPELINE_ABOVE
-                layers.extract_layer(tar, root, xattr_prefix=store.xattr_prefix,
-                                     allow_bare_end=diff_id is not None, pipelined=big, budget=budget)
+                store.unpack_layer(tar, staging, size=source.expected_size, allow_bare_end=diff_id is not None,
+                                   pipelined=big, budget=budget)
                 while True:  # what follows the end of the archive is hashed (diff_id), and bounded too
                     rest = tar.read(1 << 20)
                     if not rest:

@@ -2,7 +2,9 @@
 
     STORE/
       blobs/sha256/<hex>     layer tars, image configs and manifests, by digest
-      layers/<hex>/          each layer unpacked once, by its diff_id, shared
+      layers/<hex>/          each layer once, by its diff_id, shared: `root/`, the layer
+                             unpacked, or `layer.erofs`, an EROFS image each container mounts
+                             (as root, where the kernel can, with HERMETIC_LAYER_FORMAT=auto|erofs)
       refs.json              image name -> manifest digest
       tmp/                   staging: everything lands by atomic rename
       users/                 records: what a live container or writer needs kept
@@ -61,6 +63,11 @@ MEDIA_LAYER_GZIP = MEDIA_LAYER + "+gzip"
 MEDIA_LAYER_ZSTD = MEDIA_LAYER + "+zstd"
 BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of the host's root
 
+LAYER_IMAGE = "layer.erofs"  # a layer stored as one EROFS image (see layer_format)
+LAYER_FORMATS = ("dir", "auto", "erofs")  # HERMETIC_LAYER_FORMAT
+# With HERMETIC_LAYER_FORMAT=auto, layers under this many compressed bytes stay unpacked: their
+# few files cost little to create once, and an image costs every container start a mount.
+EROFS_ABOVE = 512 << 10
 MAX_JSON = 32 << 20  # a manifest or config the store reads; real ones are a few KiB
 HOST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 
@@ -210,9 +217,7 @@ class Store:
         try:
             with layers.open_layer(tar_path) as stream:
                 counter = HashingReader(stream)
-                os.mkdir(os.path.join(staging, "root"))
-                layers.extract_layer(counter, os.path.join(staging, "root"), xattr_prefix=self.xattr_prefix,
-                                     budget=budget)
+                self.unpack_layer(counter, staging, size=os.path.getsize(tar_path), budget=budget)
                 while True:  # what follows the end of the archive is hashed too, and bounded
                     rest = counter.read(1 << 20)
                     if not rest:
@@ -235,6 +240,64 @@ class Store:
         except BaseException:
             rmtree(staging)
             raise
+
+    def layer_format(self, size: int | None = None) -> str:
+        """How this store keeps a new layer of `size` compressed bytes: "dir" (unpacked) or
+        "erofs" (one image, mounted by each container: real root and Linux 6.12+ only).
+        HERMETIC_LAYER_FORMAT chooses: dir (the default: an image costs every start a mount
+        and a cold page cache, docs/images.md), auto (images for layers of `EROFS_ABOVE` and
+        more where the kernel can), erofs (every layer an image; an error where it cannot)."""
+        wanted = os.environ.get("HERMETIC_LAYER_FORMAT", "dir") or "dir"
+        if wanted not in LAYER_FORMATS:
+            raise StoreError(f"HERMETIC_LAYER_FORMAT={wanted!r} is not one of {', '.join(LAYER_FORMATS)}")
+        if wanted == "dir" or (wanted == "auto" and size is not None and size < EROFS_ABOVE):
+            return "dir"
+        with _probe_guard:
+            works = _erofs_works.get(self.root)
+            if works is None:
+                works = _erofs_works[self.root] = self._probe_erofs()
+        if not works and wanted == "erofs":
+            raise StoreError("HERMETIC_LAYER_FORMAT=erofs, but this kernel does not mount EROFS images from a file "
+                             "for this process (needs real root and Linux 6.12+ with EROFS); unset it to unpack layers")
+        return "erofs" if works else "dir"
+
+    def _probe_erofs(self) -> bool:
+        from .layers import erofs  # (as above)
+        from ..runtime.rootfs.images import can_mount_images
+
+        if os.geteuid() != 0:
+            return False
+        staging = self.tempdir("probe-")
+        try:
+            image = os.path.join(staging, "probe.erofs")
+            with open(image, "xb") as out:
+                erofs.ImageBuilder(out).finish()
+            os.mkdir(os.path.join(staging, "mnt"))
+            return can_mount_images(image, os.path.join(staging, "mnt"))
+        finally:
+            rmtree(staging)
+
+    def unpack_layer(self, src: object, staging: str, *, size: int | None, budget: object = None,
+                     allow_bare_end: bool = False, pipelined: bool = True) -> None:
+        """Unpack the layer tar stream `src` (of `size` compressed bytes, if known) into the
+        staging folder `staging`, as `layer_format` says: `staging/layer.erofs` or `staging/root/`."""
+        from . import layers  # (as above)
+
+        if self.layer_format(size) == "erofs":
+            from .layers.erofs import write_layer_image
+
+            write_layer_image(src, os.path.join(staging, LAYER_IMAGE), allow_bare_end=allow_bare_end,  # type: ignore[arg-type]
+                              pipelined=pipelined, budget=budget)  # type: ignore[arg-type]
+            return
+        root = os.path.join(staging, "root")
+        os.mkdir(root)
+        layers.extract_layer(src, root, xattr_prefix=self.xattr_prefix, allow_bare_end=allow_bare_end,  # type: ignore[arg-type]
+                             pipelined=pipelined, budget=budget)  # type: ignore[arg-type]
+
+    def layer_image(self, diff_id: str) -> str | None:
+        """The layer's EROFS image file, or None when the layer is an unpacked folder (`layer_root`)."""
+        path = os.path.join(self.layer_path(diff_id), LAYER_IMAGE)
+        return path if os.path.exists(path) else None
 
     def commit_layer(self, staging: str, diff_id: str, blob_digest: str, size: int, media_type: str) -> None:
         """Move an unpacked, verified layer (`staging/root`) into place by rename.
@@ -629,6 +692,8 @@ def list_entries(path: str) -> list[str]:
 
 
 _busy_guard = _thread.allocate_lock()
+_probe_guard = _thread.allocate_lock()
+_erofs_works: dict[str, bool] = {}  # store root -> whether its layers can be EROFS images (probed once a process)
 _busy_held: dict[str, list[int]] = {}  # store root -> [fd holding gc.lock shared, holders in this process]
 
 

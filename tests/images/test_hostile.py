@@ -13,6 +13,7 @@ import tarfile
 import pytest
 
 from conftest import run_cli
+from hermetic_testsupport.layers import layer_tree
 from hermetic_testsupport.registry import skopeo_copy
 
 
@@ -125,7 +126,7 @@ def test_absolute_paths_land_inside(registry, host, tmp_path):
     from pytest_hermetic.images.store import Store
 
     store = Store(str(tmp_path / "store-pull"))
-    root = store.layer_root(store.local(f"{registry.host}/hostile/absolute:1").layers[0])
+    root = layer_tree(store, store.local(f"{registry.host}/hostile/absolute:1").layers[0])
     assert open(f"{root}/{str(host).lstrip('/')}/evil").read() == "inside\n"
     assert open(f"{root}/etc/evil").read() == "inside too\n"
 
@@ -142,7 +143,7 @@ def test_symlink_in_one_layer_written_through_by_the_next(registry, host, busybo
 
     store = Store(str(tmp_path / "store-pull"))
     image = store.local(f"{registry.host}/hostile/two-layers:1")
-    first, second = (store.layer_root(d) for d in image.layers)
+    first, second = (layer_tree(store, d) for d in image.layers)
     assert os.readlink(f"{first}/a") == str(host)  # kept as data, never followed
     assert open(f"{second}/a/evil").read() == "in the layer\n" and not os.path.islink(f"{second}/a")
 
@@ -156,6 +157,6 @@ def test_device_nodes_are_skipped_without_privilege(registry, host, tmp_path):
 
         store = Store(root)
         name = f"{registry.host}/hostile/devices:1" if how == "pull" else "hostile-devices:1"
-        layer_root = store.layer_root(store.local(name).layers[0])
+        layer_root = layer_tree(store, store.local(name).layers[0])
         assert sorted(os.listdir(layer_root)) == ["dev", "ok"] and os.listdir(f"{layer_root}/dev") == []
     host_untouched(host)

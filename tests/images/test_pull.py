@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_cli
+from hermetic_testsupport.layers import layer_tree
 from hermetic_testsupport.registry import free_port, oci_image, run, skopeo_copy
 from pytest_hermetic.errors import DigestMismatch, ImageNotFound, RegistryError
 from pytest_hermetic.images.pull import pull
@@ -135,7 +136,7 @@ def test_platform_selection_from_an_index(registry, busybox_rootfs, tmp_path):
     store = Store(str(tmp_path / "store"))
     for platform, arch in ((None, "amd64"), ("linux/arm64", "arm64"), ("linux/arm64/v8", "arm64"), ("linux/amd64", "amd64")):
         image = pull(store, ref, platform=platform, quiet=True)
-        root = store.layer_root(image.layers[-1])
+        root = layer_tree(store, image.layers[-1])
         assert open(os.path.join(root, "etc", "arch")).read() == arch, platform
     with pytest.raises(ImageNotFound, match=r"has no linux/s390x image \(it has: linux/amd64, linux/arm64/v8\)"):
         pull(store, ref, platform="linux/s390x", quiet=True)
@@ -196,7 +197,7 @@ def test_killed_pull_leaves_no_half_layer_and_resumes(scripted_registry, tmp_pat
     image = pull(Store(root), f"{scripted_registry.host}/k/img:1", quiet=True)
     resumed_at = int(scripted_registry.ranges[-1][1].split("=")[1].rstrip("-"))  # what reached the disk before the kill
     assert scripted_registry.ranges[-1][0] == digest and 200_000 <= resumed_at <= 250_000
-    assert open(os.path.join(Store(root).layer_root(image.layers[0]), "big"), "rb").read() == \
+    assert open(os.path.join(layer_tree(Store(root), image.layers[0]), "big"), "rb").read() == \
         tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))).extractfile("big").read()
     assert [e for e in os.listdir(os.path.join(root, "tmp")) if not e.startswith("layer-")] == []
 

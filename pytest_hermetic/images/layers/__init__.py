@@ -11,6 +11,7 @@ One module each, in the order bytes travel:
   tarstream   tar -> members, a truncated or corrupt tar as one LayerError
   extract     members -> files under a root fd, trusting nothing (the hostile-input checks)
   pipelined   the same in two threads (read and parse | make files)
+  erofs       members -> one EROFS image instead of files (erofs_format: its on-disk layout)
   writer      folder -> deterministic tar (commit, `dir:` import)
   format      the names both directions share (whiteouts, overlay xattrs)
 """

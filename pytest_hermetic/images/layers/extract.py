@@ -52,9 +52,40 @@ class ExtractStats:
     skipped: list[str] = factory(list)
 
 
-def _hostile(member: str, problem: str) -> LayerError:
+def hostile(member: str, problem: str) -> LayerError:
+    """The error for a member that breaks a rule: names it, says the layer is refused."""
     shown = repr(member) if len(member) <= 120 else f"{member[:60]!r}...({len(member)} characters)"
     return LayerError(f"refusing layer member {shown}: {problem}; the layer is hostile or corrupt")
+
+
+_RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 0x04, 0x08  # openat2(2)
+_openat2_works: bool | None = None
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it (Linux 4.7+), else set and set back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def split_path(name: str, member: str, what: str = "path") -> tuple[str, ...]:
+    """Normalise a tar path: a leading "/" is dropped as Docker does, ".." refused."""
+    if "\x00" in name:
+        raise hostile(member, f"{what} contains a NUL byte")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise hostile(member, f"{what} {name!r} has a '..' component")
+    if len(parts) > _MAX_DEPTH:
+        raise hostile(member, f"{what} is {len(parts)} components deep")
+    return parts
 
 
 def _rmtree_at(parent_fd: int, name: str) -> None:
@@ -101,6 +132,13 @@ class _Extractor:
         self.privileged = privileged
         self.same_owner = same_owner
         self.stats = ExtractStats()
+        # What a new file gets without a chown or chmod: its mode at creation
+        # less the umask, our own ids (directories stay 0o700, without setgid,
+        # until `finish`, so no group is inherited).
+        self._umask = _current_umask()
+        self._ids = (os.geteuid(), os.getegid())
+        if os.fstat(root_fd).st_mode & stat.S_ISGID:  # new files take the folder's group: chown them all
+            self._ids = (-1, -1)
         # fds of the directories on the path of the last member's parent
         self._stack: list[tuple[str, int]] = []
         # directories whose mode and mtime are set last: path -> (mode, mtime ns)
@@ -108,18 +146,6 @@ class _Extractor:
         self._skipped_paths: set[tuple[str, ...]] = set()
 
     # -- paths ------------------------------------------------------------
-
-    @staticmethod
-    def _split(name: str, member: str, what: str = "path") -> tuple[str, ...]:
-        """Normalise a tar path: a leading "/" is dropped as Docker does, ".." refused."""
-        if "\x00" in name:
-            raise _hostile(member, f"{what} contains a NUL byte")
-        parts = tuple(p for p in name.split("/") if p not in ("", "."))
-        if ".." in parts:
-            raise _hostile(member, f"{what} {name!r} has a '..' component")
-        if len(parts) > _MAX_DEPTH:
-            raise _hostile(member, f"{what} is {len(parts)} components deep")
-        return parts
 
     def _child_dir(
         self, parent_fd: int, comp: str, member: str, create: bool, what: str = "path"
@@ -140,7 +166,7 @@ class _Extractor:
             if stat.S_ISDIR(st.st_mode):
                 raise e from None  # EACCES, EMFILE...: not the layer's fault
             if stat.S_ISLNK(st.st_mode):
-                raise _hostile(
+                raise hostile(
                     member,
                     f"{what} component {comp!r} is a symlink (extraction never "
                     "follows symlinks)",
@@ -152,7 +178,7 @@ class _Extractor:
                 fd = os.open(comp, DIR_FLAGS, dir_fd=parent_fd)
                 self._set_opaque(fd, member)
                 return fd
-            raise _hostile(member, f"{what} component {comp!r} is not a directory") from None
+            raise hostile(member, f"{what} component {comp!r} is not a directory") from None
 
     def _parent_fd(self, parts: tuple[str, ...], member: str) -> int:
         """The fd of directory `parts` (created as needed), cached for the next member."""
@@ -181,6 +207,25 @@ class _Extractor:
             os.close(cur)
             raise
         return cur
+
+    def _open_dir_beneath(self, parts: tuple[str, ...]) -> int:
+        """`_open_dir` in one system call where the kernel has openat2 (5.6+): the
+        whole path resolved beneath the root with no symlink followed."""
+        global _openat2_works
+        if _openat2_works is not False and parts:
+            from ...runtime import syscalls as sc  # (ctypes: not for a start that unpacks nothing)
+
+            try:
+                fd = sc.openat2(self.root_fd, "/".join(parts), DIR_FLAGS, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS)
+                _openat2_works = True
+                return fd
+            except OSError as e:
+                if e.errno not in (errno.ENOSYS, errno.EPERM):  # (EPERM: a seccomp filter without it)
+                    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+                        raise FileNotFoundError(e.errno, e.strerror) from None
+                    raise
+                _openat2_works = False
+        return self._open_dir(parts, "/".join(parts) or ".")
 
     def close(self) -> None:
         for _, fd in self._stack:
@@ -234,20 +279,26 @@ class _Extractor:
                 "a filesystem with user xattrs)"
             ) from e
 
-    def _meta_fd(self, fd: int, m: tarfile.TarInfo, path: str) -> None:
-        if self.same_owner:
+    def _meta_fd(self, fd: int, m: tarfile.TarInfo, path: str, created: int | None = None) -> None:
+        """Owner, mode, xattrs, mtime; `created`: the mode the file was opened with, whose
+        chmod is left out when the umask kept it whole (most files: one system call less)."""
+        if self.same_owner and (m.uid, m.gid) != self._ids:
             os.fchown(fd, m.uid, m.gid)
-        os.fchmod(fd, self._mode(m))  # after chown, which clears setuid
-        self._xattrs(fd, m, path, True)
+        mode = self._mode(m)
+        if created is None or created != mode or mode & self._umask:
+            os.fchmod(fd, mode)  # after chown, which clears setuid
+        if m.pax_headers:
+            self._xattrs(fd, m, path, True)
         ns = self._ns(m)
         os.utime(fd, ns=(ns, ns))
 
     def _meta_at(self, pfd: int, leaf: str, m: tarfile.TarInfo, path: str, chmod: bool) -> None:
-        if self.same_owner:
+        if self.same_owner and (m.uid, m.gid) != self._ids:
             os.chown(leaf, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
         if chmod:  # a node we just made, never a symlink
             os.chmod(leaf, self._mode(m), dir_fd=pfd)
-        self._xattrs(proc_path(pfd, leaf), m, path, False)
+        if m.pax_headers:
+            self._xattrs(proc_path(pfd, leaf), m, path, False)
         ns = self._ns(m)
         os.utime(leaf, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
 
@@ -274,13 +325,13 @@ class _Extractor:
 
     def extract(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         name = m.name
-        parts = self._split(name, name)
+        parts = split_path(name, name)
         if parts and parts[-1].startswith(WH):
             self._whiteout(parts, m)
             return
         if not parts:
             if not m.isdir():
-                raise _hostile(name, "names the root but is not a directory")
+                raise hostile(name, "names the root but is not a directory")
             self._dir_meta(self.root_fd, (), m, ".")
             self.stats.dirs += 1
             return
@@ -288,9 +339,13 @@ class _Extractor:
         pfd = self._parent_fd(parts[:-1], name)
         leaf = parts[-1]
         if m.isdir():
-            prev = self._clear(pfd, leaf, parts, keep_dir=True)
-            if prev is None or not stat.S_ISDIR(prev.st_mode):
+            prev = None
+            try:
                 os.mkdir(leaf, 0o700, dir_fd=pfd)
+            except FileExistsError:
+                prev = self._clear(pfd, leaf, parts, keep_dir=True)
+                if prev is None or not stat.S_ISDIR(prev.st_mode):
+                    os.mkdir(leaf, 0o700, dir_fd=pfd)
             fd = os.open(leaf, DIR_FLAGS, dir_fd=pfd)
             try:
                 if prev is not None and is_whiteout(prev):
@@ -300,29 +355,36 @@ class _Extractor:
                 os.close(fd)
             self.stats.dirs += 1
         elif m.isreg():
-            self._clear(pfd, leaf, parts, keep_dir=False)
-            fd = os.open(
-                leaf,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=pfd,
-            )
+            # Plain modes are given at creation (no chmod after); setuid and
+            # setgid only after the chown, which would clear them.
+            mode = self._mode(m)
+            created = mode if not mode & (stat.S_ISUID | stat.S_ISGID) else 0o600
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:  # most members are new: clear what is there only when something is
+                fd = os.open(leaf, flags, created, dir_fd=pfd)
+            except FileExistsError:
+                self._clear(pfd, leaf, parts, keep_dir=False)
+                fd = os.open(leaf, flags, created, dir_fd=pfd)
             try:
-                src = tf.extractfile(m)
+                src = tf.extractfile(m) if m.size else None
                 if src is not None:
-                    with open(fd, "wb", closefd=False) as dst:
-                        while True:
-                            chunk = src.read(CHUNK)
-                            if not chunk:
-                                break
-                            dst.write(chunk)
-                self._meta_fd(fd, m, path)
+                    while True:
+                        chunk = src.read(CHUNK)
+                        if not chunk:
+                            break
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
+                self._meta_fd(fd, m, path, created)
             finally:
                 os.close(fd)
             self.stats.files += 1
         elif m.issym():
-            self._clear(pfd, leaf, parts, keep_dir=False)
-            os.symlink(m.linkname, leaf, dir_fd=pfd)
+            try:
+                os.symlink(m.linkname, leaf, dir_fd=pfd)
+            except FileExistsError:
+                self._clear(pfd, leaf, parts, keep_dir=False)
+                os.symlink(m.linkname, leaf, dir_fd=pfd)
             self._meta_at(pfd, leaf, m, path, chmod=False)
             self.stats.links += 1
         elif m.islnk():
@@ -346,10 +408,10 @@ class _Extractor:
             self._meta_at(pfd, leaf, m, path, chmod=True)
             self.stats.files += 1
         else:
-            raise _hostile(name, f"unsupported tar member type {m.type!r}")
+            raise hostile(name, f"unsupported tar member type {m.type!r}")
 
     def _dir_meta(self, fd: int, parts: tuple[str, ...], m: tarfile.TarInfo, path: str) -> None:
-        if self.same_owner:
+        if self.same_owner and (m.uid, m.gid) != self._ids:
             os.fchown(fd, m.uid, m.gid)
         self._xattrs(fd, m, path, True)
         # mode and mtime last: children change the mtime, a 0o500 mode stops writes
@@ -357,9 +419,9 @@ class _Extractor:
 
     def _hardlink(self, pfd: int, leaf: str, parts: tuple[str, ...], m: tarfile.TarInfo) -> None:
         name = m.name
-        target = self._split(m.linkname, name, "hard link target")
+        target = split_path(m.linkname, name, "hard link target")
         if not target:
-            raise _hostile(name, "hard link target is the root directory")
+            raise hostile(name, "hard link target is the root directory")
         if target in self._skipped_paths:
             self.stats.skipped.append(
                 f"{'/'.join(parts)}: hard link skipped (its target {'/'.join(target)} was skipped)"
@@ -369,16 +431,16 @@ class _Extractor:
         try:
             tfd = self._open_dir(target[:-1], name, f"hard link target {m.linkname!r}:")
         except FileNotFoundError:
-            raise _hostile(name, f"hard link target {m.linkname!r} is not in the layer") from None
+            raise hostile(name, f"hard link target {m.linkname!r} is not in the layer") from None
         try:
             try:
                 tst = os.stat(target[-1], dir_fd=tfd, follow_symlinks=False)
             except FileNotFoundError:
-                raise _hostile(
+                raise hostile(
                     name, f"hard link target {m.linkname!r} is not in the layer"
                 ) from None
             if stat.S_ISDIR(tst.st_mode):
-                raise _hostile(name, f"hard link target {m.linkname!r} is a directory")
+                raise hostile(name, f"hard link target {m.linkname!r} is a directory")
             try:
                 cur = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
@@ -390,7 +452,7 @@ class _Extractor:
             try:
                 os.link(target[-1], leaf, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
-                raise _hostile(
+                raise hostile(
                     name, f"hard link target {m.linkname!r} is not in the layer"
                 ) from None
         finally:
@@ -410,7 +472,7 @@ class _Extractor:
             return
         hidden = base[len(WH) :]
         if hidden in ("", ".", ".."):
-            raise _hostile(name, f"whiteout names {hidden!r}")
+            raise hostile(name, f"whiteout names {hidden!r}")
         try:
             st = os.stat(hidden, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
@@ -439,7 +501,7 @@ class _Extractor:
         for parts in sorted(self._dirs, key=len, reverse=True):
             mode, ns = self._dirs[parts]
             try:
-                fd = self._open_dir(parts, "/".join(parts) or ".")
+                fd = self._open_dir_beneath(parts)
             except (FileNotFoundError, LayerError):
                 continue  # replaced by a later member
             try:
@@ -492,6 +554,26 @@ def extract_layer(
     ex = _Extractor(
         root_fd, xattr_prefix=xattr_prefix, privileged=privileged, same_owner=same_owner
     )
+    try:
+        feed_members(src, ex, allow_bare_end=allow_bare_end, pipelined=pipelined, budget=budget)
+        try:
+            ex.finish()
+        except OSError as e:
+            raise LayerError(f"cannot set directory metadata in {os.fspath(dest)!r}: {e}") from e
+        return ex.stats
+    finally:
+        ex.close()
+        os.close(root_fd)
+
+
+def feed_members(src: Readable | str | os.PathLike[str], maker: object, *, allow_bare_end: bool = False,
+                 pipelined: bool = True, budget: Budget | None = None) -> None:
+    """Read the layer `src` (a path or a stream, sniffed) and hand each member to `maker.extract(tf, m)`.
+
+    Shared by extraction into a folder and by the EROFS image writer
+    (`erofs.py`): the same tar reading, end-of-archive check, budget and
+    (when `pipelined`) reading thread for both.
+    """
     owned: BinaryIO | None = None
     stream: Stream | None = None
     try:
@@ -514,29 +596,22 @@ def extract_layer(
 
                 def make(m: tarfile.TarInfo, data: object) -> None:
                     handed.data = data
-                    _extract_one(ex, handed, m)
+                    _extract_one(maker, handed, m)
 
                 extract_pipelined(tar_members(tf, reader, allow_bare_end, read_data=True, budget=budget), make)
             else:
                 for m, _ in tar_members(tf, reader, allow_bare_end, read_data=False, budget=budget):
-                    _extract_one(ex, tf, m)
-        try:
-            ex.finish()
-        except OSError as e:
-            raise LayerError(f"cannot set directory metadata in {os.fspath(dest)!r}: {e}") from e
-        return ex.stats
+                    _extract_one(maker, tf, m)
     finally:
-        ex.close()
-        os.close(root_fd)
         if owned is not None:
             owned.close()
         elif stream is not None and stream is not src:
             stream.close()
 
 
-def _extract_one(ex: _Extractor, tf: object, m: tarfile.TarInfo) -> None:
+def _extract_one(ex: object, tf: object, m: tarfile.TarInfo) -> None:
     try:
-        ex.extract(tf, m)  # type: ignore[arg-type]
+        ex.extract(tf, m)  # type: ignore[attr-defined]
     except LayerError:
         raise
     except tarfile.TarError as e:

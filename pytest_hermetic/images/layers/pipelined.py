@@ -21,7 +21,8 @@ from .format import CHUNK
 from .tarstream import corrupt
 
 _SMALL = 1 << 20  # files up to this size travel between the threads in one piece
-_QUEUE = 64  # members in flight: at most _QUEUE * _SMALL bytes buffered
+_QUEUE = 16  # batches in flight: at most _QUEUE * 2 * _SMALL bytes buffered
+_BATCH = 64  # members a batch holds at most
 _END = object()
 
 
@@ -83,21 +84,31 @@ def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]],
         return False
 
     def produce() -> None:
+        batch: list[tuple[tarfile.TarInfo, object]] = []  # small members go over in batches:
+        held = 0  # one hand-off (two futex calls and a thread switch) per _BATCH members, not per member
         try:
             for m, data in items:
-                if data is None:
-                    if not put(members, (m, None)):
-                        return
+                if data is None or m.size <= _SMALL:
+                    try:
+                        batch.append((m, None if data is None else io.BytesIO(data.read())))
+                    except (tarfile.TarError, OSError, ValueError) as e:
+                        bad = corrupt(f"member {m.name!r}: {e}")
+                        bad.__cause__ = e  # before it crosses threads: `disk_full` looks for ENOSPC there
+                        raise bad from e
+                    held += max(m.size, 0)
+                    if len(batch) >= _BATCH or held >= _SMALL:
+                        if not put(members, batch):
+                            return
+                        batch, held = [], 0
                     continue
+                if batch:
+                    if not put(members, batch):
+                        return
+                    batch, held = [], 0
                 chunks = None
                 try:
-                    if m.size <= _SMALL:
-                        item: object = io.BytesIO(data.read())
-                        if not put(members, (m, item)):
-                            return
-                        continue
                     chunks = _Chunks(done)
-                    if not put(members, (m, chunks)):
+                    if not put(members, [(m, chunks)]):
                         return
                     while True:
                         piece = data.read(CHUNK)
@@ -112,8 +123,12 @@ def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]],
                     if error is e:
                         raise
                     raise error from e
+            if batch and not put(members, batch):
+                return
             put(members, _END)
         except BaseException as e:  # handed to the making thread, which raises it
+            if batch:  # what was read before the error is made first, as in one thread
+                put(members, batch)
             put(members, _Failed(e))
         finally:
             done.set()
@@ -127,8 +142,8 @@ def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]],
                 break
             if isinstance(item, _Failed):
                 raise item.exc
-            m, data = item
-            make(m, data)
+            for m, data in item:
+                make(m, data)
     finally:
         stop.set()
         thread.join()  # the reader is the caller's again (it drains and verifies it on errors)

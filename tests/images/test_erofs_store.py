@@ -1,0 +1,176 @@
+"""Layers kept as EROFS images in the store: pulled, run (mounted in the container), committed on,
+collected; the container sees what it sees with unpacked layers; hostile and lying layers still
+store nothing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from conftest import ROOT, run_cli
+from pytest_hermetic.images.store import Store
+
+pytestmark = pytest.mark.skipif(not ROOT, reason="EROFS layer images are for root stores")
+
+
+def erofs_works(tmp_path, monkeypatch) -> bool:
+    monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "auto")
+    return Store(str(tmp_path / "probe-store")).layer_format(size=None) == "erofs"
+
+
+def tar_gz(members: list[tuple[str, bytes | None, bytes]], base: str | None = None) -> bytes:
+    """A gzip layer: (name, data or None, type) members, after the tree `base` (a folder) if given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        if base is not None:
+            tf.add(base, arcname=".")
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mtime = kind, 1_600_000_000
+            info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+            info.size = len(data or b"")
+            tf.addfile(info, io.BytesIO(data) if data else None)
+    return gzip.compress(buf.getvalue(), compresslevel=1)
+
+
+REG, DIR = tarfile.REGTYPE, tarfile.DIRTYPE
+# (no sizes for directories: EROFS gives a directory the size of its entries, ext4 a block)
+LISTING = ("find /bin/busybox /data /o /gone /keep -exec stat -c '%n %a %u %g %Y %F' {} + 2>&1; "
+           "sha256sum /data/big /data/more; echo --; ls -a /o")
+
+
+@pytest.fixture
+def pulled(scripted_registry, busybox_rootfs, tmp_path, monkeypatch):
+    """A three-layer image (busybox; big data; whiteouts and an opaque dir) pulled into two stores:
+    one keeping layer images, one unpacking."""
+    if not erofs_works(tmp_path, monkeypatch):
+        pytest.skip("this kernel does not mount EROFS images from a file")
+    layers = [tar_gz([], base=busybox_rootfs),
+              tar_gz([("data", None, DIR), ("data/big", os.urandom(700_000), REG), ("gone", b"x", REG),
+                      ("keep", b"keep\n", REG), ("o", None, DIR), ("o/old", b"old", REG)]),
+              tar_gz([(".wh.gone", b"", REG), ("o", None, DIR), ("o/.wh..wh..opq", b"", REG), ("o/new", b"new", REG),
+                      ("data", None, DIR), ("data/more", os.urandom(600_000), REG)])]
+    manifest = scripted_registry.add_image("e/img:1", layers)
+    ref = f"{scripted_registry.host}/e/img:1"
+    stores = {}
+    for kind in ("erofs", "dir"):
+        env = {"HERMETIC_STORE": str(tmp_path / f"store-{kind}"), "HERMETIC_LAYER_FORMAT": kind}
+        result = run_cli("pull", "-q", ref, env=env)
+        assert result.returncode == 0, result.stderr
+        stores[kind] = env
+    return ref, manifest, layers, stores
+
+
+def test_pulled_layers_are_images_that_run_as_unpacked_ones_do(pulled):
+    ref, manifest, layers, stores = pulled
+    store = Store(stores["erofs"]["HERMETIC_STORE"])
+    image = store.local(ref)
+    for diff_id in image.layers:  # one checked image per layer, nothing unpacked
+        path = store.layer_image(diff_id)
+        assert path is not None and not os.path.exists(store.layer_root(diff_id))
+        check = subprocess.run(["fsck.erofs", path], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    for desc, blob in zip(manifest["layers"], layers):  # the blobs kept as they came: push/save give the same digests
+        with open(store.blob_path(desc["digest"]), "rb") as f:
+            assert f.read() == blob
+    seen = {kind: run_cli("run", ref, "sh", "-c", LISTING, env=env) for kind, env in stores.items()}
+    assert seen["erofs"].returncode == 0, seen["erofs"].stderr
+    assert seen["erofs"].stdout == seen["dir"].stdout
+    listing, opaque = seen["erofs"].stdout.split("--\n")
+    assert "/gone" in listing and "No such file" in listing and "/keep 644 0 0 1600000000 regular file" in listing
+    assert opaque.split() == [".", "..", "new"]
+
+
+def test_commit_on_an_image_of_layer_images(pulled, tmp_path):
+    ref, _manifest, _layers, stores = pulled
+    env = stores["erofs"]
+    result = run_cli("run", "--commit", "next:1", ref, "sh", "-c", "echo more > /o/added; rm /keep", env=env)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("run", "next:1", "sh", "-c", "cat /o/added; ls /o; test ! -e /keep && echo keep-gone", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["more", "added", "new", "keep-gone"]
+
+
+def test_gc_takes_layer_images_with_their_image(pulled):
+    ref, _manifest, _layers, stores = pulled
+    env = stores["erofs"]
+    root = env["HERMETIC_STORE"]
+    assert len(os.listdir(os.path.join(root, "layers"))) == 3
+    assert run_cli("rmi", ref, env=env).returncode == 0
+    result = run_cli("gc", env=env)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(os.path.join(root, "layers")) == [] and os.listdir(os.path.join(root, "blobs", "sha256")) == []
+
+
+@pytest.mark.parametrize("case", ["traversal", "symlink-then-write", "lie"])
+def test_hostile_or_lying_layers_store_nothing(scripted_registry, tmp_path, monkeypatch, case):
+    if not erofs_works(tmp_path, monkeypatch):
+        pytest.skip("this kernel does not mount EROFS images from a file")
+    big = ("big", os.urandom(600_000), REG)  # above the size under which layers stay unpacked
+    members = {"traversal": [big, ("../../../evil", b"x", REG)],
+               "symlink-then-write": [big, ("a", None, tarfile.DIRTYPE)]}.get(case, [big])
+    blob = tar_gz(members)
+    if case == "symlink-then-write":  # `a` a symlink out, then a write through it
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            link = tarfile.TarInfo("a")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+            tf.addfile(link)
+            data = os.urandom(600_000)
+            info = tarfile.TarInfo("a/evil")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        blob = gzip.compress(buf.getvalue(), compresslevel=1)
+    manifest = scripted_registry.add_image(f"h/{case}:1", [blob])
+    if case == "lie":
+        scripted_registry.lie[manifest["layers"][0]["digest"]] = tar_gz([("big", os.urandom(600_000), REG)])
+    root = str(tmp_path / "store")
+    result = run_cli("pull", f"{scripted_registry.host}/h/{case}:1",
+                     env={"HERMETIC_STORE": root, "HERMETIC_LAYER_FORMAT": "erofs"})
+    assert result.returncode == 125 and result.stderr.count("\n") == 1, result.stderr
+    assert ("digest mismatch" if case == "lie" else "refusing layer member") in result.stderr
+    assert "Traceback" not in result.stderr
+    for sub in ("blobs/sha256", "layers", "tmp"):
+        path = os.path.join(root, sub)
+        assert not os.path.isdir(path) or os.listdir(path) == [], (sub, os.listdir(path))
+    assert not os.path.exists("/etc/evil")
+
+
+def test_layer_format_setting(tmp_path, monkeypatch):
+    store = Store(str(tmp_path / "store"))
+    monkeypatch.delenv("HERMETIC_LAYER_FORMAT", raising=False)
+    assert store.layer_format(size=10 << 20) == "dir"  # the default: unpacked
+    monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "dir")
+    assert store.layer_format(size=10 << 20) == "dir"
+    monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "auto")
+    assert store.layer_format(size=1000) == "dir"  # small layers stay unpacked
+    monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "sideways")
+    from pytest_hermetic.errors import StoreError
+
+    with pytest.raises(StoreError, match="HERMETIC_LAYER_FORMAT='sideways' is not one of dir, auto, erofs"):
+        store.layer_format(size=None)
+    digest = hashlib.sha256(b"").hexdigest()
+    assert store.layer_image(f"sha256:{digest}") is None
+
+
+def test_bindings_read_layer_images_as_unpacked_layers(pulled, tmp_path):
+    """What a forked Python needs bound in (`bindings.volumes_for`) is the same whether the
+    store keeps the image's layers as images (read by `erofs_reader`) or unpacked."""
+    from pytest_hermetic.bindings import volumes_for
+    from pytest_hermetic.spec import Spec
+
+    ref, _manifest, _layers, stores = pulled
+    found = {}
+    for kind, env in stores.items():
+        store = Store(env["HERMETIC_STORE"])
+        image = store.local(ref)
+        found[kind] = volumes_for(Spec.build(ref, ["true"]), [str(tmp_path), "/etc"], store=store, image=image)
+    assert found["erofs"] == found["dir"]
+    targets = [v.target for v in found["erofs"]]
+    assert os.path.realpath(tmp_path) in targets and "/etc" not in targets  # the image has /etc: not bound
