@@ -35,7 +35,10 @@ def _top(name: str) -> list[dict]:
 
 def test_top_lists_the_containers_processes_with_both_pids(busy):
     deadline = time.monotonic() + 10
-    while len(found := _top(busy)) < 3:
+    while True:  # (until sh has forked and both have exec'd their commands)
+        found = _top(busy)
+        if [p["command"].split(" ")[0] for p in found[1:]] == ["sleep", "python3"]:
+            break
         assert time.monotonic() < deadline, found
         time.sleep(0.1)
     assert [p["container_pid"] for p in found[:3]] == [1, 2, 3]
