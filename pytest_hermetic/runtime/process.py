@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import channel, init, placeholder, relay, spare
+from . import cgroups, channel, init, placeholder, relay, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -163,7 +163,11 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         config.network_go = Channel()
     if not rootless and config.network_hook is None and config.network.mode == "none":
         config.spare = spare.take()  # the namespaces made ahead, if any (the plugin's next test)
-    joined = Channel() if config.cgroup_procs or config.network_hook else None
+    # As root, the child is forked inside its v1 cgroups (cgroups.ThreadRoute):
+    # no migration to wait for; else the parent moves it while it sets up.
+    route = cgroups.ThreadRoute.for_paths(config.cgroup_procs) if not rootless and config.cgroup_procs else None
+    attach = [] if route is not None else config.cgroup_procs
+    joined = Channel() if attach or config.network_hook else None
     if config.network_hook is not None and not rootless:
         config.netns_ready = Channel()
     first = None
@@ -176,10 +180,18 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
             sc.unshare(sc.CLONE_NEWPID)
             try:
                 if placeholder_mode:
-                    first = placeholder.start()
+                    first = placeholder.start()  # (before the step in: it stays in the caller's cgroup)
+                if route is not None:
+                    try:
+                        route.step_in()
+                    except OSError:  # (not seen) the parent moves the child then, as on v2
+                        route, attach = None, config.cgroup_procs
+                        joined = joined or Channel()
                 pid = fork()
             finally:
                 if pid != 0:
+                    if route is not None:
+                        route.step_out()
                     sc.setns(fd, sc.CLONE_NEWPID)
             if pid == 0:
                 if placeholder_mode:
@@ -199,7 +211,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
     spare.discard(config.spare)  # the child's now
     config.spare = None
-    attach_error = _attach([pid], config, joined) if joined is not None else None
+    attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:
         prepare_next()  # while the child builds its root: off the next start's path
     os.close(err_w)
@@ -274,7 +286,7 @@ def _start_usermode_network(proc: ContainerProcess, go: Channel, config: Process
         go.close_write()
 
 
-def _attach(pids: list[int], config: ProcessConfig, joined: Channel) -> BaseException | None:
+def _attach(pids: list[int], procs_files: list[str], config: ProcessConfig, joined: Channel) -> BaseException | None:
     """Move the child into its cgroup from here, while it builds its root.
 
     The first cgroup migration after a quiet spell waits for an RCU grace
@@ -286,7 +298,7 @@ def _attach(pids: list[int], config: ProcessConfig, joined: Channel) -> BaseExce
     (whose root is the cgroup it is in at that moment)."""
     joined.close_read()
     try:
-        for path in config.cgroup_procs:
+        for path in procs_files:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # (open() would add 4 syscalls)
             try:
                 for pid in pids:
