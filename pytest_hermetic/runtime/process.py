@@ -155,7 +155,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     rootless = config.userns is not None
     # A Python callable as root: the callable itself is the only fork of
     # the (large) parent, as PID 2 under a placeholder PID 1.
-    placeholder_mode = target is not None and not rootless and not config.init and placeholder.binary() is not None
+    placeholder_mode = target is not None and not rootless and not config.init and placeholder.available()
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
     maps = (relay.UserMaps() if rootless and config.userns and config.userns.mapped_from_outside and not config.userns_join
             else None)
