@@ -25,6 +25,7 @@ from ..container import Container
 from ..errors import HermeticError
 from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
+from ..runtime import process
 from ..spec import Spec, Volume
 from . import coverage_relay, loopback_relay
 from .child import child_main, install_forwarder
@@ -238,6 +239,8 @@ def finish_pending(block: bool = True) -> None:
         if block or (container.process is not None and container.process.wait(timeout=0) is not None):
             _pending.remove(container)
             container.remove()
+    if block:
+        process.discard_prepared()  # the session's end: no next test
 
 
 def _drain(read_fd: int, container: Container, services: _Services, reply_fd: int) -> tuple[bytes, bool]:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import os
 import signal
 
+from . import syscalls as sc
+
 _binary_path: str | None = None
 _lifeline: tuple[int, int, int] | None = None  # (owner pid, read end, write end)
 _tiny_works: bool | None = None  # None: not tried yet
@@ -124,6 +126,60 @@ def _tiny_memfd() -> int:
         os.close(fd)
         raise
     return fd
+
+
+_ready: tuple[int, int, int] | None = None  # (owner pid, a placeholder started ahead, its PID namespace's fd)
+_own_pidns: tuple[int, int] | None = None  # (pid, fd of this process's own PID namespace)
+
+
+def prepare() -> None:
+    """Start the next container's placeholder now, in a new PID namespace
+    (the pytest plugin does while a test's child builds its root): the next
+    start then only `setns`es into that namespace and forks, instead of
+    waiting for a vfork and exec on its critical path.  A fresh
+    namespace with nothing but a fresh placeholder in it, for one container."""
+    global _ready, _own_pidns
+    if not available() or (_ready is not None and _ready[0] == os.getpid()):
+        return
+    if _own_pidns is None or _own_pidns[0] != os.getpid():
+        _own_pidns = (os.getpid(), os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC))
+    sc.unshare(sc.CLONE_NEWPID)  # for our children only; our own PID namespace stays
+    try:
+        pid = start()
+    finally:
+        sc.setns(_own_pidns[1], sc.CLONE_NEWPID)
+    try:
+        ns = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        end(pid)
+        raise
+    _ready = (os.getpid(), pid, ns)
+
+
+def take() -> tuple[int, int] | None:
+    """The placeholder started ahead and its PID namespace's fd (the
+    caller's to close), if one is ready and still running; else None."""
+    global _ready
+    ready, _ready = _ready, None
+    if ready is None or ready[0] != os.getpid():
+        return None  # none, or a parent's (a fork's copy is not ours)
+    _, pid, ns = ready
+    try:
+        alive = os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        alive = False
+    if not alive:  # killed meanwhile: its namespace takes no new process
+        os.close(ns)
+        return None
+    return pid, ns
+
+
+def discard_ready() -> None:
+    """End the placeholder started ahead, if any (end of a session)."""
+    ready = take()
+    if ready is not None:
+        os.close(ready[1])
+        end(ready[0])
 
 
 def end(pid: int) -> None:

@@ -13,10 +13,12 @@ How many forks it takes, and why (a fork of a large Python parent costs
   so an intermediate child (relay.py) enters it (and all the others), forks
   PID 1 and relays its exit status (by exiting the same way).
 
-While the child builds its root, the parent moves it into its cgroup and
-wires its network; the two sides wait for each other with the messages of
-channel.py, and set-up errors come back as one line on a close-on-exec
-pipe (a clean exec closes it with nothing written).
+As root on cgroup v1 the child is forked inside its cgroups
+(cgroups.ThreadRoute); else, while it builds its root, the parent moves it
+there.  The parent wires its network meanwhile; the two sides wait for
+each other with the messages of channel.py, and set-up errors come back as
+one line on a close-on-exec pipe (a clean exec closes it with nothing
+written).
 """
 
 from __future__ import annotations
@@ -177,9 +179,17 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         else:
             fd = _pidns_fd()
             pid = -1
-            sc.unshare(sc.CLONE_NEWPID)
+            ready = placeholder.take() if placeholder_mode else None
+            if ready is not None:  # started ahead, in its own PID namespace: fork into that
+                first, ready_ns = ready
+                try:
+                    sc.setns(ready_ns, sc.CLONE_NEWPID)
+                finally:
+                    os.close(ready_ns)
+            else:
+                sc.unshare(sc.CLONE_NEWPID)
             try:
-                if placeholder_mode:
+                if placeholder_mode and first is None:
                     first = placeholder.start()  # (before the step in: it stays in the caller's cgroup)
                 if route is not None:
                     try:
@@ -237,13 +247,21 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
 
 
 def prepare_next() -> None:
-    """Make the next container's network, IPC and UTS namespaces now, while
-    this process would wait anyway (spare.py): the pytest plugin calls it
-    while a test runs.  Root only; a failure just leaves none made."""
+    """Make the next container's network, IPC and UTS namespaces (spare.py)
+    and its placeholder PID 1 in a new PID namespace (placeholder.py) now,
+    while this process would wait anyway: the pytest plugin's parent while a
+    test's child builds its root.  Root only; a failure just leaves none made."""
     try:
         spare.prepare()
+        placeholder.prepare()
     except OSError:
         pass  # the next container makes its own, as always
+
+
+def discard_prepared() -> None:
+    """Let go of what `prepare_next` made for a container that will not come."""
+    spare.discard(spare.take())
+    placeholder.discard_ready()
 
 
 def _first_cause(message: bytes, attach_error: BaseException | None,
