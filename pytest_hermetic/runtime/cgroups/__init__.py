@@ -362,6 +362,8 @@ class ThreadRoute:
                 return None
             into.append(directory + "/tasks")
             home.append(mount.rstrip("/") + mine[controller].rstrip("/") + "/tasks")
+        if not all(os.access(path, os.W_OK) for path in home):  # no way back (a read-only mount): don't go
+            return None
         return cls(into, home)
 
     def step_in(self) -> None:
