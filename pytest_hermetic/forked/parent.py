@@ -26,6 +26,7 @@ from ..container import Container
 from ..errors import HermeticError
 from ..fixtures import Containers, TestNetworks, with_host_tmp
 from ..images.store import Store
+from ..runtime import process
 from ..spec import Spec
 from . import coverage_relay, event_loops, loopback_relay
 from .child import child_main, install_forwarder
@@ -275,6 +276,8 @@ def finish_pending(block: bool = True) -> None:
         if block or (container.process is not None and container.process.wait(timeout=0) is not None):
             _pending.remove(container)
             container.remove()
+    if block:
+        process.discard_prepared()  # the session's end: no next test
 
 
 def _drain(read_fd: int, container: Container, services: _Services, reply_fd: int) -> tuple[bytes, bool]:
