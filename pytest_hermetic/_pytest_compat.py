@@ -273,6 +273,12 @@ class Reruns:
         self.count += 1
         self.item.execution_count = self.count  # type: ignore[attr-defined]
 
+    def forgo(self) -> None:
+        """No rerun of this attempt, which pytest's own protocol runs in the
+        pytest process: the plugin's teardown hook, which holds the wider
+        scopes' finalizers back for a rerun, then leaves them in place."""
+        del self.item.execution_count  # type: ignore[attr-defined]
+
     def watching(self) -> contextlib.AbstractContextManager[None]:
         """Around an attempt's fork: its child records the verdicts."""
         return self.verdicts.watching()

@@ -146,3 +146,30 @@ def test_unreachable(port):
 ''')
     result = _session(pytester, "--hermetic", "-p", "xdist", "-W", "error")
     assert result.parseoutcomes() == {"passed": 1}, result.stdout.str()
+
+
+def test_a_failed_wider_fixture_is_reported_once_and_torn_down(pytester: pytest.Pytester):
+    # The wider scopes are set up in the pytest process; a failure there is
+    # not rerun under --hermetic (docs/pytest.md), and the session's fixtures
+    # are still torn down (the plugin's hook would hold them back for a rerun).
+    pytester.makepyfile(test_inner='''
+import pytest
+
+@pytest.fixture(scope="module")
+def broken():
+    raise RuntimeError("module fixture")
+
+@pytest.fixture(scope="session")
+def session_wide():
+    yield
+    print("session fixture torn down")
+
+def test_a(session_wide, broken):
+    pass
+
+def test_b(session_wide):
+    pass
+''')
+    result = _session(pytester, "--hermetic", "--reruns", "1", "-s")
+    assert result.parseoutcomes() == {"passed": 1, "errors": 1}, result.stdout.str()
+    result.stdout.fnmatch_lines(["*session fixture torn down*"])

@@ -49,6 +49,8 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     if setup.excinfo is not None:
         # A collector or a wide fixture failed (or skipped): plain pytest
         # reports that from the cached error without running the test body.
+        if reruns is not None:
+            reruns.forgo()  # no rerun then (docs/pytest.md)
         compat.run_protocol(item, nextitem)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return
