@@ -223,7 +223,9 @@ _RERUNFAILURES_NAMES = ("get_reruns_count", "get_reruns_delay", "get_reruns_dela
 
 def rerunfailures_missing(module: Any) -> list[str]:
     """The names `Reruns` and `RerunVerdicts` need that this
-    pytest-rerunfailures lacks (an older release than 16.7)."""
+    pytest-rerunfailures lacks (an older release than 16.7).
+
+    Relies on those names being module attributes of `pytest_rerunfailures`."""
     return [name for name in _RERUNFAILURES_NAMES if not hasattr(module, name)]
 
 
