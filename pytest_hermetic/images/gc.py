@@ -104,7 +104,7 @@ def _sweep(store: Store, max_tmp_age: float) -> list[str]:
 def _unmount_image(layer: str) -> None:
     """Detach the layer's EROFS image from its `root/` if the store mounted it (`Store.layer_lower`):
     nothing keeps the layer, so no container runs on it."""
-    if os.path.exists(os.path.join(layer, LAYER_IMAGE)):
+    if os.geteuid() == 0 and os.path.exists(os.path.join(layer, LAYER_IMAGE)):  # (only root mounts them)
         from ..runtime.rootfs.images import unmount
 
         while unmount(os.path.join(layer, "root")):

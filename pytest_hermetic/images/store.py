@@ -4,7 +4,7 @@
       blobs/sha256/<hex>     layer tars, image configs and manifests, by digest
       layers/<hex>/          each layer once, by its diff_id, shared: `root/`, the layer
                              unpacked, or `layer.erofs`, an EROFS image (as root, where the kernel
-                             can: HERMETIC_LAYER_FORMAT=auto|erofs) that the store mounts on `root/`
+                             can, with HERMETIC_LAYER_FORMAT=auto|erofs) that the store mounts on `root/`
                              once, on first use, for every container (`layer_lower`; gc unmounts)
       refs.json              image name -> manifest digest
       tmp/                   staging: everything lands by atomic rename
@@ -246,10 +246,11 @@ class Store:
     def layer_format(self, size: int | None = None) -> str:
         """How this store keeps a new layer of `size` compressed bytes: "dir" (unpacked) or
         "erofs" (one image, mounted once by the store: real root and Linux 6.12+ only).
-        HERMETIC_LAYER_FORMAT chooses: auto (the default: images for layers of `EROFS_ABOVE`
-        and more where the kernel can), dir (every layer unpacked), erofs (every layer an
-        image; an error where the kernel cannot mount it)."""
-        wanted = os.environ.get("HERMETIC_LAYER_FORMAT", "auto") or "auto"
+        HERMETIC_LAYER_FORMAT chooses: dir (the default: every layer unpacked; an image's
+        mount on the host hides what is below it from rootless containers' overlays, see
+        docs/images.md), auto (images for layers of `EROFS_ABOVE` and more where the kernel
+        can), erofs (every layer an image; an error where the kernel cannot mount it)."""
+        wanted = os.environ.get("HERMETIC_LAYER_FORMAT", "dir") or "dir"
         if wanted not in LAYER_FORMATS:
             raise StoreError(f"HERMETIC_LAYER_FORMAT={wanted!r} is not one of {', '.join(LAYER_FORMATS)}")
         if wanted == "dir" or (wanted == "auto" and size is not None and size < EROFS_ABOVE):
@@ -377,7 +378,7 @@ class Store:
 
     def unmount_layers(self) -> list[str]:
         """Detach every layer image mounted in this store, and the store's private bind if it made
-        one: for a store about to be removed (a test's).  Containers still running keep their
+        one: for a store about to be removed (a test's), that no process starts containers on.  Containers still running keep their
         layers until they end (the mounts are detached lazily); the next container mounts again."""
         from ..runtime.rootfs import images as mounts
 

@@ -220,8 +220,7 @@ def test_hostile_or_lying_layers_store_nothing(scripted_registry, tmp_path, monk
 def test_layer_format_setting(tmp_path, monkeypatch):
     store = Store(str(tmp_path / "store"))
     monkeypatch.delenv("HERMETIC_LAYER_FORMAT", raising=False)
-    assert store.layer_format(size=10 << 20) == ("erofs" if erofs_works(tmp_path, monkeypatch) else "dir")  # auto
-    monkeypatch.delenv("HERMETIC_LAYER_FORMAT")
+    assert store.layer_format(size=10 << 20) == "dir"  # the default: unpacked
     monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "dir")
     assert store.layer_format(size=10 << 20) == "dir"
     monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "auto")
