@@ -65,7 +65,7 @@ MEDIA_LAYER_ZSTD = MEDIA_LAYER + "+zstd"
 BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of the host's root
 
 LAYER_IMAGE = "layer.erofs"  # a layer stored as one EROFS image (see layer_format)
-PRIVATE_BIND = "private-bind"  # present while the store is a private bind mount of itself (`_keep_mounts_private`)
+PRIVATE_BIND = "private-bind"  # the id of the store's private bind mount of itself, while it has one (`_keep_mounts_private`)
 LAYER_FORMATS = ("dir", "auto", "erofs")  # HERMETIC_LAYER_FORMAT
 # With HERMETIC_LAYER_FORMAT=auto, layers under this many compressed bytes stay unpacked: their
 # few files cost little to create once, and each image is one more mount on the host.
@@ -105,6 +105,7 @@ HOST_IMAGE = Image(name="host", id="host", base="host", config={"Env": HOST_ENV}
 class Store:
     def __init__(self, root: str | None = None) -> None:
         self.root = os.path.abspath(root or store_root())
+        self._dev: int | None = None  # the device of layers/ (an EROFS layer mounted there has its own)
 
     # -- layout ---------------------------------------------------------------
 
@@ -342,10 +343,9 @@ class Store:
         return root
 
     def _layers_dev(self) -> int:
-        dev = self.__dict__.get("_dev")
-        if dev is None:
-            dev = self.__dict__["_dev"] = os.stat(os.path.join(self.root, "layers")).st_dev
-        return dev
+        if self._dev is None:
+            self._dev = os.stat(os.path.join(self.root, "layers")).st_dev
+        return self._dev
 
     def _mount_layer(self, image: str, root: str, diff_id: str) -> None:
         from ..runtime.rootfs import images as mounts
@@ -371,22 +371,26 @@ class Store:
         with self.lock():
             real = os.path.realpath(self.root)
             if mounts.holder_is_shared(real):
-                mounts.make_private_bind(real)
+                mount_id = mounts.make_private_bind(real)
                 with open(os.path.join(self.root, PRIVATE_BIND), "w") as f:
-                    f.write(real)
+                    f.write(str(mount_id))
         _private_checked.add(self.root)
 
     def unmount_layers(self) -> list[str]:
         """Detach every layer image mounted in this store, and the store's private bind if it made
-        one: for a store about to be removed (a test's), that no process starts containers on.  Containers still running keep their
-        layers until they end (the mounts are detached lazily); the next container mounts again."""
+        one: for a store about to be removed (a test's) that no process starts containers on.
+        Containers still running keep their layers until they end (the mounts are detached
+        lazily); a container started later mounts again."""
         from ..runtime.rootfs import images as mounts
 
         real = os.path.realpath(self.root)
         done = [point for point in mounts.mounts_below(os.path.join(real, "layers")) if mounts.unmount(point)]
         marker = os.path.join(self.root, PRIVATE_BIND)
-        if os.path.exists(marker):
-            if mounts.unmount(real):
+        with contextlib.suppress(FileNotFoundError):
+            with open(marker) as f:
+                ours = f.read().strip()
+            # Only the bind this store made (a reboot drops it, and the store may sit on a mount of its own).
+            if ours and str(mounts.top_mount_id(real)) == ours and mounts.unmount(real):
                 done.append(real)
             os.unlink(marker)
         _private_checked.discard(self.root)

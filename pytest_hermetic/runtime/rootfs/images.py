@@ -79,10 +79,23 @@ def holder_is_shared(path: str) -> bool:
     return shared
 
 
-def make_private_bind(path: str) -> None:
-    """Make `path` a private bind mount of itself, so that mounts below it propagate nowhere."""
+def make_private_bind(path: str) -> int:
+    """Make `path` a private bind mount of itself, so that mounts below it propagate nowhere;
+    the new mount's id (`top_mount_id`)."""
     sc.mount(path, path, None, MS_BIND, None)
     sc.mount(None, path, None, MS_PRIVATE, None)
+    return top_mount_id(path) or 0
+
+
+def top_mount_id(path: str) -> int | None:
+    """The id of the mount on top at exactly `path` (mountinfo's first field), if any."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape(fields[4]) == path:
+                found = int(fields[0])  # (listed in mount order: the last is on top)
+    return found
 
 
 def can_mount_images(image: str, scratch: str) -> bool:
