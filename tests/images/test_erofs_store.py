@@ -128,6 +128,28 @@ def test_layer_images_are_mounted_once_for_every_container_and_gc_unmounts_them(
     assert os.listdir(os.path.join(root, "layers")) == [] and os.listdir(os.path.join(root, "blobs", "sha256")) == []
 
 
+def test_processes_mounting_a_layer_at_once_make_one_mount(pulled):
+    """Several processes asking for the same layer at once (sessions, a notebook): one mount, never two stacked."""
+    ref, _manifest, _layers, stores = pulled
+    root = stores["erofs"]["HERMETIC_STORE"]
+    store = Store(root)
+    layer = store.local(ref).layers[1]
+    script = ("import sys, time\nfrom pytest_hermetic.images.store import Store\n"
+              "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))\n"
+              "print(Store(sys.argv[1]).layer_lower(sys.argv[2]))\n")
+    import time
+
+    at = str(time.time() + 1.5)  # all start their look at the same moment
+    procs = [subprocess.Popen([sys.executable, "-c", script, root, layer, at], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT}) for _ in range(4)]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert set(outs) == {store.layer_root(layer)}
+    assert erofs_mounts(root) == [os.path.realpath(store.layer_root(layer))]  # one, not stacked
+    assert store.unmount_layers() == [os.path.realpath(store.layer_root(layer))]
+    assert erofs_mounts(root) == []
+
+
 PROPAGATION = r"""
 import os, subprocess, sys
 from pytest_hermetic.container import Container
