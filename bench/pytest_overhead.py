@@ -205,6 +205,12 @@ def summarize(samples: dict[tuple[str, int], list[float]], tests: int) -> dict:
         result["ratio"] = modes["hermetic"]["overhead_ms"] / modes["forked"]["overhead_ms"]
     if (modes["forked"]["cpu_overhead_ms"] or 0) > 0:
         result["cpu_ratio"] = modes["hermetic"]["cpu_overhead_ms"] / modes["forked"]["cpu_overhead_ms"]
+    if "hermetic-base" in modes:  # --against: this tree against the other, CPU and wall
+        base = modes["hermetic-base"]
+        result["against"] = {
+            "overhead_ratio": modes["hermetic"]["overhead_ms"] / base["overhead_ms"] if base["overhead_ms"] > 0 else None,
+            "cpu_overhead_ratio": (modes["hermetic"]["cpu_overhead_ms"] / base["cpu_overhead_ms"]
+                                   if (base["cpu_overhead_ms"] or 0) > 0 else None)}
     if modes["forked"]["overhead_no_startup_ms"] > 0:
         result["ratio_no_startup"] = (modes["hermetic"]["overhead_no_startup_ms"]
                                       / modes["forked"]["overhead_no_startup_ms"])
@@ -246,13 +252,17 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
               f"ratio {verdict(summary.get('ratio_no_startup'))}")
         return
     print(f"\n{rounds} rounds, {n} tests per session ({args.shape}); sessions in s, per test in ms")
-    print(f"{'mode':<10}{'median':>8}{'p10':>8}{'p90':>8}{'per test':>10}{'overhead':>10}{'p10-p90':>16}{'0 tests':>9}")
+    print(f"{'mode':<14}{'median':>8}{'p10':>8}{'p90':>8}{'per test':>10}{'overhead':>10}{'p10-p90':>16}{'0 tests':>9}")
     for mode, m in summary["modes"].items():
         t = s[f"{mode} x{n}"]
         o = m["overhead_paired_ms"]
-        print(f"{mode:<10}{t['median']:>8.2f}{t['p10']:>8.2f}{t['p90']:>8.2f}{m['per_test_ms']:>10.2f}"
+        print(f"{mode:<14}{t['median']:>8.2f}{t['p10']:>8.2f}{t['p90']:>8.2f}{m['per_test_ms']:>10.2f}"
               f"{m['overhead_ms']:>+10.2f}{o['p10']:>8.2f}-{o['p90']:<7.2f}{m['startup_s']:>9.2f}")
     print(f"hermetic / forked, per-test overhead: {verdict(summary.get('ratio'))}")
+    if "against" in summary:
+        a = summary["against"]
+        print("hermetic / hermetic-base (--against), per-test overhead: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in a.items() if v is not None))
     print("CPU time (user+sys of the session and its children) per test over plain: " + ", ".join(
         f"{mode} {m['cpu_overhead_ms']:+.2f} ms" for mode, m in summary["modes"].items() if m["cpu_overhead_ms"] is not None)
         + (f"; hermetic / forked {summary['cpu_ratio']:.2f}" if "cpu_ratio" in summary else ""))
@@ -520,7 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="/var/tmp" if os.path.isdir("/var/tmp") else None,
                         help="where the temporary project goes (default /var/tmp: a project under /tmp "
                              "costs hermetic one more bind mount per test, as /tmp is fresh in a container)")
+    parser.add_argument("--against", metavar="TREE",
+                        help="also run hermetic from this checkout (first on PYTHONPATH) as mode "
+                             "`hermetic-base`, interleaved: an A/B of two trees in whole sessions")
     args = parser.parse_args(argv)
+    if args.against:
+        MODES["hermetic-base"] = MODES["hermetic"]
     if args.tests < 1:
         parser.error("--tests must be at least 1")
     if args.rounds < 1 and not (args.rounds == 0 and args.profile):
@@ -540,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 0
     with tempfile.TemporaryDirectory(prefix="hermetic-pytest-bench-", dir=args.dir) as tmp:
         envs = session_envs(tmp)
+        if args.against:
+            envs["hermetic-base"] = with_path(envs["hermetic"], os.path.abspath(args.against))
         make_project(f"{tmp}/tests", args.tests, args.shape)
         make_project(f"{tmp}/empty", 0)
         project = {args.tests: f"{tmp}/tests", 0: f"{tmp}/empty"}

@@ -18,7 +18,6 @@ finish; they work on a foreground `run --name` container too.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -26,117 +25,19 @@ import time
 
 from ._fs import rmtree
 from ._proc import owner_alive, start_time
-from ._record import fields, replace
+from ._record import fields
 from .container import Container, log_path
-from .errors import ContainerNotFound, ContainerStartError, HermeticError, SpecError
+from .errors import ContainerNotFound, ContainerStartError, HermeticError
 from .gc import clear_dead
-from .spec import Port, Spec
+from .publish import attach, listen, ports_json, refuse_rootless, slirp_publishes
+from .spec import Spec
 from .state import doomed_dir, list_states, write_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Sequence
-
     from .runtime.process import ContainerProcess
 
 STOP_GRACE = 10.0  # seconds, as `docker stop`
-
-
-def listen(ports: "Sequence[Port]", hold: bool = True) -> list:
-    """Take the host's `HOST_IP:HOST_PORT` of each port, before the
-    container starts (a port in use fails the run before it began, as
-    Docker's does); `attach` then relays them.  Each forwarder has `.port`,
-    the `Port` with the host port it got (a free one where none was asked).
-    The caller holds them and closes them.  Without `hold` (slirp4netns
-    will listen there itself) each port is only tried and let go at once:
-    the container's processes, forked after this, must not inherit it."""
-    if not ports:
-        return []
-    from .runtime import portfwd  # lazily: only a run with -p needs it
-
-    forwarders: list = []
-    try:
-        for port in ports:
-            kind = portfwd.UdpForwarder if port.protocol == "udp" else portfwd.Forwarder
-            try:
-                forwarder = kind(None, "", port.container_port, (port.host_ip, port.host_port))
-            except OSError as exc:
-                host = f"[{port.host_ip}]" if ":" in port.host_ip else port.host_ip
-                raise SpecError(f"-p {host}:{port.host_port}:{port.container_port}/{port.protocol}: cannot listen "
-                                f"on that host address and port ({exc.strerror}); pick another host port"
-                                + (" or address (is it one of this host's?)" if exc.errno == errno.EADDRNOTAVAIL else "")
-                                ) from None
-            forwarder.port = replace(port, host_port=forwarder.address[1])
-            forwarders.append(forwarder)
-            if not hold:
-                forwarder.close()
-    except BaseException:
-        for forwarder in forwarders:
-            forwarder.close()
-        raise
-    return forwarders
-
-
-def attach(container: Container, forwarders: list) -> None:
-    """Relay `listen`'s forwarders to the running container's ports."""
-    if not forwarders:
-        return
-    helper = getattr(container.process, "net_helper", None)
-    if helper is not None and helper.api_socket:
-        # Rootless on slirp4netns: it listens on the host itself (`listen`
-        # only tried the ports, and found the free ones).
-        for forwarder in forwarders:
-            port = forwarder.port
-            helper.add_hostfwd(port.protocol, port.host_ip, port.host_port, port.container_port)
-        return
-    from .runtime import portfwd
-
-    holder = getattr(container.network, "holder", None)
-    if holder is not None:
-        make = holder.socket
-    else:
-        make = portfwd.socket_in(f"/proc/{container.pid}/ns/net")
-        try:
-            make().close()  # a caller that may not enter the namespace: say so now, not at each connection
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return  # the container has ended already: nothing to relay to
-            raise SpecError(f"-p: cannot reach the container's network namespace ({exc.strerror})") from None
-    for forwarder in forwarders:
-        forwarder.attach(make, container.address or "127.0.0.1")
-
-
-def refuse_rootless(container: Container) -> None:
-    """-p of a rootless container without --net: refused before it starts, saying why."""
-    if container.spec.publish and container.userns and container.spec.net is not True:
-        raise SpecError("-p: a rootless container publishes ports only with --net (slirp4netns listens on the host "
-                        "for it, as under rootless Podman); without a network its namespace belongs to a user "
-                        "namespace the caller is not in, and its PID 1 cannot be entered from outside, so nothing on "
-                        "the host can make the sockets that would relay to it; add --net, or run as root")
-    ipv6 = [port for port in container.spec.publish if ":" in port.host_ip] if container.userns else []
-    if ipv6:
-        raise SpecError(f"-p {ipv6[0]}: a rootless container's ports are published by slirp4netns, which takes IPv4 "
-                        "host addresses only; use 127.0.0.1 (the default) or 0.0.0.0, or run as root")
-
-
-def ports_of(state: dict) -> list[Port]:
-    """The ports a container's state records (older states: [ip, host port, container port], tcp)."""
-    ports = []
-    for item in state.get("ports") or []:
-        ports.append(Port(*item) if isinstance(item, list) else Port(**item))
-    return ports
-
-
-def _ports_json(forwarders: list) -> list[dict]:  # each has a Port as .port (publish's)
-    return [{key: getattr(f.port, key) for key in fields(f.port)} for f in forwarders]
-
-
-def record_ports(container: Container, forwarders: list) -> None:
-    """Write a foreground run's published ports into its state (a detached one's supervisor writes them at start)."""
-    if container.state_dir is not None and forwarders:
-        state = _read(container.state_dir)
-        state["ports"] = _ports_json(forwarders)
-        write_state(container.state_dir, state)
 
 
 # -- run -d --------------------------------------------------------------------------
@@ -189,10 +90,11 @@ def _supervise(spec: Spec, remove: bool, report_fd: int, interactive: bool = Fal
         signal.signal(sig, signal.SIG_IGN)
     container = Container(spec)
     forwarders: list = []
+    maker = None  # a rootless container's socket helper for -p (ns_sockets.py)
     held_stdin = None  # -i: the write end of the container's stdin, held open and never written
     try:
         refuse_rootless(container)
-        forwarders = listen(spec.publish, hold=not container.userns)
+        forwarders = listen(spec.publish, hold=not slirp_publishes(container))
         stdin = 0
         if interactive and tty is None:
             stdin, held_stdin = os.pipe2(os.O_CLOEXEC)
@@ -201,17 +103,19 @@ def _supervise(spec: Spec, remove: bool, report_fd: int, interactive: bool = Fal
             os.close(stdin)
         if container.tty is not None:
             _log_terminal(container.tty, container.log_path)  # type: ignore[arg-type]
-        attach(container, forwarders)
+        maker = attach(container, forwarders)
         assert container.state_dir is not None and container.pid is not None
         state = _read(container.state_dir)
         state.update(detached=True, status="running", pid=container.pid, pid_start=start_time(container.pid),
-                     exec=container.exec_settings(), ports=_ports_json(forwarders), auto_remove=remove,
+                     exec=container.exec_settings(), ports=ports_json(forwarders), auto_remove=remove,
                      image_id=container.image.id if container.image else None, spec=_spec_json(spec),
                      started=time.time())
         write_state(container.state_dir, state)
     except BaseException as exc:
         for forwarder in forwarders:
             forwarder.close()
+        if maker is not None:
+            maker.close()
         container.remove()
         code = exc.exit_code if isinstance(exc, HermeticError) else 125
         text = str(exc) if isinstance(exc, HermeticError) else f"internal error ({type(exc).__name__}: {exc})"
@@ -230,6 +134,8 @@ def _supervise(spec: Spec, remove: bool, report_fd: int, interactive: bool = Fal
     finally:
         for forwarder in forwarders:
             forwarder.close()
+        if maker is not None:
+            maker.close()
         container.remove(keep_state=not remove)
         if not remove and result is not None:
             state = _read(container.state_dir)
@@ -414,11 +320,6 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
     if not settings:
         raise ContainerStartError(f"container {state.get('name')} was started in the foreground; `hermetic exec` "
                                   "reaches containers started with `run -d`")
-    if settings["userns"] and not os.access(f"/proc/{pid}/ns/user", os.R_OK):
-        # A rootless container's PID 1 is not dumpable, so its /proc/PID/ns is root's.
-        raise ContainerStartError(f"container {state.get('name')}: `hermetic exec` into a rootless detached container "
-                                  "is not supported yet (its namespaces are closed to other processes); run as root, "
-                                  "or give the container a command that does the work")
     caps = settings.get("caps")
     seccomp_filter = seccomp.default(sys_admin=has_sys_admin(caps)) if settings["seccomp"] else None
     return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],

@@ -44,6 +44,7 @@ from .errors import HermeticError, RegistryError, SpecError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .container import Container
+    from .spec import Spec
 
 LOG_LINES_INI = "hermetic_service_log_lines"
 log_lines = 50  # the tail shown in reports and wait errors; the ini sets it (pytest_configure below)
@@ -53,6 +54,19 @@ def tail(text: str, lines: int | None = None) -> str:
     """The last `lines` lines of `text` (`log_lines` by default)."""
     n = log_lines if lines is None else lines
     return "\n".join(text.splitlines()[-n:]) if n > 0 else ""
+
+
+def with_host_tmp(spec: Spec) -> Spec:
+    """`spec` with the host's /tmp seen copy-on-write at /tmp (first, so
+    volumes below it are mounted over it): what wider-scope fixtures made
+    there before the fork (`tempfile.mkdtemp()` in a class fixture) is
+    there, a virtualenv living there runs, and the container's writes vanish
+    with it.  A volume of the caller's own at /tmp wins."""
+    from .spec import Volume
+
+    if any(v.target.rstrip("/") == "/tmp" for v in spec.volumes):
+        return spec
+    return spec.with_options(volumes=(Volume("/tmp", "/tmp", overlay=True), *spec.volumes))
 
 
 class ExecResult:
@@ -303,7 +317,10 @@ class Containers:
 
         if not isinstance(image, str) or image.startswith("build:"):  # a Containerfile (Build): built once
             image = image_of_build(image)
-        spec = Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True, **options)
+        # The host's /tmp copy-on-write, as a hermetic test has it: `sys.executable`
+        # of a virtualenv under /tmp runs in a `host` service too.
+        spec = with_host_tmp(Spec.build(image, command, name=name, env=env or {}, mem=mem, net=net, ephemeral=True,
+                                        **options))
         if name is not None and any(service.name == name for service in self.services):
             raise SpecError(f"name={name!r}: this scope already has a container of that name")
         network = None
@@ -517,13 +534,13 @@ def image_of_build(image: Any) -> Any:
         raise BuildError(f"containers.run({image!r}): {exc}{tail}", exc.output) from None
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
-    """A failed test shows the last lines of each service container it used."""
-    outcome = yield
-    report = outcome.get_result()
+    """A failed test shows the last lines of each service container it used.
+    (New-style: another plugin's error passes through unwrapped.)"""
+    report = yield
     if not report.failed or log_lines <= 0:
-        return
+        return report
     for service in _services_of(item):
         try:
             text = tail(service.logs())
@@ -531,6 +548,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
             text = f"(its logs could not be read: {exc})"
         report.sections.append((f"service {service.name} ({report.when}): last {log_lines} lines",
                                 text or "(nothing written)"))
+    return report
 
 
 def _services_of(item: pytest.Item) -> list:

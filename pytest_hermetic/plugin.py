@@ -174,13 +174,15 @@ class HermeticRunner:
             item.stash[_BUILD_KEY] = fixtures.session_builds(self.config).check(options["image"])
             options["image"] = "host"
 
-    @pytest.hookimpl(hookwrapper=True)
+    @pytest.hookimpl(wrapper=True)
     def pytest_pycollect_makeitem(self, collector, name, obj):  # noqa: ANN001, ANN201
         """Check every marker while collecting: a bad one is kept with its
         item, which then errors at set-up naming the test, the option and the
-        fix; the other tests (of its module too) still run."""
-        outcome = yield
-        result = outcome.get_result()
+        fix; the other tests (of its module too) still run.  A new-style
+        wrapper: collection's own errors (a warning turned into one by
+        `-W error`) pass through as they are, not wrapped in pluggy's
+        PluggyTeardownRaisedWarning."""
+        result = yield
         items = result if isinstance(result, list) else [result] if result is not None else []
         for item in items:
             if isinstance(item, pytest.Item):
@@ -188,6 +190,7 @@ class HermeticRunner:
                     self.spec_for(item)
                 except SpecError:
                     pass  # reported when the item runs
+        return result
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:

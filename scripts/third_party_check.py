@@ -18,6 +18,8 @@ compare the per-test outcomes.
    `python -m pytest -p hermetic -p no:cacheprovider -q -rA --junitxml=FILE`,
    once plainly (the plugin loaded, no `--hermetic`) and once with
    `--hermetic`, both with `--timeout=300` so a hanging test fails alone;
+   with --hermetic-xdist N a third time, `--hermetic -n N` (pytest-xdist
+   installed), compared with the plain run as well;
    with --plain-runs N the plain run is repeated to tell flaky tests;
 4. read the junit XML files into {test id: outcome} and compare; also the
    subtest counts of pytest's summary line, which junit XML does not list.
@@ -66,7 +68,28 @@ KNOWN: dict[str, dict[str, list[str]]] = {
     "iniconfig": {"deps": [], "paths": ["testing"], "args": []},
     "attrs": {"deps": ["hypothesis", "pympler", "cloudpickle"], "paths": ["tests"], "args": []},
     "execnet": {"deps": [], "paths": ["testing"], "args": []},
+    "click": {"deps": [], "paths": ["tests"], "args": ["-W", "ignore::pytest.PytestRemovedIn10Warning"]},  # as dateutil
+    "jinja2": {"deps": ["trio"], "paths": ["tests"], "args": []},
+    # (not test_version.py and test_specifiers.py: 25,000 parametrized cases, whose -rA summary alone
+    # takes pytest minutes)
+    "packaging": {"deps": ["pretend"], "paths": ["tests/test_markers.py", "tests/test_requirements.py", "tests/test_tags.py",
+                                                 "tests/test_utils.py", "tests/test_metadata.py", "tests/test_elffile.py",
+                                                 "tests/test_manylinux.py", "tests/test_musllinux.py",
+                                                 "tests/test_structures.py", "tests/test_licenses.py"], "args": []},
+    # Issue 13's suites: a werkzeug server on a thread of a session fixture;
+    # tornado/socket servers on threads of class fixtures, certificates under
+    # /tmp; a large suite; a suite that monkeypatches `os`.
+    "pytest-httpserver": {"deps": ["requests"], "paths": ["tests"], "args": []},
+    "urllib3": {"deps": ["tornado==6.4.1", "PySocks==1.7.1", "pytest-freezegun==0.4.2", "flaky", "trustme",
+                         "cryptography", "python-dateutil", "mock", "six"], "paths": ["test"],
+                # its appengine conftest implements a hook with an argument pytest 9 removed
+                "args": ["--ignore=test/appengine"]},
+    "python-dateutil": {"deps": ["freezegun", "hypothesis", "pytest-cov"], "paths": ["tests"],
+                        # its ini makes warnings errors; pytest 9 deprecates its generator parametrize
+                        "args": ["-W", "ignore::pytest.PytestRemovedIn10Warning"]},
+    "filelock": {"deps": ["pytest-asyncio", "pytest-mock", "virtualenv"], "paths": ["tests"], "args": []},
 }
+ISSUE_13 = ["pytest-httpserver==1.2.1", "urllib3==1.26.20", "python-dateutil==2.9.0.post0", "filelock==3.20.0"]
 
 SCRUBBED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "VIRTUAL_ENV",
                 "PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_XDIST_AUTO_NUM_WORKERS")
@@ -101,8 +124,9 @@ class Result:
     spec: str
     plain: Run | None = None
     hermetic: Run | None = None
+    hermetic_xdist: Run | None = None  # --hermetic-xdist N
     more_plain: list[Run] = field(default_factory=list)  # --plain-runs > 1
-    differences: list[tuple[str, str, str, str]] = field(default_factory=list)  # id, plain, hermetic, message
+    differences: list[tuple[str, str, str, str]] = field(default_factory=list)  # id, plain, "run: outcome", message
     notes: list[str] = field(default_factory=list)  # same outcome, different skip/xfail reason
     flaky: list[tuple[str, str, str, str]] = field(default_factory=list)  # differs, but so do the plain runs
     problem: str = ""
@@ -111,7 +135,12 @@ class Result:
     def identical(self) -> bool:
         return (not self.problem and self.plain is not None and self.hermetic is not None
                 and not self.plain.problem and not self.hermetic.problem and not self.differences
-                and not any(run.problem for run in self.more_plain))
+                and not any(run.problem for run in [*self.more_plain, *self.compared[1:]]))
+
+    @property
+    def compared(self) -> list[Run]:
+        """The runs compared with the plain one."""
+        return [run for run in (self.hermetic, self.hermetic_xdist) if run is not None]
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -178,7 +207,8 @@ def read_junit(path: Path) -> dict[str, Case]:
 
     Outcome: passed (also non-strict XPASS, which junitxml writes as a pass),
     failed, error, skipped, xfailed; several of failed/error (a failing test
-    whose teardown also fails) are joined with '+'.
+    whose teardown also fails) are joined with '+'.  A test listed more than
+    once (a rerun plugin's attempts) counts with its last entry.
     """
     cases: dict[str, Case] = {}
     root = ET.parse(path).getroot()
@@ -198,11 +228,9 @@ def read_junit(path: Path) -> dict[str, Case]:
             message = child.get("message", "")
             messages.append(message + ("\n" + text if text and text != message else ""))
         outcome = "+".join(dict.fromkeys(kinds)) or "passed"
-        unique, n = test_id, 1
-        while unique in cases:  # the same id twice: keep both
-            n += 1
-            unique = f"{test_id} #{n}"
-        cases[unique] = Case(outcome, "\n".join(messages))
+        # The same id again: a rerun plugin (flaky) reporting its attempts;
+        # the last entry is the test's final outcome, as pytest's summary says.
+        cases[test_id] = Case(outcome, "\n".join(messages))
     return cases
 
 
@@ -219,12 +247,12 @@ def read_summary(line: str) -> dict[str, int]:
 
 
 def run_suite(label: str, venv: Path, src: Path, work: Path, pytest_args: list[str], env: dict[str, str],
-              timeout: float) -> Run:
+              timeout: float, flags: tuple[str, ...] = ()) -> Run:
     run = Run(label)
     junit = work / f"junit-{label}.xml"
     run.log = work / f"pytest-{label}.log"
     cmd = [str(venv / "bin" / "python"), "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-rA",
-           f"--junitxml={junit}", *(["--hermetic"] if label == "hermetic" else []), *pytest_args]
+           f"--junitxml={junit}", *flags, *pytest_args]
     log(f"  $ (cd {src} && {' '.join(cmd)})")
     start = time.monotonic()
     with open(run.log, "w") as out:
@@ -280,7 +308,7 @@ def check_project(spec: str, opts: argparse.Namespace, base: str, tmp: Path) -> 
         sh([base, "-m", "venv", str(venv)], timeout=opts.install_timeout)
         env = clean_env(venv, opts.hashseed)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        wanted = [opts.pytest, *(["pytest-xdist"] if opts.xdist else []),
+        wanted = [opts.pytest, *(["pytest-xdist"] if opts.xdist or opts.hermetic_xdist else []),
                   *(["pytest-timeout"] if opts.test_timeout else []), *deps]
         sh([*pip, str(src), *wanted], env=env, timeout=opts.install_timeout)
         sh([*pip, "-e", str(REPO), "--config-settings", "editable_mode=compat"], env=env, timeout=opts.install_timeout)
@@ -297,10 +325,22 @@ def check_project(spec: str, opts: argparse.Namespace, base: str, tmp: Path) -> 
     pytest_args = [*(["-n", str(opts.xdist)] if opts.xdist else []),
                    *([f"--timeout={opts.test_timeout:g}"] if opts.test_timeout else []), *extra, *paths]
     result.plain = run_suite("plain", venv, src, work, pytest_args, env, opts.run_timeout)
-    result.hermetic = run_suite("hermetic", venv, src, work, pytest_args, env, opts.run_timeout)
+    result.hermetic = run_suite("hermetic", venv, src, work, pytest_args, env, opts.run_timeout, ("--hermetic",))
+    if opts.hermetic_xdist:
+        result.hermetic_xdist = run_suite(f"hermetic-n{opts.hermetic_xdist}", venv, src, work, pytest_args, env,
+                                          opts.run_timeout, ("--hermetic", "-n", str(opts.hermetic_xdist)))
     for n in range(2, opts.plain_runs + 1):
         result.more_plain.append(run_suite(f"plain-{n}", venv, src, work, pytest_args, env, opts.run_timeout))
-    plain, herm = result.plain.cases, result.hermetic.cases
+    for run in result.compared:
+        compare(result, run)
+    report_project(result, opts)
+    return result
+
+
+def compare(result: Result, other: Run) -> None:
+    """Add to `result` every test whose outcome in `other` is not the plain run's."""
+    assert result.plain is not None
+    plain, herm = result.plain.cases, other.cases
     for test_id in sorted(set(plain) | set(herm)):
         a = plain[test_id].outcome if test_id in plain else "(absent)"
         b = herm[test_id].outcome if test_id in herm else "(absent)"
@@ -313,20 +353,19 @@ def check_project(spec: str, opts: argparse.Namespace, base: str, tmp: Path) -> 
             # The plain runs disagree among themselves: the test is flaky here,
             # and a hermetic outcome one of them also had is no difference.
             (result.flaky if len(set([a, *others])) > 1 and b in [a, *others] else result.differences
-             ).append((test_id, shown, b, message if a != b else ""))
+             ).append((test_id, shown, f"{other.label}: {b}", message if a != b else ""))
         elif a in ("skipped", "xfailed") and plain[test_id].message != herm[test_id].message:
             result.notes.append(f"{test_id}: {a} in both, but for another reason: plain "
-                                f"{plain[test_id].message.splitlines()[0]!r}, hermetic {herm[test_id].message.splitlines()[0]!r}")
-    if result.plain.summary != result.hermetic.summary and not result.plain.problem and not result.hermetic.problem:
+                                f"{plain[test_id].message.splitlines()[0]!r}, {other.label} "
+                                f"{herm[test_id].message.splitlines()[0]!r}")
+    if result.plain.summary != other.summary and not result.plain.problem and not other.problem:
         # Only the counts junit XML cannot show per test (subtests) count here;
         # per-test differences are listed already.
         subtests = {k: v for k, v in result.plain.summary.items() if "subtest" in k}
-        subtests_h = {k: v for k, v in result.hermetic.summary.items() if "subtest" in k}
+        subtests_h = {k: v for k, v in other.summary.items() if "subtest" in k}
         if subtests != subtests_h:
-            result.differences.append(("(subtests, pytest's summary line)", str(subtests), str(subtests_h),
-                                       "see the -rA summary in the hermetic run's output (--keep)"))
-    report_project(result, opts)
-    return result
+            result.differences.append(("(subtests, pytest's summary line)", str(subtests), f"{other.label}: {subtests_h}",
+                                       f"see the -rA summary in the {other.label} run's output (--keep)"))
 
 
 def fmt_counts(run: Run | None) -> str:
@@ -339,19 +378,19 @@ def fmt_counts(run: Run | None) -> str:
 
 
 def report_project(result: Result, opts: argparse.Namespace) -> None:
-    for run in (result.plain, *result.more_plain, result.hermetic):
+    for run in (result.plain, *result.more_plain, *result.compared):
         if run is not None:
             log(f"  {run.label:>8}: {len(run.cases)} tests: {fmt_counts(run)}; {run.seconds:.1f}s, exit {run.returncode}")
     for note in result.notes:
         log(f"  note: {note}")
     for test_id, a, b, _ in result.flaky:
-        log(f"  flaky (the plain runs disagree; not counted): {test_id}: plain {a}, hermetic {b}")
+        log(f"  flaky (the plain runs disagree; not counted): {test_id}: plain {a}, {b}")
     if not result.differences:
         log("  outcomes: identical" if result.identical else "  outcomes: not compared (see PROBLEM above)")
         return
     log(f"  outcomes: {len(result.differences)} differ")
     for test_id, a, b, message in result.differences:
-        log(f"  - {test_id}: plain {a}, hermetic {b}")
+        log(f"  - {test_id}: plain {a}, {b}")
         lines = message.strip().splitlines()
         shown = lines if opts.full_messages or len(lines) <= 25 else lines[:5] + ["..."] + lines[-18:]
         for line in shown:
@@ -382,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra pytest arguments for PROJECT, comma separated")
     parser.add_argument("--pytest", default="pytest", metavar="REQ", help="the pytest to install (default: latest)")
     parser.add_argument("--xdist", type=int, default=0, metavar="N", help="install pytest-xdist and run both with -n N")
+    parser.add_argument("--hermetic-xdist", type=int, default=0, metavar="N",
+                        help="also run `--hermetic -n N` (pytest-xdist installed) and compare it with the plain run")
+    parser.add_argument("--issue-13", action="store_true",
+                        help=f"the suites of issue 13 ({' '.join(ISSUE_13)}) with --hermetic-xdist 2")
     parser.add_argument("--python", help="interpreter to make the venvs from (default: the base of REPO/.venv)")
     parser.add_argument("--plain-runs", type=int, default=1, metavar="N",
                         help="run the plain suite N times; a test whose plain outcomes differ is reported as flaky, "
@@ -395,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-messages", action="store_true", help="print differing tests' messages in full")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (sdists, venvs, logs, junit XML)")
     opts = parser.parse_args(argv)
+    if opts.issue_13:
+        opts.specs = [*opts.specs, *ISSUE_13]
+        opts.hermetic_xdist = opts.hermetic_xdist or 2
     opts.specs = opts.specs or DEFAULT_SPECS
     opts.deps = parse_per_project(opts.deps, "deps")
     opts.paths = parse_per_project(opts.paths, "paths")
@@ -413,20 +459,24 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     log("\n=== summary")
-    header = ("project", "tests", "plain", "hermetic", "t plain", "t hermetic", "verdict")
+    xdist = f"hermetic -n {opts.hermetic_xdist}"
+    header = ("project", "tests", "plain", "hermetic", *([xdist] if opts.hermetic_xdist else []),
+              "t plain", "t hermetic", *([f"t {xdist}"] if opts.hermetic_xdist else []), "verdict")
     rows = [header]
     for r in results:
         n = max(len(r.plain.cases) if r.plain else 0, len(r.hermetic.cases) if r.hermetic else 0)
+        problems = [run.problem for run in (r.plain, *r.compared) if run is not None and run.problem]
         verdict = ("identical" + (f" ({len(r.flaky)} flaky)" if r.flaky else "") if r.identical else f"{len(r.differences)} differ" if r.differences
-                   else "ERROR: " + (r.problem or (r.plain and r.plain.problem) or (r.hermetic and r.hermetic.problem) or "?"))
-        rows.append((r.spec, str(n), fmt_counts(r.plain), fmt_counts(r.hermetic),
-                     f"{r.plain.seconds:.1f}s" if r.plain else "-", f"{r.hermetic.seconds:.1f}s" if r.hermetic else "-",
+                   else "ERROR: " + (r.problem or (problems[0] if problems else "?")))
+        runs = [r.hermetic, *([r.hermetic_xdist] if opts.hermetic_xdist else [])]
+        rows.append((r.spec, str(n), fmt_counts(r.plain), *(fmt_counts(run) for run in runs),
+                     f"{r.plain.seconds:.1f}s" if r.plain else "-", *(f"{run.seconds:.1f}s" if run else "-" for run in runs),
                      verdict.splitlines()[0]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    if any(r.problem or not r.plain or not r.hermetic or r.plain.problem or r.hermetic.problem
-           or any(run.problem for run in r.more_plain) for r in results):
+    if any(r.problem or not r.plain or not r.hermetic or r.plain.problem
+           or any(run.problem for run in [*r.more_plain, *r.compared]) for r in results):
         return 2
     return 0 if all(r.identical for r in results) else 1
 

@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("images",),
     ("spec", "options", "bindings"),
     ("networks",),
-    ("container", "state", "gc", "detached"),
+    ("container", "state", "gc", "publish", "detached", "usage"),
     ("build",),  # hermetic build: each step a Container
     ("cli", "__main__", "doctor", "plugin", "forked", "fixtures", "_pytest_compat"),
     ("", "ipython_ext"),  # the package itself (`%load_ext pytest_hermetic`) and the notebook magics

@@ -96,3 +96,31 @@ def test_cgroups_detected():
     assert hierarchy.version in ("v1", "v2", "hybrid")
     if os.environ.get("HERMETIC_IN_VM"):  # scripts/cgroup-v2-vm boots with cgroup_no_v1=all
         assert hierarchy.version == "v2"
+
+
+def _thread_cgroups() -> str:
+    with open("/proc/thread-self/cgroup") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("kind", ["command", "callable"])
+def test_container_starts_inside_its_cgroup_and_the_caller_stays_home(kind):
+    """As root on v1 the child is forked from inside its cgroups (the
+    caller's thread steps in and back out: cgroups.ThreadRoute) instead of
+    being moved there: every process of the container is in each of its
+    cgroups, and the caller's thread is where it was."""
+    before = _thread_cgroups()
+    spec = Spec.build("host", ["sleep", "30"], accounting=False, ephemeral=True)
+    with Container(spec) as c:
+        if kind == "callable":
+            c.start(target=lambda: time.sleep(30))
+        else:
+            c.start()
+        assert _thread_cgroups() == before
+        assert c.cgroup is not None
+        members = c.process.pid
+        for procs in c.cgroup.join_paths():
+            assert members in cgroups.read_pids(procs), procs
+        c.kill()
+        c.wait()
+    assert _thread_cgroups() == before

@@ -252,3 +252,55 @@ def test_servers_of_wider_fixtures_on_loopback_are_reachable(pytester: pytest.Py
     # under xdist each worker's own servers
     pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "-p", "no:cacheprovider", "-n", "2",
                                   timeout=120).assert_outcomes(passed=5)
+
+
+def test_a_collection_error_is_reported_as_in_place(pytester: pytest.Pytester):
+    # python-dateutil collects with -W error; pytest 9.2's deprecation of a
+    # generator in parametrize, raised inside pytest_pycollect_makeitem,
+    # came out wrapped in pluggy's PluggyTeardownRaisedWarning through our
+    # old-style hook wrapper.
+    pytester.makeconftest("""
+def pytest_pycollect_makeitem(collector, name, obj):
+    if name == "test_refused":
+        raise ValueError("refused by the conftest")
+""")
+    pytester.makepyfile(test_inner="def test_refused():\n    pass\n")
+    for result in (_plain(pytester, "-W", "error"), _plain(pytester, "--hermetic", "-W", "error")):
+        result.stdout.fnmatch_lines(["E   ValueError: refused by the conftest", "*1 error*"])
+        result.stdout.no_fnmatch_line("*PluggyTeardownRaisedWarning*")
+
+
+def test_an_event_loop_of_a_wider_fixture_runs_in_the_test(pytester: pytest.Pytester):
+    # urllib3's function fixtures start tornado on `IOLoop.current()`: the main
+    # thread's loop, which its class fixtures made in the pytest process.
+    # Its epoll instance and wake-up socket pair were sealed (/dev/null)
+    # in the test: "OSError: [Errno 22] Invalid argument".
+    pytester.makepyfile(test_inner="""
+import asyncio, threading
+import pytest
+
+@pytest.fixture(scope="session")
+def loop():
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(asyncio.sleep(0))
+    yield loop
+    loop.close()
+
+async def woken_by_a_thread():
+    future = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=lambda: loop.call_soon_threadsafe(future.set_result, 42)).start()
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    assert await reader.read() == b""
+    writer.close()
+    server.close()
+    return await asyncio.wait_for(future, 10)
+
+@pytest.mark.parametrize("n", range(2))
+def test_runs_the_main_threads_loop(loop, n):
+    assert loop.run_until_complete(woken_by_a_thread()) == 42
+""")
+    for result in (_plain(pytester), _plain(pytester, "--hermetic")):
+        result.assert_outcomes(passed=2)

@@ -3,7 +3,8 @@ sessions (plain and under xdist): a test leaves every trace it can in its
 namespaces (files, a straggler process, an abstract socket, SysV IPC
 objects, a POSIX message queue, a TCP port in TIME_WAIT) and the next test
 on the same process finds none, in namespaces of its own (the pytest
-process makes them ahead of time as root: runtime/spare.py)."""
+process makes them ahead of time as root: runtime/spare.py, and the PID
+namespace with its placeholder PID 1: runtime/placeholder.py)."""
 
 import pytest
 
@@ -25,10 +26,20 @@ def parent_namespaces():
     return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("net", "ipc", "uts", "mnt", "pid")}
 
 
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared")  # made in the pytest process; read-write in every test
+
+
+def own_namespaces():
+    return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("net", "ipc", "uts", "mnt", "pid")}
+
+
 @hermetic
-def test_1_leave_traces(parent_namespaces):
+def test_1_leave_traces(parent_namespaces, shared):
     for kind, inode in parent_namespaces.items():
         assert os.stat(f"/proc/self/ns/{kind}").st_ino != inode, kind
+    (shared / __name__).write_text(repr(own_namespaces()))
     with open("/dev/shm/hermetic-probe", "w") as f:
         f.write("x")
     with open("/tmp/hermetic-probe", "w") as f:
@@ -71,9 +82,14 @@ def test_1_leave_traces(parent_namespaces):
 
 
 @hermetic
-def test_2_finds_none(parent_namespaces):
+def test_2_finds_none(parent_namespaces, shared):
     for kind, inode in parent_namespaces.items():
         assert os.stat(f"/proc/self/ns/{kind}").st_ino != inode, kind
+    # namespaces made ahead (spare.py, the placeholder's PID namespace) are
+    # new ones, never the previous test's
+    previous = eval((shared / __name__).read_text())
+    for kind, inode in own_namespaces().items():
+        assert inode != previous[kind], kind
     assert not os.path.exists("/dev/shm/hermetic-probe")
     assert not os.path.exists("/tmp/hermetic-probe")
     assert not os.path.exists("/dev/mqueue/hermetic-probe")

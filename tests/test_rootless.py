@@ -2,6 +2,7 @@
 subordinate ids through newuidmap when /etc/subuid grants them)."""
 
 import os
+import subprocess
 import socket
 
 import pytest
@@ -85,6 +86,27 @@ def test_files_of_wider_fixtures_under_tmp_are_there_rootless(test_user):
     from test_plugin_fidelity import TMP_SUITE
 
     ran, _ = inner_session_as(test_user, "tmp-project", "test_inner.py", TMP_SUITE, "--hermetic", "-p", "no:randomly")
+    assert "2 passed" in ran.stdout, ran.stdout + ran.stderr
+    assert not os.path.exists("/tmp/hermetic-fidelity-left-behind")
+
+
+def test_a_mount_below_the_hosts_tmp_does_not_stop_rootless_tests(test_user):
+    """In a user namespace the kernel refuses an overlay of a folder with a
+    (locked) mount below it; another program's mount under /tmp made every
+    rootless hermetic test fail at set-up ("mount: Invalid argument")."""
+    from test_plugin_fidelity import TMP_SUITE
+
+    state = os.environ["HERMETIC_STATE"]
+    assert state.startswith("/tmp/"), state  # the suite keeps its state under /tmp (tests/conftest.py)
+    probe = os.path.join(state, "a-mount-below-tmp")
+    os.makedirs(probe, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "probe", probe], check=True)
+    try:
+        ran, _ = inner_session_as(test_user, "tmp-mount-project", "test_inner.py", TMP_SUITE, "--hermetic",
+                                  "-p", "no:randomly")
+    finally:
+        subprocess.run(["umount", probe], check=True)
+        os.rmdir(probe)
     assert "2 passed" in ran.stdout, ran.stdout + ran.stderr
     assert not os.path.exists("/tmp/hermetic-fidelity-left-behind")
 

@@ -175,12 +175,10 @@ def test_a_taken_host_port_is_one_line():
     assert f"127.0.0.1:{port}:53/udp: cannot listen" in ran.stderr and "Address already in use" in ran.stderr
 
 
-def test_rootless_publish_without_a_network_is_refused_in_one_line(test_user):
-    for options, words in ((("-p", "8000"), "a rootless container publishes ports only with --net"),
-                           (("--net", "-p", "[::1]::8000"), "slirp4netns, which takes IPv4 host addresses only")):
-        ran = run_cli("run", *options, "host", "true", user=test_user)
-        assert ran.returncode == 125 and ran.stderr.count("\n") == 1, ran
-        assert words in ran.stderr, ran.stderr
+def test_rootless_publish_of_an_ipv6_address_with_slirp4netns_is_refused_in_one_line(test_user):
+    ran = run_cli("run", "--net", "-p", "[::1]::8000", "host", "true", user=test_user)
+    assert ran.returncode == 125 and ran.stderr.count("\n") == 1, ran
+    assert "slirp4netns, which takes IPv4 host addresses only" in ran.stderr, ran.stderr
 
 
 def test_rootless_publish_through_slirp4netns(test_user):

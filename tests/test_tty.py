@@ -452,8 +452,8 @@ def test_run_dit_keeps_a_shell_waiting_with_its_terminal_in_the_log(rootless, re
     try:
         ran = run_cli("run", "-dit", "--name", name, "-e", f"PS1={PROMPT}", "host", "sh", user=user)
         assert ran.returncode == 0, ran.stderr
-        if not rootless:  # (rootless exec is not supported yet)
-            assert run_cli("exec", name, "readlink", "/proc/2/fd/0").stdout.strip() == "/dev/pts/0"  # (PID 1: --init)
+        ran = run_cli("exec", name, "readlink", "/proc/2/fd/0", user=user)
+        assert ran.stdout.strip() == "/dev/pts/0", ran  # (PID 1: --init)
         deadline = time.monotonic() + 10
         while PROMPT not in run_cli("logs", name, user=user).stdout and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -37,7 +37,7 @@ VERBS = {
     "images": "images", "pull": "images", "push": "images", "save": "images", "import": "images",
     "commit": "images", "rmi": "images", "tag": "images", "login": "images", "logout": "images",
     "ps": "containers", "logs": "containers", "exec": "containers", "stop": "containers", "kill": "containers",
-    "rm": "containers", "inspect": "containers", "wait": "containers",
+    "rm": "containers", "inspect": "containers", "wait": "containers", "top": "containers", "stats": "containers",
     "port": "containers",
     "gc": "system", "network": "system", "doctor": "system", "version": "system",
     "completion": "completion", "__complete": "completion",

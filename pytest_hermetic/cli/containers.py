@@ -1,5 +1,5 @@
-"""The lifecycle of kept containers: ps, logs, exec, stop, kill, rm, inspect, wait
-(the work is in `detached.py`)."""
+"""The lifecycle of kept containers: ps, logs, exec, stop, kill, rm, inspect, wait,
+top, stats (the work is in `detached.py` and `usage.py`)."""
 
 from __future__ import annotations
 
@@ -62,10 +62,21 @@ def add_parsers(verb: "Verb") -> None:
     wait = verb("wait", help="wait for containers to end and print their exit statuses")
     wait.add_argument("containers", nargs="+", metavar="CONTAINER")
     wait.set_defaults(handler=cmd_wait)
+    top = verb("top", help="a running container's processes (pids inside and outside, user, command)")
+    top.add_argument("--format", type=output_format, default="table", metavar="json|table", help="json: one JSON array")
+    top.add_argument("container", metavar="CONTAINER", help="name or id")
+    top.set_defaults(handler=cmd_top)
+    stats = verb("stats", help="running containers' CPU, memory and PIDs use, refreshed each second")
+    stats.add_argument("--no-stream", action="store_true", help="one reading, then return")
+    stats.add_argument("--format", type=output_format, default="table", metavar="json|table",
+                       help="json: one JSON array per reading")
+    stats.add_argument("containers", nargs="*", metavar="CONTAINER", help="names or ids (default: all running)")
+    stats.set_defaults(handler=cmd_stats)
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    from ..detached import ports_of, status
+    from ..detached import status
+    from ..publish import ports_of
     from ..state import list_states
 
     rows = [("CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "PIDS", "NETWORK", "PORTS")]
@@ -95,13 +106,15 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def _ps_json(state: dict, now: str) -> dict:
+    from ..publish import ports_of
+
     return {"id": state["id"], "name": state.get("name", ""), "image": state.get("image", ""),
             "command": list(state.get("command") or []), "created": state.get("created"), "status": now,
             "exit_code": state.get("exit_code"), "reason": state.get("reason"), "finished": state.get("finished"),
             "pids": list(state.get("pids") or []) if state["alive"] else [], "network": state.get("network"),
             "address": state.get("address"),
-            "ports": [{"host_ip": ip, "host_port": hp, "container_port": cp, "protocol": "tcp"}
-                      for ip, hp, cp in state.get("ports") or []]}
+            "ports": [{"host_ip": p.host_ip, "host_port": p.host_port, "container_port": p.container_port,
+                       "protocol": p.protocol} for p in ports_of(state)]}
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -249,7 +262,9 @@ def cmd_port(args: argparse.Namespace) -> int:
     from .. import detached
     from ..errors import SpecError
 
-    ports = detached.ports_of(detached.find(args.container))
+    from ..publish import ports_of
+
+    ports = ports_of(detached.find(args.container))
     if args.port:
         number, _, protocol = args.port.partition("/")
         if not number.isdigit() or protocol not in ("", "tcp", "udp"):
@@ -276,3 +291,69 @@ def cmd_wait(args: argparse.Namespace) -> int:
         print(after[0].get("exit_code", "-") if after else "-")
     return 0
 
+
+
+def _running(name: str) -> "tuple[dict, int]":
+    from .. import detached
+    from ..errors import ContainerStartError
+
+    state = detached.find(name)
+    pid = detached.pid1(state)
+    if pid is None:
+        raise ContainerStartError(f"container {name} is not running ({state.get('reason') or detached.status(state)})")
+    return state, pid
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from ..usage import processes
+
+    state, pid = _running(args.container)
+    found = processes(state, pid)
+    if args.format == "json":
+        from .output import print_json
+
+        print_json([{"pid": p.pid, "container_pid": p.container_pid, "uid": p.uid, "host_uid": p.host_uid,
+                     "cpu_seconds": p.cpu_seconds, "command": p.command} for p in found])
+        return 0
+    rows = [("PID", "CONTAINER PID", "UID", "HOST UID", "TIME", "COMMAND")]
+    for p in found:
+        seconds = int(p.cpu_seconds)
+        rows.append((str(p.pid), str(p.container_pid), str(p.uid), str(p.host_uid),
+                     f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}", p.command[:200]))
+    table(rows)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """As `docker stats`: all running containers (or the named ones), redrawn each second until Ctrl-C."""
+    from .. import detached
+    from ..usage import sample
+    from .output import human
+
+    while True:
+        if args.containers:
+            chosen = [_running(name) for name in args.containers]
+        else:
+            chosen = [(state, pid) for state in detached.list_states() if state["alive"]
+                      for pid in (detached.pid1(state),) if pid is not None]
+        readings = sample(chosen)
+        if args.format == "json":
+            from .output import print_json
+
+            print_json([{"id": state["id"], "name": state.get("name", ""), "cpu_percent": round(cpu, 2),
+                         "memory": use.memory, "memory_limit": use.memory_limit, "pids": use.pids,
+                         "pids_limit": use.pids_limit, "source": use.source} for state, use, cpu in readings])
+        else:
+            rows = [("CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS")]
+            for state, use, cpu in readings:
+                limit = human(use.memory_limit) if use.memory_limit else "-"
+                share = f"{use.memory / use.memory_limit * 100:.2f}%" if use.memory_limit else "-"
+                rows.append((state["id"][:12], state.get("name", ""), f"{cpu:.2f}%", f"{human(use.memory)} / {limit}",
+                             share, str(use.pids)))
+            if not args.no_stream and sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[J")  # redrawn in place, as docker's
+            table(rows)
+        sys.stdout.flush()
+        if args.no_stream:
+            return 0
+        time.sleep(0.5)  # (sample took the other half of the second)

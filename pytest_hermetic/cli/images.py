@@ -240,7 +240,7 @@ def cmd_rmi(args: argparse.Namespace) -> int:
     from ..images.store import Store
 
     store = Store()
-    for ref in args.refs:
+    for ref in dict.fromkeys(args.refs):  # `rmi $(images -q)` may name an image twice
         print(f"untagged {store.remove(ref, force=args.force)}")
     return 0
 

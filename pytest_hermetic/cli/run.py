@@ -82,11 +82,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     container = Container(spec)
     forwarders: list = []
     if spec.publish:
-        from ..detached import listen, refuse_rootless
+        from ..publish import listen, refuse_rootless, slirp_publishes
 
         refuse_rootless(container)
         # Before the start: a host port in use fails the run before it begins.
-        forwarders = listen(spec.publish, hold=not container.userns)
+        forwarders = listen(spec.publish, hold=not slirp_publishes(container))
+    ns_helper = None  # a rootless container's socket helper for -p (ns_sockets.py)
     session = None  # with -t: the caller's terminal wired to the container's (terminal.py)
     interrupts = {"count": 0}
     # Signals that arrive while `start()` has not returned yet: the command
@@ -129,9 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             while early:
                 deliver(early.pop(0))
             if forwarders:
-                from ..detached import attach, record_ports
+                from ..publish import attach, record_ports
 
-                attach(container, forwarders)
+                ns_helper = attach(container, forwarders)
                 record_ports(container, forwarders)  # for `ps`, `port`, `inspect`
             # In slices: a signal that lands between Python's last check and
             # the blocking waitpid() would run its handler (forward) only when
@@ -144,6 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 session.close()  # the rest of the output; the caller's terminal as it was
             for forwarder in forwarders:
                 forwarder.close()
+            if ns_helper is not None:
+                ns_helper.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         assert result is not None

@@ -17,7 +17,10 @@ The run model (docs/pytest.md has the long form):
    output it captured.
 
 The modules: `parent` (steps 1, 3, 4), `child` (step 2), `wire` (the
-messages between them), `coverage_relay` (coverage measured in the child).
+messages between them), `coverage_relay` (coverage measured in the child),
+`loopback_relay` (the parent's listening sockets, reachable in the child),
+`event_loops` (private copies of the parent's epoll instances and socket
+pairs, so a wider fixture's event loop runs in the child).
 Which host paths the child's Python needs inside the image is engine logic,
 in `pytest_hermetic.bindings`; pytest's private API is used only through
 `pytest_hermetic._pytest_compat`.

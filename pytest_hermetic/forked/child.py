@@ -16,7 +16,7 @@ import pytest
 
 from .. import _pytest_compat as compat
 from .. import fixtures
-from . import coverage_relay
+from . import coverage_relay, event_loops, loopback_relay
 from .wire import Channel, read_frame
 
 FORWARDER_NAME = "hermetic-forwarder"
@@ -86,15 +86,22 @@ class Remote:
         return value
 
 
-def child_main(item: pytest.Item, write_fd: int, reply_fd: int, wait_for_parent: bool = False) -> int:
+def child_main(item: pytest.Item, write_fd: int, reply_fd: int, listeners: list | None = None,
+               servers: dict | None = None, loops: event_loops.Loops | None = None) -> int:
     """The container's workload: run `item`'s function-scope phases and
-    send everything home; "done" is always the last message.  With
-    `wait_for_parent`, first wait for the parent's go (its loopback
-    listeners are reachable in this namespace then: loopback_relay)."""
-    if wait_for_parent:
-        read_frame(reply_fd)
+    send everything home; "done" is always the last message.  First, the
+    parent's event `loops` get private copies of their descriptors (see
+    event_loops), and its `listeners` their sockets here (see
+    loopback_relay): its `servers` served here again, the rest relayed by
+    the parent."""
     config = item.config
     channel = Channel(write_fd)
+    if loops:
+        event_loops.copy_in_child(loops)
+    if listeners:
+        relayed = loopback_relay.mirror(listeners, servers or {})
+        if relayed:
+            channel.send("relay", relayed)
     fixtures.remote = Remote(channel, reply_fd)
     forwarder = install_forwarder(config)
     pm = config.pluginmanager

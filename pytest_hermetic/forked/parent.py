@@ -23,12 +23,13 @@ from .. import _pytest_compat as compat
 from ..bindings import image_for, volumes_for
 from ..container import Container
 from ..errors import HermeticError
-from ..fixtures import Containers, TestNetworks
+from ..fixtures import Containers, TestNetworks, with_host_tmp
 from ..images.store import Store
-from ..spec import Spec, Volume
-from . import coverage_relay, loopback_relay
+from ..runtime import process
+from ..spec import Spec
+from . import coverage_relay, event_loops, loopback_relay
 from .child import child_main, install_forwarder
-from .wire import CALL_MARK, DONE, frames, is_complete, picklable, write_frame
+from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
 
 
 def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> None:
@@ -104,7 +105,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         store = Store()
         image = image_for(spec, store)
         basetemp = compat.basetemp(item.config)
-        volumes = volumes_for(_with_host_tmp(spec), code=(str(item.config.rootpath), os.getcwd()),
+        volumes = volumes_for(with_host_tmp(spec), code=(str(item.config.rootpath), os.getcwd()),
                               writable=[basetemp] if basetemp is not None else [], store=store, image=image)
         # Per-test containers: rw layer in memory, no state folder, no accounting
         # beyond the limits asked for: each of these is a measurable cost per test.
@@ -120,9 +121,11 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         if scope is not None:
             scope.close()  # nothing else would: no container took it
         raise
-    services = _Services(scope, spec.net)
-    found = loopback_relay.listeners()  # the pytest process's own servers (a session fixture's)
-    relay = None
+    services = _Services(scope, spec.net, container)
+    at_fork: dict = {}
+    found = loopback_relay.listeners(at_fork)  # the pytest process's own servers (a session fixture's)
+    servers = loopback_relay.serving(found) if found else {}
+    loops = event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork else None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     deferred = False
@@ -131,18 +134,12 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
-            container.start(target=lambda: child_main(item, write_fd, reply_r, wait_for_parent=bool(found)),
+            container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops),
                             prepare_next=True)  # the next test's namespaces, made while this one's child sets up
         finally:
             gc.unfreeze()
             os.close(write_fd)
             os.close(reply_r)
-        if found:
-            relay = _relay(container, found)
-            try:
-                write_frame(reply_w, b"go")  # the test starts once its relays listen
-            except BrokenPipeError:
-                pass  # the child is gone already: _drain reports how it ended
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a
@@ -154,8 +151,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         else:
             result = container.wait()
     finally:
-        if relay is not None:
-            relay.close()
+        services.close_relay()
         os.close(read_fd)
         os.close(reply_w)
         services.close()
@@ -164,28 +160,6 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
         if scope is not None:
             scope.close()  # each network goes once its last container is removed
     return _decode(item.config, data), result
-
-
-def _with_host_tmp(spec: Spec) -> Spec:
-    """`spec` with the host's /tmp seen copy-on-write at /tmp (first, so
-    volumes below it are mounted over it): what wider-scope fixtures made
-    there before the fork (`tempfile.mkdtemp()` in a class fixture) is
-    there, and the test's writes vanish with it.  A volume of the marker's
-    own at /tmp wins."""
-    if any(v.target.rstrip("/") == "/tmp" for v in spec.volumes):
-        return spec
-    return spec.with_options(volumes=(Volume("/tmp", "/tmp", overlay=True), *spec.volumes))
-
-
-def _relay(container: Container, found: list) -> loopback_relay.Relay | None:
-    """The parent's listeners at their addresses in the test's namespace;
-    None where this process may not enter it (rootless: see docs/pytest.md)."""
-    pid = container.pid
-    assert pid is not None
-    try:
-        return loopback_relay.Relay(pid, found)
-    except OSError:
-        return None
 
 
 def _network_scope(spec: Spec) -> Any:
@@ -205,10 +179,26 @@ def _network_scope(spec: Spec) -> Any:
 class _Services:
     """The parent's side of the `containers` fixture for one hermetic test."""
 
-    def __init__(self, scope: Any = None, test_net: Any = False) -> None:
+    def __init__(self, scope: Any = None, test_net: Any = False, container: Container | None = None) -> None:
         self.factory: Containers | None = None
         self.scope = scope
         self.test_net = test_net  # where the test is, for `address()`
+        self.container = container
+        self.relay: loopback_relay.Relay | None = None
+
+    def start_relay(self, relayed: list) -> None:
+        """Relay the child's mirrors of this process's listeners (see loopback_relay)."""
+        assert self.container is not None and self.container.pid is not None
+        try:
+            self.relay = loopback_relay.Relay(loopback_relay.test_process(self.container.pid), relayed)
+        except OSError as exc:  # the child is gone already, or this kernel lacks pidfd_getfd (before 5.6)
+            warnings.warn(f"hermetic: the pytest process's listeners are not reachable in this test: {exc}",
+                          stacklevel=1)
+
+    def close_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
 
     def answer(self, payload: tuple, reply_fd: int) -> None:
         method, args, kwargs = payload
@@ -238,6 +228,8 @@ def finish_pending(block: bool = True) -> None:
         if block or (container.process is not None and container.process.wait(timeout=0) is not None):
             _pending.remove(container)
             container.remove()
+    if block:
+        process.discard_prepared()  # the session's end: no next test
 
 
 def _drain(read_fd: int, container: Container, services: _Services, reply_fd: int) -> tuple[bytes, bool]:
@@ -286,10 +278,12 @@ def _answer_calls(data: bytes, services: _Services, reply_fd: int) -> bytes:
     """Answer every complete call message in `data`; return the incomplete rest."""
     bodies, rest = frames(data)
     for body in bodies:
-        if CALL_MARK in body[:32]:
+        if CALL_MARK in body[:32] or RELAY_MARK in body[:32]:
             kind, payload = pickle.loads(body)
             if kind == "call":
                 services.answer(payload, reply_fd)
+            elif kind == "relay":
+                services.start_relay(payload)
     return data[rest:]
 
 
@@ -303,7 +297,7 @@ def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
             events.append(("warning", _warning_from_payload(payload)))
         elif kind == "coverage":
             events.append(("coverage", payload))
-        elif kind in ("done", "call"):
+        elif kind in ("done", "call", "relay"):
             pass
         else:
             events.append((kind, *payload))

@@ -25,7 +25,8 @@ _read = os.read
 _dumps = pickle.dumps
 _pack = HEADER.pack
 _unpack = HEADER.unpack
-CALL_MARK = b"call"  # cheap pre-check before unpickling a message in the parent
+CALL_MARK = b"call"  # cheap pre-checks before unpickling a message in the parent
+RELAY_MARK = b"relay"
 
 
 def frame(body: bytes) -> bytes:

@@ -653,22 +653,50 @@ class Store:
         return [u for u in self.users() if u.get("kind") == "container" and u.get("image_id") == image_id]
 
     def remove(self, text: str, *, force: bool = False) -> str:
-        """Untag an image; its blobs and layers go at the next `gc`, unless a
-        live container still runs on them.  Refuses (ImageInUse) to untag the
-        last name of an image a live container uses, unless `force`."""
+        """Untag an image (by name, or by id or a unique prefix of it, as
+        `images -q` prints them: all its names then, which takes `force`
+        when it has several, as `docker rmi` of an id does); its blobs and
+        layers go at the next `gc`, unless a live container still runs on
+        them.  Refuses (ImageInUse) to untag the last name of an image a live
+        container uses, unless `force`.  Returns the names it untagged."""
         ref = refs.parse(text)
         if ref.transport == "host":
             raise StoreError("`host` is built in and cannot be removed")
         with self.lock():
             data = self.read_refs()
-            if ref.name not in data:
-                raise ImageNotFound(f"image {text!r} is not in the local store ({self.root})")
-            digest = data[ref.name]
-            if not force and not any(name != ref.name and other == digest for name, other in data.items()):
-                self._refuse_in_use(ref, digest)
-            del data[ref.name]
+            if ref.name in data:
+                names = [ref.name]
+            else:
+                names = self._names_of_id(text, data)
+            digest = data[names[0]]
+            if len(names) > 1 and not force:
+                shown = ", ".join(refs.parse(name).familiar for name in names)
+                raise StoreError(f"image {text} has {len(names)} names ({shown}); remove them by name, or all of "
+                                 f"them with `hermetic rmi -f {text}`")
+            if not force and not any(name not in names and other == digest for name, other in data.items()):
+                self._refuse_in_use(refs.parse(names[0]), digest)
+            for name in names:
+                del data[name]
             self._write_refs(data)
-        return ref.familiar
+        return ", ".join(refs.parse(name).familiar for name in names)
+
+    def _names_of_id(self, text: str, data: dict[str, str]) -> list[str]:
+        """The names of the image whose id (config digest) is `text` or starts with it (4 hex digits at least)."""
+        hexes = text[7:] if text.startswith("sha256:") else text
+        ids: dict[str, list[str]] = {}
+        if len(hexes) >= 4 and all(c in "0123456789abcdef" for c in hexes):
+            for name, manifest_digest in sorted(data.items()):
+                try:
+                    image_id = self.read_json(manifest_digest, schema.MANIFEST)["config"]["digest"]
+                except StoreError:
+                    continue
+                if digest_hex(image_id).startswith(hexes):
+                    ids.setdefault(image_id, []).append(name)
+        if len(ids) > 1:
+            raise StoreError(f"{text!r} is the start of {len(ids)} image ids; give more of it")
+        if not ids:
+            raise ImageNotFound(f"image {text!r} is not in the local store ({self.root})")
+        return next(iter(ids.values()))
 
     def _refuse_in_use(self, ref: refs.Reference, manifest_digest: str) -> None:
         try:

@@ -8,7 +8,7 @@ A container's start, by lifecycle:
     process.py    the parent: ProcessConfig, spawn, the handle on PID 1 (wait, signal)
     fork.py       the one fork of the (large) caller
     relay.py      rootless: the intermediate child that enters the user namespace
-    placeholder.py  root + a Python callable: `cat` as PID 1, the test as PID 2
+    placeholder.py  root + a Python callable: a tiny static PID 1 (`cat` elsewhere), the test as PID 2
     init.py       PID 1 in the child: enter, root, session, privileges, seccomp, exec or call
     channel.py    the handshake between them (named one-byte messages, the error line)
     enter.py      `Container.exec`: join a running container's namespaces

@@ -4,12 +4,26 @@ The new process joins the container's cgroup, then its namespaces with
 setns(2) (user first where there is one, then mount, UTS, IPC, network,
 cgroup and PID), and forks once more, because joining a PID namespace only
 applies to children.  The intermediate process relays the exit status.
+
+Rootless, the container's owner joins as `nsenter -U --preserve-credentials`
+does: it owns the user namespace, so setns(2) into it gives it the
+capabilities there that the other namespaces then need.  But it may not
+open a rootless PID 1's /proc/PID/ns: that process is forked from the
+engine (never exec'd), so the kernel checks it against the host's user
+namespace, and it made itself non-dumpable.  `owner_namespaces` therefore
+opens them through a process of the container that was exec'd (the
+command), and checks what it got: a user namespace whose parent is ours
+(a container's processes cannot join a sibling's, so it is this one's), a
+PID namespace one level below ours, and the other namespaces owned by that
+user namespace.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import time
 
 from ..errors import ContainerStartError
 from . import capabilities, descriptors
@@ -43,18 +57,12 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
         from .console import Pair  # lazily: socket, which only a terminal needs
 
         pair = Pair(tty)
-    fds = {}
     try:
-        if userns:
-            fds["user"] = os.open(f"/proc/{init_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-        for name, _flag in _ORDER:
-            fds[name] = os.open(f"/proc/{init_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        for fd in fds.values():
-            os.close(fd)
+        fds = owner_namespaces(init_pid) if userns and os.geteuid() != 0 else _namespaces_of(init_pid, userns)
+    except BaseException:
         if pair is not None:
             pair.close()
-        raise ContainerStartError(f"container process {init_pid} is gone: {exc.strerror}") from None
+        raise
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = fork()
     if pid == 0:
@@ -78,6 +86,113 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
     if pair is not None:
         proc.tty = pair.receive()
     return proc
+
+
+def _namespaces_of(pid: int, userns: bool) -> dict[str, int]:
+    """Descriptors on process `pid`'s namespaces (root may open any process's)."""
+    fds: dict[str, int] = {}
+    try:
+        if userns:
+            fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        for name, _flag in _ORDER:
+            fds[name] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        close_all(fds)
+        raise ContainerStartError(f"container process {pid} is gone: {exc.strerror}") from None
+    return fds
+
+
+def close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+
+
+NS_GET_USERNS = 0xB701  # _IO(0xb7, 1), linux/nsfs.h
+NS_GET_PARENT = 0xB702
+
+
+def _same(fd: int, other: os.stat_result) -> bool:
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (other.st_dev, other.st_ino)
+
+
+def _parent_is(fd: int, request: int, expected: os.stat_result) -> bool:
+    try:
+        parent = fcntl.ioctl(fd, request)
+    except OSError:
+        return False
+    try:
+        return _same(parent, expected)
+    finally:
+        os.close(parent)
+
+
+def _depth(pid: int | str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next((len(line.split()) - 1 for line in f if line.startswith("NSpid:")), 0)
+
+
+def _candidates(init_pid: int) -> list[int]:
+    """PID 1, then the rest of the container's processes, breadth first (from /proc/PID/task/*/children)."""
+    found: list[int] = []
+    queue = [init_pid]
+    while queue and len(found) < 256:
+        pid = queue.pop(0)
+        found.append(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    queue += [int(child) for child in f.read().split()]
+            except OSError:
+                continue
+    return found
+
+
+def _checked(pid: int, own_user: os.stat_result, depth: int) -> dict[str, int] | None:
+    """`pid`'s namespaces if they are a container's of ours at its top level (see the module's text), else None."""
+    fds: dict[str, int] = {}
+    try:
+        fds["user"] = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        for name, _flag in _ORDER:
+            fds[name] = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        user = os.fstat(fds["user"])
+        good = (_parent_is(fds["user"], NS_GET_PARENT, own_user) and _depth(pid) == depth + 1
+                and all(_parent_is(fds[name], NS_GET_USERNS, user) for name, _flag in _ORDER))
+    except OSError:
+        good = False
+    if not good:
+        close_all(fds)
+        return None
+    return fds
+
+
+def owner_namespaces(init_pid: int, wait: float = 0.0) -> dict[str, int]:
+    """Descriptors on the namespaces of the rootless container whose PID 1
+    is `init_pid`, opened by its owner (not root) through one of its
+    exec'd processes; with `wait`, up to that many seconds for one (a
+    container that has just started may not have exec'd its command yet)."""
+    own_user = os.stat("/proc/self/ns/user")
+    depth = _depth("self")
+    deadline = time.monotonic() + wait
+    while True:
+        candidates = _candidates(init_pid)
+        for pid in candidates:
+            fds = _checked(pid, own_user, depth)
+            if fds is not None:
+                return fds
+        if not os.path.exists(f"/proc/{init_pid}"):
+            raise ContainerStartError(f"container process {init_pid} is gone")
+        if time.monotonic() >= deadline:
+            raise ContainerStartError(
+                f"no process of the container (pids {' '.join(map(str, candidates))}) lets its owner open its "
+                "namespaces: PID 1 is the engine's and not dumpable, and no command exec'd in the container is "
+                "still there in its namespaces (it runs a set-user-id program, or moved into namespaces of its "
+                "own); run as root, or keep a plain command running in it")
+        time.sleep(0.02)
 
 
 def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],

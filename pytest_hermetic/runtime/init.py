@@ -1,6 +1,7 @@
 """PID 1 of a container, in the forked child: enter, set up, drop, run.
 
-PID 1 joins the cgroup (the parent moves it; it waits for `ATTACHED`),
+PID 1 joins the cgroup (as root on v1 it is forked inside it; else the
+parent moves it and it waits for `ATTACHED`),
 unshares mount, UTS, IPC, network and cgroup namespaces, builds the root
 (`rootfs.setup`), makes a session of its own, drops privileges, loads the
 seccomp filter and either execs the command (it *is* PID 1, as under

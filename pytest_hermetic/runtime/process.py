@@ -13,10 +13,12 @@ How many forks it takes, and why (a fork of a large Python parent costs
   so an intermediate child (relay.py) enters it (and all the others), forks
   PID 1 and relays its exit status (by exiting the same way).
 
-While the child builds its root, the parent moves it into its cgroup and
-wires its network; the two sides wait for each other with the messages of
-channel.py, and set-up errors come back as one line on a close-on-exec
-pipe (a clean exec closes it with nothing written).
+As root on cgroup v1 the child is forked inside its cgroups
+(cgroups.ThreadRoute); else, while it builds its root, the parent moves it
+there.  The parent wires its network meanwhile; the two sides wait for
+each other with the messages of channel.py, and set-up errors come back as
+one line on a close-on-exec pipe (a clean exec closes it with nothing
+written).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import channel, init, placeholder, relay, spare
+from . import cgroups, channel, init, placeholder, relay, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -155,7 +157,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     rootless = config.userns is not None
     # A Python callable as root: the callable itself is the only fork of
     # the (large) parent, as PID 2 under a placeholder PID 1.
-    placeholder_mode = target is not None and not rootless and not config.init and placeholder.binary() is not None
+    placeholder_mode = target is not None and not rootless and not config.init and placeholder.available()
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
     maps = (relay.UserMaps() if rootless and config.userns and config.userns.mapped_from_outside and not config.userns_join
             else None)
@@ -163,7 +165,11 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         config.network_go = Channel()
     if not rootless and config.network_hook is None and config.network.mode == "none":
         config.spare = spare.take()  # the namespaces made ahead, if any (the plugin's next test)
-    joined = Channel() if config.cgroup_procs or config.network_hook else None
+    # As root, the child is forked inside its v1 cgroups (cgroups.ThreadRoute):
+    # no migration to wait for; else the parent moves it while it sets up.
+    route = cgroups.ThreadRoute.for_paths(config.cgroup_procs) if not rootless and config.cgroup_procs else None
+    attach = [] if route is not None else config.cgroup_procs
+    joined = Channel() if attach or config.network_hook else None
     if config.network_hook is not None and not rootless:
         config.netns_ready = Channel()
     first = None
@@ -173,13 +179,29 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         else:
             fd = _pidns_fd()
             pid = -1
-            sc.unshare(sc.CLONE_NEWPID)
+            ready = placeholder.take() if placeholder_mode else None
+            if ready is not None:  # started ahead, in its own PID namespace: fork into that
+                first, ready_ns = ready
+                try:
+                    sc.setns(ready_ns, sc.CLONE_NEWPID)
+                finally:
+                    os.close(ready_ns)
+            else:
+                sc.unshare(sc.CLONE_NEWPID)
             try:
-                if placeholder_mode:
-                    first = placeholder.start()
+                if placeholder_mode and first is None:
+                    first = placeholder.start()  # (before the step in: it stays in the caller's cgroup)
+                if route is not None:
+                    try:
+                        route.step_in()
+                    except OSError:  # (not seen) the parent moves the child then, as on v2
+                        route, attach = None, config.cgroup_procs
+                        joined = joined or Channel()
                 pid = fork()
             finally:
                 if pid != 0:
+                    if route is not None:
+                        route.step_out()
                     sc.setns(fd, sc.CLONE_NEWPID)
             if pid == 0:
                 if placeholder_mode:
@@ -199,7 +221,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
     spare.discard(config.spare)  # the child's now
     config.spare = None
-    attach_error = _attach([pid], config, joined) if joined is not None else None
+    attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:
         prepare_next()  # while the child builds its root: off the next start's path
     os.close(err_w)
@@ -225,13 +247,21 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
 
 
 def prepare_next() -> None:
-    """Make the next container's network, IPC and UTS namespaces now, while
-    this process would wait anyway (spare.py): the pytest plugin calls it
-    while a test runs.  Root only; a failure just leaves none made."""
+    """Make the next container's network, IPC and UTS namespaces (spare.py)
+    and its placeholder PID 1 in a new PID namespace (placeholder.py) now,
+    while this process would wait anyway: the pytest plugin's parent while a
+    test's child builds its root.  Root only; a failure just leaves none made."""
     try:
         spare.prepare()
+        placeholder.prepare()
     except OSError:
         pass  # the next container makes its own, as always
+
+
+def discard_prepared() -> None:
+    """Let go of what `prepare_next` made for a container that will not come."""
+    spare.discard(spare.take())
+    placeholder.discard_ready()
 
 
 def _first_cause(message: bytes, attach_error: BaseException | None,
@@ -274,7 +304,7 @@ def _start_usermode_network(proc: ContainerProcess, go: Channel, config: Process
         go.close_write()
 
 
-def _attach(pids: list[int], config: ProcessConfig, joined: Channel) -> BaseException | None:
+def _attach(pids: list[int], procs_files: list[str], config: ProcessConfig, joined: Channel) -> BaseException | None:
     """Move the child into its cgroup from here, while it builds its root.
 
     The first cgroup migration after a quiet spell waits for an RCU grace
@@ -286,7 +316,7 @@ def _attach(pids: list[int], config: ProcessConfig, joined: Channel) -> BaseExce
     (whose root is the cgroup it is in at that moment)."""
     joined.close_read()
     try:
-        for path in config.cgroup_procs:
+        for path in procs_files:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # (open() would add 4 syscalls)
             try:
                 for pid in pids:

@@ -52,6 +52,7 @@ _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "ppc64le": 283, "s390x": 280, "ris
 # The same number on every architecture (the unified table, Linux 5.x).
 _SYS_CLOSE_RANGE = 436
 _SYS_OPENAT2 = 437
+_SYS_PIDFD_GETFD = 438
 _SYS_MOUNT_SETATTR = 442
 
 AT_EMPTY_PATH = 0x1000
@@ -158,6 +159,30 @@ def join_new_session_keyring() -> None:
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     _check(_libc.syscall(ctypes.c_long(_SYS_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(last),
                          ctypes.c_uint(flags)), "close_range")
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """A close-on-exec copy of descriptor `fd` of the process `pidfd` refers to (Linux 5.6+)."""
+    return _check(_libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
+                                ctypes.c_uint(0)), "pidfd_getfd", f"descriptor {fd}")
+
+
+class _EpollEvent(ctypes.Structure):
+    # Packed on x86_64 only, as <sys/epoll.h> declares it.
+    _pack_ = 1 if os.uname().machine == "x86_64" else 0
+    _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
+
+
+def epoll_create() -> int:
+    """A new close-on-exec epoll instance."""
+    return _check(_libc.epoll_create1(ctypes.c_int(os.O_CLOEXEC)), "epoll_create1")
+
+
+def epoll_add(epoll_fd: int, fd: int, events: int, data: int) -> None:
+    """Watch `fd` for `events`, reported with the 64 bits `data` (any, not only the fd)."""
+    event = _EpollEvent(events, data)
+    _check(_libc.epoll_ctl(ctypes.c_int(epoll_fd), ctypes.c_int(1), ctypes.c_int(fd), ctypes.byref(event)),
+           "epoll_ctl", f"descriptor {fd}")
 
 
 class _OpenHow(ctypes.Structure):

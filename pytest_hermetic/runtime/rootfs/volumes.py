@@ -10,9 +10,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from . import Bind, RootfsConfig
 
-from ...errors import ContainerStartError
+from ...errors import ContainerStartError, SyscallError
 from .. import syscalls as sc
-from .mounts import bind_mount, set_mount_attrs
+from ..syscalls import MS_MOVE, MS_NODEV, MS_NOSUID
+from .mounts import bind_mount, set_mount_attrs, write_file
 from .overlay import mount_overlay
 
 
@@ -33,7 +34,8 @@ def mount_volumes(config: RootfsConfig, root: str) -> None:
             overlay = bind.overlay and directory  # nodev already
             try:
                 if overlay:
-                    _overlay_volume(bind, fd, f"{config.scratch}/volume{number}", config.userns)
+                    _overlay_volume(bind, fd, f"{config.scratch}/volume{number}", config.userns,
+                                    (config.scratch, config.merged))
                 else:
                     bind_mount(bind.source, fd, bind.readonly)
             finally:
@@ -152,10 +154,64 @@ def _restrict(root_fd: int, bind: Bind, nodev: bool) -> None:
         os.close(fd)
 
 
-def _overlay_volume(bind: Bind, target_fd: int, scratch: str, userns: bool) -> None:
+def _overlay_volume(bind: Bind, target_fd: int, scratch: str, userns: bool, own: tuple[str, ...]) -> None:
     """A host folder seen through an overlay: the container may write to
     it, and its writes vanish with it (as everywhere else in `host`)."""
     os.makedirs(f"{scratch}/upper")
     os.mkdir(f"{scratch}/work")
-    mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", f"/proc/self/fd/{target_fd}", userns,
-                  f"{scratch}/links")
+    try:
+        mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", f"/proc/self/fd/{target_fd}", userns,
+                      f"{scratch}/links")
+    except SyscallError as exc:
+        # In a user namespace the kernel refuses an overlay of a folder
+        # with a mount below it (the host's, locked: "failed to clone
+        # lowerpath"): another program's mount under the host's /tmp would
+        # fail every rootless test.  Go one level down instead.
+        if not userns or exc.errno != errno.EINVAL:
+            raise
+        _overlay_per_entry(bind.source, target_fd, scratch, own)
+
+
+def _overlay_per_entry(source: str, target_fd: int, scratch: str, own: tuple[str, ...]) -> None:
+    """`source` copy-on-write one entry at a time, for a user namespace that
+    cannot overlay it whole: a tmpfs holding an overlay of each folder with
+    no mount below it, a read-only view of each folder with one (as a
+    rootless `host` root shows such top-level folders) and of each other
+    entry (a file there is read-only: the one difference from an overlay)."""
+    below = _mount_points_below(source, own)
+    tree = f"{scratch}/tree"
+    os.mkdir(tree)
+    sc.mount("tmpfs", tree, "tmpfs", MS_NODEV | MS_NOSUID, f"mode={stat.S_IMODE(os.stat(source).st_mode):o}")
+    for number, name in enumerate(sorted(os.listdir(source))):
+        path, inside = f"{source}/{name}", f"{tree}/{name}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(path), inside)
+        elif stat.S_ISDIR(st.st_mode):
+            os.mkdir(inside, stat.S_IMODE(st.st_mode))
+            if any(point == path or point.startswith(path + "/") for point in below):
+                bind_mount(path, inside, readonly=True, recursive=True)
+            else:
+                entry = f"{scratch}/entry{number}"
+                os.makedirs(f"{entry}/upper")
+                os.mkdir(f"{entry}/work")
+                mount_overlay([path], f"{entry}/upper", f"{entry}/work", inside, True, f"{entry}/links")
+        else:
+            write_file(inside)
+            bind_mount(path, inside, readonly=True, recursive=False)
+    sc.mount(tree, f"/proc/self/fd/{target_fd}", None, MS_MOVE)
+
+
+def _mount_points_below(source: str, own: tuple[str, ...]) -> list[str]:
+    """Mount points strictly below `source`, but for the container's own (`own` and below)."""
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(source.rstrip("/") + "/") and not any(
+                    point == mine or point.startswith(mine + "/") for mine in own if mine):
+                points.append(point)
+    return points
