@@ -118,11 +118,15 @@ def test_root_finds_a_working_machine(dirs: dict[str, str]) -> None:
     assert results["pyroute2"][0] == "ok" and results["NAT"][0] == "ok"
     from pytest_hermetic.images.store import Store  # doctor says what a pull would do
 
+    before = os.environ.get("HERMETIC_LAYER_FORMAT")
     os.environ["HERMETIC_LAYER_FORMAT"] = "auto"
     try:
         images = Store(dirs["HERMETIC_STORE"]).layer_format(size=None) == "erofs"
     finally:
-        del os.environ["HERMETIC_LAYER_FORMAT"]
+        if before is None:
+            del os.environ["HERMETIC_LAYER_FORMAT"]
+        else:
+            os.environ["HERMETIC_LAYER_FORMAT"] = before
     assert results["EROFS layer images"][0] == "ok", proc.stdout  # (unpacked, the default, works anywhere)
     assert results["EROFS layer images"][1].startswith("mounted from a file" if images else "this kernel does not")
     with open("/proc/sys/net/ipv4/ip_forward") as f:
