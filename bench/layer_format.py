@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Start cost of a container whose layers are EROFS images (mounted at each start) against the
-same layers unpacked.
+"""Start cost of a container whose layers are EROFS images (mounted once by the store, on first
+use, shared by every container) against the same layers unpacked.
 
 The same images in two stores, one per layer format (HERMETIC_LAYER_FORMAT=erofs: every layer an
 image, also the tiny ones; =dir: every layer unpacked): busybox (1 layer), and busybox plus 9
@@ -32,7 +32,7 @@ from machine import describe  # bench/machine.py
 from hermetic_testsupport.busybox import build_rootfs
 from hermetic_testsupport.deep_image import build
 from pytest_hermetic.container import Container
-from pytest_hermetic.images.store import Store
+from pytest_hermetic.images.store import Store, unmount_stores_below
 from pytest_hermetic.images.transports import import_image
 from pytest_hermetic.spec import Spec
 
@@ -91,6 +91,7 @@ def main() -> int:
                 run_one(store, image)
                 samples[name].append((time.perf_counter_ns() - t0) / 1e6)
     finally:
+        unmount_stores_below(tmp)  # (the store's layer mounts, before its folder goes)
         shutil.rmtree(tmp)
     print("- Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"- {args.rounds} interleaved rounds after {args.warmup} warm-up runs each; times in ms\n")

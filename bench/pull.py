@@ -7,8 +7,9 @@ a container, digests checked (except the floor's, which checks nothing):
 
   hermetic pull             `hermetic pull -q REF` into an empty store, as root (layers
                             unpacked: the default)
-  hermetic pull, EROFS      the same with HERMETIC_LAYER_FORMAT=auto: layers of 512 KiB
-                            and more become EROFS images (docs/images.md)
+  hermetic pull, EROFS      the same with HERMETIC_LAYER_FORMAT=auto: layers of 512 KiB and more
+                            become EROFS images, mounted by the store at the first container
+                            (docs/images.md)
   hermetic pull, rootless   the same as the unprivileged user hermetic-test (unpacked:
                             EROFS cannot be mounted in a user namespace)
   skopeo copy + umoci       `skopeo copy docker://REF oci:DIR:TAG`, `umoci unpack`

@@ -337,8 +337,8 @@ class Container:
             for sub in ("upper", "work"):
                 os.mkdir(os.path.join(self.rw_dir, sub), 0o755)
 
-    def _layer_dirs(self, image: Image) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-        """(lower dirs, top first; layer tars to replay; (EROFS image, dir) to mount on a lower dir)."""
+    def _layer_dirs(self, image: Image) -> tuple[list[str], list[str]]:
+        """(lower dirs, top first; layer tars to replay)."""
         # Beside the image's layers the overlay stacks the init layer (and the host's "/").
         most = OVERLAY_MAX_LOWERS - (2 if image.is_host else 1)
         if len(image.layers) > most:
@@ -350,23 +350,15 @@ class Container:
             # Store layers sit on the host's root filesystem, and overlayfs
             # refuses a lower below another lower ("/"): replay them instead.
             blobs = [self.store.blob_path(self.store.layer_meta(d)["blob"]) for d in image.layers]
-            return [], blobs, []
+            return [], blobs
         # Their presence was checked when the store recorded this container's
-        # use of them (`Store.use`), under the lock gc respects.
-        lowers: list[str] = []
-        images: list[tuple[str, str]] = []
-        for diff_id in reversed(image.layers):
-            file = self.store.layer_image(diff_id)
-            if file is None:
-                lowers.append(self.store.layer_root(diff_id))
-            else:  # mounted in the child, in its own mount namespace (short names: see mount_overlay)
-                lowers.append(f"{self._scratch}/l/{len(images):x}")
-                images.append((file, lowers[-1]))
-        return lowers, [], images
+        # use of them (`Store.use`), under the lock gc respects.  A layer kept
+        # as an EROFS image is mounted by the store, once, on first use.
+        return [self.store.layer_lower(diff_id) for diff_id in reversed(image.layers)], []
 
     def _process_config(self, image: Image, argv: list[str] | None) -> process.ProcessConfig:
         spec = self.spec
-        lowers, replay, images = self._layer_dirs(image)
+        lowers, replay = self._layer_dirs(image)
         scratch = self._scratch
         replay_dirs = [f"{scratch}/replay/{i}" for i in range(len(replay))]
         all_lowers = [f"{scratch}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
@@ -387,9 +379,7 @@ class Container:
             init_files=_init_files(self.hostname),
             replay=list(zip(replay, replay_dirs)),
             unpack_layer=_layer_unpacker(self.userns) if replay else None,
-            layers_dir=(f"{scratch}/l" if len(images) == len(lowers) else
-                        os.path.dirname(self.store.layer_path(image.layers[0]))) if lowers else "",
-            images=images,
+            layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
             shm_size=spec.shm_size or min(host_shm_size(), spec.mem or host_shm_size()),
             read_only=spec.read_only,
             workdir=(spec.workdir or image.config.get("WorkingDir") or "") if spec.read_only else "",

@@ -98,9 +98,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config._hermetic_before = _snapshot()  # type: ignore[attr-defined]
 
 
+@pytest.fixture(autouse=True)
+def _unmount_test_stores(request: pytest.FixtureRequest):
+    """A test's throwaway stores (below pytest's temp folder) end with it: detach the EROFS layer
+    images they mounted (`Store.layer_lower`), as removing a store needs.  A store a later test
+    uses again (module-scoped) mounts again on first use."""
+    yield
+    base = request.config._tmp_path_factory._basetemp  # type: ignore[attr-defined]
+    if base is not None and os.geteuid() == 0:
+        from pytest_hermetic.images.store import unmount_stores_below
+
+        unmount_stores_below(str(base))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import time
 
+    if os.geteuid() == 0:  # the session's store and the tests' ones end here: their layer mounts go first
+        from pytest_hermetic.images.store import unmount_stores_below
+
+        unmount_stores_below(session.config._hermetic_base)  # type: ignore[attr-defined]
+        factory = getattr(session.config, "_tmp_path_factory", None)
+        if factory is not None and factory._basetemp is not None:
+            unmount_stores_below(str(factory._basetemp))
     before = session.config._hermetic_before  # type: ignore[attr-defined]
     after = _snapshot()
     for _ in range(50):  # network namespaces die asynchronously in the kernel

@@ -116,6 +116,19 @@ def test_root_finds_a_working_machine(dirs: dict[str, str]) -> None:
     assert f"user namespace (uid {NOBODY})" in results
     assert dirs["HERMETIC_STATE"] in results["overlayfs"][1]
     assert results["pyroute2"][0] == "ok" and results["NAT"][0] == "ok"
+    from pytest_hermetic.images.store import Store  # doctor says what a pull would do
+
+    before = os.environ.get("HERMETIC_LAYER_FORMAT")
+    os.environ["HERMETIC_LAYER_FORMAT"] = "auto"
+    try:
+        images = Store(dirs["HERMETIC_STORE"]).layer_format(size=None) == "erofs"
+    finally:
+        if before is None:
+            del os.environ["HERMETIC_LAYER_FORMAT"]
+        else:
+            os.environ["HERMETIC_LAYER_FORMAT"] = before
+    assert results["EROFS layer images"][0] == "ok", proc.stdout  # (unpacked, the default, works anywhere)
+    assert results["EROFS layer images"][1].startswith("mounted from a file" if images else "this kernel does not")
     with open("/proc/sys/net/ipv4/ip_forward") as f:
         assert results["ip_forward"][0] == ("ok" if f.read().strip() == "1" else "warn")
     assert elapsed < 5, f"doctor took {elapsed:.1f}s"  # about 0.5 s here; slack for a loaded machine

@@ -1,6 +1,7 @@
 """`hermetic gc`: the sweep of a store, decided without guessing (see store.py's docstring).
 
-Blobs and layers no image refers to and no live record (`users/`) keeps go;
+Blobs and layers no image refers to and no live record (`users/`) keeps go
+(a layer's EROFS image unmounted first, detached: `Store.layer_lower`);
 so do staging, read-write layers and records whose owner process is dead,
 old staging without an owner, unlocked resumable downloads and lock files.
 The sweep holds `gc.gate` and then `gc.lock` exclusive, so it never races a
@@ -19,7 +20,7 @@ from .._fs import flock
 from .._proc import name_owner, owner_alive
 from ..errors import StoreError
 from . import schema
-from .store import Store, digest_hex, list_entries, lock_fd, remove_entry
+from .store import LAYER_IMAGE, Store, digest_hex, list_entries, lock_fd, remove_entry
 
 
 def collect(store: Store, *, max_tmp_age: float = 3600.0) -> list[str]:
@@ -65,8 +66,10 @@ def _sweep(store: Store, max_tmp_age: float) -> list[str]:
             removed.append(f"blob sha256:{entry}")
     layer_dir = os.path.join(store.root, "layers")
     for entry in list_entries(layer_dir):
-        if entry not in keep_layers and remove_entry(os.path.join(layer_dir, entry)):
-            removed.append(f"layer sha256:{entry}")
+        if entry not in keep_layers:
+            _unmount_image(os.path.join(layer_dir, entry))
+            if remove_entry(os.path.join(layer_dir, entry)):
+                removed.append(f"layer sha256:{entry}")
     removed += store.clear_dead_staging()
     tmp_dir = os.path.join(store.root, "tmp")
     now = time.time()
@@ -96,6 +99,16 @@ def _sweep(store: Store, max_tmp_age: float) -> list[str]:
         if entry not in keep_blobs and entry not in keep_layers:  # (a docker archive's layer locks by diff_id)
             _remove_unlocked(os.path.join(lock_dir, entry), os.path.join(lock_dir, entry))
     return removed
+
+
+def _unmount_image(layer: str) -> None:
+    """Detach the layer's EROFS image from its `root/` if the store mounted it (`Store.layer_lower`):
+    nothing keeps the layer, so no container runs on it."""
+    if os.geteuid() == 0 and os.path.exists(os.path.join(layer, LAYER_IMAGE)):  # (only root mounts them)
+        from ..runtime.rootfs.images import unmount
+
+        while unmount(os.path.join(layer, "root")):
+            pass  # (stacked mounts, should a mount have raced an unmount: none stays)
 
 
 def _remove_unlocked(path: str, lock: str) -> bool:

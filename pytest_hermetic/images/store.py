@@ -3,8 +3,9 @@
     STORE/
       blobs/sha256/<hex>     layer tars, image configs and manifests, by digest
       layers/<hex>/          each layer once, by its diff_id, shared: `root/`, the layer
-                             unpacked, or `layer.erofs`, an EROFS image each container mounts
-                             (as root, where the kernel can, with HERMETIC_LAYER_FORMAT=auto|erofs)
+                             unpacked, or `layer.erofs`, an EROFS image (as root, where the kernel
+                             can, with HERMETIC_LAYER_FORMAT=auto|erofs) that the store mounts on `root/`
+                             once, on first use, for every container (`layer_lower`; gc unmounts)
       refs.json              image name -> manifest digest
       tmp/                   staging: everything lands by atomic rename
       users/                 records: what a live container or writer needs kept
@@ -64,9 +65,10 @@ MEDIA_LAYER_ZSTD = MEDIA_LAYER + "+zstd"
 BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of the host's root
 
 LAYER_IMAGE = "layer.erofs"  # a layer stored as one EROFS image (see layer_format)
+PRIVATE_BIND = "private-bind"  # the id of the store's private bind mount of itself, while it has one (`_keep_mounts_private`)
 LAYER_FORMATS = ("dir", "auto", "erofs")  # HERMETIC_LAYER_FORMAT
 # With HERMETIC_LAYER_FORMAT=auto, layers under this many compressed bytes stay unpacked: their
-# few files cost little to create once, and an image costs every container start a mount.
+# few files cost little to create once, and each image is one more mount on the host.
 EROFS_ABOVE = 512 << 10
 MAX_JSON = 32 << 20  # a manifest or config the store reads; real ones are a few KiB
 HOST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -103,6 +105,7 @@ HOST_IMAGE = Image(name="host", id="host", base="host", config={"Env": HOST_ENV}
 class Store:
     def __init__(self, root: str | None = None) -> None:
         self.root = os.path.abspath(root or store_root())
+        self._dev: int | None = None  # the device of layers/ (an EROFS layer mounted there has its own)
 
     # -- layout ---------------------------------------------------------------
 
@@ -243,10 +246,11 @@ class Store:
 
     def layer_format(self, size: int | None = None) -> str:
         """How this store keeps a new layer of `size` compressed bytes: "dir" (unpacked) or
-        "erofs" (one image, mounted by each container: real root and Linux 6.12+ only).
-        HERMETIC_LAYER_FORMAT chooses: dir (the default: an image costs every start a mount
-        and a cold page cache, docs/images.md), auto (images for layers of `EROFS_ABOVE` and
-        more where the kernel can), erofs (every layer an image; an error where it cannot)."""
+        "erofs" (one image, mounted once by the store: real root and Linux 6.12+ only).
+        HERMETIC_LAYER_FORMAT chooses: dir (the default: every layer unpacked; an image's
+        mount on the host hides what is below it from rootless containers' overlays, see
+        docs/images.md), auto (images for layers of `EROFS_ABOVE` and more where the kernel
+        can), erofs (every layer an image; an error where the kernel cannot mount it)."""
         wanted = os.environ.get("HERMETIC_LAYER_FORMAT", "dir") or "dir"
         if wanted not in LAYER_FORMATS:
             raise StoreError(f"HERMETIC_LAYER_FORMAT={wanted!r} is not one of {', '.join(LAYER_FORMATS)}")
@@ -320,6 +324,77 @@ class Store:
 
     def layer_root(self, diff_id: str) -> str:
         return os.path.join(self.layer_path(diff_id), "root")
+
+    def layer_lower(self, diff_id: str) -> str:
+        """The layer's tree as a folder, an overlay's lower layer: `layer_root`, unpacked, or
+        the layer's EROFS image mounted read-only there, once, on the host, for every container.
+
+        The caller's record (`use`, `keep`) keeps the layer from gc.  Two stats a layer when
+        nothing is to be mounted; the mount itself, on first use, about 30 us."""
+        root = self.layer_root(diff_id)
+        try:
+            if os.stat(root).st_dev != self._layers_dev():
+                return root  # an image, mounted already
+        except FileNotFoundError:
+            pass
+        image = os.path.join(self.layer_path(diff_id), LAYER_IMAGE)
+        if os.path.exists(image):
+            self._mount_layer(image, root, diff_id)
+        return root
+
+    def _layers_dev(self) -> int:
+        if self._dev is None:
+            self._dev = os.stat(os.path.join(self.root, "layers")).st_dev
+        return self._dev
+
+    def _mount_layer(self, image: str, root: str, diff_id: str) -> None:
+        from ..runtime.rootfs import images as mounts
+
+        # The layer's lock: one process mounts, the others find it mounted (never two stacked).
+        with flock(os.path.join(self.root, "locks", digest_hex(diff_id))):
+            try:
+                os.mkdir(root, 0o755)  # (not makedirs: a layer gc took must not come back empty)
+            except FileExistsError:
+                if os.stat(root).st_dev != self._layers_dev():
+                    return
+            self._keep_mounts_private()
+            mounts.mount_layer_image(image, root)
+
+    def _keep_mounts_private(self) -> None:
+        """Where the mount holding the store propagates (a shared "/", as systemd makes it), make
+        the store a private bind mount of itself first, once: the layer mounts then reach no
+        other mount namespace, and the host's propagation stays as it was."""
+        if self.root in _private_checked:
+            return
+        from ..runtime.rootfs import images as mounts
+
+        with self.lock():
+            real = os.path.realpath(self.root)
+            if mounts.holder_is_shared(real):
+                mount_id = mounts.make_private_bind(real)
+                with open(os.path.join(self.root, PRIVATE_BIND), "w") as f:
+                    f.write(str(mount_id))
+        _private_checked.add(self.root)
+
+    def unmount_layers(self) -> list[str]:
+        """Detach every layer image mounted in this store, and the store's private bind if it made
+        one: for a store about to be removed (a test's) that no process starts containers on.
+        Containers still running keep their layers until they end (the mounts are detached
+        lazily); a container started later mounts again."""
+        from ..runtime.rootfs import images as mounts
+
+        real = os.path.realpath(self.root)
+        done = [point for point in mounts.mounts_below(os.path.join(real, "layers")) if mounts.unmount(point)]
+        marker = os.path.join(self.root, PRIVATE_BIND)
+        with contextlib.suppress(FileNotFoundError):
+            with open(marker) as f:
+                ours = f.read().strip()
+            # Only the bind this store made (a reboot drops it, and the store may sit on a mount of its own).
+            if ours and str(mounts.top_mount_id(real)) == ours and mounts.unmount(real):
+                done.append(real)
+            os.unlink(marker)
+        _private_checked.discard(self.root)
+        return done
 
     @property
     def xattr_prefix(self) -> str:
@@ -693,8 +768,19 @@ def list_entries(path: str) -> list[str]:
 
 _busy_guard = _thread.allocate_lock()
 _probe_guard = _thread.allocate_lock()
+_private_checked: set[str] = set()  # store roots whose layer mounts propagate nowhere (checked once a process)
 _erofs_works: dict[str, bool] = {}  # store root -> whether its layers can be EROFS images (probed once a process)
 _busy_held: dict[str, list[int]] = {}  # store root -> [fd holding gc.lock shared, holders in this process]
+
+
+def unmount_stores_below(path: str) -> list[str]:
+    """`Store.unmount_layers` for every store below `path` that has layer images mounted: for
+    a folder of throwaway stores about to be removed (a test session's); what it detached."""
+    from ..runtime.rootfs.images import mounts_below
+
+    roots = {os.path.dirname(os.path.dirname(os.path.dirname(point))) for point in mounts_below(os.path.realpath(path))
+             if point.endswith("/root") and os.path.basename(os.path.dirname(os.path.dirname(point))) == "layers"}
+    return [point for root in sorted(roots) for point in Store(root).unmount_layers()]
 
 
 def lock_fd(path: str, how: int) -> int:

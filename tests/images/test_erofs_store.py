@@ -1,6 +1,6 @@
-"""Layers kept as EROFS images in the store: pulled, run (mounted in the container), committed on,
-collected; the container sees what it sees with unpacked layers; hostile and lying layers still
-store nothing."""
+"""Layers kept as EROFS images in the store: pulled, run (mounted once by the store, on the host,
+shared by every container), committed on, collected (unmounted); the container sees what it sees
+with unpacked layers; the mounts propagate nowhere; hostile and lying layers still store nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -97,15 +98,111 @@ def test_commit_on_an_image_of_layer_images(pulled, tmp_path):
     assert result.stdout.split() == ["more", "added", "new", "keep-gone"]
 
 
-def test_gc_takes_layer_images_with_their_image(pulled):
+def erofs_mounts(root: str) -> list[str]:
+    """The EROFS mounts below the store `root`, as the host's mount table has them."""
+    prefix = os.path.realpath(root) + "/"
+    with open("/proc/self/mountinfo") as f:
+        rows = [line.split() for line in f]
+    return [r[4] for r in rows if r[4].startswith(prefix) and r[r.index("-") + 1] == "erofs"]
+
+
+def test_layer_images_are_mounted_once_for_every_container_and_gc_unmounts_them(pulled):
     ref, _manifest, _layers, stores = pulled
     env = stores["erofs"]
     root = env["HERMETIC_STORE"]
-    assert len(os.listdir(os.path.join(root, "layers"))) == 3
+    store = Store(root)
+    roots = sorted(os.path.realpath(store.layer_root(d)) for d in store.local(ref).layers)
+    assert len(os.listdir(os.path.join(root, "layers"))) == 3 and erofs_mounts(root) == []  # a pull mounts nothing
+    for _ in range(2):  # the first container mounts each layer on the host; the second finds them
+        result = run_cli("run", ref, "cat", "/keep", env=env)
+        assert result.returncode == 0 and result.stdout == "keep\n", result.stderr
+        assert sorted(erofs_mounts(root)) == roots
+    assert run_cli("tag", ref, "other:1", env=env).returncode == 0
     assert run_cli("rmi", ref, env=env).returncode == 0
+    assert run_cli("gc", env=env).returncode == 0
+    assert sorted(erofs_mounts(root)) == roots  # the layers are kept (other:1), and so are their mounts
+    assert run_cli("rmi", "other:1", env=env).returncode == 0
     result = run_cli("gc", env=env)
     assert result.returncode == 0, result.stderr
+    assert erofs_mounts(root) == []
     assert os.listdir(os.path.join(root, "layers")) == [] and os.listdir(os.path.join(root, "blobs", "sha256")) == []
+
+
+def test_processes_mounting_a_layer_at_once_make_one_mount(pulled):
+    """Several processes asking for the same layer at once (sessions, a notebook): one mount, never two stacked."""
+    ref, _manifest, _layers, stores = pulled
+    root = stores["erofs"]["HERMETIC_STORE"]
+    store = Store(root)
+    layer = store.local(ref).layers[1]
+    script = ("import sys, time\nfrom pytest_hermetic.images.store import Store\n"
+              "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))\n"
+              "print(Store(sys.argv[1]).layer_lower(sys.argv[2]))\n")
+    import time
+
+    at = str(time.time() + 1.5)  # all start their look at the same moment
+    procs = [subprocess.Popen([sys.executable, "-c", script, root, layer, at], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT}) for _ in range(4)]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert set(outs) == {store.layer_root(layer)}
+    assert erofs_mounts(root) == [os.path.realpath(store.layer_root(layer))]  # one, not stacked
+    assert store.unmount_layers() == [os.path.realpath(store.layer_root(layer))]
+    assert erofs_mounts(root) == []
+
+
+PROPAGATION = r"""
+import os, subprocess, sys
+from pytest_hermetic.container import Container
+from pytest_hermetic.images.store import Store
+from pytest_hermetic.images.transports import import_image
+from pytest_hermetic.spec import Spec
+
+base, rootfs = sys.argv[1], sys.argv[2]
+shared, peer = base + "/shared", base + "/peer"
+for path in (shared, peer):
+    os.mkdir(path)
+# In this throwaway mount namespace: a shared mount with a peer, as systemd's "/" is (a bind: EROFS
+# images are mounted from files on a disk file system, not tmpfs).
+subprocess.run(["mount", "--bind", shared, shared], check=True)
+subprocess.run(["mount", "--make-shared", shared], check=True)
+subprocess.run(["mount", "--bind", shared, peer], check=True)
+store = Store(shared + "/store")
+import_image(store, f"dir:{rootfs}", "prop:1")
+layer = store.local("prop:1").layers[0]
+assert store.layer_image(layer) is not None
+container = Container(Spec.build("prop:1", ["true"], ephemeral=True), store=store)
+try:
+    assert container.run().exit_code == 0
+finally:
+    container.remove()
+hex_ = layer.split(":")[1]
+
+
+def mounted(path):  # (not os.path.ismount: a bind of a folder on itself keeps its device)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+print("store mounted", mounted(shared + "/store"))
+print("layer mounted", mounted(f"{shared}/store/layers/{hex_}/root"))
+print("layer in peer", mounted(f"{peer}/store/layers/{hex_}/root"))
+print("unmounted", len(store.unmount_layers()))
+print("store mounted", mounted(shared + "/store"))
+"""
+
+
+def test_layer_mounts_propagate_nowhere_from_a_shared_mount(busybox_rootfs, tmp_path, monkeypatch):
+    """Where the store sits on a shared mount (systemd's "/"), the store first becomes a private
+    bind of itself: its layer mounts do not appear in the peer.  Tried in a throwaway mount
+    namespace (`unshare -m`), so the host's propagation is never touched."""
+    if not erofs_works(tmp_path, monkeypatch):
+        pytest.skip("this kernel does not mount EROFS images from a file")
+    env = {**os.environ, "PYTHONPATH": ROOT, "HERMETIC_LAYER_FORMAT": "erofs", "HERMETIC_STATE": str(tmp_path / "state")}
+    ran = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", PROPAGATION,
+                          os.path.realpath(tmp_path), busybox_rootfs], capture_output=True, text=True, env=env, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split("\n")[:5] == ["store mounted True", "layer mounted True", "layer in peer False",
+                                          "unmounted 2", "store mounted False"], ran.stdout
 
 
 @pytest.mark.parametrize("case", ["traversal", "symlink-then-write", "lie"])

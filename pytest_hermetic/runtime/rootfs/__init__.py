@@ -6,7 +6,7 @@ mount it makes dies with that namespace, none is ever made on the host.
 `setup` is the order of the steps; each step lives in a module of its own:
 
     overlay.py   the image's layers (and the rootless `host` root, per directory)
-    images.py    layers kept as EROFS images, mounted from their files first
+    images.py    layers kept as EROFS images: mounted once, on the host, by the store
     kernelfs.py  /proc, /dev, /sys, cgroup2, and the masks over them
     volumes.py   volumes, resolved inside the root
     tmpfs.py     --tmpfs mounts and --read-only
@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
 from .. import syscalls as sc
 from ..syscalls import MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC
-from .images import mount_layer_images
 from .kernelfs import mask_paths, mount_cgroup2, mount_dev, mount_proc, mount_sys
 from .mounts import write_file
 from .overlay import OVERLAY_MAX_LOWERS, mount_host_per_directory, mount_overlay, overlay_options
@@ -67,8 +66,6 @@ class RootfsConfig:
     replay: list[tuple[str, str]] = factory(list)
     unpack_layer: Callable[[str, str], object] | None = None
     layers_dir: str = ""  # the store's layer folder, where the image's lowers are
-    # (EROFS image file, lower dir): layers stored as images, mounted on their lower dir first
-    images: list[tuple[str, str]] = factory(list)
     shm_size: int = 64 << 20  # bytes of /dev/shm (its tmpfs's pages count against the memory limit)
     read_only: bool = False  # the root (and /tmp, unless a tmpfs) read-only
     workdir: str = ""  # with read_only: made first if missing (as Docker makes it before the root goes read-only)
@@ -122,9 +119,6 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         if path.startswith(config.scratch + "/"):
             os.mkdir(path, 0o755)
     write_init_layer(config)
-    if config.images:
-        os.mkdir(os.path.dirname(config.images[0][1]), 0o755)
-        mount_layer_images(config.images)
     if config.replay:
         _replay_layers(config)
     root = config.merged
