@@ -78,15 +78,20 @@ def format_size(size: int | None) -> str:
     return f"{size} B"
 
 
-def parse_cpus(value: float | int | str | None) -> float | None:
-    if value is None:
-        return None
+def _number(value: Any, error: str) -> float:
+    """`value` (a number or its text, never a bool) as a float, or SpecError(error)."""
     try:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise TypeError
-        cpus = float(value)
+        return float(value)
     except (TypeError, ValueError, OverflowError):
-        raise SpecError(f"cpus={_r(value)}: not a number of CPUs; use e.g. 0.5, 1 or 1.5") from None
+        raise SpecError(error) from None
+
+
+def parse_cpus(value: float | int | str | None) -> float | None:
+    if value is None:
+        return None
+    cpus = _number(value, f"cpus={_r(value)}: not a number of CPUs; use e.g. 0.5, 1 or 1.5")
     if not math.isfinite(cpus) or cpus < 0.01 or cpus > MAX_CPUS:
         raise SpecError(f"cpus={_r(value)}: use a number of CPUs from 0.01 to {MAX_CPUS:.0f}, e.g. 0.5 or 2")
     return cpus
@@ -110,12 +115,7 @@ def parse_positive_int(value: Any, option: str, maximum: int | None = None) -> i
 def parse_timeout(value: Any) -> float | None:
     if value is None:
         return None
-    try:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise TypeError
-        seconds = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise SpecError(f"timeout={_r(value)}: not a number of seconds; use e.g. 2 or 0.5") from None
+    seconds = _number(value, f"timeout={_r(value)}: not a number of seconds; use e.g. 2 or 0.5")
     if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_TIMEOUT:
         raise SpecError(f"timeout={_r(value)}: use a number of seconds more than 0 and at most {MAX_TIMEOUT:.0e}")
     return seconds
@@ -652,12 +652,7 @@ def parse_stop_timeout(value: Any) -> float | None:
     """Seconds, 0 (the SIGKILL at once) or more."""
     if value is None:
         return None
-    try:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise TypeError
-        seconds = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise SpecError(f"stop_timeout={_r(value)}: not a number of seconds; use e.g. 10 or 0.5") from None
+    seconds = _number(value, f"stop_timeout={_r(value)}: not a number of seconds; use e.g. 10 or 0.5")
     if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_TIMEOUT:
         raise SpecError(f"stop_timeout={_r(value)}: use a number of seconds from 0 to {MAX_TIMEOUT:.0e}")
     return seconds

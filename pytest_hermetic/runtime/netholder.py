@@ -28,10 +28,16 @@ from .bridges import Bridge
 from .fork import fork
 from .namespaces import UserNamespace
 from .network import loopback_up
+from .ns_sockets import SocketSource
 
 
-class Holder:
-    """The parent's handle on a holder process."""
+class Holder(SocketSource):
+    """The parent's handle on a holder process.  Its sockets are made in the
+    bridge's namespace (which routes to every member): how the owner, who
+    may not enter these namespaces, reaches a container's port."""
+
+    gone = "the network's holder process is gone"
+    error = NetworkError
 
     def __init__(self, userns: UserNamespace, gateway: str, prefixlen: int) -> None:
         bridges.preload()  # pyroute2, imported here, before the fork
@@ -68,29 +74,6 @@ class Holder:
             answer = f"Ethe network's holder process is gone ({exc})"
         if answer != "K":
             raise NetworkError(f"cannot connect the container to its rootless network: {answer[1:]}")
-
-    def socket(self, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        """A TCP (or, with `kind` SOCK_DGRAM, UDP) socket made in the bridge's namespace (which routes to every
-        member): how the owner, who may not enter these namespaces, reaches
-        a container's port."""
-        try:
-            self._sock.send(b"socket udp" if kind == socket.SOCK_DGRAM else b"socket")
-            message, fds, _, _ = socket.recv_fds(self._sock, 4096, 1)
-        except OSError as exc:
-            raise NetworkError(f"the network's holder process is gone ({exc})") from None
-        if not fds:
-            raise NetworkError(f"the network's holder made no socket: {message[1:].decode(errors='replace')}")
-        return socket.socket(fileno=fds[0])
-
-    def close(self) -> None:
-        if self.pid:
-            self._sock.close()
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.pid = 0
 
 
 def _holder_main(sock: socket.socket, userns: UserNamespace, helpers: bool, gateway: str, prefixlen: int) -> None:

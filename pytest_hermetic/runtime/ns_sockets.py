@@ -21,8 +21,42 @@ from . import syscalls as sc
 from .fork import fork
 
 
-class SocketMaker:
+class SocketSource:
+    """The parent's end of a forked helper that makes sockets in namespaces
+    the parent may not enter and hands them over (SCM_RIGHTS); `close`
+    kills the helper.  Subclasses fork it and set `pid` and `_sock`."""
+
+    pid = 0
+    _sock: socket.socket
+    gone = "the helper is gone"  # what a failure says, as the subclass words it
+    error: type[Exception] = OSError
+
+    def socket(self, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        """A TCP (or, with `kind` SOCK_DGRAM, UDP) socket made in the helper's network namespace."""
+        try:
+            self._sock.send(b"socket udp" if kind == socket.SOCK_DGRAM else b"socket")
+            message, fds, _, _ = socket.recv_fds(self._sock, 4096, 1)
+        except OSError as exc:
+            raise self.error(f"{self.gone} ({exc})") from None
+        if not fds:
+            raise self.error(f"{self.gone.replace(' is gone', '')} made no socket: {message[1:].decode(errors='replace')}")
+        return socket.socket(fileno=fds[0])
+
+    def close(self) -> None:
+        if self.pid:
+            self._sock.close()
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = 0
+
+
+class SocketMaker(SocketSource):
     """A helper process in the namespaces `fds` ("user", "net") of a rootless container; closes `fds`."""
+
+    gone = "the container's socket helper is gone"
 
     def __init__(self, fds: dict[str, int]) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -44,27 +78,6 @@ class SocketMaker:
             self.close()
             raise NetworkError("-p: cannot enter the rootless container's network namespace: "
                                f"{answer[1:].decode(errors='replace') or 'the helper died'}")
-
-    def socket(self, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        """A TCP (or, with `kind` SOCK_DGRAM, UDP) socket in the container's network namespace."""
-        try:
-            self._sock.send(b"socket udp" if kind == socket.SOCK_DGRAM else b"socket")
-            message, fds, _, _ = socket.recv_fds(self._sock, 4096, 1)
-        except OSError as exc:
-            raise OSError(f"the container's socket helper is gone ({exc})") from None
-        if not fds:
-            raise OSError(f"the container's socket helper made no socket: {message[1:].decode(errors='replace')}")
-        return socket.socket(fileno=fds[0])
-
-    def close(self) -> None:
-        if self.pid:
-            self._sock.close()
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.pid = 0
 
 
 def _main(sock: socket.socket, fds: dict[str, int]) -> None:

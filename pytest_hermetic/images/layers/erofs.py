@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 from ...errors import LayerError
 from .erofs_format import (BLOCK, INLINE_HELD, INODE_SIZE, NAME_MAX, Node, encode_dev, storable_xattr, write_tree,
                            xattr_bytes)
-from .extract import ExtractStats, feed_members, hostile, split_path
+from .extract import ExtractStats, feed_members, hostile, member_mode, member_ns, split_path
 from .format import CHUNK, OVERLAY_PREFIXES, OVERLAY_TRUSTED, WH, WH_META, WH_OPAQUE, XATTR_PAX
 
 def write_layer_image(src: Readable | str | os.PathLike[str], dest: str | os.PathLike[str], *,
@@ -137,15 +137,9 @@ class ImageBuilder:
     # -- members ---------------------------------------------------------------
 
     def _mode(self, m: tarfile.TarInfo) -> int:
-        mode = m.mode & 0o7777
-        if not self.same_owner:
-            mode &= ~(stat.S_ISUID | stat.S_ISGID)
-        return mode
+        return member_mode(m, self.same_owner)
 
-    @staticmethod
-    def _ns(m: tarfile.TarInfo) -> int:
-        secs = int(m.mtime)  # PAX mtimes come as floats: keep whole seconds exact
-        return secs * 1_000_000_000 + int(round((m.mtime - secs) * 1_000_000_000))
+    _ns = staticmethod(member_ns)
 
     def _node(self, kind: int, m: tarfile.TarInfo, path: str, mode: int | None = None) -> Node:
         uid, gid = (m.uid, m.gid) if self.same_owner else (self.uid, self.gid)

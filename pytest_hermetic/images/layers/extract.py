@@ -41,6 +41,21 @@ from .tarstream import TarReader, corrupt, tar_members
 _MAX_DEPTH = 2048  # deeper than PATH_MAX allows anyway
 
 
+def member_mode(m: tarfile.TarInfo, same_owner: bool) -> int:
+    """A member's permission bits as stored: no setuid/setgid bit unless its
+    owner is kept too (a rootless store cannot give the file its owner)."""
+    mode = m.mode & 0o7777
+    if not same_owner:
+        mode &= ~(stat.S_ISUID | stat.S_ISGID)
+    return mode
+
+
+def member_ns(m: tarfile.TarInfo) -> int:
+    """A member's mtime in nanoseconds."""
+    secs = int(m.mtime)  # PAX mtimes come as floats: keep whole seconds exact
+    return secs * 1_000_000_000 + int(round((m.mtime - secs) * 1_000_000_000))
+
+
 @record
 class ExtractStats:
     """Counts of what `extract_layer` created, and what it left out and why."""
@@ -235,15 +250,9 @@ class _Extractor:
     # -- metadata ---------------------------------------------------------
 
     def _mode(self, m: tarfile.TarInfo) -> int:
-        mode = m.mode & 0o7777
-        if not self.same_owner:
-            mode &= ~(stat.S_ISUID | stat.S_ISGID)
-        return mode
+        return member_mode(m, self.same_owner)
 
-    @staticmethod
-    def _ns(m: tarfile.TarInfo) -> int:
-        secs = int(m.mtime)  # PAX mtimes come as floats: keep whole seconds exact
-        return secs * 1_000_000_000 + int(round((m.mtime - secs) * 1_000_000_000))
+    _ns = staticmethod(member_ns)
 
     def _xattrs(self, target: int | str, m: tarfile.TarInfo, path: str, follow: bool) -> None:
         for key, value in sorted(m.pax_headers.items()):
