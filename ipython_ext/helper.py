@@ -484,7 +484,18 @@ def main(argv: list[str]) -> int:
     except Stop:
         pass
     finally:
-        helper.shutdown()
+        # A killed kernel gives EOF and, through PDEATHSIG, SIGTERM at about
+        # the same moment: a Stop raised here, before or inside shutdown,
+        # would end the helper with its containers still there.  Ignore the
+        # signals first (process-wide), and start over if one came in between.
+        while True:
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                helper.shutdown()
+                break
+            except Stop:
+                continue
     return 0
 
 
