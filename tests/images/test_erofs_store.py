@@ -117,6 +117,11 @@ def test_layer_images_are_mounted_once_for_every_container_and_gc_unmounts_them(
         result = run_cli("run", ref, "cat", "/keep", env=env)
         assert result.returncode == 0 and result.stdout == "keep\n", result.stderr
         assert sorted(erofs_mounts(root)) == roots
+    # On the host a layer is read-only, nodev and nosuid: a setuid file of an
+    # image is setuid only in the container's overlay (as Docker's), never at its store path.
+    with open("/proc/self/mountinfo") as f:
+        options = {line.split()[4]: set(line.split()[5].split(",")) for line in f}
+    assert all({"ro", "nodev", "nosuid"} <= options[path] for path in roots), {p: options[p] for p in roots}
     assert run_cli("tag", ref, "other:1", env=env).returncode == 0
     assert run_cli("rmi", ref, env=env).returncode == 0
     assert run_cli("gc", env=env).returncode == 0

@@ -21,13 +21,13 @@ import os
 
 from ...errors import SyscallError
 from .. import syscalls as sc
-from ..syscalls import MNT_DETACH, MS_BIND, MS_NODEV, MS_PRIVATE, MS_RDONLY
+from ..syscalls import MNT_DETACH, MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY
 
 
 def mount_layer_image(image: str, target: str) -> None:
     """Mount the EROFS `image` read-only on the folder `target`."""
     try:
-        sc.mount(image, target, "erofs", MS_RDONLY | MS_NODEV, None)
+        sc.mount(image, target, "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, None)
     except OSError as exc:
         raise SyscallError("mount", exc.errno or 0,
                            f"EROFS layer image {image} on {target} (the kernel must mount EROFS from a file: "
@@ -121,7 +121,7 @@ def can_mount_images(image: str, scratch: str) -> bool:
         try:
             sc.unshare(sc.CLONE_NEWNS)
             sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            sc.mount(image, scratch, "erofs", MS_RDONLY | MS_NODEV, None)
+            sc.mount(image, scratch, "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, None)
             code = 0
         finally:
             os._exit(code)
