@@ -291,6 +291,15 @@ class Builder:
         assert self.keep is not None
         return cache.lookup(self.store, key, self.keep)
 
+    def _from_cache(self, state: State, ins: Instruction, key: str) -> bool:
+        """Apply the cached layer of step `key` if there is one (say so); False: run the step."""
+        hit = self._lookup(key)
+        if hit is None:
+            return False
+        self.say("--> cached")
+        self._apply(state, ins, key, hit["diff_id"])
+        return True
+
     def _apply(self, state: State, ins: Instruction, key: str, diff_id: str) -> None:
         state.key = key
         if diff_id != cache.EMPTY:
@@ -309,10 +318,7 @@ class Builder:
         argv = instructions.command(ins, state.config)
         args = self._scope_values(scope)
         key = cache.chain(state.key, "RUN", argv, sorted(args.items()), self._run_config(state))
-        hit = self._lookup(key)
-        if hit is not None:
-            self.say("--> cached")
-            self._apply(state, ins, key, hit["diff_id"])
+        if self._from_cache(state, ins, key):
             return
         image_env = instructions.env_dict(state.config)
         env = {k: v for k, v in args.items() if k not in image_env}
@@ -361,10 +367,7 @@ class Builder:
                              f"{dest}/")
         digest = self.context.digest(found)
         key = cache.chain(state.key, kw, sources, dest, chown, chmod, digest, state.config.get("WorkingDir"))
-        hit = self._lookup(key)
-        if hit is not None:
-            self.say("--> cached")
-            self._apply(state, ins, key, hit["diff_id"])
+        if self._from_cache(state, ins, key):
             return
         staging = self.store.tempdir("build-")
         try:
@@ -393,10 +396,7 @@ class Builder:
             source_state = State(image.base, list(image.layers), image.config, [], cache.chain("image", image.id))
         key = cache.chain(state.key, ins.keyword, ins.flags, sources, put_args[:3], source_state.key,
                           state.config.get("WorkingDir"))
-        hit = self._lookup(key)
-        if hit is not None:
-            self.say("--> cached")
-            self._apply(state, ins, key, hit["diff_id"])
+        if self._from_cache(state, ins, key):
             return
         staging = self.store.tempdir("build-")
         try:
