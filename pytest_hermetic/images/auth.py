@@ -5,12 +5,15 @@ write, `docker login`'s `auths` too): `{"auths": {"REGISTRY": {"auth":
 base64("user:password")}}}`.  It is `$REGISTRY_AUTH_FILE` when set, else
 `config.containers_auth_file()`.  Other keys and entries are kept; the file
 is replaced whole (a temporary file renamed over it) with mode 0600, in a
-folder made 0700.
+folder made 0700, under a lock beside it (`.NAME.lock`): two logins at once
+must not lose each other's entry.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 
@@ -74,29 +77,45 @@ def _write(path: str, data: dict) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _locked(path: str):  # noqa: ANN202
+    """The read-modify-write of `path`, one process at a time."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(folder, f".{os.path.basename(path)}.lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def save_login(registry: str, user: str, password: str, path: str | None = None) -> str:
     """Record `user:password` for `registry` (a key from `registry_key`); returns the file written."""
     path = auth_file(path)
-    data = _read(path)
-    auths = data.setdefault("auths", {})
-    for key in (f"https://{registry}", f"http://{registry}"):
-        auths.pop(key, None)  # an older entry under a URL key would be found first by some readers
-    auths[registry] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
-    _write(path, data)
+    with _locked(path):
+        data = _read(path)
+        auths = data.setdefault("auths", {})
+        for key in (f"https://{registry}", f"http://{registry}"):
+            auths.pop(key, None)  # an older entry under a URL key would be found first by some readers
+        auths[registry] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+        _write(path, data)
     return path
 
 
 def remove_login(registry: str, path: str | None = None) -> tuple[bool, str]:
     """Drop `registry`'s entries; (whether there was one, the file)."""
     path = auth_file(path)
-    data = _read(path)
-    auths = data.get("auths") or {}
     keys = [registry, f"https://{registry}", f"http://{registry}", f"https://{registry}/", f"http://{registry}/"]
     if registry == "docker.io":
         keys += ["https://index.docker.io/v1/", "index.docker.io"]
-    found = [key for key in keys if key in auths]
-    for key in found:
-        del auths[key]
-    if found:
-        _write(path, data)
+    with _locked(path):
+        data = _read(path)
+        auths = data.get("auths") or {}
+        found = [key for key in keys if key in auths]
+        for key in found:
+            del auths[key]
+        if found:
+            _write(path, data)
     return bool(found), path
