@@ -5,8 +5,8 @@ write, `docker login`'s `auths` too): `{"auths": {"REGISTRY": {"auth":
 base64("user:password")}}}`.  It is `$REGISTRY_AUTH_FILE` when set, else
 `config.containers_auth_file()`.  Other keys and entries are kept; the file
 is replaced whole (a temporary file renamed over it) with mode 0600, in a
-folder made 0700, under a lock beside it (`.NAME.lock`): two logins at once
-must not lose each other's entry.
+folder made 0700, under a flock of that folder: two logins at once must not
+lose each other's entry.
 """
 
 from __future__ import annotations
@@ -82,8 +82,7 @@ def _locked(path: str):  # noqa: ANN202
     """The read-modify-write of `path`, one process at a time."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(folder, f".{os.path.basename(path)}.lock"),
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the folder: no lock file beside the file
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
