@@ -11,13 +11,34 @@ if TYPE_CHECKING:
     from typing import Iterator
 
 
+def lock_file(path: str, how: int) -> int:
+    """An fd of the file `path` (made if missing) holding `fcntl.flock(how)`;
+    closing it releases.  `hermetic gc` removes lock files nobody holds: a
+    lock taken on a file it unlinked meanwhile is on no path any more, so the
+    file is opened again until the lock held is the one `path` names."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, how)
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def flock(path: str, *, shared: bool = False) -> "Iterator[None]":
     """Hold a lock on the file `path` (made if missing) between processes and
     threads: exclusive, or shared with other shared holders."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = lock_file(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -27,6 +27,7 @@ import sys
 import time
 import weakref
 
+from .._fs import lock_file
 from .._record import record
 from ..errors import BuildError, HermeticError, SpecError
 
@@ -314,9 +315,8 @@ def _steps(count: int) -> str:
 def _locked(path: str) -> Iterator[int]:
     """The file `path`, flock'ed: one build of a reference at a time; it
     holds the failure of this run's build, if it failed."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = lock_file(path, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd
     finally:
         os.close(fd)

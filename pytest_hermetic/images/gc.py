@@ -120,7 +120,9 @@ def _remove_unlocked(path: str, lock: str) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        os.close(fd)
         return False
+    try:  # removed while the lock is held: a locker that opened it meanwhile sees it gone (_fs.lock_file)
+        return remove_entry(path)
     finally:
         os.close(fd)  # (closing drops the lock too)
-    return remove_entry(path)

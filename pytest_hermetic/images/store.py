@@ -48,7 +48,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Iterator, Sequence
 
-from .._fs import flock, rmtree
+from .._fs import flock, lock_file, rmtree
 from .._proc import name_owner, owned_name, owner_alive, owner_key
 from ..errors import HermeticError, ImageInUse, ImageNotFound, StoreError
 from ..paths import make_private, store_root
@@ -785,13 +785,7 @@ def unmount_stores_below(path: str) -> list[str]:
 
 def lock_fd(path: str, how: int) -> int:
     """An fd of `path` (made if missing) holding `fcntl.flock(how)`; closing it releases."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, how)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return lock_file(path, how)
 
 
 def remove_entry(path: str) -> bool:
