@@ -5,13 +5,13 @@
 Every contender starts from nothing local and ends with the image ready for
 a container, digests checked (except the floor's, which checks nothing):
 
-  hermetic pull             `hermetic pull -q REF` into an empty store, as root (layers
-                            unpacked: the default)
-  hermetic pull, EROFS      the same with HERMETIC_LAYER_FORMAT=auto: layers of 512 KiB and more
-                            become EROFS images, mounted by the store at the first container
-                            (docs/images.md)
-  hermetic pull, rootless   the same as the unprivileged user hermetic-test (unpacked:
-                            EROFS cannot be mounted in a user namespace)
+  hermetic pull             `hermetic pull -q REF` into an empty store, as root, as it comes
+                            (HERMETIC_LAYER_FORMAT unset: where the kernel can, layers of 512 KiB
+                            and more become EROFS images, mounted by the store at the first
+                            container: docs/images.md)
+  hermetic pull, dir        the same with HERMETIC_LAYER_FORMAT=dir (every layer unpacked)
+  hermetic pull, rootless   the same as the unprivileged user hermetic-test, with a store of its
+                            own (unpacked: EROFS cannot be mounted in a user namespace)
   skopeo copy + umoci       `skopeo copy docker://REF oci:DIR:TAG`, `umoci unpack`
   floor: curl | tar -xz     download, decompress and create the files of each layer blob
                             (`curl -s URL | tar -xz -C DIR`): no digest checked, nothing kept
@@ -29,7 +29,10 @@ its median to the floor's; with --strace, the system calls of one more
 (untimed) run of each, counted by `strace -f -c`.  Run as root from the
 repository root:
 
-    .venv/bin/python bench/pull.py [--rounds 5] [--images busybox,many,debian] [--strace] [--json FILE] [--markdown]
+    .venv/bin/python bench/pull.py [--rounds 5] [--images busybox,many,debian] [--contenders all]
+                                   [--strace] [--json FILE] [--markdown]
+
+--contenders takes a comma-separated list of: root, dir, rootless, skopeo, floor (default: all).
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--images", default="busybox,many,debian")
+    parser.add_argument("--contenders", default="all",
+                        help="comma-separated: root, dir, rootless, skopeo, floor (default: all; the floor always runs)")
     parser.add_argument("--strace", action="store_true", help="also count system calls (one more run each)")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--markdown", action="store_true")
@@ -158,9 +163,9 @@ def main() -> int:
             for label, (ref, repo) in refs.items():
                 urls = layer_urls(registry.host, repo)
 
-                def hermetic_pull(r: Runner, name: str, fmt: str = "dir") -> tuple[float, float]:
+                def hermetic_pull(r: Runner, name: str, fmt: str = "") -> tuple[float, float]:
                     env = {**os.environ, "HERMETIC_STORE": os.path.join(out, "store"), "PYTHONPATH": REPO,
-                           "HERMETIC_LAYER_FORMAT": fmt}
+                           "HERMETIC_LAYER_FORMAT": fmt}  # ("": the default)
                     return r([*hermetic, "pull", "-q", ref], env, label=name)
 
                 def rootless(r: Runner, name: str) -> tuple[float, float]:
@@ -186,13 +191,18 @@ def main() -> int:
                                        for url in urls)
                     return r(f"set -e; {script}", label=name)
 
-                contenders = {
-                    "hermetic pull": lambda r, n: hermetic_pull(r, n),
-                    "hermetic pull, EROFS": lambda r, n: hermetic_pull(r, n, "auto"),
-                    "hermetic pull, rootless": rootless,
-                    "skopeo copy + umoci unpack": skopeo_umoci,
-                    FLOOR: floor,
+                every = {
+                    "root": ("hermetic pull", lambda r, n: hermetic_pull(r, n)),
+                    "dir": ("hermetic pull, dir", lambda r, n: hermetic_pull(r, n, "dir")),
+                    "rootless": ("hermetic pull, rootless", rootless),
+                    "skopeo": ("skopeo copy + umoci unpack", skopeo_umoci),
+                    "floor": (FLOOR, floor),
                 }
+                chosen = list(every) if args.contenders == "all" else args.contenders.split(",") + ["floor"]
+                unknown = sorted(set(chosen) - set(every))
+                if unknown:
+                    raise SystemExit(f"--contenders: unknown {', '.join(unknown)} (choose from {', '.join(every)})")
+                contenders = {name: run_it for key, (name, run_it) in every.items() if key in chosen}
                 runs: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in contenders}
                 for round_ in range(args.rounds + 1):  # round 0 warms caches and is dropped
                     order = list(contenders)

@@ -379,7 +379,7 @@ class Container:
             init_files=_init_files(self.hostname),
             replay=list(zip(replay, replay_dirs)),
             unpack_layer=_layer_unpacker(self.userns) if replay else None,
-            layers_dir=os.path.dirname(self.store.layer_path(image.layers[0])) if lowers else "",
+            layers_dir=self.store.lowers_base(lowers) if lowers else "",
             shm_size=spec.shm_size or min(host_shm_size(), spec.mem or host_shm_size()),
             read_only=spec.read_only,
             workdir=(spec.workdir or image.config.get("WorkingDir") or "") if spec.read_only else "",

@@ -1,7 +1,8 @@
 """`hermetic gc`: the sweep of a store, decided without guessing (see store.py's docstring).
 
 Blobs and layers no image refers to and no live record (`users/`) keeps go
-(a layer's EROFS image unmounted first, detached: `Store.layer_lower`);
+(a layer's EROFS image unmounted first, detached: `Store.layer_lower`), and
+the layer mounts of stores that are gone (`orphan_layer_mounts`);
 so do staging, read-write layers and records whose owner process is dead,
 old staging without an owner, unlocked resumable downloads and lock files.
 The sweep holds `gc.gate` and then `gc.lock` exclusive, so it never races a
@@ -20,7 +21,7 @@ from .._fs import flock
 from .._proc import name_owner, owner_alive
 from ..errors import StoreError
 from . import schema
-from .store import LAYER_IMAGE, Store, digest_hex, list_entries, lock_fd, remove_entry
+from .store import LAYER_IMAGE, Store, digest_hex, list_entries, lock_fd, mount_folders, remove_entry, unmount_folder
 
 
 def collect(store: Store, *, max_tmp_age: float = 3600.0) -> list[str]:
@@ -35,7 +36,7 @@ def collect(store: Store, *, max_tmp_age: float = 3600.0) -> list[str]:
         gc_fd = lock_fd(os.path.join(store.root, "gc.lock"), fcntl.LOCK_EX)
     try:
         with store.lock():
-            return _sweep(store, max_tmp_age)
+            return _sweep(store, max_tmp_age) + orphan_layer_mounts()
     finally:
         os.close(gc_fd)
 
@@ -67,9 +68,14 @@ def _sweep(store: Store, max_tmp_age: float) -> list[str]:
     layer_dir = os.path.join(store.root, "layers")
     for entry in list_entries(layer_dir):
         if entry not in keep_layers:
-            _unmount_image(os.path.join(layer_dir, entry))
+            _unmount_image(store, entry)
             if remove_entry(os.path.join(layer_dir, entry)):
                 removed.append(f"layer sha256:{entry}")
+    if os.geteuid() == 0:  # an older version's mounts, on the layers' own root/: no new container uses them
+        from ..runtime.rootfs.images import mounts_below, unmount
+
+        for point in mounts_below(os.path.join(os.path.realpath(store.root), "layers")):
+            unmount(point)
     removed += store.clear_dead_staging()
     tmp_dir = os.path.join(store.root, "tmp")
     now = time.time()
@@ -101,14 +107,32 @@ def _sweep(store: Store, max_tmp_age: float) -> list[str]:
     return removed
 
 
-def _unmount_image(layer: str) -> None:
-    """Detach the layer's EROFS image from its `root/` if the store mounted it (`Store.layer_lower`):
-    nothing keeps the layer, so no container runs on it."""
+def _unmount_image(store: Store, entry: str) -> None:
+    """Detach the layer's EROFS image if the store mounted it (`Store.layer_lower`) and remove its
+    mount point: nothing keeps the layer, so no container runs on it.  Also an older version's
+    mount on the layer's own `root/`."""
+    layer = os.path.join(store.root, "layers", entry)
     if os.geteuid() == 0 and os.path.exists(os.path.join(layer, LAYER_IMAGE)):  # (only root mounts them)
         from ..runtime.rootfs.images import unmount
 
-        while unmount(os.path.join(layer, "root")):
-            pass  # (stacked mounts, should a mount have raced an unmount: none stays)
+        point = os.path.join(store.layer_mounts(), entry)
+        for path in (point, os.path.join(layer, "root")):
+            while unmount(path):
+                pass  # (stacked mounts, should a mount have raced an unmount: none stays)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(point)
+
+
+def orphan_layer_mounts() -> list[str]:
+    """Detach the layer mounts of stores that are no longer there (removed without
+    `Store.unmount_layers`), and remove their mount folders."""
+    if os.geteuid() != 0:
+        return []
+    removed = []
+    for folder, store in mount_folders().items():
+        if not os.path.isdir(store):
+            removed += [f"layer mount {point} of the removed store {store}" for point in unmount_folder(folder)]
+    return removed
 
 
 def _remove_unlocked(path: str, lock: str) -> bool:

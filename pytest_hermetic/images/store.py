@@ -4,8 +4,8 @@
       blobs/sha256/<hex>     layer tars, image configs and manifests, by digest
       layers/<hex>/          each layer once, by its diff_id, shared: `root/`, the layer
                              unpacked, or `layer.erofs`, an EROFS image (as root, where the kernel
-                             can, with HERMETIC_LAYER_FORMAT=auto|erofs) that the store mounts on `root/`
-                             once, on first use, for every container (`layer_lower`; gc unmounts)
+                             can: the default) that the store mounts once, on first use, for every
+                             container, on <system state>/layers/<key>/<hex> (`layer_lower`; gc unmounts)
       refs.json              image name -> manifest digest
       tmp/                   staging: everything lands by atomic rename
       users/                 records: what a live container or writer needs kept
@@ -65,7 +65,9 @@ MEDIA_LAYER_ZSTD = MEDIA_LAYER + "+zstd"
 BASE_ANNOTATION = "org.hermetic.base"  # "host": the image's layers go on top of the host's root
 
 LAYER_IMAGE = "layer.erofs"  # a layer stored as one EROFS image (see layer_format)
-PRIVATE_BIND = "private-bind"  # the id of the store's private bind mount of itself, while it has one (`_keep_mounts_private`)
+MOUNTS_DIR = "layers"  # below paths.system_state_root(): one folder of layer mounts per store (`Store.layer_mounts`)
+STORE_NOTE = "store"  # in a store's mount folder: the store's real path (`unmount_stores_below`, gc)
+PRIVATE_BIND = "private-bind"  # in a mount folder: the id of its private bind mount of itself, while it has one
 LAYER_FORMATS = ("dir", "auto", "erofs")  # HERMETIC_LAYER_FORMAT
 # With HERMETIC_LAYER_FORMAT=auto, layers under this many compressed bytes stay unpacked: their
 # few files cost little to create once, and each image is one more mount on the host.
@@ -105,7 +107,6 @@ HOST_IMAGE = Image(name="host", id="host", base="host", config={"Env": HOST_ENV}
 class Store:
     def __init__(self, root: str | None = None) -> None:
         self.root = os.path.abspath(root or store_root())
-        self._dev: int | None = None  # the device of layers/ (an EROFS layer mounted there has its own)
 
     # -- layout ---------------------------------------------------------------
 
@@ -247,11 +248,11 @@ class Store:
     def layer_format(self, size: int | None = None) -> str:
         """How this store keeps a new layer of `size` compressed bytes: "dir" (unpacked) or
         "erofs" (one image, mounted once by the store: real root and Linux 6.12+ only).
-        HERMETIC_LAYER_FORMAT chooses: dir (the default: every layer unpacked; an image's
-        mount on the host hides what is below it from rootless containers' overlays, see
-        docs/images.md), auto (images for layers of `EROFS_ABOVE` and more where the kernel
-        can), erofs (every layer an image; an error where the kernel cannot mount it)."""
-        wanted = os.environ.get("HERMETIC_LAYER_FORMAT", "dir") or "dir"
+        HERMETIC_LAYER_FORMAT chooses: auto (the default as root: images for layers of
+        `EROFS_ABOVE` and more where the kernel can mount them from a file), dir (every layer
+        unpacked; the default rootless, where EROFS cannot be mounted), erofs (every layer an
+        image; an error where the kernel cannot mount it).  See docs/images.md."""
+        wanted = os.environ.get("HERMETIC_LAYER_FORMAT") or default_layer_format()
         if wanted not in LAYER_FORMATS:
             raise StoreError(f"HERMETIC_LAYER_FORMAT={wanted!r} is not one of {', '.join(LAYER_FORMATS)}")
         if wanted == "dir" or (wanted == "auto" and size is not None and size < EROFS_ABOVE):
@@ -327,73 +328,104 @@ class Store:
 
     def layer_lower(self, diff_id: str) -> str:
         """The layer's tree as a folder, an overlay's lower layer: `layer_root`, unpacked, or
-        the layer's EROFS image mounted read-only there, once, on the host, for every container.
+        the layer's EROFS image mounted read-only, once, on the host, for every container, on
+        `layer_mount_point` (below the machine's state folder, where no rootless overlay looks).
 
         The caller's record (`use`, `keep`) keeps the layer from gc.  Two stats a layer when
-        nothing is to be mounted; the mount itself, on first use, about 30 us."""
-        root = self.layer_root(diff_id)
+        nothing is to be mounted (as before the mounts moved); the mount itself, on first use,
+        about 30 us."""
+        point = self.layer_mount_point(diff_id)
         try:
-            if os.stat(root).st_dev != self._layers_dev():
-                return root  # an image, mounted already
+            if os.stat(point).st_dev != _mounts_dev(os.path.dirname(point)):
+                return point  # an image, mounted already
         except FileNotFoundError:
             pass
         image = os.path.join(self.layer_path(diff_id), LAYER_IMAGE)
         if os.path.exists(image):
-            self._mount_layer(image, root, diff_id)
-        return root
+            self._mount_layer(image, point, diff_id)
+            return point
+        return self.layer_root(diff_id)
 
-    def _layers_dev(self) -> int:
-        if self._dev is None:
-            self._dev = os.stat(os.path.join(self.root, "layers")).st_dev
-        return self._dev
+    def layer_mounts(self) -> str:
+        """The folder of this store's layer mounts: `<system state>/layers/<key>`, the key from the
+        store's real path (`layer_mounts_folder`).  On a tmpfs, root's only: a reboot drops the
+        mounts and their folders together, and no rootless container overlays it (docs/images.md)."""
+        found = _mounts_of.get(self.root)
+        if found is None:
+            found = _mounts_of[self.root] = layer_mounts_folder(os.path.realpath(self.root))
+        return found
 
-    def _mount_layer(self, image: str, root: str, diff_id: str) -> None:
+    def layer_mount_point(self, diff_id: str) -> str:
+        """Where the layer's EROFS image is mounted (`layer_lower`), whether it is or not."""
+        return os.path.join(self.layer_mounts(), digest_hex(diff_id))
+
+    def lowers_base(self, lowers: Sequence[str]) -> str:
+        """The folder most of `lowers` (from `layer_lower`) are in, for overlay options named
+        relative to it (`overlay.mount_overlay`'s `base`): the store's layers/ or its mount folder."""
+        mounted = self.layer_mounts() + "/"
+        images = sum(1 for lower in lowers if lower.startswith(mounted))
+        return mounted[:-1] if images * 2 > len(lowers) else os.path.join(self.root, "layers")
+
+    def _mount_layer(self, image: str, point: str, diff_id: str) -> None:
         from ..runtime.rootfs import images as mounts
 
+        self._prepare_mounts()
         # The layer's lock: one process mounts, the others find it mounted (never two stacked).
         with flock(os.path.join(self.root, "locks", digest_hex(diff_id))):
             try:
-                os.mkdir(root, 0o755)  # (not makedirs: a layer gc took must not come back empty)
+                os.mkdir(point, 0o755)
             except FileExistsError:
-                if os.stat(root).st_dev != self._layers_dev():
+                if os.stat(point).st_dev != _mounts_dev(os.path.dirname(point)):
                     return
-            self._keep_mounts_private()
-            mounts.mount_layer_image(image, root)
+            mounts.mount_layer_image(image, point)
 
-    def _keep_mounts_private(self) -> None:
-        """Where the mount holding the store propagates (a shared "/", as systemd makes it), make
-        the store a private bind mount of itself first, once: the layer mounts then reach no
-        other mount namespace, and the host's propagation stays as it was."""
-        if self.root in _private_checked:
+    def _prepare_mounts(self) -> None:
+        """Make this store's mount folder (once a process): its note naming the store, and, where
+        the mount holding it propagates (a shared /run, as systemd makes it), a private bind
+        mount of itself, so that the layer mounts below reach no other mount namespace and the
+        host's propagation stays as it was (as Docker does with its overlay2 folder)."""
+        if self.root in _prepared:
             return
+        from ..paths import system_state_root
         from ..runtime.rootfs import images as mounts
 
-        with self.lock():
-            real = os.path.realpath(self.root)
-            if mounts.holder_is_shared(real):
-                mount_id = mounts.make_private_bind(real)
-                with open(os.path.join(self.root, PRIVATE_BIND), "w") as f:
-                    f.write(str(mount_id))
-        _private_checked.add(self.root)
+        folder = self.layer_mounts()
+        with self.lock():  # (one process binds; the note and the bind are made once)
+            make_private(os.path.join(system_state_root(), MOUNTS_DIR))
+            os.makedirs(folder, 0o700, exist_ok=True)
+            note = os.path.join(folder, STORE_NOTE)
+            if not os.path.exists(note):
+                with open(note + ".new", "w") as f:
+                    f.write(os.path.realpath(self.root))
+                os.replace(note + ".new", note)
+            marker = os.path.join(folder, PRIVATE_BIND)
+            bound = _read_text(marker)
+            if not (bound and str(mounts.top_mount_id(folder)) == bound) and mounts.holder_is_shared(folder):
+                with open(marker, "w") as f:
+                    f.write(str(mounts.make_private_bind(folder)))
+        _prepared.add(self.root)
 
     def unmount_layers(self) -> list[str]:
-        """Detach every layer image mounted in this store, and the store's private bind if it made
-        one: for a store about to be removed (a test's) that no process starts containers on.
-        Containers still running keep their layers until they end (the mounts are detached
-        lazily); a container started later mounts again."""
+        """Detach every layer image this store mounted and its mount folder's private bind, and
+        remove that folder: for a store about to be removed (a test's) that no process starts
+        containers on.  Also what an older version mounted inside the store itself
+        (`STORE/layers/<hex>/root`, and the store's private bind of itself).  Containers still
+        running keep their layers until they end (the mounts are detached lazily); a container
+        started later mounts again.  What it detached."""
         from ..runtime.rootfs import images as mounts
 
+        _prepared.discard(self.root)
+        done = unmount_folder(self.layer_mounts())
         real = os.path.realpath(self.root)
-        done = [point for point in mounts.mounts_below(os.path.join(real, "layers")) if mounts.unmount(point)]
-        marker = os.path.join(self.root, PRIVATE_BIND)
-        with contextlib.suppress(FileNotFoundError):
-            with open(marker) as f:
-                ours = f.read().strip()
+        done += [point for point in mounts.mounts_below(os.path.join(real, "layers")) if mounts.unmount(point)]
+        marker = os.path.join(self.root, PRIVATE_BIND)  # (an older version's bind of the store itself)
+        bound = _read_text(marker)
+        if bound is not None:
             # Only the bind this store made (a reboot drops it, and the store may sit on a mount of its own).
-            if ours and str(mounts.top_mount_id(real)) == ours and mounts.unmount(real):
+            if bound and str(mounts.top_mount_id(real)) == bound and mounts.unmount(real):
                 done.append(real)
-            os.unlink(marker)
-        _private_checked.discard(self.root)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
         return done
 
     @property
@@ -768,18 +800,93 @@ def list_entries(path: str) -> list[str]:
 
 _busy_guard = _thread.allocate_lock()
 _probe_guard = _thread.allocate_lock()
-_private_checked: set[str] = set()  # store roots whose layer mounts propagate nowhere (checked once a process)
+_prepared: set[str] = set()  # store roots whose mount folder is made and propagates nowhere (once a process)
+_mounts_of: dict[str, str] = {}  # store root -> its mount folder (`Store.layer_mounts`)
+_folder_dev: dict[str, int] = {}  # mount folder -> its device (`_mounts_dev`)
 _erofs_works: dict[str, bool] = {}  # store root -> whether its layers can be EROFS images (probed once a process)
 _busy_held: dict[str, list[int]] = {}  # store root -> [fd holding gc.lock shared, holders in this process]
 
 
+def default_layer_format() -> str:
+    """HERMETIC_LAYER_FORMAT when unset: `auto` as root, `dir` rootless (EROFS is not mountable
+    in a user namespace)."""
+    return "auto" if os.geteuid() == 0 else "dir"
+
+
+def layer_mounts_folder(store_real_path: str) -> str:
+    """`Store.layer_mounts` of the store whose real path is `store_real_path`: the key is two
+    checksums of the path (zlib's: hashlib's import would cost a container start 4 ms)."""
+    import zlib
+
+    from ..paths import system_state_root
+
+    data = os.fsencode(store_real_path)
+    key = f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+    return os.path.join(os.path.realpath(system_state_root()), MOUNTS_DIR, key)
+
+
+def _mounts_dev(folder: str) -> int:
+    """The device of a mount folder (a layer mounted below it has its own); asked once a process."""
+    dev = _folder_dev.get(folder)
+    if dev is None:
+        dev = _folder_dev[folder] = os.stat(folder).st_dev
+    return dev
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def unmount_folder(folder: str) -> list[str]:
+    """Detach the layer mounts in a store's mount folder and its private bind, then remove the
+    folder (empty mount points, the note; never a file below a mount).  What it detached."""
+    from ..runtime.rootfs import images as mounts
+
+    done = [point for point in mounts.mounts_below(folder) if mounts.unmount(point)]
+    bound = _read_text(os.path.join(folder, PRIVATE_BIND))
+    if bound and str(mounts.top_mount_id(folder)) == bound and mounts.unmount(folder):
+        done.append(folder)
+    for entry in list_entries(folder):
+        path = os.path.join(folder, entry)
+        with contextlib.suppress(OSError):  # (a mount point still in use elsewhere stays: EBUSY)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    _folder_dev.pop(folder, None)
+    return done
+
+
+def mount_folders() -> dict[str, str]:
+    """Every store's mount folder on this machine -> the store's real path (its note)."""
+    from ..paths import system_state_root
+
+    base = os.path.join(os.path.realpath(system_state_root()), MOUNTS_DIR)
+    found = {}
+    for key in list_entries(base):
+        store = _read_text(os.path.join(base, key, STORE_NOTE))
+        if store:
+            found[os.path.join(base, key)] = store
+    return found
+
+
 def unmount_stores_below(path: str) -> list[str]:
-    """`Store.unmount_layers` for every store below `path` that has layer images mounted: for
-    a folder of throwaway stores about to be removed (a test session's); what it detached."""
+    """`Store.unmount_layers` for every store below `path` (or at it) that has layer images
+    mounted, also a store removed already: for a folder of throwaway stores about to be removed
+    (a test session's); what it detached."""
     from ..runtime.rootfs.images import mounts_below
 
-    roots = {os.path.dirname(os.path.dirname(os.path.dirname(point))) for point in mounts_below(os.path.realpath(path))
-             if point.endswith("/root") and os.path.basename(os.path.dirname(os.path.dirname(point))) == "layers"}
+    real = os.path.realpath(path)
+    roots = {store for store in mount_folders().values() if (store + "/").startswith(real.rstrip("/") + "/")}
+    # An older version's mounts, in the store itself: STORE/layers/<hex>/root.
+    roots |= {os.path.dirname(os.path.dirname(os.path.dirname(point))) for point in mounts_below(real)
+              if point.endswith("/root") and os.path.basename(os.path.dirname(os.path.dirname(point))) == "layers"}
     return [point for root in sorted(roots) for point in Store(root).unmount_layers()]
 
 

@@ -98,9 +98,9 @@ def test_commit_on_an_image_of_layer_images(pulled, tmp_path):
     assert result.stdout.split() == ["more", "added", "new", "keep-gone"]
 
 
-def erofs_mounts(root: str) -> list[str]:
-    """The EROFS mounts below the store `root`, as the host's mount table has them."""
-    prefix = os.path.realpath(root) + "/"
+def erofs_mounts(below: str) -> list[str]:
+    """The EROFS mounts below the folder `below`, as the host's mount table has them."""
+    prefix = os.path.realpath(below) + "/"
     with open("/proc/self/mountinfo") as f:
         rows = [line.split() for line in f]
     return [r[4] for r in rows if r[4].startswith(prefix) and r[r.index("-") + 1] == "erofs"]
@@ -111,26 +111,84 @@ def test_layer_images_are_mounted_once_for_every_container_and_gc_unmounts_them(
     env = stores["erofs"]
     root = env["HERMETIC_STORE"]
     store = Store(root)
-    roots = sorted(os.path.realpath(store.layer_root(d)) for d in store.local(ref).layers)
-    assert len(os.listdir(os.path.join(root, "layers"))) == 3 and erofs_mounts(root) == []  # a pull mounts nothing
+    from pytest_hermetic.paths import system_state_root
+
+    folder = store.layer_mounts()  # below the machine's state folder, on a tmpfs: not in the store
+    assert folder.startswith(os.path.realpath(system_state_root()) + "/layers/")
+    points = sorted(store.layer_mount_point(d) for d in store.local(ref).layers)
+    assert len(os.listdir(os.path.join(root, "layers"))) == 3 and erofs_mounts(folder) == []  # a pull mounts nothing
     for _ in range(2):  # the first container mounts each layer on the host; the second finds them
         result = run_cli("run", ref, "cat", "/keep", env=env)
         assert result.returncode == 0 and result.stdout == "keep\n", result.stderr
-        assert sorted(erofs_mounts(root)) == roots
+        assert sorted(erofs_mounts(folder)) == points
+        assert erofs_mounts(root) == []  # nothing mounted in the store itself
+    with open(os.path.join(folder, "store")) as f:
+        assert f.read() == os.path.realpath(root)  # the note that names the store (gc, unmount_stores_below)
     # On the host a layer is read-only, nodev and nosuid: a setuid file of an
-    # image is setuid only in the container's overlay (as Docker's), never at its store path.
+    # image is setuid only in the container's overlay (as Docker's), never at its mount point.
     with open("/proc/self/mountinfo") as f:
         options = {line.split()[4]: set(line.split()[5].split(",")) for line in f}
-    assert all({"ro", "nodev", "nosuid"} <= options[path] for path in roots), {p: options[p] for p in roots}
+    assert all({"ro", "nodev", "nosuid"} <= options[path] for path in points), {p: options[p] for p in points}
+    assert oct(os.stat(folder).st_mode & 0o777) == "0o700"
     assert run_cli("tag", ref, "other:1", env=env).returncode == 0
     assert run_cli("rmi", ref, env=env).returncode == 0
     assert run_cli("gc", env=env).returncode == 0
-    assert sorted(erofs_mounts(root)) == roots  # the layers are kept (other:1), and so are their mounts
+    assert sorted(erofs_mounts(folder)) == points  # the layers are kept (other:1), and so are their mounts
     assert run_cli("rmi", "other:1", env=env).returncode == 0
     result = run_cli("gc", env=env)
     assert result.returncode == 0, result.stderr
-    assert erofs_mounts(root) == []
+    assert erofs_mounts(folder) == [] and sorted(os.listdir(folder)) == ["store"]  # mount points removed too
     assert os.listdir(os.path.join(root, "layers")) == [] and os.listdir(os.path.join(root, "blobs", "sha256")) == []
+    assert store.unmount_layers() == [] and not os.path.exists(folder)
+
+
+def test_a_mount_folder_gone_mounts_again_and_a_removed_stores_mounts_go_at_gc(pulled):
+    """After a reboot (the tmpfs empty) the first container mounts again; the mounts of a store
+    removed without `unmount_layers` are found by their note and detached by any store's gc."""
+    from pytest_hermetic._fs import rmtree
+
+    ref, _manifest, _layers, stores = pulled
+    env = stores["erofs"]
+    store = Store(env["HERMETIC_STORE"])
+    folder = store.layer_mounts()
+    assert run_cli("run", ref, "true", env=env).returncode == 0 and len(erofs_mounts(folder)) == 3
+    assert len(store.unmount_layers()) == 3 and not os.path.exists(folder)  # as a reboot leaves it
+    result = run_cli("run", ref, "cat", "/keep", env=env)
+    assert result.returncode == 0 and result.stdout == "keep\n", result.stderr
+    assert len(erofs_mounts(folder)) == 3
+    rmtree(env["HERMETIC_STORE"])  # removed whole, mounts and all (the images stay alive in the mounts)
+    other = stores["dir"]
+    result = run_cli("gc", env=other)
+    assert result.returncode == 0, result.stderr
+    assert erofs_mounts(folder) == [] and not os.path.exists(folder)
+    assert f"of the removed store {os.path.realpath(env['HERMETIC_STORE'])}" in result.stdout + result.stderr
+
+
+def test_an_older_versions_mounts_in_the_store_are_detached(pulled):
+    """A store whose layers an older version mounted on `layers/<hex>/root` (inside the store):
+    new containers use the mount folder, and gc and `unmount_stores_below` detach the old ones."""
+    from pytest_hermetic.images.store import unmount_stores_below
+    from pytest_hermetic.runtime.rootfs.images import mount_layer_image
+
+    ref, _manifest, _layers, stores = pulled
+    env = stores["erofs"]
+    root = env["HERMETIC_STORE"]
+    store = Store(root)
+    layers = store.local(ref).layers
+    for step in ("gc", "unmount_stores_below"):
+        for diff_id in layers:  # as the older version left them
+            os.makedirs(store.layer_root(diff_id), exist_ok=True)
+            mount_layer_image(store.layer_image(diff_id), store.layer_root(diff_id))
+        assert len(erofs_mounts(root)) == 3
+        result = run_cli("run", ref, "cat", "/keep", env=env)
+        assert result.returncode == 0 and result.stdout == "keep\n", result.stderr
+        if step == "gc":
+            assert run_cli("gc", env=env).returncode == 0
+            assert erofs_mounts(root) == [] and len(erofs_mounts(store.layer_mounts())) == 3  # the new ones kept
+        else:
+            detached = unmount_stores_below(os.path.dirname(root))
+            assert len(detached) == 6, detached
+            assert erofs_mounts(root) == [] and erofs_mounts(store.layer_mounts()) == []
 
 
 def test_processes_mounting_a_layer_at_once_make_one_mount(pulled):
@@ -149,29 +207,32 @@ def test_processes_mounting_a_layer_at_once_make_one_mount(pulled):
                               env={**os.environ, "PYTHONPATH": ROOT}) for _ in range(4)]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    assert set(outs) == {store.layer_root(layer)}
-    assert erofs_mounts(root) == [os.path.realpath(store.layer_root(layer))]  # one, not stacked
-    assert store.unmount_layers() == [os.path.realpath(store.layer_root(layer))]
-    assert erofs_mounts(root) == []
+    assert set(outs) == {store.layer_mount_point(layer)}
+    assert erofs_mounts(store.layer_mounts()) == [store.layer_mount_point(layer)]  # one, not stacked
+    assert store.unmount_layers() == [store.layer_mount_point(layer)]
+    assert erofs_mounts(store.layer_mounts()) == []
 
 
 PROPAGATION = r"""
 import os, subprocess, sys
 from pytest_hermetic.container import Container
-from pytest_hermetic.images.store import Store
+from pytest_hermetic.images.store import MOUNTS_DIR, Store
 from pytest_hermetic.images.transports import import_image
+from pytest_hermetic.paths import make_private, system_state_root
 from pytest_hermetic.spec import Spec
 
 base, rootfs = sys.argv[1], sys.argv[2]
 shared, peer = base + "/shared", base + "/peer"
 for path in (shared, peer):
     os.mkdir(path)
-# In this throwaway mount namespace: a shared mount with a peer, as systemd's "/" is (a bind: EROFS
-# images are mounted from files on a disk file system, not tmpfs).
-subprocess.run(["mount", "--bind", shared, shared], check=True)
+# In this throwaway mount namespace: the machine's folder of layer mounts is a shared mount with a
+# peer, as systemd's /run is.
+mounts = make_private(os.path.join(os.path.realpath(system_state_root()), MOUNTS_DIR))
+subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=700", "held", shared], check=True)
 subprocess.run(["mount", "--make-shared", shared], check=True)
 subprocess.run(["mount", "--bind", shared, peer], check=True)
-store = Store(shared + "/store")
+subprocess.run(["mount", "--bind", shared, mounts], check=True)
+store = Store(base + "/store")
 import_image(store, f"dir:{rootfs}", "prop:1")
 layer = store.local("prop:1").layers[0]
 assert store.layer_image(layer) is not None
@@ -180,6 +241,7 @@ try:
     assert container.run().exit_code == 0
 finally:
     container.remove()
+key = os.path.basename(store.layer_mounts())
 hex_ = layer.split(":")[1]
 
 
@@ -188,16 +250,17 @@ def mounted(path):  # (not os.path.ismount: a bind of a folder on itself keeps i
         return any(line.split()[4] == path for line in f)
 
 
-print("store mounted", mounted(shared + "/store"))
-print("layer mounted", mounted(f"{shared}/store/layers/{hex_}/root"))
-print("layer in peer", mounted(f"{peer}/store/layers/{hex_}/root"))
+print("folder mounted", mounted(f"{mounts}/{key}"))
+print("layer mounted", mounted(f"{mounts}/{key}/{hex_}"))
+print("layer in peer", mounted(f"{peer}/{key}/{hex_}"))
 print("unmounted", len(store.unmount_layers()))
-print("store mounted", mounted(shared + "/store"))
+print("folder mounted", mounted(f"{mounts}/{key}"))
+print("folder left", os.path.exists(f"{mounts}/{key}"))
 """
 
 
 def test_layer_mounts_propagate_nowhere_from_a_shared_mount(busybox_rootfs, tmp_path, monkeypatch):
-    """Where the store sits on a shared mount (systemd's "/"), the store first becomes a private
+    """Where the mount folder sits on a shared mount (systemd's /run), it first becomes a private
     bind of itself: its layer mounts do not appear in the peer.  Tried in a throwaway mount
     namespace (`unshare -m`), so the host's propagation is never touched."""
     if not erofs_works(tmp_path, monkeypatch):
@@ -206,8 +269,8 @@ def test_layer_mounts_propagate_nowhere_from_a_shared_mount(busybox_rootfs, tmp_
     ran = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", PROPAGATION,
                           os.path.realpath(tmp_path), busybox_rootfs], capture_output=True, text=True, env=env, timeout=120)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.split("\n")[:5] == ["store mounted True", "layer mounted True", "layer in peer False",
-                                          "unmounted 2", "store mounted False"], ran.stdout
+    assert ran.stdout.split("\n")[:6] == ["folder mounted True", "layer mounted True", "layer in peer False",
+                                          "unmounted 2", "folder mounted False", "folder left False"], ran.stdout
 
 
 @pytest.mark.parametrize("case", ["traversal", "symlink-then-write", "lie"])
@@ -246,8 +309,10 @@ def test_hostile_or_lying_layers_store_nothing(scripted_registry, tmp_path, monk
 
 def test_layer_format_setting(tmp_path, monkeypatch):
     store = Store(str(tmp_path / "store"))
+    works = erofs_works(tmp_path, monkeypatch)
     monkeypatch.delenv("HERMETIC_LAYER_FORMAT", raising=False)
-    assert store.layer_format(size=10 << 20) == "dir"  # the default: unpacked
+    assert store.layer_format(size=10 << 20) == ("erofs" if works else "dir")  # the default as root: auto
+    assert store.layer_format(size=1000) == "dir"  # small layers stay unpacked
     monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "dir")
     assert store.layer_format(size=10 << 20) == "dir"
     monkeypatch.setenv("HERMETIC_LAYER_FORMAT", "auto")

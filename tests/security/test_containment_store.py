@@ -1,6 +1,6 @@
 """The store and the state folders are closed to other users: an image's
-setuid-root file (or one with file capabilities) in an unpacked layer is
-no root shell for a local user.  The attack: as an unprivileged user, reach
+setuid-root file (or one with file capabilities) in an unpacked layer, or in
+a layer image the store mounted, is no root shell for a local user.  The attack: as an unprivileged user, reach
 the setuid file of an image in root's store (and in another user's
 rootless store) by its full path."""
 
@@ -57,10 +57,17 @@ def setuid_image(busybox_rootfs, tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 def test_a_setuid_file_in_roots_store_is_out_of_other_users_reach(setuid_image, test_user):
-    layer_file = _find(setuid_image, "hermetic-suid-shell")
+    from pytest_hermetic.images.store import Store
+
+    store = Store(setuid_image)
+    layer = store.local("sec-setuid:1").layers[0]
+    # Unpacked in the store, or (root's default) an EROFS image the store mounts below the state root.
+    top = store.layer_lower(layer)
+    layer_file = _find(top, "hermetic-suid-shell")
     assert os.stat(layer_file).st_mode & stat.S_ISUID and os.stat(layer_file).st_uid == 0  # the bait is real
-    assert stat.S_IMODE(os.stat(setuid_image).st_mode) == 0o700
-    out = _as(test_user, layer_file, os.path.join(setuid_image, "layers"))
+    closed = os.path.dirname(store.layer_mounts()) if store.layer_image(layer) else setuid_image
+    assert stat.S_IMODE(os.stat(closed).st_mode) == 0o700
+    out = _as(test_user, layer_file, os.path.dirname(top))
     assert out.split() == ["refused", "refused"], out
 
 
