@@ -377,6 +377,10 @@ class Store:
             except FileExistsError:
                 if os.stat(point).st_dev != _mounts_dev(os.path.dirname(point)):
                     return
+            except FileNotFoundError:  # the folder went since this process made it (`unmount_layers`)
+                _prepared.discard(self.root)
+                self._prepare_mounts()
+                os.mkdir(point, 0o755)
             mounts.mount_layer_image(image, point)
 
     def _prepare_mounts(self) -> None:

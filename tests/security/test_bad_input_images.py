@@ -385,6 +385,8 @@ def test_hostile_images_rootless(test_user, scripted_registry, sparse_layer):
 
     entry = pwd.getpwnam(test_user)
     store = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}", "data", "hermetic")
+    # What other tests left unreferenced in the user's store (an `rmi` without `gc`) would go at this test's gc.
+    assert run_cli("gc", "-q", user=test_user).returncode == 0
     for case in ("deep-config", "cmd-5", "env-nul", "thousands-of-layers"):
         spoil, words, _ = METADATA[case]
         image = Image()
