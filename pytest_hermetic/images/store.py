@@ -39,14 +39,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import time
+# json and .schema (with re and its enums, ~3 ms) are imported in the functions
+# that read or write JSON: a container of `host` (no layers) needs neither.
 from .._record import record, factory
 import _thread  # not `threading`: its import and fork hooks cost every container start
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Iterator, Sequence
+
+    from . import schema
 
 from .._fs import flock, lock_file, rmtree
 from .._proc import name_owner, owned_name, owner_alive, owner_key
@@ -54,7 +57,6 @@ from ..errors import HermeticError, ImageInUse, ImageNotFound, StoreError
 from ..paths import make_private, store_root
 from . import platforms
 from . import reference as refs
-from . import schema
 from .digest import HashingReader, sha256_digest, sha256_file
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -192,6 +194,8 @@ class Store:
     def read_json(self, digest: str, check: schema.Check | None = None) -> dict:
         """A manifest or config blob, bounded and type-checked (`schema`): a bad one
         is a `StoreError` naming the field, never a crash of a later command."""
+        from . import schema  # lazily: see the imports at the top
+
         try:
             with open(self.blob_path(digest), "rb") as f:
                 data = f.read(MAX_JSON + 1)
@@ -309,6 +313,8 @@ class Store:
         The blob must be in the store already: a layer is never visible
         without the blob it came from.  A copy that lost the race is dropped.
         """
+        import json  # lazily: see the imports at the top
+
         with open(os.path.join(staging, "meta.json"), "w") as f:
             json.dump({"diff_id": diff_id, "blob": blob_digest, "size": size, "media_type": media_type}, f)
         target = self.layer_path(diff_id)
@@ -409,6 +415,8 @@ class Store:
 
     def read_refs(self) -> dict[str, str]:
         """refs.json: canonical image name -> manifest digest (checked by `schema.REFS`)."""
+        from . import schema  # lazily: see the imports at the top
+
         try:
             with open(self._refs_path(), "rb") as f:
                 data = f.read()
@@ -421,6 +429,8 @@ class Store:
                              "fix: remove it and import the images again") from None
 
     def _write_refs(self, data: dict[str, str]) -> None:
+        import json  # lazily: see the imports at the top
+
         fd, tmp = self.tempfile("refs-")
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -435,6 +445,8 @@ class Store:
 
     def _put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None,
                    history: list[dict] | None, created: str | None = None) -> Image:
+        import json  # lazily: see the imports at the top
+
         layer_sizes = []
         for diff_id in diff_ids:
             meta = self.layer_meta(diff_id)
@@ -501,6 +513,8 @@ class Store:
 
     def layer_meta(self, diff_id: str) -> dict:
         """The layer's record (`meta.json`: its blob, size, media type), checked by `schema.LAYER_META`."""
+        from . import schema  # lazily: see the imports at the top
+
         try:
             with open(os.path.join(self.layer_path(diff_id), "meta.json"), "rb") as f:
                 data = f.read(MAX_JSON + 1)
@@ -530,6 +544,8 @@ class Store:
         return self._load(name, manifest_digest)
 
     def _load(self, name: str, manifest_digest: str) -> Image:
+        from . import schema  # lazily: see the imports at the top
+
         manifest = self.read_json(manifest_digest, schema.MANIFEST)
         config_digest = manifest["config"]["digest"]
         oci_config = self.read_json(config_digest, schema.CONFIG)
@@ -625,6 +641,8 @@ class Store:
 
     def users(self) -> list[dict]:
         """The records of live containers (their owners run): id, name, image, image_id, layers."""
+        import json  # lazily: see the imports at the top
+
         found = []
         base = os.path.join(self.root, "users")
         for entry in list_entries(base):
@@ -642,6 +660,8 @@ class Store:
     def image_of(self, container_id: str) -> Image | None:
         """The image a live container runs on, as it was when it started (its
         tag may have moved or gone since); None if the store has no record."""
+        from . import schema  # lazily: see the imports at the top
+
         for user in self.users():
             if user.get("kind") == "container" and user.get("id") == container_id:
                 config = self.read_json(user["image_id"], schema.CONFIG)
@@ -682,6 +702,8 @@ class Store:
 
     def _names_of_id(self, text: str, data: dict[str, str]) -> list[str]:
         """The names of the image whose id (config digest) is `text` or starts with it (4 hex digits at least)."""
+        from . import schema  # lazily: see the imports at the top
+
         hexes = text[7:] if text.startswith("sha256:") else text
         ids: dict[str, list[str]] = {}
         if len(hexes) >= 4 and all(c in "0123456789abcdef" for c in hexes):
@@ -699,6 +721,8 @@ class Store:
         return next(iter(ids.values()))
 
     def _refuse_in_use(self, ref: refs.Reference, manifest_digest: str) -> None:
+        from . import schema  # lazily: see the imports at the top
+
         try:
             image_id = self.read_json(manifest_digest, schema.MANIFEST)["config"]["digest"]
         except StoreError:
@@ -736,6 +760,8 @@ class Keep:
 
     def add(self, *, layers: Sequence[str] = (), blobs: Sequence[str] = ()) -> None:
         """Add to what gc keeps, before it lands in the store."""
+        import json  # lazily: see the imports at the top
+
         new_layers = [d for d in layers if d not in self.data["layers"]]
         new_blobs = [d for d in blobs if d and d not in self.data["blobs"]]
         if not new_layers and not new_blobs and os.path.exists(self.path):
