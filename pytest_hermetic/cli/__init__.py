@@ -25,7 +25,9 @@ from .output import say
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     import argparse
-    from typing import Any, Callable, NoReturn, Sequence
+    from typing import Callable, NoReturn, Sequence
+
+    from .run import Arguments
 
     Verb = Callable[..., argparse.ArgumentParser]
 
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(version_line())
         return 0
-    args = None
+    args: argparse.Namespace | Arguments | None = None
     if argv[:1] == ["run"]:
         from .run import quick_arguments
 

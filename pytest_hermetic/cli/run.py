@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import _signal as signal  # signal.py without its enums (enum, functools, collections: ~3 ms of `hermetic run`)
 import sys
 
 from .. import options
@@ -11,7 +10,12 @@ from .output import say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
+else:  # signal's C half, without signal.py's enums (enum, functools, collections: ~3 ms of `hermetic run`)
+    import _signal as signal
+if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
     from . import Verb
 
@@ -44,6 +48,9 @@ class Arguments:
 
     def __init__(self, **values: object) -> None:
         self.__dict__.update(values)
+
+    if TYPE_CHECKING:  # its attributes are argparse's, as untyped as a Namespace's
+        def __getattr__(self, name: str) -> Any: ...
 
 
 def quick_arguments(argv: list[str]) -> "Arguments | None":

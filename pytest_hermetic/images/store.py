@@ -37,18 +37,20 @@ missing is `resolve.resolve_or_pull` (the store does no network I/O).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import time
 # json and .schema (with re and its enums, ~3 ms) are imported in the functions
-# that read or write JSON: a container of `host` (no layers) needs neither.
+# that read or write JSON: a container of `host` (no layers) needs neither;
+# and no contextlib (with functools and collections, ~2 ms): `busy` and
+# `keeping` are classes of their own.
 from .._record import record, factory
 import _thread  # not `threading`: its import and fork hooks cost every container start
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Iterator, Sequence
+    from typing import Sequence
 
+    from .._fs import Held
     from . import schema
 
 from .._fs import flock, lock_file, rmtree
@@ -125,38 +127,20 @@ class Store:
     def layer_path(self, diff_id: str) -> str:
         return os.path.join(self.root, "layers", digest_hex(diff_id))
 
-    def lock(self) -> contextlib.AbstractContextManager[None]:
+    def lock(self) -> Held:
         self.ensure()
         return flock(os.path.join(self.root, "lock"))
 
-    def blob_lock(self, digest: str) -> contextlib.AbstractContextManager[None]:
+    def blob_lock(self, digest: str) -> Held:
         """Exclusive per blob between processes and threads: one fetches, the others wait and reuse."""
         self.ensure()
         return flock(os.path.join(self.root, "locks", digest_hex(digest)))
 
-    @contextlib.contextmanager
-    def busy(self) -> "Iterator[None]":
+    def busy(self) -> "Busy":
         """Held (shared), briefly, while a record in `users/` is written and
         from a writer's first unrecorded blob to its tag; `gc` sweeps under
-        it exclusive.  Re-entrant within a process."""
-        self.ensure()
-        with _busy_guard:
-            held = _busy_held.get(self.root)
-            if held is None:
-                # Through the gate, so that a waiting gc is not starved by a
-                # stream of writers: gc holds the gate while it waits.
-                with flock(os.path.join(self.root, "gc.gate"), shared=True):
-                    fd = lock_fd(os.path.join(self.root, "gc.lock"), fcntl.LOCK_SH)
-                held = _busy_held[self.root] = [fd, 0]
-            held[1] += 1
-        try:
-            yield
-        finally:
-            with _busy_guard:
-                held[1] -= 1
-                if held[1] == 0:
-                    del _busy_held[self.root]
-                    os.close(held[0])
+        it exclusive.  Re-entrant within a process (`with store.busy():`)."""
+        return Busy(self)
 
     def tempdir(self, prefix: str) -> str:
         """A staging folder in `tmp/` named for its owner (see the module doc)."""
@@ -392,12 +376,14 @@ class Store:
         real = os.path.realpath(self.root)
         done = [point for point in mounts.mounts_below(os.path.join(real, "layers")) if mounts.unmount(point)]
         marker = os.path.join(self.root, PRIVATE_BIND)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             with open(marker) as f:
                 ours = f.read().strip()
             # Only the bind this store made (a reboot drops it, and the store may sit on a mount of its own).
             if ours and str(mounts.top_mount_id(real)) == ours and mounts.unmount(real):
                 done.append(real)
+        except FileNotFoundError:
+            pass
             os.unlink(marker)
         _private_checked.discard(self.root)
         return done
@@ -607,14 +593,10 @@ class Store:
         record.add(layers=layers, blobs=blobs)
         return record
 
-    @contextlib.contextmanager
     def keeping(self, kind: str, *, layers: Sequence[str] = (), blobs: Sequence[str] = (),
-                **info: object) -> Iterator[Keep]:
-        record = self.keep(kind, layers=layers, blobs=blobs, **info)
-        try:
-            yield record
-        finally:
-            record.release()
+                **info: object) -> "Keeping":
+        """`keep`'s record for the length of a `with` block (`as` names it), released after."""
+        return Keeping(self, kind, layers, blobs, info)
 
     def use(self, image: Image, container_id: str, name: str) -> Keep | None:
         """Record that container `container_id` runs on `image`'s layers
@@ -775,8 +757,62 @@ class Keep:
             os.replace(tmp, self.path)
 
     def release(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class Busy:
+    """`Store.busy`: gc.lock held shared, by the first holder in this process
+    for all of them, from entering the `with` block to leaving it."""
+
+    def __init__(self, store: Store) -> None:
+        self._root = store.root
+        self._store = store
+        self._held: list[int] | None = None
+
+    def __enter__(self) -> None:
+        self._store.ensure()
+        root = self._root
+        with _busy_guard:
+            held = _busy_held.get(root)
+            if held is None:
+                # Through the gate, so that a waiting gc is not starved by a
+                # stream of writers: gc holds the gate while it waits.
+                with flock(os.path.join(root, "gc.gate"), shared=True):
+                    fd = lock_fd(os.path.join(root, "gc.lock"), fcntl.LOCK_SH)
+                held = _busy_held[root] = [fd, 0]
+            held[1] += 1
+        self._held = held
+
+    def __exit__(self, *exc_info: object) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        with _busy_guard:
+            held[1] -= 1
+            if held[1] == 0:
+                del _busy_held[self._root]
+                os.close(held[0])
+
+
+class Keeping:
+    """`Store.keeping`: a `keep` record made on entering the `with` block, released on leaving it."""
+
+    def __init__(self, store: Store, kind: str, layers: Sequence[str], blobs: Sequence[str], info: dict) -> None:
+        self._args = (store, kind, layers, blobs, info)
+        self._record: Keep | None = None
+
+    def __enter__(self) -> Keep:
+        store, kind, layers, blobs, info = self._args
+        self._record = store.keep(kind, layers=layers, blobs=blobs, **info)
+        return self._record
+
+    def __exit__(self, *exc_info: object) -> None:
+        record, self._record = self._record, None
+        if record is not None:
+            record.release()
 
 
 def digest_hex(digest: str) -> str:

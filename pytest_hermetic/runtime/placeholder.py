@@ -28,7 +28,12 @@ where the kernel refuses to exec a memfd (vm.memfd_noexec), `cat`.
 from __future__ import annotations
 
 import os
-import _signal as signal  # signal.py without its enums (enum, functools, collections: ~3 ms of `hermetic run`)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:  # signal's C half, without signal.py's enums (enum, functools, collections: ~3 ms of `hermetic run`)
+    import _signal as signal
 
 from . import syscalls as sc
 
