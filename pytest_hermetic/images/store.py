@@ -40,8 +40,9 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-# json and .schema (with re and its enums, ~3 ms) are imported in the functions
-# that read or write JSON: a container of `host` (no layers) needs neither;
+# json and .schema (with re and its enums, ~3 ms), .digest and .platforms are
+# imported in the functions that use them: a container of `host` (no layers)
+# needs none of them;
 # and no contextlib (with functools and collections, ~2 ms): `busy` and
 # `keeping` are classes of their own.
 from .._record import record, factory
@@ -57,9 +58,7 @@ from .._fs import flock, lock_file, rmtree
 from .._proc import name_owner, owned_name, owner_alive, owner_key
 from ..errors import HermeticError, ImageInUse, ImageNotFound, StoreError
 from ..paths import make_private, store_root
-from . import platforms
 from . import reference as refs
-from .digest import HashingReader, sha256_digest, sha256_file
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -158,6 +157,8 @@ class Store:
     # -- blobs and layers -----------------------------------------------------
 
     def put_blob_bytes(self, data: bytes) -> str:
+        from .digest import sha256_digest  # lazily: see the imports at the top
+
         digest = sha256_digest(data)
         path = self.blob_path(digest)
         if not os.path.exists(path):
@@ -199,6 +200,7 @@ class Store:
         gc honours) the caller must hold `busy()` until the layer is tagged.
         """
         from . import layers, limits  # tarfile & co. (~16 ms): not for a container start, which unpacks nothing
+        from .digest import HashingReader, sha256_file  # lazily: see the imports at the top
 
         self.ensure()
         blob_digest = sha256_file(tar_path)
@@ -432,6 +434,8 @@ class Store:
     def _put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None,
                    history: list[dict] | None, created: str | None = None) -> Image:
         import json  # lazily: see the imports at the top
+
+        from . import platforms
 
         layer_sizes = []
         for diff_id in diff_ids:
