@@ -95,7 +95,7 @@ def console() -> "NoReturn":
     left that needs it: no exit handlers (coverage's, a temporary
     directory's finalizer), no threads to join, the standard streams flushed."""
     code = main()
-    if "threading" not in sys.modules and "atexit" not in sys.modules:
+    if isinstance(code, int) and "threading" not in sys.modules and "atexit" not in sys.modules:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
