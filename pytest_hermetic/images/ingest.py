@@ -23,6 +23,7 @@ from .._fs import rmtree
 from ..errors import DigestMismatch, LayerError, StoreError
 from . import layers, limits
 from .digest import Hashed, HashingReader
+from .layers.pipelined import Prefetched
 from .store import Store
 
 OCI_TYPES = {  # Docker's layer media types as OCI names them, for manifests the store writes
@@ -108,21 +109,28 @@ def ingest_layer(store: Store, source: Source, *, diff_id: str | None, media_typ
     try:
         with source:
             tar = HashingReader(layers.open_layer_stream(source))  # type: ignore[arg-type]
+            # More threads pay off only when there is much to parse; for a small
+            # layer the hand-offs cost more than they overlap.
+            big = source.expected_size is None or source.expected_size > PIPELINE_ABOVE
+            # Big: the bytes fetched, hashed, kept and decompressed in a thread of their own.
+            reader = Prefetched(tar) if big else tar  # type: ignore[arg-type]
             try:
-                # A second thread pays off only when there is much to parse; for a
-                # small layer the hand-offs cost more than they overlap.
-                big = source.expected_size is None or source.expected_size > PIPELINE_ABOVE
-                store.unpack_layer(tar, staging, size=source.expected_size, allow_bare_end=diff_id is not None,
+                store.unpack_layer(reader, staging, size=source.expected_size, allow_bare_end=diff_id is not None,
                                    pipelined=big, budget=budget)
                 while True:  # what follows the end of the archive is hashed (diff_id), and bounded too
-                    rest = tar.read(1 << 20)
+                    rest = reader.read(1 << 20)
                     if not rest:
                         break
                     budget.charge(len(rest), "(data after the end of the archive)")
             except LayerError:
+                if isinstance(reader, Prefetched):
+                    reader.close()  # (the source is ours again)
                 source.drain()
                 source.verify()  # wrong bytes say "digest mismatch", not "corrupt layer"
                 raise
+            finally:
+                if isinstance(reader, Prefetched):
+                    reader.close()
             source.drain()
             source.verify()
         if diff_id is not None and tar.digest() != diff_id:

@@ -150,3 +150,65 @@ def extract_pipelined(items: Iterable[tuple[tarfile.TarInfo, IO[bytes] | None]],
 
 
 # --------------------------------------------------------------------------
+
+
+class Prefetched:
+    """`stream` read ahead in a thread of its own, CHUNK by CHUNK, at most `depth` chunks ahead.
+
+    What a layer's bytes pass through before the tar parser (the socket, the blob's hash and its
+    copy in the store, zlib, the diff_id's hash) releases the GIL, so in a thread of its own it
+    overlaps with the parsing and the file making.  An error of `stream` is raised by the `read`
+    that reaches it, as without the thread.  `close` stops the thread and waits for it: `stream`
+    is the caller's again (to drain and verify it after an error)."""
+
+    def __init__(self, stream: IO[bytes], depth: int = 8) -> None:
+        import queue
+        import threading
+
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+        self._thread = threading.Thread(target=self._fetch, args=(stream,), name="hermetic-fetch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self, stream: IO[bytes]) -> None:
+        try:
+            while not self._stop.is_set():
+                piece = stream.read(CHUNK)
+                self._put(piece)
+                if not piece:
+                    return
+        except BaseException as e:  # raised by the reader's next read
+            self._put(_Failed(e))
+
+    def _put(self, item: object) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1) -> bytes:
+        want = (1 << 62) if n is None or n < 0 else n
+        while len(self._buf) - self._pos < want and not self._eof:
+            item = self._q.get()
+            if isinstance(item, _Failed):
+                self._eof = True
+                raise item.exc
+            if not item:
+                self._eof = True
+                break
+            self._buf = self._buf[self._pos:] + item if self._pos < len(self._buf) else item
+            self._pos = 0
+        data = self._buf[self._pos:self._pos + want]
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
