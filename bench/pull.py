@@ -30,9 +30,10 @@ its median to the floor's; with --strace, the system calls of one more
 repository root:
 
     .venv/bin/python bench/pull.py [--rounds 5] [--images busybox,many,debian] [--contenders all]
-                                   [--strace] [--json FILE] [--markdown]
+                                   [--against TREE] [--strace] [--json FILE] [--markdown]
 
---contenders takes a comma-separated list of: root, dir, rootless, skopeo, floor (default: all).
+--contenders takes a comma-separated list of: root, dir, rootless, skopeo, floor (default: all);
+--against TREE adds the chosen hermetic contenders run from another checkout (an A/B, interleaved).
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def main() -> int:
     parser.add_argument("--images", default="busybox,many,debian")
     parser.add_argument("--contenders", default="all",
                         help="comma-separated: root, dir, rootless, skopeo, floor (default: all; the floor always runs)")
+    parser.add_argument("--against", metavar="TREE",
+                        help="also run the chosen hermetic contenders with another checkout's pytest_hermetic")
     parser.add_argument("--strace", action="store_true", help="also count system calls (one more run each)")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--markdown", action="store_true")
@@ -131,7 +134,8 @@ def main() -> int:
     user = pwd.getpwnam(USER)
     import compileall  # byte-compile as an installed package is (PYTHONDONTWRITEBYTECODE would not)
 
-    compileall.compile_dir(os.path.join(REPO, "pytest_hermetic"), quiet=1)
+    for tree in [REPO] + ([args.against] if args.against else []):
+        compileall.compile_dir(os.path.join(tree, "pytest_hermetic"), quiet=1)
     work = tempfile.mkdtemp(prefix="hermetic-bench-pull-")
     os.chmod(work, 0o755)  # the rootless contender writes below it
     run = Runner(strace=False)
@@ -163,17 +167,17 @@ def main() -> int:
             for label, (ref, repo) in refs.items():
                 urls = layer_urls(registry.host, repo)
 
-                def hermetic_pull(r: Runner, name: str, fmt: str = "") -> tuple[float, float]:
-                    env = {**os.environ, "HERMETIC_STORE": os.path.join(out, "store"), "PYTHONPATH": REPO,
+                def hermetic_pull(r: Runner, name: str, fmt: str = "", tree: str = REPO) -> tuple[float, float]:
+                    env = {**os.environ, "HERMETIC_STORE": os.path.join(out, "store"), "PYTHONPATH": tree,
                            "HERMETIC_LAYER_FORMAT": fmt}  # ("": the default)
                     return r([*hermetic, "pull", "-q", ref], env, label=name)
 
-                def rootless(r: Runner, name: str) -> tuple[float, float]:
+                def rootless(r: Runner, name: str, tree: str = REPO) -> tuple[float, float]:
                     home = os.path.join(out, "home")
                     os.makedirs(home)
                     os.chown(out, user.pw_uid, user.pw_gid)
                     os.chown(home, user.pw_uid, user.pw_gid)
-                    env = {"PATH": PATH_ENV[5:], "HOME": home, "PYTHONPATH": REPO, "LANG": "C.UTF-8",
+                    env = {"PATH": PATH_ENV[5:], "HOME": home, "PYTHONPATH": tree, "LANG": "C.UTF-8",
                            "HERMETIC_STORE": os.path.join(out, "store"), "XDG_RUNTIME_DIR": home}
                     return r(["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
                               "/usr/bin/python3", "-m", "pytest_hermetic", "pull", "-q", ref], env, label=name)
@@ -203,6 +207,14 @@ def main() -> int:
                 if unknown:
                     raise SystemExit(f"--contenders: unknown {', '.join(unknown)} (choose from {', '.join(every)})")
                 contenders = {name: run_it for key, (name, run_it) in every.items() if key in chosen}
+                if args.against:  # the same hermetic contenders on another tree, interleaved with these
+                    other = args.against
+                    twins = {"root": lambda r, n: hermetic_pull(r, n, "", other),
+                             "dir": lambda r, n: hermetic_pull(r, n, "dir", other),
+                             "rootless": lambda r, n: rootless(r, n, other)}
+                    for key in chosen:
+                        if key in twins:
+                            contenders[f"{every[key][0]} (against)"] = twins[key]
                 runs: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in contenders}
                 for round_ in range(args.rounds + 1):  # round 0 warms caches and is dropped
                     order = list(contenders)
