@@ -86,6 +86,47 @@ MODES = {
 PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]  # after the interpreter
 TESTS_PER_FILE = 50
 CPU_S: dict[tuple[str, int], list[float]] = {}  # (mode, tests) -> CPU seconds of each measured session
+COUNTS_DIR: list[str] = []  # with --counts: the folder each session's counts go to
+
+# Loaded (-p) in every mode's sessions with --counts: `getrusage` of the
+# pytest process and of its reaped children (the tests' forks, the
+# placeholders), from the end of collection to the end of the session (after
+# hermetic's own clean-up at sessionfinish), appended as one JSON line.
+COUNTS = "hermetic_bench_counts"
+COUNTS_SOURCE = '''\
+import gc, json, os, resource
+
+import pytest
+
+_start = {}
+
+
+def _usage():
+    out = {}
+    for who, which in (("self", resource.RUSAGE_SELF), ("children", resource.RUSAGE_CHILDREN)):
+        u = resource.getrusage(which)
+        out[who] = {"minflt": u.ru_minflt, "majflt": u.ru_majflt, "cpu": u.ru_utime + u.ru_stime,
+                    "user": u.ru_utime, "sys": u.ru_stime, "nvcsw": u.ru_nvcsw, "nivcsw": u.ru_nivcsw}
+    return out
+
+
+def pytest_collection_finish(session):
+    _start.update(_usage())
+    _start["gc"] = [s["collections"] for s in gc.get_stats()]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    if not _start:
+        return
+    end = _usage()
+    record = {who: {k: end[who][k] - _start[who][k] for k in end[who]} for who in end}
+    record["gc"] = [s["collections"] - c for s, c in zip(gc.get_stats(), _start["gc"])]
+    record["tests"] = session.testscollected
+    record["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open(os.environ["COUNTS_FILE"], "a") as f:
+        f.write(json.dumps(record) + "\\n")
+'''
 
 
 def make_project(root: str, tests: int, shape: str = "files") -> None:
@@ -114,6 +155,8 @@ def session_envs(tmp: str) -> dict[str, dict[str, str]]:
     os.makedirs(f"{tmp}/compat")
     with open(f"{tmp}/compat/{FORKED_COMPAT}.py", "w") as f:
         f.write(FORKED_COMPAT_SOURCE)
+    with open(f"{tmp}/compat/{COUNTS}.py", "w") as f:
+        f.write(COUNTS_SOURCE)
     envs = {mode: env for mode in MODES}
     envs["forked"] = with_path(env, f"{tmp}/compat")  # the forked mode's sessions only
     return envs
@@ -127,6 +170,10 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
                 python: tuple[str, ...] = (sys.executable,), plugins: tuple[str, ...] = ()) -> float:
     """One pytest session; its wall time in seconds.  Raises unless every
     test passed (or, for 0 tests, unless pytest said "no tests ran")."""
+    if COUNTS_DIR and tests:
+        plugins = (*plugins, "-p", COUNTS)
+        env = {**with_path(env, os.path.join(os.path.dirname(COUNTS_DIR[0]), "compat")),
+               "COUNTS_FILE": os.path.join(COUNTS_DIR[0], f"{mode}.jsonl")}
     argv = [*python, *PYTEST, *plugins, *MODES[mode]]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter_ns()
@@ -269,6 +316,53 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
     print(f"start-up excluded: forked {summary['modes']['forked']['overhead_no_startup_ms']:.2f} ms, "
           f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms per test, "
           f"ratio {verdict(summary.get('ratio_no_startup'))}")
+
+
+def read_counts(tests: int) -> dict[str, dict[str, float]]:
+    """--counts: per mode, the median per test of each session's counters."""
+    result = {}
+    for name in sorted(os.listdir(COUNTS_DIR[0])):
+        with open(os.path.join(COUNTS_DIR[0], name)) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        if not records:
+            continue
+        row = {}
+        for who in ("self", "children"):
+            for key, scale in (("minflt", 1), ("cpu", 1e3), ("user", 1e3), ("sys", 1e3), ("nvcsw", 1), ("nivcsw", 1)):
+                row[f"{who}_{key}"] = statistics.median(r[who][key] for r in records) / tests * scale
+        row["gc_full_collections"] = statistics.median(r["gc"][2] for r in records)
+        row["maxrss_mib"] = statistics.median(r["maxrss_kib"] for r in records) / 1024
+        row["sessions"] = len(records)
+        result[name.removesuffix(".jsonl")] = row
+    return result
+
+
+def print_counts(counts: dict[str, dict[str, float]], markdown: bool) -> None:
+    columns = [("pytest: minor faults", "self_minflt", ".0f"), ("pytest: CPU ms", "self_cpu", ".2f"),
+               ("(user / sys)", None, ""), ("children: minor faults", "children_minflt", ".0f"),
+               ("children: CPU ms", "children_cpu", ".2f"), ("(user / sys)", None, ""),
+               ("pytest: context switches (vol / invol)", None, ""), ("peak RSS MiB", "maxrss_mib", ".1f"),
+               ("full GCs", "gc_full_collections", ".0f")]
+
+    def cell(row: dict, i: int) -> str:
+        label, key, fmt = columns[i]
+        if key is not None:
+            return format(row[key], fmt)
+        if i == 2:
+            return f"{row['self_user']:.2f} / {row['self_sys']:.2f}"
+        if i == 5:
+            return f"{row['children_user']:.2f} / {row['children_sys']:.2f}"
+        return f"{row['self_nvcsw']:.1f} / {row['self_nivcsw']:.1f}"
+
+    print("\nper test, medians of the sessions (getrusage from the end of collection to the end of the session)")
+    if markdown:
+        print("| mode | " + " | ".join(c[0] for c in columns) + " |")
+        print("|---|" + "---:|" * len(columns))
+        for mode, row in counts.items():
+            print(f"| {mode} | " + " | ".join(cell(row, i) for i in range(len(columns))) + " |")
+        return
+    for mode, row in counts.items():
+        print(f"{mode:<14}" + "; ".join(f"{columns[i][0]} {cell(row, i)}" for i in range(len(columns))))
 
 
 # --- --profile -------------------------------------------------------------------
@@ -530,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="/var/tmp" if os.path.isdir("/var/tmp") else None,
                         help="where the temporary project goes (default /var/tmp: a project under /tmp "
                              "costs hermetic one more bind mount per test, as /tmp is fresh in a container)")
+    parser.add_argument("--counts", action="store_true",
+                        help="also count, per test, minor page faults and CPU time of the pytest process and of "
+                             "its children (getrusage from collection's end to the session's), in every mode")
     parser.add_argument("--against", metavar="TREE",
                         help="also run hermetic from this checkout (first on PYTHONPATH) as mode "
                              "`hermetic-base`, interleaved: an A/B of two trees in whole sessions")
@@ -560,12 +657,17 @@ def main(argv: list[str] | None = None) -> int:
         make_project(f"{tmp}/tests", args.tests, args.shape)
         make_project(f"{tmp}/empty", 0)
         project = {args.tests: f"{tmp}/tests", 0: f"{tmp}/empty"}
+        if args.counts:
+            COUNTS_DIR.append(f"{tmp}/counts")
+            os.makedirs(COUNTS_DIR[0])
         try:
             if args.rounds:
                 for mode in MODES:  # warm-up: bytecode caches, page cache
                     run_session(mode, project[args.tests], args.tests, envs[mode])
                     run_session(mode, project[0], 0, envs[mode])
                 CPU_S.clear()  # the measured rounds' only
+                for name in os.listdir(COUNTS_DIR[0]) if COUNTS_DIR else ():
+                    os.unlink(os.path.join(COUNTS_DIR[0], name))
             rng = random.Random(args.seed)
             order = list(samples)
             for _ in range(args.rounds):
@@ -576,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
                 rounds += 1
                 print(f"round {rounds}/{args.rounds}: " + ", ".join(
                     f"{m} {samples[m, args.tests][-1]:.2f}s" for m in MODES), file=sys.stderr)
+            counts = read_counts(args.tests) if COUNTS_DIR else {}
+            COUNTS_DIR.clear()  # (not the profile's sessions)
             if args.profile:
                 phases = profile(args, project[args.tests], envs, tmp)
         except RuntimeError as exc:
@@ -591,6 +695,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at end: {load_end}")
     summary = summarize(samples, args.tests)
     print_report(args, info, f"{load_start} at start, {load_end} at end", summary, rounds)
+    if counts:
+        summary["counts_per_test"] = counts
+        print_counts(counts, args.markdown)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

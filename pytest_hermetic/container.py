@@ -152,7 +152,8 @@ class Container:
 
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
               stdout: int | None = None, stderr: int | None = None, log: bool = False,
-              tty: bytes | None = None, prepare_next: bool = False) -> "Container":
+              tty: bytes | None = None, prepare_next: bool = False,
+              meanwhile: Callable[[], None] | None = None) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
@@ -163,7 +164,8 @@ class Container:
         caller's to read, write and close).  `prepare_next`: while this one
         builds its root, make the next container's network, IPC and UTS
         namespaces (runtime/spare.py; the pytest plugin, which starts one
-        container after another)."""
+        container after another).  `meanwhile`: the caller's own work, done
+        then too (it must not raise)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         image = self.image = self._resolve_and_use()
@@ -193,6 +195,7 @@ class Container:
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
             config.make_spare = prepare_next
+            config.meanwhile = meanwhile
             if tty is not None:
                 if target is not None:
                     raise SpecError("a terminal (tty) is for a command, not for a Python callable")

@@ -142,27 +142,12 @@ def _setup_wide_scopes(item: pytest.Item) -> None:
 
 
 def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
-    finish_pending(block=False)
     install_forwarder(item.config)
     scope = _network_scope(spec)
     try:
-        # What the test needs at its host paths: pytest's basetemp read-write, so
-        # `tmp_path` behaves as without isolation; the test tree and where pytest
-        # runs; in another image the interpreter too.  The image is resolved
-        # once, here, for the bindings and the container.
         store = Store()
-        image = image_for(spec, store)
-        basetemp = compat.basetemp(item.config)
-        volumes = volumes_for(with_host_tmp(spec), code=(str(item.config.rootpath), os.getcwd()),
-                              writable=[basetemp] if basetemp is not None else [], store=store, image=image)
-        # Per-test containers: rw layer in memory, no state folder, no accounting
-        # beyond the limits asked for: each of these is a measurable cost per test.
-        # The host's name unless the marker names one: fixtures of wider scope
-        # record facts such as `socket.gethostname()` in the parent and the
-        # test compares; the UTS namespace still keeps a `sethostname` inside.
-        spec = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
-                                 workdir=spec.workdir or os.getcwd(),  # where pytest runs, as without isolation
-                                 hostname=spec.hostname or os.uname().nodename)
+        image = image_for(spec, store)  # resolved once, here, for the bindings and the container
+        spec = _container_spec(item.config, spec, store, image)
         container = Container(spec, store=store, image=image,
                               network=scope.get(spec.net) if isinstance(spec.net, str) else None)
     except BaseException:
@@ -177,13 +162,24 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     deferred = False
+    removal_errors: list[Exception] = []
+
+    def remove_earlier() -> None:
+        try:
+            finish_pending(block=False)
+        except Exception as exc:  # noqa: BLE001 - raised once this test's container is home
+            removal_errors.append(exc)
+
     try:
         # Frozen objects are never scanned by the child's garbage collector,
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
+            # While this test's child builds its root, the parent makes the
+            # next test's namespaces and removes earlier tests' containers:
+            # neither is then on a test's path.
             container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops),
-                            prepare_next=True)  # the next test's namespaces, made while this one's child sets up
+                            prepare_next=True, meanwhile=remove_earlier)
         finally:
             gc.unfreeze()
             os.close(write_fd)
@@ -207,7 +203,45 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
             container.remove()
         if scope is not None:
             scope.close()  # each network goes once its last container is removed
+    if removal_errors:
+        raise removal_errors[0]
     return _decode(item.config, data), result
+
+
+# The per-test spec of the last few marker specs (a session under
+# --hermetic has one): the bindings are the same for every test of a spec,
+# image, working folder and basetemp, and working them out (paths, existence
+# checks, sorting) is pytest-process work on every test's path.
+_SPECS_KEPT = 8
+_specs: list[tuple[tuple, Spec]] = []
+
+
+def _container_spec(config: pytest.Config, spec: Spec, store: Store, image: Any) -> Spec:
+    """`spec` as a per-test container runs it: what the test needs at its
+    host paths (pytest's basetemp read-write, so `tmp_path` behaves as
+    without isolation; the test tree and where pytest runs; in another
+    image the interpreter too), its rw layer in memory, no state folder, no
+    accounting beyond the limits asked for (each a measurable cost per
+    test), pytest's working folder, and the host's name unless the marker
+    names one (fixtures of wider scope record facts such as
+    `socket.gethostname()` in the parent and the test compares; the UTS
+    namespace still keeps a `sethostname` inside)."""
+    cwd = os.getcwd()  # (a wider fixture may have changed it: part of the key)
+    basetemp = compat.basetemp(config)
+    # Only for `host`: in another image the bindings follow the shared
+    # libraries mapped at the time (an extension a fixture imported later).
+    key = (spec, store.root, cwd, basetemp, str(config.rootpath), os.uname().nodename) if image is None else None
+    for kept_key, kept in _specs:
+        if kept_key == key:
+            return kept
+    volumes = volumes_for(with_host_tmp(spec), code=(str(config.rootpath), cwd),
+                          writable=[basetemp] if basetemp is not None else [], store=store, image=image)
+    made = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
+                             workdir=spec.workdir or cwd, hostname=spec.hostname or os.uname().nodename)
+    if key is not None:
+        _specs.insert(0, (key, made))
+        del _specs[_SPECS_KEPT:]
+    return made
 
 
 def _network_scope(spec: Spec) -> Any:
