@@ -304,3 +304,54 @@ def test_runs_the_main_threads_loop(loop, n):
 """)
     for result in (_plain(pytester), _plain(pytester, "--hermetic")):
         result.assert_outcomes(passed=2)
+
+
+_WARNINGS = '''
+import warnings
+import pytest
+
+def test_user_warning():
+    warnings.warn("plain user warning", UserWarning)
+
+def test_deprecation_shown_by_default():
+    warnings.warn("old api", DeprecationWarning)
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_marked_error():
+    warnings.warn("an error by mark", UserWarning)
+
+@pytest.mark.filterwarnings("ignore:quiet")
+def test_marked_ignore():
+    warnings.warn("quiet please", UserWarning)
+
+def test_ini_error():
+    warnings.warn("ini says error", RuntimeWarning)
+
+@pytest.fixture
+def warns_in_setup():
+    warnings.warn("from a fixture", UserWarning)
+
+def test_fixture_warns(warns_in_setup):
+    pass
+'''
+
+
+@pytest.mark.parametrize("args", [(), ("-W", "error::DeprecationWarning"), ("-p", "no:warnings")],
+                         ids=["default", "W-error", "no-warnings-plugin"])
+def test_warnings_are_filtered_and_recorded_as_in_place(pytester: pytest.Pytester, args: tuple[str, ...]):
+    # The child records its warnings under the filters the warnings plugin
+    # applied in the parent (ini, -W, marks): the same outcomes, the same
+    # warnings summary, as in place.
+    pytester.makeini("[pytest]\nfilterwarnings =\n    error::RuntimeWarning\n")
+    result = _run(pytester, _WARNINGS, *args)
+    plain = _plain(pytester, *args)
+    assert result.parseoutcomes() == plain.parseoutcomes()
+    for run in (result, plain):
+        outcomes = run.parseoutcomes()
+        # (without the warnings plugin, no filter applies and nothing is recorded)
+        assert outcomes.get("failed", 0) == (0 if "no:warnings" in args else 3 if "-W" in args else 2)
+        if "no:warnings" not in args:
+            run.stdout.fnmatch_lines(["*warnings summary*", "*plain user warning*", "*from a fixture*"])
+            run.stdout.no_fnmatch_line("*quiet please*")
+            if "-W" not in args:
+                run.stdout.fnmatch_lines(["*DeprecationWarning: old api*"])
