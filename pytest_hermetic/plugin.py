@@ -228,8 +228,19 @@ class HermeticRunner:
         if timeout and spec.timeout is None:
             spec = spec.with_options(timeout=float(timeout))
         reruns = compat.Reruns.for_item(item, self.rerunfailures) if self.rerunfailures is not None else None
-        run_in_container(item, nextitem, spec, reruns)
+        run_in_container(item, nextitem, spec, reruns, self._next_spec(item, nextitem))
         return True
+
+    def _next_spec(self, item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN202 - Spec or None
+        """The next item's spec, for its container to be prepared while
+        `item` runs; None where it would not be used as it is (no next item,
+        an image still to build, a timeout pytest-timeout adds at that item)."""
+        if nextitem is None or _BUILD_KEY in nextitem.stash or _TIMEOUT_KEY in item.stash:
+            return None
+        try:
+            return self.spec_for(nextitem)
+        except SpecError:
+            return None
 
     def pytest_sessionstart(self) -> None:
         # pytest-rerunfailures' status server (xdist's controller; also

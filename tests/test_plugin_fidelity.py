@@ -355,3 +355,30 @@ def test_warnings_are_filtered_and_recorded_as_in_place(pytester: pytest.Pyteste
             run.stdout.no_fnmatch_line("*quiet please*")
             if "-W" not in args:
                 run.stdout.fnmatch_lines(["*DeprecationWarning: old api*"])
+
+
+def test_the_working_folder_a_wider_fixture_chose_holds_inside(pytester: pytest.Pytester):
+    # The next test's container is prepared while the current one runs, and
+    # each spec's bindings are kept: a module fixture that changes the working
+    # folder between two tests must still be seen by the second (workdir, /tmp).
+    pytester.makepyfile(test_a="def test_first():\n    pass\n")
+    result = _run(pytester, '''
+import os, tempfile
+import pytest
+
+@pytest.fixture(scope="module", autouse=True)
+def elsewhere():
+    old = os.getcwd()
+    new = tempfile.mkdtemp(prefix="hermetic-cwd-", dir="/var/tmp")
+    os.chdir(new)
+    yield new
+    os.chdir(old)
+    os.rmdir(new)
+
+def test_cwd(elsewhere):
+    assert os.getcwd() == elsewhere
+
+def test_cwd_again(elsewhere):
+    assert os.getcwd() == elsewhere
+''', "-p", "no:randomly")
+    result.assert_outcomes(passed=3)

@@ -34,10 +34,12 @@ from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, w
 
 
 def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-                     reruns: compat.Reruns | None = None) -> None:
+                     reruns: compat.Reruns | None = None, next_spec: Spec | None = None) -> None:
     """pytest's run-test protocol for `item`, its function scope in a
     container made from `spec`; with `reruns` (pytest-rerunfailures), each
-    attempt in a fresh container, logged as that plugin logs them."""
+    attempt in a fresh container, logged as that plugin logs them.
+    `next_spec`: the next test's, whose container is prepared while this
+    test runs (see `_prepare_next`)."""
     ihook = item.ihook
     if reruns is not None:
         if reruns.exhausted():  # an xdist worker that crashed on it used them all
@@ -56,10 +58,10 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
         return
     while True:
         if reruns is None:
-            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections)
+            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec)
         else:
             with reruns.watching():
-                events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections)
+                events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec)
         if reruns is None:
             break
         reports = [e[1] for e in events if e[0] == "report"] + ([teardown_report] if teardown_report else [])
@@ -92,13 +94,13 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
 
 
 def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-             setup_sections: list) -> tuple[list[tuple], tuple | None, Any]:
+             setup_sections: list, next_spec: Spec | None = None) -> tuple[list[tuple], tuple | None, Any]:
     """Run the item's function scope once in a container: its events (the
     teardown report, logged after the parent's own teardown, taken out),
     the exit or interrupt it asked for, and that teardown report."""
     started = True
     try:
-        events, result = _run_child(item, nextitem, spec)
+        events, result = _run_child(item, nextitem, spec, next_spec)
     except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
         events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
                                                        "failed", f"hermetic: {exc}", "setup", []))], None
@@ -141,15 +143,16 @@ def _setup_wide_scopes(item: pytest.Item) -> None:
     compat.set_up_wide_fixtures(item)
 
 
-def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
+def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
+               next_spec: Spec | None = None) -> tuple[list[tuple], Any]:
     install_forwarder(item.config)
     scope = _network_scope(spec)
     try:
         store = Store()
         image = image_for(spec, store)  # resolved once, here, for the bindings and the container
         spec = _container_spec(item.config, spec, store, image)
-        container = Container(spec, store=store, image=image,
-                              network=scope.get(spec.net) if isinstance(spec.net, str) else None)
+        container = _take_next(spec) or Container(spec, store=store, image=image,
+                                                  network=scope.get(spec.net) if isinstance(spec.net, str) else None)
     except BaseException:
         if scope is not None:
             scope.close()  # nothing else would: no container took it
@@ -184,6 +187,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
             gc.unfreeze()
             os.close(write_fd)
             os.close(reply_r)
+        if next_spec is not None:
+            _prepare_next(item.config, next_spec)
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a
@@ -242,6 +247,46 @@ def _container_spec(config: pytest.Config, spec: Spec, store: Store, image: Any)
         _specs.insert(0, (key, made))
         del _specs[_SPECS_KEPT:]
     return made
+
+
+_next: tuple[int, Spec, Container] | None = None  # (owner pid, its per-test spec, the next test's container)
+
+
+def _prepare_next(config: pytest.Config, spec: Spec) -> None:
+    """Prepare the next test's container (`Container.prepare`: its cgroup
+    and what its child needs) now, while this test's child runs and this
+    process would only wait: its start then goes straight to the fork.
+    For the `host` image without a network (the --hermetic default); it is
+    used only if the next test's spec, working folder and basetemp turn
+    out the same (`_take_next`), else removed."""
+    global _next
+    discard_next()
+    if spec.image != "host" or spec.net is not False:
+        return
+    store = Store()
+    made = _container_spec(config, spec, store, None)
+    try:
+        _next = (os.getpid(), made, Container(made, store=store).prepare())
+    except (HermeticError, OSError):
+        pass  # the next test makes its own, and says what fails
+
+
+def _take_next(spec: Spec | None) -> Container | None:
+    """The container `_prepare_next` made, if it was made for `spec` (the
+    per-test one); else None, and it is removed."""
+    global _next
+    ready, _next = _next, None
+    if ready is None or ready[0] != os.getpid():
+        return None  # none, or a parent's (a fork's copy is not ours)
+    if ready[1] is spec or ready[1] == spec:
+        return ready[2]
+    ready[2].remove()
+    return None
+
+
+def discard_next() -> None:
+    """Remove the prepared container, if any (the session's end)."""
+    _take_next(None)  # (matches no spec)
 
 
 def _network_scope(spec: Spec) -> Any:
@@ -314,6 +359,7 @@ def finish_pending(block: bool = True) -> None:
             container.remove()
     if block:
         process.discard_prepared()  # the session's end: no next test
+        discard_next()
 
 
 def _drain(read_fd: int, container: Container, services: _Services, reply_fd: int) -> tuple[bytes, bool]:
