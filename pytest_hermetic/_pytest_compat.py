@@ -95,6 +95,60 @@ def tear_down_towards(item: pytest.Item, nextitem: pytest.Item | Any | None) -> 
     item.session._setupstate.teardown_exact(nextitem)
 
 
+_RERUN_ITEM_STATE = ("_test_failed_statuses", "_terminal_errors", "_test_xfailed", "_rerun_condition_excinfos",
+                     "_rerun_condition_results")
+
+
+def make_report(item: pytest.Item, call: pytest.CallInfo[Any]) -> pytest.TestReport:
+    """`pytest_runtest_makereport` for a phase run in pytest's process (the
+    teardown of a wider scope after a hermetic test).  pytest-rerunfailures'
+    wrapper of that hook expects the per-item state that the set-up report
+    of its own protocol made, which for a hermetic test was made in the
+    child: given empty here where missing (it raised AttributeError, an
+    internal error of the session, at a module fixture's failed teardown).
+
+    Relies on pytest-rerunfailures (16.x) keeping that state in the item
+    attributes named in `_RERUN_ITEM_STATE`, each a dict."""
+    if item.config.pluginmanager.has_plugin("rerunfailures"):
+        for name in _RERUN_ITEM_STATE:
+            if not hasattr(item, name):
+                setattr(item, name, {})
+    return item.ihook.pytest_runtest_makereport(item=item, call=call)
+
+
+def set_up_already(item: pytest.Item) -> bool:
+    """Whether `set_up_collectors` and `set_up_wide_fixtures` would do
+    nothing for `item`: every collector above it is set up (none failed)
+    and it uses no fixture of a wider scope than function.
+
+    Relies on what those two rely on (`SetupState.stack`, whose values are
+    (finalizers, stored error or None); `item._fixtureinfo`)."""
+    stack = item.session._setupstate.stack
+    if list(stack) != item.listchain()[:-1] or any(error for _, error in stack.values()):
+        return False
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None or not getattr(item, "_request", None):
+        return True
+    for name in item.fixturenames:  # type: ignore[attr-defined]
+        definitions = info.name2fixturedefs.get(name)
+        if definitions and definitions[-1].scope != "function":
+            return False
+    return True
+
+
+def nothing_to_tear_down(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether `tear_down_towards(item, nextitem)` would do nothing:
+    `nextitem` needs every node set up now (the next test of the same
+    module or class).
+
+    Relies on `SetupState.teardown_exact` stopping at once when the stack's
+    nodes begin `nextitem.listchain()`."""
+    if nextitem is None:
+        return False
+    stack = item.session._setupstate.stack
+    return list(stack) == nextitem.listchain()[:len(stack)]
+
+
 def set_up_wide_fixtures(item: pytest.Item) -> None:
     """Set up the item's fixtures of session, package, module and class
     scope (not function scope), so their values exist before the fork.
@@ -186,7 +240,8 @@ def is_subreport(report: Any) -> bool:
 
 
 def implementations(hook: Any, plugin: object) -> list:
-    """`plugin`'s implementations of `hook` (pluggy's public `get_hookimpls()`)."""
+    """`plugin`'s implementations of `hook`, for `keep_only`.  Public API
+    (pluggy's `HookCaller.get_hookimpls()`, `HookImpl.plugin`)."""
     return [impl for impl in hook.get_hookimpls() if impl.plugin is plugin]
 
 

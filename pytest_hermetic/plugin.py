@@ -91,7 +91,7 @@ def _report_setup_error(item: pytest.Item, nextitem: pytest.Item | None, message
     # Fixtures of wider scopes set up by earlier items go as they would after this one.
     teardown = compat.call_info(lambda: compat.tear_down_towards(item, nextitem), "teardown")
     if teardown.excinfo is not None:
-        report = ihook.pytest_runtest_makereport(item=item, call=teardown)
+        report = compat.make_report(item, teardown)
     else:
         report = pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "teardown", [])
     ihook.pytest_runtest_logreport(report=report)

@@ -382,3 +382,40 @@ def test_cwd_again(elsewhere):
     assert os.getcwd() == elsewhere
 ''', "-p", "no:randomly")
     result.assert_outcomes(passed=3)
+
+
+def test_wider_fixtures_output_and_errors_as_in_place(pytester: pytest.Pytester):
+    # Wider scopes are set up and torn down in pytest's process under its
+    # capture; the steps that would do nothing (the next test of the same
+    # module, no wider fixture) are skipped: output and errors still land
+    # on the right test, as in place.
+    pytester.makepyfile(test_b="def test_other_module():\n    pass\n")
+    _run(pytester, '''
+import pytest
+
+@pytest.fixture(scope="module")
+def shared():
+    print("module fixture up")
+    yield 1
+    print("module fixture down")
+    raise RuntimeError("module teardown went wrong")
+
+def test_plain_first():
+    pass
+
+def test_uses(shared):
+    assert shared == 1
+
+def test_plain_between():
+    pass
+
+def test_uses_again(shared):
+    assert shared == 1
+''', "-p", "no:randomly")
+    hermetic = _run(pytester, pytester.path.joinpath("test_inner.py").read_text(), "-p", "no:randomly")
+    plain = _plain(pytester, "-p", "no:randomly")
+    assert hermetic.parseoutcomes() == plain.parseoutcomes() == {"passed": 5, "errors": 1}
+    for run in (hermetic, plain):
+        run.stdout.fnmatch_lines(["*ERROR at teardown of test_uses_again*", "*module teardown went wrong*",
+                                  "*Captured stdout teardown*", "*module fixture down*"])
+        run.stdout.fnmatch_lines(["*_ test_uses _*", "*Captured stdout setup*", "*module fixture up*"])

@@ -46,16 +46,20 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
             return
         reruns.next_attempt()
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    setup, setup_sections = compat.under_capture(item.config, "setup",
-                                                 lambda: compat.call_info(lambda: _setup_wide_scopes(item), "setup"))
-    if setup.excinfo is not None:
-        # A collector or a wide fixture failed (or skipped): plain pytest
-        # reports that from the cached error without running the test body.
-        if reruns is not None:
-            reruns.forgo()  # no rerun then (docs/pytest.md)
-        compat.run_protocol(item, nextitem)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-        return
+    # (Each step under pytest's capture costs ~0.1 ms of pytest's time per
+    # test, on the test's path: skipped where it would do nothing.)
+    setup_sections: list[tuple[str, str]] = []
+    if not compat.set_up_already(item):
+        setup, setup_sections = compat.under_capture(
+            item.config, "setup", lambda: compat.call_info(lambda: _setup_wide_scopes(item), "setup"))
+        if setup.excinfo is not None:
+            # A collector or a wide fixture failed (or skipped): plain pytest
+            # reports that from the cached error without running the test body.
+            if reruns is not None:
+                reruns.forgo()  # no rerun then (docs/pytest.md)
+            compat.run_protocol(item, nextitem)
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            return
     while True:
         if reruns is None:
             events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec)
@@ -79,10 +83,13 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     _log_events(item, events)
     if item.session.shouldfail or item.session.shouldstop:
         nextitem = None
-    teardown, teardown_sections = compat.under_capture(
-        item.config, "teardown", lambda: compat.call_info(lambda: compat.tear_down_towards(item, nextitem), "teardown"))
-    if teardown.excinfo is not None and (teardown_report is None or teardown_report.passed):
-        teardown_report = ihook.pytest_runtest_makereport(item=item, call=teardown)
+    teardown_sections: list[tuple[str, str]] = []
+    if not compat.nothing_to_tear_down(item, nextitem):
+        teardown, teardown_sections = compat.under_capture(
+            item.config, "teardown",
+            lambda: compat.call_info(lambda: compat.tear_down_towards(item, nextitem), "teardown"))
+        if teardown.excinfo is not None and (teardown_report is None or teardown_report.passed):
+            teardown_report = compat.make_report(item, teardown)
     if teardown_report is not None:
         teardown_report.sections.extend(teardown_sections)
         ihook.pytest_runtest_logreport(report=teardown_report)
@@ -114,7 +121,10 @@ def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     for event in events:
         if event[0] == "report":
             report = event[1]
-            if report.when == "setup" and setup_sections:
+            if setup_sections:
+                # As in place, each later report of the item carries the
+                # output of the phases before it (the "PASSES" summary shows
+                # the call report's): the wider scopes' set-up came first.
                 report.sections[:0] = setup_sections
             if report.when == "teardown" and not compat.is_subreport(report):
                 teardown_report = report
