@@ -233,14 +233,21 @@ class HermeticRunner:
 
     def _next_spec(self, item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN202 - Spec or None
         """The next item's spec, for its container to be prepared while
-        `item` runs; None where it would not be used as it is (no next item,
-        an image still to build, a timeout pytest-timeout adds at that item)."""
-        if nextitem is None or _BUILD_KEY in nextitem.stash or _TIMEOUT_KEY in item.stash:
+        `item` runs; None where there is none to prepare (no next item, an
+        image still to build).  pytest-timeout gives the next item its
+        timeout only when it starts: the current item's is taken as the
+        likely one (a prepared container that turns out different is
+        removed, not used)."""
+        if nextitem is None or _BUILD_KEY in nextitem.stash:
             return None
         try:
-            return self.spec_for(nextitem)
+            spec = self.spec_for(nextitem)
         except SpecError:
             return None
+        timeout = item.stash.get(_TIMEOUT_KEY, None)
+        if spec is not None and timeout and spec.timeout is None:
+            spec = spec.with_options(timeout=float(timeout))
+        return spec
 
     def pytest_sessionstart(self) -> None:
         # pytest-rerunfailures' status server (xdist's controller; also

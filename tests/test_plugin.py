@@ -1,6 +1,8 @@
 """The pytest plugin, through real inner pytest sessions (pytester), plainly
 and under xdist: every outcome arrives as if the test ran in place."""
 
+import time
+
 import pytest
 
 SUITE = r'''
@@ -269,6 +271,35 @@ def test_after():
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "timeout", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     assert "hermetic: timeout after 1 s: killed" in result.stdout.str()
+
+
+def test_pytest_timeout_holds_in_prepared_containers(pytester: pytest.Pytester):
+    # Each next test's container is prepared while the current one runs,
+    # with the timeout pytest-timeout gave the current one; a test whose own
+    # differs gets a fresh container with its own.
+    pytester.makepyfile(test_slow='''
+import time, pytest
+
+def test_quick():
+    pass
+
+def test_slow_global():
+    time.sleep(30)
+
+@pytest.mark.timeout(1)
+def test_slow_own():
+    time.sleep(30)
+
+def test_after():
+    pass
+''')
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "-p", "timeout", "--timeout", "3",
+                                           "-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*test_slow_global*hermetic: timeout after 3 s: killed*",
+                                 "*test_slow_own*hermetic: timeout after 1 s: killed*"])
+    assert time.monotonic() - started < 25
 
 
 def test_coverage_counts_lines_run_inside(pytester: pytest.Pytester):
