@@ -21,14 +21,14 @@ from typing import Any, Literal
 import pytest
 
 from .. import _pytest_compat as compat
-from ..bindings import image_for, volumes_for
+from ..bindings import image_for
 from ..container import Container
 from ..errors import HermeticError
-from ..fixtures import Containers, TestNetworks, with_host_tmp
+from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
-from ..runtime import process
 from ..spec import Spec
-from . import coverage_relay, event_loops, loopback_relay
+from . import coverage_relay, event_loops, loopback_relay, per_test
+
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
 
@@ -39,7 +39,7 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     container made from `spec`; with `reruns` (pytest-rerunfailures), each
     attempt in a fresh container, logged as that plugin logs them.
     `next_spec`: the next test's, whose container is prepared while this
-    test runs (see `_prepare_next`)."""
+    test runs (see `per_test.prepare_next`)."""
     ihook = item.ihook
     if reruns is not None:
         if reruns.exhausted():  # an xdist worker that crashed on it used them all
@@ -160,8 +160,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     try:
         store = Store()
         image = image_for(spec, store)  # resolved once, here, for the bindings and the container
-        spec = _container_spec(item.config, spec, store, image)
-        container = _take_next(spec) or Container(spec, store=store, image=image,
+        spec = per_test.container_spec(item.config, spec, store, image)
+        container = per_test.take_next(spec) or Container(spec, store=store, image=image,
                                                   network=scope.get(spec.net) if isinstance(spec.net, str) else None)
     except BaseException:
         if scope is not None:
@@ -179,7 +179,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
 
     def remove_earlier() -> None:
         try:
-            finish_pending(block=False)
+            per_test.finish_pending(block=False)
         except Exception as exc:  # noqa: BLE001 - raised once this test's container is home
             removal_errors.append(exc)
 
@@ -198,13 +198,13 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             os.close(write_fd)
             os.close(reply_r)
         if next_spec is not None:
-            _prepare_next(item.config, next_spec)
+            per_test.prepare_next(item.config, next_spec)
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a
             # large address space and its namespaces) and the clean-up need
             # not hold up the next test.
-            _pending.append(container)
+            per_test.pending.append(container)
             deferred = True
             result = None
         else:
@@ -221,83 +221,6 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     if removal_errors:
         raise removal_errors[0]
     return _decode(item.config, data), result
-
-
-# The per-test spec of the last few marker specs (a session under
-# --hermetic has one): the bindings are the same for every test of a spec,
-# image, working folder and basetemp, and working them out (paths, existence
-# checks, sorting) is pytest-process work on every test's path.
-_SPECS_KEPT = 8
-_specs: list[tuple[tuple, Spec]] = []
-
-
-def _container_spec(config: pytest.Config, spec: Spec, store: Store, image: Any) -> Spec:
-    """`spec` as a per-test container runs it: what the test needs at its
-    host paths (pytest's basetemp read-write, so `tmp_path` behaves as
-    without isolation; the test tree and where pytest runs; in another
-    image the interpreter too), its rw layer in memory, no state folder, no
-    accounting beyond the limits asked for (each a measurable cost per
-    test), pytest's working folder, and the host's name unless the marker
-    names one (fixtures of wider scope record facts such as
-    `socket.gethostname()` in the parent and the test compares; the UTS
-    namespace still keeps a `sethostname` inside)."""
-    cwd = os.getcwd()  # (a wider fixture may have changed it: part of the key)
-    basetemp = compat.basetemp(config)
-    # Only for `host`: in another image the bindings follow the shared
-    # libraries mapped at the time (an extension a fixture imported later).
-    key = (spec, store.root, cwd, basetemp, str(config.rootpath), os.uname().nodename) if image is None else None
-    for kept_key, kept in _specs:
-        if kept_key == key:
-            return kept
-    volumes = volumes_for(with_host_tmp(spec), code=(str(config.rootpath), cwd),
-                          writable=[basetemp] if basetemp is not None else [], store=store, image=image)
-    made = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
-                             workdir=spec.workdir or cwd, hostname=spec.hostname or os.uname().nodename)
-    if key is not None:
-        _specs.insert(0, (key, made))
-        del _specs[_SPECS_KEPT:]
-    return made
-
-
-_next: tuple[int, Spec, Container] | None = None  # (owner pid, its per-test spec, the next test's container)
-
-
-def _prepare_next(config: pytest.Config, spec: Spec) -> None:
-    """Prepare the next test's container (`Container.prepare`: its cgroup
-    and what its child needs) now, while this test's child runs and this
-    process would only wait: its start then goes straight to the fork.
-    For the `host` image without a network (the --hermetic default); it is
-    used only if the next test's spec, working folder and basetemp turn
-    out the same (`_take_next`), else removed."""
-    global _next
-    discard_next()
-    if spec.image != "host" or spec.net is not False:
-        return
-    store = Store()
-    made = _container_spec(config, spec, store, None)
-    try:
-        _next = (os.getpid(), made, Container(made, store=store).prepare())
-    except (HermeticError, OSError):
-        pass  # the next test makes its own, and says what fails
-
-
-def _take_next(spec: Spec | None) -> Container | None:
-    """The container `_prepare_next` made, if it was made for `spec` (the
-    per-test one); else None, and it is removed."""
-    global _next
-    ready, _next = _next, None
-    if ready is None or ready[0] != os.getpid():
-        return None  # none, or a parent's (a fork's copy is not ours)
-    if ready[1] is spec or ready[1] == spec:
-        return ready[2]
-    ready[2].remove()
-    return None
-
-
-def discard_next() -> None:
-    """Remove the prepared container, if any (the session's end)."""
-    _take_next(None)  # (matches no spec)
-
 
 def _network_scope(spec: Spec) -> Any:
     """The test's private networks (None for loopback only): `net="svc"` in
@@ -355,21 +278,6 @@ class _Services:
     def close(self) -> None:
         if self.factory is not None:
             self.factory.close()
-
-
-_pending: list[Container] = []
-
-
-def finish_pending(block: bool = True) -> None:
-    """Remove the containers whose reports are in; with `block`, wait for
-    all of them (end of the session), else only for those already gone."""
-    for container in list(_pending):
-        if block or (container.process is not None and container.process.wait(timeout=0) is not None):
-            _pending.remove(container)
-            container.remove()
-    if block:
-        process.discard_prepared()  # the session's end: no next test
-        discard_next()
 
 
 def _drain(read_fd: int, container: Container, services: _Services, reply_fd: int) -> tuple[bytes, bool]:
