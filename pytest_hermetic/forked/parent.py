@@ -204,7 +204,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             # Every report is home: the exit of the child (tearing down a
             # large address space and its namespaces) and the clean-up need
             # not hold up the next test.
-            per_test.pending.append(container)
+            per_test.defer_removal(container)
             deferred = True
             result = None
         else:

@@ -96,15 +96,26 @@ def discard_next() -> None:
     take_next(None)  # (matches no spec)
 
 
-pending: list[Container] = []
+_pending: list[Container] = []
+_pending_owner = os.getpid()
+
+
+def defer_removal(container: Container) -> None:
+    """Remove `container` later (`finish_pending`): its reports are home."""
+    global _pending_owner
+    if _pending_owner != os.getpid():  # a fork's copy (a pytest session inside a test): not ours
+        _pending.clear()
+        _pending_owner = os.getpid()
+    _pending.append(container)
 
 
 def finish_pending(block: bool = True) -> None:
     """Remove the containers whose reports are in; with `block`, wait for
     all of them (end of the session), else only for those already gone."""
-    for container in list(pending):
+    # (A fork's copy of the list holds the parent's containers: not ours.)
+    for container in list(_pending) if _pending_owner == os.getpid() else ():
         if block or (container.process is not None and container.process.wait(timeout=0) is not None):
-            pending.remove(container)
+            _pending.remove(container)
             container.remove()
     if block:
         process.discard_prepared()  # the session's end: no next test
