@@ -397,8 +397,15 @@ def _write(name, data):
     assert os.write(_journal, record) == len(record)  # one O_APPEND write: whole, never interleaved
 
 
+def _counts():
+    # pytest's own page faults and CPU (its main thread) at a mark
+    return [resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.thread_time()]
+
+
 def _before_fork():
     _marks["fork%d" % _depth] = time.monotonic()
+    if _depth == 0:
+        _marks["n_fork0"] = _counts()
 
 
 def _in_child():
@@ -437,6 +444,8 @@ def _noting(fn, before=None, after=None, total=None):
             t1 = time.monotonic()
             if after:
                 _marks[after] = t1
+                if _depth == 0:
+                    _marks["n_" + after] = _counts()
             if total:
                 _marks[total] = _marks.get(total, 0.0) + (t1 - t0)
     return wrapper
@@ -457,14 +466,22 @@ def pytest_configure(config):
     _wrap(container.Container, "remove", total="remove_total")
 
 
+_last_finish = []  # pytest's counts at the last test's end
+
+
 def pytest_runtest_logstart(nodeid, location):
     _marks.clear()
     _marks["test"] = os.urandom(6).hex()
     _marks["start"] = time.monotonic()
+    _marks["n_start"] = _counts()
+    if _last_finish:  # pytest's own work between the last test's end and this one's start
+        _marks["n_between"] = [a - b for a, b in zip(_marks["n_start"], _last_finish)]
 
 
 def pytest_runtest_logfinish(nodeid, location):
     _marks["finish"] = time.monotonic()
+    _marks["n_finish"] = _counts()
+    _last_finish[:] = _marks["n_finish"]
     _marks["rss0"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     _write("%s-0.json" % _marks["test"], json.dumps(_marks).encode())
 
@@ -495,14 +512,18 @@ COUNTERS = [
 ]
 
 
-def trace_session(args, project: str, envs: dict, tmp: str, name: str, cprofile: str | None) -> tuple[float, str]:
+PATH_COUNTERS = [("CPU, ms", 1, 1e3), ("minor page faults", 0, 1)]
+
+
+def trace_session(args, project: str, envs: dict, tmp: str, name: str, cprofile: str | None,
+                  mode: str = "hermetic") -> tuple[float, str]:
     """One hermetic session with TRACE loaded; returns (wall s, trace dir)."""
     folder = f"{tmp}/{name}"
     os.makedirs(folder)
     if not os.path.exists(f"{tmp}/compat/{TRACE}.py"):
         with open(f"{tmp}/compat/{TRACE}.py", "w") as f:
             f.write(TRACE_SOURCE)
-    env = {**with_path(envs["hermetic"], f"{tmp}/compat"), "TRACE_DIR": folder,
+    env = {**with_path(envs[mode], f"{tmp}/compat"), "TRACE_DIR": folder,
            "TRACE_PROFILE": "1" if cprofile else "0"}
     python = (sys.executable, "-m", "cProfile", "-o", cprofile) if cprofile else (sys.executable,)
     return run_session("hermetic", project, args.tests, env, python, ("-p", TRACE)), folder
@@ -545,22 +566,42 @@ def timeline(folder: str) -> dict[str, dict[str, float]]:
         values = [t.get(key, 0) * scale for t in tests.values() if key in t or key == "remove_total"]
         if values:
             result[label] = {**spread(values), "tests": len(values)}
+    # pytest's own work, split where the test's path runs through it: from
+    # its reports home to the next fork (the path: the test's end, pytest's
+    # logging, the next test's start and its container up to the fork),
+    # and from the fork to the reports home (beside the child; off the path
+    # while there is a core for each).  CPU of its main thread and minor
+    # faults, which load moves far less than wall time.
+    whole = [t for t in tests.values() if all(k in t for k in ("n_start", "n_fork0", "n_drained", "n_finish", "n_between"))]
+    for label, index, scale in PATH_COUNTERS:
+        on = [(t["n_fork0"][index] - t["n_start"][index] + t["n_finish"][index] - t["n_drained"][index]
+               + t["n_between"][index]) * scale for t in whole]
+        off = [(t["n_drained"][index] - t["n_fork0"][index]) * scale for t in whole]
+        if on:
+            result[f"pytest on the test's path (reports home -> next fork): {label}"] = {**spread(on), "tests": len(on)}
+            result[f"pytest beside the child (fork -> reports home): {label}"] = {**spread(off), "tests": len(off)}
     return result
 
 
 def profile(args, project: str, envs: dict, tmp: str) -> dict:
     """Where a hermetic test's time goes: a timeline, then profiles."""
     n = args.tests
-    if not args.rounds:
-        run_session("hermetic", project, n, envs["hermetic"])  # warm-up: bytecode cache
-    elapsed, folder = trace_session(args, project, envs, tmp, "trace", None)
-    phases = timeline(folder)
-    print(f"\ntimeline of one hermetic test, ms (a session with time marks only, {elapsed:.2f} s wall, {n} tests)")
-    print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  phase")
-    for label, v in phases.items():
-        if label == COUNTERS[0][0]:
-            print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  counter, per test")
-        print(f"{v['median']:>8.1f}{v['p10']:>8.1f}{v['p90']:>8.1f}{v['mean']:>8.1f}  {label}")
+    # With --against: the other tree's timeline too, the two sessions taking turns.
+    traced = ["hermetic", "hermetic-base"] * 2 if "hermetic-base" in envs else ["hermetic"]
+    phases: dict = {}
+    for i, mode in enumerate(traced):
+        if not args.rounds and i < 2:
+            run_session(mode, project, n, envs[mode])  # warm-up: bytecode cache
+        elapsed, folder = trace_session(args, project, envs, tmp, f"trace-{i}", None, mode)
+        found = timeline(folder)
+        phases.setdefault(mode, found)
+        print(f"\ntimeline of one hermetic test ({mode}), ms (a session with time marks only, {elapsed:.2f} s wall, "
+              f"{n} tests)")
+        print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  phase")
+        for label, v in found.items():
+            if label == COUNTERS[0][0]:
+                print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  counter, per test")
+            print(f"{v['median']:>8.2f}{v['p10']:>8.2f}{v['p90']:>8.2f}{v['mean']:>8.2f}  {label}")
 
     out = os.path.abspath(args.profile)
     elapsed, folder = trace_session(args, project, envs, tmp, "cprofile", out)
@@ -705,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
                        "tests": args.tests, "shape": args.shape, "rounds": rounds, "modes": MODES, "summary": summary,
                        "samples_s": {f"{m} x{n}": s for (m, n), s in samples.items()},
                        "cpu_s": {f"{m} x{n}": s for (m, n), s in CPU_S.items()},
-                       "hermetic_timeline_ms": phases}, f, indent=1)
+                       "timeline_ms": phases}, f, indent=1)  # by mode (hermetic, hermetic-base)
     return 0
 
 
