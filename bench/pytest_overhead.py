@@ -129,12 +129,23 @@ def pytest_sessionfinish(session):
 '''
 
 
+DESELECTED: list[int] = [0]  # --deselected K: K more tests in every project, collected and deselected
+DESELECTED_FILE = "test_zz_deselected.py"
+
+
 def make_project(root: str, tests: int, shape: str = "files") -> None:
     """`files`: N functions, TESTS_PER_FILE to a file; `param`: one test
-    parametrized N times in one file (the issue's second suite shape)."""
+    parametrized N times in one file (the issue's second suite shape).
+    With --deselected K, K more (one parametrized test) that every session
+    collects and deselects: a large pytest process, as a big suite run in
+    part makes (its size is what every fork copies)."""
     os.makedirs(root)
     with open(f"{root}/pytest.ini", "w") as f:  # fixes the rootdir; no addopts
         f.write("[pytest]\n")
+    if DESELECTED[0]:
+        with open(f"{root}/{DESELECTED_FILE}", "w") as f:
+            f.write(f"import pytest\n\n\n@pytest.mark.parametrize('i', range({DESELECTED[0]}))\n"
+                    "def test_deselected(i):\n    assert i + 1 > i\n")
     if shape == "param" and tests:
         with open(f"{root}/test_param.py", "w") as f:
             f.write(f"import pytest\n\n\n@pytest.mark.parametrize('i', range({tests}))\n"
@@ -174,6 +185,8 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
         plugins = (*plugins, "-p", COUNTS)
         env = {**with_path(env, os.path.join(os.path.dirname(COUNTS_DIR[0]), "compat")),
                "COUNTS_FILE": os.path.join(COUNTS_DIR[0], f"{mode}.jsonl")}
+    if DESELECTED[0]:
+        plugins = (*plugins, "--deselect", DESELECTED_FILE)
     argv = [*python, *PYTEST, *plugins, *MODES[mode]]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter_ns()
@@ -187,11 +200,12 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
     lines = done.stdout.strip().splitlines()
     last = lines[-1] if lines else ""
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", last)}
+    allowed = {"passed", "warning", "warnings"} | ({"deselected"} if DESELECTED[0] else set())
     if tests == 0:
-        ok = done.returncode == 5 and "no tests ran" in last
+        ok = done.returncode == 5 and ("no tests ran" in last or counts.get("deselected") == DESELECTED[0])
     else:
         # warnings are allowed; anything else (failed, error, skipped, ...) is not
-        ok = done.returncode == 0 and counts.get("passed") == tests and set(counts) <= {"passed", "warning", "warnings"}
+        ok = done.returncode == 0 and counts.get("passed") == tests and set(counts) <= allowed
     if not ok:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"{mode} session with {tests} tests: exit status {done.returncode}, "
@@ -276,7 +290,7 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
     if args.markdown:
         print("\n- Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
         print(f"- Load average (1, 5, 15 min): {load}")
-        print(f"- {rounds} interleaved rounds (+1 warm-up session per mode), {n} tests per session ({args.shape})\n")
+        print(f"- {rounds} interleaved rounds (+1 warm-up session per mode), {n} tests per session ({args.shape}; {DESELECTED[0]} more collected and deselected)\n")
         print("| Mode | session, median s | p10 | p90 | per test, ms | overhead per test vs plain, ms "
               "| per-round overhead p10-p90, ms | 0-test session, s |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -298,7 +312,7 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
               f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms, "
               f"ratio {verdict(summary.get('ratio_no_startup'))}")
         return
-    print(f"\n{rounds} rounds, {n} tests per session ({args.shape}); sessions in s, per test in ms")
+    print(f"\n{rounds} rounds, {n} tests per session ({args.shape}; {DESELECTED[0]} more collected and deselected); sessions in s, per test in ms")
     print(f"{'mode':<14}{'median':>8}{'p10':>8}{'p90':>8}{'per test':>10}{'overhead':>10}{'p10-p90':>16}{'0 tests':>9}")
     for mode, m in summary["modes"].items():
         t = s[f"{mode} x{n}"]
@@ -665,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="/var/tmp" if os.path.isdir("/var/tmp") else None,
                         help="where the temporary project goes (default /var/tmp: a project under /tmp "
                              "costs hermetic one more bind mount per test, as /tmp is fresh in a container)")
+    parser.add_argument("--deselected", type=int, default=0, metavar="K",
+                        help="K more tests in the project, collected and deselected in every session: a large "
+                             "pytest process (issue #16: the cost that grows with it)")
     parser.add_argument("--counts", action="store_true",
                         help="also count, per test, minor page faults and CPU time of the pytest process and of "
                              "its children (getrusage from collection's end to the session's), in every mode")
@@ -672,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run hermetic from this checkout (first on PYTHONPATH) as mode "
                              "`hermetic-base`, interleaved: an A/B of two trees in whole sessions")
     args = parser.parse_args(argv)
+    DESELECTED[0] = max(args.deselected, 0)
     if args.against:
         MODES["hermetic-base"] = MODES["hermetic"]
     if args.tests < 1:
@@ -743,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                        "machine": info, "load": {"start": load_start, "rounds": loads, "end": load_end},
-                       "tests": args.tests, "shape": args.shape, "rounds": rounds, "modes": MODES, "summary": summary,
+                       "tests": args.tests, "shape": args.shape, "deselected": DESELECTED[0], "rounds": rounds, "modes": MODES, "summary": summary,
                        "samples_s": {f"{m} x{n}": s for (m, n), s in samples.items()},
                        "cpu_s": {f"{m} x{n}": s for (m, n), s in CPU_S.items()},
                        "timeline_ms": phases}, f, indent=1)  # by mode (hermetic, hermetic-base)

@@ -110,12 +110,29 @@ def _finish() -> None:
         release_host_bridge()
 
 
+def _hashable(value: Any) -> object:
+    """`value` (marker options) as a key, or None where it holds anything
+    but plain data (then its Spec is built for the item alone)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return (type(value), value)
+    if isinstance(value, (list, tuple)):
+        items = [_hashable(v) for v in value]
+        return None if any(i is None for i in items) else (type(value), tuple(items))
+    if isinstance(value, dict):
+        pairs = [(_hashable(k), _hashable(v)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in pairs):
+            return None
+        return (dict, frozenset(pairs))
+    return None
+
+
 class HermeticRunner:
     """Decides which items run in a container, and with what `Spec`."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.all = config.getoption("hermetic")
+        self._specs: dict[object, Any] = {}  # the Spec of each set of options (see _spec)
         # pytest-rerunfailures, whose protocol loop never runs for a hermetic
         # test (this hook runs first): its reruns are made here (see compat.Reruns).
         self.rerunfailures = config.pluginmanager.get_plugin("rerunfailures")
@@ -161,19 +178,32 @@ class HermeticRunner:
         a bad marker raises `SpecError`, also on every later call."""
         found = item.stash.get(_SPEC_KEY, _UNSET)
         if found is _UNSET:
-            from .spec import Spec
-
             try:
                 options = self.options_for(item)
                 if options is not None and (not isinstance(options["image"], str)
                                             or options["image"].startswith("build:")):
                     self._build_for(item, options)
-                found = None if options is None else Spec.build(options.pop("image"), None, **options)
+                found = None if options is None else self._spec(options)
             except (SpecError, TypeError, ValueError) as exc:  # the last two: a value no check foresaw
                 found = SpecError(f"{item.nodeid}: bad @hermetic marker: {exc}")
             item.stash[_SPEC_KEY] = found
         if isinstance(found, SpecError):
             raise found
+        return found
+
+    def _spec(self, options: dict[str, Any]):  # noqa: ANN202 - Spec, imported lazily
+        """`Spec.build` of `options`, one (frozen) Spec shared by every item
+        with the same options: a Spec per item made a 30,000-item collection
+        ~50 MiB larger, and every fork of pytest (page tables) and every
+        child's exit cost grow with pytest's size."""
+        from .spec import Spec
+
+        key = _hashable(options)
+        found = self._specs.get(key) if key is not None else None
+        if found is None:
+            found = Spec.build(options.pop("image"), None, **options)
+            if key is not None:
+                self._specs[key] = found
         return found
 
     def _build_for(self, item: pytest.Item, options: dict[str, Any]) -> None:
