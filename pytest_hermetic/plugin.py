@@ -133,6 +133,7 @@ class HermeticRunner:
         self.config = config
         self.all = config.getoption("hermetic")
         self._specs: dict[object, Any] = {}  # the Spec of each set of options (see _spec)
+        self._defaults: dict[str, Any] | None = None
         # pytest-rerunfailures, whose protocol loop never runs for a hermetic
         # test (this hook runs first): its reruns are made here (see compat.Reruns).
         self.rerunfailures = config.pluginmanager.get_plugin("rerunfailures")
@@ -146,14 +147,18 @@ class HermeticRunner:
             config.pluginmanager.register(compat.RerunVerdicts(self.rerunfailures), compat.RerunVerdicts.NAME)
 
     def defaults(self) -> dict[str, Any]:
-        config = self.config
-        defaults: dict[str, Any] = {"image": config.getoption("hermetic_image") or config.getini("hermetic_image") or "host"}
-        if config.getini("hermetic_mem"):
-            defaults["mem"] = config.getini("hermetic_mem")
-        if config.getini("hermetic_timeout"):
-            defaults["timeout"] = config.getini("hermetic_timeout")
-        defaults["net"] = str(config.getini("hermetic_net")).strip()  # Spec.build reads true/false/none/NAME
-        return defaults
+        """The options every hermetic test starts from (a new dict: the caller's)."""
+        if self._defaults is None:  # once: asked for every item at collection
+            config = self.config
+            defaults: dict[str, Any] = {"image": config.getoption("hermetic_image") or config.getini("hermetic_image")
+                                        or "host"}
+            if config.getini("hermetic_mem"):
+                defaults["mem"] = config.getini("hermetic_mem")
+            if config.getini("hermetic_timeout"):
+                defaults["timeout"] = config.getini("hermetic_timeout")
+            defaults["net"] = str(config.getini("hermetic_net")).strip()  # Spec.build reads true/false/none/NAME
+            self._defaults = defaults
+        return dict(self._defaults)
 
     def options_for(self, item: pytest.Item) -> dict[str, Any] | None:
         """The container options for `item`, or None to run it in place."""
