@@ -1,5 +1,5 @@
-import sys
+"""`python -m pytest_hermetic`: the `hermetic` command."""
 
-from .cli import main
+from .cli import console
 
-sys.exit(main())
+console()

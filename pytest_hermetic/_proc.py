@@ -7,11 +7,12 @@ owner is recorded as (pid, start time) and is alive only while both match.
 from __future__ import annotations
 
 import os
-import signal
 
 
 def signal_name(number: int) -> str:
     """`SIGKILL` for 9; `signal 99` for a number with no name."""
+    import signal  # here: its enums cost ~3 ms of start-up that a clean run never words
+
     try:
         return signal.Signals(number).name
     except ValueError:

@@ -19,12 +19,14 @@ dead owners `gc.py`'s, the kernel work the runtime's.
 
 from __future__ import annotations
 
-import functools
 import os
-import signal
 import time
 from ._record import record, factory
 TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:  # signal's C half, without signal.py's enums (enum, functools, collections: ~3 ms of `hermetic run`)
+    import _signal as signal
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
@@ -707,16 +709,20 @@ def _layer_unpacker(userns: bool) -> Callable[[str, str], object]:
 HOST_SHM_FALLBACK = 64 << 20  # Docker's size, where the host has no /dev/shm to measure
 
 
-@functools.lru_cache(maxsize=None)
+_host_shm: list[int] = []  # measured once (not functools.lru_cache: functools is ~1.5 ms of a `hermetic run`)
+
+
 def host_shm_size() -> int:
     """The size of the host's /dev/shm, which a container's is by default:
     a test that writes 1 GB there in place does so inside too (its pages
     count against the container's memory limit, as any tmpfs's)."""
-    try:
-        info = os.statvfs("/dev/shm")
-    except OSError:
-        return HOST_SHM_FALLBACK
-    return info.f_blocks * info.f_frsize or HOST_SHM_FALLBACK
+    if not _host_shm:
+        try:
+            info = os.statvfs("/dev/shm")
+            _host_shm.append(info.f_blocks * info.f_frsize or HOST_SHM_FALLBACK)
+        except OSError:
+            _host_shm.append(HOST_SHM_FALLBACK)
+    return _host_shm[0]
 
 
 def _init_files(hostname: str) -> dict[str, str]:

@@ -5,7 +5,8 @@
 # sys.path), then tried from an empty folder:
 #   - the metadata `pip show` prints (author, license, home page, classifiers),
 #     py.typed and LICENSE in the wheel, no test-only package in it;
-#   - the CLI: `hermetic run host true`, `hermetic import busybox: bb:1`, a run of it;
+#   - the CLI: `hermetic run host true` (console script: cli:console, no argparse/re/json/enum imported),
+#     `hermetic import busybox: bb:1`, a run of it;
 #   - the plugin: `pytest -p hermetic` on a small test file with @hermetic marks;
 #   - the magics: `%load_ext ipython_ext` and a `%%container` cell in `ipython -c`.
 # As root; it uses a private store and state folder and removes everything.
@@ -78,6 +79,10 @@ EOF
 echo "-- the CLI"
 [ "$(hermetic run host sh -c 'echo $$')" = 1 ] || fail "hermetic run host: not PID 1"
 hermetic run host true || fail "hermetic run host true"
+# The entry point pip made: console() (the quick exit), and a quick `run` imports none of argparse, re, json, enum.
+grep -q "from pytest_hermetic.cli import console" "$work/venv/bin/hermetic" || fail "the console script does not call cli:console"
+slow=$(PYTHONPROFILEIMPORTTIME=1 hermetic run host true 2>&1 | grep -E '[|] +(argparse|re|json|enum)$' || true)
+[ -z "$slow" ] || fail "hermetic run host true imports what its quick path should not: $slow"
 hermetic import busybox: bb:1 >/dev/null || fail "hermetic import busybox: bb:1"
 [ "$(hermetic run bb:1 sh -c 'readlink /bin/sh; test -e /usr/bin/python3 || echo no-python')" = "busybox
 no-python" ] || fail "a run of the busybox image"

@@ -136,6 +136,23 @@ def test_python_dash_m_and_console_script_agree():
     assert subprocess.run([script, "run", "host", "true"]).returncode == 0
 
 
+def test_the_console_script_runs_an_image_without_this_pythons_library(busybox_image):
+    """The console script imports far less than `python -m` (whose runpy
+    brings warnings, contextlib and more): whatever the child imports after
+    entering an image's root must be imported before the fork (os.execvpe
+    imports `warnings`; without it such a run ended with 125 and no word)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    ran = subprocess.run([sys.executable, "-c", "from pytest_hermetic.cli import console; console()", "run",
+                          busybox_image, "sh", "-c", "echo hi; test -e /usr/lib/python3 || echo no-python"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, cwd="/", timeout=60)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "hi\nno-python\n", "")
+
+
 def test_init_runs_the_command_as_pid_2_and_reaps():
     ran = run_cli("run", "--init", "host", "sh", "-c", "echo $$; (sleep 0.1 &); sleep 0.3; ps -o stat= -e | grep -c Z; kill -TERM $$")
     pid, zombies = ran.stdout.split()

@@ -16,17 +16,18 @@ imported inside the commands: `hermetic run` should not pay for what
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
 
 from ..errors import HermeticError
-from .output import PROG, say
+from .output import say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Any, Callable, NoReturn, Sequence
+    import argparse
+    from typing import Callable, NoReturn, Sequence
+
+    from .run import Arguments
 
     Verb = Callable[..., argparse.ArgumentParser]
 
@@ -44,63 +45,11 @@ VERBS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are engine errors: one line and exit 125, as `docker run` (argparse says 2)."""
-
-    def error(self, message: str) -> "NoReturn":
-        say(f"error: {message}; see `{self.prog} --help`")
-        sys.exit(125)
-
-    _width: int | None = None
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        # argparse makes one for each add_argument (to check its metavar),
-        # and each asks the terminal's size: once per process is enough
-        # (about 4 µs an option, 0.13 ms of `hermetic run`'s start); and not
-        # through shutil, whose import brings bz2, lzma and fnmatch (~2.5 ms).
-        if _Parser._width is None:
-            _Parser._width = _columns() - 2  # HelpFormatter's own default
-        return self.formatter_class(prog=self.prog, width=_Parser._width)  # type: ignore[call-arg]  # HelpFormatter's
-
-
-def _columns() -> int:
-    """The terminal's width as shutil.get_terminal_size says it (COLUMNS, then stdout's terminal, then 80)."""
-    try:
-        columns = int(os.environ.get("COLUMNS", 0))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
-class _Skipped:
-    """A verb's parser that is not built: `hermetic run` should not pay for
-    the other verbs' arguments (about 1 ms of argparse for all of them)."""
-
-    required = True
-
-    def __getattr__(self, _name: str) -> "object":
-        return lambda *args, **kwargs: self
-
-
-def parser(only: str | None = None) -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> "argparse.ArgumentParser":
     """The command's parser; with `only`, just that verb's (the one given)."""
-    top = _Parser(prog=PROG, description="Hermetic containers from namespaces, cgroups and overlayfs; no daemon.")
-    top.add_argument("--version", action="store_true", help="print the version and exit (`hermetic version`: more)")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    from .arguments import build  # lazily: argparse is ~5 ms of a quick `hermetic run`'s start
 
-    def verb(name: str, **kwargs: "Any") -> argparse.ArgumentParser:
-        return sub.add_parser(name, **kwargs) if only in (None, name) else _Skipped()  # type: ignore[return-value]
-
-    modules = [VERBS[only]] if only in VERBS else list(dict.fromkeys(VERBS.values()))
-    for name in modules:
-        importlib.import_module(f"{__name__}.{name}").add_parsers(verb)
-    return top
+    return build(only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(version_line())
         return 0
-    args = parser(argv[0] if argv and argv[0] in VERBS else None).parse_args(argv)
+    args: argparse.Namespace | Arguments | None = None
+    if argv[:1] == ["run"]:
+        from .run import quick_arguments
+
+        args = quick_arguments(argv[1:])  # None: not one it reads; argparse decides (and words any error)
+    if args is None:
+        args = parser(argv[0] if argv and argv[0] in VERBS else None).parse_args(argv)
     try:
         return args.handler(args)
     except HermeticError as exc:
@@ -131,3 +86,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug: please report it with the "
             "traceback that HERMETIC_DEBUG=1 shows")
         return 125
+
+
+def console() -> "NoReturn":
+    """The `hermetic` console script (and `python -m pytest_hermetic`):
+    `main()`, then an exit that skips the interpreter's finalization (its
+    modules torn down one by one: ~2 ms of a `hermetic run`) when nothing is
+    left that needs it: no exit handlers (coverage's, a temporary
+    directory's finalizer), no threads to join, the standard streams flushed."""
+    code = main()
+    if isinstance(code, int) and "threading" not in sys.modules and "atexit" not in sys.modules:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe: the ordinary exit words it as Python does
+            pass
+        else:
+            os._exit(code)
+    sys.exit(code)

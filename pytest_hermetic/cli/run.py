@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 
 from .. import options
@@ -12,10 +10,23 @@ from .output import say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
+else:  # signal's C half, without signal.py's enums (enum, functools, collections: ~3 ms of `hermetic run`)
+    import _signal as signal
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
     from . import Verb
+
+# `run`'s own flags beside the option table's: (flags, dest, kind) as options.Option spells them.
+RUN_FLAGS = ((("--commit",), "commit", "value"), (("-d", "--detach"), "detach", "switch"), (("--rm",), "rm", "switch"),
+             (("-i", "--interactive"), "interactive", "switch"), (("-t", "--tty"), "tty", "switch"))
 
 
 def add_parsers(verb: "Verb") -> None:
+    import argparse
+
     run = verb("run", help="run a command in a new container")
     options.add_arguments(run.add_argument, options.CLI)
     run.add_argument("--commit", metavar="REF", help="after a successful run, save the read-write layer as image REF")
@@ -32,10 +43,82 @@ def add_parsers(verb: "Verb") -> None:
     run.set_defaults(handler=cmd_run)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from ..container import Container
-    from ..spec import Spec
-    from ..state import list_states
+class Arguments:
+    """What `quick_arguments` read: the attributes argparse's Namespace would have."""
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
+
+    if TYPE_CHECKING:  # its attributes are argparse's, as untyped as a Namespace's
+        def __getattr__(self, name: str) -> Any: ...
+
+
+def quick_arguments(argv: list[str]) -> "Arguments | None":
+    """`hermetic run`'s arguments (after `run`) read without argparse, whose
+    import (with `re`, `gettext`, `locale`) and parser are ~7 ms of a
+    ~20 ms command; None for anything but the plain shapes (exact flags,
+    each value in the next word or after `--long=`), which argparse then
+    reads and words the errors of.  Its answers equal argparse's
+    (tests/cli/test_quick_arguments.py compares them)."""
+    kinds: dict[str, tuple[str, str]] = {}
+    values: dict[str, object] = {"version": False, "command": "run"}  # the top parser's
+    for flags, dest, kind in [*((o.flags, o.name, o.kind) for o in options.OPTIONS if options.CLI in o.where), *RUN_FLAGS]:
+        for flag in flags:
+            kinds[flag] = (dest, kind)
+        # argparse's defaults, as options.add_arguments and add_parsers declare them
+        if kind == "list":
+            values[dest] = []
+        elif kind == "value":
+            values[dest] = None
+        else:
+            values[dest] = options.BY_NAME[dest].default if dest in options.BY_NAME else False
+    if "--" in argv:  # argparse's handling of it differs between Python versions
+        return None
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if not word.startswith("-"):
+            if not word:
+                return None
+            values.update(image=word, cmd=argv[i + 1:], handler=cmd_run)
+            return Arguments(**values)
+        flag, equals, value = word.partition("=")
+        if flag not in kinds or (equals and (not flag.startswith("--") or not value)):
+            return None
+        dest, kind = kinds[flag]
+        if kind == "switch":
+            if equals:
+                return None
+            values[dest] = True
+            i += 1
+            continue
+        if not equals:
+            if kind == "optional" or i + 1 == len(argv) or argv[i + 1].startswith("-"):
+                return None
+            value = argv[i + 1]
+            i += 1
+        if kind == "list":
+            values[dest].append(value)  # type: ignore[attr-defined]
+        else:
+            values[dest] = value
+        i += 1
+    return None  # no image: argparse says so
+
+
+def cmd_run(args: "argparse.Namespace | Arguments") -> int:
+    import gc
+
+    # The engine's imports make ~40,000 objects and no garbage: the
+    # collections they would set off (~14) are ~1 ms of a `hermetic run`.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        from ..container import Container
+        from ..spec import Spec
+        from ..state import list_states
+    finally:
+        if collecting:
+            gc.enable()
 
     command = list(args.cmd)
     if command and command[0] == "--":

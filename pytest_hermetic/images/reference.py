@@ -11,7 +11,6 @@ binary; `busybox:TAG` is Docker Hub's busybox).
 
 from __future__ import annotations
 
-import re
 from .._record import record
 
 from ..errors import ImageReferenceError
@@ -101,6 +100,8 @@ def _parse_transport(transport: str, rest: str, text: str) -> Reference:
 
 
 def _parse_docker(text: str) -> Reference:
+    import re  # here: `re` (and its enums) is ~2 ms of the start of a `hermetic run host`, which needs none
+
     remainder, digest = text, None
     if "@" in remainder:
         remainder, _, digest = remainder.partition("@")

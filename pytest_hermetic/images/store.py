@@ -37,25 +37,28 @@ missing is `resolve.resolve_or_pull` (the store does no network I/O).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
 import time
+# json and .schema (with re and its enums, ~3 ms), .digest and .platforms are
+# imported in the functions that use them: a container of `host` (no layers)
+# needs none of them;
+# and no contextlib (with functools and collections, ~2 ms): `busy` and
+# `keeping` are classes of their own.
 from .._record import record, factory
 import _thread  # not `threading`: its import and fork hooks cost every container start
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
-    from typing import Iterator, Sequence
+    from typing import Sequence
+
+    from .._fs import Held
+    from . import schema
 
 from .._fs import flock, lock_file, rmtree
 from .._proc import name_owner, owned_name, owner_alive, owner_key
 from ..errors import HermeticError, ImageInUse, ImageNotFound, StoreError
 from ..paths import make_private, store_root
-from . import platforms
 from . import reference as refs
-from . import schema
-from .digest import HashingReader, sha256_digest, sha256_file
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -123,38 +126,20 @@ class Store:
     def layer_path(self, diff_id: str) -> str:
         return os.path.join(self.root, "layers", digest_hex(diff_id))
 
-    def lock(self) -> contextlib.AbstractContextManager[None]:
+    def lock(self) -> Held:
         self.ensure()
         return flock(os.path.join(self.root, "lock"))
 
-    def blob_lock(self, digest: str) -> contextlib.AbstractContextManager[None]:
+    def blob_lock(self, digest: str) -> Held:
         """Exclusive per blob between processes and threads: one fetches, the others wait and reuse."""
         self.ensure()
         return flock(os.path.join(self.root, "locks", digest_hex(digest)))
 
-    @contextlib.contextmanager
-    def busy(self) -> "Iterator[None]":
+    def busy(self) -> "Busy":
         """Held (shared), briefly, while a record in `users/` is written and
         from a writer's first unrecorded blob to its tag; `gc` sweeps under
-        it exclusive.  Re-entrant within a process."""
-        self.ensure()
-        with _busy_guard:
-            held = _busy_held.get(self.root)
-            if held is None:
-                # Through the gate, so that a waiting gc is not starved by a
-                # stream of writers: gc holds the gate while it waits.
-                with flock(os.path.join(self.root, "gc.gate"), shared=True):
-                    fd = lock_fd(os.path.join(self.root, "gc.lock"), fcntl.LOCK_SH)
-                held = _busy_held[self.root] = [fd, 0]
-            held[1] += 1
-        try:
-            yield
-        finally:
-            with _busy_guard:
-                held[1] -= 1
-                if held[1] == 0:
-                    del _busy_held[self.root]
-                    os.close(held[0])
+        it exclusive.  Re-entrant within a process (`with store.busy():`)."""
+        return Busy(self)
 
     def tempdir(self, prefix: str) -> str:
         """A staging folder in `tmp/` named for its owner (see the module doc)."""
@@ -172,6 +157,8 @@ class Store:
     # -- blobs and layers -----------------------------------------------------
 
     def put_blob_bytes(self, data: bytes) -> str:
+        from .digest import sha256_digest  # lazily: see the imports at the top
+
         digest = sha256_digest(data)
         path = self.blob_path(digest)
         if not os.path.exists(path):
@@ -192,6 +179,8 @@ class Store:
     def read_json(self, digest: str, check: schema.Check | None = None) -> dict:
         """A manifest or config blob, bounded and type-checked (`schema`): a bad one
         is a `StoreError` naming the field, never a crash of a later command."""
+        from . import schema  # lazily: see the imports at the top
+
         try:
             with open(self.blob_path(digest), "rb") as f:
                 data = f.read(MAX_JSON + 1)
@@ -211,6 +200,7 @@ class Store:
         gc honours) the caller must hold `busy()` until the layer is tagged.
         """
         from . import layers, limits  # tarfile & co. (~16 ms): not for a container start, which unpacks nothing
+        from .digest import HashingReader, sha256_file  # lazily: see the imports at the top
 
         self.ensure()
         blob_digest = sha256_file(tar_path)
@@ -309,6 +299,8 @@ class Store:
         The blob must be in the store already: a layer is never visible
         without the blob it came from.  A copy that lost the race is dropped.
         """
+        import json  # lazily: see the imports at the top
+
         with open(os.path.join(staging, "meta.json"), "w") as f:
             json.dump({"diff_id": diff_id, "blob": blob_digest, "size": size, "media_type": media_type}, f)
         target = self.layer_path(diff_id)
@@ -386,12 +378,14 @@ class Store:
         real = os.path.realpath(self.root)
         done = [point for point in mounts.mounts_below(os.path.join(real, "layers")) if mounts.unmount(point)]
         marker = os.path.join(self.root, PRIVATE_BIND)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             with open(marker) as f:
                 ours = f.read().strip()
             # Only the bind this store made (a reboot drops it, and the store may sit on a mount of its own).
             if ours and str(mounts.top_mount_id(real)) == ours and mounts.unmount(real):
                 done.append(real)
+        except FileNotFoundError:
+            pass
             os.unlink(marker)
         _private_checked.discard(self.root)
         return done
@@ -409,6 +403,8 @@ class Store:
 
     def read_refs(self) -> dict[str, str]:
         """refs.json: canonical image name -> manifest digest (checked by `schema.REFS`)."""
+        from . import schema  # lazily: see the imports at the top
+
         try:
             with open(self._refs_path(), "rb") as f:
                 data = f.read()
@@ -421,6 +417,8 @@ class Store:
                              "fix: remove it and import the images again") from None
 
     def _write_refs(self, data: dict[str, str]) -> None:
+        import json  # lazily: see the imports at the top
+
         fd, tmp = self.tempfile("refs-")
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -435,6 +433,10 @@ class Store:
 
     def _put_image(self, name: str, diff_ids: list[str], config: dict, *, base: str | None,
                    history: list[dict] | None, created: str | None = None) -> Image:
+        import json  # lazily: see the imports at the top
+
+        from . import platforms
+
         layer_sizes = []
         for diff_id in diff_ids:
             meta = self.layer_meta(diff_id)
@@ -501,6 +503,8 @@ class Store:
 
     def layer_meta(self, diff_id: str) -> dict:
         """The layer's record (`meta.json`: its blob, size, media type), checked by `schema.LAYER_META`."""
+        from . import schema  # lazily: see the imports at the top
+
         try:
             with open(os.path.join(self.layer_path(diff_id), "meta.json"), "rb") as f:
                 data = f.read(MAX_JSON + 1)
@@ -530,6 +534,8 @@ class Store:
         return self._load(name, manifest_digest)
 
     def _load(self, name: str, manifest_digest: str) -> Image:
+        from . import schema  # lazily: see the imports at the top
+
         manifest = self.read_json(manifest_digest, schema.MANIFEST)
         config_digest = manifest["config"]["digest"]
         oci_config = self.read_json(config_digest, schema.CONFIG)
@@ -591,14 +597,10 @@ class Store:
         record.add(layers=layers, blobs=blobs)
         return record
 
-    @contextlib.contextmanager
     def keeping(self, kind: str, *, layers: Sequence[str] = (), blobs: Sequence[str] = (),
-                **info: object) -> Iterator[Keep]:
-        record = self.keep(kind, layers=layers, blobs=blobs, **info)
-        try:
-            yield record
-        finally:
-            record.release()
+                **info: object) -> "Keeping":
+        """`keep`'s record for the length of a `with` block (`as` names it), released after."""
+        return Keeping(self, kind, layers, blobs, info)
 
     def use(self, image: Image, container_id: str, name: str) -> Keep | None:
         """Record that container `container_id` runs on `image`'s layers
@@ -625,6 +627,8 @@ class Store:
 
     def users(self) -> list[dict]:
         """The records of live containers (their owners run): id, name, image, image_id, layers."""
+        import json  # lazily: see the imports at the top
+
         found = []
         base = os.path.join(self.root, "users")
         for entry in list_entries(base):
@@ -642,6 +646,8 @@ class Store:
     def image_of(self, container_id: str) -> Image | None:
         """The image a live container runs on, as it was when it started (its
         tag may have moved or gone since); None if the store has no record."""
+        from . import schema  # lazily: see the imports at the top
+
         for user in self.users():
             if user.get("kind") == "container" and user.get("id") == container_id:
                 config = self.read_json(user["image_id"], schema.CONFIG)
@@ -682,6 +688,8 @@ class Store:
 
     def _names_of_id(self, text: str, data: dict[str, str]) -> list[str]:
         """The names of the image whose id (config digest) is `text` or starts with it (4 hex digits at least)."""
+        from . import schema  # lazily: see the imports at the top
+
         hexes = text[7:] if text.startswith("sha256:") else text
         ids: dict[str, list[str]] = {}
         if len(hexes) >= 4 and all(c in "0123456789abcdef" for c in hexes):
@@ -699,6 +707,8 @@ class Store:
         return next(iter(ids.values()))
 
     def _refuse_in_use(self, ref: refs.Reference, manifest_digest: str) -> None:
+        from . import schema  # lazily: see the imports at the top
+
         try:
             image_id = self.read_json(manifest_digest, schema.MANIFEST)["config"]["digest"]
         except StoreError:
@@ -736,6 +746,8 @@ class Keep:
 
     def add(self, *, layers: Sequence[str] = (), blobs: Sequence[str] = ()) -> None:
         """Add to what gc keeps, before it lands in the store."""
+        import json  # lazily: see the imports at the top
+
         new_layers = [d for d in layers if d not in self.data["layers"]]
         new_blobs = [d for d in blobs if d and d not in self.data["blobs"]]
         if not new_layers and not new_blobs and os.path.exists(self.path):
@@ -749,8 +761,62 @@ class Keep:
             os.replace(tmp, self.path)
 
     def release(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class Busy:
+    """`Store.busy`: gc.lock held shared, by the first holder in this process
+    for all of them, from entering the `with` block to leaving it."""
+
+    def __init__(self, store: Store) -> None:
+        self._root = store.root
+        self._store = store
+        self._held: list[int] | None = None
+
+    def __enter__(self) -> None:
+        self._store.ensure()
+        root = self._root
+        with _busy_guard:
+            held = _busy_held.get(root)
+            if held is None:
+                # Through the gate, so that a waiting gc is not starved by a
+                # stream of writers: gc holds the gate while it waits.
+                with flock(os.path.join(root, "gc.gate"), shared=True):
+                    fd = lock_fd(os.path.join(root, "gc.lock"), fcntl.LOCK_SH)
+                held = _busy_held[root] = [fd, 0]
+            held[1] += 1
+        self._held = held
+
+    def __exit__(self, *exc_info: object) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        with _busy_guard:
+            held[1] -= 1
+            if held[1] == 0:
+                del _busy_held[self._root]
+                os.close(held[0])
+
+
+class Keeping:
+    """`Store.keeping`: a `keep` record made on entering the `with` block, released on leaving it."""
+
+    def __init__(self, store: Store, kind: str, layers: Sequence[str], blobs: Sequence[str], info: dict) -> None:
+        self._args = (store, kind, layers, blobs, info)
+        self._record: Keep | None = None
+
+    def __enter__(self) -> Keep:
+        store, kind, layers, blobs, info = self._args
+        self._record = store.keep(kind, layers=layers, blobs=blobs, **info)
+        return self._record
+
+    def __exit__(self, *exc_info: object) -> None:
+        record, self._record = self._record, None
+        if record is not None:
+            record.release()
 
 
 def digest_hex(digest: str) -> str:

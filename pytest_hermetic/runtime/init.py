@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import sys
+import warnings  # noqa: F401 - os.execvpe imports it (get_exec_path); an image's root has no stdlib to import from
 TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:  # signal's C half, without signal.py's enums (enum, functools, collections: ~3 ms of `hermetic run`)
+    import _signal as signal
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable, NoReturn
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import cgroups, channel, init, placeholder, relay, spare
+from . import cgroups, channel, init, placeholder, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -155,6 +155,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     if target is not None:
         init.prepare_callable()
     rootless = config.userns is not None
+    if rootless:
+        from . import relay  # (lazily: its import, with resource's, is not a root container's)
     # A Python callable as root: the callable itself is the only fork of
     # the (large) parent, as PID 2 under a placeholder PID 1.
     placeholder_mode = target is not None and not rootless and not config.init and placeholder.available()
