@@ -583,8 +583,8 @@ def timeline(folder: str) -> dict[str, dict[str, float]]:
     # pytest's own work, split where the test's path runs through it: from
     # its reports home to the next fork (the path: the test's end, pytest's
     # logging, the next test's start and its container up to the fork),
-    # and from the fork to the reports home (beside the child; off the path
-    # while there is a core for each).  CPU of its main thread and minor
+    # and from the fork (the fork itself included) to the reports home
+    # (beside the child; off the path while there is a core for each).  CPU of its main thread and minor
     # faults, which load moves far less than wall time.
     whole = [t for t in tests.values() if all(k in t for k in ("n_start", "n_fork0", "n_drained", "n_finish", "n_between"))]
     for label, index, scale in PATH_COUNTERS:
@@ -593,7 +593,8 @@ def timeline(folder: str) -> dict[str, dict[str, float]]:
         off = [(t["n_drained"][index] - t["n_fork0"][index]) * scale for t in whole]
         if on:
             result[f"pytest on the test's path (reports home -> next fork): {label}"] = {**spread(on), "tests": len(on)}
-            result[f"pytest beside the child (fork -> reports home): {label}"] = {**spread(off), "tests": len(off)}
+            result[f"pytest beside the child (fork, included, -> reports home): {label}"] = {**spread(off),
+                                                                                            "tests": len(off)}
     return result
 
 
