@@ -86,14 +86,66 @@ MODES = {
 PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]  # after the interpreter
 TESTS_PER_FILE = 50
 CPU_S: dict[tuple[str, int], list[float]] = {}  # (mode, tests) -> CPU seconds of each measured session
+COUNTS_DIR: list[str] = []  # with --counts: the folder each session's counts go to
+
+# Loaded (-p) in every mode's sessions with --counts: `getrusage` of the
+# pytest process and of its reaped children (the tests' forks, the
+# placeholders), from the end of collection to the end of the session (after
+# hermetic's own clean-up at sessionfinish), appended as one JSON line.
+COUNTS = "hermetic_bench_counts"
+COUNTS_SOURCE = '''\
+import gc, json, os, resource
+
+import pytest
+
+_start = {}
+
+
+def _usage():
+    out = {}
+    for who, which in (("self", resource.RUSAGE_SELF), ("children", resource.RUSAGE_CHILDREN)):
+        u = resource.getrusage(which)
+        out[who] = {"minflt": u.ru_minflt, "majflt": u.ru_majflt, "cpu": u.ru_utime + u.ru_stime,
+                    "user": u.ru_utime, "sys": u.ru_stime, "nvcsw": u.ru_nvcsw, "nivcsw": u.ru_nivcsw}
+    return out
+
+
+def pytest_collection_finish(session):
+    _start.update(_usage())
+    _start["gc"] = [s["collections"] for s in gc.get_stats()]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    if not _start:
+        return
+    end = _usage()
+    record = {who: {k: end[who][k] - _start[who][k] for k in end[who]} for who in end}
+    record["gc"] = [s["collections"] - c for s, c in zip(gc.get_stats(), _start["gc"])]
+    record["tests"] = session.testscollected
+    record["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open(os.environ["COUNTS_FILE"], "a") as f:
+        f.write(json.dumps(record) + "\\n")
+'''
+
+
+DESELECTED: list[int] = [0]  # --deselected K: K more tests in every project, collected and deselected
+DESELECTED_FILE = "test_zz_deselected.py"
 
 
 def make_project(root: str, tests: int, shape: str = "files") -> None:
     """`files`: N functions, TESTS_PER_FILE to a file; `param`: one test
-    parametrized N times in one file (the issue's second suite shape)."""
+    parametrized N times in one file (the issue's second suite shape).
+    With --deselected K, K more (one parametrized test) that every session
+    collects and deselects: a large pytest process, as a big suite run in
+    part makes (its size is what every fork copies)."""
     os.makedirs(root)
     with open(f"{root}/pytest.ini", "w") as f:  # fixes the rootdir; no addopts
         f.write("[pytest]\n")
+    if DESELECTED[0]:
+        with open(f"{root}/{DESELECTED_FILE}", "w") as f:
+            f.write(f"import pytest\n\n\n@pytest.mark.parametrize('i', range({DESELECTED[0]}))\n"
+                    "def test_deselected(i):\n    assert i + 1 > i\n")
     if shape == "param" and tests:
         with open(f"{root}/test_param.py", "w") as f:
             f.write(f"import pytest\n\n\n@pytest.mark.parametrize('i', range({tests}))\n"
@@ -114,6 +166,8 @@ def session_envs(tmp: str) -> dict[str, dict[str, str]]:
     os.makedirs(f"{tmp}/compat")
     with open(f"{tmp}/compat/{FORKED_COMPAT}.py", "w") as f:
         f.write(FORKED_COMPAT_SOURCE)
+    with open(f"{tmp}/compat/{COUNTS}.py", "w") as f:
+        f.write(COUNTS_SOURCE)
     envs = {mode: env for mode in MODES}
     envs["forked"] = with_path(env, f"{tmp}/compat")  # the forked mode's sessions only
     return envs
@@ -127,6 +181,12 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
                 python: tuple[str, ...] = (sys.executable,), plugins: tuple[str, ...] = ()) -> float:
     """One pytest session; its wall time in seconds.  Raises unless every
     test passed (or, for 0 tests, unless pytest said "no tests ran")."""
+    if COUNTS_DIR and tests:
+        plugins = (*plugins, "-p", COUNTS)
+        env = {**with_path(env, os.path.join(os.path.dirname(COUNTS_DIR[0]), "compat")),
+               "COUNTS_FILE": os.path.join(COUNTS_DIR[0], f"{mode}.jsonl")}
+    if DESELECTED[0]:
+        plugins = (*plugins, "--deselect", DESELECTED_FILE)
     argv = [*python, *PYTEST, *plugins, *MODES[mode]]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter_ns()
@@ -140,11 +200,12 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
     lines = done.stdout.strip().splitlines()
     last = lines[-1] if lines else ""
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", last)}
+    allowed = {"passed", "warning", "warnings"} | ({"deselected"} if DESELECTED[0] else set())
     if tests == 0:
-        ok = done.returncode == 5 and "no tests ran" in last
+        ok = done.returncode == 5 and ("no tests ran" in last or counts.get("deselected") == DESELECTED[0])
     else:
         # warnings are allowed; anything else (failed, error, skipped, ...) is not
-        ok = done.returncode == 0 and counts.get("passed") == tests and set(counts) <= {"passed", "warning", "warnings"}
+        ok = done.returncode == 0 and counts.get("passed") == tests and set(counts) <= allowed
     if not ok:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"{mode} session with {tests} tests: exit status {done.returncode}, "
@@ -229,7 +290,7 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
     if args.markdown:
         print("\n- Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
         print(f"- Load average (1, 5, 15 min): {load}")
-        print(f"- {rounds} interleaved rounds (+1 warm-up session per mode), {n} tests per session ({args.shape})\n")
+        print(f"- {rounds} interleaved rounds (+1 warm-up session per mode), {n} tests per session ({args.shape}; {DESELECTED[0]} more collected and deselected)\n")
         print("| Mode | session, median s | p10 | p90 | per test, ms | overhead per test vs plain, ms "
               "| per-round overhead p10-p90, ms | 0-test session, s |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -251,7 +312,7 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
               f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms, "
               f"ratio {verdict(summary.get('ratio_no_startup'))}")
         return
-    print(f"\n{rounds} rounds, {n} tests per session ({args.shape}); sessions in s, per test in ms")
+    print(f"\n{rounds} rounds, {n} tests per session ({args.shape}; {DESELECTED[0]} more collected and deselected); sessions in s, per test in ms")
     print(f"{'mode':<14}{'median':>8}{'p10':>8}{'p90':>8}{'per test':>10}{'overhead':>10}{'p10-p90':>16}{'0 tests':>9}")
     for mode, m in summary["modes"].items():
         t = s[f"{mode} x{n}"]
@@ -269,6 +330,53 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
     print(f"start-up excluded: forked {summary['modes']['forked']['overhead_no_startup_ms']:.2f} ms, "
           f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms per test, "
           f"ratio {verdict(summary.get('ratio_no_startup'))}")
+
+
+def read_counts(tests: int) -> dict[str, dict[str, float]]:
+    """--counts: per mode, the median per test of each session's counters."""
+    result = {}
+    for name in sorted(os.listdir(COUNTS_DIR[0])):
+        with open(os.path.join(COUNTS_DIR[0], name)) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        if not records:
+            continue
+        row = {}
+        for who in ("self", "children"):
+            for key, scale in (("minflt", 1), ("cpu", 1e3), ("user", 1e3), ("sys", 1e3), ("nvcsw", 1), ("nivcsw", 1)):
+                row[f"{who}_{key}"] = statistics.median(r[who][key] for r in records) / tests * scale
+        row["gc_full_collections"] = statistics.median(r["gc"][2] for r in records)
+        row["maxrss_mib"] = statistics.median(r["maxrss_kib"] for r in records) / 1024
+        row["sessions"] = len(records)
+        result[name.removesuffix(".jsonl")] = row
+    return result
+
+
+def print_counts(counts: dict[str, dict[str, float]], markdown: bool) -> None:
+    columns = [("pytest: minor faults", "self_minflt", ".0f"), ("pytest: CPU ms", "self_cpu", ".2f"),
+               ("(user / sys)", None, ""), ("children: minor faults", "children_minflt", ".0f"),
+               ("children: CPU ms", "children_cpu", ".2f"), ("(user / sys)", None, ""),
+               ("pytest: context switches (vol / invol)", None, ""), ("peak RSS MiB", "maxrss_mib", ".1f"),
+               ("full GCs", "gc_full_collections", ".0f")]
+
+    def cell(row: dict, i: int) -> str:
+        label, key, fmt = columns[i]
+        if key is not None:
+            return format(row[key], fmt)
+        if i == 2:
+            return f"{row['self_user']:.2f} / {row['self_sys']:.2f}"
+        if i == 5:
+            return f"{row['children_user']:.2f} / {row['children_sys']:.2f}"
+        return f"{row['self_nvcsw']:.1f} / {row['self_nivcsw']:.1f}"
+
+    print("\nper test, medians of the sessions (getrusage from the end of collection to the end of the session)")
+    if markdown:
+        print("| mode | " + " | ".join(c[0] for c in columns) + " |")
+        print("|---|" + "---:|" * len(columns))
+        for mode, row in counts.items():
+            print(f"| {mode} | " + " | ".join(cell(row, i) for i in range(len(columns))) + " |")
+        return
+    for mode, row in counts.items():
+        print(f"{mode:<14}" + "; ".join(f"{columns[i][0]} {cell(row, i)}" for i in range(len(columns))))
 
 
 # --- --profile -------------------------------------------------------------------
@@ -303,8 +411,15 @@ def _write(name, data):
     assert os.write(_journal, record) == len(record)  # one O_APPEND write: whole, never interleaved
 
 
+def _counts():
+    # pytest's own page faults and CPU (its main thread) at a mark
+    return [resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.thread_time()]
+
+
 def _before_fork():
     _marks["fork%d" % _depth] = time.monotonic()
+    if _depth == 0:
+        _marks["n_fork0"] = _counts()
 
 
 def _in_child():
@@ -343,6 +458,8 @@ def _noting(fn, before=None, after=None, total=None):
             t1 = time.monotonic()
             if after:
                 _marks[after] = t1
+                if _depth == 0:
+                    _marks["n_" + after] = _counts()
             if total:
                 _marks[total] = _marks.get(total, 0.0) + (t1 - t0)
     return wrapper
@@ -363,14 +480,22 @@ def pytest_configure(config):
     _wrap(container.Container, "remove", total="remove_total")
 
 
+_last_finish = []  # pytest's counts at the last test's end
+
+
 def pytest_runtest_logstart(nodeid, location):
     _marks.clear()
     _marks["test"] = os.urandom(6).hex()
     _marks["start"] = time.monotonic()
+    _marks["n_start"] = _counts()
+    if _last_finish:  # pytest's own work between the last test's end and this one's start
+        _marks["n_between"] = [a - b for a, b in zip(_marks["n_start"], _last_finish)]
 
 
 def pytest_runtest_logfinish(nodeid, location):
     _marks["finish"] = time.monotonic()
+    _marks["n_finish"] = _counts()
+    _last_finish[:] = _marks["n_finish"]
     _marks["rss0"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     _write("%s-0.json" % _marks["test"], json.dumps(_marks).encode())
 
@@ -401,14 +526,18 @@ COUNTERS = [
 ]
 
 
-def trace_session(args, project: str, envs: dict, tmp: str, name: str, cprofile: str | None) -> tuple[float, str]:
+PATH_COUNTERS = [("CPU, ms", 1, 1e3), ("minor page faults", 0, 1)]
+
+
+def trace_session(args, project: str, envs: dict, tmp: str, name: str, cprofile: str | None,
+                  mode: str = "hermetic") -> tuple[float, str]:
     """One hermetic session with TRACE loaded; returns (wall s, trace dir)."""
     folder = f"{tmp}/{name}"
     os.makedirs(folder)
     if not os.path.exists(f"{tmp}/compat/{TRACE}.py"):
         with open(f"{tmp}/compat/{TRACE}.py", "w") as f:
             f.write(TRACE_SOURCE)
-    env = {**with_path(envs["hermetic"], f"{tmp}/compat"), "TRACE_DIR": folder,
+    env = {**with_path(envs[mode], f"{tmp}/compat"), "TRACE_DIR": folder,
            "TRACE_PROFILE": "1" if cprofile else "0"}
     python = (sys.executable, "-m", "cProfile", "-o", cprofile) if cprofile else (sys.executable,)
     return run_session("hermetic", project, args.tests, env, python, ("-p", TRACE)), folder
@@ -451,22 +580,43 @@ def timeline(folder: str) -> dict[str, dict[str, float]]:
         values = [t.get(key, 0) * scale for t in tests.values() if key in t or key == "remove_total"]
         if values:
             result[label] = {**spread(values), "tests": len(values)}
+    # pytest's own work, split where the test's path runs through it: from
+    # its reports home to the next fork (the path: the test's end, pytest's
+    # logging, the next test's start and its container up to the fork),
+    # and from the fork (the fork itself included) to the reports home
+    # (beside the child; off the path while there is a core for each).  CPU of its main thread and minor
+    # faults, which load moves far less than wall time.
+    whole = [t for t in tests.values() if all(k in t for k in ("n_start", "n_fork0", "n_drained", "n_finish", "n_between"))]
+    for label, index, scale in PATH_COUNTERS:
+        on = [(t["n_fork0"][index] - t["n_start"][index] + t["n_finish"][index] - t["n_drained"][index]
+               + t["n_between"][index]) * scale for t in whole]
+        off = [(t["n_drained"][index] - t["n_fork0"][index]) * scale for t in whole]
+        if on:
+            result[f"pytest on the test's path (reports home -> next fork): {label}"] = {**spread(on), "tests": len(on)}
+            result[f"pytest beside the child (fork, included, -> reports home): {label}"] = {**spread(off),
+                                                                                            "tests": len(off)}
     return result
 
 
 def profile(args, project: str, envs: dict, tmp: str) -> dict:
     """Where a hermetic test's time goes: a timeline, then profiles."""
     n = args.tests
-    if not args.rounds:
-        run_session("hermetic", project, n, envs["hermetic"])  # warm-up: bytecode cache
-    elapsed, folder = trace_session(args, project, envs, tmp, "trace", None)
-    phases = timeline(folder)
-    print(f"\ntimeline of one hermetic test, ms (a session with time marks only, {elapsed:.2f} s wall, {n} tests)")
-    print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  phase")
-    for label, v in phases.items():
-        if label == COUNTERS[0][0]:
-            print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  counter, per test")
-        print(f"{v['median']:>8.1f}{v['p10']:>8.1f}{v['p90']:>8.1f}{v['mean']:>8.1f}  {label}")
+    # With --against: the other tree's timeline too, the two sessions taking turns.
+    traced = ["hermetic", "hermetic-base"] * 2 if "hermetic-base" in envs else ["hermetic"]
+    phases: dict = {}
+    for i, mode in enumerate(traced):
+        if not args.rounds and i < 2:
+            run_session(mode, project, n, envs[mode])  # warm-up: bytecode cache
+        elapsed, folder = trace_session(args, project, envs, tmp, f"trace-{i}", None, mode)
+        found = timeline(folder)
+        phases.setdefault(mode, found)
+        print(f"\ntimeline of one hermetic test ({mode}), ms (a session with time marks only, {elapsed:.2f} s wall, "
+              f"{n} tests)")
+        print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  phase")
+        for label, v in found.items():
+            if label == COUNTERS[0][0]:
+                print(f"{'median':>8}{'p10':>8}{'p90':>8}{'mean':>8}  counter, per test")
+            print(f"{v['median']:>8.2f}{v['p10']:>8.2f}{v['p90']:>8.2f}{v['mean']:>8.2f}  {label}")
 
     out = os.path.abspath(args.profile)
     elapsed, folder = trace_session(args, project, envs, tmp, "cprofile", out)
@@ -530,10 +680,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="/var/tmp" if os.path.isdir("/var/tmp") else None,
                         help="where the temporary project goes (default /var/tmp: a project under /tmp "
                              "costs hermetic one more bind mount per test, as /tmp is fresh in a container)")
+    parser.add_argument("--deselected", type=int, default=0, metavar="K",
+                        help="K more tests in the project, collected and deselected in every session: a large "
+                             "pytest process (issue #16: the cost that grows with it)")
+    parser.add_argument("--counts", action="store_true",
+                        help="also count, per test, minor page faults and CPU time of the pytest process and of "
+                             "its children (getrusage from collection's end to the session's), in every mode")
     parser.add_argument("--against", metavar="TREE",
                         help="also run hermetic from this checkout (first on PYTHONPATH) as mode "
                              "`hermetic-base`, interleaved: an A/B of two trees in whole sessions")
     args = parser.parse_args(argv)
+    DESELECTED[0] = max(args.deselected, 0)
     if args.against:
         MODES["hermetic-base"] = MODES["hermetic"]
     if args.tests < 1:
@@ -560,12 +717,17 @@ def main(argv: list[str] | None = None) -> int:
         make_project(f"{tmp}/tests", args.tests, args.shape)
         make_project(f"{tmp}/empty", 0)
         project = {args.tests: f"{tmp}/tests", 0: f"{tmp}/empty"}
+        if args.counts:
+            COUNTS_DIR.append(f"{tmp}/counts")
+            os.makedirs(COUNTS_DIR[0])
         try:
             if args.rounds:
                 for mode in MODES:  # warm-up: bytecode caches, page cache
                     run_session(mode, project[args.tests], args.tests, envs[mode])
                     run_session(mode, project[0], 0, envs[mode])
                 CPU_S.clear()  # the measured rounds' only
+                for name in os.listdir(COUNTS_DIR[0]) if COUNTS_DIR else ():
+                    os.unlink(os.path.join(COUNTS_DIR[0], name))
             rng = random.Random(args.seed)
             order = list(samples)
             for _ in range(args.rounds):
@@ -576,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
                 rounds += 1
                 print(f"round {rounds}/{args.rounds}: " + ", ".join(
                     f"{m} {samples[m, args.tests][-1]:.2f}s" for m in MODES), file=sys.stderr)
+            counts = read_counts(args.tests) if COUNTS_DIR else {}
+            COUNTS_DIR.clear()  # (not the profile's sessions)
             if args.profile:
                 phases = profile(args, project[args.tests], envs, tmp)
         except RuntimeError as exc:
@@ -591,14 +755,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at end: {load_end}")
     summary = summarize(samples, args.tests)
     print_report(args, info, f"{load_start} at start, {load_end} at end", summary, rounds)
+    if counts:
+        summary["counts_per_test"] = counts
+        print_counts(counts, args.markdown)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                        "machine": info, "load": {"start": load_start, "rounds": loads, "end": load_end},
-                       "tests": args.tests, "shape": args.shape, "rounds": rounds, "modes": MODES, "summary": summary,
+                       "tests": args.tests, "shape": args.shape, "deselected": DESELECTED[0], "rounds": rounds, "modes": MODES, "summary": summary,
                        "samples_s": {f"{m} x{n}": s for (m, n), s in samples.items()},
                        "cpu_s": {f"{m} x{n}": s for (m, n), s in CPU_S.items()},
-                       "hermetic_timeline_ms": phases}, f, indent=1)
+                       "timeline_ms": phases}, f, indent=1)  # by mode (hermetic, hermetic-base)
     return 0
 
 

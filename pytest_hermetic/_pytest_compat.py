@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, TypeVar
+import warnings
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 from _pytest.runner import call_and_report as _call_and_report
 from _pytest.runner import runtestprotocol as _runtestprotocol
-from _pytest.warnings import catch_warnings_for_item as _catch_warnings_for_item
 
 T = TypeVar("T")
 
@@ -49,14 +49,32 @@ def run_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
 
 
 def recording_warnings(item: pytest.Item) -> contextlib.AbstractContextManager[None]:
-    """Record the warnings raised inside as the warnings plugin records a
-    test's (its `filterwarnings` marks applied, `pytest_warning_recorded`
-    called); the plugin itself wraps `pytest_runtest_protocol`, which in a
-    hermetic test ran in the parent.
+    """In a hermetic test's child: record the warnings raised inside as the
+    warnings plugin records a test's (`pytest_warning_recorded` called for
+    each).  The plugin wraps `pytest_runtest_protocol`, which in a hermetic
+    test runs in the parent: its filters for the item (the ini's, -W, the
+    `filterwarnings` marks) are in force at the fork and so in the child,
+    which only has to catch what its own part raises (applying them all
+    again cost the child 0.3 ms per test).  Without the plugin (-p
+    no:warnings) nothing is caught, filtered or recorded, as in place.
 
-    Relies on `_pytest.warnings.catch_warnings_for_item(config, ihook,
-    when, item)`."""
-    return _catch_warnings_for_item(item.config, item.ihook, "runtest", item)
+    Relies on the warnings plugin (registered as "warnings") wrapping
+    `pytest_runtest_protocol` in `catch_warnings_for_item` (pytest 7 to main)."""
+    if not item.config.pluginmanager.has_plugin("warnings"):
+        return contextlib.nullcontext()
+    return _recording_inherited(item)
+
+
+@contextlib.contextmanager
+def _recording_inherited(item: pytest.Item) -> Iterator[None]:
+    with warnings.catch_warnings(record=True) as log:
+        try:
+            yield
+        finally:
+            assert log is not None
+            for message in log:
+                item.ihook.pytest_warning_recorded.call_historic(
+                    kwargs={"warning_message": message, "nodeid": item.nodeid, "when": "runtest", "location": None})
 
 
 def set_up_collectors(item: pytest.Item) -> None:
@@ -75,6 +93,60 @@ def tear_down_towards(item: pytest.Item, nextitem: pytest.Item | Any | None) -> 
     Relies on `Session._setupstate` and `SetupState.teardown_exact(nextitem)`,
     which only calls `nextitem.listchain()`."""
     item.session._setupstate.teardown_exact(nextitem)
+
+
+_RERUN_ITEM_STATE = ("_test_failed_statuses", "_terminal_errors", "_test_xfailed", "_rerun_condition_excinfos",
+                     "_rerun_condition_results")
+
+
+def make_report(item: pytest.Item, call: pytest.CallInfo[Any]) -> pytest.TestReport:
+    """`pytest_runtest_makereport` for a phase run in pytest's process (the
+    teardown of a wider scope after a hermetic test).  pytest-rerunfailures'
+    wrapper of that hook expects the per-item state that the set-up report
+    of its own protocol made, which for a hermetic test was made in the
+    child: given empty here where missing (it raised AttributeError, an
+    internal error of the session, at a module fixture's failed teardown).
+
+    Relies on pytest-rerunfailures (16.x) keeping that state in the item
+    attributes named in `_RERUN_ITEM_STATE`, each a dict."""
+    if item.config.pluginmanager.has_plugin("rerunfailures"):
+        for name in _RERUN_ITEM_STATE:
+            if not hasattr(item, name):
+                setattr(item, name, {})
+    return item.ihook.pytest_runtest_makereport(item=item, call=call)
+
+
+def set_up_already(item: pytest.Item) -> bool:
+    """Whether `set_up_collectors` and `set_up_wide_fixtures` would do
+    nothing for `item`: every collector above it is set up (none failed)
+    and it uses no fixture of a wider scope than function.
+
+    Relies on what those two rely on (`SetupState.stack`, whose values are
+    (finalizers, stored error or None); `item._fixtureinfo`)."""
+    stack = item.session._setupstate.stack
+    if list(stack) != item.listchain()[:-1] or any(error for _, error in stack.values()):
+        return False
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None or not getattr(item, "_request", None):
+        return True
+    for name in item.fixturenames:  # type: ignore[attr-defined]
+        definitions = info.name2fixturedefs.get(name)
+        if definitions and definitions[-1].scope != "function":
+            return False
+    return True
+
+
+def nothing_to_tear_down(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether `tear_down_towards(item, nextitem)` would do nothing:
+    `nextitem` needs every node set up now (the next test of the same
+    module or class).
+
+    Relies on `SetupState.teardown_exact` stopping at once when the stack's
+    nodes begin `nextitem.listchain()`."""
+    if nextitem is None:
+        return False
+    stack = item.session._setupstate.stack
+    return list(stack) == nextitem.listchain()[:len(stack)]
 
 
 def set_up_wide_fixtures(item: pytest.Item) -> None:
@@ -167,13 +239,20 @@ def is_subreport(report: Any) -> bool:
     return type(report).__name__ == "SubtestReport"
 
 
-def keep_only(hook: Any, plugin: object) -> None:
-    """Leave only `plugin`'s implementations of `hook` in this process.
+def implementations(hook: Any, plugin: object) -> list:
+    """`plugin`'s implementations of `hook`, for `keep_only`.  Public API
+    (pluggy's `HookCaller.get_hookimpls()`, `HookImpl.plugin`)."""
+    return [impl for impl in hook.get_hookimpls() if impl.plugin is plugin]
+
+
+def keep_only(hook: Any, impls: list) -> None:
+    """Leave only `impls` (from `implementations`) of `hook` in this process.
 
     Relies on pluggy's `HookCaller._hookimpls`, the list `get_hookimpls()`
     copies; used in the thrown-away child only, so the parent's hooks are
-    untouched."""
-    hook._hookimpls[:] = [impl for impl in hook.get_hookimpls() if impl.plugin is plugin]
+    untouched.  A new list, not the old one filtered: the child then does
+    not touch (and copy) every other plugin's implementation."""
+    hook._hookimpls = list(impls)
 
 
 def call_info(fn: Callable[[], T], when: str) -> pytest.CallInfo[T]:

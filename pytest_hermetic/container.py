@@ -113,6 +113,7 @@ class Container:
         self.cgroup: cgroups.Cgroup | None = None
         self.process: process.ContainerProcess | None = None
         self.tty: int | None = None  # the master of its terminal, started with `tty`
+        self._prepared: process.ProcessConfig | None = None  # made by `prepare()`, for `start()`
         self.result: Result | None = None
         self.started_at: float | None = None
         # Untracked (the plugin's per-test containers): no folder of their
@@ -154,7 +155,8 @@ class Container:
 
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
               stdout: int | None = None, stderr: int | None = None, log: bool = False,
-              tty: bytes | None = None, prepare_next: bool = False) -> "Container":
+              tty: bytes | None = None, prepare_next: bool = False,
+              meanwhile: Callable[[], None] | None = None) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
@@ -165,10 +167,19 @@ class Container:
         caller's to read, write and close).  `prepare_next`: while this one
         builds its root, make the next container's network, IPC and UTS
         namespaces (runtime/spare.py; the pytest plugin, which starts one
-        container after another)."""
+        container after another).  `meanwhile`: the caller's own work, done
+        then too (it must not raise)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
-        image = self.image = self._resolve_and_use()
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and (target is None or log or tty is not None):
+            self.remove()
+            raise ContainerStartError("a prepared container starts a Python callable, without a log or a terminal")
+        if prepared is not None:
+            assert self.image is not None
+            image = self.image
+        else:
+            image = self.image = self._resolve_and_use()
         argv = None
         if target is None:
             argv = command_line(self.spec, image)
@@ -178,16 +189,13 @@ class Container:
                     raise SpecError("--entrypoint '' and no command: nothing to run; give a command")
                 raise SpecError(f"no command given and image {image.familiar} has no default command (Cmd); give one")
         pair = None
-        limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
-                                accounting=self.spec.accounting)
         try:
-            # The owner's pid in the name lets `gc` clear the cgroup of a
-            # killed owner at once (an untracked container has no state file,
-            # a tracked one none yet): made first, so state.json, written
-            # with the folder, names it, and is written once without a network.
-            self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits, default_pids=DEFAULT_PIDS)
-            self._make_state_dir()
-            config = self._process_config(image, argv)
+            if prepared is None:
+                self._make_cgroup()
+                self._make_state_dir()
+                config = self._process_config(image, argv)
+            else:
+                config = prepared
             log_fd = None
             if log:
                 assert self.log_path is not None, "a log needs a state folder (a tracked container)"
@@ -195,6 +203,7 @@ class Container:
                 stdout = stderr = log_fd
             config.stdio = (stdin, stdout, stderr)
             config.make_spare = prepare_next
+            config.meanwhile = meanwhile
             if tty is not None:
                 if target is not None:
                     raise SpecError("a terminal (tty) is for a command, not for a Python callable")
@@ -224,6 +233,36 @@ class Container:
             self.remove()
             raise
         return self
+
+    def prepare(self) -> "Container":
+        """Do now what `start(target=...)` does before it forks: take the
+        image, make the cgroup and the state folder, resolve what the child
+        needs; `start()` then goes straight to the fork.  For a callable
+        without a network to join, log or terminal (the pytest plugin
+        prepares the next test's container while the current test runs);
+        `remove()` undoes it."""
+        if self.process is not None or self._prepared is not None:
+            return self
+        if self.spec.net is not False:
+            raise ContainerStartError("only a container without a network can be prepared")
+        image = self.image = self._resolve_and_use()
+        try:
+            self._make_cgroup()
+            self._make_state_dir()
+            self._prepared = self._process_config(image, None)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def _make_cgroup(self) -> None:
+        # The owner's pid in the name lets `gc` clear the cgroup of a
+        # killed owner at once (an untracked container has no state file,
+        # a tracked one none yet): made first, so state.json, written
+        # with the folder, names it, and is written once without a network.
+        limits = cgroups.Limits(mem=self.spec.mem, cpus=self.spec.cpus, pids=self.spec.pids,
+                                accounting=self.spec.accounting)
+        self.cgroup = cgroups.create(f"{self.short_id}-{os.getpid()}", limits, default_pids=DEFAULT_PIDS)
 
     @property
     def log_path(self) -> str | None:
@@ -525,6 +564,7 @@ class Container:
         """Kill what is left and delete the cgroup and the state folder
         (with `keep_state`, the folder stays: an exited detached container's
         state.json and log, until `hermetic rm` or `gc`)."""
+        self._prepared = None
         if self.process is not None and self.process.exit_status is None:
             self._kill_all()
             self.process.wait()

@@ -91,7 +91,7 @@ def _report_setup_error(item: pytest.Item, nextitem: pytest.Item | None, message
     # Fixtures of wider scopes set up by earlier items go as they would after this one.
     teardown = compat.call_info(lambda: compat.tear_down_towards(item, nextitem), "teardown")
     if teardown.excinfo is not None:
-        report = ihook.pytest_runtest_makereport(item=item, call=teardown)
+        report = compat.make_report(item, teardown)
     else:
         report = pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "teardown", [])
     ihook.pytest_runtest_logreport(report=report)
@@ -110,12 +110,30 @@ def _finish() -> None:
         release_host_bridge()
 
 
+def _hashable(value: Any) -> object:
+    """`value` (marker options) as a key, or None where it holds anything
+    but plain data (then its Spec is built for the item alone)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return (type(value), value)
+    if isinstance(value, (list, tuple)):
+        items = [_hashable(v) for v in value]
+        return None if any(i is None for i in items) else (type(value), tuple(items))
+    if isinstance(value, dict):
+        pairs = [(_hashable(k), _hashable(v)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in pairs):
+            return None
+        return (dict, frozenset(pairs))
+    return None
+
+
 class HermeticRunner:
     """Decides which items run in a container, and with what `Spec`."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.all = config.getoption("hermetic")
+        self._specs: dict[object, Any] = {}  # the Spec of each set of options (see _spec)
+        self._defaults: dict[str, Any] | None = None
         # pytest-rerunfailures, whose protocol loop never runs for a hermetic
         # test (this hook runs first): its reruns are made here (see compat.Reruns).
         self.rerunfailures = config.pluginmanager.get_plugin("rerunfailures")
@@ -129,14 +147,18 @@ class HermeticRunner:
             config.pluginmanager.register(compat.RerunVerdicts(self.rerunfailures), compat.RerunVerdicts.NAME)
 
     def defaults(self) -> dict[str, Any]:
-        config = self.config
-        defaults: dict[str, Any] = {"image": config.getoption("hermetic_image") or config.getini("hermetic_image") or "host"}
-        if config.getini("hermetic_mem"):
-            defaults["mem"] = config.getini("hermetic_mem")
-        if config.getini("hermetic_timeout"):
-            defaults["timeout"] = config.getini("hermetic_timeout")
-        defaults["net"] = str(config.getini("hermetic_net")).strip()  # Spec.build reads true/false/none/NAME
-        return defaults
+        """The options every hermetic test starts from (a new dict: the caller's)."""
+        if self._defaults is None:  # once: asked for every item at collection
+            config = self.config
+            defaults: dict[str, Any] = {"image": config.getoption("hermetic_image") or config.getini("hermetic_image")
+                                        or "host"}
+            if config.getini("hermetic_mem"):
+                defaults["mem"] = config.getini("hermetic_mem")
+            if config.getini("hermetic_timeout"):
+                defaults["timeout"] = config.getini("hermetic_timeout")
+            defaults["net"] = str(config.getini("hermetic_net")).strip()  # Spec.build reads true/false/none/NAME
+            self._defaults = defaults
+        return dict(self._defaults)
 
     def options_for(self, item: pytest.Item) -> dict[str, Any] | None:
         """The container options for `item`, or None to run it in place."""
@@ -161,19 +183,32 @@ class HermeticRunner:
         a bad marker raises `SpecError`, also on every later call."""
         found = item.stash.get(_SPEC_KEY, _UNSET)
         if found is _UNSET:
-            from .spec import Spec
-
             try:
                 options = self.options_for(item)
                 if options is not None and (not isinstance(options["image"], str)
                                             or options["image"].startswith("build:")):
                     self._build_for(item, options)
-                found = None if options is None else Spec.build(options.pop("image"), None, **options)
+                found = None if options is None else self._spec(options)
             except (SpecError, TypeError, ValueError) as exc:  # the last two: a value no check foresaw
                 found = SpecError(f"{item.nodeid}: bad @hermetic marker: {exc}")
             item.stash[_SPEC_KEY] = found
         if isinstance(found, SpecError):
             raise found
+        return found
+
+    def _spec(self, options: dict[str, Any]):  # noqa: ANN202 - Spec, imported lazily
+        """`Spec.build` of `options`, one (frozen) Spec shared by every item
+        with the same options: a Spec per item made a 30,000-item collection
+        ~50 MiB larger, and every fork of pytest (page tables) and every
+        child's exit cost grow with pytest's size."""
+        from .spec import Spec
+
+        key = _hashable(options)
+        found = self._specs.get(key) if key is not None else None
+        if found is None:
+            found = Spec.build(options.pop("image"), None, **options)
+            if key is not None:
+                self._specs[key] = found
         return found
 
     def _build_for(self, item: pytest.Item, options: dict[str, Any]) -> None:
@@ -228,8 +263,26 @@ class HermeticRunner:
         if timeout and spec.timeout is None:
             spec = spec.with_options(timeout=float(timeout))
         reruns = compat.Reruns.for_item(item, self.rerunfailures) if self.rerunfailures is not None else None
-        run_in_container(item, nextitem, spec, reruns)
+        run_in_container(item, nextitem, spec, reruns, self._next_spec(item, nextitem))
         return True
+
+    def _next_spec(self, item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN202 - Spec or None
+        """The next item's spec, for its container to be prepared while
+        `item` runs; None where there is none to prepare (no next item, an
+        image still to build).  pytest-timeout gives the next item its
+        timeout only when it starts: the current item's is taken as the
+        likely one (a prepared container that turns out different is
+        removed, not used)."""
+        if nextitem is None or _BUILD_KEY in nextitem.stash:
+            return None
+        try:
+            spec = self.spec_for(nextitem)
+        except SpecError:
+            return None
+        timeout = item.stash.get(_TIMEOUT_KEY, None)
+        if spec is not None and timeout and spec.timeout is None:
+            spec = spec.with_options(timeout=float(timeout))
+        return spec
 
     def pytest_sessionstart(self) -> None:
         # pytest-rerunfailures' status server (xdist's controller; also

@@ -1,6 +1,8 @@
 """The pytest plugin, through real inner pytest sessions (pytester), plainly
 and under xdist: every outcome arrives as if the test ran in place."""
 
+import time
+
 import pytest
 
 SUITE = r'''
@@ -271,6 +273,35 @@ def test_after():
     assert "hermetic: timeout after 1 s: killed" in result.stdout.str()
 
 
+def test_pytest_timeout_holds_in_prepared_containers(pytester: pytest.Pytester):
+    # Each next test's container is prepared while the current one runs,
+    # with the timeout pytest-timeout gave the current one; a test whose own
+    # differs gets a fresh container with its own.
+    pytester.makepyfile(test_slow='''
+import time, pytest
+
+def test_quick():
+    pass
+
+def test_slow_global():
+    time.sleep(30)
+
+@pytest.mark.timeout(1)
+def test_slow_own():
+    time.sleep(30)
+
+def test_after():
+    pass
+''')
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "hermetic", "--hermetic", "-p", "timeout", "--timeout", "3",
+                                           "-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*test_slow_global*hermetic: timeout after 3 s: killed*",
+                                 "*test_slow_own*hermetic: timeout after 1 s: killed*"])
+    assert time.monotonic() - started < 25
+
+
 def test_coverage_counts_lines_run_inside(pytester: pytest.Pytester):
     pytester.makepyfile(branchy='''
 def f(x):
@@ -397,3 +428,32 @@ def test_not_leaked_into_the_parent():
     monkeypatch.setenv("KEPT_FROM_PYTEST", "yes")
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_items_with_the_same_options_share_one_spec(pytester: pytest.Pytester):
+    # One Spec per set of options, not per item: pytest's size (and so every
+    # fork's cost) grew by ~1.7 KiB per collected item.
+    pytester.makepyfile(test_many='''
+import pytest
+from pytest_hermetic import hermetic
+
+@pytest.mark.parametrize("i", range(3))
+def test_default(i):
+    pass
+
+@hermetic(mem="64M", env={"A": "1"}, volumes=["/etc:/mnt/etc:ro"])
+@pytest.mark.parametrize("i", range(2))
+def test_limited(i):
+    pass
+
+@hermetic(mem="64M", env={"A": "2"}, volumes=["/etc:/mnt/etc:ro"])
+def test_other_env():
+    pass
+''')
+    items, _ = pytester.inline_genitems("-p", "hermetic", "--hermetic", "-p", "no:cacheprovider")
+    runner = items[0].config.pluginmanager.get_plugin("hermetic-runner")
+    specs = [runner.spec_for(item) for item in items]
+    assert specs[0] is specs[1] is specs[2]
+    assert specs[3] is specs[4] and specs[3] is not specs[0]
+    assert specs[5] is not specs[3] and specs[5].env == {"A": "2"} and specs[3].env == {"A": "1"}
+    assert specs[3].mem == 64 << 20

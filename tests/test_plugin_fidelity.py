@@ -304,3 +304,118 @@ def test_runs_the_main_threads_loop(loop, n):
 """)
     for result in (_plain(pytester), _plain(pytester, "--hermetic")):
         result.assert_outcomes(passed=2)
+
+
+_WARNINGS = '''
+import warnings
+import pytest
+
+def test_user_warning():
+    warnings.warn("plain user warning", UserWarning)
+
+def test_deprecation_shown_by_default():
+    warnings.warn("old api", DeprecationWarning)
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_marked_error():
+    warnings.warn("an error by mark", UserWarning)
+
+@pytest.mark.filterwarnings("ignore:quiet")
+def test_marked_ignore():
+    warnings.warn("quiet please", UserWarning)
+
+def test_ini_error():
+    warnings.warn("ini says error", RuntimeWarning)
+
+@pytest.fixture
+def warns_in_setup():
+    warnings.warn("from a fixture", UserWarning)
+
+def test_fixture_warns(warns_in_setup):
+    pass
+'''
+
+
+@pytest.mark.parametrize("args", [(), ("-W", "error::DeprecationWarning"), ("-p", "no:warnings")],
+                         ids=["default", "W-error", "no-warnings-plugin"])
+def test_warnings_are_filtered_and_recorded_as_in_place(pytester: pytest.Pytester, args: tuple[str, ...]):
+    # The child records its warnings under the filters the warnings plugin
+    # applied in the parent (ini, -W, marks): the same outcomes, the same
+    # warnings summary, as in place.
+    pytester.makeini("[pytest]\nfilterwarnings =\n    error::RuntimeWarning\n")
+    result = _run(pytester, _WARNINGS, *args)
+    plain = _plain(pytester, *args)
+    assert result.parseoutcomes() == plain.parseoutcomes()
+    for run in (result, plain):
+        outcomes = run.parseoutcomes()
+        # (without the warnings plugin, no filter applies and nothing is recorded)
+        assert outcomes.get("failed", 0) == (0 if "no:warnings" in args else 3 if "-W" in args else 2)
+        if "no:warnings" not in args:
+            run.stdout.fnmatch_lines(["*warnings summary*", "*plain user warning*", "*from a fixture*"])
+            run.stdout.no_fnmatch_line("*quiet please*")
+            if "-W" not in args:
+                run.stdout.fnmatch_lines(["*DeprecationWarning: old api*"])
+
+
+def test_the_working_folder_a_wider_fixture_chose_holds_inside(pytester: pytest.Pytester):
+    # The next test's container is prepared while the current one runs, and
+    # each spec's bindings are kept: a module fixture that changes the working
+    # folder between two tests must still be seen by the second (workdir, /tmp).
+    pytester.makepyfile(test_a="def test_first():\n    pass\n")
+    result = _run(pytester, '''
+import os, tempfile
+import pytest
+
+@pytest.fixture(scope="module", autouse=True)
+def elsewhere():
+    old = os.getcwd()
+    new = tempfile.mkdtemp(prefix="hermetic-cwd-", dir="/var/tmp")
+    os.chdir(new)
+    yield new
+    os.chdir(old)
+    os.rmdir(new)
+
+def test_cwd(elsewhere):
+    assert os.getcwd() == elsewhere
+
+def test_cwd_again(elsewhere):
+    assert os.getcwd() == elsewhere
+''', "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+
+
+def test_wider_fixtures_output_and_errors_as_in_place(pytester: pytest.Pytester):
+    # Wider scopes are set up and torn down in pytest's process under its
+    # capture; the steps that would do nothing (the next test of the same
+    # module, no wider fixture) are skipped: output and errors still land
+    # on the right test, as in place.
+    pytester.makepyfile(test_b="def test_other_module():\n    pass\n")
+    _run(pytester, '''
+import pytest
+
+@pytest.fixture(scope="module")
+def shared():
+    print("module fixture up")
+    yield 1
+    print("module fixture down")
+    raise RuntimeError("module teardown went wrong")
+
+def test_plain_first():
+    pass
+
+def test_uses(shared):
+    assert shared == 1
+
+def test_plain_between():
+    pass
+
+def test_uses_again(shared):
+    assert shared == 1
+''', "-p", "no:randomly")
+    hermetic = _run(pytester, pytester.path.joinpath("test_inner.py").read_text(), "-p", "no:randomly")
+    plain = _plain(pytester, "-p", "no:randomly")
+    assert hermetic.parseoutcomes() == plain.parseoutcomes() == {"passed": 5, "errors": 1}
+    for run in (hermetic, plain):
+        run.stdout.fnmatch_lines(["*ERROR at teardown of test_uses_again*", "*module teardown went wrong*",
+                                  "*Captured stdout teardown*", "*module fixture down*"])
+        run.stdout.fnmatch_lines(["*_ test_uses _*", "*Captured stdout setup*", "*module fixture up*"])

@@ -73,12 +73,16 @@ def test_the_plugin_as_an_unprivileged_user(test_user):
         "    assert os.getpid() == 2\n"
         "    (tmp_path / 'kept').write_text('x')\n"
         "    open('/etc/rootless-plugin-test', 'w').write('vanishes')\n\n"
+        "@hermetic\n"  # (its container prepared while the one before ran)
+        "def test_inside_again():\n"
+        "    assert os.getpid() == 2\n"
+        "    assert not os.path.exists('/etc/rootless-plugin-test')\n\n"
         "def test_host_untouched():\n"
         "    assert not os.path.exists('/etc/rootless-plugin-test')\n\n"
         "@hermetic(timeout=1)\n"
         "def test_timeout():\n"
         "    time.sleep(30)\n"))
-    assert "1 failed, 2 passed" in ran.stdout, ran.stdout + ran.stderr
+    assert "1 failed, 3 passed" in ran.stdout, ran.stdout + ran.stderr
     assert "hermetic: timeout after 1 s: killed" in ran.stdout
 
 

@@ -16,8 +16,9 @@ The run model (docs/pytest.md has the long form):
    what happened (out of memory, timeout, signal, exit status) with the
    output it captured.
 
-The modules: `parent` (steps 1, 3, 4), `child` (step 2), `wire` (the
-messages between them), `coverage_relay` (coverage measured in the child),
+The modules: `parent` (steps 1, 3, 4), `child` (step 2), `per_test` (each
+test's container around the test: its spec, the next one prepared, earlier
+ones removed), `wire` (the messages between them), `coverage_relay` (coverage measured in the child),
 `loopback_relay` (the parent's listening sockets, reachable in the child),
 `event_loops` (private copies of the parent's epoll instances and socket
 pairs, so a wider fixture's event loop runs in the child).
@@ -26,6 +27,7 @@ in `pytest_hermetic.bindings`; pytest's private API is used only through
 `pytest_hermetic._pytest_compat`.
 """
 
-from .parent import finish_pending, run_in_container
+from .parent import run_in_container
+from .per_test import finish_pending
 
 __all__ = ["finish_pending", "run_in_container"]

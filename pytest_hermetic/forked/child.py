@@ -30,6 +30,8 @@ class Forwarder:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.channel: Channel | None = None  # set in the child only; inert in the parent
+        # (hook, this plugin's implementations of it): what the child keeps, found once in the parent
+        self.kept: list[tuple[Any, list]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.channel is None:
@@ -63,7 +65,10 @@ def install_forwarder(config: pytest.Config) -> Forwarder:
     forwarder = config.pluginmanager.get_plugin(FORWARDER_NAME)
     if forwarder is None:
         forwarder = Forwarder(config)
-        config.pluginmanager.register(forwarder, FORWARDER_NAME)
+        pm = config.pluginmanager
+        pm.register(forwarder, FORWARDER_NAME)
+        forwarder.kept = [(hook, compat.implementations(hook, forwarder))
+                          for hook in (pm.hook.pytest_runtest_logreport, pm.hook.pytest_warning_recorded)]
     return forwarder
 
 
@@ -104,9 +109,8 @@ def child_main(item: pytest.Item, write_fd: int, reply_fd: int, listeners: list 
             channel.send("relay", relayed)
     fixtures.remote = Remote(channel, reply_fd)
     forwarder = install_forwarder(config)
-    pm = config.pluginmanager
-    for hook in (pm.hook.pytest_runtest_logreport, pm.hook.pytest_warning_recorded):
-        compat.keep_only(hook, forwarder)
+    for hook, impls in forwarder.kept:
+        compat.keep_only(hook, impls)
     forwarder.channel = channel
     try:
         # The warnings plugin records around pytest_runtest_protocol, which

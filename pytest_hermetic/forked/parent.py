@@ -21,45 +21,51 @@ from typing import Any, Literal
 import pytest
 
 from .. import _pytest_compat as compat
-from ..bindings import image_for, volumes_for
+from ..bindings import image_for
 from ..container import Container
 from ..errors import HermeticError
-from ..fixtures import Containers, TestNetworks, with_host_tmp
+from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
-from ..runtime import process
 from ..spec import Spec
-from . import coverage_relay, event_loops, loopback_relay
+from . import coverage_relay, event_loops, loopback_relay, per_test
+
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
 
 
 def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-                     reruns: compat.Reruns | None = None) -> None:
+                     reruns: compat.Reruns | None = None, next_spec: Spec | None = None) -> None:
     """pytest's run-test protocol for `item`, its function scope in a
     container made from `spec`; with `reruns` (pytest-rerunfailures), each
-    attempt in a fresh container, logged as that plugin logs them."""
+    attempt in a fresh container, logged as that plugin logs them.
+    `next_spec`: the next test's, whose container is prepared while this
+    test runs (see `per_test.prepare_next`)."""
     ihook = item.ihook
     if reruns is not None:
         if reruns.exhausted():  # an xdist worker that crashed on it used them all
             return
         reruns.next_attempt()
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    setup, setup_sections = compat.under_capture(item.config, "setup",
-                                                 lambda: compat.call_info(lambda: _setup_wide_scopes(item), "setup"))
-    if setup.excinfo is not None:
-        # A collector or a wide fixture failed (or skipped): plain pytest
-        # reports that from the cached error without running the test body.
-        if reruns is not None:
-            reruns.forgo()  # no rerun then (docs/pytest.md)
-        compat.run_protocol(item, nextitem)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-        return
+    # (Each step under pytest's capture costs ~0.1 ms of pytest's time per
+    # test, on the test's path: skipped where it would do nothing.)
+    setup_sections: list[tuple[str, str]] = []
+    if not compat.set_up_already(item):
+        setup, setup_sections = compat.under_capture(
+            item.config, "setup", lambda: compat.call_info(lambda: _setup_wide_scopes(item), "setup"))
+        if setup.excinfo is not None:
+            # A collector or a wide fixture failed (or skipped): plain pytest
+            # reports that from the cached error without running the test body.
+            if reruns is not None:
+                reruns.forgo()  # no rerun then (docs/pytest.md)
+            compat.run_protocol(item, nextitem)
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            return
     while True:
         if reruns is None:
-            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections)
+            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec)
         else:
             with reruns.watching():
-                events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections)
+                events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec)
         if reruns is None:
             break
         reports = [e[1] for e in events if e[0] == "report"] + ([teardown_report] if teardown_report else [])
@@ -77,10 +83,13 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     _log_events(item, events)
     if item.session.shouldfail or item.session.shouldstop:
         nextitem = None
-    teardown, teardown_sections = compat.under_capture(
-        item.config, "teardown", lambda: compat.call_info(lambda: compat.tear_down_towards(item, nextitem), "teardown"))
-    if teardown.excinfo is not None and (teardown_report is None or teardown_report.passed):
-        teardown_report = ihook.pytest_runtest_makereport(item=item, call=teardown)
+    teardown_sections: list[tuple[str, str]] = []
+    if not compat.nothing_to_tear_down(item, nextitem):
+        teardown, teardown_sections = compat.under_capture(
+            item.config, "teardown",
+            lambda: compat.call_info(lambda: compat.tear_down_towards(item, nextitem), "teardown"))
+        if teardown.excinfo is not None and (teardown_report is None or teardown_report.passed):
+            teardown_report = compat.make_report(item, teardown)
     if teardown_report is not None:
         teardown_report.sections.extend(teardown_sections)
         ihook.pytest_runtest_logreport(report=teardown_report)
@@ -92,13 +101,13 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
 
 
 def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-             setup_sections: list) -> tuple[list[tuple], tuple | None, Any]:
+             setup_sections: list, next_spec: Spec | None = None) -> tuple[list[tuple], tuple | None, Any]:
     """Run the item's function scope once in a container: its events (the
     teardown report, logged after the parent's own teardown, taken out),
     the exit or interrupt it asked for, and that teardown report."""
     started = True
     try:
-        events, result = _run_child(item, nextitem, spec)
+        events, result = _run_child(item, nextitem, spec, next_spec)
     except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
         events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
                                                        "failed", f"hermetic: {exc}", "setup", []))], None
@@ -112,7 +121,10 @@ def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     for event in events:
         if event[0] == "report":
             report = event[1]
-            if report.when == "setup" and setup_sections:
+            if setup_sections:
+                # As in place, each later report of the item carries the
+                # output of the phases before it (the "PASSES" summary shows
+                # the call report's): the wider scopes' set-up came first.
                 report.sections[:0] = setup_sections
             if report.when == "teardown" and not compat.is_subreport(report):
                 teardown_report = report
@@ -141,30 +153,16 @@ def _setup_wide_scopes(item: pytest.Item) -> None:
     compat.set_up_wide_fixtures(item)
 
 
-def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> tuple[list[tuple], Any]:
-    finish_pending(block=False)
+def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
+               next_spec: Spec | None = None) -> tuple[list[tuple], Any]:
     install_forwarder(item.config)
     scope = _network_scope(spec)
     try:
-        # What the test needs at its host paths: pytest's basetemp read-write, so
-        # `tmp_path` behaves as without isolation; the test tree and where pytest
-        # runs; in another image the interpreter too.  The image is resolved
-        # once, here, for the bindings and the container.
         store = Store()
-        image = image_for(spec, store)
-        basetemp = compat.basetemp(item.config)
-        volumes = volumes_for(with_host_tmp(spec), code=(str(item.config.rootpath), os.getcwd()),
-                              writable=[basetemp] if basetemp is not None else [], store=store, image=image)
-        # Per-test containers: rw layer in memory, no state folder, no accounting
-        # beyond the limits asked for: each of these is a measurable cost per test.
-        # The host's name unless the marker names one: fixtures of wider scope
-        # record facts such as `socket.gethostname()` in the parent and the
-        # test compares; the UTS namespace still keeps a `sethostname` inside.
-        spec = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
-                                 workdir=spec.workdir or os.getcwd(),  # where pytest runs, as without isolation
-                                 hostname=spec.hostname or os.uname().nodename)
-        container = Container(spec, store=store, image=image,
-                              network=scope.get(spec.net) if isinstance(spec.net, str) else None)
+        image = image_for(spec, store)  # resolved once, here, for the bindings and the container
+        spec = per_test.container_spec(item.config, spec, store, image)
+        container = per_test.take_next(spec) or Container(spec, store=store, image=image,
+                                                  network=scope.get(spec.net) if isinstance(spec.net, str) else None)
     except BaseException:
         if scope is not None:
             scope.close()  # nothing else would: no container took it
@@ -177,23 +175,36 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     deferred = False
+    removal_errors: list[Exception] = []
+
+    def remove_earlier() -> None:
+        try:
+            per_test.finish_pending(block=False)
+        except Exception as exc:  # noqa: BLE001 - raised once this test's container is home
+            removal_errors.append(exc)
+
     try:
         # Frozen objects are never scanned by the child's garbage collector,
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
         try:
+            # While this test's child builds its root, the parent makes the
+            # next test's namespaces and removes earlier tests' containers:
+            # neither is then on a test's path.
             container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops),
-                            prepare_next=True)  # the next test's namespaces, made while this one's child sets up
+                            prepare_next=True, meanwhile=remove_earlier)
         finally:
             gc.unfreeze()
             os.close(write_fd)
             os.close(reply_r)
+        if next_spec is not None:
+            per_test.prepare_next(item.config, next_spec)
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             # Every report is home: the exit of the child (tearing down a
             # large address space and its namespaces) and the clean-up need
             # not hold up the next test.
-            _pending.append(container)
+            per_test.defer_removal(container)
             deferred = True
             result = None
         else:
@@ -207,8 +218,9 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec) -> t
             container.remove()
         if scope is not None:
             scope.close()  # each network goes once its last container is removed
+    if removal_errors:
+        raise removal_errors[0]
     return _decode(item.config, data), result
-
 
 def _network_scope(spec: Spec) -> Any:
     """The test's private networks (None for loopback only): `net="svc"` in
@@ -266,20 +278,6 @@ class _Services:
     def close(self) -> None:
         if self.factory is not None:
             self.factory.close()
-
-
-_pending: list[Container] = []
-
-
-def finish_pending(block: bool = True) -> None:
-    """Remove the containers whose reports are in; with `block`, wait for
-    all of them (end of the session), else only for those already gone."""
-    for container in list(_pending):
-        if block or (container.process is not None and container.process.wait(timeout=0) is not None):
-            _pending.remove(container)
-            container.remove()
-    if block:
-        process.discard_prepared()  # the session's end: no next test
 
 
 def _drain(read_fd: int, container: Container, services: _Services, reply_fd: int) -> tuple[bytes, bool]:

@@ -51,3 +51,6 @@ class ProcessConfig:
     spare: dict[str, int] | None = None
     # The parent makes the *next* container's set while this child builds its root.
     make_spare: bool = False
+    # The caller's own work, done by the parent while this child builds its
+    # root (the plugin removes earlier tests' containers then); it must not raise.
+    meanwhile: Callable[[], None] | None = None

@@ -226,6 +226,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:
         prepare_next()  # while the child builds its root: off the next start's path
+    if config.meanwhile is not None:
+        config.meanwhile()
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)

@@ -1,0 +1,122 @@
+"""The containers of hermetic tests, around the test that runs in one:
+each test's spec worked out once per marker spec, the next test's container
+prepared while the current test runs, and earlier tests' containers removed
+once their reports are home (off every test's path).  `parent` runs the
+test itself."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from .. import _pytest_compat as compat
+from ..bindings import volumes_for
+from ..container import Container
+from ..errors import HermeticError
+from ..fixtures import with_host_tmp
+from ..images.store import Store
+from ..runtime import process
+from ..spec import Spec
+
+# The per-test spec of the last few marker specs (a session under
+# --hermetic has one): the bindings are the same for every test of a spec,
+# image, working folder and basetemp, and working them out (paths, existence
+# checks, sorting) is pytest-process work on every test's path.
+_SPECS_KEPT = 8
+_specs: list[tuple[tuple, Spec]] = []
+
+
+def container_spec(config: pytest.Config, spec: Spec, store: Store, image: Any) -> Spec:
+    """`spec` as a per-test container runs it: what the test needs at its
+    host paths (pytest's basetemp read-write, so `tmp_path` behaves as
+    without isolation; the test tree and where pytest runs; in another
+    image the interpreter too), its rw layer in memory, no state folder, no
+    accounting beyond the limits asked for (each a measurable cost per
+    test), pytest's working folder, and the host's name unless the marker
+    names one (fixtures of wider scope record facts such as
+    `socket.gethostname()` in the parent and the test compares; the UTS
+    namespace still keeps a `sethostname` inside)."""
+    cwd = os.getcwd()  # (a wider fixture may have changed it: part of the key)
+    basetemp = compat.basetemp(config)
+    # Only for `host`: in another image the bindings follow the shared
+    # libraries mapped at the time (an extension a fixture imported later).
+    key = (spec, store.root, cwd, basetemp, str(config.rootpath), os.uname().nodename) if image is None else None
+    for kept_key, kept in _specs:
+        if kept_key == key:
+            return kept
+    volumes = volumes_for(with_host_tmp(spec), code=(str(config.rootpath), cwd),
+                          writable=[basetemp] if basetemp is not None else [], store=store, image=image)
+    made = spec.with_options(volumes=tuple(volumes), ephemeral=True, tracked=False, accounting=False,
+                             workdir=spec.workdir or cwd, hostname=spec.hostname or os.uname().nodename)
+    if key is not None:
+        _specs.insert(0, (key, made))
+        del _specs[_SPECS_KEPT:]
+    return made
+
+
+_next: tuple[int, Spec, Container] | None = None  # (owner pid, its per-test spec, the next test's container)
+
+
+def prepare_next(config: pytest.Config, spec: Spec) -> None:
+    """Prepare the next test's container (`Container.prepare`: its cgroup
+    and what its child needs) now, while this test's child runs and this
+    process would only wait: its start then goes straight to the fork.
+    For the `host` image without a network (the --hermetic default); it is
+    used only if the next test's spec, working folder and basetemp turn
+    out the same (`take_next`), else removed."""
+    global _next
+    discard_next()
+    if spec.image != "host" or spec.net is not False:
+        return
+    store = Store()
+    made = container_spec(config, spec, store, None)
+    try:
+        _next = (os.getpid(), made, Container(made, store=store).prepare())
+    except (HermeticError, OSError):
+        pass  # the next test makes its own, and says what fails
+
+
+def take_next(spec: Spec | None) -> Container | None:
+    """The container `prepare_next` made, if it was made for `spec` (the
+    per-test one); else None, and it is removed."""
+    global _next
+    ready, _next = _next, None
+    if ready is None or ready[0] != os.getpid():
+        return None  # none, or a parent's (a fork's copy is not ours)
+    if ready[1] is spec or ready[1] == spec:
+        return ready[2]
+    ready[2].remove()
+    return None
+
+
+def discard_next() -> None:
+    """Remove the prepared container, if any (the session's end)."""
+    take_next(None)  # (matches no spec)
+
+
+_pending: list[Container] = []
+_pending_owner = os.getpid()
+
+
+def defer_removal(container: Container) -> None:
+    """Remove `container` later (`finish_pending`): its reports are home."""
+    global _pending_owner
+    if _pending_owner != os.getpid():  # a fork's copy (a pytest session inside a test): not ours
+        _pending.clear()
+        _pending_owner = os.getpid()
+    _pending.append(container)
+
+
+def finish_pending(block: bool = True) -> None:
+    """Remove the containers whose reports are in; with `block`, wait for
+    all of them (end of the session), else only for those already gone."""
+    # (A fork's copy of the list holds the parent's containers: not ours.)
+    for container in list(_pending) if _pending_owner == os.getpid() else ():
+        if block or (container.process is not None and container.process.wait(timeout=0) is not None):
+            _pending.remove(container)
+            container.remove()
+    if block:
+        process.discard_prepared()  # the session's end: no next test
+        discard_next()
