@@ -25,6 +25,9 @@ medians over the rounds:
 
 - wall: ((session with N) - (session with 0)) / N, and that minus plain's
   (the per-test overhead) and hermetic / forked of the overheads;
+- CPU over plain: the CPU time per test of pytest and its children (below)
+  minus plain's; hermetic / forked of it (steadier than wall time on a
+  loaded machine);
 - measured in pytest by a conftest hook from the end of collection to
   pytest_unconfigure (after hermetic's last deferred clean-up), per test:
   the pytest process's own CPU time and minor page faults, and those of the
@@ -62,6 +65,7 @@ MODES = {
     "plain": [],
     "forked": forked_compat.ARGS,
     "hermetic": ["-p", "hermetic", "--hermetic"],
+    "hermetic-base": ["-p", "hermetic", "--hermetic"],  # --against TREE: that tree's pytest_hermetic
 }
 PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]
 TESTS_PER_FILE = 50
@@ -178,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="plain,forked,hermetic")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--dir", default="/var/tmp", help="where the temporary projects go (not /tmp: see README)")
+    parser.add_argument("--against", metavar="TREE",
+                        help="add a mode, hermetic-base: --hermetic with TREE (another checkout) first on PYTHONPATH")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m] + (["hermetic-base"] if args.against else [])
     if "plain" not in modes or any(m not in MODES for m in modes):
         raise SystemExit(f"--modes: a comma-separated subset of {', '.join(MODES)}, with plain")
     parents = [(p, *parse_parent(p)) for p in args.parents.split(",") if p]
@@ -197,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"
         forked_compat.install(f"{tmp}/compat")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (f"{tmp}/compat", env.get("PYTHONPATH")) if p)
+        envs = {mode: env for mode in modes}
+        if args.against:
+            envs["hermetic-base"] = {**env, "PYTHONPATH": os.pathsep.join((os.path.abspath(args.against), env["PYTHONPATH"]))}
         projects: dict[str, str] = {}
         for name, _, items in parents:
             projects[name] = f"{tmp}/project-{len(projects)}"
@@ -204,12 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(name, mb, mode, n) for name, mb, _ in parents for mode in modes for n in (args.tests, 0)]
         stats_file = f"{tmp}/stats.json"
         for name, mb, mode, n in jobs:  # warm-up: bytecode and page caches
-            run_session(mode, projects[name], n, mb, env, stats_file)
+            run_session(mode, projects[name], n, mb, envs[mode], stats_file)
         for r in range(args.rounds):
             rng.shuffle(jobs)
             for name, mb, mode, n in jobs:
                 samples.setdefault((name, mode, n), []).append(
-                    run_session(mode, projects[name], n, mb, env, stats_file))
+                    run_session(mode, projects[name], n, mb, envs[mode], stats_file))
             loads.append(loadavg())
             print(f"round {r + 1}/{args.rounds} done, load {loads[-1]}", file=sys.stderr, flush=True)
     summary = summarize(samples, parents, modes, args.tests)
@@ -244,8 +253,16 @@ def summarize(samples: dict, parents: list, modes: list[str], n: int) -> dict:
         for mode in modes:
             rows[mode]["overhead_ms"] = rows[mode]["per_test_ms"] - rows["plain"]["per_test_ms"]
             rows[mode]["window_overhead_ms"] = rows[mode]["window_ms"] - rows["plain"]["window_ms"]
+            # CPU of pytest and its children over plain's: far steadier than wall time under load
+            rows[mode]["cpu_overhead_ms"] = (rows[mode]["cpu_ms"] + rows[mode]["kids_cpu_ms"]
+                                             - rows["plain"]["cpu_ms"] - rows["plain"]["kids_cpu_ms"])
         if "forked" in rows and "hermetic" in rows and rows["forked"]["overhead_ms"] > 0:
             rows["ratio"] = rows["hermetic"]["overhead_ms"] / rows["forked"]["overhead_ms"]
+        if "forked" in rows and "hermetic" in rows and rows["forked"]["cpu_overhead_ms"] > 0:
+            rows["cpu_ratio"] = rows["hermetic"]["cpu_overhead_ms"] / rows["forked"]["cpu_overhead_ms"]
+        if "hermetic-base" in rows and rows["hermetic-base"]["cpu_overhead_ms"] > 0:
+            rows["against"] = {"wall": rows["hermetic"]["window_overhead_ms"] / rows["hermetic-base"]["window_overhead_ms"],
+                               "cpu": rows["hermetic"]["cpu_overhead_ms"] / rows["hermetic-base"]["cpu_overhead_ms"]}
         out[name] = rows
     return out
 
@@ -256,20 +273,24 @@ def report(summary: dict, modes: list[str], args: argparse.Namespace, info: dict
     print(f"{args.rounds} interleaved rounds (+1 warm-up), {args.tests} trivial tests per session; medians; per test "
           "unless said\n")
     head = ("| parent | RSS MiB | VmPTE kB | mode | per test ms (wall) | over plain ms | in-session ms "
-            "| pytest CPU ms | pytest faults | children CPU ms | children faults | full GCs |")
+            "| pytest CPU ms | pytest faults | children CPU ms | children faults | CPU over plain ms | full GCs |")
     print(head)
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for parent, rows in summary.items():
         for mode in modes:
             m = rows[mode]
             print(f"| {parent} | {m['rss_mb']:.0f} | {m['pte_kb']} | {mode} | {m['per_test_ms']:.2f} "
                   f"| {m['overhead_ms']:+.2f} | {m['window_ms']:.2f} | {m['cpu_ms']:.2f} | {m['minflt']:.0f} "
-                  f"| {m['kids_cpu_ms']:.2f} | {m['kids_minflt']:.0f} | {m['gc2']:.0f} |")
+                  f"| {m['kids_cpu_ms']:.2f} | {m['kids_minflt']:.0f} | {m['cpu_overhead_ms']:+.2f} | {m['gc2']:.0f} |")
     print()
     for parent, rows in summary.items():
         if "ratio" in rows:
             print(f"- {parent}: hermetic / forked, per-test overhead {rows['ratio']:.2f} "
-                  f"(forked {rows['forked']['overhead_ms']:+.2f} ms, hermetic {rows['hermetic']['overhead_ms']:+.2f} ms)")
+                  f"(forked {rows['forked']['overhead_ms']:+.2f} ms, hermetic {rows['hermetic']['overhead_ms']:+.2f} ms)"
+                  + (f"; in CPU {rows['cpu_ratio']:.2f}" if "cpu_ratio" in rows else ""))
+        if "against" in rows:
+            print(f"- {parent}: hermetic / hermetic-base (--against), per-test overhead: in session (wall) "
+                  f"{rows['against']['wall']:.3f}, CPU {rows['against']['cpu']:.3f}")
 
 
 if __name__ == "__main__":
