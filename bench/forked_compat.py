@@ -7,7 +7,14 @@ pytest 9.2 keeps a report's node id as a structured `_id` (pytest PR
 forked test then fails with "EXITED with status 3" (ValueError:
 unmarshallable object).  The shim sends the string form instead, as pytest's
 own report serialization does; with a pytest that has no `_id` it changes
-nothing.  `install(folder)` writes it there as the module NAME; a session
+nothing.
+
+Second, its child opens its stdout and stderr files as `sys.stdout` and
+`sys.stderr`, and pytest's capture then puts its own in their place: the
+files are left unclosed, and their ResourceWarning fails every test of a
+suite that makes warnings errors (click: `filterwarnings = error`).  The
+shim keeps them referenced in the child, which ends with `os._exit`, so
+they are never collected unclosed.  `install(folder)` writes it there as the module NAME; a session
 loads it with ARGS.
 """
 
@@ -31,6 +38,23 @@ def serialize_report(rep):
 
 
 pytest_forked.serialize_report = serialize_report
+
+_worker = pytest_forked._worker
+_kept = []
+
+
+def _keeping_open(*args, **kwargs):
+    f = open(*args, **kwargs)
+    _kept.append(f)
+    return f
+
+
+def _worker_keeping_files(*args):
+    pytest_forked.open = _keeping_open  # in the child only: the names _worker looks up first
+    return _worker(*args)
+
+
+pytest_forked._worker = _worker_keeping_files
 '''
 
 

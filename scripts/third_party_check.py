@@ -54,6 +54,7 @@ import json
 import os
 import re
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -134,6 +135,7 @@ class Run:
     label: str
     mode: str = "plain"
     load: str = ""  # the load average (1, 5, 15 min) as it started
+    cpu: float = 0.0  # CPU seconds (user+sys) of pytest and the processes it waited for: steadier than wall under load
     returncode: int | None = None
     seconds: float = 0.0
     cases: dict[str, Case] = field(default_factory=dict)
@@ -181,9 +183,10 @@ class Result:
     def identical(self) -> bool:
         return self.complete and not self.differences
 
-    def seconds(self, mode: str) -> float | None:
-        """The median whole-session time of a mode's runs (those with a report)."""
-        times = [run.seconds for run in self.runs.get(mode, []) if not run.problem]
+    def seconds(self, mode: str, what: str = "seconds") -> float | None:
+        """The median whole-session time (`what`="cpu": CPU time) of a mode's
+        runs (those with a report)."""
+        times = [getattr(run, what) for run in self.runs.get(mode, []) if not run.problem]
         return statistics.median(times) if times else None
 
     def overhead_ms(self, mode: str) -> float | None:
@@ -304,7 +307,7 @@ def run_suite(label: str, venv: Path, src: Path, work: Path, pytest_args: list[s
     cmd = [str(venv / "bin" / "python"), "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-rA",
            f"--junitxml={junit}", *flags, *pytest_args]
     log(f"  $ (cd {src} && {' '.join(cmd)})")
-    start = time.monotonic()
+    start, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(run.log, "w") as out:
         try:
             proc = subprocess.run(cmd, cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
@@ -312,6 +315,8 @@ def run_suite(label: str, venv: Path, src: Path, work: Path, pytest_args: list[s
         except subprocess.TimeoutExpired:
             run.problem = f"timed out after {timeout:.0f}s"
     run.seconds = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # pytest and every process it waited for
+    run.cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if junit.exists():
         try:
             run.cases = read_junit(junit)
@@ -324,7 +329,7 @@ def run_suite(label: str, venv: Path, src: Path, work: Path, pytest_args: list[s
         run.problem = f"pytest exited {run.returncode}"
     summary = run.log.read_text(errors="replace").strip().splitlines()[-1:] if run.log.exists() else []
     run.summary = read_summary(summary[0]) if summary else {}
-    log(f"    {label}: exit {run.returncode}, {run.seconds:.1f}s (load {run.load}), {len(run.cases)} tests"
+    log(f"    {label}: exit {run.returncode}, {run.seconds:.1f}s ({run.cpu:.1f}s CPU, load {run.load}), {len(run.cases)} tests"
         + (f" ({summary[0].strip('= ')})" if summary else "") + (f"  PROBLEM: {run.problem}" if run.problem else ""))
     if run.problem and run.log.exists():
         log("    last lines of its output:")
@@ -445,8 +450,8 @@ def fmt_counts(run: Run | None) -> str:
 
 def report_project(result: Result, opts: argparse.Namespace) -> None:
     for run in (*result.runs.get("plain", []), *result.compared):
-        log(f"  {run.label:>10}: {len(run.cases)} tests: {fmt_counts(run)}; {run.seconds:.1f}s, exit {run.returncode}, "
-            f"load {run.load}")
+        log(f"  {run.label:>10}: {len(run.cases)} tests: {fmt_counts(run)}; {run.seconds:.1f}s ({run.cpu:.1f}s CPU), "
+            f"exit {run.returncode}, load {run.load}")
     log("  " + times_line(result))
     for note in result.notes:
         log(f"  note: {note}")
@@ -475,8 +480,9 @@ def times_line(result: Result) -> str:
             continue
         spread = f" ({min(r.seconds for r in runs):.1f}-{max(r.seconds for r in runs):.1f})" if len(runs) > 1 else ""
         over = result.overhead_ms(mode)
-        parts.append(f"{mode} {t:.1f}s{spread}" + (f" {over:+.1f} ms/test" if mode != "plain" and over is not None else ""))
-    line = "median session: " + ", ".join(parts)
+        parts.append(f"{mode} {t:.1f}s{spread}" + (f" {over:+.1f} ms/test" if mode != "plain" and over is not None else "")
+                     + f" [{result.seconds(mode, 'cpu'):.1f}s CPU]")
+    line = "median session (wall, [CPU]): " + ", ".join(parts)
     f, h = result.seconds("forked"), result.seconds("hermetic")
     if f and h:
         line += f"; hermetic / forked {h / f:.2f}"
@@ -568,26 +574,29 @@ def main(argv: list[str] | None = None) -> int:
 
     log("\n=== summary")
     others = [m for m in opts.modes if m != "plain"]
+    both = {"forked", "hermetic"} <= set(opts.modes)
     header = ("project", "tests", "plain", *others, *(f"t {m}" for m in opts.modes),
-              *(["hermetic / forked"] if {"forked", "hermetic"} <= set(opts.modes) else []), "load")
+              *(["hermetic / forked", "CPU h / f"] if both else []), "load")
     rows = [header]
     for r in results:
         n = max([len(run.cases) for runs in r.runs.values() for run in runs] or [0])
         times = {m: r.seconds(m) for m in opts.modes}
         h, f = times.get("hermetic"), times.get("forked")
+        hc, fc = r.seconds("hermetic", "cpu"), r.seconds("forked", "cpu")
         rows.append((r.spec, str(n), fmt_counts(r.plain), *(verdict(r, m) for m in others),
                      *("-" if t is None else f"{t:.1f}s" for t in times.values()),
-                     *([f"{h / f:.2f}" if h and f else "-"] if {"forked", "hermetic"} <= set(opts.modes) else []),
+                     *([f"{h / f:.2f}" if h and f else "-", f"{hc / fc:.2f}" if hc and fc else "-"] if both else []),
                      load_range(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    log(f"(times: medians of {opts.rounds} round(s), whole sessions; load: the 1-minute load average as runs started)")
+    log(f"(times: medians of {opts.rounds} round(s), whole sessions; CPU h / f: of their CPU time (pytest and the "
+        "processes it waited for); load: the 1-minute load average as runs started)")
     if opts.json:
         with open(opts.json, "w") as out:
             json.dump([{"spec": r.spec, "problem": r.problem, "identical": r.identical,
                         "differences": [d[:3] for d in r.differences], "flaky": [d[:3] for d in r.flaky],
-                        "runs": {mode: [{"label": run.label, "seconds": run.seconds, "load": run.load,
+                        "runs": {mode: [{"label": run.label, "seconds": run.seconds, "cpu": run.cpu, "load": run.load,
                                          "returncode": run.returncode, "problem": run.problem, "tests": len(run.cases),
                                          "counts": dict(run.counts())} for run in runs] for mode, runs in r.runs.items()}}
                        for r in results], out, indent=1)
