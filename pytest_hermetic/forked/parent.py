@@ -28,7 +28,7 @@ from ..fixtures import Containers, TestNetworks, with_host_tmp
 from ..images.store import Store
 from ..runtime import process
 from ..spec import Spec
-from . import coverage_relay, event_loops, loopback_relay
+from . import coverage_relay, event_loops, huge_pages, loopback_relay
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
 
@@ -39,6 +39,7 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     container made from `spec`; with `reruns` (pytest-rerunfailures), each
     attempt in a fresh container, logged as that plugin logs them."""
     ihook = item.ihook
+    huge_pages.collapse_once(len(item.session.items))  # a big pytest forks cheaper (huge_pages.py)
     if reruns is not None:
         if reruns.exhausted():  # an xdist worker that crashed on it used them all
             return
