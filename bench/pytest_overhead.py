@@ -23,7 +23,7 @@ subtracted first (start-up excluded), the p10-p90 of the per-round overhead
 Sessions run with PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 (only the plugin a mode
 names is loaded), a bytecode cache private to the run, and one warm-up
 session per mode.  pytest-forked gets a small compatibility shim for pytest
-9.2 (see FORKED_COMPAT).
+9.2 (bench/forked_compat.py).
 
 `--profile FILE` then shows where a hermetic test's time goes: one hermetic
 session with time marks (a timeline of one test: pytest before the fork, the
@@ -54,33 +54,12 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 
+import forked_compat  # bench/forked_compat.py: the pytest 9.2 shim
 from machine import describe, loadavg  # bench/machine.py
-
-# pytest 9.2 keeps a report's node id as a structured `_id` (pytest PR
-# #14758), which pytest-forked <= 1.7.5 hands to `marshal` as it is: every
-# forked test then fails with "EXITED with status 3" (ValueError:
-# unmarshallable object).  This shim, loaded only in the forked mode, sends
-# the string form instead, as pytest's own report serialization does.
-FORKED_COMPAT = "hermetic_bench_forked_compat"
-FORKED_COMPAT_SOURCE = '''\
-import pytest_forked
-
-_serialize_report = pytest_forked.serialize_report
-
-
-def serialize_report(rep):
-    d = _serialize_report(rep)
-    if "_id" in d:
-        d["nodeid"] = str(d.pop("_id"))
-    return d
-
-
-pytest_forked.serialize_report = serialize_report
-'''
 
 MODES = {
     "plain": [],
-    "forked": ["-p", "pytest_forked", "-p", FORKED_COMPAT, "--forked"],
+    "forked": forked_compat.ARGS,
     "hermetic": ["-p", "hermetic", "--hermetic"],
 }
 PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]  # after the interpreter
@@ -163,9 +142,7 @@ def session_envs(tmp: str) -> dict[str, dict[str, str]]:
            if k not in ("PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"  # warm after the warm-up, as an installed package
-    os.makedirs(f"{tmp}/compat")
-    with open(f"{tmp}/compat/{FORKED_COMPAT}.py", "w") as f:
-        f.write(FORKED_COMPAT_SOURCE)
+    forked_compat.install(f"{tmp}/compat")
     with open(f"{tmp}/compat/{COUNTS}.py", "w") as f:
         f.write(COUNTS_SOURCE)
     envs = {mode: env for mode in MODES}

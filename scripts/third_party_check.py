@@ -1,36 +1,45 @@
 #!/usr/bin/env python3
-"""Run third-party projects' own test suites with and without --hermetic and
-compare the per-test outcomes.
+"""Run third-party projects' own test suites plainly, under pytest-forked and
+with --hermetic; compare the per-test outcomes and the whole-session times.
 
     .venv/bin/python scripts/third_party_check.py more-itertools==11.2.1 toolz==1.2.0 six==1.17.0
+    .venv/bin/python scripts/third_party_check.py jinja2==3.1.6 --rounds 3 --modes plain,forked,hermetic
 
-(those three when no project is named).  For each PROJECT==VERSION:
+(the first three when no project is named).  For each PROJECT==VERSION:
 
 1. `pip download --no-deps --no-binary :all:` its sdist into a temp dir and
    unpack it;
 2. create a venv from the base interpreter of this repo's .venv (no system
    site-packages) and install into it the unpacked project (`pip install .`),
    pytest, pytest-timeout (unless --test-timeout 0; pytest-xdist with
-   --xdist), what the tests need (the built-in table below, or --deps), and
-   this repo
+   --xdist), pytest-forked 1.7.5 when the forked mode runs (with
+   bench/forked_compat.py, its shim for pytest 9.2, beside the packages),
+   what the tests need (the built-in table below, or --deps), and this repo
    (`pip install -e REPO --config-settings editable_mode=compat`);
-3. run the project's suite twice from the unpacked tree,
+3. run the project's suite from the unpacked tree,
    `python -m pytest -p hermetic -p no:cacheprovider -q -rA --junitxml=FILE`,
-   once plainly (the plugin loaded, no `--hermetic`) and once with
-   `--hermetic`, both with `--timeout=300` so a hanging test fails alone;
-   with --hermetic-xdist N a third time, `--hermetic -n N` (pytest-xdist
-   installed), compared with the plain run as well;
-   with --plain-runs N the plain run is repeated to tell flaky tests;
-4. read the junit XML files into {test id: outcome} and compare; also the
-   subtest counts of pytest's summary line, which junit XML does not list.
+   in each mode of --modes (default all three): `plain` (the plugin loaded,
+   no `--hermetic`), `forked` (`--forked`: pytest-forked, one fork per test)
+   and `hermetic` (`--hermetic`), all with `--timeout=300` so a hanging test
+   fails alone; with --hermetic-xdist N also `hermetic-nN`
+   (`--hermetic -n N`, pytest-xdist installed).  --rounds N runs every mode
+   N times, each round in a freshly shuffled order, so load that comes and
+   goes on a shared machine meets every mode alike; times are medians;
+   the plain runs beyond the first (and --plain-runs) tell flaky tests;
+4. read the junit XML files into {test id: outcome} and compare every other
+   mode's runs with the first plain run; also the subtest counts of pytest's
+   summary line, which junit XML does not list.
 
-It prints per project the outcome counts of both runs, their wall times and
-every test whose outcome differs (with the hermetic run's failure message),
-then a table of all projects.  Exit status 0 only if every project's two
-runs have identical outcomes (and both produced a report); 1 otherwise; 2
-when a project could not be downloaded, installed or run.
+It prints per project the outcome counts of every run with its wall time
+and the load average as it started, the median session time per mode, the
+per-test overhead over plain ((median - plain's median) / tests) and
+hermetic / forked, and every test whose outcome differs (with that run's
+failure message); then a table of all projects.  Exit status 0 only if
+every mode's runs have the plain run's outcomes (and all produced a
+report); 1 otherwise; 2 when a project could not be downloaded, installed
+or run.
 
-Both runs get the same PYTHONHASHSEED (0 unless --hashseed says otherwise),
+All runs get the same PYTHONHASHSEED (0 unless --hashseed says otherwise),
 so a test that depends on set or dict-of-str ordering cannot differ between
 them by chance; PYTHONPATH, PYTEST_ADDOPTS, PYTEST_PLUGINS and VIRTUAL_ENV
 are removed from their environment.  Temp dirs are removed at the end
@@ -41,9 +50,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
+import random
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -55,6 +68,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO / "bench"))
+import forked_compat  # noqa: E402 - bench/forked_compat.py: pytest-forked's shim for pytest 9.2
+from machine import loadavg  # noqa: E402 - bench/machine.py
+
+# The modes a suite runs in (--modes), their options after the common ones.
+# pytest-forked is loaded by its entry point (installed when its mode runs),
+# its shim with -p.  --hermetic-xdist N adds `hermetic-nN`.
+MODES: dict[str, tuple[str, ...]] = {
+    "plain": (),
+    "forked": ("-p", forked_compat.NAME, "--forked"),
+    "hermetic": ("--hermetic",),
+}
 
 # What each known project's tests need beyond pytest and the project itself,
 # which paths to run (relative to the unpacked sdist; empty: the project's own
@@ -108,6 +133,9 @@ class Case:
 @dataclass
 class Run:
     label: str
+    mode: str = "plain"
+    load: str = ""  # the load average (1, 5, 15 min) as it started
+    cpu: float = 0.0  # CPU seconds (user+sys) of pytest and the processes it waited for: steadier than wall under load
     returncode: int | None = None
     seconds: float = 0.0
     cases: dict[str, Case] = field(default_factory=dict)
@@ -122,25 +150,50 @@ class Run:
 @dataclass
 class Result:
     spec: str
-    plain: Run | None = None
-    hermetic: Run | None = None
-    hermetic_xdist: Run | None = None  # --hermetic-xdist N
-    more_plain: list[Run] = field(default_factory=list)  # --plain-runs > 1
+    modes: list[str] = field(default_factory=list)  # what was to run: plain first
+    runs: dict[str, list[Run]] = field(default_factory=dict)  # mode -> its runs, in the order they ran
     differences: list[tuple[str, str, str, str]] = field(default_factory=list)  # id, plain, "run: outcome", message
     notes: list[str] = field(default_factory=list)  # same outcome, different skip/xfail reason
     flaky: list[tuple[str, str, str, str]] = field(default_factory=list)  # differs, but so do the plain runs
     problem: str = ""
 
     @property
-    def identical(self) -> bool:
-        return (not self.problem and self.plain is not None and self.hermetic is not None
-                and not self.plain.problem and not self.hermetic.problem and not self.differences
-                and not any(run.problem for run in [*self.more_plain, *self.compared[1:]]))
+    def plain(self) -> Run | None:
+        """The reference run: the first plain one."""
+        runs = self.runs.get("plain")
+        return runs[0] if runs else None
+
+    @property
+    def more_plain(self) -> list[Run]:
+        """The other plain runs (--rounds, --plain-runs): they tell flaky tests."""
+        return self.runs.get("plain", [])[1:]
 
     @property
     def compared(self) -> list[Run]:
-        """The runs compared with the plain one."""
-        return [run for run in (self.hermetic, self.hermetic_xdist) if run is not None]
+        """The runs compared with the plain one: every other mode's, every round's."""
+        return [run for mode in self.modes if mode != "plain" for run in self.runs.get(mode, [])]
+
+    @property
+    def complete(self) -> bool:
+        """Every mode ran, and every run produced a report."""
+        return (not self.problem and all(self.runs.get(mode) for mode in self.modes)
+                and not any(run.problem for runs in self.runs.values() for run in runs))
+
+    @property
+    def identical(self) -> bool:
+        return self.complete and not self.differences
+
+    def seconds(self, mode: str, what: str = "seconds") -> float | None:
+        """The median whole-session time (`what`="cpu": CPU time) of a mode's
+        runs (those with a report)."""
+        times = [getattr(run, what) for run in self.runs.get(mode, []) if not run.problem]
+        return statistics.median(times) if times else None
+
+    def overhead_ms(self, mode: str) -> float | None:
+        """(median session of `mode` - median plain session) per test, ms."""
+        t, plain = self.seconds(mode), self.seconds("plain")
+        n = len(self.plain.cases) if self.plain else 0
+        return None if t is None or plain is None or not n else (t - plain) / n * 1e3
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -247,14 +300,14 @@ def read_summary(line: str) -> dict[str, int]:
 
 
 def run_suite(label: str, venv: Path, src: Path, work: Path, pytest_args: list[str], env: dict[str, str],
-              timeout: float, flags: tuple[str, ...] = ()) -> Run:
-    run = Run(label)
+              timeout: float, flags: tuple[str, ...] = (), mode: str = "plain") -> Run:
+    run = Run(label, mode, loadavg())
     junit = work / f"junit-{label}.xml"
     run.log = work / f"pytest-{label}.log"
     cmd = [str(venv / "bin" / "python"), "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-rA",
            f"--junitxml={junit}", *flags, *pytest_args]
     log(f"  $ (cd {src} && {' '.join(cmd)})")
-    start = time.monotonic()
+    start, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(run.log, "w") as out:
         try:
             proc = subprocess.run(cmd, cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
@@ -262,6 +315,8 @@ def run_suite(label: str, venv: Path, src: Path, work: Path, pytest_args: list[s
         except subprocess.TimeoutExpired:
             run.problem = f"timed out after {timeout:.0f}s"
     run.seconds = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # pytest and every process it waited for
+    run.cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if junit.exists():
         try:
             run.cases = read_junit(junit)
@@ -274,7 +329,7 @@ def run_suite(label: str, venv: Path, src: Path, work: Path, pytest_args: list[s
         run.problem = f"pytest exited {run.returncode}"
     summary = run.log.read_text(errors="replace").strip().splitlines()[-1:] if run.log.exists() else []
     run.summary = read_summary(summary[0]) if summary else {}
-    log(f"    {label}: exit {run.returncode}, {run.seconds:.1f}s, {len(run.cases)} tests"
+    log(f"    {label}: exit {run.returncode}, {run.seconds:.1f}s ({run.cpu:.1f}s CPU, load {run.load}), {len(run.cases)} tests"
         + (f" ({summary[0].strip('= ')})" if summary else "") + (f"  PROBLEM: {run.problem}" if run.problem else ""))
     if run.problem and run.log.exists():
         log("    last lines of its output:")
@@ -309,13 +364,19 @@ def check_project(spec: str, opts: argparse.Namespace, base: str, tmp: Path) -> 
         env = clean_env(venv, opts.hashseed)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
         wanted = [opts.pytest, *(["pytest-xdist"] if opts.xdist or opts.hermetic_xdist else []),
+                  *([opts.pytest_forked] if "forked" in opts.modes else []),
                   *(["pytest-timeout"] if opts.test_timeout else []), *deps]
         sh([*pip, str(src), *wanted], env=env, timeout=opts.install_timeout)
         sh([*pip, "-e", str(REPO), "--config-settings", "editable_mode=compat"], env=env, timeout=opts.install_timeout)
+        if "forked" in opts.modes:  # the shim, beside the packages: every mode's sys.path alike
+            forked_compat.install(subprocess.run([str(venv / "bin" / "python"), "-c",
+                                                  "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                                 env=env, text=True, capture_output=True, check=True).stdout.strip())
         versions = subprocess.run([str(venv / "bin" / "python"), "-c",
                                    "import importlib.metadata as m, sys; print(sys.version.split()[0], "
                                    "*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))", "pytest",
-                                   "pytest-hermetic", spec.split("==", 1)[0]],
+                                   "pytest-hermetic", spec.split("==", 1)[0],
+                                   *(["pytest-forked"] if "forked" in opts.modes else [])],
                                   env=env, text=True, capture_output=True).stdout.strip()
         log(f"  venv: Python {versions}")
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
@@ -324,13 +385,19 @@ def check_project(spec: str, opts: argparse.Namespace, base: str, tmp: Path) -> 
         return result
     pytest_args = [*(["-n", str(opts.xdist)] if opts.xdist else []),
                    *([f"--timeout={opts.test_timeout:g}"] if opts.test_timeout else []), *extra, *paths]
-    result.plain = run_suite("plain", venv, src, work, pytest_args, env, opts.run_timeout)
-    result.hermetic = run_suite("hermetic", venv, src, work, pytest_args, env, opts.run_timeout, ("--hermetic",))
-    if opts.hermetic_xdist:
-        result.hermetic_xdist = run_suite(f"hermetic-n{opts.hermetic_xdist}", venv, src, work, pytest_args, env,
-                                          opts.run_timeout, ("--hermetic", "-n", str(opts.hermetic_xdist)))
-    for n in range(2, opts.plain_runs + 1):
-        result.more_plain.append(run_suite(f"plain-{n}", venv, src, work, pytest_args, env, opts.run_timeout))
+    # Every round runs each mode once, in a freshly shuffled order: load that
+    # comes and goes meets every mode alike.  Extra plain runs (--plain-runs)
+    # come at the end.
+    result.modes = list(opts.modes)
+    order = random.Random(f"{opts.seed}:{spec}")
+    rounds = [order.sample(opts.modes, len(opts.modes)) for _ in range(opts.rounds)]
+    rounds += [["plain"]] * max(0, opts.plain_runs - opts.rounds)
+    for modes in rounds:
+        for mode in modes:
+            runs = result.runs.setdefault(mode, [])
+            label = mode if not runs else f"{mode}#{len(runs) + 1}"
+            runs.append(run_suite(label, venv, src, work, pytest_args, env, opts.run_timeout,
+                                  opts.mode_flags[mode], mode))
     for run in result.compared:
         compare(result, run)
     report_project(result, opts)
@@ -350,21 +417,25 @@ def compare(result: Result, other: Run) -> None:
             if not message and test_id in plain:
                 message = "(plain run's message) " + plain[test_id].message
             shown = "/".join(dict.fromkeys([a, *others]))
+            if any(d[0] == test_id and d[2] == f"{other.mode}: {b}" for d in [*result.differences, *result.flaky]):
+                continue  # the same difference in an earlier round of this mode
             # The plain runs disagree among themselves: the test is flaky here,
             # and a hermetic outcome one of them also had is no difference.
             (result.flaky if len(set([a, *others])) > 1 and b in [a, *others] else result.differences
-             ).append((test_id, shown, f"{other.label}: {b}", message if a != b else ""))
+             ).append((test_id, shown, f"{other.mode}: {b}", message if a != b else ""))
         elif a in ("skipped", "xfailed") and plain[test_id].message != herm[test_id].message:
-            result.notes.append(f"{test_id}: {a} in both, but for another reason: plain "
-                                f"{plain[test_id].message.splitlines()[0]!r}, {other.label} "
-                                f"{herm[test_id].message.splitlines()[0]!r}")
+            note = (f"{test_id}: {a} in both, but for another reason: plain "
+                    f"{plain[test_id].message.splitlines()[0]!r}, {other.mode} "
+                    f"{herm[test_id].message.splitlines()[0]!r}")
+            if note not in result.notes:
+                result.notes.append(note)
     if result.plain.summary != other.summary and not result.plain.problem and not other.problem:
         # Only the counts junit XML cannot show per test (subtests) count here;
         # per-test differences are listed already.
         subtests = {k: v for k, v in result.plain.summary.items() if "subtest" in k}
         subtests_h = {k: v for k, v in other.summary.items() if "subtest" in k}
         if subtests != subtests_h:
-            result.differences.append(("(subtests, pytest's summary line)", str(subtests), f"{other.label}: {subtests_h}",
+            result.differences.append(("(subtests, pytest's summary line)", str(subtests), f"{other.mode}: {subtests_h}",
                                        f"see the -rA summary in the {other.label} run's output (--keep)"))
 
 
@@ -378,9 +449,10 @@ def fmt_counts(run: Run | None) -> str:
 
 
 def report_project(result: Result, opts: argparse.Namespace) -> None:
-    for run in (result.plain, *result.more_plain, *result.compared):
-        if run is not None:
-            log(f"  {run.label:>8}: {len(run.cases)} tests: {fmt_counts(run)}; {run.seconds:.1f}s, exit {run.returncode}")
+    for run in (*result.runs.get("plain", []), *result.compared):
+        log(f"  {run.label:>10}: {len(run.cases)} tests: {fmt_counts(run)}; {run.seconds:.1f}s ({run.cpu:.1f}s CPU), "
+            f"exit {run.returncode}, load {run.load}")
+    log("  " + times_line(result))
     for note in result.notes:
         log(f"  note: {note}")
     for test_id, a, b, _ in result.flaky:
@@ -395,6 +467,29 @@ def report_project(result: Result, opts: argparse.Namespace) -> None:
         shown = lines if opts.full_messages or len(lines) <= 25 else lines[:5] + ["..."] + lines[-18:]
         for line in shown:
             log("      | " + line)
+
+
+def times_line(result: Result) -> str:
+    """Median whole-session times, per-test overheads over plain and hermetic
+    / forked (of the sessions, and of the overheads), in one line."""
+    parts = []
+    for mode in result.modes:
+        t, runs = result.seconds(mode), [run for run in result.runs.get(mode, []) if not run.problem]
+        if t is None:
+            parts.append(f"{mode} -")
+            continue
+        spread = f" ({min(r.seconds for r in runs):.1f}-{max(r.seconds for r in runs):.1f})" if len(runs) > 1 else ""
+        over = result.overhead_ms(mode)
+        parts.append(f"{mode} {t:.1f}s{spread}" + (f" {over:+.1f} ms/test" if mode != "plain" and over is not None else "")
+                     + f" [{result.seconds(mode, 'cpu'):.1f}s CPU]")
+    line = "median session (wall, [CPU]): " + ", ".join(parts)
+    f, h = result.seconds("forked"), result.seconds("hermetic")
+    if f and h:
+        line += f"; hermetic / forked {h / f:.2f}"
+        fo, ho = result.overhead_ms("forked"), result.overhead_ms("hermetic")
+        if fo and ho is not None and fo > 0:
+            line += f" (overheads {ho / fo:.2f})"
+    return line
 
 
 def parse_per_project(values: list[str], what: str) -> dict[str, list[str]]:
@@ -426,9 +521,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--issue-13", action="store_true",
                         help=f"the suites of issue 13 ({' '.join(ISSUE_13)}) with --hermetic-xdist 2")
     parser.add_argument("--python", help="interpreter to make the venvs from (default: the base of REPO/.venv)")
+    parser.add_argument("--modes", default="plain,forked,hermetic",
+                        help="comma-separated modes to run, plain always among them: plain, forked (pytest-forked, "
+                             "installed, with bench/forked_compat.py), hermetic (default: all three)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="run every mode N times, in a freshly shuffled order per round; times are medians")
+    parser.add_argument("--seed", default="0", help="seed of the rounds' order (with the project's name)")
+    parser.add_argument("--pytest-forked", default="pytest-forked==1.7.5", metavar="REQ",
+                        help="the pytest-forked to install for the forked mode (default: pytest-forked==1.7.5)")
     parser.add_argument("--plain-runs", type=int, default=1, metavar="N",
-                        help="run the plain suite N times; a test whose plain outcomes differ is reported as flaky, "
-                             "and a hermetic outcome that one of them had does not count as a difference")
+                        help="run the plain suite at least N times (with --rounds, its runs count); a test whose "
+                             "plain outcomes differ is reported as flaky, and an outcome another mode shares with "
+                             "one of them does not count as a difference")
+    parser.add_argument("--json", metavar="FILE", help="write every run's time, load, exit and counts there")
     parser.add_argument("--test-timeout", type=float, default=300, metavar="S",
                         help="install pytest-timeout and run both with --timeout=S, so a hanging test fails "
                              "instead of stalling the run (0: neither; default 300)")
@@ -442,6 +547,15 @@ def main(argv: list[str] | None = None) -> int:
         opts.specs = [*opts.specs, *ISSUE_13]
         opts.hermetic_xdist = opts.hermetic_xdist or 2
     opts.specs = opts.specs or DEFAULT_SPECS
+    opts.modes = list(dict.fromkeys(m for m in opts.modes.split(",") if m))
+    unknown = [m for m in opts.modes if m not in MODES]
+    if unknown or "plain" not in opts.modes or opts.rounds < 1:
+        parser.error(f"--modes: a comma-separated list of {', '.join(MODES)} with plain among them; got {unknown or opts.modes}"
+                     if unknown or "plain" not in opts.modes else "--rounds: at least 1")
+    opts.mode_flags = dict(MODES)
+    if opts.hermetic_xdist:
+        opts.modes.append(f"hermetic-n{opts.hermetic_xdist}")
+        opts.mode_flags[opts.modes[-1]] = ("--hermetic", "-n", str(opts.hermetic_xdist))
     opts.deps = parse_per_project(opts.deps, "deps")
     opts.paths = parse_per_project(opts.paths, "paths")
     opts.args = parse_per_project(opts.args, "args")
@@ -459,26 +573,54 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     log("\n=== summary")
-    xdist = f"hermetic -n {opts.hermetic_xdist}"
-    header = ("project", "tests", "plain", "hermetic", *([xdist] if opts.hermetic_xdist else []),
-              "t plain", "t hermetic", *([f"t {xdist}"] if opts.hermetic_xdist else []), "verdict")
+    others = [m for m in opts.modes if m != "plain"]
+    both = {"forked", "hermetic"} <= set(opts.modes)
+    header = ("project", "tests", "plain", *others, *(f"t {m}" for m in opts.modes),
+              *(["hermetic / forked", "CPU h / f"] if both else []), "load")
     rows = [header]
     for r in results:
-        n = max(len(r.plain.cases) if r.plain else 0, len(r.hermetic.cases) if r.hermetic else 0)
-        problems = [run.problem for run in (r.plain, *r.compared) if run is not None and run.problem]
-        verdict = ("identical" + (f" ({len(r.flaky)} flaky)" if r.flaky else "") if r.identical else f"{len(r.differences)} differ" if r.differences
-                   else "ERROR: " + (r.problem or (problems[0] if problems else "?")))
-        runs = [r.hermetic, *([r.hermetic_xdist] if opts.hermetic_xdist else [])]
-        rows.append((r.spec, str(n), fmt_counts(r.plain), *(fmt_counts(run) for run in runs),
-                     f"{r.plain.seconds:.1f}s" if r.plain else "-", *(f"{run.seconds:.1f}s" if run else "-" for run in runs),
-                     verdict.splitlines()[0]))
+        n = max([len(run.cases) for runs in r.runs.values() for run in runs] or [0])
+        times = {m: r.seconds(m) for m in opts.modes}
+        h, f = times.get("hermetic"), times.get("forked")
+        hc, fc = r.seconds("hermetic", "cpu"), r.seconds("forked", "cpu")
+        rows.append((r.spec, str(n), fmt_counts(r.plain), *(verdict(r, m) for m in others),
+                     *("-" if t is None else f"{t:.1f}s" for t in times.values()),
+                     *([f"{h / f:.2f}" if h and f else "-", f"{hc / fc:.2f}" if hc and fc else "-"] if both else []),
+                     load_range(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    if any(r.problem or not r.plain or not r.hermetic or r.plain.problem
-           or any(run.problem for run in [*r.more_plain, *r.compared]) for r in results):
+    log(f"(times: medians of {opts.rounds} round(s), whole sessions; CPU h / f: of their CPU time (pytest and the "
+        "processes it waited for); load: the 1-minute load average as runs started)")
+    if opts.json:
+        with open(opts.json, "w") as out:
+            json.dump([{"spec": r.spec, "problem": r.problem, "identical": r.identical,
+                        "differences": [d[:3] for d in r.differences], "flaky": [d[:3] for d in r.flaky],
+                        "runs": {mode: [{"label": run.label, "seconds": run.seconds, "cpu": run.cpu, "load": run.load,
+                                         "returncode": run.returncode, "problem": run.problem, "tests": len(run.cases),
+                                         "counts": dict(run.counts())} for run in runs] for mode, runs in r.runs.items()}}
+                       for r in results], out, indent=1)
+    if any(not r.complete for r in results):
         return 2
     return 0 if all(r.identical for r in results) else 1
+
+
+def verdict(result: Result, mode: str) -> str:
+    """A mode's outcomes against the plain run's, in a few words."""
+    runs = result.runs.get(mode, [])
+    problems = [run.problem for run in [*result.runs.get("plain", []), *runs] if run.problem]
+    if result.problem or not runs or problems:
+        return "ERROR: " + (result.problem or (problems[0] if problems else "did not run")).splitlines()[0]
+    differ = [d for d in result.differences if d[2].startswith(f"{mode}: ")]
+    if differ:
+        return f"{len(differ)} differ"
+    flaky = [d for d in result.flaky if d[2].startswith(f"{mode}: ")]
+    return "identical" + (f" ({len(flaky)} flaky)" if flaky else "")
+
+
+def load_range(result: Result) -> str:
+    loads = [float(run.load.split()[0]) for runs in result.runs.values() for run in runs if run.load]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ..errors import HermeticError
 from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
 from ..spec import Spec
-from . import coverage_relay, event_loops, loopback_relay, per_test
+from . import coverage_relay, event_loops, huge_pages, loopback_relay, per_test
 
 from .child import child_main, install_forwarder
 from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
@@ -41,6 +41,7 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     `next_spec`: the next test's, whose container is prepared while this
     test runs (see `per_test.prepare_next`)."""
     ihook = item.ihook
+    huge_pages.collapse_once(len(item.session.items))  # a big pytest forks cheaper (huge_pages.py)
     if reruns is not None:
         if reruns.exhausted():  # an xdist worker that crashed on it used them all
             return
