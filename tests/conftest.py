@@ -15,6 +15,7 @@ import os
 import pwd
 import subprocess
 import sys
+from typing import Any
 from dataclasses import dataclass
 
 import pytest
@@ -82,6 +83,22 @@ def _snapshot() -> dict[str, object]:
     }
 
 
+def _leaks(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What the session left: what is there after and was not before (a count
+    that grew).  Machine-wide things that went away meanwhile (another session's
+    containers ending) are no leak of this one."""
+    leaks = []
+    for key, was in before.items():
+        now = after[key]
+        if isinstance(now, int):
+            grew = now > was
+        else:
+            grew = bool(set(now) - set(was))
+        if grew:
+            leaks.append(f"{key}: before {was!r}, after {now!r}")
+    return leaks
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # One private store and state root for the session (and its children).
     base = os.environ.get("HERMETIC_TEST_BASE") or f"/tmp/hermetic-tests-{os.getpid()}"
@@ -124,7 +141,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     before = session.config._hermetic_before  # type: ignore[attr-defined]
     after = _snapshot()
     for _ in range(50):  # network namespaces die asynchronously in the kernel
-        if after == before:
+        if not _leaks(before, after):
             break
         time.sleep(0.1)
         after = _snapshot()
@@ -132,7 +149,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from pytest_hermetic._fs import rmtree
 
         rmtree(session.config._hermetic_base)  # type: ignore[attr-defined]
-    leaks = [f"{key}: before {before[key]!r}, after {after[key]!r}" for key in before if before[key] != after[key]]
+    leaks = _leaks(before, after)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if leaks:
         if reporter:
