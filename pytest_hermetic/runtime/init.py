@@ -281,10 +281,13 @@ def _forwarder(pid: int):  # noqa: ANN202
 
 def _exec(config: ProcessConfig, err_w: int) -> NoReturn:
     assert config.argv
-    restore_signals()
-    redirect_stdio(config.stdio)
-    if config.close_fds:
-        descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
+    try:
+        restore_signals()
+        redirect_stdio(config.stdio)
+        if config.close_fds:
+            descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
+    except BaseException as exc:  # noqa: BLE001
+        fail(err_w, 125, describe(exc))
     try:
         os.execvpe(config.argv[0], config.argv, config.env)
     except FileNotFoundError:
@@ -293,6 +296,8 @@ def _exec(config: ProcessConfig, err_w: int) -> NoReturn:
         fail(err_w, 126, f"{config.argv[0]}: permission denied (not executable)")
     except OSError as exc:
         fail(err_w, 126, f"{config.argv[0]}: cannot execute: {exc.strerror}")
+    except BaseException as exc:  # noqa: BLE001 - said, never a silent 125 (e.g. an import inside the image's root)
+        fail(err_w, 125, f"{config.argv[0]}: cannot execute: {describe(exc)}")
 
 
 def exec_target(config: ProcessConfig) -> Callable[[], int]:
