@@ -172,7 +172,7 @@ class HelperClient:
             self.start()
         assert self.sock is not None
         request = next(self._ids)
-        protocol.send_json(self.sock, request, {"op": op, **payload})
+        self._send(request, {"op": op, **payload})
         last_heard = time.monotonic()
         pinged = False
         handled = 0
@@ -182,7 +182,7 @@ class HelperClient:
                     handled = interrupts.count
                     if not interruptible or handled > 1:
                         raise KeyboardInterrupt
-                    protocol.send_json(self.sock, request, {"op": "interrupt"})
+                    self._send(request, {"op": "interrupt"})
                 now = time.monotonic()
                 wait_until = last_heard + (PING_AFTER + patience if pinged else PING_AFTER)
                 frames = self._read(max(0.0, wait_until - now), interrupts, handled)
@@ -190,7 +190,7 @@ class HelperClient:
                     if interrupts.count > handled:
                         continue
                     if not pinged:
-                        protocol.send_json(self.sock, next(self._ids), {"op": "ping"})
+                        self._send(next(self._ids), {"op": "ping"})
                         pinged = True
                         continue
                     pid = self.pid
@@ -206,6 +206,15 @@ class HelperClient:
                         return message
                     if on_output is not None:
                         on_output(kind, message)
+
+    def _send(self, request: int, message: dict) -> None:
+        """Send one request; a helper that died meanwhile (its socket closed
+        before it was seen gone) is reported as a death, not a broken pipe."""
+        assert self.sock is not None
+        try:
+            protocol.send_json(self.sock, request, message)
+        except (BrokenPipeError, ConnectionResetError):
+            self._died()
 
     def _read(self, timeout: float, interrupts: _Interrupts | None = None, handled: int = 0) -> list | None:
         """The frames that arrived within `timeout` (None if nothing did, or
