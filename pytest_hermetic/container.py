@@ -40,7 +40,7 @@ from .errors import ContainerNotFound, ContainerStartError, HermeticError, Netwo
 from .images.resolve import resolve_or_pull
 from .images.store import Image, Keep, Store
 from .options import DEFAULT_PIDS
-from .paths import make_private, state_root
+from .paths import make_owned, make_private, state_root
 from .runtime import cgroups, process, seccomp
 from .runtime.namespaces import default_user_namespace
 from .runtime.network import NetworkConfig
@@ -356,7 +356,7 @@ class Container:
         return os.path.join(self.state_dir, "scratch")
 
     def _make_state_dir(self) -> None:
-        make_private(state_root())
+        make_owned(state_root())
         if self.state_dir is None:
             os.makedirs(self._scratch, exist_ok=True)
             return
@@ -675,7 +675,7 @@ def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or N
         from .runtime.capabilities import has_sys_admin
 
         sys_admin = has_sys_admin(caps)  # then no TIOCSTI either (runtime/seccomp.py)
-    return seccomp.default(os.path.join(make_private(state_root()), "cache"), sys_admin)
+    return seccomp.default(os.path.join(make_owned(state_root()), "cache"), sys_admin)
 
 
 def _with_environment(target: Callable[[], int | None], env: dict[str, str]) -> Callable[[], int | None]:

@@ -67,6 +67,28 @@ def make_private(path: str) -> str:
     return path
 
 
+def make_owned(path: str) -> str:
+    """`make_private` for a folder root mounts or keeps state below: it must
+    be a real folder of root's that no one else can change.  The fallback
+    state root (/dev/shm, world-writable) can be made first by any local
+    user, who would then choose, through symlinks, where root mounts layer
+    images or keeps containers' state; such a folder is refused."""
+    if path in _private or os.geteuid() != 0:
+        return make_private(path)
+    os.makedirs(path, 0o700, exist_ok=True)
+    st = os.lstat(path)  # (before make_private's chmod, which would follow a link)
+    import stat as _stat
+
+    if not _stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        from .errors import StoreError
+
+        what = ("a symbolic link" if _stat.S_ISLNK(st.st_mode) else
+                f"owned by uid {st.st_uid}" if st.st_uid != 0 else f"writable by others (mode {st.st_mode & 0o777:o})")
+        raise StoreError(f"the state folder {path} is {what}, not a folder of root's that only root can change: "
+                         "another user may have made it first; remove it (as root) and run again")
+    return make_private(path)
+
+
 _TMPFS_MAGIC = 0x01021994
 
 

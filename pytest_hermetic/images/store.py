@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 from .._fs import flock, lock_file, rmtree
 from .._proc import name_owner, owned_name, owner_alive, owner_key
 from ..errors import HermeticError, ImageInUse, ImageNotFound, StoreError
-from ..paths import make_private, store_root
+from ..paths import make_owned, make_private, store_root
 from . import reference as refs
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -387,7 +387,8 @@ class Store:
 
         folder = self.layer_mounts()
         with self.lock():  # (one process binds; the note and the bind are made once)
-            make_private(os.path.join(system_state_root(), MOUNTS_DIR))
+            make_owned(system_state_root())
+            make_owned(os.path.join(system_state_root(), MOUNTS_DIR))
             os.makedirs(folder, 0o700, exist_ok=True)
             note = os.path.join(folder, STORE_NOTE)
             if not os.path.exists(note):
