@@ -25,7 +25,7 @@ print(huge_pages.anonymous_kb(), before, huge_kb())
 PROBE = r'''
 import ctypes, mmap
 from pytest_hermetic.forked import huge_pages
-area = mmap.mmap(-1, 8 << 20)
+area = mmap.mmap(-1, 8 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # (a heap is private: shared memory is shmem, whose THP is another setting)
 area.write(b"x" * (8 << 20))
 start = (ctypes.addressof(ctypes.c_char.from_buffer(area)) + huge_pages.HUGE - 1) & ~(huge_pages.HUGE - 1)
 libc = ctypes.CDLL(None, use_errno=True)
