@@ -19,6 +19,9 @@ cd "$(dirname "$0")/.."
 # and the plugin's forked tests need the venv inside their containers.
 work=$(mktemp -d /var/tmp/hermetic-wheel-check.XXXXXX)
 cleanup() {
+    # The store goes first, then a gc of it detaches its layer images' mounts (root's default:
+    # EROFS images, mounted below the machine's state folder, not in the store).
+    rm -rf "$work/store"
     HERMETIC_STORE=$work/store HERMETIC_STATE=$work/state "$work/venv/bin/hermetic" gc -q 2>/dev/null || true
     rm -rf "$work"
 }

@@ -28,7 +28,7 @@ def collect(store: Store, *, max_tmp_age: float = 3600.0) -> list[str]:
     """Delete blobs and layers no image and no live container refers to,
     and staging, read-write layers and records whose owner is dead."""
     if not os.path.isdir(store.root):
-        return []
+        return orphan_layer_mounts()  # (a store removed whole: its layer mounts go now)
     store.ensure()
     # Holding the gate, wait for the writers inside to finish (new ones
     # wait at the gate), then sweep with the writers' lock exclusive.

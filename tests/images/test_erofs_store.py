@@ -142,9 +142,11 @@ def test_layer_images_are_mounted_once_for_every_container_and_gc_unmounts_them(
     assert store.unmount_layers() == [] and not os.path.exists(folder)
 
 
-def test_a_mount_folder_gone_mounts_again_and_a_removed_stores_mounts_go_at_gc(pulled):
+@pytest.mark.parametrize("gc_of", ["another store", "the removed store"])
+def test_a_mount_folder_gone_mounts_again_and_a_removed_stores_mounts_go_at_gc(pulled, gc_of):
     """After a reboot (the tmpfs empty) the first container mounts again; the mounts of a store
-    removed without `unmount_layers` are found by their note and detached by any store's gc."""
+    removed without `unmount_layers` are found by their note and detached by any store's gc,
+    also a gc of the removed store itself (a script's clean-up: `rm -rf STORE; hermetic gc`)."""
     from pytest_hermetic._fs import rmtree
 
     ref, _manifest, _layers, stores = pulled
@@ -157,8 +159,7 @@ def test_a_mount_folder_gone_mounts_again_and_a_removed_stores_mounts_go_at_gc(p
     assert result.returncode == 0 and result.stdout == "keep\n", result.stderr
     assert len(erofs_mounts(folder)) == 3
     rmtree(env["HERMETIC_STORE"])  # removed whole, mounts and all (the images stay alive in the mounts)
-    other = stores["dir"]
-    result = run_cli("gc", env=other)
+    result = run_cli("gc", env=stores["dir"] if gc_of == "another store" else env)
     assert result.returncode == 0, result.stderr
     assert erofs_mounts(folder) == [] and not os.path.exists(folder)
     assert f"of the removed store {os.path.realpath(env['HERMETIC_STORE'])}" in result.stdout + result.stderr
