@@ -3,6 +3,7 @@ harmless devices), /sys, cgroup2, and runc's masks over /proc and /sys."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 TYPE_CHECKING = False
@@ -11,7 +12,6 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
 from .. import syscalls as sc
 from ..syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
-from .mounts import write_file
 
 
 HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -30,6 +30,8 @@ MASKED_PATHS = (
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 )
+# Those of them that are folders (the others are files).
+_MASKED_DIRS = frozenset(("/proc/acpi", "/proc/asound", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"))
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 
@@ -44,7 +46,7 @@ def mount_dev(root: str, userns: bool, shm_size: int = 64 << 20) -> None:
     # host's own nodes, bound here, keep their mount's flags and work.
     sc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME, "mode=755,size=65536k")
     for name in HOST_DEVICES:
-        write_file(f"{dev}/{name}")
+        os.mknod(f"{dev}/{name}", stat.S_IFREG | 0o644)  # a mount point (one call: no descriptor to close)
         sc.mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
     os.mkdir(f"{dev}/pts")
     pts_options = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
@@ -73,18 +75,34 @@ def mount_cgroup2(config: RootfsConfig) -> None:
 
 
 def mask_paths(root: str) -> None:
+    # Each mount is tried as the kind its path is on every kernel (a folder
+    # gets an empty tmpfs, a file the host's /dev/null): a path this kernel
+    # lacks fails with ENOENT before anything is mounted, so no stat first
+    # (17 per container).  Any other failure: look, then mount as the
+    # path's actual kind, as before.
     for path in MASKED_PATHS:
         target = root + path
-        try:
-            st = os.lstat(target)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            sc.mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
-        else:
-            sc.mount("/dev/null", target, None, MS_BIND)  # the host's (a volume may cover the container's /dev)
+        directory = path in _MASKED_DIRS
+        failed = sc.try_mount(*_mask(target, directory))
+        if failed and failed != errno.ENOENT:
+            try:
+                st = os.lstat(target)
+            except OSError:
+                continue
+            sc.mount(*_mask(target, stat.S_ISDIR(st.st_mode)))
     for path in READONLY_PATHS:
         target = root + path
-        if os.path.exists(target):
-            sc.mount(target, target, None, MS_BIND | MS_REC)
-            sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        failed = sc.try_mount(target, target, None, MS_BIND | MS_REC)
+        if failed == errno.ENOENT:  # not in this kernel's /proc
+            continue
+        if failed:
+            sc.mount(target, target, None, MS_BIND | MS_REC)  # raises, naming the call
+        sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _mask(target: str, directory: bool) -> tuple:
+    """The mount that masks `target`: an empty read-only tmpfs on a folder,
+    the host's /dev/null on a file (a volume may cover the container's /dev)."""
+    if directory:
+        return "tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0"
+    return "/dev/null", target, None, MS_BIND
