@@ -97,9 +97,13 @@ _setns = _function("setns", ctypes.c_int, ctypes.c_int, ctypes.c_int)
 
 
 def _b(path: str | bytes | None) -> bytes | None:
-    if path is None:
-        return None
+    if path is None or type(path) is bytes:
+        return path
     return os.fsencode(path)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def unshare(flags: int) -> None:
@@ -112,16 +116,19 @@ def setns(fd: int, nstype: int = 0) -> None:
         _check(-1, "setns", _flag_names(nstype))
 
 
-def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
+def mount(source: str | bytes | None, target: str | bytes, fstype: str | bytes | None = None, flags: int = 0,
+          data: str | bytes | None = None) -> None:
+    """mount(2); str or (prepared, cheaper) bytes arguments."""
     if _mount(_b(source), _b(target), _b(fstype), flags, _b(data)) == -1:  # the message only for a failure
-        _check(-1, "mount", f"{fstype or 'bind'} {source or ''} on {target}" + (f" ({data})" if data else ""))
+        what, where, kind, options = _text(source), _text(target), _text(fstype), _text(data)
+        _check(-1, "mount", f"{kind or 'bind'} {what or ''} on {where}" + (f" ({options})" if options else ""))
 
 
-def try_mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> int:
-    """`mount`, but a failure is its errno returned, not raised (0: mounted):
-    for a caller that expects some to fail (a path this kernel lacks) and
-    would pay an exception for each."""
-    if _mount(_b(source), _b(target), _b(fstype), flags, _b(data)) == -1:
+def try_mount(source: bytes | None, fstype: bytes | None, flags: int, data: bytes | None, target: bytes) -> int:
+    """mount(2) of prepared arguments (bytes), the target last; a failure is
+    its errno returned, not raised (0: mounted): for a caller that expects
+    some to fail (a path this kernel lacks) and would pay an exception for each."""
+    if _mount(source, target, fstype, flags, data) == -1:
         return ctypes.get_errno()
     return 0
 

@@ -149,12 +149,13 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         make_read_only(root, [(m.target, True) for m in config.tmpfs] +
                        [(b.target, source_dirs[b.source]) for b in config.binds] +
                        ([(config.workdir, True)] if config.workdir else []))
-    mount_proc(root)
-    mount_dev(root, config.userns, config.shm_size)
-    mount_sys(root, config.privileged)
+    os.chdir(root)  # the kernel's file systems and /tmp are mounted from inside it, by relative paths
+    mount_proc()
+    mount_dev(config.userns, config.shm_size)
+    mount_sys(config.privileged)
     # Read-only too under --read-only (as an image's own /tmp would be), unless a --tmpfs covers it.
     tmp_flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if config.read_only else 0)
-    sc.mount("tmpfs", root + "/tmp", "tmpfs", tmp_flags, "mode=1777")
+    sc.mount(b"tmpfs", b"tmp", b"tmpfs", tmp_flags, b"mode=1777")
     if config.tmpfs:  # those below a volume after it, the others before, so none hides another
         inside = [m for m in config.tmpfs if any(m.target.startswith(b.target.rstrip("/") + "/") for b in config.binds)]
         mount_tmpfs(root, [m for m in config.tmpfs if m not in inside])
@@ -163,7 +164,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     if config.tmpfs and inside:
         mount_tmpfs(root, inside)
     if not config.privileged:
-        mask_paths(root)
+        os.chdir(root)  # (mount_tmpfs and mount_volumes may have changed directory: mount_overlay's links)
+        mask_paths()
     sc.sethostname(hostname)
     _pivot(root)
 

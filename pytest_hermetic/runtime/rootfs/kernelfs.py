@@ -35,35 +35,46 @@ _MASKED_DIRS = frozenset(("/proc/acpi", "/proc/asound", "/proc/scsi", "/sys/firm
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 
-def mount_proc(root: str) -> None:
-    sc.mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+# The mounts below are made from inside the new root (`setup` makes it the
+# current directory), with arguments prepared here, once per process: in the
+# forked child each string built and encoded per call is an allocation, and
+# allocations there copy pages the child shares with its (large) parent.
+_DEV_NODES = tuple((f"/dev/{name}".encode(), f"dev/{name}".encode()) for name in HOST_DEVICES)
+_DEV_LINKS = ((b"/proc/self/fd", b"dev/fd"), (b"/proc/self/fd/0", b"dev/stdin"), (b"/proc/self/fd/1", b"dev/stdout"),
+              (b"/proc/self/fd/2", b"dev/stderr"), (b"/proc/kcore", b"dev/core"))
+_PTS_OPTIONS = b"newinstance,ptmxmode=0666,mode=0620"  # in a user namespace (gid 5 may be unmapped there)
+_PTS_OPTIONS_ROOT = _PTS_OPTIONS + b",gid=5"
 
 
-def mount_dev(root: str, userns: bool, shm_size: int = 64 << 20) -> None:
-    dev = root + "/dev"
+def mount_proc() -> None:
+    """/proc, in the current directory (the new root)."""
+    sc.mount(b"proc", b"proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def mount_dev(userns: bool, shm_size: int = 64 << 20) -> None:
+    """/dev, in the current directory (the new root)."""
     # nodev, as every writable mount of the container: a node made with
     # mknod (CAP_MKNOD is in Docker's default set) opens nothing.  The
     # host's own nodes, bound here, keep their mount's flags and work.
-    sc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME, "mode=755,size=65536k")
-    for name in HOST_DEVICES:
-        os.mknod(f"{dev}/{name}", stat.S_IFREG | 0o644)  # a mount point (one call: no descriptor to close)
-        sc.mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
-    os.mkdir(f"{dev}/pts")
-    pts_options = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
-    sc.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, pts_options)
-    os.symlink("pts/ptmx", f"{dev}/ptmx")
-    os.mkdir(f"{dev}/shm")
-    sc.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
-    os.mkdir(f"{dev}/mqueue")
-    sc.mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")):
-        os.symlink(target, f"{dev}/{name}")
+    sc.mount(b"tmpfs", b"dev", b"tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME, b"mode=755,size=65536k")
+    for host, node in _DEV_NODES:
+        os.mknod(node, stat.S_IFREG | 0o644)  # a mount point (one call: no descriptor to close)
+        sc.mount(host, node, None, MS_BIND)
+    os.mkdir(b"dev/pts")
+    sc.mount(b"devpts", b"dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC, _PTS_OPTIONS if userns else _PTS_OPTIONS_ROOT)
+    os.symlink(b"pts/ptmx", b"dev/ptmx")
+    os.mkdir(b"dev/shm")
+    sc.mount(b"shm", b"dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
+    os.mkdir(b"dev/mqueue")
+    sc.mount(b"mqueue", b"dev/mqueue", b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for target, link in _DEV_LINKS:
+        os.symlink(target, link)
 
 
-def mount_sys(root: str, privileged: bool) -> None:
+def mount_sys(privileged: bool) -> None:
+    """/sys, in the current directory (the new root)."""
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY)
-    sc.mount("sysfs", root + "/sys", "sysfs", flags)
+    sc.mount(b"sysfs", b"sys", b"sysfs", flags)
 
 
 def mount_cgroup2(config: RootfsConfig) -> None:
@@ -74,25 +85,25 @@ def mount_cgroup2(config: RootfsConfig) -> None:
         sc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags)
 
 
-def mask_paths(root: str) -> None:
+def mask_paths() -> None:
+    """runc's masks, in the current directory (the new root)."""
     # Each mount is tried as the kind its path is on every kernel (a folder
     # gets an empty tmpfs, a file the host's /dev/null): a path this kernel
     # lacks fails with ENOENT before anything is mounted, so no stat first
     # (17 per container).  Any other failure: look, then mount as the
     # path's actual kind, as before.
-    for path in MASKED_PATHS:
-        target = root + path
-        directory = path in _MASKED_DIRS
-        failed = sc.try_mount(*_mask(target, directory))
+    for target, directory in _MASKS:
+        source, fstype, flags, data = _MASK_DIR if directory else _MASK_FILE
+        failed = sc.try_mount(source, fstype, flags, data, target)
         if failed and failed != errno.ENOENT:
             try:
                 st = os.lstat(target)
             except OSError:
                 continue
-            sc.mount(*_mask(target, stat.S_ISDIR(st.st_mode)))
-    for path in READONLY_PATHS:
-        target = root + path
-        failed = sc.try_mount(target, target, None, MS_BIND | MS_REC)
+            source, fstype, flags, data = _MASK_DIR if stat.S_ISDIR(st.st_mode) else _MASK_FILE
+            sc.mount(source, target, fstype, flags, data)
+    for target in _READONLY:
+        failed = sc.try_mount(target, None, MS_BIND | MS_REC, None, target)
         if failed == errno.ENOENT:  # not in this kernel's /proc
             continue
         if failed:
@@ -100,9 +111,11 @@ def mask_paths(root: str) -> None:
         sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def _mask(target: str, directory: bool) -> tuple:
-    """The mount that masks `target`: an empty read-only tmpfs on a folder,
-    the host's /dev/null on a file (a volume may cover the container's /dev)."""
-    if directory:
-        return "tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0"
-    return "/dev/null", target, None, MS_BIND
+# The masks' mounts, as (source, fstype, flags, data) before the target: an
+# empty read-only tmpfs on a folder, the host's /dev/null on a file (a volume
+# may cover the container's own /dev).
+_MASK_DIR: tuple[bytes, bytes | None, int, bytes | None] = (
+    b"tmpfs", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=0")
+_MASK_FILE: tuple[bytes, bytes | None, int, bytes | None] = (b"/dev/null", None, MS_BIND, None)
+_MASKS = tuple((path[1:].encode(), path in _MASKED_DIRS) for path in MASKED_PATHS)  # relative to the root
+_READONLY = tuple(path[1:].encode() for path in READONLY_PATHS)
