@@ -138,14 +138,22 @@ def umount2(target: str, flags: int = 0) -> None:
         _check(-1, "umount2", target)
 
 
+# The container's set-up calls only typed functions: in the fork, the first
+# untyped call copies another ~15 pages of ctypes' own (measured: sethostname).
+_sethostname = _function("sethostname", ctypes.c_int, _c_str, ctypes.c_size_t)
+_syscall_2p = _function("syscall", ctypes.c_long, ctypes.c_long, _c_str, _c_str)  # pivot_root, capset
+_syscall_keyctl = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_long)
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
-    number = SYS_PIVOT_ROOT[_MACHINE]
-    _check(_libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old)), "pivot_root", new_root)
+    if _syscall_2p(SYS_PIVOT_ROOT[_MACHINE], _b(new_root), _b(put_old)) == -1:
+        _check(-1, "pivot_root", new_root)
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
+    if _sethostname(raw, len(raw)) == -1:
+        _check(-1, "sethostname", name)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
@@ -183,7 +191,8 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     low, high = 0xFFFFFFFF, 32
     data = struct.pack("=6I", effective & low, permitted & low, inheritable & low,
                        effective >> high & low, permitted >> high & low, inheritable >> high & low)
-    _check(_libc.syscall(ctypes.c_long(_SYS_CAPSET), _CAP_HEADER, data), "capset")
+    if _syscall_2p(_SYS_CAPSET, _CAP_HEADER, data) == -1:
+        _check(-1, "capset")
 
 
 def capget_permitted() -> int:
@@ -199,8 +208,8 @@ def join_new_session_keyring() -> None:
     """A fresh anonymous session keyring for this process (as runc gives
     each container), instead of the caller's."""
     number = _SYS_KEYCTL[_MACHINE]
-    _check(_libc.syscall(ctypes.c_long(number), ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), None), "keyctl",
-           "join a new session keyring")
+    if _syscall_keyctl(number, KEYCTL_JOIN_SESSION_KEYRING, 0) == -1:  # (name: NULL, an anonymous keyring)
+        _check(-1, "keyctl", "join a new session keyring")
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
