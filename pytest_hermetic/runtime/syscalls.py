@@ -212,9 +212,12 @@ def join_new_session_keyring() -> None:
         _check(-1, "keyctl", "join a new session keyring")
 
 
+_syscall_close_range = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint)
+
+
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
-    _check(_libc.syscall(ctypes.c_long(_SYS_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(last),
-                         ctypes.c_uint(flags)), "close_range")
+    if _syscall_close_range(_SYS_CLOSE_RANGE, first, last, flags) == -1:
+        _check(-1, "close_range")
 
 
 def pidfd_getfd(pidfd: int, fd: int) -> int:
