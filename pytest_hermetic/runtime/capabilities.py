@@ -98,6 +98,7 @@ def last_cap() -> int:
     global _last_cap
     if _last_cap is None:
         _last_cap = _read_last_cap()
+        _dropped(_last_cap, default_mask() & ((1 << (_last_cap + 1)) - 1))
     return _last_cap
 
 
@@ -126,14 +127,24 @@ def bound(last: int, keep: int | None = None) -> int:
     else:  # --cap-add ALL: what this process has (an engine run in a container may lack some)
         keep &= permitted()
     keep &= (1 << (last + 1)) - 1  # what this kernel knows
-    for cap in range(last + 1):
-        if not keep & (1 << cap):
-            syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
+    syscalls.capbset_drop(_dropped(last, keep))
     try:
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
     return keep
+
+
+_drops: dict[tuple[int, int], tuple[int, ...]] = {}
+
+
+def _dropped(last: int, keep: int) -> tuple[int, ...]:
+    """The capabilities up to `last` that `keep` lacks, kept per process
+    (the default set's is made by the parent in `last_cap`, before it forks)."""
+    found = _drops.get((last, keep))
+    if found is None:
+        found = _drops[(last, keep)] = tuple(cap for cap in range(last + 1) if not keep & (1 << cap))
+    return found
 
 
 def restrict(keep: int) -> None:

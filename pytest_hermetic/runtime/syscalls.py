@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 
 from ..errors import SyscallError
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_typed = ctypes.CDLL(None, use_errno=True)  # its functions get argument types (_function); _libc's stay untyped
+_MACHINE = os.uname().machine
 
 # clone(2) flags for unshare/setns.
 CLONE_NEWNS = 0x00020000
@@ -74,45 +77,97 @@ def _check(result: int, call: str, detail: str = "") -> int:
     return result
 
 
+def _function(name: str, restype: type, *argtypes: type):  # noqa: ANN202 - a ctypes function pointer
+    """A libc function of its own, its types set once: a container's set-up
+    makes ~60 of these calls, and each wrapper's own conversions (an object
+    per argument, a message built for a call that worked) were most of
+    their cost."""
+    function = _typed[name]  # a new function object (`getattr` would share one per name)
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
+
+
+_c_str = ctypes.c_char_p
+_mount = _function("mount", ctypes.c_int, _c_str, _c_str, _c_str, ctypes.c_ulong, _c_str)
+_umount2 = _function("umount2", ctypes.c_int, _c_str, ctypes.c_int)
+_prctl = _function("prctl", ctypes.c_int, ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_unshare = _function("unshare", ctypes.c_int, ctypes.c_int)
+_setns = _function("setns", ctypes.c_int, ctypes.c_int, ctypes.c_int)
+
+
 def _b(path: str | bytes | None) -> bytes | None:
-    if path is None:
-        return None
+    if path is None or type(path) is bytes:
+        return path
     return os.fsencode(path)
 
 
+def _text(value: str | bytes | None) -> str | None:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare", _flag_names(flags))
+    if _unshare(flags) == -1:
+        _check(-1, "unshare", _flag_names(flags))
 
 
 def setns(fd: int, nstype: int = 0) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns", _flag_names(nstype))
+    if _setns(fd, nstype) == -1:
+        _check(-1, "setns", _flag_names(nstype))
 
 
-def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
-    result = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
-    _check(result, "mount", f"{fstype or 'bind'} {source or ''} on {target}" + (f" ({data})" if data else ""))
+def mount(source: str | bytes | None, target: str | bytes, fstype: str | bytes | None = None, flags: int = 0,
+          data: str | bytes | None = None) -> None:
+    """mount(2); str or (prepared, cheaper) bytes arguments."""
+    if _mount(_b(source), _b(target), _b(fstype), flags, _b(data)) == -1:  # the message only for a failure
+        what, where, kind, options = _text(source), _text(target), _text(fstype), _text(data)
+        _check(-1, "mount", f"{kind or 'bind'} {what or ''} on {where}" + (f" ({options})" if options else ""))
+
+
+def try_mount(source: bytes | None, fstype: bytes | None, flags: int, data: bytes | None, target: bytes) -> int:
+    """mount(2) of prepared arguments (bytes), the target last; a failure is
+    its errno returned, not raised (0: mounted): for a caller that expects
+    some to fail (a path this kernel lacks) and would pay an exception for each."""
+    if _mount(source, target, fstype, flags, data) == -1:
+        return ctypes.get_errno()
+    return 0
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), "umount2", target)
+    if _umount2(_b(target), flags) == -1:
+        _check(-1, "umount2", target)
+
+
+# The container's set-up calls only typed functions: in the fork, the first
+# untyped call copies another ~15 pages of ctypes' own (measured: sethostname).
+_sethostname = _function("sethostname", ctypes.c_int, _c_str, ctypes.c_size_t)
+_syscall_2p = _function("syscall", ctypes.c_long, ctypes.c_long, _c_str, _c_str)  # pivot_root, capset
+_syscall_keyctl = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_long)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    number = SYS_PIVOT_ROOT[os.uname().machine]
-    _check(_libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old)), "pivot_root", new_root)
+    if _syscall_2p(SYS_PIVOT_ROOT[_MACHINE], _b(new_root), _b(put_old)) == -1:
+        _check(-1, "pivot_root", new_root)
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
+    if _sethostname(raw, len(raw)) == -1:
+        _check(-1, "sethostname", name)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(
-        _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)),
-        "prctl",
-        str(option),
-    )
+    result = _prctl(option, arg2, arg3, arg4, arg5)
+    return result if result != -1 else _check(-1, "prctl", str(option))
+
+
+def capbset_drop(caps: tuple[int, ...]) -> None:
+    """Drop each of `caps` from the bounding set (one prctl each: the kernel
+    has no call for several)."""
+    drop = _prctl
+    for cap in caps:
+        if drop(PR_CAPBSET_DROP, cap, 0, 0, 0) == -1:
+            _check(-1, "prctl", f"PR_CAPBSET_DROP {cap}")
 
 
 class _CapHeader(ctypes.Structure):
@@ -126,24 +181,25 @@ class _CapData(ctypes.Structure):
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
+_CAP_HEADER = struct.pack("=Ii", _LINUX_CAPABILITY_VERSION_3, 0)  # struct __user_cap_header_struct
+_SYS_CAPSET = SYS_CAPSET.get(_MACHINE, -1)
+
+
 def capset(effective: int, permitted: int, inheritable: int) -> None:
-    """Set this thread's capability sets (64-bit masks)."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    for i in range(2):
-        shift = 32 * i
-        data[i].effective = (effective >> shift) & 0xFFFFFFFF
-        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
-        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    number = SYS_CAPSET[os.uname().machine]
-    _check(_libc.syscall(ctypes.c_long(number), ctypes.byref(header), data), "capset")
+    """Set this thread's capability sets (64-bit masks).  The kernel only
+    reads both structs: plain bytes, no ctypes objects to build per call."""
+    low, high = 0xFFFFFFFF, 32
+    data = struct.pack("=6I", effective & low, permitted & low, inheritable & low,
+                       effective >> high & low, permitted >> high & low, inheritable >> high & low)
+    if _syscall_2p(_SYS_CAPSET, _CAP_HEADER, data) == -1:
+        _check(-1, "capset")
 
 
 def capget_permitted() -> int:
     """This thread's permitted capability set (a 64-bit mask)."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    number = SYS_CAPSET[os.uname().machine] - 1  # capget is capset's neighbour on every architecture
+    number = SYS_CAPSET[_MACHINE] - 1  # capget is capset's neighbour on every architecture
     _check(_libc.syscall(ctypes.c_long(number), ctypes.byref(header), data), "capget")
     return data[0].permitted | data[1].permitted << 32
 
@@ -151,14 +207,17 @@ def capget_permitted() -> int:
 def join_new_session_keyring() -> None:
     """A fresh anonymous session keyring for this process (as runc gives
     each container), instead of the caller's."""
-    number = _SYS_KEYCTL[os.uname().machine]
-    _check(_libc.syscall(ctypes.c_long(number), ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), None), "keyctl",
-           "join a new session keyring")
+    number = _SYS_KEYCTL[_MACHINE]
+    if _syscall_keyctl(number, KEYCTL_JOIN_SESSION_KEYRING, 0) == -1:  # (name: NULL, an anonymous keyring)
+        _check(-1, "keyctl", "join a new session keyring")
+
+
+_syscall_close_range = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint)
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
-    _check(_libc.syscall(ctypes.c_long(_SYS_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(last),
-                         ctypes.c_uint(flags)), "close_range")
+    if _syscall_close_range(_SYS_CLOSE_RANGE, first, last, flags) == -1:
+        _check(-1, "close_range")
 
 
 def pidfd_getfd(pidfd: int, fd: int) -> int:
@@ -185,28 +244,27 @@ def epoll_add(epoll_fd: int, fd: int, events: int, data: int) -> None:
            "epoll_ctl", f"descriptor {fd}")
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+# openat2 and mount_setattr read a struct the caller gives: packed as bytes,
+# not built as ctypes objects (a container's set-up calls them per volume, in
+# a fork where each first use of a ctypes type touches, and so copies, pages).
+_syscall_openat2 = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, _c_str, _c_str, ctypes.c_size_t)
+_syscall_mount_setattr = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, _c_str, ctypes.c_uint,
+                                   _c_str, ctypes.c_size_t)
 
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    how = _OpenHow(flags, mode, resolve)
-    return _check(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd), _b(path), ctypes.byref(how),
-                                ctypes.c_size_t(ctypes.sizeof(how))), "openat2", path)
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
-                ("userns_fd", ctypes.c_uint64)]
+    how = struct.pack("=QQQ", flags, mode, resolve)  # struct open_how
+    fd = _syscall_openat2(_SYS_OPENAT2, dir_fd, _b(path), how, len(how))
+    return fd if fd != -1 else _check(-1, "openat2", path)
 
 
 def mount_setattr(fd: int, attr_set: int, recursive: bool = True, detail: str = "") -> None:
     """Set mount attributes on the mount `fd` is the root of (and, with
     `recursive`, on every mount below it)."""
-    attr = _MountAttr(attr_set, 0, 0, 0)
+    attr = struct.pack("=QQQQ", attr_set, 0, 0, 0)  # struct mount_attr: set, clear, propagation, userns_fd
     flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-    _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(fd), b"", ctypes.c_uint(flags),
-                         ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr", detail)
+    if _syscall_mount_setattr(_SYS_MOUNT_SETATTR, fd, b"", flags, attr, len(attr)) == -1:
+        _check(-1, "mount_setattr", detail)
 
 
 _NS_NAMES = {

@@ -72,16 +72,18 @@ class RootfsConfig:
     tmpfs: list[TmpfsMount] = factory(list)
 
 
-def write_init_layer(config: "RootfsConfig") -> None:
+def write_init_layer(config: "RootfsConfig", source_dirs: dict[str, bool] | None = None) -> None:
     """Build the init layer on a fresh tmpfs: engine-owned files and the
     mount points of /proc, /dev, /sys, /tmp and of every bind.
 
     It lives on the scratch tmpfs, mounted in the container's namespace,
     because overlayfs refuses a lower layer that sits below another lower
     layer (the `host` image's "/"), and so that nothing the engine needs
-    lands in the read-write layer that `commit` reads.
+    lands in the read-write layer that `commit` reads.  `source_dirs`: which
+    bind sources are folders, if the caller looked already.
     """
-    # Plain os calls: this runs for every container, and file objects cost.
+    # Plain os calls, each folder made once without a look first: this runs
+    # for every container, and file objects and os.makedirs' stats cost.
     path = config.lowers[0]
     os.mkdir(path, 0o755)
     made = {path}
@@ -90,21 +92,34 @@ def write_init_layer(config: "RootfsConfig") -> None:
         made.add(f"{path}/{name}")
     for name, text in config.init_files.items():
         target = f"{path}/{name}"
-        parent = os.path.dirname(target)
-        if parent not in made:
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
+        _make_folders(os.path.dirname(target), made)
         write_file(target, text.encode())
     for mount in config.tmpfs:  # mount points, also in a read-only root
         os.makedirs(os.path.join(path, mount.target.lstrip("/")), exist_ok=True)
     for bind in config.binds:
         stub = os.path.join(path, bind.target.lstrip("/"))
-        if os.path.isdir(bind.source):
-            os.makedirs(stub, exist_ok=True)
+        if source_dirs[bind.source] if source_dirs is not None else os.path.isdir(bind.source):
+            _make_folders(stub, made)
         else:
-            os.makedirs(os.path.dirname(stub), exist_ok=True)
+            _make_folders(os.path.dirname(stub), made)
             if not os.path.lexists(stub):
-                open(stub, "a").close()
+                write_file(stub)
+
+
+def _make_folders(path: str, made: set[str]) -> None:
+    """os.makedirs(path, exist_ok=True), without its stat of every level:
+    `made` holds the folders known to be there (and gets those made)."""
+    if path in made:
+        return
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        _make_folders(os.path.dirname(path), made)
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+    made.add(path)
 
 
 def setup(config: RootfsConfig, hostname: str) -> None:
@@ -118,7 +133,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     for path in (config.merged, config.upper, config.work):
         if path.startswith(config.scratch + "/"):
             os.mkdir(path, 0o755)
-    write_init_layer(config)
+    source_dirs = {bind.source: os.path.isdir(bind.source) for bind in config.binds}  # looked at once
+    write_init_layer(config, source_dirs)
     if config.replay:
         _replay_layers(config)
     root = config.merged
@@ -131,23 +147,25 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         from .tmpfs import make_read_only, mount_tmpfs
     if config.read_only:
         make_read_only(root, [(m.target, True) for m in config.tmpfs] +
-                       [(b.target, os.path.isdir(b.source)) for b in config.binds] +
+                       [(b.target, source_dirs[b.source]) for b in config.binds] +
                        ([(config.workdir, True)] if config.workdir else []))
-    mount_proc(root)
-    mount_dev(root, config.userns, config.shm_size)
-    mount_sys(root, config.privileged)
+    os.chdir(root)  # the kernel's file systems and /tmp are mounted from inside it, by relative paths
+    mount_proc()
+    mount_dev(config.userns, config.shm_size)
+    mount_sys(config.privileged)
     # Read-only too under --read-only (as an image's own /tmp would be), unless a --tmpfs covers it.
     tmp_flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if config.read_only else 0)
-    sc.mount("tmpfs", root + "/tmp", "tmpfs", tmp_flags, "mode=1777")
+    sc.mount(b"tmpfs", b"tmp", b"tmpfs", tmp_flags, b"mode=1777")
     if config.tmpfs:  # those below a volume after it, the others before, so none hides another
         inside = [m for m in config.tmpfs if any(m.target.startswith(b.target.rstrip("/") + "/") for b in config.binds)]
         mount_tmpfs(root, [m for m in config.tmpfs if m not in inside])
     if config.binds:  # after /tmp, so a bind below /tmp is not hidden by it
-        mount_volumes(config, root)
+        mount_volumes(config, root, source_dirs)
     if config.tmpfs and inside:
         mount_tmpfs(root, inside)
     if not config.privileged:
-        mask_paths(root)
+        os.chdir(root)  # (mount_tmpfs and mount_volumes may have changed directory: mount_overlay's links)
+        mask_paths()
     sc.sethostname(hostname)
     _pivot(root)
 

@@ -3,6 +3,7 @@ harmless devices), /sys, cgroup2, and runc's masks over /proc and /sys."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 TYPE_CHECKING = False
@@ -11,7 +12,6 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
 from .. import syscalls as sc
 from ..syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
-from .mounts import write_file
 
 
 HOST_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -30,38 +30,51 @@ MASKED_PATHS = (
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 )
+# Those of them that are folders (the others are files).
+_MASKED_DIRS = frozenset(("/proc/acpi", "/proc/asound", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"))
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 
-def mount_proc(root: str) -> None:
-    sc.mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+# The mounts below are made from inside the new root (`setup` makes it the
+# current directory), with arguments prepared here, once per process: in the
+# forked child each string built and encoded per call is an allocation, and
+# allocations there copy pages the child shares with its (large) parent.
+_DEV_NODES = tuple((f"/dev/{name}".encode(), f"dev/{name}".encode()) for name in HOST_DEVICES)
+_DEV_LINKS = ((b"/proc/self/fd", b"dev/fd"), (b"/proc/self/fd/0", b"dev/stdin"), (b"/proc/self/fd/1", b"dev/stdout"),
+              (b"/proc/self/fd/2", b"dev/stderr"), (b"/proc/kcore", b"dev/core"))
+_PTS_OPTIONS = b"newinstance,ptmxmode=0666,mode=0620"  # in a user namespace (gid 5 may be unmapped there)
+_PTS_OPTIONS_ROOT = _PTS_OPTIONS + b",gid=5"
 
 
-def mount_dev(root: str, userns: bool, shm_size: int = 64 << 20) -> None:
-    dev = root + "/dev"
+def mount_proc() -> None:
+    """/proc, in the current directory (the new root)."""
+    sc.mount(b"proc", b"proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def mount_dev(userns: bool, shm_size: int = 64 << 20) -> None:
+    """/dev, in the current directory (the new root)."""
     # nodev, as every writable mount of the container: a node made with
     # mknod (CAP_MKNOD is in Docker's default set) opens nothing.  The
     # host's own nodes, bound here, keep their mount's flags and work.
-    sc.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME, "mode=755,size=65536k")
-    for name in HOST_DEVICES:
-        write_file(f"{dev}/{name}")
-        sc.mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
-    os.mkdir(f"{dev}/pts")
-    pts_options = "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5")
-    sc.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, pts_options)
-    os.symlink("pts/ptmx", f"{dev}/ptmx")
-    os.mkdir(f"{dev}/shm")
-    sc.mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
-    os.mkdir(f"{dev}/mqueue")
-    sc.mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")):
-        os.symlink(target, f"{dev}/{name}")
+    sc.mount(b"tmpfs", b"dev", b"tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME, b"mode=755,size=65536k")
+    for host, node in _DEV_NODES:
+        os.mknod(node, stat.S_IFREG | 0o644)  # a mount point (one call: no descriptor to close)
+        sc.mount(host, node, None, MS_BIND)
+    os.mkdir(b"dev/pts")
+    sc.mount(b"devpts", b"dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC, _PTS_OPTIONS if userns else _PTS_OPTIONS_ROOT)
+    os.symlink(b"pts/ptmx", b"dev/ptmx")
+    os.mkdir(b"dev/shm")
+    sc.mount(b"shm", b"dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
+    os.mkdir(b"dev/mqueue")
+    sc.mount(b"mqueue", b"dev/mqueue", b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for target, link in _DEV_LINKS:
+        os.symlink(target, link)
 
 
-def mount_sys(root: str, privileged: bool) -> None:
+def mount_sys(privileged: bool) -> None:
+    """/sys, in the current directory (the new root)."""
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY)
-    sc.mount("sysfs", root + "/sys", "sysfs", flags)
+    sc.mount(b"sysfs", b"sys", b"sysfs", flags)
 
 
 def mount_cgroup2(config: RootfsConfig) -> None:
@@ -72,19 +85,37 @@ def mount_cgroup2(config: RootfsConfig) -> None:
         sc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags)
 
 
-def mask_paths(root: str) -> None:
-    for path in MASKED_PATHS:
-        target = root + path
-        try:
-            st = os.lstat(target)
-        except OSError:
+def mask_paths() -> None:
+    """runc's masks, in the current directory (the new root)."""
+    # Each mount is tried as the kind its path is on every kernel (a folder
+    # gets an empty tmpfs, a file the host's /dev/null): a path this kernel
+    # lacks fails with ENOENT before anything is mounted, so no stat first
+    # (17 per container).  Any other failure: look, then mount as the
+    # path's actual kind, as before.
+    for target, directory in _MASKS:
+        source, fstype, flags, data = _MASK_DIR if directory else _MASK_FILE
+        failed = sc.try_mount(source, fstype, flags, data, target)
+        if failed and failed != errno.ENOENT:
+            try:
+                st = os.lstat(target)
+            except OSError:
+                continue
+            source, fstype, flags, data = _MASK_DIR if stat.S_ISDIR(st.st_mode) else _MASK_FILE
+            sc.mount(source, target, fstype, flags, data)
+    for target in _READONLY:
+        failed = sc.try_mount(target, None, MS_BIND | MS_REC, None, target)
+        if failed == errno.ENOENT:  # not in this kernel's /proc
             continue
-        if stat.S_ISDIR(st.st_mode):
-            sc.mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
-        else:
-            sc.mount("/dev/null", target, None, MS_BIND)  # the host's (a volume may cover the container's /dev)
-    for path in READONLY_PATHS:
-        target = root + path
-        if os.path.exists(target):
-            sc.mount(target, target, None, MS_BIND | MS_REC)
-            sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if failed:
+            sc.mount(target, target, None, MS_BIND | MS_REC)  # raises, naming the call
+        sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+# The masks' mounts, as (source, fstype, flags, data) before the target: an
+# empty read-only tmpfs on a folder, the host's /dev/null on a file (a volume
+# may cover the container's own /dev).
+_MASK_DIR: tuple[bytes, bytes | None, int, bytes | None] = (
+    b"tmpfs", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=0")
+_MASK_FILE: tuple[bytes, bytes | None, int, bytes | None] = (b"/dev/null", None, MS_BIND, None)
+_MASKS = tuple((path[1:].encode(), path in _MASKED_DIRS) for path in MASKED_PATHS)  # relative to the root
+_READONLY = tuple(path[1:].encode() for path in READONLY_PATHS)

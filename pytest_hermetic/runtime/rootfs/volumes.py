@@ -17,15 +17,16 @@ from .mounts import bind_mount, set_mount_attrs, write_file
 from .overlay import mount_overlay
 
 
-def mount_volumes(config: RootfsConfig, root: str) -> None:
+def mount_volumes(config: RootfsConfig, root: str, source_dirs: dict[str, bool] | None = None) -> None:
     """Every volume, its target resolved inside the container's root: a
     symlink planted in an earlier volume (or in the image) is followed as
     the container would see it, never out to the host (mounts go onto
-    /proc/self/fd/N of the resolved target, as runc does)."""
+    /proc/self/fd/N of the resolved target, as runc does).  `source_dirs`:
+    which sources are folders, if the caller looked already."""
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for number, bind in enumerate(config.binds):
-            directory = os.path.isdir(bind.source)
+            directory = source_dirs[bind.source] if source_dirs is not None else os.path.isdir(bind.source)
             try:
                 fd = open_in_root(root_fd, bind.target, directory)
             except OSError as exc:
@@ -157,7 +158,8 @@ def _restrict(root_fd: int, bind: Bind, nodev: bool) -> None:
 def _overlay_volume(bind: Bind, target_fd: int, scratch: str, userns: bool, own: tuple[str, ...]) -> None:
     """A host folder seen through an overlay: the container may write to
     it, and its writes vanish with it (as everywhere else in `host`)."""
-    os.makedirs(f"{scratch}/upper")
+    os.mkdir(scratch)  # (its own on the container's scratch tmpfs: volume<N>)
+    os.mkdir(f"{scratch}/upper")
     os.mkdir(f"{scratch}/work")
     try:
         mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", f"/proc/self/fd/{target_fd}", userns,
