@@ -15,7 +15,11 @@ container drops them:
   report pipe).  `seal` keeps regular files, pipes and terminals (they reach
   only themselves) and puts /dev/null in place of everything else: closed
   outright, a number could be reused by a new file that an old object then
-  closes under it.
+  closes under it.  A regular file open read-only still reaches its host
+  file by name: `open("/proc/self/fd/N", "w")` follows the magic link to
+  it, and root in the container has CAP_DAC_OVERRIDE.  So it is reopened
+  on a read-only bind of its own (same file, same offset), or where that
+  cannot be had, replaced by a sealed in-memory copy (see `seal`).
 """
 
 from __future__ import annotations
@@ -87,12 +91,20 @@ def _close(fd: int) -> None:
 
 
 def seal(keep: tuple[int, ...] = ()) -> None:
-    """Replace every inherited fd that reaches beyond itself with /dev/null
-    (see the module's docstring); `keep` are the fds the callable needs."""
+    """Replace every inherited fd that reaches beyond itself with /dev/null,
+    and every read-only regular file with a read-only reopening (see the
+    module's docstring); `keep` are the fds the callable needs.  Called in
+    the container's fresh mount namespace before its pivot_root, while the
+    paths the host's files are open at still name them there."""
     null = None
     try:
         for fd in _open_fds():
-            if fd <= 2 or fd in keep or fd == null or _harmless(fd):
+            if fd <= 2 or fd in keep or fd == null:
+                continue
+            kind = _kind(fd)
+            if kind is _KEEP:
+                continue
+            if kind is not _REPLACE and _reopen_read_only(fd, *kind):
                 continue
             if null is None:
                 null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
@@ -102,21 +114,112 @@ def seal(keep: tuple[int, ...] = ()) -> None:
             os.close(null)
 
 
-def _harmless(fd: int) -> bool:
+_KEEP = ("keep",)
+_REPLACE = ("replace",)
+
+
+def _kind(fd: int) -> tuple:
+    """_KEEP, _REPLACE (with /dev/null), or (path, stat, flags) of a
+    read-only regular file (to reopen read-only).  Only what the walk
+    always asked: a readlink, an F_GETFL and an fstat per fd."""
     try:
         link = os.readlink(f"/proc/self/fd/{fd}")
         if link.startswith("pipe:["):
-            return True
+            return _KEEP
         if not link.startswith("/"):  # sockets, anonymous inodes (pidfd, eventfd, bpf...), namespaces
-            return False
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & _O_PATH:
-            return False
+            return _REPLACE
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & _O_PATH:
+            return _REPLACE
         mode = os.fstat(fd)
     except OSError:  # gone meanwhile
-        return True
-    if stat.S_ISREG(mode.st_mode) or stat.S_ISFIFO(mode.st_mode):
-        return True
+        return _KEEP
+    if stat.S_ISREG(mode.st_mode):
+        # Read-write and write-only files stay as they are: the test may
+        # write them anyway, through the fd, as it would in place.
+        return (link, mode, flags) if flags & os.O_ACCMODE == os.O_RDONLY else _KEEP
+    if stat.S_ISFIFO(mode.st_mode):
+        return _KEEP
     if stat.S_ISCHR(mode.st_mode):
         major, minor = os.major(mode.st_rdev), os.minor(mode.st_rdev)
-        return (major == 1 and minor in _HARMLESS_MEM_MINORS) or major in _TTY_MAJORS
-    return False  # directories, block devices
+        return _KEEP if (major == 1 and minor in _HARMLESS_MEM_MINORS) or major in _TTY_MAJORS else _REPLACE
+    return _REPLACE  # directories, block devices
+
+
+def _reopen_read_only(fd: int, path: str, original: os.stat_result, flags: int) -> bool:
+    """Put on `fd` the same file, at the same offset, opened on a read-only
+    mount of its own (a detached bind: nothing in the container can reach
+    or remount it), so no reopening through /proc/self/fd can write it
+    (EROFS), nor chmod, chown or truncate it.  Where the path no longer
+    names the file (deleted, renamed, not in this mount namespace) or the
+    kernel lacks open_tree/mount_setattr (before 5.12): a sealed in-memory
+    copy, up to COPY_LIMIT bytes.  False: neither (the caller puts
+    /dev/null there)."""
+    try:
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        offset = 0
+    reopened = _on_read_only_mount(path, original, flags)
+    if reopened is None:
+        reopened = _sealed_copy(fd)
+        if reopened is None:
+            return False
+    try:
+        os.lseek(reopened, offset, os.SEEK_SET)
+        os.dup2(reopened, fd, inheritable=os.get_inheritable(fd))
+    except OSError:
+        return False
+    finally:
+        os.close(reopened)
+    return True
+
+
+_READ_ONLY_BIND = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC
+
+
+def _on_read_only_mount(path: str, original: os.stat_result, flags: int) -> int | None:
+    try:
+        tree = sc.open_tree_clone(path)
+    except OSError:
+        return None
+    try:
+        sc.mount_setattr(tree, _READ_ONLY_BIND, recursive=False)
+        reopened = os.open(f"/proc/self/fd/{tree}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | (flags & os.O_NONBLOCK))
+    except OSError:
+        return None
+    finally:
+        os.close(tree)
+    now = os.fstat(reopened)
+    if (now.st_dev, now.st_ino) != (original.st_dev, original.st_ino):  # another file by now at that path
+        os.close(reopened)
+        return None
+    return reopened
+
+
+COPY_LIMIT = 16 << 20  # bytes; a bigger read-only file that cannot be reopened read-only becomes /dev/null
+_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+
+
+def _sealed_copy(fd: int) -> int | None:
+    """A read-only fd on a sealed memfd holding the file's content (read
+    with pread: the original's offset stays), or None if it is too big."""
+    try:
+        copy = os.memfd_create("hermetic-read-only", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:
+        return None
+    try:
+        done = 0
+        while True:
+            chunk = os.pread(fd, min(1 << 20, COPY_LIMIT + 1 - done), done)
+            if not chunk:
+                break
+            done += len(chunk)
+            if done > COPY_LIMIT:
+                return None
+            os.write(copy, chunk)
+        fcntl.fcntl(copy, fcntl.F_ADD_SEALS, _SEALS)
+        return os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(copy)

@@ -53,7 +53,7 @@ def _pid1(config: ProcessConfig, target: Callable[[], int | None] | None, err_w:
           joined: channel.Channel | None, in_namespaces: bool) -> None:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        _enter_container(config, joined, in_namespaces)
+        _enter_container(config, joined, in_namespaces, seal=target is not None)
         _wait_network(config, err_w)
         own_session()
         if config.tty is not None:
@@ -75,11 +75,10 @@ def worker_main(config: ProcessConfig, target: Callable[[], int | None], err_w: 
         try:
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
             placeholder.drop_lifeline()
-            _enter_container(config, joined, in_namespaces=False)
+            _enter_container(config, joined, in_namespaces=False, seal=True)
             own_session()
             _drop_privileges(config)
             seccomp.install(config)
-            descriptors.seal()
         except BaseException as exc:  # noqa: BLE001
             fail(err_w, 125, describe(exc))
         os.close(err_w)  # set-up done: start() returns in the parent
@@ -94,8 +93,10 @@ def wait_attached(joined: channel.Channel | None) -> None:
         raise ContainerStartError(channel.NOT_ATTACHED)
 
 
-def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_namespaces: bool) -> None:
-    """Namespaces, network, root file system, cgroup namespace."""
+def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_namespaces: bool,
+                     seal: bool = False) -> None:
+    """Namespaces, network, root file system, cgroup namespace; with `seal`
+    (a callable's), the caller's descriptors sealed before the pivot."""
     if in_namespaces:
         network.loopback_up()
     elif config.spare is not None:  # made ahead by the parent, `lo` up
@@ -106,6 +107,8 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
         network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
     if config.netns_ready is not None:  # the parent wires the veth meanwhile
         config.netns_ready.send(channel.NETNS_MADE)
+    if seal:  # in our own mount namespace, while the host's paths still name its files (descriptors.seal)
+        descriptors.seal()
     rootfs.setup(config.rootfs, config.hostname)
     if not in_namespaces:
         # Only now wait for the parent to have moved us into the cgroup (so
@@ -374,8 +377,7 @@ def _run_callable(target: Callable[[], int | None], err_w: int, status_w: int | 
         try:
             if status_w is not None:
                 os.close(status_w)  # PID 1's, for the true exit status
-            descriptors.seal()
-            sc.prctl(sc.PR_SET_DUMPABLE, 1)  # (only now: its fds are sealed)
+            sc.prctl(sc.PR_SET_DUMPABLE, 1)  # (its fds were sealed before the pivot)
             code = _call(target)
         finally:
             os._exit(code)

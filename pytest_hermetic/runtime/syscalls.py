@@ -57,12 +57,16 @@ _SYS_CLOSE_RANGE = 436
 _SYS_OPENAT2 = 437
 _SYS_PIDFD_GETFD = 438
 _SYS_MOUNT_SETATTR = 442
+_SYS_OPEN_TREE = 428
 
+AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+OPEN_TREE_CLONE = 1
 
 KEYCTL_JOIN_SESSION_KEYRING = 1
 CLOSE_RANGE_CLOEXEC = 4
@@ -218,6 +222,17 @@ _syscall_close_range = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     if _syscall_close_range(_SYS_CLOSE_RANGE, first, last, flags) == -1:
         _check(-1, "close_range")
+
+
+_syscall_open_tree = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, _c_str, ctypes.c_uint)
+
+
+def open_tree_clone(path: str) -> int:
+    """A detached, close-on-exec bind mount of `path` (open_tree(2),
+    OPEN_TREE_CLONE, Linux 5.2+): a mount in no namespace's tree, gone
+    when the last fd or open file on it is."""
+    fd = _syscall_open_tree(_SYS_OPEN_TREE, AT_FDCWD, _b(path), OPEN_TREE_CLONE | os.O_CLOEXEC)
+    return fd if fd != -1 else _check(-1, "open_tree", path)
 
 
 def pidfd_getfd(pidfd: int, fd: int) -> int:

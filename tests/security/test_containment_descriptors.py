@@ -199,3 +199,104 @@ def test_a_kept_notebook_container_inherits_nothing_of_the_helper():
         ip.run_line_magic("unload_ext", "ipython_ext")
     assert "REACHED" not in stdout and "PEEKED" not in stdout, stdout
     assert stdout.startswith("FDS [0, 1, 2]\n"), stdout
+
+
+# A read-only file the pytest process holds (a session fixture's) must stay
+# read-only in the test: `/proc/self/fd/N` is a magic link to the host's
+# file, and root in the container (CAP_DAC_OVERRIDE, also over the rootless
+# user's own files) could otherwise reopen it for writing, chmod or truncate
+# it.  `kept` is still at its path (reopened on a read-only bind), `gone` lost
+# the name it was opened by (a sealed in-memory copy).
+READ_ONLY_SUITE = """
+import errno, os
+import pytest
+from pytest_hermetic import hermetic
+
+DIR = os.environ["MARKER_DIR"]
+
+@pytest.fixture(scope="session")
+def held():
+    kept = open(os.path.join(DIR, "kept"))
+    gone = open(os.path.join(DIR, "gone"))
+    assert kept.read(5) == "host " and gone.read(5) == "host "  # the test goes on from there
+    os.unlink(os.path.join(DIR, "gone"))  # (its other name, "gone-link", keeps it for the check after)
+    sysctl = open("/proc/sys/kernel/hostname")
+    return kept, gone, sysctl, os.fstat(kept.fileno()).st_ino
+
+def _refused(action):
+    try:
+        action()
+    except OSError as exc:
+        assert exc.errno in (errno.EROFS, errno.EPERM, errno.EACCES), exc
+        return True
+    return False
+
+def _write(path, mode):
+    with open(path, mode) as f:
+        f.write("WRITTEN-FROM-THE-TEST")
+
+@hermetic(OPTIONS)
+def test_read_only_stays_read_only(held):
+    kept, gone, sysctl, inode = held
+    escaped = []
+    for f in (kept, gone):
+        link = f"/proc/self/fd/{f.fileno()}"
+        for mode in ("r+", "a", "w"):
+            if not _refused(lambda: _write(link, mode)):
+                escaped.append((f.name, mode))
+        if not _refused(lambda: os.truncate(link, 1)):
+            escaped.append((f.name, "truncate"))
+        if not _refused(lambda: os.chmod(link, 0o4777)) and f is kept:
+            escaped.append((f.name, "chmod"))
+    # Opened and closed, nothing written (a write would be the container's own hostname anyway).
+    if not _refused(lambda: os.close(os.open(f"/proc/self/fd/{sysctl.fileno()}", os.O_WRONLY))):
+        escaped.append((sysctl.name, "open for writing"))
+    assert not escaped, escaped
+    assert os.fstat(kept.fileno()).st_ino == inode  # the file itself, on a read-only mount
+    assert os.readlink(f"/proc/self/fd/{gone.fileno()}").startswith("/memfd:")  # a copy: its path names another
+    assert kept.read() == "side, kept\\n" and gone.read() == "side, gone\\n"  # same content, same offset
+    assert sysctl.read() == os.uname().nodename + "\\n"
+"""
+
+
+def _read_only_files(directory: str, owner: tuple[int, int] | None = None) -> dict[str, str]:
+    files = {"kept": "host side, kept\n", "gone": "host side, gone\n"}
+    for name, text in files.items():
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o444)
+        if owner:
+            os.chown(path, *owner)
+    os.link(os.path.join(directory, "gone"), os.path.join(directory, "gone-link"))
+    return files
+
+
+def _assert_read_only_held(ran: subprocess.CompletedProcess, directory: str, files: dict[str, str]) -> None:
+    assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
+    for name, renamed in (("kept", "kept"), ("gone", "gone-link")):
+        path = os.path.join(directory, renamed)
+        with open(path) as f:
+            assert f.read() == files[name], name
+        assert os.stat(path).st_mode & 0o7777 == 0o444, name
+
+
+def test_a_hermetic_test_cannot_write_pytests_read_only_files(tmp_path):
+    files = _read_only_files(str(tmp_path))
+    ran = inner_session(None, "descriptors-read-only", f"import os\nos.environ['MARKER_DIR'] = {str(tmp_path)!r}\n" +
+                        READ_ONLY_SUITE.replace("OPTIONS", marker_options()))
+    _assert_read_only_held(ran, str(tmp_path), files)
+
+
+def test_a_rootless_hermetic_test_cannot_write_pytests_read_only_files(test_user):
+    import pwd
+
+    from attack import user_dir
+
+    needs_unprivileged_python()
+    entry = pwd.getpwnam(test_user)
+    directory = user_dir(test_user, "descriptor-read-only")
+    files = _read_only_files(directory, (entry.pw_uid, entry.pw_gid))
+    ran = inner_session(test_user, "descriptors-read-only", f"import os\nos.environ['MARKER_DIR'] = {directory!r}\n" +
+                        READ_ONLY_SUITE.replace("OPTIONS", marker_options()))
+    _assert_read_only_held(ran, directory, files)
