@@ -13,7 +13,7 @@ container drops them:
   container) runs in a fork of a process whose Python objects still own
   their descriptors, and some of them it needs (pytest's capture files, its
   report pipe).  `seal` keeps regular files, pipes and terminals (they reach
-  only themselves) and puts /dev/null in place of everything else: closed
+  only themselves) and `blank` puts /dev/null in place of everything else: closed
   outright, a number could be reused by a new file that an old object then
   closes under it.  A regular file open read-only still reaches its host
   file by name: `open("/proc/self/fd/N", "w")` follows the magic link to
@@ -90,28 +90,36 @@ def _close(fd: int) -> None:
         pass
 
 
-def seal(keep: tuple[int, ...] = ()) -> None:
-    """Replace every inherited fd that reaches beyond itself with /dev/null,
-    and every read-only regular file with a read-only reopening (see the
-    module's docstring); `keep` are the fds the callable needs.  Called in
-    the container's fresh mount namespace before its pivot_root, while the
-    paths the host's files are open at still name them there."""
-    null = None
+def seal(keep: tuple[int, ...] = ()) -> list[int]:
+    """Reopen every inherited read-only regular file read-only (see the
+    module's docstring and `_reopen_read_only`) and return the fds that
+    reach beyond themselves, for `blank` to put /dev/null on once the
+    container's own /dev is there; `keep` are the fds the callable needs.
+    Called in the container's fresh mount namespace before its pivot_root,
+    while the paths the host's files are open at still name them there."""
+    blanks = []
+    for fd in _open_fds():
+        if fd <= 2 or fd in keep:
+            continue
+        kind = _kind(fd)
+        if kind is _KEEP:
+            continue
+        if kind is _REPLACE or not _reopen_read_only(fd, *kind):
+            blanks.append(fd)
+    return blanks
+
+
+def blank(fds: list[int]) -> None:
+    """/dev/null on each of `fds` (closed outright, a number could be reused
+    by a new file that an old object then closes under it)."""
+    if not fds:
+        return
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)  # (none of `fds`: they are open)
     try:
-        for fd in _open_fds():
-            if fd <= 2 or fd in keep or fd == null:
-                continue
-            kind = _kind(fd)
-            if kind is _KEEP:
-                continue
-            if kind is not _REPLACE and _reopen_read_only(fd, *kind):
-                continue
-            if null is None:
-                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        for fd in fds:
             os.dup2(null, fd, inheritable=False)
     finally:
-        if null is not None:
-            os.close(null)
+        os.close(null)
 
 
 _KEEP = ("keep",)

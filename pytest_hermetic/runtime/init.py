@@ -107,9 +107,12 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
         network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
     if config.netns_ready is not None:  # the parent wires the veth meanwhile
         config.netns_ready.send(channel.NETNS_MADE)
-    if seal:  # in our own mount namespace, while the host's paths still name its files (descriptors.seal)
-        descriptors.seal()
+    # A callable's descriptors: sealed in our own mount namespace, while the
+    # host's paths still name its files, blanked with the container's /dev/null
+    # (all but the console's socket, which `_attach_console` uses next).
+    blanks = descriptors.seal((config.tty.socket_fd,) if config.tty is not None else ()) if seal else []
     rootfs.setup(config.rootfs, config.hostname)
+    descriptors.blank(blanks)
     if not in_namespaces:
         # Only now wait for the parent to have moved us into the cgroup (so
         # its wait overlapped all of the above); the cgroup namespace's root
