@@ -123,6 +123,7 @@ PLUGIN_SUITE = """
 import os, socket, stat
 import pytest
 from pytest_hermetic import hermetic
+from pytest_hermetic.runtime import descriptors
 
 @pytest.fixture(scope="session")
 def held():
@@ -206,11 +207,13 @@ def test_a_kept_notebook_container_inherits_nothing_of_the_helper():
 # file, and root in the container (CAP_DAC_OVERRIDE, also over the rootless
 # user's own files) could otherwise reopen it for writing, chmod or truncate
 # it.  `kept` is still at its path (reopened on a read-only bind), `gone` lost
-# the name it was opened by (a sealed in-memory copy).
+# the name it was opened by (a sealed in-memory copy: a chmod of the copy
+# is harmless), `big` too and is over the copy limit (/dev/null).
 READ_ONLY_SUITE = """
 import errno, os
 import pytest
 from pytest_hermetic import hermetic
+from pytest_hermetic.runtime import descriptors
 
 DIR = os.environ["MARKER_DIR"]
 
@@ -220,8 +223,12 @@ def held():
     gone = open(os.path.join(DIR, "gone"))
     assert kept.read(5) == "host " and gone.read(5) == "host "  # the test goes on from there
     os.unlink(os.path.join(DIR, "gone"))  # (its other name, "gone-link", keeps it for the check after)
+    # Too big for a copy: /dev/null (the limit lowered for the test, in the pytest process the child forks from).
+    descriptors.COPY_LIMIT = 20  # ("gone" has 16 bytes, "big" 33)
+    big = open(os.path.join(DIR, "big"))
+    os.unlink(os.path.join(DIR, "big"))
     sysctl = open("/proc/sys/kernel/hostname")
-    return kept, gone, sysctl, os.fstat(kept.fileno()).st_ino
+    return kept, gone, sysctl, os.fstat(kept.fileno()).st_ino, big
 
 def _refused(action):
     try:
@@ -237,7 +244,7 @@ def _write(path, mode):
 
 @hermetic(OPTIONS)
 def test_read_only_stays_read_only(held):
-    kept, gone, sysctl, inode = held
+    kept, gone, sysctl, inode, big = held
     escaped = []
     for f in (kept, gone):
         link = f"/proc/self/fd/{f.fileno()}"
@@ -256,11 +263,13 @@ def test_read_only_stays_read_only(held):
     assert os.readlink(f"/proc/self/fd/{gone.fileno()}").startswith("/memfd:")  # a copy: its path names another
     assert kept.read() == "side, kept\\n" and gone.read() == "side, gone\\n"  # same content, same offset
     assert sysctl.read() == os.uname().nodename + "\\n"
+    st = os.fstat(big.fileno())
+    assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3) and big.read() == ""  # /dev/null
 """
 
 
 def _read_only_files(directory: str, owner: tuple[int, int] | None = None) -> dict[str, str]:
-    files = {"kept": "host side, kept\n", "gone": "host side, gone\n"}
+    files = {"kept": "host side, kept\n", "gone": "host side, gone\n", "big": "more than the lowered copy limit\n"}
     for name, text in files.items():
         path = os.path.join(directory, name)
         with open(path, "w") as f:
