@@ -18,8 +18,17 @@ the test three starts later, and four or more clean tests follow each
 dirty one here.
 """
 
+import os
+import socket
+import struct
+
 import pytest
 
+from pytest_hermetic.container import Container
+from pytest_hermetic.runtime import process
+from pytest_hermetic.spec import Spec
+
+SO_NETNS_COOKIE = 71
 SUITE = r'''
 import array, fcntl, os, socket, struct, subprocess, sys, threading, time
 import pytest
@@ -293,3 +302,64 @@ def test_network_namespace_reused_only_when_clean(pytester: pytest.Pytester, wor
     pytester.makepyfile(test_a=SUITE, test_b=SUITE)
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-rA", *workers, timeout=240)
     result.assert_outcomes(passed=92)
+
+
+def _net_namespaces_held() -> dict[str, int]:
+    """The network namespaces this process holds an fd of, but is not in, and
+    the files it reads them by: {'net:[inode]' or a /proc path: count}."""
+    own = os.readlink("/proc/self/ns/net")
+    held: dict[str, int] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("net:[") and target != own or "/net/" in target or "/sys/net/" in target:  # (or a probe)
+            held[target] = held.get(target, 0) + 1
+    return held
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces made ahead are the root path's")
+def test_containers_in_turn_reuse_a_namespace_and_the_end_lets_all_go(tmp_path):
+    # The plugin's pattern in process: each start makes the next set ahead;
+    # a container's namespace comes back once it is removed.
+    before = _net_namespaces_held()
+    cookies = []
+
+    def inside() -> int:
+        s = socket.socket(socket.AF_UNIX)
+        cookie = struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        s.close()
+        # The parent's files that show the namespaces made ahead or kept
+        # reach this callable (a fork keeps regular files); none may be
+        # reopened and written (a tcp_fastopen_key fd could: root's, 0600).
+        writable = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{name}")
+                if target.startswith("/proc/"):
+                    fd = os.open(f"/proc/self/fd/{name}", os.O_WRONLY)
+                    try:
+                        os.write(fd, b"00000000-00000000-00000000-00000001")  # (a fast-open key)
+                        writable.append(target)
+                    finally:
+                        os.close(fd)
+            except OSError:
+                pass
+        with open(tmp_path / "cookie", "w") as f:
+            f.write(f"{cookie} {writable}")
+        return 0
+
+    try:
+        for _ in range(6):
+            with Container(Spec.build("host", volumes=[f"{tmp_path}:{tmp_path}"], accounting=False,
+                                      ephemeral=True, tracked=False)) as c:
+                assert c.start(target=inside, prepare_next=True).wait().status.code == 0
+            cookie, writable = (tmp_path / "cookie").read_text().split(" ", 1)
+            assert writable == "[]"
+            cookies.append(int(cookie))
+        assert len(set(cookies)) < len(cookies), cookies  # one came again
+        assert _net_namespaces_held() != before  # the next set, and kept ones
+    finally:
+        process.discard_prepared()
+    assert _net_namespaces_held() == before

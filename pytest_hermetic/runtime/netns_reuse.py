@@ -41,17 +41,23 @@ Reused only if all of these hold:
   packet sent.
 * No TCP fast-open key was made (/proc/sys/net/ipv4/tcp_fastopen_key): a
   listener with TCP_FASTOPEN creates the namespace's random key, readable
-  by the container's root, with no packet sent.
+  by the container's root, with no packet sent.  This file is opened anew
+  for each check, from inside the namespace: it is writable by root (mode
+  0600, no capability needed), and a callable container inherits the
+  parent's regular files (descriptors.seal keeps them), so a kept fd could
+  be reopened through /proc/self/fd for writing (tried: it works).
 
 Multicast memberships, packet-socket promiscuity and mroute tables made
 by a socket go when it closes (and a `pimreg` link would show in
 /proc/net/dev).  IPC and UTS namespaces (0.02-0.06 ms) are never reused.
 
-The files are opened once, inside the namespace (spare.prepare is in it
-then): an fd of /proc/thread-self/net/X, or of a /proc/sys/net file, keeps
-showing the namespace it was opened in, read from anywhere with `pread`
-(checked on 6.18).  A check costs ~0.06 ms, done while a later container
-builds its root.
+The /proc/net files are opened once, inside the namespace (spare.prepare
+is in it then): an fd of /proc/thread-self/net/X keeps showing the
+namespace it was opened in, read from anywhere with `pread` (checked on
+6.18); they are read-only (0444) and, the namespace being unchanged, show
+a new namespace's figures to whoever inherits them.  The check runs in the
+parent when PID 1 is reaped, which the plugin does while a later test's
+child builds its root.
 """
 
 from __future__ import annotations
@@ -59,12 +65,13 @@ from __future__ import annotations
 import os
 import re
 
+from ..errors import ContainerStartError
+from . import syscalls as sc
 from .capabilities import default_mask
 
 # What shows a network namespace's state (see above), relative to /proc.
-PROBES = ("thread-self/net/sockstat", "thread-self/net/sockstat6", "thread-self/net/dev",
-          "thread-self/net/snmp", "thread-self/net/netstat", "thread-self/net/snmp6",
-          "thread-self/net/ip6_flowlabel", "sys/net/ipv4/tcp_fastopen_key")
+PROBES = ("sockstat", "sockstat6", "dev", "snmp", "netstat", "snmp6", "ip6_flowlabel")  # in /proc/thread-self/net
+_FASTOPEN_KEY = "/proc/sys/net/ipv4/tcp_fastopen_key"  # read from inside (see above)
 _MACHINE_WIDE = re.compile(rb" (?:orphan|alloc|mem) \d+")  # sockstat's fields that are not the namespace's
 _KEPT_AT_MOST = 4  # the plugin's pipeline needs 3 in turn (a test's comes back two starts after its own)
 
@@ -78,9 +85,10 @@ class Netns:
         self.owner = os.getpid()
         self._probes: list[int] = []
         try:
-            for path in PROBES:
-                self._probes.append(os.open(f"/proc/{path}", os.O_RDONLY | os.O_CLOEXEC))
+            for name in PROBES:
+                self._probes.append(os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC))
             self._made = self._state()
+            self._key = _read(_FASTOPEN_KEY)
         except BaseException:
             self.close()
             raise
@@ -91,9 +99,23 @@ class Netns:
     def unchanged(self) -> bool:
         """Whether nothing in it differs from when it was made (sockets, counters, flow labels, keys)."""
         try:
-            return self._state() == self._made
+            return self._state() == self._made and self._fastopen_key() == self._key
         except OSError:
             return False
+
+    def _fastopen_key(self) -> bytes:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # (asked each time, as spare.py)
+        try:
+            sc.setns(self.fd, sc.CLONE_NEWNET)
+            try:
+                return _read(_FASTOPEN_KEY)
+            finally:
+                try:
+                    sc.setns(home, sc.CLONE_NEWNET)
+                except OSError as exc:  # never seen; not to be passed over as "changed"
+                    raise ContainerStartError(f"cannot return to this thread's network namespace: {exc}") from None
+        finally:
+            os.close(home)
 
     def close(self) -> None:
         for fd in (self.fd, *self._probes):
@@ -103,6 +125,14 @@ class Netns:
                 pass
         self._probes = []
         self.fd = -1
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 _kept: list[Netns] = []
