@@ -49,7 +49,11 @@ Reused only if all of these hold:
 
 Multicast memberships, packet-socket promiscuity and mroute tables made
 by a socket go when it closes (and a `pimreg` link would show in
-/proc/net/dev).  IPC and UTS namespaces (0.02-0.06 ms) are never reused.
+/proc/net/dev).  Families whose kernel state outlives their sockets
+without an IP packet (RDS over loopback keeps its connections; TIPC) are
+not checked: where either is loaded (/sys/module/rds, /sys/module/tipc;
+this host's kernel has neither) nothing is reused.  IPC and UTS namespaces
+(0.02-0.06 ms) are never reused.
 
 The /proc/net files are opened once, inside the namespace (spare.prepare
 is in it then): an fd of /proc/thread-self/net/X keeps showing the
@@ -73,6 +77,7 @@ from .capabilities import default_mask
 PROBES = ("sockstat", "sockstat6", "dev", "snmp", "netstat", "snmp6", "ip6_flowlabel")  # in /proc/thread-self/net
 _FASTOPEN_KEY = "/proc/sys/net/ipv4/tcp_fastopen_key"  # read from inside (see above)
 _MACHINE_WIDE = re.compile(rb" (?:orphan|alloc|mem) \d+")  # sockstat's fields that are not the namespace's
+_UNCHECKED = ("/sys/module/rds", "/sys/module/tipc")  # loaded: no reuse (see above)
 _KEPT_AT_MOST = 4  # the plugin's pipeline needs 3 in turn (a test's comes back two starts after its own)
 
 
@@ -148,7 +153,8 @@ def reusable(privileged: bool, caps: int | None, seccomp: object) -> bool:
 def give_back(netns: Netns) -> None:
     """Its container's processes are all gone: keep it for a later
     container if it is unchanged, else let it go (the kernel destroys it)."""
-    if netns.owner == os.getpid() and len(_kept) < _KEPT_AT_MOST and netns.unchanged():
+    if (netns.owner == os.getpid() and len(_kept) < _KEPT_AT_MOST
+            and not any(os.path.exists(path) for path in _UNCHECKED) and netns.unchanged()):
         _kept.append(netns)
     else:
         netns.close()
