@@ -41,11 +41,7 @@ Reused only if all of these hold:
   packet sent.
 * No TCP fast-open key was made (/proc/sys/net/ipv4/tcp_fastopen_key): a
   listener with TCP_FASTOPEN creates the namespace's random key, readable
-  by the container's root, with no packet sent.  This file is opened anew
-  for each check, from inside the namespace: it is writable by root (mode
-  0600, no capability needed), and a callable container inherits the
-  parent's regular files (descriptors.seal keeps them), so a kept fd could
-  be reopened through /proc/self/fd for writing (tried: it works).
+  by the container's root, with no packet sent.
 
 Multicast memberships, packet-socket promiscuity and mroute tables made
 by a socket go when it closes (and a `pimreg` link would show in
@@ -55,13 +51,15 @@ not checked: where either is loaded (/sys/module/rds, /sys/module/tipc;
 this host's kernel has neither) nothing is reused.  IPC and UTS namespaces
 (0.02-0.06 ms) are never reused.
 
-The /proc/net files are opened once, inside the namespace (spare.prepare
-is in it then): an fd of /proc/thread-self/net/X keeps showing the
-namespace it was opened in, read from anywhere with `pread` (checked on
-6.18); they are read-only (0444) and, the namespace being unchanged, show
-a new namespace's figures to whoever inherits them.  The check runs in the
-parent when PID 1 is reaped, which the plugin does while a later test's
-child builds its root.
+The files are read from inside the namespace (spare.prepare is in it when
+it makes one; a check `setns`es the parent's thread in and back) and closed
+at once.  Kept open (an fd of /proc/thread-self/net/X keeps showing the
+namespace it was opened in), they would reach every later test's callable,
+which inherits the parent's regular files (descriptors.seal keeps them):
+~0.2 ms more of `seal` per test, and the fast-open key file (root's, 0600)
+could be reopened for writing through /proc/self/fd (tried: it works).
+The check (~0.1 ms) runs in the parent when PID 1 is reaped, which the
+plugin does while a later test's child builds its root.
 """
 
 from __future__ import annotations
@@ -73,9 +71,10 @@ from ..errors import ContainerStartError
 from . import syscalls as sc
 from .capabilities import default_mask
 
-# What shows a network namespace's state (see above), relative to /proc.
-PROBES = ("sockstat", "sockstat6", "dev", "snmp", "netstat", "snmp6", "ip6_flowlabel")  # in /proc/thread-self/net
-_FASTOPEN_KEY = "/proc/sys/net/ipv4/tcp_fastopen_key"  # read from inside (see above)
+# What shows the state of the network namespace of the thread that reads it (see above).
+PROBES = (*(f"/proc/thread-self/net/{name}" for name in ("sockstat", "sockstat6", "dev", "snmp", "netstat", "snmp6",
+                                                            "ip6_flowlabel")),
+          "/proc/sys/net/ipv4/tcp_fastopen_key")
 _MACHINE_WIDE = re.compile(rb" (?:orphan|alloc|mem) \d+")  # sockstat's fields that are not the namespace's
 _UNCHECKED = ("/sys/module/rds", "/sys/module/tipc")  # loaded: no reuse (see above)
 _KEPT_AT_MOST = 4  # the plugin's pipeline needs 3 in turn (a test's comes back two starts after its own)
@@ -88,32 +87,24 @@ class Netns:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.owner = os.getpid()
-        self._probes: list[int] = []
         try:
-            for name in PROBES:
-                self._probes.append(os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC))
-            self._made = self._state()
-            self._key = _read(_FASTOPEN_KEY)
+            self._made = _state()
         except BaseException:
             self.close()
             raise
 
-    def _state(self) -> list[bytes]:
-        return [_MACHINE_WIDE.sub(b"", os.pread(fd, 65536, 0)) for fd in self._probes]
-
     def unchanged(self) -> bool:
         """Whether nothing in it differs from when it was made (sockets, counters, flow labels, keys)."""
-        try:
-            return self._state() == self._made and self._fastopen_key() == self._key
-        except OSError:
-            return False
-
-    def _fastopen_key(self) -> bytes:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # (asked each time, as spare.py)
         try:
-            sc.setns(self.fd, sc.CLONE_NEWNET)
             try:
-                return _read(_FASTOPEN_KEY)
+                sc.setns(self.fd, sc.CLONE_NEWNET)
+            except OSError:
+                return False
+            try:
+                return _state() == self._made
+            except OSError:
+                return False
             finally:
                 try:
                     sc.setns(home, sc.CLONE_NEWNET)
@@ -123,21 +114,21 @@ class Netns:
             os.close(home)
 
     def close(self) -> None:
-        for fd in (self.fd, *self._probes):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._probes = []
-        self.fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
-def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
+def _state() -> list[bytes]:
+    """What shows the calling thread's network namespace's state (see above)."""
+    state = []
+    for path in PROBES:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            state.append(_MACHINE_WIDE.sub(b"", os.read(fd, 65536)))
+        finally:
+            os.close(fd)
+    return state
 
 
 _kept: list[Netns] = []
