@@ -88,13 +88,14 @@ class Netns:
         self.fd = fd
         self.owner = os.getpid()
         try:
-            self._made = _state()
-        except BaseException:
-            self.close()
-            raise
+            self._made: list[bytes] | None = _state()
+        except OSError:  # a kernel without one of the files (no IPv6): used once, as before
+            self._made = None
 
     def unchanged(self) -> bool:
         """Whether nothing in it differs from when it was made (sockets, counters, flow labels, keys)."""
+        if self._made is None:
+            return False
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # (asked each time, as spare.py)
         try:
             try:
@@ -114,9 +115,9 @@ class Netns:
             os.close(home)
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if self.fd >= 0 and self.owner == os.getpid():  # (a fork's copy of the number is not ours to close)
             os.close(self.fd)
-            self.fd = -1
+        self.fd = -1
 
 
 def _state() -> list[bytes]:
@@ -157,7 +158,7 @@ def take() -> Netns | None:
         netns = _kept.pop()
         if netns.owner == os.getpid():
             return netns
-        netns.close()  # a fork's copy of the parent's list: not ours to hand out
+        netns.close()  # a fork's copy of the parent's list: not ours to hand out (nor to close: a no-op)
     return None
 
 
