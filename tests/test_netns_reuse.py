@@ -206,7 +206,8 @@ def test_21_dirty_flow_label(shared, request):
     note(shared, request)
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     # struct in6_flowlabel_req: dst, label, action GET, share EXCL, flags CREATE, expires, linger (s)
-    request_ = socket.inet_pton(socket.AF_INET6, "::1") + struct.pack("!I", 0x12345) + struct.pack("=BBHHHI", 0, 1, 1, 60, 60, 0)
+    request_ = (socket.inet_pton(socket.AF_INET6, "::1") + struct.pack("!I", 0x12345)
+                + struct.pack("=BBHHHI", 0, 1, 1, 60, 60, 0))
     s.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, request_)
     s.close()  # the label lingers 60 s, with no socket and no packet
     assert "12345" in read("/proc/net/ip6_flowlabel")

@@ -30,7 +30,7 @@ from .netns_reuse import Netns
 KINDS = (("net", sc.CLONE_NEWNET), ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS))
 FLAGS = sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 
-_spare: tuple[int, dict[str, int], Netns] | None = None  # (pid that made it, namespace fds, its net's probes)
+_spare: tuple[int, dict[str, int], Netns] | None = None  # (pid that made it, namespace fds, its network namespace)
 _taken: tuple[dict[str, int], Netns] | None = None  # the set `take` handed out, until `lend`
 
 
