@@ -58,7 +58,7 @@ namespace it was opened in), they would reach every later test's callable,
 which inherits the parent's regular files (descriptors.seal keeps them):
 ~0.2 ms more of `seal` per test, and the fast-open key file (root's, 0600)
 could be reopened for writing through /proc/self/fd (tried: it works).
-The check (~0.1 ms) runs in the parent when PID 1 is reaped, which the
+The check (~0.075 ms of CPU) runs in the parent when PID 1 is reaped, which the
 plugin does while a later test's child builds its root.
 """
 
@@ -72,9 +72,8 @@ from . import syscalls as sc
 from .capabilities import default_mask
 
 # What shows the state of the network namespace of the thread that reads it (see above).
-PROBES = (*(f"/proc/thread-self/net/{name}" for name in ("sockstat", "sockstat6", "dev", "snmp", "netstat", "snmp6",
-                                                            "ip6_flowlabel")),
-          "/proc/sys/net/ipv4/tcp_fastopen_key")
+PROBES = ("sockstat", "sockstat6", "dev", "snmp", "netstat", "snmp6", "ip6_flowlabel")  # in /proc/thread-self/net
+_FASTOPEN_KEY = "/proc/sys/net/ipv4/tcp_fastopen_key"
 _MACHINE_WIDE = re.compile(rb" (?:orphan|alloc|mem) \d+")  # sockstat's fields that are not the namespace's
 _UNCHECKED = ("/sys/module/rds", "/sys/module/tipc")  # loaded: no reuse (see above)
 _KEPT_AT_MOST = 4  # the plugin's pipeline needs 3 in turn (a test's comes back two starts after its own)
@@ -122,14 +121,23 @@ class Netns:
 
 def _state() -> list[bytes]:
     """What shows the calling thread's network namespace's state (see above)."""
-    state = []
-    for path in PROBES:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            state.append(_MACHINE_WIDE.sub(b"", os.read(fd, 65536)))
-        finally:
-            os.close(fd)
+    # (thread-self looked up once: 25 µs less than a path per file)
+    folder = os.open("/proc/thread-self/net", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        state = [_read(name, folder) for name in PROBES]
+    finally:
+        os.close(folder)
+    state[0] = _MACHINE_WIDE.sub(b"", state[0])  # sockstat (the others hold none of those fields)
+    state.append(_read(_FASTOPEN_KEY))
     return state
+
+
+def _read(path: str, folder: int | None = None) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=folder)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
 
 
 _kept: list[Netns] = []
