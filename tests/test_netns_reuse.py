@@ -10,7 +10,8 @@ unique per boot, where inode numbers may come back), then leaves a trace:
 TCP traffic ending in TIME_WAIT and UDP, a send with no route (counters
 only, no packet), an abstract socket held by a straggler, a flow label, a
 fast-open key, a socket handed to the pytest process (no packet, no
-process left), or (with CAP_NET_ADMIN or privileged) lo's MTU changed.
+process left), with CAP_NET_ADMIN or privileged lo's MTU changed, or
+through a volume of the host's /proc/sys a net sysctl of its namespace.
 The last test of the file checks that namespaces were reused (else the
 speed-up would not be real) and that none a dirty test had went to a later
 test.  Without the check in netns_reuse.py (or with any of its probes left
@@ -120,6 +121,7 @@ def assert_as_new():
     assert len(read("/proc/net/ip6_flowlabel").splitlines()) == 1, read("/proc/net/ip6_flowlabel")
     assert set(read("/proc/sys/net/ipv4/tcp_fastopen_key").strip()) <= {"0", "-"}
     assert lo_mtu() == 65536
+    assert read("/proc/sys/net/ipv4/ip_local_port_range").split() == ["32768", "60999"]
 
 
 def note(shared, request):
@@ -286,13 +288,28 @@ for i in range(42, 46):
     globals()[f"test_{i:02d}_clean"] = clean_test()
 
 
+@hermetic(volumes=["/proc/sys:/host-sys"])
+def test_46_sysctl_through_a_volume(shared, request):
+    assert_as_new()
+    note(shared, request)
+    # uid 0 may write its own namespace's net sysctls without CAP_NET_ADMIN
+    # (only the read-only /proc/sys stops it); the host's value is not touched
+    with open("/host-sys/net/ipv4/ip_local_port_range", "w") as f:
+        f.write("40000 40100")
+    assert read("/proc/sys/net/ipv4/ip_local_port_range").split() == ["40000", "40100"]
+
+
+for i in range(47, 51):
+    globals()[f"test_{i:02d}_clean"] = clean_test()
+
+
 def test_99_reused_only_when_clean(shared):
     got = {path.name.split(".", 1)[1]: int(path.read_text())
            for path in shared.iterdir() if path.name.startswith(__name__ + ".")}
-    assert len(got) == 45, sorted(got)
+    assert len(got) == 50, sorted(got)
     order = sorted(got)
     for i, name in enumerate(order):
-        if "dirty" in name or "changes_lo" in name:  # (it may have got a clean test's: not pass it on)
+        if "dirty" in name or "changes_lo" in name or "sysctl" in name:  # (it may have got a clean test's: not pass it on)
             later = [other for other in order[i + 1:] if got[other] == got[name]]
             assert later == [], (name, later)
     reused = [name for i, name in enumerate(order) if got[name] in [got[earlier] for earlier in order[:i]]]
@@ -306,7 +323,7 @@ def test_network_namespace_reused_only_when_clean(pytester: pytest.Pytester, wor
     # Two files: under xdist (loadfile) each worker runs one of them, in order.
     pytester.makepyfile(test_a=SUITE, test_b=SUITE)
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-rA", *workers, timeout=240)
-    result.assert_outcomes(passed=92)
+    result.assert_outcomes(passed=102)
 
 
 def _net_namespaces_held() -> dict[str, int]:

@@ -19,7 +19,10 @@ Reused only if all of these hold:
   read-only) a container cannot change routes, rules, addresses, links,
   sysctls, netfilter, xfrm, nsids or static multicast routes, which no
   check below would see; with it, it could, so its namespace is dropped.
-  (CAP_SYS_ADMIN would also let it `setns` into a kept namespace.)
+  (CAP_SYS_ADMIN would also let it `setns` into a kept namespace.)  Nor
+  had it a volume holding a proc mount (a volume of `/`, `/proc`, ...):
+  the kernel lets uid 0 write its own namespace's net sysctls without
+  CAP_NET_ADMIN, and only the read-only /proc/sys keeps it from doing so.
 * No socket is left: /proc/net/sockstat's "sockets: used" counts every
   socket of the namespace a user made (any family: TCP, UDP, raw, packet,
   netlink, unix, abstract unix names, SO_REUSEPORT groups; held by anyone,
@@ -143,11 +146,48 @@ def _read(path: str, folder: int | None = None) -> bytes:
 _kept: list[Netns] = []
 
 
-def reusable(privileged: bool, caps: int | None, seccomp: object) -> bool:
+def reusable(privileged: bool, caps: int | None, seccomp: object, volumes: tuple[str, ...] = ()) -> bool:
     """Whether a container with these settings may give its namespace back:
     not privileged, no capability beyond Docker's default set (None: that
-    set), its seccomp filter on."""
-    return not privileged and seccomp is not None and (caps is None or not caps & ~default_mask())
+    set), its seccomp filter on, no volume (host paths, bound with what is
+    mounted below them) that holds a proc mount."""
+    return (not privileged and seccomp is not None and (caps is None or not caps & ~default_mask())
+            and not _hold_proc(volumes))
+
+
+_holding: dict[tuple[str, ...], bool] = {}  # volumes' sources -> whether one holds a proc mount (once a set)
+
+
+def _hold_proc(sources: tuple[str, ...]) -> bool:
+    if not sources:
+        return False
+    known = _holding.get(sources)
+    if known is None:
+        if len(_holding) > 64:
+            _holding.clear()
+        # (a proc mount below a volume's source, or the source inside one)
+        folders = [os.path.realpath(source).rstrip("/") + "/" for source in sources]
+        points = [point.rstrip("/") + "/" for point in _proc_mount_points()]
+        known = _holding[sources] = any(point.startswith(folder) or folder.startswith(point)
+                                        for point in points for folder in folders)
+    return known
+
+
+def _proc_mount_points() -> list[str]:
+    """Where proc file systems are mounted in this process's mount namespace."""
+    fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    points = []
+    for line in b"".join(chunks).decode("utf-8", "surrogateescape").splitlines():
+        fields = line.split(" ")
+        if "-" in fields[6:] and fields[fields.index("-", 6) + 1] == "proc":
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))  # (\040: a space)
+    return points
 
 
 def give_back(netns: Netns) -> None:

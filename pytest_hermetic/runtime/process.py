@@ -229,7 +229,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
         raise
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
     # The set is the child's now; its network namespace comes back to `proc` (given back in `wait`).
-    netns = spare.lend(config.spare, netns_reuse.reusable(config.privileged, config.caps, config.seccomp))
+    netns = spare.lend(config.spare, netns_reuse.reusable(config.privileged, config.caps, config.seccomp,
+                                                          tuple(bind.source for bind in config.rootfs.binds)))
     config.spare = None
     attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:
