@@ -10,7 +10,12 @@ scaling = median session time with -n 1 / median with -n W, per mode (ideal:
 W, on W otherwise idle cores).  Also the CPU time (user+sys) of each session
 and its children, per test.
 
-    python bench/xdist_scaling.py [--tests 160] [--work 20] [--rounds 3] [--json FILE]
+A session's time includes starting xdist's workers and collecting, which do
+not shrink with more workers; with `--startup` each round also runs every
+(mode, workers) pair with all tests deselected, and the scaling is shown a
+second time with that start-up taken off: the tests' own throughput.
+
+    python bench/xdist_scaling.py [--tests 160] [--work 20] [--rounds 3] [--startup] [--json FILE]
 
 Issue #16's target: hermetic's -n 2 / -n 1 at least 1.7 on 2 cores, plain
 xdist's ratio beside it.  Needs pytest-xdist; run as root (or rootless, where
@@ -61,16 +66,22 @@ def make_project(root: str, tests: int, work: float) -> None:
         f.write(TEST_SOURCE.format(tests=tests, work=work))
 
 
-def run_session(mode: str, workers: int, project: str, tests: int, env: dict[str, str]) -> tuple[float, float]:
-    """Wall and CPU seconds of one session; raises unless all tests passed."""
-    argv = [sys.executable, *PYTEST, "-n", str(workers), *MODES[mode]]
+def run_session(mode: str, workers: int, project: str, tests: int, env: dict[str, str],
+                empty: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds of one session; raises unless all tests passed
+    (`empty`: all of them deselected, the session's start-up alone)."""
+    argv = [sys.executable, *PYTEST, "-n", str(workers), *MODES[mode], *(["-k", "no_such_test"] if empty else [])]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter_ns()
     done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     wall = (time.perf_counter_ns() - t0) / 1e9
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     last = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode != 0 or f"{tests} passed" not in last:
+    if empty:
+        failed = done.returncode != 5 or "no tests ran" not in last  # 5: none ran (all deselected)
+    else:
+        failed = done.returncode != 0 or f"{tests} passed" not in last
+    if failed:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"{mode} -n {workers}: exit status {done.returncode}, summary {last!r}\n{tail}")
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
@@ -89,6 +100,8 @@ def main() -> int:
     parser.add_argument("--work", type=float, default=20, help="CPU ms per test (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--startup", action="store_true",
+                        help="also time sessions with every test deselected; show the scaling without that start-up")
     parser.add_argument("--json", metavar="FILE", help="raw session times and the summary")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -102,6 +115,7 @@ def main() -> int:
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     wall: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
     cpu: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
+    start_up: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
     with tempfile.TemporaryDirectory(prefix="hermetic-xdist-bench-", dir="/var/tmp") as tmp:
         env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"
         project = f"{tmp}/project"
@@ -109,11 +123,14 @@ def main() -> int:
         for mode, workers in wall:  # warm-up
             run_session(mode, workers, project, args.tests, env)
         rng = random.Random(args.seed)
-        order = list(wall)
+        order = [(m, w, False) for m, w in wall] + ([(m, w, True) for m, w in wall] if args.startup else [])
         for r in range(args.rounds):
             rng.shuffle(order)
-            for mode, workers in order:
-                w, c = run_session(mode, workers, project, args.tests, env)
+            for mode, workers, empty in order:
+                w, c = run_session(mode, workers, project, args.tests, env, empty)
+                if empty:
+                    start_up[mode, workers].append(w)
+                    continue
                 wall[mode, workers].append(w)
                 cpu[mode, workers].append(c)
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
@@ -133,6 +150,19 @@ def main() -> int:
                                               "cpu_per_test_ms": cpu_per_test}
             print(f"{mode:<10}{workers:>4}{s['median']:>11.2f}{s['p10']:>8.2f}{s['p90']:>8.2f}"
                   f"{args.tests / s['median']:>9.1f}{scaling:>9.2f}{cpu_per_test:>13.2f}")
+    if args.startup:
+        print("without the start-up (a session with every test deselected, same mode and -n): the tests' own time")
+        print(f"{'mode':<10}{'-n':>4}{'start-up s':>11}{'tests s':>9}{'tests/s':>9}{'scaling':>9}")
+        for mode in MODES:
+            own = {w: statistics.median(wall[mode, w]) - statistics.median(start_up[mode, w]) for w in widths}
+            for workers in widths:
+                scaling = own[1] / own[workers]
+                summary[f"{mode} -n{workers}"].update(start_up_s=statistics.median(start_up[mode, workers]),
+                                                      tests_s=own[workers], scaling_without_start_up=scaling)
+                print(f"{mode:<10}{workers:>4}{statistics.median(start_up[mode, workers]):>11.2f}{own[workers]:>9.2f}"
+                      f"{args.tests / own[workers]:>9.1f}{scaling:>9.2f}")
+        print(f"without the start-up: hermetic -n 2 / -n 1 {summary['hermetic -n2']['scaling_without_start_up']:.2f}, "
+              f"plain xdist {summary['plain -n2']['scaling_without_start_up']:.2f}")
     h2 = summary["hermetic -n2"]["scaling"]
     print(f"hermetic -n 2 / -n 1 throughput: {h2:.2f} (target at least 1.7: {'met' if h2 >= 1.7 else 'NOT met'}); "
           f"plain xdist: {summary['plain -n2']['scaling']:.2f}")
@@ -141,7 +171,8 @@ def main() -> int:
             json.dump({"machine": info, "load": [load_start, load_end], "tests": args.tests, "work_ms": args.work,
                        "rounds": args.rounds, "summary": summary,
                        "wall_s": {f"{m} -n{w}": v for (m, w), v in wall.items()},
-                       "cpu_s": {f"{m} -n{w}": v for (m, w), v in cpu.items()}}, f, indent=1)
+                       "cpu_s": {f"{m} -n{w}": v for (m, w), v in cpu.items()},
+                       "start_up_s": {f"{m} -n{w}": v for (m, w), v in start_up.items() if v}}, f, indent=1)
     return 0
 
 

@@ -541,7 +541,8 @@ class Container:
         cwd = workdir or self.spec.workdir or self.image.config.get("WorkingDir") or "/"
         return enter(self.process.init_pid, argv, full_env, cwd, self.cgroup.join_paths() if self.cgroup else [],
                      self.userns, self.spec.privileged, (stdin, stdout, stderr), _seccomp_filter(self.spec),
-                     user or self.spec.user or self.image.config.get("User") or None, tty, capability_mask(self.spec))
+                     user or self.spec.user or self.image.config.get("User") or None, tty, capability_mask(self.spec),
+                     cwd_asked=workdir is not None)
 
     # -- after ----------------------------------------------------------------
 

@@ -323,7 +323,8 @@ def exec_in(state: dict, argv: list[str], env: dict[str, str], workdir: str | No
     caps = settings.get("caps")
     seccomp_filter = seccomp.default(sys_admin=has_sys_admin(caps)) if settings["seccomp"] else None
     return enter(pid, argv, {**settings["env"], **env}, workdir or settings["cwd"], settings["cgroup_procs"],
-                 settings["userns"], settings["privileged"], stdio, seccomp_filter, user or settings.get("user"), tty, caps)
+                 settings["userns"], settings["privileged"], stdio, seccomp_filter, user or settings.get("user"), tty, caps,
+                 cwd_asked=workdir is not None)
 
 
 def inspect(state: dict) -> dict:

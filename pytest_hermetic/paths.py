@@ -68,24 +68,30 @@ def make_private(path: str) -> str:
 
 
 def make_owned(path: str) -> str:
-    """`make_private` for a folder root mounts or keeps state below: it must
-    be a real folder of root's that no one else can change.  The fallback
-    state root (/dev/shm, world-writable) can be made first by any local
-    user, who would then choose, through symlinks, where root mounts layer
-    images or keeps containers' state; such a folder is refused."""
-    if path in _private or os.geteuid() != 0:
-        return make_private(path)
+    """`make_private` for a folder the engine mounts or keeps state below: it
+    must be a real folder of this user's that no one else can change.  The
+    fallback state roots are on /dev/shm, which every local user can write:
+    a user who makes `/dev/shm/hermetic` (root's) or `/dev/shm/hermetic-UID`
+    (another user's) first would choose, through symlinks, where root mounts
+    layer images, or plant the seccomp filters the victim's containers load;
+    such a folder is refused, with the fix in the message."""
+    if path in _private:
+        return path
     os.makedirs(path, 0o700, exist_ok=True)
     st = os.lstat(path)  # (before make_private's chmod, which would follow a link)
     import stat as _stat
 
-    if not _stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+    uid = os.geteuid()
+    if not _stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
         from .errors import StoreError
 
+        whose = "root's" if uid == 0 else f"uid {uid}'s"
         what = ("a symbolic link" if _stat.S_ISLNK(st.st_mode) else
-                f"owned by uid {st.st_uid}" if st.st_uid != 0 else f"writable by others (mode {st.st_mode & 0o777:o})")
-        raise StoreError(f"the state folder {path} is {what}, not a folder of root's that only root can change: "
-                         "another user may have made it first; remove it (as root) and run again")
+                f"owned by uid {st.st_uid}" if st.st_uid != uid else f"writable by others (mode {st.st_mode & 0o777:o})")
+        fix = ("remove it (as root) and run again" if uid == 0 else
+               "remove it if it is yours, or set HERMETIC_STATE (or XDG_RUNTIME_DIR) to a folder of yours on a tmpfs")
+        raise StoreError(f"the state folder {path} is {what}, not a folder of {whose} that only it can change: "
+                         f"another user may have made it first; {fix}")
     return make_private(path)
 
 

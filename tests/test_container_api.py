@@ -40,6 +40,12 @@ def test_exec_into_a_running_container(busybox_image):
         assert c.exec(["false"]).wait().code == 1
         with pytest.raises(ContainerStartError, match="command not found"):
             c.exec(["no-such-thing"])
+        # A working directory asked for is used or refused, never swapped for / unsaid (docker exec -w).
+        with pytest.raises(ContainerStartError, match="the working directory /no/such/dir is not a directory"):
+            c.exec(["true"], workdir="/no/such/dir")
+        with pytest.raises(ContainerStartError, match="the working directory /etc/passwd is not a directory"):
+            c.exec(["true"], workdir="/etc/passwd")
+        assert c.exec(["sh", "-c", 'test "$(pwd)" = /etc'], workdir="/etc").wait().code == 0
         c.kill()
         result = c.wait()
     assert result.status.signal == signal.SIGKILL

@@ -46,12 +46,14 @@ _ORDER = (("mnt", sc.CLONE_NEWNS), ("uts", sc.CLONE_NEWUTS), ("ipc", sc.CLONE_NE
 def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
           userns: bool, privileged: bool = False, stdio: tuple = (None, None, None),
           seccomp_filter: Filter | None = None, user: str | None = None, tty: bytes | None = None,
-          caps: int | None = None) -> ContainerProcess:
+          caps: int | None = None, cwd_asked: bool = False) -> ContainerProcess:
     """Start `argv` inside the container whose PID 1 is host pid `init_pid`,
     as `user` (resolved in the container's /etc/passwd, as `run -u`), with
     its capabilities `caps` (a capabilities.mask; None: Docker's default
     set); with `tty` (a struct winsize) on a pty of the container's own,
-    whose master is the returned handle's `tty` (console.py)."""
+    whose master is the returned handle's `tty` (console.py).  In `cwd`; a
+    `cwd` the caller asked for (`exec -w`) that is not a folder there is an
+    error, the container's own working folder gone falls back to /."""
     pair = None
     if tty is not None:
         from .console import Pair  # lazily: socket, which only a terminal needs
@@ -67,7 +69,7 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
     pid = fork()
     if pid == 0:
         _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter, user, userns,
-                     pair.console if pair is not None else None, caps)
+                     pair.console if pair is not None else None, caps, cwd_asked)
     for fd in fds.values():
         os.close(fd)
     if pair is not None:
@@ -197,7 +199,7 @@ def owner_namespaces(init_pid: int, wait: float = 0.0) -> dict[str, int]:
 
 def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
                  privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None, user: str | None,
-                 userns: bool, console: Console | None, caps: int | None = None) -> None:
+                 userns: bool, console: Console | None, caps: int | None = None, cwd_asked: bool = False) -> None:
     """The forked child: join, fork into the PID namespace, exec.
 
     It must end in `os._exit` whatever happens, never return into the
@@ -237,7 +239,13 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
             fail(err_w, 125, describe(exc))
         if child == 0:
             try:
-                os.chdir(cwd if os.path.isdir(cwd) else "/")
+                if os.path.isdir(cwd):
+                    os.chdir(cwd)
+                elif cwd_asked:
+                    raise ContainerStartError(f"the working directory {cwd} is not a directory in the container "
+                                              "(make it first, or give another to -w)")
+                else:
+                    os.chdir("/")
                 os.setsid()
                 if slave is not None:
                     consoles.adopt(slave)
