@@ -150,6 +150,17 @@ def session_envs(tmp: str) -> dict[str, dict[str, str]]:
     return envs
 
 
+MACHINE_S: dict[tuple[str, int], list[float]] = {}  # busy CPU seconds of the whole machine per session
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """Busy CPU time of all CPUs since boot (/proc/stat: everything but idle and iowait), seconds."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICK
+
+
 def with_path(env: dict[str, str], folder: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(p for p in (folder, env.get("PYTHONPATH")) if p)}
 
@@ -166,6 +177,7 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
         plugins = (*plugins, "--deselect", DESELECTED_FILE)
     argv = [*python, *PYTEST, *plugins, *MODES[mode]]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_before = machine_busy_s()
     t0 = time.perf_counter_ns()
     done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     elapsed = (time.perf_counter_ns() - t0) / 1e9
@@ -174,6 +186,10 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
     # far steadier than wall time on a loaded machine.
     CPU_S.setdefault((mode, tests), []).append(
         after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    # ...and the whole machine's, which also counts the kernel's own workers
+    # (a network namespace's clean-up runs in a kworker, no session's child):
+    # meaningful on a quiet machine only.
+    MACHINE_S.setdefault((mode, tests), []).append(machine_busy_s() - busy_before)
     lines = done.stdout.strip().splitlines()
     last = lines[-1] if lines else ""
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", last)}
@@ -228,7 +244,10 @@ def summarize(samples: dict[tuple[str, int], list[float]], tests: int) -> dict:
         paired = [(a - b) / tests * 1e3 for a, b in zip(samples[mode, tests], samples["plain", tests])]
         cpu = CPU_S.get((mode, tests), [])
         cpu_plain = CPU_S.get(("plain", tests), [])
+        busy, busy_plain = MACHINE_S.get((mode, tests), []), MACHINE_S.get(("plain", tests), [])
         result["modes"][mode] = {
+            "machine_cpu_overhead_ms": ((statistics.median(busy) - statistics.median(busy_plain)) / tests * 1e3
+                                        if busy and busy_plain else None),
             "cpu_per_test_ms": statistics.median(cpu) / tests * 1e3 if cpu else None,
             "cpu_overhead_ms": (statistics.median(cpu) - statistics.median(cpu_plain)) / tests * 1e3 if cpu and cpu_plain else None,
             "per_test_ms": med[mode, tests] / tests * 1e3,
@@ -304,6 +323,10 @@ def print_report(args, info: dict, load: str, summary: dict, rounds: int) -> Non
     print("CPU time (user+sys of the session and its children) per test over plain: " + ", ".join(
         f"{mode} {m['cpu_overhead_ms']:+.2f} ms" for mode, m in summary["modes"].items() if m["cpu_overhead_ms"] is not None)
         + (f"; hermetic / forked {summary['cpu_ratio']:.2f}" if "cpu_ratio" in summary else ""))
+    print("machine-wide busy CPU (/proc/stat: every process and the kernel's workers; a quiet machine's figure) "
+          "per test over plain: " + ", ".join(
+              f"{mode} {m['machine_cpu_overhead_ms']:+.2f} ms" for mode, m in summary["modes"].items()
+              if mode != "plain" and m["machine_cpu_overhead_ms"] is not None))
     print(f"start-up excluded: forked {summary['modes']['forked']['overhead_no_startup_ms']:.2f} ms, "
           f"hermetic {summary['modes']['hermetic']['overhead_no_startup_ms']:.2f} ms per test, "
           f"ratio {verdict(summary.get('ratio_no_startup'))}")

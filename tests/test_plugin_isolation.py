@@ -4,7 +4,9 @@ namespaces (files, a straggler process, an abstract socket, SysV IPC
 objects, a POSIX message queue, a TCP port in TIME_WAIT) and the next test
 on the same process finds none, in namespaces of its own (the pytest
 process makes them ahead of time as root: runtime/spare.py, and the PID
-namespace with its placeholder PID 1: runtime/placeholder.py)."""
+namespace with its placeholder PID 1: runtime/placeholder.py; a network
+namespace an earlier test left unchanged may come again: runtime/netns_reuse.py,
+tests/test_netns_reuse.py)."""
 
 import pytest
 
@@ -86,7 +88,10 @@ def test_2_finds_none(parent_namespaces, shared):
     for kind, inode in parent_namespaces.items():
         assert os.stat(f"/proc/self/ns/{kind}").st_ino != inode, kind
     # namespaces made ahead (spare.py, the placeholder's PID namespace) are
-    # new ones, never the previous test's
+    # never the previous test's: IPC, UTS, mount and PID ones are always new;
+    # a network namespace may be an earlier test's, given back unchanged
+    # (runtime/netns_reuse.py, proven by tests/test_netns_reuse.py), but
+    # test_1's is not: it left TIME_WAIT and traffic in it
     previous = eval((shared / __name__).read_text())
     for kind, inode in own_namespaces().items():
         assert inode != previous[kind], kind

@@ -30,10 +30,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
+    from .netns_reuse import Netns
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import cgroups, channel, init, placeholder, spare
+from . import cgroups, channel, init, netns_reuse, placeholder, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -69,6 +70,7 @@ class ContainerProcess:
         self.exit_status: ExitStatus | None = None
         self.net_helper: Helper | None = None  # slirp4netns serving this container, if any
         self.tty: int | None = None  # an exec's terminal's master (exec -t): the caller's to use and close
+        self.netns: Netns | None = None  # its spare network namespace, given back once PID 1 is reaped
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -93,6 +95,9 @@ class ContainerProcess:
         if self.placeholder is not None:
             placeholder.end(self.placeholder)
             self.placeholder = None
+        if self.netns is not None:  # PID 1 reaped: nothing of the container is left in it
+            netns_reuse.give_back(self.netns)
+            self.netns = None
         reported = self._read_reported_status()
         self.exit_status = reported or result
         self._close()
@@ -135,6 +140,8 @@ class ContainerProcess:
 
     def __del__(self) -> None:
         self._close()
+        if self.netns is not None:  # never waited for: not known to be empty, so not given back
+            self.netns.close()
 
 
 _own_pidns_fd: int | None = None
@@ -218,10 +225,12 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
                 pipe.close()
         if first is not None:
             placeholder.end(first)
-        spare.discard(config.spare)
+        spare.lend(config.spare, False)
         raise
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
-    spare.discard(config.spare)  # the child's now
+    # The set is the child's now; its network namespace comes back to `proc` (given back in `wait`).
+    netns = spare.lend(config.spare, netns_reuse.reusable(config.privileged, config.caps, config.seccomp,
+                                                          tuple(bind.source for bind in config.rootfs.binds)))
     config.spare = None
     attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:
@@ -232,6 +241,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     if status_w is not None:
         os.close(status_w)
     proc = ContainerProcess(pid, pid, status_r, first)
+    proc.netns = netns
     network_error = None
     try:
         if maps is not None:
@@ -264,7 +274,7 @@ def prepare_next() -> None:
 
 def discard_prepared() -> None:
     """Let go of what `prepare_next` made for a container that will not come."""
-    spare.discard(spare.take())
+    spare.drop()
     placeholder.discard_ready()
 
 
