@@ -158,7 +158,8 @@ def _reopen_read_only(fd: int, path: str, original: os.stat_result, flags: int) 
     """Put on `fd` the same file, at the same offset, opened on a read-only
     mount of its own (a detached bind: nothing in the container can reach
     or remount it), so no reopening through /proc/self/fd can write it
-    (EROFS), nor chmod, chown or truncate it.  Where the path no longer
+    (EROFS), nor chmod, chown or truncate it.  (Its readlink is "/" then:
+    the mount's root is the file.)  Where the path no longer
     names the file (deleted, renamed, not in this mount namespace) or the
     kernel lacks open_tree/mount_setattr (before 5.12): a sealed in-memory
     copy, up to COPY_LIMIT bytes.  False: neither (the caller puts
