@@ -384,4 +384,7 @@ def test_containers_in_turn_reuse_a_namespace_and_the_end_lets_all_go(tmp_path):
         assert _net_namespaces_held() != before  # the next set, and kept ones
     finally:
         process.discard_prepared()
-    assert _net_namespaces_held() == before
+    # Nothing of these containers' is left.  (Not "== before": the outer
+    # session's plugin may have made a set ahead after a hermetic test of
+    # its own, which the first container here takes.)
+    assert set(_net_namespaces_held()) <= set(before)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import cgroups, channel, init, netns_reuse, placeholder, spare
+from . import cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -172,6 +172,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
             else None)
     if rootless and (config.network.mode == "usermode" or config.network_hook is not None):
         config.network_go = Channel()
+    if not rootless:
+        rootfs.kernelfs.prepare()  # the host's device numbers, looked up here once, not in every child
     if not rootless and config.network_hook is None and config.network.mode == "none":
         config.spare = spare.take()  # the namespaces made ahead, if any (the plugin's next test)
     # As root, the child is forked inside its v1 cgroups (cgroups.ThreadRoute):

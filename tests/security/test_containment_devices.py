@@ -121,3 +121,33 @@ def test_a_folder_of_host_devices_as_a_volume_opens_nothing_unless_privileged():
     assert plain.stdout.split() == ["0", "1"], plain.stdout + plain.stderr  # the single node: an explicit grant
     privileged = run("--privileged", "-v", "/dev:/hostdev", "-v", "/dev/zero:/single-zero", "host", "sh", "-c", probe)
     assert privileged.stdout.split() == ["1", "1"], privileged.stdout + privileged.stderr
+
+
+# The container's root has CAP_FOWNER and CAP_CHOWN: through a bind of the
+# host's node it would change the host's /dev/null for every user of the
+# machine (chmod 000: a denial of service).  The attack here changes nothing
+# even where it would reach the host (the same mode, the same owner), and
+# the host's inode's change time tells whether it reached it.
+NODE_ATTACK = ("for f in /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty /proc/keys /proc/kcore "
+               "/proc/timer_list; do test -e $f || continue; chmod 666 $f 2>/dev/null && chown 0:0 $f 2>/dev/null "
+               "&& echo CHANGED $f; done; true")
+
+
+def _host_change_times() -> dict[str, int]:
+    return {name: os.stat(f"/dev/{name}").st_ctime_ns for name in HOST_NODES}
+
+
+def test_the_containers_device_nodes_are_its_own_as_root():
+    before = _host_change_times()
+    ran = run("host", "sh", "-c", NODE_ATTACK)
+    assert ran.returncode == 0, ran.stderr
+    assert "CHANGED /dev/null" in ran.stdout and "CHANGED /proc/keys" in ran.stdout, ran.stdout  # it could, on its own
+    assert _host_change_times() == before  # ... and the host's nodes were not touched
+
+
+def test_the_host_device_nodes_cannot_be_changed_rootless(test_user):
+    before = _host_change_times()
+    ran = run("host", "sh", "-c", NODE_ATTACK, user=test_user)
+    assert ran.returncode == 0, ran.stderr
+    assert "CHANGED" not in ran.stdout, ran.stdout  # the host's nodes, bound: not the user's to change
+    assert _host_change_times() == before

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
 from .. import syscalls as sc
 from ..syscalls import MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC
-from .kernelfs import mask_paths, mount_cgroup2, mount_dev, mount_proc, mount_sys
+from .kernelfs import mask_paths, mount_cgroup2, mount_dev, mount_proc, mount_sys, own_nodes
 from .mounts import write_file
 from .overlay import OVERLAY_MAX_LOWERS, mount_host_per_directory, mount_overlay, overlay_options
 from .volumes import mount_volumes
@@ -130,6 +130,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     """
     sc.mount(None, "/", None, MS_REC | sc.MS_PRIVATE)
     sc.mount("tmpfs", config.scratch, "tmpfs", MS_NODEV | MS_NOSUID, "mode=755")
+    # As root, device nodes of the container's own (kernelfs.own_nodes), not binds of the host's.
+    nodes = None if config.userns else own_nodes(f"{config.scratch}/nodes".encode())
     for path in (config.merged, config.upper, config.work):
         if path.startswith(config.scratch + "/"):
             os.mkdir(path, 0o755)
@@ -151,7 +153,7 @@ def setup(config: RootfsConfig, hostname: str) -> None:
                        ([(config.workdir, True)] if config.workdir else []))
     os.chdir(root)  # the kernel's file systems and /tmp are mounted from inside it, by relative paths
     mount_proc()
-    mount_dev(config.userns, config.shm_size)
+    mount_dev(config.userns, config.shm_size, nodes)
     mount_sys(config.privileged)
     # Read-only too under --read-only (as an image's own /tmp would be), unless a --tmpfs covers it.
     tmp_flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if config.read_only else 0)
@@ -165,7 +167,7 @@ def setup(config: RootfsConfig, hostname: str) -> None:
         mount_tmpfs(root, inside)
     if not config.privileged:
         os.chdir(root)  # (mount_tmpfs and mount_volumes may have changed directory: mount_overlay's links)
-        mask_paths()
+        mask_paths(b"/dev/null" if nodes is None else nodes + b"/null")
     sc.sethostname(hostname)
     _pivot(root)
 

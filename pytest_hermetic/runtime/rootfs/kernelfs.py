@@ -51,15 +51,60 @@ def mount_proc() -> None:
     sc.mount(b"proc", b"proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def mount_dev(userns: bool, shm_size: int = 64 << 20) -> None:
-    """/dev, in the current directory (the new root)."""
+def own_nodes(folder: bytes) -> bytes:
+    """As root: the container's own copies of the harmless devices, on a
+    small tmpfs at `folder` (in the child's mount namespace, outside the new
+    root: nothing in the container reaches it after the pivot, only the
+    binds of its nodes); returns the folder.
+
+    A bind of the host's node would share the host's inode: the container's
+    root (CAP_FOWNER, CAP_CHOWN) could chmod or chown the host's /dev/null
+    through it, for every user of the machine.  These nodes are the
+    container's (same numbers, modes and owners as the host's); the tmpfs
+    allows devices (the binds of its nodes must open) but is reachable only
+    through those binds, each a single file, where nothing new can be made.
+    In a user namespace mknod is refused and the host's nodes are bound
+    (their owner is the host's root there: no chmod)."""
+    os.mkdir(folder, 0o700)
+    sc.mount(b"tmpfs", folder, b"tmpfs", MS_NOSUID | MS_NOEXEC, b"mode=700,size=4k,nr_inodes=16")
+    for name, (mode, rdev, uid, gid) in _host_nodes():
+        path = folder + b"/" + name
+        os.mknod(path, mode, rdev)
+        os.chown(path, uid, gid)
+        os.chmod(path, stat.S_IMODE(mode))  # (mknod applies the umask)
+    return folder
+
+
+_nodes: list[tuple[bytes, tuple[int, int, int, int]]] = []
+
+
+def _host_nodes() -> list[tuple[bytes, tuple[int, int, int, int]]]:
+    """(name, (mode, rdev, uid, gid)) of the host's harmless devices, looked up
+    once per process (in the parent, before any fork: see `prepare`)."""
+    if not _nodes:
+        for name in HOST_DEVICES:
+            st = os.stat(f"/dev/{name}")
+            if not stat.S_ISCHR(st.st_mode):
+                raise OSError(errno.ENODEV, f"/dev/{name} is not a character device here")
+            _nodes.append((name.encode(), (st.st_mode, st.st_rdev, st.st_uid, st.st_gid)))
+    return _nodes
+
+
+def prepare() -> None:
+    """In the parent: what `own_nodes` needs, so the child only uses it."""
+    _host_nodes()
+
+
+def mount_dev(userns: bool, shm_size: int = 64 << 20, nodes: bytes | None = None) -> None:
+    """/dev, in the current directory (the new root); `nodes`: the folder
+    of the container's own device nodes (`own_nodes`), else the host's."""
     # nodev, as every writable mount of the container: a node made with
     # mknod (CAP_MKNOD is in Docker's default set) opens nothing.  The
-    # host's own nodes, bound here, keep their mount's flags and work.
+    # nodes bound here keep their own mount's flags and work.
     sc.mount(b"tmpfs", b"dev", b"tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME, b"mode=755,size=65536k")
     for host, node in _DEV_NODES:
         os.mknod(node, stat.S_IFREG | 0o644)  # a mount point (one call: no descriptor to close)
-        sc.mount(host, node, None, MS_BIND)
+        sc.mount(host if nodes is None else nodes + host[4:], node, None, MS_BIND)
     os.mkdir(b"dev/pts")
     sc.mount(b"devpts", b"dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC, _PTS_OPTIONS if userns else _PTS_OPTIONS_ROOT)
     os.symlink(b"pts/ptmx", b"dev/ptmx")
@@ -85,22 +130,25 @@ def mount_cgroup2(config: RootfsConfig) -> None:
         sc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags)
 
 
-def mask_paths() -> None:
-    """runc's masks, in the current directory (the new root)."""
+def mask_paths(null: bytes = b"/dev/null") -> None:
+    """runc's masks, in the current directory (the new root); files are
+    covered by a bind of `null` (the container's own /dev/null as root:
+    a bind of the host's would let the container chmod the host's node)."""
     # Each mount is tried as the kind its path is on every kernel (a folder
-    # gets an empty tmpfs, a file the host's /dev/null): a path this kernel
+    # gets an empty tmpfs, a file /dev/null): a path this kernel
     # lacks fails with ENOENT before anything is mounted, so no stat first
     # (17 per container).  Any other failure: look, then mount as the
     # path's actual kind, as before.
+    mask_file = (null, None, MS_BIND, None)
     for target, directory in _MASKS:
-        source, fstype, flags, data = _MASK_DIR if directory else _MASK_FILE
+        source, fstype, flags, data = _MASK_DIR if directory else mask_file
         failed = sc.try_mount(source, fstype, flags, data, target)
         if failed and failed != errno.ENOENT:
             try:
                 st = os.lstat(target)
             except OSError:
                 continue
-            source, fstype, flags, data = _MASK_DIR if stat.S_ISDIR(st.st_mode) else _MASK_FILE
+            source, fstype, flags, data = _MASK_DIR if stat.S_ISDIR(st.st_mode) else mask_file
             sc.mount(source, target, fstype, flags, data)
     for target in _READONLY:
         failed = sc.try_mount(target, None, MS_BIND | MS_REC, None, target)
@@ -116,6 +164,5 @@ def mask_paths() -> None:
 # may cover the container's own /dev).
 _MASK_DIR: tuple[bytes, bytes | None, int, bytes | None] = (
     b"tmpfs", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=0")
-_MASK_FILE: tuple[bytes, bytes | None, int, bytes | None] = (b"/dev/null", None, MS_BIND, None)
 _MASKS = tuple((path[1:].encode(), path in _MASKED_DIRS) for path in MASKED_PATHS)  # relative to the root
 _READONLY = tuple(path[1:].encode() for path in READONLY_PATHS)
