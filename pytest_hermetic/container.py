@@ -156,7 +156,7 @@ class Container:
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
               stdout: int | None = None, stderr: int | None = None, log: bool = False,
               tty: bytes | None = None, prepare_next: bool = False,
-              meanwhile: Callable[[], None] | None = None) -> "Container":
+              meanwhile: Callable[[], None] | None = None, keep_fds: tuple[int, ...] = ()) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
@@ -167,7 +167,9 @@ class Container:
         caller's to read, write and close).  `prepare_next`: while this one
         builds its root, make the next container's network, IPC and UTS
         namespaces (runtime/spare.py; the pytest plugin, which starts one
-        container after another).  `meanwhile`: the caller's own work, done
+        container after another).  `keep_fds`: descriptors a callable needs
+        as they are (a pipe's read end it reads: the others are blanked, see
+        runtime/descriptors.py).  `meanwhile`: the caller's own work, done
         then too (it must not raise)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
@@ -204,6 +206,7 @@ class Container:
             config.stdio = (stdin, stdout, stderr)
             config.make_spare = prepare_next
             config.meanwhile = meanwhile
+            config.keep_fds = keep_fds
             if tty is not None:
                 if target is not None:
                     raise SpecError("a terminal (tty) is for a command, not for a Python callable")

@@ -193,7 +193,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             # next test's namespaces and removes earlier tests' containers:
             # neither is then on a test's path.
             container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops),
-                            prepare_next=True, meanwhile=remove_earlier)
+                            prepare_next=True, meanwhile=remove_earlier, keep_fds=(reply_r,))
         finally:
             gc.unfreeze()
             os.close(write_fd)

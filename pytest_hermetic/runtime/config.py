@@ -54,3 +54,7 @@ class ProcessConfig:
     # The caller's own work, done by the parent while this child builds its
     # root (the plugin removes earlier tests' containers then); it must not raise.
     meanwhile: Callable[[], None] | None = None
+    # A Python callable's own descriptors that must stay as they are (the
+    # plugin's: the read end of its answers); every other inherited pipe's
+    # read end is blanked (descriptors.seal).
+    keep_fds: tuple[int, ...] = ()

@@ -12,8 +12,9 @@ container drops them:
 * a Python callable (the pytest plugin's test, the notebook helper's kept
   container) runs in a fork of a process whose Python objects still own
   their descriptors, and some of them it needs (pytest's capture files, its
-  report pipe).  `seal` keeps regular files, pipes and terminals (they reach
-  only themselves) and `blank` puts /dev/null in place of everything else: closed
+  report pipe).  `seal` keeps regular files, pipes' write ends and
+  terminals (they reach only themselves) and `blank` puts /dev/null in place
+  of everything else, pipes' read ends too (see `_pipe_end`): closed
   outright, a number could be reused by a new file that an old object then
   closes under it.  A regular file open read-only still reaches its host
   file by name: `open("/proc/self/fd/N", "w")` follows the magic link to
@@ -133,7 +134,7 @@ def _kind(fd: int) -> tuple:
     try:
         link = os.readlink(f"/proc/self/fd/{fd}")
         if link.startswith("pipe:["):
-            return _KEEP
+            return _pipe_end(fcntl.fcntl(fd, fcntl.F_GETFL))
         if not link.startswith("/"):  # sockets, anonymous inodes (pidfd, eventfd, bpf...), namespaces
             return _REPLACE
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -147,11 +148,21 @@ def _kind(fd: int) -> tuple:
         # write them anyway, through the fd, as it would in place.
         return (link, mode, flags) if flags & os.O_ACCMODE == os.O_RDONLY else _KEEP
     if stat.S_ISFIFO(mode.st_mode):
-        return _KEEP
+        return _pipe_end(flags)
     if stat.S_ISCHR(mode.st_mode):
         major, minor = os.major(mode.st_rdev), os.minor(mode.st_rdev)
         return _KEEP if (major == 1 and minor in _HARMLESS_MEM_MINORS) or major in _TTY_MAJORS else _REPLACE
     return _REPLACE  # directories, block devices
+
+
+def _pipe_end(flags: int) -> tuple:
+    """A pipe's (or FIFO's) write end stays (the test's output, its
+    reports); a read end goes: reopened through /proc/self/fd for writing it
+    is a write end into whoever reads the pipe in the caller -- under xdist
+    the worker's command stream from the controller, which executes what it
+    is sent (a test's reopen of it for writing was tried: it worked).  The
+    callable's own read ends are `keep`."""
+    return _KEEP if flags & os.O_ACCMODE == os.O_WRONLY else _REPLACE
 
 
 def _reopen_read_only(fd: int, path: str, original: os.stat_result, flags: int) -> bool:

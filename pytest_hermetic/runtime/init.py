@@ -110,7 +110,7 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
     # A callable's descriptors: sealed in our own mount namespace, while the
     # host's paths still name its files, blanked with the container's /dev/null
     # (all but the console's socket, which `_attach_console` uses next).
-    blanks = descriptors.seal((config.tty.socket_fd,) if config.tty is not None else ()) if seal else []
+    blanks = descriptors.seal(_kept_fds(config, joined)) if seal else []
     rootfs.setup(config.rootfs, config.hostname)
     descriptors.blank(blanks)
     if not in_namespaces:
@@ -121,6 +121,19 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
         network.configure(config.network)  # eth0 is there now
         sc.unshare(sc.CLONE_NEWCGROUP)
     rootfs.mount_cgroup2(config.rootfs)
+
+
+def _kept_fds(config: ProcessConfig, joined: channel.Channel | None) -> tuple[int, ...]:
+    """What the seal leaves alone: the callable's own (`keep_fds`), the
+    command's stdio under an init, the read ends this process still reads
+    from its parent (the cgroup and network hand-overs), the console's socket."""
+    kept = [*config.keep_fds, *(fd for fd in config.stdio if fd is not None)]  # (init's command: its stdin)
+    for pipe in (joined, config.network_go):
+        if pipe is not None and pipe.read_fd >= 0:
+            kept.append(pipe.read_fd)
+    if config.tty is not None:
+        kept.append(config.tty.socket_fd)
+    return tuple(kept)
 
 
 def _wait_network(config: ProcessConfig, err_w: int) -> None:

@@ -309,3 +309,44 @@ def test_a_rootless_hermetic_test_cannot_write_pytests_read_only_files(test_user
     ran = inner_session(test_user, "descriptors-read-only", f"import os\nos.environ['MARKER_DIR'] = {directory!r}\n" +
                         READ_ONLY_SUITE.replace("OPTIONS", marker_options()))
     _assert_read_only_held(ran, directory, files)
+
+
+PIPES_SUITE = """
+import fcntl, os, stat
+import pytest
+from pytest_hermetic import hermetic
+
+@pytest.fixture(scope="session")
+def pipe():
+    return os.pipe()  # opened in pytest (the parent): its reader and writer
+
+@hermetic(OPTIONS)
+def test_no_read_end_of_pytests_pipes(pipe):
+    read_end, write_end = pipe
+    assert os.readlink(f"/proc/self/fd/{read_end}") == "/dev/null"
+    assert os.readlink(f"/proc/self/fd/{write_end}").startswith("pipe:")  # output goes out, as in place
+    read_ends = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fifo = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        except OSError:
+            continue
+        if fd > 2 and fifo and flags & os.O_ACCMODE != os.O_WRONLY:
+            read_ends.append((fd, target))
+    # Reopened for writing (/proc/self/fd/N), a read end writes into its
+    # reader in pytest (under xdist: the worker's commands from the
+    # controller, which it executes).  One is the test's own: the answers
+    # to its `containers` fixture, which only the child reads.
+    assert len(read_ends) <= 1, read_ends
+"""
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
+def test_a_hermetic_test_gets_no_read_end_of_pytests_pipes(xdist):
+    pytest.importorskip("xdist")
+    ran = inner_session(None, "descriptors-pipes", PIPES_SUITE.replace("OPTIONS", marker_options()),
+                        *(("-p", "xdist", "-n", "1") if xdist else ()))
+    assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
