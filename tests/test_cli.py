@@ -1,8 +1,12 @@
 """The `hermetic` command: exit statuses, one-line errors, streams, images."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 
 def test_must_show_line():
@@ -169,3 +173,18 @@ def test_userns_as_root_is_refused_with_the_reason():
     assert ran.returncode == 125
     assert ran.stderr.startswith("hermetic: error: userns=True as root is not supported yet")
     assert "fix:" in ran.stderr and ran.stderr.count("\n") == 1
+
+
+def test_run_loads_none_of_the_heavy_modules():
+    """`hermetic run` starts like runc (issue #16): none of these is on its
+    path (`re` alone, with `enum`, `functools` and `collections`, was ~4 ms
+    of ~28): each came back once through a module the run path imports."""
+    console = ("import sys; sys.argv = ['hermetic', 'run', 'host', 'true']; "  # as the console script does (not -m: runpy)
+               "from pytest_hermetic.cli import console; sys.exit(console())")
+    ran = subprocess.run([sys.executable, "-X", "importtime", "-c", console],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert ran.returncode == 0, ran.stderr
+    loaded = {line.split("|")[-1].strip() for line in ran.stderr.splitlines() if line.startswith("import time:")}
+    heavy = {"re", "enum", "argparse", "json", "functools", "collections", "typing", "dataclasses", "inspect",
+             "threading", "signal", "subprocess", "tempfile", "shutil", "pathlib"}
+    assert loaded & heavy == set(), sorted(loaded & heavy)
