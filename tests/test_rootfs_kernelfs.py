@@ -148,3 +148,18 @@ def test_a_failed_mount_says_which_and_why(path):
     text = str(caught.value)
     assert text.startswith("mount: No such file or directory (errno 2): tmpfs tmpfs on "), text
     assert os.fsdecode(path) in text and "(size=0)" in text and "b'" not in text, text
+
+
+def test_own_nodes_give_way_to_the_hosts_where_mknod_is_refused(tmp_path):
+    """Root in a user namespace (an engine run by a rootless container
+    manager) may not mknod: own_nodes says so (None) and /dev binds the
+    host's nodes, which are not that root's to change, instead of failing."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pytest_hermetic.runtime.rootfs import kernelfs; "
+            "print(kernelfs.own_nodes(sys.argv[2].encode()))")
+    ran = subprocess.run(["unshare", "-Urm", "--propagation", "private", sys.executable, "-c", code,
+                          os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(tmp_path / "nodes")],
+                         capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout.strip()) == (0, "None"), ran.stderr

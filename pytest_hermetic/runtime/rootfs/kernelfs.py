@@ -51,7 +51,7 @@ def mount_proc() -> None:
     sc.mount(b"proc", b"proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def own_nodes(folder: bytes) -> bytes:
+def own_nodes(folder: bytes) -> bytes | None:
     """As root: the container's own copies of the harmless devices, on a
     small tmpfs at `folder` (in the child's mount namespace, outside the new
     root: nothing in the container reaches it after the pivot, only the
@@ -64,12 +64,17 @@ def own_nodes(folder: bytes) -> bytes:
     allows devices (the binds of its nodes must open) but is reachable only
     through those binds, each a single file, where nothing new can be made.
     In a user namespace mknod is refused and the host's nodes are bound
-    (their owner is the host's root there: no chmod)."""
+    (their owner is the host's root there: no chmod): None then, also for
+    an engine that runs as root inside a user namespace of its own (a
+    rootless container manager's)."""
     os.mkdir(folder, 0o700)
     sc.mount(b"tmpfs", folder, b"tmpfs", MS_NOSUID | MS_NOEXEC, b"mode=700,size=4k,nr_inodes=16")
     for name, (mode, rdev, uid, gid) in _host_nodes():
         path = folder + b"/" + name
-        os.mknod(path, mode, rdev)
+        try:
+            os.mknod(path, mode, rdev)
+        except PermissionError:  # not the machine's root: the host's nodes are not ours to change
+            return None
         os.chown(path, uid, gid)
         os.chmod(path, stat.S_IMODE(mode))  # (mknod applies the umask)
     return folder
