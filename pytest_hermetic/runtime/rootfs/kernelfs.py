@@ -69,29 +69,36 @@ def own_nodes(folder: bytes) -> bytes | None:
     rootless container manager's)."""
     os.mkdir(folder, 0o700)
     sc.mount(b"tmpfs", folder, b"tmpfs", MS_NOSUID | MS_NOEXEC, b"mode=700,size=4k,nr_inodes=16")
-    for name, (mode, rdev, uid, gid) in _host_nodes():
-        path = folder + b"/" + name
-        try:
-            os.mknod(path, mode, rdev)
-        except PermissionError:  # not the machine's root: the host's nodes are not ours to change
-            return None
-        os.chown(path, uid, gid)
-        os.chmod(path, stat.S_IMODE(mode))  # (mknod applies the umask)
+    umask = os.umask(0)  # (the host's modes as they are: one call each way, not a chmod per node)
+    try:
+        for name, mode, rdev, owner in _host_nodes():
+            path = folder + b"/" + name
+            try:
+                os.mknod(path, mode, rdev)
+            except PermissionError:  # not the machine's root: the host's nodes are not ours to change
+                return None
+            if owner is not None:
+                os.chown(path, *owner)
+    finally:
+        os.umask(umask)
     return folder
 
 
-_nodes: list[tuple[bytes, tuple[int, int, int, int]]] = []
+_nodes: list[tuple[bytes, int, int, tuple[int, int] | None]] = []
 
 
-def _host_nodes() -> list[tuple[bytes, tuple[int, int, int, int]]]:
-    """(name, (mode, rdev, uid, gid)) of the host's harmless devices, looked up
-    once per process (in the parent, before any fork: see `prepare`)."""
+def _host_nodes() -> list[tuple[bytes, int, int, tuple[int, int] | None]]:
+    """(name, mode, rdev, owner) of the host's harmless devices, looked up
+    once per process (in the parent, before any fork: see `prepare`); owner
+    None where it is this process's own, which a node it makes has already."""
     if not _nodes:
+        own = (os.geteuid(), os.getegid())
         for name in HOST_DEVICES:
             st = os.stat(f"/dev/{name}")
             if not stat.S_ISCHR(st.st_mode):
                 raise OSError(errno.ENODEV, f"/dev/{name} is not a character device here")
-            _nodes.append((name.encode(), (st.st_mode, st.st_rdev, st.st_uid, st.st_gid)))
+            owner = (st.st_uid, st.st_gid)
+            _nodes.append((name.encode(), st.st_mode, st.st_rdev, None if owner == own else owner))
     return _nodes
 
 
