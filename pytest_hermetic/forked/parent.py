@@ -202,6 +202,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             per_test.prepare_next(item.config, next_spec)
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
+            container.flush_files()  # the test's lines in pytest's output file before pytest's own
             # Every report is home: the exit of the child (tearing down a
             # large address space and its namespaces) and the clean-up need
             # not hold up the next test.

@@ -28,6 +28,7 @@ import select
 from .._record import record
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from .file_relay import FileRelay
     from typing import Callable
 
     from .netns_reuse import Netns
@@ -71,6 +72,7 @@ class ContainerProcess:
         self.net_helper: Helper | None = None  # slirp4netns serving this container, if any
         self.tty: int | None = None  # an exec's terminal's master (exec -t): the caller's to use and close
         self.netns: Netns | None = None  # its spare network namespace, given back once PID 1 is reaped
+        self.files: FileRelay | None = None  # an exec's relay of the caller's written files, ended with it
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -100,6 +102,9 @@ class ContainerProcess:
             self.netns = None
         reported = self._read_reported_status()
         self.exit_status = reported or result
+        if self.files is not None:  # what the command wrote (a straggler of its own gets EPIPE later)
+            self.files.close()
+            self.files = None
         self._close()
         if self.net_helper is not None:
             self.net_helper.close()
