@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
+from . import capabilities, cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -170,8 +170,13 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     if rootless:
         from . import relay  # (lazily: its import, with resource's, is not a root container's)
     # A Python callable as root: the callable itself is the only fork of
-    # the (large) parent, as PID 2 under a placeholder PID 1.
-    placeholder_mode = target is not None and not rootless and not config.init and placeholder.available()
+    # the (large) parent, as PID 2 under a placeholder PID 1.  Not where the
+    # container may trace its PID 1 (CAP_SYS_PTRACE, privileged): the
+    # placeholder is the host's root in the host's namespaces but the PID
+    # one, so tracing it would run code there; PID 1 is then the
+    # container's own, as under Docker.
+    placeholder_mode = (target is not None and not rootless and not config.init and not config.privileged
+                        and not capabilities.may_trace(config.caps) and placeholder.available())
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
     maps = (relay.UserMaps() if rootless and config.userns and config.userns.mapped_from_outside and not config.userns_join
             else None)
