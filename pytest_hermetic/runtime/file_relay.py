@@ -125,57 +125,40 @@ class FileRelay:
 
 
 class _Pump:
-    """The caller's one copying thread, for all its containers' relays:
-    it polls every read end and copies what comes into the file.  Each read
-    end and its target are owned by the table: whoever takes them out of
-    `_targets` closes them.  A read end's number, closed at its pipe's end,
-    may come back as another relay's: so each entry names its relay, and a
-    relay's calls touch only its own."""
+    """The caller's one copying thread, for all its containers' relays: it
+    waits on an epoll set of every read end (registered by the callers
+    themselves, so a relay's start and end never wake it) and copies what
+    comes into the file.  Each read end and its target are owned by the
+    table: whoever takes them out of `_targets` closes them.  A read end's
+    number, closed at its pipe's end, may come back as another relay's: so
+    each entry names its relay, and a relay's calls touch only its own."""
 
     def __init__(self) -> None:
         self._lock = _thread.allocate_lock()
         self._targets: dict[int, tuple[int, FileRelay]] = {}  # read end -> (copy of the caller's fd, relay)
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._epoll = select.epoll()  # (close-on-exec)
         _thread.start_new_thread(self._run, ())
 
     def owned(self) -> set[int]:
         """The fds this pump holds (a caller's scan of its own skips them)."""
         with self._lock:
-            return {*self._targets, *(target for target, _ in self._targets.values()), self._wake_r, self._wake_w}
+            return {*self._targets, *(target for target, _ in self._targets.values()), self._epoll.fileno()}
 
     def add(self, targets: dict[int, int], relay: FileRelay) -> None:
         with self._lock:
-            self._targets.update((read, (target, relay)) for read, target in targets.items())
-        self._wake()
+            for read, target in targets.items():
+                self._targets[read] = (target, relay)
+                self._epoll.register(read, select.EPOLLIN)
 
     def copy(self, reads: list[int], relay: FileRelay, last: bool = False) -> None:
         """Copy what `relay`'s pipes hold now; with `last`, end them."""
         for read in reads:
             self._copy(read, relay, last)
-        if last:
-            self._wake()
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:  # woken already
-            pass
 
     def _run(self) -> None:
         while True:
-            poll = select.poll()
-            poll.register(self._wake_r, select.POLLIN)
-            with self._lock:
-                for read in self._targets:
-                    poll.register(read, select.POLLIN)
-            for fd, _ in poll.poll():
-                if fd == self._wake_r:
-                    try:
-                        os.read(self._wake_r, 512)
-                    except BlockingIOError:
-                        pass
-                else:
-                    self._copy(fd, None)
+            for fd, _ in self._epoll.poll():
+                self._copy(fd, None)
 
     def _copy(self, read: int, relay: FileRelay | None, last: bool = False) -> None:
         """Copy what `read` holds now (if it is `relay`'s; None: whoever's);
@@ -197,6 +180,7 @@ class _Pump:
                 _write_all(target, data)
             if ended:
                 del self._targets[read]
+                self._epoll.unregister(read)
                 os.close(read)
                 os.close(target)
 
