@@ -93,18 +93,22 @@ class Remote:
 
 
 def child_main(item: pytest.Item, write_fd: int, reply_fd: int, listeners: list | None = None,
-               servers: dict | None = None, loops: event_loops.Loops | None = None) -> int:
+               servers: dict | None = None, loops: event_loops.Loops | None = None, undumpable: bool = True) -> int:
     """The container's workload: run `item`'s function-scope phases and
     send everything home; "done" is always the last message.  First, the
     parent's event `loops` get private copies of their descriptors (see
     event_loops), and its `listeners` their sockets here (see
     loopback_relay): its `servers` served here again, the rest relayed by
-    the parent."""
+    the parent.  `undumpable` (as root): see below."""
     # Not dumpable: the other processes of the container (a program of the
     # image that the test runs, as root) may not reach this one's pipes to
     # pytest through /proc/PID/fd, nor its memory (wire: what pytest reads
     # from the pipes is hostile anyway; this keeps them the test's own).
-    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    # Not rootless: the parent, the user, would lose its own pidfd_getfd of
+    # the test's sockets (loopback_relay), and whatever the pipe asks of it
+    # is no more than the user may do anyway.
+    if undumpable:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
     config = item.config
     channel = Channel(write_fd)
     if loops:

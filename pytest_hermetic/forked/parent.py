@@ -202,7 +202,8 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             # While this test's child builds its root, the parent makes the
             # next test's namespaces and removes earlier tests' containers:
             # neither is then on a test's path.
-            container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops),
+            undumpable = not container.userns
+            container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops, undumpable),
                             prepare_next=True, meanwhile=remove_earlier, keep_fds=(reply_r,))
         finally:
             gc.unfreeze()
