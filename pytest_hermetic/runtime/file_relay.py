@@ -33,6 +33,8 @@ import os
 import select
 import stat
 
+from . import syscalls as sc
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterable
@@ -63,6 +65,12 @@ class FileRelay:
         self._targets: dict[int, int] = {}  # read end -> our own copy of the caller's fd
         try:
             for fd in targets:
+                # A copy of an fd already relayed (pytest's capture keeps
+                # copies of its stdout's): the same pipe serves it.
+                shared = next((other for other in self.child_ends if sc.same_open_file(fd, other)), None)
+                if shared is not None:
+                    self.child_ends[fd] = self.child_ends[shared]
+                    continue
                 # The same open file, on a number of our own: the caller may
                 # close its fd once the container has started (subprocess's way).
                 try:
@@ -95,12 +103,12 @@ class FileRelay:
         """Every fd of the relay, which the child closes once it has put
         the write ends in place (the read ends and the copies of the
         caller's fds are not the child's to keep)."""
-        return (*self._reads, *self.child_ends.values(), *self._targets.values())
+        return (*self._reads, *set(self.child_ends.values()), *self._targets.values())
 
     def started(self) -> None:
         """The child has its write ends: close ours (so the pipes end when
         the container's last process does) and start copying."""
-        for write in self.child_ends.values():
+        for write in set(self.child_ends.values()):
             os.close(write)
         self.child_ends = {}
         _pump().add(self._targets, self)
@@ -119,7 +127,7 @@ class FileRelay:
         self._reads, self._targets = [], {}  # (the pump's, and closed by it)
 
     def _close_all(self) -> None:
-        for fd in (*self._reads, *self.child_ends.values(), *self._targets.values()):
+        for fd in (*self._reads, *set(self.child_ends.values()), *self._targets.values()):
             os.close(fd)
         self._reads, self.child_ends, self._targets = [], {}, {}
 

@@ -241,6 +241,23 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
                                 ctypes.c_uint(0)), "pidfd_getfd", f"descriptor {fd}")
 
 
+SYS_KCMP = {"x86_64": 312, "aarch64": 272, "ppc64le": 354, "s390x": 343, "riscv64": 272}
+_KCMP_FILE = 0
+_syscall_kcmp = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_ulong, ctypes.c_ulong)
+
+
+def same_open_file(fd: int, other: int) -> bool | None:
+    """Whether two of this process's fds are one open file description (one
+    offset, one set of flags): kcmp(2); None where the kernel lacks it."""
+    number = SYS_KCMP.get(_MACHINE)
+    if number is None:
+        return None
+    pid = os.getpid()
+    result = _syscall_kcmp(number, pid, pid, _KCMP_FILE, fd, other)
+    return None if result < 0 else result == 0
+
+
 class _EpollEvent(ctypes.Structure):
     # Packed on x86_64 only, as <sys/epoll.h> declares it.
     _pack_ = 1 if os.uname().machine == "x86_64" else 0
