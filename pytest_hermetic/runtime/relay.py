@@ -93,6 +93,7 @@ def _relay_main(config: ProcessConfig, target: Callable[[], int | None] | None, 
     except BaseException as exc:  # noqa: BLE001 - everything becomes a start error
         fail(err_w, 125, describe(exc))
     if child == 0:
+        os.close(relay_w)  # the relay's word alone: no process of the container may write a pid there
         init.main(config, target, err_w, status_w, None, in_namespaces=True)
     if config.network_go is not None:
         config.network_go.close()
@@ -109,8 +110,7 @@ def pid1(relay_pid: int) -> int:
     fd = _pid_fds.pop(relay_pid, None)
     if fd is None:
         return relay_pid
-    # Exactly the pid, not up to EOF: PID 1 and its children inherited the
-    # write end (no exec closes it in callable mode) and keep it open.
+    # Exactly the pid, not up to EOF (the relay keeps the write end open).
     try:
         data = channel.read_exactly(fd, channel.PID.size)
     finally:
