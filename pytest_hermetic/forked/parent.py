@@ -23,7 +23,7 @@ import pytest
 from .. import _pytest_compat as compat
 from ..bindings import image_for
 from ..container import Container
-from ..errors import HermeticError
+from ..errors import HermeticError, SpecError
 from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
 from ..spec import Spec
@@ -177,7 +177,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
         if scope is not None:
             scope.close()  # nothing else would: no container took it
         raise
-    services = _Services(scope, spec.net, container)
+    services = _Services(scope, spec.net, container, may_run="containers" in getattr(item, "fixturenames", ()))
     at_fork: dict = {}
     found = loopback_relay.listeners(at_fork)  # the pytest process's own servers (a session fixture's)
     services.listeners = {(listener.family, listener.type, listener.address, listener.port) for listener in found}
@@ -252,8 +252,14 @@ def _network_scope(spec: Spec) -> Any:
 class _Services:
     """The parent's side of the `containers` fixture for one hermetic test."""
 
-    def __init__(self, scope: Any = None, test_net: Any = False, container: Container | None = None) -> None:
+    def __init__(self, scope: Any = None, test_net: Any = False, container: Container | None = None,
+                 may_run: bool = False) -> None:
         self.factory: Containers | None = None
+        # Only a test that asked for the `containers` fixture has containers
+        # started for it: the pipe is open to whatever runs in the test's
+        # process (code of the image it imports), and a container this
+        # process starts may hold what the test's own may not.
+        self.may_run = may_run
         self.scope = scope
         self.test_net = test_net  # where the test is, for `address()`
         self.container = container
@@ -289,6 +295,9 @@ class _Services:
             method, args, kwargs = payload
             if not (isinstance(method, str) and isinstance(args, tuple) and isinstance(kwargs, dict)):
                 raise TypeError("hermetic: a `containers` call of another shape")
+            if method == "run" and not self.may_run:
+                raise SpecError("hermetic: containers are started for a test that asks for the `containers` "
+                                "fixture only; add it to the test's arguments")
             if self.factory is None:
                 self.factory = Containers(self.scope)
             reply = (True, self.factory.handle(method, args, kwargs, self.test_net))

@@ -112,6 +112,25 @@ def test_calls_another_method(containers):
 """
 
 
+NO_FIXTURE_SUITE = """
+import pytest
+from pytest_hermetic import fixtures, hermetic
+
+@hermetic(OPTIONS)
+def test_without_the_fixture():
+    with pytest.raises(Exception, match="add it to the test's arguments"):
+        fixtures.remote.call("run", "host", ["sleep", "30"], privileged=True)
+"""
+
+
+def test_a_test_without_the_containers_fixture_gets_no_container_started():
+    """Whatever runs in a test's process (code of the image it imports) may
+    write a "run" call to the pipe: pytest starts containers only for a test
+    that asked for the fixture (here one that would be privileged)."""
+    ran = inner_session(None, "channel-no-fixture", NO_FIXTURE_SUITE.replace("OPTIONS", marker_options()))
+    assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
+
+
 def test_the_containers_fixture_answers_only_its_own_calls():
     ran = inner_session(None, "channel-call", CALL_SUITE.replace("OPTIONS", marker_options()))
     assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
