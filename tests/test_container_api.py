@@ -150,3 +150,20 @@ def test_a_callables_written_file_is_a_pipe_into_it(tmp_path):
             assert box.wait().exit_code == 0
         held.write("parent again\n")
     assert path.read_text() == "parent\nchild\nparent again\n"
+
+
+def test_a_written_file_closed_in_the_fork_before_its_relay_starts(tmp_path):
+    """The caller listed a file open for writing, and the fork closed it
+    before the child's set-up (a garbage object's finalizer, run by the
+    child's first collection: seen with an IPython shell's history
+    database): the container starts all the same."""
+    held = open(tmp_path / "held.log", "w")
+    closing = [held.fileno()]
+    os.register_at_fork(after_in_child=lambda: closing and os.close(closing.pop()))
+    try:
+        with Container(Spec.build("host", ephemeral=True)) as box:
+            box.start(target=lambda: 0)
+            assert box.wait().exit_code == 0
+    finally:
+        closing.clear()
+        held.close()

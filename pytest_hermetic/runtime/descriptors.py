@@ -116,7 +116,11 @@ def seal(keep: tuple[int, ...] = (), stdio: tuple[int, ...] = (0, 1, 2), everyth
     while the paths the host's files are open at still name them there."""
     relayed = relayed or {}
     for fd, write_end in relayed.items():
-        os.dup2(write_end, fd, inheritable=os.get_inheritable(fd))
+        try:
+            inheritable = os.get_inheritable(fd)
+        except OSError:  # closed since the parent looked: an object's finalizer ran in this fork (gc)
+            continue
+        os.dup2(write_end, fd, inheritable=inheritable)
     for fd in relay_pipes:
         _close(fd)
     later = []
