@@ -54,15 +54,18 @@ def test_bad_input_is_one_clear_line(args, code, message):
     assert ran.stderr.count("\n") == 1 and "Traceback" not in ran.stderr
 
 
-def test_images_import_rmi_gc(busybox_rootfs):
-    imported = run_cli("import", f"dir:{busybox_rootfs}", "cli-test:1")
+def test_images_import_rmi_gc(busybox_rootfs, tmp_path):
+    # A store and state root of its own: another xdist worker's gc could take what this one
+    # expects to remove, and this gc would clear the exited containers other tests still read.
+    env = {"HERMETIC_STORE": str(tmp_path / "store"), "HERMETIC_STATE": str(tmp_path / "state")}
+    imported = run_cli("import", f"dir:{busybox_rootfs}", "cli-test:1", env=env)
     assert imported.returncode == 0 and imported.stdout.startswith("cli-test:1 sha256:")
-    listing = run_cli("images").stdout
+    listing = run_cli("images", env=env).stdout
     assert "host" in listing and "cli-test:1" in listing
-    assert run_cli("run", "cli-test:1", "true").returncode == 0
-    assert run_cli("rmi", "cli-test:1").stdout == "untagged cli-test:1\n"
-    assert "cli-test:1" not in run_cli("images").stdout
-    gc = run_cli("gc")
+    assert run_cli("run", "cli-test:1", "true", env=env).returncode == 0
+    assert run_cli("rmi", "cli-test:1", env=env).stdout == "untagged cli-test:1\n"
+    assert "cli-test:1" not in run_cli("images", env=env).stdout
+    gc = run_cli("gc", env=env)
     assert gc.returncode == 0 and "removed" in gc.stdout
 
 

@@ -228,17 +228,24 @@ def test_publish_a_bridged_detached_container(names):
     names.clear()
 
 
-def test_gc_keeps_a_running_detached_container_and_clears_an_exited_one(names):
-    names += ["alive", "done"]
-    assert run_cli("run", "-d", "--name", "alive", "host", "sleep", "300").returncode == 0
-    assert run_cli("run", "-d", "--name", "done", "host", "true").returncode == 0
-    assert run_cli("wait", "done").stdout.strip() == "0"
-    ran = run_cli("gc")
-    assert ran.returncode == 0 and "(done)" in ran.stdout and "(alive)" not in ran.stdout, ran
-    ps = run_cli("ps", "-a").stdout
-    assert "alive" in ps and "running" in ps and "done" not in ps
-    ran = run_cli("exec", "alive", "sh", "-c", "echo still here")
-    assert ran.stdout == "still here\n"  # gc took nothing from under it (cgroup, layers, state)
+def test_gc_keeps_a_running_detached_container_and_clears_an_exited_one(tmp_path):
+    # A store and state root of its own: a gc of the session's would also clear the exited
+    # containers other tests still read (another xdist worker's), and theirs could clear "done" first.
+    env = {"HERMETIC_STORE": str(tmp_path / "store"), "HERMETIC_STATE": str(tmp_path / "state")}
+    try:
+        assert run_cli("run", "-d", "--name", "alive", "host", "sleep", "300", env=env).returncode == 0
+        assert run_cli("run", "-d", "--name", "done", "host", "true", env=env).returncode == 0
+        assert run_cli("wait", "done", env=env).stdout.strip() == "0"
+        ran = run_cli("gc", env=env)
+        assert ran.returncode == 0 and "(done)" in ran.stdout and "(alive)" not in ran.stdout, ran
+        ps = run_cli("ps", "-a", env=env).stdout
+        assert "alive" in ps and "running" in ps and "done" not in ps
+        ran = run_cli("exec", "alive", "sh", "-c", "echo still here", env=env)
+        assert ran.stdout == "still here\n"  # gc took nothing from under it (cgroup, layers, state)
+    finally:
+        for name in ("alive", "done"):
+            run_cli("rm", "-f", name, env=env)
+    assert os.listdir(tmp_path / "state" / "containers") == []
 
 
 def test_stop_and_rm_reach_a_foreground_named_run():

@@ -219,9 +219,12 @@ def test_kernel_sigkill_helper_removes_its_containers(kernelspec: str, tmp_path)
     assert _wait_for(lambda: _states(owners) == owned_by(before, owners) and not _alive(helper)), _states(owners)
 
 
-def test_kernel_and_helper_sigkill_leave_what_gc_clears(kernelspec: str, tmp_path) -> None:  # noqa: ANN001
+def test_kernel_and_helper_sigkill_leave_what_gc_clears(kernelspec: str, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     from pytest_hermetic.state import list_states
 
+    # A state root of its own (the kernel inherits it): another xdist worker's gc must not clear
+    # the victim before this test's does, nor this gc the exited containers other tests still read.
+    monkeypatch.setenv("HERMETIC_STATE", str(tmp_path / "state"))
     before = state_folders()
     km, kc, helper, owners = _kernel_with_named_container(kernelspec, str(tmp_path))
     (state,) = [s for s in list_states() if s.get("name") == "victim" and s.get("owner_pid") in owners]  # (not the other worker's)
