@@ -110,6 +110,7 @@ def pytest_sessionfinish(session):
 
 DESELECTED: list[int] = [0]  # --deselected K: K more tests in every project, collected and deselected
 DESELECTED_FILE = "test_zz_deselected.py"
+TO_FILE = [False]  # --to-file: each session's output to a file, not a pipe
 
 
 def make_project(root: str, tests: int, shape: str = "files") -> None:
@@ -179,7 +180,14 @@ def run_session(mode: str, project: str, tests: int, env: dict[str, str],
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_before = machine_busy_s()
     t0 = time.perf_counter_ns()
-    done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if TO_FILE[0]:  # as in CI: `pytest > ci.log 2>&1`
+        with open(os.path.join(project, "session.log"), "w+") as log:
+            done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, text=True)
+            log.seek(0)
+            done.stdout, done.stderr = log.read(), ""
+    else:
+        done = subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     elapsed = (time.perf_counter_ns() - t0) / 1e9
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU time of the session and every process it waited for (user+sys):
@@ -686,11 +694,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", action="store_true",
                         help="also count, per test, minor page faults and CPU time of the pytest process and of "
                              "its children (getrusage from collection's end to the session's), in every mode")
+    parser.add_argument("--to-file", action="store_true",
+                        help="each session's output to a file (`pytest > ci.log 2>&1`, as in CI) instead of a pipe")
     parser.add_argument("--against", metavar="TREE",
                         help="also run hermetic from this checkout (first on PYTHONPATH) as mode "
                              "`hermetic-base`, interleaved: an A/B of two trees in whole sessions")
     args = parser.parse_args(argv)
     DESELECTED[0] = max(args.deselected, 0)
+    TO_FILE[0] = args.to_file
     if args.against:
         MODES["hermetic-base"] = MODES["hermetic"]
     if args.tests < 1:

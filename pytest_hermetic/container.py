@@ -42,6 +42,7 @@ from .images.store import Image, Keep, Store
 from .options import DEFAULT_PIDS
 from .paths import make_owned, make_private, state_root
 from .runtime import cgroups, process, seccomp
+from .runtime.file_relay import FileRelay
 from .runtime.namespaces import default_user_namespace
 from .runtime.network import NetworkConfig
 from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
@@ -114,6 +115,7 @@ class Container:
         self.process: process.ContainerProcess | None = None
         self.tty: int | None = None  # the master of its terminal, started with `tty`
         self._prepared: process.ProcessConfig | None = None  # made by `prepare()`, for `start()`
+        self._files: FileRelay | None = None  # the caller's written files, reached through pipes
         self.result: Result | None = None
         self.started_at: float | None = None
         # Untracked (the plugin's per-test containers): no folder of their
@@ -206,7 +208,9 @@ class Container:
             config.stdio = (stdin, stdout, stderr)
             config.make_spare = prepare_next
             config.meanwhile = meanwhile
-            config.keep_fds = keep_fds
+            config.keep_fds = keep_fds if log_fd is None else (*keep_fds, log_fd)  # (the log is its own)
+            if not log and tty is None:
+                self._relay_files(config, everything=target is not None)
             if tty is not None:
                 if target is not None:
                     raise SpecError("a terminal (tty) is for a command, not for a Python callable")
@@ -228,6 +232,8 @@ class Container:
                     os.close(log_fd)
                 if pair is not None:
                     pair.started()
+            if self._files is not None:
+                self._files.started()
             if pair is not None:
                 self.tty = pair.receive()
         except BaseException:
@@ -236,6 +242,25 @@ class Container:
             self.remove()
             raise
         return self
+
+    def _relay_files(self, config: process.ProcessConfig, everything: bool) -> None:
+        """The caller's named files open for writing among what the child
+        keeps (all its fds for a callable, else the command's stdio), each
+        made a pipe that this process copies into the file (file_relay.py)."""
+        if everything:
+            fds = [int(name) for name in os.listdir("/proc/self/fd")]
+            fds = [fd for fd in fds if fd not in config.keep_fds]
+        else:
+            fds = [i if fd is None else fd for i, fd in enumerate(config.stdio)]
+        self._files = FileRelay.of(fds)
+        if self._files is not None:
+            config.relayed, config.relay_pipes = self._files.child_ends, self._files.pipes()
+
+    def flush_files(self) -> None:
+        """Copy into the caller's files what the container has written to
+        them so far (before the caller writes there itself)."""
+        if self._files is not None:
+            self._files.flush()
 
     def prepare(self) -> "Container":
         """Do now what `start(target=...)` does before it forks: take the
@@ -496,6 +521,7 @@ class Container:
             # namespace; wait until the cgroup is empty for exact stats.
             self.cgroup.kill()
         self.result = Result(status, oom_killed=oom and timed_out is None, timed_out=timed_out, killed=killed, stats=stats)
+        self.flush_files()
         return self.result
 
     def _kill_all(self) -> list[tuple[int, str]]:
@@ -579,6 +605,9 @@ class Container:
                 self.cgroup.remove()
             finally:
                 self.cgroup = None
+        if self._files is not None:  # its last writer gone (but one that left the cgroup, which gets EPIPE)
+            self._files.close()
+            self._files = None
         if self.network is not None and self._attached:
             self._attached = False
             self.network.detach(self.id)

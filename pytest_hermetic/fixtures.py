@@ -372,14 +372,25 @@ class Containers:
 
     # The parent's side of the calls a hermetic test makes (see forked/parent.py).
     def handle(self, method: str, args: tuple, kwargs: dict, test_net: Any = False) -> Any:
+        """A hermetic test's call (`_RemoteContainers`, `_RemoteService`):
+        only those, on a service of this process's (the message is the
+        container's to write, see forked/wire.py)."""
         if method == "run":
-            service = self.run(*args, **kwargs)
-            return service.key, service.name, service.ip
+            started = self.run(*args, **kwargs)
+            return started.key, started.name, started.ip
+        if method not in _REMOTE_METHODS or not args:
+            raise SpecError(f"hermetic: no such call of the containers fixture: {method!r}")
         key, *rest = args
-        service = _services[key]
+        service = _services.get(key) if isinstance(key, int) else None
+        if service is None:
+            raise SpecError(f"hermetic: no service container {key!r} in this pytest process")
         if method == "address":
             return _address_for(service, test_net, *rest)
         return getattr(service, method)(*rest, **kwargs)
+
+
+_REMOTE_METHODS = {"address", "wait_for_port", "wait_for_log", "wait_for_http", "wait_for", "exec", "logs", "wait",
+                   "stop"}  # what _RemoteService calls
 
 
 def _address_for(service: ServiceContainer, test_net: Any, port: int) -> tuple[str, int]:

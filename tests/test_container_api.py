@@ -117,3 +117,41 @@ def test_parent_death_takes_the_container_along(tmp_path, monkeypatch):
     removed = gc_containers()  # the killed parent left its state folder and cgroup
     assert any("container" in line for line in removed)
     assert os.listdir(tmp_path / "state" / "containers") == []
+
+
+def test_output_to_a_file_arrives_whole_after_the_caller_closed_it(tmp_path):
+    """A file given as stdout is a pipe in the container (runtime/file_relay.py),
+    copied into the file through the relay's own copy of the caller's fd:
+    the caller may close its fd once the container started (as with
+    subprocess), and everything arrives, in order, by the end of `wait`."""
+    path = tmp_path / "out.log"
+    path.write_text("before\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    script = "echo first; head -c 3000000 /dev/zero | tr '\\0' x; echo; echo last"
+    with Container(Spec.build("host", ["sh", "-c", script], ephemeral=True)) as box:
+        box.start(stdout=fd, stderr=fd)
+        os.close(fd)
+        assert box.wait().exit_code == 0
+        text = path.read_text()  # (not waiting for `remove`)
+    assert text == "before\nfirst\n" + "x" * 3000000 + "\nlast\n"
+
+
+def test_a_callables_written_file_is_a_pipe_into_it(tmp_path):
+    path = tmp_path / "held.log"
+    with open(path, "w") as held:
+        held.write("parent\n")
+        held.flush()
+
+        def target() -> int:
+            import stat
+
+            assert stat.S_ISFIFO(os.fstat(held.fileno()).st_mode)
+            held.write("child\n")
+            held.flush()
+            return 0
+
+        with Container(Spec.build("host", ephemeral=True)) as box:
+            box.start(target=target)
+            assert box.wait().exit_code == 0
+        held.write("parent again\n")
+    assert path.read_text() == "parent\nchild\nparent again\n"

@@ -321,6 +321,18 @@ def test_yes():
     result.assert_outcomes(passed=1)
     # Only the def line runs in the parent: 75% means lines 2 and 3 were counted inside.
     result.stdout.fnmatch_lines(["branchy.py * 4 * 1 * 75%*4"])
+    # Arcs (--cov-branch) and per-test contexts travel as well (as plain data, see coverage_relay).
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "--cov=branchy",
+                                           "--cov-branch", "--cov-context=test", "--cov-report=term-missing")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["branchy.py * 4 * 1 * 2 * 1 * 67%*4"])  # 2 branches, 1 partial
+    from coverage import CoverageData
+
+    data = CoverageData(str(pytester.path / ".coverage"))
+    data.read()
+    assert sorted(data.measured_contexts()) == ["", "test_cov.py::test_yes|run"]
+    data.set_query_contexts(["test_yes"])
+    assert sorted(data.lines(str(pytester.path / "branchy.py"))) == [2, 3]
 
 
 CONTAINERS_SUITE = r'''

@@ -16,6 +16,7 @@ import pytest
 
 from .. import _pytest_compat as compat
 from .. import fixtures
+from ..runtime import syscalls as sc
 from . import coverage_relay, event_loops, loopback_relay
 from .wire import Channel, read_frame
 
@@ -99,6 +100,11 @@ def child_main(item: pytest.Item, write_fd: int, reply_fd: int, listeners: list 
     event_loops), and its `listeners` their sockets here (see
     loopback_relay): its `servers` served here again, the rest relayed by
     the parent."""
+    # Not dumpable: the other processes of the container (a program of the
+    # image that the test runs, as root) may not reach this one's pipes to
+    # pytest through /proc/PID/fd, nor its memory (wire: what pytest reads
+    # from the pipes is hostile anyway; this keeps them the test's own).
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
     config = item.config
     channel = Channel(write_fd)
     if loops:

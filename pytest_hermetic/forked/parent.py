@@ -30,7 +30,7 @@ from ..spec import Spec
 from . import coverage_relay, event_loops, huge_pages, loopback_relay, per_test
 
 from .child import child_main, install_forwarder
-from .wire import CALL_MARK, DONE, RELAY_MARK, frames, is_complete, picklable, write_frame
+from .wire import CALL_MARK, DONE, RELAY_MARK, frames, from_child, is_complete, picklable, write_frame
 
 
 def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
@@ -113,6 +113,15 @@ def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
         events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
                                                        "failed", f"hermetic: {exc}", "setup", []))], None
         started = False
+    refused = [e[1] for e in events if e[0] == "refused"]
+    if refused:
+        # Not the child's doing (it sends plain data): a process of the
+        # container wrote to its pipe to pytest.  Nothing it sent is trusted.
+        message = (f"hermetic: pytest refused a message from the test's container ({refused[0]}); another process "
+                   "in the container may have written to the test's pipe to pytest")
+        keywords: dict[str, Literal[1]] = {k: 1 for k in item.keywords}
+        events = [("report", pytest.TestReport(item.nodeid, item.location, keywords, "failed", message, "setup", [])),
+                  ("report", pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "teardown", []))]
     reports = [e[1] for e in events if e[0] == "report"]
     exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
     if started and exit_event is None and not any(r.when == "teardown" for r in reports if not compat.is_subreport(r)):
@@ -171,6 +180,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     services = _Services(scope, spec.net, container)
     at_fork: dict = {}
     found = loopback_relay.listeners(at_fork)  # the pytest process's own servers (a session fixture's)
+    services.listeners = {(listener.family, listener.type, listener.address, listener.port) for listener in found}
     servers = loopback_relay.serving(found) if found else {}
     loops = event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork else None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -202,6 +212,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             per_test.prepare_next(item.config, next_spec)
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
+            container.flush_files()  # the test's lines in pytest's output file before pytest's own
             # Every report is home: the exit of the child (tearing down a
             # large address space and its namespaces) and the clean-up need
             # not hold up the next test.
@@ -246,10 +257,19 @@ class _Services:
         self.test_net = test_net  # where the test is, for `address()`
         self.container = container
         self.relay: loopback_relay.Relay | None = None
+        self.listeners: set[tuple] = set()  # (family, kind, address, port) of ours, found at the fork
 
-    def start_relay(self, relayed: list) -> None:
-        """Relay the child's mirrors of this process's listeners (see loopback_relay)."""
+    def start_relay(self, relayed: Any) -> None:
+        """Relay the child's mirrors of this process's listeners (see
+        loopback_relay): only to listeners found here at the fork, whatever
+        else the child's message names."""
         assert self.container is not None and self.container.pid is not None
+        if not isinstance(relayed, list):
+            return
+        relayed = [entry for entry in relayed if isinstance(entry, tuple) and len(entry) == 5
+                   and isinstance(entry[0], int) and entry[1:] in self.listeners]
+        if not relayed:
+            return
         try:
             self.relay = loopback_relay.Relay(loopback_relay.test_process(self.container.pid), relayed)
         except OSError as exc:  # the child is gone already, or this kernel lacks pidfd_getfd (before 5.6)
@@ -263,9 +283,11 @@ class _Services:
             self.relay.close()
             self.relay = None
 
-    def answer(self, payload: tuple, reply_fd: int) -> None:
-        method, args, kwargs = payload
+    def answer(self, payload: Any, reply_fd: int) -> None:
         try:
+            method, args, kwargs = payload
+            if not (isinstance(method, str) and isinstance(args, tuple) and isinstance(kwargs, dict)):
+                raise TypeError("hermetic: a `containers` call of another shape")
             if self.factory is None:
                 self.factory = Containers(self.scope)
             reply = (True, self.factory.handle(method, args, kwargs, self.test_net))
@@ -328,7 +350,12 @@ def _answer_calls(data: bytes, services: _Services, reply_fd: int) -> bytes:
     bodies, rest = frames(data)
     for body in bodies:
         if CALL_MARK in body[:32] or RELAY_MARK in body[:32]:
-            kind, payload = pickle.loads(body)
+            try:
+                kind, payload = from_child(body)
+            except Exception as exc:  # noqa: BLE001 - refused (see wire); the test fails for it in _decode
+                kind, payload = None, None
+                if CALL_MARK in body[:32]:  # a caller waits for an answer
+                    write_frame(reply_fd, pickle.dumps((False, RuntimeError(f"hermetic: pytest refused the call: {exc}"))))
             if kind == "call":
                 services.answer(payload, reply_fd)
             elif kind == "relay":
@@ -337,19 +364,26 @@ def _answer_calls(data: bytes, services: _Services, reply_fd: int) -> bytes:
 
 
 def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
+    """The child's events; ("refused", why) for a message that is not one
+    (see wire: bytes from the container are hostile)."""
     events: list[tuple] = []
     for body in frames(data)[0]:  # a message cut off by the child's death is left out
-        kind, payload = pickle.loads(body)
-        if kind == "report":
-            events.append(("report", config.hook.pytest_report_from_serializable(config=config, data=payload)))
-        elif kind == "warning":
-            events.append(("warning", _warning_from_payload(payload)))
-        elif kind == "coverage":
-            events.append(("coverage", payload))
-        elif kind in ("done", "call", "relay"):
-            pass
-        else:
-            events.append((kind, *payload))
+        try:
+            kind, payload = from_child(body)
+            if kind == "report" and isinstance(payload, dict):
+                events.append(("report", config.hook.pytest_report_from_serializable(config=config, data=payload)))
+            elif kind == "warning" and isinstance(payload, dict):
+                events.append(("warning", _warning_from_payload(payload)))
+            elif kind == "coverage":
+                events.append(("coverage", coverage_relay.checked(payload)))
+            elif kind == "exit" and isinstance(payload, tuple) and len(payload) == 2:
+                events.append(("exit", str(payload[0]), payload[1] if isinstance(payload[1], int) else 1))
+            elif kind == "interrupt":
+                events.append(("interrupt",))
+            elif kind not in ("done", "call", "relay"):
+                raise ValueError(f"a message of kind {kind!r}")
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes make the rebuilding or the hooks raise
+            events.append(("refused", f"{type(exc).__name__}: {exc}"))
     return events
 
 

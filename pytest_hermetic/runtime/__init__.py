@@ -16,6 +16,6 @@ A container's start, by lifecycle:
     cgroups/      limits and stats, one module per controller under v1/ and v2/
 
 and beside them namespaces.py (user namespaces, id maps), capabilities.py,
-descriptors.py, seccomp.py, network.py (in the child), netns/bridges/nat/
+descriptors.py (and file_relay.py, its caller's half), seccomp.py, network.py (in the child), netns/bridges/nat/
 netholder/usermode_net/portfwd (networks, in the parent), syscalls.py.
 """

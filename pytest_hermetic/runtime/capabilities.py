@@ -50,6 +50,13 @@ def has_sys_admin(keep: int | None) -> bool:
     return keep is not None and bool(keep & 1 << ALL_CAPS["CAP_SYS_ADMIN"])
 
 
+def may_trace(keep: int | None) -> bool:
+    """Whether a `mask` (None: the default set) holds CAP_SYS_PTRACE: its
+    holder may trace any process of its PID namespace, whatever that
+    process's capabilities."""
+    return keep is not None and bool(keep & 1 << ALL_CAPS["CAP_SYS_PTRACE"])
+
+
 def canonical(name: str) -> str | None:
     """`sys_admin`, `SYS_ADMIN`, `CAP_SYS_ADMIN` -> `CAP_SYS_ADMIN`; `all` -> `ALL`; None if no such capability."""
     upper = name.strip().upper()

@@ -58,3 +58,8 @@ class ProcessConfig:
     # plugin's: the read end of its answers); every other inherited pipe's
     # read end is blanked (descriptors.seal).
     keep_fds: tuple[int, ...] = ()
+    # Named host files open for writing, each a pipe the parent copies into
+    # it (file_relay.py): {fd: the pipe's write end}, and every relay pipe
+    # end for the child to close once those are in place.
+    relayed: dict[int, int] = factory(dict)
+    relay_pipes: tuple[int, ...] = ()

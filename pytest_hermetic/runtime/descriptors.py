@@ -12,15 +12,21 @@ container drops them:
 * a Python callable (the pytest plugin's test, the notebook helper's kept
   container) runs in a fork of a process whose Python objects still own
   their descriptors, and some of them it needs (pytest's capture files, its
-  report pipe).  `seal` keeps regular files, pipes' write ends and
-  terminals (they reach only themselves) and `blank` puts /dev/null in place
-  of everything else, pipes' read ends too (see `_pipe_end`): closed
-  outright, a number could be reused by a new file that an old object then
-  closes under it.  A regular file open read-only still reaches its host
+  report pipe).  `seal` keeps pipes' write ends (they reach only
+  themselves) and `finish` puts /dev/null in place of everything else,
+  pipes' read ends too (see `_pipe_end`): closed outright, a number could
+  be reused by a new file that an old object then closes under it.  A
+  host device node is an inode root could chmod or chown (pytest's stdin
+  is the host's /dev/null): a memory device becomes the container's own
+  node, a terminal is reopened on a read-only mount.  A regular file open
+  read-only still reaches its host
   file by name: `open("/proc/self/fd/N", "w")` follows the magic link to
   it, and root in the container has CAP_DAC_OVERRIDE.  So it is reopened
   on a read-only bind of its own (same file, same offset), or where that
-  cannot be had, replaced by a sealed in-memory copy (see `seal`).
+  cannot be had, replaced by a sealed in-memory copy (see `seal`).  A
+  named regular file open for writing is a pipe into it instead, which the
+  caller copies (file_relay.py).  At 0, 1 and 2 (a command's stdio too)
+  the same rules hold, but a socket or a pipe there stays.
 """
 
 from __future__ import annotations
@@ -32,10 +38,6 @@ import stat
 from . import syscalls as sc
 
 _O_PATH = 0o10000000
-# Character devices a test may hold open: memory devices that are harmless
-# (null, zero, full, random, urandom) and terminals.
-_HARMLESS_MEM_MINORS = {3, 5, 7, 8, 9}
-_TTY_MAJORS = {4, 5, *range(136, 144)}
 
 _cloexec_works: bool | None = None
 
@@ -91,52 +93,89 @@ def _close(fd: int) -> None:
         pass
 
 
-def seal(keep: tuple[int, ...] = ()) -> list[int]:
-    """Reopen every inherited read-only regular file read-only (see the
-    module's docstring and `_reopen_read_only`) and return the fds that
-    reach beyond themselves, for `blank` to put /dev/null on once the
-    container's own /dev is there; `keep` are the fds the callable needs.
+def seal(keep: tuple[int, ...] = (), stdio: tuple[int, ...] = (0, 1, 2), everything: bool = True,
+         relayed: dict[int, int] | None = None, relay_pipes: tuple[int, ...] = ()) -> list[tuple[int, str]]:
+    """Make the inherited descriptors safe to hand to the container; return
+    what `finish` puts in place once the container's own /dev is there:
+    [(fd, device name)], "null" for those that reach beyond themselves.
+    * `relayed` ({fd: write end}, see file_relay.py): each file's pipe is
+      put in its place; `relay_pipes`, the relay's own ends, are closed (no
+      object of ours owns them).
+    * every other named regular file open for writing is blanked, and each
+      read-only one reopened read-only (see the module's docstring);
+    * a host device node (an inode root could chmod or chown: /dev/null as
+      pytest's stdin) becomes the container's own node of that name, a
+      terminal or a named FIFO's write end the same node reopened on a
+      read-only mount;
+    * `stdio` (0, 1, 2, a command's stdio fds): a socket or a pipe there is
+      the command's or the test's own, and stays;
+    * with `everything` (a callable's), all other fds but `keep` (the
+      callable's own) too: pipes' read ends, sockets, directories...
+      blanked.  Without, a command's other fds are closed before its exec.
     Called in the container's fresh mount namespace before its pivot_root,
     while the paths the host's files are open at still name them there."""
-    blanks = []
-    for fd in _open_fds():
-        if fd <= 2 or fd in keep:
+    relayed = relayed or {}
+    for fd, write_end in relayed.items():
+        os.dup2(write_end, fd, inheritable=os.get_inheritable(fd))
+    for fd in relay_pipes:
+        _close(fd)
+    later = []
+    for fd in _open_fds() if everything else stdio:
+        if fd in keep or fd in relayed:
             continue
         kind = _kind(fd)
-        if kind is _KEEP:
+        if kind is _KEEP or kind is _UNNAMED and fd in stdio:
             continue
-        if kind is _REPLACE or not _reopen_read_only(fd, *kind):
-            blanks.append(fd)
-    return blanks
+        if kind[0] == "own":
+            later.append((fd, kind[1]))
+        elif kind[0] == "file" and _reopen_read_only(fd, *kind[1:]):
+            continue
+        elif kind[0] == "node" and (fd in stdio or not kind[3]) and _reopen_node(fd, kind[1], kind[2]):
+            continue  # (a named FIFO's read end only at stdio: see _pipe_end)
+        else:
+            later.append((fd, "null"))
+    return later
 
 
-def blank(fds: list[int]) -> None:
-    """/dev/null on each of `fds` (closed outright, a number could be reused
-    by a new file that an old object then closes under it)."""
-    if not fds:
-        return
-    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)  # (none of `fds`: they are open)
+def finish(later: list[tuple[int, str]]) -> None:
+    """In the container's root: each of `later` becomes its own /dev node
+    of that name (closed outright, a number could be reused by a new file
+    that an old object then closes under it), opened for what the
+    original was ("null", for what reached beyond itself: read and write)."""
+    opened: dict[tuple[str, int], int] = {}
     try:
-        for fd in fds:
-            os.dup2(null, fd, inheritable=False)
+        for fd, name in later:
+            access = os.O_RDWR if name == "null" else fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            node = opened.get((name, access))
+            if node is None:  # (none of `later`: they are open)
+                node = opened[(name, access)] = os.open(f"/dev/{name}", access | os.O_CLOEXEC | os.O_NOCTTY)
+            os.dup2(node, fd, inheritable=fd <= 2 or name != "null" and os.get_inheritable(fd))
     finally:
-        os.close(null)
+        for node in opened.values():
+            os.close(node)
 
 
 _KEEP = ("keep",)
 _REPLACE = ("replace",)
+_UNNAMED = ("unnamed",)  # a socket, an anonymous pipe's read end or inode: on no host path
+_WRITTEN = ("written",)  # a named regular file open for writing that no relay pipe replaced
+_MEM_DEVICES = {3: "null", 5: "zero", 7: "full", 8: "random", 9: "urandom"}  # minors of major 1
+_TTY_MAJORS = {4, 5, *range(136, 144)}
 
 
 def _kind(fd: int) -> tuple:
-    """_KEEP, _REPLACE (with /dev/null), or (path, stat, flags) of a
-    read-only regular file (to reopen read-only).  Only what the walk
-    always asked: a readlink, an F_GETFL and an fstat per fd."""
+    """What `seal` does with `fd`: _KEEP; /dev/null for _REPLACE, _WRITTEN
+    and _UNNAMED (but at stdio); ("own", name) for a memory device;
+    ("file", path, stat, flags) for a read-only regular file to reopen
+    read-only; ("node", path, flags, a FIFO's read end) for a terminal or a
+    named FIFO to reopen on a read-only mount.  A readlink, an F_GETFL and an
+    fstat per fd."""
     try:
         link = os.readlink(f"/proc/self/fd/{fd}")
         if link.startswith("pipe:["):
             return _pipe_end(fcntl.fcntl(fd, fcntl.F_GETFL))
         if not link.startswith("/"):  # sockets, anonymous inodes (pidfd, eventfd, bpf...), namespaces
-            return _REPLACE
+            return _UNNAMED
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         if flags & _O_PATH:
             return _REPLACE
@@ -144,15 +183,21 @@ def _kind(fd: int) -> tuple:
     except OSError:  # gone meanwhile
         return _KEEP
     if stat.S_ISREG(mode.st_mode):
-        # Read-write and write-only files stay as they are: the test may
-        # write them anyway, through the fd, as it would in place.
-        return (link, mode, flags) if flags & os.O_ACCMODE == os.O_RDONLY else _KEEP
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            return ("file", link, mode, flags)
+        # Written: a pipe from the caller's relay (handled before this), or
+        # /dev/null if the relay did not see it (opened since); a file with
+        # no name left stays (see file_relay.py).
+        return _KEEP if mode.st_nlink == 0 else _WRITTEN
     if stat.S_ISFIFO(mode.st_mode):
-        return _pipe_end(flags)
+        return ("node", link, flags, _pipe_end(flags) is not _KEEP)
     if stat.S_ISCHR(mode.st_mode):
         major, minor = os.major(mode.st_rdev), os.minor(mode.st_rdev)
-        return _KEEP if (major == 1 and minor in _HARMLESS_MEM_MINORS) or major in _TTY_MAJORS else _REPLACE
-    return _REPLACE  # directories, block devices
+        if major == 1 and minor in _MEM_DEVICES:
+            return ("own", _MEM_DEVICES[minor])
+        if major in _TTY_MAJORS:
+            return ("node", link, flags, False)
+    return _REPLACE  # directories, block devices, other character devices
 
 
 def _pipe_end(flags: int) -> tuple:
@@ -161,8 +206,39 @@ def _pipe_end(flags: int) -> tuple:
     is a write end into whoever reads the pipe in the caller -- under xdist
     the worker's command stream from the controller, which executes what it
     is sent (a test's reopen of it for writing was tried: it worked).  The
-    callable's own read ends are `keep`."""
-    return _KEEP if flags & os.O_ACCMODE == os.O_WRONLY else _REPLACE
+    callable's own read ends are `keep`; at stdio a read end stays (a
+    command's input)."""
+    return _KEEP if flags & os.O_ACCMODE == os.O_WRONLY else _UNNAMED
+
+
+def _reopen_node(fd: int, path: str, flags: int) -> bool:
+    """Put on `fd` the same terminal or FIFO, opened as it was but on a
+    read-only mount of its own: root's fchmod, fchown or utime of it (or of
+    /proc/self/fd/N) get EROFS there instead of changing the host's node.
+    False where that cannot be had (the caller puts /dev/null there)."""
+    try:
+        tree = sc.open_tree_clone(path)
+    except OSError:
+        return False
+    try:
+        sc.mount_setattr(tree, sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC, recursive=False)
+        # Non-blocking: a FIFO's open would wait for its other end (there
+        # is one, the caller's); the flags are put back below.
+        reopened = os.open(f"/proc/self/fd/{tree}", (flags & os.O_ACCMODE) | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    finally:
+        os.close(tree)
+    try:
+        if not os.path.samestat(os.fstat(reopened), os.fstat(fd)):  # another node by now at that path
+            return False
+        fcntl.fcntl(reopened, fcntl.F_SETFL, flags)
+        os.dup2(reopened, fd, inheritable=os.get_inheritable(fd))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(reopened)
 
 
 def _reopen_read_only(fd: int, path: str, original: os.stat_result, flags: int) -> bool:

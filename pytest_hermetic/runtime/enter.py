@@ -30,6 +30,7 @@ from . import capabilities, descriptors
 from . import syscalls as sc
 from .seccomp import Filter
 from .channel import describe, fail, read_all, start_error
+from .file_relay import FileRelay
 from .fork import fork
 from .init import become, own_session, redirect_stdio, resolve_user, restore_signals
 from .process import ContainerProcess
@@ -65,21 +66,27 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
         if pair is not None:
             pair.close()
         raise
+    # The caller's named files open for writing among the command's stdio
+    # reach it as pipes (file_relay.py); not with a terminal, which is 0-2.
+    files = None if tty is not None else FileRelay.of([i if fd is None else fd for i, fd in enumerate(stdio)])
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = fork()
     if pid == 0:
         _enter_child(fds, argv, env, cwd, cgroup_procs, privileged, err_w, stdio, seccomp_filter, user, userns,
-                     pair.console if pair is not None else None, caps, cwd_asked)
+                     pair.console if pair is not None else None, caps, cwd_asked, files)
     for fd in fds.values():
         os.close(fd)
     if pair is not None:
         pair.started()
+    if files is not None:
+        files.started()
     os.close(err_w)
     try:
         message = read_all(err_r)
     finally:
         os.close(err_r)
     proc = ContainerProcess(pid, pid, None)
+    proc.files = files
     if message:
         if pair is not None:
             pair.close()
@@ -199,7 +206,8 @@ def owner_namespaces(init_pid: int, wait: float = 0.0) -> dict[str, int]:
 
 def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd: str, cgroup_procs: list[str],
                  privileged: bool, err_w: int, stdio: tuple, seccomp_filter: Filter | None, user: str | None,
-                 userns: bool, console: Console | None, caps: int | None = None, cwd_asked: bool = False) -> None:
+                 userns: bool, console: Console | None, caps: int | None = None, cwd_asked: bool = False,
+                 files: FileRelay | None = None) -> None:
     """The forked child: join, fork into the PID namespace, exec.
 
     It must end in `os._exit` whatever happens, never return into the
@@ -212,8 +220,16 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                     f.write("0")
             if "user" in fds:
                 sc.setns(fds["user"], sc.CLONE_NEWUSER)
+            # The command's stdio sealed as a container's (descriptors.seal)
+            # in a mount namespace of our own, where the caller's paths still
+            # name its files; the container's own nodes put in once inside.
+            sc.unshare(sc.CLONE_NEWNS)
+            later = descriptors.seal(stdio=tuple(i if fd is None else fd for i, fd in enumerate(stdio)),
+                                     everything=False, relayed=files.child_ends if files else None,
+                                     relay_pipes=files.pipes() if files else ())
             for name, flag in _ORDER:
                 sc.setns(fds[name], flag)
+            descriptors.finish(later)  # (setns into a mount namespace moved us to its root)
             uid, gid = resolve_user(user)
             # Everything that makes this process more than the container's
             # own goes before the fork: its child is born in the container's

@@ -107,12 +107,15 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
         network.loopback_up()  # before the parent's veth work: both need the kernel's RTNL lock
     if config.netns_ready is not None:  # the parent wires the veth meanwhile
         config.netns_ready.send(channel.NETNS_MADE)
-    # A callable's descriptors: sealed in our own mount namespace, while the
-    # host's paths still name its files, blanked with the container's /dev/null
-    # (all but the console's socket, which `_attach_console` uses next).
-    blanks = descriptors.seal(_kept_fds(config, joined)) if seal else []
+    # Sealed in our own mount namespace, while the host's paths still name
+    # its files, blanked with the container's /dev/null: a callable's
+    # descriptors (all but its own, the hand-overs and the console's socket,
+    # which `_attach_console` uses next), a command's stdio.
+    stdio = tuple(i if fd is None else fd for i, fd in enumerate(config.stdio))
+    later = descriptors.seal(_kept_fds(config, joined) if seal else config.keep_fds, stdio, everything=seal,
+                             relayed=config.relayed, relay_pipes=config.relay_pipes)
     rootfs.setup(config.rootfs, config.hostname)
-    descriptors.blank(blanks)
+    descriptors.finish(later)
     if not in_namespaces:
         # Only now wait for the parent to have moved us into the cgroup (so
         # its wait overlapped all of the above); the cgroup namespace's root
@@ -125,9 +128,9 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
 
 def _kept_fds(config: ProcessConfig, joined: channel.Channel | None) -> tuple[int, ...]:
     """What the seal leaves alone: the callable's own (`keep_fds`), the
-    command's stdio under an init, the read ends this process still reads
+    read ends this process still reads
     from its parent (the cgroup and network hand-overs), the console's socket."""
-    kept = [*config.keep_fds, *(fd for fd in config.stdio if fd is not None)]  # (init's command: its stdin)
+    kept = list(config.keep_fds)
     for pipe in (joined, config.network_go):
         if pipe is not None and pipe.read_fd >= 0:
             kept.append(pipe.read_fd)

@@ -28,13 +28,14 @@ import select
 from .._record import record
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
+    from .file_relay import FileRelay
     from typing import Callable
 
     from .netns_reuse import Netns
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
+from . import capabilities, cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -71,6 +72,7 @@ class ContainerProcess:
         self.net_helper: Helper | None = None  # slirp4netns serving this container, if any
         self.tty: int | None = None  # an exec's terminal's master (exec -t): the caller's to use and close
         self.netns: Netns | None = None  # its spare network namespace, given back once PID 1 is reaped
+        self.files: FileRelay | None = None  # an exec's relay of the caller's written files, ended with it
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -100,6 +102,9 @@ class ContainerProcess:
             self.netns = None
         reported = self._read_reported_status()
         self.exit_status = reported or result
+        if self.files is not None:  # what the command wrote (a straggler of its own gets EPIPE later)
+            self.files.close()
+            self.files = None
         self._close()
         if self.net_helper is not None:
             self.net_helper.close()
@@ -165,8 +170,13 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     if rootless:
         from . import relay  # (lazily: its import, with resource's, is not a root container's)
     # A Python callable as root: the callable itself is the only fork of
-    # the (large) parent, as PID 2 under a placeholder PID 1.
-    placeholder_mode = target is not None and not rootless and not config.init and placeholder.available()
+    # the (large) parent, as PID 2 under a placeholder PID 1.  Not where the
+    # container may trace its PID 1 (CAP_SYS_PTRACE, privileged): the
+    # placeholder is the host's root in the host's namespaces but the PID
+    # one, so tracing it would run code there; PID 1 is then the
+    # container's own, as under Docker.
+    placeholder_mode = (target is not None and not rootless and not config.init and not config.privileged
+                        and not capabilities.may_trace(config.caps) and placeholder.available())
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
     maps = (relay.UserMaps() if rootless and config.userns and config.userns.mapped_from_outside and not config.userns_join
             else None)

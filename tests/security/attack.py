@@ -75,9 +75,11 @@ def sentinel(script: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def inner_session(user: str | None, project: str, source: str, *args: str,
-                  timeout: float = 180) -> subprocess.CompletedProcess:
+                  timeout: float = 180, output: str | None = None) -> subprocess.CompletedProcess:
     """An inner `pytest -p hermetic` session over `source` (test_inner.py),
-    as root or as `user`, in a process of its own session (see `sentinel`)."""
+    as root or as `user`, in a process of its own session (see `sentinel`).
+    With `output`, its stdout and stderr go to that file (`pytest > log`),
+    read back as the result's stdout."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": ROOT, "LANG": "C.UTF-8"}
     prefix: list[str] = []
     if user is None:
@@ -98,10 +100,17 @@ def inner_session(user: str | None, project: str, source: str, *args: str,
     if user is not None:
         for path in (directory, os.path.join(directory, "test_inner.py")):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-    return subprocess.run([*prefix, sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider",
-                           "-q", "-rA", "--basetemp", os.path.join(directory, ".basetemp"), *args, "test_inner.py"],
-                          cwd=directory, env=env, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=True)
+    argv = [*prefix, sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider",
+            "-q", "-rA", "--basetemp", os.path.join(directory, ".basetemp"), *args, "test_inner.py"]
+    if output is None:
+        return subprocess.run(argv, cwd=directory, env=env, capture_output=True, text=True, timeout=timeout,
+                              start_new_session=True)
+    with open(output, "a") as out:
+        ran = subprocess.run(argv, cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                             timeout=timeout, start_new_session=True)
+    with open(output) as out:
+        ran.stdout, ran.stderr = out.read(), ""
+    return ran
 
 
 def needs_unprivileged_python() -> None:

@@ -231,3 +231,66 @@ def test_sys_admin_cannot_type_into_the_callers_terminal():
     # The filter is what holds: without it, the letter lands in the terminal.
     shown = _on_a_terminal("--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined")
     assert "INJECTED" in shown, shown
+
+
+# With CAP_SYS_PTRACE a process may trace any process of its PID namespace.
+# A root Python callable (a hermetic test) normally runs as PID 2 under a
+# placeholder PID 1 that is the host's root in the host's namespaces but the
+# PID one: traced, it would run the test's code there (PTRACE_ATTACH to it
+# worked from a test with cap_add=["SYS_PTRACE"]; nothing was injected).  So
+# every process the test can see must be in its own mount namespace, with no
+# capability it lacks.  Reading /proc/PID/ns needs the same access as tracing.
+TRACE_SUITE = """
+import os
+from pytest_hermetic import hermetic
+
+def _caps(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+
+@hermetic(cap_add=["SYS_PTRACE"])
+def test_every_traceable_process_is_inside():
+    own, own_caps = os.readlink("/proc/self/ns/mnt"), _caps("self")
+    seen = []
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            seen.append((pid, os.readlink(f"/proc/{pid}/ns/mnt"), _caps(pid)))
+        except OSError:
+            pass
+    assert "1" in [pid for pid, _, _ in seen], seen  # (it could look: the capability is there)
+    outside = [(pid, ns, caps) for pid, ns, caps in seen if ns != own or caps & ~own_caps]
+    assert not outside, (own, own_caps, outside)
+"""
+
+
+def test_a_test_that_may_trace_sees_no_process_of_the_host():
+    from attack import inner_session
+
+    ran = inner_session(None, "cap-add-trace", TRACE_SUITE)
+    assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_a_callable_that_may_trace_sees_no_process_of_the_host():
+    from pytest_hermetic.container import Container
+    from pytest_hermetic.spec import Spec
+
+    read_fd, write_fd = os.pipe()
+
+    def target() -> int:
+        own = os.readlink("/proc/self/ns/mnt")
+        outside = []
+        for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+            try:
+                if os.readlink(f"/proc/{pid}/ns/mnt") != own:
+                    outside.append(pid)
+            except OSError:
+                pass
+        os.write(write_fd, json.dumps(outside).encode())
+        return 0
+
+    with Container(Spec.build("host", ephemeral=True, cap_add=["SYS_PTRACE"])) as box:
+        box.start(target=target)
+        os.close(write_fd)
+        assert box.wait().exit_code == 0
+        with os.fdopen(read_fd) as reader:
+            assert json.loads(reader.read()) == []

@@ -151,3 +151,77 @@ def test_the_host_device_nodes_cannot_be_changed_rootless(test_user):
     assert ran.returncode == 0, ran.stderr
     assert "CHANGED" not in ran.stdout, ran.stdout  # the host's nodes, bound: not the user's to change
     assert _host_change_times() == before
+
+
+# The same through descriptors: what a test or a command inherits open on
+# a host node (pytest's stdin is the host's /dev/null, `hermetic run ... <
+# /dev/null` too; a session fixture's terminal) is the host's inode, which
+# root could chmod or chown through the descriptor.  Same mode, same owner:
+# harmless even where it lands; the change time tells.
+FD_ATTACK = """
+import os, stat
+def change_every_node():
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+                os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+"""
+
+FD_SUITE = FD_ATTACK + """
+import pytest
+from pytest_hermetic import hermetic
+
+@pytest.fixture(scope="session")
+def nodes():
+    master, slave = os.openpty()
+    fifo = os.path.join(os.environ["FIFO_DIR"], "fifo")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    held = {"/dev/null": os.open("/dev/null", os.O_WRONLY), "/dev/zero": os.open("/dev/zero", os.O_RDONLY),
+            os.ttyname(slave): slave, fifo: os.open(fifo, os.O_WRONLY)}
+    return held, {path: os.stat(path).st_ctime_ns for path in held}, master, reader
+
+@hermetic(OPTIONS)
+def test_change_every_node(nodes):
+    held, _, _, _ = nodes
+    change_every_node()
+    # Still what they were, for the test's use:
+    assert os.write(held["/dev/null"], b"x") == 1 and os.read(held["/dev/zero"], 2) == bytes(2)
+    terminal = next(fd for path, fd in held.items() if path.startswith("/dev/pts/"))
+    assert os.isatty(terminal) and os.write(terminal, b"x") == 1
+    assert os.write(held[next(path for path in held if path.endswith("fifo"))], b"y") == 1
+
+def test_the_host_nodes_are_as_they_were(nodes):
+    held, before, master, reader = nodes
+    assert {path: os.stat(path).st_ctime_ns for path in held} == before
+    assert os.read(master, 1) == b"x" and os.read(reader, 1) == b"y"  # what the test wrote arrived
+"""
+
+
+def test_a_hermetic_test_cannot_change_host_nodes_it_inherits(tmp_path):
+    from attack import inner_session, marker_options
+
+    ran = inner_session(None, "devices-inherited", f"import os\nos.environ['FIFO_DIR'] = {str(tmp_path)!r}\n" +
+                        FD_SUITE.replace("OPTIONS", marker_options()))
+    assert "2 passed" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_a_command_cannot_change_the_host_nodes_its_stdio_are():
+    import subprocess
+    import sys
+
+    from attack import HOST_PYTHON, unconfined
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("HERMETIC_") or k in ("PATH", "LANG")}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    before = _host_change_times()
+    ran = subprocess.run([sys.executable, "-m", "pytest_hermetic", "run", *unconfined(), "host", HOST_PYTHON, "-c",
+                          FD_ATTACK + "change_every_node()\nprint(os.read(0, 1) == b'')"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60, cwd="/")
+    assert ran.returncode == 0 and ran.stdout == "True\n", ran.stdout + ran.stderr  # stdin still reads nothing
+    assert _host_change_times() == before

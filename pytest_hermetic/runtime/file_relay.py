@@ -1,0 +1,217 @@
+"""Host files the caller holds open for writing reach a container only
+through a pipe, which a thread of the caller copies into the file.
+
+A regular file open for writing in the caller -- pytest's output sent to a
+file (`pytest > ci.log`, the saved stdout of its capture), a `--log-file`,
+`hermetic run ... > out.txt` -- would otherwise be that very host file in
+the container, and root there has CAP_FOWNER, CAP_CHOWN and
+CAP_DAC_OVERRIDE: `fchmod(fd, 0o4755)` after writing a program into a
+root-owned log makes a setuid-root program on the host; `fchown`,
+`ftruncate`, or a reopen through /proc/self/fd for reading reach it too.
+Docker hands a container's output to its daemon through pipes for the
+same reason.
+
+So the caller makes one pipe per such descriptor before the fork
+(`FileRelay.of`), the child puts the pipe's write end in the descriptor's
+place (`descriptors.seal`), and the caller copies what comes through into
+its own descriptor: same open file, so O_APPEND and the shared offset hold.
+A descriptor the relay did not make a pipe for (opened meanwhile) is
+/dev/null in the container instead.
+
+In the container the descriptor is a pipe: writes reach the file in
+order; seeking, reading or truncating it fail (ESPIPE, EBADF, EINVAL).
+A file with no name left (`st_nlink == 0`: pytest's capture files, a log
+deleted since) stays as it is: nothing can reach it by a path, so its
+mode and owner matter to no one.
+"""
+
+from __future__ import annotations
+
+import _thread
+import fcntl
+import os
+import select
+import stat
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
+
+
+def needs_relay(fd: int) -> bool:
+    """Whether `fd` is a named regular file open for writing (the child's
+    `descriptors.seal` asks the same of what it inherits)."""
+    try:
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode) or mode.st_nlink == 0:
+            return False
+        return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+    except OSError:  # not open
+        return False
+
+
+class FileRelay:
+    """The pipes of one container's written host files, from its start to
+    its end.  `child_ends` ({fd: write end}) goes to the child; the caller
+    calls `started` once the child is forked, `flush` before writing to
+    those files itself (pytest's report lines after a test's own), and
+    `close` once the container is gone."""
+
+    def __init__(self, targets: list[int]) -> None:
+        self.child_ends: dict[int, int] = {}
+        self._reads: list[int] = []
+        self._targets: dict[int, int] = {}  # read end -> our own copy of the caller's fd
+        try:
+            for fd in targets:
+                # The same open file, on a number of our own: the caller may
+                # close its fd once the container has started (subprocess's way).
+                try:
+                    own = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                except OSError:  # closed meanwhile by another thread: the child blanks what is there then
+                    continue
+                try:
+                    read, write = os.pipe2(os.O_CLOEXEC)
+                except BaseException:
+                    os.close(own)
+                    raise
+                self._reads.append(read)
+                self.child_ends[fd] = write
+                self._targets[read] = own
+                fcntl.fcntl(read, fcntl.F_SETFL, os.O_NONBLOCK)
+        except BaseException:
+            self._close_all()
+            raise
+
+    @classmethod
+    def of(cls, fds: Iterable[int]) -> FileRelay | None:
+        """A relay for those of `fds` that need one (not the relays' own
+        copies of earlier callers' files); None if none does."""
+        owned = _the_pump.owned() if _the_pump is not None else ()
+        targets = [fd for fd in fds if fd not in owned and needs_relay(fd)]
+        relay = cls(targets) if targets else None
+        return relay if relay is None or relay.child_ends else None
+
+    def pipes(self) -> tuple[int, ...]:
+        """Every fd of the relay, which the child closes once it has put
+        the write ends in place (the read ends and the copies of the
+        caller's fds are not the child's to keep)."""
+        return (*self._reads, *self.child_ends.values(), *self._targets.values())
+
+    def started(self) -> None:
+        """The child has its write ends: close ours (so the pipes end when
+        the container's last process does) and start copying."""
+        for write in self.child_ends.values():
+            os.close(write)
+        self.child_ends = {}
+        _pump().add(self._targets, self)
+
+    def flush(self) -> None:
+        """Copy now whatever the container wrote so far."""
+        _pump().copy(self._reads, self)
+
+    def close(self) -> None:
+        """Copy what is left and stop: the container's processes are gone
+        (a straggler's later writes would get EPIPE)."""
+        if self.child_ends:  # never started
+            self._close_all()
+            return
+        _pump().copy(self._reads, self, last=True)
+        self._reads, self._targets = [], {}  # (the pump's, and closed by it)
+
+    def _close_all(self) -> None:
+        for fd in (*self._reads, *self.child_ends.values(), *self._targets.values()):
+            os.close(fd)
+        self._reads, self.child_ends, self._targets = [], {}, {}
+
+
+class _Pump:
+    """The caller's one copying thread, for all its containers' relays: it
+    waits on an epoll set of every read end (registered by the callers
+    themselves, so a relay's start and end never wake it) and copies what
+    comes into the file.  Each read end and its target are owned by the
+    table: whoever takes them out of `_targets` closes them.  A read end's
+    number, closed at its pipe's end, may come back as another relay's: so
+    each entry names its relay, and a relay's calls touch only its own."""
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._targets: dict[int, tuple[int, FileRelay]] = {}  # read end -> (copy of the caller's fd, relay)
+        self._epoll = select.epoll()  # (close-on-exec)
+        _thread.start_new_thread(self._run, ())
+
+    def owned(self) -> set[int]:
+        """The fds this pump holds (a caller's scan of its own skips them)."""
+        with self._lock:
+            return {*self._targets, *(target for target, _ in self._targets.values()), self._epoll.fileno()}
+
+    def add(self, targets: dict[int, int], relay: FileRelay) -> None:
+        with self._lock:
+            for read, target in targets.items():
+                self._targets[read] = (target, relay)
+                self._epoll.register(read, select.EPOLLIN)
+
+    def copy(self, reads: list[int], relay: FileRelay, last: bool = False) -> None:
+        """Copy what `relay`'s pipes hold now; with `last`, end them."""
+        for read in reads:
+            self._copy(read, relay, last)
+
+    def _run(self) -> None:
+        while True:
+            for fd, _ in self._epoll.poll():
+                self._copy(fd, None)
+
+    def _copy(self, read: int, relay: FileRelay | None, last: bool = False) -> None:
+        """Copy what `read` holds now (if it is `relay`'s; None: whoever's);
+        at its end (or with `last`), close it."""
+        with self._lock:
+            entry = self._targets.get(read)
+            if entry is None or relay is not None and entry[1] is not relay:  # ended (its number maybe reused)
+                return
+            target = entry[0]
+            ended = last
+            while True:
+                try:
+                    data = os.read(read, 1 << 16)
+                except BlockingIOError:
+                    break
+                if not data:
+                    ended = True
+                    break
+                _write_all(target, data)
+            if ended:
+                del self._targets[read]
+                self._epoll.unregister(read)
+                os.close(read)
+                os.close(target)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except InterruptedError:
+            continue
+        except OSError:  # the file's own trouble (ENOSPC, EIO): the test's write already "succeeded"
+            return
+
+
+_the_pump: _Pump | None = None
+_making = _thread.allocate_lock()
+
+
+def _pump() -> _Pump:
+    global _the_pump
+    with _making:
+        if _the_pump is None:
+            _the_pump = _Pump()
+        return _the_pump
+
+
+def _forget_pump() -> None:
+    """A fork has none of the caller's threads: a relay of its own starts anew."""
+    global _the_pump, _making
+    _the_pump, _making = None, _thread.allocate_lock()
+
+
+os.register_at_fork(after_in_child=_forget_pump)
