@@ -70,9 +70,13 @@ def _snapshot() -> dict[str, object]:
         states = sorted(os.listdir(containers_dir()))
     except FileNotFoundError:
         states = []
-    states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STATE"], "..", "home-*", "state", "containers", "*")))
+    above = os.path.dirname(os.environ["HERMETIC_STATE"])
+    states += sorted(glob.glob(os.path.join(above, "home-*", "state", "containers", "*")))
     states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STORE"], "containers", "*")))  # rw layers
     states += sorted(glob.glob(os.path.join(os.environ["HERMETIC_STATE"], "networks", "*", "*")))
+    for worker in sorted(glob.glob(os.path.join(above, "gw*"))):  # each xdist worker's state root and homes
+        for pattern in (("state", "containers", "*"), ("home-*", "state", "containers", "*"), ("state", "networks", "*", "*")):
+            states += sorted(glob.glob(os.path.join(worker, *pattern)))
     return {
         "mounts": _count_mounts(),
         "cgroups": sorted(hermetic_cgroups()),
@@ -106,6 +110,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.chmod(base, 0o755)
     os.environ.setdefault("HERMETIC_STORE", os.path.join(base, "store"))
     os.environ.setdefault("HERMETIC_STATE", os.path.join(base, "state"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        # An xdist worker keeps the session's store (two workers on one store is the concurrency
+        # users have) but gets a state root of its own, with its own rootless homes beside it:
+        # container names, `ps` listings, `gc` and private networks are per state root, and the
+        # tests name their containers and read those listings as if they ran alone.
+        own = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), worker)
+        os.makedirs(own, exist_ok=True)
+        os.chmod(own, 0o755)  # (the rootless user's home is below it)
+        os.environ["HERMETIC_STATE"] = os.path.join(own, "state")
     # Tests reach registries on loopback only: an unknown `name:tag` must not be looked up on the internet.
     os.environ.setdefault("HERMETIC_OFFLINE", "1")
     config._hermetic_base = base  # type: ignore[attr-defined]

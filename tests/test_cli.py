@@ -54,15 +54,18 @@ def test_bad_input_is_one_clear_line(args, code, message):
     assert ran.stderr.count("\n") == 1 and "Traceback" not in ran.stderr
 
 
-def test_images_import_rmi_gc(busybox_rootfs):
-    imported = run_cli("import", f"dir:{busybox_rootfs}", "cli-test:1")
+def test_images_import_rmi_gc(busybox_rootfs, tmp_path):
+    # A store and state root of its own: another xdist worker's gc could take what this one
+    # expects to remove, and this gc would clear the exited containers other tests still read.
+    env = {"HERMETIC_STORE": str(tmp_path / "store"), "HERMETIC_STATE": str(tmp_path / "state")}
+    imported = run_cli("import", f"dir:{busybox_rootfs}", "cli-test:1", env=env)
     assert imported.returncode == 0 and imported.stdout.startswith("cli-test:1 sha256:")
-    listing = run_cli("images").stdout
+    listing = run_cli("images", env=env).stdout
     assert "host" in listing and "cli-test:1" in listing
-    assert run_cli("run", "cli-test:1", "true").returncode == 0
-    assert run_cli("rmi", "cli-test:1").stdout == "untagged cli-test:1\n"
-    assert "cli-test:1" not in run_cli("images").stdout
-    gc = run_cli("gc")
+    assert run_cli("run", "cli-test:1", "true", env=env).returncode == 0
+    assert run_cli("rmi", "cli-test:1", env=env).stdout == "untagged cli-test:1\n"
+    assert "cli-test:1" not in run_cli("images", env=env).stdout
+    gc = run_cli("gc", env=env)
     assert gc.returncode == 0 and "removed" in gc.stdout
 
 
@@ -85,18 +88,18 @@ def test_ps_lists_a_running_named_container(busybox_image):
 
     from conftest import ROOT
 
-    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "run", "--name", "sleeper", busybox_image, "sleep", "30"],
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "run", "--name", "dozer", busybox_image, "sleep", "30"],
                             env={**__import__("os").environ, "PYTHONPATH": ROOT})
     try:
         for _ in range(100):
-            if "sleeper" in run_cli("ps").stdout:
+            if "dozer" in run_cli("ps").stdout:
                 break
             time.sleep(0.05)
         listing = run_cli("ps").stdout
-        assert "sleeper" in listing and "busybox:test" in listing
-        duplicate = run_cli("run", "--name", "sleeper", busybox_image, "true")
+        assert "dozer" in listing and "busybox:test" in listing
+        duplicate = run_cli("run", "--name", "dozer", busybox_image, "true")
         assert duplicate.returncode == 125 and "already has that name" in duplicate.stderr
-        committed = run_cli("commit", "sleeper", "from-running:1")
+        committed = run_cli("commit", "dozer", "from-running:1")
         assert committed.returncode == 0, committed.stderr
     finally:
         proc.terminate()  # forwarded to PID 1 (sleep), which has no handler and ignores it
@@ -114,10 +117,10 @@ def test_second_interrupt_kills_the_container(busybox_image):
 
     from conftest import ROOT
 
-    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "run", "--name", "stubborn", busybox_image, "sleep", "60"],
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_hermetic", "run", "--name", "mule", busybox_image, "sleep", "60"],
                             env={**__import__("os").environ, "PYTHONPATH": ROOT}, stderr=subprocess.PIPE, text=True)
     for _ in range(100):
-        if "stubborn" in run_cli("ps").stdout:
+        if "mule" in run_cli("ps").stdout:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # PID 1 (sleep) has no handler: ignored
@@ -125,7 +128,7 @@ def test_second_interrupt_kills_the_container(busybox_image):
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)  # the second one kills the container
     assert proc.wait(timeout=10) == 137
-    assert "stubborn" not in run_cli("ps").stdout
+    assert "mule" not in run_cli("ps").stdout
 
 
 def test_python_dash_m_and_console_script_agree():

@@ -33,6 +33,12 @@ def _get(url: str, timeout: float = 10.0) -> int:
             time.sleep(0.1)
 
 
+def row(listing: str, container_id: str) -> str:
+    """The `ps` row of one container: under xdist the other worker's containers are listed too."""
+    (found,) = [line for line in listing.splitlines() if line.startswith(container_id[:12] + " ")]
+    return found
+
+
 @pytest.fixture
 def names():
     """Names of containers a test starts; `rm -f` of each afterwards, whatever happened."""
@@ -54,9 +60,10 @@ def test_detached_web_server_lifecycle(names):
     assert len(container_id) == 32
 
     assert _get(f"http://127.0.0.1:{port}/") == 200
-    ps = run_cli("ps")
-    assert "web" in ps.stdout and "running" in ps.stdout and f"127.0.0.1:{port}->8000/tcp" in ps.stdout
-    assert run_cli("ps", "-q").stdout.split() == [container_id[:12]]
+    web = row(run_cli("ps").stdout, container_id).split()
+    assert web[1] == "web" and "running" in web and web[-1] == f"127.0.0.1:{port}->8000/tcp", web
+    ids = run_cli("ps", "-q").stdout.split()
+    assert container_id[:12] in ids and all(len(i) == 12 and set(i) <= set("0123456789abcdef") for i in ids), ids
 
     logs = run_cli("logs", "web")
     assert logs.returncode == 0 and '"GET / HTTP/1.1" 200' in logs.stdout, logs
@@ -78,8 +85,8 @@ def test_detached_web_server_lifecycle(names):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
 
     assert "web" not in run_cli("ps").stdout
-    ps_all = run_cli("ps", "-a").stdout
-    assert "web" in ps_all and "exited (143)" in ps_all and "SIGTERM" in ps_all, ps_all
+    web_row = row(run_cli("ps", "-a").stdout, container_id)
+    assert " web " in web_row and "exited (143)" in web_row and "SIGTERM" in web_row, web_row
     assert run_cli("wait", "web").stdout.strip() == "143"
     assert '"GET / HTTP/1.1" 200' in run_cli("logs", "web").stdout  # the log outlives the container
 
@@ -221,17 +228,24 @@ def test_publish_a_bridged_detached_container(names):
     names.clear()
 
 
-def test_gc_keeps_a_running_detached_container_and_clears_an_exited_one(names):
-    names += ["alive", "done"]
-    assert run_cli("run", "-d", "--name", "alive", "host", "sleep", "300").returncode == 0
-    assert run_cli("run", "-d", "--name", "done", "host", "true").returncode == 0
-    assert run_cli("wait", "done").stdout.strip() == "0"
-    ran = run_cli("gc")
-    assert ran.returncode == 0 and "(done)" in ran.stdout and "(alive)" not in ran.stdout, ran
-    ps = run_cli("ps", "-a").stdout
-    assert "alive" in ps and "running" in ps and "done" not in ps
-    ran = run_cli("exec", "alive", "sh", "-c", "echo still here")
-    assert ran.stdout == "still here\n"  # gc took nothing from under it (cgroup, layers, state)
+def test_gc_keeps_a_running_detached_container_and_clears_an_exited_one(tmp_path):
+    # A store and state root of its own: a gc of the session's would also clear the exited
+    # containers other tests still read (another xdist worker's), and theirs could clear "done" first.
+    env = {"HERMETIC_STORE": str(tmp_path / "store"), "HERMETIC_STATE": str(tmp_path / "state")}
+    try:
+        assert run_cli("run", "-d", "--name", "alive", "host", "sleep", "300", env=env).returncode == 0
+        assert run_cli("run", "-d", "--name", "done", "host", "true", env=env).returncode == 0
+        assert run_cli("wait", "done", env=env).stdout.strip() == "0"
+        ran = run_cli("gc", env=env)
+        assert ran.returncode == 0 and "(done)" in ran.stdout and "(alive)" not in ran.stdout, ran
+        ps = run_cli("ps", "-a", env=env).stdout
+        assert "alive" in ps and "running" in ps and "done" not in ps
+        ran = run_cli("exec", "alive", "sh", "-c", "echo still here", env=env)
+        assert ran.stdout == "still here\n"  # gc took nothing from under it (cgroup, layers, state)
+    finally:
+        for name in ("alive", "done"):
+            run_cli("rm", "-f", name, env=env)
+    assert os.listdir(tmp_path / "state" / "containers") == []
 
 
 def test_stop_and_rm_reach_a_foreground_named_run():

@@ -81,11 +81,15 @@ def test_start_failure_cleans_up():
     assert c.cgroup is None
 
 
-def test_parent_death_takes_the_container_along(tmp_path):
+def test_parent_death_takes_the_container_along(tmp_path, monkeypatch):
     import subprocess
     import sys
 
     from conftest import ROOT
+
+    # A state root of its own (the parent inherits it): a gc of the session's would clear the exited
+    # containers other tests still read (another xdist worker's), and theirs could take this one first.
+    monkeypatch.setenv("HERMETIC_STATE", str(tmp_path / "state"))
 
     code = (
         "import sys, time; sys.path.insert(0, %r)\n"
@@ -112,6 +116,7 @@ def test_parent_death_takes_the_container_along(tmp_path):
 
     removed = gc_containers()  # the killed parent left its state folder and cgroup
     assert any("container" in line for line in removed)
+    assert os.listdir(tmp_path / "state" / "containers") == []
 
 
 def test_output_to_a_file_arrives_whole_after_the_caller_closed_it(tmp_path):

@@ -15,26 +15,35 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
+from hermetic_testsupport.state_folders import owned_by, state_folders
 from pytest_hermetic.errors import ContainerNotFound, ContainerStartError, ImageNotFound, SpecError
 
 
-def _states() -> list[str]:
-    from pytest_hermetic.state import containers_dir
+# Who may own this module's containers: each helper its shell had (see `_owners`) and the kernel
+# itself (which should own none).  The state folder is shared: under xdist the other worker's
+# containers come and go there meanwhile, and are no business of these checks.
+_HELPERS: set[int] = {os.getpid()}
 
-    try:
-        return sorted(os.listdir(containers_dir()))
-    except FileNotFoundError:
-        return []
+
+def _owners(shell) -> set[int]:  # noqa: ANN001
+    if _client(shell).pid is not None:
+        _HELPERS.add(_client(shell).pid)
+    return _HELPERS
+
+
+def _states(folders: dict[str, int | None], shell) -> list[str]:  # noqa: ANN001
+    """The state folders among `folders` of the containers this module's shell started."""
+    return owned_by(folders, _owners(shell))
 
 
 @pytest.fixture
 def ip(ipython_shell):  # noqa: ANN001, ANN201
     shell = ipython_shell
-    before = _states()
+    before = state_folders()
     yield shell
     for name in [c["name"] for c in _client(shell).call("list")["containers"]] if _client(shell).running else []:
         shell.run_line_magic("container", f"rm {name}")
-    assert _states() == before
+    assert _states(state_folders(), shell) == _states(before, shell)
 
 
 def _client(shell):  # noqa: ANN001, ANN202
@@ -62,11 +71,11 @@ def cell(ip, line: str, body: str) -> None:  # noqa: ANN001
     ("host --commit 'Bad Ref!'", Exception, "Bad Ref!"),
 ])
 def test_bad_options_fail_before_anything_starts(ip, line: str, error: type, words: str) -> None:  # noqa: ANN001
-    before = _states()
+    before = state_folders()
     with pytest.raises(error, match=None) as info:
         cell(ip, line, "echo never")
     assert words in str(info.value)
-    assert _states() == before
+    assert _states(state_folders(), ip) == _states(before, ip)
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the host bridge needs root")
 def test_a_cell_on_the_host_bridge(ip) -> None:  # noqa: ANN001
@@ -302,6 +311,7 @@ def test_helper_death_is_reported_and_the_next_cell_recovers(ip) -> None:  # noq
     cell(ip, "host --name doomed", "true")
     client = _client(ip)
     pid = client.pid
+    _HELPERS.add(pid)  # what it ran must be gone too (the `ip` fixture checks)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(HelperError, match=rf"the container helper \(pid {pid}\) died \(killed by SIGKILL\)"):
         cell(ip, "host", "true")
@@ -323,13 +333,14 @@ def test_unload_stops_every_container() -> None:
     # Last in this module: it unloads the module's shell's extension.
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "pytest_hermetic")
-    before = _states()
+    before = state_folders()
     ip.run_cell_magic("container", "host --name one", "true")
     ip.run_cell_magic("container", "host --name two", "true")
-    assert len(_states()) == len(before) + 2
+    assert len(_states(state_folders(), ip)) == len(_states(before, ip)) + 2
     client = _client(ip)
     pid = client.pid
+    owners = _owners(ip)
     ip.run_line_magic("unload_ext", "pytest_hermetic")
-    assert _states() == before
+    assert owned_by(state_folders(), owners) == owned_by(before, owners)
     assert not os.path.exists(f"/proc/{pid}")
     assert ip.find_magic("container", "cell") is None and ip.find_magic("container", "line") is None

@@ -2,7 +2,9 @@
 
 The kernel is a child of this pytest process and inherits HERMETIC_STORE /
 HERMETIC_STATE, so its helper's containers land in the session's state root
-and the session's leak check counts them.
+and the session's leak check counts them.  The checks here look only at the
+state folders of the kernel's processes: under xdist the other worker's
+containers come and go in the same folder.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import nbformat
 import pytest
 
 from conftest import ROOT, run_cli
+from hermetic_testsupport.state_folders import owned_by, state_folders
+from pytest_hermetic._proc import descendants
 
 KERNEL = "hermetic-test-python"
 
@@ -45,13 +49,9 @@ def kernelspec(tmp_path_factory: pytest.TempPathFactory) -> str:
             os.environ[key] = value
 
 
-def _states() -> list[str]:
-    from pytest_hermetic.state import containers_dir
-
-    try:
-        return sorted(os.listdir(containers_dir()))
-    except FileNotFoundError:
-        return []
+def _states(owners: set[int]) -> list[str]:
+    """The container state folders these processes own (a kernel's helper, the kernel)."""
+    return owned_by(state_folders(), owners)
 
 
 def _wait_for(check, timeout: float = 10.0) -> bool:  # noqa: ANN001
@@ -79,13 +79,16 @@ def execute(path: str, kernel: str, cwd: str) -> "nbformat.NotebookNode":
         nb, kernel_name=kernel, timeout=120, interrupt_on_timeout=True,
         timeout_func=lambda cell: cell.metadata.get("interrupt_after", 120),
         resources={"metadata": {"path": cwd}})
-    before = _states()
+    before = state_folders()
+    owners: set[int] = set()
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)
+            owners.update(descendants(os.getpid()))  # the kernel, its helper, their containers
     # The kernel's end closes the helper's socket: the helper removes the
     # containers (here already removed by the notebook itself).
-    assert _wait_for(lambda: _states() == before), f"left behind: {set(_states()) - set(before)}"
+    assert _wait_for(lambda: _states(owners) == owned_by(before, owners)), \
+        f"left behind: {set(_states(owners)) - set(owned_by(before, owners))}"
     return nb
 
 
@@ -192,11 +195,12 @@ def _run(kc, code: str) -> str:  # noqa: ANN001
 
 
 def _kernel_with_named_container(kernel: str, cwd: str):  # noqa: ANN202
+    """A kernel, the pid of its helper, and who may own its containers (those two)."""
     km, kc = _start_kernel(kernel, cwd)
     _run(kc, "%load_ext ipython_ext")
     assert _run(kc, "%%container host --name victim\necho up; sleep 1000 &") == "up\n"
     helper = int(_run(kc, "print(get_ipython().magics_manager.registry['ContainerMagics'].client.pid)"))
-    return km, kc, helper
+    return km, kc, helper, {helper, km.provisioner.process.pid}
 
 
 def _kill_kernel(km, kc) -> None:  # noqa: ANN001
@@ -207,20 +211,23 @@ def _kill_kernel(km, kc) -> None:  # noqa: ANN001
 
 
 def test_kernel_sigkill_helper_removes_its_containers(kernelspec: str, tmp_path) -> None:  # noqa: ANN001
-    before = _states()
-    km, kc, helper = _kernel_with_named_container(kernelspec, str(tmp_path))
-    assert len(_states()) == len(before) + 1
+    before = state_folders()
+    km, kc, helper, owners = _kernel_with_named_container(kernelspec, str(tmp_path))
+    assert len(_states(owners)) == len(owned_by(before, owners)) + 1
     _kill_kernel(km, kc)
     # EOF on its socket (and PDEATHSIG): the helper removes the container and exits.
-    assert _wait_for(lambda: _states() == before and not _alive(helper)), _states()
+    assert _wait_for(lambda: _states(owners) == owned_by(before, owners) and not _alive(helper)), _states(owners)
 
 
-def test_kernel_and_helper_sigkill_leave_what_gc_clears(kernelspec: str, tmp_path) -> None:  # noqa: ANN001
+def test_kernel_and_helper_sigkill_leave_what_gc_clears(kernelspec: str, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     from pytest_hermetic.state import list_states
 
-    before = _states()
-    km, kc, helper = _kernel_with_named_container(kernelspec, str(tmp_path))
-    (state,) = [s for s in list_states() if s.get("name") == "victim"]
+    # A state root of its own (the kernel inherits it): another xdist worker's gc must not clear
+    # the victim before this test's does, nor this gc the exited containers other tests still read.
+    monkeypatch.setenv("HERMETIC_STATE", str(tmp_path / "state"))
+    before = state_folders()
+    km, kc, helper, owners = _kernel_with_named_container(kernelspec, str(tmp_path))
+    (state,) = [s for s in list_states() if s.get("name") == "victim" and s.get("owner_pid") in owners]  # (not the other worker's)
     os.kill(helper, signal.SIGKILL)
     _kill_kernel(km, kc)
     # Gone, not a zombie: gc takes a zombie owner (same pid, same start time) for alive.
@@ -228,10 +235,10 @@ def test_kernel_and_helper_sigkill_leave_what_gc_clears(kernelspec: str, tmp_pat
     # The container's processes died with the helper (the engine's PDEATHSIG);
     # its state folder, cgroup and rw layer are what gc is for.
     assert _wait_for(lambda: not [p for s in list_states() if s["id"] == state["id"] for p in s["pids"]])
-    assert state["id"] in _states()
+    assert state["id"] in _states(owners)
     ran = run_cli("gc")
     assert ran.returncode == 0, ran.stderr
     assert f"removed container {state['id'][:12]} (victim)" in ran.stdout
-    assert _states() == before
+    assert _states(owners) == owned_by(before, owners)
     assert not any(os.path.exists(p) for p in state["cgroup"])
     assert not os.path.exists(state["rw_dir"])

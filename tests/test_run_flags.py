@@ -397,7 +397,7 @@ def test_cap_add_all_and_drop_combine_as_in_docker(busybox_image):
 
 
 def test_stop_signal_and_stop_timeout(names):
-    names += ["stopint", "stubborn"]
+    names += ["stopint", "holdout"]
     ran = run_cli("run", "-d", "--name", "stopint", "--stop-signal", "int", "host", "sh", "-c",
                   'trap "echo got-int; exit 3" INT; echo up; while :; do sleep 0.1; done')
     assert ran.returncode == 0, ran
@@ -406,11 +406,11 @@ def test_stop_signal_and_stop_timeout(names):
     assert run_cli("wait", "stopint").stdout == "3\n" and "got-int" in run_cli("logs", "stopint").stdout
     assert json.loads(run_cli("inspect", "stopint").stdout)[0]["spec"]["stop_signal"] == "SIGINT"
     # A command that ignores the signal is killed after --stop-timeout, not 10 s.
-    ran = run_cli("run", "-d", "--name", "stubborn", "--stop-timeout", "0.5", "host", "sh", "-c",
+    ran = run_cli("run", "-d", "--name", "holdout", "--stop-timeout", "0.5", "host", "sh", "-c",
                   'trap "" TERM; echo up; while :; do sleep 0.1; done')
-    _wait_log("stubborn", "up")
+    _wait_log("holdout", "up")
     began = time.monotonic()
-    ran = run_cli("stop", "stubborn")
+    ran = run_cli("stop", "holdout")
     assert ran.returncode == 0 and "did not stop within 0.5 s of SIGTERM; killed" in ran.stderr, ran
     assert time.monotonic() - began < 5
 

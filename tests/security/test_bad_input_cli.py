@@ -94,23 +94,54 @@ def one_clear_line(ran, words: str, code: int = 125) -> None:
     assert len(ran.stderr) < 500, ran.stderr
 
 
+def everything(roots: dict[str, str]) -> dict:
+    """`store_state` of a store, and every path below it and below the state root with its
+    type and size: what a bad input must leave as it found (no container state, read-write
+    layer, lock, use record or staging folder added or removed)."""
+    found = {"store": store_state(roots["HERMETIC_STORE"]), "paths": []}
+    for root in roots.values():
+        for folder, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = os.path.join(folder, name)
+                info = os.lstat(path)
+                kind = "dir" if name in dirs else oct(info.st_mode >> 12)
+                found["paths"].append((os.path.relpath(path, os.path.dirname(root)), kind,
+                                       None if name in dirs else info.st_size))
+    found["paths"].sort()
+    return found
+
+
 @pytest.fixture(scope="module")
-def image(busybox_image):
-    return busybox_image
+def roots(tmp_path_factory, busybox_rootfs) -> dict[str, str]:
+    """A store and a state root of this module's own (env for `run_cli`), holding `busybox:test`:
+    the session's are shared with other tests, which under xdist change them at any moment, so
+    "nothing changed" is checked where only this module's commands write."""
+    base = tmp_path_factory.mktemp("bad-input-cli")
+    env = {"HERMETIC_STORE": str(base / "store"), "HERMETIC_STATE": str(base / "state")}
+    ran = run_cli("import", "-e", "GREETING=hello", "-w", "/root", f"dir:{busybox_rootfs}", "busybox:test", env=env)
+    assert ran.returncode == 0, ran
+    yield env
+    for folder in (f"{env['HERMETIC_STORE']}/containers", f"{env['HERMETIC_STATE']}/containers"):
+        assert not os.path.isdir(folder) or os.listdir(folder) == [], folder  # nothing left by the good runs
+
+
+@pytest.fixture(scope="module")
+def image(roots):
+    return "busybox:test"
 
 
 @pytest.mark.parametrize("args, words", RUN_INPUTS, ids=[" ".join(a)[:40] for a, _ in RUN_INPUTS])
-def test_bad_run_option(image, args, words):
-    before = store_state(os.environ["HERMETIC_STORE"])
-    one_clear_line(run_cli("run", *args, image, "echo", "never"), words)
-    assert store_state(os.environ["HERMETIC_STORE"]) == before
+def test_bad_run_option(roots, image, args, words):
+    before = everything(roots)
+    one_clear_line(run_cli("run", *args, image, "echo", "never", env=roots), words)
+    assert everything(roots) == before
 
 
 @pytest.mark.parametrize("ref, words", IMAGE_INPUTS, ids=[r[:20] for r, _ in IMAGE_INPUTS])
-def test_bad_image_reference(image, ref, words):
-    before = store_state(os.environ["HERMETIC_STORE"])
-    one_clear_line(run_cli("run", ref, "true", env={"HERMETIC_OFFLINE": "1"}), words)
-    assert store_state(os.environ["HERMETIC_STORE"]) == before
+def test_bad_image_reference(roots, ref, words):
+    before = everything(roots)
+    one_clear_line(run_cli("run", ref, "true", env={**roots, "HERMETIC_OFFLINE": "1"}), words)
+    assert everything(roots) == before
 
 
 @pytest.mark.parametrize("args, words", USAGE_INPUTS, ids=[" ".join(a) or "nothing" for a, _ in USAGE_INPUTS])
@@ -126,25 +157,25 @@ def test_usage_errors_exit_125_in_one_line(args, words):
     (["--user", "99999999999"], "user='99999999999'"),
     (["-e", "=x"], "-e '=x'"),
 ])
-def test_bad_import_option(busybox_rootfs, args, words):
-    before = store_state(os.environ["HERMETIC_STORE"])
-    one_clear_line(run_cli("import", *args, f"dir:{busybox_rootfs}", "bad-import:1"), words)
-    assert store_state(os.environ["HERMETIC_STORE"]) == before
+def test_bad_import_option(roots, busybox_rootfs, args, words):
+    before = everything(roots)
+    one_clear_line(run_cli("import", *args, f"dir:{busybox_rootfs}", "bad-import:1", env=roots), words)
+    assert everything(roots) == before
 
 
-def test_a_missing_workdir_is_made_as_docker_does(image):
-    ran = run_cli("run", "-w", "/made/by/hermetic", image, "pwd")
+def test_a_missing_workdir_is_made_as_docker_does(roots, image):
+    ran = run_cli("run", "-w", "/made/by/hermetic", image, "pwd", env=roots)
     assert (ran.returncode, ran.stdout) == (0, "/made/by/hermetic\n"), ran
 
 
-def test_a_workdir_that_is_a_file_is_one_clear_line(image):
-    one_clear_line(run_cli("run", "-w", "/bin/busybox", image, "pwd"), "workdir /bin/busybox: Not a directory")
+def test_a_workdir_that_is_a_file_is_one_clear_line(roots, image):
+    one_clear_line(run_cli("run", "-w", "/bin/busybox", image, "pwd", env=roots), "workdir /bin/busybox: Not a directory")
 
 
-def test_after_all_that_the_image_is_listed_and_runs(image):
-    listed = run_cli("images")
+def test_after_all_that_the_image_is_listed_and_runs(roots, image):
+    listed = run_cli("images", env=roots)
     assert listed.returncode == 0 and "busybox" in listed.stdout and listed.stderr == "", listed
-    ran = run_cli("run", image, "sh", "-c", "echo $GREETING")
+    ran = run_cli("run", image, "sh", "-c", "echo $GREETING", env=roots)
     assert (ran.returncode, ran.stdout) == (0, "hello\n"), ran
 
 

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 
@@ -384,25 +385,32 @@ def test_hostile_images_rootless(test_user, scripted_registry, sparse_layer):
     import pwd
 
     entry = pwd.getpwnam(test_user)
-    store = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}", "data", "hermetic")
-    # What other tests left unreferenced in the user's store (an `rmi` without `gc`) would go at this test's gc.
-    assert run_cli("gc", "-q", user=test_user).returncode == 0
-    for case in ("deep-config", "cmd-5", "env-nul", "thousands-of-layers"):
-        spoil, words, _ = METADATA[case]
-        image = Image()
-        spoil(image)
+    # The user's default store ($XDG_DATA_HOME/hermetic), in a data folder of this test's own: other
+    # rootless tests (another xdist worker's) import into the user's usual one at any moment.
+    data = os.path.join(os.path.dirname(os.environ["HERMETIC_STATE"]), f"home-{entry.pw_uid}", f"data-hostile-{os.getpid()}")
+    env = {"XDG_DATA_HOME": data}
+    store = os.path.join(data, "hermetic")
+    try:
+        for case in ("deep-config", "cmd-5", "env-nul", "thousands-of-layers"):
+            spoil, words, _ = METADATA[case]
+            image = Image()
+            spoil(image)
+            before = store_state(store)
+            one_clear_line(run_cli("pull", image.serve(scripted_registry, f"rootless-{case}"), user=test_user, env=env),
+                           words)
+            assert store_state(store) == before
         before = store_state(store)
-        one_clear_line(run_cli("pull", image.serve(scripted_registry, f"rootless-{case}"), user=test_user), words)
+        ran = run_cli("pull", Image([sparse_layer]).serve(scripted_registry, "rootless-sparse"), user=test_user, env=env)
+        one_clear_line(ran, "unpacks to more than 1 GiB")
         assert store_state(store) == before
-    before = store_state(store)
-    ran = run_cli("pull", Image([sparse_layer]).serve(scripted_registry, "rootless-sparse"), user=test_user)
-    one_clear_line(ran, "unpacks to more than 1 GiB")
-    assert store_state(store) == before
-    ref = Image([_deep_layer(1500)]).serve(scripted_registry, "rootless-deep")
-    assert run_cli("pull", "-q", ref, user=test_user).returncode == 0
-    assert len(store_state(store)["layers"]) == len(before["layers"]) + 1  # the user's store is the one watched
-    assert run_cli("rmi", ref, user=test_user).returncode == 0
-    for _ in range(2):
-        gc = run_cli("gc", "-q", user=test_user)
-        assert gc.returncode == 0 and gc.stderr == "", gc
-    assert store_state(store) == before
+        ref = Image([_deep_layer(1500)]).serve(scripted_registry, "rootless-deep")
+        assert run_cli("pull", "-q", ref, user=test_user, env=env).returncode == 0
+        assert len(store_state(store)["layers"]) == len(before["layers"]) + 1  # the user's store is the one watched
+        assert run_cli("rmi", ref, user=test_user, env=env).returncode == 0
+        for _ in range(2):
+            gc = run_cli("gc", "-q", user=test_user, env=env)
+            assert gc.returncode == 0 and gc.stderr == "", gc
+        assert store_state(store) == before
+    finally:
+        if os.path.exists(data):
+            shutil.rmtree(data)

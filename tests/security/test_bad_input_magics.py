@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 from IPython.core.error import UsageError
 
 from pytest_hermetic.errors import SpecError
+from test_bad_input_cli import everything
 
 # (the %%container line, the error type, words the one line must hold)
 CELL_INPUTS = [
@@ -46,19 +46,24 @@ LINE_INPUTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):  # noqa: ANN001, ANN201
+    """A store and a state root of this module's own, for the kernel and its helper: the session's
+    are shared with other tests, which under xdist start containers and change images at any moment,
+    so "nothing starts or is stored" is checked where only this module's cells could write."""
+    base = tmp_path_factory.mktemp("bad-input-magics")
+    env = {"HERMETIC_STORE": str(base / "store"), "HERMETIC_STATE": str(base / "state")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield env
+    for folder in (f"{env['HERMETIC_STORE']}/containers", f"{env['HERMETIC_STATE']}/containers"):
+        assert not os.path.isdir(folder) or os.listdir(folder) == [], folder  # nothing left by the good cell
+
+
 @pytest.fixture
-def ip(ipython_shell):  # noqa: ANN001, ANN201
-    return ipython_shell
-
-
-def snapshot() -> tuple:
-    from pytest_hermetic.state import containers_dir
-
-    root = os.environ["HERMETIC_STORE"]
-    refs = os.path.join(root, "refs.json")
-    states = sorted(os.listdir(containers_dir())) if os.path.isdir(containers_dir()) else []
-    return (states, json.load(open(refs)) if os.path.exists(refs) else {},
-            sorted(os.listdir(f"{root}/layers")) if os.path.isdir(f"{root}/layers") else [])
+def ip(roots, ipython_shell):  # noqa: ANN001, ANN201
+    return ipython_shell  # (after `roots`: the helper it starts works in them)
 
 
 def one_line(out: str, words: str) -> None:
@@ -69,25 +74,25 @@ def one_line(out: str, words: str) -> None:
 
 
 @pytest.mark.parametrize("line, error, words", CELL_INPUTS, ids=[c[0][:30] for c in CELL_INPUTS])
-def test_bad_cell_option(ip, capsys, line, error, words):
-    before = snapshot()
+def test_bad_cell_option(ip, roots, capsys, line, error, words):
+    before = everything(roots)
     result = ip.run_cell(f"%%container {line}\necho never\n")
     failure = result.error_in_exec or result.error_before_exec
     assert isinstance(failure, error), failure
     shown = capsys.readouterr()
     one_line(shown.out + shown.err, words)
-    assert snapshot() == before
+    assert everything(roots) == before
 
 
 @pytest.mark.parametrize("line, words", LINE_INPUTS, ids=[c[0] for c in LINE_INPUTS])
-def test_bad_line_magic(ip, capsys, line, words):
-    before = snapshot()
+def test_bad_line_magic(ip, roots, capsys, line, words):
+    before = everything(roots)
     result = ip.run_cell(f"%container {line}\n")
     assert isinstance(result.error_in_exec or result.error_before_exec, UsageError)
     shown = capsys.readouterr()
     out = shown.out + shown.err
     assert "Traceback" not in out and words in out, out
-    assert snapshot() == before
+    assert everything(roots) == before
 
 
 def test_a_good_cell_after_all_that(ip, capsys):
