@@ -89,6 +89,10 @@ class FileRelay:
         except BaseException:
             self._close_all()
             raise
+        # Waited on from now, before the fork: after it, pages this process
+        # writes while the child lives are copies (the fork's tax).
+        if self._targets:
+            _pump().add(self._targets, self)
 
     @classmethod
     def of(cls, fds: Iterable[int]) -> FileRelay | None:
@@ -106,23 +110,24 @@ class FileRelay:
         return (*self._reads, *set(self.child_ends.values()), *self._targets.values())
 
     def started(self) -> None:
-        """The child has its write ends: close ours (so the pipes end when
-        the container's last process does) and start copying."""
+        """The child has its write ends: close ours, so the pipes end when
+        the container's last process does."""
         for write in set(self.child_ends.values()):
             os.close(write)
         self.child_ends = {}
-        _pump().add(self._targets, self)
 
     def flush(self) -> None:
-        """Copy now whatever the container wrote so far."""
-        _pump().copy(self._reads, self)
+        """The container's work is done (its PID 1 or its test ended): copy
+        now whatever it wrote so far; what stragglers write after waits in
+        the pipe until `close` (the thread is not woken for it, nor for the
+        pipe's end: at a test's end that wake-up, and the lock it takes from
+        pytest, were most of the relay's cost)."""
+        _pump().copy(self._reads, self, quiet=True)
 
     def close(self) -> None:
         """Copy what is left and stop: the container's processes are gone
         (a straggler's later writes would get EPIPE)."""
-        if self.child_ends:  # never started
-            self._close_all()
-            return
+        self.started()  # (if it never was: its write ends)
         _pump().copy(self._reads, self, last=True)
         self._reads, self._targets = [], {}  # (the pump's, and closed by it)
 
@@ -144,6 +149,7 @@ class _Pump:
     def __init__(self) -> None:
         self._lock = _thread.allocate_lock()
         self._targets: dict[int, tuple[int, FileRelay]] = {}  # read end -> (copy of the caller's fd, relay)
+        self._waited: set[int] = set()  # the read ends in the epoll set
         self._epoll = select.epoll()  # (close-on-exec)
         _thread.start_new_thread(self._run, ())
 
@@ -157,25 +163,32 @@ class _Pump:
             for read, target in targets.items():
                 self._targets[read] = (target, relay)
                 self._epoll.register(read, select.EPOLLIN)
+                self._waited.add(read)
 
-    def copy(self, reads: list[int], relay: FileRelay, last: bool = False) -> None:
-        """Copy what `relay`'s pipes hold now; with `last`, end them."""
+    def copy(self, reads: list[int], relay: FileRelay, last: bool = False, quiet: bool = False) -> None:
+        """Copy what `relay`'s pipes hold now; with `last`, end them; with
+        `quiet`, stop waiting on them (the caller's `last` copy ends them)."""
         for read in reads:
-            self._copy(read, relay, last)
+            self._copy(read, relay, last, quiet)
 
     def _run(self) -> None:
         while True:
             for fd, _ in self._epoll.poll():
                 self._copy(fd, None)
 
-    def _copy(self, read: int, relay: FileRelay | None, last: bool = False) -> None:
+    def _copy(self, read: int, relay: FileRelay | None, last: bool = False, quiet: bool = False) -> None:
         """Copy what `read` holds now (if it is `relay`'s; None: whoever's);
-        at its end (or with `last`), close it."""
+        at its end (or with `last`), close it; with `quiet`, take it out of
+        the epoll set."""
         with self._lock:
             entry = self._targets.get(read)
             if entry is None or relay is not None and entry[1] is not relay:  # ended (its number maybe reused)
                 return
-            target = entry[0]
+            target, waited = entry[0], read in self._waited
+            if quiet and waited:
+                self._epoll.unregister(read)
+                self._waited.discard(read)
+                waited = False
             ended = last
             while True:
                 try:
@@ -188,7 +201,9 @@ class _Pump:
                 _write_all(target, data)
             if ended:
                 del self._targets[read]
-                self._epoll.unregister(read)
+                if waited:
+                    self._epoll.unregister(read)
+                    self._waited.discard(read)
                 os.close(read)
                 os.close(target)
 
