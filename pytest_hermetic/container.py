@@ -158,7 +158,8 @@ class Container:
     def start(self, target: Callable[[], int | None] | None = None, *, stdin: int | None = None,
               stdout: int | None = None, stderr: int | None = None, log: bool = False,
               tty: bytes | None = None, prepare_next: bool = False,
-              meanwhile: Callable[[], None] | None = None, keep_fds: tuple[int, ...] = ()) -> "Container":
+              meanwhile: Callable[[], None] | None = None, keep_fds: tuple[int, ...] = (),
+              caller_copies: bool = False) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
@@ -172,7 +173,11 @@ class Container:
         container after another).  `keep_fds`: descriptors a callable needs
         as they are (a pipe's read end it reads: the others are blanked, see
         runtime/descriptors.py).  `meanwhile`: the caller's own work, done
-        then too (it must not raise)."""
+        then too (it must not raise).  The caller's named files open for
+        writing reach the container as pipes (runtime/file_relay.py) that a
+        thread of this process copies into them; with `caller_copies` the
+        caller does, in a wait loop of its own: `copy_file` for each of
+        `file_pipes` that is ready (the pytest plugin: no thread in pytest)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         prepared, self._prepared = self._prepared, None
@@ -210,7 +215,7 @@ class Container:
             config.meanwhile = meanwhile
             config.keep_fds = keep_fds if log_fd is None else (*keep_fds, log_fd)  # (the log is its own)
             if not log and tty is None:
-                self._relay_files(config, everything=target is not None)
+                self._relay_files(config, everything=target is not None, pumped=not caller_copies)
             if tty is not None:
                 if target is not None:
                     raise SpecError("a terminal (tty) is for a command, not for a Python callable")
@@ -243,18 +248,27 @@ class Container:
             raise
         return self
 
-    def _relay_files(self, config: process.ProcessConfig, everything: bool) -> None:
+    def _relay_files(self, config: process.ProcessConfig, everything: bool, pumped: bool) -> None:
         """The caller's named files open for writing among what the child
-        keeps (all its fds for a callable, else the command's stdio), each
-        made a pipe that this process copies into the file (file_relay.py)."""
+        keeps (all its fds for a callable, else the command's stdio; not
+        `keep_fds`), each made a pipe that this process copies into the file
+        (file_relay.py)."""
         if everything:
             fds = [int(name) for name in os.listdir("/proc/self/fd")]
-            fds = [fd for fd in fds if fd not in config.keep_fds]
         else:
             fds = [i if fd is None else fd for i, fd in enumerate(config.stdio)]
-        self._files = FileRelay.of(fds)
+        self._files = FileRelay.of([fd for fd in fds if fd not in config.keep_fds], pumped)
         if self._files is not None:
             config.relayed, config.relay_pipes = self._files.child_ends, self._files.pipes()
+
+    def file_pipes(self) -> list[int]:
+        """With `start(caller_copies=True)`: the pipes to wait on."""
+        return self._files.read_ends() if self._files is not None else []
+
+    def copy_file(self, pipe: int) -> bool:
+        """With `start(caller_copies=True)`: copy what `pipe` (one of
+        `file_pipes`, ready) holds; False once it has ended."""
+        return self._files.copy(pipe) if self._files is not None else False
 
     def flush_files(self) -> None:
         """Copy into the caller's files what the container has written to

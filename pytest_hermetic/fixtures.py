@@ -335,7 +335,9 @@ class Containers:
         null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         container = Container(spec, network=network)
         try:
-            container.start(stdin=null_fd, stdout=log_fd, stderr=log_fd)
+            # The log is the fixture's own file, in its private (0700)
+            # folder: handed as it is, not through a pipe and a thread.
+            container.start(stdin=null_fd, stdout=log_fd, stderr=log_fd, keep_fds=(log_fd,))
         except HermeticError as exc:
             # One line at the test's call, not the engine's frames below it.
             hint = ("" if not isinstance(exc, RegistryError) else f"; or pull it ahead (`hermetic pull {image}`)"

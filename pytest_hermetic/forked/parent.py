@@ -204,7 +204,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             # neither is then on a test's path.
             undumpable = not container.userns
             container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops, undumpable),
-                            prepare_next=True, meanwhile=remove_earlier, keep_fds=(reply_r,))
+                            prepare_next=True, meanwhile=remove_earlier, keep_fds=(reply_r,), caller_copies=True)
         finally:
             gc.unfreeze()
             os.close(write_fd)
@@ -321,7 +321,8 @@ def _drain(read_fd: int, container: Container, services: _Services, reply_fd: in
     chunks: list[bytes] = []
     pending = b""  # bytes not yet split into messages, for the calls
     assert container.process is not None
-    open_fds = [read_fd, container.process.fileno()]
+    file_pipes = container.file_pipes()  # what the test writes to pytest's own files (file_relay)
+    open_fds = [read_fd, container.process.fileno(), *file_pipes]
     interrupted = False
     while True:
         try:
@@ -335,6 +336,9 @@ def _drain(read_fd: int, container: Container, services: _Services, reply_fd: in
             interrupted = True
             container.kill(signal.SIGINT)
             continue
+        for pipe in file_pipes:
+            if pipe in ready and not container.copy_file(pipe):
+                open_fds.remove(pipe)
         if read_fd in ready:
             chunk = os.read(read_fd, 1 << 16)
             if chunk:

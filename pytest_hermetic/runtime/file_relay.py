@@ -1,5 +1,5 @@
 """Host files the caller holds open for writing reach a container only
-through a pipe, which a thread of the caller copies into the file.
+through a pipe, which the caller copies into the file.
 
 A regular file open for writing in the caller -- pytest's output sent to a
 file (`pytest > ci.log`, the saved stdout of its capture), a `--log-file`,
@@ -17,6 +17,12 @@ place (`descriptors.seal`), and the caller copies what comes through into
 its own descriptor: same open file, so O_APPEND and the shared offset hold.
 A descriptor the relay did not make a pipe for (opened meanwhile) is
 /dev/null in the container instead.
+
+Who copies: a caller that waits on its container in a loop of its own
+(the pytest plugin, while a test runs) copies there (`pumped=False`:
+`read_ends`, `copy`), so pytest gets no thread (a thread in a process that
+forks makes Python 3.12+ warn at every later `os.fork`); for everyone else
+one thread of the process does (`_Pump`).
 
 In the container the descriptor is a pipe: writes reach the file in
 order; seeking, reading or truncating it fail (ESPIPE, EBADF, EINVAL).
@@ -52,17 +58,23 @@ def needs_relay(fd: int) -> bool:
         return False
 
 
+# Every live relay's own fds (read ends, copies of the caller's fds): the
+# next container's scan of the caller's fds skips them.
+_live: set[int] = set()
+
+
 class FileRelay:
     """The pipes of one container's written host files, from its start to
     its end.  `child_ends` ({fd: write end}) goes to the child; the caller
     calls `started` once the child is forked, `flush` before writing to
     those files itself (pytest's report lines after a test's own), and
-    `close` once the container is gone."""
+    `close` once the container is gone; unless `pumped`, also `copy` for
+    each of `read_ends` that is ready, while the container runs."""
 
-    def __init__(self, targets: list[int]) -> None:
+    def __init__(self, targets: list[int], pumped: bool = True) -> None:
         self.child_ends: dict[int, int] = {}
-        self._reads: list[int] = []
         self._targets: dict[int, int] = {}  # read end -> our own copy of the caller's fd
+        self._pumped = pumped
         try:
             for fd in targets:
                 # A copy of an fd already relayed (pytest's capture keeps
@@ -82,32 +94,35 @@ class FileRelay:
                 except BaseException:
                     os.close(own)
                     raise
-                self._reads.append(read)
                 self.child_ends[fd] = write
                 self._targets[read] = own
-                fcntl.fcntl(read, fcntl.F_SETFL, os.O_NONBLOCK)
+                fcntl.fcntl(read, fcntl.F_SETFL, os.O_NONBLOCK)  # (the child's end blocks, as the file would)
         except BaseException:
             self._close_all()
             raise
+        _live.update(self._targets, self._targets.values())
         # Waited on from now, before the fork: after it, pages this process
         # writes while the child lives are copies (the fork's tax).
-        if self._targets:
+        if pumped and self._targets:
             _pump().add(self._targets, self)
 
     @classmethod
-    def of(cls, fds: Iterable[int]) -> FileRelay | None:
+    def of(cls, fds: Iterable[int], pumped: bool = True) -> FileRelay | None:
         """A relay for those of `fds` that need one (not the relays' own
         copies of earlier callers' files); None if none does."""
-        owned = _the_pump.owned() if _the_pump is not None else ()
-        targets = [fd for fd in fds if fd not in owned and needs_relay(fd)]
-        relay = cls(targets) if targets else None
+        targets = [fd for fd in fds if fd not in _live and needs_relay(fd)]
+        relay = cls(targets, pumped) if targets else None
         return relay if relay is None or relay.child_ends else None
 
     def pipes(self) -> tuple[int, ...]:
         """Every fd of the relay, which the child closes once it has put
         the write ends in place (the read ends and the copies of the
         caller's fds are not the child's to keep)."""
-        return (*self._reads, *set(self.child_ends.values()), *self._targets.values())
+        return (*self._targets, *set(self.child_ends.values()), *self._targets.values())
+
+    def read_ends(self) -> list[int]:
+        """Not `pumped`: the fds whose readiness calls for `copy`."""
+        return [] if self._pumped else list(self._targets)
 
     def started(self) -> None:
         """The child has its write ends: close ours, so the pipes end when
@@ -116,30 +131,69 @@ class FileRelay:
             os.close(write)
         self.child_ends = {}
 
+    def copy(self, read: int) -> bool:
+        """Not `pumped`: copy what `read` holds now; False once its pipe has
+        ended (it is closed then: wait on it no more)."""
+        target = self._targets.get(read)
+        if target is None:
+            return False
+        if _copy_out(read, target):
+            return True
+        self._end(read)
+        return False
+
     def flush(self) -> None:
         """The container's work is done (its PID 1 or its test ended): copy
         now whatever it wrote so far; what stragglers write after waits in
         the pipe until `close` (the thread is not woken for it, nor for the
         pipe's end: at a test's end that wake-up, and the lock it takes from
         pytest, were most of the relay's cost)."""
-        _pump().copy(self._reads, self, quiet=True)
+        if self._pumped:
+            _pump().copy(list(self._targets), self, quiet=True)
+        else:
+            for read in list(self._targets):
+                self.copy(read)
 
     def close(self) -> None:
         """Copy what is left and stop: the container's processes are gone
         (a straggler's later writes would get EPIPE)."""
         self.started()  # (if it never was: its write ends)
-        _pump().copy(self._reads, self, last=True)
-        self._reads, self._targets = [], {}  # (the pump's, and closed by it)
+        if self._pumped:
+            _pump().copy(list(self._targets), self, last=True)
+        else:
+            for read in list(self._targets):
+                _copy_out(read, self._targets[read])
+                self._end(read)
+        _live.difference_update(self._targets, self._targets.values())
+        self._targets = {}  # (closed, by the pump or here)
+
+    def _end(self, read: int) -> None:
+        target = self._targets.pop(read)
+        _live.difference_update((read, target))
+        os.close(read)
+        os.close(target)
 
     def _close_all(self) -> None:
-        for fd in (*self._reads, *set(self.child_ends.values()), *self._targets.values()):
+        for fd in (*self._targets, *set(self.child_ends.values()), *self._targets.values()):
             os.close(fd)
-        self._reads, self.child_ends, self._targets = [], {}, {}
+        self.child_ends, self._targets = {}, {}
+
+
+def _copy_out(read: int, target: int) -> bool:
+    """Copy what the pipe `read` holds now into `target`; False at its end."""
+    while True:
+        try:
+            data = os.read(read, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        _write_all(target, data)
 
 
 class _Pump:
-    """The caller's one copying thread, for all its containers' relays: it
-    waits on an epoll set of every read end (registered by the callers
+    """The caller's one copying thread, for all its pumped relays: it waits
+    on an epoll set of every read end (registered by the callers
     themselves, so a relay's start and end never wake it) and copies what
     comes into the file.  Each read end and its target are owned by the
     table: whoever takes them out of `_targets` closes them.  A read end's
@@ -151,12 +205,8 @@ class _Pump:
         self._targets: dict[int, tuple[int, FileRelay]] = {}  # read end -> (copy of the caller's fd, relay)
         self._waited: set[int] = set()  # the read ends in the epoll set
         self._epoll = select.epoll()  # (close-on-exec)
+        _live.add(self._epoll.fileno())
         _thread.start_new_thread(self._run, ())
-
-    def owned(self) -> set[int]:
-        """The fds this pump holds (a caller's scan of its own skips them)."""
-        with self._lock:
-            return {*self._targets, *(target for target, _ in self._targets.values()), self._epoll.fileno()}
 
     def add(self, targets: dict[int, int], relay: FileRelay) -> None:
         with self._lock:
@@ -185,25 +235,15 @@ class _Pump:
             if entry is None or relay is not None and entry[1] is not relay:  # ended (its number maybe reused)
                 return
             target, waited = entry[0], read in self._waited
-            if quiet and waited:
+            if waited and (quiet or last):
                 self._epoll.unregister(read)
                 self._waited.discard(read)
-                waited = False
-            ended = last
-            while True:
-                try:
-                    data = os.read(read, 1 << 16)
-                except BlockingIOError:
-                    break
-                if not data:
-                    ended = True
-                    break
-                _write_all(target, data)
-            if ended:
+            if not _copy_out(read, target) or last:
                 del self._targets[read]
-                if waited:
+                if read in self._waited:
                     self._epoll.unregister(read)
                     self._waited.discard(read)
+                _live.difference_update((read, target))
                 os.close(read)
                 os.close(target)
 
@@ -235,6 +275,7 @@ def _forget_pump() -> None:
     """A fork has none of the caller's threads: a relay of its own starts anew."""
     global _the_pump, _making
     _the_pump, _making = None, _thread.allocate_lock()
+    _live.clear()  # (the caller's relays' fds: the child closes or blanks them)
 
 
 os.register_at_fork(after_in_child=_forget_pump)
