@@ -172,3 +172,27 @@ def test_a_written_file_closed_in_the_fork_before_its_relay_starts(tmp_path):
     finally:
         closing.clear()
         held.close()
+
+
+def test_no_thread_is_left_once_the_files_are_copied(tmp_path):
+    """The relay's copying thread runs only while a container's output is
+    copied: a thread left in the caller would make Python 3.12+ warn at its
+    every later os.fork."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os
+from pytest_hermetic.container import Container
+from pytest_hermetic.spec import Spec
+with open({str(tmp_path / "out.log")!r}, "w") as out:
+    with Container(Spec.build("host", ["echo", "hi"], ephemeral=True)) as box:
+        box.start(stdout=out.fileno())
+        assert box.wait().exit_code == 0
+with open("/proc/self/status") as f:
+    print([line for line in f if line.startswith("Threads:")][0].split()[1])
+"""
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert ran.stdout == "1\n", ran.stdout + ran.stderr
+    assert (tmp_path / "out.log").read_text() == "hi\n"

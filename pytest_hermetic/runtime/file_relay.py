@@ -43,7 +43,7 @@ from . import syscalls as sc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterable
+    from typing import Any, Iterable
 
 
 def needs_relay(fd: int) -> bool:
@@ -192,21 +192,26 @@ def _copy_out(read: int, target: int) -> bool:
 
 
 class _Pump:
-    """The caller's one copying thread, for all its pumped relays: it waits
-    on an epoll set of every read end (registered by the callers
-    themselves, so a relay's start and end never wake it) and copies what
-    comes into the file.  Each read end and its target are owned by the
-    table: whoever takes them out of `_targets` closes them.  A read end's
-    number, closed at its pipe's end, may come back as another relay's: so
-    each entry names its relay, and a relay's calls touch only its own."""
+    """The caller's copying thread, for all its pumped relays: it waits on
+    an epoll set of every read end (registered by the callers themselves,
+    so a relay's start never wakes it) and copies what comes into the file.
+    It runs only while there is a pipe to wait on, and the relay that takes
+    the last one out waits for it to end: a process with a thread makes
+    Python 3.12+ warn at each later `os.fork`.  Each read end and its target
+    are owned by the table: whoever takes them out of `_targets` closes
+    them.  A read end's number, closed at its pipe's end, may come back as
+    another relay's: so each entry names its relay, and a relay's calls
+    touch only its own."""
 
     def __init__(self) -> None:
         self._lock = _thread.allocate_lock()
         self._targets: dict[int, tuple[int, FileRelay]] = {}  # read end -> (copy of the caller's fd, relay)
         self._waited: set[int] = set()  # the read ends in the epoll set
         self._epoll = select.epoll()  # (close-on-exec)
-        _live.add(self._epoll.fileno())
-        _thread.start_new_thread(self._run, ())
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        _live.update((self._epoll.fileno(), self._wake_r, self._wake_w))
+        self._running: Any = None  # a lock the thread holds while it runs
 
     def add(self, targets: dict[int, int], relay: FileRelay) -> None:
         with self._lock:
@@ -214,17 +219,44 @@ class _Pump:
                 self._targets[read] = (target, relay)
                 self._epoll.register(read, select.EPOLLIN)
                 self._waited.add(read)
+            if self._running is None:
+                running = _thread.allocate_lock()
+                running.acquire()
+                self._running = running
+                _thread.start_new_thread(self._run, (running,))
 
     def copy(self, reads: list[int], relay: FileRelay, last: bool = False, quiet: bool = False) -> None:
         """Copy what `relay`'s pipes hold now; with `last`, end them; with
-        `quiet`, stop waiting on them (the caller's `last` copy ends them)."""
+        `quiet`, stop waiting on them (the caller's `last` copy ends them).
+        If that leaves nothing to wait on, the thread ends before this returns."""
         for read in reads:
             self._copy(read, relay, last, quiet)
+        with self._lock:
+            ending = self._running if not self._waited else None
+        if ending is not None:
+            _wake(self._wake_w)
+            # Released by the thread as it ends (not at all if another of the
+            # caller's threads added a pipe meanwhile: then it runs on).
+            if ending.acquire(timeout=2):
+                ending.release()
 
-    def _run(self) -> None:
-        while True:
-            for fd, _ in self._epoll.poll():
-                self._copy(fd, None)
+    def _run(self, running: Any) -> None:
+        try:
+            while True:
+                for fd, _ in self._epoll.poll():
+                    if fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 512)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self._copy(fd, None)
+                with self._lock:
+                    if not self._waited:
+                        self._running = None
+                        return
+        finally:
+            running.release()
 
     def _copy(self, read: int, relay: FileRelay | None, last: bool = False, quiet: bool = False) -> None:
         """Copy what `read` holds now (if it is `relay`'s; None: whoever's);
@@ -246,6 +278,13 @@ class _Pump:
                 _live.difference_update((read, target))
                 os.close(read)
                 os.close(target)
+
+
+def _wake(fd: int) -> None:
+    try:
+        os.write(fd, b"x")
+    except BlockingIOError:  # woken already
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
