@@ -41,7 +41,7 @@ from .images.resolve import resolve_or_pull
 from .images.store import Image, Keep, Store
 from .options import DEFAULT_PIDS
 from .paths import make_owned, make_private, state_root
-from .runtime import cgroups, process, seccomp
+from .runtime import cgroups, descriptors, process, seccomp
 from .runtime.file_relay import FileRelay
 from .runtime.namespaces import default_user_namespace
 from .runtime.network import NetworkConfig
@@ -256,7 +256,7 @@ class Container:
         if everything:
             fds = [int(name) for name in os.listdir("/proc/self/fd")]
         else:
-            fds = [i if fd is None else fd for i, fd in enumerate(config.stdio)]
+            fds = list(descriptors.stdio_fds(config.stdio))
         self._files = FileRelay.of([fd for fd in fds if fd not in config.keep_fds], pumped)
         if self._files is not None:
             config.relayed, config.relay_pipes = self._files.child_ends, self._files.pipes()

@@ -93,6 +93,11 @@ def _close(fd: int) -> None:
         pass
 
 
+def stdio_fds(stdio: tuple) -> tuple[int, ...]:
+    """The fds a command's stdin, stdout and stderr will be (None: ours, 0-2)."""
+    return tuple(i if fd is None else fd for i, fd in enumerate(stdio))
+
+
 def seal(keep: tuple[int, ...] = (), stdio: tuple[int, ...] = (0, 1, 2), everything: bool = True,
          relayed: dict[int, int] | None = None, relay_pipes: tuple[int, ...] = ()) -> list[tuple[int, str]]:
     """Make the inherited descriptors safe to hand to the container; return

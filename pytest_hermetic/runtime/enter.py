@@ -68,7 +68,7 @@ def enter(init_pid: int, argv: list[str], env: dict[str, str], cwd: str, cgroup_
         raise
     # The caller's named files open for writing among the command's stdio
     # reach it as pipes (file_relay.py); not with a terminal, which is 0-2.
-    files = None if tty is not None else FileRelay.of([i if fd is None else fd for i, fd in enumerate(stdio)])
+    files = None if tty is not None else FileRelay.of(descriptors.stdio_fds(stdio))
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = fork()
     if pid == 0:
@@ -224,7 +224,7 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
             # in a mount namespace of our own, where the caller's paths still
             # name its files; the container's own nodes put in once inside.
             sc.unshare(sc.CLONE_NEWNS)
-            later = descriptors.seal(stdio=tuple(i if fd is None else fd for i, fd in enumerate(stdio)),
+            later = descriptors.seal(stdio=descriptors.stdio_fds(stdio),
                                      everything=False, relayed=files.child_ends if files else None,
                                      relay_pipes=files.pipes() if files else ())
             for name, flag in _ORDER:

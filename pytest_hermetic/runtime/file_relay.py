@@ -164,8 +164,8 @@ class FileRelay:
             for read in list(self._targets):
                 _copy_out(read, self._targets[read])
                 self._end(read)
-        _live.difference_update(self._targets, self._targets.values())
-        self._targets = {}  # (closed, by the pump or here)
+        self._targets = {}  # (closed, and out of _live, by the pump or here; a number another relay
+        # holds by now is not this one's to take out)
 
     def _end(self, read: int) -> None:
         target = self._targets.pop(read)

@@ -111,7 +111,7 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
     # its files, blanked with the container's /dev/null: a callable's
     # descriptors (all but its own, the hand-overs and the console's socket,
     # which `_attach_console` uses next), a command's stdio.
-    stdio = tuple(i if fd is None else fd for i, fd in enumerate(config.stdio))
+    stdio = descriptors.stdio_fds(config.stdio)
     later = descriptors.seal(_kept_fds(config, joined) if seal else config.keep_fds, stdio, everything=seal,
                              relayed=config.relayed, relay_pipes=config.relay_pipes)
     rootfs.setup(config.rootfs, config.hostname)
