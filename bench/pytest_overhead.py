@@ -478,14 +478,31 @@ def _wrap(owner, name, **how):
         setattr(owner, name, _noting(getattr(owner, name), **how))
 
 
+def _starting(fn):
+    # start.start_child: this test's own start, or (ahead=True) the next one's
+    def wrapper(*args, **kwargs):
+        ahead = kwargs.get("ahead", False)
+        _marks["next_start" if ahead else "own_start"] = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _marks["next_end" if ahead else "own_end"] = time.monotonic()
+    return wrapper
+
+
 def pytest_configure(config):
     from pytest_hermetic import container
-    from pytest_hermetic.forked import parent
+    from pytest_hermetic.forked import parent, per_test
 
     _wrap(container.Container, "start", before="engine_start")
     _wrap(parent, "child_main", before="test_start")  # by the name the parent calls it
     _wrap(parent, "_drain", after="drained")
     _wrap(container.Container, "remove", total="remove_total")
+    # The zygote's path (pytest forks nothing per test): pytest's own phases.
+    if hasattr(parent, "start_child"):
+        parent.start_child = _starting(parent.start_child)
+    if hasattr(per_test, "Ahead"):
+        _wrap(per_test.Ahead, "go", before="go", after="go_end")
 
 
 _last_finish = []  # pytest's counts at the last test's end
@@ -520,6 +537,18 @@ PHASES = [
     ("container set-up in the child (namespaces, mounts, pivot_root, cgroup, caps), until the test starts",
      "pid1", "test_start"),
     ("the test in the container: setup, call, teardown, until pytest has every report", "test_start", "drained"),
+    ("pytest: reports decoded and logged, teardown", "drained", "finish"),
+    ("total, per test", "start", "finish"),
+]
+# The same with the zygote (forked/zygote.py): pytest forks nothing per test
+# and starts the next test's container while a test runs; the children's
+# marks would be another test's (made ahead), so pytest's own phases only.
+ZYGOTE_PHASES = [
+    ("pytest, before the test's start: spec, binds", "start", "go"),
+    ("the test's start: the word to its child, made ahead", "go", "go_end"),
+    ("the next test's container started ahead (pytest's part: its cgroup and state, the zygote's fork, "
+     "namespaces and PID 1 made ahead for the one after)", "next_start", "next_end"),
+    ("waiting for the test's reports (its child runs the test), earlier containers removed", "next_end", "drained"),
     ("pytest: reports decoded and logged, teardown", "drained", "finish"),
     ("total, per test", "start", "finish"),
 ]
@@ -579,11 +608,12 @@ def timeline(folder: str) -> dict[str, dict[str, float]]:
         with open(f"{folder}/{name}") as f:
             tests.setdefault(name.split("-")[0], {}).update(json.load(f))
     result = {}
-    for label, start, end in PHASES:
+    zygote = sum("go" in t for t in tests.values()) > len(tests) // 2
+    for label, start, end in ZYGOTE_PHASES if zygote else PHASES:
         values = [(t[end] - t[start]) * 1e3 for t in tests.values() if start in t and end in t]
         if values:
             result[label] = {**spread(values), "tests": len(values)}
-    for label, key, scale in COUNTERS:
+    for label, key, scale in COUNTERS[:2] if zygote else COUNTERS:  # (no fork of pytest per test)
         # remove_total is absent where a test removed nothing: that is 0
         values = [t.get(key, 0) * scale for t in tests.values() if key in t or key == "remove_total"]
         if values:
@@ -594,6 +624,13 @@ def timeline(folder: str) -> dict[str, dict[str, float]]:
     # and from the fork (the fork itself included) to the reports home
     # (beside the child; off the path while there is a core for each).  CPU of its main thread and minor
     # faults, which load moves far less than wall time.
+    if zygote:  # pytest's whole work per test: all of it is on the test's path now
+        whole = [t for t in tests.values() if all(k in t for k in ("n_start", "n_finish", "n_between"))]
+        for label, index, scale in PATH_COUNTERS:
+            values = [(t["n_finish"][index] - t["n_start"][index] + t["n_between"][index]) * scale for t in whole]
+            if values:
+                result[f"pytest, per test (no fork of its own): {label}"] = {**spread(values), "tests": len(values)}
+        return result
     whole = [t for t in tests.values() if all(k in t for k in ("n_start", "n_fork0", "n_drained", "n_finish", "n_between"))]
     for label, index, scale in PATH_COUNTERS:
         on = [(t["n_fork0"][index] - t["n_start"][index] + t["n_finish"][index] - t["n_drained"][index]

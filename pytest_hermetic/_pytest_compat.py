@@ -11,6 +11,10 @@ branch).
 
 Public names are used where they exist (`pytest.CallInfo`, `pytest.TestReport`,
 the reporting hooks); nothing here changes what pytest does.
+
+One concern, however long: the list of what the plugin takes from pytest's
+inside is the point of keeping it in one module, where a release that moves
+something is seen at once.
 """
 
 from __future__ import annotations
@@ -65,6 +69,17 @@ def recording_warnings(item: pytest.Item) -> contextlib.AbstractContextManager[N
     return _recording_inherited(item)
 
 
+def same_warning_filters(item: pytest.Item, other: pytest.Item) -> bool:
+    """Whether the warnings plugin puts the same filters in force around
+    both items' protocols (their `filterwarnings` marks: the ini's and -W
+    are the session's): a child forked during `item`'s protocol for
+    `other` inherits the right ones (see `recording_warnings`).
+
+    Relies on what `recording_warnings` relies on."""
+    return ([mark.args for mark in item.iter_markers(name="filterwarnings")]
+            == [mark.args for mark in other.iter_markers(name="filterwarnings")])
+
+
 @contextlib.contextmanager
 def _recording_inherited(item: pytest.Item) -> Iterator[None]:
     with warnings.catch_warnings(record=True) as log:
@@ -116,13 +131,19 @@ def make_report(item: pytest.Item, call: pytest.CallInfo[Any]) -> pytest.TestRep
     return item.ihook.pytest_runtest_makereport(item=item, call=call)
 
 
-def set_up_already(item: pytest.Item) -> bool:
+def set_up_already(item: pytest.Item, or_cached: bool = False) -> bool:
     """Whether `set_up_collectors` and `set_up_wide_fixtures` would do
     nothing for `item`: every collector above it is set up (none failed)
-    and it uses no fixture of a wider scope than function.
+    and it uses no fixture of a wider scope than function; with
+    `or_cached`, whether they would change nothing: each such fixture is
+    cached already, with a value, and not parametrized (so whatever the
+    item's parameters, a lookup finds it: `tmp_path`'s session-scoped
+    factory, once made).
 
     Relies on what those two rely on (`SetupState.stack`, whose values are
-    (finalizers, stored error or None); `item._fixtureinfo`)."""
+    (finalizers, stored error or None); `item._fixtureinfo`), and on
+    `FixtureDef.cached_result` ((value, cache key, exception info) or None,
+    the key 0 where the fixture has no params) and `.params`."""
     stack = item.session._setupstate.stack
     if list(stack) != item.listchain()[:-1] or any(error for _, error in stack.values()):
         return False
@@ -132,7 +153,9 @@ def set_up_already(item: pytest.Item) -> bool:
     for name in item.fixturenames:  # type: ignore[attr-defined]
         definitions = info.name2fixturedefs.get(name)
         if definitions and definitions[-1].scope != "function":
-            return False
+            cached = definitions[-1].cached_result
+            if not or_cached or cached is None or cached[2] is not None or definitions[-1].params is not None:
+                return False
     return True
 
 

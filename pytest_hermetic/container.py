@@ -159,7 +159,8 @@ class Container:
               stdout: int | None = None, stderr: int | None = None, log: bool = False,
               tty: bytes | None = None, prepare_next: bool = False,
               meanwhile: Callable[[], None] | None = None, keep_fds: tuple[int, ...] = (),
-              caller_copies: bool = False) -> "Container":
+              caller_copies: bool = False, unconfirmed: bool = False,
+              forker: Callable | None = None) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
@@ -177,7 +178,12 @@ class Container:
         writing reach the container as pipes (runtime/file_relay.py) that a
         thread of this process copies into them; with `caller_copies` the
         caller does, in a wait loop of its own: `copy_file` for each of
-        `file_pipes` that is ready (the pytest plugin: no thread in pytest)."""
+        `file_pipes` that is ready (the pytest plugin: no thread in pytest).
+        `unconfirmed` (a prepared container): return once forked, without
+        waiting for the child's set-up; `confirm_start` then does (the
+        plugin starts the next test's container while a test runs).
+        `forker`: who forks a callable's child instead of this process, where
+        it can (see process.spawn: the pytest plugin's zygote)."""
         if self.process is not None:
             raise ContainerStartError(f"container {self.name} was already started")
         prepared, self._prepared = self._prepared, None
@@ -231,7 +237,8 @@ class Container:
                 target = _with_environment(target, dict(self.spec.env))
             self.started_at = time.monotonic()
             try:
-                self.process = process.spawn(config, target)
+                self.process = process.spawn(config, target, confirm=not (unconfirmed and prepared is not None),
+                                             forker=forker)
             finally:
                 if log_fd is not None:
                     os.close(log_fd)
@@ -247,6 +254,18 @@ class Container:
             self.remove()
             raise
         return self
+
+    def confirm_start(self) -> None:
+        """After `start(unconfirmed=True)`: wait for the child's set-up and
+        raise why it failed (the container then removed).  Its timeout
+        counts from now: the set-up was made ahead."""
+        assert self.process is not None
+        try:
+            self.process.confirm()
+        except BaseException:
+            self.remove()
+            raise
+        self.started_at = time.monotonic()
 
     def _relay_files(self, config: process.ProcessConfig, everything: bool, pumped: bool) -> None:
         """The caller's named files open for writing among what the child
@@ -609,6 +628,11 @@ class Container:
         (with `keep_state`, the folder stays: an exited detached container's
         state.json and log, until `hermetic rm` or `gc`)."""
         self._prepared = None
+        if self.process is not None and self.process.pid_later is not None:
+            try:
+                self.process.confirm()  # (its fork asked for but not yet known: now)
+            except HermeticError:
+                pass  # never forked (its exit status says so) or its set-up failed: gone either way
         if self.process is not None and self.process.exit_status is None:
             self._kill_all()
             self.process.wait()

@@ -37,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hermetic_images", "images built from a Containerfile, one a line: NAME: PATH [CONTEXT] "
                   "[--build-arg K=V]... [--target STAGE] [--tag REF]; a test names one as image='build:NAME'",
                   type="linelist", default=[])
+    parser.addini("hermetic_zygote", "start the tests' containers from a fork of pytest made once (true, the "
+                  "default), not from pytest itself (false): see docs/pytest.md", type="bool", default=True)
     parser.addini("hermetic_store", "image store directory (default: $HERMETIC_STORE or the user's default)", default="")
 
 
@@ -263,7 +265,11 @@ class HermeticRunner:
         if timeout and spec.timeout is None:
             spec = spec.with_options(timeout=float(timeout))
         reruns = compat.Reruns.for_item(item, self.rerunfailures) if self.rerunfailures is not None else None
-        run_in_container(item, nextitem, spec, reruns, self._next_spec(item, nextitem))
+        # pytest-rerunfailures changes the item in pytest before each attempt:
+        # such a test's child is pytest's own fork, made then (see forked/zygote.py).
+        ahead_ok = reruns is None and (nextitem is None or self.rerunfailures is None
+                                       or compat.Reruns.for_item(nextitem, self.rerunfailures) is None)
+        run_in_container(item, nextitem, spec, reruns, self._next_spec(item, nextitem), ahead_ok=ahead_ok)
         return True
 
     def _next_spec(self, item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN202 - Spec or None

@@ -306,6 +306,38 @@ def test_runs_the_main_threads_loop(loop, n):
         result.assert_outcomes(passed=2)
 
 
+def test_an_event_loop_closed_at_fork_in_the_child_is_left_closed(pytester: pytest.Pytester):
+    # A library that closes its own epoll instance in every fork (libzmq's
+    # poller, through an at-fork hook; a Jupyter kernel's tests left one in
+    # the xdist worker): the copy made for the test found the number free
+    # and dup3 refused to put the copy on itself, EINVAL, the test crashed
+    # ("exited with status 1 without reporting"), or where another number
+    # was free, a copy nobody owns was put there.  Now it is left as the
+    # library left it.
+    pytester.makepyfile(test_inner="""
+import os, select, socket
+import pytest
+
+@pytest.fixture(scope="session")
+def closed_in_forks():
+    poller = select.epoll()
+    left, right = socket.socketpair()
+    poller.register(right.fileno(), select.EPOLLIN)
+    os.register_at_fork(after_in_child=lambda: os.close(poller.fileno()))
+    yield poller.fileno()
+
+@pytest.mark.parametrize("n", range(2))
+def test_runs(closed_in_forks, n):
+    assert os.getpid() == 2  # in a container
+    try:
+        found = os.readlink(f"/proc/self/fd/{closed_in_forks}")
+    except OSError:
+        found = None  # closed (or by now another file's)
+    assert found != "anon_inode:[eventpoll]"  # no copy of the library's closed poller
+""")
+    _plain(pytester, "--hermetic").assert_outcomes(passed=2)
+
+
 _WARNINGS = '''
 import warnings
 import pytest

@@ -21,13 +21,26 @@ test's container around the test: its spec, the next one prepared, earlier
 ones removed), `wire` (the messages between them), `coverage_relay` (coverage measured in the child),
 `loopback_relay` (the parent's listening sockets, reachable in the child),
 `event_loops` (private copies of the parent's epoll instances and socket
-pairs, so a wider fixture's event loop runs in the child).
+pairs, so a wider fixture's event loop runs in the child), `start` (the
+child started: its pipes and target), `zygote` (a fork of the parent that
+forks the children in its place, so the parent pays no fork and no copied
+page per test).
 Which host paths the child's Python needs inside the image is engine logic,
 in `pytest_hermetic.bindings`; pytest's private API is used only through
 `pytest_hermetic._pytest_compat`.
 """
 
 from .parent import run_in_container
-from .per_test import finish_pending
+from .per_test import finish_pending as _finish_pending
+from .zygote import stop as _stop_zygote
+
+
+def finish_pending(block: bool = True) -> None:
+    """Remove the containers whose reports are in; with `block`, wait for
+    all of them (the session's end), then end the zygote."""
+    _finish_pending(block)
+    if block:
+        _stop_zygote()
+
 
 __all__ = ["finish_pending", "run_in_container"]

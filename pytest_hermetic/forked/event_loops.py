@@ -110,14 +110,20 @@ def peer_inode(inode: int) -> int | None:
 
 
 def copy_in_child(loops: Loops) -> None:
-    """In the child, after the seal: private copies at the same numbers."""
+    """In the child, after the seal: private copies at the same numbers.
+    Not where the number is free: a library closed its own in the fork (an
+    at-fork hook: libzmq's poller); the copy would be nobody's."""
     for a, b, kind, nonblocking in loops.pairs:
+        if not (_is_open(a) and _is_open(b)):
+            continue
         first, second = socket.socketpair(socket.AF_UNIX, kind)
         for new, fd, flag in ((first, a, nonblocking[0]), (second, b, nonblocking[1])):
             os.dup2(new.fileno(), fd, inheritable=False)
             os.set_blocking(fd, not flag)
             new.close()
     for fd, targets in loops.epolls:
+        if not _is_open(fd):
+            continue
         epoll = sc.epoll_create()
         try:
             for target, events, data in targets:
@@ -128,3 +134,11 @@ def copy_in_child(loops: Loops) -> None:
             os.dup2(epoll, fd, inheritable=False)
         finally:
             os.close(epoll)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.get_inheritable(fd)  # (one fcntl)
+        return True
+    except OSError:
+        return False

@@ -10,7 +10,6 @@ failure report that says why.
 from __future__ import annotations
 
 import errno
-import gc
 import os
 import pickle
 import select
@@ -27,19 +26,23 @@ from ..errors import HermeticError, SpecError
 from ..fixtures import Containers, TestNetworks
 from ..images.store import Store
 from ..spec import Spec
-from . import coverage_relay, event_loops, huge_pages, loopback_relay, per_test
+from . import coverage_relay, huge_pages, loopback_relay, per_test, zygote
 
-from .child import child_main, install_forwarder
+from .child import install_forwarder
+from .start import start_child
 from .wire import CALL_MARK, DONE, RELAY_MARK, frames, from_child, is_complete, picklable, write_frame
 
 
 def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-                     reruns: compat.Reruns | None = None, next_spec: Spec | None = None) -> None:
+                     reruns: compat.Reruns | None = None, next_spec: Spec | None = None,
+                     ahead_ok: bool = False) -> None:
     """pytest's run-test protocol for `item`, its function scope in a
     container made from `spec`; with `reruns` (pytest-rerunfailures), each
     attempt in a fresh container, logged as that plugin logs them.
     `next_spec`: the next test's, whose container is prepared while this
-    test runs (see `per_test.prepare_next`)."""
+    test runs (see `per_test.prepare_next`); with `ahead_ok` (nothing of
+    pytest-rerunfailures to do for the next test) it is even started then,
+    where nothing comes between the two tests (see `per_test.nothing_between`)."""
     ihook = item.ihook
     huge_pages.collapse_once(len(item.session.items))  # a big pytest forks cheaper (huge_pages.py)
     if reruns is not None:
@@ -63,7 +66,7 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
             return
     while True:
         if reruns is None:
-            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec)
+            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec, ahead_ok)
         else:
             with reruns.watching():
                 events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec)
@@ -102,13 +105,14 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
 
 
 def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-             setup_sections: list, next_spec: Spec | None = None) -> tuple[list[tuple], tuple | None, Any]:
+             setup_sections: list, next_spec: Spec | None = None,
+             ahead_ok: bool = False) -> tuple[list[tuple], tuple | None, Any]:
     """Run the item's function scope once in a container: its events (the
     teardown report, logged after the parent's own teardown, taken out),
     the exit or interrupt it asked for, and that teardown report."""
     started = True
     try:
-        events, result = _run_child(item, nextitem, spec, next_spec)
+        events, result = _run_child(item, nextitem, spec, next_spec, ahead_ok)
     except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
         events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
                                                        "failed", f"hermetic: {exc}", "setup", []))], None
@@ -164,27 +168,26 @@ def _setup_wide_scopes(item: pytest.Item) -> None:
 
 
 def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-               next_spec: Spec | None = None) -> tuple[list[tuple], Any]:
+               next_spec: Spec | None = None, ahead_ok: bool = False) -> tuple[list[tuple], Any]:
     install_forwarder(item.config)
     scope = _network_scope(spec)
     try:
         store = Store()
         image = image_for(spec, store)  # resolved once, here, for the bindings and the container
         spec = per_test.container_spec(item.config, spec, store, image)
-        container = per_test.take_next(spec) or Container(spec, store=store, image=image,
-                                                  network=scope.get(spec.net) if isinstance(spec.net, str) else None)
+        ahead = per_test.take_ahead(item, spec)
+        container = ahead.container if ahead is not None else per_test.take_next(spec) or Container(
+            spec, store=store, image=image, network=scope.get(spec.net) if isinstance(spec.net, str) else None)
     except BaseException:
         if scope is not None:
             scope.close()  # nothing else would: no container took it
         raise
+    # pytest's fork made once (zygote.py) forks this test's child, and the
+    # next one's ahead, where pytest does nothing in between.
+    forking = zygote.for_item(item) if ahead_ok and zygote.may_serve(spec, item.config) else None
+    between = ahead_ok and nextitem is not None and per_test.nothing_between(item, nextitem)
     services = _Services(scope, spec.net, container, may_run="containers" in getattr(item, "fixturenames", ()))
-    at_fork: dict = {}
-    found = loopback_relay.listeners(at_fork)  # the pytest process's own servers (a session fixture's)
-    services.listeners = {(listener.family, listener.type, listener.address, listener.port) for listener in found}
-    servers = loopback_relay.serving(found) if found else {}
-    loops = event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork else None
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
+    read_fd = reply_w = -1
     deferred = False
     removal_errors: list[Exception] = []
 
@@ -195,22 +198,31 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             removal_errors.append(exc)
 
     try:
-        # Frozen objects are never scanned by the child's garbage collector,
-        # which would otherwise touch (and so copy) much of pytest's memory.
-        gc.freeze()
-        try:
+        if ahead is not None:
+            read_fd, reply_w, found = ahead.read_fd, ahead.reply_w, ahead.listeners
+            ahead.go()
+        else:
             # While this test's child builds its root, the parent makes the
             # next test's namespaces and removes earlier tests' containers:
             # neither is then on a test's path.
-            undumpable = not container.userns
-            container.start(target=lambda: child_main(item, write_fd, reply_r, found, servers, loops, undumpable),
-                            prepare_next=True, meanwhile=remove_earlier, keep_fds=(reply_r,), caller_copies=True)
-        finally:
-            gc.unfreeze()
-            os.close(write_fd)
-            os.close(reply_r)
+            read_fd, reply_w, _, found = start_child(container, item, remove_earlier,
+                                                    forker_for=forking.forker if forking else None)
+        services.listeners = {(listener.family, listener.type, listener.address, listener.port) for listener in found}
+        if forking is not None:
+            forking.valid_for = nextitem if between else None  # (see zygote.py)
         if next_spec is not None:
             per_test.prepare_next(item.config, next_spec)
+            if between and forking is not None and nextitem is not None and zygote.may_serve(next_spec, item.config):
+                # Started now, its child waits for its turn after its
+                # set-up: the fork and the set-up overlap this test.
+                upcoming = nextitem
+                per_test.start_ahead(upcoming, lambda ready: start_child(ready, upcoming, None, ahead=True,
+                                                                         forker_for=forking.forker))
+        if ahead is not None:
+            container.confirm_start()
+            remove_earlier()
+        per_test.hold_namespace(container)
+        assert container.process is not None
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
             container.flush_files()  # the test's lines in pytest's output file before pytest's own
@@ -224,8 +236,9 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             result = container.wait()
     finally:
         services.close_relay()
-        os.close(read_fd)
-        os.close(reply_w)
+        for fd in (read_fd, reply_w):
+            if fd >= 0:
+                os.close(fd)
         services.close()
         if not deferred:
             container.remove()
@@ -234,6 +247,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     if removal_errors:
         raise removal_errors[0]
     return _decode(item.config, data), result
+
 
 def _network_scope(spec: Spec) -> Any:
     """The test's private networks (None for loopback only): `net="svc"` in

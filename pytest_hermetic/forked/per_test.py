@@ -56,6 +56,18 @@ def container_spec(config: pytest.Config, spec: Spec, store: Store, image: Any) 
     return made
 
 
+def nothing_between(item: pytest.Item, nextitem: pytest.Item) -> bool:
+    """Whether pytest's process does nothing for `nextitem` after `item`
+    that its child would miss if it were forked now (while `item` runs):
+    no teardown of a wider scope after `item`, no set-up before `nextitem`,
+    no stop asked for, the same warning filters around both (the warnings
+    plugin's, in force at the fork).  Only logging `item`'s reports comes
+    between, which a test's process never reads."""
+    session = item.session
+    return (not session.shouldfail and not session.shouldstop and compat.nothing_to_tear_down(item, nextitem)
+            and compat.set_up_already(nextitem, or_cached=True) and compat.same_warning_filters(item, nextitem))
+
+
 _next: tuple[int, Spec, Container] | None = None  # (owner pid, its per-test spec, the next test's container)
 
 
@@ -96,6 +108,105 @@ def discard_next() -> None:
     take_next(None)  # (matches no spec)
 
 
+class Ahead:
+    """The next test's container, started while the current test runs: its
+    child has built its root and waits for pytest's word (`go`) before it
+    runs the item's phases, so neither the fork of pytest nor the set-up is
+    on that test's path.  pytest's ends of the child's pipes come with it."""
+
+    def __init__(self, item: pytest.Item, spec: Spec, container: Container, read_fd: int, reply_w: int,
+                 go_w: int, listeners: list) -> None:
+        self.owner = os.getpid()
+        self.item = item
+        self.spec = spec
+        self.container = container
+        self.read_fd = read_fd  # the child's messages
+        self.reply_w = reply_w  # answers to its `containers` calls
+        self.go_w = go_w
+        self.listeners = listeners  # pytest's own, found at the fork (loopback_relay)
+
+    def go(self) -> None:
+        """Let the child run its test (`Container.confirm_start` then says
+        whether its set-up failed)."""
+        try:
+            os.write(self.go_w, b"g")
+        except BrokenPipeError:
+            pass  # its set-up failed and it is gone: confirm_start says why
+        finally:
+            os.close(self.go_w)
+
+    def discard(self) -> None:
+        """Its test is not the next one after all: the child ends unused."""
+        os.close(self.go_w)  # (it reads no word and returns)
+        os.close(self.read_fd)
+        os.close(self.reply_w)
+        self.container.remove()
+
+
+_ahead: Ahead | None = None
+
+
+def start_ahead(item: pytest.Item, start: Any) -> None:
+    """Start the container `prepare_next` made, for `item`, now:
+    `start(container)` forks its child (ahead) and returns pytest's ends of
+    its pipes (read, reply, go) and the listeners found."""
+    global _ahead, _next
+    discard_ahead()
+    ready, _next = _next, None
+    if ready is None or ready[0] != os.getpid():
+        return
+    _, spec, container = ready
+    try:
+        read_fd, reply_w, go_w, listeners = start(container)
+    except (HermeticError, OSError):
+        return  # (removed) the test makes its own, and says what fails
+    _ahead = Ahead(item, spec, container, read_fd, reply_w, go_w, listeners)
+
+
+def take_ahead(item: pytest.Item | None, spec: Spec | None) -> Ahead | None:
+    """The container started ahead, if for `item` and its per-test `spec`;
+    else None, and it is discarded."""
+    global _ahead
+    ahead, _ahead = _ahead, None
+    if ahead is None or ahead.owner != os.getpid():
+        return None  # none, or a parent's (a fork's copy is not ours)
+    if ahead.item is item and (ahead.spec is spec or ahead.spec == spec):
+        return ahead
+    ahead.discard()
+    return None
+
+
+def discard_ahead() -> None:
+    take_ahead(None, None)  # (matches no item)
+
+
+_held: tuple[int, int] | None = None  # (owner pid, fd of the last test's mount namespace)
+
+
+def hold_namespace(container: Container) -> None:
+    """Keep `container`'s mount namespace (its set-up is done) until the
+    next test's is made, as its other namespaces are made while a test
+    lives (spare.py, placeholder.py): a namespace made after the last one
+    ended may get its inode number again, and a test comparing the two
+    would take the new one for the old (test_plugin_isolation does).  The
+    next test's start may otherwise come late enough for that (the zygote)."""
+    global _held
+    try:
+        fd = os.open(f"/proc/{container.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # gone already
+        fd = -1
+    previous, _held = _held, (os.getpid(), fd)
+    if previous is not None and previous[0] == os.getpid() and previous[1] >= 0:
+        os.close(previous[1])
+
+
+def release_namespace() -> None:
+    global _held
+    held, _held = _held, None
+    if held is not None and held[0] == os.getpid() and held[1] >= 0:
+        os.close(held[1])
+
+
 _pending: list[Container] = []
 _pending_owner = os.getpid()
 
@@ -109,6 +220,15 @@ def defer_removal(container: Container) -> None:
     _pending.append(container)
 
 
+def finish_pending_of(reaper: Any) -> None:
+    """Remove the pending containers whose child `reaper` reaps (a zygote's,
+    before it ends), waiting for each."""
+    for container in list(_pending) if _pending_owner == os.getpid() else ():
+        if container.process is not None and container.process.reaper == reaper:
+            _pending.remove(container)
+            container.remove()
+
+
 def finish_pending(block: bool = True) -> None:
     """Remove the containers whose reports are in; with `block`, wait for
     all of them (end of the session), else only for those already gone."""
@@ -120,3 +240,5 @@ def finish_pending(block: bool = True) -> None:
     if block:
         process.discard_prepared()  # the session's end: no next test
         discard_next()
+        discard_ahead()
+        release_namespace()

@@ -18,7 +18,13 @@ As root on cgroup v1 the child is forked inside its cgroups
 there.  The parent wires its network meanwhile; the two sides wait for
 each other with the messages of channel.py, and set-up errors come back as
 one line on a close-on-exec pipe (a clean exec closes it with nothing
-written).
+written).  The pytest plugin's zygote may fork a callable's child instead
+(`spawn`'s `forker`); the handle then learns its pid later and has it
+reaped there.
+
+One concern, however long: `spawn` and the handle it returns are the two
+halves of one start (a handle returned before its child's set-up is
+confirmed, or before its pid is known), each reading the other's state.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
 from ..errors import ContainerStartError, HermeticError
 from . import capabilities, cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
+from . import placeholder as _placeholder  # (for prepare_next, whose argument is named so)
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -63,8 +70,11 @@ class ContainerProcess:
     """The parent's handle on a running container's PID 1."""
 
     def __init__(self, pid: int, init_pid: int, status_fd: int | None, placeholder: int | None = None) -> None:
-        self.pid = pid  # our direct child (PID 1, the rootless relay, or the callable as PID 2)
-        self.init_pid = init_pid  # host pid of the process whose namespaces are the container's
+        self._pid = pid  # our direct child (PID 1, the rootless relay, or the callable as PID 2)
+        self._init_pid = init_pid  # host pid of the process whose namespaces are the container's
+        # spawn(confirm=False) with a forker: what gives the pid once the
+        # other process has forked (asked for when first needed).
+        self.pid_later: Callable[[], tuple[int, int]] | None = None  # (pid, its placeholder's)
         self.placeholder = placeholder  # host pid of a placeholder PID 1, if any
         self._status_fd = status_fd
         self._pidfd: int | None = None
@@ -73,6 +83,63 @@ class ContainerProcess:
         self.tty: int | None = None  # an exec's terminal's master (exec -t): the caller's to use and close
         self.netns: Netns | None = None  # its spare network namespace, given back once PID 1 is reaped
         self.files: FileRelay | None = None  # an exec's relay of the caller's written files, ended with it
+        self.unconfirmed: tuple[int, BaseException | None] | None = None  # spawn(confirm=False): (err_r, attach error)
+        self.reaper: Callable[[int], int] | None = None  # who reaps it, where another process forked it (spawn)
+
+    @property
+    def pid(self) -> int:
+        if self.pid_later is not None:
+            self._resolve()
+        return self._pid
+
+    @pid.setter
+    def pid(self, value: int) -> None:
+        self._pid = value
+
+    @property
+    def init_pid(self) -> int:
+        if self.pid_later is not None:
+            self._resolve()
+        return self._init_pid
+
+    @init_pid.setter
+    def init_pid(self, value: int) -> None:
+        self._init_pid = value
+
+    def _resolve(self) -> None:
+        later, self.pid_later = self.pid_later, None
+        assert later is not None
+        try:
+            self._pid, self.placeholder = later()
+            self._init_pid = self._pid
+        except BaseException:
+            # Never forked: nothing to wait for; what was made for it goes.
+            self.exit_status = ExitStatus(signal=9)
+            if self.placeholder is not None:
+                placeholder.end(self.placeholder)
+                self.placeholder = None
+            if self.netns is not None:
+                self.netns.close()
+                self.netns = None
+            self._close()
+            raise
+
+    def confirm(self) -> None:
+        """After `spawn(confirm=False)`: wait until the child's set-up is
+        done (it may well be by now); raise why it failed, once reaped."""
+        if self.pid_later is not None:
+            self._resolve()  # (raises why the other process did not fork)
+        pending, self.unconfirmed = self.unconfirmed, None
+        if pending is None:
+            return
+        err_r, attach_error = pending
+        try:
+            message = channel.read_all(err_r)
+        finally:
+            os.close(err_r)
+        if message:
+            self.wait()
+            raise _first_cause(message, attach_error, None)
 
     def fileno(self) -> int:
         if self._pidfd is None:
@@ -89,7 +156,7 @@ class ContainerProcess:
                 return None
         while True:
             try:
-                _, status = os.waitpid(self.pid, 0)
+                status = os.waitpid(self.pid, 0)[1] if self.reaper is None else self.reaper(self.pid)
                 break
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
@@ -135,6 +202,9 @@ class ContainerProcess:
             pass
 
     def _close(self) -> None:
+        if self.unconfirmed is not None:  # never confirmed (removed unused)
+            os.close(self.unconfirmed[0])
+            self.unconfirmed = None
         for fd in (self._pidfd, self._status_fd):
             if fd is not None:
                 try:
@@ -159,8 +229,17 @@ def _pidns_fd() -> int:
     return _own_pidns_fd
 
 
-def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None) -> ContainerProcess:
-    """Start the container; return once it runs (or raise why it could not)."""
+def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
+          confirm: bool = True, forker: Callable | None = None) -> ContainerProcess:
+    """Start the container; return once it runs (or raise why it could not).
+    Without `confirm` (as root, no network to wire), return once it is
+    forked: its `confirm()` then waits for its set-up (the pytest plugin
+    starts the next test's container while the current test runs).
+    `forker(config, err_w, cgroup_tasks) -> (() -> (pid, placeholder pid))`,
+    with `.reap(pid) -> wait status`: starts a placeholder PID 1 and forks
+    the callable's child under it in this one's place, as root on cgroup v1
+    in its cgroups (`cgroup_tasks`): the pytest plugin's zygote.  Used for
+    a callable under a placeholder whose cgroups need no move from here."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     if target is None and config.init:
         target = init.exec_target(config)
@@ -194,10 +273,16 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     if config.network_hook is not None and not rootless:
         config.netns_ready = Channel()
     first = None
+    pid_later: Callable[[], tuple[int, int]] | None = None
     try:
         if rootless:
             pid = relay.start(config, target, err_w, status_w, maps, joined)
+        elif forker is not None and placeholder_mode and joined is None:
+            # (Its placeholder too: the zygote's own child, made ahead there;
+            # pytest would wait for each one's vfork and exec.)
+            pid_later = forker(config, err_w, config.cgroup_procs if route is not None else [])
         else:
+            forker = None
             fd = _pidns_fd()
             pid = -1
             ready = placeholder.take() if placeholder_mode else None
@@ -246,14 +331,32 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     config.spare = None
     attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:
-        prepare_next()  # while the child builds its root: off the next start's path
+        prepare_next(placeholder=pid_later is None)  # while the child builds its root: off the next start's path
     if config.meanwhile is not None:
         config.meanwhile()
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
+    lazy = pid_later is not None and not confirm
+    if lazy:
+        pid = -1  # (asked for at its turn)
+    elif pid_later is not None:
+        try:
+            pid, first = pid_later()  # the other process's fork, ordered before the work above: they overlapped
+        except BaseException:
+            os.close(err_r)
+            if netns is not None:
+                netns.close()
+            raise
     proc = ContainerProcess(pid, pid, status_r, first)
     proc.netns = netns
+    if pid_later is not None:
+        proc.reaper = getattr(forker, "reap")
+        if lazy:  # (started ahead: its pid is first asked for at its turn, see confirm)
+            proc.pid_later = pid_later
+    if not confirm and not rootless and config.network_go is None:
+        proc.unconfirmed = (err_r, attach_error)
+        return proc
     network_error = None
     try:
         if maps is not None:
@@ -272,14 +375,16 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None)
     raise _first_cause(message, attach_error, network_error)
 
 
-def prepare_next() -> None:
+def prepare_next(placeholder: bool = True) -> None:
     """Make the next container's network, IPC and UTS namespaces (spare.py)
-    and its placeholder PID 1 in a new PID namespace (placeholder.py) now,
-    while this process would wait anyway: the pytest plugin's parent while a
-    test's child builds its root.  Root only; a failure just leaves none made."""
+    and (unless another process forks it) its placeholder PID 1 in a new PID
+    namespace (placeholder.py) now, while this process would wait anyway:
+    the pytest plugin's parent while a test's child builds its root.  Root
+    only; a failure just leaves none made."""
     try:
         spare.prepare()
-        placeholder.prepare()
+        if placeholder:
+            _placeholder.prepare()
     except OSError:
         pass  # the next container makes its own, as always
 

@@ -96,6 +96,10 @@ class Filter:
     def __len__(self) -> int:
         return len(self.program) // 8
 
+    def __reduce__(self) -> tuple:
+        # (Its buffers point into this process's memory: made anew where it is unpickled.)
+        return (Filter, (self.program, self.summary))
+
     def load(self) -> None:
         """Install the filter on the calling thread (needs no_new_privs or CAP_SYS_ADMIN)."""
         try:

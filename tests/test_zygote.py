@@ -1,0 +1,142 @@
+"""The zygote (pytest_hermetic/forked/zygote.py): a fork of pytest that forks
+the hermetic tests' children, renewed whenever pytest's own state changes
+between two tests, so a test always sees pytest as a fork made just before
+it would (module and late session fixtures, a test run in place), through
+real inner pytest sessions."""
+
+import json
+
+import pytest
+
+CONFTEST = r'''
+import json, os
+from pytest_hermetic.forked import zygote
+
+SEEN = []
+
+def pytest_runtest_logfinish(nodeid):
+    current = zygote.current()  # (in pytest, after each test)
+    SEEN.append([nodeid.split("::")[-1], current.pid if current else None])
+
+def pytest_sessionfinish(session):
+    with open(os.environ["ZYGOTE_LOG"], "w") as f:
+        json.dump(SEEN, f)
+'''
+
+SUITE_A = r'''
+import os
+import pytest
+from pytest_hermetic import hermetic
+
+STATE = {"in_place": 0}
+
+@pytest.fixture(scope="session")
+def late():
+    return os.getpid()  # made in pytest when test_5 first asks for it
+
+@hermetic
+def test_1():
+    assert os.getpid() == 2
+
+@hermetic
+def test_2():
+    assert os.getpid() == 2 and STATE["in_place"] == 0
+
+def test_3_in_place():
+    STATE["in_place"] += 1  # pytest's own state, changed between two hermetic tests
+
+@hermetic
+def test_4_sees_the_change():
+    assert STATE["in_place"] == 1
+
+@hermetic
+def test_5_late(late):
+    assert late != os.getpid() == 2
+
+@hermetic
+def test_6_late_again(late):
+    assert late != os.getpid() == 2
+
+@hermetic
+def test_7_holds_no_socket():
+    # pytest's sockets (the zygote's among them) are /dev/null here
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        assert not link.startswith("socket:"), (fd, link)
+'''
+
+SUITE_B = r'''
+import os
+import pytest
+from pytest_hermetic import hermetic
+
+@pytest.fixture(scope="module")
+def made_here():
+    os.environ["MADE_BY_MODULE_B"] = "yes"  # in pytest, at module b's set-up
+    yield
+    del os.environ["MADE_BY_MODULE_B"]
+
+@hermetic
+def test_1(made_here):
+    assert os.environ["MADE_BY_MODULE_B"] == "yes"
+
+@hermetic
+def test_2(made_here):
+    assert os.environ["MADE_BY_MODULE_B"] == "yes"
+'''
+
+
+def _session(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, list]:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_a=SUITE_A, test_b=SUITE_B)
+    log = pytester.path / "zygotes.json"
+    pytester._monkeypatch.setenv("ZYGOTE_LOG", str(log))
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           *args, timeout=120)
+    return result, json.loads(log.read_text()) if log.exists() else []
+
+
+def test_a_zygote_serves_until_pytest_changes_and_tests_see_every_change(pytester: pytest.Pytester):
+    result, seen = _session(pytester)
+    result.assert_outcomes(passed=9)
+    zygote = dict(seen)
+    assert all(zygote[name] for name in zygote if name != "test_3_in_place"), seen
+    # The same zygote while nothing happens in pytest between two tests...
+    assert zygote["test_1"] == zygote["test_2"]
+    assert zygote["test_5_late"] == zygote["test_6_late_again"] == zygote["test_7_holds_no_socket"]
+    # ...a new one after a test ran in pytest, after a session fixture was
+    # made there, and for the next module (its fixture, the last one's teardown).
+    assert zygote["test_4_sees_the_change"] != zygote["test_2"]
+    assert zygote["test_5_late"] != zygote["test_4_sees_the_change"]
+    b = [pid for name, pid in seen if name in ("test_1", "test_2")][2:]
+    assert b[0] == b[1] and b[0] != zygote["test_7_holds_no_socket"]
+
+
+def test_the_ini_option_turns_it_off(pytester: pytest.Pytester):
+    pytester.makeini("[pytest]\nhermetic_zygote = false\n")
+    result, seen = _session(pytester)
+    result.assert_outcomes(passed=9)
+    assert [pid for _, pid in seen] == [None] * 9
+
+
+def test_a_stopped_session_leaves_the_next_tests_container_unused(pytester: pytest.Pytester):
+    # -x: the second test's container was started while the first ran; the
+    # session stops after the first, and nothing is left behind (the
+    # suite's leak check counts processes, mounts and cgroups).
+    pytester.makepyfile(test_stop='''
+import os
+from pytest_hermetic import hermetic
+
+@hermetic
+def test_1_fails():
+    assert os.getpid() == 1
+
+@hermetic
+def test_2_never_runs():
+    open("/never", "w")
+''')
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-x", timeout=120)
+    result.assert_outcomes(failed=1)
