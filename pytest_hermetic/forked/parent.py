@@ -9,7 +9,6 @@ failure report that says why.
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import select
@@ -22,15 +21,23 @@ import pytest
 from .. import _pytest_compat as compat
 from ..bindings import image_for
 from ..container import Container
-from ..errors import HermeticError, SpecError
-from ..fixtures import Containers, TestNetworks
+from ..errors import HermeticError
+from ..fixtures import TestNetworks
 from ..images.store import Store
-from ..spec import Spec
-from . import coverage_relay, huge_pages, loopback_relay, per_test, zygote
+from ..spec import Spec, format_size
+from . import coverage_relay, huge_pages, per_test, zygote
 
 from .child import install_forwarder
+from .services import Services
 from .start import start_child
-from .wire import CALL_MARK, DONE, RELAY_MARK, frames, from_child, is_complete, picklable, write_frame
+from .wire import CALL_MARK, DONE, RELAY_MARK, frames, from_child, is_complete, write_frame
+
+# The most one test's child may send pytest (its reports with their captured
+# output, warnings, coverage), held in memory until it is done: past it the
+# container is killed and the test fails saying so.  Any process of the
+# container that reaches the pipe could otherwise write without end and grow
+# pytest until the host ran out of memory.
+MAX_SENT = 1 << 30
 
 
 def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
@@ -186,7 +193,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     # next one's ahead, where pytest does nothing in between.
     forking = zygote.for_item(item) if ahead_ok and zygote.may_serve(spec, item.config) else None
     between = ahead_ok and nextitem is not None and per_test.nothing_between(item, nextitem)
-    services = _Services(scope, spec.net, container, may_run="containers" in getattr(item, "fixturenames", ()))
+    services = Services(scope, spec.net, container, may_run="containers" in getattr(item, "fixturenames", ()))
     read_fd = reply_w = -1
     deferred = False
     removal_errors: list[Exception] = []
@@ -263,76 +270,13 @@ def _network_scope(spec: Spec) -> Any:
     return TestNetworks()  # a module's or the session's network of that name, else the test's own
 
 
-class _Services:
-    """The parent's side of the `containers` fixture for one hermetic test."""
-
-    def __init__(self, scope: Any = None, test_net: Any = False, container: Container | None = None,
-                 may_run: bool = False) -> None:
-        self.factory: Containers | None = None
-        # Only a test that asked for the `containers` fixture has containers
-        # started for it: the pipe is open to whatever runs in the test's
-        # process (code of the image it imports), and a container this
-        # process starts may hold what the test's own may not.
-        self.may_run = may_run
-        self.scope = scope
-        self.test_net = test_net  # where the test is, for `address()`
-        self.container = container
-        self.relay: loopback_relay.Relay | None = None
-        self.listeners: set[tuple] = set()  # (family, kind, address, port) of ours, found at the fork
-
-    def start_relay(self, relayed: Any) -> None:
-        """Relay the child's mirrors of this process's listeners (see
-        loopback_relay): only to listeners found here at the fork, whatever
-        else the child's message names."""
-        assert self.container is not None and self.container.pid is not None
-        if not isinstance(relayed, list):
-            return
-        relayed = [entry for entry in relayed if isinstance(entry, tuple) and len(entry) == 5
-                   and isinstance(entry[0], int) and entry[1:] in self.listeners]
-        if not relayed:
-            return
-        try:
-            self.relay = loopback_relay.Relay(loopback_relay.test_process(self.container.pid), relayed)
-        except OSError as exc:  # the child is gone already, or this kernel lacks pidfd_getfd (before 5.6)
-            if isinstance(exc, ProcessLookupError) or exc.errno in (errno.ESRCH, errno.ENOENT):
-                return  # a quick test ended before its relay began: nothing left to relay to
-            warnings.warn(f"hermetic: the pytest process's listeners are not reachable in this test: {exc}",
-                          stacklevel=1)
-
-    def close_relay(self) -> None:
-        if self.relay is not None:
-            self.relay.close()
-            self.relay = None
-
-    def answer(self, payload: Any, reply_fd: int) -> None:
-        try:
-            method, args, kwargs = payload
-            if not (isinstance(method, str) and isinstance(args, tuple) and isinstance(kwargs, dict)):
-                raise TypeError("hermetic: a `containers` call of another shape")
-            if method == "run" and not self.may_run:
-                raise SpecError("hermetic: containers are started for a test that asks for the `containers` "
-                                "fixture only; add it to the test's arguments")
-            if self.factory is None:
-                self.factory = Containers(self.scope)
-            reply = (True, self.factory.handle(method, args, kwargs, self.test_net))
-        except Exception as exc:  # noqa: BLE001 - the test gets it, as if raised in place
-            reply = (False, exc if picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
-        try:
-            write_frame(reply_fd, pickle.dumps(reply))
-        except BrokenPipeError:
-            pass
-
-    def close(self) -> None:
-        if self.factory is not None:
-            self.factory.close()
-
-
-def _drain(read_fd: int, container: Container, services: _Services, reply_fd: int) -> tuple[bytes, bool]:
+def _drain(read_fd: int, container: Container, services: Services, reply_fd: int) -> tuple[bytes, bool]:
     """Read the child's messages while it runs (a full pipe would stall it),
     answer its `containers` calls as they come, and enforce the spec's
     timeout through `Container.wait`.  Returns the bytes and whether the
     child said it was done (its last message)."""
     chunks: list[bytes] = []
+    sent = 0
     pending = b""  # bytes not yet split into messages, for the calls
     assert container.process is not None
     file_pipes = container.file_pipes()  # what the test writes to pytest's own files (file_relay)
@@ -356,6 +300,13 @@ def _drain(read_fd: int, container: Container, services: _Services, reply_fd: in
         if read_fd in ready:
             chunk = os.read(read_fd, 1 << 16)
             if chunk:
+                sent += len(chunk)
+                if sent > MAX_SENT:
+                    chunks.clear()
+                    container.kill()
+                    raise HermeticError(f"hermetic: the test's container sent pytest more than {format_size(MAX_SENT)} "
+                                        "(reports, output, messages): killed; a test that means to print that "
+                                        "much can write it to a file under tmp_path")
                 chunks.append(chunk)
                 pending = _answer_calls(pending + chunk, services, reply_fd)
                 if b"".join(chunks[-2:]).endswith(DONE):  # the last message may come in two reads
@@ -365,15 +316,16 @@ def _drain(read_fd: int, container: Container, services: _Services, reply_fd: in
                 continue
             open_fds.remove(read_fd)
         if container.wait(timeout=0) is not None:
-            while True:  # whatever is left in the pipe
+            while sent <= MAX_SENT:  # whatever is left in the pipe
                 chunk = os.read(read_fd, 1 << 16) if read_fd in open_fds else b""
                 if not chunk:
                     break
+                sent += len(chunk)
                 chunks.append(chunk)
             return b"".join(chunks), False
 
 
-def _answer_calls(data: bytes, services: _Services, reply_fd: int) -> bytes:
+def _answer_calls(data: bytes, services: Services, reply_fd: int) -> bytes:
     """Answer every complete call message in `data`; return the incomplete rest."""
     bodies, rest = frames(data)
     for body in bodies:

@@ -329,9 +329,22 @@ def _serve(sock: socket.socket, items: list) -> int:
                 ended = True
             if ended:
                 placeholders.discard(pid)
+    # The end (pytest's, or pytest is gone): every placeholder killed first,
+    # and its namespace with it; a placeholder's exit waits until each of
+    # its namespace's processes is reaped, and a test's child is this
+    # process's: so kill all, then reap all (an orphan's zombie would be
+    # PID 1's to reap, and PID 1 may never).
+    for pid in placeholders:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     placeholder.discard_ready()
-    for pid in placeholders:  # (pytest ended them with their containers, or it is gone: end them now)
-        placeholder.end(pid)  # reaped here: an orphan's zombie would be PID 1's to reap
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
     return 0
 
 

@@ -177,3 +177,27 @@ def test_what_pytest_would_refuse_the_test_sends_as_its_repr(tmp_path):
     assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
     text = xml.read_text()
     assert 'name="custom" value="Custom(42)"' in text and 'name="when" value="2026-12-02"' in text, text
+
+
+FLOOD_SUITE = SEND + """
+import pytest
+
+@pytest.fixture(scope="session", autouse=True)
+def small_limit():  # (session scope: set in pytest's process; 1 GiB in earnest, the same check)
+    from pytest_hermetic.forked import parent
+    parent.MAX_SENT = 4 << 20
+
+@hermetic(OPTIONS)
+def test_floods_its_pipe():
+    block = b"x" * 65536
+    while True:  # frames that never end, or end nowhere: pytest holds them all until "done"
+        os.write(pipe_to_pytest(), block)
+"""
+
+
+def test_a_container_that_floods_its_pipe_is_stopped_at_the_limit():
+    # Without the limit pytest kept every byte (this test then wrote until
+    # the inner session's own timeout, pytest's memory growing all along).
+    ran = inner_session(None, "channel-flood", FLOOD_SUITE.replace("OPTIONS", marker_options()))
+    assert "sent pytest more than 4 MiB" in ran.stdout, ran.stdout + ran.stderr
+    assert "1 failed" in ran.stdout or "1 error" in ran.stdout, ran.stdout
