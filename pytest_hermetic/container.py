@@ -160,7 +160,7 @@ class Container:
               tty: bytes | None = None, prepare_next: bool = False,
               meanwhile: Callable[[], None] | None = None, keep_fds: tuple[int, ...] = (),
               caller_copies: bool = False, unconfirmed: bool = False,
-              forker: Callable | None = None) -> "Container":
+              forker: process.Forker | None = None) -> "Container":
         """Create everything and start PID 1: the spec's command (or the
         image's), or with `target` a Python callable run as PID 2.
         `stdin`/`stdout`/`stderr` are fds for the command (default: ours);
@@ -234,7 +234,7 @@ class Container:
                 if self.state_dir is not None:
                     self._write_state()  # its network and address, before the start
             if target is not None and self.spec.env:
-                target = _with_environment(target, dict(self.spec.env))
+                target = with_environment(target, dict(self.spec.env))
             self.started_at = time.monotonic()
             try:
                 self.process = process.spawn(config, target, confirm=not (unconfirmed and prepared is not None),
@@ -749,7 +749,7 @@ def _seccomp_filter(spec: Spec):  # noqa: ANN202 - a runtime.seccomp.Filter or N
     return seccomp.default(os.path.join(make_owned(state_root()), "cache"), sys_admin)
 
 
-def _with_environment(target: Callable[[], int | None], env: dict[str, str]) -> Callable[[], int | None]:
+def with_environment(target: Callable[[], int | None], env: dict[str, str]) -> Callable[[], int | None]:
     """`target` with the spec's variables (env=, env_file=) in `os.environ`:
     a callable keeps its process's environment, as a forked test keeps
     pytest's, and gets the spec's on top, as a command gets them."""

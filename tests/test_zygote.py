@@ -58,14 +58,20 @@ def test_6_late_again(late):
     assert late != os.getpid() == 2
 
 @hermetic
-def test_7_holds_no_socket():
-    # pytest's sockets (the zygote's among them) are /dev/null here
+def test_7_holds_nothing_of_the_zygote():
+    # The zygote's socket to pytest, its own PID namespace's fd, its
+    # placeholders' namespaces, pytest's descriptors: /dev/null here, as in
+    # a child pytest forks itself (runtime/descriptors.py)
+    import stat
     for fd in os.listdir("/proc/self/fd"):
         try:
             link = os.readlink(f"/proc/self/fd/{fd}")
+            mode = os.stat(f"/proc/self/fd/{fd}").st_mode
         except OSError:
-            continue
-        assert not link.startswith("socket:"), (fd, link)
+            continue  # (the listing's own)
+        assert not link.startswith(("socket:", "anon_inode:", "pid:", "pidfd:", "mnt:", "net:", "ipc:", "uts:",
+                                    "user:", "cgroup:", "time:")), (fd, link)
+        assert not stat.S_ISDIR(mode), (fd, link)  # (the listing's own fd is closed by now)
 '''
 
 SUITE_B = r'''
@@ -106,13 +112,13 @@ def test_a_zygote_serves_until_pytest_changes_and_tests_see_every_change(pyteste
     assert all(zygote[name] for name in zygote if name != "test_3_in_place"), seen
     # The same zygote while nothing happens in pytest between two tests...
     assert zygote["test_1"] == zygote["test_2"]
-    assert zygote["test_5_late"] == zygote["test_6_late_again"] == zygote["test_7_holds_no_socket"]
+    assert zygote["test_5_late"] == zygote["test_6_late_again"] == zygote["test_7_holds_nothing_of_the_zygote"]
     # ...a new one after a test ran in pytest, after a session fixture was
     # made there, and for the next module (its fixture, the last one's teardown).
     assert zygote["test_4_sees_the_change"] != zygote["test_2"]
     assert zygote["test_5_late"] != zygote["test_4_sees_the_change"]
     b = [pid for name, pid in seen if name in ("test_1", "test_2")][2:]
-    assert b[0] == b[1] and b[0] != zygote["test_7_holds_no_socket"]
+    assert b[0] == b[1] and b[0] != zygote["test_7_holds_nothing_of_the_zygote"]
 
 
 def test_the_ini_option_turns_it_off(pytester: pytest.Pytester):

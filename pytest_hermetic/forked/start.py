@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ..container import Container
+from ..container import Container, with_environment
 from . import event_loops, loopback_relay
 from .child import child_main
 
@@ -27,21 +27,22 @@ def start_child(container: Container, item: pytest.Item, meanwhile: Any, ahead: 
     at_fork: dict = {}
     found = loopback_relay.listeners(at_fork)  # the pytest process's own servers (a session fixture's)
     servers = loopback_relay.serving(found) if found else {}
-    loops = event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork else None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     reply_r, reply_w = os.pipe2(os.O_CLOEXEC)  # answers to the `containers` fixture's calls
     go_r, go_w = os.pipe2(os.O_CLOEXEC) if ahead else (-1, -1)
     undumpable = not container.userns
-
-    def run() -> int:
-        return child_main(item, write_fd, reply_r, found, servers, loops, undumpable)
-
     try:
         # (Not where pytest's threads serve a listener: the child serves it
         # again on the server object found on that thread, see
         # loopback_relay, and a fork of the zygote has no such thread.)
         forker = (forker_for(item, write_fd, undumpable, dict(container.spec.env) or None)
                   if forker_for and not servers else None)
+        # (The zygote's child notes its own, from its descriptors: zygote_target.)
+        loops = event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork and not forker else None
+
+        def run() -> int:
+            return child_main(item, write_fd, reply_r, found, servers, loops, undumpable)
+
         # Frozen objects are never scanned by the child's garbage collector,
         # which would otherwise touch (and so copy) much of pytest's memory.
         gc.freeze()
@@ -64,25 +65,24 @@ def start_child(container: Container, item: pytest.Item, meanwhile: Any, ahead: 
 
 def zygote_target(item: pytest.Item, write_fd: int, keep_fds: tuple[int, ...], undumpable: bool,
                   env: dict[str, str] | None) -> Any:
-    """In the zygote's child, before its set-up: `_start`'s target, from
-    the descriptors it was handed (keep_fds: the reply pipe, and the word
-    to go if it was started ahead), the listeners found here (the zygote's
-    descriptors are pytest's at its fork)."""
+    """In the zygote's child, before its set-up: `start_child`'s target,
+    from the descriptors it was handed (keep_fds: the reply pipe, and the
+    word to go if it was started ahead), the listeners and event loops found
+    here (the zygote's descriptors are pytest's at its fork; no server is
+    served on a thread here: start_child forks those itself)."""
     at_fork: dict = {}
     found = loopback_relay.listeners(at_fork)
-    servers = loopback_relay.serving(found) if found else {}
     loops = event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork else None
     reply_r = keep_fds[0]
 
     def run() -> int:
-        if env:
-            os.environ.update(env)
-        return child_main(item, write_fd, reply_r, found, servers, loops, undumpable)
+        return child_main(item, write_fd, reply_r, found, {}, loops, undumpable)
 
+    target = with_environment(run, env) if env else run
     if len(keep_fds) > 1:
         go_r = keep_fds[1]
-        return lambda: _when_told(go_r, run)
-    return run
+        return lambda: _when_told(go_r, target)
+    return target
 
 
 def _when_told(go_r: int, run: Any) -> int | None:

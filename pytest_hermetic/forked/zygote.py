@@ -36,7 +36,7 @@ import pickle
 import select
 import signal
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -57,7 +57,7 @@ class Zygote:
 
         self.owner = os.getpid()
         self.valid_for: pytest.Item | None = None  # the one item it may serve next (see `for_item`)
-        self._index = {id(item): i for i, item in enumerate(session.items)}
+        self._index = _index_of(session)
         # What spawn() would otherwise do before each fork of pytest: now
         # once, in the zygote's memory, which its children inherit.
         rootfs.kernelfs.prepare()
@@ -132,34 +132,11 @@ class Zygote:
             if _zygote is self:
                 _zygote = None
 
-    def forker(self, item: pytest.Item, write_fd: int, undumpable: bool, env: dict[str, str] | None) -> Any:
-        """What `process.spawn` calls instead of forking: `item`'s child,
-        forked by the zygote, which runs `child.child_main` (after the word
-        to go, where the config keeps a second fd: see `parent._start`).
-        It sends the order and returns what then gives the child's pid."""
-        index = self._index[id(item)]
-
-        def fork_in_zygote(config: ProcessConfig, err_w: int, cgroup_tasks: list[str]) -> Any:
-            spare = sorted(config.spare.items()) if config.spare else []
-            relayed = sorted(config.relayed.items())
-            fds = [err_w, write_fd, *config.keep_fds, *(fd for _, fd in spare), *(w for _, w in relayed)]
-            if len(fds) > _MAX_FDS:
-                raise HermeticError("hermetic: too many descriptors to hand to the zygote")
-            # Its own fields are what pytest's side of spawn() uses; the
-            # child gets its descriptors' new numbers instead (`_child`).
-            meanwhile, config.meanwhile = config.meanwhile, None
-            try:
-                blob = pickle.dumps(config)
-            finally:
-                config.meanwhile = meanwhile
-            shape = (len(config.keep_fds), [kind for kind, _ in spare], [fd for fd, _ in relayed])
-            # The zygote forks while pytest goes on (spawn's own work after
-            # a fork); the pid, when spawn needs it, is the answer's.
-            ticket = self._send(("fork", blob, cgroup_tasks, shape, index, undumpable, env), fds)
-            return lambda: self._answer(ticket)
-
-        fork_in_zygote.reap = self.reap  # type: ignore[attr-defined]
-        return fork_in_zygote
+    def forker(self, item: pytest.Item, write_fd: int, undumpable: bool, env: dict[str, str] | None) -> "_Fork":
+        """What `process.spawn` calls instead of forking (process.Forker):
+        `item`'s child, forked here, runs `child.child_main` (after the word
+        to go, where the config keeps a second fd: see start.start_child)."""
+        return _Fork(self, self._index[id(item)], write_fd, undumpable, env)
 
     def reap(self, pid: int) -> int:
         """Wait for the zygote's child `pid`; its wait status (SIGKILL's,
@@ -193,7 +170,48 @@ class Zygote:
             pass
 
 
+class _Fork:
+    """One test's order to the zygote, as `process.spawn` calls it."""
+
+    def __init__(self, zygote: Zygote, index: int, write_fd: int, undumpable: bool, env: dict[str, str] | None):
+        self.zygote = zygote
+        self.reap = zygote.reap
+        self.order = (index, undumpable, env)
+        self.write_fd = write_fd
+
+    def __call__(self, config: ProcessConfig, err_w: int, cgroup_tasks: list[str]) -> Callable[[], tuple[int, int]]:
+        """Send the order; return what gives (pid, placeholder pid) when
+        spawn needs them (the zygote forks while pytest goes on)."""
+        spare = sorted(config.spare.items()) if config.spare else []
+        relayed = sorted(config.relayed.items())
+        fds = [err_w, self.write_fd, *config.keep_fds, *(fd for _, fd in spare), *(w for _, w in relayed)]
+        if len(fds) > _MAX_FDS:
+            raise HermeticError("hermetic: too many descriptors to hand to the zygote")
+        # Its own fields are what pytest's side of spawn() uses; the
+        # child gets its descriptors' new numbers instead (`_child`).
+        meanwhile, config.meanwhile = config.meanwhile, None
+        try:
+            blob = pickle.dumps(config)
+        finally:
+            config.meanwhile = meanwhile
+        shape = (len(config.keep_fds), [kind for kind, _ in spare], [fd for fd, _ in relayed])
+        ticket = self.zygote._send(("fork", blob, cgroup_tasks, shape, *self.order), fds)
+        return lambda: self.zygote._answer(ticket)
+
+
 _zygote: Zygote | None = None
+_indexed: tuple[Any, int, dict[int, int]] | None = None  # (session, its item count, item id -> index)
+
+
+def _index_of(session: pytest.Session) -> dict[int, int]:
+    """Where each item of the session is in `session.items`, which a zygote
+    shares (made once a session, not once a zygote: 33,000 items took ms)."""
+    global _indexed
+    if _indexed is None or _indexed[0] is not session or _indexed[1] != len(session.items):
+        _indexed = (session, len(session.items), {id(item): i for i, item in enumerate(session.items)})
+    return _indexed[2]
+
+
 _enabled: tuple[Any, bool] | None = None  # (config, its `hermetic_zygote` ini option)
 
 

@@ -35,14 +35,20 @@ from .._record import record
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .file_relay import FileRelay
-    from typing import Callable
+    from typing import Callable, Protocol
+
+    class Forker(Protocol):
+        """Who forks a callable's child in the caller's place (`spawn`)."""
+
+        def __call__(self, config: ProcessConfig, err_w: int, cgroup_tasks: list[str]) -> Callable[[], tuple[int, int]]: ...
+
+        def reap(self, pid: int) -> int: ...
 
     from .netns_reuse import Netns
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
 from . import capabilities, cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
-from . import placeholder as _placeholder  # (for prepare_next, whose argument is named so)
 from . import syscalls as sc
 from .channel import Channel
 from .fork import fork
@@ -230,7 +236,7 @@ def _pidns_fd() -> int:
 
 
 def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
-          confirm: bool = True, forker: Callable | None = None) -> ContainerProcess:
+          confirm: bool = True, forker: Forker | None = None) -> ContainerProcess:
     """Start the container; return once it runs (or raise why it could not).
     Without `confirm` (as root, no network to wire), return once it is
     forked: its `confirm()` then waits for its set-up (the pytest plugin
@@ -331,7 +337,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     config.spare = None
     attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:
-        prepare_next(placeholder=pid_later is None)  # while the child builds its root: off the next start's path
+        prepare_next(with_placeholder=pid_later is None)  # while the child builds its root: off the next start's path
     if config.meanwhile is not None:
         config.meanwhile()
     os.close(err_w)
@@ -351,7 +357,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     proc = ContainerProcess(pid, pid, status_r, first)
     proc.netns = netns
     if pid_later is not None:
-        proc.reaper = getattr(forker, "reap")
+        assert forker is not None
+        proc.reaper = forker.reap
         if lazy:  # (started ahead: its pid is first asked for at its turn, see confirm)
             proc.pid_later = pid_later
     if not confirm and not rootless and config.network_go is None:
@@ -375,7 +382,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     raise _first_cause(message, attach_error, network_error)
 
 
-def prepare_next(placeholder: bool = True) -> None:
+def prepare_next(with_placeholder: bool = True) -> None:
     """Make the next container's network, IPC and UTS namespaces (spare.py)
     and (unless another process forks it) its placeholder PID 1 in a new PID
     namespace (placeholder.py) now, while this process would wait anyway:
@@ -383,8 +390,8 @@ def prepare_next(placeholder: bool = True) -> None:
     only; a failure just leaves none made."""
     try:
         spare.prepare()
-        if placeholder:
-            _placeholder.prepare()
+        if with_placeholder:
+            placeholder.prepare()
     except OSError:
         pass  # the next container makes its own, as always
 
