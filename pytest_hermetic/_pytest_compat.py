@@ -25,6 +25,7 @@ import warnings
 from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
+from _pytest.nodes import Node as _Node
 from _pytest.runner import call_and_report as _call_and_report
 from _pytest.runner import runtestprotocol as _runtestprotocol
 
@@ -147,6 +148,10 @@ def set_up_already(item: pytest.Item, or_cached: bool = False) -> bool:
     stack = item.session._setupstate.stack
     if list(stack) != item.listchain()[:-1] or any(error for _, error in stack.values()):
         return False
+    return _wide_fixtures_set_up(item, or_cached)
+
+
+def _wide_fixtures_set_up(item: pytest.Item, or_cached: bool) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     if info is None or not getattr(item, "_request", None):
         return True
@@ -157,6 +162,51 @@ def set_up_already(item: pytest.Item, or_cached: bool = False) -> bool:
             if not or_cached or cached is None or cached[2] is not None or definitions[-1].params is not None:
                 return False
     return True
+
+
+def only_plain_nodes_between(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether pytest, between `item` and `nextitem`, changes nothing but
+    its SetupState's stack: each node it tears down (`tear_down_towards`: a
+    module or class `nextitem` is not in) holds no finalizer but its own
+    no-op `teardown` (no fixture of that scope, nothing added), each node it
+    sets up (`set_up_collectors`) has the no-op `setup` (a module or a class;
+    not a package's `setUpModule`, not a unittest class), and every fixture
+    of a wider scope `nextitem` uses is cached already (`set_up_already`
+    with `or_cached`).  A child forked before that catches up with
+    `catch_up`: the stack alone differs.
+
+    Relies on `SetupState.stack` ({node: ([node.teardown, *finalizers],
+    stored error)}), on `teardown_exact` popping the nodes that
+    `nextitem.listchain()` does not begin with, on `SetupState.setup`
+    pushing the rest with `node.setup()`, and on `Node.setup` and
+    `Node.teardown` doing nothing."""
+    if nextitem is None:
+        return False
+    stack = item.session._setupstate.stack
+    if any(error for _, error in stack.values()):
+        return False
+    set_up, needed = list(stack), nextitem.listchain()[:-1]
+    common = 0
+    while common < min(len(set_up), len(needed)) and set_up[common] is needed[common]:
+        common += 1
+    for node in set_up[common:]:
+        finalizers = stack[node][0]
+        if type(node).teardown is not _Node.teardown or finalizers != [node.teardown]:
+            return False
+    if any(type(node).setup is not _Node.setup for node in needed[common:]):
+        return False
+    return _wide_fixtures_set_up(nextitem, or_cached=True)
+
+
+def catch_up(item: pytest.Item) -> None:
+    """In a child forked before pytest's teardown of the nodes `item` is not
+    in (see `only_plain_nodes_between`): tear them down here too (each a
+    no-op), so `item`'s own set-up pushes its module and class as pytest's
+    did.  Nothing where pytest's stack was `item`'s already.
+
+    Relies on `SetupState.teardown_exact(item)` stopping at once where the
+    stack begins `item.listchain()`."""
+    item.session._setupstate.teardown_exact(item)
 
 
 def nothing_to_tear_down(item: pytest.Item, nextitem: pytest.Item | None) -> bool:

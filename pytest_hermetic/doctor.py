@@ -639,9 +639,25 @@ def check_networks(machine: Machine) -> Iterator[Result]:
 
         if usermode_net.helper_path():
             yield Result(OK, "slirp4netns", f"{usermode_net.helper_path()} (net=True without root)")
+            yield _tun_result()
         else:
             yield Result(WARN, "slirp4netns", "not found: rootless containers get loopback only (net=False)",
                          "sudo apt-get install slirp4netns")
+
+
+TUN = "/dev/net/tun"
+
+
+def _tun_result() -> Result:
+    """slirp4netns opens the TUN device as the user (from inside the
+    container's user namespace, where only its mode's "other" bits count)."""
+    if os.access(TUN, os.R_OK | os.W_OK):
+        return Result(OK, TUN, "readable and writable (slirp4netns's device)")
+    if not os.path.exists(TUN):
+        return Result(WARN, TUN, "missing: net=True without root fails", "sudo modprobe tun")
+    mode = stat.S_IMODE(os.stat(TUN).st_mode)
+    return Result(WARN, TUN, f"mode {mode:o}: slirp4netns cannot open it, so net=True without root fails",
+                  f"sudo chmod 0666 {TUN} (the mode udev gives it on most distributions)")
 
 
 def _first_free_id(path: str) -> int:

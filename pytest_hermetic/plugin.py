@@ -269,8 +269,17 @@ class HermeticRunner:
         # such a test's child is pytest's own fork, made then (see forked/zygote.py).
         ahead_ok = reruns is None and (nextitem is None or self.rerunfailures is None
                                        or compat.Reruns.for_item(nextitem, self.rerunfailures) is None)
-        run_in_container(item, nextitem, spec, reruns, self._next_spec(item, nextitem), ahead_ok=ahead_ok)
+        run_in_container(item, nextitem, spec, reruns, self._next_spec(item, nextitem), ahead_ok=ahead_ok,
+                         spec_ahead=lambda later: self._ahead_spec(item, later))
         return True
+
+    def _ahead_spec(self, item: pytest.Item, later: pytest.Item):  # noqa: ANN202 - Spec or None
+        """A later item's spec, for its container to be started ahead while
+        `item` runs; None where it may not be (pytest-rerunfailures
+        changes the item in pytest before each attempt)."""
+        if self.rerunfailures is not None and compat.Reruns.for_item(later, self.rerunfailures) is not None:
+            return None
+        return self._next_spec(item, later)
 
     def _next_spec(self, item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN202 - Spec or None
         """The next item's spec, for its container to be prepared while

@@ -44,6 +44,13 @@ for file in /etc/subuid /etc/subgid; do
     grep -q "^$TEST_USER:" "$file" || echo "$TEST_USER:300000:65536" >> "$file"
 done
 
+# Rootless networks: slirp4netns opens /dev/net/tun as the user. udev gives it
+# mode 0666 on most distributions; a machine without udev keeps the kernel's
+# 0600 (`hermetic doctor` says so).
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+    chmod 0666 /dev/net/tun
+fi
+
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi

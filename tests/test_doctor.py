@@ -173,6 +173,12 @@ def test_unprivileged_user_gets_an_honest_report(open_dir: Path, dirs: dict[str,
         assert status == "ok" or "HERMETIC_CGROUP_PARENT" in fix, proc.stdout
     assert results["subordinate ids"][0] == "ok" or "usermod --add-subuids" in results["subordinate ids"][2]
     assert "newuidmap/newgidmap" in results and "XDG_RUNTIME_DIR" in results
+    if "slirp4netns" in results and results["slirp4netns"][0] == "ok":
+        # What slirp4netns opens as this user: only the mode's "other" bits count.
+        usable = os.path.exists("/dev/net/tun") and os.stat("/dev/net/tun").st_mode & 0o006 == 0o006
+        status, _found, fix = results["/dev/net/tun"]
+        assert status == ("ok" if usable else "warn"), proc.stdout
+        assert usable or "chmod 0666 /dev/net/tun" in fix or "modprobe tun" in fix, proc.stdout
     assert str(open_dir / "data" / "hermetic") in results["store dir"][1]
     no_leftovers(open_dir / "data" / "hermetic", open_dir / "state")
 

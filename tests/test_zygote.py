@@ -146,3 +146,147 @@ def test_2_never_runs():
 ''')
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-x", timeout=120)
     result.assert_outcomes(failed=1)
+
+
+AHEAD_CONFTEST = r'''
+import json, os
+from pytest_hermetic.forked import per_test
+
+STARTED = []
+
+def pytest_runtest_logfinish(nodeid):
+    # (in pytest, after each test: the tests whose containers are started ahead)
+    STARTED.append([nodeid.split("::")[-1], [ahead.item.name for ahead in per_test._aheads]])
+
+def pytest_sessionfinish(session):
+    with open(os.environ["AHEAD_LOG"], "w") as f:
+        json.dump(STARTED, f)
+'''
+
+SUITE_AHEAD = r'''
+import os
+import pytest
+from pytest_hermetic import hermetic
+
+@pytest.fixture(scope="session")
+def late():
+    os.environ["MADE_LATE"] = "yes"  # in pytest, when test_3 first asks for it
+    yield
+    del os.environ["MADE_LATE"]
+
+@hermetic
+def test_1():
+    assert "MADE_LATE" not in os.environ
+
+@hermetic
+def test_2():
+    assert "MADE_LATE" not in os.environ
+
+@hermetic
+def test_3(late):
+    assert os.environ["MADE_LATE"] == "yes"  # forked after the fixture was made, not during test_1
+
+@hermetic
+def test_4(late):
+    assert os.environ["MADE_LATE"] == "yes"
+
+@hermetic
+def test_5():
+    pass
+
+@hermetic
+def test_6():
+    pass
+'''
+
+
+def test_the_test_after_next_is_started_ahead_only_where_nothing_comes_between(pytester: pytest.Pytester):
+    # Two containers are started ahead (per_test.AHEAD): during test_1 the
+    # zygote forks test_2's child, but not test_3's, whose session fixture is
+    # made in pytest after test_2; from test_3 on nothing comes between, and
+    # each test has the next two started ahead.
+    pytester.makeconftest(AHEAD_CONFTEST)
+    pytester.makepyfile(test_ahead=SUITE_AHEAD)
+    log = pytester.path / "ahead.json"
+    pytester._monkeypatch.setenv("AHEAD_LOG", str(log))
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           timeout=120)
+    result.assert_outcomes(passed=6)
+    assert dict(json.loads(log.read_text())) == {
+        "test_1": ["test_2"], "test_2": [], "test_3": ["test_4", "test_5"], "test_4": ["test_5", "test_6"],
+        "test_5": ["test_6"], "test_6": []}
+
+
+SUITE_CLASSES = r'''
+import os
+import unittest
+import pytest
+from pytest_hermetic import hermetic
+
+pytestmark = hermetic
+
+def test_1(request):
+    assert request.cls is None and os.getpid() == 2
+
+class TestPlain:
+    def test_2(self, request):
+        assert request.cls is TestPlain and request.node.parent.name == "TestPlain"
+
+    def test_3(self, request):
+        assert request.cls is TestPlain
+
+class TestAlsoPlain:
+    def test_4(self, request):
+        assert request.cls is TestAlsoPlain
+
+class TestWithSetupClass:
+    @classmethod
+    def setup_class(cls):
+        os.environ["SETUP_CLASS"] = "yes"  # in pytest, an xunit fixture of class scope
+
+    @classmethod
+    def teardown_class(cls):
+        del os.environ["SETUP_CLASS"]  # in pytest, the class node's finalizer
+
+    def test_5(self):
+        assert os.environ["SETUP_CLASS"] == "yes"
+
+def test_6():
+    assert "SETUP_CLASS" not in os.environ  # forked after the class's teardown, not during test_5
+
+class TestUnittest(unittest.TestCase):
+    def test_7(self):
+        assert "SETUP_CLASS" not in os.environ
+
+def test_8(request):
+    assert request.cls is None
+'''
+
+
+def test_plain_classes_and_modules_keep_the_zygote(pytester: pytest.Pytester):
+    # Leaving a class or module that holds no fixture or finalizer, for one
+    # whose set-up does nothing, changes nothing in pytest but its stack of
+    # set-up nodes: the zygote serves on, and each child catches up with
+    # that stack (compat.catch_up); a class with an xunit setup_class (a
+    # fixture of class scope, torn down in pytest) or a unittest class
+    # still takes a new one, before and after it.
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_c=SUITE_CLASSES, test_d="from pytest_hermetic import hermetic\n\n"
+                                                     "@hermetic\ndef test_9(request):\n"
+                                                     "    assert request.module.__name__ == 'test_d'\n")
+    # A package whose __init__ has setup_module: its set-up runs in pytest.
+    package = pytester.mkpydir("zpkg")
+    (package / "__init__.py").write_text("import os\n\ndef setup_module():\n    os.environ['PACKAGE_SET_UP'] = 'yes'\n")
+    (package / "test_e.py").write_text("import os\nfrom pytest_hermetic import hermetic\n\n@hermetic\n"
+                                       "def test_10():\n    assert os.environ['PACKAGE_SET_UP'] == 'yes'\n")
+    log = pytester.path / "zygotes.json"
+    pytester._monkeypatch.setenv("ZYGOTE_LOG", str(log))
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           timeout=120)
+    result.assert_outcomes(passed=10)
+    zygote = dict(json.loads(log.read_text()))
+    assert None not in zygote.values(), zygote
+    assert zygote["test_10"] != zygote["test_9"], zygote
+    assert zygote["test_1"] == zygote["test_2"] == zygote["test_3"] == zygote["test_4"], zygote
+    assert len({zygote["test_4"], zygote["test_5"], zygote["test_6"], zygote["test_7"], zygote["test_8"]}) == 5, zygote
+    assert zygote["test_8"] == zygote["test_9"], zygote

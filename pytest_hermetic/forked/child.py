@@ -125,6 +125,7 @@ def child_main(item: pytest.Item, write_fd: int, reply_fd: int, listeners: list 
     try:
         # The warnings plugin records around pytest_runtest_protocol, which
         # ran in the parent: record the child's own warnings here.
+        compat.catch_up(item)  # (a zygote's fork: made before pytest left the last test's class or module)
         with compat.recording_warnings(item):
             report = compat.call_and_report(item, "setup")
             if report.passed and not config.getoption("setuponly", False):

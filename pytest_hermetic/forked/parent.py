@@ -42,14 +42,16 @@ MAX_SENT = 1 << 30
 
 def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
                      reruns: compat.Reruns | None = None, next_spec: Spec | None = None,
-                     ahead_ok: bool = False) -> None:
+                     ahead_ok: bool = False, spec_ahead: Any = None) -> None:
     """pytest's run-test protocol for `item`, its function scope in a
     container made from `spec`; with `reruns` (pytest-rerunfailures), each
     attempt in a fresh container, logged as that plugin logs them.
     `next_spec`: the next test's, whose container is prepared while this
     test runs (see `per_test.prepare_next`); with `ahead_ok` (nothing of
     pytest-rerunfailures to do for the next test) it is even started then,
-    where nothing comes between the two tests (see `per_test.nothing_between`)."""
+    where nothing comes between the two tests (see `per_test.nothing_between`),
+    and so may the one after it be, given `spec_ahead(later)`: a later
+    test's spec where its container may be started ahead, else None."""
     ihook = item.ihook
     huge_pages.collapse_once(len(item.session.items))  # a big pytest forks cheaper (huge_pages.py)
     if reruns is not None:
@@ -73,7 +75,8 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
             return
     while True:
         if reruns is None:
-            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec, ahead_ok)
+            events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec, ahead_ok,
+                                                           spec_ahead)
         else:
             with reruns.watching():
                 events, exit_event, teardown_report = _attempt(item, nextitem, spec, setup_sections, next_spec)
@@ -113,13 +116,13 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
 
 def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
              setup_sections: list, next_spec: Spec | None = None,
-             ahead_ok: bool = False) -> tuple[list[tuple], tuple | None, Any]:
+             ahead_ok: bool = False, spec_ahead: Any = None) -> tuple[list[tuple], tuple | None, Any]:
     """Run the item's function scope once in a container: its events (the
     teardown report, logged after the parent's own teardown, taken out),
     the exit or interrupt it asked for, and that teardown report."""
     started = True
     try:
-        events, result = _run_child(item, nextitem, spec, next_spec, ahead_ok)
+        events, result = _run_child(item, nextitem, spec, next_spec, ahead_ok, spec_ahead)
     except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
         events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
                                                        "failed", f"hermetic: {exc}", "setup", []))], None
@@ -175,8 +178,9 @@ def _setup_wide_scopes(item: pytest.Item) -> None:
 
 
 def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-               next_spec: Spec | None = None, ahead_ok: bool = False) -> tuple[list[tuple], Any]:
+               next_spec: Spec | None = None, ahead_ok: bool = False, spec_ahead: Any = None) -> tuple[list[tuple], Any]:
     install_forwarder(item.config)
+    per_test.note_order(item, nextitem)
     scope = _network_scope(spec)
     try:
         store = Store()
@@ -218,17 +222,19 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
         if forking is not None:
             forking.valid_for = nextitem if between else None  # (see zygote.py)
         if next_spec is not None:
-            per_test.prepare_next(item.config, next_spec)
             if between and forking is not None and nextitem is not None and zygote.may_serve(next_spec, item.config):
-                # Started now, its child waits for its turn after its
-                # set-up: the fork and the set-up overlap this test.
-                upcoming = nextitem
-                per_test.start_ahead(upcoming, lambda ready: start_child(ready, upcoming, None, ahead=True,
-                                                                         forker_for=forking.forker))
+                # Started now, each child waits for its turn after its
+                # set-up: the forks and the set-ups overlap the tests before.
+                zygote_forker = forking.forker
+                per_test.keep_ahead(item.config, _upcoming(item.config, nextitem, next_spec, spec_ahead),
+                                    lambda ready, later: start_child(ready, later, None, ahead=True,
+                                                                     forker_for=zygote_forker))
+            else:
+                per_test.prepare_next(item.config, next_spec)
         if ahead is not None:
             container.confirm_start()
             remove_earlier()
-        per_test.hold_namespace(container)
+        per_test.hold_namespace(container, forking.close if forking is not None else os.close)
         assert container.process is not None
         data, complete = _drain(read_fd, container, services, reply_w)
         if complete:
@@ -254,6 +260,25 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     if removal_errors:
         raise removal_errors[0]
     return _decode(item.config, data), result
+
+
+def _upcoming(config: pytest.Config, nextitem: pytest.Item, next_spec: Spec,
+              spec_ahead: Any) -> list[tuple[pytest.Item, Spec]]:
+    """The next tests whose containers the zygote may start now, in order:
+    the next one, and those after it while each follows the one before
+    with nothing in between (a fork now is then as good as one at its
+    turn) and its spec is the zygote's too."""
+    upcoming = [(nextitem, next_spec)]
+    while len(upcoming) < per_test.AHEAD and spec_ahead is not None:
+        last = upcoming[-1][0]
+        later = per_test.item_after(last)
+        if later is None or not per_test.nothing_between(last, later):
+            break
+        later_spec = spec_ahead(later)
+        if later_spec is None or not zygote.may_serve(later_spec, config):
+            break
+        upcoming.append((later, later_spec))
+    return upcoming
 
 
 def _network_scope(spec: Spec) -> Any:

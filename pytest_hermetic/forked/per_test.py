@@ -59,13 +59,15 @@ def container_spec(config: pytest.Config, spec: Spec, store: Store, image: Any) 
 def nothing_between(item: pytest.Item, nextitem: pytest.Item) -> bool:
     """Whether pytest's process does nothing for `nextitem` after `item`
     that its child would miss if it were forked now (while `item` runs):
-    no teardown of a wider scope after `item`, no set-up before `nextitem`,
-    no stop asked for, the same warning filters around both (the warnings
-    plugin's, in force at the fork).  Only logging `item`'s reports comes
-    between, which a test's process never reads."""
+    no teardown or set-up of a wider scope between them but a module's or
+    class's that does nothing (`compat.only_plain_nodes_between`: the child
+    catches up with its stack), no stop asked for, the same warning filters
+    around both (the warnings plugin's, in force at the fork).  Only
+    logging `item`'s reports comes between, which a test's process never
+    reads."""
     session = item.session
-    return (not session.shouldfail and not session.shouldstop and compat.nothing_to_tear_down(item, nextitem)
-            and compat.set_up_already(nextitem, or_cached=True) and compat.same_warning_filters(item, nextitem))
+    return (not session.shouldfail and not session.shouldstop and compat.only_plain_nodes_between(item, nextitem)
+            and compat.same_warning_filters(item, nextitem))
 
 
 _next: tuple[int, Spec, Container] | None = None  # (owner pid, its per-test spec, the next test's container)
@@ -109,7 +111,7 @@ def discard_next() -> None:
 
 
 class Ahead:
-    """The next test's container, started while the current test runs: its
+    """A next test's container, started while the current test runs: its
     child has built its root and waits for pytest's word (`go`) before it
     runs the item's phases, so neither the fork of pytest nor the set-up is
     on that test's path.  pytest's ends of the child's pipes come with it."""
@@ -143,36 +145,58 @@ class Ahead:
         self.container.remove()
 
 
-_ahead: Ahead | None = None
+# The containers started ahead, in the order their tests come.  Two: one
+# container's start (the zygote's fork, then its child's set-up) takes
+# longer than a trivial test, so with one started ahead each test waited
+# for the end of its own set-up; with two, each set-up has two tests' time
+# to finish, and fills what the cores would leave idle.
+AHEAD = 2
+_aheads: list[Ahead] = []
 
 
-def start_ahead(item: pytest.Item, start: Any) -> None:
-    """Start the container `prepare_next` made, for `item`, now:
-    `start(container)` forks its child (ahead) and returns pytest's ends of
-    its pipes (read, reply, go) and the listeners found."""
-    global _ahead, _next
-    discard_ahead()
+def start_ahead(item: pytest.Item, start: Any) -> bool:
+    """Start the container `prepare_next` made, for `item`, now, after
+    those started ahead already: `start(container)` forks its child (ahead)
+    and returns pytest's ends of its pipes (read, reply, go) and the
+    listeners found.  Whether it started."""
+    global _next
     ready, _next = _next, None
     if ready is None or ready[0] != os.getpid():
-        return
+        return False
     _, spec, container = ready
     try:
         read_fd, reply_w, go_w, listeners = start(container)
     except (HermeticError, OSError):
-        return  # (removed) the test makes its own, and says what fails
-    _ahead = Ahead(item, spec, container, read_fd, reply_w, go_w, listeners)
+        return False  # (removed) the test makes its own, and says what fails
+    _aheads.append(Ahead(item, spec, container, read_fd, reply_w, go_w, listeners))
+    return True
+
+
+def keep_ahead(config: pytest.Config, upcoming: list[tuple[pytest.Item, Spec]], start: Any) -> None:
+    """Have the containers of `upcoming` (the next tests and their specs,
+    in order, at most AHEAD) started ahead: those started already for them
+    stay, any other is discarded, the rest are started now
+    (`start(container, item)`, as for `start_ahead`)."""
+    _forget_copies()
+    kept = 0
+    while kept < len(_aheads) and kept < len(upcoming) and _aheads[kept].item is upcoming[kept][0]:
+        kept += 1
+    while len(_aheads) > kept:
+        _aheads.pop().discard()
+    for later, spec in upcoming[kept:AHEAD]:
+        prepare_next(config, spec)
+        if not start_ahead(later, lambda ready: start(ready, later)):
+            break
 
 
 def take_ahead(item: pytest.Item | None, spec: Spec | None) -> Ahead | None:
-    """The container started ahead, if for `item` and its per-test `spec`;
-    else None, and it is discarded."""
-    global _ahead
-    ahead, _ahead = _ahead, None
-    if ahead is None or ahead.owner != os.getpid():
-        return None  # none, or a parent's (a fork's copy is not ours)
-    if ahead.item is item and (ahead.spec is spec or ahead.spec == spec):
-        return ahead
-    ahead.discard()
+    """The container started ahead for `item` and its per-test `spec`, if
+    it is the first one; else None, and all of them are discarded."""
+    _forget_copies()
+    if _aheads and _aheads[0].item is item and (_aheads[0].spec is spec or _aheads[0].spec == spec):
+        return _aheads.pop(0)
+    while _aheads:
+        _aheads.pop().discard()
     return None
 
 
@@ -180,16 +204,47 @@ def discard_ahead() -> None:
     take_ahead(None, None)  # (matches no item)
 
 
+def _forget_copies() -> None:
+    """A fork's copy of the list (a pytest session inside a test) holds the
+    parent's containers: not ours."""
+    if _aheads and _aheads[0].owner != os.getpid():
+        _aheads.clear()
+
+
+_after: tuple[Any, bool] = (None, False)  # (session, whether its tests run in the order of session.items)
+
+
+def note_order(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Note whether pytest runs the tests in the order of `session.items`
+    (its own loop does; an xdist worker runs what it is sent): only then is
+    the test after the next one known ahead (`item_after`)."""
+    global _after
+    _after = (item.session, nextitem is not None and _item_after(nextitem.session, item) is nextitem)
+
+
+def item_after(item: pytest.Item) -> pytest.Item | None:
+    """The test expected after `item` (see `note_order`), or None."""
+    session, in_order = _after
+    return _item_after(session, item) if in_order and session is item.session else None
+
+
+def _item_after(session: Any, item: pytest.Item) -> pytest.Item | None:
+    index = index_of(session).get(id(item))
+    items = session.items
+    return items[index + 1] if index is not None and index + 1 < len(items) else None
+
+
 _held: tuple[int, int] | None = None  # (owner pid, fd of the last test's mount namespace)
 
 
-def hold_namespace(container: Container) -> None:
+def hold_namespace(container: Container, close: Any = os.close) -> None:
     """Keep `container`'s mount namespace (its set-up is done) until the
     next test's is made, as its other namespaces are made while a test
     lives (spare.py, placeholder.py): a namespace made after the last one
     ended may get its inode number again, and a test comparing the two
     would take the new one for the old (test_plugin_isolation does).  The
-    next test's start may otherwise come late enough for that (the zygote)."""
+    next test's start may otherwise come late enough for that (the zygote).
+    The last one held is let go by `close` (see `Zygote.close`)."""
     global _held
     try:
         fd = os.open(f"/proc/{container.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -197,7 +252,7 @@ def hold_namespace(container: Container) -> None:
         fd = -1
     previous, _held = _held, (os.getpid(), fd)
     if previous is not None and previous[0] == os.getpid() and previous[1] >= 0:
-        os.close(previous[1])
+        close(previous[1])
 
 
 def release_namespace() -> None:
@@ -205,6 +260,18 @@ def release_namespace() -> None:
     held, _held = _held, None
     if held is not None and held[0] == os.getpid() and held[1] >= 0:
         os.close(held[1])
+
+
+_indexed: tuple[Any, int, dict[int, int]] | None = None  # (session, its item count, item id -> index)
+
+
+def index_of(session: pytest.Session) -> dict[int, int]:
+    """Where each item of the session is in `session.items`, which a zygote
+    shares, and `item_after` (made once a session: 33,000 items took ms)."""
+    global _indexed
+    if _indexed is None or _indexed[0] is not session or _indexed[1] != len(session.items):
+        _indexed = (session, len(session.items), {id(item): i for i, item in enumerate(session.items)})
+    return _indexed[2]
 
 
 _pending: list[Container] = []
@@ -224,7 +291,8 @@ def finish_pending_of(reaper: Any) -> None:
     """Remove the pending containers whose child `reaper` reaps (a zygote's,
     before it ends), waiting for each."""
     for container in list(_pending) if _pending_owner == os.getpid() else ():
-        if container.process is not None and container.process.reaper == reaper:
+        forker = container.process.reaper if container.process is not None else None
+        if forker is not None and forker.reap == reaper:
             _pending.remove(container)
             container.remove()
 
@@ -234,7 +302,7 @@ def finish_pending(block: bool = True) -> None:
     all of them (end of the session), else only for those already gone."""
     # (A fork's copy of the list holds the parent's containers: not ours.)
     for container in list(_pending) if _pending_owner == os.getpid() else ():
-        if block or (container.process is not None and container.process.wait(timeout=0) is not None):
+        if block or (container.process is not None and container.process.poll() is not None):
             _pending.remove(container)
             container.remove()
     if block:

@@ -63,16 +63,23 @@ def start_child(container: Container, item: pytest.Item, meanwhile: Any, ahead: 
     return read_fd, reply_w, go_w, found
 
 
-def zygote_target(item: pytest.Item, write_fd: int, keep_fds: tuple[int, ...], undumpable: bool,
-                  env: dict[str, str] | None) -> Any:
-    """In the zygote's child, before its set-up: `start_child`'s target,
-    from the descriptors it was handed (keep_fds: the reply pipe, and the
-    word to go if it was started ahead), the listeners and event loops found
-    here (the zygote's descriptors are pytest's at its fork; no server is
-    served on a thread here: start_child forks those itself)."""
+def noted_descriptors() -> tuple[list, event_loops.Loops | None]:
+    """The listeners and event loops among this process's descriptors, for
+    `zygote_target`: the zygote notes them once, as each of its children
+    holds its descriptors (and those handed to it: pipes, namespaces)."""
     at_fork: dict = {}
     found = loopback_relay.listeners(at_fork)
-    loops = event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork else None
+    return found, event_loops.note(at_fork.get("epoll", []), at_fork.get("unix", {})) if at_fork else None
+
+
+def zygote_target(item: pytest.Item, write_fd: int, keep_fds: tuple[int, ...], undumpable: bool,
+                  env: dict[str, str] | None, noted: tuple[list, event_loops.Loops | None]) -> Any:
+    """In the zygote's child, before its set-up: `start_child`'s target,
+    from the descriptors it was handed (keep_fds: the reply pipe, and the
+    word to go if it was started ahead), the listeners and event loops the
+    zygote `noted` (its descriptors are pytest's at its fork; no server is
+    served on a thread here: start_child forks those itself)."""
+    found, loops = noted
     reply_r = keep_fds[0]
 
     def run() -> int:

@@ -15,22 +15,23 @@ The order's `ProcessConfig` is unpickled in the child only.
 A test's child must see pytest as a fork made just before the test would:
 the zygote is a copy of pytest made at some test, so it serves a later test
 only while pytest has done nothing in between that the child would miss:
-no set-up or teardown of a wider scope (a module's fixture) and no test run
-in place (`per_test.nothing_between`); else pytest stops it and forks a new
-one.
+no set-up or teardown of a wider scope (a module's fixture) but a class's
+or module's that does nothing (its child catches up: `compat.catch_up`),
+and no test run in place (`per_test.nothing_between`); else pytest stops it
+and forks a new one.
 
 The children are the zygote's: pytest watches each through a pidfd and asks
-the zygote to reap it (`reap`).  The two talk over a socket pair, each order
-answered in turn; both ends are this process's code, and the container's
-processes never hold the socket (the child closes it first thing).
+the zygote to reap it (`reap`, or `reaped` without waiting).  The two talk
+over a socket pair, each order answered in turn (but `close`); both ends are
+this process's code (this module pytest's, zygote_process.py the zygote's),
+and the container's processes never hold the socket (the child closes it
+first thing).
 Root, the placeholder's PID namespace, and cgroups entered by the forking
 thread (cgroup v1 and hybrid) or none: elsewhere pytest forks as before.
 """
 
 from __future__ import annotations
 
-import array
-import gc
 import os
 import pickle
 import select
@@ -41,11 +42,10 @@ from typing import Any, Callable
 import pytest
 
 from ..errors import HermeticError
-from ..runtime import syscalls as sc
 from ..runtime.config import ProcessConfig
 from ..spec import Spec
+from . import per_test, zygote_process
 
-_MAX_FDS = 250  # (SCM_RIGHTS takes up to 253 at once)
 
 
 class Zygote:
@@ -57,7 +57,7 @@ class Zygote:
 
         self.owner = os.getpid()
         self.valid_for: pytest.Item | None = None  # the one item it may serve next (see `for_item`)
-        self._index = _index_of(session)
+        self._index = per_test.index_of(session)
         # What spawn() would otherwise do before each fork of pytest: now
         # once, in the zygote's memory, which its children inherit.
         rootfs.kernelfs.prepare()
@@ -69,8 +69,8 @@ class Zygote:
             code = 1
             try:
                 ours.close()
-                _hold_numbers_freed_at_fork(held)
-                code = _serve(theirs, session.items)
+                zygote_process.hold_numbers_freed_at_fork(held)
+                code = zygote_process.serve(theirs, session.items)
             finally:
                 os._exit(code)
         theirs.close()
@@ -79,6 +79,7 @@ class Zygote:
         self.gone = False
         self._sent = self._read = 0  # orders sent, answers read
         self._answers: dict[int, tuple] = {}  # read, by ticket, not yet asked for
+        self._reaping: dict[int, int] = {}  # child pid -> the ticket of its reap order
 
     def serves(self, item: pytest.Item) -> bool:
         return self.owner == os.getpid() and self.valid_for is item and id(item) in self._index
@@ -86,9 +87,10 @@ class Zygote:
     def _ask(self, order: tuple, fds: list[int] | tuple = ()) -> Any:
         return self._answer(self._send(order, fds))
 
-    def _send(self, order: tuple, fds: list[int] | tuple = ()) -> int:
-        """Send `order`; its ticket: the zygote answers in order, and an
-        answer read early (a fork's, while a reap was asked) waits for it."""
+    def _send(self, order: tuple, fds: list[int] | tuple = (), answered: bool = True) -> int:
+        """Send `order`; its ticket: the zygote answers in order (those
+        `answered`), and an answer read early (a fork's, while a reap was
+        asked) waits for it."""
         data = pickle.dumps(order)
         try:
             if self.gone:
@@ -100,7 +102,8 @@ class Zygote:
         except BaseException as exc:
             self._end()
             raise HermeticError(f"hermetic: the zygote (pytest's fork that forks the tests) is gone: {exc}") from None
-        self._sent += 1
+        if answered:
+            self._sent += 1
         return self._sent
 
     def _answer(self, ticket: int) -> Any:
@@ -121,6 +124,23 @@ class Zygote:
         if answer[0] == "error":
             raise HermeticError(f"hermetic: the zygote could not fork the test: {answer[1]}")
         return answer[1]
+
+    def _answered(self, ticket: int) -> bool:
+        """Whether `ticket`'s answer is in, reading those waiting (never blocks)."""
+        while ticket not in self._answers and not self.gone:
+            try:
+                reply = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self._end()
+                break
+            if not reply:
+                self._end()
+                break
+            self._read += 1
+            self._answers[self._read] = pickle.loads(reply)
+        return ticket in self._answers
 
     def _end(self) -> None:
         """Let it go: it exits at EOF, and its children with it (each has
@@ -143,7 +163,8 @@ class Zygote:
         where the zygote is gone: its children die with it)."""
         if not self.gone:
             try:
-                return self._ask(("reap", pid))
+                ticket = self._reaping.pop(pid, None)
+                return self._answer(ticket if ticket is not None else self._send(("reap", pid)))
             except HermeticError:
                 pass
         try:
@@ -156,12 +177,44 @@ class Zygote:
             os.close(pidfd)
         return signal.SIGKILL
 
+    def reaped(self, pid: int) -> int | None:
+        """The wait status of the zygote's child `pid`, which has ended, if
+        the zygote has answered; else None, and it is asked to reap it
+        (once): pytest does not wait for the answer, which may come after
+        the zygote's next fork and placeholder."""
+        if self.gone:
+            return self.reap(pid)
+        ticket = self._reaping.get(pid)
+        if ticket is None:
+            self._reaping[pid] = self._send(("reap", pid))
+            return None
+        if not self._answered(ticket):
+            return None
+        del self._reaping[pid]
+        try:
+            return self._answer(ticket)
+        except HermeticError:
+            return self.reap(pid)
+
+    def close(self, fd: int) -> None:
+        """Close `fd`, a mount namespace's, through the zygote: the last
+        reference to one unmounts its tree, and the kernel then waits for an
+        RCU grace period (~1 ms, for ~0.1 ms of CPU) that pytest would wait
+        out between a test's start and its reports.  On its way to the
+        zygote the descriptor holds the namespace, so pytest's close here
+        is cheap; the zygote, off the tests' path, closes the last one."""
+        try:
+            if self.owner != os.getpid() or self.gone:
+                raise HermeticError("not ours")
+            self._send(("close",), [fd], answered=False)
+        except HermeticError:
+            pass
+        os.close(fd)
+
     def stop(self) -> None:
         """Remove the containers of its children still pending, then end it."""
         if self.owner != os.getpid():
             return  # a fork's copy (a pytest session inside a test)
-        from . import per_test
-
         per_test.finish_pending_of(self.reap)
         self._end()  # (EOF: it ends)
         try:
@@ -176,6 +229,7 @@ class _Fork:
     def __init__(self, zygote: Zygote, index: int, write_fd: int, undumpable: bool, env: dict[str, str] | None):
         self.zygote = zygote
         self.reap = zygote.reap
+        self.reaped = zygote.reaped
         self.order = (index, undumpable, env)
         self.write_fd = write_fd
 
@@ -185,7 +239,7 @@ class _Fork:
         spare = sorted(config.spare.items()) if config.spare else []
         relayed = sorted(config.relayed.items())
         fds = [err_w, self.write_fd, *config.keep_fds, *(fd for _, fd in spare), *(w for _, w in relayed)]
-        if len(fds) > _MAX_FDS:
+        if len(fds) > zygote_process.MAX_FDS:
             raise HermeticError("hermetic: too many descriptors to hand to the zygote")
         # Its own fields are what pytest's side of spawn() uses; the
         # child gets its descriptors' new numbers instead (`_child`).
@@ -200,18 +254,6 @@ class _Fork:
 
 
 _zygote: Zygote | None = None
-_indexed: tuple[Any, int, dict[int, int]] | None = None  # (session, its item count, item id -> index)
-
-
-def _index_of(session: pytest.Session) -> dict[int, int]:
-    """Where each item of the session is in `session.items`, which a zygote
-    shares (made once a session, not once a zygote: 33,000 items took ms)."""
-    global _indexed
-    if _indexed is None or _indexed[0] is not session or _indexed[1] != len(session.items):
-        _indexed = (session, len(session.items), {id(item): i for i, item in enumerate(session.items)})
-    return _indexed[2]
-
-
 _enabled: tuple[Any, bool] | None = None  # (config, its `hermetic_zygote` ini option)
 
 
@@ -246,155 +288,3 @@ def stop() -> None:
     zygote, _zygote = _zygote, None
     if zygote is not None:
         zygote.stop()
-
-
-# -- the zygote's side ----------------------------------------------------------
-
-
-def _hold_numbers_freed_at_fork(held: list[str]) -> None:
-    """In the zygote: put /dev/null on each number that pytest held and a
-    library's at-fork hook closed here (a poller it keeps per process).
-    The hook runs again in each child, closing that number once more: it
-    must not be one of the descriptors the zygote received for the child."""
-    now = set(os.listdir("/proc/self/fd"))
-    freed = [int(name) for name in held if name not in now]
-    if freed:
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        for fd in freed:
-            os.dup2(null, fd, inheritable=False)
-        os.close(null)
-
-
-def _serve(sock: socket.socket, items: list) -> int:
-    """Fork and reap as pytest says, until it says stop (or goes)."""
-    from ..runtime import cgroups, placeholder
-    from ..runtime.fork import fork
-
-    os.setpgid(0, 0)  # a terminal's Ctrl-C is pytest's to pass on (to the test), not ours
-    # Never scanned by a child's garbage collector, which would otherwise
-    # touch (and so copy) most of this memory (as start.start_child does
-    # around pytest's own forks).
-    gc.freeze()
-    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    # Each child's placeholder PID 1 (placeholder.py) is this process's
-    # child too, started ahead here, between pytest's orders; pytest kills
-    # it (by pid) when its container ends, and it is reaped here.
-    placeholders: set[int] = set()
-    while True:
-        try:
-            data, fds = _receive(sock)
-        except OSError:
-            data, fds = b"", []
-        if not data:
-            break  # pytest is gone, or said stop
-        order = pickle.loads(data)  # (from pytest: this process's parent)
-        reply: tuple
-        if order[0] == "fork":
-            pid = -1
-            ready = None
-            try:
-                route = cgroups.ThreadRoute.for_paths(order[2]) if order[2] else None
-                ready = placeholder.take()
-                if ready is None:
-                    placeholder.prepare()
-                    ready = placeholder.take()
-                if ready is None:
-                    raise OSError("cannot start a placeholder PID 1")
-                placeholders.add(ready[0])
-                sc.setns(ready[1], sc.CLONE_NEWPID)  # the placeholder's: the child is its PID 2
-                try:
-                    if route is not None:
-                        route.step_in()  # the child is born in its cgroups
-                    pid = fork()
-                finally:
-                    if pid != 0:
-                        if route is not None:
-                            route.step_out()
-                        sc.setns(own_pidns, sc.CLONE_NEWPID)
-                if pid == 0:
-                    os.close(own_pidns)  # (the host's: sealed anyway, but nothing of ours stays)
-                    os.close(ready[1])
-                    _child(sock, order, fds, items)
-                reply = ("pid", (pid, ready[0]))
-            except Exception as exc:  # noqa: BLE001 - pytest raises it as the test's start error
-                reply = ("error", f"{type(exc).__name__}: {exc}")
-                if ready is not None and pid == -1:
-                    placeholder.end(ready[0])
-                    placeholders.discard(ready[0])
-            finally:
-                if pid != 0:
-                    for fd in fds:
-                        os.close(fd)
-                    if ready is not None:
-                        os.close(ready[1])
-        elif order[0] == "reap":
-            try:
-                reply = ("status", os.waitpid(order[1], 0)[1])
-            except ChildProcessError as exc:
-                reply = ("error", str(exc))
-        else:  # "stop"
-            break
-        sock.send(pickle.dumps(reply))
-        if order[0] == "fork":
-            try:
-                placeholder.prepare()  # the next one's, while pytest goes on
-            except OSError:
-                pass  # made at the next order then, or that order fails saying why
-        for pid in list(placeholders):  # those pytest ended
-            try:
-                ended = os.waitpid(pid, os.WNOHANG) != (0, 0)
-            except ChildProcessError:
-                ended = True
-            if ended:
-                placeholders.discard(pid)
-    # The end (pytest's, or pytest is gone): every placeholder killed first,
-    # and its namespace with it; a placeholder's exit waits until each of
-    # its namespace's processes is reaped, and a test's child is this
-    # process's: so kill all, then reap all (an orphan's zombie would be
-    # PID 1's to reap, and PID 1 may never).
-    for pid in placeholders:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    placeholder.discard_ready()
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-    return 0
-
-
-def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """An order and its descriptors, close-on-exec as pytest's are: the
-    placeholders exec'd here must not hold them (the set-up pipe's end
-    would never close).  (socket.recv_fds drops its flags before 3.12.)"""
-    data, ancillary, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
-    fds = array.array("i")
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-    return data, list(fds)
-
-
-def _child(sock: socket.socket, order: tuple, fds: list[int], items: list) -> None:
-    """In the zygote's child: the container's PID 2, as `process.spawn`'s
-    own fork would be (`init.worker_main`), with pytest's config and
-    descriptors under this process's numbers."""
-    from ..runtime import channel, init
-    from . import start
-
-    sock.close()
-    err_w, write_fd, *rest = fds
-    try:
-        _, blob, _, (keep, spare_kinds, relayed_fds), index, undumpable, env = order
-        config: ProcessConfig = pickle.loads(blob)
-        config.keep_fds = tuple(rest[:keep])
-        config.spare = dict(zip(spare_kinds, rest[keep:keep + len(spare_kinds)])) if spare_kinds else None
-        config.relayed = dict(zip(relayed_fds, rest[keep + len(spare_kinds):]))
-        config.relay_pipes = ()  # (pytest's read ends: none here)
-        target = start.zygote_target(items[index], write_fd, config.keep_fds, undumpable, env)
-    except BaseException as exc:  # noqa: BLE001 - the test's start error, in pytest
-        channel.fail(err_w, 125, "the zygote's child: " + channel.describe(exc))
-    init.worker_main(config, target, err_w, None)  # never returns

@@ -44,6 +44,10 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
         def reap(self, pid: int) -> int: ...
 
+        def reaped(self, pid: int) -> int | None:
+            """`reap` for a child that has ended, without waiting: None
+            until the reaping process has answered (asked at the first call)."""
+
     from .netns_reuse import Netns
     from .usermode_net import Helper
 
@@ -90,7 +94,7 @@ class ContainerProcess:
         self.netns: Netns | None = None  # its spare network namespace, given back once PID 1 is reaped
         self.files: FileRelay | None = None  # an exec's relay of the caller's written files, ended with it
         self.unconfirmed: tuple[int, BaseException | None] | None = None  # spawn(confirm=False): (err_r, attach error)
-        self.reaper: Callable[[int], int] | None = None  # who reaps it, where another process forked it (spawn)
+        self.reaper: Forker | None = None  # who reaps it, where another process forked it (spawn)
 
     @property
     def pid(self) -> int:
@@ -162,10 +166,25 @@ class ContainerProcess:
                 return None
         while True:
             try:
-                status = os.waitpid(self.pid, 0)[1] if self.reaper is None else self.reaper(self.pid)
+                status = os.waitpid(self.pid, 0)[1] if self.reaper is None else self.reaper.reap(self.pid)
                 break
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
+        return self._ended(status)
+
+    def poll(self) -> ExitStatus | None:
+        """The exit status if the container has ended, without waiting at
+        all: where another process reaps it (`Forker.reaped`), None until
+        that process has answered, which it is asked now (its answer may
+        wait behind its other work)."""
+        if self.exit_status is not None or self.reaper is None:
+            return self.wait(timeout=0)
+        ready, _, _ = select.select([self.fileno()], [], [], 0)
+        status = self.reaper.reaped(self.pid) if ready else None
+        return None if status is None else self._ended(status)
+
+    def _ended(self, status: int) -> ExitStatus:
+        """Reaped with wait status `status`: what the container held goes."""
         result = ExitStatus.from_wait(status)
         if self.placeholder is not None:
             placeholder.end(self.placeholder)
@@ -358,7 +377,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     proc.netns = netns
     if pid_later is not None:
         assert forker is not None
-        proc.reaper = forker.reap
+        proc.reaper = forker
         if lazy:  # (started ahead: its pid is first asked for at its turn, see confirm)
             proc.pid_later = pid_later
     if not confirm and not rootless and config.network_go is None:
