@@ -129,8 +129,8 @@ def test_the_ini_option_turns_it_off(pytester: pytest.Pytester):
 
 
 def test_a_stopped_session_leaves_the_next_tests_container_unused(pytester: pytest.Pytester):
-    # -x: the second test's container was started while the first ran; the
-    # session stops after the first, and nothing is left behind (the
+    # -x: the next two tests' containers were started while the first ran;
+    # the session stops after the first, and nothing is left behind (the
     # suite's leak check counts processes, mounts and cgroups).
     pytester.makepyfile(test_stop='''
 import os
@@ -142,6 +142,10 @@ def test_1_fails():
 
 @hermetic
 def test_2_never_runs():
+    open("/never", "w")
+
+@hermetic
+def test_3_never_runs():
     open("/never", "w")
 ''')
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-x", timeout=120)
