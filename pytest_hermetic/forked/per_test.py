@@ -82,14 +82,23 @@ def prepare_next(config: pytest.Config, spec: Spec) -> None:
     out the same (`take_next`), else removed."""
     global _next
     discard_next()
+    prepared = _prepare(config, spec)
+    if prepared is not None:
+        _next = (os.getpid(), *prepared)
+
+
+def _prepare(config: pytest.Config, spec: Spec) -> tuple[Spec, Container] | None:
+    """A prepared container for a test of `spec` (`host`, no network), with
+    its per-test spec; None where there is none (the test makes its own,
+    and says what fails)."""
     if spec.image != "host" or spec.net is not False:
-        return
+        return None
     store = Store()
     made = container_spec(config, spec, store, None)
     try:
-        _next = (os.getpid(), made, Container(made, store=store).prepare())
+        return made, Container(made, store=store).prepare()
     except (HermeticError, OSError):
-        pass  # the next test makes its own, and says what fails
+        return None
 
 
 def take_next(spec: Spec | None) -> Container | None:
@@ -154,39 +163,29 @@ AHEAD = 2
 _aheads: list[Ahead] = []
 
 
-def start_ahead(item: pytest.Item, start: Any) -> bool:
-    """Start the container `prepare_next` made, for `item`, now, after
-    those started ahead already: `start(container)` forks its child (ahead)
-    and returns pytest's ends of its pipes (read, reply, go) and the
-    listeners found.  Whether it started."""
-    global _next
-    ready, _next = _next, None
-    if ready is None or ready[0] != os.getpid():
-        return False
-    _, spec, container = ready
-    try:
-        read_fd, reply_w, go_w, listeners = start(container)
-    except (HermeticError, OSError):
-        return False  # (removed) the test makes its own, and says what fails
-    _aheads.append(Ahead(item, spec, container, read_fd, reply_w, go_w, listeners))
-    return True
-
-
 def keep_ahead(config: pytest.Config, upcoming: list[tuple[pytest.Item, Spec]], start: Any) -> None:
     """Have the containers of `upcoming` (the next tests and their specs,
     in order, at most AHEAD) started ahead: those started already for them
-    stay, any other is discarded, the rest are started now
-    (`start(container, item)`, as for `start_ahead`)."""
+    stay, any other is discarded, the rest are prepared and started now:
+    `start(container, item)` forks its child (ahead) and returns pytest's
+    ends of its pipes (read, reply, go) and the listeners found."""
     _forget_copies()
+    discard_next()
     kept = 0
     while kept < len(_aheads) and kept < len(upcoming) and _aheads[kept].item is upcoming[kept][0]:
         kept += 1
     while len(_aheads) > kept:
         _aheads.pop().discard()
     for later, spec in upcoming[kept:AHEAD]:
-        prepare_next(config, spec)
-        if not start_ahead(later, lambda ready: start(ready, later)):
-            break
+        prepared = _prepare(config, spec)
+        if prepared is None:
+            return
+        made, container = prepared
+        try:
+            read_fd, reply_w, go_w, listeners = start(container, later)
+        except (HermeticError, OSError):
+            return  # (removed) the test makes its own, and says what fails
+        _aheads.append(Ahead(later, made, container, read_fd, reply_w, go_w, listeners))
 
 
 def take_ahead(item: pytest.Item | None, spec: Spec | None) -> Ahead | None:

@@ -48,6 +48,9 @@ from . import per_test, zygote_process
 
 
 
+_GONE = "hermetic: the zygote (pytest's fork that forks the tests) is gone"
+
+
 class Zygote:
     """pytest's end: one zygote per pytest process at a time."""
 
@@ -101,46 +104,41 @@ class Zygote:
                 self._sock.send(data)
         except BaseException as exc:
             self._end()
-            raise HermeticError(f"hermetic: the zygote (pytest's fork that forks the tests) is gone: {exc}") from None
+            raise HermeticError(f"{_GONE}: {exc}") from None
         if answered:
             self._sent += 1
         return self._sent
 
     def _answer(self, ticket: int) -> Any:
-        while ticket not in self._answers:
-            if self.gone:
-                raise HermeticError("hermetic: the zygote (pytest's fork that forks the tests) is gone")
-            try:
-                reply = self._sock.recv(1 << 16)
-            except BaseException:
-                self._end()  # (a Ctrl-C here: its answer would come to the next question)
-                raise
-            if not reply:
-                self._end()
-                raise HermeticError("hermetic: the zygote (pytest's fork that forks the tests) is gone")
-            self._read += 1
-            self._answers[self._read] = pickle.loads(reply)  # (this process's fork: not a container's bytes)
+        self._read_answers(ticket, wait=True)
         answer = self._answers.pop(ticket)
         if answer[0] == "error":
             raise HermeticError(f"hermetic: the zygote could not fork the test: {answer[1]}")
         return answer[1]
 
-    def _answered(self, ticket: int) -> bool:
-        """Whether `ticket`'s answer is in, reading those waiting (never blocks)."""
-        while ticket not in self._answers and not self.gone:
+    def _read_answers(self, ticket: int, wait: bool) -> bool:
+        """Read answers until `ticket`'s is in; without `wait`, only those
+        already there: whether it is in."""
+        while ticket not in self._answers:
+            if self.gone:
+                if wait:
+                    raise HermeticError(_GONE)
+                return False
             try:
-                reply = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                reply = self._sock.recv(1 << 16, 0 if wait else socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return False
-            except OSError:
-                self._end()
-                break
+            except BaseException as exc:
+                self._end()  # (a Ctrl-C here: its answer would come to the next question)
+                if wait or not isinstance(exc, OSError):
+                    raise
+                return False
             if not reply:
                 self._end()
-                break
+                continue
             self._read += 1
-            self._answers[self._read] = pickle.loads(reply)
-        return ticket in self._answers
+            self._answers[self._read] = pickle.loads(reply)  # (this process's fork: not a container's bytes)
+        return True
 
     def _end(self) -> None:
         """Let it go: it exits at EOF, and its children with it (each has
@@ -188,7 +186,7 @@ class Zygote:
         if ticket is None:
             self._reaping[pid] = self._send(("reap", pid))
             return None
-        if not self._answered(ticket):
+        if not self._read_answers(ticket, wait=False):
             return None
         del self._reaping[pid]
         try:
