@@ -121,6 +121,40 @@ def test_a_zygote_serves_until_pytest_changes_and_tests_see_every_change(pyteste
     assert b[0] == b[1] and b[0] != zygote["test_7_holds_nothing_of_the_zygote"]
 
 
+def test_the_children_of_one_zygote_draw_random_numbers_of_their_own(pytester: pytest.Pytester):
+    # The zygote forks without Python's after-fork hooks (runtime/fork.py
+    # bare_fork): `random`'s, which reseeds each child, must still hold.
+    pytester.makeconftest(CONFTEST)
+    draw = "(tmp_path_factory.getbasetemp() / 'draws').open('a').write(f'{random.random()}\\n')"
+    pytester.makepyfile(test_r=f"""
+import random
+from pytest_hermetic import hermetic
+
+random.seed(7)  # in pytest, at import: the state every fork starts from
+
+@hermetic
+def test_1(tmp_path_factory):
+    {draw}
+
+@hermetic
+def test_2(tmp_path_factory):
+    {draw}
+
+@hermetic
+def test_3(tmp_path_factory):
+    {draw}
+""")
+    log = pytester.path / "zygotes.json"
+    pytester._monkeypatch.setenv("ZYGOTE_LOG", str(log))
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           f"--basetemp={pytester.path / 'base'}", timeout=120)
+    result.assert_outcomes(passed=3)
+    seen = json.loads(log.read_text())
+    assert seen[0][1] is not None and len({pid for _, pid in seen}) == 1, seen  # one zygote forked all three
+    draws = (pytester.path / "base" / "draws").read_text().split()
+    assert len(draws) == 3 and len(set(draws)) == 3, draws
+
+
 def test_the_ini_option_turns_it_off(pytester: pytest.Pytester):
     pytester.makeini("[pytest]\nhermetic_zygote = false\n")
     result, seen = _session(pytester)

@@ -36,7 +36,7 @@ def hold_numbers_freed_at_fork(held: list[str]) -> None:
 def serve(sock: socket.socket, items: list) -> int:
     """Fork and reap as pytest says, until it says stop (or goes)."""
     from ..runtime import cgroups, placeholder
-    from ..runtime.fork import fork
+    from ..runtime.fork import bare_fork, fork
     from . import start
 
     os.setpgid(0, 0)  # a terminal's Ctrl-C is pytest's to pass on (to the test), not ours
@@ -50,6 +50,7 @@ def serve(sock: socket.socket, items: list) -> int:
     # it (by pid) when its container ends, and it is reaped here.
     placeholders: set[int] = set()
     noted = start.noted_descriptors()  # (each child holds this process's descriptors)
+    fork_child = bare_fork() or fork  # (one thread, no code of the test's until the child: see bare_fork)
     while True:
         try:
             data, fds = _receive(sock)
@@ -75,7 +76,7 @@ def serve(sock: socket.socket, items: list) -> int:
                 try:
                     if route is not None:
                         route.step_in()  # the child is born in its cgroups
-                    pid = fork()
+                    pid = fork_child()
                 finally:
                     if pid != 0:
                         if route is not None:

@@ -1,9 +1,15 @@
-"""`fork`: the one way the engine forks its (large, maybe threaded) caller."""
+"""`fork`: the one way the engine forks its (large, maybe threaded) caller;
+`bare_fork`: how a process of one thread that runs no user code between its
+forks (the zygote, forked/zygote_process.py) forks, cheaper."""
 
 from __future__ import annotations
 
 import os
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing is ~6 ms of `hermetic run`'s start)
+    from typing import Callable
 
 
 def fork() -> int:
@@ -18,12 +24,7 @@ def fork() -> int:
     before forking; so the warning, which would fail suites run with
     `-W error`, is silenced for these forks and no others.
     """
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
+    _flush_stdio()
     if sys.version_info < (3, 12):  # no such warning before 3.12
         return os.fork()
     import warnings
@@ -34,3 +35,57 @@ def fork() -> int:
         # os.fork runs, whose one DeprecationWarning is that one.
         warnings.simplefilter("ignore", DeprecationWarning)
         return os.fork()
+
+
+def bare_fork() -> Callable[[], int] | None:
+    """A fork without Python's after-fork work, for a process that has one
+    thread and forks again and again while running none of the code that
+    work is for; None where it cannot be had (no ctypes, other threads),
+    and the caller uses `fork`.
+
+    After `os.fork` the child resets the interpreter's thread state and
+    locks and runs every `os.register_at_fork` hook (threading's, logging's,
+    random's, a library's): code that only children run, so its objects
+    stay cold in the parent and each child writes (and so copies) their
+    pages anew, ~250 pages and ~0.5 ms of CPU per child here (issue #16).
+    In a process of one thread whose state those hooks already made right
+    when it was itself forked (with `os.fork`) and that runs no other
+    code since, they have nothing to do: no other thread holds a lock or
+    needs forgetting.  Only the seed of `random` must differ from child to
+    child (as its hook makes it); the child reseeds it.  libc's own fork
+    handlers (malloc's locks) still run.  Called through ctypes' PyDLL,
+    which keeps the GIL: the child's one thread holds it, as it did."""
+    if len(os.listdir("/proc/self/task")) != 1:
+        return None
+    try:
+        import ctypes
+    except ImportError:
+        return None
+    libc = ctypes.PyDLL(None, use_errno=True)
+    libc_fork = libc.fork
+    libc_fork.restype = ctypes.c_int
+    libc_fork.argtypes = ()
+    get_errno = ctypes.get_errno
+
+    def fork_now() -> int:
+        _flush_stdio()
+        pid = libc_fork()
+        if pid < 0:
+            code = get_errno()
+            raise OSError(code, os.strerror(code))
+        if pid == 0:
+            random = sys.modules.get("random")
+            if random is not None:
+                random._inst.seed()  # (random's own after-fork hook)
+        return pid
+
+    return fork_now
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
