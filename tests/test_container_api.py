@@ -196,3 +196,24 @@ with open("/proc/self/status") as f:
                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
     assert ran.stdout == "1\n", ran.stdout + ran.stderr
     assert (tmp_path / "out.log").read_text() == "hi\n"
+
+
+def test_a_copy_on_write_volume_shows_its_source_folders_mode_and_owner(tmp_path):
+    # (The pytest plugin's /tmp, where the host's is a mount of its own: 1777
+    # inside as outside, or no other user could write there.)
+    import stat
+
+    from pytest_hermetic.spec import Volume
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 0, 65534)
+    os.chmod(shared, 0o1777)
+
+    def inside() -> int:
+        seen = os.stat("/data")
+        return 0 if (stat.S_IMODE(seen.st_mode), seen.st_uid, seen.st_gid) == (0o1777, 0, 65534) else 3
+
+    spec = Spec.build("host").with_options(volumes=(Volume(str(shared), "/data", overlay=True),))
+    with Container(spec) as box:
+        assert box.start(target=inside).wait().status.code == 0

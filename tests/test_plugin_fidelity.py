@@ -114,6 +114,32 @@ def test_files_of_wider_fixtures_under_tmp_are_there(pytester: pytest.Pytester):
 
 
 
+def test_tmp_is_the_hosts_copy_on_write_with_its_mode_and_owner(pytester: pytest.Pytester):
+    # As the host has it (1777): another user writes there too.  (On the
+    # root's own mount, the host's /tmp is the root overlay's; else an
+    # overlay of its own: test_container_api checks that one's mode.)
+    result = _run(pytester, """
+import os
+from pytest_hermetic import hermetic
+from pytest_hermetic.runtime.rootfs.volumes import on_host_root
+
+HOST = os.stat("/tmp")  # at import, in pytest: the host's
+OWN_MOUNT = not on_host_root("/tmp")
+
+def test_mode_and_owner_are_the_hosts():
+    seen = os.stat("/tmp")
+    assert (seen.st_mode, seen.st_uid, seen.st_gid) == (HOST.st_mode, HOST.st_uid, HOST.st_gid)
+    assert os.path.ismount("/tmp") == OWN_MOUNT  # (none where the root's overlay shows it)
+
+@hermetic(user="65534")
+def test_another_user_writes_there():
+    with open("/tmp/hermetic-fidelity-nobody", "w") as f:
+        f.write("x")
+""")
+    result.assert_outcomes(passed=2)
+    assert not os.path.exists("/tmp/hermetic-fidelity-nobody")
+
+
 def test_an_expected_failure_killed_by_its_container_is_xfailed(pytester: pytest.Pytester):
     result = _run(pytester, '''
 import os, signal, time

@@ -70,6 +70,11 @@ class RootfsConfig:
     read_only: bool = False  # the root (and /tmp, unless a tmpfs) read-only
     workdir: str = ""  # with read_only: made first if missing (as Docker makes it before the root goes read-only)
     tmpfs: list[TmpfsMount] = factory(list)
+    # The root's overlay shows the host's own /tmp (`host_root`, and /tmp on
+    # the host root's mount: volumes.on_host_root), and that is what the
+    # container's /tmp is to be (the pytest plugin's copy-on-write /tmp):
+    # then neither a tmpfs nor an overlay volume is mounted there.
+    host_tmp: bool = False
 
 
 def write_init_layer(config: "RootfsConfig", source_dirs: dict[str, bool] | None = None) -> None:
@@ -88,6 +93,8 @@ def write_init_layer(config: "RootfsConfig", source_dirs: dict[str, bool] | None
     os.mkdir(path, 0o755)
     made = {path}
     for name in MOUNT_POINTS:
+        if name == "tmp" and config.host_tmp:
+            continue  # (a folder here would hide the host's /tmp's mode and owner)
         os.mkdir(f"{path}/{name}", 0o755)
         made.add(f"{path}/{name}")
     for name, text in config.init_files.items():
@@ -97,6 +104,8 @@ def write_init_layer(config: "RootfsConfig", source_dirs: dict[str, bool] | None
     for mount in config.tmpfs:  # mount points, also in a read-only root
         os.makedirs(os.path.join(path, mount.target.lstrip("/")), exist_ok=True)
     for bind in config.binds:
+        if config.host_tmp and (bind.target + "/").startswith("/tmp/"):
+            continue  # (the host's /tmp, as the host has it: mount_volumes makes what is missing)
         stub = os.path.join(path, bind.target.lstrip("/"))
         if source_dirs[bind.source] if source_dirs is not None else os.path.isdir(bind.source):
             _make_folders(stub, made)
@@ -157,7 +166,8 @@ def setup(config: RootfsConfig, hostname: str) -> None:
     mount_sys(config.privileged)
     # Read-only too under --read-only (as an image's own /tmp would be), unless a --tmpfs covers it.
     tmp_flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if config.read_only else 0)
-    sc.mount(b"tmpfs", b"tmp", b"tmpfs", tmp_flags, b"mode=1777")
+    if not config.host_tmp:
+        sc.mount(b"tmpfs", b"tmp", b"tmpfs", tmp_flags, b"mode=1777")
     if config.tmpfs:  # those below a volume after it, the others before, so none hides another
         inside = [m for m in config.tmpfs if any(m.target.startswith(b.target.rstrip("/") + "/") for b in config.binds)]
         mount_tmpfs(root, [m for m in config.tmpfs if m not in inside])

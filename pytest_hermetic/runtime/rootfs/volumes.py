@@ -26,6 +26,8 @@ def mount_volumes(config: RootfsConfig, root: str, source_dirs: dict[str, bool] 
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for number, bind in enumerate(config.binds):
+            if config.host_tmp and bind.overlay and bind.source == bind.target == "/tmp":
+                continue  # the root's overlay shows it already (RootfsConfig.host_tmp)
             directory = source_dirs[bind.source] if source_dirs is not None else os.path.isdir(bind.source)
             try:
                 fd = open_in_root(root_fd, bind.target, directory)
@@ -161,6 +163,14 @@ def _overlay_volume(bind: Bind, target_fd: int, scratch: str, userns: bool, own:
     os.mkdir(scratch)  # (its own on the container's scratch tmpfs: volume<N>)
     os.mkdir(f"{scratch}/upper")
     os.mkdir(f"{scratch}/work")
+    # The volume's own folder shows its top layer's mode and owner (the
+    # upper folder's): the source's, as the host has them (its /tmp: 1777).
+    source = os.stat(bind.source)
+    os.chmod(f"{scratch}/upper", stat.S_IMODE(source.st_mode))
+    try:
+        os.chown(f"{scratch}/upper", source.st_uid, source.st_gid)
+    except OSError:  # rootless: an owner outside the user namespace (the folder stays its root's)
+        pass
     try:
         mount_overlay([bind.source], f"{scratch}/upper", f"{scratch}/work", f"/proc/self/fd/{target_fd}", userns,
                       f"{scratch}/links")
@@ -205,6 +215,25 @@ def _overlay_per_entry(source: str, target_fd: int, scratch: str, own: tuple[str
             write_file(inside)
             bind_mount(path, inside, readonly=True, recursive=False)
     sc.mount(tree, f"/proc/self/fd/{target_fd}", None, MS_MOVE)
+
+
+_on_host_root: dict[str, bool] = {}
+
+
+def on_host_root(path: str) -> bool:
+    """Whether the host's folder `path` lies on the host root's own mount
+    (no mount point at it or above it but "/", no symlink on the way): the
+    `host` root's overlay, whose lowest layer is "/", then shows it as the
+    host has it, copy-on-write.  Looked up once per process and path (in
+    the caller's mount namespace, which containers are made from)."""
+    found = _on_host_root.get(path)
+    if found is None:
+        from .images import mount_table  # (only the pytest plugin asks)
+
+        found = os.path.isdir(path) and os.path.realpath(path) == path and not any(
+            point != "/" and (path + "/").startswith(point.rstrip("/") + "/") for point, _ in mount_table())
+        _on_host_root[path] = found
+    return found
 
 
 def _mount_points_below(source: str, own: tuple[str, ...]) -> list[str]:
