@@ -46,7 +46,7 @@ from .runtime.file_relay import FileRelay
 from .runtime.namespaces import default_user_namespace
 from .runtime.network import NetworkConfig
 from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
-from .spec import Spec, format_size
+from .spec import Spec, Volume, format_size
 from .state import containers_dir, doomed_dir, list_states, staging_dir, write_state
 
 
@@ -465,7 +465,9 @@ class Container:
         replay_dirs = [f"{scratch}/replay/{i}" for i in range(len(replay))]
         all_lowers = [f"{scratch}/init", *reversed(replay_dirs), *lowers] + (["/"] if image.is_host else [])
         rw = self.rw_dir or scratch
-        binds = [Bind(v.source, v.target, v.readonly, v.overlay) for v in spec.volumes]
+        host_tmp = image.is_host and _host_tmp(spec, self.userns)
+        binds = [Bind(v.source, v.target, v.readonly, v.overlay) for v in spec.volumes
+                 if not (host_tmp and _of_host_tmp(v))]  # (the root's overlay shows that one)
         env = self._env(image)
         rootfs = RootfsConfig(
             lowers=all_lowers,
@@ -486,7 +488,7 @@ class Container:
             read_only=spec.read_only,
             workdir=(spec.workdir or image.config.get("WorkingDir") or "") if spec.read_only else "",
             tmpfs=[_tmpfs_mount(t) for t in spec.tmpfs],
-            host_tmp=image.is_host and _host_tmp(spec, self.userns),
+            host_tmp=host_tmp,
         )
         return process.ProcessConfig(
             rootfs=rootfs,
@@ -737,7 +739,12 @@ def _host_tmp(spec: Spec, userns: bool) -> bool:
     from .runtime.rootfs.volumes import on_host_root
 
     return (not userns and not spec.read_only and not any(t.target.rstrip("/") == "/tmp" for t in spec.tmpfs)
-            and any(v.overlay and v.source == v.target == "/tmp" for v in spec.volumes) and on_host_root("/tmp"))
+            and any(_of_host_tmp(v) for v in spec.volumes) and on_host_root("/tmp"))
+
+
+def _of_host_tmp(volume: Volume) -> bool:
+    """The host's /tmp, copy-on-write at /tmp (fixtures.with_host_tmp)."""
+    return volume.overlay and volume.source == volume.target == "/tmp"
 
 
 def _tmpfs_mount(tmpfs: Tmpfs) -> TmpfsMount:

@@ -73,7 +73,8 @@ class RootfsConfig:
     # The root's overlay shows the host's own /tmp (`host_root`, and /tmp on
     # the host root's mount: volumes.on_host_root), and that is what the
     # container's /tmp is to be (the pytest plugin's copy-on-write /tmp):
-    # then neither a tmpfs nor an overlay volume is mounted there.
+    # then no tmpfs is mounted there (and the caller leaves its overlay
+    # volume of /tmp out of `binds`).
     host_tmp: bool = False
 
 

@@ -26,8 +26,6 @@ def mount_volumes(config: RootfsConfig, root: str, source_dirs: dict[str, bool] 
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for number, bind in enumerate(config.binds):
-            if config.host_tmp and bind.overlay and bind.source == bind.target == "/tmp":
-                continue  # the root's overlay shows it already (RootfsConfig.host_tmp)
             directory = source_dirs[bind.source] if source_dirs is not None else os.path.isdir(bind.source)
             try:
                 fd = open_in_root(root_fd, bind.target, directory)
