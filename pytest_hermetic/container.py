@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import Callable
 
     from .networks import Network
+    from .runtime.file_relay import FileRelay
     from .runtime.rootfs.tmpfs import TmpfsMount
     from .spec import Tmpfs
 
@@ -42,7 +43,6 @@ from .images.store import Image, Keep, Store
 from .options import DEFAULT_PIDS
 from .paths import make_owned, make_private, state_root
 from .runtime import cgroups, descriptors, process, seccomp
-from .runtime.file_relay import FileRelay
 from .runtime.namespaces import default_user_namespace
 from .runtime.network import NetworkConfig
 from .runtime.rootfs import OVERLAY_MAX_LOWERS, Bind, RootfsConfig
@@ -276,7 +276,13 @@ class Container:
             fds = [int(name) for name in os.listdir("/proc/self/fd")]
         else:
             fds = list(descriptors.stdio_fds(config.stdio))
-        self._files = FileRelay.of([fd for fd in fds if fd not in config.keep_fds], pumped)
+        fds = [fd for fd in fds if fd not in config.keep_fds]
+        if not any(descriptors.needs_relay(fd) for fd in fds):
+            self._files = None
+            return  # (file_relay's import, with its pump's, is only for those that do)
+        from .runtime.file_relay import FileRelay
+
+        self._files = FileRelay.of(fds, pumped)
         if self._files is not None:
             config.relayed, config.relay_pipes = self._files.child_ends, self._files.pipes()
 

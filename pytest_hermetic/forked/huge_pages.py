@@ -14,7 +14,7 @@ Where the kernel refuses (older than 6.1, THP "never") nothing changes.
 
 from __future__ import annotations
 
-import ctypes
+from ..runtime import libc
 
 MADV_COLLAPSE = 25  # <linux/mman.h>, Linux 6.1
 HUGE = 2 << 20
@@ -33,10 +33,9 @@ def collapse_once(tests: int) -> None:
     if tests < MIN_TESTS or anonymous_kb() < MIN_ANON_KB:
         return
     try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
+        madvise = libc.function("madvise", libc.c_int, libc.c_void_p, libc.c_size_t, libc.c_int)
+    except AttributeError:  # (no such function in this libc)
         return
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     for start, end in heap_ranges():
         madvise(start, end - start, MADV_COLLAPSE)  # refused: the range stays as it is
 

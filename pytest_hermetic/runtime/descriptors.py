@@ -209,6 +209,19 @@ def _kind(fd: int) -> tuple:
     return _REPLACE  # directories, block devices, other character devices
 
 
+def needs_relay(fd: int) -> bool:
+    """Whether `fd` is a named regular file open for writing: one the caller
+    relays through a pipe (file_relay.py), and that `seal` blanks where it
+    was not relayed (`_kind`'s _WRITTEN)."""
+    try:
+        mode = os.fstat(fd)
+        if not stat.S_ISREG(mode.st_mode) or mode.st_nlink == 0:
+            return False
+        return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+    except OSError:  # not open
+        return False
+
+
 def _pipe_end(flags: int) -> tuple:
     """A pipe's (or FIFO's) write end stays (the test's output, its
     reports); a read end goes: reopened through /proc/self/fd for writing it

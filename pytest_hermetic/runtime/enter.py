@@ -32,7 +32,7 @@ from .seccomp import Filter
 from .channel import describe, fail, read_all, start_error
 from .file_relay import FileRelay
 from .fork import fork
-from .init import become, own_session, redirect_stdio, resolve_user, restore_signals
+from .init import become, execvpe, own_session, redirect_stdio, resolve_user, restore_signals
 from .process import ContainerProcess
 from .relay import exit_as
 
@@ -272,7 +272,7 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
                 redirect_stdio(stdio)
                 descriptors.cloexec_all()  # err_w, close-on-exec, stays until the exec
                 restore_signals()
-                os.execvpe(argv[0], argv, env)
+                execvpe(argv[0], argv, env)
             except FileNotFoundError:
                 fail(err_w, 127, f"{argv[0]}: command not found in the container")
             except BaseException as exc:  # noqa: BLE001

@@ -40,22 +40,11 @@ import select
 import stat
 
 from . import syscalls as sc
+from .descriptors import needs_relay
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable
-
-
-def needs_relay(fd: int) -> bool:
-    """Whether `fd` is a named regular file open for writing (the child's
-    `descriptors.seal` asks the same of what it inherits)."""
-    try:
-        mode = os.fstat(fd)
-        if not stat.S_ISREG(mode.st_mode) or mode.st_nlink == 0:
-            return False
-        return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
-    except OSError:  # not open
-        return False
 
 
 # Every live relay's own fds (read ends, copies of the caller's fds): the

@@ -37,11 +37,15 @@ def fork() -> int:
         return os.fork()
 
 
+_libc_fork: tuple[Callable[[], int], Callable[[], int]] | None = None  # libc's fork, and its errno
+
+
 def bare_fork() -> Callable[[], int] | None:
     """A fork without Python's after-fork work, for a process that has one
     thread and forks again and again while running none of the code that
-    work is for; None where it cannot be had (no ctypes, other threads),
-    and the caller uses `fork`.
+    work is for (the zygote), or whose child runs only the engine's set-up
+    and then execs (`process.spawn` of a command); None where it cannot be
+    had (no ctypes, other threads), and the caller uses `fork`.
 
     After `os.fork` the child resets the interpreter's thread state and
     locks and runs every `os.register_at_fork` hook (threading's, logging's,
@@ -53,19 +57,19 @@ def bare_fork() -> Callable[[], int] | None:
     code since, they have nothing to do: no other thread holds a lock or
     needs forgetting.  Only the seed of `random` must differ from child to
     child (as its hook makes it); the child reseeds it.  libc's own fork
-    handlers (malloc's locks) still run.  Called through ctypes' PyDLL,
-    which keeps the GIL: the child's one thread holds it, as it did."""
+    handlers (malloc's locks) still run.  Called as ctypes' PyDLL calls
+    (`libc.function(keep_gil=True)`), which keeps the GIL: the child's one
+    thread holds it, as it did."""
     if len(os.listdir("/proc/self/task")) != 1:
         return None
-    try:
-        import ctypes
-    except ImportError:
-        return None
-    libc = ctypes.PyDLL(None, use_errno=True)
-    libc_fork = libc.fork
-    libc_fork.restype = ctypes.c_int
-    libc_fork.argtypes = ()
-    get_errno = ctypes.get_errno
+    global _libc_fork
+    if _libc_fork is None:
+        try:
+            from . import libc
+        except ImportError:  # (a Python without ctypes)
+            return None
+        _libc_fork = (libc.function("fork", libc.c_int, keep_gil=True), libc.get_errno)
+    libc_fork, get_errno = _libc_fork
 
     def fork_now() -> int:
         _flush_stdio()

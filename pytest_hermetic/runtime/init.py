@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import warnings  # noqa: F401 - os.execvpe imports it (get_exec_path); an image's root has no stdlib to import from
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
@@ -311,7 +310,7 @@ def _exec(config: ProcessConfig, err_w: int) -> NoReturn:
     except BaseException as exc:  # noqa: BLE001
         fail(err_w, 125, describe(exc))
     try:
-        os.execvpe(config.argv[0], config.argv, config.env)
+        execvpe(config.argv[0], config.argv, config.env)
     except FileNotFoundError:
         fail(err_w, 127, f"{config.argv[0]}: command not found in the container (PATH={config.env.get('PATH', '')})")
     except PermissionError:
@@ -320,6 +319,27 @@ def _exec(config: ProcessConfig, err_w: int) -> NoReturn:
         fail(err_w, 126, f"{config.argv[0]}: cannot execute: {exc.strerror}")
     except BaseException as exc:  # noqa: BLE001 - said, never a silent 125 (e.g. an import inside the image's root)
         fail(err_w, 125, f"{config.argv[0]}: cannot execute: {describe(exc)}")
+
+
+def execvpe(file: str, argv: list[str], env: dict[str, str]) -> NoReturn:
+    """`os.execvpe`: `file` looked up in `env`'s PATH (else `os.defpath`),
+    each folder tried in turn; the first error other than "not there" is
+    raised, else the last.  Not os.execvpe itself: it imports `warnings`
+    for each call (get_exec_path), which the root of an image cannot give
+    and the caller would have to import first: ~0.2 ms of `hermetic run`."""
+    if os.path.dirname(file):
+        os.execve(file, argv, env)
+    first: OSError | None = None
+    last: OSError = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
+    for folder in env.get("PATH", os.defpath).split(os.pathsep):
+        try:
+            os.execve(os.path.join(folder, file), argv, env)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            last = exc
+        except OSError as exc:
+            last = exc
+            first = first or exc
+    raise first or last
 
 
 def exec_target(config: ProcessConfig) -> Callable[[], int]:
@@ -334,7 +354,7 @@ def exec_target(config: ProcessConfig) -> Callable[[], int]:
         descriptors.cloexec_all()
         restore_signals()
         try:
-            os.execvpe(config.argv[0], config.argv, config.env)
+            execvpe(config.argv[0], config.argv, config.env)
         except FileNotFoundError:
             print(f"hermetic: error: {config.argv[0]}: command not found in the container", file=sys.stderr)
             return 127

@@ -55,7 +55,7 @@ from ..errors import ContainerStartError, HermeticError
 from . import capabilities, cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
 from . import syscalls as sc
 from .channel import Channel
-from .fork import fork
+from .fork import bare_fork, fork
 from .config import ProcessConfig  # re-exported: callers build it as process.ProcessConfig
 
 
@@ -328,7 +328,10 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
                     except OSError:  # (not seen) the parent moves the child then, as on v2
                         route, attach = None, config.cgroup_procs
                         joined = joined or Channel()
-                pid = fork()
+                # A command's child runs only the set-up and execs: none of
+                # Python's after-fork work is for it (fork.bare_fork).
+                fork_now = bare_fork() if target is None else None
+                pid = fork_now() if fork_now is not None else fork()
             finally:
                 if pid != 0:
                     if route is not None:

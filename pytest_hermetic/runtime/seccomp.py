@@ -22,12 +22,12 @@ libseccomp: see docs/seccomp.md for the measured reasons.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
 
 from ..errors import ContainerStartError
+from . import libc
 from . import syscalls as sc
 from .capabilities import DEFAULT_CAPS
 
@@ -89,9 +89,9 @@ class Filter:
     def __init__(self, program: bytes, summary: str) -> None:
         self.program = program
         self.summary = summary
-        self._buffer = ctypes.create_string_buffer(program, len(program))
-        self._fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(self._buffer))
-        self._fprog_buffer = ctypes.create_string_buffer(self._fprog, len(self._fprog))
+        self._buffer = libc.char_buffer(program)
+        self._fprog = struct.pack("HxxxxxxQ", len(program) // 8, libc.addressof(self._buffer))
+        self._fprog_buffer = libc.char_buffer(self._fprog)
 
     def __len__(self) -> int:
         return len(self.program) // 8
@@ -103,7 +103,7 @@ class Filter:
     def load(self) -> None:
         """Install the filter on the calling thread (needs no_new_privs or CAP_SYS_ADMIN)."""
         try:
-            sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog_buffer))
+            sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, libc.addressof(self._fprog_buffer))
         except OSError as exc:  # a kernel without CONFIG_SECCOMP_FILTER says EINVAL
             raise SeccompError(f"cannot load the seccomp filter: {os.strerror(exc.errno or 0)}; "
                                "fix: run with seccomp=False (--security-opt seccomp=unconfined)") from None

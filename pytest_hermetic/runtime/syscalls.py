@@ -1,4 +1,4 @@
-"""The one thin ctypes layer over the system calls Python does not wrap.
+"""The one thin layer over the system calls Python does not wrap (libc.py: ctypes' C half).
 
 Every wrapper raises `SyscallError` naming the call, its errno and what it was
 applied to, so a failed container start says *which* mount failed and why.
@@ -6,14 +6,13 @@ applied to, so a failed container start says *which* mount failed and why.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
 
 from ..errors import SyscallError
+from . import libc
+from .libc import c_char_p, c_int, c_long, c_size_t, c_uint, c_uint32, c_uint64, c_ulong, c_void_p
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_typed = ctypes.CDLL(None, use_errno=True)  # its functions get argument types (_function); _libc's stay untyped
 _MACHINE = os.uname().machine
 
 # clone(2) flags for unshare/setns.
@@ -77,27 +76,24 @@ RESOLVE_IN_ROOT = 0x10
 
 def _check(result: int, call: str, detail: str = "") -> int:
     if result == -1:
-        raise SyscallError(call, ctypes.get_errno(), detail)
+        raise SyscallError(call, libc.get_errno(), detail)
     return result
 
 
-def _function(name: str, restype: type, *argtypes: type):  # noqa: ANN202 - a ctypes function pointer
+def _function(name: str, restype: type, *argtypes: type):  # noqa: ANN202 - a C function pointer
     """A libc function of its own, its types set once: a container's set-up
     makes ~60 of these calls, and each wrapper's own conversions (an object
     per argument, a message built for a call that worked) were most of
     their cost."""
-    function = _typed[name]  # a new function object (`getattr` would share one per name)
-    function.restype = restype
-    function.argtypes = argtypes
-    return function
+    return libc.function(name, restype, *argtypes)
 
 
-_c_str = ctypes.c_char_p
-_mount = _function("mount", ctypes.c_int, _c_str, _c_str, _c_str, ctypes.c_ulong, _c_str)
-_umount2 = _function("umount2", ctypes.c_int, _c_str, ctypes.c_int)
-_prctl = _function("prctl", ctypes.c_int, ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
-_unshare = _function("unshare", ctypes.c_int, ctypes.c_int)
-_setns = _function("setns", ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_c_str = c_char_p
+_mount = _function("mount", c_int, _c_str, _c_str, _c_str, c_ulong, _c_str)
+_umount2 = _function("umount2", c_int, _c_str, c_int)
+_prctl = _function("prctl", c_int, c_int, c_ulong, c_ulong, c_ulong, c_ulong)
+_unshare = _function("unshare", c_int, c_int)
+_setns = _function("setns", c_int, c_int, c_int)
 
 
 def _b(path: str | bytes | None) -> bytes | None:
@@ -133,7 +129,7 @@ def try_mount(source: bytes | None, fstype: bytes | None, flags: int, data: byte
     its errno returned, not raised (0: mounted): for a caller that expects
     some to fail (a path this kernel lacks) and would pay an exception for each."""
     if _mount(source, target, fstype, flags, data) == -1:
-        return ctypes.get_errno()
+        return libc.get_errno()
     return 0
 
 
@@ -144,9 +140,9 @@ def umount2(target: str, flags: int = 0) -> None:
 
 # The container's set-up calls only typed functions: in the fork, the first
 # untyped call copies another ~15 pages of ctypes' own (measured: sethostname).
-_sethostname = _function("sethostname", ctypes.c_int, _c_str, ctypes.c_size_t)
-_syscall_2p = _function("syscall", ctypes.c_long, ctypes.c_long, _c_str, _c_str)  # pivot_root, capset
-_syscall_keyctl = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_long)
+_sethostname = _function("sethostname", c_int, _c_str, c_size_t)
+_syscall_2p = _function("syscall", c_long, c_long, _c_str, _c_str)  # pivot_root, capset
+_syscall_keyctl = _function("syscall", c_long, c_long, c_int, c_long)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -174,15 +170,16 @@ def capbset_drop(caps: tuple[int, ...]) -> None:
             _check(-1, "prctl", f"PR_CAPBSET_DROP {cap}")
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class _CapHeader(libc.Structure):
+    _fields_ = [("version", c_uint32), ("pid", c_int)]
 
 
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+class _CapData(libc.Structure):
+    _fields_ = [("effective", c_uint32), ("permitted", c_uint32), ("inheritable", c_uint32)]
 
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_syscall_2r = _function("syscall", c_long, c_long, c_void_p, c_void_p)  # capget: two structs it writes
 
 
 _CAP_HEADER = struct.pack("=Ii", _LINUX_CAPABILITY_VERSION_3, 0)  # struct __user_cap_header_struct
@@ -204,7 +201,7 @@ def capget_permitted() -> int:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     number = SYS_CAPSET[_MACHINE] - 1  # capget is capset's neighbour on every architecture
-    _check(_libc.syscall(ctypes.c_long(number), ctypes.byref(header), data), "capget")
+    _check(_syscall_2r(number, libc.byref(header), data), "capget")
     return data[0].permitted | data[1].permitted << 32
 
 
@@ -216,7 +213,7 @@ def join_new_session_keyring() -> None:
         _check(-1, "keyctl", "join a new session keyring")
 
 
-_syscall_close_range = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint)
+_syscall_close_range = _function("syscall", c_long, c_long, c_uint, c_uint, c_uint)
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
@@ -224,7 +221,7 @@ def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
         _check(-1, "close_range")
 
 
-_syscall_open_tree = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, _c_str, ctypes.c_uint)
+_syscall_open_tree = _function("syscall", c_long, c_long, c_int, _c_str, c_uint)
 
 
 def open_tree_clone(path: str) -> int:
@@ -235,16 +232,18 @@ def open_tree_clone(path: str) -> int:
     return fd if fd != -1 else _check(-1, "open_tree", path)
 
 
+_syscall_3i = _function("syscall", c_long, c_long, c_int, c_int, c_uint)  # pidfd_getfd
+
+
 def pidfd_getfd(pidfd: int, fd: int) -> int:
     """A close-on-exec copy of descriptor `fd` of the process `pidfd` refers to (Linux 5.6+)."""
-    return _check(_libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd),
-                                ctypes.c_uint(0)), "pidfd_getfd", f"descriptor {fd}")
+    return _check(_syscall_3i(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd", f"descriptor {fd}")
 
 
 SYS_KCMP = {"x86_64": 312, "aarch64": 272, "ppc64le": 354, "s390x": 343, "riscv64": 272}
 _KCMP_FILE = 0
-_syscall_kcmp = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_ulong, ctypes.c_ulong)
+_syscall_kcmp = _function("syscall", c_long, c_long, c_int, c_int, c_int,
+                          c_ulong, c_ulong)
 
 
 def same_open_file(fd: int, other: int) -> bool | None:
@@ -258,30 +257,33 @@ def same_open_file(fd: int, other: int) -> bool | None:
     return None if result < 0 else result == 0
 
 
-class _EpollEvent(ctypes.Structure):
+class _EpollEvent(libc.Structure):
     # Packed on x86_64 only, as <sys/epoll.h> declares it.
     _pack_ = 1 if os.uname().machine == "x86_64" else 0
-    _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
+    _fields_ = [("events", c_uint32), ("data", c_uint64)]
+
+
+_epoll_create1 = _function("epoll_create1", c_int, c_int)
+_epoll_ctl = _function("epoll_ctl", c_int, c_int, c_int, c_int, c_void_p)
 
 
 def epoll_create() -> int:
     """A new close-on-exec epoll instance."""
-    return _check(_libc.epoll_create1(ctypes.c_int(os.O_CLOEXEC)), "epoll_create1")
+    return _check(_epoll_create1(os.O_CLOEXEC), "epoll_create1")
 
 
 def epoll_add(epoll_fd: int, fd: int, events: int, data: int) -> None:
     """Watch `fd` for `events`, reported with the 64 bits `data` (any, not only the fd)."""
     event = _EpollEvent(events, data)
-    _check(_libc.epoll_ctl(ctypes.c_int(epoll_fd), ctypes.c_int(1), ctypes.c_int(fd), ctypes.byref(event)),
-           "epoll_ctl", f"descriptor {fd}")
+    _check(_epoll_ctl(epoll_fd, 1, fd, libc.byref(event)), "epoll_ctl", f"descriptor {fd}")
 
 
 # openat2 and mount_setattr read a struct the caller gives: packed as bytes,
 # not built as ctypes objects (a container's set-up calls them per volume, in
 # a fork where each first use of a ctypes type touches, and so copies, pages).
-_syscall_openat2 = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, _c_str, _c_str, ctypes.c_size_t)
-_syscall_mount_setattr = _function("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_int, _c_str, ctypes.c_uint,
-                                   _c_str, ctypes.c_size_t)
+_syscall_openat2 = _function("syscall", c_long, c_long, c_int, _c_str, _c_str, c_size_t)
+_syscall_mount_setattr = _function("syscall", c_long, c_long, c_int, _c_str, c_uint,
+                                   _c_str, c_size_t)
 
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
