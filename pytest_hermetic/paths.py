@@ -110,10 +110,9 @@ def _on_tmpfs(path: str) -> bool:
 
 
 def _statfs_tmpfs(path: str) -> bool:
-    import ctypes
+    from . import _libc as libc
 
-    buf = ctypes.create_string_buffer(120)  # struct statfs, f_type first
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.statfs(os.fsencode(path), buf) != 0:
+    buf = libc.char_buffer(bytes(120))  # struct statfs, f_type first
+    if libc.function("statfs", libc.c_int, libc.c_char_p, libc.c_void_p)(os.fsencode(path), buf) != 0:
         return False
     return int.from_bytes(buf.raw[:8], "little") == _TMPFS_MAGIC

@@ -32,7 +32,7 @@ PACKAGES = ("pytest_hermetic", "ipython_ext")
 # package above it.  networks sits below container: `Container` joins the
 # network its spec names, and nothing in networks knows containers.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "_record", "paths", "_fs", "_proc"),
+    ("errors", "_record", "paths", "_fs", "_proc", "_libc"),
     ("runtime",),
     ("images",),
     ("spec", "options", "bindings"),

@@ -1,4 +1,4 @@
-"""runtime/libc.py: ctypes' pieces the engine uses, made from `_ctypes`
+"""_libc.py: ctypes' pieces the engine uses, made from `_ctypes`
 directly, behave as ctypes' own; and the engine's start imports no ctypes
 (its import was 1.3 ms of a `hermetic run`, issue #16)."""
 
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from pytest_hermetic.runtime import libc
+from pytest_hermetic import _libc as libc
 from pytest_hermetic.runtime import syscalls as sc
 
 SCALARS = ["c_int", "c_uint", "c_long", "c_ulong", "c_uint64", "c_char", "c_char_p", "c_void_p", "c_uint32",
@@ -94,7 +94,9 @@ def test_hermetic_run_imports_no_ctypes(tmp_path) -> None:
     code = ("import sys\nbefore = 'warnings' in sys.modules\nfrom pytest_hermetic.cli import main\n"
             "sys.argv = ['hermetic', 'run', 'host', 'true']\ncode = main()\n"
             "print(code, 'ctypes' in sys.modules, 'warnings' in sys.modules and not before)\n")
+    # The default state folder, as a user's run finds it (paths.state_root asks statfs whether /run is a tmpfs).
+    env = {key: value for key, value in os.environ.items() if key != "HERMETIC_STATE"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL, cwd=tmp_path)
+                          stdin=subprocess.DEVNULL, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "False", "False"], done.stdout + done.stderr

@@ -14,7 +14,7 @@ Where the kernel refuses (older than 6.1, THP "never") nothing changes.
 
 from __future__ import annotations
 
-from ..runtime import libc
+from .. import _libc as libc
 
 MADV_COLLAPSE = 25  # <linux/mman.h>, Linux 6.1
 HUGE = 2 << 20

@@ -58,14 +58,14 @@ def bare_fork() -> Callable[[], int] | None:
     needs forgetting.  Only the seed of `random` must differ from child to
     child (as its hook makes it); the child reseeds it.  libc's own fork
     handlers (malloc's locks) still run.  Called as ctypes' PyDLL calls
-    (`libc.function(keep_gil=True)`), which keeps the GIL: the child's one
+    (`_libc.function(keep_gil=True)`), which keeps the GIL: the child's one
     thread holds it, as it did."""
     if len(os.listdir("/proc/self/task")) != 1:
         return None
     global _libc_fork
     if _libc_fork is None:
         try:
-            from . import libc
+            from .. import _libc as libc
         except ImportError:  # (a Python without ctypes)
             return None
         _libc_fork = (libc.function("fork", libc.c_int, keep_gil=True), libc.get_errno)

@@ -27,7 +27,7 @@ import os
 import struct
 
 from ..errors import ContainerStartError
-from . import libc
+from .. import _libc as libc
 from . import syscalls as sc
 from .capabilities import DEFAULT_CAPS
 

@@ -1,4 +1,4 @@
-"""The one thin layer over the system calls Python does not wrap (libc.py: ctypes' C half).
+"""The one thin layer over the system calls Python does not wrap (_libc.py: ctypes' C half).
 
 Every wrapper raises `SyscallError` naming the call, its errno and what it was
 applied to, so a failed container start says *which* mount failed and why.
@@ -10,8 +10,8 @@ import os
 import struct
 
 from ..errors import SyscallError
-from . import libc
-from .libc import c_char_p, c_int, c_long, c_size_t, c_uint, c_uint32, c_uint64, c_ulong, c_void_p
+from .. import _libc as libc
+from .._libc import c_char_p, c_int, c_long, c_size_t, c_uint, c_uint32, c_uint64, c_ulong, c_void_p
 
 _MACHINE = os.uname().machine
 

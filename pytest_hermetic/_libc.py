@@ -10,7 +10,7 @@ ctypes/__init__.py subclasses them (a scalar type names its struct code in
 `_type_`, a function pointer class its calling convention in `_flags_`, a
 library is anything with a `_handle` from `dlopen`); `_ctypes` is the same
 module in Python 3.10 to 3.13, and tests/test_libc.py checks each piece
-against ctypes.
+against ctypes.  At the package's base: `paths` asks statfs(2) too.
 
 Only the engine's own calls use these types: a ctypes object (`ctypes.c_int`)
 is not one of them, and the other way round.
