@@ -32,7 +32,7 @@ import tempfile
 DRIVER = r'''
 import functools, json, os, resource, sys, time
 log = os.open(sys.argv.pop(1), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-from pytest_hermetic.runtime import capabilities, descriptors, init, process, rootfs, seccomp
+from pytest_hermetic.runtime import capabilities, descriptors, init, process, rootfs, seccomp, spare
 from pytest_hermetic.runtime.rootfs import volumes
 totals = {}
 def marks():
@@ -53,7 +53,7 @@ def wrap(module, name, label):
                 sums[i] += after[i] - before[i]
     setattr(module, name, counted)
 STEPS = [(init, "_enter_container", "enter the container (all below but drop, seccomp, seal)"),
-         (init.spare, "enter", "  namespaces made ahead: setns"),
+         (spare, "enter", "  namespaces made ahead: setns"),
          (rootfs, "setup", "  root file system (all below)"),
          (rootfs, "write_init_layer", "    init layer"),
          (rootfs, "mount_overlay", "    overlay root"),

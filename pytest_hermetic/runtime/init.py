@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .config import ProcessConfig
 
 from ..errors import ContainerStartError
-from . import capabilities, channel, descriptors, network, placeholder, rootfs, seccomp, spare
+from . import capabilities, channel, descriptors, network, rootfs, seccomp
 from . import syscalls as sc
 from .channel import describe, fail
 from .namespaces import CONTAINER_NAMESPACES
@@ -73,6 +73,8 @@ def worker_main(config: ProcessConfig, target: Callable[[], int | None], err_w: 
     try:
         try:
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            from . import placeholder  # (imported by the parent, which started the placeholder)
+
             placeholder.drop_lifeline()
             _enter_container(config, joined, in_namespaces=False, seal=True)
             own_session()
@@ -99,6 +101,8 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
     if in_namespaces:
         network.loopback_up()
     elif config.spare is not None:  # made ahead by the parent, `lo` up
+        from . import spare  # (imported by the parent, which made them)
+
         spare.enter(config.spare)
         sc.unshare(sc.CLONE_NEWNS)
     else:

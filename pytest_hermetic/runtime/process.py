@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import capabilities, cgroups, channel, init, netns_reuse, placeholder, rootfs, spare
+from . import capabilities, cgroups, channel, init, rootfs
 from . import syscalls as sc
 from .channel import Channel
 from .fork import bare_fork, fork
@@ -126,6 +126,8 @@ class ContainerProcess:
             # Never forked: nothing to wait for; what was made for it goes.
             self.exit_status = ExitStatus(signal=9)
             if self.placeholder is not None:
+                from . import placeholder
+
                 placeholder.end(self.placeholder)
                 self.placeholder = None
             if self.netns is not None:
@@ -187,9 +189,13 @@ class ContainerProcess:
         """Reaped with wait status `status`: what the container held goes."""
         result = ExitStatus.from_wait(status)
         if self.placeholder is not None:
+            from . import placeholder
+
             placeholder.end(self.placeholder)
             self.placeholder = None
         if self.netns is not None:  # PID 1 reaped: nothing of the container is left in it
+            from . import netns_reuse
+
             netns_reuse.give_back(self.netns)
             self.netns = None
         reported = self._read_reported_status()
@@ -280,7 +286,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     # one, so tracing it would run code there; PID 1 is then the
     # container's own, as under Docker.
     placeholder_mode = (target is not None and not rootless and not config.init and not config.privileged
-                        and not capabilities.may_trace(config.caps) and placeholder.available())
+                        and not capabilities.may_trace(config.caps) and _placeholder().available())
     status_r, status_w = os.pipe2(os.O_CLOEXEC) if target is not None and not placeholder_mode else (None, None)
     maps = (relay.UserMaps() if rootless and config.userns and config.userns.mapped_from_outside and not config.userns_join
             else None)
@@ -288,7 +294,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
         config.network_go = Channel()
     if not rootless:
         rootfs.kernelfs.prepare()  # the host's device numbers, looked up here once, not in every child
-    if not rootless and config.network_hook is None and config.network.mode == "none":
+    if _made_ahead and not rootless and config.network_hook is None and config.network.mode == "none":
+        from . import spare
+
         config.spare = spare.take()  # the namespaces made ahead, if any (the plugin's next test)
     # As root, the child is forked inside its v1 cgroups (cgroups.ThreadRoute):
     # no migration to wait for; else the parent moves it while it sets up.
@@ -310,7 +318,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
             forker = None
             fd = _pidns_fd()
             pid = -1
-            ready = placeholder.take() if placeholder_mode else None
+            ready = _placeholder().take() if placeholder_mode else None
             if ready is not None:  # started ahead, in its own PID namespace: fork into that
                 first, ready_ns = ready
                 try:
@@ -321,7 +329,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
                 sc.unshare(sc.CLONE_NEWPID)
             try:
                 if placeholder_mode and first is None:
-                    first = placeholder.start()  # (before the step in: it stays in the caller's cgroup)
+                    first = _placeholder().start()  # (before the step in: it stays in the caller's cgroup)
                 if route is not None:
                     try:
                         route.step_in()
@@ -349,14 +357,21 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
             if pipe is not None:
                 pipe.close()
         if first is not None:
-            placeholder.end(first)
-        spare.lend(config.spare, False)
+            _placeholder().end(first)
+        if config.spare is not None:
+            from . import spare
+
+            spare.lend(config.spare, False)
         raise
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
     # The set is the child's now; its network namespace comes back to `proc` (given back in `wait`).
-    netns = spare.lend(config.spare, netns_reuse.reusable(config.privileged, config.caps, config.seccomp,
-                                                          tuple(bind.source for bind in config.rootfs.binds)))
-    config.spare = None
+    netns = None
+    if config.spare is not None:
+        from . import netns_reuse, spare
+
+        netns = spare.lend(config.spare, netns_reuse.reusable(config.privileged, config.caps, config.seccomp,
+                                                              tuple(bind.source for bind in config.rootfs.binds)))
+        config.spare = None
     attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:
         prepare_next(with_placeholder=pid_later is None)  # while the child builds its root: off the next start's path
@@ -404,12 +419,29 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     raise _first_cause(message, attach_error, network_error)
 
 
+# Whether this process (or the one it is a fork of) made anything ahead:
+# until then a container's start needs none of spare.py, netns_reuse.py and
+# placeholder.py, and `hermetic run` does not import them (0.36 ms).
+_made_ahead = False
+
+
+def _placeholder():  # noqa: ANN202 - the module
+    """placeholder.py, imported where a container uses one (a callable's)."""
+    from . import placeholder
+
+    return placeholder
+
+
 def prepare_next(with_placeholder: bool = True) -> None:
     """Make the next container's network, IPC and UTS namespaces (spare.py)
     and (unless another process forks it) its placeholder PID 1 in a new PID
     namespace (placeholder.py) now, while this process would wait anyway:
     the pytest plugin's parent while a test's child builds its root.  Root
     only; a failure just leaves none made."""
+    global _made_ahead
+    from . import placeholder, spare
+
+    _made_ahead = True
     try:
         spare.prepare()
         if with_placeholder:
@@ -420,8 +452,11 @@ def prepare_next(with_placeholder: bool = True) -> None:
 
 def discard_prepared() -> None:
     """Let go of what `prepare_next` made for a container that will not come."""
-    spare.drop()
-    placeholder.discard_ready()
+    if _made_ahead:
+        from . import placeholder, spare
+
+        spare.drop()
+        placeholder.discard_ready()
 
 
 def _first_cause(message: bytes, attach_error: BaseException | None,
