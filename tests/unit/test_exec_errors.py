@@ -5,12 +5,13 @@ import os
 from types import SimpleNamespace
 
 from pytest_hermetic.runtime import init
+from pytest_hermetic.runtime.fork import fork  # (os.fork, without 3.12's warning about a threaded parent: the child execs)
 
 
 def exec_in_child(argv: list[str]) -> tuple[int, str]:
     """Run `init._exec` in a forked child; (its exit code, what it reported)."""
     r, w = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(r)
@@ -42,7 +43,7 @@ def exec_with_path(argv: list[str], path: str | None) -> tuple[int, str]:
     """`init.execvpe` in a forked child, with `path` as PATH (None: no PATH);
     (its exit code, or 90 + errno of what it raised, and its output)."""
     r, w = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(r)
