@@ -276,13 +276,13 @@ class Container:
             fds = [int(name) for name in os.listdir("/proc/self/fd")]
         else:
             fds = list(descriptors.stdio_fds(config.stdio))
-        fds = [fd for fd in fds if fd not in config.keep_fds]
-        if not any(descriptors.needs_relay(fd) for fd in fds):
+        needing = [fd for fd in fds if fd not in config.keep_fds and descriptors.needs_relay(fd)]
+        if not needing:
             self._files = None
             return  # (file_relay's import, with its pump's, is only for those that do)
         from .runtime.file_relay import FileRelay
 
-        self._files = FileRelay.of(fds, pumped)
+        self._files = FileRelay.of(needing, pumped)
         if self._files is not None:
             config.relayed, config.relay_pipes = self._files.child_ends, self._files.pipes()
 
