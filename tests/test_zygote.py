@@ -328,3 +328,48 @@ def test_plain_classes_and_modules_keep_the_zygote(pytester: pytest.Pytester):
     assert zygote["test_1"] == zygote["test_2"] == zygote["test_3"] == zygote["test_4"], zygote
     assert len({zygote["test_4"], zygote["test_5"], zygote["test_6"], zygote["test_7"], zygote["test_8"]}) == 5, zygote
     assert zygote["test_8"] == zygote["test_9"], zygote
+
+
+LATE_FILES = r'''
+import os
+
+held = []
+
+def pytest_runtest_logreport(report):
+    # After the first test (the zygote is forked by then), pytest's process
+    # holds a named file open for writing on every free low number: some are
+    # numbers the zygote gives to the descriptors it hands each child.
+    if report.when == "teardown" and not held:
+        late = os.open(os.path.join(os.environ["LATE_DIR"], "late.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        held.append(late)
+        for fd in range(3, 64):
+            try:
+                os.fstat(fd)
+                continue
+            except OSError:
+                pass
+            try:
+                held.append(os.dup2(late, fd, inheritable=False))
+            except OSError:  # (EBUSY: a number another thread is opening right now)
+                pass
+'''
+
+
+def test_a_file_pytest_opens_after_the_zygotes_fork_is_not_relayed_over_a_childs_descriptor(pytester: pytest.Pytester):
+    """pytest relays its named files open for writing to each child
+    (runtime/file_relay.py: the inner session's output is a file here); one
+    it opened after the zygote's fork is not in the zygote, and the relay's
+    end must not land on the number the zygote gave one of the child's own
+    descriptors (zygote_process.relayed_here; tests/unit/test_zygote_relay.py
+    holds it to each case): else its reports or its word to go can be lost,
+    and the test "ends without reporting".  Here ~35 such numbers reach the
+    children (which of the child's own they hit depends on the layout of
+    pytest's descriptors: in this one, the set-up pipe's), and every test
+    still reports, none writing to the late file."""
+    pytester.makeconftest(LATE_FILES)
+    pytester._monkeypatch.setenv("LATE_DIR", str(pytester.path))
+    pytester.makepyfile(test_late="".join(f"def test_{i}():\n    print('out {i}')\n\n" for i in range(8)))
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           "--hermetic", timeout=120)
+    result.assert_outcomes(passed=8)
+    assert (pytester.path / "late.log").read_text() == ""  # (no child wrote to it: it is not theirs)
