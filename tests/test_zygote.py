@@ -355,20 +355,37 @@ def pytest_runtest_logreport(report):
 '''
 
 
+LATE_TESTS = r'''
+import os
+
+def check(i):
+    print(f"out {i}")
+    held = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # (listdir's own, closed by now)
+            pass
+    assert not [link for link in held.values() if link.endswith("late.log")], held
+
+'''
+
+
 def test_a_file_pytest_opens_after_the_zygotes_fork_is_not_relayed_over_a_childs_descriptor(pytester: pytest.Pytester):
     """pytest relays its named files open for writing to each child
     (runtime/file_relay.py: the inner session's output is a file here); one
-    it opened after the zygote's fork is not in the zygote, and the relay's
-    end must not land on the number the zygote gave one of the child's own
-    descriptors (zygote_process.relayed_here; tests/unit/test_zygote_relay.py
-    holds it to each case): else its reports or its word to go can be lost,
-    and the test "ends without reporting".  Here ~35 such numbers reach the
-    children (which of the child's own they hit depends on the layout of
-    pytest's descriptors: in this one, the set-up pipe's), and every test
-    still reports, none writing to the late file."""
+    it opened after the zygote's fork is not in the zygote, and its number
+    may be one the zygote gave a descriptor of the child's own, which must
+    move out of the way before the relay's end lands there
+    (zygote_process.make_room; tests/unit/test_zygote_relay.py holds it to
+    each case): else its reports or its word to go can be lost, and the
+    test "ends without reporting".  Here ~35 such numbers reach the children
+    (which of the child's own they meet depends on the layout of pytest's
+    descriptors); every test reports, none holds the late file itself (only
+    pipes to pytest's relay), and none writes to it."""
     pytester.makeconftest(LATE_FILES)
     pytester._monkeypatch.setenv("LATE_DIR", str(pytester.path))
-    pytester.makepyfile(test_late="".join(f"def test_{i}():\n    print('out {i}')\n\n" for i in range(8)))
+    pytester.makepyfile(test_late=LATE_TESTS + "".join(f"def test_{i}():\n    check({i})\n\n" for i in range(8)))
     result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
                                            "--hermetic", timeout=120)
     result.assert_outcomes(passed=8)

@@ -252,18 +252,9 @@ class _Fork:
             blob = pickle.dumps(config)
         finally:
             config.meanwhile = meanwhile
-        shape = (len(config.keep_fds), [kind for kind, _ in spare], [(fd, *_identity(fd)) for fd, _ in relayed])
+        shape = (len(config.keep_fds), [kind for kind, _ in spare], [fd for fd, _ in relayed])
         ticket = self.zygote._send(("fork", blob, cgroup_tasks, shape, *self.order), fds)
         return lambda: self.zygote._answer(ticket)
-
-
-def _identity(fd: int) -> tuple[int, int]:
-    """(st_dev, st_ino) of what `fd` is open on here, (-1, -1) if nothing."""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return (-1, -1)
-    return (st.st_dev, st.st_ino)
 
 
 _zygote: Zygote | None = None

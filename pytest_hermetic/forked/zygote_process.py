@@ -7,6 +7,7 @@ does once at its start."""
 from __future__ import annotations
 
 import array
+import fcntl
 import gc
 import os
 import pickle
@@ -153,30 +154,32 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
     return data, list(fds)
 
 
-def relayed_here(files: list[tuple[int, int, int]], ends: list[int]) -> dict[int, int]:
-    """{descriptor: relay pipe's write end} for pytest's named files open
-    for writing (`files`: its numbers, each with (st_dev, st_ino)) that this
-    process holds at the same number; `ends`: their write ends, in order.
+def make_room(fds: list[int], numbers: list[int]) -> list[int]:
+    """`fds` (the order's descriptors, as received here), each that sits on
+    one of `numbers` moved above them all; the list with the new numbers.
 
-    The seal puts each end on its file's number (file_relay.py), which in
-    pytest's fork names the same file.  This process is a fork of pytest
-    made earlier: a file pytest opened since is not here, and its number may
-    be one this process gave to a descriptor of the order (the test's
-    word-to-go pipe, its reports' pipe), which the end put there would
-    replace.  Such a file is not the child's to write: its end is closed,
-    and pytest's relay of it reads nothing."""
-    relayed: dict[int, int] = {}
-    for (fd, dev, ino), end in zip(files, ends):
-        try:
-            st = os.fstat(fd)
-            here = (st.st_dev, st.st_ino) == (dev, ino) and fd not in ends
-        except OSError:
-            here = False
-        if here:
-            relayed[fd] = end
-        else:
-            os.close(end)
-    return relayed
+    The seal puts each relay's end on the number pytest's file has
+    (file_relay.py), as in a fork of pytest made now.  This process is a
+    fork of pytest made earlier: a file pytest opened since is not here, and
+    its number may be one this process gave to a descriptor of the order
+    (the test's word-to-go pipe, its reports' pipe), which the end put
+    there would replace.  So those move first, and every relayed number
+    gets its end, as pytest's own fork would."""
+    taken = set(numbers)
+    if not taken.intersection(fds):
+        return fds
+    above = max(taken) + 1
+    copies: dict[int, int] = {}
+    try:
+        for fd in taken.intersection(fds):
+            copies[fd] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above)  # (received close-on-exec: kept so)
+    except BaseException:
+        for copy in copies.values():  # (all or nothing: the originals stay as they were)
+            os.close(copy)
+        raise
+    for fd in copies:
+        os.close(fd)
+    return [copies.get(fd, fd) for fd in fds]
 
 
 def _child(sock: socket.socket, order: tuple, fds: list[int], items: list, noted: tuple) -> None:
@@ -188,13 +191,14 @@ def _child(sock: socket.socket, order: tuple, fds: list[int], items: list, noted
     from . import start
 
     sock.close()
-    err_w, write_fd, *rest = fds
+    err_w = fds[0]
     try:
-        _, blob, _, (keep, spare_kinds, relayed_files), index, undumpable, env = order
+        _, blob, _, (keep, spare_kinds, relayed_fds), index, undumpable, env = order
+        err_w, write_fd, *rest = make_room(fds, relayed_fds)
         config: ProcessConfig = pickle.loads(blob)
         config.keep_fds = tuple(rest[:keep])
         config.spare = dict(zip(spare_kinds, rest[keep:keep + len(spare_kinds)])) if spare_kinds else None
-        config.relayed = relayed_here(relayed_files, rest[keep + len(spare_kinds):])
+        config.relayed = dict(zip(relayed_fds, rest[keep + len(spare_kinds):]))
         config.relay_pipes = ()  # (pytest's read ends: none here)
         target = start.zygote_target(items[index], write_fd, config.keep_fds, undumpable, env, noted)
     except BaseException as exc:  # noqa: BLE001 - the test's start error, in pytest

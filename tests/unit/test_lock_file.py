@@ -13,7 +13,7 @@ from pytest_hermetic._fs import lock_file
 # The waiter a process of its own (not a fork of this one, which may have
 # threads: a fork would copy their locks, and 3.12+ warns about it).
 WAITER = """
-import fcntl, os, sys, time
+import fcntl, sys, time
 from pytest_hermetic._fs import lock_file
 fd = lock_file(sys.argv[1], fcntl.LOCK_EX)
 print("locked", flush=True)

@@ -1,12 +1,17 @@
-"""The zygote's child puts a relay pipe only on a number where it holds the
-same file as pytest (zygote_process.relayed_here): a file pytest opened
-after the zygote's fork is not there, and its number may be one of the
-descriptors handed to the child (its word-to-go pipe), which the relay's
-end would replace."""
+"""The zygote's child makes room for pytest's relayed files
+(zygote_process.make_room): a file pytest opened after the zygote's fork is
+not in the zygote, and its number may be one the zygote gave to a
+descriptor of the order (the test's word-to-go pipe), which the relay's end
+put on that number (as pytest's own fork would have it) would replace.  So
+such a descriptor moves above every relayed number first."""
 
+import fcntl
 import os
+import resource
 
-from pytest_hermetic.forked.zygote_process import relayed_here
+import pytest
+
+from pytest_hermetic.forked.zygote_process import make_room
 
 
 def identity(fd: int) -> tuple[int, int]:
@@ -22,57 +27,48 @@ def is_open(fd: int) -> bool:
         return False
 
 
-def test_a_file_held_here_at_the_same_number_is_relayed(tmp_path):
-    written = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o644)
+def test_nothing_moves_where_no_relayed_number_is_one_of_them():
     r, w = os.pipe()
     try:
-        assert relayed_here([(written, *identity(written))], [w]) == {written: w}
-        assert is_open(w)
-    finally:
-        for fd in (written, r, w):
-            os.close(fd)
-
-
-def test_another_file_at_that_number_keeps_its_descriptor(tmp_path):
-    """pytest's late file has the number of the child's go pipe here: the
-    pipe stays, the relay's end for the file is closed."""
-    other = os.open(tmp_path / "late", os.O_WRONLY | os.O_CREAT, 0o644)
-    late = identity(other)
-    os.close(other)
-    go_r, go_w = os.pipe()  # (may well take the late file's number)
-    r, w = os.pipe()
-    try:
-        assert relayed_here([(go_r, *late)], [w]) == {}
-        assert not is_open(w)
-        assert is_open(go_r)
-    finally:
-        for fd in (go_r, go_w, r):
-            os.close(fd)
-
-
-def test_a_number_not_open_here_is_left_out(tmp_path):
-    r, w = os.pipe()
-    gone = os.open(tmp_path / "gone", os.O_WRONLY | os.O_CREAT, 0o644)
-    was = identity(gone)
-    os.close(gone)  # (nothing opened after it: the number stays free)
-    try:
-        assert relayed_here([(gone, *was)], [w]) == {}
-        assert not is_open(w) and not is_open(gone)
+        fds = [r, w]
+        assert make_room(fds, [w + 50, w + 51]) is fds
+        assert is_open(r) and is_open(w)
     finally:
         os.close(r)
+        os.close(w)
 
 
-def test_a_number_that_is_one_of_the_ends_is_left_out(tmp_path):
-    """Putting an end there would close another file's end before its turn."""
-    r1, w1 = os.pipe()
-    r2, w2 = os.pipe()
+def test_a_descriptor_on_a_relayed_number_moves_above_them_all_and_stays_what_it_was():
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    other_r, other_w = os.pipe2(os.O_CLOEXEC)
+    was = identity(go_r)
+    numbers = [1, go_r, go_r + 30]
+    moved = make_room([other_r, go_r, other_w], numbers)
     try:
-        # pytest's file A at w2's number (a regular file there, a pipe here), file B at its own
-        written = os.open(tmp_path / "b", os.O_WRONLY | os.O_CREAT, 0o644)
-        relayed = relayed_here([(w2, 1, 1), (written, *identity(written))], [w1, w2])
-        assert relayed == {written: w2}
-        assert not is_open(w1) and is_open(w2)
-        os.close(written)
+        assert moved[0] == other_r and moved[2] == other_w  # (not on a relayed number: left alone)
+        assert moved[1] > max(numbers) and identity(moved[1]) == was
+        assert fcntl.fcntl(moved[1], fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert not is_open(go_r)  # (the number is free for the relay's end)
+        os.write(go_w, b"g")
+        assert os.read(moved[1], 1) == b"g"
     finally:
-        for fd in (r1, r2, w2):
+        for fd in (moved[1], go_w, other_r, other_w):
             os.close(fd)
+
+
+def test_where_one_cannot_move_none_does():
+    a_r, a_w = os.pipe()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(a_r, a_w) + 2, hard))  # no number above max(numbers)+1 left
+        with pytest.raises(OSError):
+            make_room([a_r, a_w], [a_r, a_w, max(a_r, a_w) + 5])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert is_open(a_r) and is_open(a_w)
+        os.write(a_w, b"x")
+        assert os.read(a_r, 1) == b"x"
+    finally:
+        os.close(a_r)
+        os.close(a_w)
