@@ -390,3 +390,42 @@ def test_a_file_pytest_opens_after_the_zygotes_fork_is_not_relayed_over_a_childs
                                            "--hermetic", timeout=120)
     result.assert_outcomes(passed=8)
     assert (pytester.path / "late.log").read_text() == ""  # (no child wrote to it: it is not theirs)
+
+
+IMPORTS_CONFTEST = r'''
+import os, sys
+
+LOG = os.environ["IMPORT_LOG"]  # in the session's base folder: each container's too
+PYTEST_PIDNS = os.readlink("/proc/self/ns/pid")
+
+class _Imports:
+    """Notes each import that a process in a container (a PID namespace
+    not pytest's: a test's child) looks for."""
+
+    def find_spec(self, name, path=None, target=None):
+        if os.readlink("/proc/self/ns/pid") != PYTEST_PIDNS:
+            with open(LOG, "a") as f:
+                f.write(name + "\n")
+        return None
+
+sys.meta_path.insert(0, _Imports())
+'''
+
+
+def test_a_tests_child_imports_nothing(pytester: pytest.Pytester):
+    # What a child needs is in the zygote's memory before it forks: an
+    # import in each child cost each test ~3 ms where pytest's rewritten
+    # byte code of the plugin is not cached (PYTHONDONTWRITEBYTECODE, a
+    # read-only install), ~1 ms where it is.  Plain tests under --hermetic:
+    # the shape in which pytest forked the zygote before it imported what
+    # the children then did (runtime/spare.py).
+    pytester.makeconftest(IMPORTS_CONFTEST)
+    tests = "".join(f"\ndef test_{i}(tmp_path):\n    (tmp_path / 'f').write_text('x')\n    assert {i} < 4\n"
+                    for i in range(6))
+    pytester.makepyfile(test_one=tests, test_two=tests)
+    log = pytester.path / "base" / "imports.log"
+    pytester._monkeypatch.setenv("IMPORT_LOG", str(log))
+    result = pytester.runpytest_subprocess("--hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           f"--basetemp={pytester.path / 'base'}", timeout=120)
+    result.assert_outcomes(passed=8, failed=4)  # (a failure's report is made in the child too)
+    assert not log.exists(), sorted(set(log.read_text().split()))

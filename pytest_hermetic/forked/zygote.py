@@ -227,6 +227,9 @@ class Zygote:
             pass
 
 
+_PER_TEST = ("meanwhile", "cgroup_procs", "spare", "keep_fds", "relayed")  # (not pickled: see _Fork)
+
+
 class _Fork:
     """One test's order to the zygote, as `process.spawn` calls it."""
 
@@ -246,12 +249,18 @@ class _Fork:
         if len(fds) > zygote_process.MAX_FDS:
             raise HermeticError("hermetic: too many descriptors to hand to the zygote")
         # Its own fields are what pytest's side of spawn() uses; the
-        # child gets its descriptors' new numbers instead (`_child`).
-        meanwhile, config.meanwhile = config.meanwhile, None
+        # child gets its descriptors' new numbers instead (`_child`), and
+        # is born in its cgroups.  Without them the configuration of one
+        # test is byte for byte the next one's, which the zygote then
+        # unpickles once for all (zygote_process.Configs).
+        own = {name: getattr(config, name) for name in _PER_TEST}
         try:
+            for name in _PER_TEST:
+                setattr(config, name, None)
             blob = pickle.dumps(config)
         finally:
-            config.meanwhile = meanwhile
+            for name, value in own.items():
+                setattr(config, name, value)
         shape = (len(config.keep_fds), [kind for kind, _ in spare], [fd for fd, _ in relayed])
         ticket = self.zygote._send(("fork", blob, cgroup_tasks, shape, *self.order), fds)
         return lambda: self.zygote._answer(ticket)

@@ -40,6 +40,15 @@ def serve(sock: socket.socket, items: list) -> int:
     from ..runtime.fork import bare_fork, fork
     from . import start
 
+    # What each child imports (init.py: "imported by the parent"), imported
+    # here once: pytest may fork this process before it imports them itself,
+    # and a child's import costs each test a search, a read and a run of the
+    # module (through the overlay root), or a whole compile where no byte
+    # code can be written (pytest rewrites a plugin's modules and caches them
+    # only where it may write: not with PYTHONDONTWRITEBYTECODE, not in a
+    # read-only install): ~3 ms a test measured.
+    from ..runtime import spare  # noqa: F401
+
     os.setpgid(0, 0)  # a terminal's Ctrl-C is pytest's to pass on (to the test), not ours
     # Never scanned by a child's garbage collector, which would otherwise
     # touch (and so copy) most of this memory (as start.start_child does
@@ -51,6 +60,7 @@ def serve(sock: socket.socket, items: list) -> int:
     # it (by pid) when its container ends, and it is reaped here.
     placeholders: set[int] = set()
     noted = start.noted_descriptors()  # (each child holds this process's descriptors)
+    configs = Configs()
     fork_child = bare_fork() or fork  # (one thread, no code of the test's until the child: see bare_fork)
     while True:
         try:
@@ -65,6 +75,7 @@ def serve(sock: socket.socket, items: list) -> int:
             pid = -1
             ready = None
             try:
+                config = configs.get(order[1])
                 route = cgroups.ThreadRoute.for_paths(order[2]) if order[2] else None
                 ready = placeholder.take()
                 if ready is None:
@@ -86,7 +97,7 @@ def serve(sock: socket.socket, items: list) -> int:
                 if pid == 0:
                     os.close(own_pidns)  # (the host's: sealed anyway, but nothing of ours stays)
                     os.close(ready[1])
-                    _child(sock, order, fds, items, noted)
+                    _child(sock, order, config, fds, items, noted)
                 reply = ("pid", (pid, ready[0]))
             except Exception as exc:  # noqa: BLE001 - pytest raises it as the test's start error
                 reply = ("error", f"{type(exc).__name__}: {exc}")
@@ -182,7 +193,29 @@ def make_room(fds: list[int], numbers: list[int]) -> list[int]:
     return [copies.get(fd, fd) for fd in fds]
 
 
-def _child(sock: socket.socket, order: tuple, fds: list[int], items: list, noted: tuple) -> None:
+class Configs:
+    """The tests' configurations, unpickled here once: a session's tests
+    mostly share one (pytest leaves out what is each test's own, see
+    zygote._Fork), and a child that finds its configuration unpickled
+    ahead in the memory it shares with this process skips the
+    unpickling's new objects and first touches (~0.25 ms of CPU a test
+    here, 3 sessions each way).  Each child fills in its own fields in
+    its own copy; this one is never written here after it is made."""
+
+    def __init__(self) -> None:
+        self._blob = b""
+        self._config: ProcessConfig | None = None
+
+    def get(self, blob: bytes) -> ProcessConfig:
+        if self._config is None or blob != self._blob:
+            self._config = None  # (a bad blob raises with nothing kept)
+            self._config = pickle.loads(blob)
+            self._blob = blob
+        return self._config
+
+
+def _child(sock: socket.socket, order: tuple, config: ProcessConfig, fds: list[int], items: list,
+           noted: tuple) -> None:
     """In the zygote's child: the container's PID 2, as `process.spawn`'s
     own fork would be (`init.worker_main`), with pytest's config and
     descriptors under this process's numbers; `noted`: the zygote's
@@ -193,9 +226,10 @@ def _child(sock: socket.socket, order: tuple, fds: list[int], items: list, noted
     sock.close()
     err_w = fds[0]
     try:
-        _, blob, _, (keep, spare_kinds, relayed_fds), index, undumpable, env = order
+        _, _, cgroup_procs, (keep, spare_kinds, relayed_fds), index, undumpable, env = order
         err_w, write_fd, *rest = make_room(fds, relayed_fds)
-        config: ProcessConfig = pickle.loads(blob)
+        config.cgroup_procs = cgroup_procs
+        config.meanwhile = None
         config.keep_fds = tuple(rest[:keep])
         config.spare = dict(zip(spare_kinds, rest[keep:keep + len(spare_kinds)])) if spare_kinds else None
         config.relayed = dict(zip(relayed_fds, rest[keep + len(spare_kinds):]))
