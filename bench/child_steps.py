@@ -32,9 +32,18 @@ import tempfile
 DRIVER = r'''
 import functools, json, os, resource, sys, time
 log = os.open(sys.argv.pop(1), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-from pytest_hermetic.runtime import capabilities, descriptors, init, process, rootfs, seccomp, spare
+from pytest_hermetic.runtime import capabilities, descriptors, init, network, process, rootfs, seccomp, spare
+from pytest_hermetic.runtime import syscalls
 from pytest_hermetic.runtime.rootfs import volumes
 totals = {}
+owner = [os.getpid()]
+def mine():
+    """This process's totals: a fork starts with none (the zygote's
+    children inherit what pytest counted before the zygote's fork)."""
+    if owner[0] != os.getpid():
+        owner[0] = os.getpid()
+        totals.clear()
+    return totals
 def marks():
     return time.clock_gettime_ns(time.CLOCK_THREAD_CPUTIME_ID), time.perf_counter_ns(), resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
 def wrap(module, name, label):
@@ -48,17 +57,20 @@ def wrap(module, name, label):
             return function(*args, **kwargs)
         finally:
             after = marks()
-            sums = totals.setdefault(label, [0, 0, 0])
+            sums = mine().setdefault(label, [0, 0, 0])
             for i in range(3):
                 sums[i] += after[i] - before[i]
     setattr(module, name, counted)
 STEPS = [(init, "_enter_container", "enter the container (all below but drop, seccomp, seal)"),
          (spare, "enter", "  namespaces made ahead: setns"),
+         (syscalls, "unshare", "  unshare (mount; cgroup)"),
          (rootfs, "setup", "  root file system (all below)"),
          (rootfs, "write_init_layer", "    init layer"),
          (rootfs, "mount_overlay", "    overlay root"),
          (rootfs, "mount_proc", "    /proc"), (rootfs, "mount_dev", "    /dev"), (rootfs, "mount_sys", "    /sys"),
          (rootfs, "mount_volumes", "    volumes"), (rootfs, "mask_paths", "    masks"), (rootfs, "_pivot", "    pivot_root"),
+         (descriptors, "finish", "  descriptors' finish"), (network, "configure", "  network"),
+         (rootfs, "mount_cgroup2", "  /sys/fs/cgroup"),
          (init, "own_session", "session, keyring"), (init, "_drop_privileges", "user, capabilities"),
          (seccomp, "install", "seccomp filter"), (descriptors, "seal", "descriptors sealed")]
 for module, name, label in STEPS:
@@ -68,13 +80,13 @@ def counted_fork():
     pid = fork()
     if pid == 0:
         clock, _, faults = marks()
-        totals["from the fork to the engine's child code"] = [clock, 0, faults]
+        mine()["from the fork to the engine's child code"] = [clock, 0, faults]
     return pid
 process.fork = counted_fork
 call = init._call
 def counted_call(target):
     clock, _, faults = marks()
-    totals["the child, from the fork to the test (total)"] = [clock, 0, faults]
+    mine()["the child, from the fork to the test (total)"] = [clock, 0, faults]
     os.write(log, (json.dumps(totals) + "\n").encode())
     return call(target)
 init._call = counted_call
