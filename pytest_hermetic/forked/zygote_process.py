@@ -40,15 +40,6 @@ def serve(sock: socket.socket, items: list) -> int:
     from ..runtime.fork import bare_fork, fork
     from . import start
 
-    # What each child imports (init.py: "imported by the parent"), imported
-    # here once: pytest may fork this process before it imports them itself,
-    # and a child's import costs each test a search, a read and a run of the
-    # module (through the overlay root), or a whole compile where no byte
-    # code can be written (pytest rewrites a plugin's modules and caches them
-    # only where it may write: not with PYTHONDONTWRITEBYTECODE, not in a
-    # read-only install): ~3 ms a test measured.
-    from ..runtime import spare  # noqa: F401
-
     os.setpgid(0, 0)  # a terminal's Ctrl-C is pytest's to pass on (to the test), not ours
     # Never scanned by a child's garbage collector, which would otherwise
     # touch (and so copy) most of this memory (as start.start_child does
@@ -229,7 +220,6 @@ def _child(sock: socket.socket, order: tuple, config: ProcessConfig, fds: list[i
         _, _, cgroup_procs, (keep, spare_kinds, relayed_fds), index, undumpable, env = order
         err_w, write_fd, *rest = make_room(fds, relayed_fds)
         config.cgroup_procs = cgroup_procs
-        config.meanwhile = None
         config.keep_fds = tuple(rest[:keep])
         config.spare = dict(zip(spare_kinds, rest[keep:keep + len(spare_kinds)])) if spare_kinds else None
         config.relayed = dict(zip(relayed_fds, rest[keep + len(spare_kinds):]))

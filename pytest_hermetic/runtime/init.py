@@ -101,7 +101,7 @@ def _enter_container(config: ProcessConfig, joined: channel.Channel | None, in_n
     if in_namespaces:
         network.loopback_up()
     elif config.spare is not None:  # made ahead by the parent, `lo` up
-        from . import spare  # (imported by the parent, which made them)
+        from . import spare  # (imported before the fork: prepare_callable, or the parent made them)
 
         spare.enter(config.spare)
         sc.unshare(sc.CLONE_NEWNS)
@@ -380,10 +380,19 @@ def foreground() -> None:
 
 
 def prepare_callable() -> None:
-    """In the parent, before it forks a callable: what `_call` imports in the
-    child, where the root may be an image without this Python's library.
-    (Not at module level: 1.7 ms of imports a `hermetic run` need not pay.)"""
+    """In the parent, before it forks a callable: what the child imports
+    (`_call`'s traceback, `_enter_container`'s spare), where the root may be
+    an image without this Python's library, and where each child's import
+    would cost each test a search, a read and a run of the module, or a
+    whole compile where pytest cannot cache its rewritten byte code of the
+    plugin (PYTHONDONTWRITEBYTECODE, a read-only install: ~3 ms a test).
+    The zygote calls it before its fork, which may come before pytest's
+    first import of these (tests/test_zygote.py checks a child imports
+    nothing).  (Not at module level: 1.7 ms of imports a `hermetic run`
+    need not pay.)"""
     import traceback  # noqa: F401
+
+    from . import spare  # noqa: F401
 
 
 def _call(target: Callable[[], int | None]) -> int:
