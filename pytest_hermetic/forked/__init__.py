@@ -22,7 +22,8 @@ ones removed), `wire` (the messages between them), `coverage_relay` (coverage me
 `loopback_relay` (the parent's listening sockets, reachable in the child),
 `event_loops` (private copies of the parent's epoll instances and socket
 pairs, so a wider fixture's event loop runs in the child), `start` (the
-child started: its pipes and target), `services` (pytest's side of the
+child started: its pipes and target), `interrupt` (a Ctrl-C of pytest's,
+deferred while it runs a test, passed on, raised after), `services` (pytest's side of the
 child's `containers` calls and loopback relay), `zygote` (a fork of the parent that
 forks the children in its place, so the parent pays no fork and no copied
 page per test).

@@ -17,7 +17,7 @@ import pytest
 from .. import _pytest_compat as compat
 from .. import fixtures
 from ..runtime import syscalls as sc
-from . import coverage_relay, event_loops, loopback_relay
+from . import coverage_relay, event_loops, interrupt, loopback_relay
 from .wire import Channel, read_frame
 
 FORWARDER_NAME = "hermetic-forwarder"
@@ -109,6 +109,7 @@ def child_main(item: pytest.Item, write_fd: int, reply_fd: int, listeners: list 
     # is no more than the user may do anyway.
     if undumpable:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    interrupt.restore_default()  # (pytest's fork: forked where pytest defers a Ctrl-C)
     config = item.config
     channel = Channel(write_fd)
     if loops:

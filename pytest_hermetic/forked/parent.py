@@ -13,6 +13,7 @@ import os
 import pickle
 import select
 import signal
+import time
 import warnings
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from ..errors import HermeticError
 from ..fixtures import TestNetworks
 from ..images.store import Store
 from ..spec import Spec, format_size
-from . import coverage_relay, huge_pages, per_test, zygote
+from . import coverage_relay, huge_pages, interrupt, per_test, zygote
 
 from .child import install_forwarder
 from .services import Services
@@ -110,7 +111,7 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     if exit_event is not None:
         if exit_event[0] == "interrupt":
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(exit_event[1]) if exit_event[1:] and exit_event[1] else KeyboardInterrupt
         pytest.exit(exit_event[1], returncode=exit_event[2])
 
 
@@ -121,12 +122,13 @@ def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     teardown report, logged after the parent's own teardown, taken out),
     the exit or interrupt it asked for, and that teardown report."""
     started = True
-    try:
-        events, result = _run_child(item, nextitem, spec, next_spec, ahead_ok, spec_ahead)
-    except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
-        events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
-                                                       "failed", f"hermetic: {exc}", "setup", []))], None
-        started = False
+    with interrupt.deferred() as ctrl_c:  # (a Ctrl-C meanwhile is raised below, see interrupt.py)
+        try:
+            events, result = _run_child(item, nextitem, spec, next_spec, ahead_ok, spec_ahead, ctrl_c)
+        except HermeticError as exc:  # the container could not start (no such image or user): this test's error only
+            events, result = [("report", pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords},
+                                                           "failed", f"hermetic: {exc}", "setup", []))], None
+            started = False
     refused = [e[1] for e in events if e[0] == "refused"]
     if refused:
         # Not the child's doing (it sends plain data): a process of the
@@ -136,6 +138,15 @@ def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
         keywords: dict[str, Literal[1]] = {k: 1 for k in item.keywords}
         events = [("report", pytest.TestReport(item.nodeid, item.location, keywords, "failed", message, "setup", [])),
                   ("report", pytest.TestReport(item.nodeid, item.location, keywords, "passed", None, "teardown", []))]
+    if ctrl_c is not None and ctrl_c.count:
+        # As in place: what the test reported is logged, the phase it was
+        # stopped in has no report, and the session ends interrupted.
+        if not started:
+            events = []
+        said = (f"hermetic: {item.nodeid} had not stopped {interrupt.GRACE:g} s after Ctrl-C: killed (a second "
+                "Ctrl-C kills at once)") if ctrl_c.killed else ""
+        events = [e for e in events if e[0] not in ("exit", "interrupt")] + [("interrupt", said)]
+        started = False  # (no crash report: it stopped for the Ctrl-C)
     reports = [e[1] for e in events if e[0] == "report"]
     exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
     if started and exit_event is None and not any(r.when == "teardown" for r in reports if not compat.is_subreport(r)):
@@ -178,7 +189,8 @@ def _setup_wide_scopes(item: pytest.Item) -> None:
 
 
 def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
-               next_spec: Spec | None = None, ahead_ok: bool = False, spec_ahead: Any = None) -> tuple[list[tuple], Any]:
+               next_spec: Spec | None = None, ahead_ok: bool = False, spec_ahead: Any = None,
+               ctrl_c: interrupt.Deferred | None = None) -> tuple[list[tuple], Any]:
     install_forwarder(item.config)
     per_test.note_order(item, nextitem)
     scope = _network_scope(spec)
@@ -236,7 +248,7 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
             remove_earlier()
         per_test.hold_namespace(container, forking.close if forking is not None else os.close)
         assert container.process is not None
-        data, complete = _drain(read_fd, container, services, reply_w)
+        data, complete = _drain(read_fd, container, services, reply_w, ctrl_c)
         if complete:
             container.flush_files()  # the test's lines in pytest's output file before pytest's own
             # Every report is home: the exit of the child (tearing down a
@@ -295,30 +307,42 @@ def _network_scope(spec: Spec) -> Any:
     return TestNetworks()  # a module's or the session's network of that name, else the test's own
 
 
-def _drain(read_fd: int, container: Container, services: Services, reply_fd: int) -> tuple[bytes, bool]:
+def _drain(read_fd: int, container: Container, services: Services, reply_fd: int,
+           ctrl_c: interrupt.Deferred | None = None) -> tuple[bytes, bool]:
     """Read the child's messages while it runs (a full pipe would stall it),
-    answer its `containers` calls as they come, and enforce the spec's
-    timeout through `Container.wait`.  Returns the bytes and whether the
-    child said it was done (its last message)."""
+    answer its `containers` calls as they come, enforce the spec's timeout
+    through `Container.wait`, and pass a Ctrl-C of pytest's on (`ctrl_c`,
+    see interrupt.py).  Returns the bytes and whether the child said it
+    was done (its last message)."""
     chunks: list[bytes] = []
     sent = 0
     pending = b""  # bytes not yet split into messages, for the calls
     assert container.process is not None
     file_pipes = container.file_pipes()  # what the test writes to pytest's own files (file_relay)
-    open_fds = [read_fd, container.process.fileno(), *file_pipes]
-    interrupted = False
+    try:
+        ended = [container.process.fileno()]
+    except ProcessLookupError:  # reaped already: where its zygote died, taking its children along
+        ended = []
+    open_fds = [read_fd, *ended, *file_pipes, *([ctrl_c.fd] if ctrl_c is not None else [])]
+    kill_at = None  # when a test that got its Ctrl-C is killed if it has not ended
     while True:
-        try:
-            ready, _, _ = select.select(open_fds, [], [], 0.5)
-        except KeyboardInterrupt:
-            # The container has a session of its own, so a terminal's Ctrl-C
-            # reaches pytest only: pass it on, so the test stops where it
-            # is and says so; a second one stops waiting.
-            if interrupted:
-                raise
-            interrupted = True
-            container.kill(signal.SIGINT)
-            continue
+        ready, _, _ = select.select(open_fds, [], [], 0.5 if ended else 0)
+        if ctrl_c is not None and ctrl_c.fd in ready:
+            before = ctrl_c.handled
+            if ctrl_c.take_new():
+                if before == 0:
+                    # The terminal's Ctrl-C reaches pytest only (the container
+                    # has a session of its own): the test's own, where it is.
+                    container.kill(signal.SIGINT)
+                    kill_at = time.monotonic() + interrupt.GRACE
+                if ctrl_c.handled > 1:  # a second one: no more waiting
+                    container.kill()
+                    kill_at = None
+        if kill_at is not None and time.monotonic() >= kill_at:
+            assert ctrl_c is not None
+            ctrl_c.killed = True
+            container.kill()
+            kill_at = None
         for pipe in file_pipes:
             if pipe in ready and not container.copy_file(pipe):
                 open_fds.remove(pipe)
@@ -340,7 +364,7 @@ def _drain(read_fd: int, container: Container, services: Services, reply_fd: int
                         return data, True
                 continue
             open_fds.remove(read_fd)
-        if container.wait(timeout=0) is not None:
+        if not ended or container.wait(timeout=0) is not None:
             while sent <= MAX_SENT:  # whatever is left in the pipe
                 chunk = os.read(read_fd, 1 << 16) if read_fd in open_fds else b""
                 if not chunk:

@@ -109,7 +109,9 @@ class Zygote:
             else:
                 self._sock.send(data)
         except BaseException as exc:
-            self._end()
+            self._end()  # (whether it was sent is not known: its answer would come to the next question)
+            if not isinstance(exc, OSError):
+                raise
             raise HermeticError(f"{_GONE}: {exc}") from None
         if answered:
             self._sent += 1
@@ -132,18 +134,18 @@ class Zygote:
                 return False
             try:
                 reply = self._sock.recv(1 << 16, 0 if wait else socket.MSG_DONTWAIT)
+                if reply:
+                    self._answers[self._read + 1] = pickle.loads(reply)  # (this process's fork: not a container's bytes)
+                    self._read += 1
             except BlockingIOError:
                 return False
             except BaseException as exc:
-                self._end()  # (a Ctrl-C here: its answer would come to the next question)
+                self._end()  # (an answer read but not kept would come to the next question)
                 if wait or not isinstance(exc, OSError):
                     raise
                 return False
             if not reply:
                 self._end()
-                continue
-            self._read += 1
-            self._answers[self._read] = pickle.loads(reply)  # (this process's fork: not a container's bytes)
         return True
 
     def _end(self) -> None:

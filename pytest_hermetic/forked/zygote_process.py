@@ -38,9 +38,10 @@ def serve(sock: socket.socket, items: list) -> int:
     """Fork and reap as pytest says, until it says stop (or goes)."""
     from ..runtime import cgroups, placeholder
     from ..runtime.fork import bare_fork, fork
-    from . import start
+    from . import interrupt, start
 
     os.setpgid(0, 0)  # a terminal's Ctrl-C is pytest's to pass on (to the test), not ours
+    interrupt.restore_default()  # (forked where pytest defers it) its children's as in place
     # Never scanned by a child's garbage collector, which would otherwise
     # touch (and so copy) most of this memory (as start.start_child does
     # around pytest's own forks).

@@ -215,7 +215,12 @@ def test_ctrl_c_of_pytest_still_stops_a_hermetic_test(tmp_path):
             seen += line
         start = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)  # pytest's faulthandler dumps where each thread is
+            out, _ = proc.communicate(timeout=10)
+            raise AssertionError(f"pytest did not end 20 s after Ctrl-C; its stacks:\n{out}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,190 @@
+"""Ctrl-C of a pytest session that runs hermetic tests (forked/interrupt.py):
+whenever it comes, the session ends interrupted (exit status 2, pytest's
+KeyboardInterrupt summary), promptly, with no test's error made of it and
+nothing left running.  Each session here is a real pytest in a session of
+its own, sent SIGINT the way a terminal sends it (to its process group)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+MANY = """
+import time, pytest
+from pytest_hermetic import hermetic
+
+@hermetic
+@pytest.mark.parametrize("i", range(2000))
+def test_quick(i):
+    print("RUNNING", i, flush=True)
+    time.sleep(0.002)
+"""
+
+IGNORES = """
+import signal, time
+from pytest_hermetic import hermetic
+
+@hermetic
+def test_ignores_ctrl_c():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("RUNNING", flush=True)
+    time.sleep(60)
+
+@hermetic
+def test_never_reached():
+    pass
+"""
+
+# Ctrl-C at the moments it used to land badly: just after pytest's socket
+# to the zygote sent an order or received an answer, before pytest noted it.
+AT_THE_ZYGOTE = """
+import os, signal
+from pytest_hermetic.forked import zygote
+
+class Socket:
+    def __init__(self, sock):
+        self.sock, self.calls = sock, 0
+
+    def __getattr__(self, name):
+        real = getattr(self.sock, name)
+        if name != os.environ["CTRL_C_IN"]:
+            return real
+
+        def call(*args, **kwargs):
+            result = real(*args, **kwargs)
+            self.calls += 1
+            if self.calls == int(os.environ["CTRL_C_AT"]):
+                os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C as it returns
+            return result
+        return call
+
+original = zygote.Zygote.__init__
+
+def __init__(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    self._sock = Socket(self._sock)
+
+zygote.Zygote.__init__ = __init__
+"""
+
+
+def _session(tmp_path, source: str, conftest: str = "", env: dict[str, str] | None = None) -> subprocess.Popen:
+    (tmp_path / "test_inner.py").write_text(source)
+    if conftest:
+        (tmp_path / "conftest.py").write_text(conftest)
+    full_env = {**{k: v for k, v in os.environ.items() if k.startswith("HERMETIC_")}, "PATH": os.environ["PATH"],
+                "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-s",
+                             "--basetemp", str(tmp_path / "basetemp"), "test_inner.py"],
+                            cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, marker: str) -> str:
+    seen = ""
+    while marker not in seen:
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    return seen
+
+
+def _end(proc: subprocess.Popen, limit: float) -> tuple[str, float]:
+    """The rest of the session's output, and how long it took to end; on
+    a hang, where each thread of pytest was (faulthandler, on SIGABRT)."""
+    start = time.monotonic()
+    try:
+        out, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGABRT)  # pytest's faulthandler dumps every thread's stack
+        try:
+            out, _ = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        pytest.fail(f"pytest did not end {limit} s after Ctrl-C; its stacks:\n{out}")
+    return out, time.monotonic() - start
+
+
+def _interrupted(proc: subprocess.Popen, out: str) -> None:
+    assert proc.returncode == 2, out
+    assert "KeyboardInterrupt" in out, out
+    for wrong in ("INTERNALERROR", "is gone", "without reporting", " error", " failed"):
+        assert wrong not in out, out
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.003, 0.011, 0.029, 0.07, 0.13, 0.31])
+def test_ctrl_c_at_any_moment_interrupts_the_session(tmp_path, delay):
+    """At whatever line pytest is (a test starting, its reports coming
+    home, the next one forked ahead), the session ends interrupted."""
+    proc = _session(tmp_path, MANY)
+    try:
+        _wait_for(proc, "RUNNING 5")
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, took = _end(proc, 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _interrupted(proc, out)
+    assert took < 5, out
+    assert "RUNNING 1999" not in out
+
+
+@pytest.mark.parametrize("where, at", [("recv", 1), ("recv", 2), ("recv", 5), ("sendmsg", 1), ("sendmsg", 2),
+                                       ("sendmsg", 5), ("send", 1), ("send", 3)])
+def test_ctrl_c_beside_the_zygote_interrupts_the_session(tmp_path, where, at):
+    """A Ctrl-C that comes while pytest talks with the zygote (an order
+    sent, its answer read): not the test's "zygote is gone" error while the
+    session goes on, as it was, but an interrupted session."""
+    proc = _session(tmp_path, MANY, AT_THE_ZYGOTE, {"CTRL_C_IN": where, "CTRL_C_AT": str(at)})
+    try:
+        out, _ = _end(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _interrupted(proc, out)
+    assert "RUNNING 100" not in out
+
+
+def test_a_test_that_ignores_ctrl_c_is_killed_after_the_grace(tmp_path):
+    from pytest_hermetic.forked.interrupt import GRACE
+
+    proc = _session(tmp_path, IGNORES)
+    try:
+        _wait_for(proc, "RUNNING")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, took = _end(proc, GRACE + 15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _interrupted(proc, out)
+    assert GRACE - 0.5 < took < GRACE + 5, out
+    assert f"test_inner.py::test_ignores_ctrl_c had not stopped {GRACE:g} s after Ctrl-C: killed" in out, out
+
+
+def test_a_second_ctrl_c_kills_at_once(tmp_path):
+    proc = _session(tmp_path, IGNORES)
+    try:
+        _wait_for(proc, "RUNNING")
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, took = _end(proc, 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _interrupted(proc, out)
+    assert took < 3, out
+    assert "had not stopped" not in out, out
