@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 from conftest import ROOT
@@ -74,16 +76,26 @@ zygote.Zygote.__init__ = __init__
 """
 
 
-def _session(tmp_path, source: str, conftest: str = "", env: dict[str, str] | None = None) -> subprocess.Popen:
+@contextmanager
+def _session(tmp_path, source: str, conftest: str = "",
+             env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A pytest session of `source` (and `conftest`), in a session of its
+    own, killed at the end if still running."""
     (tmp_path / "test_inner.py").write_text(source)
     if conftest:
         (tmp_path / "conftest.py").write_text(conftest)
     full_env = {**{k: v for k, v in os.environ.items() if k.startswith("HERMETIC_")}, "PATH": os.environ["PATH"],
                 "PYTHONPATH": ROOT, **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-s",
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-s",
                              "--basetemp", str(tmp_path / "basetemp"), "test_inner.py"],
                             cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_for(proc: subprocess.Popen, marker: str) -> str:
@@ -103,12 +115,7 @@ def _end(proc: subprocess.Popen, limit: float) -> tuple[str, float]:
         out, _ = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGABRT)  # pytest's faulthandler dumps every thread's stack
-        try:
-            out, _ = proc.communicate(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        out, _ = proc.communicate(timeout=10)
         pytest.fail(f"pytest did not end {limit} s after Ctrl-C; its stacks:\n{out}")
     return out, time.monotonic() - start
 
@@ -124,16 +131,11 @@ def _interrupted(proc: subprocess.Popen, out: str) -> None:
 def test_ctrl_c_at_any_moment_interrupts_the_session(tmp_path, delay):
     """At whatever line pytest is (a test starting, its reports coming
     home, the next one forked ahead), the session ends interrupted."""
-    proc = _session(tmp_path, MANY)
-    try:
+    with _session(tmp_path, MANY) as proc:
         _wait_for(proc, "RUNNING 5")
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGINT)
         out, took = _end(proc, 20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     _interrupted(proc, out)
     assert took < 5, out
     assert "RUNNING 1999" not in out
@@ -145,13 +147,8 @@ def test_ctrl_c_beside_the_zygote_interrupts_the_session(tmp_path, where, at):
     """A Ctrl-C that comes while pytest talks with the zygote (an order
     sent, its answer read): not the test's "zygote is gone" error while the
     session goes on, as it was, but an interrupted session."""
-    proc = _session(tmp_path, MANY, AT_THE_ZYGOTE, {"CTRL_C_IN": where, "CTRL_C_AT": str(at)})
-    try:
+    with _session(tmp_path, MANY, AT_THE_ZYGOTE, {"CTRL_C_IN": where, "CTRL_C_AT": str(at)}) as proc:
         out, _ = _end(proc, 60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     _interrupted(proc, out)
     assert "RUNNING 100" not in out
 
@@ -159,32 +156,22 @@ def test_ctrl_c_beside_the_zygote_interrupts_the_session(tmp_path, where, at):
 def test_a_test_that_ignores_ctrl_c_is_killed_after_the_grace(tmp_path):
     from pytest_hermetic.forked.interrupt import GRACE
 
-    proc = _session(tmp_path, IGNORES)
-    try:
+    with _session(tmp_path, IGNORES) as proc:
         _wait_for(proc, "RUNNING")
         os.killpg(proc.pid, signal.SIGINT)
         out, took = _end(proc, GRACE + 15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     _interrupted(proc, out)
     assert GRACE - 0.5 < took < GRACE + 5, out
     assert f"test_inner.py::test_ignores_ctrl_c had not stopped {GRACE:g} s after Ctrl-C: killed" in out, out
 
 
 def test_a_second_ctrl_c_kills_at_once(tmp_path):
-    proc = _session(tmp_path, IGNORES)
-    try:
+    with _session(tmp_path, IGNORES) as proc:
         _wait_for(proc, "RUNNING")
         os.killpg(proc.pid, signal.SIGINT)
         time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)
         out, took = _end(proc, 20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     _interrupted(proc, out)
     assert took < 3, out
     assert "had not stopped" not in out, out
