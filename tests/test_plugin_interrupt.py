@@ -43,6 +43,16 @@ def test_never_reached():
     pass
 """
 
+WAITS_FOR_A_SERVICE = """
+from pytest_hermetic import hermetic
+
+@hermetic
+def test_waits(containers):
+    svc = containers.run("host", ["sleep", "60"])
+    print("RUNNING", flush=True)
+    svc.wait_for_log("never said", timeout=60)
+"""
+
 # Ctrl-C at the moments it used to land badly: just after pytest's socket
 # to the zygote sent an order or received an answer, before pytest noted it.
 AT_THE_ZYGOTE = """
@@ -175,3 +185,16 @@ def test_a_second_ctrl_c_kills_at_once(tmp_path):
     _interrupted(proc, out)
     assert took < 3, out
     assert "had not stopped" not in out, out
+
+
+def test_ctrl_c_stops_pytest_waiting_for_a_service_on_the_tests_behalf(tmp_path):
+    """pytest's own long work for the test (here a `containers` call's
+    wait) is not deferred: it stops at once, and the test with it."""
+    with _session(tmp_path, WAITS_FOR_A_SERVICE) as proc:
+        _wait_for(proc, "RUNNING")
+        time.sleep(0.3)  # (into the wait)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, took = _end(proc, 20)
+    assert proc.returncode == 2 and "KeyboardInterrupt" in out, out
+    assert took < 5, out
+

@@ -11,6 +11,8 @@ passes the first one on to the test as its own Ctrl-C (as in place, the
 test sees KeyboardInterrupt where it is), kills the container at the
 second or when the test has not ended `GRACE` seconds after the first,
 and pytest raises KeyboardInterrupt once the test's reports are in.
+(`allowed()` lets it raise at once again where pytest works at length
+for the test: its `containers` calls.)
 
 Only over pytest's default handler (a plugin's own, or an ignored SIGINT,
 stays as it is), and only in the main thread, where signal handlers run.
@@ -106,3 +108,19 @@ def restore_default() -> None:
     handler back, so code that checks for it (asyncio's Runner) finds it."""
     if signal.getsignal(signal.SIGINT) is _on_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextmanager
+def allowed() -> Iterator[None]:
+    """Inside `deferred()`, a Ctrl-C raises again: for pytest's own long
+    work on the test's behalf that leaves nothing half done (a service
+    container started, pulled or waited for at the test's `containers`
+    call), which would otherwise keep the Ctrl-C from being passed on."""
+    if _owner != os.getpid():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, _on_sigint)

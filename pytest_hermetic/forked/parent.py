@@ -386,7 +386,8 @@ def _answer_calls(data: bytes, services: Services, reply_fd: int) -> bytes:
                 if CALL_MARK in body[:32]:  # a caller waits for an answer
                     write_frame(reply_fd, pickle.dumps((False, RuntimeError(f"hermetic: pytest refused the call: {exc}"))))
             if kind == "call":
-                services.answer(payload, reply_fd)
+                with interrupt.allowed():  # (a pull, a service's start or wait: Ctrl-C stops it, see interrupt.py)
+                    services.answer(payload, reply_fd)
             elif kind == "relay":
                 services.start_relay(payload)
     return data[rest:]
