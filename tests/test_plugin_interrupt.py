@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -195,6 +196,35 @@ def test_ctrl_c_stops_pytest_waiting_for_a_service_on_the_tests_behalf(tmp_path)
         time.sleep(0.3)  # (into the wait)
         os.killpg(proc.pid, signal.SIGINT)
         out, took = _end(proc, 20)
+    assert proc.returncode == 2 and "KeyboardInterrupt" in out, out
+    assert took < 5, out
+
+
+def test_ctrl_c_stops_the_pull_of_the_tests_image(tmp_path):
+    """The image's pull (here from a registry that accepts and never
+    answers) stops at once, as without isolation."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    try:
+        source = f"""
+from pytest_hermetic import hermetic
+
+@hermetic(image="127.0.0.1:{server.getsockname()[1]}/app:1")
+def test_in_a_pulled_image():
+    pass
+"""
+        env = {"HERMETIC_OFFLINE": "", "HERMETIC_REGISTRY_TIMEOUT": "60", "HERMETIC_STORE": str(tmp_path / "store")}
+        with _session(tmp_path, source, env=env) as proc:
+            server.settimeout(30)
+            conn, _ = server.accept()  # the pull has begun
+
+            time.sleep(0.3)
+            os.killpg(proc.pid, signal.SIGINT)
+            out, took = _end(proc, 20)
+            conn.close()
+    finally:
+        server.close()
     assert proc.returncode == 2 and "KeyboardInterrupt" in out, out
     assert took < 5, out
 

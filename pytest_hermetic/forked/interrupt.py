@@ -12,7 +12,7 @@ test sees KeyboardInterrupt where it is), kills the container at the
 second or when the test has not ended `GRACE` seconds after the first,
 and pytest raises KeyboardInterrupt once the test's reports are in.
 (`allowed()` lets it raise at once again where pytest works at length
-for the test: its `containers` calls.)
+for the test: the image's pull or build, its `containers` calls.)
 
 Only over pytest's default handler (a plugin's own, or an ignored SIGINT,
 stays as it is), and only in the main thread, where signal handlers run.
@@ -113,9 +113,10 @@ def restore_default() -> None:
 @contextmanager
 def allowed() -> Iterator[None]:
     """Inside `deferred()`, a Ctrl-C raises again: for pytest's own long
-    work on the test's behalf that leaves nothing half done (a service
-    container started, pulled or waited for at the test's `containers`
-    call), which would otherwise keep the Ctrl-C from being passed on."""
+    work on the test's behalf that leaves nothing half done (the test's
+    image pulled or built; a service container started, pulled or waited
+    for at the test's `containers` call), which would otherwise hold the
+    Ctrl-C back until it ends."""
     if _owner != os.getpid():
         yield
         return

@@ -196,8 +196,9 @@ def _run_child(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     scope = _network_scope(spec)
     try:
         store = Store()
-        image = image_for(spec, store)  # resolved once, here, for the bindings and the container
-        spec = per_test.container_spec(item.config, spec, store, image)
+        with interrupt.allowed():  # (a pull or a build: Ctrl-C stops it at once, see interrupt.py)
+            image = image_for(spec, store)  # resolved once, here, for the bindings and the container
+            spec = per_test.container_spec(item.config, spec, store, image)
         ahead = per_test.take_ahead(item, spec)
         container = ahead.container if ahead is not None else per_test.take_next(spec) or Container(
             spec, store=store, image=image, network=scope.get(spec.net) if isinstance(spec.net, str) else None)
