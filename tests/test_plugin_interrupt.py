@@ -88,8 +88,8 @@ zygote.Zygote.__init__ = __init__
 
 
 @contextmanager
-def _session(tmp_path, source: str, conftest: str = "",
-             env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def _session(tmp_path, source: str, conftest: str = "", env: dict[str, str] | None = None,
+             options: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
     """A pytest session of `source` (and `conftest`), in a session of its
     own, killed at the end if still running."""
     (tmp_path / "test_inner.py").write_text(source)
@@ -98,7 +98,7 @@ def _session(tmp_path, source: str, conftest: str = "",
     full_env = {**{k: v for k, v in os.environ.items() if k.startswith("HERMETIC_")}, "PATH": os.environ["PATH"],
                 "PYTHONPATH": ROOT, **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "hermetic", "-p", "no:cacheprovider", "-q", "-s",
-                             "--basetemp", str(tmp_path / "basetemp"), "test_inner.py"],
+                             "--basetemp", str(tmp_path / "basetemp"), *options, "test_inner.py"],
                             cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -138,11 +138,13 @@ def _interrupted(proc: subprocess.Popen, out: str) -> None:
         assert wrong not in out, out
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.003, 0.011, 0.029, 0.07, 0.13, 0.31])
-def test_ctrl_c_at_any_moment_interrupts_the_session(tmp_path, delay):
+@pytest.mark.parametrize("zygote, delay", [(True, 0.0), (True, 0.003), (True, 0.011), (True, 0.029), (True, 0.07),
+                                           (True, 0.13), (True, 0.31), (False, 0.0), (False, 0.007), (False, 0.05)])
+def test_ctrl_c_at_any_moment_interrupts_the_session(tmp_path, zygote, delay):
     """At whatever line pytest is (a test starting, its reports coming
-    home, the next one forked ahead), the session ends interrupted."""
-    with _session(tmp_path, MANY) as proc:
+    home, the next one forked ahead), the session ends interrupted; with
+    the zygote, and with pytest forking each test itself."""
+    with _session(tmp_path, MANY, options=() if zygote else ("-o", "hermetic_zygote=false")) as proc:
         _wait_for(proc, "RUNNING 5")
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGINT)
