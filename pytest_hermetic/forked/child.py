@@ -109,7 +109,7 @@ def child_main(item: pytest.Item, write_fd: int, reply_fd: int, listeners: list 
     # is no more than the user may do anyway.
     if undumpable:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    interrupt.restore_default()  # (pytest's fork: forked where pytest defers a Ctrl-C)
+    interrupt.in_fork()  # (pytest's fork: forked where pytest defers a Ctrl-C)
     config = item.config
     channel = Channel(write_fd)
     if loops:

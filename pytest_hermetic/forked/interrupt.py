@@ -17,7 +17,8 @@ for the test: the image's pull or build, its `containers` calls.)
 Only over pytest's default handler (a plugin's own, or an ignored SIGINT,
 stays as it is), and only in the main thread, where signal handlers run.
 A fork of pytest (the zygote, a test's child) that inherits the handler
-raises at once, as the default handler would (see `_on_sigint`).
+raises at once, as the default handler would (see `_on_sigint`), and
+lets go of the handler and the wake-up pipe (`in_fork`).
 """
 
 from __future__ import annotations
@@ -103,11 +104,21 @@ def deferred() -> Iterator[Deferred | None]:
             state.take_new()  # (its bytes not left to wake the next block's loop)
 
 
-def restore_default() -> None:
+def in_fork() -> None:
     """In a fork of pytest (the zygote, a test's child): Python's own
-    handler back, so code that checks for it (asyncio's Runner) finds it."""
+    handler back, so code that checks for it (asyncio's Runner) finds it;
+    and pytest's wake-up pipe closed, which a test could otherwise write to
+    (the seal leaves pipes' write ends usable) to wake pytest's loop."""
+    global _wakeup
     if signal.getsignal(signal.SIGINT) is _on_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _wakeup is not None and _wakeup[0] != os.getpid():
+        for fd in _wakeup[1:]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _wakeup = None
 
 
 @contextmanager

@@ -41,7 +41,7 @@ def serve(sock: socket.socket, items: list) -> int:
     from . import interrupt, start
 
     os.setpgid(0, 0)  # a terminal's Ctrl-C is pytest's to pass on (to the test), not ours
-    interrupt.restore_default()  # (forked where pytest defers it) its children's as in place
+    interrupt.in_fork()  # (forked where pytest defers a Ctrl-C) its children's as in place
     # Never scanned by a child's garbage collector, which would otherwise
     # touch (and so copy) most of this memory (as start.start_child does
     # around pytest's own forks).

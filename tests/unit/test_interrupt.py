@@ -44,7 +44,7 @@ def test_a_fork_made_in_the_block_gets_the_default_keyboardinterrupt():
             try:
                 os.kill(os.getpid(), signal.SIGINT)
             except KeyboardInterrupt:
-                interrupt.restore_default()
+                interrupt.in_fork()
                 code = 0 if signal.getsignal(signal.SIGINT) is signal.default_int_handler else 2
             finally:
                 os._exit(code)
@@ -80,3 +80,28 @@ def test_a_block_inside_another_leaves_it_to_the_outer_one():
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         os.kill(os.getpid(), signal.SIGINT)
         assert outer is not None and outer.count == 1
+
+
+def test_a_fork_lets_go_of_the_wakeup_pipe():
+    """A test's child (a fork of pytest) keeps no end of pytest's wake-up
+    pipe, which the seal would leave writable."""
+    with interrupt.deferred() as ctrl_c:
+        assert ctrl_c is not None
+        inode = os.fstat(ctrl_c.fd).st_ino
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                interrupt.in_fork()
+                held = []
+                for name in os.listdir("/proc/self/fd"):
+                    try:
+                        held.append(os.fstat(int(name)).st_ino)
+                    except OSError:
+                        pass
+                code = 2 if inode in held else 0
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert os.fstat(ctrl_c.fd).st_ino == inode  # (pytest's own stays)
+
