@@ -230,3 +230,28 @@ def test_in_a_pulled_image():
     assert proc.returncode == 2 and "KeyboardInterrupt" in out, out
     assert took < 5, out
 
+
+def test_a_test_sees_pythons_own_ctrl_c_handler(tmp_path):
+    """As in place (asyncio's Runner installs its own Ctrl-C handling only
+    over Python's default handler): with the zygote, and without it."""
+    source = """
+import asyncio, signal
+from pytest_hermetic import hermetic
+
+@hermetic
+def test_default_handler():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    async def main():
+        return 1
+    assert asyncio.run(main()) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+@hermetic
+def test_again():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+"""
+    for options in ((), ("-o", "hermetic_zygote=false")):
+        with _session(tmp_path, source, options=options) as proc:
+            out, _ = _end(proc, 60)
+        assert proc.returncode == 0 and "2 passed" in out, out
+
