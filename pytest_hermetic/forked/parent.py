@@ -111,7 +111,7 @@ def run_in_container(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     if exit_event is not None:
         if exit_event[0] == "interrupt":
-            raise KeyboardInterrupt(exit_event[1]) if exit_event[1:] and exit_event[1] else KeyboardInterrupt
+            raise KeyboardInterrupt(exit_event[1]) if exit_event[1] else KeyboardInterrupt
         pytest.exit(exit_event[1], returncode=exit_event[2])
 
 
@@ -141,11 +141,9 @@ def _attempt(item: pytest.Item, nextitem: pytest.Item | None, spec: Spec,
     if ctrl_c is not None and ctrl_c.count:
         # As in place: what the test reported is logged, the phase it was
         # stopped in has no report, and the session ends interrupted.
-        if not started:
-            events = []
         said = (f"hermetic: {item.nodeid} had not stopped {interrupt.GRACE:g} s after Ctrl-C: killed (a second "
                 "Ctrl-C kills at once)") if ctrl_c.killed else ""
-        events = [e for e in events if e[0] not in ("exit", "interrupt")] + [("interrupt", said)]
+        events = [e for e in events if started and e[0] not in ("exit", "interrupt")] + [("interrupt", said)]
         started = False  # (no crash report: it stopped for the Ctrl-C)
     reports = [e[1] for e in events if e[0] == "report"]
     exit_event = next((e for e in events if e[0] in ("exit", "interrupt")), None)
@@ -321,13 +319,13 @@ def _drain(read_fd: int, container: Container, services: Services, reply_fd: int
     assert container.process is not None
     file_pipes = container.file_pipes()  # what the test writes to pytest's own files (file_relay)
     try:
-        ended = [container.process.fileno()]
+        pidfd: int | None = container.process.fileno()
     except ProcessLookupError:  # reaped already: where its zygote died, taking its children along
-        ended = []
-    open_fds = [read_fd, *ended, *file_pipes, *([ctrl_c.fd] if ctrl_c is not None else [])]
+        pidfd = None
+    open_fds = [read_fd, *file_pipes] + [fd for fd in (pidfd, ctrl_c.fd if ctrl_c else None) if fd is not None]
     kill_at = None  # when a test that got its Ctrl-C is killed if it has not ended
     while True:
-        ready, _, _ = select.select(open_fds, [], [], 0.5 if ended else 0)
+        ready, _, _ = select.select(open_fds, [], [], 0 if pidfd is None else 0.5)
         if ctrl_c is not None and ctrl_c.fd in ready:
             before = ctrl_c.handled
             if ctrl_c.take_new():
@@ -365,7 +363,7 @@ def _drain(read_fd: int, container: Container, services: Services, reply_fd: int
                         return data, True
                 continue
             open_fds.remove(read_fd)
-        if not ended or container.wait(timeout=0) is not None:
+        if pidfd is None or container.wait(timeout=0) is not None:
             while sent <= MAX_SENT:  # whatever is left in the pipe
                 chunk = os.read(read_fd, 1 << 16) if read_fd in open_fds else b""
                 if not chunk:
@@ -410,7 +408,7 @@ def _decode(config: pytest.Config, data: bytes) -> list[tuple]:
             elif kind == "exit" and isinstance(payload, tuple) and len(payload) == 2:
                 events.append(("exit", str(payload[0]), payload[1] if isinstance(payload[1], int) else 1))
             elif kind == "interrupt":
-                events.append(("interrupt",))
+                events.append(("interrupt", ""))
             elif kind not in ("done", "call", "relay"):
                 raise ValueError(f"a message of kind {kind!r}")
         except Exception as exc:  # noqa: BLE001 - whatever the bytes make the rebuilding or the hooks raise

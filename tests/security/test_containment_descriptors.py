@@ -186,6 +186,39 @@ def test_a_rootless_hermetic_test_reaches_none_of_pytests_descriptors(test_user)
     assert "1 passed" in ran.stdout, ran.stdout + ran.stderr
 
 
+# pytest's Ctrl-C wake-up pipe (forked/interrupt.py), made at import here so
+# that every test's child is forked after it: no child may hold an end of it
+# (the seal leaves a pipe's write end usable; a test could wake pytest's loop).
+WAKEUP_SUITE = """
+import os
+from pytest_hermetic import hermetic
+from pytest_hermetic.forked import interrupt
+
+WAKEUP = {os.fstat(fd).st_ino for fd in interrupt._wakeup_fds()}
+
+@hermetic(OPTIONS)
+def test_holds_no_end_of_pytests_wakeup_pipe():
+    held = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            held[int(name)] = os.fstat(int(name)).st_ino
+        except OSError:
+            pass
+    assert not WAKEUP & set(held.values()), held
+
+@hermetic(OPTIONS)
+def test_again():
+    test_holds_no_end_of_pytests_wakeup_pipe()
+"""
+
+
+@pytest.mark.parametrize("zygote", ["true", "false"])
+def test_a_hermetic_test_holds_no_end_of_pytests_ctrl_c_pipe(zygote):
+    ran = inner_session(None, f"descriptors-wakeup-{zygote}", WAKEUP_SUITE.replace("OPTIONS", marker_options()),
+                        "-o", f"hermetic_zygote={zygote}")
+    assert "2 passed" in ran.stdout, ran.stdout + ran.stderr
+
+
 def test_a_kept_notebook_container_inherits_nothing_of_the_helper():
     from IPython.core.interactiveshell import InteractiveShell
 

@@ -106,3 +106,14 @@ def test_a_fork_lets_go_of_the_wakeup_pipe():
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     assert os.fstat(ctrl_c.fd).st_ino == inode  # (pytest's own stays)
 
+
+
+def test_allowed_raises_at_once_inside_the_block():
+    with interrupt.deferred() as ctrl_c:
+        assert ctrl_c is not None
+        with pytest.raises(KeyboardInterrupt):
+            with interrupt.allowed():
+                os.kill(os.getpid(), signal.SIGINT)
+        assert ctrl_c.count == 0
+        os.kill(os.getpid(), signal.SIGINT)  # deferred again after it
+        assert ctrl_c.count == 1
