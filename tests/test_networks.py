@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -188,6 +189,70 @@ def test_bridge_container_gets_address_route_and_the_hosts_resolv_conf():
     assert "eth0\t00000000" in output
     assert _settled(before) == before  # the last user took bridge and rules away
     assert nat.forwarding_enabled() == forwarding  # the host's switch is never flipped
+
+
+HELD_REPLY = """
+import signal, socket, threading
+go = threading.Event()
+signal.signal(signal.SIGUSR1, lambda *_: go.set())
+server = socket.create_server(("0.0.0.0", 8000))
+while True:
+    conn, _ = server.accept()
+    if conn.makefile().readline() == "ping\\n":
+        go.wait(30)
+        conn.sendall(b"pong\\n")
+    conn.close()
+"""
+
+
+def test_a_reply_still_reaches_the_host_after_a_neighbour_left_the_bridge():
+    """A Linux bridge whose address nobody set takes its ports' lowest one and
+    changes it as ports come and go.  A container that learned the gateway's
+    address before then sends its replies to an address nobody answers to,
+    until its neighbour cache gives up on it (~8 s), unless the host speaks
+    first.  The CI flake of test_parallel_web_token_suite[xdist]: a service's
+    "200" never came back while another test's container left the bridge.
+    Here the leaving port has the lowest address there can be, and the
+    server holds its reply until it has left."""
+    from pyroute2 import IPRoute
+
+    before = _host_network_state()
+    null = os.open(os.devnull, os.O_RDWR)
+    low = Container(Spec.build("host", ["sleep", "600"], net=True, ephemeral=True))
+    web = Container(Spec.build("host", ["python3", "-c", HELD_REPLY], net=True, ephemeral=True))
+    try:
+        low.start(stdin=null, stdout=null, stderr=null)
+        with IPRoute() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=networks.VETH_PREFIX + low.id[:12])[0],
+                     address="02:00:00:00:00:01")
+        with open(f"/sys/class/net/{networks.HOST_BRIDGE}/address") as f:
+            mac = f.read().strip()
+        web.start(stdin=null, stdout=null, stderr=null)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                conn = socket.create_connection((web.address, 8000), timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server never listened"
+                time.sleep(0.05)
+        with conn:
+            conn.sendall(b"ping\n")  # the server learned the gateway's address as it is now
+            low.remove()
+            veth = f"/sys/class/net/{networks.VETH_PREFIX}{low.id[:12]}"
+            while os.path.exists(veth):
+                assert time.monotonic() < deadline + 10, "the leaving container's veth stayed"
+                time.sleep(0.05)
+            with open(f"/sys/class/net/{networks.HOST_BRIDGE}/address") as f:
+                assert f.read().strip() == mac  # set once, when the bridge was made
+            web.kill(signal.SIGUSR1)
+            conn.settimeout(4)
+            assert conn.makefile().readline() == "pong\n"
+    finally:
+        for container in (low, web):
+            container.remove()
+        os.close(null)
+    assert _settled(before) == before
 
 
 def test_gc_clears_what_a_killed_session_left(pytester: pytest.Pytester, tmp_path):

@@ -39,6 +39,13 @@ def _iproute():  # noqa: ANN202
     return _iproute_class()()
 
 
+def _local_mac() -> str:
+    """A random unicast, locally administered MAC address (as Docker gives its bridge)."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{octet:02x}" for octet in octets)
+
+
 class Bridge:
     """A bridge named `ifname` in the namespace `netns_fd` (None: ours)."""
 
@@ -67,7 +74,10 @@ class Bridge:
         ipr = self.ipr
         if not ipr.link_lookup(ifname=self.ifname):
             try:
-                ipr.link("add", ifname=self.ifname, kind="bridge", state="up")
+                # An address of its own: one nobody set follows the ports' lowest
+                # and changes as containers come and go, and a container that
+                # learned the old one sends its replies nowhere for seconds.
+                ipr.link("add", ifname=self.ifname, kind="bridge", state="up", address=_local_mac())
             except Exception as exc:  # NetlinkError; a racing creator is fine
                 if getattr(exc, "code", None) != errno.EEXIST:
                     raise ContainerStartError(f"cannot create bridge {self.ifname}: {exc}{_module_hint(exc, 'bridge')}") from None
