@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""How fast one container could start with no Python in it (issue #16).
+
+bench/container_cost.py puts `hermetic` in process next to bwrap.  This
+asks what is left when the same work is done in C: bench/setup_floor.c
+makes the system calls that `Container(Spec.build("host", ["true"])).run()`
+and `.remove()` make (parent and child, the engine's own seccomp filter),
+built here with the machine's C compiler.  Each round runs, in a freshly
+shuffled order:
+
+  true                  posix_spawn of /usr/bin/true and waitpid
+  bwrap --unshare-all   as in container_cost.py
+  setup_floor (C)       the engine's system calls, spawned as one program
+  hermetic (in process) the engine itself
+
+Reported: wall-clock median and p10-p90, and the median CPU time (this
+process and its children) of each, in ms; then floor / bwrap, hermetic /
+bwrap and hermetic / floor.  What hermetic takes above the floor is what
+Python costs: the fork of a Python process (its page tables, the pages
+both sides then copy) and the interpreter's work in the child.
+
+Root, a hybrid or v1 cgroup host (the C side makes the v1 cgroups the
+engine makes there), `cc`, and bwrap for its line.  Stdlib only.
+
+    python bench/setup_floor.py [--rounds 40] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from machine import describe, loadavg  # bench/machine.py
+from pytest_hermetic.container import Container
+from pytest_hermetic.runtime import cgroups, seccomp
+from pytest_hermetic.spec import Spec
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def build(tmp: str) -> tuple[str, str]:
+    """The floor program, static where the C library allows (no dynamic
+    loader's start-up, as bwrap has); (path, how it was linked)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        sys.exit("setup_floor: no C compiler (cc); fix: apt-get install gcc")
+    binary = os.path.join(tmp, "setup_floor")
+    for flags, linked in ((["-static"], "static"), ([], "dynamic")):
+        done = subprocess.run([compiler, "-O2", "-Wall", *flags, "-o", binary, os.path.join(HERE, "setup_floor.c")],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            return binary, linked
+    sys.exit(f"setup_floor: the C file did not build:\n{done.stderr}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("setup_floor: run as root (the C side makes namespaces, mounts and cgroups)")
+    if not all(name in cgroups.detect().v1 for name in ("pids", "freezer", "memory", "cpuacct")):
+        sys.exit("setup_floor: the C side makes the v1 cgroups (pids, freezer, memory, cpuacct) that the engine "
+                 "makes on a hybrid or v1 host; this one lacks some")
+    bwrap = shutil.which("bwrap")
+    with tempfile.TemporaryDirectory(prefix="hermetic-floor-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="hermetic-floor-", dir="/dev/shm") as state:
+        binary, linked = build(tmp)
+        with open(os.path.join(tmp, "filter"), "wb") as f:
+            f.write(seccomp.default().program)
+        null = os.open(os.devnull, os.O_RDWR)
+
+        def spawn(argv: list[str]) -> None:
+            pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"},
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1)])
+            status = os.waitpid(pid, 0)[1]
+            if status != 0:
+                raise RuntimeError(f"{argv[0]}: wait status {status}")
+
+        def hermetic() -> None:
+            container = Container(Spec.build("host", ["true"], ephemeral=True))
+            try:
+                result = container.run()
+            finally:
+                container.remove()
+            if result.exit_code != 0:
+                raise RuntimeError(f"hermetic: {result.reason}")
+
+        contenders = {"true": lambda: spawn(["/usr/bin/true"])}
+        if bwrap:
+            contenders["bwrap --unshare-all"] = lambda: spawn(
+                [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+                 "--dev", "/dev", "--tmpfs", "/tmp", "true"])
+        contenders[f"setup_floor (C, {linked})"] = lambda: spawn([binary, state, os.path.join(tmp, "filter")])
+        contenders["hermetic (in process)"] = hermetic
+        for _ in range(args.warmup):
+            for run in contenders.values():
+                run()
+        wall: dict[str, list[float]] = {name: [] for name in contenders}
+        cpu: dict[str, list[float]] = {name: [] for name in contenders}
+        load_before = loadavg()
+        for _ in range(args.rounds):
+            order = list(contenders)
+            random.shuffle(order)
+            for name in order:
+                own, kids, start = (resource.getrusage(resource.RUSAGE_SELF),
+                                    resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter())
+                contenders[name]()
+                elapsed = time.perf_counter() - start
+                own2, kids2 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+                wall[name].append(elapsed * 1000)
+                cpu[name].append(1000 * sum(b - a for a, b in (
+                    (own.ru_utime, own2.ru_utime), (own.ru_stime, own2.ru_stime),
+                    (kids.ru_utime, kids2.ru_utime), (kids.ru_stime, kids2.ru_stime))))
+        os.close(null)
+        left = os.listdir(state)
+    machine = describe()
+    print(f"# {machine['cpu']}; {machine['cores']} cores; kernel {machine['kernel']}; cgroup {machine['cgroup']}; "
+          f"load {load_before} -> {loadavg()}; {args.rounds} rounds")
+    print(f"{'contender':32s} {'wall ms':>8s} {'p10-p90':>13s} {'CPU ms':>8s}")
+
+    def decile(values: list[float], at: float) -> float:
+        return sorted(values)[round(at * (len(values) - 1))]
+
+    median = {name: statistics.median(values) for name, values in wall.items()}
+    for name in contenders:
+        spread = f"{decile(wall[name], 0.1):.2f}-{decile(wall[name], 0.9):.2f}"
+        print(f"{name:32s} {median[name]:8.2f} {spread:>13s} {statistics.median(cpu[name]):8.2f}")
+    floor = next(name for name in contenders if name.startswith("setup_floor"))
+    pairs = [(floor, "bwrap --unshare-all"), ("hermetic (in process)", "bwrap --unshare-all"),
+             ("hermetic (in process)", floor)]
+    for a, b in pairs:
+        if a in median and b in median:
+            print(f"{a} / {b}: {median[a] / median[b]:.2f} (wall)")
+    if left:
+        print(f"setup_floor left state behind: {left}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
