@@ -27,6 +27,26 @@ pytest_plugins = ["pytester", "hermetic_testsupport.pytest_images"]
 TEST_USER = os.environ.get("HERMETIC_TEST_USER", "hermetic-test")
 
 
+def _children_start_with_default_signals() -> None:
+    """A job started in the background without job control (`nohup`, `cmd &`
+    in a script, some CI runners) starts with SIGINT and SIGQUIT (and under
+    nohup SIGHUP) ignored, and every process it starts inherits that: the
+    tests that press Ctrl-C in a pytest session, or hang up a CLI, would
+    test only the ignoring.  A signal with a handler is back at its default
+    in a program this process starts (execve resets caught signals, not
+    ignored ones), so each ignored one gets a handler that does nothing:
+    this session still ignores it, the sessions and commands the tests
+    start meet it as from a terminal."""
+    import signal
+
+    for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        if signal.getsignal(number) == signal.SIG_IGN:
+            signal.signal(number, lambda *_: None)
+
+
+_children_start_with_default_signals()
+
+
 # -- the leak check ------------------------------------------------------------
 
 
