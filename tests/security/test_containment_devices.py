@@ -88,7 +88,7 @@ from pytest_hermetic import hermetic
 def test_mknod_opens_nothing(tmp_path):
     for place in ("/dev", "/tmp", "/", "/dev/shm", str(tmp_path)):
         for number, (kind, rdev) in enumerate(((stat.S_IFBLK, os.makedev(7, 0)), (stat.S_IFCHR, os.makedev(1, 11)))):
-            node = os.path.join(place, f"x{number}")
+            node = os.path.join(place, f"hermetic-mknod-{os.urandom(6).hex()}")  # (/tmp shows the host's files)
             os.mknod(node, 0o600 | kind, rdev)  # made: root keeps CAP_MKNOD
             try:
                 os.close(os.open(node, os.O_RDONLY))
