@@ -107,7 +107,6 @@ def test_a_fork_lets_go_of_the_wakeup_pipe():
     assert os.fstat(ctrl_c.fd).st_ino == inode  # (pytest's own stays)
 
 
-
 def test_allowed_raises_at_once_inside_the_block():
     with interrupt.deferred() as ctrl_c:
         assert ctrl_c is not None
