@@ -401,7 +401,11 @@ def print_counts(counts: dict[str, dict[str, float]], markdown: bool) -> None:
 # cProfile.  Every process appends its records to one journal file through
 # an fd opened before the fork (the container's root hides the directory,
 # and a container keeps a regular file's fd where it would replace a
-# directory's: #10); `unpack_journal` splits it into files afterwards.
+# directory's: #10); `unpack_journal` splits it into files afterwards.  In a
+# container that fd is a pipe into the file (runtime/file_relay.py), which
+# keeps a write whole only up to PIPE_BUF: a bigger one (a profile) could
+# arrive cut by another container's, so records go in chunks of at most
+# that, each naming its record.
 TRACE = "hermetic_bench_trace"
 TRACE_SOURCE = '''\
 import cProfile, json, marshal, os, resource, time
@@ -415,8 +419,17 @@ _profiler = None
 
 
 def _write(name, data):
-    record = name.encode() + b"\\0" + len(data).to_bytes(8, "little") + data
-    assert os.write(_journal, record) == len(record)  # one O_APPEND write: whole, never interleaved
+    # Chunks of at most PIPE_BUF (4096) bytes: name, NUL, the record's id
+    # (4 random bytes: a zygote's forks, which run no at-fork hook, write
+    # the same names, and each is PID 2 of its own namespace), 2-byte
+    # length, 1 if the record goes on in a next chunk (else 0), data.
+    head = name.encode() + b"\\0" + os.urandom(4)
+    room = 4096 - len(head) - 3
+    for at in range(0, max(len(data), 1), room):
+        piece = data[at:at + room]
+        more = at + room < len(data)
+        chunk = head + len(piece).to_bytes(2, "little") + bytes([more]) + piece
+        assert os.write(_journal, chunk) == len(chunk)  # one write of <= PIPE_BUF: whole, never interleaved
 
 
 def _counts():
@@ -450,7 +463,8 @@ def _exit(code):
         if _profiler is not None:
             _profiler.disable()
             _profiler.create_stats()
-            _write("%s-%d.prof" % (_marks["test"], _depth), marshal.dumps(_profiler.stats))
+            # one file per process: a zygote's forks inherit one test's name
+            _write("%s.%s-%d.prof" % (_marks["test"], os.urandom(4).hex(), _depth), marshal.dumps(_profiler.stats))
         _write("%s-%d.json" % (_marks["test"], _depth), json.dumps(_marks).encode())
     _real_exit(code)
 
@@ -503,6 +517,20 @@ def pytest_configure(config):
         parent.start_child = _starting(parent.start_child)
     if hasattr(per_test, "Ahead"):
         _wrap(per_test.Ahead, "go", before="go", after="go_end")
+    try:  # the zygote forks its children with no at-fork hook (runtime/fork.py's bare_fork)
+        from pytest_hermetic.forked import zygote_process
+    except ImportError:
+        zygote_process = None
+    if hasattr(zygote_process, "_child"):
+        zygote_process._child = _forked(zygote_process._child)
+
+
+def _forked(fn):
+    # a fork's first function in the child, where no at-fork hook ran
+    def wrapper(*args, **kwargs):
+        _in_child()
+        return fn(*args, **kwargs)
+    return wrapper
 
 
 _last_finish = []  # pytest's counts at the last test's end
@@ -587,13 +615,23 @@ def unpack_journal(folder: str) -> None:
             data = f.read()
     except FileNotFoundError:
         return
+    # A record's chunks come in order (one process writes them); the last whole
+    # record of a name wins, as when each was a file of its own (a record
+    # cut short by its writer's kill is left out).
+    partial: dict[tuple[str, bytes], list[bytes]] = {}
+    records: dict[str, bytes] = {}
     at = 0
     while at < len(data):
         end = data.index(b"\0", at)
-        size = int.from_bytes(data[end + 1:end + 9], "little")
-        with open(f"{folder}/{data[at:end].decode()}", "wb") as out:
-            out.write(data[end + 9:end + 9 + size])
-        at = end + 9 + size
+        name, record = data[at:end].decode(), data[end + 1:end + 5]
+        size = int.from_bytes(data[end + 5:end + 7], "little")
+        partial.setdefault((name, record), []).append(data[end + 8:end + 8 + size])
+        if not data[end + 7]:
+            records[name] = b"".join(partial.pop((name, record)))
+        at = end + 8 + size
+    for name, record in records.items():
+        with open(f"{folder}/{name}", "wb") as out:
+            out.write(record)
     os.unlink(f"{folder}/journal")
 
 
@@ -677,8 +715,9 @@ def profile(args, project: str, envs: dict, tmp: str) -> dict:
     _table(parent, sorted(ours, key=lambda k: entries[k][3], reverse=True)[:20], n,
            "pytest, top 20 pytest_hermetic functions by cumtime")
     unpack_journal(folder)
-    for depth, title in ((1, "the fork of pytest (the container's set-up and, as root, the test)"),
-                         (2, "a fork of that fork, if any")):
+    for depth, title in ((1, "the fork of pytest (with the zygote: the zygote; without: the container's set-up "
+                             "and, as root, the test)"),
+                         (2, "a fork of that fork, if any (with the zygote: each test's set-up and the test)")):
         files = sorted(f"{folder}/{name}" for name in os.listdir(folder) if name.endswith(f"-{depth}.prof"))
         if not files:
             print(f"\n{title}: no profiles written")
