@@ -136,6 +136,34 @@ def test_output_to_a_file_arrives_whole_after_the_caller_closed_it(tmp_path):
     assert text == "before\nfirst\n" + "x" * 3000000 + "\nlast\n"
 
 
+def test_each_write_of_up_to_pipe_buf_arrives_whole_beside_other_containers(tmp_path):
+    """Containers writing to one file opened O_APPEND, at once: in place the
+    kernel appends each write whole; through the relay's pipes a write of up
+    to PIPE_BUF (4 KiB) still arrives whole (a pipe keeps such a write in
+    one piece and the relay empties a pipe before it turns to another), so
+    records of that size are never cut by another container's (docs/pytest.md)."""
+    import select
+    import sys
+
+    path = tmp_path / "shared.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    size, count = select.PIPE_BUF, 400
+    code = f"import os, sys\nfor _ in range({count}): os.write(1, sys.argv[1].encode() * {size - 1} + b'\\n')"
+    boxes = [Container(Spec.build("host", [sys.executable, "-c", code, letter], ephemeral=True)) for letter in "ABCD"]
+    try:
+        for box in boxes:
+            box.start(stdout=fd)
+        os.close(fd)
+        assert [box.wait().exit_code for box in boxes] == [0, 0, 0, 0]
+    finally:
+        for box in boxes:
+            box.remove()
+    lines = path.read_bytes().split(b"\n")[:-1]
+    assert len(lines) == 4 * count
+    cut = [line[:20] for line in lines if len(line) != size - 1 or len(set(line)) != 1]
+    assert not cut, f"{len(cut)} records cut, e.g. {cut[:3]}"
+
+
 def test_a_callables_written_file_is_a_pipe_into_it(tmp_path):
     path = tmp_path / "held.log"
     with open(path, "w") as held:

@@ -26,6 +26,10 @@ one thread of the process does (`_Pump`).
 
 In the container the descriptor is a pipe: writes reach the file in
 order; seeking, reading or truncating it fail (ESPIPE, EBADF, EINVAL).
+A pipe keeps a write whole up to PIPE_BUF (4 KiB), and a pipe is emptied
+before the copier turns to another (`_copy_out`), so such a write reaches
+the file whole beside other containers' writes to it; a longer one can be
+cut by theirs (in place, an O_APPEND write is appended whole).
 A file with no name left (`st_nlink == 0`: pytest's capture files, a log
 deleted since) stays as it is: nothing can reach it by a path, so its
 mode and owner matter to no one.
