@@ -287,9 +287,26 @@ def test_first_holds_the_bridge():
     time.sleep(0.5)
     gc = run_cli("gc")
     assert gc.returncode == 0, gc.stderr
-    assert "private network svc" in gc.stdout and "host bridge hermetic0" in gc.stdout
+    assert "private network svc" in gc.stdout
     assert "cgroup " in gc.stdout  # the killed session's pending container, cleared at once (owner dead)
-    assert _settled(before) == before
+    if "host bridge hermetic0" in gc.stdout:
+        assert _settled(before) == before
+    else:  # kept: the other xdist worker's session may hold the machine's bridge meanwhile
+        assert not _host_bridge_left_unused(), gc.stdout
+        assert _settled(before)["private networks"] == before["private networks"]
+
+
+def _host_bridge_left_unused() -> bool:
+    """Whether `hermetic0` is there with nobody using it (no veth on it, no
+    live holder or lease), as `gc` would see it: under the bridge's lock.
+    (Its last user removes it: gone is fine.)"""
+    bridge = networks.HostBridge()
+    with bridge.locked():
+        if not os.path.exists(f"/sys/class/net/{networks.HOST_BRIDGE}"):
+            return False
+        ports = os.listdir(f"/sys/class/net/{networks.HOST_BRIDGE}/brif")
+        live, _ = bridge.prune_leases()
+        return not (ports or live or bridge._live_holders())
 
 
 def test_network_values():
