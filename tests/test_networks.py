@@ -289,9 +289,10 @@ def test_first_holds_the_bridge():
     assert gc.returncode == 0, gc.stderr
     assert "private network svc" in gc.stdout
     assert "cgroup " in gc.stdout  # the killed session's pending container, cleared at once (owner dead)
-    if "host bridge hermetic0" in gc.stdout:
+    if "host bridge hermetic0" in gc.stdout or not os.environ.get("PYTEST_XDIST_WORKER"):
+        assert "host bridge hermetic0" in gc.stdout
         assert _settled(before) == before
-    else:  # kept: the other xdist worker's session may hold the machine's bridge meanwhile
+    else:  # kept: under xdist the other worker's session may hold the machine's bridge meanwhile
         assert not _host_bridge_left_unused(), gc.stdout
         assert _settled(before)["private networks"] == before["private networks"]
 
