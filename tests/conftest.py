@@ -143,6 +143,29 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests reach registries on loopback only: an unknown `name:tag` must not be looked up on the internet.
     os.environ.setdefault("HERMETIC_OFFLINE", "1")
     config._hermetic_base = base  # type: ignore[attr-defined]
+    # Beside the store, which every xdist worker of the session shares.
+    config._hermetic_host_network_lock = os.path.join(  # type: ignore[attr-defined]
+        os.path.dirname(os.environ["HERMETIC_STORE"]), "host-network.lock")
+
+
+@pytest.fixture(autouse=True)
+def _host_network_turn(request: pytest.FixtureRequest):
+    """The host bridge, its NAT rules and the containers' veths are the
+    machine's, not a worker's: under xdist, a test marked `host_network`
+    (it compares them before and after) runs while no other worker runs a
+    test, each other test taking a shared turn.  Without xdist: nothing."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import fcntl
+
+    fd = os.open(request.config._hermetic_host_network_lock,  # type: ignore[attr-defined]
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if request.node.get_closest_marker("host_network") else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
