@@ -17,6 +17,7 @@ PACKAGES+=(fish)  # tests/test_completion.py: the fish completion script under f
 PACKAGES+=(buildah)  # hermetic build's reference: tests/test_build.py compares its images with buildah bud's
 PACKAGES+=(gcc libc6-dev)  # hermetic build's tests compile a static C program in a build stage on `host`
 PACKAGES+=(runc)  # bench/container_cost.py: `hermetic run` against runc (issue #16)
+PACKAGES+=(linux-perf)  # bench/cpu_paths.py (tests/test_bench_cpu_paths.py): a test's CPU by kernel path
 PACKAGES+=(erofs-utils)  # fsck.erofs/dump.erofs check the layer images the store writes (tests/images/test_erofs*.py)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
