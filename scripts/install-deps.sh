@@ -56,7 +56,7 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 # (also when the console script predates its entry point pytest_hermetic.cli:console)
-if ! .venv/bin/python -c 'import pytest_hermetic, ipython_ext, pyroute2, zstandard, pytest, xdist, pytest_timeout, pytest_cov, pytest_rerunfailures, IPython, ipykernel, nbclient, nbformat, mypy' 2>/dev/null \
+if ! .venv/bin/python -c 'import pytest_hermetic, ipython_ext, pyroute2, zstandard, pytest, xdist, pytest_forked, pytest_timeout, pytest_cov, pytest_rerunfailures, IPython, ipykernel, nbclient, nbformat, mypy' 2>/dev/null \
         || ! grep -q 'import console' .venv/bin/hermetic 2>/dev/null; then
     log=$(mktemp)
     if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' pytest-xdist --config-settings editable_mode=compat; } >"$log" 2>&1; then
