@@ -17,7 +17,11 @@ Why: `pytest_overhead.py --profile` shows Python's functions, and where
 Python waits; the per-test CPU that separates hermetic from pytest-forked is
 mostly the kernel's (issue #16, docs/benchmarks.md), which only this shows.
 
-    python bench/cpu_paths.py [--tests 200] [--freq 2000] [--modes forked,hermetic] [--top 12]
+    python bench/cpu_paths.py [--tests 200] [--work MS] [--freq 2000] [--modes forked,hermetic] [--top 12]
+
+With `--work MS` each test spins for MS ms of CPU (bench/xdist_scaling.py's
+tests) instead of doing nothing: what a CPU-bound test costs beside its own
+work, path by path.
 
 As root, with perf (Debian: linux-perf).  A benchmark, not a timer: sessions
 under perf run slower, so compare modes with each other, not with figures
@@ -42,6 +46,7 @@ from machine import describe, loadavg  # bench/machine.py
 FORK = re.compile(r"PERF_RECORD_FORK\((\d+):(\d+)\):\((\d+):(\d+)\)")
 COMM = re.compile(r"PERF_RECORD_COMM(?: exec)?: (.*):(\d+)/(\d+)")
 HEADER = re.compile(r"^(\S.*?)\s+(\d+)/(\d+)\s")
+WORK = [""]  # ", each spinning N ms" with --work
 KERNEL = 0xFFFF800000000000  # x86_64 and arm64: kernel addresses are above this
 
 
@@ -151,7 +156,7 @@ def report(mode: str, found, parents, root: int, freq: int, tests: int, top: int
         table[who][path_of(frames)] += 1
     scale = 1000.0 / freq / tests
     out = {who: {path: n * scale for path, n in paths.items()} for who, paths in table.items()}
-    print(f"\n{mode}: CPU per test, ms, by process and path ({tests} tests, {freq} Hz)")
+    print(f"\n{mode}: CPU per test, ms, by process and path ({tests} tests{WORK[0]}, {freq} Hz)")
     for who, paths in sorted(out.items(), key=lambda item: -sum(item[1].values())):
         print(f"  {sum(paths.values()):7.2f}  {who}")
         for path, ms in sorted(paths.items(), key=lambda item: -item[1])[:top]:
@@ -162,6 +167,8 @@ def report(mode: str, found, parents, root: int, freq: int, tests: int, top: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", type=int, default=200, help="tests per session (default 200)")
+    parser.add_argument("--work", type=float, default=0, metavar="MS",
+                        help="each test spins MS ms of CPU (bench/xdist_scaling.py's tests; default 0: trivial)")
     parser.add_argument("--freq", type=int, default=2000, help="samples per second and CPU (default 2000)")
     parser.add_argument("--modes", default="forked,hermetic", help="modes, comma separated (default forked,hermetic)")
     parser.add_argument("--top", type=int, default=12, help="paths shown per process (default 12)")
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the temporary project goes (default /var/tmp)")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
+    WORK[0] = f", each spinning {args.work:g} ms of CPU" if args.work > 0 else ""
     unknown = [m for m in modes if m not in overhead.MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}: choose from {', '.join(overhead.MODES)}")
@@ -182,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {loadavg()}")
     with tempfile.TemporaryDirectory(prefix="hermetic-cpu-paths-", dir=args.dir) as tmp:
         project = f"{tmp}/project"
-        overhead.make_project(project, args.tests)
+        if args.work > 0:
+            import xdist_scaling  # bench/: its CPU-bound tests
+
+            xdist_scaling.make_project(project, args.tests, args.work)
+        else:
+            overhead.make_project(project, args.tests)
         envs = overhead.session_envs(tmp)
         for mode in modes:
             overhead.run_session(mode, project, args.tests, envs[mode])  # warm-up: byte code cached

@@ -150,6 +150,14 @@ def main() -> int:
                                               "cpu_per_test_ms": cpu_per_test}
             print(f"{mode:<10}{workers:>4}{s['median']:>11.2f}{s['p10']:>8.2f}{s['p90']:>8.2f}"
                   f"{args.tests / s['median']:>9.1f}{scaling:>9.2f}{cpu_per_test:>13.2f}")
+    # A session that already keeps more than one core busy at -n 1 (hermetic:
+    # the next tests' set-ups and the last ones' exits beside the test) can
+    # gain less from more workers: on W cores, at most W / (cores busy at -n 1).
+    for mode in MODES:
+        busy = statistics.median(cpu[mode, 1]) / statistics.median(wall[mode, 1])
+        summary[f"{mode} -n1"]["cores_busy"] = busy
+        print(f"{mode}: cores kept busy at -n 1 (CPU / wall) {busy:.2f}; so -n {min(2, cores)} / -n 1 at most "
+              f"{min(2, cores) / busy:.2f} on this machine's {cores} cores")
     if args.startup:
         print("without the start-up (a session with every test deselected, same mode and -n): the tests' own time")
         print(f"{'mode':<10}{'-n':>4}{'start-up s':>11}{'tests s':>9}{'tests/s':>9}{'scaling':>9}")
