@@ -15,7 +15,11 @@ not shrink with more workers; with `--startup` each round also runs every
 (mode, workers) pair with all tests deselected, and the scaling is shown a
 second time with that start-up taken off: the tests' own throughput.
 
-    python bench/xdist_scaling.py [--tests 160] [--work 20] [--rounds 3] [--startup] [--json FILE]
+    python bench/xdist_scaling.py [--tests 160] [--work 20] [--rounds 3] [--startup] [--forked] [--json FILE]
+
+With `--forked`, pytest-forked's sessions (`-p pytest_forked --forked`) too:
+the peer a hermetic suite under xdist is compared with on equal terms (a
+fork per test, the same workers), in tests per second.
 
 Issue #16's target: hermetic's -n 2 / -n 1 at least 1.7 on 2 cores, plain
 xdist's ratio beside it.  Needs pytest-xdist; run as root (or rootless, where
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import time
 
+import forked_compat  # bench/forked_compat.py: pytest-forked under pytest 9.2
 from machine import describe, loadavg  # bench/machine.py
 
 MODES = {"plain": [], "hermetic": ["-p", "hermetic", "--hermetic"]}
@@ -102,6 +107,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--startup", action="store_true",
                         help="also time sessions with every test deselected; show the scaling without that start-up")
+    parser.add_argument("--forked", action="store_true",
+                        help="also pytest-forked's sessions (-p pytest_forked --forked), the same -n")
     parser.add_argument("--json", metavar="FILE", help="raw session times and the summary")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -113,21 +120,28 @@ def main() -> int:
         print(f"{key}: {value}")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS")}
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    if args.forked:
+        MODES["forked"] = forked_compat.ARGS
     wall: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
     cpu: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
     start_up: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
     with tempfile.TemporaryDirectory(prefix="hermetic-xdist-bench-", dir="/var/tmp") as tmp:
         env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"
+        envs = {mode: env for mode in MODES}
+        if args.forked:  # the shim on the path of pytest-forked's sessions only (xdist's workers inherit it)
+            forked_compat.install(f"{tmp}/compat")
+            path = os.pathsep.join(p for p in (f"{tmp}/compat", env.get("PYTHONPATH")) if p)
+            envs["forked"] = {**env, "PYTHONPATH": path}
         project = f"{tmp}/project"
         make_project(project, args.tests, args.work)
         for mode, workers in wall:  # warm-up
-            run_session(mode, workers, project, args.tests, env)
+            run_session(mode, workers, project, args.tests, envs[mode])
         rng = random.Random(args.seed)
         order = [(m, w, False) for m, w in wall] + ([(m, w, True) for m, w in wall] if args.startup else [])
         for r in range(args.rounds):
             rng.shuffle(order)
             for mode, workers, empty in order:
-                w, c = run_session(mode, workers, project, args.tests, env, empty)
+                w, c = run_session(mode, workers, project, args.tests, envs[mode], empty)
                 if empty:
                     start_up[mode, workers].append(w)
                     continue
@@ -171,6 +185,11 @@ def main() -> int:
                       f"{args.tests / own[workers]:>9.1f}{scaling:>9.2f}")
         print(f"without the start-up: hermetic -n 2 / -n 1 {summary['hermetic -n2']['scaling_without_start_up']:.2f}, "
               f"plain xdist {summary['plain -n2']['scaling_without_start_up']:.2f}")
+    if args.forked:
+        for workers in widths:
+            ratio = summary[f"hermetic -n{workers}"]["tests_per_s"] / summary[f"forked -n{workers}"]["tests_per_s"]
+            summary[f"hermetic -n{workers}"]["throughput_over_forked"] = ratio
+            print(f"-n {workers}: hermetic's tests per second / pytest-forked's {ratio:.2f}")
     h2 = summary["hermetic -n2"]["scaling"]
     print(f"hermetic -n 2 / -n 1 throughput: {h2:.2f} (target at least 1.7: {'met' if h2 >= 1.7 else 'NOT met'}); "
           f"plain xdist: {summary['plain -n2']['scaling']:.2f}")
