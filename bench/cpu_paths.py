@@ -46,7 +46,6 @@ from machine import describe, loadavg  # bench/machine.py
 FORK = re.compile(r"PERF_RECORD_FORK\((\d+):(\d+)\):\((\d+):(\d+)\)")
 COMM = re.compile(r"PERF_RECORD_COMM(?: exec)?: (.*):(\d+)/(\d+)")
 HEADER = re.compile(r"^(\S.*?)\s+(\d+)/(\d+)\s")
-WORK = [""]  # ", each spinning N ms" with --work
 KERNEL = 0xFFFF800000000000  # x86_64 and arm64: kernel addresses are above this
 
 
@@ -144,7 +143,8 @@ def path_of(frames: list[tuple[int, str]]) -> str:
     return f"kernel: {kernel[-1]}"
 
 
-def report(mode: str, found, parents, root: int, freq: int, tests: int, top: int) -> dict[str, dict[str, float]]:
+def report(mode: str, found, parents, root: int, freq: int, tests: int, work: float, top: int) -> None:
+    """Print `mode`'s table: ms of CPU per test, per process of the session, with its `top` paths."""
     comms = {pid: comm for comm, pid, _ in found}
     named = roles(root, parents, comms, mode)
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -156,12 +156,12 @@ def report(mode: str, found, parents, root: int, freq: int, tests: int, top: int
         table[who][path_of(frames)] += 1
     scale = 1000.0 / freq / tests
     out = {who: {path: n * scale for path, n in paths.items()} for who, paths in table.items()}
-    print(f"\n{mode}: CPU per test, ms, by process and path ({tests} tests{WORK[0]}, {freq} Hz)")
+    spin = f", each spinning {work:g} ms of CPU" if work > 0 else ""
+    print(f"\n{mode}: CPU per test, ms, by process and path ({tests} tests{spin}, {freq} Hz)")
     for who, paths in sorted(out.items(), key=lambda item: -sum(item[1].values())):
         print(f"  {sum(paths.values()):7.2f}  {who}")
         for path, ms in sorted(paths.items(), key=lambda item: -item[1])[:top]:
             print(f"  {ms:15.3f}  {path}")
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the temporary project goes (default /var/tmp)")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
-    WORK[0] = f", each spinning {args.work:g} ms of CPU" if args.work > 0 else ""
     unknown = [m for m in modes if m not in overhead.MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}: choose from {', '.join(overhead.MODES)}")
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             root = next((child for child, parent in parents.items() if names.get(parent) == "perf"), None)
             if root is None:
                 raise SystemExit(f"cpu_paths: the {mode} session's process is not in perf's record")
-            report(mode, found, parents, root, args.freq, args.tests, args.top)
+            report(mode, found, parents, root, args.freq, args.tests, args.work, args.top)
     return 0
 
 

@@ -42,6 +42,7 @@ import time
 
 import forked_compat  # bench/forked_compat.py: pytest-forked under pytest 9.2
 from machine import describe, loadavg  # bench/machine.py
+from pytest_overhead import with_path  # bench/pytest_overhead.py
 
 MODES = {"plain": [], "hermetic": ["-p", "hermetic", "--hermetic"]}
 PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "xdist"]
@@ -130,8 +131,7 @@ def main() -> int:
         envs = {mode: env for mode in MODES}
         if args.forked:  # the shim on the path of pytest-forked's sessions only (xdist's workers inherit it)
             forked_compat.install(f"{tmp}/compat")
-            path = os.pathsep.join(p for p in (f"{tmp}/compat", env.get("PYTHONPATH")) if p)
-            envs["forked"] = {**env, "PYTHONPATH": path}
+            envs["forked"] = with_path(env, f"{tmp}/compat")
         project = f"{tmp}/project"
         make_project(project, args.tests, args.work)
         for mode, workers in wall:  # warm-up
