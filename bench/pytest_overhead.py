@@ -8,7 +8,8 @@ no:cacheprovider` sessions in three modes:
   plain      pytest as it is
   forked     -p pytest_forked --forked   (pytest-forked: one fork per test)
   hermetic   -p hermetic --hermetic      (this plugin, `host` image: one
-                                          container per test)
+                                          container per test; `--image REF`:
+                                          in that image of the store)
 
 Each round runs every mode once in a freshly shuffled order, with N tests and
 with 0 tests (the session's fixed start-up cost).  Every session must exit 0
@@ -775,7 +776,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", metavar="TREE",
                         help="also run hermetic from this checkout (first on PYTHONPATH) as mode "
                              "`hermetic-base`, interleaved: an A/B of two trees in whole sessions")
+    parser.add_argument("--image", metavar="REF",
+                        help="run the hermetic modes' tests in this image of the store (ini hermetic_image) "
+                             "instead of `host`")
     args = parser.parse_args(argv)
+    if args.image:
+        MODES["hermetic"] = [*MODES["hermetic"], "-o", f"hermetic_image={args.image}"]
     DESELECTED[0] = max(args.deselected, 0)
     TO_FILE[0] = args.to_file
     if args.against:

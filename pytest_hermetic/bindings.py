@@ -106,25 +106,36 @@ def _python_paths() -> frozenset[str]:
     return frozenset(os.path.realpath(p) for p in paths if os.path.exists(p))
 
 
-def _library_paths() -> set[str]:
+def _library_paths() -> frozenset[str]:
     """Folders of the shared objects mapped now, the platform's library
     folders (for extension modules imported after the fork) and the loader."""
-    paths: set[str] = set()
+    names = set()
     try:
         with open("/proc/self/maps") as f:
             for line in f:
                 name = line.split(None, 5)[-1].strip()
                 if name.startswith("/") and ".so" in name:
-                    paths.add(os.path.dirname(os.path.realpath(name)))
+                    names.add(name)
     except OSError:
         pass
+    return _library_folders(frozenset(names))
+
+
+@functools.lru_cache(maxsize=4)
+def _library_folders(names: frozenset[str]) -> frozenset[str]:
+    """`_library_paths` for this set of mapped objects: worked out once per
+    set, as pytest's stays the same from one test to the next (a test in an
+    image paid ~5 ms of pytest's time for it here, a `realpath` of each
+    object, a stat per component), and a new extension a fixture loads
+    makes a new set."""
+    paths = {os.path.dirname(os.path.realpath(name)) for name in names}
     multiarch = sysconfig.get_config_var("MULTIARCH")
     if multiarch:
         paths.update(os.path.realpath(f"{base}/{multiarch}") for base in ("/lib", "/usr/lib"))
     interpreter = _elf_interpreter(os.path.realpath(sys.executable))
     if interpreter:
         paths.add(interpreter)  # by the path the binaries name, e.g. /lib64/ld-linux-x86-64.so.2
-    return {p for p in paths if os.path.exists(p)}
+    return frozenset(p for p in paths if os.path.exists(p))
 
 
 def _elf_interpreter(path: str) -> str | None:
@@ -147,7 +158,24 @@ def _elf_interpreter(path: str) -> str | None:
     return None
 
 
+# (store root, image layers, path) -> whether the layers hold the path: a
+# layer never changes once stored (its id is its content's digest), and
+# each look is a stat or a read of an EROFS image's directories.
+_HAS: dict[tuple[str, tuple[str, ...], str], bool] = {}
+_HAS_KEPT = 4096
+
+
 def _image_has(store: Store, image: Image, path: str) -> bool:
+    key = (store.root, tuple(image.layers), path)
+    found = _HAS.get(key)
+    if found is None:
+        found = _HAS[key] = _layers_have(store, image, path)
+        if len(_HAS) > _HAS_KEPT:
+            del _HAS[next(iter(_HAS))]  # (the oldest)
+    return found
+
+
+def _layers_have(store: Store, image: Image, path: str) -> bool:
     for diff_id in image.layers:
         layer_image = store.layer_image(diff_id)
         if layer_image is None:

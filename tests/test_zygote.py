@@ -429,3 +429,97 @@ def test_a_tests_child_imports_nothing(pytester: pytest.Pytester):
                                            f"--basetemp={pytester.path / 'base'}", timeout=120)
     result.assert_outcomes(passed=8, failed=4)  # (a failure's report is made in the child too)
     assert not log.exists(), sorted(set(log.read_text().split()))
+
+
+IMAGES_CONFTEST = r'''
+import json, os
+from pytest_hermetic.forked import per_test, zygote
+
+SEEN = []
+
+def pytest_runtest_logfinish(nodeid):
+    # (in pytest, after each test: the zygote, and the tests whose containers are started ahead)
+    current = zygote.current()
+    SEEN.append([nodeid.split("::")[-1], current.pid if current else None, [a.item.name for a in per_test._aheads]])
+
+def pytest_sessionfinish(session):
+    with open(os.environ["IMAGES_LOG"], "w") as f:
+        json.dump(SEEN, f)
+'''
+
+SUITE_IMAGES = r'''
+import os, subprocess, time
+from pytest_hermetic import hermetic
+
+def _in_busybox():
+    return os.path.realpath("/bin/sh") == "/bin/busybox"
+
+def _processes():
+    names = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    names.append(f.read().strip())
+            except OSError:
+                pass  # (gone)
+    return names
+
+LEFT = ("/etc/left-behind", "/tmp/left-behind", "/dev/shm/left-behind", "/root/left-behind")
+
+@hermetic
+def test_1_host():
+    assert not _in_busybox()
+
+@hermetic(image="busybox:test")
+def test_2_image_leaves_things_behind():
+    assert _in_busybox() and os.getpid() == 2
+    for path in LEFT:
+        with open(path, "w") as f:
+            f.write("test 2 was here")
+    subprocess.Popen(["sleep", "600"], start_new_session=True)  # (busybox's)
+    for _ in range(500):  # (its name is python's until its exec)
+        if "sleep" in _processes():
+            break
+        time.sleep(0.01)
+    assert "sleep" in _processes()
+
+@hermetic(image="busybox:test")
+def test_3_image_finds_none_of_it():
+    assert _in_busybox() and os.getpid() == 2
+    assert [path for path in LEFT if os.path.exists(path)] == []
+    assert "sleep" not in _processes()
+    for path in LEFT:  # (and leaves them again, for test 4)
+        with open(path, "w") as f:
+            f.write("test 3 was here")
+
+@hermetic
+def test_4_host_again():
+    assert not _in_busybox()
+    assert [path for path in LEFT if os.path.exists(path)] == []
+
+@hermetic(image="busybox:test")
+def test_5_image_again():
+    assert _in_busybox()
+    assert [path for path in LEFT if os.path.exists(path)] == []
+'''
+
+
+def test_the_zygote_serves_tests_in_images_and_each_gets_a_fresh_root(pytester: pytest.Pytester, busybox_image):
+    # Tests in an image (not only `host`) are forked by the zygote and
+    # started ahead, the next two while a test runs, whatever the image of
+    # the one before; each still gets a root of its own: files one test
+    # left in the image's /etc, /tmp, /dev/shm or home, and its processes,
+    # are not there for the next (nor for a `host` test between them).
+    pytester.makeconftest(IMAGES_CONFTEST)
+    pytester.makepyfile(test_images=SUITE_IMAGES)
+    log = pytester.path / "images.json"
+    pytester._monkeypatch.setenv("IMAGES_LOG", str(log))
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           timeout=120)
+    result.assert_outcomes(passed=5)
+    seen = {name: (pid, ahead) for name, pid, ahead in json.loads(log.read_text())}
+    assert seen["test_1_host"][0] is not None and len({pid for pid, _ in seen.values()}) == 1, seen  # one zygote
+    assert seen["test_1_host"][1] == ["test_2_image_leaves_things_behind", "test_3_image_finds_none_of_it"], seen
+    assert seen["test_2_image_leaves_things_behind"][1] == ["test_3_image_finds_none_of_it", "test_4_host_again"], seen
+    assert seen["test_4_host_again"][1] == ["test_5_image_again"], seen

@@ -77,7 +77,7 @@ def prepare_next(config: pytest.Config, spec: Spec) -> None:
     """Prepare the next test's container (`Container.prepare`: its cgroup
     and what its child needs) now, while this test's child runs and this
     process would only wait: its start then goes straight to the fork.
-    For the `host` image without a network (the --hermetic default); it is
+    For a test without a network (the --hermetic default); it is
     used only if the next test's spec, working folder and basetemp turn
     out the same (`take_next`), else removed."""
     global _next
@@ -88,15 +88,17 @@ def prepare_next(config: pytest.Config, spec: Spec) -> None:
 
 
 def _prepare(config: pytest.Config, spec: Spec) -> tuple[Spec, Container] | None:
-    """A prepared container for a test of `spec` (`host`, no network), with
-    its per-test spec; None where there is none (the test makes its own,
-    and says what fails)."""
-    if spec.image != "host" or spec.net is not False:
+    """A prepared container for a test of `spec` (no network), with its
+    per-test spec; None where there is none (the test makes its own, and
+    says what fails).  An image is only looked up in the store here, never
+    pulled: a pull, and its error, are the test's own."""
+    if spec.net is not False:
         return None
     store = Store()
-    made = container_spec(config, spec, store, None)
     try:
-        return made, Container(made, store=store).prepare()
+        image = None if spec.image == "host" else store.resolve(spec.image)
+        made = container_spec(config, spec, store, image)
+        return made, Container(made, store=store, image=image).prepare()
     except (HermeticError, OSError):
         return None
 

@@ -273,13 +273,13 @@ _enabled: tuple[Any, bool] | None = None  # (config, its `hermetic_zygote` ini o
 
 
 def may_serve(spec: Spec, config: pytest.Config) -> bool:
-    """Whether the zygote forks tests of this per-test spec: as root, the
-    `host` image, no network (the --hermetic default), unless the
-    `hermetic_zygote` ini option says false."""
+    """Whether the zygote forks tests of this per-test spec: as root, no
+    network to wire (the child's namespace would have to be handed over
+    mid-start), any image, unless the `hermetic_zygote` ini option says false."""
     global _enabled
     if _enabled is None or _enabled[0] is not config:
         _enabled = (config, config.getini("hermetic_zygote"))
-    return _enabled[1] and spec.image == "host" and spec.net is False and os.geteuid() == 0
+    return _enabled[1] and spec.net is False and os.geteuid() == 0
 
 
 def for_item(item: pytest.Item) -> Zygote:
