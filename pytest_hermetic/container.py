@@ -305,13 +305,14 @@ class Container:
         """Do now what `start(target=...)` does before it forks: take the
         image, make the cgroup and the state folder, resolve what the child
         needs; `start()` then goes straight to the fork.  For a callable
-        without a network to join, log or terminal (the pytest plugin
-        prepares the next test's container while the current test runs);
-        `remove()` undoes it."""
+        without a log or terminal, with no network or the host's bridge
+        (joined at `start`: its address is taken then), not a named one
+        (the pytest plugin prepares the next test's container while the
+        current test runs); `remove()` undoes it."""
         if self.process is not None or self._prepared is not None:
             return self
-        if self.spec.net is not False:
-            raise ContainerStartError("only a container without a network can be prepared")
+        if self.spec.net is not False and self.spec.net is not True:
+            raise ContainerStartError("only a container without a network or on the host's bridge can be prepared")
         image = self.image = self._resolve_and_use()
         try:
             self._make_cgroup()
@@ -403,6 +404,7 @@ class Container:
         self.address = attachment.address
         config.network = attachment.config
         config.network_hook = attachment.connect
+        config.network_netns_hook = attachment.connect_netns
         config.rootfs.init_files["etc/hosts"] = attachment.hosts
         config.rootfs.init_files["etc/resolv.conf"] = attachment.resolv_conf
         if attachment.hosts_bind:

@@ -523,3 +523,73 @@ def test_the_zygote_serves_tests_in_images_and_each_gets_a_fresh_root(pytester: 
     assert seen["test_1_host"][1] == ["test_2_image_leaves_things_behind", "test_3_image_finds_none_of_it"], seen
     assert seen["test_2_image_leaves_things_behind"][1] == ["test_3_image_finds_none_of_it", "test_4_host_again"], seen
     assert seen["test_4_host_again"][1] == ["test_5_image_again"], seen
+
+
+SUITE_BRIDGE = r'''
+import fcntl, os, socket, struct
+from pytest_hermetic import hermetic
+
+def _eth0():
+    """(MAC, IPv4 address) of eth0, up, in this test's network namespace."""
+    with open("/sys/class/net/eth0/operstate") as f:
+        assert f.read().strip() in ("up", "unknown")
+    with open("/sys/class/net/eth0/address") as f:
+        mac = f.read().strip()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifreq = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", b"eth0"))  # SIOCGIFADDR
+    finally:
+        sock.close()
+    return mac, socket.inet_ntoa(ifreq[20:24])
+
+def _note(tmp_path_factory, name):
+    mac, address = _eth0()
+    with open(tmp_path_factory.getbasetemp() / "bridged.log", "a") as f:
+        f.write(f"{name} {mac} {address}\n")
+
+LEFT_OPEN = []
+
+@hermetic(net=True)
+def test_1(tmp_path_factory):
+    _note(tmp_path_factory, "test_1")
+    listener = socket.create_server(("0.0.0.0", 45678))
+    LEFT_OPEN.append(listener)  # (left listening: the test's namespace goes with it)
+
+@hermetic(net=True)
+def test_2(tmp_path_factory):
+    _note(tmp_path_factory, "test_2")
+    socket.create_server(("0.0.0.0", 45678)).close()  # (free: not test_1's namespace)
+    assert open("/proc/net/tcp").read().count("\n") == 1  # (no socket of test_1's: the header only)
+
+@hermetic
+def test_3_no_network():
+    assert sorted(os.listdir("/sys/class/net")) == ["lo"]
+
+@hermetic(net=True)
+def test_4(tmp_path_factory):
+    _note(tmp_path_factory, "test_4")
+'''
+
+
+def test_the_zygote_serves_tests_on_the_hosts_bridge_started_ahead_each_wired_on_its_own(pytester: pytest.Pytester):
+    # `net=True` tests are forked by the zygote and started ahead too: pytest
+    # wires a veth into the namespaces it made ahead, before the fork
+    # (process.spawn), instead of waiting for the child's own.  Each test
+    # still has an eth0 of its own (its own MAC and address, up), nothing of
+    # the test before (a listener left open), and a test without a network
+    # between them has none.
+    pytester.makeconftest(IMAGES_CONFTEST)
+    pytester.makepyfile(test_bridged=SUITE_BRIDGE)
+    log = pytester.path / "bridged.json"
+    pytester._monkeypatch.setenv("IMAGES_LOG", str(log))
+    base = pytester.path / "base"
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           f"--basetemp={base}", timeout=120)
+    result.assert_outcomes(passed=4)
+    seen = {name: (pid, ahead) for name, pid, ahead in json.loads(log.read_text())}
+    assert seen["test_1"][0] is not None and len({pid for pid, _ in seen.values()}) == 1, seen  # one zygote
+    assert seen["test_1"][1] == ["test_2", "test_3_no_network"], seen
+    assert seen["test_2"][1] == ["test_3_no_network", "test_4"], seen
+    wired = [line.split() for line in (base / "bridged.log").read_text().splitlines()]
+    assert [name for name, _, _ in wired] == ["test_1", "test_2", "test_4"], wired
+    assert len({mac for _, mac, _ in wired}) == 3 and wired[0][2] != wired[1][2], wired  # (1 and 2 live at once)

@@ -77,8 +77,8 @@ def prepare_next(config: pytest.Config, spec: Spec) -> None:
     """Prepare the next test's container (`Container.prepare`: its cgroup
     and what its child needs) now, while this test's child runs and this
     process would only wait: its start then goes straight to the fork.
-    For a test without a network (the --hermetic default); it is
-    used only if the next test's spec, working folder and basetemp turn
+    For a test without a network (the --hermetic default) or on the host's
+    bridge; it is used only if the next test's spec, working folder and basetemp turn
     out the same (`take_next`), else removed."""
     global _next
     discard_next()
@@ -88,11 +88,11 @@ def prepare_next(config: pytest.Config, spec: Spec) -> None:
 
 
 def _prepare(config: pytest.Config, spec: Spec) -> tuple[Spec, Container] | None:
-    """A prepared container for a test of `spec` (no network), with its
-    per-test spec; None where there is none (the test makes its own, and
-    says what fails).  An image is only looked up in the store here, never
-    pulled: a pull, and its error, are the test's own."""
-    if spec.net is not False:
+    """A prepared container for a test of `spec` (no network, or the host's
+    bridge), with its per-test spec; None where there is none (the test
+    makes its own, and says what fails).  An image is only looked up in the
+    store here, never pulled: a pull, and its error, are the test's own."""
+    if spec.net is not False and spec.net is not True:
         return None
     store = Store()
     try:

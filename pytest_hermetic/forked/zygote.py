@@ -273,13 +273,16 @@ _enabled: tuple[Any, bool] | None = None  # (config, its `hermetic_zygote` ini o
 
 
 def may_serve(spec: Spec, config: pytest.Config) -> bool:
-    """Whether the zygote forks tests of this per-test spec: as root, no
-    network to wire (the child's namespace would have to be handed over
-    mid-start), any image, unless the `hermetic_zygote` ini option says false."""
+    """Whether the zygote forks tests of this per-test spec: as root, in any
+    image, without a network (the --hermetic default) or on the host's bridge
+    (`net=True`: pytest wires the namespaces it made ahead before the fork,
+    process.spawn), unless the `hermetic_zygote` ini option says false.  Not
+    on a named network: the test's own, made at its turn (a test waits for
+    its services' network before its fork)."""
     global _enabled
     if _enabled is None or _enabled[0] is not config:
         _enabled = (config, config.getini("hermetic_zygote"))
-    return _enabled[1] and spec.net is False and os.geteuid() == 0
+    return _enabled[1] and (spec.net is False or spec.net is True) and os.geteuid() == 0
 
 
 def for_item(item: pytest.Item) -> Zygote:

@@ -52,12 +52,16 @@ class Attachment:
     resolv_conf: str
     connect: Callable[[int], None]  # the veth, into the namespace of the child with this pid
     hosts_bind: str | None = None  # the network's shared hosts file, bound over /etc/hosts
+    # The veth, into the network namespace open at this fd (one made ahead,
+    # before the child exists); None where the network wires by pid only.
+    connect_netns: Callable[[int], None] | None = None
 
 
 class Network:
     """A bridge plus leases and names, in `state_dir`, guarded by `lock_path`."""
 
     kind = "named"
+    wires_by_netns = True  # the veth goes in from here, into a namespace by fd (`_connect`)
 
     def __init__(self, name: str, state_dir: str, subnet: str, netns_fd: int | None, bridge: str = "br0") -> None:
         self.name = name
@@ -199,7 +203,11 @@ class Network:
         def connect(pid: int) -> None:
             self._connect(pid, veth)
 
-        return Attachment(config, address, hosts, self.resolv_conf(), connect, self.hosts_path)
+        def connect_netns(fd: int) -> None:
+            self.bridge.connect(fd, veth)
+
+        return Attachment(config, address, hosts, self.resolv_conf(), connect, self.hosts_path,
+                          connect_netns if self.wires_by_netns else None)
 
     def _unused(self) -> bool:
         """Under the lock, after a container left: remove what nobody uses."""

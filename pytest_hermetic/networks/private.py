@@ -108,6 +108,8 @@ class RootlessPrivateNetwork(PrivateNetwork):
         """The user namespace every container on this network joins."""
         return self.holder.userns_path
 
+    wires_by_netns = False  # the holder, in its user namespace, wires the child by pid
+
     def _connect(self, pid: int, veth: str) -> None:
         self.holder.connect(pid, veth)
 

@@ -45,9 +45,14 @@ class ProcessConfig:
     # the child builds its root; `netns_ready` carries the child's NETNS_MADE.
     network_hook: Callable[[int], None] | None = None
     netns_ready: Channel | None = None
+    # The same veth into a network namespace open at this fd: where the
+    # parent made the child's namespaces ahead (`spare`), it wires them
+    # before the fork instead, and the child needs no hand-over.
+    network_netns_hook: Callable[[int], None] | None = None
     tty: Console | None = None  # run -t: make a pty of the container's own (console.py)
-    # As root without a network to wire: network, IPC and UTS namespaces the
-    # parent made ahead (spare.py), joined instead of unshared.
+    # As root (no network, or one wired into them before the fork): network,
+    # IPC and UTS namespaces the parent made ahead (spare.py), joined instead
+    # of unshared.
     spare: dict[str, int] | None = None
     # The parent makes the *next* container's set while this child builds its root.
     make_spare: bool = False

@@ -263,8 +263,8 @@ def _pidns_fd() -> int:
 def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
           confirm: bool = True, forker: Forker | None = None) -> ContainerProcess:
     """Start the container; return once it runs (or raise why it could not).
-    Without `confirm` (as root, no network to wire), return once it is
-    forked: its `confirm()` then waits for its set-up (the pytest plugin
+    Without `confirm` (as root, no network to wire but into namespaces
+    made ahead), return once it is forked: its `confirm()` then waits for its set-up (the pytest plugin
     starts the next test's container while the current test runs).
     `forker(config, err_w, cgroup_tasks) -> (() -> (pid, placeholder pid))`,
     with `.reap(pid) -> wait status`: starts a placeholder PID 1 and forks
@@ -294,10 +294,20 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
         config.network_go = Channel()
     if not rootless:
         rootfs.kernelfs.prepare()  # the host's device numbers, looked up here once, not in every child
+    wire_ahead = None
     if _made_ahead and not rootless and config.network_hook is None and config.network.mode == "none":
         from . import spare
 
         config.spare = spare.take()  # the namespaces made ahead, if any (the plugin's next test)
+    elif _made_ahead and not rootless and config.network_netns_hook is not None and config.network.mode == "bridge":
+        from . import spare
+
+        # A network to wire: into the namespace made ahead, before the fork
+        # (below), so the child joins it wired and nobody waits on the other.
+        config.spare = spare.take()
+        if config.spare is not None:
+            wire_ahead, config.network_hook = config.network_netns_hook, None
+    config.network_netns_hook = None  # (used, or not usable: no spare set)
     # As root, the child is forked inside its v1 cgroups (cgroups.ThreadRoute):
     # no migration to wait for; else the parent moves it while it sets up.
     route = cgroups.ThreadRoute.for_paths(config.cgroup_procs) if not rootless and config.cgroup_procs else None
@@ -308,6 +318,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     first = None
     pid_later: Callable[[], tuple[int, int]] | None = None
     try:
+        if wire_ahead is not None:
+            assert config.spare is not None
+            wire_ahead(config.spare["net"])
         if rootless:
             pid = relay.start(config, target, err_w, status_w, maps, joined)
         elif forker is not None and placeholder_mode and joined is None:
@@ -369,8 +382,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     if config.spare is not None:
         from . import netns_reuse, spare
 
-        netns = spare.lend(config.spare, netns_reuse.reusable(config.privileged, config.caps, config.seccomp,
-                                                              tuple(bind.source for bind in config.rootfs.binds)))
+        # (A namespace wired here holds a veth end: never one to give back.)
+        netns = spare.lend(config.spare, wire_ahead is None and netns_reuse.reusable(
+            config.privileged, config.caps, config.seccomp, tuple(bind.source for bind in config.rootfs.binds)))
         config.spare = None
     attach_error = _attach([pid], attach, config, joined) if joined is not None else None
     if config.make_spare:

@@ -14,8 +14,10 @@ and why that is enough): `lend` hands it to the container's handle, which
 gives it back once the container's PID namespace has ended.  The parent
 enters a new set only for the moment it takes to make it and bring `lo` up,
 in its own thread, and goes back.  Root only (a rootless child makes its
-namespaces inside its own user namespace), and only for containers without
-a network to wire (`net=False`).
+namespaces inside its own user namespace), for containers without a network
+(`net=False`) or on a bridge that wires by namespace (`process.spawn` puts
+the veth into the set before the fork; that network namespace is then
+never given back).
 """
 
 from __future__ import annotations
