@@ -23,6 +23,10 @@ slope of the baseline:
   private + 2 cont.   private - service  (the network, for two containers)
 
     python bench/network_cost.py [--tests 60] [--small 10] [--rounds 5] [--markdown]
+                                 [--modes loopback,bridge] [--against OTHER_CHECKOUT]
+
+`--against TREE` runs every mode a second time with hermetic from TREE
+(`mode@base`), interleaved in the same rounds: an A/B of two trees.
 """
 
 from __future__ import annotations
@@ -81,41 +85,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=10, help="tests in the small session")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--modes", default=",".join(BODIES),
+                        help=f"comma-separated, of {', '.join(BODIES)} (default all)")
+    parser.add_argument("--against", metavar="TREE",
+                        help="also run every mode with hermetic from this checkout (first on PYTHONPATH), "
+                             "interleaved, and print this tree's per-test cost over that one's")
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(BODIES))
+    if unknown:
+        parser.error(f"unknown modes {unknown}; choose from {', '.join(BODIES)}")
     if os.geteuid() != 0:
         print("network_cost: bridges need root", file=sys.stderr)
         return 2
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS")}
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     sizes = (args.small, args.tests)
-    samples: dict[tuple[str, int], list[float]] = {(mode, n): [] for mode in BODIES for n in sizes}
+    envs = {"": env}
+    if args.against:
+        base = os.path.abspath(args.against)
+        envs["@base"] = {**env, "PYTHONPATH": os.pathsep.join(p for p in (base, env.get("PYTHONPATH")) if p)}
+    runs = [mode + tree for tree in envs for mode in modes]  # "bridge", "bridge@base", ...
+    samples: dict[tuple[str, int], list[float]] = {(run, n): [] for run in runs for n in sizes}
     with tempfile.TemporaryDirectory(prefix="hermetic-netbench-") as tmp:
         env["PYTHONPYCACHEPREFIX"] = f"{tmp}/pycache"
+        for tree_env in envs.values():
+            tree_env["PYTHONPYCACHEPREFIX"] = env["PYTHONPYCACHEPREFIX"]
         projects = {}
-        for mode in BODIES:
+        for mode in modes:
             for n in sizes:
                 projects[mode, n] = f"{tmp}/{mode}-{n}"
                 make_project(projects[mode, n], mode, n)
-            run_session(projects[mode, args.small], args.small, env)  # warm-up
+        for run in runs:
+            mode, _, tree = run.partition("@")
+            run_session(projects[mode, args.small], args.small, envs["@" + tree if tree else ""])  # warm-up
         load_before = loadavg()
         for _ in range(args.rounds):
             order = list(samples)
             random.shuffle(order)
-            for key in order:
-                samples[key].append(run_session(projects[key], key[1], env))
+            for run, n in order:
+                mode, _, tree = run.partition("@")
+                samples[run, n].append(run_session(projects[mode, n], n, envs["@" + tree if tree else ""]))
         load_after = loadavg()
     med = {key: statistics.median(s) for key, s in samples.items()}
     # The slope between the two sizes is the cost of one more test; the
     # intercept is the session's fixed cost (for networks: pyroute2's
     # import, the host bridge and its NAT rules, made once).
-    per_test = {m: (med[m, args.tests] - med[m, args.small]) / (args.tests - args.small) * 1e3 for m in BODIES}
-    fixed = {m: med[m, args.small] * 1e3 - per_test[m] * args.small for m in BODIES}
+    per_test = {r: (med[r, args.tests] - med[r, args.small]) / (args.tests - args.small) * 1e3 for r in runs}
+    fixed = {r: med[r, args.small] * 1e3 - per_test[r] * args.small for r in runs}
     info = describe()
     print(f"# network cost: sessions of {args.small} and {args.tests} tests x {args.rounds} rounds, medians; "
           f"{info.get('cpu', '')}, kernel {info.get('kernel', '')}; load {load_before} -> {load_after}")
-    rows = [(m, f"{per_test[m]:.1f}", f"{fixed[m]:.0f}") for m in BODIES]
-    costs = [(name, f"{per_test[a] - per_test[b]:+.1f}", f"{fixed[a] - fixed[b]:+.0f}", f"{a} - {b}")
-             for name, (a, b) in COSTS.items()]
+    rows = [(r, f"{per_test[r]:.1f}", f"{fixed[r]:.0f}") for r in runs]
+    costs = [(name + tree, f"{per_test[a + tree] - per_test[b + tree]:+.1f}",
+              f"{fixed[a + tree] - fixed[b + tree]:+.0f}", f"{a} - {b}")
+             for tree in envs for name, (a, b) in COSTS.items() if a in modes and b in modes]
     if args.markdown:
         print("\n| mode | ms per test | fixed ms per session |\n|---|---:|---:|")
         for row in rows:
@@ -125,9 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} |")
     else:
         for row in rows:
-            print(f"{row[0]:10} {row[1]:>7} ms/test   {row[2]:>6} ms/session")
+            print(f"{row[0]:14} {row[1]:>7} ms/test   {row[2]:>6} ms/session")
         for row in costs:
             print(f"{row[0]:32} {row[1]:>7} ms/test   {row[2]:>6} ms/session   ({row[3]})")
+    if args.against:
+        for mode in modes:
+            if per_test[mode + "@base"] > 0:
+                print(f"{mode}: this tree / {args.against}, ms per test: {per_test[mode]:.1f} / "
+                      f"{per_test[mode + '@base']:.1f} = {per_test[mode] / per_test[mode + '@base']:.2f}")
     return 0
 
 
