@@ -431,7 +431,7 @@ def test_a_tests_child_imports_nothing(pytester: pytest.Pytester):
     assert not log.exists(), sorted(set(log.read_text().split()))
 
 
-IMAGES_CONFTEST = r'''
+SERVED_CONFTEST = r'''
 import json, os
 from pytest_hermetic.forked import per_test, zygote
 
@@ -443,9 +443,22 @@ def pytest_runtest_logfinish(nodeid):
     SEEN.append([nodeid.split("::")[-1], current.pid if current else None, [a.item.name for a in per_test._aheads]])
 
 def pytest_sessionfinish(session):
-    with open(os.environ["IMAGES_LOG"], "w") as f:
+    with open(os.environ["SERVED_LOG"], "w") as f:
         json.dump(SEEN, f)
 '''
+
+
+def _served_and_ahead(pytester: pytest.Pytester, files: dict[str, str], passed: int, *args: str) -> dict:
+    """An inner session of `files`: test name -> (pid of the zygote after
+    it, or None; the tests whose containers were started ahead then)."""
+    pytester.makeconftest(SERVED_CONFTEST)
+    pytester.makepyfile(**files)
+    log = pytester.path / "served.json"
+    pytester._monkeypatch.setenv("SERVED_LOG", str(log))
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           *args, timeout=120)
+    result.assert_outcomes(passed=passed)
+    return {name: (pid, ahead) for name, pid, ahead in json.loads(log.read_text())}
 
 SUITE_IMAGES = r'''
 import os, subprocess, time
@@ -511,14 +524,7 @@ def test_the_zygote_serves_tests_in_images_and_each_gets_a_fresh_root(pytester: 
     # the one before; each still gets a root of its own: files one test
     # left in the image's /etc, /tmp, /dev/shm or home, and its processes,
     # are not there for the next (nor for a `host` test between them).
-    pytester.makeconftest(IMAGES_CONFTEST)
-    pytester.makepyfile(test_images=SUITE_IMAGES)
-    log = pytester.path / "images.json"
-    pytester._monkeypatch.setenv("IMAGES_LOG", str(log))
-    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
-                                           timeout=120)
-    result.assert_outcomes(passed=5)
-    seen = {name: (pid, ahead) for name, pid, ahead in json.loads(log.read_text())}
+    seen = _served_and_ahead(pytester, {"test_images": SUITE_IMAGES}, 5)
     assert seen["test_1_host"][0] is not None and len({pid for pid, _ in seen.values()}) == 1, seen  # one zygote
     assert seen["test_1_host"][1] == ["test_2_image_leaves_things_behind", "test_3_image_finds_none_of_it"], seen
     assert seen["test_2_image_leaves_things_behind"][1] == ["test_3_image_finds_none_of_it", "test_4_host_again"], seen
@@ -578,15 +584,8 @@ def test_the_zygote_serves_tests_on_the_hosts_bridge_started_ahead_each_wired_on
     # still has an eth0 of its own (its own MAC and address, up), nothing of
     # the test before (a listener left open), and a test without a network
     # between them has none.
-    pytester.makeconftest(IMAGES_CONFTEST)
-    pytester.makepyfile(test_bridged=SUITE_BRIDGE)
-    log = pytester.path / "bridged.json"
-    pytester._monkeypatch.setenv("IMAGES_LOG", str(log))
     base = pytester.path / "base"
-    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "-p", "no:randomly",
-                                           f"--basetemp={base}", timeout=120)
-    result.assert_outcomes(passed=4)
-    seen = {name: (pid, ahead) for name, pid, ahead in json.loads(log.read_text())}
+    seen = _served_and_ahead(pytester, {"test_bridged": SUITE_BRIDGE}, 4, f"--basetemp={base}")
     assert seen["test_1"][0] is not None and len({pid for pid, _ in seen.values()}) == 1, seen  # one zygote
     assert seen["test_1"][1] == ["test_2", "test_3_no_network"], seen
     assert seen["test_2"][1] == ["test_3_no_network", "test_4"], seen
