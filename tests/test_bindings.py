@@ -58,6 +58,15 @@ def test_each_image_is_asked_about_its_own_layers(tmp_path, busybox_rootfs):
             assert str(code) not in bound_one and str(code) in bound_other, (bound_one, bound_other)
             python = os.path.realpath(sys.executable)
             assert any(python == t or python.startswith(t + "/") for t in bound_other), bound_other
+        # Nothing of the store's kept open here: a pytest process's open files
+        # reach each later test's container (sealed: a copy once a layer is gone).
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass  # (the listing's own)
+        assert not [path for path in held if path.startswith(os.path.realpath(store.root))], held
     finally:
         store.remove("bindings-with:test")
         store.remove("bindings-without:test")

@@ -125,13 +125,15 @@ class ImageReader:
         return trail[-1]
 
 
-_open: dict[str, ImageReader] = {}
-
-
 def image_has(image: str, path: str) -> bool:
     """Whether the EROFS layer image file `image` has an entry at `path` (as `os.path.lexists`
-    would say of the unpacked layer, with symlinks resolved inside the image)."""
-    reader = _open.get(image)
-    if reader is None:
-        reader = _open[image] = ImageReader(image)
-    return reader.lookup(path) is not None
+    would say of the unpacked layer, with symlinks resolved inside the image).
+
+    The image is open for this look only: a descriptor a pytest process keeps
+    reaches every later test's container (sealed, and copied whole into each
+    once `gc` or `rmi` removed the layer); bindings.py keeps the answers."""
+    reader = ImageReader(image)
+    try:
+        return reader.lookup(path) is not None
+    finally:
+        reader.close()
