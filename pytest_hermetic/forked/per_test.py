@@ -78,8 +78,8 @@ def prepare_next(config: pytest.Config, spec: Spec) -> None:
     and what its child needs) now, while this test's child runs and this
     process would only wait: its start then goes straight to the fork.
     For a test without a network (the --hermetic default) or on the host's
-    bridge; it is used only if the next test's spec, working folder and basetemp turn
-    out the same (`take_next`), else removed."""
+    bridge; it is used only if the next test's spec, working folder and
+    basetemp turn out the same (`take_next`), else removed."""
     global _next
     discard_next()
     prepared = _prepare(config, spec)

@@ -93,6 +93,8 @@ class RootlessPrivateNetwork(PrivateNetwork):
     holder process's own user and network namespaces (runtime/netholder.py),
     and the containers on it join that user namespace."""
 
+    wires_by_netns = False  # the holder, in its user namespace, wires the child by pid
+
     def __init__(self, name: str, subnet: str | None = None) -> None:
         from ..runtime.netholder import Holder  # lazily: 3 ms of imports only rootless private networks need
 
@@ -107,8 +109,6 @@ class RootlessPrivateNetwork(PrivateNetwork):
     def userns_path(self) -> str:
         """The user namespace every container on this network joins."""
         return self.holder.userns_path
-
-    wires_by_netns = False  # the holder, in its user namespace, wires the child by pid
 
     def _connect(self, pid: int, veth: str) -> None:
         self.holder.connect(pid, veth)

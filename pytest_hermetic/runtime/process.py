@@ -264,8 +264,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
           confirm: bool = True, forker: Forker | None = None) -> ContainerProcess:
     """Start the container; return once it runs (or raise why it could not).
     Without `confirm` (as root, no network to wire but into namespaces
-    made ahead), return once it is forked: its `confirm()` then waits for its set-up (the pytest plugin
-    starts the next test's container while the current test runs).
+    made ahead), return once it is forked: its `confirm()` then waits for
+    its set-up (the pytest plugin starts the next test's container while
+    the current test runs).
     `forker(config, err_w, cgroup_tasks) -> (() -> (pid, placeholder pid))`,
     with `.reap(pid) -> wait status`: starts a placeholder PID 1 and forks
     the callable's child under it in this one's place, as root on cgroup v1
