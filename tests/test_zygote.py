@@ -460,7 +460,21 @@ def _served_and_ahead(pytester: pytest.Pytester, files: dict[str, str], passed: 
     result.assert_outcomes(passed=passed)
     return {name: (pid, ahead) for name, pid, ahead in json.loads(log.read_text())}
 
-SUITE_IMAGES = r'''
+CONTAINED = r'''
+import os
+
+def _as_dockers_default_container():
+    """What every container holds, no more: Docker's default capabilities,
+    no new privileges, the seccomp filter, a session of its own."""
+    with open("/proc/self/status") as f:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    assert status["CapBnd"] == status["CapEff"] == "00000000a80425fb", status
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2", status
+    assert os.getsid(0) != os.getsid(1)  # (not PID 1's session, nor pytest's)
+'''
+
+
+SUITE_IMAGES = CONTAINED + r'''
 import os, subprocess, time
 from pytest_hermetic import hermetic
 
@@ -487,6 +501,7 @@ def test_1_host():
 @hermetic(image="busybox:test")
 def test_2_image_leaves_things_behind():
     assert _in_busybox() and os.getpid() == 2
+    _as_dockers_default_container()
     for path in LEFT:
         with open(path, "w") as f:
             f.write("test 2 was here")
@@ -531,9 +546,10 @@ def test_the_zygote_serves_tests_in_images_and_each_gets_a_fresh_root(pytester: 
     assert seen["test_4_host_again"][1] == ["test_5_image_again"], seen
 
 
-SUITE_BRIDGE = r'''
+SUITE_BRIDGE = CONTAINED + r'''
 import fcntl, os, socket, struct
 from pytest_hermetic import hermetic
+
 
 def _eth0():
     """(MAC, IPv4 address) of eth0, up, in this test's network namespace."""
@@ -549,6 +565,7 @@ def _eth0():
     return mac, socket.inet_ntoa(ifreq[20:24])
 
 def _note(tmp_path_factory, name):
+    _as_dockers_default_container()
     mac, address = _eth0()
     with open(tmp_path_factory.getbasetemp() / "bridged.log", "a") as f:
         f.write(f"{name} {mac} {address}\n")
