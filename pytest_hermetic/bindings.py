@@ -18,6 +18,7 @@ import sysconfig
 
 from .images.erofs_reader import image_has
 from .images.resolve import resolve_or_pull
+from .errors import StoreError
 from .images.store import Image, Store
 from .spec import Spec, Volume
 
@@ -176,11 +177,20 @@ def _image_has(store: Store, image: Image, path: str) -> bool:
 
 
 def _layers_have(store: Store, image: Image, path: str) -> bool:
+    """Raises StoreError, caching nothing, for a layer gone from the store
+    (`rmi` and `gc` between the image's lookup and `Store.use`): "no" would
+    be a wrong answer kept for the image's next pull in this process."""
     for diff_id in image.layers:
         layer_image = store.layer_image(diff_id)
-        if layer_image is None:
-            if os.path.lexists(store.layer_root(diff_id) + path):
+        try:
+            if layer_image is None:
+                if os.path.lexists(store.layer_root(diff_id) + path):
+                    return True
+                if not store.has_layer(diff_id):
+                    raise FileNotFoundError(store.layer_path(diff_id))
+            elif image_has(layer_image, path):  # a layer kept as an EROFS image: read, not mounted
                 return True
-        elif image_has(layer_image, path):  # a layer kept as an EROFS image: read, not mounted
-            return True
+        except FileNotFoundError:
+            raise StoreError(f"layer {diff_id} of {image.familiar} left the store {store.root} while in use "
+                             "(hermetic rmi and gc); fix: pull or import the image again") from None
     return False

@@ -70,3 +70,34 @@ def test_each_image_is_asked_about_its_own_layers(tmp_path, busybox_rootfs):
     finally:
         store.remove("bindings-with:test")
         store.remove("bindings-without:test")
+
+
+def test_a_layer_gone_midway_is_an_error_and_no_answer(tmp_path, busybox_rootfs):
+    """`rmi` and `gc` between the image's lookup and its use: the look says
+    which layer left and how to mend it, and keeps no "no" for it; the same
+    image pulled again is answered from its layers (a cached "no" would bind
+    the host's folder over the image's own)."""
+    import pytest
+
+    from pytest_hermetic.errors import StoreError
+    from pytest_hermetic.images.gc import collect
+
+    code = tmp_path / "code"
+    code.mkdir()
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+    os.makedirs(rootfs / str(code).lstrip("/"))
+    store = Store()
+    spec = Spec.build("bindings-gone:test", ["true"])
+    image = import_image(store, f"dir:{rootfs}", "bindings-gone:test")
+    try:
+        store.remove("bindings-gone:test")
+        collect(store)
+        with pytest.raises(StoreError, match=r"left the store .* fix: pull or import the image again"):
+            bindings.volumes_for(spec, [str(code)], store=store, image=image)
+        again = import_image(store, f"dir:{rootfs}", "bindings-gone:test")
+        assert again.layers == image.layers
+        bound = {v.target for v in bindings.volumes_for(spec, [str(code)], store=store, image=again)}
+        assert str(code) not in bound, bound
+    finally:
+        store.remove("bindings-gone:test")
