@@ -645,7 +645,8 @@ class Container:
             except HermeticError:
                 pass  # never forked (its exit status says so) or its set-up failed: gone either way
         if self.process is not None and self.process.exit_status is None:
-            self._kill_all()
+            if not self.process.kill_namespace():
+                self._kill_all()
             self.process.wait()
         # Whatever PID 1 left behind goes with its PID namespace; the cgroup
         # removal below kills stragglers (a process that left the namespace).

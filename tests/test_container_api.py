@@ -73,6 +73,42 @@ def test_remove_kills_a_running_container_and_leaves_nothing():
         os.kill(pid, 0)
 
 
+def test_remove_ends_every_process_of_the_container_even_while_they_fork():
+    """remove() kills PID 1 (the kernel then kills its whole PID namespace
+    and lets no fork through): the background jobs, a detached session and a
+    loop forking as fast as it can all end, and the cgroup goes."""
+    script = "sleep 60 & setsid sleep 60 & (while :; do /bin/true; done) & echo started; wait"
+    r, w = os.pipe()
+    c = Container(Spec.build("host", ["sh", "-c", script]))
+    try:
+        c.start(stdout=w)
+        os.close(w)
+        w = -1
+        with os.fdopen(r, "rb", closefd=False) as out:
+            assert out.readline() == b"started\n"
+        folders = c.cgroup.directories()
+        pids = {pid: _started(pid) for folder in folders for pid in open(f"{folder}/cgroup.procs").read().split()}
+        assert len(pids) >= 4, pids
+    finally:
+        if w != -1:
+            os.close(w)
+        os.close(r)
+        c.remove()
+    assert not [f for f in folders if os.path.exists(f)]
+    outlived = [pid for pid, started in pids.items() if started is not None and _started(pid) == started]
+    assert not outlived, f"outlived remove(): {outlived}"
+
+
+def _started(pid: str) -> str | None:
+    """When process `pid` started (its stat's 22nd field), None if it is
+    gone: a pid the kernel gave out again later starts later."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def test_start_failure_cleans_up():
     c = Container(Spec.build("host", ["/no/such/binary"]))
     with pytest.raises(ContainerStartError):

@@ -232,6 +232,23 @@ class ContainerProcess:
         except ProcessLookupError:
             pass
 
+    def kill_namespace(self) -> bool:
+        """SIGKILL PID 1 where it is the caller's child (or the zygote's, held
+        until reaped on our word): the kernel then kills every process of its
+        PID namespace, hands out no pid there meanwhile (nothing forks away),
+        and lets PID 1 be reaped once all are gone.  Cheaper than the
+        cgroup's frozen kill (a v1 freezer is polled) where no one asks who
+        was killed: a removal.  False where PID 1 is not ours to signal (a
+        placeholder's callable, the rootless relay's child: its pid may be
+        free already)."""
+        if self.placeholder is not None or self.pid != self.init_pid:
+            return False
+        try:
+            os.kill(self.pid, 9)  # (SIGKILL; signal.py is not imported at run time: start-up)
+        except ProcessLookupError:
+            pass
+        return True
+
     def _close(self) -> None:
         if self.unconfirmed is not None:  # never confirmed (removed unused)
             os.close(self.unconfirmed[0])
