@@ -30,6 +30,7 @@ from .container import Container, log_path
 from .errors import ContainerNotFound, ContainerStartError, HermeticError
 from .gc import clear_dead
 from .publish import attach, listen, ports_json, refuse_rootless, slirp_publishes
+from .runtime.fork import fork, release_signals
 from .spec import Spec
 from .state import doomed_dir, list_states, write_state
 
@@ -50,10 +51,11 @@ def start_detached(spec: Spec, remove: bool = False, interactive: bool = False, 
     `docker run -di`: a shell waits instead of reading EOF); with `tty` (a
     struct winsize) it runs on a pty of its own whose output goes to the log."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - the child's end is checked through the tests' CLI runs
         code = 125
         try:
+            release_signals()  # (inside the `finally: os._exit`: see runtime/fork.py)
             os.close(read_fd)
             os.setsid()  # no terminal: the caller's Ctrl-C or hangup is not the container's
             if os.fork() == 0:

@@ -60,3 +60,74 @@ finally:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+SIGNAL_AT_THE_FORK = r'''
+import os, signal, sys
+from pytest_hermetic.container import Container
+from pytest_hermetic.errors import ContainerStartError
+from pytest_hermetic.spec import Spec
+
+
+class Boom(Exception):
+    pass
+
+
+def raises(signum, frame):
+    raise Boom()  # as a Ctrl-C's KeyboardInterrupt would, from pytest's handler
+
+
+def masked():
+    return 1 if signal.pthread_sigmask(signal.SIG_BLOCK, []) else 0
+
+
+me = os.getpid()
+signal.signal(signal.SIGUSR1, raises)
+c = Container(Spec.build("host", ["true"]))
+try:  # no signal: the callable runs with the caller's mask, which is back as it was here
+    c.start(target=masked)
+    print("mask", c.wait().exit_code, sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), flush=True)
+finally:
+    c.remove()
+real_fork = os.fork
+
+
+def fork():
+    pid = real_fork()
+    if pid == 0:
+        os.kill(os.getpid(), signal.SIGUSR1)  # a signal at the child's first instant, in the caller's frames
+    return pid
+
+
+os.fork = fork
+c = Container(Spec.build("host", ["true"]))
+try:
+    c.start(target=lambda: 0)
+    print("exit", c.wait().exit_code, flush=True)
+except ContainerStartError as exc:
+    print("start error:", exc, flush=True)
+except BaseException as exc:
+    if os.getpid() != me:  # the child, unwound into this script's frames: it would go on as its parent
+        print("ESCAPED", type(exc).__name__, flush=True)
+        os._exit(3)
+    raise
+finally:
+    if os.getpid() == me:
+        c.remove()
+print("done", flush=True)
+'''
+
+
+def test_a_signal_at_a_childs_first_instant_stays_in_the_child():
+    """A signal whose Python handler raises (pytest's Ctrl-C), delivered to a
+    container's child before its own code runs: the child reports it as its
+    set-up's failure, and never unwinds into its parent's frames to go on as
+    the parent (a test's child ran the rest of a pytest session so, under
+    load); the mask is blocked only across the fork."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AT_THE_FORK], capture_output=True, text=True, timeout=60)
+    assert "ESCAPED" not in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "mask 0 []", lines
+    assert lines[1].startswith("start error:") and "Boom" in lines[1], lines
+    assert lines[2:] == ["done"], lines

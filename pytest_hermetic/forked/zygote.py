@@ -60,7 +60,7 @@ class Zygote:
 
     def __init__(self, session: pytest.Session, first: pytest.Item) -> None:
         from ..runtime import init, rootfs
-        from ..runtime.fork import fork
+        from ..runtime.fork import fork, release_signals
 
         self.owner = os.getpid()
         self.valid_for: pytest.Item | None = None  # the one item it may serve next (see `for_item`)
@@ -77,6 +77,7 @@ class Zygote:
         if pid == 0:
             code = 1
             try:
+                release_signals()  # (inside the `finally: os._exit`: see runtime/fork.py)
                 ours.close()
                 zygote_process.hold_numbers_freed_at_fork(held)
                 code = zygote_process.serve(theirs, session.items)

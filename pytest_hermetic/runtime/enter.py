@@ -31,7 +31,7 @@ from . import syscalls as sc
 from .seccomp import Filter
 from .channel import describe, fail, read_all, start_error
 from .file_relay import FileRelay
-from .fork import fork
+from .fork import fork, release_signals
 from .init import become, execvpe, own_session, redirect_stdio, resolve_user, restore_signals
 from .process import ContainerProcess
 from .relay import exit_as
@@ -214,6 +214,7 @@ def _enter_child(fds: dict[str, int], argv: list[str], env: dict[str, str], cwd:
     caller's stack."""
     try:
         try:
+            release_signals()  # (inside the `finally: os._exit`: see fork.py)
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
             for path in cgroup_procs:
                 with open(path, "w") as f:

@@ -9,7 +9,10 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (typing is ~6 ms of `hermetic run`'s start)
+    import signal as _signal
     from typing import Callable
+else:  # signal's C half: signal.py's enums cost start-up
+    import _signal
 
 
 def fork() -> int:
@@ -26,7 +29,7 @@ def fork() -> int:
     """
     _flush_stdio()
     if sys.version_info < (3, 12):  # no such warning before 3.12
-        return os.fork()
+        return _held(os.fork)
     import warnings
 
     with warnings.catch_warnings():
@@ -34,7 +37,44 @@ def fork() -> int:
         # its enums ~3 ms of a `hermetic run`), and within this block only
         # os.fork runs, whose one DeprecationWarning is that one.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
+        return _held(os.fork)
+
+
+_ALL = _signal.valid_signals()
+_mask_after_fork: set[int] | None = None  # in a child of `fork`: the mask `release_signals` restores
+
+
+def _held(do_fork: Callable[[], int]) -> int:
+    """`do_fork()` with every signal blocked in this thread: the parent
+    unblocks at once, the child only at `release_signals`.  A child runs
+    its caller's frames from the fork until its own code's
+    `try: ... finally: os._exit()`; a signal whose Python handler raises
+    (a Ctrl-C's KeyboardInterrupt: the child shares pytest's process group
+    until it makes a session of its own) would otherwise unwind it through
+    them, and the child go on as its parent: a fork of pytest running the
+    rest of the session inside a test's container (seen under load)."""
+    global _mask_after_fork
+    before = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL)
+    try:
+        pid = do_fork()
+    except BaseException:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, before)
+        raise
+    if pid == 0:
+        _mask_after_fork = before
+    else:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, before)
+    return pid
+
+
+def release_signals() -> None:
+    """In a child of `fork` (or of `bare_fork`'s): the signal mask back as
+    the parent had it, once inside the child's own `try ... os._exit`; any
+    signal that came meanwhile is delivered now, there."""
+    global _mask_after_fork
+    mask, _mask_after_fork = _mask_after_fork, None
+    if mask is not None:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
 
 
 _libc_fork: tuple[Callable[[], int], Callable[[], int]] | None = None  # libc's fork, and its errno
@@ -73,7 +113,7 @@ def bare_fork() -> Callable[[], int] | None:
 
     def fork_now() -> int:
         _flush_stdio()
-        pid = libc_fork()
+        pid = _held(libc_fork)
         if pid < 0:
             code = get_errno()
             raise OSError(code, os.strerror(code))

@@ -34,6 +34,7 @@ from ..errors import ContainerStartError
 from . import capabilities, channel, descriptors, network, rootfs, seccomp
 from . import syscalls as sc
 from .channel import describe, fail
+from .fork import release_signals
 from .namespaces import CONTAINER_NAMESPACES
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -51,6 +52,7 @@ def main(config: ProcessConfig, target: Callable[[], int | None] | None, err_w: 
 def _pid1(config: ProcessConfig, target: Callable[[], int | None] | None, err_w: int, status_w: int | None,
           joined: channel.Channel | None, in_namespaces: bool) -> None:
     try:
+        release_signals()  # (inside main's `finally: os._exit`: see fork.py)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _enter_container(config, joined, in_namespaces, seal=target is not None)
         _wait_network(config, err_w)
@@ -72,6 +74,7 @@ def worker_main(config: ProcessConfig, target: Callable[[], int | None], err_w: 
     code = 125
     try:
         try:
+            release_signals()  # (inside the `finally: os._exit`: see fork.py)
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
             from . import placeholder  # (imported by the parent, which started the placeholder)
 

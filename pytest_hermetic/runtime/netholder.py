@@ -25,7 +25,7 @@ from ..errors import NetworkError
 from . import bridges
 from . import syscalls as sc
 from .bridges import Bridge
-from .fork import fork
+from .fork import fork, release_signals
 from .namespaces import UserNamespace
 from .network import loopback_up
 from .ns_sockets import SocketSource
@@ -80,6 +80,7 @@ def _holder_main(sock: socket.socket, userns: UserNamespace, helpers: bool, gate
     code = 0
     try:
         try:
+            release_signals()  # (inside the `finally: os._exit`: see fork.py)
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
             sc.unshare(sc.CLONE_NEWUSER)
             sock.send(b"U")

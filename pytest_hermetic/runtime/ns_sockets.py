@@ -18,7 +18,7 @@ import socket
 
 from ..errors import NetworkError
 from . import syscalls as sc
-from .fork import fork
+from .fork import fork, release_signals
 
 
 class SocketSource:
@@ -84,6 +84,7 @@ def _main(sock: socket.socket, fds: dict[str, int]) -> None:
     code = 0
     try:
         try:
+            release_signals()  # (inside the `finally: os._exit`: see fork.py)
             sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
             sc.setns(fds["user"], sc.CLONE_NEWUSER)
             sc.setns(fds["net"], sc.CLONE_NEWNET)

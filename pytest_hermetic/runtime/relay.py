@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 from . import channel, init
 from . import syscalls as sc
 from .channel import Channel, describe, fail
-from .fork import fork
+from .fork import fork, release_signals
 from .namespaces import CONTAINER_NAMESPACES
 
 
@@ -75,6 +75,7 @@ def start(config: ProcessConfig, target: Callable[[], int | None] | None, err_w:
 def _relay_main(config: ProcessConfig, target: Callable[[], int | None] | None, err_w: int, status_w: int | None,
                 maps: UserMaps | None, relay_r: int, relay_w: int, joined: Channel | None) -> None:
     try:
+        release_signals()  # (inside start's `finally: os._exit`: see fork.py)
         os.close(relay_r)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if config.userns_join is not None:

@@ -113,12 +113,13 @@ def can_mount_images(image: str, scratch: str) -> bool:
                 return False
     except OSError:
         return False
-    from ..fork import fork  # (the engine's one fork of a maybe threaded caller)
+    from ..fork import fork, release_signals  # (the engine's one fork of a maybe threaded caller)
 
     pid = fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
+            release_signals()  # (inside the `finally: os._exit`: see fork.py)
             sc.unshare(sc.CLONE_NEWNS)
             sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
             sc.mount(image, scratch, "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, None)
