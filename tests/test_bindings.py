@@ -7,7 +7,11 @@ import os
 import shutil
 import sys
 
+import pytest
+
 from pytest_hermetic import bindings
+from pytest_hermetic.errors import StoreError
+from pytest_hermetic.images.gc import collect
 from pytest_hermetic.images.store import Store
 from pytest_hermetic.images.transports import import_image
 from pytest_hermetic.spec import Spec
@@ -22,6 +26,16 @@ def _a_loaded_library() -> str:
         if "libz.so" in name:
             return name
     return next(name for name in names if "/libc.so" not in name and "ld-linux" not in name)
+
+
+def _with_the_code_folder(tmp_path, busybox_rootfs, name: str):
+    """(the test's code folder, a busybox root that holds a folder at its path)."""
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    rootfs = tmp_path / name
+    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+    os.makedirs(rootfs / str(code).lstrip("/"))
+    return code, rootfs
 
 
 def test_a_library_mapped_later_is_bound_too(tmp_path):
@@ -41,11 +55,7 @@ def test_each_image_is_asked_about_its_own_layers(tmp_path, busybox_rootfs):
     """Two images of one store, one holding a folder at the host path of the
     test's code and one not: only the second gets it bound (the answers are
     kept per image's layers, never one image's given for another)."""
-    code = tmp_path / "code"
-    code.mkdir()
-    with_it = tmp_path / "with-it"
-    shutil.copytree(busybox_rootfs, with_it, symlinks=True)
-    os.makedirs(with_it / str(code).lstrip("/"))
+    code, with_it = _with_the_code_folder(tmp_path, busybox_rootfs, "with-it")
     store = Store()
     one = import_image(store, f"dir:{with_it}", "bindings-with:test")
     other = import_image(store, f"dir:{busybox_rootfs}", "bindings-without:test")
@@ -77,16 +87,7 @@ def test_a_layer_gone_midway_is_an_error_and_no_answer(tmp_path, busybox_rootfs)
     which layer left and how to mend it, and keeps no "no" for it; the same
     image pulled again is answered from its layers (a cached "no" would bind
     the host's folder over the image's own)."""
-    import pytest
-
-    from pytest_hermetic.errors import StoreError
-    from pytest_hermetic.images.gc import collect
-
-    code = tmp_path / "code"
-    code.mkdir()
-    rootfs = tmp_path / "rootfs"
-    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
-    os.makedirs(rootfs / str(code).lstrip("/"))
+    code, rootfs = _with_the_code_folder(tmp_path, busybox_rootfs, "rootfs")
     store = Store()
     spec = Spec.build("bindings-gone:test", ["true"])
     image = import_image(store, f"dir:{rootfs}", "bindings-gone:test")
