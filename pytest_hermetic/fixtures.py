@@ -36,7 +36,6 @@ from typing import Any, Callable, Protocol
 import pytest
 
 from . import _pytest_compat as compat
-from ._fs import rmtree
 from .errors import HermeticError, RegistryError, SpecError
 
 # Container, Spec, networks and portfwd are imported where used: the plugin
@@ -100,9 +99,9 @@ def _owned(method: Callable) -> Callable:
 class ServiceContainer:
     """A running service container, owned by the process that started it."""
 
-    def __init__(self, container: Container, log_path: str) -> None:
+    def __init__(self, container: Container, log_fd: int) -> None:
         self.container = container
-        self.log_path = log_path
+        self._log_fd = log_fd  # (an unlinked file: see `_log_file`)
         self._forwarders: list = []
         self._owner = os.getpid()
         self.key = next(_keys)
@@ -240,8 +239,13 @@ class ServiceContainer:
     @_owned
     def logs(self) -> str:
         """What its command wrote to stdout and stderr so far."""
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        if self._log_fd < 0:
+            raise RuntimeError(f"container {self.name} was removed, and its logs with it")
+        chunks, offset = [], 0
+        while chunk := os.pread(self._log_fd, 1 << 20, offset):  # (the offset is the container's)
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks).decode(errors="replace")
 
     @_owned
     def wait(self, timeout: float | None = None) -> tuple[int, str | None] | None:
@@ -265,6 +269,22 @@ class ServiceContainer:
             forwarder.close()
         self.container.remove()
         _services.pop(self.key, None)
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+
+
+def _log_file() -> int:
+    """A service's log: a file without a name (read and written through
+    its one descriptor), so that a session killed mid-test leaves no file
+    behind and no other process may open it by path."""
+    where = tempfile.gettempdir()
+    try:
+        return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError):  # (a filesystem without O_TMPFILE: named for an instant)
+        fd, path = tempfile.mkstemp(prefix="hermetic-log-", dir=where)
+        os.unlink(path)
+        return fd
 
 
 # The private networks of the module and session scopes, by name (innermost
@@ -301,7 +321,6 @@ class Containers:
         container when it is hermetic; else ours.  `wide`: a module or
         session scope, whose private networks tests may join."""
         self.services: list[ServiceContainer] = []
-        self._logs = tempfile.mkdtemp(prefix="hermetic-logs-")
         self._own_scope = scope is None
         self._wide = wide
         self._scope = scope if scope is not None else (None if wide else TestNetworks())
@@ -330,23 +349,24 @@ class Containers:
             from .networks import hold_host_bridge
 
             hold_host_bridge()
-        log_path = os.path.join(self._logs, f"{len(self.services)}.log")
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        log_fd = _log_file()
         null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         container = Container(spec, network=network)
         try:
-            # The log is the fixture's own file, in its private (0700)
-            # folder: handed as it is, not through a pipe and a thread.
+            # The log is handed as it is, not through a pipe and a thread.
             container.start(stdin=null_fd, stdout=log_fd, stderr=log_fd, keep_fds=(log_fd,))
         except HermeticError as exc:
+            os.close(log_fd)
             # One line at the test's call, not the engine's frames below it.
             hint = ("" if not isinstance(exc, RegistryError) else f"; or pull it ahead (`hermetic pull {image}`)"
                     if "ways out:" in str(exc) else f"; pull it while online (`hermetic pull {image}`) or import it (`hermetic import`)")
             raise type(exc)(f"containers.run({image!r}): {exc}{hint}") from None
-        finally:
+        except BaseException:
             os.close(log_fd)
+            raise
+        finally:
             os.close(null_fd)
-        service = ServiceContainer(container, log_path)
+        service = ServiceContainer(container, log_fd)
         self.services.append(service)
         return service
 
@@ -370,7 +390,6 @@ class Containers:
         self._networks.clear()
         if self._own_scope and self._scope is not None:
             self._scope.close()
-        rmtree(self._logs)
 
     # The parent's side of the calls a hermetic test makes (see forked/parent.py).
     def handle(self, method: str, args: tuple, kwargs: dict, test_net: Any = False) -> Any:

@@ -5,8 +5,9 @@ an unprivileged user for the rootless checks, and the leak check.
 The leak check counts, before and after the whole session, everything a
 container could leave behind on the host: mounts, `hermetic-*` cgroups,
 network namespaces, veth ends and the host bridge (with its NAT rules),
-child processes, and container and network state folders.  A leak
-fails the session even when every test passed.
+child processes, container and network state folders, and `hermetic-*`
+files in the temp folder.  A leak fails the session even when every test
+passed.
 """
 
 from __future__ import annotations
@@ -97,7 +98,14 @@ def _snapshot() -> dict[str, object]:
     for worker in sorted(glob.glob(os.path.join(above, "gw*"))):  # each xdist worker's state root and homes
         for pattern in (("state", "containers", "*"), ("home-*", "state", "containers", "*"), ("state", "networks", "*", "*")):
             states += sorted(glob.glob(os.path.join(worker, *pattern)))
+    import tempfile
+
+    # What the engine names in the temp folder (a session's own base, and
+    # those of sessions running beside this one, aside).
+    temp = sorted(name for name in os.listdir(tempfile.gettempdir())
+                  if name.startswith("hermetic-") and not name.startswith("hermetic-tests-"))
     return {
+        "temp files": temp,
         "mounts": _count_mounts(),
         "cgroups": sorted(hermetic_cgroups()),
         "netns": len(_net_namespaces()),

@@ -135,3 +135,22 @@ def test_service_containers_see_the_hosts_tmp_and_say_a_missing_image_in_one_lin
     errors = [line for line in missing.splitlines() if line.startswith("E ")]
     assert len(errors) == 1 and errors[0].split(": ", 1)[1].startswith("containers.run('nosuch:1'): "), missing
     assert "Traceback" not in missing and "pytest_hermetic/" not in missing, missing
+
+
+def test_a_services_log_is_a_file_without_a_name(containers):
+    """A session killed mid-test (SIGKILL: no clean-up runs) leaves no log
+    behind: it never had a name in the temp folder."""
+    import tempfile
+
+    def ours() -> set[str]:
+        return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("hermetic-log")}
+
+    before = ours()
+    svc = containers.run("host", ["sh", "-c", "echo one; echo two >&2; sleep 60"])
+    assert svc.wait_for_log("^two$", timeout=30) == "two"
+    assert svc.logs() == "one\ntwo\n"
+    assert ours() == before
+    assert os.readlink(f"/proc/self/fd/{svc._log_fd}").endswith(" (deleted)")
+    svc.remove()
+    with pytest.raises(RuntimeError, match=r"container .* was removed, and its logs with it"):
+        svc.logs()

@@ -5,7 +5,7 @@ import os
 from types import SimpleNamespace
 
 from pytest_hermetic.runtime import init
-from pytest_hermetic.runtime.fork import fork  # (os.fork, without 3.12's warning about a threaded parent: the child execs)
+from pytest_hermetic.runtime.fork import fork, release_signals  # (os.fork, without 3.12's warning about a threaded parent: the child execs)
 
 
 def exec_in_child(argv: list[str]) -> tuple[int, str]:
@@ -14,6 +14,7 @@ def exec_in_child(argv: list[str]) -> tuple[int, str]:
     pid = fork()
     if pid == 0:  # pragma: no cover - the child
         try:
+            release_signals()  # (as the engine's own children do first: see fork.py)
             os.close(r)
             init._exec(SimpleNamespace(argv=argv, env={"PATH": "/usr/bin:/bin"}, stdio=(None, None, None),
                                        close_fds=False), w)
@@ -46,6 +47,7 @@ def exec_with_path(argv: list[str], path: str | None) -> tuple[int, str]:
     pid = fork()
     if pid == 0:  # pragma: no cover - the child
         try:
+            release_signals()
             os.close(r)
             os.dup2(w, 1)
             init.execvpe(argv[0], argv, {} if path is None else {"PATH": path})

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from pytest_hermetic.forked import interrupt
-from pytest_hermetic.runtime.fork import fork  # (the engine's: no warning beside pytest's threads on 3.12+)
+from pytest_hermetic.runtime.fork import fork, release_signals  # (the engine's: no warning beside pytest's threads on 3.12+)
 
 
 def test_a_ctrl_c_in_the_block_is_counted_and_wakes_the_loop():
@@ -43,6 +43,7 @@ def test_a_fork_made_in_the_block_gets_the_default_keyboardinterrupt():
         if pid == 0:
             code = 1
             try:
+                release_signals()  # (the engine's forks hand the child every signal blocked: see fork.py)
                 os.kill(os.getpid(), signal.SIGINT)
             except KeyboardInterrupt:
                 interrupt.in_fork()
