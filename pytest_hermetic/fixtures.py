@@ -270,7 +270,7 @@ class ServiceContainer:
         self.container.remove()
         _services.pop(self.key, None)
         if self._log_fd >= 0:
-            os.close(self._log_fd)
+            _close_log(self._log_fd)
             self._log_fd = -1
 
 
@@ -278,13 +278,25 @@ def _log_file() -> int:
     """A service's log: a file without a name (read and written through
     its one descriptor), so that a session killed mid-test leaves no file
     behind and no other process may open it by path."""
+    from .runtime import descriptors
+
     where = tempfile.gettempdir()
     try:
-        return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fd = os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except (AttributeError, OSError):  # (a filesystem without O_TMPFILE: named for an instant)
         fd, path = tempfile.mkstemp(prefix="hermetic-log-", dir=where)
         os.unlink(path)
-        return fd
+    # A hermetic test forked from this process must not get it: a file
+    # without a name is otherwise a test's own (pytest's capture files).
+    descriptors.withhold(fd)
+    return fd
+
+
+def _close_log(fd: int) -> None:
+    from .runtime import descriptors
+
+    descriptors.release(fd)
+    os.close(fd)
 
 
 # The private networks of the module and session scopes, by name (innermost
@@ -356,13 +368,13 @@ class Containers:
             # The log is handed as it is, not through a pipe and a thread.
             container.start(stdin=null_fd, stdout=log_fd, stderr=log_fd, keep_fds=(log_fd,))
         except HermeticError as exc:
-            os.close(log_fd)
+            _close_log(log_fd)
             # One line at the test's call, not the engine's frames below it.
             hint = ("" if not isinstance(exc, RegistryError) else f"; or pull it ahead (`hermetic pull {image}`)"
                     if "ways out:" in str(exc) else f"; pull it while online (`hermetic pull {image}`) or import it (`hermetic import`)")
             raise type(exc)(f"containers.run({image!r}): {exc}{hint}") from None
         except BaseException:
-            os.close(log_fd)
+            _close_log(log_fd)
             raise
         finally:
             os.close(null_fd)

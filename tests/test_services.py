@@ -154,3 +154,43 @@ def test_a_services_log_is_a_file_without_a_name(containers):
     svc.remove()
     with pytest.raises(RuntimeError, match=r"container .* was removed, and its logs with it"):
         svc.logs()
+
+
+LOG_WITHHELD = r'''
+import os, stat, sys
+import pytest
+
+TOKEN = "token-of-the-service-log"
+
+
+@pytest.fixture(scope="session")
+def svc(containers_session):
+    svc = containers_session.run("host", ["sh", "-c", f"echo {TOKEN}; sleep 60"], name="logger", net="app")
+    svc.wait_for_log(TOKEN)
+    return svc
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_test_gets_no_descriptor_of_a_services_log(svc, n):
+    assert os.getpid() == 2  # (in its container)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            mode = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(mode.st_mode) and mode.st_size:
+            assert TOKEN.encode() not in os.pread(fd, mode.st_size, 0), (fd, os.readlink(f"/proc/self/fd/{fd}"))
+    assert TOKEN in svc.logs()  # (through pytest, as every call on a service)
+'''
+
+
+def test_a_hermetic_test_gets_no_descriptor_of_a_services_log(pytester: pytest.Pytester, busybox_image):
+    """A service's log is a file without a name that pytest holds open; a
+    test forked from pytest inherits it, and `seal` keeps such a file as
+    the test's own: unless withheld, the test could read and write another
+    container's output."""
+    pytester.makeini("[pytest]\nhermetic_net = app\n")
+    pytester.makepyfile(test_log_withheld=LOG_WITHHELD)
+    result = pytester.runpytest_subprocess("-p", "hermetic", "-p", "no:cacheprovider", "--hermetic", timeout=180)
+    result.assert_outcomes(passed=2)

@@ -40,6 +40,22 @@ from . import syscalls as sc
 _O_PATH = 0o10000000
 
 _cloexec_works: bool | None = None
+# This process's descriptors that no container gets, whatever their kind
+# (`withhold`); a fork's copy of the set names the same descriptors.
+_withheld: set[int] = set()
+
+
+def withhold(fd: int) -> None:
+    """Never hand `fd` to a container as it is (`seal` blanks it): for a
+    file without a name that this process shares with something else (a
+    service container's log, which another container writes), which `seal`
+    would otherwise keep as the caller's own (see `_kind`)."""
+    _withheld.add(fd)
+
+
+def release(fd: int) -> None:
+    """`fd` is about to be closed: its number is no longer withheld."""
+    _withheld.discard(fd)
 
 
 def close_except(keep: tuple[int, ...] = ()) -> None:
@@ -132,7 +148,7 @@ def seal(keep: tuple[int, ...] = (), stdio: tuple[int, ...] = (0, 1, 2), everyth
     for fd in _open_fds() if everything else stdio:
         if fd in keep or fd in relayed:
             continue
-        kind = _kind(fd)
+        kind = _REPLACE if fd in _withheld else _kind(fd)
         if kind is _KEEP or kind is _UNNAMED and fd in stdio:
             continue
         if kind[0] == "own":
