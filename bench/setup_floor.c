@@ -17,7 +17,13 @@
  * fast the same work is with no Python in it, next to bwrap in the same
  * run.  bench/setup_floor.py builds and runs it.
  *
+ * With --child it is the child's half alone, for a parent that made the
+ * state folder, the cgroups and the PID namespace and spawned it in them
+ * (setup_floor.py's Python parent: what a native child started with
+ * posix_spawn, no fork of Python, would cost).
+ *
  *     setup_floor STATE_ROOT FILTER
+ *     setup_floor --child SCRATCH FILTER
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -230,16 +236,25 @@ static void child(void) {
     die("execve");
 }
 
-int main(int argc, char **argv) {
-    char id[64], state[600], path[900];
-    if (argc != 3) { fprintf(stderr, "usage: setup_floor STATE_ROOT FILTER\n"); return 2; }
+static void load_filter(const char *file) {
     static struct sock_filter insns[4096];
-    int ffd = open(argv[2], O_RDONLY | O_CLOEXEC);
-    must(ffd, argv[2]);
+    int ffd = open(file, O_RDONLY | O_CLOEXEC);
+    must(ffd, file);
     ssize_t n = read(ffd, insns, sizeof insns);
     close(ffd);
     prog.len = n / sizeof *insns;
     prog.filter = insns;
+}
+
+int main(int argc, char **argv) {
+    char id[64], state[600], path[900];
+    if (argc == 4 && !strcmp(argv[1], "--child")) {
+        FMT(scratch, "%s", argv[2]);
+        load_filter(argv[3]);
+        child();
+    }
+    if (argc != 3) { fprintf(stderr, "usage: setup_floor STATE_ROOT FILTER | --child SCRATCH FILTER\n"); return 2; }
+    load_filter(argv[2]);
     FMT(id, "hermetic-floor-%d", getpid());  /* `hermetic gc` clears a killed one */
     FMT(state, "%s/%s", argv[1], id);
     must(mkdir(state, 0700), state);
