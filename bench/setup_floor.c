@@ -23,7 +23,7 @@
  * posix_spawn, no fork of Python, would cost).
  *
  *     setup_floor STATE_ROOT FILTER
- *     setup_floor --child SCRATCH FILTER
+ *     setup_floor --child SCRATCH FILTER [HOSTNAME]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -99,6 +99,7 @@ static void cgroup_paths(const char *name) {
 
 static struct sock_fprog prog;
 static char scratch[700];
+static const char *hostname = "setup-floor";  /* --child's HOSTNAME: the engine's container's */
 
 static void bind_null(const char *nodes, const char *target, int optional) {
     char src[700];
@@ -151,9 +152,12 @@ static void child(void) {
     FMT(path, "%s/init/etc", scratch);
     must(mkdir(path, 0777), path);
     FMT(path, "%s/init/etc/hostname", scratch);
-    write_file(path, "setup-floor\n");
+    char text[300];
+    FMT(text, "%s\n", hostname);
+    write_file(path, text);
     FMT(path, "%s/init/etc/hosts", scratch);
-    write_file(path, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsetup-floor\n");
+    FMT(text, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n", hostname);
+    write_file(path, text);
     FMT(path, "%s/init/etc/resolv.conf", scratch);
     write_file(path, "# hermetic: no network (net=False), loopback only\n");
     FMT(merged, "%s/merged", scratch);
@@ -204,7 +208,7 @@ static void child(void) {
     ro("proc/irq");
     ro("proc/sys");
     ro("proc/sysrq-trigger");
-    must(sethostname("setup-floor", 11), "sethostname");
+    must(sethostname(hostname, strlen(hostname)), "sethostname");
     must(syscall(SYS_pivot_root, ".", "."), "pivot_root");
     must(umount2(".", MNT_DETACH), "umount");
     must(chdir("/"), "chdir /");
@@ -248,12 +252,13 @@ static void load_filter(const char *file) {
 
 int main(int argc, char **argv) {
     char id[64], state[600], path[900];
-    if (argc == 4 && !strcmp(argv[1], "--child")) {
+    if ((argc == 4 || argc == 5) && !strcmp(argv[1], "--child")) {
         FMT(scratch, "%s", argv[2]);
+        if (argc == 5) hostname = argv[4];
         load_filter(argv[3]);
         child();
     }
-    if (argc != 3) { fprintf(stderr, "usage: setup_floor STATE_ROOT FILTER | --child SCRATCH FILTER\n"); return 2; }
+    if (argc != 3) { fprintf(stderr, "usage: setup_floor STATE_ROOT FILTER | --child SCRATCH FILTER [HOSTNAME]\n"); return 2; }
     load_filter(argv[2]);
     FMT(id, "hermetic-floor-%d", getpid());  /* `hermetic gc` clears a killed one */
     FMT(state, "%s/%s", argv[1], id);
