@@ -219,16 +219,19 @@ def test_rootless_publish_through_slirp4netns(test_user):
 
 @pytest.fixture(scope="module")
 def entry_image(busybox_image):
-    """busybox with ENTRYPOINT ["echo", "entry"] and CMD ["from-cmd"]."""
+    """busybox with ENTRYPOINT ["echo", "entry"] and CMD ["from-cmd"], under a name of this
+    process's own: under xdist each worker running this module's tests makes (and at its end
+    removes) its own, and one worker's removal must not take another's away mid-test."""
     from pytest_hermetic.images.reference import parse
     from pytest_hermetic.images.store import Store
 
     store = Store()
     base = store.resolve(busybox_image)
-    store.put_image(parse("busybox:entry").name, base.layers,
+    name = f"busybox:entry-{os.getpid()}"
+    store.put_image(parse(name).name, base.layers,
                     {**base.config, "Entrypoint": ["echo", "entry"], "Cmd": ["from-cmd"]})
-    yield "busybox:entry"
-    store.remove("busybox:entry")
+    yield name
+    store.remove(name)
 
 
 def test_entrypoint_override_and_clear(entry_image):

@@ -24,7 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from typing import NoReturn
 
-from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError
+from ..errors import CommandNotExecutable, CommandNotFound, ContainerStartError, HermeticError
 
 ATTACHED = b"J"
 NETNS_MADE = b"N"
@@ -82,8 +82,12 @@ class Channel:
 
 
 def describe(exc: BaseException) -> str:
-    """An exception as one line of a start error."""
-    if isinstance(exc, OSError) and not str(exc).startswith(type(exc).__name__):
+    """An exception as one line of a start error: the engine's own errors
+    (a user the image lacks, a working directory it cannot hold) and the
+    system's by their message alone, as the parent raises them again (one
+    error type in the line would be the parent's noise); anything else, a
+    bug, with its type."""
+    if isinstance(exc, HermeticError) or isinstance(exc, OSError) and not str(exc).startswith(type(exc).__name__):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

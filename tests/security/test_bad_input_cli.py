@@ -172,6 +172,18 @@ def test_a_workdir_that_is_a_file_is_one_clear_line(roots, image):
     one_clear_line(run_cli("run", "-w", "/bin/busybox", image, "pwd", env=roots), "workdir /bin/busybox: Not a directory")
 
 
+@pytest.mark.parametrize("args, line", [
+    (["-u", "nosuchuser"], "user 'nosuchuser' not found in the image's /etc/passwd"),
+    (["-u", "root:nosuchgroup"], "group 'nosuchgroup' not found in the image's /etc/group"),
+    (["-w", "/proc/1/made"], "workdir /proc/1/made is not in the image and cannot be made there"),
+])
+def test_what_the_containers_set_up_finds_is_said_without_a_type_name(roots, image, args, line):
+    """Found in the child, said by the parent: the message alone (no `ContainerStartError: `)."""
+    ran = run_cli("run", *args, image, "true", env=roots)
+    one_clear_line(ran, line)
+    assert ran.stderr.startswith(f"hermetic: error: {line}"), ran.stderr
+
+
 def test_after_all_that_the_image_is_listed_and_runs(roots, image):
     listed = run_cli("images", env=roots)
     assert listed.returncode == 0 and "busybox" in listed.stdout and listed.stderr == "", listed

@@ -74,7 +74,7 @@ def check_outcome(output: str, good: list[str] = GOOD_MARKERS) -> None:
         line = next((line for line in output.splitlines() if f"test_markers.py::test_bad_{i}: bad @hermetic marker:" in line),
                     None)
         assert line is not None and words in line, (i, words, line)
-    assert "hermetic: ContainerStartError: user 'nosuch' not found in the image's /etc/passwd" in output
+    assert "hermetic: user 'nosuch' not found in the image's /etc/passwd" in output
     assert "hermetic: image 'no-such-image-for-hermetic:1' is not in the local store" in output
 
 
