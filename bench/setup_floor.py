@@ -151,6 +151,8 @@ class EngineWithCChild:
             process.spawn, process.bare_fork = spawn, bare_fork
 
 
+# Plain os calls, not the engine's cgroups.write/read_text: this parent is the
+# minimal one, setup_floor.c's calls and nothing around them.
 def _write(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:

@@ -87,7 +87,7 @@ def describe(exc: BaseException) -> str:
     system's by their message alone, as the parent raises them again (one
     error type in the line would be the parent's noise); anything else, a
     bug, with its type."""
-    if isinstance(exc, HermeticError) or isinstance(exc, OSError) and not str(exc).startswith(type(exc).__name__):
+    if isinstance(exc, HermeticError) or (isinstance(exc, OSError) and not str(exc).startswith(type(exc).__name__)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
