@@ -148,7 +148,7 @@ def seal(keep: tuple[int, ...] = (), stdio: tuple[int, ...] = (0, 1, 2), everyth
     for fd in _open_fds() if everything else stdio:
         if fd in keep or fd in relayed:
             continue
-        kind = _REPLACE if fd in _withheld else _kind(fd)
+        kind = classify(fd)
         if kind is _KEEP or kind is _UNNAMED and fd in stdio:
             continue
         if kind[0] == "own":
@@ -170,7 +170,7 @@ def finish(later: list[tuple[int, str]]) -> None:
     opened: dict[tuple[str, int], int] = {}
     try:
         for fd, name in later:
-            access = os.O_RDWR if name == "null" else fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            access = os.O_RDWR if name == "null" else access_mode(fd)
             node = opened.get((name, access))
             if node is None:  # (none of `later`: they are open)
                 node = opened[(name, access)] = os.open(f"/dev/{name}", access | os.O_CLOEXEC | os.O_NOCTTY)
@@ -223,6 +223,22 @@ def _kind(fd: int) -> tuple:
         if major in _TTY_MAJORS:
             return ("node", link, flags, False)
     return _REPLACE  # directories, block devices, other character devices
+
+
+def classify(fd: int) -> tuple:
+    """What `seal` would do with `fd` at a command's stdio: KEEP or UNNAMED
+    (it stays), ("own", device), ("file", ...) or ("node", ...) (reopened),
+    or another kind (blanked with /dev/null); for a parent that decides
+    before its child does (native_child.py)."""
+    return _REPLACE if fd in _withheld else _kind(fd)
+
+
+KEEP, UNNAMED = _KEEP, _UNNAMED
+
+
+def access_mode(fd: int) -> int:
+    """O_RDONLY, O_WRONLY or O_RDWR: how `fd` is open (what `finish` reopens it for)."""
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
 
 
 def needs_relay(fd: int) -> bool:

@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import capabilities, cgroups, channel, init, rootfs
+from . import capabilities, cgroups, channel, init, native_child, rootfs
 from . import syscalls as sc
 from .channel import Channel
 from .fork import bare_fork, fork
@@ -335,6 +335,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
         config.netns_ready = Channel()
     first = None
     pid_later: Callable[[], tuple[int, int]] | None = None
+    # A command's child with no hand-over to wait for: native, where it can
+    # be (native_child.py: its steps written down here, run by C).
+    plan = native_child.plan_for(config) if target is None and joined is None and not rootless else None
     try:
         if wire_ahead is not None:
             assert config.spare is not None
@@ -365,12 +368,15 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
                     try:
                         route.step_in()
                     except OSError:  # (not seen) the parent moves the child then, as on v2
-                        route, attach = None, config.cgroup_procs
+                        route, attach, plan = None, config.cgroup_procs, None
                         joined = joined or Channel()
-                # A command's child runs only the set-up and execs: none of
-                # Python's after-fork work is for it (fork.bare_fork).
-                fork_now = bare_fork() if target is None else None
-                pid = fork_now() if fork_now is not None else fork()
+                if plan is not None:  # (returns once the child has exec'd or failed)
+                    pid = plan.start(err_w)
+                else:
+                    # A command's child runs only the set-up and execs: none of
+                    # Python's after-fork work is for it (fork.bare_fork).
+                    fork_now = bare_fork() if target is None else None
+                    pid = fork_now() if fork_now is not None else fork()
             finally:
                 if pid != 0:
                     if route is not None:
@@ -430,7 +436,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
         proc.reaper = forker
         if lazy:  # (started ahead: its pid is first asked for at its turn, see confirm)
             proc.pid_later = pid_later
-    if not confirm and not rootless and config.network_go is None:
+    if not confirm and not rootless and config.network_go is None and plan is None:
         proc.unconfirmed = (err_r, attach_error)
         return proc
     network_error = None
@@ -441,6 +447,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
             proc.init_pid = relay.pid1(proc.pid)
             network_error = _start_usermode_network(proc, config.network_go, config)
         message = channel.read_all(err_r)
+        if message and plan is not None:
+            message = plan.line(message)
     finally:
         os.close(err_r)
     if rootless and proc.init_pid == proc.pid:

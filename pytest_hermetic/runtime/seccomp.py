@@ -105,8 +105,13 @@ class Filter:
         try:
             sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, libc.addressof(self._fprog_buffer))
         except OSError as exc:  # a kernel without CONFIG_SECCOMP_FILTER says EINVAL
-            raise SeccompError(f"cannot load the seccomp filter: {os.strerror(exc.errno or 0)}; "
-                               "fix: run with seccomp=False (--security-opt seccomp=unconfined)") from None
+            raise load_error(exc.errno or 0) from None
+
+
+def load_error(err: int) -> SeccompError:
+    """Why the filter did not load (errno `err`)."""
+    return SeccompError(f"cannot load the seccomp filter: {os.strerror(err)}; "
+                        "fix: run with seccomp=False (--security-opt seccomp=unconfined)")
 
 
 _default: Filter | None = None

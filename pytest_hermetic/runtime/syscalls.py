@@ -108,20 +108,26 @@ def _text(value: str | bytes | None) -> str | None:
 
 def unshare(flags: int) -> None:
     if _unshare(flags) == -1:
-        _check(-1, "unshare", _flag_names(flags))
+        _check(-1, "unshare", flag_names(flags))
 
 
 def setns(fd: int, nstype: int = 0) -> None:
     if _setns(fd, nstype) == -1:
-        _check(-1, "setns", _flag_names(nstype))
+        _check(-1, "setns", flag_names(nstype))
 
 
 def mount(source: str | bytes | None, target: str | bytes, fstype: str | bytes | None = None, flags: int = 0,
           data: str | bytes | None = None) -> None:
     """mount(2); str or (prepared, cheaper) bytes arguments."""
     if _mount(_b(source), _b(target), _b(fstype), flags, _b(data)) == -1:  # the message only for a failure
-        what, where, kind, options = _text(source), _text(target), _text(fstype), _text(data)
-        _check(-1, "mount", f"{kind or 'bind'} {what or ''} on {where}" + (f" ({options})" if options else ""))
+        raise mount_error(libc.get_errno(), source, target, fstype, data)
+
+
+def mount_error(errno_: int, source: str | bytes | None, target: str | bytes, fstype: str | bytes | None,
+                data: str | bytes | None) -> SyscallError:
+    """The error of a failed `mount` of these arguments (also the native child's: native_child.py)."""
+    what, where, kind, options = _text(source), _text(target), _text(fstype), _text(data)
+    return SyscallError("mount", errno_, f"{kind or 'bind'} {what or ''} on {where}" + (f" ({options})" if options else ""))
 
 
 def try_mount(source: bytes | None, fstype: bytes | None, flags: int, data: bytes | None, target: bytes) -> int:
@@ -312,5 +318,5 @@ _NS_NAMES = {
 }
 
 
-def _flag_names(flags: int) -> str:
+def flag_names(flags: int) -> str:
     return "|".join(name for bit, name in _NS_NAMES.items() if flags & bit)

@@ -71,7 +71,7 @@ def own_nodes(folder: bytes) -> bytes | None:
     sc.mount(b"tmpfs", folder, b"tmpfs", MS_NOSUID | MS_NOEXEC, b"mode=700,size=4k,nr_inodes=16")
     umask = os.umask(0)  # (the host's modes as they are: one call each way, not a chmod per node)
     try:
-        for name, mode, rdev, owner in _host_nodes():
+        for name, mode, rdev, owner in host_nodes():
             path = folder + b"/" + name
             try:
                 os.mknod(path, mode, rdev)
@@ -87,7 +87,7 @@ def own_nodes(folder: bytes) -> bytes | None:
 _nodes: list[tuple[bytes, int, int, tuple[int, int] | None]] = []
 
 
-def _host_nodes() -> list[tuple[bytes, int, int, tuple[int, int] | None]]:
+def host_nodes() -> list[tuple[bytes, int, int, tuple[int, int] | None]]:
     """(name, mode, rdev, owner) of the host's harmless devices, looked up
     once per process (in the parent, before any fork: see `prepare`); owner
     None where it is this process's own, which a node it makes has already."""
@@ -104,7 +104,7 @@ def _host_nodes() -> list[tuple[bytes, int, int, tuple[int, int] | None]]:
 
 def prepare() -> None:
     """In the parent: what `own_nodes` needs, so the child only uses it."""
-    _host_nodes()
+    host_nodes()
 
 
 def mount_dev(userns: bool, shm_size: int = 64 << 20, nodes: bytes | None = None) -> None:
@@ -126,6 +126,32 @@ def mount_dev(userns: bool, shm_size: int = 64 << 20, nodes: bytes | None = None
     sc.mount(b"mqueue", b"dev/mqueue", b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for target, link in _DEV_LINKS:
         os.symlink(target, link)
+
+
+def kernel_steps(shm_size: int, privileged: bool, nodes: bytes) -> list[tuple]:
+    """What `mount_proc`, `mount_dev` (as root, the container's own `nodes`)
+    and `mount_sys` do, in their order, as steps for the native child
+    (native_child.py): ("mount", source, target, fstype, flags, data),
+    ("mknod", None, target, None, mode, None), ("mkdir", None, target, None,
+    mode, None), ("symlink", source, link, None, 0, None).  Kept in step
+    with them by tests/test_native_child.py, which compares the mount
+    tables both children leave."""
+    steps: list[tuple] = [("mount", b"proc", b"proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+                          ("mount", b"tmpfs", b"dev", b"tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME,
+                           b"mode=755,size=65536k")]
+    for host, node in _DEV_NODES:
+        steps += [("mknod", None, node, None, stat.S_IFREG | 0o644, None),
+                  ("mount", nodes + host[4:], node, None, MS_BIND, None)]
+    steps += [("mkdir", None, b"dev/pts", None, 0o777, None),
+              ("mount", b"devpts", b"dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC, _PTS_OPTIONS_ROOT),
+              ("symlink", b"pts/ptmx", b"dev/ptmx", None, 0, None),
+              ("mkdir", None, b"dev/shm", None, 0o777, None),
+              ("mount", b"shm", b"dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}".encode()),
+              ("mkdir", None, b"dev/mqueue", None, 0o777, None),
+              ("mount", b"mqueue", b"dev/mqueue", b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)]
+    steps += [("symlink", target, link, None, 0, None) for target, link in _DEV_LINKS]
+    steps.append(("mount", b"sysfs", b"sys", b"sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY), None))
+    return steps
 
 
 def mount_sys(privileged: bool) -> None:
@@ -152,17 +178,17 @@ def mask_paths(null: bytes = b"/dev/null") -> None:
     # (17 per container).  Any other failure: look, then mount as the
     # path's actual kind, as before.
     mask_file = (null, None, MS_BIND, None)
-    for target, directory in _MASKS:
-        source, fstype, flags, data = _MASK_DIR if directory else mask_file
+    for target, directory in MASKS:
+        source, fstype, flags, data = MASK_DIR if directory else mask_file
         failed = sc.try_mount(source, fstype, flags, data, target)
         if failed and failed != errno.ENOENT:
             try:
                 st = os.lstat(target)
             except OSError:
                 continue
-            source, fstype, flags, data = _MASK_DIR if stat.S_ISDIR(st.st_mode) else mask_file
+            source, fstype, flags, data = MASK_DIR if stat.S_ISDIR(st.st_mode) else mask_file
             sc.mount(source, target, fstype, flags, data)
-    for target in _READONLY:
+    for target in READONLY_TARGETS:
         failed = sc.try_mount(target, None, MS_BIND | MS_REC, None, target)
         if failed == errno.ENOENT:  # not in this kernel's /proc
             continue
@@ -174,7 +200,7 @@ def mask_paths(null: bytes = b"/dev/null") -> None:
 # The masks' mounts, as (source, fstype, flags, data) before the target: an
 # empty read-only tmpfs on a folder, the host's /dev/null on a file (a volume
 # may cover the container's own /dev).
-_MASK_DIR: tuple[bytes, bytes | None, int, bytes | None] = (
+MASK_DIR: tuple[bytes, bytes | None, int, bytes | None] = (
     b"tmpfs", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=0")
-_MASKS = tuple((path[1:].encode(), path in _MASKED_DIRS) for path in MASKED_PATHS)  # relative to the root
-_READONLY = tuple(path[1:].encode() for path in READONLY_PATHS)
+MASKS = tuple((path[1:].encode(), path in _MASKED_DIRS) for path in MASKED_PATHS)  # relative to the root
+READONLY_TARGETS = tuple(path[1:].encode() for path in READONLY_PATHS)

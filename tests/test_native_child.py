@@ -1,0 +1,216 @@
+"""The native child (runtime/native_child.py, _native_child.c) against the
+Python child it stands in for: what a container sees, line for line, both
+ways; failures worded alike; the Python child wherever the plan cannot
+hold a step; nothing left behind in the parent."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pytest_hermetic.container import Container
+from pytest_hermetic.errors import HermeticError
+from pytest_hermetic.runtime import native_child
+from pytest_hermetic.spec import Spec
+
+pytestmark = pytest.mark.skipif(not native_child.available(),
+                                reason="no native child here (extension not built, or not the first user namespace)")
+
+# What a container can see of its own set-up; its ids, inode and mount
+# numbers made alike (they differ between any two containers).
+PROBE = r"""
+cut -d' ' -f4- /proc/self/mountinfo
+grep -E '^(Cap|NoNewPrivs|Seccomp|SigBlk|SigIgn|SigCgt|Uid|Gid|Groups|Umask)' /proc/self/status
+for fd in /proc/self/fd/*; do echo "$fd $(readlink $fd)"; done
+cut -d' ' -f1,4-8 /proc/self/stat
+cat /proc/self/cgroup /proc/self/attr/current 2>/dev/null
+ls -lan /dev /dev/pts /dev/shm / | cut -c1-10,15-
+cat /etc/hostname /etc/hosts /etc/resolv.conf
+pwd; umask; hostname; cat /sys/class/net/lo/flags; ls /sys/class/net
+for ns in /proc/self/ns/*; do echo "$ns"; done
+env | sort
+"""
+
+
+def _alike(text: str) -> list[str]:
+    text = re.sub(r"[0-9a-f]{32}", "ID", text)
+    text = re.sub(r"[0-9a-f]{12}", "SHORT", text)
+    text = re.sub(r"\d+-\d+-ID", "STATE-ID", text)
+    text = re.sub(r"(pipe|socket|anon_inode:\[?\w*\]?):\[\d+\]", r"\1:[N]", text)
+    text = re.sub(r"(?m)^(\d+ )?\d+ \d+ \d+:\d+ ", "", text)  # mountinfo ids and device numbers
+    text = re.sub(r"(?m)^(\d+) \(", "PID (", text)
+    return text.splitlines()
+
+
+@pytest.fixture
+def native_starts(monkeypatch):
+    """Count the starts the native child made (and put the switch back after)."""
+    starts: list[int] = []
+    start = native_child.Plan.start
+
+    def counted(plan: native_child.Plan, err_w: int) -> int:
+        starts.append(1)
+        return start(plan, err_w)
+
+    monkeypatch.setattr(native_child.Plan, "start", counted)
+    yield starts
+    native_child.switch(True)
+
+
+def _run(spec: Spec, native: bool, stdin: int | None = None) -> tuple[object, str]:
+    """Run `spec` with the native child or the Python one: (status or the error, its output)."""
+    native_child.switch(native)
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY) if stdin is None else stdin
+    container = Container(spec)
+    try:
+        try:
+            container.start(stdin=null, stdout=w, stderr=w)
+        except HermeticError as exc:
+            os.close(r)
+            return f"{type(exc).__name__}: {exc}", ""
+        finally:
+            os.close(w)
+            if stdin is None:
+                os.close(null)
+        with os.fdopen(r, "rb") as out:
+            output = out.read().decode(errors="replace")
+        return container.wait().status, output
+    finally:
+        container.remove()
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"user": "1000:1000", "workdir": "/var/tmp/made/here"},
+    {"cap_drop": ["ALL"], "cap_add": ["NET_RAW"], "hostname": "named", "env": {"A": "b c"}},
+    {"privileged": True},
+    {"seccomp": False, "shm_size": "8M"},
+], ids=["defaults", "user-workdir", "caps-env", "privileged", "no-seccomp"])
+def test_a_container_sees_the_same_both_ways(native_starts, options):
+    spec = Spec.build("host", ["sh", "-c", PROBE], **options)
+    native_status, native = _run(spec, True)
+    assert len(native_starts) == 1, "the native child did not run"
+    python_status, python = _run(spec, False)
+    assert len(native_starts) == 1
+    assert native_status == python_status
+    assert _alike(native) == _alike(python)
+    assert len(native.splitlines()) > 60
+
+
+def test_an_image_root_is_the_same_both_ways(native_starts, busybox_image):
+    spec = Spec.build(busybox_image, ["sh", "-c", PROBE])
+    native_status, native = _run(spec, True)
+    python_status, python = _run(spec, False)
+    assert len(native_starts) == 1
+    assert native_status == python_status and native_status.code == 0
+    assert _alike(native) == _alike(python)
+
+
+def test_what_the_native_child_gives_is_dockers_default(native_starts):
+    """Not only alike: each line as a container must have it."""
+    status, out = _run(Spec.build("host", ["sh", "-c", "grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp|SigBlk|SigIgn):' "
+                                                        "/proc/self/status; cat /proc/1/stat"]), True)
+    assert len(native_starts) == 1 and status.code == 0
+    lines = dict(line.split(":\t") for line in out.splitlines() if ":\t" in line)
+    assert lines["CapBnd"] == lines["CapEff"] == "00000000a80425fb"  # Docker's 14
+    assert lines["NoNewPrivs"] == "1" and lines["Seccomp"] == "2"
+    assert lines["SigBlk"] == lines["SigIgn"] == "0000000000000000"  # Python ignores SIGPIPE; the command does not
+    stat = out.splitlines()[-1].split()
+    assert stat[0] == stat[5] == stat[4], "PID 1, its own session and group"
+
+
+@pytest.mark.parametrize("argv, options", [
+    (["no-such-command"], {}),
+    (["/etc/passwd"], {}),
+    (["/etc"], {}),
+    (["/etc/shadow"], {"user": "1000:1000"}),
+    (["true"], {"workdir": "/proc/no/such"}),
+    (["true"], {"workdir": "/etc/passwd"}),
+], ids=["not-found", "not-executable", "a-folder", "not-permitted", "workdir-unmakeable", "workdir-a-file"])
+def test_failures_are_said_alike_both_ways(native_starts, argv, options):
+    spec = Spec.build("host", argv, **options)
+    native, _ = _run(spec, True)
+    python, _ = _run(spec, False)
+    assert len(native_starts) == 1
+    assert isinstance(native, str) and native == python
+
+
+@pytest.mark.parametrize("options, reason", [
+    ({"volumes": ["/etc:/mnt/etc:ro"]}, "volumes"),
+    ({"user": "nobody"}, "a user given by name"),
+    ({"read_only": True}, "--read-only"),
+    ({"tmpfs": "/run"}, "--tmpfs"),
+    ({"init": True}, "--init"),
+], ids=["volume", "named-user", "read-only", "tmpfs", "init"])
+def test_the_python_child_runs_where_the_plan_cannot_hold_a_step(native_starts, monkeypatch, options, reason):
+    seen = []
+    examine = native_child._examine
+    monkeypatch.setattr(native_child, "_examine", lambda config: seen.append(examine(config)[0]) or examine(config))
+    status, out = _run(Spec.build("host", ["sh", "-c", "echo ran"], **options), True)
+    assert status.code == 0 and out.strip().endswith("ran")
+    assert native_starts == [] and seen[-1:] == [reason] or (reason == "--init" and seen == [])
+
+
+def test_a_standard_descriptor_to_reopen_keeps_the_python_child(native_starts):
+    """A host file at stdin is reopened on a read-only mount (descriptors.py): the Python child's work."""
+    with open("/etc/hostname", "rb") as f:
+        status, out = _run(Spec.build("host", ["sh", "-c", "cat; echo; echo x >> /proc/self/fd/0 || echo refused"]), True,
+                           stdin=f.fileno())
+    assert native_starts == []
+    assert status.code == 0 and out.strip().endswith("refused")
+
+
+def test_the_switch_turns_it_off():
+    code = "from pytest_hermetic.runtime import native_child; print(native_child.available())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "HERMETIC_NATIVE_CHILD": "0"})
+    assert (on.stdout.strip(), off.stdout.strip()) == ("True", "False")
+
+
+def test_the_parent_keeps_nothing_of_its_native_children(native_starts):
+    """Each start maps a stack and parses a plan: both go once the child has
+    exec'd or failed; its set-up pipe is closed."""
+
+    def counts() -> tuple[int, dict[int, str]]:
+        with open("/proc/self/maps") as f:
+            maps = sum(1 for _ in f)
+        fds = {}
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # the listing's own
+                pass
+        return maps, fds
+
+    _run(Spec.build("host", ["true"]), True)
+    before = counts()
+    for _ in range(15):
+        status, _ = _run(Spec.build("host", ["true"]), True)
+        assert status.code == 0
+    _run(Spec.build("host", ["no-such-command"]), True)
+    assert len(native_starts) == 17
+    maps, fds = counts()
+    assert maps == before[0]
+    assert {fd: link for fd, link in fds.items() if before[1].get(fd) != link} == {}
+    assert {fd: link for fd, link in before[1].items() if fds.get(fd) != link} == {}
+
+
+def test_a_plan_that_does_not_parse_is_refused():
+    """The extension checks the plan's framing before any clone."""
+    from pytest_hermetic.runtime import _native_child  # type: ignore[attr-defined]
+
+    r, w = os.pipe()
+    try:
+        for bad in (b"", b"\x01\x00\x00\x00", native_child.Plan().encode() + b"x",
+                    b"\x01\x00\x00\x00" + b"\x63\x00\x00\x00" + b"\x00" * 28):
+            with pytest.raises(ValueError, match="does not parse"):
+                _native_child.start(bad, w)
+    finally:
+        os.close(r)
+        os.close(w)
