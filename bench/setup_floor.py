@@ -21,17 +21,12 @@ shuffled order:
                         own Python around those calls (its Spec, checks and
                         records: the in-process row's "own" CPU above this
                         one's)
-  hermetic, C child (prototype)
-                        the engine's own parent (`Container.run()` and
-                        `.remove()`: Spec, state, cgroups, the route, PID
-                        namespace, statistics, removal), its fork of the
-                        child swapped, for this row only, for a posix_spawn
-                        of `setup_floor --child` with the container's scratch
-                        folder and hostname: a prototype's figure (the child
-                        is the floor's fixed list of calls, not a plan the
-                        engine made), for what the engine would cost with a
-                        native child
-  hermetic (in process) the engine itself
+  hermetic, Python child
+                        the engine with its Python child (the fork of this
+                        process that runs init.py): what every container
+                        cost before the native child (HERMETIC_NATIVE_CHILD=0)
+  hermetic (in process) the engine itself: its native child
+                        (runtime/native_child.py) where it is built
 
 Reported: wall-clock median and p10-p90, and the median CPU time (this
 process and its children, then each apart) of each, in ms; then the ratios
@@ -118,37 +113,16 @@ class PythonParent:
             raise RuntimeError(f"setup_floor --child: wait status {status}")
 
 
-class EngineWithCChild:
-    """The engine in process, its child's fork swapped for a posix_spawn of
-    `setup_floor --child` (process.spawn forks a command's child through
-    `bare_fork()`; both names are put back after each run)."""
+def run_with_python_child() -> None:
+    """The engine in process with its Python child (native_child.switch:
+    as HERMETIC_NATIVE_CHILD=0 would have it, for this row only)."""
+    from pytest_hermetic.runtime import native_child
 
-    def __init__(self, binary: str, filter_path: str, null: int) -> None:
-        from pytest_hermetic.runtime import process
-
-        self.process, self.binary, self.filter_path, self.null = process, binary, filter_path, null
-
-    def __call__(self) -> None:
-        process = self.process
-        spawn, bare_fork = process.spawn, process.bare_fork
-        configs = []
-
-        def spawn_noting(config, *args, **kwargs):  # noqa: ANN001, ANN202
-            configs.append(config)
-            return spawn(config, *args, **kwargs)
-
-        def native_fork():  # noqa: ANN202
-            config = configs[-1]
-            return lambda: os.posix_spawn(
-                self.binary, [self.binary, "--child", config.rootfs.scratch, self.filter_path, config.hostname],
-                {"PATH": "/usr/bin:/bin"},
-                file_actions=[(os.POSIX_SPAWN_DUP2, self.null, 0), (os.POSIX_SPAWN_DUP2, self.null, 1)])
-
-        process.spawn, process.bare_fork = spawn_noting, native_fork
-        try:
-            run_hermetic_api(None)
-        finally:
-            process.spawn, process.bare_fork = spawn, bare_fork
+    native_child.switch(False)
+    try:
+        run_hermetic_api(None)
+    finally:
+        native_child.switch(None)
 
 
 # Plain os calls, not the engine's cgroups.write/read_text: this parent is the
@@ -216,7 +190,7 @@ def main() -> int:
                  "--dev", "/dev", "--tmpfs", "/tmp", "true"])
         contenders[f"setup_floor (C, {linked})"] = lambda: spawn([binary, state, os.path.join(tmp, "filter")])
         contenders["Python parent, C child"] = PythonParent(binary, state, os.path.join(tmp, "filter"), null)
-        contenders["hermetic, C child (prototype)"] = EngineWithCChild(binary, os.path.join(tmp, "filter"), null)
+        contenders["hermetic, Python child"] = run_with_python_child
         contenders["hermetic (in process)"] = lambda: run_hermetic_api(None)  # (its Bench is not used)
         for _ in range(args.warmup):
             for run in contenders.values():
@@ -256,10 +230,10 @@ def main() -> int:
         print(f"{name:32s} {median[name]:8.2f} {spread:>13s} {statistics.median(cpu[name]):8.2f} "
               f"{own:6.2f} {children:8.2f}")
     floor = next(name for name in contenders if name.startswith("setup_floor"))
-    hybrid, prototype = "Python parent, C child", "hermetic, C child (prototype)"
-    pairs = [(floor, "bwrap --unshare-all"), (hybrid, "bwrap --unshare-all"), (prototype, "bwrap --unshare-all"),
+    hybrid, python_child = "Python parent, C child", "hermetic, Python child"
+    pairs = [(floor, "bwrap --unshare-all"), (hybrid, "bwrap --unshare-all"), (python_child, "bwrap --unshare-all"),
              ("hermetic (in process)", "bwrap --unshare-all"), ("hermetic (in process)", floor),
-             ("hermetic (in process)", hybrid), ("hermetic (in process)", prototype)]
+             ("hermetic (in process)", hybrid), ("hermetic (in process)", python_child)]
     for a, b in pairs:
         if a in median and b in median:
             print(f"{a} / {b}: {median[a] / median[b]:.2f} (wall)")

@@ -136,7 +136,28 @@ def _checks(machine: Machine) -> list[tuple[str, Check]]:
         checks.append(("rootless", check_rootless_extras))
     checks.append(("networks", check_networks))
     checks.append(("directories", check_directories))
+    if machine.root:
+        checks.append(("native child", check_native_child))
     return checks
+
+
+def check_native_child(machine: Machine) -> Iterator[Result]:
+    """The C part that starts a command's container without a Python child
+    (runtime/native_child.py): a warning only, everything runs without it."""
+    from .runtime import native_child
+
+    found = native_child.state()
+    if found == "off":
+        yield Result(WARN, "native child", "turned off (HERMETIC_NATIVE_CHILD=0)", "unset HERMETIC_NATIVE_CHILD")
+    elif found == "missing":
+        yield Result(WARN, "native child", "not built: each command's container starts through a Python child "
+                     "(about twice as long)", "apt-get install gcc python3-dev, then reinstall pytest-hermetic")
+    elif found == "unusable":
+        yield Result(WARN, "native child", "built, but this kernel (before 5.11) or user namespace (not the "
+                     "machine's first) cannot use it: the Python child starts every container",
+                     "run as the machine's root on Linux 5.11 or newer")
+    else:
+        yield Result(OK, "native child", "commands' containers start without a Python child")
 
 
 def _guarded(label: str, check: Check, machine: Machine) -> Iterator[Result]:

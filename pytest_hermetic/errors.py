@@ -72,6 +72,10 @@ class ContainerStartError(HermeticError):
     """The container could not be set up (mounts, namespaces, cgroups)."""
 
 
+class SeccompError(ContainerStartError):
+    """The seccomp filter cannot be built or loaded here."""
+
+
 class CommandNotFound(ContainerStartError):
     """The command to run does not exist in the container's root."""
 

@@ -1,4 +1,4 @@
-"""The native child (runtime/native_child.py, _native_child.c) against the
+"""The native child (runtime/native_child.py, clone_child.c) against the
 Python child it stands in for: what a container sees, line for line, both
 ways; failures worded alike; the Python child wherever the plan cannot
 hold a step; nothing left behind in the parent."""
@@ -58,7 +58,7 @@ def native_starts(monkeypatch):
 
     monkeypatch.setattr(native_child.Plan, "start", counted)
     yield starts
-    native_child.switch(True)
+    native_child.switch(None)
 
 
 def _run(spec: Spec, native: bool, stdin: int | None = None) -> tuple[object, str]:
@@ -203,14 +203,31 @@ def test_the_parent_keeps_nothing_of_its_native_children(native_starts):
 
 def test_a_plan_that_does_not_parse_is_refused():
     """The extension checks the plan's framing before any clone."""
-    from pytest_hermetic.runtime import _native_child  # type: ignore[attr-defined]
+    from pytest_hermetic.runtime import clone_child  # type: ignore[attr-defined]
 
     r, w = os.pipe()
     try:
         for bad in (b"", b"\x01\x00\x00\x00", native_child.Plan().encode() + b"x",
                     b"\x01\x00\x00\x00" + b"\x63\x00\x00\x00" + b"\x00" * 28):
             with pytest.raises(ValueError, match="does not parse"):
-                _native_child.start(bad, w)
+                clone_child.start(bad, w)
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_the_doctor_says_whether_commands_start_natively(monkeypatch):
+    from pytest_hermetic import doctor
+
+    native_child.switch(True)
+    assert [(r.status, r.found) for r in doctor.check_native_child(None)] == [  # type: ignore[arg-type]
+        (doctor.OK, "commands' containers start without a Python child")]
+    monkeypatch.setenv("HERMETIC_NATIVE_CHILD", "0")
+    native_child.switch(False)
+    try:
+        (result,) = doctor.check_native_child(None)  # type: ignore[arg-type]
+    finally:
+        monkeypatch.delenv("HERMETIC_NATIVE_CHILD")
+        native_child.switch(None)
+    assert (result.status, result.found, result.fix) == (
+        doctor.WARN, "turned off (HERMETIC_NATIVE_CHILD=0)", "unset HERMETIC_NATIVE_CHILD")

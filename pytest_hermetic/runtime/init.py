@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
     from .config import ProcessConfig
 
-from ..errors import ContainerStartError, SyscallError
-from . import capabilities, channel, descriptors, network, rootfs, seccomp
+from ..errors import ContainerStartError
+from . import capabilities, channel, descriptors, network, rootfs, seccomp, start_errors
 from . import syscalls as sc
 from .channel import describe, fail
 from .fork import release_signals
@@ -165,16 +165,7 @@ def own_session() -> None:
         # ENOSYS: no keyrings in this kernel; EPERM: the caller's own
         # seccomp filter (under Docker) blocks keyctl, for it as for us.
         if exc.errno not in (errno.ENOSYS, errno.EPERM):
-            raise keyring_error(exc.errno or 0) from None
-
-
-def keyring_error(err: int) -> BaseException:
-    """Why the container gets no session keyring of its own (errno `err`)."""
-    if err == errno.EDQUOT:
-        return ContainerStartError("cannot give the container a session keyring of its own: this user's key "
-                                   "quota is full (each running container holds one key); fix: raise "
-                                   "kernel.keys.maxkeys and kernel.keys.maxbytes with sysctl")
-    return SyscallError("keyctl", err, "join a new session keyring")
+            raise start_errors.keyring(exc.errno or 0) from None
 
 
 def _attach_console(config: ProcessConfig) -> None:
@@ -224,20 +215,12 @@ def _enter_workdir(cwd: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise workdir_error(cwd, exc.strerror or "", made=False) from None
+        raise start_errors.workdir(cwd, exc.strerror or "", made=False) from None
     try:
         os.makedirs(cwd, 0o755, exist_ok=True)
         os.chdir(cwd)
     except OSError as exc:
-        raise workdir_error(cwd, exc.strerror or "", made=True) from None
-
-
-def workdir_error(cwd: str, reason: str, made: bool) -> ContainerStartError:
-    """The working directory cannot be entered (`made`: nor made, missing)."""
-    if made:
-        return ContainerStartError(f"workdir {cwd} is not in the image and cannot be made there ({reason}); "
-                                   "use a directory of the image")
-    return ContainerStartError(f"workdir {cwd}: {reason}; use a directory of the image, or one it can hold")
+        raise start_errors.workdir(cwd, exc.strerror or "", made=True) from None
 
 
 def resolve_user(user: str | None) -> tuple[int, int]:
@@ -331,18 +314,7 @@ def _exec(config: ProcessConfig, err_w: int) -> NoReturn:
     try:
         execvpe(config.argv[0], config.argv, config.env)
     except BaseException as exc:  # noqa: BLE001 - said, never a silent 125 (e.g. an import inside the image's root)
-        fail(err_w, *exec_failure(config.argv[0], config.env, exc))
-
-
-def exec_failure(command: str, env: dict[str, str], exc: BaseException) -> tuple[int, str]:
-    """The exit code and line of an exec that failed with `exc`."""
-    if isinstance(exc, FileNotFoundError):
-        return 127, f"{command}: command not found in the container (PATH={env.get('PATH', '')})"
-    if isinstance(exc, PermissionError):
-        return 126, f"{command}: permission denied (not executable)"
-    if isinstance(exc, OSError):
-        return 126, f"{command}: cannot execute: {exc.strerror}"
-    return 125, f"{command}: cannot execute: {describe(exc)}"
+        fail(err_w, *start_errors.exec_failure(config.argv[0], config.env, exc))
 
 
 def execvpe(file: str, argv: list[str], env: dict[str, str]) -> NoReturn:

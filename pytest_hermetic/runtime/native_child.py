@@ -5,7 +5,7 @@ fork the interpreter's own work is most of what a container costs beyond
 its system calls (issue #16: 1.7 ms of CPU of 6.4 ms a container).  For a
 command (not a Python callable), where every step is known before the
 fork, `plan_for` writes those same steps down, in the same order, with the
-same arguments, and `_native_child.start` (C, an optional extension) runs
+same arguments, and `clone_child.start` (C, an optional extension) runs
 them in a child made with clone(CLONE_VM | CLONE_VFORK): no copy of the
 parent, no interpreter.  A failing step comes back as its index and errno;
 `Plan.line` words it as the Python child's line (`channel.fail`).
@@ -30,6 +30,10 @@ the child sets up, `plan_for` returns None and the Python child runs:
 `HERMETIC_NATIVE_CHILD=0` turns it off (the Python child for every
 container); so does an extension built from another version of the C file.
 tests/test_native_child.py compares what a container sees both ways.
+
+One concern, however long: the plan is the Python child's start written
+down, step for step, and reads best in one place beside its wording of
+each step's failure.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import os
 import struct
 
 from ..errors import SyscallError
-from . import capabilities, descriptors, init, rootfs, seccomp
+from . import capabilities, descriptors, rootfs, start_errors
 from . import syscalls as sc
 from .channel import describe
 from .namespaces import CONTAINER_NAMESPACES
@@ -52,9 +56,9 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
     from .config import ProcessConfig
 
-ABI = 1  # _native_child.c's ABI: an extension of another version is not used
+ABI = 1  # clone_child.c's ABI: an extension of another version is not used
 
-# The operations of _native_child.c (its `enum op`, same order).
+# The operations of clone_child.c (its `enum op`, same order).
 (PRCTL, UNSHARE, LOOPBACK_UP, MOUNT, MASK, READ_ONLY, MKDIR, MKNOD, CHOWN, UMASK_SET, UMASK_BACK, SYMLINK,
  WRITE_FILE, CHDIR, SETHOSTNAME, PIVOT_ROOT, UMOUNT2, OPEN_ON, SETSID, SESSION_KEYRING, CAPBSET_DROP,
  AMBIENT_CLEAR, SETGROUPS_NONE, SETRESGID, SETRESUID, CAPSET, SECCOMP, WORKDIR, SIGNALS_DEFAULT, DUP2,
@@ -73,18 +77,30 @@ _module: object | None = None
 _looked = False
 
 
-def _extension():  # noqa: ANN202 - the module, or None
+def _extension(force: bool = False):  # noqa: ANN202 - the module, or None
+    """The C extension, if built from this version of it and not switched
+    off (HERMETIC_NATIVE_CHILD=0, unless `force`)."""
     global _module, _looked
     if not _looked:
         _looked = True
-        if os.environ.get("HERMETIC_NATIVE_CHILD", "1") != "0":
+        if force or os.environ.get("HERMETIC_NATIVE_CHILD", "1") != "0":
             try:
-                from . import _native_child  # type: ignore[attr-defined]  # (C: _native_child.c)
+                from . import clone_child  # type: ignore[attr-defined]  # (C: clone_child.c)
             except ImportError:
-                _native_child = None
-            if _native_child is not None and getattr(_native_child, "ABI", None) == ABI:
-                _module = _native_child
+                clone_child = None
+            if clone_child is not None and getattr(clone_child, "ABI", None) == ABI:
+                _module = clone_child
     return _module
+
+
+def state() -> str:
+    """"ready"; "off" (HERMETIC_NATIVE_CHILD=0); "missing" (not built, or
+    built from another version of clone_child.c); "unusable" (built, but
+    the kernel is before 5.11 or this is not the machine's first user
+    namespace): for `hermetic doctor`."""
+    if _extension() is None:
+        return "off" if _looked and os.environ.get("HERMETIC_NATIVE_CHILD") == "0" else "missing"
+    return "ready" if _kernel_ready() else "unusable"
 
 
 def available() -> bool:
@@ -92,16 +108,16 @@ def available() -> bool:
     return _extension() is not None and _kernel_ready()
 
 
-def switch(on: bool) -> None:
-    """Use the native child where it can run (the default, unless
-    HERMETIC_NATIVE_CHILD=0), or never: for benchmarks and tests that
-    compare both children in one process."""
+def switch(on: bool | None) -> None:
+    """Use the native child where it can run (True), never (False), or as
+    HERMETIC_NATIVE_CHILD says (None, the default): for benchmarks and
+    tests that compare both children in one process."""
     global _module, _looked
     _module, _looked = None, False
-    if on:
-        _extension()
-    else:
+    if on is False:
         _looked = True
+    elif on:
+        _extension(force=True)
 
 
 _kernel_ok: bool | None = None
@@ -258,11 +274,11 @@ def plan_for(config: ProcessConfig) -> Plan | None:
                  c=int(inheritable))
     plan.add(UNSHARE, _syscall_error("unshare", sc.flag_names(sc.CLONE_NEWCGROUP)), a=sc.CLONE_NEWCGROUP)
     plan.add(SETSID, _os_error())  # init.own_session
-    plan.add(SESSION_KEYRING, lambda err, _detail: init.keyring_error(err))
+    plan.add(SESSION_KEYRING, lambda err, _detail: start_errors.keyring(err))
     _privileges(plan, config, *ids)
     if config.seccomp is not None:
         program = config.seccomp.program
-        plan.add(SECCOMP, lambda err, _detail: seccomp.load_error(err), program, a=len(program))
+        plan.add(SECCOMP, lambda err, _detail: start_errors.seccomp_load(err), program, a=len(program))
     _exec(plan, config)
     return plan
 
@@ -405,7 +421,7 @@ def _init_layer(plan: Plan, fs: rootfs.RootfsConfig) -> None:
 
 def _privileges(plan: Plan, config: ProcessConfig, uid: int, gid: int) -> None:
     """init._drop_privileges (its user in numbers) and init.become."""
-    plan.add(WORKDIR, lambda err, detail: init.workdir_error(config.cwd, os.strerror(err), made=bool(detail)), config.cwd)
+    plan.add(WORKDIR, lambda err, detail: start_errors.workdir(config.cwd, os.strerror(err), made=bool(detail)), config.cwd)
     if not config.privileged:
         keep = capabilities.default_mask() if config.caps is None else config.caps & capabilities.permitted()
         keep &= (1 << (config.cap_last + 1)) - 1
@@ -449,4 +465,4 @@ def _exec(plan: Plan, config: ProcessConfig) -> None:
         candidates = [os.path.join(folder, argv[0]) for folder in env.get("PATH", os.defpath).split(os.pathsep)]
     environment = [f"{key}={value}" for key, value in env.items()]
     plan.add(EXEC, _never, *candidates, *argv, None, *environment, a=len(candidates), b=len(argv), c=len(environment))
-    plan.exec_wording = lambda err: init.exec_failure(argv[0], env, OSError(err, os.strerror(err)))
+    plan.exec_wording = lambda err: start_errors.exec_failure(argv[0], env, OSError(err, os.strerror(err)))

@@ -26,7 +26,8 @@ import errno
 import os
 import struct
 
-from ..errors import ContainerStartError
+from ..errors import SeccompError  # (re-exported: raised by the profile code below)
+from . import start_errors
 from .. import _libc as libc
 from . import syscalls as sc
 from .capabilities import DEFAULT_CAPS
@@ -78,10 +79,6 @@ _INT_ARGS = {("socket", 0), ("personality", 0), ("ioctl", 1)}
 _TERMINAL_INJECTION = (0x5412, 0x541C)
 
 
-class SeccompError(ContainerStartError):
-    """The filter cannot be built or loaded here."""
-
-
 class Filter:
     """A compiled program, ready to load in a child (the memory it points at
     is inherited through fork)."""
@@ -105,13 +102,7 @@ class Filter:
         try:
             sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, libc.addressof(self._fprog_buffer))
         except OSError as exc:  # a kernel without CONFIG_SECCOMP_FILTER says EINVAL
-            raise load_error(exc.errno or 0) from None
-
-
-def load_error(err: int) -> SeccompError:
-    """Why the filter did not load (errno `err`)."""
-    return SeccompError(f"cannot load the seccomp filter: {os.strerror(err)}; "
-                        "fix: run with seccomp=False (--security-opt seccomp=unconfined)")
+            raise start_errors.seccomp_load(exc.errno or 0) from None
 
 
 _default: Filter | None = None

@@ -1,7 +1,8 @@
 """A command's container forked without Python's after-fork hooks
 (`fork.bare_fork`, used where the caller has one thread: `hermetic run`,
-`Container.run` of a command) holds exactly what one forked with `os.fork`
-holds: capabilities, no_new_privs, the seccomp filter, its descriptors, a
+`Container.run` of a command, when the native child cannot run), and one
+set up by the native child (runtime/native_child.py, the default where it
+can run), each hold exactly what one forked with `os.fork` holds: capabilities, no_new_privs, the seccomp filter, its descriptors, a
 session of its own, a keyring it cannot reach around the filter, /proc's
 masks, its devices.  The command probes all of them from inside, once per
 way of forking, in a fresh interpreter of one thread (so the bare fork is
@@ -34,12 +35,12 @@ PROBE = textwrap.dedent("""
 
 def probe(way: str) -> tuple[dict, bool]:
     """The probe's findings in a container started from a fresh one-thread
-    interpreter, its child forked `way` ("bare" or "os"), and whether the
-    bare fork was taken."""
+    interpreter, its child forked `way` ("bare" or "os") or started natively
+    ("native"), and whether that way was taken."""
     script = textwrap.dedent(f"""
         import json, os, sys
         from pytest_hermetic.container import Container
-        from pytest_hermetic.runtime import process
+        from pytest_hermetic.runtime import native_child, process
         from pytest_hermetic.spec import Spec
 
         used = []
@@ -49,6 +50,12 @@ def probe(way: str) -> tuple[dict, bool]:
             used.append(made is not None)
             return made
         process.bare_fork = watched if {way!r} == "bare" else (lambda: None)
+        native_child.switch({way!r} == "native")
+        start = native_child.Plan.start
+        def started(plan, err_w):
+            used.append(True)
+            return start(plan, err_w)
+        native_child.Plan.start = started
         read, write = os.pipe()
         container = Container(Spec.build("host", [{HOST_PYTHON!r}, "-c", {PROBE!r}], ephemeral=True))
         try:
@@ -74,6 +81,9 @@ def test_a_bare_forked_command_holds_what_an_os_forked_one_holds_and_no_more() -
     forked, taken_there = probe("os")
     assert not taken_there
     assert bare == forked, (bare, forked)
+    native, taken = probe("native")
+    assert taken, "the native child did not run: this test no longer covers it"
+    assert native == forked, (native, forked)
     default = sum(1 << bit for bit in DEFAULT_CAPS.values())
     assert all(int(bare["caps"][k], 16) == default for k in ("CapPrm", "CapEff", "CapBnd")), bare["caps"]
     assert int(bare["caps"]["CapInh"], 16) == int(bare["caps"]["CapAmb"], 16) == 0

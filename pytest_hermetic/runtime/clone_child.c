@@ -1,4 +1,4 @@
-/* pytest_hermetic.runtime._native_child: a command container's PID 1, in C.
+/* pytest_hermetic.runtime.clone_child: a command container's PID 1, in C.
  *
  * The Python side (native_child.py) works out every step the engine's Python
  * child (init.py, rootfs/, descriptors.py) would make for this container, as
@@ -426,11 +426,11 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native_child",
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "clone_child",
                                     "A command container's PID 1 in C (see native_child.py).", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__native_child(void) {
+PyMODINIT_FUNC PyInit_clone_child(void) {
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
         Py_DECREF(m);
