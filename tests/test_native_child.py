@@ -52,9 +52,9 @@ def native_starts(monkeypatch):
     starts: list[int] = []
     start = native_child.Plan.start
 
-    def counted(plan: native_child.Plan, err_w: int) -> int:
+    def counted(plan: native_child.Plan, err_w: int, cgroup_fd: int | None = None) -> int:
         starts.append(1)
-        return start(plan, err_w)
+        return start(plan, err_w, cgroup_fd)
 
     monkeypatch.setattr(native_child.Plan, "start", counted)
     yield starts

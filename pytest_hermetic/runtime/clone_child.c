@@ -7,11 +7,14 @@
  * clone(CLONE_VM | CLONE_VFORK) on a stack of its own: no copy of the
  * (Python) parent's page tables, no interpreter in the child.  The calling
  * thread waits until the child has exec'd or ended (as a vfork does); the
- * GIL is let go meanwhile.
+ * GIL is let go meanwhile.  `start(plan, err_w, cgroup_fd)` (cgroup v2)
+ * makes it with clone3(CLONE_INTO_CGROUP | CLONE_VFORK) instead: born in
+ * its cgroup, so nobody moves it there (clone3 takes no function to run on
+ * a new stack, so that child is a copy of the parent, as after a fork).
  *
- * The child shares the parent's memory until its exec: it touches only its
- * own stack and the plan (parsed here before the clone, freed after), calls
- * no allocator and takes no lock.  Every signal is blocked from before the
+ * The CLONE_VM child shares the parent's memory until its exec: it touches
+ * only its own stack and the plan (parsed here before the clone, freed
+ * after), calls no allocator and takes no lock.  Every signal is blocked from before the
  * clone until just before the child's exec (its dispositions reset first),
  * so no handler of the parent's ever runs in it.
  *
@@ -81,6 +84,7 @@ enum op {
     OP_CLOEXEC_ABOVE_2,  /* close_range(3, ~0, CLOSE_RANGE_CLOEXEC) */
     OP_EXEC,             /* strings: a candidates, then b argv, then c environment; mask cleared first */
     OP_CLOSE,            /* a: fd (not open: fine) */
+    OP_MOUNT_IF_DIR,     /* as OP_MOUNT, where s1 is a folder (else nothing) */
     OP_LAST
 };
 
@@ -280,6 +284,11 @@ static int run_step(const struct plan *plan, uint32_t index, mode_t *umask_befor
     case OP_CLOSE:
         close((int)st->a);
         return 0;
+    case OP_MOUNT_IF_DIR: {
+        struct stat info;
+        if (stat(s[1], &info) < 0 || !S_ISDIR(info.st_mode)) return 0;
+        return raw_mount(s[0], s[1], s[2], (unsigned long)st->a, s[3]) < 0 ? -1 : 0;
+    }
     case OP_CLOEXEC_ABOVE_2:
         return syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0 ? -1 : 0;
     case OP_EXEC: {
@@ -383,18 +392,40 @@ bad:
 
 #define STACK_SIZE (256 * 1024)
 
+/* clone3's arguments (linux/sched.h's struct clone_args, up to `cgroup`:
+ * CLONE_ARGS_SIZE_VER2), spelled out: that header and glibc's sched.h clash. */
+struct clone3_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+#define HERMETIC_CLONE_INTO_CGROUP 0x200000000ULL
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+
+static pid_t clone_into_cgroup(struct plan *plan, int cgroup_fd) {
+    struct clone3_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_VFORK | HERMETIC_CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = (uint64_t)cgroup_fd;
+    long pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid == 0) child_main(plan);  /* (a copy of this process: never returns) */
+    return (pid_t)pid;
+}
+
 static PyObject *start(PyObject *self, PyObject *args) {
     Py_buffer data;
-    int err_w;
+    int err_w, cgroup_fd = -1;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*i:start", &data, &err_w)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*i|i:start", &data, &err_w, &cgroup_fd)) return NULL;
     struct plan plan;
     memset(&plan, 0, sizeof plan);
     plan.err_w = err_w;
     int parsed = parse(data.buf, data.len, &plan);
     PyBuffer_Release(&data);
     if (parsed < 0) { free_plan(&plan); return NULL; }
-    void *stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    void *stack = cgroup_fd >= 0 ? NULL :
+        mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) {
         free_plan(&plan);
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -405,12 +436,15 @@ static PyObject *start(PyObject *self, PyObject *args) {
     int err;
     Py_BEGIN_ALLOW_THREADS
     pthread_sigmask(SIG_SETMASK, &all, &before);
-    pid = clone(child_main, (char *)stack + STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+    if (cgroup_fd >= 0)
+        pid = clone_into_cgroup(&plan, cgroup_fd);
+    else
+        pid = clone(child_main, (char *)stack + STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
     err = errno;
     pthread_sigmask(SIG_SETMASK, &before, NULL);
     Py_END_ALLOW_THREADS
     /* The child has exec'd or ended: its stack and the plan are ours again. */
-    munmap(stack, STACK_SIZE);
+    if (stack) munmap(stack, STACK_SIZE);
     free_plan(&plan);
     if (pid < 0) {
         errno = err;
@@ -419,10 +453,23 @@ static PyObject *start(PyObject *self, PyObject *args) {
     return PyLong_FromLong(pid);
 }
 
+/* Whether clone3 is there (5.3+) and not refused by a filter of the
+ * caller's (a container manager's profile may say ENOSYS or EPERM): a
+ * call with a size too small for any version is EINVAL where it is. */
+static PyObject *clone3_works(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    struct clone3_args args;
+    memset(&args, 0, sizeof args);
+    long r = syscall(SYS_clone3, &args, (size_t)8);
+    return PyBool_FromLong(r < 0 && errno == EINVAL);
+}
+
 static PyMethodDef methods[] = {
     {"start", start, METH_VARARGS,
-     "start(plan: bytes, err_w: int) -> pid: run the plan in a clone(CLONE_VM | CLONE_VFORK) child;\n"
-     "return once it has exec'd or ended."},
+     "start(plan: bytes, err_w: int, cgroup_fd: int = -1) -> pid: run the plan in a clone(CLONE_VM | CLONE_VFORK)\n"
+     "child, or with cgroup_fd a clone3(CLONE_INTO_CGROUP | CLONE_VFORK) one; return once it has exec'd or ended."},
+    {"clone3_works", clone3_works, METH_NOARGS, "clone3_works() -> bool: clone3 is there and not filtered."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,8 +16,8 @@ the child sets up, `plan_for` returns None and the Python child runs:
 
 * a Python callable, `--init`, a terminal (`-t`), rootless (a user
   namespace), namespaces made ahead (`spare`), a network to wire, a child
-  the parent moves into its cgroup (cgroup v2: no `ThreadRoute`), a
-  cgroup2 mount;
+  the parent would move into its cgroup (where neither `ThreadRoute` on v1
+  nor clone3's CLONE_INTO_CGROUP on v2 can have it born there);
 * volumes, `--tmpfs`, `--read-only`, layers replayed at start, overlay
   options beyond one page;
 * a user given by name (it is looked up in the image), relayed files, a
@@ -42,7 +42,7 @@ import os
 import struct
 
 from ..errors import SyscallError
-from . import capabilities, descriptors, rootfs, start_errors
+from . import capabilities, cgroups, descriptors, rootfs, start_errors
 from . import syscalls as sc
 from .channel import describe
 from .namespaces import CONTAINER_NAMESPACES
@@ -62,7 +62,7 @@ ABI = 1  # clone_child.c's ABI: an extension of another version is not used
 (PRCTL, UNSHARE, LOOPBACK_UP, MOUNT, MASK, READ_ONLY, MKDIR, MKNOD, CHOWN, UMASK_SET, UMASK_BACK, SYMLINK,
  WRITE_FILE, CHDIR, SETHOSTNAME, PIVOT_ROOT, UMOUNT2, OPEN_ON, SETSID, SESSION_KEYRING, CAPBSET_DROP,
  AMBIENT_CLEAR, SETGROUPS_NONE, SETRESGID, SETRESUID, CAPSET, SECCOMP, WORKDIR, SIGNALS_DEFAULT, DUP2,
- CLOEXEC_ABOVE_2, EXEC, CLOSE) = range(1, 34)
+ CLOEXEC_ABOVE_2, EXEC, CLOSE, MOUNT_IF_DIR) = range(1, 35)
 
 _REPORT = struct.Struct("=IIiI")
 _REPORT_MAGIC = 0x31434E48
@@ -106,6 +106,29 @@ def state() -> str:
 def available() -> bool:
     """Whether this process can start a command's child natively at all."""
     return _extension() is not None and _kernel_ready()
+
+
+_clone3: bool | None = None
+
+
+def cgroup_fd(procs_files: list[str]) -> int | None:
+    """An fd on the one cgroup v2 folder of `procs_files` (its
+    `cgroup.procs`), for a child born there (clone3's CLONE_INTO_CGROUP:
+    no move, no hand-over); None where that cannot be had (v1 files, or
+    clone3 missing or filtered here)."""
+    global _clone3
+    unified = cgroups.detect().unified
+    if len(procs_files) != 1 or unified is None or not procs_files[0].startswith(unified.rstrip("/") + "/"):
+        return None
+    if _clone3 is None:
+        module = _extension()
+        _clone3 = module is not None and module.clone3_works()
+    if not _clone3:
+        return None
+    try:
+        return os.open(os.path.dirname(procs_files[0]), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def switch(on: bool | None) -> None:
@@ -162,11 +185,14 @@ class Plan:
     def encode(self) -> bytes:
         return struct.pack("=I", len(self._steps)) + b"".join(self._steps)
 
-    def start(self, err_w: int) -> int:
-        """Run the plan in a child; its pid, once it has exec'd or ended."""
+    def start(self, err_w: int, cgroup_fd: int | None = None) -> int:
+        """Run the plan in a child (born in the cgroup v2 folder open at
+        `cgroup_fd`, if given); its pid, once it has exec'd or ended."""
         module = _extension()
         assert module is not None
-        return module.start(self.encode(), err_w)
+        if cgroup_fd is None:
+            return module.start(self.encode(), err_w)
+        return module.start(self.encode(), err_w, cgroup_fd)
 
     def line(self, message: bytes) -> bytes:
         """The child's report on the set-up pipe as the Python child's line
@@ -227,8 +253,7 @@ def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], list[t
             ("a network to wire", config.network_hook is not None or config.netns_ready is not None
              or config.network_go is not None or bool(config.network.address)),
             ("volumes", bool(fs.binds)),
-            ("--tmpfs", bool(fs.tmpfs)), ("--read-only", fs.read_only), ("layers replayed at start", bool(fs.replay)),
-            ("a cgroup2 mount", fs.cgroup_v2)):
+            ("--tmpfs", bool(fs.tmpfs)), ("--read-only", fs.read_only), ("layers replayed at start", bool(fs.replay))):
         if present:
             return reason, (0, 0), []
     ids = _numeric_user(config.user)
@@ -273,6 +298,10 @@ def plan_for(config: ProcessConfig) -> Plan | None:
         plan.add(OPEN_ON, _open_on_error(f"/dev/{name}"), f"/dev/{name}", a=access | os.O_CLOEXEC | os.O_NOCTTY, b=fd,
                  c=int(inheritable))
     plan.add(UNSHARE, _syscall_error("unshare", sc.flag_names(sc.CLONE_NEWCGROUP)), a=sc.CLONE_NEWCGROUP)
+    if fs.cgroup_v2:  # rootfs.mount_cgroup2
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if fs.privileged else MS_RDONLY)
+        plan.add(MOUNT_IF_DIR, _mount_error("cgroup2", "/sys/fs/cgroup", "cgroup2", None),
+                 "cgroup2", "/sys/fs/cgroup", "cgroup2", None, a=flags)
     plan.add(SETSID, _os_error())  # init.own_session
     plan.add(SESSION_KEYRING, lambda err, _detail: start_errors.keyring(err))
     _privileges(plan, config, *ids)

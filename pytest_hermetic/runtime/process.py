@@ -329,15 +329,21 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     # As root, the child is forked inside its v1 cgroups (cgroups.ThreadRoute):
     # no migration to wait for; else the parent moves it while it sets up.
     route = cgroups.ThreadRoute.for_paths(config.cgroup_procs) if not rootless and config.cgroup_procs else None
-    attach = [] if route is not None else config.cgroup_procs
+    # A command's child with nothing to hand over: native, where it can be
+    # (native_child.py: its steps written down here, run by C), born in its
+    # cgroup (on v1 through the route, on v2 by clone3's CLONE_INTO_CGROUP).
+    plan = native_child.plan_for(config) if target is None and not rootless and config.network_hook is None else None
+    into_cgroup = None
+    if plan is not None and route is None and config.cgroup_procs:
+        into_cgroup = native_child.cgroup_fd(config.cgroup_procs)
+        if into_cgroup is None:
+            plan = None
+    attach = [] if route is not None or into_cgroup is not None else config.cgroup_procs
     joined = Channel() if attach or config.network_hook else None
     if config.network_hook is not None and not rootless:
         config.netns_ready = Channel()
     first = None
     pid_later: Callable[[], tuple[int, int]] | None = None
-    # A command's child with no hand-over to wait for: native, where it can
-    # be (native_child.py: its steps written down here, run by C).
-    plan = native_child.plan_for(config) if target is None and joined is None and not rootless else None
     try:
         if wire_ahead is not None:
             assert config.spare is not None
@@ -371,7 +377,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
                         route, attach, plan = None, config.cgroup_procs, None
                         joined = joined or Channel()
                 if plan is not None:  # (returns once the child has exec'd or failed)
-                    pid = plan.start(err_w)
+                    pid = plan.start(err_w, into_cgroup)
                 else:
                     # A command's child runs only the set-up and execs: none of
                     # Python's after-fork work is for it (fork.bare_fork).
@@ -387,7 +393,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
                     init.worker_main(config, target, err_w, joined)  # type: ignore[arg-type]
                 init.main(config, target, err_w, status_w, joined)
     except BaseException:
-        for end in (err_r, err_w, status_r, status_w):
+        for end in (err_r, err_w, status_r, status_w, into_cgroup):
             if end is not None:
                 os.close(end)
         for pipe in (joined, config.netns_ready):
@@ -400,6 +406,8 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
 
             spare.lend(config.spare, False)
         raise
+    if into_cgroup is not None:
+        os.close(into_cgroup)
     # (A placeholder stays in the caller's cgroup: it is killed by pid.)
     # The set is the child's now; its network namespace comes back to `proc` (given back in `wait`).
     netns = None

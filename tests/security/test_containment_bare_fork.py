@@ -52,9 +52,9 @@ def probe(way: str) -> tuple[dict, bool]:
         process.bare_fork = watched if {way!r} == "bare" else (lambda: None)
         native_child.switch({way!r} == "native")
         start = native_child.Plan.start
-        def started(plan, err_w):
+        def started(plan, err_w, cgroup_fd=None):
             used.append(True)
-            return start(plan, err_w)
+            return start(plan, err_w, cgroup_fd)
         native_child.Plan.start = started
         read, write = os.pipe()
         container = Container(Spec.build("host", [{HOST_PYTHON!r}, "-c", {PROBE!r}], ephemeral=True))
