@@ -231,3 +231,23 @@ def test_the_doctor_says_whether_commands_start_natively(monkeypatch):
         native_child.switch(None)
     assert (result.status, result.found, result.fix) == (
         doctor.WARN, "turned off (HERMETIC_NATIVE_CHILD=0)", "unset HERMETIC_NATIVE_CHILD")
+
+
+def test_namespaces_made_ahead_are_joined_alike(native_starts):
+    """The pytest plugin's parent makes the next container's network, IPC and
+    UTS namespaces ahead (spare.py); a command's native child joins them as
+    the Python child does."""
+    from pytest_hermetic.runtime import process, spare
+
+    seen = {}
+    try:
+        for native in (True, False):
+            process.prepare_next(with_placeholder=False)
+            assert spare._spare is not None, "no namespaces were made ahead: this test no longer covers them"
+            seen[native] = _run(Spec.build("host", ["sh", "-c", PROBE]), native)
+            assert spare._spare is None, "the container did not take the namespaces made ahead"
+    finally:
+        process.discard_prepared()
+    assert len(native_starts) == 1
+    assert seen[True][0] == seen[False][0] and seen[True][0].code == 0
+    assert _alike(seen[True][1]) == _alike(seen[False][1])

@@ -85,6 +85,7 @@ enum op {
     OP_EXEC,             /* strings: a candidates, then b argv, then c environment; mask cleared first */
     OP_CLOSE,            /* a: fd (not open: fine) */
     OP_MOUNT_IF_DIR,     /* as OP_MOUNT, where s1 is a folder (else nothing) */
+    OP_SETNS,            /* a: fd, b: its kind (CLONE_NEW*) */
     OP_LAST
 };
 
@@ -284,6 +285,8 @@ static int run_step(const struct plan *plan, uint32_t index, mode_t *umask_befor
     case OP_CLOSE:
         close((int)st->a);
         return 0;
+    case OP_SETNS:
+        return setns((int)st->a, (int)st->b);
     case OP_MOUNT_IF_DIR: {
         struct stat info;
         if (stat(s[1], &info) < 0 || !S_ISDIR(info.st_mode)) return 0;

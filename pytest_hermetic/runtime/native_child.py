@@ -15,7 +15,7 @@ a step depends on what the child finds, or on a parent that works while
 the child sets up, `plan_for` returns None and the Python child runs:
 
 * a Python callable, `--init`, a terminal (`-t`), rootless (a user
-  namespace), namespaces made ahead (`spare`), a network to wire, a child
+  namespace), a network to wire, a child
   the parent would move into its cgroup (where neither `ThreadRoute` on v1
   nor clone3's CLONE_INTO_CGROUP on v2 can have it born there);
 * volumes, `--tmpfs`, `--read-only`, layers replayed at start, overlay
@@ -62,7 +62,7 @@ ABI = 1  # clone_child.c's ABI: an extension of another version is not used
 (PRCTL, UNSHARE, LOOPBACK_UP, MOUNT, MASK, READ_ONLY, MKDIR, MKNOD, CHOWN, UMASK_SET, UMASK_BACK, SYMLINK,
  WRITE_FILE, CHDIR, SETHOSTNAME, PIVOT_ROOT, UMOUNT2, OPEN_ON, SETSID, SESSION_KEYRING, CAPBSET_DROP,
  AMBIENT_CLEAR, SETGROUPS_NONE, SETRESGID, SETRESUID, CAPSET, SECCOMP, WORKDIR, SIGNALS_DEFAULT, DUP2,
- CLOEXEC_ABOVE_2, EXEC, CLOSE, MOUNT_IF_DIR) = range(1, 35)
+ CLOEXEC_ABOVE_2, EXEC, CLOSE, MOUNT_IF_DIR, SETNS) = range(1, 36)
 
 _REPORT = struct.Struct("=IIiI")
 _REPORT_MAGIC = 0x31434E48
@@ -249,7 +249,6 @@ def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], list[t
     for reason, present in (
             ("a Python callable", config.argv is None), ("--init", config.init),
             ("rootless", config.userns is not None or fs.userns), ("a terminal", config.tty is not None),
-            ("namespaces made ahead", config.spare is not None),
             ("a network to wire", config.network_hook is not None or config.netns_ready is not None
              or config.network_go is not None or bool(config.network.address)),
             ("volumes", bool(fs.binds)),
@@ -286,9 +285,18 @@ def plan_for(config: ProcessConfig) -> Plan | None:
     options = overlay_options(fs.lowers, fs.upper, fs.work, False)
     plan = Plan()
     plan.add(PRCTL, _syscall_error("prctl", str(sc.PR_SET_PDEATHSIG)), a=sc.PR_SET_PDEATHSIG, b=9)
-    namespaces = CONTAINER_NAMESPACES
-    plan.add(UNSHARE, _syscall_error("unshare", sc.flag_names(namespaces)), a=namespaces)
-    plan.add(LOOPBACK_UP, _os_error())
+    if config.spare is not None:  # made ahead by the parent, `lo` up: joined (spare.enter), then a mount namespace
+        from . import spare  # (imported by the parent, which made them)
+
+        for kind, flag in spare.KINDS:
+            plan.add(SETNS, _syscall_error("setns", sc.flag_names(flag)), a=config.spare[kind], b=flag)
+        for fd in config.spare.values():
+            plan.add(CLOSE, _never, a=fd)
+        plan.add(UNSHARE, _syscall_error("unshare", sc.flag_names(sc.CLONE_NEWNS)), a=sc.CLONE_NEWNS)
+    else:
+        namespaces = CONTAINER_NAMESPACES
+        plan.add(UNSHARE, _syscall_error("unshare", sc.flag_names(namespaces)), a=namespaces)
+        plan.add(LOOPBACK_UP, _os_error())
     for fd, write_end, inheritable in relayed:  # descriptors.seal: each relayed file's pipe in its place
         plan.add(DUP2, _os_error(), a=write_end, b=fd, c=int(inheritable))
     for fd in config.relay_pipes:
