@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 
 from ..errors import SyscallError
 from . import capabilities, cgroups, descriptors, rootfs, start_errors
@@ -68,6 +69,9 @@ _REPORT = struct.Struct("=IIiI")
 _REPORT_MAGIC = 0x31434E48
 _STEP = struct.Struct("=iqqqI")
 _LENGTH = struct.Struct("=i")
+_COUNT = struct.Struct("=I")
+_NO_STRING = _LENGTH.pack(-1)
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # (os.fsencode's)
 
 # What a failed step was, as the Python child would have raised it: (errno,
 # detail) -> the exception, or (code, line) for the exec.
@@ -166,24 +170,27 @@ class Plan:
     """The child's steps, in order, and how to word each one's failure."""
 
     def __init__(self) -> None:
-        self._steps: list[bytes] = []
+        self._steps = bytearray()  # the steps as clone_child.c reads them (`encode` puts their count first)
         self._wordings: list[Callable[[int, int], BaseException]] = []
         self.exec_wording: Callable[[int], tuple[int, str]] | None = None
 
     def add(self, op: int, wording: Callable[[int, int], BaseException], *strings: str | bytes | None,
             a: int = 0, b: int = 0, c: int = 0) -> None:
-        parts = [_STEP.pack(op, a, b, c, len(strings))]
+        # (~90 steps a container: each call is kept to plain packing, no list or fsencode)
+        out = self._steps
+        out += _STEP.pack(op, a, b, c, len(strings))
         for text in strings:
             if text is None:
-                parts.append(_LENGTH.pack(-1))
+                out += _NO_STRING
             else:
-                raw = os.fsencode(text)
-                parts += (_LENGTH.pack(len(raw)), raw, b"\0")
-        self._steps.append(b"".join(parts))
+                raw = text if type(text) is bytes else text.encode(_FS_ENCODING, _FS_ERRORS)  # type: ignore[union-attr]
+                out += _LENGTH.pack(len(raw))
+                out += raw
+                out += b"\0"
         self._wordings.append(wording)
 
     def encode(self) -> bytes:
-        return struct.pack("=I", len(self._steps)) + b"".join(self._steps)
+        return _COUNT.pack(len(self._wordings)) + self._steps
 
     def start(self, err_w: int, cgroup_fd: int | None = None) -> int:
         """Run the plan in a child (born in the cgroup v2 folder open at
