@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
     from .usermode_net import Helper
 
 from ..errors import ContainerStartError, HermeticError
-from . import capabilities, cgroups, channel, init, native_child, rootfs
+from . import capabilities, cgroups, channel, native_child, rootfs
 from . import syscalls as sc
 from .channel import Channel
 from .fork import bare_fork, fork
@@ -291,9 +291,9 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
     a callable under a placeholder whose cgroups need no move from here."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     if target is None and config.init:
-        target = init.exec_target(config)
+        target = _init().exec_target(config)
     if target is not None:
-        init.prepare_callable()
+        _init().prepare_callable()
     rootless = config.userns is not None
     if rootless:
         from . import relay  # (lazily: its import, with resource's, is not a root container's)
@@ -338,6 +338,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
         into_cgroup = native_child.cgroup_fd(config.cgroup_procs)
         if into_cgroup is None:
             plan = None
+    python_child = _init() if plan is None else None  # (imported before the fork: nothing is, after it)
     attach = [] if route is not None or into_cgroup is not None else config.cgroup_procs
     joined = Channel() if attach or config.network_hook else None
     if config.network_hook is not None and not rootless:
@@ -389,9 +390,10 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
                         route.step_out()
                     sc.setns(fd, sc.CLONE_NEWPID)
             if pid == 0:
+                assert python_child is not None
                 if placeholder_mode:
-                    init.worker_main(config, target, err_w, joined)  # type: ignore[arg-type]
-                init.main(config, target, err_w, status_w, joined)
+                    python_child.worker_main(config, target, err_w, joined)
+                python_child.main(config, target, err_w, status_w, joined)
     except BaseException:
         for end in (err_r, err_w, status_r, status_w, into_cgroup):
             if end is not None:
@@ -471,6 +473,14 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
 # until then a container's start needs none of spare.py, netns_reuse.py and
 # placeholder.py, and `hermetic run` does not import them (0.36 ms).
 _made_ahead = False
+
+
+def _init():  # noqa: ANN202 - the module
+    """init.py, the Python child: imported where a container has one (a
+    command's native child needs none of it: 0.4 ms of `hermetic run`)."""
+    from . import init
+
+    return init
 
 
 def _placeholder():  # noqa: ANN202 - the module
