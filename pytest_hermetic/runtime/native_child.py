@@ -7,21 +7,23 @@ command (not a Python callable), where every step is known before the
 fork, `plan_for` writes those same steps down, in the same order, with the
 same arguments, and `clone_child.start` (C, an optional extension) runs
 them in a child made with clone(CLONE_VM | CLONE_VFORK): no copy of the
-parent, no interpreter.  A failing step comes back as its index and errno;
-`Plan.line` words it as the Python child's line (`channel.fail`).
+parent, no interpreter (on cgroup v2, clone3(CLONE_INTO_CGROUP |
+CLONE_VFORK): born in its cgroup).  A failing step comes back as its index
+and errno; `Plan.line` words it as the Python child's line (`channel.fail`).
 
 The plan covers the common start, and nothing is left out of it: wherever
 a step depends on what the child finds, or on a parent that works while
-the child sets up, `plan_for` returns None and the Python child runs:
+the child sets up, `plan_for` returns None (`unsupported` says why) and the
+Python child runs:
 
 * a Python callable, `--init`, a terminal (`-t`), rootless (a user
-  namespace), a network to wire, a child
-  the parent would move into its cgroup (where neither `ThreadRoute` on v1
-  nor clone3's CLONE_INTO_CGROUP on v2 can have it born there);
+  namespace), a network to wire, a child the parent would move into its
+  cgroup (where neither `ThreadRoute` on v1 nor CLONE_INTO_CGROUP on v2
+  can have it born there);
 * volumes, `--tmpfs`, `--read-only`, layers replayed at start, overlay
   options beyond one page;
-* a user given by name (it is looked up in the image), relayed files, a
-  standard descriptor that is a host file, terminal or FIFO (reopened on a
+* a user given by name (it is looked up in the image), a standard
+  descriptor that is a host file, terminal or FIFO (reopened on a
   read-only mount: descriptors.py);
 * an engine not in the machine's first user namespace (its mknod would be
   refused; the Python child then binds the host's nodes), a kernel without
@@ -265,6 +267,9 @@ def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], list[t
     ids = _numeric_user(config.user)
     if ids is None:
         return "a user given by name", (0, 0), []
+    if any("\0" in text for text in (*(config.argv or ()), *config.env.values())) or any(
+            "=" in key or "\0" in key for key in config.env):
+        return "a NUL in the command or its environment, or '=' in a name (the Python child says which)", ids, []
     if len(overlay_options(fs.lowers, fs.upper, fs.work, False)) >= PAGE_SIZE:
         return "overlay options beyond one page", ids, []
     later = _stdio_later(config)
