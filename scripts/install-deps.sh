@@ -59,7 +59,7 @@ fi
 # when the native child's C extension is missing or of another version than its Python side)
 if ! .venv/bin/python -c 'import pytest_hermetic, ipython_ext, pyroute2, zstandard, pytest, xdist, pytest_forked, pytest_timeout, pytest_cov, pytest_rerunfailures, IPython, ipykernel, nbclient, nbformat, mypy' 2>/dev/null \
         || ! grep -q 'import console' .venv/bin/hermetic 2>/dev/null \
-        || ! .venv/bin/python -c 'from pytest_hermetic.runtime import native_child as n; assert n._extension()' 2>/dev/null; then
+        || ! .venv/bin/python -c 'from pytest_hermetic.runtime import native_child as n; assert n.state() != "missing"' 2>/dev/null; then
     log=$(mktemp)
     if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' pytest-xdist --config-settings editable_mode=compat; } >"$log" 2>&1; then
         cat "$log"; rm -f "$log"; exit 1

@@ -45,6 +45,12 @@ def test_stdout_and_stderr_stay_apart():
         (["run", "--commit", "Not Valid", "host", "true"], 125, "hermetic: error: 'Not Valid': not a valid image reference"),
         (["import", "dir:/no/such/dir", "x:1"], 125, "hermetic: error: dir:/no/such/dir: no such directory"),
         (["rmi", "never-imported:1"], 125, "hermetic: error: image 'never-imported:1' is not in the local store"),
+        (["save", "never-imported:1", "oci:/nonexistent/out"], 125,
+         "hermetic: error: image 'never-imported:1' is not in the local store (/"),
+        (["import", "/etc", "x:1"], 125, "hermetic: error: cannot import '/etc': give its transport, e.g. "
+                                         "`hermetic import dir:/etc x:1`"),
+        (["import", "/etc/hostname"], 125, "hermetic: error: cannot import '/etc/hostname': give its transport, e.g. "
+                                           "`hermetic import tar:/etc/hostname NAME`"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, code, message):

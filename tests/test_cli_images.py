@@ -53,6 +53,8 @@ def test_tag_and_format_errors_are_one_line(store_with_busybox):
     env = store_with_busybox
     cases = {
         ("tag", "nosuch:1", "x:1"): "image 'nosuch:1' is not in the local store",
+        ("save", "nosuch:1", "oci:/nonexistent/out"): "); `hermetic images` lists what it holds",
+        ("rmi", "nosuch:1"): "); `hermetic images` lists what it holds",
         ("tag", "host", "x:1"): "`host` is the host's own / and has no manifest to tag",
         ("tag", "busybox:1", "Bad:Name"): "not a valid image reference",
         ("tag", "busybox:1", "x@sha256:" + "0" * 64): "give a name such as",

@@ -521,15 +521,20 @@ class Store:
         with self.busy(), self.lock():
             data = self.read_refs()
             if image.name not in data:
-                raise ImageNotFound(f"image {source!r} is not in the local store ({self.root})")
+                raise self._not_here(source)
             digest = data[name] = data[image.name]
             self._write_refs(data)
         return self.tagged(name, digest)
 
+    def _not_here(self, text: str) -> ImageNotFound:
+        """`text` names no image here, for a command that never pulls (tag, save, rmi)."""
+        return ImageNotFound(f"image {text!r} is not in the local store ({self.root}); `hermetic images` lists "
+                             "what it holds")
+
     def manifest_digest(self, name: str) -> str:
         data = self.read_refs()
         if name not in data:
-            raise ImageNotFound(f"image {refs.parse(name).familiar!r} is not in the local store ({self.root})")
+            raise self._not_here(refs.parse(name).familiar)
         return data[name]
 
     def local(self, text: str) -> Image:
@@ -740,7 +745,7 @@ class Store:
         if len(ids) > 1:
             raise StoreError(f"{text!r} is the start of {len(ids)} image ids; give more of it")
         if not ids:
-            raise ImageNotFound(f"image {text!r} is not in the local store ({self.root})")
+            raise self._not_here(text)
         return next(iter(ids.values()))
 
     def _refuse_in_use(self, ref: refs.Reference, manifest_digest: str) -> None:

@@ -24,6 +24,10 @@ from .store import HOST_ENV, Image, Keep, Store
 
 def import_image(store: Store, source: str, name: str | None = None, *, env: dict[str, str] | None = None,
                  workdir: str | None = None, user: str | None = None, cmd: list[str] | None = None) -> Image:
+    if source.startswith(("/", "./", "../")) and os.path.exists(source):  # a path: say which transport reads it
+        kind = "dir" if os.path.isdir(source) else "tar"
+        raise ImageReferenceError(f"cannot import {source!r}: give its transport, e.g. `hermetic import {kind}:{source} "
+                                  f"{name or 'NAME'}` (also oci:DIR, docker-archive:FILE)")
     ref = refs.parse(source)
     if ref.transport in ("oci", "docker-archive"):
         store.clear_dead_staging()
