@@ -151,7 +151,7 @@ def check_native_child(machine: Machine) -> Iterator[Result]:
         yield Result(WARN, "native child", "turned off (HERMETIC_NATIVE_CHILD=0)", "unset HERMETIC_NATIVE_CHILD")
     elif found == "missing":
         yield Result(WARN, "native child", "not built: each command's container starts through a Python child "
-                     "(about twice as long)", "apt-get install gcc python3-dev, then reinstall pytest-hermetic")
+                     "(~2 ms more a start)", "apt-get install gcc python3-dev, then reinstall pytest-hermetic")
     elif found == "unusable":
         yield Result(WARN, "native child", "built, but this kernel (before 5.11) or user namespace (not the "
                      "machine's first) cannot use it: the Python child starts every container",
