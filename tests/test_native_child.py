@@ -251,3 +251,35 @@ def test_namespaces_made_ahead_are_joined_alike(native_starts):
     assert len(native_starts) == 1
     assert seen[True][0] == seen[False][0] and seen[True][0].code == 0
     assert _alike(seen[True][1]) == _alike(seen[False][1])
+
+
+def test_threads_start_native_children_at_once(native_starts):
+    """Each start has its own stack and plan, and only its own thread waits
+    for its child's exec (a notebook's helper threads, a service fixture's)."""
+    import threading
+
+    native_child.switch(True)
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def starts(number: int) -> None:
+        try:
+            for _ in range(4):
+                with Container(Spec.build("host", ["sh", "-c", f"exit {number}"])) as container:
+                    container.start(stdin=null, stdout=null, stderr=null)
+                    results.append((number, container.wait().status.code))
+        except BaseException as exc:  # noqa: BLE001 - said below
+            errors.append(exc)
+
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        threads = [threading.Thread(target=starts, args=(number,)) for number in range(1, 5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        os.close(null)
+    assert errors == []
+    assert sorted(results) == [(number, number) for number in range(1, 5) for _ in range(4)]
+    assert len(native_starts) == 16
