@@ -156,13 +156,70 @@ def test_the_python_child_runs_where_the_plan_cannot_hold_a_step(native_starts, 
     assert native_starts == [] and seen[-1:] == [reason] or (reason == "--init" and seen == [])
 
 
-def test_a_standard_descriptor_to_reopen_keeps_the_python_child(native_starts):
-    """A host file at stdin is reopened on a read-only mount (descriptors.py): the Python child's work."""
-    with open("/etc/hostname", "rb") as f:
-        status, out = _run(Spec.build("host", ["sh", "-c", "cat; echo; echo x >> /proc/self/fd/0 || echo refused"]), True,
-                           stdin=f.fileno())
-    assert native_starts == []
-    assert status.code == 0 and out.strip().endswith("refused")
+REOPENED = ("readlink /proc/self/fd/0; test -t 0 && echo a-terminal; "
+            "chmod 666 /proc/self/fd/0 2>/dev/null && echo changed || echo refused; "
+            "(echo x >> /proc/self/fd/0) 2>/dev/null && echo wrote || echo not-written; "
+            "grep -E '^(flags|pos):' /proc/self/fdinfo/0; head -n 1; echo")
+
+
+def test_a_host_file_at_stdin_is_reopened_read_only_alike(native_starts, tmp_path):
+    """A named file open read-only at stdin is reopened on a read-only
+    mount of its own (same offset): no chmod, no write through /proc."""
+    source = tmp_path / "input"
+    source.write_text("0123456789")
+    seen = {}
+    for native in (True, False):
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.read(fd, 3)  # the offset goes with it
+            seen[native] = _run(Spec.build("host", ["sh", "-c", REOPENED]), native, stdin=fd)
+        finally:
+            os.close(fd)
+    assert len(native_starts) == 1
+    assert seen[True] == seen[False], seen
+    status, out = seen[True]
+    assert status.code == 0 and "refused" in out and "not-written" in out and "34567" in out, out
+    assert source.read_text() == "0123456789" and oct(source.stat().st_mode)[-3:] != "666"
+
+
+def test_a_terminal_at_stdin_is_reopened_read_only_alike(native_starts):
+    """The caller's terminal, reopened on a read-only mount: still a
+    terminal, but root in the container cannot chmod the host's node."""
+    master, terminal = os.openpty()
+    node = os.ttyname(terminal)
+    mode = os.stat(node).st_mode
+    seen = {}
+    try:
+        for native in (True, False):
+            os.write(master, b"typed\n")  # (what each one's `head -c 5` reads)
+            seen[native] = _run(Spec.build("host", ["sh", "-c", REOPENED]), native, stdin=terminal)
+        assert os.stat(node).st_mode == mode  # (chmod 666 was refused both times)
+    finally:
+        os.close(terminal)
+        os.close(master)
+    assert len(native_starts) == 1
+    assert _alike(seen[True][1]) == _alike(seen[False][1]) and seen[True][0] == seen[False][0]
+    out = seen[True][1]
+    assert "a-terminal" in out and "refused" in out, out
+
+
+def test_a_fifo_at_stdin_is_reopened_alike(native_starts, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    seen = {}
+    for native in (True, False):
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        writer = os.open(fifo, os.O_WRONLY)
+        os.set_blocking(reader, True)
+        os.write(writer, b"piped")
+        os.close(writer)
+        try:
+            seen[native] = _run(Spec.build("host", ["sh", "-c", REOPENED]), native, stdin=reader)
+        finally:
+            os.close(reader)
+    assert len(native_starts) == 1
+    assert _alike(seen[True][1]) == _alike(seen[False][1]) and seen[True][0] == seen[False][0]
+    assert "refused" in seen[True][1] and "piped" in seen[True][1], seen[True][1]
 
 
 def test_the_switch_turns_it_off():

@@ -48,7 +48,7 @@
 /* Raised whenever the plan's format or an operation's meaning changes:
  * native_child.py uses an extension built from another version of this
  * file not at all (the Python child runs instead). */
-#define ABI 1
+#define ABI 2
 
 enum op {
     OP_PRCTL = 1,        /* a: option, b: arg2 */
@@ -86,6 +86,8 @@ enum op {
     OP_CLOSE,            /* a: fd (not open: fine) */
     OP_MOUNT_IF_DIR,     /* as OP_MOUNT, where s1 is a folder (else nothing) */
     OP_SETNS,            /* a: fd, b: its kind (CLONE_NEW*) */
+    OP_REOPEN,           /* s0 path; a: its flags, b: fd; c: 1 inheritable, 2 a read-only file (else a terminal
+                            or FIFO): reopened on a read-only mount of its own, or noted as failed (OPEN_ON c&2) */
     OP_LAST
 };
 
@@ -121,7 +123,17 @@ static long raw_mount(const char *source, const char *target, const char *fstype
     return mount(source, target, fstype, flags, data);
 }
 
-static int run_step(const struct plan *plan, uint32_t index, mode_t *umask_before) {
+/* What the child keeps between steps (on its own stack). */
+struct child_state {
+    mode_t umask_before;
+    int failed[8];      /* descriptors OP_REOPEN could not reopen: /dev/null goes there (OP_OPEN_ON, c & 2) */
+    int nfailed;
+};
+
+static int reopen(const struct step *st);
+
+static int run_step(const struct plan *plan, uint32_t index, struct child_state *state) {
+    mode_t *umask_before = &state->umask_before;
     const struct step *st = &plan->steps[index];
     const char *const *s = st->s;
     switch (st->op) {
@@ -210,10 +222,18 @@ static int run_step(const struct plan *plan, uint32_t index, mode_t *umask_befor
         return syscall(SYS_pivot_root, ".", ".") < 0 ? -1 : 0;
     case OP_UMOUNT2:
         return umount2(s[0], (int)st->a);
+    case OP_REOPEN:
+        if (reopen(st) < 0 && state->nfailed < 8) state->failed[state->nfailed++] = (int)st->b;
+        return 0;
     case OP_OPEN_ON: {
+        if (st->c & 2) {  /* only where OP_REOPEN failed */
+            int failed = 0;
+            for (int i = 0; i < state->nfailed; i++) failed |= state->failed[i] == (int)st->b;
+            if (!failed) return 0;
+        }
         int fd = open(s[0], (int)st->a);
         if (fd < 0) return -1;
-        int r = st->c ? dup2(fd, (int)st->b) : dup3(fd, (int)st->b, O_CLOEXEC);
+        int r = st->c & 1 ? dup2(fd, (int)st->b) : dup3(fd, (int)st->b, O_CLOEXEC);
         if (r < 0) report(plan, index, errno, 1, 125);
         close(fd);
         return 0;
@@ -318,11 +338,111 @@ static int run_step(const struct plan *plan, uint32_t index, mode_t *umask_befor
     return -1;
 }
 
+/* "/proc/self/fd/N" into `out` (no snprintf in the child: see the top). */
+static void fd_path(char out[32], int fd) {
+    static const char head[] = "/proc/self/fd/";
+    char digits[12];
+    int n = 0;
+    memcpy(out, head, sizeof head - 1);
+    do digits[n++] = (char)('0' + fd % 10); while ((fd /= 10) > 0);
+    for (int i = 0; i < n; i++) out[sizeof head - 1 + i] = digits[n - 1 - i];
+    out[sizeof head - 1 + n] = 0;
+}
+
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+
+/* descriptors.py's _on_read_only_mount / _reopen_node: `path` opened again
+ * on a detached read-only mount of its own, and the same inode; -1 if not. */
+static int on_read_only_mount(const char *path, int fd, int open_flags, uint64_t attrs) {
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, path, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
+    if (tree < 0) return -1;
+    uint64_t attr[4] = {attrs, 0, 0, 0};  /* struct mount_attr: set, clear, propagation, userns_fd */
+    int reopened = -1;
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, attr, sizeof attr) == 0) {
+        char link[32];
+        fd_path(link, tree);
+        reopened = open(link, open_flags);
+    }
+    close(tree);
+    struct stat now, then;
+    if (reopened >= 0 && (fstat(reopened, &now) < 0 || fstat(fd, &then) < 0 || now.st_dev != then.st_dev
+                          || now.st_ino != then.st_ino)) {  /* another file by now at that path */
+        close(reopened);
+        reopened = -1;
+    }
+    return reopened;
+}
+
+#define COPY_LIMIT (16 << 20)  /* descriptors.COPY_LIMIT */
+
+/* descriptors.py's _sealed_copy: a read-only fd on a sealed memfd holding
+ * the file's content (read with pread), or -1 (too big, or no memfd). */
+static int sealed_copy(int fd) {
+    int copy = (int)syscall(SYS_memfd_create, "hermetic-read-only", 1 /* MFD_CLOEXEC */ | 2 /* MFD_ALLOW_SEALING */);
+    if (copy < 0) return -1;
+    char buf[16384];
+    off_t done = 0;
+    int result = -1;
+    for (;;) {
+        ssize_t n = pread(fd, buf, sizeof buf, done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) goto out;
+        if (n == 0) break;
+        done += n;
+        if (done > COPY_LIMIT) goto out;
+        for (ssize_t put = 0; put < n;) {
+            ssize_t w = write(copy, buf + put, (size_t)(n - put));
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) goto out;
+            put += w;
+        }
+    }
+    if (fcntl(copy, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) goto out;
+    char link[32];
+    fd_path(link, copy);
+    result = open(link, O_RDONLY | O_CLOEXEC);
+out:
+    close(copy);
+    return result;
+}
+
+static int reopen(const struct step *st) {
+    int fd = (int)st->b, flags = (int)st->a, reopened;
+    off_t offset = 0;
+    if (st->c & 2) {  /* a regular file open read-only: same file, same offset, on a read-only mount or a copy */
+        offset = lseek(fd, 0, SEEK_CUR);
+        if (offset < 0) offset = 0;
+        reopened = on_read_only_mount(st->s[0], fd, O_RDONLY | O_CLOEXEC | O_NOCTTY | (flags & O_NONBLOCK),
+                                      0x1 | 0x2 | 0x4 | 0x8 /* MOUNT_ATTR_RDONLY | NOSUID | NODEV | NOEXEC */);
+        if (reopened < 0) reopened = sealed_copy(fd);
+        if (reopened < 0) return -1;
+        if (lseek(reopened, offset, SEEK_SET) < 0) goto fail;
+    } else {  /* a terminal or FIFO: non-blocking (a FIFO's open would wait for its other end), then its flags */
+        reopened = on_read_only_mount(st->s[0], fd, (flags & O_ACCMODE) | O_NOCTTY | O_NONBLOCK | O_CLOEXEC,
+                                      0x1 | 0x2 | 0x8 /* MOUNT_ATTR_RDONLY | NOSUID | NOEXEC */);
+        if (reopened < 0) return -1;
+        if (fcntl(reopened, F_SETFL, flags) < 0) goto fail;
+    }
+    if ((st->c & 1 ? dup2(reopened, fd) : dup3(reopened, fd, O_CLOEXEC)) < 0) goto fail;
+    close(reopened);
+    return 0;
+fail:
+    close(reopened);
+    return -1;
+}
+
 static int child_main(void *arg) {
     const struct plan *plan = arg;
-    mode_t umask_before = 022;
+    struct child_state state;
+    memset(&state, 0, sizeof state);
+    state.umask_before = 022;
     for (uint32_t i = 0; i < plan->count; i++)
-        if (run_step(plan, i, &umask_before) < 0) report(plan, i, errno, 0, 125);
+        if (run_step(plan, i, &state) < 0) report(plan, i, errno, 0, 125);
     report(plan, plan->count, 0, 0, 125);  /* a plan that does not end in an exec */
     return 125;
 }

@@ -22,9 +22,7 @@ Python child runs:
   can have it born there);
 * volumes, `--tmpfs`, `--read-only`, layers replayed at start, overlay
   options beyond one page;
-* a user given by name (it is looked up in the image), a standard
-  descriptor that is a host file, terminal or FIFO (reopened on a
-  read-only mount: descriptors.py);
+* a user given by name (it is looked up in the image);
 * an engine not in the machine's first user namespace (its mknod would be
   refused; the Python child then binds the host's nodes), a kernel without
   close_range's CLOEXEC (before 5.11).
@@ -59,13 +57,13 @@ if TYPE_CHECKING:  # typing is not imported at run time: it costs start-up
 
     from .config import ProcessConfig
 
-ABI = 1  # clone_child.c's ABI: an extension of another version is not used
+ABI = 2  # clone_child.c's ABI: an extension of another version is not used
 
 # The operations of clone_child.c (its `enum op`, same order).
 (PRCTL, UNSHARE, LOOPBACK_UP, MOUNT, MASK, READ_ONLY, MKDIR, MKNOD, CHOWN, UMASK_SET, UMASK_BACK, SYMLINK,
  WRITE_FILE, CHDIR, SETHOSTNAME, PIVOT_ROOT, UMOUNT2, OPEN_ON, SETSID, SESSION_KEYRING, CAPBSET_DROP,
  AMBIENT_CLEAR, SETGROUPS_NONE, SETRESGID, SETRESUID, CAPSET, SECCOMP, WORKDIR, SIGNALS_DEFAULT, DUP2,
- CLOEXEC_ABOVE_2, EXEC, CLOSE, MOUNT_IF_DIR, SETNS) = range(1, 36)
+ CLOEXEC_ABOVE_2, EXEC, CLOSE, MOUNT_IF_DIR, SETNS, REOPEN) = range(1, 37)
 
 _REPORT = struct.Struct("=IIiI")
 _REPORT_MAGIC = 0x31434E48
@@ -252,8 +250,8 @@ def unsupported(config: ProcessConfig) -> str | None:
     return _examine(config)[0]
 
 
-def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], list[tuple[int, str, int, bool]]]:
-    """(why not, or None; the user's ids; the stdio to blank: `_stdio_later`)."""
+def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], tuple[list, list]]:
+    """(why not, or None; the user's ids; the stdio's seal: `_stdio_seal`)."""
     fs = config.rootfs
     for reason, present in (
             ("a Python callable", config.argv is None), ("--init", config.init),
@@ -263,19 +261,19 @@ def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], list[t
             ("volumes", bool(fs.binds)),
             ("--tmpfs", bool(fs.tmpfs)), ("--read-only", fs.read_only), ("layers replayed at start", bool(fs.replay))):
         if present:
-            return reason, (0, 0), []
+            return reason, (0, 0), ([], [])
     ids = _numeric_user(config.user)
     if ids is None:
-        return "a user given by name", (0, 0), []
+        return "a user given by name", (0, 0), ([], [])
     if any("\0" in text for text in (*(config.argv or ()), *config.env.values())) or any(
             "=" in key or "\0" in key for key in config.env):
-        return "a NUL in the command or its environment, or '=' in a name (the Python child says which)", ids, []
+        return "a NUL in the command or its environment, or '=' in a name (the Python child says which)", ids, ([], [])
     if len(overlay_options(fs.lowers, fs.upper, fs.work, False)) >= PAGE_SIZE:
-        return "overlay options beyond one page", ids, []
-    later = _stdio_later(config)
-    if later is None:
-        return "a standard descriptor to reopen (a host file, terminal or FIFO)", ids, []
-    return None, ids, later
+        return "overlay options beyond one page", ids, ([], [])
+    try:
+        return None, ids, _stdio_seal(config)
+    except OSError:  # a descriptor closed meanwhile (by another thread): the Python child sees what is left
+        return "a standard descriptor that changed while looked at", ids, ([], [])
 
 
 def plan_for(config: ProcessConfig) -> Plan | None:
@@ -284,7 +282,7 @@ def plan_for(config: ProcessConfig) -> Plan | None:
     kernelfs.prepare()."""
     if not available():
         return None
-    reason, ids, later = _examine(config)
+    reason, ids, (reopen, later) = _examine(config)
     if reason is not None:
         return None
     relayed = []
@@ -313,10 +311,12 @@ def plan_for(config: ProcessConfig) -> Plan | None:
         plan.add(DUP2, _os_error(), a=write_end, b=fd, c=int(inheritable))
     for fd in config.relay_pipes:
         plan.add(CLOSE, _never, a=fd)
+    for fd, path, flags, inheritable, regular in reopen:  # descriptors.seal (/dev/null below where it fails)
+        plan.add(REOPEN, _never, path, a=flags, b=fd, c=int(inheritable) | (2 if regular else 0))
     _root(plan, config, options)
-    for fd, name, access, inheritable in later:  # descriptors.finish
+    for fd, name, access, inheritable, if_failed in later:  # descriptors.finish
         plan.add(OPEN_ON, _open_on_error(f"/dev/{name}"), f"/dev/{name}", a=access | os.O_CLOEXEC | os.O_NOCTTY, b=fd,
-                 c=int(inheritable))
+                 c=int(inheritable) | (2 if if_failed else 0))
     plan.add(UNSHARE, _syscall_error("unshare", sc.flag_names(sc.CLONE_NEWCGROUP)), a=sc.CLONE_NEWCGROUP)
     if fs.cgroup_v2:  # rootfs.mount_cgroup2
         flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if fs.privileged else MS_RDONLY)
@@ -343,32 +343,30 @@ def _numeric_user(user: str | None) -> tuple[int, int] | None:
     return None
 
 
-def _stdio_later(config: ProcessConfig) -> list[tuple[int, str, int, bool]] | None:
+def _stdio_seal(config: ProcessConfig) -> tuple[list[tuple[int, str, int, bool, bool]], list[tuple[int, str, int, bool, bool]]]:
     """descriptors.seal of a command's stdio, decided here (the child's
-    descriptors are this process's now): [(fd, device, access, inheritable)]
-    for descriptors.finish to put in place; None where a descriptor is to be
-    reopened (a host file, terminal or FIFO: the Python child does that)."""
-    later = []
-    stdio = descriptors.stdio_fds(config.stdio)
-    for fd in stdio:
+    descriptors are this process's now): what to reopen on a read-only mount
+    of its own before the pivot, [(fd, path, flags, inheritable, a regular
+    file)]; and what descriptors.finish puts in place after it, [(fd,
+    device, access, inheritable, only if its reopening failed)].  Each fd
+    once (stdout and stderr may be one)."""
+    reopen, later = [], []
+    for fd in dict.fromkeys(descriptors.stdio_fds(config.stdio)):
         if fd in config.keep_fds or fd in config.relayed:
             continue
         kind = descriptors.classify(fd)
         if kind is descriptors.KEEP or kind is descriptors.UNNAMED:
             continue
-        if kind[0] == "own":
-            name = kind[1]
-        elif kind[0] in ("file", "node"):
-            return None
-        else:
-            name = "null"
-        try:
-            access = os.O_RDWR if name == "null" else descriptors.access_mode(fd)
-            inheritable = fd <= 2 or name != "null" and os.get_inheritable(fd)
-        except OSError:
-            return None
-        later.append((fd, name, access, inheritable))
-    return later
+        inheritable = os.get_inheritable(fd)
+        if kind[0] in ("file", "node"):  # ("file", path, stat, flags), ("node", path, flags, a FIFO's read end)
+            flags = kind[3] if kind[0] == "file" else kind[2]
+            reopen.append((fd, kind[1], flags, inheritable, kind[0] == "file"))
+            later.append((fd, "null", os.O_RDWR, fd <= 2, True))
+            continue
+        name = kind[1] if kind[0] == "own" else "null"
+        access = os.O_RDWR if name == "null" else descriptors.access_mode(fd)
+        later.append((fd, name, access, fd <= 2 or name != "null" and inheritable, False))
+    return reopen, later
 
 
 def _root(plan: Plan, config: ProcessConfig, options: str) -> None:
