@@ -105,7 +105,7 @@ def last_cap() -> int:
     global _last_cap
     if _last_cap is None:
         _last_cap = _read_last_cap()
-        _dropped(_last_cap, default_mask() & ((1 << (_last_cap + 1)) - 1))
+        dropped(_last_cap, default_mask() & ((1 << (_last_cap + 1)) - 1))
     return _last_cap
 
 
@@ -129,12 +129,8 @@ def bound(last: int, keep: int | None = None) -> int:
     and clear the ambient set; returns the set kept, for `restrict`.  The
     effective set stays, so a user switch can still follow (`--cap-drop
     ALL -u 1000` needs CAP_SETUID for it)."""
-    if keep is None:
-        keep = default_mask()
-    else:  # --cap-add ALL: what this process has (an engine run in a container may lack some)
-        keep &= permitted()
-    keep &= (1 << (last + 1)) - 1  # what this kernel knows
-    syscalls.capbset_drop(_dropped(last, keep))
+    keep = kept(last, keep)
+    syscalls.capbset_drop(dropped(last, keep))
     try:
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
@@ -142,10 +138,18 @@ def bound(last: int, keep: int | None = None) -> int:
     return keep
 
 
+def kept(last: int, keep: int | None = None) -> int:
+    """The set a container keeps: Docker's default, or `keep` (a `mask`)
+    as far as this process has it (--cap-add ALL: an engine run in a
+    container may lack some), of the capabilities this kernel knows."""
+    keep = default_mask() if keep is None else keep & permitted()
+    return keep & ((1 << (last + 1)) - 1)
+
+
 _drops: dict[tuple[int, int], tuple[int, ...]] = {}
 
 
-def _dropped(last: int, keep: int) -> tuple[int, ...]:
+def dropped(last: int, keep: int) -> tuple[int, ...]:
     """The capabilities up to `last` that `keep` lacks, kept per process
     (the default set's is made by the parent in `last_cap`, before it forks)."""
     found = _drops.get((last, keep))

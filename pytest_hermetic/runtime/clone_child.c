@@ -118,11 +118,6 @@ static int report(const struct plan *plan, uint32_t index, int err, int32_t deta
     _exit(code);
 }
 
-static long raw_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
-                      const char *data) {
-    return mount(source, target, fstype, flags, data);
-}
-
 /* What the child keeps between steps (on its own stack). */
 struct child_state {
     mode_t umask_before;
@@ -158,7 +153,7 @@ static int run_step(const struct plan *plan, uint32_t index, struct child_state 
         return r;
     }
     case OP_MOUNT:
-        return raw_mount(s[0], s[1], s[2], (unsigned long)st->a, s[3]) < 0 ? -1 : 0;
+        return mount(s[0], s[1], s[2], (unsigned long)st->a, s[3]) < 0 ? -1 : 0;
     case OP_MASK: {
         /* As kernelfs.mask_paths: tried as the kind the path is on every
          * kernel; ENOENT: this kernel lacks it; another failure: looked at,
@@ -166,21 +161,21 @@ static int run_step(const struct plan *plan, uint32_t index, struct child_state 
         static const char empty[] = "size=0";
         int folder = st->a != 0;
         unsigned long dir_flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
-        long r = folder ? raw_mount("tmpfs", s[0], "tmpfs", dir_flags, empty) : raw_mount(s[1], s[0], NULL, MS_BIND, NULL);
+        int r = folder ? mount("tmpfs", s[0], "tmpfs", dir_flags, empty) : mount(s[1], s[0], NULL, MS_BIND, NULL);
         if (r == 0 || errno == ENOENT) return 0;
         struct stat info;
         if (lstat(s[0], &info) < 0) return 0;
         folder = S_ISDIR(info.st_mode);
-        r = folder ? raw_mount("tmpfs", s[0], "tmpfs", dir_flags, empty) : raw_mount(s[1], s[0], NULL, MS_BIND, NULL);
+        r = folder ? mount("tmpfs", s[0], "tmpfs", dir_flags, empty) : mount(s[1], s[0], NULL, MS_BIND, NULL);
         if (r < 0) report(plan, index, errno, folder ? 1 : 2, 125);
         return 0;
     }
     case OP_READ_ONLY:
-        if (raw_mount(s[0], s[0], NULL, MS_BIND | MS_REC, NULL) < 0) {
+        if (mount(s[0], s[0], NULL, MS_BIND | MS_REC, NULL) < 0) {
             if (errno == ENOENT) return 0;
-            if (raw_mount(s[0], s[0], NULL, MS_BIND | MS_REC, NULL) < 0) return -1;
+            if (mount(s[0], s[0], NULL, MS_BIND | MS_REC, NULL) < 0) return -1;
         }
-        if (raw_mount(NULL, s[0], NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        if (mount(NULL, s[0], NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
             report(plan, index, errno, 1, 125);
         return 0;
     case OP_MKDIR:
@@ -310,7 +305,7 @@ static int run_step(const struct plan *plan, uint32_t index, struct child_state 
     case OP_MOUNT_IF_DIR: {
         struct stat info;
         if (stat(s[1], &info) < 0 || !S_ISDIR(info.st_mode)) return 0;
-        return raw_mount(s[0], s[1], s[2], (unsigned long)st->a, s[3]) < 0 ? -1 : 0;
+        return mount(s[0], s[1], s[2], (unsigned long)st->a, s[3]) < 0 ? -1 : 0;
     }
     case OP_CLOEXEC_ABOVE_2:
         return syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0 ? -1 : 0;

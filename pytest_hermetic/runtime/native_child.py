@@ -156,13 +156,11 @@ def _kernel_ready() -> bool:
     global _kernel_ok
     if _kernel_ok is None:
         try:
-            release = os.uname().release.split(".")
-            version = (int(release[0]), int("".join(c for c in release[1] if c.isdigit()) or 0))
             with open("/proc/self/uid_map") as f:
                 first_userns = f.read().split() == ["0", "0", "4294967295"]
-        except (OSError, ValueError, IndexError):
-            version, first_userns = (0, 0), False
-        _kernel_ok = version >= (5, 11) and first_userns
+        except OSError:
+            first_userns = False
+        _kernel_ok = sc.kernel_version() >= (5, 11) and first_userns
     return _kernel_ok
 
 
@@ -470,12 +468,8 @@ def _privileges(plan: Plan, config: ProcessConfig, uid: int, gid: int) -> None:
     """init._drop_privileges (its user in numbers) and init.become."""
     plan.add(WORKDIR, lambda err, detail: start_errors.workdir(config.cwd, os.strerror(err), made=bool(detail)), config.cwd)
     if not config.privileged:
-        keep = capabilities.default_mask() if config.caps is None else config.caps & capabilities.permitted()
-        keep &= (1 << (config.cap_last + 1)) - 1
-        dropped = 0
-        for cap in range(config.cap_last + 1):
-            if not keep & 1 << cap:
-                dropped |= 1 << cap
+        keep = capabilities.kept(config.cap_last, config.caps)
+        dropped = sum(1 << cap for cap in capabilities.dropped(config.cap_last, keep))
         plan.add(CAPBSET_DROP, lambda err, cap: SyscallError("prctl", err, f"PR_CAPBSET_DROP {cap}"),
                  a=_signed(dropped), b=config.cap_last)
         plan.add(AMBIENT_CLEAR, _never)

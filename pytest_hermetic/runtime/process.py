@@ -376,6 +376,7 @@ def spawn(config: ProcessConfig, target: Callable[[], int | None] | None = None,
                         route.step_in()
                     except OSError:  # (not seen) the parent moves the child then, as on v2
                         route, attach, plan = None, config.cgroup_procs, None
+                        python_child = _init()  # (the child must be told it is attached: Python's)
                         joined = joined or Channel()
                 if plan is not None:  # (returns once the child has exec'd or failed)
                     pid = plan.start(err_w, into_cgroup)

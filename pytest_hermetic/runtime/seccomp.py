@@ -117,7 +117,7 @@ def default(cache_dir: str | None = None, sys_admin: bool = False) -> Filter:
     global _default, _sys_admin
     found = _sys_admin if sys_admin else _default
     if found is None:
-        machine, kernel = os.uname().machine, _kernel_version()
+        machine, kernel = os.uname().machine, sc.kernel_version()
         cache = _cache_path(cache_dir, machine, kernel, sys_admin) if cache_dir else None
         found = _read_cached(cache) if cache else None
         if found is None:
@@ -180,14 +180,6 @@ def install(config) -> None:  # noqa: ANN001 - a process.ProcessConfig (no impor
     """In the container's process, after the privilege drop: load its filter, if any."""
     if config.seccomp is not None:
         config.seccomp.load()
-
-
-def _kernel_version() -> tuple[int, int]:
-    parts = os.uname().release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
 
 
 # --- from the profile to one action per syscall ---------------------------------

@@ -318,5 +318,14 @@ _NS_NAMES = {
 }
 
 
+def kernel_version() -> tuple[int, int]:
+    """(major, minor) of the running kernel; (0, 0) where its release does not say."""
+    parts = os.uname().release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
 def flag_names(flags: int) -> str:
     return "|".join(name for bit, name in _NS_NAMES.items() if flags & bit)

@@ -12,7 +12,8 @@ import struct
 
 import pytest
 
-from pytest_hermetic.runtime import seccomp, syscall_table
+from pytest_hermetic.runtime import seccomp
+from pytest_hermetic.runtime import syscalls as sc, syscall_table
 from pytest_hermetic.runtime.capabilities import DEFAULT_CAPS
 from pytest_hermetic.runtime.seccomp_profile import PROFILE
 
@@ -74,7 +75,7 @@ def _libseccomp_program(table: dict[str, int]) -> bytes:
     ctx = lib.seccomp_init(EPERM)
     try:
         for rule in PROFILE["syscalls"]:
-            if not seccomp._applies(rule, "amd64", CAPS, seccomp._kernel_version()):
+            if not seccomp._applies(rule, "amd64", CAPS, sc.kernel_version()):
                 continue
             action = seccomp._action(rule, PROFILE)
             conds = rule.get("args") or []
@@ -98,7 +99,7 @@ def _libseccomp_program(table: dict[str, int]) -> bytes:
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="compares the native x86_64 program")
 def test_same_decisions_as_libseccomp_on_x86_64():
     table = syscall_table.X86_64
-    ours = seccomp.compile_profile("x86_64", CAPS, seccomp._kernel_version()).program
+    ours = seccomp.compile_profile("x86_64", CAPS, sc.kernel_version()).program
     reference = _libseccomp_program(table)
     top = max(table.values())
     differences = []

@@ -46,9 +46,30 @@ _PTS_OPTIONS = b"newinstance,ptmxmode=0666,mode=0620"  # in a user namespace (gi
 _PTS_OPTIONS_ROOT = _PTS_OPTIONS + b",gid=5"
 
 
+# /proc, /dev and /sys are made by steps (`kernel_steps`) that the Python
+# child runs here (`run_steps`) and the native child runs in C
+# (native_child.py): one list, one order, for both.
+_PROC_STEPS = (("mount", b"proc", b"proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),)
+
+
 def mount_proc() -> None:
     """/proc, in the current directory (the new root)."""
-    sc.mount(b"proc", b"proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    run_steps(_PROC_STEPS)
+
+
+def run_steps(steps: tuple | list) -> None:
+    """`kernel_steps`' steps, here: ("mount", source, target, fstype, flags,
+    data), ("mknod", None, target, None, mode, None), ("mkdir", None, target,
+    None, mode, None), ("symlink", source, link, None, 0, None)."""
+    for kind, source, target, fstype, flags, data in steps:
+        if kind == "mount":
+            sc.mount(source, target, fstype, flags, data)
+        elif kind == "mknod":
+            os.mknod(target, flags)  # a mount point (one call: no descriptor to close)
+        elif kind == "mkdir":
+            os.mkdir(target, flags)
+        else:
+            os.symlink(source, target)
 
 
 def own_nodes(folder: bytes) -> bytes | None:
@@ -110,54 +131,43 @@ def prepare() -> None:
 def mount_dev(userns: bool, shm_size: int = 64 << 20, nodes: bytes | None = None) -> None:
     """/dev, in the current directory (the new root); `nodes`: the folder
     of the container's own device nodes (`own_nodes`), else the host's."""
+    run_steps(_dev_steps(userns, shm_size, nodes))
+
+
+def _dev_steps(userns: bool, shm_size: int, nodes: bytes | None) -> list[tuple]:
     # nodev, as every writable mount of the container: a node made with
     # mknod (CAP_MKNOD is in Docker's default set) opens nothing.  The
     # nodes bound here keep their own mount's flags and work.
-    sc.mount(b"tmpfs", b"dev", b"tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME, b"mode=755,size=65536k")
-    for host, node in _DEV_NODES:
-        os.mknod(node, stat.S_IFREG | 0o644)  # a mount point (one call: no descriptor to close)
-        sc.mount(host if nodes is None else nodes + host[4:], node, None, MS_BIND)
-    os.mkdir(b"dev/pts")
-    sc.mount(b"devpts", b"dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC, _PTS_OPTIONS if userns else _PTS_OPTIONS_ROOT)
-    os.symlink(b"pts/ptmx", b"dev/ptmx")
-    os.mkdir(b"dev/shm")
-    sc.mount(b"shm", b"dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}")
-    os.mkdir(b"dev/mqueue")
-    sc.mount(b"mqueue", b"dev/mqueue", b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for target, link in _DEV_LINKS:
-        os.symlink(target, link)
-
-
-def kernel_steps(shm_size: int, privileged: bool, nodes: bytes) -> list[tuple]:
-    """What `mount_proc`, `mount_dev` (as root, the container's own `nodes`)
-    and `mount_sys` do, in their order, as steps for the native child
-    (native_child.py): ("mount", source, target, fstype, flags, data),
-    ("mknod", None, target, None, mode, None), ("mkdir", None, target, None,
-    mode, None), ("symlink", source, link, None, 0, None).  Kept in step
-    with them by tests/test_native_child.py, which compares the mount
-    tables both children leave."""
-    steps: list[tuple] = [("mount", b"proc", b"proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
-                          ("mount", b"tmpfs", b"dev", b"tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME,
+    steps: list[tuple] = [("mount", b"tmpfs", b"dev", b"tmpfs", MS_NOSUID | MS_NODEV | sc.MS_STRICTATIME,
                            b"mode=755,size=65536k")]
     for host, node in _DEV_NODES:
         steps += [("mknod", None, node, None, stat.S_IFREG | 0o644, None),
-                  ("mount", nodes + host[4:], node, None, MS_BIND, None)]
+                  ("mount", host if nodes is None else nodes + host[4:], node, None, MS_BIND, None)]
     steps += [("mkdir", None, b"dev/pts", None, 0o777, None),
-              ("mount", b"devpts", b"dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC, _PTS_OPTIONS_ROOT),
+              ("mount", b"devpts", b"dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC, _PTS_OPTIONS if userns else _PTS_OPTIONS_ROOT),
               ("symlink", b"pts/ptmx", b"dev/ptmx", None, 0, None),
               ("mkdir", None, b"dev/shm", None, 0o777, None),
               ("mount", b"shm", b"dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={shm_size}".encode()),
               ("mkdir", None, b"dev/mqueue", None, 0o777, None),
               ("mount", b"mqueue", b"dev/mqueue", b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)]
     steps += [("symlink", target, link, None, 0, None) for target, link in _DEV_LINKS]
-    steps.append(("mount", b"sysfs", b"sys", b"sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY), None))
     return steps
 
 
 def mount_sys(privileged: bool) -> None:
     """/sys, in the current directory (the new root)."""
-    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY)
-    sc.mount(b"sysfs", b"sys", b"sysfs", flags)
+    run_steps(_sys_steps(privileged))
+
+
+def _sys_steps(privileged: bool) -> tuple:
+    return (("mount", b"sysfs", b"sys", b"sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if privileged else MS_RDONLY), None),)
+
+
+def kernel_steps(shm_size: int, privileged: bool, nodes: bytes) -> list[tuple]:
+    """`mount_proc`, `mount_dev` (as root, the container's own `nodes`) and
+    `mount_sys`, in `setup`'s order, as steps (`run_steps` says their
+    shape): what the native child runs (native_child.py)."""
+    return [*_PROC_STEPS, *_dev_steps(False, shm_size, nodes), *_sys_steps(privileged)]
 
 
 def mount_cgroup2(config: RootfsConfig) -> None:
