@@ -15,11 +15,21 @@ not shrink with more workers; with `--startup` each round also runs every
 (mode, workers) pair with all tests deselected, and the scaling is shown a
 second time with that start-up taken off: the tests' own throughput.
 
-    python bench/xdist_scaling.py [--tests 160] [--work 20] [--rounds 3] [--startup] [--forked] [--json FILE]
+    python bench/xdist_scaling.py [--tests 160] [--work 20] [--rounds 3] [--startup] [--forked] [--bound] [--json FILE]
 
 With `--forked`, pytest-forked's sessions (`-p pytest_forked --forked`) too:
 the peer a hermetic suite under xdist is compared with on equal terms (a
 fork per test, the same workers), in tests per second.
+
+With `--bound`, also "no-set-up": hermetic sessions whose tests' children
+skip the container's whole set-up (namespaces joined, root, descriptors'
+seal, session, capabilities, seccomp: replaced by nothing through a plugin
+loaded for these sessions only, NO isolation), the zygote, placeholders,
+cgroups and pytest's side unchanged: the most that any faster set-up (in C,
+or none at all) could give the scaling.  With `--forked` as well, a second
+bound: hermetic's -n 1 time over pytest-forked's -n 2 time, the ratio a
+hermetic session would reach if its tests cost at -n 2 no more than
+pytest-forked's do (a fork per test and nothing else).
 
 Issue #16's target: hermetic's -n 2 / -n 1 at least 1.7 on 2 cores, plain
 xdist's ratio beside it.  Needs pytest-xdist; run as root (or rootless, where
@@ -45,6 +55,29 @@ from machine import describe, loadavg  # bench/machine.py
 from pytest_overhead import with_path  # bench/pytest_overhead.py
 
 MODES = {"plain": [], "hermetic": ["-p", "hermetic", "--hermetic"]}
+
+# --bound: the tests' children skip the container's set-up (init.worker_main's
+# steps), for the sessions of the "no-set-up" mode only.  Not isolation.
+NO_SET_UP = "hermetic_bench_no_set_up"
+NO_SET_UP_SOURCE = '''\
+"""bench/xdist_scaling.py --bound: no container set-up in a test's child."""
+from pytest_hermetic.runtime import init
+
+
+def _nothing(*args, **kwargs):
+    return None
+
+
+class _NoSeccomp:
+    install = staticmethod(_nothing)
+
+
+# (A step renamed in init.py must fail the bound, not leave it measuring the set-up.)
+assert all(callable(getattr(init, name, None)) for name in ("_enter_container", "own_session", "_drop_privileges"))
+assert callable(getattr(init.seccomp, "install", None))
+init._enter_container = init.own_session = init._drop_privileges = _nothing
+init.seccomp = _NoSeccomp
+'''
 PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "xdist"]
 
 TEST_SOURCE = '''\
@@ -110,6 +143,8 @@ def main() -> int:
                         help="also time sessions with every test deselected; show the scaling without that start-up")
     parser.add_argument("--forked", action="store_true",
                         help="also pytest-forked's sessions (-p pytest_forked --forked), the same -n")
+    parser.add_argument("--bound", action="store_true",
+                        help="also hermetic with its tests' container set-up replaced by nothing (a bound; no isolation)")
     parser.add_argument("--json", metavar="FILE", help="raw session times and the summary")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -123,6 +158,8 @@ def main() -> int:
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     if args.forked:
         MODES["forked"] = forked_compat.ARGS
+    if args.bound:
+        MODES["no-set-up"] = [*MODES["hermetic"], "-p", NO_SET_UP]
     wall: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
     cpu: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
     start_up: dict[tuple[str, int], list[float]] = {(m, w): [] for m in MODES for w in widths}
@@ -132,6 +169,11 @@ def main() -> int:
         if args.forked:  # the shim on the path of pytest-forked's sessions only (xdist's workers inherit it)
             forked_compat.install(f"{tmp}/compat")
             envs["forked"] = with_path(env, f"{tmp}/compat")
+        if args.bound:
+            os.makedirs(f"{tmp}/bound")
+            with open(f"{tmp}/bound/{NO_SET_UP}.py", "w") as f:
+                f.write(NO_SET_UP_SOURCE)
+            envs["no-set-up"] = with_path(env, f"{tmp}/bound")
         project = f"{tmp}/project"
         make_project(project, args.tests, args.work)
         for mode, workers in wall:  # warm-up
@@ -190,6 +232,14 @@ def main() -> int:
             ratio = summary[f"hermetic -n{workers}"]["tests_per_s"] / summary[f"forked -n{workers}"]["tests_per_s"]
             summary[f"hermetic -n{workers}"]["throughput_over_forked"] = ratio
             print(f"-n {workers}: hermetic's tests per second / pytest-forked's {ratio:.2f}")
+    if args.bound:
+        print(f"bound: hermetic with no container set-up in its tests' children (no isolation): -n 2 / -n 1 "
+              f"{summary['no-set-up -n2']['scaling']:.2f}")
+    if args.bound and args.forked:
+        bound = statistics.median(wall["hermetic", 1]) / statistics.median(wall["forked", 2])
+        summary["bound_at_forked_cost"] = bound
+        print(f"bound: hermetic -n 1 / pytest-forked -n 2 {bound:.2f} (hermetic's scaling if its tests cost at -n 2 "
+              f"what pytest-forked's do)")
     h2 = summary["hermetic -n2"]["scaling"]
     print(f"hermetic -n 2 / -n 1 throughput: {h2:.2f} (target at least 1.7: {'met' if h2 >= 1.7 else 'NOT met'}); "
           f"plain xdist: {summary['plain -n2']['scaling']:.2f}")
