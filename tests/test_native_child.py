@@ -28,7 +28,7 @@ grep -E '^(Cap|NoNewPrivs|Seccomp|SigBlk|SigIgn|SigCgt|Uid|Gid|Groups|Umask)' /p
 for fd in /proc/self/fd/*; do echo "$fd $(readlink $fd)"; done
 cut -d' ' -f1,4-8 /proc/self/stat
 cat /proc/self/cgroup /proc/self/attr/current 2>/dev/null
-ls -lan /dev /dev/pts /dev/shm / | cut -c1-10,15-
+ls -lan /dev /dev/pts /dev/shm /
 cat /etc/hostname /etc/hosts /etc/resolv.conf
 pwd; umask; hostname; cat /sys/class/net/lo/flags; ls /sys/class/net
 for ns in /proc/self/ns/*; do echo "$ns"; done
@@ -42,6 +42,11 @@ def _alike(text: str) -> list[str]:
     text = re.sub(r"\b[0-9a-f]{12}\b", "SHORT", text)
     text = re.sub(r"\b\d+-\d+-ID\b", "STATE-ID", text)
     text = re.sub(r"(pipe|socket):\[\d+\]", r"\1:[N]", text)
+    # ls -l: the link count and the time go (/proc's count is the processes
+    # alive in the namespace at that moment; a minute may turn between two
+    # containers); mode, owner, size or device numbers and name stay.
+    text = re.sub(r"(?m)^([-bcdlps][-rwxsStT]{9}\S?) +\d+ +(\d+ +\d+ +.*?) +[A-Z][a-z]{2} +\d+ +[\d:]+ (.*)$",
+                  lambda m: f"{m[1]} {' '.join(m[2].split())} {m[3]}", text)
     return text.splitlines()
 
 

@@ -171,10 +171,8 @@ static int run_step(const struct plan *plan, uint32_t index, struct child_state 
         return 0;
     }
     case OP_READ_ONLY:
-        if (mount(s[0], s[0], NULL, MS_BIND | MS_REC, NULL) < 0) {
-            if (errno == ENOENT) return 0;
-            if (mount(s[0], s[0], NULL, MS_BIND | MS_REC, NULL) < 0) return -1;
-        }
+        if (mount(s[0], s[0], NULL, MS_BIND | MS_REC, NULL) < 0)
+            return errno == ENOENT ? 0 : -1;  /* ENOENT: not in this kernel's /proc */
         if (mount(NULL, s[0], NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
             report(plan, index, errno, 1, 125);
         return 0;

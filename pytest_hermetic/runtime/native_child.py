@@ -248,8 +248,9 @@ def unsupported(config: ProcessConfig) -> str | None:
     return _examine(config)[0]
 
 
-def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], tuple[list, list]]:
-    """(why not, or None; the user's ids; the stdio's seal: `_stdio_seal`)."""
+def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], tuple[list, list], str]:
+    """(why not, or None; the user's ids; the stdio's seal: `_stdio_seal`;
+    the root overlay's options)."""
     fs = config.rootfs
     for reason, present in (
             ("a Python callable", config.argv is None), ("--init", config.init),
@@ -259,19 +260,20 @@ def _examine(config: ProcessConfig) -> tuple[str | None, tuple[int, int], tuple[
             ("volumes", bool(fs.binds)),
             ("--tmpfs", bool(fs.tmpfs)), ("--read-only", fs.read_only), ("layers replayed at start", bool(fs.replay))):
         if present:
-            return reason, (0, 0), ([], [])
+            return reason, (0, 0), ([], []), ""
     ids = _numeric_user(config.user)
     if ids is None:
-        return "a user given by name", (0, 0), ([], [])
+        return "a user given by name", (0, 0), ([], []), ""
     if any("\0" in text for text in (*(config.argv or ()), *config.env.values())) or any(
             "=" in key or "\0" in key for key in config.env):
-        return "a NUL in the command or its environment, or '=' in a name (the Python child says which)", ids, ([], [])
-    if len(overlay_options(fs.lowers, fs.upper, fs.work, False)) >= PAGE_SIZE:
-        return "overlay options beyond one page", ids, ([], [])
+        return "a NUL in the command or its environment, or '=' in a name (the Python child says which)", ids, ([], []), ""
+    options = overlay_options(fs.lowers, fs.upper, fs.work, False)
+    if len(options) >= PAGE_SIZE:
+        return "overlay options beyond one page", ids, ([], []), options
     try:
-        return None, ids, _stdio_seal(config)
+        return None, ids, _stdio_seal(config), options
     except OSError:  # a descriptor closed meanwhile (by another thread): the Python child sees what is left
-        return "a standard descriptor that changed while looked at", ids, ([], [])
+        return "a standard descriptor that changed while looked at", ids, ([], []), options
 
 
 def plan_for(config: ProcessConfig) -> Plan | None:
@@ -280,7 +282,7 @@ def plan_for(config: ProcessConfig) -> Plan | None:
     kernelfs.prepare()."""
     if not available():
         return None
-    reason, ids, (reopen, later) = _examine(config)
+    reason, ids, (reopen, later), options = _examine(config)
     if reason is not None:
         return None
     relayed = []
@@ -290,7 +292,6 @@ def plan_for(config: ProcessConfig) -> Plan | None:
         except OSError:  # closed since: nothing to put in its place (as descriptors.seal)
             pass
     fs = config.rootfs
-    options = overlay_options(fs.lowers, fs.upper, fs.work, False)
     plan = Plan()
     plan.add(PRCTL, _syscall_error("prctl", str(sc.PR_SET_PDEATHSIG)), a=sc.PR_SET_PDEATHSIG, b=9)
     if config.spare is not None:  # made ahead by the parent, `lo` up: joined (spare.enter), then a mount namespace

@@ -203,7 +203,7 @@ def mask_paths(null: bytes = b"/dev/null") -> None:
         if failed == errno.ENOENT:  # not in this kernel's /proc
             continue
         if failed:
-            sc.mount(target, target, None, MS_BIND | MS_REC)  # raises, naming the call
+            raise sc.mount_error(failed, target, target, None, None)
         sc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
